@@ -1,0 +1,123 @@
+//! Engines that run a scenario and return what the guest observed.
+//!
+//! Like wasmtime's differential engines: one small trait, one module per
+//! irqchip. The registry below is the only place that knows them all.
+
+use crate::scenario::Scenario;
+use crate::trace::Trace;
+
+/// Why a backend could not run a scenario at all (as opposed to a run that
+/// ended badly, which is a [`Trace`] with outcome `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("the backend cannot offer what the scenario asks for: {0}")]
+    Unsupported(String),
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// One irqchip implementation that runs scenarios.
+///
+/// A backend may keep a VM between runs (`&mut self`); each run starts from
+/// the format's start state whatever ran before.
+pub trait Backend {
+    /// The name the backend was opened with (`kvm`, `sim:level-unmask`, ...).
+    fn name(&self) -> &str;
+    /// Run one scenario to completion, hang, storm or error.
+    fn run(&mut self, scenario: &Scenario) -> Result<Trace>;
+
+    /// Run, turning a backend failure into a trace with outcome `error`.
+    fn run_to_trace(&mut self, scenario: &Scenario) -> Trace {
+        match self.run(scenario) {
+            Ok(trace) => trace,
+            Err(e) => Trace::error(self.name(), e.to_string()),
+        }
+    }
+}
+
+/// Whether a backend can run on this host, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    Available,
+    Unavailable(String),
+}
+
+impl Availability {
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available)
+    }
+}
+
+/// One entry of `irqdiff backends`.
+#[derive(Clone, Debug)]
+pub struct BackendInfo {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub availability: Availability,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("unknown backend `{0}` (run `irqdiff backends` for the list)")]
+    Unknown(String),
+    #[error("backend `{name}` is unavailable here: {why}")]
+    Unavailable { name: String, why: String },
+    #[error("backend `{name}`: {why}")]
+    Invalid { name: String, why: String },
+}
+
+pub mod model;
+
+/// Every backend irqdiff knows, with its availability on this host.
+pub fn catalogue() -> Vec<BackendInfo> {
+    vec![BackendInfo {
+        name: "model",
+        description: "the reference model (pure Rust, no VM)",
+        availability: Availability::Available,
+    }]
+}
+
+/// Open a backend by name.
+pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
+    match name {
+        "model" => Ok(Box::new(model::ModelBackend::new())),
+        other => Err(OpenError::Unknown(other.to_string())),
+    }
+}
+
+/// The preferred real backends, best first; `model` is the fallback.
+const PREFERENCE: &[&str] = &["hvf", "kvm"];
+
+/// The best backend available here, and a message saying why it is not a
+/// real hypervisor when it falls back to the model.
+pub fn best_available() -> (&'static str, Option<String>) {
+    let all = catalogue();
+    for want in PREFERENCE {
+        if let Some(info) = all.iter().find(|i| i.name == *want) {
+            if info.availability.is_available() {
+                return (info.name, None);
+            }
+        }
+    }
+    let why: Vec<String> = all
+        .iter()
+        .filter(|i| PREFERENCE.contains(&i.name))
+        .filter_map(|i| match &i.availability {
+            Availability::Unavailable(why) => Some(format!("{}: {}", i.name, why)),
+            Availability::Available => None,
+        })
+        .collect();
+    let why = if why.is_empty() {
+        "no hypervisor backend is built into this irqdiff".to_string()
+    } else {
+        why.join("; ")
+    };
+    (
+        "model",
+        Some(format!(
+            "no hypervisor is available ({why}); falling back to the model backend"
+        )),
+    )
+}

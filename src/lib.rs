@@ -1,0 +1,9 @@
+//! irqdiff: a reference-model differential fuzzer for x86 interrupt
+//! controllers. See DESIGN.md for the pipeline:
+//! scenario → backend → trace → oracle → minimiser → repro.
+
+pub mod backend;
+pub mod scenario;
+pub mod trace;
+
+pub use irqdiff_model as model;

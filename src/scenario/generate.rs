@@ -1,0 +1,1 @@
+//! Scenario generation from fuzzer bytes (placeholder).

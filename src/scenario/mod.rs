@@ -1,0 +1,275 @@
+//! The scenario: one typed program of interrupt operations.
+//!
+//! Following syzkaller's split, this module holds only the types; parsing
+//! (`parse`), printing (`print`) and generation from fuzzer bytes
+//! (`generate`) are separate pieces. The text form is specified in
+//! `SCENARIO-FORMAT.md` (and our compatible extensions in
+//! `docs/scenario-format.md`).
+
+pub mod generate;
+pub mod parse;
+pub mod print;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use parse::{parse, ParseError};
+
+/// Number of IOAPIC redirection entries (82093AA §3.2.2: maximum redirection
+/// entry 0x17, i.e. 24 pins).
+pub const PINS: u8 = 24;
+
+/// An IOAPIC input pin, always below [`PINS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pin(u8);
+
+impl Pin {
+    pub fn new(pin: u8) -> Option<Pin> {
+        (pin < PINS).then_some(Pin(pin))
+    }
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl fmt::Display for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<'a> arbitrary::Arbitrary<'a> for Pin {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(Pin(u.int_in_range(0..=PINS - 1)?))
+    }
+    fn size_hint(_depth: usize) -> (usize, Option<usize>) {
+        (1, Some(1))
+    }
+}
+
+/// `config ioapic=`: the IOAPIC's version register value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum IoapicVersion {
+    /// ICH-family IOAPIC with the EOI register at offset 0x40.
+    #[default]
+    V20,
+    /// The original 82093AA.
+    V11,
+}
+
+/// `config apic=`: the local APIC's mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum ApicMode {
+    #[default]
+    Xapic,
+    X2apic,
+}
+
+/// `config irqchip=`: where the IOAPIC lives on backends that can do both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum Irqchip {
+    #[default]
+    Full,
+    Split,
+}
+
+/// The `config` statement. `Default` is the machine of SCENARIO-FORMAT.md.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub struct Config {
+    pub ioapic: IoapicVersion,
+    pub apic: ApicMode,
+    pub irqchip: Irqchip,
+    /// EOI-broadcast suppression advertised in the LAPIC version register.
+    pub directed_eoi: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum Trigger {
+    #[default]
+    Edge,
+    Level,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum Polarity {
+    #[default]
+    High,
+    Low,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum DestMode {
+    #[default]
+    Physical,
+    Logical,
+}
+
+/// Delivery mode of a redirection entry (82093AA §3.2.4 bits 10:8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum DeliveryMode {
+    #[default]
+    Fixed,
+    Lowest,
+    Smi,
+    Nmi,
+    Init,
+    ExtInt,
+}
+
+/// Delivery mode of an `msi` op (the subset the format allows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum MsiDelivery {
+    #[default]
+    Fixed,
+    Lowest,
+    Nmi,
+}
+
+/// A whole redirection entry, as written by `route`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub struct Route {
+    pub vector: u8,
+    pub trigger: Trigger,
+    pub polarity: Polarity,
+    pub dest_mode: DestMode,
+    pub dest: u8,
+    pub masked: bool,
+    pub delivery: DeliveryMode,
+}
+
+/// One MSI, as injected by `msi`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub struct Msi {
+    pub vector: u8,
+    pub dest: u8,
+    pub dest_mode: DestMode,
+    pub trigger: Trigger,
+    pub delivery: MsiDelivery,
+}
+
+/// One operation. Guest ops are executed by the guest stub, host ops by the
+/// VMM while the guest waits at that point of its program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum Op {
+    Route { pin: Pin, route: Route },
+    Mask(Pin),
+    Unmask(Pin),
+    Assert(Pin),
+    Deassert(Pin),
+    Pulse(Pin),
+    Msi(Msi),
+    Eoi,
+    IoapicEoi(u8),
+    SelfIpi(u8),
+    Tpr(u8),
+    Svr(u32),
+    Cli,
+    Sti,
+    Nop,
+    Hlt,
+    StiHlt,
+    Snapshot,
+    /// Extension: `ioapic-read INDEX` (IOREGSEL = INDEX, read IOWIN); the
+    /// value read is recorded as a `read` event.
+    IoapicRead(u8),
+    /// Extension: `ioapic-write INDEX VALUE` (IOREGSEL = INDEX, write IOWIN).
+    IoapicWrite { index: u8, value: u32 },
+    /// Extension: `lapic-read OFFSET`: read a local APIC register by its
+    /// xAPIC MMIO offset (the MSR 0x800 + OFFSET/16 in x2APIC mode); the
+    /// value read is recorded as a `read` event.
+    LapicRead(u16),
+    /// Extension: `lapic-write OFFSET VALUE`.
+    LapicWrite { offset: u16, value: u32 },
+}
+
+impl Op {
+    /// Whether the VMM performs this op (the guest only signals it).
+    pub fn is_host_op(&self) -> bool {
+        matches!(
+            self,
+            Op::Assert(_) | Op::Deassert(_) | Op::Pulse(_) | Op::Msi(_)
+        )
+    }
+
+    /// The op's keyword in the text format; used in signatures and reports.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Op::Route { .. } => "route",
+            Op::Mask(_) => "mask",
+            Op::Unmask(_) => "unmask",
+            Op::Assert(_) => "assert",
+            Op::Deassert(_) => "deassert",
+            Op::Pulse(_) => "pulse",
+            Op::Msi(_) => "msi",
+            Op::Eoi => "eoi",
+            Op::IoapicEoi(_) => "ioapic-eoi",
+            Op::SelfIpi(_) => "self-ipi",
+            Op::Tpr(_) => "tpr",
+            Op::Svr(_) => "svr",
+            Op::Cli => "cli",
+            Op::Sti => "sti",
+            Op::Nop => "nop",
+            Op::Hlt => "hlt",
+            Op::StiHlt => "sti-hlt",
+            Op::Snapshot => "snapshot",
+            Op::IoapicRead(_) => "ioapic-read",
+            Op::IoapicWrite { .. } => "ioapic-write",
+            Op::LapicRead(_) => "lapic-read",
+            Op::LapicWrite { .. } => "lapic-write",
+        }
+    }
+}
+
+/// Which handler body a `handler` statement defines: `V` (every delivery)
+/// or `V#N` (the N-th delivery of V in the run, N from 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HandlerKey {
+    pub vector: u8,
+    pub nth: Option<u32>,
+}
+
+impl<'a> arbitrary::Arbitrary<'a> for HandlerKey {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let vector = u.arbitrary()?;
+        let nth = if u.arbitrary()? {
+            Some(u.int_in_range(1..=8)?)
+        } else {
+            None
+        };
+        Ok(HandlerKey { vector, nth })
+    }
+}
+
+/// A whole scenario: config, handler bodies and the program.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub struct Scenario {
+    pub config: Config,
+    pub handlers: BTreeMap<HandlerKey, Vec<Op>>,
+    pub ops: Vec<Op>,
+}
+
+/// The body a vector with no `handler` line gets.
+pub const DEFAULT_HANDLER: &[Op] = &[Op::Eoi];
+
+impl Scenario {
+    /// The body the guest runs for the `nth` (from 1) delivery of `vector`:
+    /// the `V#N` body if there is one, else the `V` body, else `eoi`.
+    pub fn handler_body(&self, vector: u8, nth: u32) -> &[Op] {
+        self.handlers
+            .get(&HandlerKey { vector, nth: Some(nth) })
+            .or_else(|| self.handlers.get(&HandlerKey { vector, nth: None }))
+            .map(Vec::as_slice)
+            .unwrap_or(DEFAULT_HANDLER)
+    }
+
+    /// Every op of the scenario, the program's and the handlers'.
+    pub fn all_ops(&self) -> impl Iterator<Item = &Op> {
+        self.ops.iter().chain(self.handlers.values().flatten())
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&print::print(self))
+    }
+}

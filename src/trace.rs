@@ -1,0 +1,110 @@
+//! What the guest observed, in order: the trace contract of
+//! SCENARIO-FORMAT.md ("The trace"), serialised exactly as specified there.
+
+use serde::{Deserialize, Serialize};
+
+/// More deliveries than this in one run is a storm (SCENARIO-FORMAT.md).
+/// The trace keeps the first `STORM_LIMIT` deliveries; the run stops when the
+/// 65th would be delivered, which is not recorded.
+pub const STORM_LIMIT: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every op ran.
+    Completed,
+    /// The guest halted with nothing that could wake it.
+    Hang,
+    /// More than [`STORM_LIMIT`] deliveries.
+    Storm,
+    /// The backend failed; never a divergence by itself.
+    Error,
+}
+
+/// A read-back of interrupt-controller state (`snapshot`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// LAPIC IRR, eight 32-bit words, word 0 (vectors 0-31) first.
+    pub irr: [u32; 8],
+    pub isr: [u32; 8],
+    pub tmr: [u32; 8],
+    pub tpr: u32,
+    pub ppr: u32,
+    /// Remote IRR (bit 14) of each IOAPIC redirection entry.
+    pub remote_irr: [bool; 24],
+    /// Delivery status (bit 12) of each IOAPIC redirection entry.
+    pub delivery_status: [bool; 24],
+}
+
+/// Register space of a `read` event (our extension: `ioapic-read`, `lapic-read`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Space {
+    Ioapic,
+    Lapic,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum EventKind {
+    /// The guest's interrupt entry for `vector` ran.
+    Deliver { vector: u8 },
+    Snapshot(Box<Snapshot>),
+    /// Extension: the value an `ioapic-read` or `lapic-read` op read.
+    Read { space: Space, reg: u32, value: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Event {
+    /// 0-based index of the top-level op during or right after which the
+    /// event happened; handler-body events carry the op of their delivery.
+    pub op: usize,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Trace {
+    pub backend: String,
+    pub outcome: Outcome,
+    /// The op at which the guest hung (outcome `hang` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hang_op: Option<usize>,
+    /// What failed (outcome `error` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub events: Vec<Event>,
+}
+
+impl Trace {
+    pub fn new(backend: impl Into<String>) -> Trace {
+        Trace {
+            backend: backend.into(),
+            outcome: Outcome::Completed,
+            hang_op: None,
+            error: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// A run that ended in a backend failure.
+    pub fn error(backend: impl Into<String>, message: impl Into<String>) -> Trace {
+        Trace {
+            outcome: Outcome::Error,
+            error: Some(message.into()),
+            ..Trace::new(backend)
+        }
+    }
+
+    /// The vectors delivered, in order.
+    pub fn deliveries(&self) -> impl Iterator<Item = (usize, u8)> + '_ {
+        self.events.iter().filter_map(|e| match e.kind {
+            EventKind::Deliver { vector } => Some((e.op, vector)),
+            _ => None,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a trace always serialises")
+    }
+}
