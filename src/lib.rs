@@ -3,6 +3,8 @@
 //! scenario → backend → trace → oracle → minimiser → repro.
 
 pub mod backend;
+pub mod minimize;
+pub mod oracle;
 pub mod scenario;
 pub mod trace;
 
