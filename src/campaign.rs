@@ -91,7 +91,10 @@ pub struct Differ {
 
 impl Differ {
     pub fn open(target: &str) -> Result<Differ, backend::OpenError> {
-        Ok(Differ { model: backend::model::ModelBackend::new(), target: backend::open(target)? })
+        Ok(Differ {
+            model: backend::model::ModelBackend::new(),
+            target: backend::open(target)?,
+        })
     }
 
     /// Both traces and the verdict, plus the signature of a divergence.
@@ -160,59 +163,75 @@ pub fn run(
     let next_case = AtomicU64::new(0);
     let started = Instant::now();
     let deadline = options.time.map(|t| started + t);
-    // Open every job's backend first, so an unavailable backend is an error
-    // before anything runs.
-    let mut differs = Vec::new();
-    for _ in 0..options.jobs.max(1) {
-        differs.push(Differ::open(&options.backend)?);
-    }
+    // Open the backend once first, so an unavailable backend is an error
+    // before anything runs; each job then opens its own (its own VM, on its
+    // own thread, as KVM's vCPU timers expect).
+    drop(Differ::open(&options.backend)?);
     let findings = Arc::new(findings);
     std::thread::scope(|scope| {
-        for mut differ in differs {
+        for _ in 0..options.jobs.max(1) {
             let findings = Arc::clone(&findings);
-            let (known, new_findings, first_error, next_case) = (&known, &new_findings, &first_error, &next_case);
-            scope.spawn(move || loop {
-                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                let index = next_case.fetch_add(1, Ordering::Relaxed);
-                if options.cases.is_some_and(|n| index >= n) {
-                    break;
-                }
-                let scenario = generate::random(case_seed(options.seed, index), &options.generator);
-                let (_, observed, verdict, signature) = differ.diff(&scenario);
-                stats.cases.fetch_add(1, Ordering::Relaxed);
-                match verdict {
-                    Verdict::Agree => continue,
-                    Verdict::Inconclusive(why) => {
-                        stats.inconclusive.fetch_add(1, Ordering::Relaxed);
-                        first_error.lock().unwrap().get_or_insert(why);
-                        let _ = observed;
-                        continue;
-                    }
-                    Verdict::Diverge(_) => {}
-                }
-                stats.divergences.fetch_add(1, Ordering::Relaxed);
-                let signature = signature.expect("a divergence has a signature");
-                if !known.lock().unwrap().insert(signature.clone()) {
-                    continue;
-                }
-                let Some(mut finding) = differ.finding(&scenario, signature.clone()) else {
-                    // Not reproducible: forget it so a later case can retry.
-                    known.lock().unwrap().remove(&signature);
-                    continue;
-                };
-                match findings.write(&finding.signature, &repro::finding_files(&finding, &options.backend)) {
-                    Ok(dir) => finding.dir = dir,
+            let (known, new_findings, first_error, next_case) =
+                (&known, &new_findings, &first_error, &next_case);
+            scope.spawn(move || {
+                let mut differ = match Differ::open(&options.backend) {
+                    Ok(d) => d,
                     Err(e) => {
-                        first_error.lock().unwrap().get_or_insert(format!("writing a finding: {e}"));
-                        stop.store(true, Ordering::Relaxed);
+                        first_error.lock().unwrap().get_or_insert(e.to_string());
+                        return;
+                    }
+                };
+                loop {
+                    if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
+                    {
                         break;
                     }
+                    let index = next_case.fetch_add(1, Ordering::Relaxed);
+                    if options.cases.is_some_and(|n| index >= n) {
+                        break;
+                    }
+                    let scenario =
+                        generate::random(case_seed(options.seed, index), &options.generator);
+                    let (_, observed, verdict, signature) = differ.diff(&scenario);
+                    stats.cases.fetch_add(1, Ordering::Relaxed);
+                    match verdict {
+                        Verdict::Agree => continue,
+                        Verdict::Inconclusive(why) => {
+                            stats.inconclusive.fetch_add(1, Ordering::Relaxed);
+                            first_error.lock().unwrap().get_or_insert(why);
+                            let _ = observed;
+                            continue;
+                        }
+                        Verdict::Diverge(_) => {}
+                    }
+                    stats.divergences.fetch_add(1, Ordering::Relaxed);
+                    let signature = signature.expect("a divergence has a signature");
+                    if !known.lock().unwrap().insert(signature.clone()) {
+                        continue;
+                    }
+                    let Some(mut finding) = differ.finding(&scenario, signature.clone()) else {
+                        // Not reproducible: forget it so a later case can retry.
+                        known.lock().unwrap().remove(&signature);
+                        continue;
+                    };
+                    match findings.write(
+                        &finding.signature,
+                        &repro::finding_files(&finding, &options.backend),
+                    ) {
+                        Ok(dir) => finding.dir = dir,
+                        Err(e) => {
+                            first_error
+                                .lock()
+                                .unwrap()
+                                .get_or_insert(format!("writing a finding: {e}"));
+                            stop.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                    stats.unique.fetch_add(1, Ordering::Relaxed);
+                    on_finding(&finding);
+                    new_findings.lock().unwrap().push(finding);
                 }
-                stats.unique.fetch_add(1, Ordering::Relaxed);
-                on_finding(&finding);
-                new_findings.lock().unwrap().push(finding);
             });
         }
     });

@@ -48,7 +48,10 @@ impl Findings {
         for entry in fs::read_dir(&self.root).map_err(|e| annotate(e, &self.root))? {
             let path = entry?.path();
             let file = path.join(SIGNATURE_FILE);
-            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
                 continue;
             }
             if let Ok(text) = fs::read_to_string(&file) {
@@ -71,7 +74,11 @@ impl Findings {
     /// Writes one finding atomically. `files` are (name, contents) pairs.
     /// Returns the final directory, or `None` if the signature was already
     /// recorded (by this or another process).
-    pub fn write(&self, signature: &Signature, files: &[(&str, String)]) -> io::Result<Option<PathBuf>> {
+    pub fn write(
+        &self,
+        signature: &Signature,
+        files: &[(&str, String)],
+    ) -> io::Result<Option<PathBuf>> {
         let dest = self.dir_of(signature);
         if dest.exists() {
             return Ok(None);
@@ -84,7 +91,10 @@ impl Findings {
         ));
         fs::create_dir(&tmp).map_err(|e| annotate(e, &tmp))?;
         let sig_json = serde_json::to_string_pretty(signature).expect("signature serialises");
-        let all = files.iter().map(|(n, c)| (*n, c.as_str())).chain([(SIGNATURE_FILE, sig_json.as_str())]);
+        let all = files
+            .iter()
+            .map(|(n, c)| (*n, c.as_str()))
+            .chain([(SIGNATURE_FILE, sig_json.as_str())]);
         for (name, contents) in all {
             let path = tmp.join(name);
             let mut f = fs::File::create(&path).map_err(|e| annotate(e, &path))?;
@@ -135,11 +145,16 @@ mod tests {
     use crate::oracle::Class;
 
     fn sig(rule: &str) -> Signature {
-        Signature { class: Class::ExtraDelivery, op_kind: "assert".into(), rule: rule.into() }
+        Signature {
+            class: Class::ExtraDelivery,
+            op_kind: "assert".into(),
+            rule: rule.into(),
+        }
     }
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("irqdiff-findings-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("irqdiff-findings-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -148,7 +163,10 @@ mod tests {
     fn write_then_known_round_trips() {
         let root = scratch("roundtrip");
         let f = Findings::open(&root).unwrap();
-        let dir = f.write(&sig("a"), &[("min.irq", "nop\n".into())]).unwrap().unwrap();
+        let dir = f
+            .write(&sig("a"), &[("min.irq", "nop\n".into())])
+            .unwrap()
+            .unwrap();
         assert_eq!(fs::read_to_string(dir.join("min.irq")).unwrap(), "nop\n");
         assert_eq!(f.known().unwrap(), BTreeSet::from([sig("a")]));
         // A second write of the same signature is skipped.

@@ -3,8 +3,12 @@
 //! scenario → backend → trace → oracle → minimiser → repro.
 
 pub mod backend;
+pub mod campaign;
+pub mod cli;
+pub mod findings;
 pub mod minimize;
 pub mod oracle;
+pub mod repro;
 pub mod scenario;
 pub mod trace;
 

@@ -47,13 +47,19 @@ pub fn minimize(
             break;
         }
     }
-    Minimized { scenario: best, runs }
+    Minimized {
+        scenario: best,
+        runs,
+    }
 }
 
 /// ddmin over the top-level program.
 fn shrink_ops(s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -> Scenario {
     let ops = ddmin(s.ops.clone(), |ops| {
-        keeps(&Scenario { ops: ops.to_vec(), ..s.clone() })
+        keeps(&Scenario {
+            ops: ops.to_vec(),
+            ..s.clone()
+        })
     });
     Scenario { ops, ..s }
 }
@@ -101,14 +107,29 @@ fn simplify_values(mut s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -
     // The default config, key by key.
     let defaults = Config::default();
     let configs = [
-        Config { ioapic: defaults.ioapic, ..s.config },
-        Config { apic: defaults.apic, ..s.config },
-        Config { irqchip: defaults.irqchip, ..s.config },
-        Config { directed_eoi: defaults.directed_eoi, ..s.config },
+        Config {
+            ioapic: defaults.ioapic,
+            ..s.config
+        },
+        Config {
+            apic: defaults.apic,
+            ..s.config
+        },
+        Config {
+            irqchip: defaults.irqchip,
+            ..s.config
+        },
+        Config {
+            directed_eoi: defaults.directed_eoi,
+            ..s.config
+        },
     ];
     for config in configs {
         if config != s.config {
-            let candidate = Scenario { config, ..s.clone() };
+            let candidate = Scenario {
+                config,
+                ..s.clone()
+            };
             if keeps(&candidate) {
                 s = candidate;
             }
@@ -175,24 +196,65 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
     let mut out = Vec::new();
     match *op {
         Op::Route { pin, route } => {
-            let d = Route { vector: route.vector, ..Route::default() };
+            let d = Route {
+                vector: route.vector,
+                ..Route::default()
+            };
             let variants = [
-                Route { trigger: d.trigger, ..route },
-                Route { polarity: d.polarity, ..route },
-                Route { dest_mode: d.dest_mode, ..route },
-                Route { dest: d.dest, ..route },
-                Route { masked: d.masked, ..route },
-                Route { delivery: DeliveryMode::Fixed, ..route },
+                Route {
+                    trigger: d.trigger,
+                    ..route
+                },
+                Route {
+                    polarity: d.polarity,
+                    ..route
+                },
+                Route {
+                    dest_mode: d.dest_mode,
+                    ..route
+                },
+                Route {
+                    dest: d.dest,
+                    ..route
+                },
+                Route {
+                    masked: d.masked,
+                    ..route
+                },
+                Route {
+                    delivery: DeliveryMode::Fixed,
+                    ..route
+                },
             ];
-            out.extend(variants.into_iter().filter(|r| *r != route).map(|route| Op::Route { pin, route }));
+            out.extend(
+                variants
+                    .into_iter()
+                    .filter(|r| *r != route)
+                    .map(|route| Op::Route { pin, route }),
+            );
         }
         Op::Msi(msi) => {
-            let d = Msi { vector: msi.vector, ..Msi::default() };
+            let d = Msi {
+                vector: msi.vector,
+                ..Msi::default()
+            };
             let variants = [
-                Msi { dest: d.dest, ..msi },
-                Msi { dest_mode: d.dest_mode, ..msi },
-                Msi { trigger: d.trigger, ..msi },
-                Msi { delivery: d.delivery, ..msi },
+                Msi {
+                    dest: d.dest,
+                    ..msi
+                },
+                Msi {
+                    dest_mode: d.dest_mode,
+                    ..msi
+                },
+                Msi {
+                    trigger: d.trigger,
+                    ..msi
+                },
+                Msi {
+                    delivery: d.delivery,
+                    ..msi
+                },
             ];
             out.extend(variants.into_iter().filter(|m| *m != msi).map(Op::Msi));
         }
@@ -224,7 +286,10 @@ fn pins_used(s: &Scenario) -> BTreeSet<Pin> {
 fn rename_pin(op: &Op, from: Pin, to: Pin) -> Op {
     let swap = |p: Pin| if p == from { to } else { p };
     match *op {
-        Op::Route { pin, route } => Op::Route { pin: swap(pin), route },
+        Op::Route { pin, route } => Op::Route {
+            pin: swap(pin),
+            route,
+        },
         Op::Mask(p) => Op::Mask(swap(p)),
         Op::Unmask(p) => Op::Unmask(swap(p)),
         Op::Assert(p) => Op::Assert(swap(p)),
@@ -232,9 +297,10 @@ fn rename_pin(op: &Op, from: Pin, to: Pin) -> Op {
         Op::Pulse(p) => Op::Pulse(swap(p)),
         // A redirection entry's registers move with the pin.
         Op::IoapicRead(i) if is_entry_index(i, from) => Op::IoapicRead(move_index(i, from, to)),
-        Op::IoapicWrite { index, value } if is_entry_index(index, from) => {
-            Op::IoapicWrite { index: move_index(index, from, to), value }
-        }
+        Op::IoapicWrite { index, value } if is_entry_index(index, from) => Op::IoapicWrite {
+            index: move_index(index, from, to),
+            value,
+        },
         other => other,
     }
 }
@@ -266,8 +332,17 @@ fn vectors_used(s: &Scenario) -> BTreeSet<u8> {
 fn rename_vector(s: &Scenario, from: u8, to: u8) -> Scenario {
     let swap = |v: u8| if v == from { to } else { v };
     let mut out = map_ops(s, |op| match *op {
-        Op::Route { pin, route } => Op::Route { pin, route: Route { vector: swap(route.vector), ..route } },
-        Op::Msi(m) => Op::Msi(Msi { vector: swap(m.vector), ..m }),
+        Op::Route { pin, route } => Op::Route {
+            pin,
+            route: Route {
+                vector: swap(route.vector),
+                ..route
+            },
+        },
+        Op::Msi(m) => Op::Msi(Msi {
+            vector: swap(m.vector),
+            ..m
+        }),
         Op::IoapicEoi(v) => Op::IoapicEoi(swap(v)),
         Op::SelfIpi(v) => Op::SelfIpi(swap(v)),
         other => other,
@@ -275,7 +350,15 @@ fn rename_vector(s: &Scenario, from: u8, to: u8) -> Scenario {
     out.handlers = out
         .handlers
         .into_iter()
-        .map(|(k, body)| (HandlerKey { vector: swap(k.vector), ..k }, body))
+        .map(|(k, body)| {
+            (
+                HandlerKey {
+                    vector: swap(k.vector),
+                    ..k
+                },
+                body,
+            )
+        })
         .collect::<BTreeMap<_, _>>();
     out
 }
@@ -308,7 +391,11 @@ pub fn ddmin<T: Clone>(mut items: Vec<T>, mut keeps: impl FnMut(&[T]) -> bool) -
         let mut start = 0;
         while start < items.len() {
             let end = (start + chunk).min(items.len());
-            let complement: Vec<T> = items[..start].iter().chain(&items[end..]).cloned().collect();
+            let complement: Vec<T> = items[..start]
+                .iter()
+                .chain(&items[end..])
+                .cloned()
+                .collect();
             if keeps(&complement) {
                 items = complement;
                 granularity = (granularity - 1).max(2);
@@ -333,7 +420,11 @@ mod tests {
     use crate::oracle::Class;
 
     fn sig() -> Signature {
-        Signature { class: Class::MissedDelivery, op_kind: "unmask".into(), rule: "r".into() }
+        Signature {
+            class: Class::MissedDelivery,
+            op_kind: "unmask".into(),
+            rule: "r".into(),
+        }
     }
 
     #[test]
@@ -344,7 +435,9 @@ mod tests {
 
     #[test]
     fn ddmin_keeps_a_pair_that_is_needed_together() {
-        let out = ddmin((0..50).collect::<Vec<_>>(), |xs| xs.contains(&3) && xs.contains(&47));
+        let out = ddmin((0..50).collect::<Vec<_>>(), |xs| {
+            xs.contains(&3) && xs.contains(&47)
+        });
         assert_eq!(out, vec![3, 47]);
     }
 

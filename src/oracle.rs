@@ -189,7 +189,10 @@ fn classify_pair(index: usize, e: &[Event], o: &[Event]) -> Divergence {
                     "vector {ve:#04x} delivered during op {}, expected during op {}",
                     l.op, exp.op
                 ),
-                None => format!("vector {ve:#04x} not delivered (expected during op {})", exp.op),
+                None => format!(
+                    "vector {ve:#04x} not delivered (expected during op {})",
+                    exp.op
+                ),
             };
         }
         (None, Some(vo)) => {
@@ -199,7 +202,10 @@ fn classify_pair(index: usize, e: &[Event], o: &[Event]) -> Divergence {
                 Class::ExtraDelivery
             };
             d.op = Some(obs.op);
-            d.detail = format!("vector {vo:#04x} delivered during op {}, not expected there", obs.op);
+            d.detail = format!(
+                "vector {vo:#04x} delivered during op {}, not expected there",
+                obs.op
+            );
         }
         (None, None) => {
             d.class = Class::StateMismatch;
@@ -234,7 +240,10 @@ fn classify_tail(index: usize, extra: &Event, shorter: &Trace, missing: bool) ->
             (_, None) => Class::StateMismatch,
         };
         d.detail = match vector(extra) {
-            Some(v) => format!("vector {v:#04x} not delivered (expected during op {}); {ended}", extra.op),
+            Some(v) => format!(
+                "vector {v:#04x} not delivered (expected during op {}); {ended}",
+                extra.op
+            ),
             None => format!("expected event at op {} missing; {ended}", extra.op),
         };
     } else {
@@ -246,7 +255,10 @@ fn classify_tail(index: usize, extra: &Event, shorter: &Trace, missing: bool) ->
             (_, None) => Class::StateMismatch,
         };
         d.detail = match vector(extra) {
-            Some(v) => format!("vector {v:#04x} delivered during op {}, not expected", extra.op),
+            Some(v) => format!(
+                "vector {v:#04x} delivered during op {}, not expected",
+                extra.op
+            ),
             None => format!("unexpected event at op {}; the model's {ended}", extra.op),
         };
     }
@@ -279,15 +291,24 @@ fn state_difference(exp: &Event, obs: &Event) -> String {
         (EventKind::Snapshot(a), EventKind::Snapshot(b)) => snapshot_difference(a, b),
         (
             EventKind::Read { space, reg, value },
-            EventKind::Read { value: observed, .. },
+            EventKind::Read {
+                value: observed, ..
+            },
         ) => format!("{space:?} register {reg:#x}: expected {value:#x}, observed {observed:#x}")
             .to_lowercase(),
-        _ => format!("expected {:?} at op {}, observed {:?} at op {}", exp.kind, exp.op, obs.kind, obs.op),
+        _ => format!(
+            "expected {:?} at op {}, observed {:?} at op {}",
+            exp.kind, exp.op, obs.kind, obs.op
+        ),
     }
 }
 
 fn snapshot_difference(a: &Snapshot, b: &Snapshot) -> String {
-    let words = [("irr", &a.irr, &b.irr), ("isr", &a.isr, &b.isr), ("tmr", &a.tmr, &b.tmr)];
+    let words = [
+        ("irr", &a.irr, &b.irr),
+        ("isr", &a.isr, &b.isr),
+        ("tmr", &a.tmr, &b.tmr),
+    ];
     for (name, x, y) in words {
         if x != y {
             let v = (0..256usize)
@@ -382,11 +403,17 @@ mod tests {
     use crate::trace::Event;
 
     fn deliver(op: usize, vector: u8) -> Event {
-        Event { op, kind: EventKind::Deliver { vector } }
+        Event {
+            op,
+            kind: EventKind::Deliver { vector },
+        }
     }
 
     fn trace(events: Vec<Event>) -> Trace {
-        Trace { events, ..Trace::new("t") }
+        Trace {
+            events,
+            ..Trace::new("t")
+        }
     }
 
     fn diverge(e: Vec<Event>, o: Vec<Event>) -> Divergence {
@@ -406,19 +433,27 @@ mod tests {
     fn error_outcome_is_inconclusive_not_a_divergence() {
         let ok = trace(vec![deliver(1, 0x76)]);
         let err = Trace::error("kvm", "KVM_RUN failed");
-        assert!(matches!(compare(&ok, &err), Verdict::Inconclusive(m) if m.contains("KVM_RUN failed")));
+        assert!(
+            matches!(compare(&ok, &err), Verdict::Inconclusive(m) if m.contains("KVM_RUN failed"))
+        );
     }
 
     #[test]
     fn missing_delivery_at_the_end_is_missed() {
-        let d = diverge(vec![deliver(1, 0x82), deliver(3, 0x82)], vec![deliver(1, 0x82)]);
+        let d = diverge(
+            vec![deliver(1, 0x82), deliver(3, 0x82)],
+            vec![deliver(1, 0x82)],
+        );
         assert_eq!(d.class, Class::MissedDelivery);
         assert_eq!((d.event_index, d.op), (1, Some(3)));
     }
 
     #[test]
     fn additional_delivery_is_extra() {
-        let d = diverge(vec![deliver(1, 0x98)], vec![deliver(1, 0x98), deliver(1, 0x98)]);
+        let d = diverge(
+            vec![deliver(1, 0x98)],
+            vec![deliver(1, 0x98), deliver(1, 0x98)],
+        );
         assert_eq!(d.class, Class::ExtraDelivery);
         assert_eq!(d.op, Some(1));
     }
@@ -427,7 +462,10 @@ mod tests {
     fn same_vector_later_op_is_late() {
         let d = diverge(vec![deliver(2, 0x82)], vec![deliver(4, 0x82)]);
         assert_eq!(d.class, Class::LateDelivery);
-        assert_eq!(d.detail, "vector 0x82 delivered during op 4, expected during op 2");
+        assert_eq!(
+            d.detail,
+            "vector 0x82 delivered during op 4, expected during op 2"
+        );
     }
 
     #[test]
@@ -457,8 +495,14 @@ mod tests {
         let mut b = Snapshot::default();
         b.remote_irr[3] = true;
         let d = diverge(
-            vec![Event { op: 2, kind: EventKind::Snapshot(Box::new(a)) }],
-            vec![Event { op: 2, kind: EventKind::Snapshot(Box::new(b)) }],
+            vec![Event {
+                op: 2,
+                kind: EventKind::Snapshot(Box::new(a)),
+            }],
+            vec![Event {
+                op: 2,
+                kind: EventKind::Snapshot(Box::new(b)),
+            }],
         );
         assert_eq!(d.class, Class::StateMismatch);
         assert_eq!(d.detail, "remote_irr[3]: expected 0, observed 1");
@@ -466,11 +510,20 @@ mod tests {
 
     #[test]
     fn snapshot_difference_names_the_isr_vector() {
-        let a = Snapshot { isr: [0, 0, 0, 0x0040_0000, 0, 0, 0, 0], ..Snapshot::default() };
+        let a = Snapshot {
+            isr: [0, 0, 0, 0x0040_0000, 0, 0, 0, 0],
+            ..Snapshot::default()
+        };
         let b = Snapshot::default();
         let d = diverge(
-            vec![Event { op: 2, kind: EventKind::Snapshot(Box::new(a)) }],
-            vec![Event { op: 2, kind: EventKind::Snapshot(Box::new(b)) }],
+            vec![Event {
+                op: 2,
+                kind: EventKind::Snapshot(Box::new(a)),
+            }],
+            vec![Event {
+                op: 2,
+                kind: EventKind::Snapshot(Box::new(b)),
+            }],
         );
         assert_eq!(d.detail, "isr bit 0x76: expected 1, observed 0");
     }
@@ -502,7 +555,10 @@ mod tests {
     #[test]
     fn signature_uses_the_op_keyword_and_rule() {
         let s = crate::scenario::Scenario {
-            ops: vec![crate::scenario::Op::Nop, crate::scenario::Op::Unmask(crate::scenario::Pin::new(0).unwrap())],
+            ops: vec![
+                crate::scenario::Op::Nop,
+                crate::scenario::Op::Unmask(crate::scenario::Pin::new(0).unwrap()),
+            ],
             ..Default::default()
         };
         let d = diverge(vec![deliver(1, 0x82)], vec![]);

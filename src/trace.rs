@@ -48,10 +48,16 @@ pub enum Space {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum EventKind {
     /// The guest's interrupt entry for `vector` ran.
-    Deliver { vector: u8 },
+    Deliver {
+        vector: u8,
+    },
     Snapshot(Box<Snapshot>),
     /// Extension: the value an `ioapic-read` or `lapic-read` op read.
-    Read { space: Space, reg: u32, value: u32 },
+    Read {
+        space: Space,
+        reg: u32,
+        value: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -120,12 +126,19 @@ impl std::fmt::Display for EventKind {
                         .filter(|v| (w[v / 32] >> (v % 32)) & 1 == 1)
                         .map(|v| format!("{v:#04x}"))
                         .collect();
-                    if v.is_empty() { "-".to_string() } else { v.join(",") }
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(",")
+                    }
                 };
                 let pins = |p: &[bool; 24]| {
-                    let v: Vec<String> =
-                        (0..24).filter(|&i| p[i]).map(|i| i.to_string()).collect();
-                    if v.is_empty() { "-".to_string() } else { v.join(",") }
+                    let v: Vec<String> = (0..24).filter(|&i| p[i]).map(|i| i.to_string()).collect();
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(",")
+                    }
                 };
                 write!(
                     f,

@@ -17,7 +17,10 @@ pub struct Cpu {
 impl Cpu {
     /// The scenario's start state: IF = 1.
     pub fn new() -> Cpu {
-        Cpu { interrupts_enabled: true, ..Cpu::default() }
+        Cpu {
+            interrupts_enabled: true,
+            ..Cpu::default()
+        }
     }
 
     pub fn cli(&mut self) {

@@ -209,7 +209,9 @@ impl Ioapic {
     }
 
     pub fn entry(&self, pin: usize) -> RedirectionEntry {
-        RedirectionEntry { raw: self.redirection[pin] }
+        RedirectionEntry {
+            raw: self.redirection[pin],
+        }
     }
 
     pub fn is_asserted(&self, pin: usize) -> bool {
@@ -315,7 +317,11 @@ impl Ioapic {
             bus.note(Rule::Quirk, e.vector());
             return;
         }
-        let rule = if unmasked_now { Rule::LevelUnmaskDelivers } else { Rule::LevelDelivers };
+        let rule = if unmasked_now {
+            Rule::LevelUnmaskDelivers
+        } else {
+            Rule::LevelDelivers
+        };
         self.send(pin, rule, bus);
     }
 
@@ -458,9 +464,15 @@ mod tests {
         io.set_irq(14, true, &mut bus); // still asserted: no new edge
         io.set_irq(14, false, &mut bus);
         io.set_irq(14, true, &mut bus);
-        assert_eq!(bus.sent, vec![(0x76, Rule::EdgeDelivers), (0x76, Rule::EdgeDelivers)]);
+        assert_eq!(
+            bus.sent,
+            vec![(0x76, Rule::EdgeDelivers), (0x76, Rule::EdgeDelivers)]
+        );
         assert!(bus.notes.contains(&Rule::EdgeNoNewEdge));
-        assert!(!io.entry(14).remote_irr(), "edge entries never set remote IRR");
+        assert!(
+            !io.entry(14).remote_irr(),
+            "edge entries never set remote IRR"
+        );
     }
 
     #[test]
@@ -485,7 +497,10 @@ mod tests {
         io.set_irq(14, true, &mut bus); // blocked by remote IRR
         assert_eq!(bus.sent.len(), 1);
         io.eoi(0x9a, &mut bus);
-        assert_eq!(bus.sent, vec![(0x9a, Rule::LevelDelivers), (0x9a, Rule::EoiRedelivers)]);
+        assert_eq!(
+            bus.sent,
+            vec![(0x9a, Rule::LevelDelivers), (0x9a, Rule::EoiRedelivers)]
+        );
         assert!(io.entry(14).remote_irr());
         io.set_irq(14, false, &mut bus);
         io.eoi(0x9a, &mut bus);
@@ -496,7 +511,13 @@ mod tests {
     #[test]
     fn remote_irr_is_set_only_when_accepted() {
         // 82093AA §3.2.4 bit 14: "set when the local APIC(s) accept".
-        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus { refuse: true, ..Bus::default() });
+        let (mut io, mut bus) = (
+            Ioapic::new(IoapicVersion::V20),
+            Bus {
+                refuse: true,
+                ..Bus::default()
+            },
+        );
         route(&mut io, 3, 0x40 | LEVEL, &mut bus);
         io.set_irq(3, true, &mut bus);
         assert_eq!(bus.sent.len(), 1);
@@ -572,7 +593,10 @@ mod tests {
         assert_eq!(io.read_register(REG_ARBITRATION), 0x0f00_0000);
         io.write_register(REG_ARBITRATION, 0, &mut bus);
         assert_eq!(io.read_register(REG_ARBITRATION), 0x0f00_0000);
-        assert_eq!(Ioapic::new(IoapicVersion::V20).read_register(REG_VERSION), 0x0017_0020);
+        assert_eq!(
+            Ioapic::new(IoapicVersion::V20).read_register(REG_VERSION),
+            0x0017_0020
+        );
     }
 
     #[test]

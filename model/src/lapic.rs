@@ -72,7 +72,10 @@ fn set(bits: &mut [u32; 8], v: u8, on: bool) {
     }
 }
 fn highest(bits: &[u32; 8]) -> Option<u8> {
-    (0..8).rev().find(|&w| bits[w] != 0).map(|w| (w * 32 + 31 - bits[w].leading_zeros() as usize) as u8)
+    (0..8)
+        .rev()
+        .find(|&w| bits[w] != 0)
+        .map(|w| (w * 32 + 31 - bits[w].leading_zeros() as usize) as u8)
 }
 
 /// What an accepted or refused message did, for the decision log.
@@ -162,7 +165,12 @@ impl Lapic {
         self.svr & SVR_ENABLE != 0
     }
     fn version(&self) -> u32 {
-        VERSION_BASE | if self.directed_eoi_supported { VERSION_DIRECTED_EOI } else { 0 }
+        VERSION_BASE
+            | if self.directed_eoi_supported {
+                VERSION_DIRECTED_EOI
+            } else {
+                0
+            }
     }
 
     /// SDM §11.8.3.1: PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4.
@@ -353,17 +361,31 @@ impl Lapic {
         }
         let offset = ((msr - 0x800) << 4) as u16;
         match offset {
-            reg::EOI | reg::SELF_IPI | reg::DFR | reg::APR | reg::ICR_HIGH => Err(GeneralProtection),
+            reg::EOI | reg::SELF_IPI | reg::DFR | reg::APR | reg::ICR_HIGH => {
+                Err(GeneralProtection)
+            }
             reg::ICR_LOW => Ok(((self.icr_high as u64) << 32) | self.read(offset) as u64),
-            reg::ID | reg::VERSION | reg::TPR | reg::PPR | reg::LDR | reg::SVR | reg::ESR
-            | 0x100..=0x270 | 0x320..=0x390 | reg::TIMER_DIVIDE => Ok(self.read(offset) as u64),
+            reg::ID
+            | reg::VERSION
+            | reg::TPR
+            | reg::PPR
+            | reg::LDR
+            | reg::SVR
+            | reg::ESR
+            | 0x100..=0x270
+            | 0x320..=0x390
+            | reg::TIMER_DIVIDE => Ok(self.read(offset) as u64),
             _ => Err(GeneralProtection),
         }
     }
 
     /// x2APIC WRMSR; #GP for read-only and reserved registers and for
     /// reserved bits (§11.12.1.2, §11.12.1.3).
-    pub fn write_msr(&mut self, msr: u32, value: u64) -> Result<Option<InterruptMessage>, GeneralProtection> {
+    pub fn write_msr(
+        &mut self,
+        msr: u32,
+        value: u64,
+    ) -> Result<Option<InterruptMessage>, GeneralProtection> {
         if !self.x2apic || !(0x800..=0x8ff).contains(&msr) {
             return Err(GeneralProtection);
         }
@@ -394,7 +416,11 @@ impl Lapic {
         let low = self.icr_low;
         let shorthand = (low >> 18) & 3;
         let logical = low & (1 << 11) != 0;
-        let dest = if self.x2apic { self.icr_high } else { self.icr_high >> 24 };
+        let dest = if self.x2apic {
+            self.icr_high
+        } else {
+            self.icr_high >> 24
+        };
         let to_self = match shorthand {
             0 => self.matches(logical, dest),
             1 | 2 => true,
@@ -442,7 +468,14 @@ mod tests {
     use super::*;
 
     fn fixed(vector: u8, level: bool) -> InterruptMessage {
-        InterruptMessage { vector, delivery: DeliveryMode::Fixed, logical: false, dest: 0, level, rule: Rule::MsiDelivers }
+        InterruptMessage {
+            vector,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 0,
+            level,
+            rule: Rule::MsiDelivers,
+        }
     }
 
     #[test]
@@ -453,7 +486,10 @@ mod tests {
         assert!(test(&l.tmr, 0x79) && test(&l.irr, 0x79));
         l.acknowledge(0x79);
         l.end_of_interrupt();
-        assert!(test(&l.tmr, 0x79), "TMR keeps the last acceptance's mode after EOI");
+        assert!(
+            test(&l.tmr, 0x79),
+            "TMR keeps the last acceptance's mode after EOI"
+        );
         l.accept(&fixed(0x79, false));
         assert!(!test(&l.tmr, 0x79));
     }
@@ -508,7 +544,10 @@ mod tests {
             l.accept(&fixed(0x40, true));
             l.acknowledge(0x40);
             assert_eq!(l.end_of_interrupt().0, expected);
-            assert_eq!(l.read(reg::SVR) & SVR_SUPPRESS_EOI_BROADCAST != 0, supported);
+            assert_eq!(
+                l.read(reg::SVR) & SVR_SUPPRESS_EOI_BROADCAST != 0,
+                supported
+            );
         }
     }
 
@@ -516,8 +555,15 @@ mod tests {
     fn illegal_vectors_set_esr_and_are_not_accepted() {
         // SDM §11.5.3.
         let mut l = Lapic::new(false, false, Quirks::empty());
-        assert_eq!(l.accept(&fixed(0x0f, false)), Acceptance::Refused(Rule::IllegalVector));
-        assert_eq!(l.read(reg::ESR), 0, "the ESR shows errors only after a write");
+        assert_eq!(
+            l.accept(&fixed(0x0f, false)),
+            Acceptance::Refused(Rule::IllegalVector)
+        );
+        assert_eq!(
+            l.read(reg::ESR),
+            0,
+            "the ESR shows errors only after a write"
+        );
         l.write(reg::ESR, 0);
         assert_eq!(l.read(reg::ESR), ESR_RECEIVE_ILLEGAL_VECTOR);
         assert_eq!(l.write(reg::ICR_LOW, 0x4_0005), None);
@@ -531,7 +577,10 @@ mod tests {
         // SDM §11.4.7.2.
         let mut l = Lapic::new(false, false, Quirks::empty());
         l.write(reg::SVR, 0xff);
-        assert_eq!(l.accept(&fixed(0x40, false)), Acceptance::Refused(Rule::ApicSoftwareDisabled));
+        assert_eq!(
+            l.accept(&fixed(0x40, false)),
+            Acceptance::Refused(Rule::ApicSoftwareDisabled)
+        );
     }
 
     #[test]
@@ -539,10 +588,21 @@ mod tests {
         // SDM §11.6.1 (self shorthand) and §11.12.11 (SELF IPI).
         let mut x = Lapic::new(false, false, Quirks::empty());
         x.write(reg::ICR_HIGH, 0);
-        assert_eq!(x.write(reg::ICR_LOW, 0x4_00f1).map(|m| m.vector), Some(0xf1));
+        assert_eq!(
+            x.write(reg::ICR_LOW, 0x4_00f1).map(|m| m.vector),
+            Some(0xf1)
+        );
         let mut x2 = Lapic::new(true, false, Quirks::empty());
-        assert_eq!(x2.write_msr(msr_of(reg::SELF_IPI), 0xf1).unwrap().map(|m| m.vector), Some(0xf1));
-        assert_eq!(x2.write_msr(msr_of(reg::SELF_IPI), 0x1f1), Err(GeneralProtection));
+        assert_eq!(
+            x2.write_msr(msr_of(reg::SELF_IPI), 0xf1)
+                .unwrap()
+                .map(|m| m.vector),
+            Some(0xf1)
+        );
+        assert_eq!(
+            x2.write_msr(msr_of(reg::SELF_IPI), 0x1f1),
+            Err(GeneralProtection)
+        );
         assert_eq!(x2.read_msr(msr_of(reg::EOI)), Err(GeneralProtection));
         assert_eq!(x2.write_msr(msr_of(reg::EOI), 1), Err(GeneralProtection));
     }
@@ -552,7 +612,10 @@ mod tests {
         // SDM §11.6.2.1 and §11.6.2.2.
         let mut l = Lapic::new(false, false, Quirks::empty());
         assert!(l.matches(false, 0) && l.matches(false, 0xff) && !l.matches(false, 1));
-        assert!(!l.matches(true, 0x01), "LDR 0 matches no logical destination");
+        assert!(
+            !l.matches(true, 0x01),
+            "LDR 0 matches no logical destination"
+        );
         l.write(reg::LDR, 0x0100_0000);
         assert!(l.matches(true, 0x01) && !l.matches(true, 0x02));
         let x2 = Lapic::new(true, false, Quirks::empty());

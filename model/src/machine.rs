@@ -41,7 +41,13 @@ impl DecisionLog {
     pub const CAPACITY: usize = 64;
 
     fn new() -> DecisionLog {
-        DecisionLog { entries: [Decision { rule: Rule::Quirk, vector: 0 }; Self::CAPACITY], len: 0 }
+        DecisionLog {
+            entries: [Decision {
+                rule: Rule::Quirk,
+                vector: 0,
+            }; Self::CAPACITY],
+            len: 0,
+        }
     }
 
     fn push(&mut self, rule: Rule, vector: u8) {
@@ -106,7 +112,11 @@ impl InterruptSink for Bus<'_> {
             }
             Acceptance::Nmi => {
                 // §6.7.1: one NMI can be held while NMIs are blocked.
-                let rule = if self.cpu.nmi_blocked { Rule::NmiBlocked } else { Rule::NmiDelivers };
+                let rule = if self.cpu.nmi_blocked {
+                    Rule::NmiBlocked
+                } else {
+                    Rule::NmiDelivers
+                };
                 self.cpu.nmi_pending = true;
                 self.log.push(rule, NMI_VECTOR);
                 true
@@ -147,7 +157,12 @@ impl Machine {
     fn parts(&mut self) -> (&mut Ioapic, Bus<'_>) {
         (
             &mut self.ioapic,
-            Bus { lapic: &mut self.lapic, cpu: &mut self.cpu, log: &mut self.log, unmodelled: &mut self.unmodelled },
+            Bus {
+                lapic: &mut self.lapic,
+                cpu: &mut self.cpu,
+                log: &mut self.log,
+                unmodelled: &mut self.unmodelled,
+            },
         )
     }
 
@@ -194,7 +209,9 @@ impl Machine {
     /// and RDMSR in x2APIC mode.
     pub fn lapic_read(&mut self, offset: u16) -> Result<u32, GeneralProtection> {
         if self.lapic.x2apic() {
-            self.lapic.read_msr(crate::lapic::msr_of(offset)).map(|v| v as u32)
+            self.lapic
+                .read_msr(crate::lapic::msr_of(offset))
+                .map(|v| v as u32)
         } else {
             Ok(self.lapic.read(offset))
         }
@@ -204,7 +221,8 @@ impl Machine {
     /// effects: EOI broadcast, self IPI.
     pub fn lapic_write(&mut self, offset: u16, value: u32) -> Result<(), GeneralProtection> {
         let ipi = if self.lapic.x2apic() {
-            self.lapic.write_msr(crate::lapic::msr_of(offset), value as u64)?
+            self.lapic
+                .write_msr(crate::lapic::msr_of(offset), value as u64)?
         } else {
             self.lapic.write(offset, value)
         };
@@ -310,13 +328,20 @@ mod tests {
         assert!(m.pending().is_none(), "IF = 0 in the handler");
         m.lapic_write(reg::EOI, 0).unwrap();
         m.iret(saved);
-        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x9a)), "still asserted: sent again");
+        assert_eq!(
+            m.pending(),
+            Some(Interrupt::Maskable(0x9a)),
+            "still asserted: sent again"
+        );
     }
 
     #[test]
     fn suppressed_broadcast_leaves_remote_irr_until_the_ioapic_eoi_register() {
         // SDM §11.8.5 / §11.9 SVR bit 12; ICH EOI register.
-        let mut m = Machine::new(MachineConfig { directed_eoi: true, ..MachineConfig::default() });
+        let mut m = Machine::new(MachineConfig {
+            directed_eoi: true,
+            ..MachineConfig::default()
+        });
         m.lapic_write(reg::SVR, 0x11ff).unwrap();
         route(&mut m, 3, 0x60 | 1 << 15);
         m.set_irq(3, true);
@@ -332,7 +357,11 @@ mod tests {
     #[test]
     fn split_eoi_lost_quirk_only_in_split_mode() {
         for (split, stuck) in [(true, true), (false, false)] {
-            let mut m = Machine::new(MachineConfig { split, quirks: Quirks::SPLIT_EOI_LOST, ..MachineConfig::default() });
+            let mut m = Machine::new(MachineConfig {
+                split,
+                quirks: Quirks::SPLIT_EOI_LOST,
+                ..MachineConfig::default()
+            });
             route(&mut m, 3, 0x60 | 1 << 15);
             m.set_irq(3, true);
             let (_, saved) = m.take(m.pending().unwrap());
@@ -348,7 +377,14 @@ mod tests {
         // SDM §6.7.1.
         let mut m = Machine::new(MachineConfig::default());
         m.cpu.cli();
-        let nmi = InterruptMessage { vector: 0, delivery: DeliveryMode::Nmi, logical: false, dest: 0, level: false, rule: Rule::MsiDelivers };
+        let nmi = InterruptMessage {
+            vector: 0,
+            delivery: DeliveryMode::Nmi,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        };
         m.message(&nmi);
         assert_eq!(m.pending(), Some(Interrupt::Nmi));
         let (v, saved) = m.take(Interrupt::Nmi);
@@ -363,7 +399,14 @@ mod tests {
     fn unrouted_destination_is_not_delivered() {
         // SDM §11.6.2.1.
         let mut m = Machine::new(MachineConfig::default());
-        let msg = InterruptMessage { vector: 0x40, delivery: DeliveryMode::Fixed, logical: false, dest: 5, level: false, rule: Rule::MsiDelivers };
+        let msg = InterruptMessage {
+            vector: 0x40,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 5,
+            level: false,
+            rule: Rule::MsiDelivers,
+        };
         assert!(!m.message(&msg));
         assert!(m.pending().is_none());
         assert_eq!(m.decisions().last().unwrap().rule, Rule::NoDestinationMatch);

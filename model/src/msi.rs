@@ -46,11 +46,17 @@ mod tests {
     fn round_trips_and_decodes_fields() {
         // §11.11.1 and §11.11.2.
         let m = decode(address(3, true), data(0x41, DeliveryMode::Lowest, true)).unwrap();
-        assert_eq!((m.vector, m.dest, m.logical, m.level, m.delivery), (0x41, 3, true, true, DeliveryMode::Lowest));
+        assert_eq!(
+            (m.vector, m.dest, m.logical, m.level, m.delivery),
+            (0x41, 3, true, true, DeliveryMode::Lowest)
+        );
     }
 
     #[test]
     fn rejects_addresses_outside_0xfee() {
-        assert_eq!(decode(0xfec0_0000, 0x30), Err(MsiError::NotInterruptRange(0xfec0_0000)));
+        assert_eq!(
+            decode(0xfec0_0000, 0x30),
+            Err(MsiError::NotInterruptRange(0xfec0_0000))
+        );
     }
 }

@@ -69,18 +69,30 @@ pub enum OpenError {
 }
 
 pub mod model;
+pub mod sim;
 
 /// Every backend irqdiff knows, with its availability on this host.
 pub fn catalogue() -> Vec<BackendInfo> {
-    vec![BackendInfo {
-        name: "model",
-        description: "the reference model (pure Rust, no VM)",
-        availability: Availability::Available,
-    }]
+    vec![
+        BackendInfo {
+            name: "model",
+            description: "the reference model (pure Rust, no VM)",
+            availability: Availability::Available,
+        },
+        BackendInfo {
+            name: "sim:QUIRKS",
+            description:
+                "the model with named bugs switched on (sim:hvf-known, sim:none, sim:QUIRK,QUIRK)",
+            availability: Availability::Available,
+        },
+    ]
 }
 
 /// Open a backend by name.
 pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
+    if let Some(spec) = name.strip_prefix("sim:") {
+        return Ok(Box::new(sim::SimBackend::open(spec)?));
+    }
     match name {
         "model" => Ok(Box::new(model::ModelBackend::new())),
         other => Err(OpenError::Unknown(other.to_string())),

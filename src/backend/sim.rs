@@ -13,16 +13,14 @@ use crate::scenario::Scenario;
 use crate::trace::Trace;
 
 /// Named sets of quirks.
-pub const PROFILES: &[(&str, Quirks, &str)] = &[
-    (
-        "hvf-known",
-        Quirks::LEVEL_UNMASK_NO_DELIVER
-            .union(Quirks::LEVEL_EOI_NO_REDELIVER)
-            .union(Quirks::LEVEL_COALESCE_REDELIVER)
-            .union(Quirks::SPLIT_EOI_LOST),
-        "the four HVF bugs of the seed report (FB14425412, FB14425590)",
-    ),
-];
+pub const PROFILES: &[(&str, Quirks, &str)] = &[(
+    "hvf-known",
+    Quirks::LEVEL_UNMASK_NO_DELIVER
+        .union(Quirks::LEVEL_EOI_NO_REDELIVER)
+        .union(Quirks::LEVEL_COALESCE_REDELIVER)
+        .union(Quirks::SPLIT_EOI_LOST),
+    "the four HVF bugs of the seed report (FB14425412, FB14425590)",
+)];
 
 pub struct SimBackend {
     name: String,
@@ -36,7 +34,10 @@ impl SimBackend {
             name: format!("sim:{spec}"),
             why,
         })?;
-        Ok(SimBackend { name: format!("sim:{spec}"), model: ModelBackend::with_quirks(quirks) })
+        Ok(SimBackend {
+            name: format!("sim:{spec}"),
+            model: ModelBackend::with_quirks(quirks),
+        })
     }
 }
 
@@ -55,7 +56,10 @@ pub fn known_names() -> Vec<String> {
 
 pub fn parse_quirks(spec: &str) -> std::result::Result<Quirks, String> {
     if spec.trim().is_empty() {
-        return Err(format!("no quirks named; use one of: {}", known_names().join(", ")));
+        return Err(format!(
+            "no quirks named; use one of: {}",
+            known_names().join(", ")
+        ));
     }
     let mut quirks = Quirks::empty();
     for part in spec.split(',').map(str::trim) {

@@ -82,7 +82,10 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         seed: args.seed,
         jobs,
         out: args.out.clone(),
-        generator: GenConfig { max_ops: args.max_ops, ..GenConfig::default() },
+        generator: GenConfig {
+            max_ops: args.max_ops,
+            ..GenConfig::default()
+        },
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -133,7 +136,10 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         })
     };
     let on_finding = |f: &campaign::Finding| {
-        let place = f.dir.as_ref().map_or("(already on disk)".to_string(), |d| d.display().to_string());
+        let place = f
+            .dir
+            .as_ref()
+            .map_or("(already on disk)".to_string(), |d| d.display().to_string());
         bar.suspend(|| {
             eprintln!(
                 "new finding: {} ({} ops minimised to {}) -> {place}",
@@ -169,14 +175,19 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         summary.inconclusive
     );
     if !summary.findings.is_empty() {
-        println!("\n{:<60} {:>8} {:>8}  directory", "signature", "orig ops", "min ops");
+        println!(
+            "\n{:<60} {:>8} {:>8}  directory",
+            "signature", "orig ops", "min ops"
+        );
         for f in &summary.findings {
             println!(
                 "{:<60} {:>8} {:>8}  {}",
                 f.signature.to_string(),
                 f.original.ops.len(),
                 f.minimized.ops.len(),
-                f.dir.as_ref().map_or("-".into(), |d| d.display().to_string())
+                f.dir
+                    .as_ref()
+                    .map_or("-".into(), |d| d.display().to_string())
             );
         }
     }

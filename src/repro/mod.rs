@@ -22,26 +22,47 @@ pub fn trace_diff(finding: &Finding, backend: &str) -> String {
         "divergence: {}\nsignature:  {}\n\n",
         finding.divergence, finding.signature
     );
-    out += &side_by_side(&finding.expected, &finding.observed, backend, Some(finding.divergence.event_index));
+    out += &side_by_side(
+        &finding.expected,
+        &finding.observed,
+        backend,
+        Some(finding.divergence.event_index),
+    );
     out
 }
 
 /// A two-column rendering of two traces of the same scenario.
-pub fn side_by_side(expected: &Trace, observed: &Trace, backend: &str, mark: Option<usize>) -> String {
-    let mut out = format!("{:>3}  {:<44} {}\n", "#", "expected (model)", format!("observed ({backend})"));
+pub fn side_by_side(
+    expected: &Trace,
+    observed: &Trace,
+    backend: &str,
+    mark: Option<usize>,
+) -> String {
+    let mut out = format!(
+        "{:>3}  {:<44} {}\n",
+        "#",
+        "expected (model)",
+        format!("observed ({backend})")
+    );
     let n = expected.events.len().max(observed.events.len());
     let cell = |t: &Trace, i: usize| {
-        t.events.get(i).map_or("-".to_string(), |e| format!("op {:<3} {}", e.op, e.kind))
+        t.events
+            .get(i)
+            .map_or("-".to_string(), |e| format!("op {:<3} {}", e.op, e.kind))
     };
     for i in 0..n {
-        let arrow = if mark == Some(i) { "   <== first difference" } else { "" };
-        out += &format!("{i:>3}  {:<44} {}{arrow}\n", cell(expected, i), cell(observed, i));
+        let arrow = if mark == Some(i) {
+            "   <== first difference"
+        } else {
+            ""
+        };
+        out += &format!(
+            "{i:>3}  {:<44} {}{arrow}\n",
+            cell(expected, i),
+            cell(observed, i)
+        );
     }
-    out += &format!(
-        "end  {:<44} {}\n",
-        outcome(expected),
-        outcome(observed)
-    );
+    out += &format!("end  {:<44} {}\n", outcome(expected), outcome(observed));
     out
 }
 

@@ -38,9 +38,28 @@ impl std::error::Error for ParseError {}
 
 /// Every op keyword, for error messages and near-miss suggestions.
 pub const OP_KEYWORDS: &[&str] = &[
-    "route", "mask", "unmask", "assert", "deassert", "pulse", "msi", "eoi", "ioapic-eoi", "self-ipi",
-    "tpr", "svr", "cli", "sti", "nop", "hlt", "sti-hlt", "snapshot", "ioapic-read", "ioapic-write",
-    "lapic-read", "lapic-write",
+    "route",
+    "mask",
+    "unmask",
+    "assert",
+    "deassert",
+    "pulse",
+    "msi",
+    "eoi",
+    "ioapic-eoi",
+    "self-ipi",
+    "tpr",
+    "svr",
+    "cli",
+    "sti",
+    "nop",
+    "hlt",
+    "sti-hlt",
+    "snapshot",
+    "ioapic-read",
+    "ioapic-write",
+    "lapic-read",
+    "lapic-write",
 ];
 
 /// A word of a line and its 1-based column.
@@ -77,7 +96,10 @@ fn words(text: &str, column: usize) -> Vec<Word<'_>> {
     for (i, c) in text.char_indices() {
         if c.is_whitespace() {
             if let Some(s) = start.take() {
-                out.push(Word { text: &text[s..i], column: column + start_chars });
+                out.push(Word {
+                    text: &text[s..i],
+                    column: column + start_chars,
+                });
             }
         } else if start.is_none() {
             start = Some(i);
@@ -86,7 +108,10 @@ fn words(text: &str, column: usize) -> Vec<Word<'_>> {
         chars += 1;
     }
     if let Some(s) = start {
-        out.push(Word { text: &text[s..], column: column + start_chars });
+        out.push(Word {
+            text: &text[s..],
+            column: column + start_chars,
+        });
     }
     out
 }
@@ -101,13 +126,20 @@ pub fn parse(text: &str) -> Result<Scenario, ParseError> {
     let mut config_keys: Vec<&str> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let content = strip_comment(raw);
-        let line = Line { number: index + 1, end: raw.chars().count() + 1, _text: raw };
+        let line = Line {
+            number: index + 1,
+            end: raw.chars().count() + 1,
+            _text: raw,
+        };
         let ws = words(content, 1);
         let Some(first) = ws.first() else { continue };
         match first.text {
             "config" => {
                 if !s.ops.is_empty() {
-                    return Err(line.error(Some(*first), "an op (`config` must come before the first op)"));
+                    return Err(line.error(
+                        Some(*first),
+                        "an op (`config` must come before the first op)",
+                    ));
                 }
                 if ws.len() == 1 {
                     return Err(line.error(None, "a config setting KEY=VALUE"));
@@ -115,7 +147,10 @@ pub fn parse(text: &str) -> Result<Scenario, ParseError> {
                 for w in &ws[1..] {
                     let key = parse_config_word(&line, *w, &mut s.config)?;
                     if config_keys.contains(&key) {
-                        return Err(line.error(Some(*w), format!("each config key once (`{key}` is set twice)")));
+                        return Err(line.error(
+                            Some(*w),
+                            format!("each config key once (`{key}` is set twice)"),
+                        ));
                     }
                     config_keys.push(key);
                 }
@@ -131,13 +166,20 @@ pub fn parse(text: &str) -> Result<Scenario, ParseError> {
 /// follows a digit separates V and N instead.
 fn strip_comment(raw: &str) -> &str {
     let trimmed = raw.trim_start();
-    let head_end = if trimmed.starts_with("handler") { raw.find(':') } else { None };
+    let head_end = if trimmed.starts_with("handler") {
+        raw.find(':')
+    } else {
+        None
+    };
     for (i, c) in raw.char_indices() {
         if c != '#' {
             continue;
         }
         let in_head = head_end.is_some_and(|h| i < h);
-        let after_digit = raw[..i].chars().last().is_some_and(|p| p.is_ascii_alphanumeric());
+        let after_digit = raw[..i]
+            .chars()
+            .last()
+            .is_some_and(|p| p.is_ascii_alphanumeric());
         if in_head && after_digit {
             continue;
         }
@@ -146,9 +188,16 @@ fn strip_comment(raw: &str) -> &str {
     raw
 }
 
-fn parse_config_word<'a>(line: &Line, w: Word<'a>, config: &mut Config) -> Result<&'a str, ParseError> {
+fn parse_config_word<'a>(
+    line: &Line,
+    w: Word<'a>,
+    config: &mut Config,
+) -> Result<&'a str, ParseError> {
     let Some((key, value)) = w.text.split_once('=') else {
-        return Err(line.error(Some(w), "a config setting KEY=VALUE (ioapic=, apic=, irqchip=, directed-eoi=)"));
+        return Err(line.error(
+            Some(w),
+            "a config setting KEY=VALUE (ioapic=, apic=, irqchip=, directed-eoi=)",
+        ));
     };
     let bad = |expected: &str| line.error(Some(w), expected.to_string());
     match key {
@@ -185,10 +234,18 @@ fn parse_config_word<'a>(line: &Line, w: Word<'a>, config: &mut Config) -> Resul
     Ok(key)
 }
 
-fn parse_handler(line: &Line, content: &str, keyword: Word, s: &mut Scenario) -> Result<(), ParseError> {
+fn parse_handler(
+    line: &Line,
+    content: &str,
+    keyword: Word,
+    s: &mut Scenario,
+) -> Result<(), ParseError> {
     let Some(colon) = content.find(':') else {
         let ws = words(content, 1);
-        return Err(line.error(ws.get(2).copied(), "`:` after the handler's vector (handler VECTOR: OP; ...)"));
+        return Err(line.error(
+            ws.get(2).copied(),
+            "`:` after the handler's vector (handler VECTOR: OP; ...)",
+        ));
     };
     let head_start = keyword.column - 1 + "handler".len();
     let head = &content[head_start..colon];
@@ -203,14 +260,33 @@ fn parse_handler(line: &Line, content: &str, keyword: Word, s: &mut Scenario) ->
         Some((v, n)) => (v, Some(n)),
         None => (key_word.text, None),
     };
-    let vector = number(line, Word { text: vector_text, column: key_word.column }, 255, "a vector 0-255")? as u8;
+    let vector = number(
+        line,
+        Word {
+            text: vector_text,
+            column: key_word.column,
+        },
+        255,
+        "a vector 0-255",
+    )? as u8;
     let nth = match nth_text {
         None => None,
         Some(n) => {
-            let w = Word { text: n, column: key_word.column + vector_text.chars().count() + 1 };
-            let n = number(line, w, u32::MAX as u64, "a delivery count N >= 1 after `#`")?;
+            let w = Word {
+                text: n,
+                column: key_word.column + vector_text.chars().count() + 1,
+            };
+            let n = number(
+                line,
+                w,
+                u32::MAX as u64,
+                "a delivery count N >= 1 after `#`",
+            )?;
             if n == 0 {
-                return Err(line.error(Some(w), "a delivery count N >= 1 after `#` (deliveries count from 1)"));
+                return Err(line.error(
+                    Some(w),
+                    "a delivery count N >= 1 after `#` (deliveries count from 1)",
+                ));
             }
             Some(n as u32)
         }
@@ -227,12 +303,19 @@ fn parse_handler(line: &Line, content: &str, keyword: Word, s: &mut Scenario) ->
                     line: line.number,
                     column,
                     expected: "an op between `;` separators".into(),
-                    found: if offset + part.len() >= content.len() { "end of line".into() } else { "`;`".into() },
+                    found: if offset + part.len() >= content.len() {
+                        "end of line".into()
+                    } else {
+                        "`;`".into()
+                    },
                 });
             }
             match ws[0].text {
                 "handler" | "config" => {
-                    return Err(line.error(Some(ws[0]), "an op (a handler body may not contain `handler` or `config`)"))
+                    return Err(line.error(
+                        Some(ws[0]),
+                        "an op (a handler body may not contain `handler` or `config`)",
+                    ))
                 }
                 _ => body.push(parse_op(line, &ws)?),
             }
@@ -242,7 +325,10 @@ fn parse_handler(line: &Line, content: &str, keyword: Word, s: &mut Scenario) ->
     match s.handlers.entry(HandlerKey { vector, nth }) {
         Entry::Occupied(_) => Err(line.error(
             Some(key_word),
-            format!("one handler per vector and delivery (`{}` is defined twice)", key_word.text),
+            format!(
+                "one handler per vector and delivery (`{}` is defined twice)",
+                key_word.text
+            ),
         )),
         Entry::Vacant(e) => {
             e.insert(body);
@@ -313,7 +399,10 @@ fn parse_op(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
         "hlt" => (Op::Hlt, 1),
         "sti-hlt" => (Op::StiHlt, 1),
         "snapshot" => (Op::Snapshot, 1),
-        "ioapic-read" => (Op::IoapicRead(byte(line, arg(1), "an IOAPIC register index")?), 2),
+        "ioapic-read" => (
+            Op::IoapicRead(byte(line, arg(1), "an IOAPIC register index")?),
+            2,
+        ),
         "ioapic-write" => (
             Op::IoapicWrite {
                 index: byte(line, arg(1), "an IOAPIC register index")?,
@@ -323,7 +412,10 @@ fn parse_op(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
         ),
         "lapic-read" => (Op::LapicRead(lapic_offset(line, arg(1))?), 2),
         "lapic-write" => (
-            Op::LapicWrite { offset: lapic_offset(line, arg(1))?, value: dword(line, arg(2), "a value")? },
+            Op::LapicWrite {
+                offset: lapic_offset(line, arg(1))?,
+                value: dword(line, arg(2), "a value")?,
+            },
             3,
         ),
         other => {
@@ -350,9 +442,17 @@ fn lapic_offset(line: &Line, w: Option<Word>) -> Result<u16, ParseError> {
 
 /// Records that an option group was set, rejecting a second word of the
 /// same group (`edge level`, `vector=1 vector=2`).
-fn once<'a>(line: &Line, seen: &mut Vec<(&'static str, &'a str)>, group: &'static str, w: Word<'a>) -> Result<(), ParseError> {
+fn once<'a>(
+    line: &Line,
+    seen: &mut Vec<(&'static str, &'a str)>,
+    group: &'static str,
+    w: Word<'a>,
+) -> Result<(), ParseError> {
     if let Some((_, first)) = seen.iter().find(|(g, _)| *g == group) {
-        return Err(line.error(Some(w), format!("one {group} option (`{first}` already given)")));
+        return Err(line.error(
+            Some(w),
+            format!("one {group} option (`{first}` already given)"),
+        ));
     }
     seen.push((group, w.text));
     Ok(())
@@ -408,29 +508,54 @@ fn parse_msi(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
     let mut seen = Vec::new();
     for w in &ws[1..] {
         let group = match w.text {
-            "physical" => { msi.dest_mode = DestMode::Physical; "destination-mode" }
-            "logical" => { msi.dest_mode = DestMode::Logical; "destination-mode" }
-            "edge" => { msi.trigger = Trigger::Edge; "trigger" }
-            "level" => { msi.trigger = Trigger::Level; "trigger" }
-            "fixed" => { msi.delivery = MsiDelivery::Fixed; "delivery-mode" }
-            "lowest" => { msi.delivery = MsiDelivery::Lowest; "delivery-mode" }
-            "nmi" => { msi.delivery = MsiDelivery::Nmi; "delivery-mode" }
+            "physical" => {
+                msi.dest_mode = DestMode::Physical;
+                "destination-mode"
+            }
+            "logical" => {
+                msi.dest_mode = DestMode::Logical;
+                "destination-mode"
+            }
+            "edge" => {
+                msi.trigger = Trigger::Edge;
+                "trigger"
+            }
+            "level" => {
+                msi.trigger = Trigger::Level;
+                "trigger"
+            }
+            "fixed" => {
+                msi.delivery = MsiDelivery::Fixed;
+                "delivery-mode"
+            }
+            "lowest" => {
+                msi.delivery = MsiDelivery::Lowest;
+                "delivery-mode"
+            }
+            "nmi" => {
+                msi.delivery = MsiDelivery::Nmi;
+                "delivery-mode"
+            }
             t if t.starts_with("vector=") => {
-                let v = Word { text: &t[7..], column: w.column + 7 };
+                let v = Word {
+                    text: &t[7..],
+                    column: w.column + 7,
+                };
                 vector = Some(number(line, v, 255, "a vector 0-255 after `vector=`")? as u8);
                 "vector"
             }
             t if t.starts_with("dest=") => {
-                let v = Word { text: &t[5..], column: w.column + 5 };
+                let v = Word {
+                    text: &t[5..],
+                    column: w.column + 5,
+                };
                 msi.dest = number(line, v, 255, "a destination 0-255 after `dest=`")? as u8;
                 "destination"
             }
-            _ => {
-                return Err(line.error(
-                    Some(*w),
-                    "an msi option: vector=V, dest=D, physical|logical, edge|level, fixed|lowest|nmi",
-                ))
-            }
+            _ => return Err(line.error(
+                Some(*w),
+                "an msi option: vector=V, dest=D, physical|logical, edge|level, fixed|lowest|nmi",
+            )),
         };
         once(line, &mut seen, group, *w)?;
     }
@@ -456,7 +581,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(row[j + 1]) };
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
             prev = cur;
         }
     }
@@ -487,7 +616,10 @@ mod tests {
         assert_eq!(s.config.ioapic, IoapicVersion::V11);
         assert!(s.config.directed_eoi);
         assert_eq!(s.ops.len(), 22);
-        assert_eq!(s.handler_body(0x20, 1), &[Op::Deassert(Pin::new(3).unwrap()), Op::Eoi]);
+        assert_eq!(
+            s.handler_body(0x20, 1),
+            &[Op::Deassert(Pin::new(3).unwrap()), Op::Eoi]
+        );
         assert_eq!(s.handler_body(0x20, 2), &[] as &[Op]);
         assert_eq!(s.handler_body(0x21, 1), &[Op::Eoi]);
         assert_eq!(parse(&print(&s)).unwrap(), s);
@@ -504,33 +636,65 @@ mod tests {
     fn errors_name_line_column_and_expectation() {
         let e = err("nop\nassert 30\n");
         assert_eq!((e.line, e.column), (2, 8));
-        assert_eq!(e.to_string(), "line 2, column 8: expected a pin number 0-23, found `30`");
+        assert_eq!(
+            e.to_string(),
+            "line 2, column 8: expected a pin number 0-23, found `30`"
+        );
         let e = err("route 1 edge\n");
-        assert_eq!(e.to_string(), "line 1, column 13: expected `vector=V` (route needs a vector), found end of line");
+        assert_eq!(
+            e.to_string(),
+            "line 1, column 13: expected `vector=V` (route needs a vector), found end of line"
+        );
         let e = err("  unmsak 3\n");
         assert_eq!((e.column, e.found.as_str()), (3, "`unmsak`"));
-        assert!(e.expected.contains("did you mean `unmask`?"), "{}", e.expected);
+        assert!(
+            e.expected.contains("did you mean `unmask`?"),
+            "{}",
+            e.expected
+        );
     }
 
     #[test]
     fn rejects_conflicting_and_repeated_options() {
         let e = err("route 1 vector=0x20 edge level\n");
         assert_eq!(e.column, 26);
-        assert!(e.expected.contains("`edge` already given"), "{}", e.expected);
-        assert!(err("msi vector=1 vector=2\n").expected.contains("one vector option"));
+        assert!(
+            e.expected.contains("`edge` already given"),
+            "{}",
+            e.expected
+        );
+        assert!(err("msi vector=1 vector=2\n")
+            .expected
+            .contains("one vector option"));
     }
 
     #[test]
     fn rejects_misplaced_and_duplicate_statements() {
-        assert!(err("nop\nconfig apic=x2apic\n").expected.contains("before the first op"));
-        assert!(err("config apic=x2apic apic=xapic\n").expected.contains("twice"));
-        assert!(err("handler 0x20: eoi\nhandler 32: nop\n").expected.contains("defined twice"));
+        assert!(err("nop\nconfig apic=x2apic\n")
+            .expected
+            .contains("before the first op"));
+        assert!(err("config apic=x2apic apic=xapic\n")
+            .expected
+            .contains("twice"));
+        assert!(err("handler 0x20: eoi\nhandler 32: nop\n")
+            .expected
+            .contains("defined twice"));
         assert!(err("handler 0x20#0: eoi\n").expected.contains("N >= 1"));
-        assert!(err("handler 0x20: eoi; ; nop\n").expected.contains("between `;`"));
-        assert!(err("handler 0x20: handler 0x21: eoi\n").expected.contains("may not contain"));
-        assert!(err("handler 0x100: eoi\n").expected.contains("vector 0-255"));
-        assert!(err("nop extra\n").expected.contains("end of line after `nop`"));
-        assert!(err("lapic-read 0x284\n").expected.contains("multiple of 0x10"));
+        assert!(err("handler 0x20: eoi; ; nop\n")
+            .expected
+            .contains("between `;`"));
+        assert!(err("handler 0x20: handler 0x21: eoi\n")
+            .expected
+            .contains("may not contain"));
+        assert!(err("handler 0x100: eoi\n")
+            .expected
+            .contains("vector 0-255"));
+        assert!(err("nop extra\n")
+            .expected
+            .contains("end of line after `nop`"));
+        assert!(err("lapic-read 0x284\n")
+            .expected
+            .contains("multiple of 0x10"));
     }
 
     #[test]
@@ -542,7 +706,18 @@ mod tests {
 
     #[test]
     fn never_panics_on_odd_bytes() {
-        for text in ["handler", "handler :", "handler #:", "handler 1#:", "route", "msi", "config", "é#é:é", "handler é: nop", "\u{0}"] {
+        for text in [
+            "handler",
+            "handler :",
+            "handler #:",
+            "handler 1#:",
+            "route",
+            "msi",
+            "config",
+            "é#é:é",
+            "handler é: nop",
+            "\u{0}",
+        ] {
             let _ = parse(text);
         }
     }

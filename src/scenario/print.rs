@@ -9,7 +9,7 @@
 use std::fmt::Write;
 
 use super::{
-    ApicMode, Config, DeliveryMode, DestMode, Irqchip, IoapicVersion, Msi, MsiDelivery, Op,
+    ApicMode, Config, DeliveryMode, DestMode, IoapicVersion, Irqchip, Msi, MsiDelivery, Op,
     Polarity, Route, Scenario, Trigger,
 };
 
