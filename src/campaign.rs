@@ -104,8 +104,8 @@ impl Differ {
         let verdict = compare(&expected, &observed);
         let signature = match &verdict {
             Verdict::Diverge(d) => {
-                let rule = backend::model::deciding_rule(&decisions, d).map(|r| r.name());
-                Some(d.signature(scenario, rule))
+                let deciding = backend::model::deciding_decision(&decisions, d).map(|x| (x.cause, x.rule.name()));
+                Some(d.signature(scenario, deciding))
             }
             _ => None,
         };
@@ -119,8 +119,26 @@ impl Differ {
     }
 
     /// Minimises and packages one divergence as a finding (not yet written).
+    ///
+    /// A state difference is often the shadow of a delivery difference: if
+    /// the minimised program still diverges without its snapshots, the
+    /// finding takes that divergence's signature (its root cause), which
+    /// the caller may already know.
     pub fn finding(&mut self, original: &Scenario, signature: Signature) -> Option<Finding> {
-        let (minimized, runs) = self.minimize(original, &signature);
+        let (mut minimized, mut runs) = self.minimize(original, &signature);
+        let mut signature = signature;
+        if signature.class == crate::oracle::Class::StateMismatch {
+            let mut stripped = minimized.clone();
+            stripped.ops.retain(|op| *op != crate::scenario::Op::Snapshot);
+            for body in stripped.handlers.values_mut() {
+                body.retain(|op| *op != crate::scenario::Op::Snapshot);
+            }
+            if let (_, _, _, Some(root)) = self.diff(&stripped) {
+                let (again, more) = self.minimize(&stripped, &root);
+                (minimized, signature) = (again, root);
+                runs += more;
+            }
+        }
         let (expected, observed, verdict, _) = self.diff(&minimized);
         let Verdict::Diverge(divergence) = verdict else {
             return None; // flaky: the minimised program no longer diverges

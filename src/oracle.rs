@@ -347,42 +347,85 @@ fn snapshot_difference(a: &Snapshot, b: &Snapshot) -> String {
     "snapshots differ".to_string()
 }
 
-/// What identifies a bug across programs: the class, the kind of op at which
-/// it shows, and the model's rule that decided the diverging event.
+/// What identifies a bug across programs: the kind of difference, the kind
+/// of op that caused the model's deciding decision, and that decision's rule
+/// (plus the irqchip shape, since split and full irqchips are different code).
+///
+/// The class here is coarse: a delivery the backend did not make where the
+/// model made it (missed, late, out of order, replaced by another vector, or
+/// a hang waiting for it) is one `missed-delivery`; a delivery the backend
+/// made where the model did not (extra or early) is `extra-delivery`. The
+/// fine class stays in the [`Divergence`] for the report.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Signature {
     pub class: Class,
-    /// Keyword of the top-level op the diverging event belongs to.
+    /// Keyword of the op whose execution made the deciding decision.
     pub op_kind: String,
     /// The model rule that decided the event (its short name), or `none`.
     pub rule: String,
+    /// The scenario asked for a split irqchip.
+    #[serde(default)]
+    pub split: bool,
 }
 
 impl Signature {
     /// A file-name-safe form, used as the finding's directory name.
     pub fn slug(&self) -> String {
-        format!("{}.{}.{}", self.class, self.op_kind, self.rule)
+        let split = if self.split { ".split" } else { "" };
+        format!("{}.{}.{}{split}", self.class, self.op_kind, self.rule)
     }
 }
 
 impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at {} ({})", self.class, self.op_kind, self.rule)
+        write!(f, "{} caused by {} ({})", self.class, self.op_kind, self.rule)?;
+        if self.split {
+            write!(f, " [split irqchip]")?;
+        }
+        Ok(())
     }
 }
 
 impl Divergence {
-    /// The signature of this divergence in `scenario`, given the short name
-    /// of the model rule that decided the event (see `backend::model`).
-    pub fn signature(&self, scenario: &Scenario, rule: Option<&str>) -> Signature {
-        let op_kind = self
-            .op
-            .and_then(|i| scenario.ops.get(i))
-            .map_or("end", |op| op.keyword());
+    /// The coarse class used in signatures.
+    pub fn signature_class(&self) -> Class {
+        let delivers = |e: &Option<Event>| e.as_ref().is_some_and(|e| matches!(e.kind, EventKind::Deliver { .. }));
+        if delivers(&self.expected) {
+            Class::MissedDelivery
+        } else if delivers(&self.observed) {
+            Class::ExtraDelivery
+        } else if matches!(self.class, Class::Hang | Class::Storm) {
+            self.class
+        } else {
+            Class::StateMismatch
+        }
+    }
+
+    /// The signature of this divergence in `scenario`, given the model's
+    /// deciding decision as (the causing op's keyword, the rule's name).
+    pub fn signature(&self, scenario: &Scenario, deciding: Option<(&str, &str)>) -> Signature {
+        let fallback = self.op.and_then(|i| scenario.ops.get(i)).map_or("end", |op| op.keyword());
+        let class = self.signature_class();
+        // A state difference is named by the register that differs (the
+        // model's last decision before a snapshot says little about it).
+        let field = self.detail.split([' ', '[', ':']).next().unwrap_or("state").replace('_', "-");
+        let (op_kind, rule) = if class == Class::StateMismatch {
+            ("snapshot", field.as_str())
+        } else {
+            deciding.unwrap_or((fallback, "none"))
+        };
+        // A pulse is an assert (then a deassert) and `sti-hlt` an `sti`: the
+        // same code in the hypervisor, so the same bug.
+        let op_kind = match op_kind {
+            "pulse" => "assert",
+            "sti-hlt" => "sti",
+            other => other,
+        };
         Signature {
-            class: self.class,
+            class,
             op_kind: op_kind.to_string(),
-            rule: rule.unwrap_or("none").to_string(),
+            rule: rule.to_string(),
+            split: scenario.config.irqchip == crate::scenario::Irqchip::Split,
         }
     }
 }
@@ -562,7 +605,10 @@ mod tests {
             ..Default::default()
         };
         let d = diverge(vec![deliver(1, 0x82)], vec![]);
-        let sig = d.signature(&s, Some("level-unmask-deliver"));
-        assert_eq!(sig.slug(), "missed-delivery.unmask.level-unmask-deliver");
+        let sig = d.signature(&s, Some(("unmask", "level-unmask-delivers")));
+        assert_eq!(sig.slug(), "missed-delivery.unmask.level-unmask-delivers");
+        let d = diverge(vec![deliver(1, 0x82)], vec![deliver(3, 0x82)]);
+        assert_eq!(d.class, Class::LateDelivery);
+        assert_eq!(d.signature(&s, None).class, Class::MissedDelivery, "late is missed where expected");
     }
 }

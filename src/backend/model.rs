@@ -35,6 +35,9 @@ pub struct Decision {
     pub event_index: Option<usize>,
     pub rule: Rule,
     pub vector: u8,
+    /// Keyword of the op (top-level or in a handler body) whose execution
+    /// made the decision: for a delivery, the op that caused it.
+    pub cause: &'static str,
 }
 
 /// The model backend, optionally with quirks (the `sim:` backends).
@@ -86,30 +89,35 @@ impl Backend for ModelBackend {
     }
 }
 
-/// The rule that decided the event where a backend diverges from the model:
-/// the model's delivery's cause, or, where the model delivered nothing, the
-/// last thing it decided during that op.
-pub fn deciding_rule(decisions: &[Decision], divergence: &Divergence) -> Option<Rule> {
-    if divergence
-        .expected
-        .as_ref()
-        .is_some_and(|e| matches!(e.kind, EventKind::Deliver { .. }))
-    {
-        if let Some(d) = decisions
-            .iter()
-            .find(|d| d.event_index == Some(divergence.event_index))
-        {
-            return Some(d.rule);
-        }
+/// The model decision behind the event where a backend diverges: for a
+/// delivery the model made, its cause; for a delivery only the backend made,
+/// the model's last decision about that vector; for a state difference, the
+/// model's last decision before it.
+pub fn deciding_decision<'d>(decisions: &'d [Decision], divergence: &Divergence) -> Option<&'d Decision> {
+    let op = divergence.op.unwrap_or(usize::MAX);
+    let relevant = |d: &&Decision| {
+        d.op <= op
+            && d.event_index.is_none()
+            && !matches!(d.rule, Rule::DispatchAbovePpr | Rule::HeldByIf | Rule::HeldByPpr | Rule::HltWakes | Rule::StiShadow)
+    };
+    if let Some(EventKind::Deliver { .. }) = divergence.expected.as_ref().map(|e| &e.kind) {
+        return decisions.iter().find(|d| d.event_index == Some(divergence.event_index));
     }
-    let op = divergence.op?;
-    decisions
-        .iter()
-        .rev()
-        .find(|d| {
-            d.op == op && d.event_index.is_none() && !matches!(d.rule, Rule::DispatchAbovePpr)
-        })
-        .map(|d| d.rule)
+    if let Some(EventKind::Deliver { vector }) = divergence.observed.as_ref().map(|e| &e.kind) {
+        let vector = *vector;
+        return decisions
+            .iter()
+            .rev()
+            .filter(relevant)
+            .find(|d| d.vector == vector)
+            .or_else(|| decisions.iter().rev().find(relevant));
+    }
+    decisions.iter().rev().find(relevant)
+}
+
+/// The rule of [`deciding_decision`].
+pub fn deciding_rule(decisions: &[Decision], divergence: &Divergence) -> Option<Rule> {
+    deciding_decision(decisions, divergence).map(|d| d.rule)
 }
 
 enum Stop {
@@ -128,8 +136,10 @@ struct Run<'s> {
     deliveries: usize,
     count: [u32; 256],
     /// The cause of the IRR bit of each vector (or the NMI), from the log.
-    cause: [Rule; 256],
-    nmi_cause: Rule,
+    cause: [(Rule, &'static str); 256],
+    nmi_cause: (Rule, &'static str),
+    /// The op being executed (top-level or in a body).
+    current: &'static str,
 }
 
 impl<'s> Run<'s> {
@@ -151,8 +161,9 @@ impl<'s> Run<'s> {
             decisions: Vec::new(),
             deliveries: 0,
             count: [0; 256],
-            cause: [Rule::AcceptedIntoIrr; 256],
-            nmi_cause: Rule::NmiDelivers,
+            cause: [(Rule::AcceptedIntoIrr, "none"); 256],
+            nmi_cause: (Rule::NmiDelivers, "none"),
+            current: "none",
         }
     }
 
@@ -166,6 +177,7 @@ impl<'s> Run<'s> {
     /// Executes one op (top-level or in a handler body) of top-level op `k`,
     /// then takes whatever became deliverable.
     fn op(&mut self, op: &Op, k: usize, depth: usize) -> Step {
+        self.current = op.keyword();
         self.execute(op, k, depth)?;
         self.collect(k);
         self.deliver_pending(k, depth)?;
@@ -362,8 +374,9 @@ impl<'s> Run<'s> {
         self.decisions.push(Decision {
             op: k,
             event_index: Some(event_index),
-            rule: cause,
+            rule: cause.0,
             vector,
+            cause: cause.1,
         });
         self.count[vector as usize] += 1;
         let body = self
@@ -381,14 +394,14 @@ impl<'s> Run<'s> {
     fn collect(&mut self, k: usize) {
         for d in self.machine.decisions() {
             match d.rule {
-                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = d.rule,
+                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = (d.rule, self.current),
                 Rule::EdgeDelivers
                 | Rule::LevelDelivers
                 | Rule::LevelUnmaskDelivers
                 | Rule::EoiRedelivers
                 | Rule::SelfIpi
                 | Rule::MsiDelivers
-                | Rule::Quirk => self.cause[d.vector as usize] = d.rule,
+                | Rule::Quirk => self.cause[d.vector as usize] = (d.rule, self.current),
                 _ => {}
             }
             self.decisions.push(Decision {
@@ -396,6 +409,7 @@ impl<'s> Run<'s> {
                 event_index: None,
                 rule: d.rule,
                 vector: d.vector,
+                cause: self.current,
             });
         }
         self.machine.clear_decisions();
@@ -408,6 +422,7 @@ impl<'s> Run<'s> {
                 event_index: None,
                 rule,
                 vector,
+                cause: self.current,
             });
         }
     }
