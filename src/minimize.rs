@@ -104,32 +104,19 @@ fn shrink_handlers(mut s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -
 /// Replace values by simpler ones, one at a time, keeping each change that
 /// keeps the signature.
 fn simplify_values(mut s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -> Scenario {
-    // The default config, key by key.
+    // The default config, key by key (each candidate from the current config).
     let defaults = Config::default();
-    let configs = [
-        Config {
-            ioapic: defaults.ioapic,
-            ..s.config
-        },
-        Config {
-            apic: defaults.apic,
-            ..s.config
-        },
-        Config {
-            irqchip: defaults.irqchip,
-            ..s.config
-        },
-        Config {
-            directed_eoi: defaults.directed_eoi,
-            ..s.config
-        },
+    let setters: [fn(&mut Config, &Config); 4] = [
+        |c, d| c.ioapic = d.ioapic,
+        |c, d| c.apic = d.apic,
+        |c, d| c.irqchip = d.irqchip,
+        |c, d| c.directed_eoi = d.directed_eoi,
     ];
-    for config in configs {
+    for set in setters {
+        let mut config = s.config;
+        set(&mut config, &defaults);
         if config != s.config {
-            let candidate = Scenario {
-                config,
-                ..s.clone()
-            };
+            let candidate = Scenario { config, ..s.clone() };
             if keeps(&candidate) {
                 s = candidate;
             }
