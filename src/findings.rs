@@ -149,6 +149,7 @@ mod tests {
             class: Class::ExtraDelivery,
             op_kind: "assert".into(),
             rule: rule.into(),
+            split: false,
         }
     }
 

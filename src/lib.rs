@@ -6,6 +6,7 @@ pub mod backend;
 pub mod campaign;
 pub mod cli;
 pub mod findings;
+pub mod guest;
 pub mod minimize;
 pub mod oracle;
 pub mod repro;

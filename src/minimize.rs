@@ -411,6 +411,7 @@ mod tests {
             class: Class::MissedDelivery,
             op_kind: "unmask".into(),
             rule: "r".into(),
+            split: false,
         }
     }
 
