@@ -348,7 +348,12 @@ fn log_reserve(a: &mut CodeAssembler, l: &Labels, bytes: u64) -> Result<(), Iced
     a.jae(l.log_full)
 }
 
+/// A snapshot or read record is written with interrupts held (pushfq; cli
+/// ... popfq), so that a handler's own record cannot land inside it; an
+/// interrupt that arrives meanwhile is taken at the popfq, still in this op.
 fn op_snapshot(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    a.pushfq()?;
+    a.cli()?;
     log_reserve(a, l, SNAPSHOT_WORDS as u64 * 4)?;
     a.mov(eax, record::SNAPSHOT)?;
     a.stosd()?;
@@ -371,7 +376,8 @@ fn op_snapshot(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
         a.mov(eax, dword_ptr(r12 + 0x10))?;
         a.stosd()?;
     }
-    a.mov(qword_ptr(LOG_PTR), rdi)
+    a.mov(qword_ptr(LOG_PTR), rdi)?;
+    a.popfq()
 }
 
 fn log_read(a: &mut CodeAssembler, kind: u32) -> Result<(), IcedError> {
@@ -386,11 +392,14 @@ fn log_read(a: &mut CodeAssembler, kind: u32) -> Result<(), IcedError> {
 }
 
 fn op_ioapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    a.pushfq()?;
+    a.cli()?;
     log_reserve(a, l, 16)?;
     a.mov(ebx, dword_ptr(r15 + 4))?;
     a.mov(dword_ptr(r12), ebx)?;
     a.mov(eax, dword_ptr(r12 + 0x10))?;
-    log_read(a, record::IOAPIC_READ)
+    log_read(a, record::IOAPIC_READ)?;
+    a.popfq()
 }
 
 fn op_ioapic_write(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
@@ -401,9 +410,12 @@ fn op_ioapic_write(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
 }
 
 fn op_lapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    a.pushfq()?;
+    a.cli()?;
     log_reserve(a, l, 16)?;
     a.mov(ebx, dword_ptr(r15 + 4))?;
     a.mov(ecx, ebx)?;
     a.call(l.lapic_read)?;
-    log_read(a, record::LAPIC_READ)
+    log_read(a, record::LAPIC_READ)?;
+    a.popfq()
 }
