@@ -104,7 +104,8 @@ impl Differ {
         let verdict = compare(&expected, &observed);
         let signature = match &verdict {
             Verdict::Diverge(d) => {
-                let deciding = backend::model::deciding_decision(&decisions, d).map(|x| (x.cause, x.rule.name()));
+                let deciding = backend::model::deciding_decision(&decisions, d)
+                    .map(|x| (x.cause, x.rule.name()));
                 Some(d.signature(scenario, deciding))
             }
             _ => None,
@@ -129,7 +130,9 @@ impl Differ {
         let mut signature = signature;
         if signature.class == crate::oracle::Class::StateMismatch {
             let mut stripped = minimized.clone();
-            stripped.ops.retain(|op| *op != crate::scenario::Op::Snapshot);
+            stripped
+                .ops
+                .retain(|op| *op != crate::scenario::Op::Snapshot);
             for body in stripped.handlers.values_mut() {
                 body.retain(|op| *op != crate::scenario::Op::Snapshot);
             }

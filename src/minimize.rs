@@ -116,7 +116,10 @@ fn simplify_values(mut s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -
         let mut config = s.config;
         set(&mut config, &defaults);
         if config != s.config {
-            let candidate = Scenario { config, ..s.clone() };
+            let candidate = Scenario {
+                config,
+                ..s.clone()
+            };
             if keeps(&candidate) {
                 s = candidate;
             }

@@ -378,7 +378,11 @@ impl Signature {
 
 impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} caused by {} ({})", self.class, self.op_kind, self.rule)?;
+        write!(
+            f,
+            "{} caused by {} ({})",
+            self.class, self.op_kind, self.rule
+        )?;
         if self.split {
             write!(f, " [split irqchip]")?;
         }
@@ -389,7 +393,10 @@ impl fmt::Display for Signature {
 impl Divergence {
     /// The coarse class used in signatures.
     pub fn signature_class(&self) -> Class {
-        let delivers = |e: &Option<Event>| e.as_ref().is_some_and(|e| matches!(e.kind, EventKind::Deliver { .. }));
+        let delivers = |e: &Option<Event>| {
+            e.as_ref()
+                .is_some_and(|e| matches!(e.kind, EventKind::Deliver { .. }))
+        };
         if delivers(&self.expected) {
             Class::MissedDelivery
         } else if delivers(&self.observed) {
@@ -404,11 +411,19 @@ impl Divergence {
     /// The signature of this divergence in `scenario`, given the model's
     /// deciding decision as (the causing op's keyword, the rule's name).
     pub fn signature(&self, scenario: &Scenario, deciding: Option<(&str, &str)>) -> Signature {
-        let fallback = self.op.and_then(|i| scenario.ops.get(i)).map_or("end", |op| op.keyword());
+        let fallback = self
+            .op
+            .and_then(|i| scenario.ops.get(i))
+            .map_or("end", |op| op.keyword());
         let class = self.signature_class();
         // A state difference is named by the register that differs (the
         // model's last decision before a snapshot says little about it).
-        let field = self.detail.split([' ', '[', ':']).next().unwrap_or("state").replace('_', "-");
+        let field = self
+            .detail
+            .split([' ', '[', ':'])
+            .next()
+            .unwrap_or("state")
+            .replace('_', "-");
         let (op_kind, rule) = if class == Class::StateMismatch {
             ("snapshot", field.as_str())
         } else {
@@ -609,6 +624,10 @@ mod tests {
         assert_eq!(sig.slug(), "missed-delivery.unmask.level-unmask-delivers");
         let d = diverge(vec![deliver(1, 0x82)], vec![deliver(3, 0x82)]);
         assert_eq!(d.class, Class::LateDelivery);
-        assert_eq!(d.signature(&s, None).class, Class::MissedDelivery, "late is missed where expected");
+        assert_eq!(
+            d.signature(&s, None).class,
+            Class::MissedDelivery,
+            "late is missed where expected"
+        );
     }
 }

@@ -13,22 +13,30 @@
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_regs, kvm_segment, kvm_sregs,
-    kvm_userspace_memory_region, kvm_vcpu_events, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
-    KVM_MP_STATE_RUNNABLE,
+    kvm_irq_routing_entry, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_regs, kvm_segment,
+    kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 
 use super::{Availability, Backend, BackendError, Result};
-use crate::guest::layout::{self, EndCode, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, PING_PORT, RAM_SIZE};
+use crate::guest::layout::{
+    self, EndCode, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, PING_PORT, RAM_SIZE,
+};
 use crate::guest::{log, table, Image};
-use crate::model::ioapic::{InterruptMessage, InterruptSink, Ioapic, IoapicVersion as ModelVersion};
-use crate::scenario::{Irqchip, IoapicVersion, Op, Scenario};
+use crate::model::ioapic::{
+    InterruptMessage, InterruptSink, Ioapic, IoapicVersion as ModelVersion,
+};
+use crate::scenario::{IoapicVersion, Irqchip, Op, Scenario};
 use crate::trace::{Outcome, Trace};
 
-/// How often a running scenario's `KVM_RUN` is kicked to look for a hang.
-pub const KICK: Duration = Duration::from_millis(2);
+/// A single `KVM_RUN` that has not returned after this long is kicked to
+/// look for a hang. The timer is re-armed before every entry, so it fires
+/// only when the vCPU blocks (halted): a kick is an exit to userspace, and on
+/// this host's KVM exits change when interrupts are injected, so kicks must
+/// not land in a guest that is making progress.
+pub const KICK: Duration = Duration::from_millis(3);
 /// A scenario still running after this long is an error (a livelocked guest).
 pub const RUN_LIMIT: Duration = Duration::from_secs(5);
 
@@ -36,16 +44,28 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(5);
 pub fn probe(split: bool) -> Availability {
     let kvm = match Kvm::new() {
         Ok(k) => k,
-        Err(e) if e.errno() == libc::ENOENT => return Availability::Unavailable("no /dev/kvm".into()),
+        Err(e) if e.errno() == libc::ENOENT => {
+            return Availability::Unavailable("no /dev/kvm".into())
+        }
         Err(e) if e.errno() == libc::EACCES => {
-            return Availability::Unavailable("no permission to open /dev/kvm (add yourself to the kvm group)".into())
+            return Availability::Unavailable(
+                "no permission to open /dev/kvm (add yourself to the kvm group)".into(),
+            )
         }
         Err(e) => return Availability::Unavailable(format!("cannot open /dev/kvm: {e}")),
     };
     let needed: &[(Cap, &str)] = if split {
-        &[(Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"), (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"), (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING")]
+        &[
+            (Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"),
+            (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
+            (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+        ]
     } else {
-        &[(Cap::Irqchip, "KVM_CAP_IRQCHIP"), (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"), (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING")]
+        &[
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
+            (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+        ]
     };
     for (cap, name) in needed {
         if !kvm.check_extension(*cap) {
@@ -78,7 +98,10 @@ impl GuestRam {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(GuestRam { ptr: ptr.cast(), len })
+        Ok(GuestRam {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -109,7 +132,7 @@ fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN() + 3
 }
 
-/// A per-thread timer that interrupts `KVM_RUN` every [`KICK`] while armed.
+/// A per-thread timer that interrupts a `KVM_RUN` that blocks.
 struct KickTimer {
     id: libc::timer_t,
 }
@@ -134,9 +157,20 @@ impl KickTimer {
         Ok(KickTimer { id })
     }
 
-    fn set(&self, period: Duration) {
-        let ts = libc::timespec { tv_sec: period.as_secs() as _, tv_nsec: period.subsec_nanos() as _ };
-        let spec = libc::itimerspec { it_interval: ts, it_value: ts };
+    /// Arms a one-shot kick after `delay` (zero disarms).
+    fn set(&self, delay: Duration) {
+        let ts = libc::timespec {
+            tv_sec: delay.as_secs() as _,
+            tv_nsec: delay.subsec_nanos() as _,
+        };
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = libc::itimerspec {
+            it_interval: zero,
+            it_value: ts,
+        };
         // SAFETY: a timer this value owns; spec is valid for the call.
         unsafe { libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut()) };
     }
@@ -175,13 +209,18 @@ impl Vm {
     fn new(kvm: &Kvm, image: &Image, split: bool) -> Result<Vm> {
         let vm = kvm.create_vm().map_err(errno("KVM_CREATE_VM"))?;
         if split {
-            let mut cap = kvm_bindings::kvm_enable_cap { cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP, ..Default::default() };
+            let mut cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+                ..Default::default()
+            };
             cap.args[0] = 24;
-            vm.enable_cap(&cap).map_err(errno("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
+            vm.enable_cap(&cap)
+                .map_err(errno("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
         } else {
             vm.create_irq_chip().map_err(errno("KVM_CREATE_IRQCHIP"))?;
         }
-        let mut ram = GuestRam::new(RAM_SIZE).map_err(|e| BackendError::Failed(format!("guest RAM: {e}")))?;
+        let mut ram =
+            GuestRam::new(RAM_SIZE).map_err(|e| BackendError::Failed(format!("guest RAM: {e}")))?;
         image.install(ram.bytes_mut());
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -192,9 +231,12 @@ impl Vm {
         };
         // SAFETY: the region is backed by `ram`, which lives as long as the VM
         // (both are fields of this Vm, and the VM fd is dropped first).
-        unsafe { vm.set_user_memory_region(region) }.map_err(errno("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(errno("KVM_SET_USER_MEMORY_REGION"))?;
         let vcpu = vm.create_vcpu(0).map_err(errno("KVM_CREATE_VCPU"))?;
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(errno("KVM_GET_SUPPORTED_CPUID"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(errno("KVM_GET_SUPPORTED_CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(errno("KVM_SET_CPUID2"))?;
 
         let mut sregs = vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?;
@@ -211,7 +253,13 @@ impl Vm {
             g: 1,
             ..Default::default()
         };
-        let data = kvm_segment { selector: layout::DATA_SELECTOR, type_: 0x3, db: 1, l: 0, ..code };
+        let data = kvm_segment {
+            selector: layout::DATA_SELECTOR,
+            type_: 0x3,
+            db: 1,
+            l: 0,
+            ..code
+        };
         sregs.cs = code;
         (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
         sregs.gdt.base = layout::GDT;
@@ -245,13 +293,23 @@ impl Vm {
             }
         }
         set(0x280, 0);
-        let events = vcpu.get_vcpu_events().map_err(errno("KVM_GET_VCPU_EVENTS"))?;
+        let events = vcpu
+            .get_vcpu_events()
+            .map_err(errno("KVM_GET_VCPU_EVENTS"))?;
 
         let mut irqchips = Vec::new();
         if !split {
-            for chip in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
-                let mut state = kvm_bindings::kvm_irqchip { chip_id: chip, ..Default::default() };
-                vm.get_irqchip(&mut state).map_err(errno("KVM_GET_IRQCHIP"))?;
+            for chip in [
+                KVM_IRQCHIP_PIC_MASTER,
+                KVM_IRQCHIP_PIC_SLAVE,
+                KVM_IRQCHIP_IOAPIC,
+            ] {
+                let mut state = kvm_bindings::kvm_irqchip {
+                    chip_id: chip,
+                    ..Default::default()
+                };
+                vm.get_irqchip(&mut state)
+                    .map_err(errno("KVM_GET_IRQCHIP"))?;
                 // SAFETY: the union member matching chip_id, as KVM filled it.
                 unsafe {
                     if chip == KVM_IRQCHIP_IOAPIC {
@@ -275,14 +333,20 @@ impl Vm {
             // GSI n goes to IOAPIC pin n only: the PIC is not in the path.
             let entries: Vec<kvm_irq_routing_entry> = (0..24)
                 .map(|pin| {
-                    let mut e = kvm_irq_routing_entry { gsi: pin, type_: KVM_IRQ_ROUTING_IRQCHIP, ..Default::default() };
+                    let mut e = kvm_irq_routing_entry {
+                        gsi: pin,
+                        type_: KVM_IRQ_ROUTING_IRQCHIP,
+                        ..Default::default()
+                    };
                     e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
                     e.u.irqchip.pin = pin;
                     e
                 })
                 .collect();
-            let routing = KvmIrqRouting::from_entries(&entries).map_err(|e| BackendError::Failed(format!("routing table: {e:?}")))?;
-            vm.set_gsi_routing(&routing).map_err(errno("KVM_SET_GSI_ROUTING"))?;
+            let routing = KvmIrqRouting::from_entries(&entries)
+                .map_err(|e| BackendError::Failed(format!("routing table: {e:?}")))?;
+            vm.set_gsi_routing(&routing)
+                .map_err(errno("KVM_SET_GSI_ROUTING"))?;
         }
         Ok(Vm {
             split,
@@ -310,23 +374,44 @@ impl Vm {
         } else {
             for pin in 0..24 {
                 if self.asserted & (1 << pin) != 0 {
-                    self.vm.set_irq_line(pin, false).map_err(errno("KVM_IRQ_LINE"))?;
+                    self.vm
+                        .set_irq_line(pin, false)
+                        .map_err(errno("KVM_IRQ_LINE"))?;
                 }
             }
             for chip in &self.irqchips {
-                self.vm.set_irqchip(chip).map_err(errno("KVM_SET_IRQCHIP"))?;
+                self.vm
+                    .set_irqchip(chip)
+                    .map_err(errno("KVM_SET_IRQCHIP"))?;
             }
         }
         self.asserted = 0;
-        self.vcpu.set_sregs(&self.sregs).map_err(errno("KVM_SET_SREGS"))?;
-        self.vcpu.set_lapic(&self.lapic).map_err(errno("KVM_SET_LAPIC"))?;
-        let regs = kvm_regs { rip: image.stub.entry, rsp: layout::STACK_TOP, rflags: 0x202, ..Default::default() };
-        self.vcpu.set_regs(&regs).map_err(errno("KVM_SET_REGS"))?;
-        self.vcpu.set_vcpu_events(&self.events).map_err(errno("KVM_SET_VCPU_EVENTS"))?;
         self.vcpu
-            .set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE })
+            .set_sregs(&self.sregs)
+            .map_err(errno("KVM_SET_SREGS"))?;
+        self.vcpu
+            .set_lapic(&self.lapic)
+            .map_err(errno("KVM_SET_LAPIC"))?;
+        let regs = kvm_regs {
+            rip: image.stub.entry,
+            rsp: layout::STACK_TOP,
+            rflags: 0x202,
+            ..Default::default()
+        };
+        self.vcpu.set_regs(&regs).map_err(errno("KVM_SET_REGS"))?;
+        self.vcpu
+            .set_vcpu_events(&self.events)
+            .map_err(errno("KVM_SET_VCPU_EVENTS"))?;
+        self.vcpu
+            .set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            })
             .map_err(errno("KVM_SET_MP_STATE"))?;
-        image.load(self.ram.bytes_mut(), table, scenario.config.apic == crate::scenario::ApicMode::X2apic);
+        image.load(
+            self.ram.bytes_mut(),
+            table,
+            scenario.config.apic == crate::scenario::ApicMode::X2apic,
+        );
         Ok(())
     }
 
@@ -348,14 +433,21 @@ impl Vm {
             .iter()
             .enumerate()
             .map(|(pin, (addr, data))| {
-                let mut e = kvm_irq_routing_entry { gsi: pin as u32, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
+                let mut e = kvm_irq_routing_entry {
+                    gsi: pin as u32,
+                    type_: KVM_IRQ_ROUTING_MSI,
+                    ..Default::default()
+                };
                 e.u.msi.address_lo = *addr;
                 e.u.msi.data = *data;
                 e
             })
             .collect();
-        let routing = KvmIrqRouting::from_entries(&entries).map_err(|e| BackendError::Failed(format!("routing table: {e:?}")))?;
-        self.vm.set_gsi_routing(&routing).map_err(errno("KVM_SET_GSI_ROUTING"))?;
+        let routing = KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| BackendError::Failed(format!("routing table: {e:?}")))?;
+        self.vm
+            .set_gsi_routing(&routing)
+            .map_err(errno("KVM_SET_GSI_ROUTING"))?;
         self.routes = routes;
         Ok(())
     }
@@ -389,7 +481,12 @@ struct MsiSink<'a> {
 impl InterruptSink for MsiSink<'_> {
     fn send(&mut self, msg: &InterruptMessage) -> bool {
         let (addr, data) = msi_of(msg);
-        let msi = kvm_msi { address_lo: addr as u32, address_hi: (addr >> 32) as u32, data, ..Default::default() };
+        let msi = kvm_msi {
+            address_lo: addr as u32,
+            address_hi: (addr >> 32) as u32,
+            data,
+            ..Default::default()
+        };
         match self.vm.signal_msi(msi) {
             Ok(delivered) => delivered > 0,
             Err(e) => {
@@ -419,18 +516,35 @@ impl KvmBackend {
     pub fn open(split: bool) -> std::result::Result<KvmBackend, super::OpenError> {
         let name = if split { "kvm-split" } else { "kvm" };
         if let Availability::Unavailable(why) = probe(split) {
-            return Err(super::OpenError::Unavailable { name: name.into(), why });
+            return Err(super::OpenError::Unavailable {
+                name: name.into(),
+                why,
+            });
         }
-        let unavailable = |why: String| super::OpenError::Unavailable { name: name.into(), why };
+        let unavailable = |why: String| super::OpenError::Unavailable {
+            name: name.into(),
+            why,
+        };
         let kvm = Kvm::new().map_err(|e| unavailable(format!("/dev/kvm: {e}")))?;
         let timer = KickTimer::new().map_err(|e| unavailable(format!("timer: {e}")))?;
-        Ok(KvmBackend { name, force_split: split, kvm, image: Image::build(), full: None, split: None, timer, last_exits: 0 })
+        Ok(KvmBackend {
+            name,
+            force_split: split,
+            kvm,
+            image: Image::build(),
+            full: None,
+            split: None,
+            timer,
+            last_exits: 0,
+        })
     }
 
     /// Measures the raw exit round trip: `count` `out`s, returns the time per exit.
     pub fn ping(&mut self, count: usize) -> Result<Duration> {
         let table = table::pings(count);
-        let KvmBackend { kvm, image, full, .. } = self;
+        let KvmBackend {
+            kvm, image, full, ..
+        } = self;
         let vm = vm_slot(kvm, image, full, false)?;
         vm.reset(image, &table, &Scenario::default())?;
         let start = Instant::now();
@@ -440,7 +554,11 @@ impl KvmBackend {
                 Ok(VcpuExit::IoOut(PING_PORT, _)) => exits += 1,
                 Ok(VcpuExit::IoOut(END_PORT, _)) => break,
                 Ok(VcpuExit::IoOut(..)) => {}
-                Ok(other) => return Err(BackendError::Failed(format!("unexpected exit {other:?} while pinging"))),
+                Ok(other) => {
+                    return Err(BackendError::Failed(format!(
+                        "unexpected exit {other:?} while pinging"
+                    )))
+                }
                 Err(e) => return Err(BackendError::Failed(format!("KVM_RUN: {e}"))),
             }
         }
@@ -449,7 +567,12 @@ impl KvmBackend {
 }
 
 /// The VM of one shape, created on first use.
-fn vm_slot<'v>(kvm: &Kvm, image: &Image, slot: &'v mut Option<Vm>, split: bool) -> Result<&'v mut Vm> {
+fn vm_slot<'v>(
+    kvm: &Kvm,
+    image: &Image,
+    slot: &'v mut Option<Vm>,
+    split: bool,
+) -> Result<&'v mut Vm> {
     if slot.is_none() {
         *slot = Some(Vm::new(kvm, image, split)?);
     }
@@ -488,12 +611,20 @@ impl Backend for KvmBackend {
         if let Some(why) = unsupported(scenario, split) {
             return Err(BackendError::Unsupported(why));
         }
-        let table = table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
-        let KvmBackend { kvm, image, full, split: split_vm, timer, last_exits, .. } = self;
+        let table =
+            table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
+        let KvmBackend {
+            kvm,
+            image,
+            full,
+            split: split_vm,
+            timer,
+            last_exits,
+            ..
+        } = self;
         let vm = vm_slot(kvm, image, if split { split_vm } else { full }, split)?;
         vm.reset(image, &table, scenario)?;
-        timer.set(KICK);
-        let result = run_loop(vm, &table, scenario);
+        let result = run_loop(vm, &table, timer);
         timer.set(Duration::ZERO);
         let (end, exits) = result?;
         *last_exits = exits;
@@ -526,7 +657,7 @@ enum End {
 }
 
 /// Runs the vCPU until the stub ends the run, hangs, or fails.
-fn run_loop(vm: &mut Vm, table: &table::Table, scenario: &Scenario) -> Result<(End, u64)> {
+fn run_loop(vm: &mut Vm, table: &table::Table, timer: &KickTimer) -> Result<(End, u64)> {
     let started = Instant::now();
     let mut exits = 0u64;
     let mut halted_kicks = 0;
@@ -537,6 +668,7 @@ fn run_loop(vm: &mut Vm, table: &table::Table, scenario: &Scenario) -> Result<(E
             routes_dirty = false;
         }
         exits += 1;
+        timer.set(KICK);
         let exit = vm.vcpu.run();
         let mut host_op = None;
         match exit {
@@ -546,48 +678,84 @@ fn run_loop(vm: &mut Vm, table: &table::Table, scenario: &Scenario) -> Result<(E
                     HYPERCALL_PORT => host_op = Some(value as usize),
                     END_PORT => {
                         return Ok((
-                            EndCode::from_u32(value).map_or_else(|| End::Error(format!("bad end code {value}")), End::Stub),
+                            EndCode::from_u32(value).map_or_else(
+                                || End::Error(format!("bad end code {value}")),
+                                End::Stub,
+                            ),
                             exits,
                         ))
                     }
                     // The 8259 mask writes exit only without an in-kernel PIC.
                     0x21 | 0xa1 | PING_PORT => {}
-                    other => return Ok((End::Error(format!("unexpected out to port {other:#x}")), exits)),
+                    other => {
+                        return Ok((
+                            End::Error(format!("unexpected out to port {other:#x}")),
+                            exits,
+                        ))
+                    }
                 }
             }
-            Ok(VcpuExit::MmioRead(addr, data)) if vm.split && (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&addr) => {
+            Ok(VcpuExit::MmioRead(addr, data))
+                if vm.split && (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&addr) =>
+            {
                 let value = vm.ioapic.mmio_read(addr - IOAPIC_BASE);
                 let bytes = value.to_le_bytes();
                 let n = data.len().min(4);
                 data[..n].copy_from_slice(&bytes[..n]);
             }
-            Ok(VcpuExit::MmioWrite(addr, data)) if vm.split && (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&addr) => {
+            Ok(VcpuExit::MmioWrite(addr, data))
+                if vm.split && (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&addr) =>
+            {
                 let mut bytes = [0u8; 4];
                 let n = data.len().min(4);
                 bytes[..n].copy_from_slice(&data[..n]);
-                let mut sink = MsiSink { vm: &vm.vm, failure: None };
-                vm.ioapic.mmio_write(addr - IOAPIC_BASE, u32::from_le_bytes(bytes), &mut sink);
+                let mut sink = MsiSink {
+                    vm: &vm.vm,
+                    failure: None,
+                };
+                vm.ioapic
+                    .mmio_write(addr - IOAPIC_BASE, u32::from_le_bytes(bytes), &mut sink);
                 if let Some(f) = sink.failure {
                     return Ok((End::Error(f), exits));
                 }
                 routes_dirty = true;
             }
             Ok(VcpuExit::IoapicEoi(vector)) if vm.split => {
-                let mut sink = MsiSink { vm: &vm.vm, failure: None };
+                let mut sink = MsiSink {
+                    vm: &vm.vm,
+                    failure: None,
+                };
                 vm.ioapic.eoi(vector, &mut sink);
                 if let Some(f) = sink.failure {
                     return Ok((End::Error(f), exits));
                 }
             }
             Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
-                return Ok((End::Error(format!("unexpected MMIO access at {addr:#x}")), exits))
+                return Ok((
+                    End::Error(format!("unexpected MMIO access at {addr:#x}")),
+                    exits,
+                ))
             }
-            Ok(VcpuExit::Shutdown) => return Ok((End::Error("the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into()), exits)),
+            Ok(VcpuExit::Shutdown) => {
+                return Ok((
+                    End::Error("the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into()),
+                    exits,
+                ))
+            }
             Ok(VcpuExit::InternalError) => {
-                return Ok((End::Error("KVM internal error (KVM_EXIT_INTERNAL_ERROR, e.g. an emulation failure)".into()), exits))
+                return Ok((
+                    End::Error(
+                        "KVM internal error (KVM_EXIT_INTERNAL_ERROR, e.g. an emulation failure)"
+                            .into(),
+                    ),
+                    exits,
+                ))
             }
             Ok(VcpuExit::FailEntry(reason, _)) => {
-                return Ok((End::Error(format!("VM entry failed (hardware reason {reason:#x})")), exits))
+                return Ok((
+                    End::Error(format!("VM entry failed (hardware reason {reason:#x})")),
+                    exits,
+                ))
             }
             Ok(VcpuExit::Hlt) => return Ok((End::Hang, exits)),
             Ok(VcpuExit::Intr) => {}
@@ -603,7 +771,10 @@ fn run_loop(vm: &mut Vm, table: &table::Table, scenario: &Scenario) -> Result<(E
                     halted_kicks = 0;
                 }
                 if started.elapsed() > RUN_LIMIT {
-                    return Ok((End::Error(format!("the guest did not finish within {RUN_LIMIT:?}")), exits));
+                    return Ok((
+                        End::Error(format!("the guest did not finish within {RUN_LIMIT:?}")),
+                        exits,
+                    ));
                 }
                 continue;
             }
@@ -611,20 +782,20 @@ fn run_loop(vm: &mut Vm, table: &table::Table, scenario: &Scenario) -> Result<(E
         }
         halted_kicks = 0;
         if let Some(index) = host_op {
-            let op = *table
-                .host_ops
-                .get(index)
-                .ok_or_else(|| BackendError::Failed(format!("the guest asked for host op {index}, which does not exist")))?;
+            let op = *table.host_ops.get(index).ok_or_else(|| {
+                BackendError::Failed(format!(
+                    "the guest asked for host op {index}, which does not exist"
+                ))
+            })?;
             if let Err(message) = perform(vm, &op) {
                 return Ok((End::Error(message), exits));
             }
         }
-        let _ = scenario;
     }
 }
 
-/// Performs a host op. `assert` means "interrupt requested": the electrical
-/// level is inverted for a pin whose entry has polarity low at this moment.
+/// Performs a host op. `assert` means "interrupt requested", whatever the
+/// pin's polarity: both KVM's IOAPIC and the model's take the logical level.
 fn perform(vm: &mut Vm, op: &Op) -> std::result::Result<(), String> {
     let drive = |vm: &mut Vm, pin: u8, requested: bool| -> std::result::Result<(), String> {
         if requested {
@@ -633,16 +804,19 @@ fn perform(vm: &mut Vm, op: &Op) -> std::result::Result<(), String> {
             vm.asserted &= !(1 << pin);
         }
         if vm.split {
-            let mut sink = MsiSink { vm: &vm.vm, failure: None };
+            let mut sink = MsiSink {
+                vm: &vm.vm,
+                failure: None,
+            };
             vm.ioapic.set_irq(pin as usize, requested, &mut sink);
             return sink.failure.map_or(Ok(()), Err);
         }
-        let mut state = kvm_bindings::kvm_irqchip { chip_id: KVM_IRQCHIP_IOAPIC, ..Default::default() };
-        vm.vm.get_irqchip(&mut state).map_err(|e| format!("KVM_GET_IRQCHIP: {e}"))?;
-        // SAFETY: chip_id is the IOAPIC, so KVM filled the ioapic member.
-        let bits = unsafe { state.chip.ioapic.redirtbl[pin as usize].bits };
-        let low_polarity = bits & (1 << 13) != 0;
-        vm.vm.set_irq_line(pin as u32, requested ^ low_polarity).map_err(|e| format!("KVM_IRQ_LINE: {e}"))
+        // KVM's in-kernel IOAPIC takes KVM_IRQ_LINE's level as the request
+        // itself and never looks at the polarity bit (ioapic_set_irq in
+        // arch/x86/kvm/ioapic.c), so the logical level is what is driven.
+        vm.vm
+            .set_irq_line(pin as u32, requested)
+            .map_err(|e| format!("KVM_IRQ_LINE: {e}"))
     };
     match *op {
         Op::Assert(pin) => drive(vm, pin.get(), true),
@@ -655,8 +829,12 @@ fn perform(vm: &mut Vm, op: &Op) -> std::result::Result<(), String> {
             let msg = InterruptMessage {
                 vector: m.vector,
                 delivery: match m.delivery {
-                    crate::scenario::MsiDelivery::Fixed => crate::model::ioapic::DeliveryMode::Fixed,
-                    crate::scenario::MsiDelivery::Lowest => crate::model::ioapic::DeliveryMode::Lowest,
+                    crate::scenario::MsiDelivery::Fixed => {
+                        crate::model::ioapic::DeliveryMode::Fixed
+                    }
+                    crate::scenario::MsiDelivery::Lowest => {
+                        crate::model::ioapic::DeliveryMode::Lowest
+                    }
                     crate::scenario::MsiDelivery::Nmi => crate::model::ioapic::DeliveryMode::Nmi,
                 },
                 logical: m.dest_mode == crate::scenario::DestMode::Logical,
@@ -664,7 +842,10 @@ fn perform(vm: &mut Vm, op: &Op) -> std::result::Result<(), String> {
                 level: m.trigger == crate::scenario::Trigger::Level,
                 rule: crate::model::Rule::MsiDelivers,
             };
-            let mut sink = MsiSink { vm: &vm.vm, failure: None };
+            let mut sink = MsiSink {
+                vm: &vm.vm,
+                failure: None,
+            };
             sink.send(&msg);
             sink.failure.map_or(Ok(()), Err)
         }

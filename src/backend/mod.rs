@@ -83,7 +83,8 @@ pub fn catalogue() -> Vec<BackendInfo> {
         },
         BackendInfo {
             name: "kvm",
-            description: "Linux KVM, in-kernel irqchip (split when the scenario says irqchip=split)",
+            description:
+                "Linux KVM, in-kernel irqchip (split when the scenario says irqchip=split)",
             availability: kvm_probe(false),
         },
         BackendInfo {
@@ -112,7 +113,10 @@ pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
         #[cfg(target_os = "linux")]
         "kvm-split" => Ok(Box::new(kvm::KvmBackend::open(true)?)),
         #[cfg(not(target_os = "linux"))]
-        "kvm" | "kvm-split" => Err(OpenError::Unavailable { name: name.into(), why: "needs Linux".into() }),
+        "kvm" | "kvm-split" => Err(OpenError::Unavailable {
+            name: name.into(),
+            why: "needs Linux".into(),
+        }),
         other => Err(OpenError::Unknown(other.to_string())),
     }
 }

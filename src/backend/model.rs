@@ -93,15 +93,27 @@ impl Backend for ModelBackend {
 /// delivery the model made, its cause; for a delivery only the backend made,
 /// the model's last decision about that vector; for a state difference, the
 /// model's last decision before it.
-pub fn deciding_decision<'d>(decisions: &'d [Decision], divergence: &Divergence) -> Option<&'d Decision> {
+pub fn deciding_decision<'d>(
+    decisions: &'d [Decision],
+    divergence: &Divergence,
+) -> Option<&'d Decision> {
     let op = divergence.op.unwrap_or(usize::MAX);
     let relevant = |d: &&Decision| {
         d.op <= op
             && d.event_index.is_none()
-            && !matches!(d.rule, Rule::DispatchAbovePpr | Rule::HeldByIf | Rule::HeldByPpr | Rule::HltWakes | Rule::StiShadow)
+            && !matches!(
+                d.rule,
+                Rule::DispatchAbovePpr
+                    | Rule::HeldByIf
+                    | Rule::HeldByPpr
+                    | Rule::HltWakes
+                    | Rule::StiShadow
+            )
     };
     if let Some(EventKind::Deliver { .. }) = divergence.expected.as_ref().map(|e| &e.kind) {
-        return decisions.iter().find(|d| d.event_index == Some(divergence.event_index));
+        return decisions
+            .iter()
+            .find(|d| d.event_index == Some(divergence.event_index));
     }
     if let Some(EventKind::Deliver { vector }) = divergence.observed.as_ref().map(|e| &e.kind) {
         let vector = *vector;

@@ -21,7 +21,10 @@ pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
     let words = log.len() / 4;
     let mut i = 0;
     while i < words {
-        let corrupt = |what: &str| CorruptLog { offset: i * 4, what: what.to_string() };
+        let corrupt = |what: &str| CorruptLog {
+            offset: i * 4,
+            what: what.to_string(),
+        };
         let (kind, op) = (word(log, i), word(log, i + 1) as usize);
         let kind = match kind {
             record::DELIVER => {
@@ -30,7 +33,11 @@ pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
                 EventKind::Deliver { vector }
             }
             record::IOAPIC_READ | record::LAPIC_READ => {
-                let space = if kind == record::IOAPIC_READ { Space::Ioapic } else { Space::Lapic };
+                let space = if kind == record::IOAPIC_READ {
+                    Space::Ioapic
+                } else {
+                    Space::Lapic
+                };
                 let (reg, value) = (word(log, i + 2), word(log, i + 3));
                 i += 4;
                 EventKind::Read { space, reg, value }

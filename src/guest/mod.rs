@@ -23,7 +23,9 @@ pub struct Image {
 impl Image {
     /// Assembles the stub.
     pub fn build() -> Image {
-        Image { stub: stub::assemble().expect("the stub's assembly is fixed and valid") }
+        Image {
+            stub: stub::assemble().expect("the stub's assembly is fixed and valid"),
+        }
     }
 
     /// Writes GDT, IDT, page tables and code into `ram` (guest physical 0).
@@ -81,8 +83,16 @@ impl Image {
 
     /// The current top-level op index and the log written so far.
     pub fn read_back<'r>(&self, ram: &'r [u8]) -> (usize, &'r [u8]) {
-        let cur = u32::from_le_bytes(ram[CUR_OP as usize..CUR_OP as usize + 4].try_into().expect("4 bytes"));
-        let ptr = u64::from_le_bytes(ram[LOG_PTR as usize..LOG_PTR as usize + 8].try_into().expect("8 bytes"));
+        let cur = u32::from_le_bytes(
+            ram[CUR_OP as usize..CUR_OP as usize + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        let ptr = u64::from_le_bytes(
+            ram[LOG_PTR as usize..LOG_PTR as usize + 8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         let end = ptr.clamp(LOG, LOG_END) as usize;
         (cur as usize, &ram[LOG as usize..end])
     }
@@ -96,18 +106,34 @@ mod tests {
     fn stub_assembles_with_every_vector_entry_in_the_code_area() {
         let image = Image::build();
         assert_eq!(image.stub.vectors.len(), 256);
-        assert!(image.stub.vectors.iter().all(|&v| (CODE..CODE_END).contains(&v)));
+        assert!(image
+            .stub
+            .vectors
+            .iter()
+            .all(|&v| (CODE..CODE_END).contains(&v)));
         assert!((CODE..CODE_END).contains(&image.stub.entry));
     }
 
     #[test]
     fn log_round_trip_of_a_delivery_and_a_read() {
         let mut bytes = Vec::new();
-        for w in [stub::record::DELIVER, 3, 0x76, 0, stub::record::IOAPIC_READ, 4, 1, 0x170011] {
+        for w in [
+            stub::record::DELIVER,
+            3,
+            0x76,
+            0,
+            stub::record::IOAPIC_READ,
+            4,
+            1,
+            0x170011,
+        ] {
             bytes.extend_from_slice(&u32::to_le_bytes(w));
         }
         let events = log::decode(&bytes).unwrap();
-        assert_eq!(events[0].kind, crate::trace::EventKind::Deliver { vector: 0x76 });
+        assert_eq!(
+            events[0].kind,
+            crate::trace::EventKind::Deliver { vector: 0x76 }
+        );
         assert_eq!(events[1].op, 4);
     }
 }

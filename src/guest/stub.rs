@@ -141,7 +141,10 @@ pub fn assemble() -> Result<Stub, IcedError> {
 
     // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
     a.set_label(&mut exec_op)?;
-    let kinds: [(u32, fn(&mut CodeAssembler, &Labels) -> Result<(), IcedError>); 16] = [
+    let kinds: [(
+        u32,
+        fn(&mut CodeAssembler, &Labels) -> Result<(), IcedError>,
+    ); 16] = [
         (kind::ROUTE, op_route),
         (kind::MASK, op_mask),
         (kind::HOST, op_host),
@@ -168,7 +171,11 @@ pub fn assemble() -> Result<Stub, IcedError> {
             a.out(dx, eax)
         }),
     ];
-    let labels = Labels { lapic_read, lapic_write, log_full };
+    let labels = Labels {
+        lapic_read,
+        lapic_write,
+        log_full,
+    };
     let mut targets = Vec::new();
     a.mov(eax, dword_ptr(r15))?;
     for (k, _) in &kinds {
@@ -199,7 +206,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
         a.push(r)?;
     }
     a.mov(rbx, qword_ptr(rsp + 8 * SAVED.len() as i32))?; // the vector
-    // Storm: the 65th delivery ends the run instead of being logged.
+                                                          // Storm: the 65th delivery ends the run instead of being logged.
     let mut no_storm = a.create_label();
     a.mov(eax, dword_ptr(DELIVERIES))?;
     a.inc(eax)?;
@@ -256,12 +263,19 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.iretq()?;
 
     let result = a.assemble_options(CODE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
-    let vectors = thunks.iter().map(|t| result.label_ip(t)).collect::<Result<Vec<_>, _>>()?;
+    let vectors = thunks
+        .iter()
+        .map(|t| result.label_ip(t))
+        .collect::<Result<Vec<_>, _>>()?;
     let code = result.inner.code_buffer.clone();
     if CODE + code.len() as u64 > CODE_END {
         panic!("the stub outgrew its code area ({} bytes)", code.len());
     }
-    Ok(Stub { entry: result.label_ip(&entry)?, code, vectors })
+    Ok(Stub {
+        entry: result.label_ip(&entry)?,
+        code,
+        vectors,
+    })
 }
 
 /// Labels the op bodies call.
