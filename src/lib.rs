@@ -3,6 +3,13 @@
 //! scenario → backend → trace → oracle → minimiser → repro.
 
 pub mod backend;
+pub mod campaign;
+pub mod cli;
+pub mod findings;
+pub mod guest;
+pub mod minimize;
+pub mod oracle;
+pub mod repro;
 pub mod scenario;
 pub mod trace;
 

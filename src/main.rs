@@ -1,4 +1,4 @@
-//! The `irqdiff` command line: a thin layer over the library.
-fn main() {
-    println!("irqdiff");
+//! The `irqdiff` command line; everything it does lives in the library.
+fn main() -> std::process::ExitCode {
+    irqdiff::cli::main()
 }

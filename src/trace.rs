@@ -48,10 +48,16 @@ pub enum Space {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum EventKind {
     /// The guest's interrupt entry for `vector` ran.
-    Deliver { vector: u8 },
+    Deliver {
+        vector: u8,
+    },
     Snapshot(Box<Snapshot>),
     /// Extension: the value an `ioapic-read` or `lapic-read` op read.
-    Read { space: Space, reg: u32, value: u32 },
+    Read {
+        space: Space,
+        reg: u32,
+        value: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,5 +112,53 @@ impl Trace {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a trace always serialises")
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    /// One short line: `deliver 0x76`, `snapshot irr=... isr=...`, `read ioapic[0x1] = 0x170020`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventKind::Deliver { vector } => write!(f, "deliver {vector:#04x}"),
+            EventKind::Snapshot(s) => {
+                let bits = |w: &[u32; 8]| {
+                    let v: Vec<String> = (0..256usize)
+                        .filter(|v| (w[v / 32] >> (v % 32)) & 1 == 1)
+                        .map(|v| format!("{v:#04x}"))
+                        .collect();
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(",")
+                    }
+                };
+                let pins = |p: &[bool; 24]| {
+                    let v: Vec<String> = (0..24).filter(|&i| p[i]).map(|i| i.to_string()).collect();
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(",")
+                    }
+                };
+                write!(
+                    f,
+                    "snapshot irr={} isr={} tmr={} tpr={:#x} ppr={:#x} remote_irr={} delivery_status={}",
+                    bits(&s.irr),
+                    bits(&s.isr),
+                    bits(&s.tmr),
+                    s.tpr,
+                    s.ppr,
+                    pins(&s.remote_irr),
+                    pins(&s.delivery_status)
+                )
+            }
+            EventKind::Read { space, reg, value } => {
+                let space = match space {
+                    Space::Ioapic => "ioapic",
+                    Space::Lapic => "lapic",
+                };
+                write!(f, "read {space}[{reg:#x}] = {value:#x}")
+            }
+        }
     }
 }

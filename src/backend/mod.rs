@@ -68,22 +68,66 @@ pub enum OpenError {
     Invalid { name: String, why: String },
 }
 
+#[cfg(target_os = "linux")]
+pub mod kvm;
 pub mod model;
+pub mod sim;
 
 /// Every backend irqdiff knows, with its availability on this host.
 pub fn catalogue() -> Vec<BackendInfo> {
-    vec![BackendInfo {
-        name: "model",
-        description: "the reference model (pure Rust, no VM)",
-        availability: Availability::Available,
-    }]
+    vec![
+        BackendInfo {
+            name: "model",
+            description: "the reference model (pure Rust, no VM)",
+            availability: Availability::Available,
+        },
+        BackendInfo {
+            name: "kvm",
+            description:
+                "Linux KVM, in-kernel irqchip (split when the scenario says irqchip=split)",
+            availability: kvm_probe(false),
+        },
+        BackendInfo {
+            name: "kvm-split",
+            description: "Linux KVM's local APIC with the model's IOAPIC in userspace",
+            availability: kvm_probe(true),
+        },
+        BackendInfo {
+            name: "sim:QUIRKS",
+            description:
+                "the model with named bugs switched on (sim:hvf-known, sim:none, sim:QUIRK,QUIRK)",
+            availability: Availability::Available,
+        },
+    ]
 }
 
 /// Open a backend by name.
 pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
+    if let Some(spec) = name.strip_prefix("sim:") {
+        return Ok(Box::new(sim::SimBackend::open(spec)?));
+    }
     match name {
         "model" => Ok(Box::new(model::ModelBackend::new())),
+        #[cfg(target_os = "linux")]
+        "kvm" => Ok(Box::new(kvm::KvmBackend::open(false)?)),
+        #[cfg(target_os = "linux")]
+        "kvm-split" => Ok(Box::new(kvm::KvmBackend::open(true)?)),
+        #[cfg(not(target_os = "linux"))]
+        "kvm" | "kvm-split" => Err(OpenError::Unavailable {
+            name: name.into(),
+            why: "needs Linux".into(),
+        }),
         other => Err(OpenError::Unknown(other.to_string())),
+    }
+}
+
+fn kvm_probe(split: bool) -> Availability {
+    #[cfg(target_os = "linux")]
+    return kvm::probe(split);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = split;
+        Availability::Unavailable("needs Linux".into())
     }
 }
 

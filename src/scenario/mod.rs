@@ -151,7 +151,10 @@ pub struct Msi {
 /// VMM while the guest waits at that point of its program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
 pub enum Op {
-    Route { pin: Pin, route: Route },
+    Route {
+        pin: Pin,
+        route: Route,
+    },
     Mask(Pin),
     Unmask(Pin),
     Assert(Pin),
@@ -173,13 +176,19 @@ pub enum Op {
     /// value read is recorded as a `read` event.
     IoapicRead(u8),
     /// Extension: `ioapic-write INDEX VALUE` (IOREGSEL = INDEX, write IOWIN).
-    IoapicWrite { index: u8, value: u32 },
+    IoapicWrite {
+        index: u8,
+        value: u32,
+    },
     /// Extension: `lapic-read OFFSET`: read a local APIC register by its
     /// xAPIC MMIO offset (the MSR 0x800 + OFFSET/16 in x2APIC mode); the
     /// value read is recorded as a `read` event.
     LapicRead(u16),
     /// Extension: `lapic-write OFFSET VALUE`.
-    LapicWrite { offset: u16, value: u32 },
+    LapicWrite {
+        offset: u16,
+        value: u32,
+    },
 }
 
 impl Op {
@@ -256,7 +265,10 @@ impl Scenario {
     /// the `V#N` body if there is one, else the `V` body, else `eoi`.
     pub fn handler_body(&self, vector: u8, nth: u32) -> &[Op] {
         self.handlers
-            .get(&HandlerKey { vector, nth: Some(nth) })
+            .get(&HandlerKey {
+                vector,
+                nth: Some(nth),
+            })
             .or_else(|| self.handlers.get(&HandlerKey { vector, nth: None }))
             .map(Vec::as_slice)
             .unwrap_or(DEFAULT_HANDLER)

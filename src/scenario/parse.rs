@@ -1,15 +1,724 @@
-//! Parser for the `.irq` text format (placeholder until the parser lands).
-use super::Scenario;
+//! Parser for the `.irq` text format (SCENARIO-FORMAT.md).
+//!
+//! Line-oriented: each line is a `config`, a `handler` or one op. A line that
+//! does not parse is rejected with its line, column and what was expected;
+//! nothing of a scenario with an error runs.
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}, column {column}: expected {expected}, found {found}")]
+use std::collections::btree_map::Entry;
+use std::fmt;
+
+use super::{
+    ApicMode, Config, DeliveryMode, DestMode, HandlerKey, IoapicVersion, Irqchip, Msi, MsiDelivery,
+    Op, Pin, Polarity, Route, Scenario, Trigger, PINS,
+};
+
+/// A scenario text that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column (in characters) of the offending token.
     pub column: usize,
     pub expected: String,
+    /// The offending token, quoted, or `end of line`.
     pub found: String,
 }
 
-pub fn parse(_text: &str) -> Result<Scenario, ParseError> {
-    Err(ParseError { line: 1, column: 1, expected: "a parser".into(), found: "none".into() })
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line {}, column {}: expected {}, found {}",
+            self.line, self.column, self.expected, self.found
+        )
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Every op keyword, for error messages and near-miss suggestions.
+pub const OP_KEYWORDS: &[&str] = &[
+    "route",
+    "mask",
+    "unmask",
+    "assert",
+    "deassert",
+    "pulse",
+    "msi",
+    "eoi",
+    "ioapic-eoi",
+    "self-ipi",
+    "tpr",
+    "svr",
+    "cli",
+    "sti",
+    "nop",
+    "hlt",
+    "sti-hlt",
+    "snapshot",
+    "ioapic-read",
+    "ioapic-write",
+    "lapic-read",
+    "lapic-write",
+];
+
+/// A word of a line and its 1-based column.
+#[derive(Clone, Copy, Debug)]
+struct Word<'a> {
+    text: &'a str,
+    column: usize,
+}
+
+struct Line<'a> {
+    number: usize,
+    /// Column just past the last character, for `end of line` errors.
+    end: usize,
+    _text: &'a str,
+}
+
+impl Line<'_> {
+    fn error(&self, at: Option<Word>, expected: impl Into<String>) -> ParseError {
+        ParseError {
+            line: self.number,
+            column: at.map_or(self.end, |w| w.column),
+            expected: expected.into(),
+            found: at.map_or("end of line".to_string(), |w| format!("`{}`", w.text)),
+        }
+    }
+}
+
+/// Splits `text` (starting at 1-based `column`) into whitespace-separated words.
+fn words(text: &str, column: usize) -> Vec<Word<'_>> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut chars = 0usize;
+    let mut start_chars = 0usize;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            if let Some(s) = start.take() {
+                out.push(Word {
+                    text: &text[s..i],
+                    column: column + start_chars,
+                });
+            }
+        } else if start.is_none() {
+            start = Some(i);
+            start_chars = chars;
+        }
+        chars += 1;
+    }
+    if let Some(s) = start {
+        out.push(Word {
+            text: &text[s..],
+            column: column + start_chars,
+        });
+    }
+    out
+}
+
+fn char_column(text: &str, byte: usize) -> usize {
+    text[..byte].chars().count() + 1
+}
+
+/// Parses a scenario.
+pub fn parse(text: &str) -> Result<Scenario, ParseError> {
+    let mut s = Scenario::default();
+    let mut config_keys: Vec<&str> = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let content = strip_comment(raw);
+        let line = Line {
+            number: index + 1,
+            end: raw.chars().count() + 1,
+            _text: raw,
+        };
+        let ws = words(content, 1);
+        let Some(first) = ws.first() else { continue };
+        match first.text {
+            "config" => {
+                if !s.ops.is_empty() {
+                    return Err(line.error(
+                        Some(*first),
+                        "an op (`config` must come before the first op)",
+                    ));
+                }
+                if ws.len() == 1 {
+                    return Err(line.error(None, "a config setting KEY=VALUE"));
+                }
+                for w in &ws[1..] {
+                    let key = parse_config_word(&line, *w, &mut s.config)?;
+                    if config_keys.contains(&key) {
+                        return Err(line.error(
+                            Some(*w),
+                            format!("each config key once (`{key}` is set twice)"),
+                        ));
+                    }
+                    config_keys.push(key);
+                }
+            }
+            "handler" => parse_handler(&line, content, *first, &mut s)?,
+            _ => s.ops.push(parse_op(&line, &ws)?),
+        }
+    }
+    Ok(s)
+}
+
+/// Removes a `#` comment. In a `handler V#N:` head the `#` that directly
+/// follows a digit separates V and N instead.
+fn strip_comment(raw: &str) -> &str {
+    let trimmed = raw.trim_start();
+    let head_end = if trimmed.starts_with("handler") {
+        raw.find(':')
+    } else {
+        None
+    };
+    for (i, c) in raw.char_indices() {
+        if c != '#' {
+            continue;
+        }
+        let in_head = head_end.is_some_and(|h| i < h);
+        let after_digit = raw[..i]
+            .chars()
+            .last()
+            .is_some_and(|p| p.is_ascii_alphanumeric());
+        if in_head && after_digit {
+            continue;
+        }
+        return &raw[..i];
+    }
+    raw
+}
+
+fn parse_config_word<'a>(
+    line: &Line,
+    w: Word<'a>,
+    config: &mut Config,
+) -> Result<&'a str, ParseError> {
+    let Some((key, value)) = w.text.split_once('=') else {
+        return Err(line.error(
+            Some(w),
+            "a config setting KEY=VALUE (ioapic=, apic=, irqchip=, directed-eoi=)",
+        ));
+    };
+    let bad = |expected: &str| line.error(Some(w), expected.to_string());
+    match key {
+        "ioapic" => {
+            config.ioapic = match value {
+                "0x20" | "32" => IoapicVersion::V20,
+                "0x11" | "17" => IoapicVersion::V11,
+                _ => return Err(bad("ioapic=0x20 or ioapic=0x11")),
+            }
+        }
+        "apic" => {
+            config.apic = match value {
+                "xapic" => ApicMode::Xapic,
+                "x2apic" => ApicMode::X2apic,
+                _ => return Err(bad("apic=xapic or apic=x2apic")),
+            }
+        }
+        "irqchip" => {
+            config.irqchip = match value {
+                "full" => Irqchip::Full,
+                "split" => Irqchip::Split,
+                _ => return Err(bad("irqchip=full or irqchip=split")),
+            }
+        }
+        "directed-eoi" => {
+            config.directed_eoi = match value {
+                "off" => false,
+                "on" => true,
+                _ => return Err(bad("directed-eoi=off or directed-eoi=on")),
+            }
+        }
+        _ => return Err(bad("a config key: ioapic, apic, irqchip or directed-eoi")),
+    }
+    Ok(key)
+}
+
+fn parse_handler(
+    line: &Line,
+    content: &str,
+    keyword: Word,
+    s: &mut Scenario,
+) -> Result<(), ParseError> {
+    let Some(colon) = content.find(':') else {
+        let ws = words(content, 1);
+        return Err(line.error(
+            ws.get(2).copied(),
+            "`:` after the handler's vector (handler VECTOR: OP; ...)",
+        ));
+    };
+    let head_start = keyword.column - 1 + "handler".len();
+    let head = &content[head_start..colon];
+    let head_words = words(head, char_column(content, head_start));
+    let [key_word] = head_words[..] else {
+        return Err(line.error(
+            head_words.get(1).copied(),
+            "one VECTOR or VECTOR#N between `handler` and `:`",
+        ));
+    };
+    let (vector_text, nth_text) = match key_word.text.split_once('#') {
+        Some((v, n)) => (v, Some(n)),
+        None => (key_word.text, None),
+    };
+    let vector = number(
+        line,
+        Word {
+            text: vector_text,
+            column: key_word.column,
+        },
+        255,
+        "a vector 0-255",
+    )? as u8;
+    let nth = match nth_text {
+        None => None,
+        Some(n) => {
+            let w = Word {
+                text: n,
+                column: key_word.column + vector_text.chars().count() + 1,
+            };
+            let n = number(
+                line,
+                w,
+                u32::MAX as u64,
+                "a delivery count N >= 1 after `#`",
+            )?;
+            if n == 0 {
+                return Err(line.error(
+                    Some(w),
+                    "a delivery count N >= 1 after `#` (deliveries count from 1)",
+                ));
+            }
+            Some(n as u32)
+        }
+    };
+    let mut body = Vec::new();
+    let body_text = &content[colon + 1..];
+    if !body_text.trim().is_empty() {
+        let mut offset = colon + 1;
+        for part in body_text.split(';') {
+            let ws = words(part, char_column(content, offset));
+            if ws.is_empty() {
+                let column = char_column(content, offset);
+                return Err(ParseError {
+                    line: line.number,
+                    column,
+                    expected: "an op between `;` separators".into(),
+                    found: if offset + part.len() >= content.len() {
+                        "end of line".into()
+                    } else {
+                        "`;`".into()
+                    },
+                });
+            }
+            match ws[0].text {
+                "handler" | "config" => {
+                    return Err(line.error(
+                        Some(ws[0]),
+                        "an op (a handler body may not contain `handler` or `config`)",
+                    ))
+                }
+                _ => body.push(parse_op(line, &ws)?),
+            }
+            offset += part.len() + 1;
+        }
+    }
+    match s.handlers.entry(HandlerKey { vector, nth }) {
+        Entry::Occupied(_) => Err(line.error(
+            Some(key_word),
+            format!(
+                "one handler per vector and delivery (`{}` is defined twice)",
+                key_word.text
+            ),
+        )),
+        Entry::Vacant(e) => {
+            e.insert(body);
+            Ok(())
+        }
+    }
+}
+
+/// Parses a number (decimal or 0x hex) no larger than `max`.
+fn number(line: &Line, w: Word, max: u64, expected: &str) -> Result<u64, ParseError> {
+    let t = w.text;
+    let parsed = if let Some(hex) = t.strip_prefix("0x") {
+        if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            None
+        } else {
+            u64::from_str_radix(hex, 16).ok()
+        }
+    } else if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        t.parse::<u64>().ok()
+    } else {
+        None
+    };
+    match parsed {
+        Some(n) if n <= max => Ok(n),
+        _ => Err(line.error(Some(w), expected.to_string())),
+    }
+}
+
+fn pin(line: &Line, w: Option<Word>) -> Result<Pin, ParseError> {
+    let expected = format!("a pin number 0-{}", PINS - 1);
+    let w = w.ok_or_else(|| line.error(None, expected.clone()))?;
+    let n = number(line, w, (PINS - 1) as u64, &expected)?;
+    Ok(Pin::new(n as u8).expect("range checked"))
+}
+
+fn byte(line: &Line, w: Option<Word>, what: &str) -> Result<u8, ParseError> {
+    let expected = format!("{what} 0-255");
+    let w = w.ok_or_else(|| line.error(None, expected.clone()))?;
+    Ok(number(line, w, 255, &expected)? as u8)
+}
+
+fn dword(line: &Line, w: Option<Word>, what: &str) -> Result<u32, ParseError> {
+    let expected = format!("{what} (a 32-bit number)");
+    let w = w.ok_or_else(|| line.error(None, expected.clone()))?;
+    Ok(number(line, w, u32::MAX as u64, &expected)? as u32)
+}
+
+fn parse_op(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
+    let kw = ws[0];
+    let arg = |i: usize| ws.get(i).copied();
+    // How many words the op takes, keyword included (None: options follow).
+    let (op, used) = match kw.text {
+        "route" => return parse_route(line, ws),
+        "msi" => return parse_msi(line, ws),
+        "mask" => (Op::Mask(pin(line, arg(1))?), 2),
+        "unmask" => (Op::Unmask(pin(line, arg(1))?), 2),
+        "assert" => (Op::Assert(pin(line, arg(1))?), 2),
+        "deassert" => (Op::Deassert(pin(line, arg(1))?), 2),
+        "pulse" => (Op::Pulse(pin(line, arg(1))?), 2),
+        "eoi" => (Op::Eoi, 1),
+        "ioapic-eoi" => (Op::IoapicEoi(byte(line, arg(1), "a vector")?), 2),
+        "self-ipi" => (Op::SelfIpi(byte(line, arg(1), "a vector")?), 2),
+        "tpr" => (Op::Tpr(byte(line, arg(1), "a task priority")?), 2),
+        "svr" => (Op::Svr(dword(line, arg(1), "an SVR value")?), 2),
+        "cli" => (Op::Cli, 1),
+        "sti" => (Op::Sti, 1),
+        "nop" => (Op::Nop, 1),
+        "hlt" => (Op::Hlt, 1),
+        "sti-hlt" => (Op::StiHlt, 1),
+        "snapshot" => (Op::Snapshot, 1),
+        "ioapic-read" => (
+            Op::IoapicRead(byte(line, arg(1), "an IOAPIC register index")?),
+            2,
+        ),
+        "ioapic-write" => (
+            Op::IoapicWrite {
+                index: byte(line, arg(1), "an IOAPIC register index")?,
+                value: dword(line, arg(2), "a value")?,
+            },
+            3,
+        ),
+        "lapic-read" => (Op::LapicRead(lapic_offset(line, arg(1))?), 2),
+        "lapic-write" => (
+            Op::LapicWrite {
+                offset: lapic_offset(line, arg(1))?,
+                value: dword(line, arg(2), "a value")?,
+            },
+            3,
+        ),
+        other => {
+            let hint = closest(other, OP_KEYWORDS)
+                .map_or(String::new(), |k| format!(" (did you mean `{k}`?)"));
+            return Err(line.error(Some(kw), format!("an op, `handler` or `config`{hint}")));
+        }
+    };
+    if let Some(extra) = ws.get(used) {
+        return Err(line.error(Some(*extra), format!("end of line after `{}`", kw.text)));
+    }
+    Ok(op)
+}
+
+fn lapic_offset(line: &Line, w: Option<Word>) -> Result<u16, ParseError> {
+    const EXPECTED: &str = "a local APIC register offset 0x000-0x3f0, a multiple of 0x10";
+    let w = w.ok_or_else(|| line.error(None, EXPECTED))?;
+    let n = number(line, w, 0x3f0, EXPECTED)?;
+    if n % 0x10 != 0 {
+        return Err(line.error(Some(w), EXPECTED));
+    }
+    Ok(n as u16)
+}
+
+/// Records that an option group was set, rejecting a second word of the
+/// same group (`edge level`, `vector=1 vector=2`).
+fn once<'a>(
+    line: &Line,
+    seen: &mut Vec<(&'static str, &'a str)>,
+    group: &'static str,
+    w: Word<'a>,
+) -> Result<(), ParseError> {
+    if let Some((_, first)) = seen.iter().find(|(g, _)| *g == group) {
+        return Err(line.error(
+            Some(w),
+            format!("one {group} option (`{first}` already given)"),
+        ));
+    }
+    seen.push((group, w.text));
+    Ok(())
+}
+
+fn parse_route(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
+    let pin = pin(line, ws.get(1).copied())?;
+    let mut route = Route::default();
+    let mut vector = None;
+    let mut seen = Vec::new();
+    for w in &ws[2..] {
+        let group = match w.text {
+            "edge" => { route.trigger = Trigger::Edge; "trigger" }
+            "level" => { route.trigger = Trigger::Level; "trigger" }
+            "high" => { route.polarity = Polarity::High; "polarity" }
+            "low" => { route.polarity = Polarity::Low; "polarity" }
+            "physical" => { route.dest_mode = DestMode::Physical; "destination-mode" }
+            "logical" => { route.dest_mode = DestMode::Logical; "destination-mode" }
+            "masked" => { route.masked = true; "mask" }
+            "unmasked" => { route.masked = false; "mask" }
+            "fixed" => { route.delivery = DeliveryMode::Fixed; "delivery-mode" }
+            "lowest" => { route.delivery = DeliveryMode::Lowest; "delivery-mode" }
+            "smi" => { route.delivery = DeliveryMode::Smi; "delivery-mode" }
+            "nmi" => { route.delivery = DeliveryMode::Nmi; "delivery-mode" }
+            "init" => { route.delivery = DeliveryMode::Init; "delivery-mode" }
+            "extint" => { route.delivery = DeliveryMode::ExtInt; "delivery-mode" }
+            t if t.starts_with("vector=") => {
+                let v = Word { text: &t[7..], column: w.column + 7 };
+                vector = Some(number(line, v, 255, "a vector 0-255 after `vector=`")? as u8);
+                "vector"
+            }
+            t if t.starts_with("dest=") => {
+                let v = Word { text: &t[5..], column: w.column + 5 };
+                route.dest = number(line, v, 255, "a destination 0-255 after `dest=`")? as u8;
+                "destination"
+            }
+            _ => {
+                return Err(line.error(
+                    Some(*w),
+                    "a route option: vector=V, edge|level, high|low, physical|logical, dest=D, masked|unmasked, fixed|lowest|smi|nmi|init|extint",
+                ))
+            }
+        };
+        once(line, &mut seen, group, *w)?;
+    }
+    route.vector = vector.ok_or_else(|| line.error(None, "`vector=V` (route needs a vector)"))?;
+    Ok(Op::Route { pin, route })
+}
+
+fn parse_msi(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
+    let mut msi = Msi::default();
+    let mut vector = None;
+    let mut seen = Vec::new();
+    for w in &ws[1..] {
+        let group = match w.text {
+            "physical" => {
+                msi.dest_mode = DestMode::Physical;
+                "destination-mode"
+            }
+            "logical" => {
+                msi.dest_mode = DestMode::Logical;
+                "destination-mode"
+            }
+            "edge" => {
+                msi.trigger = Trigger::Edge;
+                "trigger"
+            }
+            "level" => {
+                msi.trigger = Trigger::Level;
+                "trigger"
+            }
+            "fixed" => {
+                msi.delivery = MsiDelivery::Fixed;
+                "delivery-mode"
+            }
+            "lowest" => {
+                msi.delivery = MsiDelivery::Lowest;
+                "delivery-mode"
+            }
+            "nmi" => {
+                msi.delivery = MsiDelivery::Nmi;
+                "delivery-mode"
+            }
+            t if t.starts_with("vector=") => {
+                let v = Word {
+                    text: &t[7..],
+                    column: w.column + 7,
+                };
+                vector = Some(number(line, v, 255, "a vector 0-255 after `vector=`")? as u8);
+                "vector"
+            }
+            t if t.starts_with("dest=") => {
+                let v = Word {
+                    text: &t[5..],
+                    column: w.column + 5,
+                };
+                msi.dest = number(line, v, 255, "a destination 0-255 after `dest=`")? as u8;
+                "destination"
+            }
+            _ => return Err(line.error(
+                Some(*w),
+                "an msi option: vector=V, dest=D, physical|logical, edge|level, fixed|lowest|nmi",
+            )),
+        };
+        once(line, &mut seen, group, *w)?;
+    }
+    msi.vector = vector.ok_or_else(|| line.error(None, "`vector=V` (msi needs a vector)"))?;
+    Ok(Op::Msi(msi))
+}
+
+/// The keyword within edit distance 2 of `word`, if any.
+fn closest<'k>(word: &str, keywords: &[&'k str]) -> Option<&'k str> {
+    keywords
+        .iter()
+        .map(|k| (edit_distance(word, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::print::print;
+
+    fn err(text: &str) -> ParseError {
+        parse(text).expect_err("should not parse")
+    }
+
+    #[test]
+    fn parses_every_statement() {
+        let text = "config ioapic=0x11 apic=x2apic irqchip=split directed-eoi=on\n\
+                    handler 0x20: deassert 3; eoi\n\
+                    handler 0x20#2:\n\
+                    route 3 vector=0x20 level low logical dest=5 masked lowest # comment\n\
+                    mask 3\nunmask 3\nassert 3\ndeassert 3\npulse 23\n\
+                    msi vector=0x31 dest=1 logical level nmi\n\
+                    eoi\nioapic-eoi 0x20\nself-ipi 0xf1\ntpr 0x20\nsvr 0x11ff\n\
+                    cli\nsti\nnop\nhlt\nsti-hlt\nsnapshot\n\
+                    ioapic-read 1\nioapic-write 0 0xf000000\nlapic-read 0x280\nlapic-write 0x80 0x10\n";
+        let s = parse(text).unwrap();
+        assert_eq!(s.config.ioapic, IoapicVersion::V11);
+        assert!(s.config.directed_eoi);
+        assert_eq!(s.ops.len(), 22);
+        assert_eq!(
+            s.handler_body(0x20, 1),
+            &[Op::Deassert(Pin::new(3).unwrap()), Op::Eoi]
+        );
+        assert_eq!(s.handler_body(0x20, 2), &[] as &[Op]);
+        assert_eq!(s.handler_body(0x21, 1), &[Op::Eoi]);
+        assert_eq!(parse(&print(&s)).unwrap(), s);
+    }
+
+    #[test]
+    fn canonical_text_round_trips() {
+        let text = "config apic=x2apic\nhandler 0x76: deassert 14; eoi\nhandler 0x76#2: nop\n\
+                    route 14 vector=0x76 level masked\nassert 14\nunmask 14\nmsi vector=0x40 dest=1\n";
+        assert_eq!(print(&parse(text).unwrap()), text);
+    }
+
+    #[test]
+    fn errors_name_line_column_and_expectation() {
+        let e = err("nop\nassert 30\n");
+        assert_eq!((e.line, e.column), (2, 8));
+        assert_eq!(
+            e.to_string(),
+            "line 2, column 8: expected a pin number 0-23, found `30`"
+        );
+        let e = err("route 1 edge\n");
+        assert_eq!(
+            e.to_string(),
+            "line 1, column 13: expected `vector=V` (route needs a vector), found end of line"
+        );
+        let e = err("  unmsak 3\n");
+        assert_eq!((e.column, e.found.as_str()), (3, "`unmsak`"));
+        assert!(
+            e.expected.contains("did you mean `unmask`?"),
+            "{}",
+            e.expected
+        );
+    }
+
+    #[test]
+    fn rejects_conflicting_and_repeated_options() {
+        let e = err("route 1 vector=0x20 edge level\n");
+        assert_eq!(e.column, 26);
+        assert!(
+            e.expected.contains("`edge` already given"),
+            "{}",
+            e.expected
+        );
+        assert!(err("msi vector=1 vector=2\n")
+            .expected
+            .contains("one vector option"));
+    }
+
+    #[test]
+    fn rejects_misplaced_and_duplicate_statements() {
+        assert!(err("nop\nconfig apic=x2apic\n")
+            .expected
+            .contains("before the first op"));
+        assert!(err("config apic=x2apic apic=xapic\n")
+            .expected
+            .contains("twice"));
+        assert!(err("handler 0x20: eoi\nhandler 32: nop\n")
+            .expected
+            .contains("defined twice"));
+        assert!(err("handler 0x20#0: eoi\n").expected.contains("N >= 1"));
+        assert!(err("handler 0x20: eoi; ; nop\n")
+            .expected
+            .contains("between `;`"));
+        assert!(err("handler 0x20: handler 0x21: eoi\n")
+            .expected
+            .contains("may not contain"));
+        assert!(err("handler 0x100: eoi\n")
+            .expected
+            .contains("vector 0-255"));
+        assert!(err("nop extra\n")
+            .expected
+            .contains("end of line after `nop`"));
+        assert!(err("lapic-read 0x284\n")
+            .expected
+            .contains("multiple of 0x10"));
+    }
+
+    #[test]
+    fn hash_after_whitespace_is_a_comment_even_in_handlers() {
+        let s = parse("handler 0x20#3: eoi # not a delivery count\n# whole line\n").unwrap();
+        assert_eq!(s.handlers.len(), 1);
+        assert_eq!(s.handler_body(0x20, 3), &[Op::Eoi]);
+    }
+
+    #[test]
+    fn never_panics_on_odd_bytes() {
+        for text in [
+            "handler",
+            "handler :",
+            "handler #:",
+            "handler 1#:",
+            "route",
+            "msi",
+            "config",
+            "é#é:é",
+            "handler é: nop",
+            "\u{0}",
+        ] {
+            let _ = parse(text);
+        }
+    }
 }

@@ -1,6 +1,140 @@
-//! Printer for the canonical `.irq` text form (placeholder).
-use super::Scenario;
+//! The canonical text form of a scenario.
+//!
+//! `config` only with its non-default keys (omitted when all are default),
+//! then the handlers sorted by vector (the plain body before `#N` bodies),
+//! then the program, one op per line. Pins and `#N` in decimal; vectors,
+//! TPR, SVR, register indices and values in lower-case `0x` hex; route and
+//! MSI options in the order the format lists them, only the non-default ones.
 
-pub fn print(_s: &Scenario) -> String {
-    String::new()
+use std::fmt::Write;
+
+use super::{
+    ApicMode, Config, DeliveryMode, DestMode, IoapicVersion, Irqchip, Msi, MsiDelivery, Op,
+    Polarity, Route, Scenario, Trigger,
+};
+
+pub fn print(s: &Scenario) -> String {
+    let mut out = String::new();
+    let config = config_words(&s.config);
+    if !config.is_empty() {
+        let _ = writeln!(out, "config {}", config.join(" "));
+    }
+    for (key, body) in &s.handlers {
+        let _ = write!(out, "handler {:#04x}", key.vector);
+        if let Some(n) = key.nth {
+            let _ = write!(out, "#{n}");
+        }
+        out.push(':');
+        for (i, op) in body.iter().enumerate() {
+            out.push_str(if i == 0 { " " } else { "; " });
+            out.push_str(&op_text(op));
+        }
+        out.push('\n');
+    }
+    for op in &s.ops {
+        out.push_str(&op_text(op));
+        out.push('\n');
+    }
+    out
+}
+
+fn config_words(c: &Config) -> Vec<&'static str> {
+    let mut words = Vec::new();
+    if c.ioapic != IoapicVersion::default() {
+        words.push(match c.ioapic {
+            IoapicVersion::V20 => "ioapic=0x20",
+            IoapicVersion::V11 => "ioapic=0x11",
+        });
+    }
+    if c.apic != ApicMode::default() {
+        words.push(match c.apic {
+            ApicMode::Xapic => "apic=xapic",
+            ApicMode::X2apic => "apic=x2apic",
+        });
+    }
+    if c.irqchip != Irqchip::default() {
+        words.push(match c.irqchip {
+            Irqchip::Full => "irqchip=full",
+            Irqchip::Split => "irqchip=split",
+        });
+    }
+    if c.directed_eoi {
+        words.push("directed-eoi=on");
+    }
+    words
+}
+
+/// One op in canonical form.
+pub fn op_text(op: &Op) -> String {
+    match *op {
+        Op::Route { pin, route } => format!("route {pin}{}", route_options(&route)),
+        Op::Mask(p) => format!("mask {p}"),
+        Op::Unmask(p) => format!("unmask {p}"),
+        Op::Assert(p) => format!("assert {p}"),
+        Op::Deassert(p) => format!("deassert {p}"),
+        Op::Pulse(p) => format!("pulse {p}"),
+        Op::Msi(m) => format!("msi{}", msi_options(&m)),
+        Op::Eoi => "eoi".into(),
+        Op::IoapicEoi(v) => format!("ioapic-eoi {v:#04x}"),
+        Op::SelfIpi(v) => format!("self-ipi {v:#04x}"),
+        Op::Tpr(v) => format!("tpr {v:#04x}"),
+        Op::Svr(v) => format!("svr {v:#x}"),
+        Op::Cli => "cli".into(),
+        Op::Sti => "sti".into(),
+        Op::Nop => "nop".into(),
+        Op::Hlt => "hlt".into(),
+        Op::StiHlt => "sti-hlt".into(),
+        Op::Snapshot => "snapshot".into(),
+        Op::IoapicRead(i) => format!("ioapic-read {i:#04x}"),
+        Op::IoapicWrite { index, value } => format!("ioapic-write {index:#04x} {value:#x}"),
+        Op::LapicRead(o) => format!("lapic-read {o:#05x}"),
+        Op::LapicWrite { offset, value } => format!("lapic-write {offset:#05x} {value:#x}"),
+    }
+}
+
+fn route_options(r: &Route) -> String {
+    let mut s = format!(" vector={:#04x}", r.vector);
+    if r.trigger == Trigger::Level {
+        s += " level";
+    }
+    if r.polarity == Polarity::Low {
+        s += " low";
+    }
+    if r.dest_mode == DestMode::Logical {
+        s += " logical";
+    }
+    if r.dest != 0 {
+        let _ = write!(s, " dest={}", r.dest);
+    }
+    if r.masked {
+        s += " masked";
+    }
+    s += match r.delivery {
+        DeliveryMode::Fixed => "",
+        DeliveryMode::Lowest => " lowest",
+        DeliveryMode::Smi => " smi",
+        DeliveryMode::Nmi => " nmi",
+        DeliveryMode::Init => " init",
+        DeliveryMode::ExtInt => " extint",
+    };
+    s
+}
+
+fn msi_options(m: &Msi) -> String {
+    let mut s = format!(" vector={:#04x}", m.vector);
+    if m.dest != 0 {
+        let _ = write!(s, " dest={}", m.dest);
+    }
+    if m.dest_mode == DestMode::Logical {
+        s += " logical";
+    }
+    if m.trigger == Trigger::Level {
+        s += " level";
+    }
+    s += match m.delivery {
+        MsiDelivery::Fixed => "",
+        MsiDelivery::Lowest => " lowest",
+        MsiDelivery::Nmi => " nmi",
+    };
+    s
 }

@@ -1,0 +1,633 @@
+//! The local APIC of the one vCPU: xAPIC (MMIO) and x2APIC (MSR) register
+//! files, interrupt acceptance, priority and EOI (Intel SDM vol. 3A, chapter
+//! "Advanced Programmable Interrupt Controller (APIC)", §11.x).
+//!
+//! Interrupt *sources* are not here: the machine hands accepted messages to
+//! [`Lapic::accept`]; the processor side takes vectors with
+//! [`Lapic::acknowledge`] and the guest's EOI write returns the vector to
+//! broadcast, if any.
+
+use crate::ioapic::{DeliveryMode, InterruptMessage};
+use crate::quirks::Quirks;
+use crate::rules::Rule;
+
+/// xAPIC MMIO offsets (SDM Table 11-1); x2APIC MSR = 0x800 + offset / 16.
+pub mod reg {
+    pub const ID: u16 = 0x020;
+    pub const VERSION: u16 = 0x030;
+    pub const TPR: u16 = 0x080;
+    pub const APR: u16 = 0x090;
+    pub const PPR: u16 = 0x0a0;
+    pub const EOI: u16 = 0x0b0;
+    pub const LDR: u16 = 0x0d0;
+    pub const DFR: u16 = 0x0e0;
+    pub const SVR: u16 = 0x0f0;
+    pub const ISR: u16 = 0x100;
+    pub const TMR: u16 = 0x180;
+    pub const IRR: u16 = 0x200;
+    pub const ESR: u16 = 0x280;
+    pub const ICR_LOW: u16 = 0x300;
+    pub const ICR_HIGH: u16 = 0x310;
+    pub const LVT_TIMER: u16 = 0x320;
+    pub const LVT_LINT0: u16 = 0x350;
+    pub const LVT_LINT1: u16 = 0x360;
+    pub const LVT_ERROR: u16 = 0x370;
+    pub const TIMER_INITIAL: u16 = 0x380;
+    pub const TIMER_CURRENT: u16 = 0x390;
+    pub const TIMER_DIVIDE: u16 = 0x3e0;
+    /// x2APIC only: the SELF IPI register (MSR 0x83F).
+    pub const SELF_IPI: u16 = 0x3f0;
+}
+
+/// x2APIC MSR of a register offset.
+pub const fn msr_of(offset: u16) -> u32 {
+    0x800 + (offset as u32 >> 4)
+}
+
+/// SVR bits (SDM §11.9).
+pub const SVR_ENABLE: u32 = 1 << 8;
+pub const SVR_SUPPRESS_EOI_BROADCAST: u32 = 1 << 12;
+/// Version register: integrated APIC 0x14, six LVT entries, and bit 24 when
+/// EOI-broadcast suppression is supported (SDM §11.4.8).
+pub const VERSION_BASE: u32 = 0x0005_0014;
+pub const VERSION_DIRECTED_EOI: u32 = 1 << 24;
+/// ESR bits (SDM §11.5.3).
+pub const ESR_SEND_ILLEGAL_VECTOR: u32 = 1 << 5;
+pub const ESR_RECEIVE_ILLEGAL_VECTOR: u32 = 1 << 6;
+pub const ESR_ILLEGAL_REGISTER: u32 = 1 << 7;
+
+/// An access the x2APIC MSR interface rejects with #GP (SDM §11.12.1.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GeneralProtection;
+
+/// 256-bit register helpers (IRR, ISR, TMR as eight 32-bit words).
+fn test(bits: &[u32; 8], v: u8) -> bool {
+    bits[v as usize / 32] & (1 << (v % 32)) != 0
+}
+fn set(bits: &mut [u32; 8], v: u8, on: bool) {
+    if on {
+        bits[v as usize / 32] |= 1 << (v % 32);
+    } else {
+        bits[v as usize / 32] &= !(1 << (v % 32));
+    }
+}
+fn highest(bits: &[u32; 8]) -> Option<u8> {
+    (0..8)
+        .rev()
+        .find(|&w| bits[w] != 0)
+        .map(|w| (w * 32 + 31 - bits[w].leading_zeros() as usize) as u8)
+}
+
+/// What an accepted or refused message did, for the decision log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acceptance {
+    /// A fixed interrupt set its IRR bit.
+    Accepted,
+    /// An NMI for the processor.
+    Nmi,
+    /// Refused, with the rule that refused it.
+    Refused(Rule),
+    /// A delivery mode the model does not model (SMI, INIT, ExtINT, reserved).
+    Unmodelled(DeliveryMode),
+}
+
+/// The local APIC's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lapic {
+    x2apic: bool,
+    directed_eoi_supported: bool,
+    quirks: Quirks,
+    id: u32,
+    tpr: u32,
+    svr: u32,
+    ldr: u32,
+    dfr: u32,
+    irr: [u32; 8],
+    isr: [u32; 8],
+    tmr: [u32; 8],
+    /// ESR as last latched by a write, and errors since (SDM §11.5.3).
+    esr: u32,
+    esr_pending: u32,
+    icr_low: u32,
+    icr_high: u32,
+    /// LVT timer, thermal, performance, LINT0, LINT1, error.
+    lvt: [u32; 6],
+    timer_initial: u32,
+    timer_divide: u32,
+}
+
+const LVT_MASKED: u32 = 1 << 16;
+
+impl Lapic {
+    /// The scenario's start state: APIC ID 0, software-enabled (SVR 0x1FF),
+    /// TPR 0, IRR/ISR/TMR empty, LINT0/LINT1 masked.
+    pub fn new(x2apic: bool, directed_eoi_supported: bool, quirks: Quirks) -> Lapic {
+        Lapic {
+            x2apic,
+            directed_eoi_supported,
+            quirks,
+            id: 0,
+            tpr: 0,
+            svr: 0x1ff,
+            // x2APIC: the logical ID is derived from the x2APIC ID: cluster
+            // id >> 4, bit 1 << (id & 0xf) (SDM §11.12.10.2).
+            ldr: if x2apic { 1 } else { 0 },
+            dfr: 0xffff_ffff,
+            irr: [0; 8],
+            isr: [0; 8],
+            tmr: [0; 8],
+            esr: 0,
+            esr_pending: 0,
+            icr_low: 0,
+            icr_high: 0,
+            lvt: [LVT_MASKED; 6],
+            timer_initial: 0,
+            timer_divide: 0,
+        }
+    }
+
+    pub fn x2apic(&self) -> bool {
+        self.x2apic
+    }
+    pub fn irr(&self) -> [u32; 8] {
+        self.irr
+    }
+    pub fn isr(&self) -> [u32; 8] {
+        self.isr
+    }
+    pub fn tmr(&self) -> [u32; 8] {
+        self.tmr
+    }
+    pub fn tpr(&self) -> u32 {
+        self.tpr
+    }
+    pub fn software_enabled(&self) -> bool {
+        self.svr & SVR_ENABLE != 0
+    }
+    fn version(&self) -> u32 {
+        VERSION_BASE
+            | if self.directed_eoi_supported {
+                VERSION_DIRECTED_EOI
+            } else {
+                0
+            }
+    }
+
+    /// SDM §11.8.3.1: PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4.
+    pub fn ppr(&self) -> u32 {
+        let isrv = highest(&self.isr).unwrap_or(0) as u32;
+        if (self.tpr & 0xf0) >= (isrv & 0xf0) {
+            self.tpr & 0xff
+        } else {
+            isrv & 0xf0
+        }
+    }
+
+    /// Whether a message's destination names this APIC (SDM §11.6.2.1
+    /// physical, §11.6.2.2 logical; 0xFF is the broadcast of an 8-bit
+    /// destination, which the model also honours in x2APIC mode, like KVM).
+    pub fn matches(&self, logical: bool, dest: u32) -> bool {
+        if !logical {
+            return dest == self.id || dest == 0xff || (self.x2apic && dest == 0xffff_ffff);
+        }
+        if dest == 0xff {
+            return true;
+        }
+        if self.x2apic {
+            // §11.12.10.2: cluster in bits 31:16, member bitmap in 15:0; an
+            // 8-bit destination addresses cluster 0.
+            let (cluster, members) = (dest >> 16, dest & 0xffff);
+            return cluster == self.ldr >> 16 && members & self.ldr & 0xffff != 0;
+        }
+        let logical_id = self.ldr >> 24;
+        if self.dfr >> 28 == 0xf {
+            // Flat model: the MDA and the LDR share a set bit.
+            dest & logical_id != 0
+        } else {
+            // Cluster model: equal high nibble, shared low-nibble bit.
+            dest >> 4 == logical_id >> 4 && dest & logical_id & 0xf != 0
+        }
+    }
+
+    /// A message for this APIC arrives (the destination was matched).
+    pub fn accept(&mut self, msg: &InterruptMessage) -> Acceptance {
+        match msg.delivery {
+            DeliveryMode::Fixed | DeliveryMode::Lowest => {}
+            DeliveryMode::Nmi => return Acceptance::Nmi,
+            other => return Acceptance::Unmodelled(other),
+        }
+        // §11.5.3: an illegal vector (0-15) in a received message sets the
+        // receive-illegal-vector bit and is not delivered.
+        if msg.vector < 16 {
+            self.esr_pending |= ESR_RECEIVE_ILLEGAL_VECTOR;
+            return Acceptance::Refused(Rule::IllegalVector);
+        }
+        // §11.4.7.2: a software-disabled APIC does not take fixed interrupts
+        // (as KVM's __apic_accept_irq); the sender sees no acceptance.
+        if !self.software_enabled() {
+            return Acceptance::Refused(Rule::ApicSoftwareDisabled);
+        }
+        // §11.8.4: into the IRR; TMR cleared for edge, set for level.
+        set(&mut self.irr, msg.vector, true);
+        set(&mut self.tmr, msg.vector, msg.level);
+        Acceptance::Accepted
+    }
+
+    /// §11.8.3: the vector the processor would take now, if any.
+    pub fn deliverable(&self) -> Option<u8> {
+        let v = highest(&self.irr)?;
+        ((v as u32 & 0xf0) > (self.ppr() & 0xf0)).then_some(v)
+    }
+
+    /// The highest requested vector, deliverable or not.
+    pub fn highest_irr(&self) -> Option<u8> {
+        highest(&self.irr)
+    }
+
+    /// The processor takes `vector`: IRR to ISR (§11.8.4 last step).
+    pub fn acknowledge(&mut self, vector: u8) {
+        set(&mut self.irr, vector, false);
+        if !self.quirks.contains(Quirks::ISR_NEVER_SET) {
+            set(&mut self.isr, vector, true);
+        }
+    }
+
+    /// An EOI write: clears the highest ISR bit (§11.8.5). Returns the
+    /// vector to broadcast to the IOAPICs, and the rule that decided.
+    pub fn end_of_interrupt(&mut self) -> (Option<u8>, Rule) {
+        let Some(v) = highest(&self.isr) else {
+            return (None, Rule::EoiNothingInService);
+        };
+        set(&mut self.isr, v, false);
+        if !test(&self.tmr, v) {
+            return (None, Rule::EoiClearsRemoteIrr);
+        }
+        // §11.8.5: a level-triggered EOI is broadcast unless SVR bit 12 is
+        // set, which takes effect only where the version register advertises it.
+        if self.directed_eoi_supported && self.svr & SVR_SUPPRESS_EOI_BROADCAST != 0 {
+            (None, Rule::EoiBroadcastSuppressed)
+        } else {
+            (Some(v), Rule::EoiBroadcast)
+        }
+    }
+
+    /// A register read by xAPIC MMIO offset (or its x2APIC MSR, low 32 bits).
+    pub fn read(&self, offset: u16) -> u32 {
+        let word = |bits: &[u32; 8]| bits[((offset & 0x7f) >> 4) as usize];
+        match offset {
+            // §11.4.6: xAPIC ID in bits 31:24; x2APIC ID is 32-bit.
+            reg::ID => {
+                if self.x2apic {
+                    self.id
+                } else {
+                    self.id << 24
+                }
+            }
+            reg::VERSION => self.version(),
+            reg::TPR => self.tpr,
+            reg::PPR => self.ppr(),
+            reg::LDR => self.ldr,
+            reg::DFR => self.dfr,
+            reg::SVR => self.svr,
+            0x100..=0x170 => word(&self.isr),
+            0x180..=0x1f0 => word(&self.tmr),
+            0x200..=0x270 => word(&self.irr),
+            reg::ESR => self.esr,
+            reg::ICR_LOW => self.icr_low & !(1 << 12),
+            reg::ICR_HIGH => self.icr_high,
+            0x320..=0x370 => self.lvt[((offset - 0x320) >> 4) as usize],
+            reg::TIMER_INITIAL => self.timer_initial,
+            reg::TIMER_DIVIDE => self.timer_divide,
+            _ => 0,
+        }
+    }
+
+    /// A register write by xAPIC offset. Returns a self IPI to send, if the
+    /// write was one (the ICR with the self shorthand or the SELF IPI MSR).
+    pub fn write(&mut self, offset: u16, value: u32) -> Option<InterruptMessage> {
+        match offset {
+            reg::TPR => self.tpr = value & 0xff,
+            // §11.6.2.2: LDR bits 31:24 are writable in xAPIC mode; in x2APIC
+            // mode it is read-only.
+            reg::LDR if !self.x2apic => self.ldr = value & 0xff00_0000,
+            reg::DFR if !self.x2apic => self.dfr = value | 0x0fff_ffff,
+            reg::SVR => {
+                // §11.9: bit 12 is reserved where the version register does
+                // not advertise EOI-broadcast suppression.
+                let mut mask = 0x3ff;
+                if self.directed_eoi_supported {
+                    mask |= SVR_SUPPRESS_EOI_BROADCAST;
+                }
+                self.svr = value & mask;
+                // §11.4.7.2: software disable masks every LVT entry.
+                if !self.software_enabled() {
+                    for lvt in &mut self.lvt {
+                        *lvt |= LVT_MASKED;
+                    }
+                }
+            }
+            // §11.5.3: a write latches the errors since the last write.
+            reg::ESR => {
+                self.esr = self.esr_pending;
+                self.esr_pending = 0;
+            }
+            reg::ICR_HIGH if !self.x2apic => self.icr_high = value & 0xff00_0000,
+            reg::ICR_LOW => {
+                self.icr_low = value;
+                return self.send_ipi();
+            }
+            0x320..=0x370 => {
+                let mut v = value;
+                if !self.software_enabled() {
+                    v |= LVT_MASKED;
+                }
+                self.lvt[((offset - 0x320) >> 4) as usize] = v;
+            }
+            reg::TIMER_INITIAL => self.timer_initial = value,
+            reg::TIMER_DIVIDE => self.timer_divide = value & 0xb,
+            reg::SELF_IPI if self.x2apic => {
+                // §11.12.11: a fixed, edge-triggered self IPI of bits 7:0.
+                return self.self_ipi(value as u8);
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// x2APIC RDMSR; #GP for write-only and reserved registers (§11.12.1.2).
+    pub fn read_msr(&self, msr: u32) -> Result<u64, GeneralProtection> {
+        if !self.x2apic || !(0x800..=0x8ff).contains(&msr) {
+            return Err(GeneralProtection);
+        }
+        let offset = ((msr - 0x800) << 4) as u16;
+        match offset {
+            reg::EOI | reg::SELF_IPI | reg::DFR | reg::APR | reg::ICR_HIGH => {
+                Err(GeneralProtection)
+            }
+            reg::ICR_LOW => Ok(((self.icr_high as u64) << 32) | self.read(offset) as u64),
+            reg::ID
+            | reg::VERSION
+            | reg::TPR
+            | reg::PPR
+            | reg::LDR
+            | reg::SVR
+            | reg::ESR
+            | 0x100..=0x270
+            | 0x320..=0x390
+            | reg::TIMER_DIVIDE => Ok(self.read(offset) as u64),
+            _ => Err(GeneralProtection),
+        }
+    }
+
+    /// x2APIC WRMSR; #GP for read-only and reserved registers and for
+    /// reserved bits (§11.12.1.2, §11.12.1.3).
+    pub fn write_msr(
+        &mut self,
+        msr: u32,
+        value: u64,
+    ) -> Result<Option<InterruptMessage>, GeneralProtection> {
+        if !self.x2apic || !(0x800..=0x8ff).contains(&msr) {
+            return Err(GeneralProtection);
+        }
+        let offset = ((msr - 0x800) << 4) as u16;
+        if offset != reg::ICR_LOW && value >> 32 != 0 {
+            return Err(GeneralProtection);
+        }
+        match offset {
+            // §11.12.1.3: only 0 may be written to EOI; SELF IPI bits 31:8 are reserved.
+            reg::EOI if value != 0 => Err(GeneralProtection),
+            reg::SELF_IPI if value > 0xff => Err(GeneralProtection),
+            reg::EOI => Ok(None),
+            reg::ICR_LOW => {
+                self.icr_high = (value >> 32) as u32;
+                Ok(self.write(offset, value as u32))
+            }
+            reg::TPR | reg::SVR | reg::ESR | reg::SELF_IPI | 0x320..=0x380 | reg::TIMER_DIVIDE => {
+                Ok(self.write(offset, value as u32))
+            }
+            _ => Err(GeneralProtection),
+        }
+    }
+
+    /// §11.6.1: an ICR write. Only what reaches this one APIC is modelled:
+    /// the self shorthand, all-including-self, and a destination that
+    /// matches this APIC.
+    fn send_ipi(&mut self) -> Option<InterruptMessage> {
+        let low = self.icr_low;
+        let shorthand = (low >> 18) & 3;
+        let logical = low & (1 << 11) != 0;
+        let dest = if self.x2apic {
+            self.icr_high
+        } else {
+            self.icr_high >> 24
+        };
+        let to_self = match shorthand {
+            0 => self.matches(logical, dest),
+            1 | 2 => true,
+            _ => false,
+        };
+        if !to_self {
+            return None;
+        }
+        let delivery = DeliveryMode::from_bits((low >> 8) as u8);
+        if delivery == DeliveryMode::Fixed && (low as u8) < 16 {
+            // §11.5.3: the sender flags an illegal vector and sends nothing.
+            self.esr_pending |= ESR_SEND_ILLEGAL_VECTOR;
+            return None;
+        }
+        Some(InterruptMessage {
+            vector: low as u8,
+            delivery,
+            logical,
+            dest,
+            // §11.6.1: the trigger mode bit; level applies only to INIT level
+            // de-assert in practice, so IPIs are edge for TMR purposes.
+            level: false,
+            rule: Rule::SelfIpi,
+        })
+    }
+
+    fn self_ipi(&mut self, vector: u8) -> Option<InterruptMessage> {
+        if vector < 16 {
+            self.esr_pending |= ESR_SEND_ILLEGAL_VECTOR;
+            return None;
+        }
+        Some(InterruptMessage {
+            vector,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: self.id,
+            level: false,
+            rule: Rule::SelfIpi,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed(vector: u8, level: bool) -> InterruptMessage {
+        InterruptMessage {
+            vector,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 0,
+            level,
+            rule: Rule::MsiDelivers,
+        }
+    }
+
+    #[test]
+    fn acceptance_sets_irr_and_tmr_by_trigger_mode() {
+        // SDM §11.8.4: TMR cleared for edge, set for level, on acceptance.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.accept(&fixed(0x79, true));
+        assert!(test(&l.tmr, 0x79) && test(&l.irr, 0x79));
+        l.acknowledge(0x79);
+        l.end_of_interrupt();
+        assert!(
+            test(&l.tmr, 0x79),
+            "TMR keeps the last acceptance's mode after EOI"
+        );
+        l.accept(&fixed(0x79, false));
+        assert!(!test(&l.tmr, 0x79));
+    }
+
+    #[test]
+    fn ppr_from_tpr_and_isr_and_dispatch_above_its_class() {
+        // SDM §11.8.3.1.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::TPR, 0x25);
+        assert_eq!(l.ppr(), 0x25);
+        l.accept(&fixed(0x2f, false));
+        assert_eq!(l.deliverable(), None, "class 2 is not above PPR class 2");
+        l.accept(&fixed(0x31, false));
+        assert_eq!(l.deliverable(), Some(0x31));
+        l.acknowledge(0x31);
+        assert_eq!(l.ppr(), 0x30, "ISR class 3 above TPR class 2");
+        l.write(reg::TPR, 0);
+        assert_eq!(l.deliverable(), None, "0x2f is below the in-service class");
+        l.end_of_interrupt();
+        assert_eq!(l.deliverable(), Some(0x2f));
+    }
+
+    #[test]
+    fn higher_vector_wins_within_and_across_classes() {
+        // SDM §11.8.3: highest priority first (EV-2: 33 before 32).
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.accept(&fixed(0x20, false));
+        l.accept(&fixed(0x21, false));
+        assert_eq!(l.deliverable(), Some(0x21));
+    }
+
+    #[test]
+    fn eoi_clears_highest_isr_and_broadcasts_only_level_vectors() {
+        // SDM §11.8.5.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.accept(&fixed(0x40, true));
+        l.acknowledge(0x40);
+        l.accept(&fixed(0x50, false));
+        l.acknowledge(0x50);
+        assert_eq!(l.end_of_interrupt(), (None, Rule::EoiClearsRemoteIrr));
+        assert_eq!(l.end_of_interrupt(), (Some(0x40), Rule::EoiBroadcast));
+        assert_eq!(l.end_of_interrupt(), (None, Rule::EoiNothingInService));
+    }
+
+    #[test]
+    fn broadcast_suppression_needs_the_version_bit() {
+        // SDM §11.8.5 and §11.9: SVR bit 12 only where version bit 24 is set.
+        for (supported, expected) in [(true, None), (false, Some(0x40))] {
+            let mut l = Lapic::new(false, supported, Quirks::empty());
+            assert_eq!(l.read(reg::VERSION) & VERSION_DIRECTED_EOI != 0, supported);
+            l.write(reg::SVR, 0x11ff);
+            l.accept(&fixed(0x40, true));
+            l.acknowledge(0x40);
+            assert_eq!(l.end_of_interrupt().0, expected);
+            assert_eq!(
+                l.read(reg::SVR) & SVR_SUPPRESS_EOI_BROADCAST != 0,
+                supported
+            );
+        }
+    }
+
+    #[test]
+    fn illegal_vectors_set_esr_and_are_not_accepted() {
+        // SDM §11.5.3.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(
+            l.accept(&fixed(0x0f, false)),
+            Acceptance::Refused(Rule::IllegalVector)
+        );
+        assert_eq!(
+            l.read(reg::ESR),
+            0,
+            "the ESR shows errors only after a write"
+        );
+        l.write(reg::ESR, 0);
+        assert_eq!(l.read(reg::ESR), ESR_RECEIVE_ILLEGAL_VECTOR);
+        assert_eq!(l.write(reg::ICR_LOW, 0x4_0005), None);
+        l.write(reg::ESR, 0);
+        assert_eq!(l.read(reg::ESR), ESR_SEND_ILLEGAL_VECTOR);
+        assert_eq!(l.highest_irr(), None);
+    }
+
+    #[test]
+    fn software_disabled_apic_refuses_fixed_interrupts() {
+        // SDM §11.4.7.2.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::SVR, 0xff);
+        assert_eq!(
+            l.accept(&fixed(0x40, false)),
+            Acceptance::Refused(Rule::ApicSoftwareDisabled)
+        );
+    }
+
+    #[test]
+    fn self_ipi_by_icr_shorthand_and_x2apic_register() {
+        // SDM §11.6.1 (self shorthand) and §11.12.11 (SELF IPI).
+        let mut x = Lapic::new(false, false, Quirks::empty());
+        x.write(reg::ICR_HIGH, 0);
+        assert_eq!(
+            x.write(reg::ICR_LOW, 0x4_00f1).map(|m| m.vector),
+            Some(0xf1)
+        );
+        let mut x2 = Lapic::new(true, false, Quirks::empty());
+        assert_eq!(
+            x2.write_msr(msr_of(reg::SELF_IPI), 0xf1)
+                .unwrap()
+                .map(|m| m.vector),
+            Some(0xf1)
+        );
+        assert_eq!(
+            x2.write_msr(msr_of(reg::SELF_IPI), 0x1f1),
+            Err(GeneralProtection)
+        );
+        assert_eq!(x2.read_msr(msr_of(reg::EOI)), Err(GeneralProtection));
+        assert_eq!(x2.write_msr(msr_of(reg::EOI), 1), Err(GeneralProtection));
+    }
+
+    #[test]
+    fn destinations_physical_broadcast_and_logical() {
+        // SDM §11.6.2.1 and §11.6.2.2.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert!(l.matches(false, 0) && l.matches(false, 0xff) && !l.matches(false, 1));
+        assert!(
+            !l.matches(true, 0x01),
+            "LDR 0 matches no logical destination"
+        );
+        l.write(reg::LDR, 0x0100_0000);
+        assert!(l.matches(true, 0x01) && !l.matches(true, 0x02));
+        let x2 = Lapic::new(true, false, Quirks::empty());
+        assert!(x2.matches(true, 0x01) && !x2.matches(true, 0x02));
+    }
+
+    #[test]
+    fn quirk_isr_never_set_keeps_ppr_low() {
+        let mut l = Lapic::new(false, false, Quirks::ISR_NEVER_SET);
+        l.accept(&fixed(0x40, true));
+        l.acknowledge(0x40);
+        assert_eq!(l.isr(), [0; 8]);
+        assert_eq!(l.end_of_interrupt(), (None, Rule::EoiNothingInService));
+    }
+}

@@ -1,0 +1,414 @@
+//! One vCPU's interrupt hardware wired together: the IOAPIC's messages and
+//! MSIs reach the local APIC, the local APIC's EOI broadcasts reach the
+//! IOAPIC, and the processor takes what the local APIC offers.
+//!
+//! Every step allocates nothing; decisions go into a fixed-size log that the
+//! caller drains.
+
+use crate::cpu::Cpu;
+use crate::ioapic::{DeliveryMode, InterruptMessage, InterruptSink, Ioapic, IoapicVersion};
+use crate::lapic::{reg, Acceptance, GeneralProtection, Lapic};
+use crate::quirks::Quirks;
+use crate::rules::Rule;
+
+/// How the machine is built (the scenario's `config`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MachineConfig {
+    pub ioapic: IoapicVersion,
+    pub x2apic: bool,
+    /// EOI-broadcast suppression advertised (version register bit 24).
+    pub directed_eoi: bool,
+    /// The IOAPIC lives in userspace (`irqchip=split`); only quirks care.
+    pub split: bool,
+    pub quirks: Quirks,
+}
+
+/// One decision: the rule and the vector it concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub rule: Rule,
+    pub vector: u8,
+}
+
+/// A fixed-size log of decisions since the caller last drained it.
+#[derive(Clone, Debug)]
+pub struct DecisionLog {
+    entries: [Decision; DecisionLog::CAPACITY],
+    len: usize,
+}
+
+impl DecisionLog {
+    pub const CAPACITY: usize = 64;
+
+    fn new() -> DecisionLog {
+        DecisionLog {
+            entries: [Decision {
+                rule: Rule::Quirk,
+                vector: 0,
+            }; Self::CAPACITY],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, rule: Rule, vector: u8) {
+        // Keep the newest: the last decisions before a divergence matter most.
+        if self.len == Self::CAPACITY {
+            self.entries.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.entries[self.len] = Decision { rule, vector };
+        self.len += 1;
+    }
+
+    pub fn entries(&self) -> &[Decision] {
+        &self.entries[..self.len]
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// What the processor can take now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    Maskable(u8),
+    Nmi,
+}
+
+/// NMIs arrive through IDT vector 2.
+pub const NMI_VECTOR: u8 = 2;
+
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub ioapic: Ioapic,
+    pub lapic: Lapic,
+    pub cpu: Cpu,
+    config: MachineConfig,
+    log: DecisionLog,
+    /// A message with a delivery mode the model does not model arrived.
+    unmodelled: Option<DeliveryMode>,
+}
+
+/// The message path from a source to the local APIC and processor.
+struct Bus<'a> {
+    lapic: &'a mut Lapic,
+    cpu: &'a mut Cpu,
+    log: &'a mut DecisionLog,
+    unmodelled: &'a mut Option<DeliveryMode>,
+}
+
+impl InterruptSink for Bus<'_> {
+    fn send(&mut self, msg: &InterruptMessage) -> bool {
+        // §11.6.2: a destination that names no local APIC reaches nobody.
+        if !self.lapic.matches(msg.logical, msg.dest) {
+            self.log.push(Rule::NoDestinationMatch, msg.vector);
+            return false;
+        }
+        match self.lapic.accept(msg) {
+            Acceptance::Accepted => {
+                self.log.push(msg.rule, msg.vector);
+                true
+            }
+            Acceptance::Nmi => {
+                // §6.7.1: one NMI can be held while NMIs are blocked.
+                let rule = if self.cpu.nmi_blocked {
+                    Rule::NmiBlocked
+                } else {
+                    Rule::NmiDelivers
+                };
+                self.cpu.nmi_pending = true;
+                self.log.push(rule, NMI_VECTOR);
+                true
+            }
+            Acceptance::Refused(rule) => {
+                self.log.push(rule, msg.vector);
+                false
+            }
+            Acceptance::Unmodelled(mode) => {
+                *self.unmodelled = Some(mode);
+                false
+            }
+        }
+    }
+
+    fn note(&mut self, rule: Rule, vector: u8) {
+        self.log.push(rule, vector);
+    }
+}
+
+impl Machine {
+    pub fn new(config: MachineConfig) -> Machine {
+        Machine {
+            ioapic: Ioapic::with_quirks(config.ioapic, config.quirks),
+            lapic: Lapic::new(config.x2apic, config.directed_eoi, config.quirks),
+            cpu: Cpu::new(),
+            config,
+            log: DecisionLog::new(),
+            unmodelled: None,
+        }
+    }
+
+    pub fn config(&self) -> MachineConfig {
+        self.config
+    }
+
+    /// Splits the borrows: the IOAPIC and the message path to the LAPIC.
+    fn parts(&mut self) -> (&mut Ioapic, Bus<'_>) {
+        (
+            &mut self.ioapic,
+            Bus {
+                lapic: &mut self.lapic,
+                cpu: &mut self.cpu,
+                log: &mut self.log,
+                unmodelled: &mut self.unmodelled,
+            },
+        )
+    }
+
+    pub fn decisions(&self) -> &[Decision] {
+        self.log.entries()
+    }
+
+    pub fn clear_decisions(&mut self) {
+        self.log.clear();
+    }
+
+    pub fn note(&mut self, rule: Rule, vector: u8) {
+        self.log.push(rule, vector);
+    }
+
+    /// A delivery mode the model does not model was sent (SMI, INIT,
+    /// ExtINT or reserved); the caller ends the run with an error.
+    pub fn take_unmodelled(&mut self) -> Option<DeliveryMode> {
+        self.unmodelled.take()
+    }
+
+    pub fn ioapic_mmio_read(&mut self, offset: u64) -> u32 {
+        self.ioapic.mmio_read(offset)
+    }
+
+    pub fn ioapic_mmio_write(&mut self, offset: u64, value: u32) {
+        let (ioapic, mut bus) = self.parts();
+        ioapic.mmio_write(offset, value, &mut bus);
+    }
+
+    /// Drives IOAPIC input `pin` (logical level).
+    pub fn set_irq(&mut self, pin: usize, requested: bool) {
+        let (ioapic, mut bus) = self.parts();
+        ioapic.set_irq(pin, requested, &mut bus);
+    }
+
+    /// An MSI or other message from outside.
+    pub fn message(&mut self, msg: &InterruptMessage) -> bool {
+        let (_, mut bus) = self.parts();
+        bus.send(msg)
+    }
+
+    /// A local APIC register read by the guest, through MMIO in xAPIC mode
+    /// and RDMSR in x2APIC mode.
+    pub fn lapic_read(&mut self, offset: u16) -> Result<u32, GeneralProtection> {
+        if self.lapic.x2apic() {
+            self.lapic
+                .read_msr(crate::lapic::msr_of(offset))
+                .map(|v| v as u32)
+        } else {
+            Ok(self.lapic.read(offset))
+        }
+    }
+
+    /// A local APIC register write by the guest (MMIO or WRMSR), with its
+    /// effects: EOI broadcast, self IPI.
+    pub fn lapic_write(&mut self, offset: u16, value: u32) -> Result<(), GeneralProtection> {
+        let ipi = if self.lapic.x2apic() {
+            self.lapic
+                .write_msr(crate::lapic::msr_of(offset), value as u64)?
+        } else {
+            self.lapic.write(offset, value)
+        };
+        if offset == reg::EOI {
+            self.end_of_interrupt();
+        }
+        if let Some(msg) = ipi {
+            self.message(&msg);
+        }
+        Ok(())
+    }
+
+    /// §11.8.5: the EOI clears the highest ISR bit and, for a level vector,
+    /// is broadcast to the IOAPIC.
+    fn end_of_interrupt(&mut self) {
+        let (broadcast, rule) = self.lapic.end_of_interrupt();
+        let vector = broadcast.unwrap_or(0);
+        self.log.push(rule, vector);
+        let Some(vector) = broadcast else { return };
+        if self.config.split && self.config.quirks.contains(Quirks::SPLIT_EOI_LOST) {
+            self.log.push(Rule::Quirk, vector);
+            return;
+        }
+        let (ioapic, mut bus) = self.parts();
+        ioapic.eoi(vector, &mut bus);
+    }
+
+    /// What the processor would take at this instruction boundary.
+    pub fn pending(&self) -> Option<Interrupt> {
+        // §6.7.1: an NMI is not masked by IF, only blocked by another NMI.
+        if self.cpu.nmi_pending && !self.cpu.nmi_blocked {
+            return Some(Interrupt::Nmi);
+        }
+        // §6.8.1 and §11.8.3.
+        if self.cpu.accepts_maskable() {
+            return self.lapic.deliverable().map(Interrupt::Maskable);
+        }
+        None
+    }
+
+    /// Why a requested vector is not being taken, if one is waiting.
+    pub fn held_reason(&self) -> Option<(Rule, u8)> {
+        let v = self.lapic.highest_irr()?;
+        if self.lapic.deliverable().is_none() {
+            Some((Rule::HeldByPpr, v))
+        } else if !self.cpu.accepts_maskable() {
+            Some((Rule::HeldByIf, v))
+        } else {
+            None
+        }
+    }
+
+    /// The processor takes `interrupt` through its IDT gate: returns the
+    /// vector and the IF that IRET restores.
+    pub fn take(&mut self, interrupt: Interrupt) -> (u8, bool) {
+        match interrupt {
+            Interrupt::Maskable(v) => {
+                self.lapic.acknowledge(v);
+                self.log.push(Rule::DispatchAbovePpr, v);
+                (v, self.cpu.enter_interrupt_gate())
+            }
+            Interrupt::Nmi => (NMI_VECTOR, self.cpu.enter_nmi()),
+        }
+    }
+
+    pub fn iret(&mut self, saved_if: bool) {
+        self.cpu.iret(saved_if);
+    }
+
+    /// The redirection entry's remote IRR and delivery status, per pin.
+    pub fn ioapic_status(&self) -> ([bool; 24], [bool; 24]) {
+        let mut remote_irr = [false; 24];
+        let mut delivery_status = [false; 24];
+        for pin in 0..24 {
+            let e = self.ioapic.entry(pin);
+            remote_irr[pin] = e.remote_irr();
+            delivery_status[pin] = e.delivery_status();
+        }
+        (remote_irr, delivery_status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ioapic::{IOREGSEL, IOWIN};
+
+    fn route(m: &mut Machine, pin: u8, low: u32) {
+        m.ioapic_mmio_write(IOREGSEL, 0x11 + 2 * pin as u32);
+        m.ioapic_mmio_write(IOWIN, 0);
+        m.ioapic_mmio_write(IOREGSEL, 0x10 + 2 * pin as u32);
+        m.ioapic_mmio_write(IOWIN, low);
+    }
+
+    #[test]
+    fn level_eoi_broadcast_reaches_the_ioapic_and_redelivers() {
+        // SDM §11.8.5 with 82093AA §3.2.4 bit 14.
+        let mut m = Machine::new(MachineConfig::default());
+        route(&mut m, 14, 0x9a | 1 << 15);
+        m.set_irq(14, true);
+        let (v, saved) = m.take(m.pending().unwrap());
+        assert_eq!(v, 0x9a);
+        assert!(m.pending().is_none(), "IF = 0 in the handler");
+        m.lapic_write(reg::EOI, 0).unwrap();
+        m.iret(saved);
+        assert_eq!(
+            m.pending(),
+            Some(Interrupt::Maskable(0x9a)),
+            "still asserted: sent again"
+        );
+    }
+
+    #[test]
+    fn suppressed_broadcast_leaves_remote_irr_until_the_ioapic_eoi_register() {
+        // SDM §11.8.5 / §11.9 SVR bit 12; ICH EOI register.
+        let mut m = Machine::new(MachineConfig {
+            directed_eoi: true,
+            ..MachineConfig::default()
+        });
+        m.lapic_write(reg::SVR, 0x11ff).unwrap();
+        route(&mut m, 3, 0x60 | 1 << 15);
+        m.set_irq(3, true);
+        let (_, saved) = m.take(m.pending().unwrap());
+        m.set_irq(3, false);
+        m.lapic_write(reg::EOI, 0).unwrap();
+        m.iret(saved);
+        assert!(m.ioapic.entry(3).remote_irr());
+        m.ioapic_mmio_write(crate::ioapic::IOEOI, 0x60);
+        assert!(!m.ioapic.entry(3).remote_irr());
+    }
+
+    #[test]
+    fn split_eoi_lost_quirk_only_in_split_mode() {
+        for (split, stuck) in [(true, true), (false, false)] {
+            let mut m = Machine::new(MachineConfig {
+                split,
+                quirks: Quirks::SPLIT_EOI_LOST,
+                ..MachineConfig::default()
+            });
+            route(&mut m, 3, 0x60 | 1 << 15);
+            m.set_irq(3, true);
+            let (_, saved) = m.take(m.pending().unwrap());
+            m.set_irq(3, false);
+            m.lapic_write(reg::EOI, 0).unwrap();
+            m.iret(saved);
+            assert_eq!(m.ioapic.entry(3).remote_irr(), stuck);
+        }
+    }
+
+    #[test]
+    fn nmi_ignores_if_and_waits_for_iret_when_blocked() {
+        // SDM §6.7.1.
+        let mut m = Machine::new(MachineConfig::default());
+        m.cpu.cli();
+        let nmi = InterruptMessage {
+            vector: 0,
+            delivery: DeliveryMode::Nmi,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        };
+        m.message(&nmi);
+        assert_eq!(m.pending(), Some(Interrupt::Nmi));
+        let (v, saved) = m.take(Interrupt::Nmi);
+        assert_eq!(v, NMI_VECTOR);
+        m.message(&nmi);
+        assert_eq!(m.pending(), None, "blocked until IRET");
+        m.iret(saved);
+        assert_eq!(m.pending(), Some(Interrupt::Nmi));
+    }
+
+    #[test]
+    fn unrouted_destination_is_not_delivered() {
+        // SDM §11.6.2.1.
+        let mut m = Machine::new(MachineConfig::default());
+        let msg = InterruptMessage {
+            vector: 0x40,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 5,
+            level: false,
+            rule: Rule::MsiDelivers,
+        };
+        assert!(!m.message(&msg));
+        assert!(m.pending().is_none());
+        assert_eq!(m.decisions().last().unwrap().rule, Rule::NoDestinationMatch);
+    }
+}

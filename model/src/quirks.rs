@@ -1,0 +1,38 @@
+//! Named deviations from the spec, each reproducing a known real bug.
+//!
+//! Off by default. The `sim:QUIRKS` backend switches them on so that the
+//! fuzzer's power to find, minimise and report a bug can be measured on bugs
+//! whose answer is known. Each quirk acts at exactly the rule it breaks.
+
+bitflags::bitflags! {
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct Quirks: u32 {
+        /// An asserted level pin is not delivered when it is unmasked, and
+        /// further asserts do nothing until the line is deasserted and
+        /// asserted again. Seed report, IOAPIC issue 1 (kvm-unit-tests
+        /// `test_ioapic_level_mask`), Apple FB14425412.
+        const LEVEL_UNMASK_NO_DELIVER = 1 << 0;
+        /// No re-delivery after an EOI while the level line stays asserted.
+        /// Seed report, IOAPIC issue 2 (`test_ioapic_level_retrigger`),
+        /// FB14425412.
+        const LEVEL_EOI_NO_REDELIVER = 1 << 1;
+        /// A deassert/assert/deassert while remote IRR is set delivers the
+        /// interrupt a second time after the EOI. Seed report, IOAPIC issue 3
+        /// (`test_ioapic_level_coalesce`), FB14425412.
+        const LEVEL_COALESCE_REDELIVER = 1 << 2;
+        /// With the IOAPIC in userspace (`irqchip=split`), the local APIC's
+        /// EOI notifications never reach it, so remote IRR stays set. Seed
+        /// report, APIC section (HV_APIC_CTRL_IOAPIC_EOI), FB14425590.
+        const SPLIT_EOI_LOST = 1 << 3;
+        /// Every `assert` of an unmasked edge pin delivers, even when the
+        /// line is already asserted (no edge detection). QEMU's
+        /// `hw/intc/ioapic.c` `ioapic_set_irq` before edge tracking
+        /// (kvm-unit-tests catalogue G-3).
+        const EDGE_EVERY_ASSERT = 1 << 4;
+        /// The local APIC never sets the ISR bit on delivery, so PPR stays
+        /// low and a level EOI finds nothing in service: what was seen on
+        /// this project's paravirtualised KVM host
+        /// (`reference/kvm-host-probe.md`).
+        const ISR_NEVER_SET = 1 << 5;
+    }
+}

@@ -1,0 +1,142 @@
+//! The spec rules that decide what the model does, each with its citation.
+//!
+//! The model records which rule decided each delivery and each suppression
+//! (see [`crate::machine::DecisionLog`]), so that a report can name the rule a
+//! hypervisor broke at the point where it diverges.
+
+/// One rule of the Intel SDM vol. 3A (chapter "Advanced Programmable
+/// Interrupt Controller (APIC)", numbered 11 in current editions, and chapter
+/// 6 "Interrupt and Exception Handling") or of the 82093AA datasheet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// A rising edge on an unmasked edge-triggered pin sends one message.
+    EdgeDelivers,
+    /// An edge on a masked pin is ignored, not held pending.
+    EdgeMaskedLost,
+    /// A level that stays asserted is not a new edge.
+    EdgeNoNewEdge,
+    /// An asserted, unmasked level pin with remote IRR clear sends a message.
+    LevelDelivers,
+    /// A level pin is not sent again while remote IRR is set (coalescing).
+    LevelRemoteIrrBlocks,
+    /// A masked level pin sends nothing (the level is sampled on unmask).
+    LevelMaskedHeld,
+    /// Unmasking a level pin whose input is asserted sends it.
+    LevelUnmaskDelivers,
+    /// An EOI for the entry's vector clears remote IRR.
+    EoiClearsRemoteIrr,
+    /// After the EOI, a still-asserted unmasked level input is sent again.
+    EoiRedelivers,
+    /// The version-0x20 IOAPIC's EOI register acts like an EOI message.
+    IoapicEoiRegister,
+    /// Remote IRR of an entry made edge-triggered is cleared.
+    EdgeRetypeClearsRemoteIrr,
+    /// A fixed interrupt accepted into the IRR; TMR records its trigger mode.
+    AcceptedIntoIrr,
+    /// Vectors 0-15 are illegal: ESR bit set, nothing delivered.
+    IllegalVector,
+    /// A software-disabled local APIC does not accept fixed interrupts.
+    ApicSoftwareDisabled,
+    /// A message whose destination matches no local APIC is not delivered.
+    NoDestinationMatch,
+    /// The highest IRR vector whose class exceeds the PPR class is dispatched.
+    DispatchAbovePpr,
+    /// An IRR vector at or below the processor-priority class is held.
+    HeldByPpr,
+    /// The processor dispatches maskable interrupts only with RFLAGS.IF = 1.
+    HeldByIf,
+    /// STI inhibits interrupts until the end of the next instruction.
+    StiShadow,
+    /// HLT resumes on an interrupt that is delivered.
+    HltWakes,
+    /// Nothing can wake a HLT: no deliverable interrupt.
+    HltNoWake,
+    /// EOI of a level-triggered vector (TMR set) is broadcast to the IOAPIC.
+    EoiBroadcast,
+    /// EOI-broadcast suppression (SVR bit 12) keeps a level EOI local.
+    EoiBroadcastSuppressed,
+    /// EOI with an empty ISR does nothing.
+    EoiNothingInService,
+    /// A self IPI is accepted by the sending APIC.
+    SelfIpi,
+    /// An MSI is decoded and sent as an interrupt message.
+    MsiDelivers,
+    /// An NMI is taken regardless of IF and blocks further NMIs until IRET.
+    NmiDelivers,
+    /// A second NMI while NMIs are blocked is held until IRET.
+    NmiBlocked,
+    /// A deviation switched on by a `sim:` quirk.
+    Quirk,
+}
+
+impl Rule {
+    /// Short kebab-case name, used in signatures and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::EdgeDelivers => "edge-delivers",
+            Rule::EdgeMaskedLost => "edge-masked-lost",
+            Rule::EdgeNoNewEdge => "edge-no-new-edge",
+            Rule::LevelDelivers => "level-delivers",
+            Rule::LevelRemoteIrrBlocks => "level-remote-irr-blocks",
+            Rule::LevelMaskedHeld => "level-masked-held",
+            Rule::LevelUnmaskDelivers => "level-unmask-delivers",
+            Rule::EoiClearsRemoteIrr => "eoi-clears-remote-irr",
+            Rule::EoiRedelivers => "eoi-redelivers",
+            Rule::IoapicEoiRegister => "ioapic-eoi-register",
+            Rule::EdgeRetypeClearsRemoteIrr => "edge-retype-clears-remote-irr",
+            Rule::AcceptedIntoIrr => "accepted-into-irr",
+            Rule::IllegalVector => "illegal-vector",
+            Rule::ApicSoftwareDisabled => "apic-software-disabled",
+            Rule::NoDestinationMatch => "no-destination-match",
+            Rule::DispatchAbovePpr => "dispatch-above-ppr",
+            Rule::HeldByPpr => "held-by-ppr",
+            Rule::HeldByIf => "held-by-if",
+            Rule::StiShadow => "sti-shadow",
+            Rule::HltWakes => "hlt-wakes",
+            Rule::HltNoWake => "hlt-no-wake",
+            Rule::EoiBroadcast => "eoi-broadcast",
+            Rule::EoiBroadcastSuppressed => "eoi-broadcast-suppressed",
+            Rule::EoiNothingInService => "eoi-nothing-in-service",
+            Rule::SelfIpi => "self-ipi",
+            Rule::MsiDelivers => "msi-delivers",
+            Rule::NmiDelivers => "nmi-delivers",
+            Rule::NmiBlocked => "nmi-blocked",
+            Rule::Quirk => "quirk",
+        }
+    }
+
+    /// The section of the spec the rule follows.
+    pub fn citation(self) -> &'static str {
+        match self {
+            Rule::EdgeDelivers => "82093AA §3.2.4, IOREDTBL bit 15 (Trigger Mode: edge) and bit 16 (Interrupt Mask)",
+            Rule::EdgeMaskedLost => "82093AA §3.2.4, IOREDTBL bit 16: \"Edge-sensitive interrupts signaled on a masked interrupt pin are ignored (i.e., not delivered or held pending)\"",
+            Rule::EdgeNoNewEdge => "82093AA §3.2.4, IOREDTBL bit 15: edge-sensitive inputs deliver on the edge, not on the level",
+            Rule::LevelDelivers => "82093AA §3.2.4, IOREDTBL bit 15 (Trigger Mode: level) and bit 16 (Interrupt Mask)",
+            Rule::LevelRemoteIrrBlocks => "82093AA §3.2.4, IOREDTBL bit 14 (Remote IRR): set when the local APIC accepts the level interrupt, reset on EOI; no new message while set",
+            Rule::LevelMaskedHeld => "82093AA §3.2.4, IOREDTBL bit 16: a masked interrupt is not delivered",
+            Rule::LevelUnmaskDelivers => "82093AA §3.2.4, IOREDTBL bit 16: level-asserted interrupts on an unmasked pin are delivered; the level is still asserted at unmask",
+            Rule::EoiClearsRemoteIrr => "82093AA §3.2.4, IOREDTBL bit 14: Remote IRR is reset when an EOI message with a matching interrupt vector is received",
+            Rule::EoiRedelivers => "ICH IOxAPIC EOI register: \"if its input remained active when the Remote_IRR bit is cleared, the interrupt will be reissued\"; SDM vol. 3A §11.8.5 Signaling Interrupt Servicing Completion",
+            Rule::IoapicEoiRegister => "ICH-family IOAPIC (version 0x20) EOI register at offset 0x40: clears Remote IRR of entries with the written vector",
+            Rule::EdgeRetypeClearsRemoteIrr => "82093AA §3.2.4 bit 14: Remote IRR is undefined for edge-triggered interrupts; the model clears it as KVM and QEMU do",
+            Rule::AcceptedIntoIrr => "SDM vol. 3A §11.8.4 Interrupt Acceptance for Fixed Interrupts: accepted into the IRR; TMR cleared for edge, set for level",
+            Rule::IllegalVector => "SDM vol. 3A §11.5.3 Error Handling: vectors 0-15 are illegal; the ESR illegal-vector bit is set and the interrupt is not delivered",
+            Rule::ApicSoftwareDisabled => "SDM vol. 3A §11.4.7.2 Local APIC State After It Has Been Software Disabled",
+            Rule::NoDestinationMatch => "SDM vol. 3A §11.6.2 Determining IPI Destination (physical §11.6.2.1, logical §11.6.2.2); §11.11.1 Message Address Register Format",
+            Rule::DispatchAbovePpr => "SDM vol. 3A §11.8.3 Interrupt, Task, and Processor Priority: the highest-priority IRR vector whose class is above the PPR class is dispatched",
+            Rule::HeldByPpr => "SDM vol. 3A §11.8.3.1 Task and Processor Priorities: PPR from TPR and the highest ISR vector holds lower classes",
+            Rule::HeldByIf => "SDM vol. 3A §6.8.1 Masking Maskable Hardware Interrupts (RFLAGS.IF)",
+            Rule::StiShadow => "SDM vol. 3A §6.8.3 and the STI instruction reference: interrupts are inhibited until the end of the instruction after STI",
+            Rule::HltWakes => "HLT instruction reference (SDM vol. 2A): an enabled interrupt resumes execution after HLT",
+            Rule::HltNoWake => "HLT instruction reference (SDM vol. 2A): only an interrupt (or NMI, SMI, INIT, reset) resumes a halted processor",
+            Rule::EoiBroadcast => "SDM vol. 3A §11.8.5 Signaling Interrupt Servicing Completion: the EOI of a level-triggered interrupt (TMR set) is broadcast to the IOAPICs",
+            Rule::EoiBroadcastSuppressed => "SDM vol. 3A §11.8.5 and §11.9 (SVR bit 12, Suppress EOI Broadcasts, when the version register's bit 24 advertises it)",
+            Rule::EoiNothingInService => "SDM vol. 3A §11.8.5: the EOI clears the highest ISR bit; with none set there is nothing to clear",
+            Rule::SelfIpi => "SDM vol. 3A §11.6.1 Interrupt Command Register (self shorthand) and §11.12.11 SELF IPI Register",
+            Rule::MsiDelivers => "SDM vol. 3A §11.11 Message Signalled Interrupts (§11.11.1 address, §11.11.2 data)",
+            Rule::NmiDelivers => "SDM vol. 3A §6.7.1 Handling Multiple NMIs; §11.6.1 delivery mode NMI",
+            Rule::NmiBlocked => "SDM vol. 3A §6.7.1 Handling Multiple NMIs: NMIs are blocked until the next IRET",
+            Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
+        }
+    }
+}

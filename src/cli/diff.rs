@@ -1,0 +1,87 @@
+//! `irqdiff diff` and `irqdiff minimize`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::campaign::Differ;
+use crate::oracle::Verdict;
+use crate::repro::side_by_side;
+use crate::scenario::print::print;
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// A scenario file (.irq).
+    pub file: PathBuf,
+    /// The backend to compare with the model.
+    #[arg(long)]
+    pub backend: String,
+}
+
+fn open(args: &DiffArgs) -> Result<(crate::scenario::Scenario, Differ), ExitCode> {
+    let mut loaded = super::load(std::slice::from_ref(&args.file))?;
+    let (_, scenario) = loaded.remove(0);
+    let differ = Differ::open(&args.backend).map_err(|e| {
+        eprintln!("irqdiff: {e}");
+        ExitCode::from(match e {
+            crate::backend::OpenError::Unavailable { .. } => super::EXIT_UNAVAILABLE,
+            _ => super::EXIT_BAD_INPUT,
+        })
+    })?;
+    Ok((scenario, differ))
+}
+
+pub fn diff(args: DiffArgs) -> ExitCode {
+    let (scenario, mut differ) = match open(&args) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let (expected, observed, verdict, signature) = differ.diff(&scenario);
+    let mark = match &verdict {
+        Verdict::Diverge(d) => Some(d.event_index),
+        _ => None,
+    };
+    print!(
+        "{}",
+        side_by_side(&expected, &observed, &args.backend, mark)
+    );
+    match verdict {
+        Verdict::Agree => {
+            println!("agree");
+            ExitCode::SUCCESS
+        }
+        Verdict::Inconclusive(why) => {
+            println!("inconclusive: {why}");
+            ExitCode::SUCCESS
+        }
+        Verdict::Diverge(d) => {
+            println!("divergence: {d}");
+            if let Some(sig) = signature {
+                println!("signature:  {sig}");
+            }
+            ExitCode::from(super::EXIT_DIVERGENCE)
+        }
+    }
+}
+
+pub fn minimize(args: DiffArgs) -> ExitCode {
+    let (scenario, mut differ) = match open(&args) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let Some(signature) = differ.diff(&scenario).3 else {
+        eprintln!(
+            "irqdiff: {} does not diverge on {}: nothing to minimise",
+            args.file.display(),
+            args.backend
+        );
+        return ExitCode::from(super::EXIT_BAD_INPUT);
+    };
+    let (minimized, runs) = differ.minimize(&scenario, &signature);
+    eprintln!(
+        "minimised {} ops to {} in {runs} runs, keeping signature {signature}",
+        scenario.ops.len(),
+        minimized.ops.len()
+    );
+    print!("{}", print(&minimized));
+    ExitCode::from(super::EXIT_DIVERGENCE)
+}

@@ -1,0 +1,202 @@
+//! `irqdiff fuzz`: a differential campaign with a progress display.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend;
+use crate::campaign::{self, Options, Stats};
+use crate::scenario::generate::GenConfig;
+
+#[derive(Debug, clap::Args)]
+pub struct FuzzArgs {
+    /// Backend under test (default: the best available here; see `irqdiff backends`).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Stop after this many cases.
+    #[arg(long, conflicts_with = "time")]
+    pub cases: Option<u64>,
+    /// Stop after this long (e.g. 90s, 30m, 2h). Default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub time: Option<Duration>,
+    /// Campaign seed: case i is generated from (seed, i) alone.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Parallel jobs, each with its own VM (default: the number of cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Findings directory; a re-run with the same directory skips known signatures.
+    #[arg(long, default_value = "findings")]
+    pub out: PathBuf,
+    /// Maximum ops per generated program.
+    #[arg(long, default_value_t = 24)]
+    pub max_ops: usize,
+    /// No progress display (one line per finding, and the summary).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Parses `90`, `90s`, `15m`, `2h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (examples: 90s, 30m, 2h)"))?;
+    let seconds = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use s, m or h)")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+pub fn main(args: FuzzArgs) -> ExitCode {
+    let backend = match args.backend {
+        Some(b) => b,
+        None => {
+            let (best, fallback) = backend::best_available();
+            if let Some(why) = fallback {
+                eprintln!("irqdiff: {why}");
+                eprintln!(
+                    "irqdiff: the model against itself checks the generator, the model's invariants and the \
+                     pipeline, but cannot find hypervisor bugs; `--backend sim:hvf-known` shows the seeded HVF bugs being found"
+                );
+            }
+            best.to_string()
+        }
+    };
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = Options {
+        backend: backend.clone(),
+        cases: args.cases,
+        time: args.time,
+        seed: args.seed,
+        jobs,
+        out: args.out.clone(),
+        generator: GenConfig {
+            max_ops: args.max_ops,
+            ..GenConfig::default()
+        },
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        let mut interrupted = false;
+        let _ = ctrlc::set_handler(move || {
+            if interrupted {
+                std::process::exit(130);
+            }
+            interrupted = true;
+            eprintln!("\nirqdiff: stopping (findings already written are kept; Ctrl-C again to quit at once)");
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let stats = Arc::new(Stats::default());
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .expect("valid template"),
+        );
+        bar
+    };
+    eprintln!(
+        "irqdiff: fuzzing `{backend}` against the model, {jobs} job(s), seed {}, findings in {}",
+        options.seed,
+        options.out.display()
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let (bar, stats, done) = (bar.clone(), Arc::clone(&stats), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                let cases = stats.cases.load(Ordering::Relaxed);
+                let rate = cases as f64 / start.elapsed().as_secs_f64().max(1e-3);
+                bar.set_message(format!(
+                    "{cases} cases ({rate:.0}/s), {} divergences, {} unique, {} inconclusive",
+                    stats.divergences.load(Ordering::Relaxed),
+                    stats.unique.load(Ordering::Relaxed),
+                    stats.inconclusive.load(Ordering::Relaxed),
+                ));
+                bar.tick();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let on_finding = |f: &campaign::Finding| {
+        let place = f
+            .dir
+            .as_ref()
+            .map_or("(already on disk)".to_string(), |d| d.display().to_string());
+        bar.suspend(|| {
+            eprintln!(
+                "new finding: {} ({} ops minimised to {}) -> {place}",
+                f.signature,
+                f.original.ops.len(),
+                f.minimized.ops.len()
+            )
+        });
+    };
+    let result = campaign::run(&options, &stats, &stop, &on_finding);
+    done.store(true, Ordering::Relaxed);
+    let _ = ticker.join();
+    bar.finish_and_clear();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("irqdiff fuzz: {e}");
+            return ExitCode::from(match e {
+                campaign::CampaignError::Open(backend::OpenError::Unknown(_)) => 2,
+                campaign::CampaignError::Open(_) => 3,
+                campaign::CampaignError::Io(_) => 2,
+            });
+        }
+    };
+    println!(
+        "\n{} cases in {:.1}s ({:.0}/s) on {backend}: {} divergences, {} new unique, {} already known, {} inconclusive",
+        summary.cases,
+        summary.elapsed.as_secs_f64(),
+        summary.cases as f64 / summary.elapsed.as_secs_f64().max(1e-3),
+        summary.divergences,
+        summary.findings.len(),
+        summary.already_known,
+        summary.inconclusive
+    );
+    if !summary.findings.is_empty() {
+        println!(
+            "\n{:<60} {:>8} {:>8}  directory",
+            "signature", "orig ops", "min ops"
+        );
+        for f in &summary.findings {
+            println!(
+                "{:<60} {:>8} {:>8}  {}",
+                f.signature.to_string(),
+                f.original.ops.len(),
+                f.minimized.ops.len(),
+                f.dir
+                    .as_ref()
+                    .map_or("-".into(), |d| d.display().to_string())
+            );
+        }
+    }
+    if let Some(e) = summary.first_error {
+        eprintln!("note: some runs were inconclusive; the first: {e}");
+    }
+    if summary.divergences > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

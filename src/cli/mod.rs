@@ -1,0 +1,110 @@
+//! The command line: a thin layer over the library. Exit codes: 0 ran (or
+//! no divergence), 1 a divergence was found, 2 bad input or usage, 3 the
+//! backend is unavailable.
+
+pub mod backends;
+pub mod diff;
+pub mod fuzz;
+pub mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::backend::{self, Backend, OpenError};
+use crate::scenario::{self, Scenario};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "irqdiff",
+    version,
+    about = "Differential fuzzer for x86 interrupt controllers: a hypervisor's irqchip against a spec-accurate model"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run scenario files on a backend and print their traces.
+    Run(run::RunArgs),
+    /// Print scenario files in canonical form.
+    Fmt(run::FmtArgs),
+    /// List the backends and whether each is available here.
+    Backends,
+    /// Run a differential fuzz campaign.
+    Fuzz(fuzz::FuzzArgs),
+    /// Run one scenario on a backend and on the model, and show the divergence.
+    Diff(diff::DiffArgs),
+    /// Shrink a diverging scenario to a minimal one with the same signature.
+    Minimize(diff::DiffArgs),
+}
+
+pub const EXIT_DIVERGENCE: u8 = 1;
+pub const EXIT_BAD_INPUT: u8 = 2;
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_BAD_INPUT } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Fmt(args) => run::fmt(args),
+        Command::Backends => backends::main(),
+        Command::Fuzz(args) => fuzz::main(args),
+        Command::Diff(args) => diff::diff(args),
+        Command::Minimize(args) => diff::minimize(args),
+    }
+}
+
+/// Reads and parses scenario files; on the first error prints
+/// `FILE:LINE:COLUMN: expected ..., found ...` and returns `Err(exit code)`.
+pub fn load(files: &[PathBuf]) -> Result<Vec<(PathBuf, Scenario)>, ExitCode> {
+    let mut out = Vec::new();
+    for file in files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("irqdiff: {}: {e}", file.display());
+                return Err(ExitCode::from(EXIT_BAD_INPUT));
+            }
+        };
+        match scenario::parse(&text) {
+            Ok(s) => out.push((file.clone(), s)),
+            Err(e) => {
+                eprintln!(
+                    "{}:{}:{}: expected {}, found {}",
+                    file.display(),
+                    e.line,
+                    e.column,
+                    e.expected,
+                    e.found
+                );
+                return Err(ExitCode::from(EXIT_BAD_INPUT));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Opens a backend, printing why not and returning the exit code on failure.
+pub fn open_backend(name: &str) -> Result<Box<dyn Backend>, ExitCode> {
+    backend::open(name).map_err(|e| {
+        eprintln!("irqdiff: {e}");
+        ExitCode::from(match e {
+            OpenError::Unavailable { .. } => EXIT_UNAVAILABLE,
+            OpenError::Unknown(_) | OpenError::Invalid { .. } => EXIT_BAD_INPUT,
+        })
+    })
+}
+
+pub fn display(path: &Path) -> String {
+    path.display().to_string()
+}

@@ -1,0 +1,188 @@
+//! The findings directory: one sub-directory per unique signature, written
+//! atomically so that a killed campaign keeps every finding it reported.
+//!
+//! A finding is first written completely into a hidden temporary directory
+//! beside its final place, each file flushed to disk, then renamed into
+//! place in one step (rename(2) is atomic within a file system). A directory
+//! without the leading dot is therefore always complete; leftovers of a
+//! killed writer start with `.tmp-` and are ignored and cleaned up.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::oracle::Signature;
+
+/// The file in each finding directory that records its signature.
+pub const SIGNATURE_FILE: &str = "signature.json";
+
+/// An opened findings directory.
+#[derive(Debug)]
+pub struct Findings {
+    root: PathBuf,
+}
+
+impl Findings {
+    /// Opens (creating it if needed) the findings directory, removing
+    /// temporary directories a killed writer left behind.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Findings> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| annotate(e, &root))?;
+        for entry in fs::read_dir(&root).map_err(|e| annotate(e, &root))? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(Findings { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The signatures already recorded (a resumed campaign skips them).
+    pub fn known(&self) -> io::Result<BTreeSet<Signature>> {
+        let mut known = BTreeSet::new();
+        for entry in fs::read_dir(&self.root).map_err(|e| annotate(e, &self.root))? {
+            let path = entry?.path();
+            let file = path.join(SIGNATURE_FILE);
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
+            if let Ok(text) = fs::read_to_string(&file) {
+                match serde_json::from_str::<Signature>(&text) {
+                    Ok(sig) => {
+                        known.insert(sig);
+                    }
+                    Err(e) => eprintln!("warning: ignoring {}: {e}", file.display()),
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    /// The directory a signature's finding lives in.
+    pub fn dir_of(&self, signature: &Signature) -> PathBuf {
+        self.root.join(signature.slug())
+    }
+
+    /// Writes one finding atomically. `files` are (name, contents) pairs.
+    /// Returns the final directory, or `None` if the signature was already
+    /// recorded (by this or another process).
+    pub fn write(
+        &self,
+        signature: &Signature,
+        files: &[(&str, String)],
+    ) -> io::Result<Option<PathBuf>> {
+        let dest = self.dir_of(signature);
+        if dest.exists() {
+            return Ok(None);
+        }
+        let tmp = self.root.join(format!(
+            ".tmp-{}-{}-{}",
+            signature.slug(),
+            std::process::id(),
+            unique_suffix()
+        ));
+        fs::create_dir(&tmp).map_err(|e| annotate(e, &tmp))?;
+        let sig_json = serde_json::to_string_pretty(signature).expect("signature serialises");
+        let all = files
+            .iter()
+            .map(|(n, c)| (*n, c.as_str()))
+            .chain([(SIGNATURE_FILE, sig_json.as_str())]);
+        for (name, contents) in all {
+            let path = tmp.join(name);
+            let mut f = fs::File::create(&path).map_err(|e| annotate(e, &path))?;
+            f.write_all(contents.as_bytes())?;
+            f.sync_all()?;
+        }
+        sync_dir(&tmp);
+        match fs::rename(&tmp, &dest) {
+            Ok(()) => {
+                sync_dir(&self.root);
+                Ok(Some(dest))
+            }
+            Err(_) if dest.exists() => {
+                let _ = fs::remove_dir_all(&tmp);
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(annotate(e, &dest))
+            }
+        }
+    }
+}
+
+fn unique_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    nanos ^ (NEXT.fetch_add(1, Ordering::Relaxed) << 32)
+}
+
+/// Flush a directory's entries (so a rename survives a crash); best effort.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn annotate(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::Class;
+
+    fn sig(rule: &str) -> Signature {
+        Signature {
+            class: Class::ExtraDelivery,
+            op_kind: "assert".into(),
+            rule: rule.into(),
+            split: false,
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("irqdiff-findings-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn write_then_known_round_trips() {
+        let root = scratch("roundtrip");
+        let f = Findings::open(&root).unwrap();
+        let dir = f
+            .write(&sig("a"), &[("min.irq", "nop\n".into())])
+            .unwrap()
+            .unwrap();
+        assert_eq!(fs::read_to_string(dir.join("min.irq")).unwrap(), "nop\n");
+        assert_eq!(f.known().unwrap(), BTreeSet::from([sig("a")]));
+        // A second write of the same signature is skipped.
+        assert_eq!(f.write(&sig("a"), &[]).unwrap(), None);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn leftover_temporary_directories_are_ignored_and_removed() {
+        let root = scratch("leftover");
+        fs::create_dir_all(root.join(".tmp-half-written")).unwrap();
+        fs::write(root.join(".tmp-half-written").join(SIGNATURE_FILE), "{}").unwrap();
+        let f = Findings::open(&root).unwrap();
+        assert!(f.known().unwrap().is_empty());
+        assert!(!root.join(".tmp-half-written").exists());
+        fs::remove_dir_all(root).unwrap();
+    }
+}

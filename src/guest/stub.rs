@@ -1,0 +1,435 @@
+//! The guest stub, assembled at start-up with iced-x86's assembler.
+//!
+//! 64-bit long mode, entered directly by the VMM (registers and segments set
+//! from the host). The stub interprets the op table (see [`super::table`]);
+//! each of the 256 IDT entries pushes its vector and enters a common handler
+//! that logs the delivery, counts it, runs the vector's body and returns
+//! with IRETQ.
+//!
+//! Register conventions: r12 = IOAPIC base, r14 = LAPIC base (never
+//! changed), r15 = the op being executed, r13 = the top-level op index.
+//!
+//! Timing contract (the model implements the same): the top-level loop
+//! writes the current op index only *before* dispatching an op, so a
+//! delivery caused by op k's last instruction is logged with k; `sti` is
+//! `sti; nop` inside op k; `sti-hlt` is `sti; hlt`.
+
+use iced_x86::code_asm::*;
+use iced_x86::{BlockEncoderOptions, IcedError};
+
+use super::layout::*;
+use super::table::kind;
+
+/// The assembled stub and the addresses the VMM needs.
+#[derive(Clone, Debug)]
+pub struct Stub {
+    /// Machine code, to be copied to [`CODE`].
+    pub code: Vec<u8>,
+    /// Where execution starts.
+    pub entry: u64,
+    /// The IDT entry point of each vector.
+    pub vectors: Vec<u64>,
+}
+
+/// Offset of the snapshot record payload: header (kind, op), then IRR, ISR,
+/// TMR (8 words each), TPR, PPR, then the 24 redirection-entry low dwords.
+pub const SNAPSHOT_WORDS: usize = 2 + 8 * 3 + 2 + 24;
+
+/// Log record kinds.
+pub mod record {
+    pub const DELIVER: u32 = 1;
+    pub const SNAPSHOT: u32 = 2;
+    pub const IOAPIC_READ: u32 = 3;
+    pub const LAPIC_READ: u32 = 4;
+}
+
+/// Assembles the stub.
+pub fn assemble() -> Result<Stub, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut entry = a.create_label();
+    let mut exec_op = a.create_label();
+    let mut run_body = a.create_label();
+    let mut lapic_read = a.create_label();
+    let mut lapic_write = a.create_label();
+    let mut common = a.create_label();
+    let mut log_full = a.create_label();
+    let mut end = a.create_label();
+
+    // ---- entry: mask the 8259s and LINT0/LINT1, switch to x2APIC if asked,
+    // then run the program.
+    a.set_label(&mut entry)?;
+    a.cld()?;
+    a.mov(r12, IOAPIC_BASE)?;
+    a.mov(r14, LAPIC_BASE)?;
+    a.mov(al, 0xffu32 as i32)?;
+    a.out(0x21, al)?;
+    a.out(0xa1, al)?;
+    let mut xapic = a.create_label();
+    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.je(xapic)?;
+    // IA32_APIC_BASE: EN (bit 11) | EXTD (bit 10) (SDM §11.12.1).
+    a.mov(ecx, 0x1b)?;
+    a.rdmsr()?;
+    a.or(eax, 0xc00)?;
+    a.wrmsr()?;
+    a.set_label(&mut xapic)?;
+    for lint in [0x350, 0x360] {
+        a.mov(ecx, lint)?;
+        a.mov(eax, 0x1_0000)?;
+        a.call(lapic_write)?;
+    }
+    a.mov(r15, OPS)?;
+    a.xor(r13d, r13d)?;
+    let mut top = a.create_label();
+    let mut done = a.create_label();
+    a.set_label(&mut top)?;
+    a.mov(dword_ptr(CUR_OP), r13d)?;
+    a.cmp(dword_ptr(r15), kind::END as i32)?;
+    a.je(done)?;
+    a.call(exec_op)?;
+    a.add(r15, 16)?;
+    a.inc(r13d)?;
+    a.jmp(top)?;
+    a.set_label(&mut done)?;
+    a.mov(eax, EndCode::Completed as u32)?;
+    a.set_label(&mut end)?;
+    a.mov(dx, END_PORT as u32)?;
+    a.out(dx, eax)?;
+    a.hlt()?;
+    a.jmp(end)?;
+    a.set_label(&mut log_full)?;
+    a.mov(eax, EndCode::LogFull as u32)?;
+    a.jmp(end)?;
+
+    // ---- lapic_read(ecx = offset) -> eax; clobbers ecx, edx.
+    a.set_label(&mut lapic_read)?;
+    let mut read_msr = a.create_label();
+    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.jne(read_msr)?;
+    a.mov(eax, dword_ptr(r14 + rcx))?;
+    a.ret()?;
+    a.set_label(&mut read_msr)?;
+    a.shr(ecx, 4)?;
+    a.add(ecx, 0x800)?;
+    a.rdmsr()?;
+    a.ret()?;
+
+    // ---- lapic_write(ecx = offset, eax = value); clobbers ecx, edx.
+    a.set_label(&mut lapic_write)?;
+    let mut write_msr = a.create_label();
+    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.jne(write_msr)?;
+    a.mov(dword_ptr(r14 + rcx), eax)?;
+    a.ret()?;
+    a.set_label(&mut write_msr)?;
+    a.shr(ecx, 4)?;
+    a.add(ecx, 0x800)?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.ret()?;
+
+    // ---- run_body(r15 = first op): ops until END; keeps the op index.
+    a.set_label(&mut run_body)?;
+    let mut body_done = a.create_label();
+    a.cmp(dword_ptr(r15), kind::END as i32)?;
+    a.je(body_done)?;
+    a.call(exec_op)?;
+    a.add(r15, 16)?;
+    a.jmp(run_body)?;
+    a.set_label(&mut body_done)?;
+    a.ret()?;
+
+    // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
+    a.set_label(&mut exec_op)?;
+    let kinds: [(
+        u32,
+        fn(&mut CodeAssembler, &Labels) -> Result<(), IcedError>,
+    ); 16] = [
+        (kind::ROUTE, op_route),
+        (kind::MASK, op_mask),
+        (kind::HOST, op_host),
+        (kind::LAPIC_WRITE, op_lapic_write),
+        (kind::SELF_IPI, op_self_ipi),
+        (kind::IOAPIC_EOI, op_ioapic_eoi),
+        (kind::CLI, |a, _| a.cli()),
+        (kind::STI, |a, _| {
+            a.sti()?;
+            a.nop()
+        }),
+        (kind::NOP, |a, _| a.nop()),
+        (kind::HLT, |a, _| a.hlt()),
+        (kind::STI_HLT, |a, _| {
+            a.sti()?;
+            a.hlt()
+        }),
+        (kind::SNAPSHOT, op_snapshot),
+        (kind::IOAPIC_READ, op_ioapic_read),
+        (kind::IOAPIC_WRITE, op_ioapic_write),
+        (kind::LAPIC_READ, op_lapic_read),
+        (kind::PING, |a, _| {
+            a.mov(dx, PING_PORT as u32)?;
+            a.out(dx, eax)
+        }),
+    ];
+    let labels = Labels {
+        lapic_read,
+        lapic_write,
+        log_full,
+    };
+    let mut targets = Vec::new();
+    a.mov(eax, dword_ptr(r15))?;
+    for (k, _) in &kinds {
+        let target = a.create_label();
+        a.cmp(eax, *k as i32)?;
+        a.je(target)?;
+        targets.push(target);
+    }
+    a.ret()?; // unknown kind: nothing
+    for ((_, body), mut target) in kinds.iter().zip(targets) {
+        a.set_label(&mut target)?;
+        body(&mut a, &labels)?;
+        a.ret()?;
+    }
+
+    // ---- interrupt entry: one thunk per vector, then the common handler.
+    let mut thunks = Vec::new();
+    for v in 0..256u32 {
+        let mut l = a.create_label();
+        a.set_label(&mut l)?;
+        a.push(v as i32)?;
+        a.jmp(common)?;
+        thunks.push(l);
+    }
+    const SAVED: [AsmRegister64; 12] = [rax, rbx, rcx, rdx, rsi, rdi, r8, r9, r10, r11, r13, r15];
+    a.set_label(&mut common)?;
+    for r in SAVED {
+        a.push(r)?;
+    }
+    a.mov(rbx, qword_ptr(rsp + 8 * SAVED.len() as i32))?; // the vector
+                                                          // Storm: the 65th delivery ends the run instead of being logged.
+    let mut no_storm = a.create_label();
+    a.mov(eax, dword_ptr(DELIVERIES))?;
+    a.inc(eax)?;
+    a.mov(dword_ptr(DELIVERIES), eax)?;
+    a.cmp(eax, crate::trace::STORM_LIMIT as i32 + 1)?;
+    a.jb(no_storm)?;
+    a.mov(eax, EndCode::Storm as u32)?;
+    a.jmp(end)?;
+    a.set_label(&mut no_storm)?;
+    // Log (DELIVER, op, vector).
+    a.mov(rdi, qword_ptr(LOG_PTR))?;
+    a.mov(rax, LOG_END - 16)?;
+    a.cmp(rdi, rax)?;
+    a.jae(log_full)?;
+    a.mov(dword_ptr(rdi), record::DELIVER)?;
+    a.mov(eax, dword_ptr(CUR_OP))?;
+    a.mov(dword_ptr(rdi + 4), eax)?;
+    a.mov(dword_ptr(rdi + 8), ebx)?;
+    a.mov(dword_ptr(rdi + 12), 0)?;
+    a.add(rdi, 16)?;
+    a.mov(qword_ptr(LOG_PTR), rdi)?;
+    // ecx = ++COUNTS[vector]
+    a.lea(rax, qword_ptr(rbx * 4 + COUNTS))?;
+    a.mov(ecx, dword_ptr(rax))?;
+    a.inc(ecx)?;
+    a.mov(dword_ptr(rax), ecx)?;
+    // The V#N body if there is one, else the plain body.
+    let mut scan = a.create_label();
+    let mut next = a.create_label();
+    let mut plain = a.create_label();
+    let mut run = a.create_label();
+    a.mov(rsi, NTH_TABLE)?;
+    a.set_label(&mut scan)?;
+    a.mov(eax, dword_ptr(rsi))?;
+    a.cmp(eax, -1)?;
+    a.je(plain)?;
+    a.cmp(eax, ebx)?;
+    a.jne(next)?;
+    a.cmp(dword_ptr(rsi + 4), ecx)?;
+    a.jne(next)?;
+    a.mov(r15, qword_ptr(rsi + 8))?;
+    a.jmp(run)?;
+    a.set_label(&mut next)?;
+    a.add(rsi, 16)?;
+    a.jmp(scan)?;
+    a.set_label(&mut plain)?;
+    a.mov(r15, qword_ptr(rbx * 8 + BODY_DIR))?;
+    a.set_label(&mut run)?;
+    a.call(run_body)?;
+    for r in SAVED.iter().rev() {
+        a.pop(*r)?;
+    }
+    a.add(rsp, 8)?; // the vector
+    a.iretq()?;
+
+    let result = a.assemble_options(CODE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let vectors = thunks
+        .iter()
+        .map(|t| result.label_ip(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let code = result.inner.code_buffer.clone();
+    if CODE + code.len() as u64 > CODE_END {
+        panic!("the stub outgrew its code area ({} bytes)", code.len());
+    }
+    Ok(Stub {
+        entry: result.label_ip(&entry)?,
+        code,
+        vectors,
+    })
+}
+
+/// Labels the op bodies call.
+struct Labels {
+    lapic_read: CodeLabel,
+    lapic_write: CodeLabel,
+    log_full: CodeLabel,
+}
+
+fn op_route(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    // High dword first, then the low dword (SCENARIO-FORMAT.md `route`).
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.mov(dword_ptr(r12), eax)?;
+    a.mov(eax, dword_ptr(r15 + 8))?;
+    a.mov(dword_ptr(r12 + 0x10), eax)?;
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.dec(eax)?;
+    a.mov(dword_ptr(r12), eax)?;
+    a.mov(eax, dword_ptr(r15 + 12))?;
+    a.mov(dword_ptr(r12 + 0x10), eax)
+}
+
+fn op_mask(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    // Read-modify-write of the low dword's bit 16.
+    let mut clear = a.create_label();
+    let mut write = a.create_label();
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.mov(dword_ptr(r12), eax)?;
+    a.mov(eax, dword_ptr(r12 + 0x10))?;
+    a.cmp(dword_ptr(r15 + 8), 0)?;
+    a.je(clear)?;
+    a.or(eax, 0x1_0000)?;
+    a.jmp(write)?;
+    a.set_label(&mut clear)?;
+    a.and(eax, !0x1_0000i32)?;
+    a.set_label(&mut write)?;
+    a.mov(dword_ptr(r12 + 0x10), eax)
+}
+
+fn op_host(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.mov(dx, HYPERCALL_PORT as u32)?;
+    a.out(dx, eax)
+}
+
+fn op_lapic_write(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    a.mov(ecx, dword_ptr(r15 + 4))?;
+    a.mov(eax, dword_ptr(r15 + 8))?;
+    a.call(l.lapic_write)
+}
+
+fn op_self_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    let mut x2 = a.create_label();
+    let mut out = a.create_label();
+    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.jne(x2)?;
+    // xAPIC: ICR high (destination 0), then ICR low with the self shorthand
+    // (bits 19:18 = 01), fixed, edge (SDM §11.6.1).
+    a.mov(dword_ptr(r14 + 0x310), 0)?;
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.or(eax, 0x4_0000)?;
+    a.mov(dword_ptr(r14 + 0x300), eax)?;
+    a.jmp(out)?;
+    a.set_label(&mut x2)?;
+    // x2APIC SELF IPI register, MSR 0x83F (SDM §11.12.11).
+    a.mov(ecx, 0x83f)?;
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.set_label(&mut out)?;
+    a.nop()
+}
+
+fn op_ioapic_eoi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.mov(dword_ptr(r12 + 0x40), eax)
+}
+
+/// Reserves `bytes` of log at rdi (jumps to log_full if there is no room).
+fn log_reserve(a: &mut CodeAssembler, l: &Labels, bytes: u64) -> Result<(), IcedError> {
+    a.mov(rdi, qword_ptr(LOG_PTR))?;
+    a.mov(rax, LOG_END - bytes)?;
+    a.cmp(rdi, rax)?;
+    a.jae(l.log_full)
+}
+
+/// A snapshot or read record is written with interrupts held (pushfq; cli
+/// ... popfq), so that a handler's own record cannot land inside it; an
+/// interrupt that arrives meanwhile is taken at the popfq, still in this op.
+fn op_snapshot(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    a.pushfq()?;
+    a.cli()?;
+    log_reserve(a, l, SNAPSHOT_WORDS as u64 * 4)?;
+    a.mov(eax, record::SNAPSHOT)?;
+    a.stosd()?;
+    a.mov(eax, dword_ptr(CUR_OP))?;
+    a.stosd()?;
+    for base in [0x200u32, 0x100, 0x180] {
+        for i in 0..8 {
+            a.mov(ecx, base + 0x10 * i)?;
+            a.call(l.lapic_read)?;
+            a.stosd()?;
+        }
+    }
+    for reg in [0x80u32, 0xa0] {
+        a.mov(ecx, reg)?;
+        a.call(l.lapic_read)?;
+        a.stosd()?;
+    }
+    for pin in 0..24u32 {
+        a.mov(dword_ptr(r12), 0x10 + 2 * pin)?;
+        a.mov(eax, dword_ptr(r12 + 0x10))?;
+        a.stosd()?;
+    }
+    a.mov(qword_ptr(LOG_PTR), rdi)?;
+    a.popfq()
+}
+
+fn log_read(a: &mut CodeAssembler, kind: u32) -> Result<(), IcedError> {
+    // eax = value, ebx = register
+    a.mov(dword_ptr(rdi), kind)?;
+    a.mov(edx, dword_ptr(CUR_OP))?;
+    a.mov(dword_ptr(rdi + 4), edx)?;
+    a.mov(dword_ptr(rdi + 8), ebx)?;
+    a.mov(dword_ptr(rdi + 12), eax)?;
+    a.add(rdi, 16)?;
+    a.mov(qword_ptr(LOG_PTR), rdi)
+}
+
+fn op_ioapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    a.pushfq()?;
+    a.cli()?;
+    log_reserve(a, l, 16)?;
+    a.mov(ebx, dword_ptr(r15 + 4))?;
+    a.mov(dword_ptr(r12), ebx)?;
+    a.mov(eax, dword_ptr(r12 + 0x10))?;
+    log_read(a, record::IOAPIC_READ)?;
+    a.popfq()
+}
+
+fn op_ioapic_write(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.mov(dword_ptr(r12), eax)?;
+    a.mov(eax, dword_ptr(r15 + 8))?;
+    a.mov(dword_ptr(r12 + 0x10), eax)
+}
+
+fn op_lapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    a.pushfq()?;
+    a.cli()?;
+    log_reserve(a, l, 16)?;
+    a.mov(ebx, dword_ptr(r15 + 4))?;
+    a.mov(ecx, ebx)?;
+    a.call(l.lapic_read)?;
+    log_read(a, record::LAPIC_READ)?;
+    a.popfq()
+}

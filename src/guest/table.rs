@@ -1,0 +1,176 @@
+//! The op table: a scenario encoded for the stub's interpreter.
+//!
+//! Every op is four little-endian u32 words `[kind, a, b, c]`; a list ends
+//! with kind 0. The program comes first, then each handler body, then the
+//! default body (`eoi`). Host ops carry an index into [`Table::host_ops`],
+//! which the VMM performs when the stub signals it.
+
+use super::layout::{BODY_DIR, NTH_TABLE, NTH_TABLE_END, OPS, OPS_END};
+use crate::scenario::{DeliveryMode, DestMode, Op, Polarity, Scenario, Trigger};
+
+/// Op kinds of the stub's interpreter.
+pub mod kind {
+    pub const END: u32 = 0;
+    /// a = high-dword index, b = high value, c = low value.
+    pub const ROUTE: u32 = 1;
+    /// a = low-dword index, b = 1 to set the mask bit, 0 to clear it.
+    pub const MASK: u32 = 2;
+    /// a = host op number.
+    pub const HOST: u32 = 3;
+    /// a = LAPIC register offset, b = value.
+    pub const LAPIC_WRITE: u32 = 4;
+    /// a = vector.
+    pub const SELF_IPI: u32 = 5;
+    /// a = vector.
+    pub const IOAPIC_EOI: u32 = 6;
+    pub const CLI: u32 = 7;
+    pub const STI: u32 = 8;
+    pub const NOP: u32 = 9;
+    pub const HLT: u32 = 10;
+    pub const STI_HLT: u32 = 11;
+    pub const SNAPSHOT: u32 = 12;
+    /// a = register index.
+    pub const IOAPIC_READ: u32 = 13;
+    /// a = register index, b = value.
+    pub const IOAPIC_WRITE: u32 = 14;
+    /// a = register offset.
+    pub const LAPIC_READ: u32 = 15;
+    /// `out` to the ping port (benchmarks only).
+    pub const PING: u32 = 16;
+}
+
+/// A scenario laid out for guest memory.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    /// Bytes to copy to [`OPS`].
+    pub ops: Vec<u8>,
+    /// The 256 plain-body addresses, for [`BODY_DIR`].
+    pub body_dir: Vec<u8>,
+    /// The `V#N` entries, for [`NTH_TABLE`].
+    pub nth: Vec<u8>,
+    /// Host ops by number.
+    pub host_ops: Vec<Op>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the scenario is too large for the guest's op table ({0})")]
+pub struct TooLarge(&'static str);
+
+/// The low dword of a redirection entry as `route` writes it (82093AA §3.2.4).
+pub fn route_low(route: &crate::scenario::Route) -> u32 {
+    let delivery: u32 = match route.delivery {
+        DeliveryMode::Fixed => 0,
+        DeliveryMode::Lowest => 1,
+        DeliveryMode::Smi => 2,
+        DeliveryMode::Nmi => 4,
+        DeliveryMode::Init => 5,
+        DeliveryMode::ExtInt => 7,
+    };
+    route.vector as u32
+        | delivery << 8
+        | u32::from(route.dest_mode == DestMode::Logical) << 11
+        | u32::from(route.polarity == Polarity::Low) << 13
+        | u32::from(route.trigger == Trigger::Level) << 15
+        | u32::from(route.masked) << 16
+}
+
+fn word(out: &mut Vec<u8>, words: [u32; 4]) {
+    for w in words {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+}
+
+fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<Op>) {
+    use kind::*;
+    let w = match *op {
+        Op::Route { pin, route } => {
+            let high = 0x11 + 2 * pin.get() as u32;
+            [ROUTE, high, (route.dest as u32) << 24, route_low(&route)]
+        }
+        Op::Mask(pin) => [MASK, 0x10 + 2 * pin.get() as u32, 1, 0],
+        Op::Unmask(pin) => [MASK, 0x10 + 2 * pin.get() as u32, 0, 0],
+        Op::Assert(_) | Op::Deassert(_) | Op::Pulse(_) | Op::Msi(_) => {
+            host_ops.push(*op);
+            [HOST, host_ops.len() as u32 - 1, 0, 0]
+        }
+        Op::Eoi => [LAPIC_WRITE, 0xb0, 0, 0],
+        Op::IoapicEoi(v) => [IOAPIC_EOI, v as u32, 0, 0],
+        Op::SelfIpi(v) => [SELF_IPI, v as u32, 0, 0],
+        Op::Tpr(v) => [LAPIC_WRITE, 0x80, v as u32, 0],
+        Op::Svr(v) => [LAPIC_WRITE, 0xf0, v, 0],
+        Op::Cli => [CLI, 0, 0, 0],
+        Op::Sti => [STI, 0, 0, 0],
+        Op::Nop => [NOP, 0, 0, 0],
+        Op::Hlt => [HLT, 0, 0, 0],
+        Op::StiHlt => [STI_HLT, 0, 0, 0],
+        Op::Snapshot => [SNAPSHOT, 0, 0, 0],
+        Op::IoapicRead(i) => [IOAPIC_READ, i as u32, 0, 0],
+        Op::IoapicWrite { index, value } => [IOAPIC_WRITE, index as u32, value, 0],
+        Op::LapicRead(o) => [LAPIC_READ, o as u32, 0, 0],
+        Op::LapicWrite { offset, value } => [LAPIC_WRITE, offset as u32, value, 0],
+    };
+    word(out, w);
+}
+
+/// Encodes `scenario`.
+pub fn encode(scenario: &Scenario) -> Result<Table, TooLarge> {
+    let mut t = Table::default();
+    for op in &scenario.ops {
+        encode_op(op, &mut t.ops, &mut t.host_ops);
+    }
+    word(&mut t.ops, [kind::END, 0, 0, 0]);
+    let mut plain = [0u64; 256];
+    let mut nth = Vec::new();
+    for (key, body) in &scenario.handlers {
+        let at = OPS + t.ops.len() as u64;
+        for op in body {
+            encode_op(op, &mut t.ops, &mut t.host_ops);
+        }
+        word(&mut t.ops, [kind::END, 0, 0, 0]);
+        match key.nth {
+            None => plain[key.vector as usize] = at,
+            Some(n) => nth.push((key.vector, n, at)),
+        }
+    }
+    let default_body = OPS + t.ops.len() as u64;
+    word(&mut t.ops, [kind::LAPIC_WRITE, 0xb0, 0, 0]);
+    word(&mut t.ops, [kind::END, 0, 0, 0]);
+    if OPS + t.ops.len() as u64 > OPS_END {
+        return Err(TooLarge("program and handler bodies"));
+    }
+    for addr in plain {
+        let addr = if addr == 0 { default_body } else { addr };
+        t.body_dir.extend_from_slice(&addr.to_le_bytes());
+    }
+    for (vector, n, at) in nth {
+        t.nth.extend_from_slice(&(vector as u32).to_le_bytes());
+        t.nth.extend_from_slice(&n.to_le_bytes());
+        t.nth.extend_from_slice(&at.to_le_bytes());
+    }
+    t.nth.extend_from_slice(&u32::MAX.to_le_bytes());
+    t.nth.extend_from_slice(&[0; 12]);
+    if NTH_TABLE + t.nth.len() as u64 > NTH_TABLE_END {
+        return Err(TooLarge("handler #N bodies"));
+    }
+    debug_assert_eq!(t.body_dir.len(), 256 * 8);
+    let _ = BODY_DIR;
+    Ok(t)
+}
+
+/// A table of `count` pings (the raw exit benchmark).
+pub fn pings(count: usize) -> Table {
+    let mut t = Table::default();
+    for _ in 0..count {
+        word(&mut t.ops, [kind::PING, 0, 0, 0]);
+    }
+    word(&mut t.ops, [kind::END, 0, 0, 0]);
+    let default_body = OPS + t.ops.len() as u64;
+    word(&mut t.ops, [kind::LAPIC_WRITE, 0xb0, 0, 0]);
+    word(&mut t.ops, [kind::END, 0, 0, 0]);
+    for _ in 0..256 {
+        t.body_dir.extend_from_slice(&default_body.to_le_bytes());
+    }
+    t.nth.extend_from_slice(&u32::MAX.to_le_bytes());
+    t.nth.extend_from_slice(&[0; 12]);
+    t
+}

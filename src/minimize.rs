@@ -1,0 +1,480 @@
+//! The minimiser: shrinks a diverging scenario while its signature stays the
+//! same.
+//!
+//! Delta debugging (Zeller and Hildebrandt, "Simplifying and Isolating
+//! Failure-Inducing Input", 2002) over the program's ops and each handler
+//! body, then value simplification (fewer handlers and `#N` bodies, default
+//! route options, the lowest pins, canonical vectors, the default config),
+//! repeated to a fixpoint. The last pass is a delta-debugging pass at single-op
+//! granularity, so the result is 1-minimal: removing any one op of the program
+//! or of a handler body loses the divergence.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::oracle::Signature;
+use crate::scenario::{Config, DeliveryMode, HandlerKey, Msi, Op, Pin, Route, Scenario, PINS};
+
+/// The result of a minimisation.
+#[derive(Clone, Debug)]
+pub struct Minimized {
+    pub scenario: Scenario,
+    /// How many times the test (both backends) ran.
+    pub runs: usize,
+}
+
+/// Shrinks `scenario`, keeping `test(candidate) == Some(target)`.
+///
+/// `test` runs a candidate on both backends and returns the signature of its
+/// divergence, or `None` when they agree (or the run was inconclusive).
+pub fn minimize(
+    scenario: &Scenario,
+    target: &Signature,
+    mut test: impl FnMut(&Scenario) -> Option<Signature>,
+) -> Minimized {
+    let mut runs = 0usize;
+    let mut keeps = |s: &Scenario| {
+        runs += 1;
+        test(s).as_ref() == Some(target)
+    };
+    let mut best = scenario.clone();
+    // Bounded: every round strictly shrinks the scenario or stops.
+    for _round in 0..16 {
+        let before = best.clone();
+        best = shrink_ops(best, &mut keeps);
+        best = shrink_handlers(best, &mut keeps);
+        best = simplify_values(best, &mut keeps);
+        if best == before {
+            break;
+        }
+    }
+    Minimized {
+        scenario: best,
+        runs,
+    }
+}
+
+/// ddmin over the top-level program.
+fn shrink_ops(s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -> Scenario {
+    let ops = ddmin(s.ops.clone(), |ops| {
+        keeps(&Scenario {
+            ops: ops.to_vec(),
+            ..s.clone()
+        })
+    });
+    Scenario { ops, ..s }
+}
+
+/// Drop whole handlers (the vector falls back to its plain body or `eoi`),
+/// turn `V#N` bodies into plain ones, then ddmin each remaining body.
+fn shrink_handlers(mut s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -> Scenario {
+    let keys: Vec<HandlerKey> = s.handlers.keys().copied().collect();
+    for key in keys.iter().rev() {
+        let mut candidate = s.clone();
+        candidate.handlers.remove(key);
+        if keeps(&candidate) {
+            s = candidate;
+        }
+    }
+    // Fewer #N bodies: `V#N` becomes the plain `V` body when there is none.
+    let keys: Vec<HandlerKey> = s.handlers.keys().copied().collect();
+    for key in keys {
+        let plain = HandlerKey { nth: None, ..key };
+        if key.nth.is_some() && !s.handlers.contains_key(&plain) {
+            let mut candidate = s.clone();
+            let body = candidate.handlers.remove(&key).unwrap_or_default();
+            candidate.handlers.insert(plain, body);
+            if keeps(&candidate) {
+                s = candidate;
+            }
+        }
+    }
+    let keys: Vec<HandlerKey> = s.handlers.keys().copied().collect();
+    for key in keys {
+        let body = s.handlers[&key].clone();
+        let shrunk = ddmin(body, |b| {
+            let mut candidate = s.clone();
+            candidate.handlers.insert(key, b.to_vec());
+            keeps(&candidate)
+        });
+        s.handlers.insert(key, shrunk);
+    }
+    s
+}
+
+/// Replace values by simpler ones, one at a time, keeping each change that
+/// keeps the signature.
+fn simplify_values(mut s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -> Scenario {
+    // The default config, key by key (each candidate from the current config).
+    let defaults = Config::default();
+    let setters: [fn(&mut Config, &Config); 4] = [
+        |c, d| c.ioapic = d.ioapic,
+        |c, d| c.apic = d.apic,
+        |c, d| c.irqchip = d.irqchip,
+        |c, d| c.directed_eoi = d.directed_eoi,
+    ];
+    for set in setters {
+        let mut config = s.config;
+        set(&mut config, &defaults);
+        if config != s.config {
+            let candidate = Scenario {
+                config,
+                ..s.clone()
+            };
+            if keeps(&candidate) {
+                s = candidate;
+            }
+        }
+    }
+    // The lowest pins: rename each pin in use to the lowest pin not in use.
+    for from in pins_used(&s) {
+        for to in 0..from.get() {
+            let to = Pin::new(to).expect("below PINS");
+            if pins_used(&s).contains(&to) {
+                continue;
+            }
+            let candidate = map_ops(&s, |op| rename_pin(op, from, to));
+            if keeps(&candidate) {
+                s = candidate;
+            }
+            break;
+        }
+    }
+    // Canonical vectors: each vector in use becomes the lowest canonical
+    // vector (the start of a priority class, 0x20..0xf0) that is not in use.
+    for from in vectors_used(&s) {
+        for to in (0x20..=0xf0u8).step_by(0x10) {
+            if to == from {
+                break;
+            }
+            if vectors_used(&s).contains(&to) {
+                continue;
+            }
+            let candidate = rename_vector(&s, from, to);
+            if keeps(&candidate) {
+                s = candidate;
+                break;
+            }
+        }
+    }
+    // Default options on routes and MSIs, one field at a time.
+    for index in 0..s.ops.len() {
+        for simpler in simpler_ops(&s.ops[index]) {
+            let mut candidate = s.clone();
+            candidate.ops[index] = simpler;
+            if keeps(&candidate) {
+                s = candidate;
+            }
+        }
+    }
+    let keys: Vec<HandlerKey> = s.handlers.keys().copied().collect();
+    for key in keys {
+        for index in 0..s.handlers[&key].len() {
+            for simpler in simpler_ops(&s.handlers[&key][index]) {
+                let mut candidate = s.clone();
+                candidate.handlers.get_mut(&key).expect("key exists")[index] = simpler;
+                if keeps(&candidate) {
+                    s = candidate;
+                }
+            }
+        }
+    }
+    s
+}
+
+/// Variants of `op` with one non-default field set to its default.
+fn simpler_ops(op: &Op) -> Vec<Op> {
+    let mut out = Vec::new();
+    match *op {
+        Op::Route { pin, route } => {
+            let d = Route {
+                vector: route.vector,
+                ..Route::default()
+            };
+            let variants = [
+                Route {
+                    trigger: d.trigger,
+                    ..route
+                },
+                Route {
+                    polarity: d.polarity,
+                    ..route
+                },
+                Route {
+                    dest_mode: d.dest_mode,
+                    ..route
+                },
+                Route {
+                    dest: d.dest,
+                    ..route
+                },
+                Route {
+                    masked: d.masked,
+                    ..route
+                },
+                Route {
+                    delivery: DeliveryMode::Fixed,
+                    ..route
+                },
+            ];
+            out.extend(
+                variants
+                    .into_iter()
+                    .filter(|r| *r != route)
+                    .map(|route| Op::Route { pin, route }),
+            );
+        }
+        Op::Msi(msi) => {
+            let d = Msi {
+                vector: msi.vector,
+                ..Msi::default()
+            };
+            let variants = [
+                Msi {
+                    dest: d.dest,
+                    ..msi
+                },
+                Msi {
+                    dest_mode: d.dest_mode,
+                    ..msi
+                },
+                Msi {
+                    trigger: d.trigger,
+                    ..msi
+                },
+                Msi {
+                    delivery: d.delivery,
+                    ..msi
+                },
+            ];
+            out.extend(variants.into_iter().filter(|m| *m != msi).map(Op::Msi));
+        }
+        Op::Pulse(pin) => out.push(Op::Assert(pin)),
+        Op::StiHlt => out.push(Op::Sti),
+        Op::Tpr(v) if v != 0 => out.push(Op::Tpr(v & 0xf0)),
+        _ => {}
+    }
+    out.retain(|o| o != op);
+    out
+}
+
+fn op_pins(op: &Op) -> Option<Pin> {
+    match *op {
+        Op::Route { pin, .. }
+        | Op::Mask(pin)
+        | Op::Unmask(pin)
+        | Op::Assert(pin)
+        | Op::Deassert(pin)
+        | Op::Pulse(pin) => Some(pin),
+        _ => None,
+    }
+}
+
+fn pins_used(s: &Scenario) -> BTreeSet<Pin> {
+    s.all_ops().filter_map(op_pins).collect()
+}
+
+fn rename_pin(op: &Op, from: Pin, to: Pin) -> Op {
+    let swap = |p: Pin| if p == from { to } else { p };
+    match *op {
+        Op::Route { pin, route } => Op::Route {
+            pin: swap(pin),
+            route,
+        },
+        Op::Mask(p) => Op::Mask(swap(p)),
+        Op::Unmask(p) => Op::Unmask(swap(p)),
+        Op::Assert(p) => Op::Assert(swap(p)),
+        Op::Deassert(p) => Op::Deassert(swap(p)),
+        Op::Pulse(p) => Op::Pulse(swap(p)),
+        // A redirection entry's registers move with the pin.
+        Op::IoapicRead(i) if is_entry_index(i, from) => Op::IoapicRead(move_index(i, from, to)),
+        Op::IoapicWrite { index, value } if is_entry_index(index, from) => Op::IoapicWrite {
+            index: move_index(index, from, to),
+            value,
+        },
+        other => other,
+    }
+}
+
+fn is_entry_index(index: u8, pin: Pin) -> bool {
+    index >= 0x10 && index < 0x10 + 2 * PINS && (index - 0x10) / 2 == pin.get()
+}
+
+fn move_index(index: u8, from: Pin, to: Pin) -> u8 {
+    index - 2 * from.get() + 2 * to.get()
+}
+
+fn op_vector(op: &Op) -> Option<u8> {
+    match *op {
+        Op::Route { route, .. } => Some(route.vector),
+        Op::Msi(m) => Some(m.vector),
+        Op::IoapicEoi(v) | Op::SelfIpi(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn vectors_used(s: &Scenario) -> BTreeSet<u8> {
+    s.all_ops()
+        .filter_map(op_vector)
+        .chain(s.handlers.keys().map(|k| k.vector))
+        .collect()
+}
+
+fn rename_vector(s: &Scenario, from: u8, to: u8) -> Scenario {
+    let swap = |v: u8| if v == from { to } else { v };
+    let mut out = map_ops(s, |op| match *op {
+        Op::Route { pin, route } => Op::Route {
+            pin,
+            route: Route {
+                vector: swap(route.vector),
+                ..route
+            },
+        },
+        Op::Msi(m) => Op::Msi(Msi {
+            vector: swap(m.vector),
+            ..m
+        }),
+        Op::IoapicEoi(v) => Op::IoapicEoi(swap(v)),
+        Op::SelfIpi(v) => Op::SelfIpi(swap(v)),
+        other => other,
+    });
+    out.handlers = out
+        .handlers
+        .into_iter()
+        .map(|(k, body)| {
+            (
+                HandlerKey {
+                    vector: swap(k.vector),
+                    ..k
+                },
+                body,
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    out
+}
+
+fn map_ops(s: &Scenario, f: impl Fn(&Op) -> Op) -> Scenario {
+    Scenario {
+        config: s.config,
+        ops: s.ops.iter().map(&f).collect(),
+        handlers: s
+            .handlers
+            .iter()
+            .map(|(k, body)| (*k, body.iter().map(&f).collect()))
+            .collect(),
+    }
+}
+
+/// Delta debugging over complements: returns a 1-minimal sub-list for which
+/// `keeps` holds, given that it holds for `items`.
+pub fn ddmin<T: Clone>(mut items: Vec<T>, mut keeps: impl FnMut(&[T]) -> bool) -> Vec<T> {
+    if items.is_empty() {
+        return items;
+    }
+    if keeps(&[]) {
+        return Vec::new();
+    }
+    let mut granularity = 2usize;
+    while items.len() >= 2 {
+        let chunk = items.len().div_ceil(granularity);
+        let mut reduced = false;
+        let mut start = 0;
+        while start < items.len() {
+            let end = (start + chunk).min(items.len());
+            let complement: Vec<T> = items[..start]
+                .iter()
+                .chain(&items[end..])
+                .cloned()
+                .collect();
+            if keeps(&complement) {
+                items = complement;
+                granularity = (granularity - 1).max(2);
+                reduced = true;
+                break;
+            }
+            start = end;
+        }
+        if !reduced {
+            if granularity >= items.len() {
+                break;
+            }
+            granularity = (granularity * 2).min(items.len());
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::Class;
+
+    fn sig() -> Signature {
+        Signature {
+            class: Class::MissedDelivery,
+            op_kind: "unmask".into(),
+            rule: "r".into(),
+            split: false,
+        }
+    }
+
+    #[test]
+    fn ddmin_finds_the_single_culprit() {
+        let out = ddmin((0..100).collect::<Vec<_>>(), |xs| xs.contains(&42));
+        assert_eq!(out, vec![42]);
+    }
+
+    #[test]
+    fn ddmin_keeps_a_pair_that_is_needed_together() {
+        let out = ddmin((0..50).collect::<Vec<_>>(), |xs| {
+            xs.contains(&3) && xs.contains(&47)
+        });
+        assert_eq!(out, vec![3, 47]);
+    }
+
+    #[test]
+    fn ddmin_result_is_one_minimal() {
+        // Needs any three even numbers.
+        let test = |xs: &[u32]| xs.iter().filter(|x| *x % 2 == 0).count() >= 3;
+        let out = ddmin((0..40).collect::<Vec<_>>(), test);
+        assert_eq!(out.len(), 3);
+        for i in 0..out.len() {
+            let mut fewer = out.clone();
+            fewer.remove(i);
+            assert!(!test(&fewer));
+        }
+    }
+
+    /// A fake oracle: diverges when pin P is routed level, asserted, then
+    /// unmasked, in that order, whatever the pin and vector.
+    fn fake(s: &Scenario) -> Option<Signature> {
+        let mut routed = None;
+        let mut asserted = false;
+        for op in &s.ops {
+            match *op {
+                Op::Route { pin, route } if route.trigger == crate::scenario::Trigger::Level => {
+                    routed = Some(pin)
+                }
+                Op::Assert(p) if Some(p) == routed => asserted = true,
+                Op::Unmask(p) if Some(p) == routed && asserted => return Some(sig()),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn minimises_program_pins_and_vectors() {
+        let text = "handler 0x91: nop; eoi\n\
+                    route 5 vector=0x40 edge\nnop\n\
+                    route 7 vector=0x91 level masked dest=3\n\
+                    cli\nassert 7\nsnapshot\nsti\nunmask 7\nnop\nnop\n";
+        let s = crate::scenario::parse(text).expect("parses");
+        let m = minimize(&s, &sig(), fake);
+        assert_eq!(
+            crate::scenario::print::print(&m.scenario),
+            "route 0 vector=0x20 level\nassert 0\nunmask 0\n"
+        );
+        assert!(m.runs > 0);
+    }
+}

@@ -1,0 +1,633 @@
+//! The oracle: compares what a backend observed with what the model expects
+//! and classifies the first difference.
+//!
+//! The class, the kind of the op the diverging event belongs to, and the
+//! model's rule that decided that event form the divergence's *signature*,
+//! which deduplicates findings: two programs that break the same rule at the
+//! same kind of op are the same bug.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::Scenario;
+use crate::trace::{Event, EventKind, Outcome, Snapshot, Trace};
+
+/// What kind of difference the first diverging event is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    /// The model delivered a vector that the backend never delivered.
+    MissedDelivery,
+    /// The backend delivered a vector the model did not.
+    ExtraDelivery,
+    /// Both delivered the same vectors, in another order.
+    Order,
+    /// The backend delivered another vector where the model delivered one.
+    WrongVector,
+    /// The backend delivered the vector, but during a later op.
+    LateDelivery,
+    /// The backend delivered the vector, but during an earlier op.
+    EarlyDelivery,
+    /// A snapshot or register read differs.
+    StateMismatch,
+    /// One side hung where the other did not.
+    Hang,
+    /// One side stormed where the other did not.
+    Storm,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::MissedDelivery => "missed-delivery",
+            Class::ExtraDelivery => "extra-delivery",
+            Class::Order => "order",
+            Class::WrongVector => "wrong-vector",
+            Class::LateDelivery => "late-delivery",
+            Class::EarlyDelivery => "early-delivery",
+            Class::StateMismatch => "state-mismatch",
+            Class::Hang => "hang",
+            Class::Storm => "storm",
+        }
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The first difference between the expected (model) and observed traces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    pub class: Class,
+    /// Index into the event lists where the traces first differ.
+    pub event_index: usize,
+    /// The top-level op the diverging event belongs to (the expected event's
+    /// op when there is one, else the observed one's, else where it hung).
+    pub op: Option<usize>,
+    pub expected: Option<Event>,
+    pub observed: Option<Event>,
+    /// One line saying what differs, e.g. `remote_irr[0]: expected 0, observed 1`.
+    pub detail: String,
+}
+
+/// The result of comparing two runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Agree,
+    Diverge(Divergence),
+    /// One side failed to run (outcome `error`): never a divergence by itself.
+    Inconclusive(String),
+}
+
+/// Compare the expected trace (the model's) with the observed one.
+pub fn compare(expected: &Trace, observed: &Trace) -> Verdict {
+    for (side, t) in [("expected", expected), ("observed", observed)] {
+        if t.outcome == Outcome::Error {
+            return Verdict::Inconclusive(format!(
+                "{side} run on {} failed: {}",
+                t.backend,
+                t.error.as_deref().unwrap_or("no message")
+            ));
+        }
+    }
+    let (e, o) = (&expected.events, &observed.events);
+    let common = e.len().min(o.len());
+    for i in 0..common {
+        if e[i] != o[i] {
+            return Verdict::Diverge(classify_pair(i, &e[i..], &o[i..]));
+        }
+    }
+    if e.len() > common {
+        return Verdict::Diverge(classify_tail(common, &e[common], observed, true));
+    }
+    if o.len() > common {
+        return Verdict::Diverge(classify_tail(common, &o[common], expected, false));
+    }
+    if expected.outcome != observed.outcome {
+        return Verdict::Diverge(outcome_mismatch(common, expected, observed));
+    }
+    if expected.hang_op != observed.hang_op {
+        return Verdict::Diverge(Divergence {
+            class: Class::Hang,
+            event_index: common,
+            op: expected.hang_op.or(observed.hang_op),
+            expected: None,
+            observed: None,
+            detail: format!(
+                "hung at op {:?}, expected at op {:?}",
+                observed.hang_op, expected.hang_op
+            ),
+        });
+    }
+    Verdict::Agree
+}
+
+fn vector(ev: &Event) -> Option<u8> {
+    match ev.kind {
+        EventKind::Deliver { vector } => Some(vector),
+        _ => None,
+    }
+}
+
+fn delivers(events: &[Event], v: u8) -> bool {
+    events.iter().any(|e| vector(e) == Some(v))
+}
+
+/// The first differing events `e[0]` and `o[0]`, with the rest of each trace.
+fn classify_pair(index: usize, e: &[Event], o: &[Event]) -> Divergence {
+    let (exp, obs) = (&e[0], &o[0]);
+    let mut d = Divergence {
+        class: Class::StateMismatch,
+        event_index: index,
+        op: Some(exp.op),
+        expected: Some(exp.clone()),
+        observed: Some(obs.clone()),
+        detail: String::new(),
+    };
+    match (vector(exp), vector(obs)) {
+        (Some(ve), Some(vo)) if ve == vo => {
+            d.class = if obs.op > exp.op {
+                Class::LateDelivery
+            } else {
+                Class::EarlyDelivery
+            };
+            d.detail = format!(
+                "vector {ve:#04x} delivered during op {}, expected during op {}",
+                obs.op, exp.op
+            );
+        }
+        (Some(ve), Some(vo)) => {
+            let ve_later = delivers(&o[1..], ve);
+            let vo_later = delivers(&e[1..], vo);
+            d.class = match (ve_later, vo_later) {
+                (true, true) => Class::Order,
+                (false, true) => Class::MissedDelivery,
+                (true, false) => Class::ExtraDelivery,
+                (false, false) => Class::WrongVector,
+            };
+            if d.class == Class::ExtraDelivery {
+                d.op = Some(obs.op);
+            }
+            d.detail = format!(
+                "delivered {vo:#04x} (op {}), expected {ve:#04x} (op {})",
+                obs.op, exp.op
+            );
+        }
+        (Some(ve), None) => {
+            let late = o[1..].iter().find(|x| vector(x) == Some(ve));
+            d.class = if late.is_some() {
+                Class::LateDelivery
+            } else {
+                Class::MissedDelivery
+            };
+            d.detail = match late {
+                Some(l) => format!(
+                    "vector {ve:#04x} delivered during op {}, expected during op {}",
+                    l.op, exp.op
+                ),
+                None => format!(
+                    "vector {ve:#04x} not delivered (expected during op {})",
+                    exp.op
+                ),
+            };
+        }
+        (None, Some(vo)) => {
+            d.class = if delivers(&e[1..], vo) {
+                Class::EarlyDelivery
+            } else {
+                Class::ExtraDelivery
+            };
+            d.op = Some(obs.op);
+            d.detail = format!(
+                "vector {vo:#04x} delivered during op {}, not expected there",
+                obs.op
+            );
+        }
+        (None, None) => {
+            d.class = Class::StateMismatch;
+            d.detail = state_difference(exp, obs);
+        }
+    }
+    d
+}
+
+/// One trace ended (at event `index`) while the other goes on with `extra`.
+/// `missing` says whether the extra event is the model's (the backend lacks it).
+fn classify_tail(index: usize, extra: &Event, shorter: &Trace, missing: bool) -> Divergence {
+    let mut d = Divergence {
+        class: Class::StateMismatch,
+        event_index: index,
+        op: Some(extra.op),
+        expected: None,
+        observed: None,
+        detail: String::new(),
+    };
+    let ended = match shorter.outcome {
+        Outcome::Hang => format!("the run hung at op {}", shorter.hang_op.unwrap_or(0)),
+        Outcome::Storm => "the run stormed".to_string(),
+        _ => "the run ended".to_string(),
+    };
+    if missing {
+        d.expected = Some(extra.clone());
+        d.class = match (shorter.outcome, vector(extra)) {
+            (Outcome::Hang, _) => Class::Hang,
+            (Outcome::Storm, _) => Class::Storm,
+            (_, Some(_)) => Class::MissedDelivery,
+            (_, None) => Class::StateMismatch,
+        };
+        d.detail = match vector(extra) {
+            Some(v) => format!(
+                "vector {v:#04x} not delivered (expected during op {}); {ended}",
+                extra.op
+            ),
+            None => format!("expected event at op {} missing; {ended}", extra.op),
+        };
+    } else {
+        d.observed = Some(extra.clone());
+        d.class = match (shorter.outcome, vector(extra)) {
+            (Outcome::Hang, _) => Class::Hang,
+            (_, Some(_)) => Class::ExtraDelivery,
+            (Outcome::Storm, _) => Class::Storm,
+            (_, None) => Class::StateMismatch,
+        };
+        d.detail = match vector(extra) {
+            Some(v) => format!(
+                "vector {v:#04x} delivered during op {}, not expected",
+                extra.op
+            ),
+            None => format!("unexpected event at op {}; the model's {ended}", extra.op),
+        };
+    }
+    d
+}
+
+fn outcome_mismatch(index: usize, expected: &Trace, observed: &Trace) -> Divergence {
+    let class = if expected.outcome == Outcome::Hang || observed.outcome == Outcome::Hang {
+        Class::Hang
+    } else {
+        Class::Storm
+    };
+    Divergence {
+        class,
+        event_index: index,
+        op: observed.hang_op.or(expected.hang_op),
+        expected: None,
+        observed: None,
+        detail: format!(
+            "outcome {:?}, expected {:?}",
+            observed.outcome, expected.outcome
+        )
+        .to_lowercase(),
+    }
+}
+
+/// Names the first field that differs between two snapshots or reads.
+fn state_difference(exp: &Event, obs: &Event) -> String {
+    match (&exp.kind, &obs.kind) {
+        (EventKind::Snapshot(a), EventKind::Snapshot(b)) => snapshot_difference(a, b),
+        (
+            EventKind::Read { space, reg, value },
+            EventKind::Read {
+                value: observed, ..
+            },
+        ) => format!("{space:?} register {reg:#x}: expected {value:#x}, observed {observed:#x}")
+            .to_lowercase(),
+        _ => format!(
+            "expected {:?} at op {}, observed {:?} at op {}",
+            exp.kind, exp.op, obs.kind, obs.op
+        ),
+    }
+}
+
+fn snapshot_difference(a: &Snapshot, b: &Snapshot) -> String {
+    let words = [
+        ("irr", &a.irr, &b.irr),
+        ("isr", &a.isr, &b.isr),
+        ("tmr", &a.tmr, &b.tmr),
+    ];
+    for (name, x, y) in words {
+        if x != y {
+            let v = (0..256usize)
+                .find(|&v| (x[v / 32] >> (v % 32)) & 1 != (y[v / 32] >> (v % 32)) & 1)
+                .unwrap_or(0);
+            let bit = |w: &[u32; 8]| (w[v / 32] >> (v % 32)) & 1;
+            return format!(
+                "{name} bit {v:#04x}: expected {}, observed {}",
+                bit(x),
+                bit(y)
+            );
+        }
+    }
+    if a.tpr != b.tpr {
+        return format!("tpr: expected {:#x}, observed {:#x}", a.tpr, b.tpr);
+    }
+    if a.ppr != b.ppr {
+        return format!("ppr: expected {:#x}, observed {:#x}", a.ppr, b.ppr);
+    }
+    for pin in 0..24 {
+        if a.remote_irr[pin] != b.remote_irr[pin] {
+            return format!(
+                "remote_irr[{pin}]: expected {}, observed {}",
+                a.remote_irr[pin] as u8, b.remote_irr[pin] as u8
+            );
+        }
+    }
+    for pin in 0..24 {
+        if a.delivery_status[pin] != b.delivery_status[pin] {
+            return format!(
+                "delivery_status[{pin}]: expected {}, observed {}",
+                a.delivery_status[pin] as u8, b.delivery_status[pin] as u8
+            );
+        }
+    }
+    "snapshots differ".to_string()
+}
+
+/// What identifies a bug across programs: the kind of difference, the kind
+/// of op that caused the model's deciding decision, and that decision's rule
+/// (plus the irqchip shape, since split and full irqchips are different code).
+///
+/// The class here is coarse: a delivery the backend did not make where the
+/// model made it (missed, late, out of order, replaced by another vector, or
+/// a hang waiting for it) is one `missed-delivery`; a delivery the backend
+/// made where the model did not (extra or early) is `extra-delivery`. The
+/// fine class stays in the [`Divergence`] for the report.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Signature {
+    pub class: Class,
+    /// Keyword of the op whose execution made the deciding decision.
+    pub op_kind: String,
+    /// The model rule that decided the event (its short name), or `none`.
+    pub rule: String,
+    /// The scenario asked for a split irqchip.
+    #[serde(default)]
+    pub split: bool,
+}
+
+impl Signature {
+    /// A file-name-safe form, used as the finding's directory name.
+    pub fn slug(&self) -> String {
+        let split = if self.split { ".split" } else { "" };
+        format!("{}.{}.{}{split}", self.class, self.op_kind, self.rule)
+    }
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} caused by {} ({})",
+            self.class, self.op_kind, self.rule
+        )?;
+        if self.split {
+            write!(f, " [split irqchip]")?;
+        }
+        Ok(())
+    }
+}
+
+impl Divergence {
+    /// The coarse class used in signatures.
+    pub fn signature_class(&self) -> Class {
+        let delivers = |e: &Option<Event>| {
+            e.as_ref()
+                .is_some_and(|e| matches!(e.kind, EventKind::Deliver { .. }))
+        };
+        if delivers(&self.expected) {
+            Class::MissedDelivery
+        } else if delivers(&self.observed) {
+            Class::ExtraDelivery
+        } else if matches!(self.class, Class::Hang | Class::Storm) {
+            self.class
+        } else {
+            Class::StateMismatch
+        }
+    }
+
+    /// The signature of this divergence in `scenario`, given the model's
+    /// deciding decision as (the causing op's keyword, the rule's name).
+    pub fn signature(&self, scenario: &Scenario, deciding: Option<(&str, &str)>) -> Signature {
+        let fallback = self
+            .op
+            .and_then(|i| scenario.ops.get(i))
+            .map_or("end", |op| op.keyword());
+        let class = self.signature_class();
+        // A state difference is named by the register that differs (the
+        // model's last decision before a snapshot says little about it).
+        let field = self
+            .detail
+            .split([' ', '[', ':'])
+            .next()
+            .unwrap_or("state")
+            .replace('_', "-");
+        let (op_kind, rule) = if class == Class::StateMismatch {
+            ("snapshot", field.as_str())
+        } else {
+            deciding.unwrap_or((fallback, "none"))
+        };
+        // A pulse is an assert (then a deassert) and `sti-hlt` an `sti`: the
+        // same code in the hypervisor, so the same bug.
+        let op_kind = match op_kind {
+            "pulse" => "assert",
+            "sti-hlt" => "sti",
+            other => other,
+        };
+        Signature {
+            class,
+            op_kind: op_kind.to_string(),
+            rule: rule.to_string(),
+            split: scenario.config.irqchip == crate::scenario::Irqchip::Split,
+        }
+    }
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.class)?;
+        if let Some(op) = self.op {
+            write!(f, " at op {op}")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Event;
+
+    fn deliver(op: usize, vector: u8) -> Event {
+        Event {
+            op,
+            kind: EventKind::Deliver { vector },
+        }
+    }
+
+    fn trace(events: Vec<Event>) -> Trace {
+        Trace {
+            events,
+            ..Trace::new("t")
+        }
+    }
+
+    fn diverge(e: Vec<Event>, o: Vec<Event>) -> Divergence {
+        match compare(&trace(e), &trace(o)) {
+            Verdict::Diverge(d) => d,
+            other => panic!("expected a divergence, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn identical_traces_agree() {
+        let t = trace(vec![deliver(1, 0x76)]);
+        assert_eq!(compare(&t, &t.clone()), Verdict::Agree);
+    }
+
+    #[test]
+    fn error_outcome_is_inconclusive_not_a_divergence() {
+        let ok = trace(vec![deliver(1, 0x76)]);
+        let err = Trace::error("kvm", "KVM_RUN failed");
+        assert!(
+            matches!(compare(&ok, &err), Verdict::Inconclusive(m) if m.contains("KVM_RUN failed"))
+        );
+    }
+
+    #[test]
+    fn missing_delivery_at_the_end_is_missed() {
+        let d = diverge(
+            vec![deliver(1, 0x82), deliver(3, 0x82)],
+            vec![deliver(1, 0x82)],
+        );
+        assert_eq!(d.class, Class::MissedDelivery);
+        assert_eq!((d.event_index, d.op), (1, Some(3)));
+    }
+
+    #[test]
+    fn additional_delivery_is_extra() {
+        let d = diverge(
+            vec![deliver(1, 0x98)],
+            vec![deliver(1, 0x98), deliver(1, 0x98)],
+        );
+        assert_eq!(d.class, Class::ExtraDelivery);
+        assert_eq!(d.op, Some(1));
+    }
+
+    #[test]
+    fn same_vector_later_op_is_late() {
+        let d = diverge(vec![deliver(2, 0x82)], vec![deliver(4, 0x82)]);
+        assert_eq!(d.class, Class::LateDelivery);
+        assert_eq!(
+            d.detail,
+            "vector 0x82 delivered during op 4, expected during op 2"
+        );
+    }
+
+    #[test]
+    fn same_vector_earlier_op_is_early() {
+        let d = diverge(vec![deliver(4, 0x82)], vec![deliver(2, 0x82)]);
+        assert_eq!(d.class, Class::EarlyDelivery);
+    }
+
+    #[test]
+    fn swapped_vectors_are_order() {
+        let d = diverge(
+            vec![deliver(5, 0x78), deliver(5, 0x66)],
+            vec![deliver(5, 0x66), deliver(5, 0x78)],
+        );
+        assert_eq!(d.class, Class::Order);
+    }
+
+    #[test]
+    fn unrelated_vector_is_wrong_vector() {
+        let d = diverge(vec![deliver(1, 0x78)], vec![deliver(1, 0x79)]);
+        assert_eq!(d.class, Class::WrongVector);
+    }
+
+    #[test]
+    fn snapshot_difference_names_the_pin() {
+        let a = Snapshot::default();
+        let mut b = Snapshot::default();
+        b.remote_irr[3] = true;
+        let d = diverge(
+            vec![Event {
+                op: 2,
+                kind: EventKind::Snapshot(Box::new(a)),
+            }],
+            vec![Event {
+                op: 2,
+                kind: EventKind::Snapshot(Box::new(b)),
+            }],
+        );
+        assert_eq!(d.class, Class::StateMismatch);
+        assert_eq!(d.detail, "remote_irr[3]: expected 0, observed 1");
+    }
+
+    #[test]
+    fn snapshot_difference_names_the_isr_vector() {
+        let a = Snapshot {
+            isr: [0, 0, 0, 0x0040_0000, 0, 0, 0, 0],
+            ..Snapshot::default()
+        };
+        let b = Snapshot::default();
+        let d = diverge(
+            vec![Event {
+                op: 2,
+                kind: EventKind::Snapshot(Box::new(a)),
+            }],
+            vec![Event {
+                op: 2,
+                kind: EventKind::Snapshot(Box::new(b)),
+            }],
+        );
+        assert_eq!(d.detail, "isr bit 0x76: expected 1, observed 0");
+    }
+
+    #[test]
+    fn observed_hang_is_hang() {
+        let mut hung = trace(vec![]);
+        hung.outcome = Outcome::Hang;
+        hung.hang_op = Some(2);
+        let d = match compare(&trace(vec![deliver(2, 0x9a)]), &hung) {
+            Verdict::Diverge(d) => d,
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(d.class, Class::Hang);
+    }
+
+    #[test]
+    fn model_storm_against_single_delivery_is_missed_then_storm() {
+        let mut storm = trace((0..64).map(|_| deliver(1, 0x20)).collect());
+        storm.outcome = Outcome::Storm;
+        let d = match compare(&storm, &trace(vec![deliver(1, 0x20)])) {
+            Verdict::Diverge(d) => d,
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(d.class, Class::MissedDelivery);
+        assert_eq!(d.event_index, 1);
+    }
+
+    #[test]
+    fn signature_uses_the_op_keyword_and_rule() {
+        let s = crate::scenario::Scenario {
+            ops: vec![
+                crate::scenario::Op::Nop,
+                crate::scenario::Op::Unmask(crate::scenario::Pin::new(0).unwrap()),
+            ],
+            ..Default::default()
+        };
+        let d = diverge(vec![deliver(1, 0x82)], vec![]);
+        let sig = d.signature(&s, Some(("unmask", "level-unmask-delivers")));
+        assert_eq!(sig.slug(), "missed-delivery.unmask.level-unmask-delivers");
+        let d = diverge(vec![deliver(1, 0x82)], vec![deliver(3, 0x82)]);
+        assert_eq!(d.class, Class::LateDelivery);
+        assert_eq!(
+            d.signature(&s, None).class,
+            Class::MissedDelivery,
+            "late is missed where expected"
+        );
+    }
+}
