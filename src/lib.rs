@@ -3,6 +3,7 @@
 //! scenario → backend → trace → oracle → minimiser → repro.
 
 pub mod backend;
+pub mod bench;
 pub mod campaign;
 pub mod cli;
 pub mod findings;

@@ -605,6 +605,16 @@ impl Backend for KvmBackend {
         self.name
     }
 
+    /// KVM's in-kernel IOAPIC is version 0x11 without directed EOI: a
+    /// generated scenario for the full irqchip gets that config.
+    fn fit(&self, scenario: &mut Scenario) {
+        let split = self.force_split || scenario.config.irqchip == Irqchip::Split;
+        if !split && unsupported(scenario, false).is_some() {
+            scenario.config.ioapic = IoapicVersion::V11;
+            scenario.config.directed_eoi = false;
+        }
+    }
+
     fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
         let split = self.force_split || scenario.config.irqchip == Irqchip::Split;
         let name = self.name;

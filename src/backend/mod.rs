@@ -28,6 +28,11 @@ pub trait Backend {
     /// Run one scenario to completion, hang, storm or error.
     fn run(&mut self, scenario: &Scenario) -> Result<Trace>;
 
+    /// Adjusts a *generated* scenario's config to what this backend can
+    /// offer (a campaign calls it before running both sides; a scenario
+    /// from a file is never adjusted: it runs as written or fails).
+    fn fit(&self, _scenario: &mut Scenario) {}
+
     /// Run, turning a backend failure into a trace with outcome `error`.
     fn run_to_trace(&mut self, scenario: &Scenario) -> Trace {
         match self.run(scenario) {

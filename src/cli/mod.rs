@@ -3,6 +3,7 @@
 //! backend is unavailable.
 
 pub mod backends;
+pub mod bench;
 pub mod diff;
 pub mod fuzz;
 pub mod run;
@@ -40,6 +41,8 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Shrink a diverging scenario to a minimal one with the same signature.
     Minimize(diff::DiffArgs),
+    /// Run the benchmarks and print their figures as JSON.
+    Bench(bench::BenchArgs),
 }
 
 pub const EXIT_DIVERGENCE: u8 = 1;
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Fuzz(args) => fuzz::main(args),
         Command::Diff(args) => diff::diff(args),
         Command::Minimize(args) => diff::minimize(args),
+        Command::Bench(args) => bench::main(args),
     }
 }
 

@@ -1,0 +1,169 @@
+//! Benchmarks, reported as JSON by `irqdiff bench`. Figures are ratios and
+//! rates taken in one run, never assertions.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::backend::{self, model::ModelBackend, Backend};
+use crate::campaign::{case_seed, Differ};
+use crate::model::Quirks;
+use crate::scenario::generate::{random, GenConfig};
+use crate::scenario::{Op, Scenario};
+
+/// Model throughput: guest ops (top-level and handler-body ops executed)
+/// per second on random scenarios, on one core.
+pub fn model_throughput(duration: Duration) -> Value {
+    let cfg = GenConfig { max_ops: 32, ..GenConfig::default() };
+    let scenarios: Vec<Scenario> = (0..512).map(|i| random(case_seed(7, i), &cfg)).collect();
+    let mut model = ModelBackend::new();
+    let (mut ops, mut runs) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        for s in &scenarios {
+            let (trace, _) = model.run_explained(s);
+            // Ops executed: the program up to where it stopped, plus bodies.
+            let top = match trace.hang_op {
+                Some(op) => op + 1,
+                None => s.ops.len(),
+            };
+            let bodies: usize = trace.deliveries().map(|(_, v)| s.handler_body(v, 1).len()).sum();
+            ops += (top + bodies) as u64;
+            runs += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    json!({
+        "benchmark": "model-throughput",
+        "scenarios": runs,
+        "guest_ops": ops,
+        "seconds": secs,
+        "guest_ops_per_second": ops as f64 / secs,
+        "scenarios_per_second": runs as f64 / secs,
+    })
+}
+
+/// A real backend's rate on random 32-op scenarios, against the raw exit
+/// round trip measured in the same run (KVM only).
+pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
+    let cfg = GenConfig { max_ops: 32, ..GenConfig::default() };
+    let mut b = backend::open(name).map_err(|e| e.to_string())?;
+    let scenarios: Vec<Scenario> = (0..cases)
+        .map(|i| {
+            let mut s = random(case_seed(11, i), &cfg);
+            b.fit(&mut s);
+            s
+        })
+        .collect();
+    // Warm up (VM creation).
+    let _ = b.run_to_trace(&scenarios[0]);
+    let start = Instant::now();
+    let mut errors = 0;
+    for s in &scenarios {
+        if b.run_to_trace(s).outcome == crate::trace::Outcome::Error {
+            errors += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    let mut report = json!({
+        "benchmark": "backend-throughput",
+        "backend": name,
+        "scenarios": cases,
+        "errors": errors,
+        "seconds": elapsed.as_secs_f64(),
+        "scenarios_per_second": cases as f64 / elapsed.as_secs_f64(),
+    });
+    #[cfg(target_os = "linux")]
+    if name == "kvm" {
+        let mut kvm = backend::kvm::KvmBackend::open(false).map_err(|e| e.to_string())?;
+        let raw = kvm.ping(20_000).map_err(|e| e.to_string())?;
+        // Exits per scenario, measured on the same scenarios.
+        let mut exits = 0u64;
+        for s in &scenarios {
+            let _ = kvm.run_to_trace(s);
+            exits += kvm.last_exits;
+        }
+        let per_exit = elapsed.as_secs_f64() / exits as f64;
+        report["raw_exit_round_trip_us"] = json!(raw.as_secs_f64() * 1e6);
+        report["exits_per_scenario"] = json!(exits as f64 / cases as f64);
+        report["backend_time_per_exit_us"] = json!(per_exit * 1e6);
+        report["ratio_backend_per_exit_to_raw_exit"] = json!(per_exit / raw.as_secs_f64());
+    }
+    Ok(report)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// For each seeded HVF quirk alone: cases and time to the first divergence,
+/// and time to its minimised repro (median over 10 seeds).
+pub fn time_to_find() -> Value {
+    let quirks = [
+        ("level-unmask-no-deliver", Quirks::LEVEL_UNMASK_NO_DELIVER),
+        ("level-eoi-no-redeliver", Quirks::LEVEL_EOI_NO_REDELIVER),
+        ("level-coalesce-redeliver", Quirks::LEVEL_COALESCE_REDELIVER),
+        ("split-eoi-lost", Quirks::SPLIT_EOI_LOST),
+    ];
+    let cfg = GenConfig::default();
+    let mut out = Vec::new();
+    for (name, _) in quirks {
+        let (mut find_ms, mut repro_ms, mut cases, mut sizes) = (vec![], vec![], vec![], vec![]);
+        for seed in 0..10u64 {
+            let mut differ = Differ::open(&format!("sim:{name}")).expect("sim backends open");
+            let start = Instant::now();
+            let mut found = None;
+            for i in 0..1_000_000u64 {
+                let s = random(case_seed(seed, i), &cfg);
+                if let Some(sig) = differ.diff(&s).3 {
+                    found = Some((i + 1, s, sig));
+                    break;
+                }
+            }
+            let Some((n, s, sig)) = found else { continue };
+            find_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            let (min, _) = differ.minimize(&s, &sig);
+            repro_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            cases.push(n as f64);
+            sizes.push(min.ops.len() as f64);
+        }
+        out.push(json!({
+            "quirk": name,
+            "seeds_found": find_ms.len(),
+            "median_cases_to_first_find": median(cases),
+            "median_ms_to_first_find": median(find_ms),
+            "median_ms_to_minimised_repro": median(repro_ms),
+            "median_minimised_ops": median(sizes),
+        }));
+    }
+    json!({ "benchmark": "time-to-find", "generator_max_ops": cfg.max_ops, "quirks": out })
+}
+
+/// Minimisation of a 500-op diverging scenario on `sim:hvf-known`.
+pub fn minimize_500() -> Value {
+    let cfg = GenConfig { max_ops: 500, ..GenConfig::default() };
+    let mut differ = Differ::open("sim:hvf-known").expect("sim opens");
+    for i in 0..10_000u64 {
+        let mut s = random(case_seed(3, i), &cfg);
+        // Pad to 500 ops with harmless ones so the size is exact.
+        while s.ops.len() < 500 {
+            s.ops.push(Op::Nop);
+        }
+        s.ops.truncate(500);
+        if let Some(sig) = differ.diff(&s).3 {
+            let start = Instant::now();
+            let (min, runs) = differ.minimize(&s, &sig);
+            let secs = start.elapsed().as_secs_f64();
+            return json!({
+                "benchmark": "minimize-500",
+                "original_ops": 500,
+                "minimised_ops": min.ops.len(),
+                "signature": sig.to_string(),
+                "runs": runs,
+                "seconds": secs,
+            });
+        }
+    }
+    json!({ "benchmark": "minimize-500", "error": "no diverging 500-op scenario found" })
+}

@@ -1,0 +1,48 @@
+//! `irqdiff bench`: benchmarks as JSON, one object per line.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::bench;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmarks: model, kvm, kvm-split, find (time to find each seeded
+    /// quirk), minimize (a 500-op scenario), or all.
+    #[arg(default_value = "all")]
+    pub which: String,
+    /// Scenarios for the backend throughput benchmarks.
+    #[arg(long, default_value_t = 2000)]
+    pub cases: u64,
+}
+
+pub fn main(args: BenchArgs) -> ExitCode {
+    let all = args.which == "all";
+    let mut ran = false;
+    if all || args.which == "model" {
+        println!("{}", bench::model_throughput(Duration::from_secs(3)));
+        ran = true;
+    }
+    for backend in ["kvm", "kvm-split"] {
+        if all || args.which == backend {
+            match bench::backend_throughput(backend, args.cases) {
+                Ok(v) => println!("{v}"),
+                Err(e) => eprintln!("irqdiff bench: {backend}: {e}"),
+            }
+            ran = true;
+        }
+    }
+    if all || args.which == "find" {
+        println!("{}", bench::time_to_find());
+        ran = true;
+    }
+    if all || args.which == "minimize" {
+        println!("{}", bench::minimize_500());
+        ran = true;
+    }
+    if !ran {
+        eprintln!("irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, find, minimize, all)", args.which);
+        return ExitCode::from(super::EXIT_BAD_INPUT);
+    }
+    ExitCode::SUCCESS
+}
