@@ -8,6 +8,7 @@ pub mod campaign;
 pub mod cli;
 pub mod findings;
 pub mod guest;
+pub mod known;
 pub mod minimize;
 pub mod oracle;
 pub mod repro;

@@ -183,12 +183,19 @@ pub enum Op {
     /// Extension: `lapic-read OFFSET`: read a local APIC register by its
     /// xAPIC MMIO offset (the MSR 0x800 + OFFSET/16 in x2APIC mode); the
     /// value read is recorded as a `read` event.
-    LapicRead(u16),
+    LapicRead(#[arbitrary(with = lapic_offset)] u16),
     /// Extension: `lapic-write OFFSET VALUE`.
     LapicWrite {
+        #[arbitrary(with = lapic_offset)]
         offset: u16,
         value: u32,
     },
+}
+
+/// A local APIC register offset the format allows: 0x000-0x3f0, a
+/// multiple of 0x10 (the registers are 16-byte aligned, SDM Table 11-1).
+fn lapic_offset(u: &mut arbitrary::Unstructured) -> arbitrary::Result<u16> {
+    Ok(u.int_in_range(0..=0x3fu16)? << 4)
 }
 
 impl Op {

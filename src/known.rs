@@ -1,0 +1,103 @@
+//! Documented divergences of real backends (docs/known-divergences.md).
+//!
+//! A divergence is labelled, never dropped: the campaign still reports it,
+//! with the label, so that a maintainer sees it is a known behaviour of this
+//! host. Labels apply only where the behaviour was measured on this host:
+//! [`host_behaviours`] probes the KVM once per process with two small
+//! scenarios, so on a healthy KVM nothing is labelled and every divergence
+//! counts.
+
+use std::sync::OnceLock;
+
+use crate::oracle::{Class, Signature};
+
+/// A documented behaviour of a real backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub id: &'static str,
+    pub title: &'static str,
+    /// The section of docs/known-divergences.md.
+    pub doc: &'static str,
+}
+
+/// KVM (this host's kvm_pvm): the local APIC never sets the ISR bit on
+/// delivery and leaves the vector in the IRR, so PPR stays low, a
+/// level-triggered EOI finds nothing in service (no EOI broadcast, remote IRR
+/// stuck) and the stale IRR vector is injected again at later VM entries.
+pub const KVM_ISR_NOT_SET: Known = Known {
+    id: "kvm-isr-not-set",
+    title: "KVM: ISR never set on delivery; the vector stays in IRR",
+    doc: "docs/known-divergences.md#kvm-isr-not-set",
+};
+
+/// KVM (this host's kvm_pvm): an interrupt made pending by something the
+/// kernel handles itself (a LAPIC or in-kernel IOAPIC access, an EOI, a TPR
+/// write, STI) is injected only at the next entry after an exit to
+/// userspace, not at the next instruction boundary.
+pub const KVM_DEFERRED_INJECTION: Known = Known {
+    id: "kvm-deferred-injection",
+    title: "KVM: injection waits for the next exit to userspace",
+    doc: "docs/known-divergences.md#kvm-deferred-injection",
+};
+
+/// What the probes found on this host's KVM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostBehaviours {
+    pub isr_not_set: bool,
+    pub deferred_injection: bool,
+}
+
+/// Probes this host's KVM once (both behaviours are properties of the
+/// kernel, the same for `kvm` and `kvm-split`).
+pub fn host_behaviours() -> HostBehaviours {
+    static PROBED: OnceLock<HostBehaviours> = OnceLock::new();
+    *PROBED.get_or_init(probe)
+}
+
+fn probe() -> HostBehaviours {
+    let Ok(mut kvm) = crate::backend::open("kvm") else {
+        return HostBehaviours::default();
+    };
+    let run = |kvm: &mut Box<dyn crate::backend::Backend>, text: &str| {
+        kvm.run(&crate::scenario::parse(text).expect("probe parses")).ok()
+    };
+    // An MSI is injected at its own exit; inside the handler the ISR bit of
+    // its vector must be set (SDM §11.8.4).
+    let isr_not_set = run(&mut kvm, "handler 0x41: snapshot; eoi\nmsi vector=0x41\n").is_some_and(|t| {
+        t.events.iter().any(|e| match &e.kind {
+            crate::trace::EventKind::Snapshot(s) => s.isr[2] & (1 << 1) == 0,
+            _ => false,
+        })
+    });
+    // A self IPI (handled in the kernel) must be delivered during its op.
+    let deferred_injection = run(&mut kvm, "self-ipi 0xf1\nnop\nnop\n").is_some_and(|t| t.deliveries().next() != Some((0, 0xf1)));
+    HostBehaviours { isr_not_set, deferred_injection }
+}
+
+/// The documented behaviour that explains a divergence of `backend` with
+/// this signature, if any. Coarse by design: on this host the two KVM
+/// behaviours shadow every interrupt that is delivered or acknowledged, so
+/// the label names the root cause, and the campaign's signature still tells
+/// the findings apart.
+pub fn label(backend: &str, sig: &Signature) -> Option<Known> {
+    if backend != "kvm" && backend != "kvm-split" {
+        return None;
+    }
+    let host = host_behaviours();
+    let rule = sig.rule.as_str();
+    match sig.class {
+        // A stale IRR vector re-injected, or in-service state that is never set.
+        Class::ExtraDelivery | Class::EarlyDelivery | Class::Storm if host.isr_not_set => Some(KVM_ISR_NOT_SET),
+        Class::StateMismatch if host.isr_not_set && matches!(rule, "isr" | "irr" | "ppr" | "tmr" | "lapic" | "remote-irr") => {
+            Some(KVM_ISR_NOT_SET)
+        }
+        // No ISR bit, so the EOI is not broadcast and nothing is re-sent.
+        Class::MissedDelivery if host.isr_not_set && rule == "eoi-redelivers" => Some(KVM_ISR_NOT_SET),
+        Class::MissedDelivery | Class::LateDelivery | Class::Order | Class::WrongVector | Class::Hang
+            if host.deferred_injection =>
+        {
+            Some(KVM_DEFERRED_INJECTION)
+        }
+        _ => None,
+    }
+}
