@@ -14,7 +14,10 @@ use crate::scenario::{Op, Scenario};
 /// Model throughput: guest ops (top-level and handler-body ops executed)
 /// per second on random scenarios, on one core.
 pub fn model_throughput(duration: Duration) -> Value {
-    let cfg = GenConfig { max_ops: 32, ..GenConfig::default() };
+    let cfg = GenConfig {
+        max_ops: 32,
+        ..GenConfig::default()
+    };
     let scenarios: Vec<Scenario> = (0..512).map(|i| random(case_seed(7, i), &cfg)).collect();
     let mut model = ModelBackend::new();
     let (mut ops, mut runs) = (0u64, 0u64);
@@ -27,7 +30,10 @@ pub fn model_throughput(duration: Duration) -> Value {
                 Some(op) => op + 1,
                 None => s.ops.len(),
             };
-            let bodies: usize = trace.deliveries().map(|(_, v)| s.handler_body(v, 1).len()).sum();
+            let bodies: usize = trace
+                .deliveries()
+                .map(|(_, v)| s.handler_body(v, 1).len())
+                .sum();
             ops += (top + bodies) as u64;
             runs += 1;
         }
@@ -46,7 +52,10 @@ pub fn model_throughput(duration: Duration) -> Value {
 /// A real backend's rate on random 32-op scenarios, against the raw exit
 /// round trip measured in the same run (KVM only).
 pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
-    let cfg = GenConfig { max_ops: 32, ..GenConfig::default() };
+    let cfg = GenConfig {
+        max_ops: 32,
+        ..GenConfig::default()
+    };
     let mut b = backend::open(name).map_err(|e| e.to_string())?;
     let scenarios: Vec<Scenario> = (0..cases)
         .map(|i| {
@@ -142,7 +151,10 @@ pub fn time_to_find() -> Value {
 
 /// Minimisation of a 500-op diverging scenario on `sim:hvf-known`.
 pub fn minimize_500() -> Value {
-    let cfg = GenConfig { max_ops: 500, ..GenConfig::default() };
+    let cfg = GenConfig {
+        max_ops: 500,
+        ..GenConfig::default()
+    };
     let mut differ = Differ::open("sim:hvf-known").expect("sim opens");
     for i in 0..10_000u64 {
         let mut s = random(case_seed(3, i), &cfg);

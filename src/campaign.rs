@@ -56,8 +56,11 @@ pub struct Finding {
     pub observed: Trace,
     /// Where it was written (`None` if another process wrote it first).
     pub dir: Option<PathBuf>,
-    /// How many cases had this signature in this run (first one included).
+    /// How many times the minimiser ran both backends.
     pub minimize_runs: usize,
+    /// The documented behaviour of the backend that explains it, if any
+    /// (the finding is still reported: labelled, never dropped).
+    pub known: Option<crate::known::Known>,
 }
 
 /// The end of a campaign.
@@ -155,6 +158,7 @@ impl Differ {
             observed,
             dir: None,
             minimize_runs: runs,
+            known: None,
         })
     }
 }
@@ -230,7 +234,12 @@ pub fn run(
                     if !known.lock().unwrap().insert(signature.clone()) {
                         continue;
                     }
-                    let Some(mut finding) = differ.finding(&scenario, signature.clone()) else {
+                    let Some(mut finding) =
+                        differ.finding(&scenario, signature.clone()).map(|mut f| {
+                            f.known = crate::known::label(&options.backend, &f.signature);
+                            f
+                        })
+                    else {
                         // Not reproducible: forget it so a later case can retry.
                         known.lock().unwrap().remove(&signature);
                         continue;

@@ -59,19 +59,25 @@ fn probe() -> HostBehaviours {
         return HostBehaviours::default();
     };
     let run = |kvm: &mut Box<dyn crate::backend::Backend>, text: &str| {
-        kvm.run(&crate::scenario::parse(text).expect("probe parses")).ok()
+        kvm.run(&crate::scenario::parse(text).expect("probe parses"))
+            .ok()
     };
     // An MSI is injected at its own exit; inside the handler the ISR bit of
     // its vector must be set (SDM §11.8.4).
-    let isr_not_set = run(&mut kvm, "handler 0x41: snapshot; eoi\nmsi vector=0x41\n").is_some_and(|t| {
-        t.events.iter().any(|e| match &e.kind {
-            crate::trace::EventKind::Snapshot(s) => s.isr[2] & (1 << 1) == 0,
-            _ => false,
-        })
-    });
+    let isr_not_set =
+        run(&mut kvm, "handler 0x41: snapshot; eoi\nmsi vector=0x41\n").is_some_and(|t| {
+            t.events.iter().any(|e| match &e.kind {
+                crate::trace::EventKind::Snapshot(s) => s.isr[2] & (1 << 1) == 0,
+                _ => false,
+            })
+        });
     // A self IPI (handled in the kernel) must be delivered during its op.
-    let deferred_injection = run(&mut kvm, "self-ipi 0xf1\nnop\nnop\n").is_some_and(|t| t.deliveries().next() != Some((0, 0xf1)));
-    HostBehaviours { isr_not_set, deferred_injection }
+    let deferred_injection = run(&mut kvm, "self-ipi 0xf1\nnop\nnop\n")
+        .is_some_and(|t| t.deliveries().next() != Some((0, 0xf1)));
+    HostBehaviours {
+        isr_not_set,
+        deferred_injection,
+    }
 }
 
 /// The documented behaviour that explains a divergence of `backend` with
@@ -87,13 +93,24 @@ pub fn label(backend: &str, sig: &Signature) -> Option<Known> {
     let rule = sig.rule.as_str();
     match sig.class {
         // A stale IRR vector re-injected, or in-service state that is never set.
-        Class::ExtraDelivery | Class::EarlyDelivery | Class::Storm if host.isr_not_set => Some(KVM_ISR_NOT_SET),
-        Class::StateMismatch if host.isr_not_set && matches!(rule, "isr" | "irr" | "ppr" | "tmr" | "lapic" | "remote-irr") => {
+        Class::ExtraDelivery | Class::EarlyDelivery | Class::Storm if host.isr_not_set => {
+            Some(KVM_ISR_NOT_SET)
+        }
+        Class::StateMismatch
+            if host.isr_not_set
+                && matches!(rule, "isr" | "irr" | "ppr" | "tmr" | "lapic" | "remote-irr") =>
+        {
             Some(KVM_ISR_NOT_SET)
         }
         // No ISR bit, so the EOI is not broadcast and nothing is re-sent.
-        Class::MissedDelivery if host.isr_not_set && rule == "eoi-redelivers" => Some(KVM_ISR_NOT_SET),
-        Class::MissedDelivery | Class::LateDelivery | Class::Order | Class::WrongVector | Class::Hang
+        Class::MissedDelivery if host.isr_not_set && rule == "eoi-redelivers" => {
+            Some(KVM_ISR_NOT_SET)
+        }
+        Class::MissedDelivery
+        | Class::LateDelivery
+        | Class::Order
+        | Class::WrongVector
+        | Class::Hang
             if host.deferred_injection =>
         {
             Some(KVM_DEFERRED_INJECTION)

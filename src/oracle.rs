@@ -133,9 +133,19 @@ pub fn compare(expected: &Trace, observed: &Trace) -> Verdict {
 fn allowed_difference(expected: &Event, observed: &Event) -> bool {
     match (&expected.kind, &observed.kind) {
         (
-            EventKind::Read { space: Space::Ioapic, reg, .. },
-            EventKind::Read { space: Space::Ioapic, reg: other, .. },
-        ) => expected.op == observed.op && reg == other && !matches!(reg, 0x00..=0x02 | 0x10..=0x3f),
+            EventKind::Read {
+                space: Space::Ioapic,
+                reg,
+                ..
+            },
+            EventKind::Read {
+                space: Space::Ioapic,
+                reg: other,
+                ..
+            },
+        ) => {
+            expected.op == observed.op && reg == other && !matches!(reg, 0x00..=0x02 | 0x10..=0x3f)
+        }
         _ => false,
     }
 }
@@ -498,9 +508,25 @@ mod tests {
     #[test]
     fn reads_of_undefined_ioapic_registers_may_differ() {
         // 82093AA §3.2: index 0x77 is not a register.
-        let read = |reg, value| Event { op: 0, kind: EventKind::Read { space: Space::Ioapic, reg, value } };
-        assert_eq!(compare(&trace(vec![read(0x77, 0)]), &trace(vec![read(0x77, !0)])), Verdict::Agree);
-        assert!(matches!(compare(&trace(vec![read(0x01, 0x11)]), &trace(vec![read(0x01, 0x20)])), Verdict::Diverge(_)));
+        let read = |reg, value| Event {
+            op: 0,
+            kind: EventKind::Read {
+                space: Space::Ioapic,
+                reg,
+                value,
+            },
+        };
+        assert_eq!(
+            compare(&trace(vec![read(0x77, 0)]), &trace(vec![read(0x77, !0)])),
+            Verdict::Agree
+        );
+        assert!(matches!(
+            compare(
+                &trace(vec![read(0x01, 0x11)]),
+                &trace(vec![read(0x01, 0x20)])
+            ),
+            Verdict::Diverge(_)
+        ));
     }
 
     #[test]

@@ -18,7 +18,9 @@ use irqdiff::trace::{EventKind, Outcome, STORM_LIMIT};
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/properties.txt"))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/properties.txt",
+        ))),
         ..ProptestConfig::default()
     }
 }
@@ -119,12 +121,19 @@ fn model_and_kvm_agree_up_to_documented_divergences() {
                 Verdict::Diverge(d) => {
                     let sig = signature.unwrap();
                     let label = irqdiff::known::label(name, &sig);
-                    assert!(label.is_some(), "{name}: undocumented divergence {sig}: {d}\n{s}\n{}", observed.to_json());
+                    assert!(
+                        label.is_some(),
+                        "{name}: undocumented divergence {sig}: {d}\n{s}\n{}",
+                        observed.to_json()
+                    );
                     known += 1;
                 }
             }
         }
         eprintln!("{name}: {agree} agree, {known} documented divergences, {inconclusive} inconclusive, of 200");
-        assert!(inconclusive < 40, "{name}: too many inconclusive runs ({inconclusive})");
+        assert!(
+            inconclusive < 40,
+            "{name}: too many inconclusive runs ({inconclusive})"
+        );
     }
 }

@@ -98,6 +98,17 @@ pub fn catalogue() -> Vec<BackendInfo> {
             availability: kvm_probe(true),
         },
         BackendInfo {
+            name: "hvf",
+            description:
+                "macOS Hypervisor.framework, in-kernel APIC, IOAPIC and PIC (HV_VM_ACCEL_APIC)",
+            availability: hvf_availability(),
+        },
+        BackendInfo {
+            name: "hvf-split",
+            description: "Hypervisor.framework's APIC with the model's IOAPIC in userspace",
+            availability: hvf_availability(),
+        },
+        BackendInfo {
             name: "sim:QUIRKS",
             description:
                 "the model with named bugs switched on (sim:hvf-known, sim:none, sim:QUIRK,QUIRK)",
@@ -122,7 +133,29 @@ pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
             name: name.into(),
             why: "needs Linux".into(),
         }),
+        "hvf" | "hvf-split" => Err(OpenError::Unavailable {
+            name: name.into(),
+            why: match hvf_availability() {
+                Availability::Unavailable(why) => why,
+                Availability::Available => {
+                    "the Hypervisor.framework backend is not built into this irqdiff".into()
+                }
+            },
+        }),
         other => Err(OpenError::Unknown(other.to_string())),
+    }
+}
+
+/// Hypervisor.framework's APIC API exists on Intel Macs (macOS 12+) only.
+fn hvf_availability() -> Availability {
+    if cfg!(all(target_os = "macos", target_arch = "x86_64")) {
+        Availability::Unavailable(
+            "the Hypervisor.framework backend is not built into this irqdiff yet".into(),
+        )
+    } else {
+        Availability::Unavailable(
+            "needs macOS on Intel (Hypervisor.framework with HV_VM_ACCEL_APIC)".into(),
+        )
     }
 }
 

@@ -41,7 +41,10 @@ pub fn main(args: BenchArgs) -> ExitCode {
         ran = true;
     }
     if !ran {
-        eprintln!("irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, find, minimize, all)", args.which);
+        eprintln!(
+            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, find, minimize, all)",
+            args.which
+        );
         return ExitCode::from(super::EXIT_BAD_INPUT);
     }
     ExitCode::SUCCESS

@@ -140,9 +140,12 @@ pub fn main(args: FuzzArgs) -> ExitCode {
             .dir
             .as_ref()
             .map_or("(already on disk)".to_string(), |d| d.display().to_string());
+        let known = f
+            .known
+            .map_or(String::new(), |k| format!(" [known: {}]", k.id));
         bar.suspend(|| {
             eprintln!(
-                "new finding: {} ({} ops minimised to {}) -> {place}",
+                "new finding: {}{known} ({} ops minimised to {}) -> {place}",
                 f.signature,
                 f.original.ops.len(),
                 f.minimized.ops.len()

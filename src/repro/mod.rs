@@ -19,9 +19,13 @@ pub fn finding_files(finding: &Finding, backend: &str) -> Vec<(&'static str, Str
 /// Expected and observed events side by side, the first difference marked.
 pub fn trace_diff(finding: &Finding, backend: &str) -> String {
     let mut out = format!(
-        "divergence: {}\nsignature:  {}\n\n",
+        "divergence: {}\nsignature:  {}\n",
         finding.divergence, finding.signature
     );
+    if let Some(k) = finding.known {
+        out += &format!("known:      {} ({}, {})\n", k.title, k.id, k.doc);
+    }
+    out += "\n";
     out += &side_by_side(
         &finding.expected,
         &finding.observed,

@@ -1,0 +1,112 @@
+//! The command line: exit codes, messages and output formats.
+
+use std::process::Command;
+
+fn irqdiff(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_irqdiff"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn file(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("irqdiff-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn run_prints_a_readable_trace_and_json() {
+    let f = file("edge.irq", "route 14 vector=0x76\npulse 14\nnop\n");
+    let (code, out, _) = irqdiff(&["run", &f]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "op 1 (pulse 14): deliver 0x76\ncompleted\n");
+    let (code, out, _) = irqdiff(&["run", "--json", &f]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        r#"{"backend":"model","outcome":"completed","events":[{"op":1,"kind":"deliver","vector":118}]}"#
+    );
+}
+
+#[test]
+fn malformed_scenario_exits_2_naming_file_line_and_column() {
+    let good = file("good.irq", "nop\n");
+    let bad = file("bad.irq", "nop\nroute 3 vector=0x20 edge level\n");
+    let (code, out, err) = irqdiff(&["run", &good, &bad]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty(), "nothing runs when a file is bad");
+    assert_eq!(
+        err.trim(),
+        format!("{bad}:2:26: expected one trigger option (`edge` already given), found `level`")
+    );
+}
+
+#[test]
+fn missing_file_and_usage_errors_exit_2() {
+    let (code, _, err) = irqdiff(&["run", "/nonexistent/x.irq"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/x.irq"), "{err}");
+    assert_eq!(irqdiff(&["run"]).0, 2);
+    assert_eq!(irqdiff(&["frobnicate"]).0, 2);
+    let f = file("n.irq", "nop\n");
+    let (code, _, err) = irqdiff(&["run", "--backend", "nosuch", &f]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown backend `nosuch`"), "{err}");
+    let (code, _, err) = irqdiff(&["run", "--backend", "sim:bogus", &f]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown quirk `bogus`"), "{err}");
+}
+
+#[test]
+fn unavailable_backend_exits_3_with_the_reason() {
+    let f = file("u.irq", "nop\n");
+    let (code, _, err) = irqdiff(&["run", "--backend", "hvf", &f]);
+    assert_eq!(code, 3);
+    assert!(err.contains("unavailable"), "{err}");
+}
+
+#[test]
+fn backends_lists_every_backend_with_availability() {
+    let (code, out, _) = irqdiff(&["backends"]);
+    assert_eq!(code, 0);
+    for name in [
+        "model",
+        "kvm",
+        "kvm-split",
+        "hvf",
+        "hvf-split",
+        "sim:QUIRKS",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{out}"
+        );
+    }
+    let hvf = out.lines().find(|l| l.starts_with("hvf ")).unwrap();
+    assert!(hvf.contains("unavailable"), "{hvf}");
+}
+
+#[test]
+fn diff_and_minimize_report_a_divergence_with_exit_1() {
+    let f = file("lm.irq", "handler 0x82: deassert 14; eoi\nroute 14 vector=0x82 level masked\nnop\nassert 14\nnop\nunmask 14\nnop\n");
+    let (code, out, _) = irqdiff(&["diff", &f, "--backend", "sim:level-unmask-no-deliver"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("signature:  missed-delivery caused by unmask (level-unmask-delivers)"),
+        "{out}"
+    );
+    let (code, out, _) = irqdiff(&["minimize", &f, "--backend", "sim:level-unmask-no-deliver"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        out,
+        "route 0 vector=0x20 level masked\nassert 0\nunmask 0\n"
+    );
+    let (code, out, _) = irqdiff(&["diff", &f, "--backend", "sim:none"]);
+    assert_eq!((code, out.lines().last()), (0, Some("agree")));
+}
