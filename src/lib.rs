@@ -7,6 +7,7 @@ pub mod bench;
 pub mod campaign;
 pub mod cli;
 pub mod findings;
+pub mod fuzzing;
 pub mod guest;
 pub mod known;
 pub mod minimize;
