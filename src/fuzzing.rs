@@ -15,7 +15,9 @@ use crate::trace::{Outcome, STORM_LIMIT};
 
 /// `parse`: no input panics the parser; parse → print → parse is the identity.
 pub fn parse(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(s) = parse_scenario(text) {
         let printed = print(&s);
         let again = parse_scenario(&printed).expect("printed scenarios parse");
@@ -26,7 +28,10 @@ pub fn parse(data: &[u8]) {
 /// The scenario an input stands for: an `.irq` text as is (so `scenarios/`
 /// seeds the corpus), anything else through the structured generator.
 fn scenario_of(data: &[u8], cfg: &GenConfig) -> Option<crate::scenario::Scenario> {
-    if let Some(s) = std::str::from_utf8(data).ok().and_then(|t| parse_scenario(t).ok()) {
+    if let Some(s) = std::str::from_utf8(data)
+        .ok()
+        .and_then(|t| parse_scenario(t).ok())
+    {
         if !s.ops.is_empty() {
             return Some(s);
         }
@@ -38,7 +43,15 @@ fn scenario_of(data: &[u8], cfg: &GenConfig) -> Option<crate::scenario::Scenario
 /// generator reads the bytes, so the model's own coverage steers libFuzzer
 /// through interrupt-controller states.
 pub fn model(data: &[u8]) {
-    let Some(s) = scenario_of(data, &GenConfig { max_ops: 64, ..GenConfig::default() }) else { return };
+    let Some(s) = scenario_of(
+        data,
+        &GenConfig {
+            max_ops: 64,
+            ..GenConfig::default()
+        },
+    ) else {
+        return;
+    };
     let (trace, decisions) = ModelBackend::new().run_explained(&s);
     assert!(trace.deliveries().count() <= STORM_LIMIT);
     if trace.outcome == Outcome::Storm {
@@ -49,7 +62,10 @@ pub fn model(data: &[u8]) {
     }
     assert!(trace.events.windows(2).all(|w| w[0].op <= w[1].op));
     let delivered = trace.deliveries().count();
-    assert_eq!(decisions.iter().filter(|d| d.event_index.is_some()).count(), delivered);
+    assert_eq!(
+        decisions.iter().filter(|d| d.event_index.is_some()).count(),
+        delivered
+    );
 }
 
 thread_local! {
@@ -60,11 +76,14 @@ thread_local! {
 /// (so libFuzzer saves the input) on a divergence that is not a documented
 /// behaviour of the backend. Reuses one VM per fuzzing process.
 pub fn diff(backend: &str, data: &[u8]) {
-    let Some(mut s) = scenario_of(data, &GenConfig::default()) else { return };
+    let Some(mut s) = scenario_of(data, &GenConfig::default()) else {
+        return;
+    };
     DIFFER.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().is_none_or(|(name, _)| name != backend) {
-            let differ = Differ::open(backend).unwrap_or_else(|e| panic!("cannot open {backend}: {e}"));
+            let differ =
+                Differ::open(backend).unwrap_or_else(|e| panic!("cannot open {backend}: {e}"));
             *cell = Some((backend.to_string(), differ));
         }
         let (_, differ) = cell.as_mut().expect("opened above");
@@ -72,7 +91,11 @@ pub fn diff(backend: &str, data: &[u8]) {
         let (_, observed, verdict, signature) = differ.diff(&s);
         if let (Verdict::Diverge(d), Some(sig)) = (verdict, signature) {
             if crate::known::label(backend, &sig).is_none() {
-                panic!("divergence on {backend}: {sig}: {d}\n{}\nobserved: {}", print(&s), observed.to_json());
+                panic!(
+                    "divergence on {backend}: {sig}: {d}\n{}\nobserved: {}",
+                    print(&s),
+                    observed.to_json()
+                );
             }
         }
     });

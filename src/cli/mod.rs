@@ -5,6 +5,7 @@
 pub mod backends;
 pub mod bench;
 pub mod diff;
+pub mod emit;
 pub mod fuzz;
 pub mod run;
 
@@ -41,6 +42,9 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Shrink a diverging scenario to a minimal one with the same signature.
     Minimize(diff::DiffArgs),
+    /// Write a scenario as a repro: a standalone C program for KVM, a Rust
+    /// regression test, or a Markdown report.
+    Emit(emit::EmitArgs),
     /// Run the benchmarks and print their figures as JSON.
     Bench(bench::BenchArgs),
 }
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Fuzz(args) => fuzz::main(args),
         Command::Diff(args) => diff::diff(args),
         Command::Minimize(args) => diff::minimize(args),
+        Command::Emit(args) => emit::main(args),
         Command::Bench(args) => bench::main(args),
     }
 }

@@ -1,0 +1,85 @@
+//! `irqdiff emit FILE --as c-kvm|rust-test|report`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::backend::model::ModelBackend;
+use crate::backend::Backend;
+use crate::campaign::{Differ, Finding};
+use crate::oracle::Verdict;
+use crate::repro;
+
+#[derive(Debug, clap::Args)]
+pub struct EmitArgs {
+    /// A scenario file (.irq).
+    pub file: PathBuf,
+    /// What to write: c-kvm, rust-test, report.
+    #[arg(long = "as")]
+    pub format: String,
+    /// The backend the repro is about (rust-test, report).
+    #[arg(long, default_value = "kvm")]
+    pub backend: String,
+}
+
+pub fn main(args: EmitArgs) -> ExitCode {
+    let mut loaded = match super::load(std::slice::from_ref(&args.file)) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let (_, scenario) = loaded.remove(0);
+    match args.format.as_str() {
+        "c-kvm" => {
+            let expected = ModelBackend::new().run_to_trace(&scenario);
+            match repro::c_kvm::emit(&scenario, &expected) {
+                Ok(c) => print!("{c}"),
+                Err(e) => {
+                    eprintln!("irqdiff emit: {}: {e}", args.file.display());
+                    return ExitCode::from(super::EXIT_BAD_INPUT);
+                }
+            }
+        }
+        "rust-test" => {
+            let name = args
+                .file
+                .file_stem()
+                .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+            print!("{}", repro::rust_test(&scenario, &args.backend, &name));
+        }
+        "report" => {
+            let mut differ = match Differ::open(&args.backend) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("irqdiff: {e}");
+                    return ExitCode::from(super::EXIT_UNAVAILABLE);
+                }
+            };
+            let (expected, observed, verdict, signature) = differ.diff(&scenario);
+            let Verdict::Diverge(divergence) = verdict else {
+                eprintln!(
+                    "irqdiff emit: {} does not diverge on {}: nothing to report",
+                    args.file.display(),
+                    args.backend
+                );
+                return ExitCode::from(super::EXIT_BAD_INPUT);
+            };
+            let signature = signature.expect("a divergence has a signature");
+            let finding = Finding {
+                known: crate::known::label(&args.backend, &signature),
+                signature,
+                original: scenario.clone(),
+                minimized: scenario,
+                divergence,
+                expected,
+                observed,
+                dir: None,
+                minimize_runs: 0,
+            };
+            print!("{}", repro::report(&finding, &args.backend));
+        }
+        other => {
+            eprintln!("irqdiff emit: unknown format `{other}` (c-kvm, rust-test, report)");
+            return ExitCode::from(super::EXIT_BAD_INPUT);
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,185 @@
+//! A standalone C program that reproduces a scenario on Linux KVM, the way
+//! the `kvm` backend runs it, with no dependency beyond libc and the kernel
+//! headers: `cc -O2 repro.c -o repro && ./repro`. It embeds the guest stub's
+//! code and the scenario's op table, prints the observed events next to the
+//! expected ones (the model's), and exits 1 if they differ, 0 if they match,
+//! 2 if it could not run. The full in-kernel irqchip only.
+
+use std::fmt::Write;
+
+use crate::guest::layout::*;
+use crate::guest::{table, Image};
+use crate::scenario::{print::print, Op, Scenario};
+use crate::trace::{EventKind, Outcome, Trace};
+
+/// One line per event, the format both the C program and irqdiff print.
+pub fn event_lines(trace: &Trace) -> Vec<String> {
+    let mut lines: Vec<String> = trace
+        .events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::Deliver { vector } => format!("op {} deliver 0x{vector:02x}", e.op),
+            EventKind::Snapshot(s) => {
+                let mut line = format!("op {} snapshot", e.op);
+                for (name, words) in [("irr", &s.irr), ("isr", &s.isr), ("tmr", &s.tmr)] {
+                    line += &format!(" {name}=");
+                    for w in words.iter().rev() {
+                        line += &format!("{w:08x}");
+                    }
+                }
+                let mask = |b: &[bool; 24]| (0..24).fold(0u32, |m, i| m | (u32::from(b[i]) << i));
+                line + &format!(
+                    " tpr={:02x} ppr={:02x} remote_irr={:06x} delivery_status={:06x}",
+                    s.tpr,
+                    s.ppr,
+                    mask(&s.remote_irr),
+                    mask(&s.delivery_status)
+                )
+            }
+            EventKind::Read { space, reg, value } => {
+                let space = match space {
+                    crate::trace::Space::Ioapic => "ioapic",
+                    crate::trace::Space::Lapic => "lapic",
+                };
+                format!("op {} read {space}[0x{reg:x}] = 0x{value:x}", e.op)
+            }
+        })
+        .collect();
+    lines.push(match trace.outcome {
+        Outcome::Completed => "completed".into(),
+        Outcome::Hang => format!("hang at op {}", trace.hang_op.unwrap_or(0)),
+        Outcome::Storm => "storm".into(),
+        Outcome::Error => format!("error: {}", trace.error.as_deref().unwrap_or("")),
+    });
+    lines
+}
+
+fn c_bytes(out: &mut String, name: &str, bytes: &[u8]) {
+    let _ = writeln!(
+        out,
+        "static const unsigned char {name}[{}] = {{",
+        bytes.len().max(1)
+    );
+    for chunk in bytes.chunks(20) {
+        out.push_str("    ");
+        for b in chunk {
+            let _ = write!(out, "0x{b:02x},");
+        }
+        out.push('\n');
+    }
+    if bytes.is_empty() {
+        out.push_str("    0\n");
+    }
+    out.push_str("};\n");
+}
+
+fn c_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Why a scenario cannot be written as a KVM C repro.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error("the C repro covers the full in-kernel irqchip; this scenario asks for irqchip=split")]
+    Split,
+    #[error("{0}")]
+    TooLarge(#[from] table::TooLarge),
+}
+
+/// The C program for `scenario`, with the model's `expected` trace.
+pub fn emit(scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> {
+    if scenario.config.irqchip == crate::scenario::Irqchip::Split {
+        return Err(EmitError::Split);
+    }
+    let image = Image::build();
+    let t = table::encode(scenario)?;
+    let mut c = String::new();
+    c += "/*\n * irqdiff repro for Linux KVM (in-kernel irqchip), generated; no dependency\n";
+    c +=
+        " * beyond libc and the kernel headers.\n *\n *   cc -O2 repro.c -o repro && ./repro\n *\n";
+    c += " * Exit status: 0 the observed events match the expected ones (the model's),\n";
+    c += " * 1 they differ, 2 the program could not run.\n *\n * Scenario (irqdiff .irq format):\n *\n";
+    for line in print(scenario).lines() {
+        let _ = writeln!(c, " *   {}", line.replace("*/", "* /"));
+    }
+    c += " */\n";
+    c += include_str!("c_kvm_prelude.c");
+    let _ = writeln!(
+        c,
+        "static const unsigned long long STUB_ENTRY = 0x{:x}ULL;",
+        image.stub.entry
+    );
+    let _ = writeln!(
+        c,
+        "static const int X2APIC = {};",
+        u8::from(scenario.config.apic == crate::scenario::ApicMode::X2apic)
+    );
+    c_bytes(&mut c, "STUB", &image.stub.code);
+    c += "static const unsigned long long VECTORS[256] = {\n";
+    for chunk in image.stub.vectors.chunks(8) {
+        c += "    ";
+        for v in chunk {
+            let _ = write!(c, "0x{v:x}ULL,");
+        }
+        c += "\n";
+    }
+    c += "};\n";
+    c_bytes(&mut c, "OPS_TABLE", &t.ops);
+    c_bytes(&mut c, "BODY_DIR_TABLE", &t.body_dir);
+    c_bytes(&mut c, "NTH_TABLE_BYTES", &t.nth);
+    c += "/* Host ops by number: kind (0 assert, 1 deassert, 2 pulse, 3 msi), pin, MSI address, data. */\n";
+    let _ = writeln!(
+        c,
+        "static const struct host_op HOST_OPS[{}] = {{",
+        t.host_ops.len().max(1)
+    );
+    for op in &t.host_ops {
+        let line = match *op {
+            Op::Assert(p) => format!("{{0, {}, 0, 0}}", p.get()),
+            Op::Deassert(p) => format!("{{1, {}, 0, 0}}", p.get()),
+            Op::Pulse(p) => format!("{{2, {}, 0, 0}}", p.get()),
+            Op::Msi(m) => {
+                let delivery = match m.delivery {
+                    crate::scenario::MsiDelivery::Fixed => {
+                        crate::model::ioapic::DeliveryMode::Fixed
+                    }
+                    crate::scenario::MsiDelivery::Lowest => {
+                        crate::model::ioapic::DeliveryMode::Lowest
+                    }
+                    crate::scenario::MsiDelivery::Nmi => crate::model::ioapic::DeliveryMode::Nmi,
+                };
+                let addr = crate::model::msi::address(
+                    m.dest,
+                    m.dest_mode == crate::scenario::DestMode::Logical,
+                );
+                let data = crate::model::msi::data(
+                    m.vector,
+                    delivery,
+                    m.trigger == crate::scenario::Trigger::Level,
+                );
+                format!("{{3, 0, 0x{addr:x}, 0x{data:x}}}")
+            }
+            _ => unreachable!("only host ops are in host_ops"),
+        };
+        let _ = writeln!(c, "    {line},");
+    }
+    if t.host_ops.is_empty() {
+        c += "    {0, 0, 0, 0},\n";
+    }
+    c += "};\n";
+    let lines = event_lines(expected);
+    let _ = writeln!(c, "static const char *EXPECTED[{}] = {{", lines.len());
+    for l in &lines {
+        let _ = writeln!(c, "    {},", c_string(l));
+    }
+    c += "};\n";
+    let _ = writeln!(c, "#define N_EXPECTED {}", lines.len());
+    c += include_str!("c_kvm_main.c");
+    // Layout constants the C code relies on, checked here against the stub's.
+    debug_assert_eq!(
+        (CODE, DATA, OPS, LOG, LOG_END),
+        (0x1_0000, 0x2_0000, 0x2_2000, 0x10_0000, 0x30_0000)
+    );
+    debug_assert_eq!((HYPERCALL_PORT, END_PORT), (0x510, 0x511));
+    Ok(c)
+}
