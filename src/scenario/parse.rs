@@ -240,14 +240,17 @@ fn parse_handler(
     keyword: Word,
     s: &mut Scenario,
 ) -> Result<(), ParseError> {
-    let Some(colon) = content.find(':') else {
+    // Byte offsets: the keyword starts after the leading whitespace (which
+    // may hold multi-byte characters, so its column is not a byte index).
+    let head_start = content.len() - content.trim_start().len() + "handler".len();
+    let _ = keyword;
+    let Some(colon) = content[head_start..].find(':').map(|i| head_start + i) else {
         let ws = words(content, 1);
         return Err(line.error(
             ws.get(2).copied(),
             "`:` after the handler's vector (handler VECTOR: OP; ...)",
         ));
     };
-    let head_start = keyword.column - 1 + "handler".len();
     let head = &content[head_start..colon];
     let head_words = words(head, char_column(content, head_start));
     let [key_word] = head_words[..] else {
