@@ -199,6 +199,10 @@ struct Vm {
     routes: Vec<(u32, u32)>,
     /// Pins whose line is (logically) asserted, to lower at reset.
     asserted: u32,
+    /// The last run ended at the stub's end port in xAPIC mode: the
+    /// segments, the APIC base, the 8259s and the MP state are as reset left
+    /// them, so the next reset need not write them again.
+    clean: bool,
 }
 
 fn errno(what: &str) -> impl Fn(kvm_ioctls::Error) -> BackendError + '_ {
@@ -360,6 +364,7 @@ impl Vm {
             ioapic: Ioapic::new(ModelVersion::V20),
             routes: Vec::new(),
             asserted: 0,
+            clean: false,
         })
     }
 
@@ -379,16 +384,21 @@ impl Vm {
                         .map_err(errno("KVM_IRQ_LINE"))?;
                 }
             }
-            for chip in &self.irqchips {
+            // The 8259s are out of the GSI routing and only ever masked by
+            // the stub: after a clean run only the IOAPIC needs restoring.
+            let chips = if self.clean { &self.irqchips[2..] } else { &self.irqchips[..] };
+            for chip in chips {
                 self.vm
                     .set_irqchip(chip)
                     .map_err(errno("KVM_SET_IRQCHIP"))?;
             }
         }
         self.asserted = 0;
-        self.vcpu
-            .set_sregs(&self.sregs)
-            .map_err(errno("KVM_SET_SREGS"))?;
+        if !self.clean {
+            self.vcpu
+                .set_sregs(&self.sregs)
+                .map_err(errno("KVM_SET_SREGS"))?;
+        }
         self.vcpu
             .set_lapic(&self.lapic)
             .map_err(errno("KVM_SET_LAPIC"))?;
@@ -402,11 +412,14 @@ impl Vm {
         self.vcpu
             .set_vcpu_events(&self.events)
             .map_err(errno("KVM_SET_VCPU_EVENTS"))?;
-        self.vcpu
-            .set_mp_state(kvm_mp_state {
-                mp_state: KVM_MP_STATE_RUNNABLE,
-            })
-            .map_err(errno("KVM_SET_MP_STATE"))?;
+        if !self.clean {
+            self.vcpu
+                .set_mp_state(kvm_mp_state {
+                    mp_state: KVM_MP_STATE_RUNNABLE,
+                })
+                .map_err(errno("KVM_SET_MP_STATE"))?;
+        }
+        self.clean = false;
         image.load(
             self.ram.bytes_mut(),
             table,
@@ -638,6 +651,7 @@ impl Backend for KvmBackend {
         timer.set(Duration::ZERO);
         let (end, exits) = result?;
         *last_exits = exits;
+        vm.clean = matches!(end, End::Stub(_)) && scenario.config.apic == crate::scenario::ApicMode::Xapic;
         let (cur_op, log_bytes) = image.read_back(vm.ram.bytes());
         let mut trace = Trace::new(name);
         trace.events = log::decode(log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
