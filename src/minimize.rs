@@ -296,7 +296,7 @@ fn rename_pin(op: &Op, from: Pin, to: Pin) -> Op {
 }
 
 fn is_entry_index(index: u8, pin: Pin) -> bool {
-    index >= 0x10 && index < 0x10 + 2 * PINS && (index - 0x10) / 2 == pin.get()
+    (0x10..0x10 + 2 * PINS).contains(&index) && (index - 0x10) / 2 == pin.get()
 }
 
 fn move_index(index: u8, from: Pin, to: Pin) -> u8 {

@@ -141,10 +141,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
 
     // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
     a.set_label(&mut exec_op)?;
-    let kinds: [(
-        u32,
-        fn(&mut CodeAssembler, &Labels) -> Result<(), IcedError>,
-    ); 16] = [
+    let kinds: [(u32, OpBody); 16] = [
         (kind::ROUTE, op_route),
         (kind::MASK, op_mask),
         (kind::HOST, op_host),
@@ -277,6 +274,9 @@ pub fn assemble() -> Result<Stub, IcedError> {
         vectors,
     })
 }
+
+/// Emits one op kind's body.
+type OpBody = fn(&mut CodeAssembler, &Labels) -> Result<(), IcedError>;
 
 /// Labels the op bodies call.
 struct Labels {

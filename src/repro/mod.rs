@@ -106,12 +106,8 @@ pub fn side_by_side(
     backend: &str,
     mark: Option<usize>,
 ) -> String {
-    let mut out = format!(
-        "{:>3}  {:<44} {}\n",
-        "#",
-        "expected (model)",
-        format!("observed ({backend})")
-    );
+    let observed_title = format!("observed ({backend})");
+    let mut out = format!("{:>3}  {:<44} {observed_title}\n", "#", "expected (model)");
     let n = expected.events.len().max(observed.events.len());
     let cell = |t: &Trace, i: usize| {
         t.events

@@ -91,9 +91,8 @@ impl Line<'_> {
 fn words(text: &str, column: usize) -> Vec<Word<'_>> {
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
-    let mut chars = 0usize;
     let mut start_chars = 0usize;
-    for (i, c) in text.char_indices() {
+    for (chars, (i, c)) in text.char_indices().enumerate() {
         if c.is_whitespace() {
             if let Some(s) = start.take() {
                 out.push(Word {
@@ -105,7 +104,6 @@ fn words(text: &str, column: usize) -> Vec<Word<'_>> {
             start = Some(i);
             start_chars = chars;
         }
-        chars += 1;
     }
     if let Some(s) = start {
         out.push(Word {
