@@ -215,7 +215,8 @@ pub fn run(
                     if options.cases.is_some_and(|n| index >= n) {
                         break;
                     }
-                    let mut scenario = generate::random(case_seed(options.seed, index), &options.generator);
+                    let mut scenario =
+                        generate::random(case_seed(options.seed, index), &options.generator);
                     differ.target.fit(&mut scenario);
                     let (_, observed, verdict, signature) = differ.diff(&scenario);
                     stats.cases.fetch_add(1, Ordering::Relaxed);

@@ -386,7 +386,11 @@ impl Vm {
             }
             // The 8259s are out of the GSI routing and only ever masked by
             // the stub: after a clean run only the IOAPIC needs restoring.
-            let chips = if self.clean { &self.irqchips[2..] } else { &self.irqchips[..] };
+            let chips = if self.clean {
+                &self.irqchips[2..]
+            } else {
+                &self.irqchips[..]
+            };
             for chip in chips {
                 self.vm
                     .set_irqchip(chip)
@@ -651,7 +655,8 @@ impl Backend for KvmBackend {
         timer.set(Duration::ZERO);
         let (end, exits) = result?;
         *last_exits = exits;
-        vm.clean = matches!(end, End::Stub(_)) && scenario.config.apic == crate::scenario::ApicMode::Xapic;
+        vm.clean =
+            matches!(end, End::Stub(_)) && scenario.config.apic == crate::scenario::ApicMode::Xapic;
         let (cur_op, log_bytes) = image.read_back(vm.ram.bytes());
         let mut trace = Trace::new(name);
         trace.events = log::decode(log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
@@ -850,22 +855,7 @@ fn perform(vm: &mut Vm, op: &Op) -> std::result::Result<(), String> {
             drive(vm, pin.get(), false)
         }
         Op::Msi(m) => {
-            let msg = InterruptMessage {
-                vector: m.vector,
-                delivery: match m.delivery {
-                    crate::scenario::MsiDelivery::Fixed => {
-                        crate::model::ioapic::DeliveryMode::Fixed
-                    }
-                    crate::scenario::MsiDelivery::Lowest => {
-                        crate::model::ioapic::DeliveryMode::Lowest
-                    }
-                    crate::scenario::MsiDelivery::Nmi => crate::model::ioapic::DeliveryMode::Nmi,
-                },
-                logical: m.dest_mode == crate::scenario::DestMode::Logical,
-                dest: m.dest as u32,
-                level: m.trigger == crate::scenario::Trigger::Level,
-                rule: crate::model::Rule::MsiDelivers,
-            };
+            let msg = m.message();
             let mut sink = MsiSink {
                 vm: &vm.vm,
                 failure: None,

@@ -10,17 +10,12 @@
 //! shadow.
 
 use super::{Backend, Result};
-use crate::model::ioapic::{
-    DeliveryMode as ModelDelivery, InterruptMessage, IOEOI, IOREGSEL, IOWIN,
-};
+use crate::model::ioapic::{IOEOI, IOREGSEL, IOWIN};
 use crate::model::lapic::reg;
 use crate::model::machine::Interrupt;
 use crate::model::{IoapicVersion as ModelIoapicVersion, Machine, MachineConfig, Quirks, Rule};
 use crate::oracle::Divergence;
-use crate::scenario::{
-    ApicMode, DeliveryMode, DestMode, IoapicVersion, Irqchip, MsiDelivery, Op, Polarity, Scenario,
-    Trigger,
-};
+use crate::scenario::{ApicMode, IoapicVersion, Irqchip, Op, Scenario};
 use crate::trace::{Event, EventKind, Outcome, Snapshot, Space, Trace, STORM_LIMIT};
 
 /// Handler nesting deeper than this cannot happen within the storm limit,
@@ -207,15 +202,9 @@ impl<'s> Run<'s> {
         };
         match *op {
             Op::Route { pin, route } => {
-                let low = route.vector as u32
-                    | (delivery_bits(route.delivery) as u32) << 8
-                    | u32::from(route.dest_mode == DestMode::Logical) << 11
-                    | u32::from(route.polarity == Polarity::Low) << 13
-                    | u32::from(route.trigger == Trigger::Level) << 15
-                    | u32::from(route.masked) << 16;
                 // The format: the high dword first, then the low dword.
-                write_register(m, 0x11 + 2 * pin.get(), (route.dest as u32) << 24);
-                write_register(m, 0x10 + 2 * pin.get(), low);
+                write_register(m, 0x11 + 2 * pin.get(), route.high_dword());
+                write_register(m, 0x10 + 2 * pin.get(), route.low_dword());
             }
             Op::Mask(pin) | Op::Unmask(pin) => {
                 let index = 0x10 + 2 * pin.get();
@@ -234,19 +223,7 @@ impl<'s> Run<'s> {
                 m.set_irq(pin.get() as usize, false);
             }
             Op::Msi(msi) => {
-                let msg = InterruptMessage {
-                    vector: msi.vector,
-                    delivery: match msi.delivery {
-                        MsiDelivery::Fixed => ModelDelivery::Fixed,
-                        MsiDelivery::Lowest => ModelDelivery::Lowest,
-                        MsiDelivery::Nmi => ModelDelivery::Nmi,
-                    },
-                    logical: msi.dest_mode == DestMode::Logical,
-                    dest: msi.dest as u32,
-                    level: msi.trigger == Trigger::Level,
-                    rule: Rule::MsiDelivers,
-                };
-                m.message(&msg);
+                m.message(&msi.message());
             }
             Op::Eoi => m
                 .lapic_write(reg::EOI, 0)
@@ -437,17 +414,6 @@ impl<'s> Run<'s> {
                 cause: self.current,
             });
         }
-    }
-}
-
-fn delivery_bits(mode: DeliveryMode) -> u8 {
-    match mode {
-        DeliveryMode::Fixed => 0,
-        DeliveryMode::Lowest => 1,
-        DeliveryMode::Smi => 2,
-        DeliveryMode::Nmi => 4,
-        DeliveryMode::Init => 5,
-        DeliveryMode::ExtInt => 7,
     }
 }
 

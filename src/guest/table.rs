@@ -6,7 +6,7 @@
 //! which the VMM performs when the stub signals it.
 
 use super::layout::{BODY_DIR, NTH_TABLE, NTH_TABLE_END, OPS, OPS_END};
-use crate::scenario::{DeliveryMode, DestMode, Op, Polarity, Scenario, Trigger};
+use crate::scenario::{Op, Scenario};
 
 /// Op kinds of the stub's interpreter.
 pub mod kind {
@@ -56,24 +56,6 @@ pub struct Table {
 #[error("the scenario is too large for the guest's op table ({0})")]
 pub struct TooLarge(&'static str);
 
-/// The low dword of a redirection entry as `route` writes it (82093AA §3.2.4).
-pub fn route_low(route: &crate::scenario::Route) -> u32 {
-    let delivery: u32 = match route.delivery {
-        DeliveryMode::Fixed => 0,
-        DeliveryMode::Lowest => 1,
-        DeliveryMode::Smi => 2,
-        DeliveryMode::Nmi => 4,
-        DeliveryMode::Init => 5,
-        DeliveryMode::ExtInt => 7,
-    };
-    route.vector as u32
-        | delivery << 8
-        | u32::from(route.dest_mode == DestMode::Logical) << 11
-        | u32::from(route.polarity == Polarity::Low) << 13
-        | u32::from(route.trigger == Trigger::Level) << 15
-        | u32::from(route.masked) << 16
-}
-
 fn word(out: &mut Vec<u8>, words: [u32; 4]) {
     for w in words {
         out.extend_from_slice(&w.to_le_bytes());
@@ -85,7 +67,7 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<Op>) {
     let w = match *op {
         Op::Route { pin, route } => {
             let high = 0x11 + 2 * pin.get() as u32;
-            [ROUTE, high, (route.dest as u32) << 24, route_low(&route)]
+            [ROUTE, high, route.high_dword(), route.low_dword()]
         }
         Op::Mask(pin) => [MASK, 0x10 + 2 * pin.get() as u32, 1, 0],
         Op::Unmask(pin) => [MASK, 0x10 + 2 * pin.get() as u32, 0, 0],

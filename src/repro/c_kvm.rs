@@ -139,24 +139,7 @@ pub fn emit(scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> 
             Op::Deassert(p) => format!("{{1, {}, 0, 0}}", p.get()),
             Op::Pulse(p) => format!("{{2, {}, 0, 0}}", p.get()),
             Op::Msi(m) => {
-                let delivery = match m.delivery {
-                    crate::scenario::MsiDelivery::Fixed => {
-                        crate::model::ioapic::DeliveryMode::Fixed
-                    }
-                    crate::scenario::MsiDelivery::Lowest => {
-                        crate::model::ioapic::DeliveryMode::Lowest
-                    }
-                    crate::scenario::MsiDelivery::Nmi => crate::model::ioapic::DeliveryMode::Nmi,
-                };
-                let addr = crate::model::msi::address(
-                    m.dest,
-                    m.dest_mode == crate::scenario::DestMode::Logical,
-                );
-                let data = crate::model::msi::data(
-                    m.vector,
-                    delivery,
-                    m.trigger == crate::scenario::Trigger::Level,
-                );
+                let (addr, data) = m.address_data();
                 format!("{{3, 0, 0x{addr:x}, 0x{data:x}}}")
             }
             _ => unreachable!("only host ops are in host_ops"),

@@ -137,6 +137,33 @@ pub struct Route {
     pub delivery: DeliveryMode,
 }
 
+impl Route {
+    /// The redirection entry's low dword (82093AA §3.2.4): vector 7:0,
+    /// delivery mode 10:8, destination mode 11, polarity 13, trigger 15,
+    /// mask 16.
+    pub fn low_dword(&self) -> u32 {
+        let delivery: u32 = match self.delivery {
+            DeliveryMode::Fixed => 0,
+            DeliveryMode::Lowest => 1,
+            DeliveryMode::Smi => 2,
+            DeliveryMode::Nmi => 4,
+            DeliveryMode::Init => 5,
+            DeliveryMode::ExtInt => 7,
+        };
+        self.vector as u32
+            | delivery << 8
+            | u32::from(self.dest_mode == DestMode::Logical) << 11
+            | u32::from(self.polarity == Polarity::Low) << 13
+            | u32::from(self.trigger == Trigger::Level) << 15
+            | u32::from(self.masked) << 16
+    }
+
+    /// The high dword: the destination in bits 63:56.
+    pub fn high_dword(&self) -> u32 {
+        (self.dest as u32) << 24
+    }
+}
+
 /// One MSI, as injected by `msi`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
 pub struct Msi {
@@ -145,6 +172,34 @@ pub struct Msi {
     pub dest_mode: DestMode,
     pub trigger: Trigger,
     pub delivery: MsiDelivery,
+}
+
+impl Msi {
+    /// The interrupt message this MSI carries (SDM §11.11).
+    pub fn message(&self) -> irqdiff_model::InterruptMessage {
+        use irqdiff_model::ioapic::DeliveryMode as Mode;
+        irqdiff_model::InterruptMessage {
+            vector: self.vector,
+            delivery: match self.delivery {
+                MsiDelivery::Fixed => Mode::Fixed,
+                MsiDelivery::Lowest => Mode::Lowest,
+                MsiDelivery::Nmi => Mode::Nmi,
+            },
+            logical: self.dest_mode == DestMode::Logical,
+            dest: self.dest as u32,
+            level: self.trigger == Trigger::Level,
+            rule: irqdiff_model::Rule::MsiDelivers,
+        }
+    }
+
+    /// The MSI address and data words (SDM §11.11.1, §11.11.2).
+    pub fn address_data(&self) -> (u64, u32) {
+        let m = self.message();
+        (
+            irqdiff_model::msi::address(self.dest, m.logical),
+            irqdiff_model::msi::data(m.vector, m.delivery, m.level),
+        )
+    }
 }
 
 /// One operation. Guest ops are executed by the guest stub, host ops by the
