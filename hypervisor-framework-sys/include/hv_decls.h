@@ -1,0 +1,124 @@
+/* Generated from hypervisor-framework-sys (the same table as the Rust FFI):
+* the subset of Apple's Hypervisor.framework x86_64 headers that irqdiff's
+* C repros use. On macOS, include <Hypervisor/Hypervisor.h> instead. */
+#ifndef IRQDIFF_HV_DECLS_H
+#define IRQDIFF_HV_DECLS_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef int hv_return_t;
+typedef uint64_t hv_vm_options_t;
+typedef uint64_t hv_vcpu_options_t;
+typedef uint64_t hv_memory_flags_t;
+typedef unsigned hv_vcpuid_t;
+typedef uint64_t hv_gpaddr_t;
+typedef const void *hv_uvaddr_t;
+typedef uint32_t hv_x86_reg_t;
+typedef uint32_t hv_vm_exitinfo_t;
+typedef uint64_t hv_apic_ctrl_t;
+typedef uint32_t hv_apic_intr_trigger_t;
+typedef struct { uint32_t version; struct { uint64_t rtbl[32]; uint32_t irr; uint32_t ioa_id; uint32_t ioregsel; } state; } hv_ioapic_state_ext_t;
+
+#define HV_SUCCESS 0x0ULL
+#define HV_VM_ACCEL_APIC 0x400ULL
+#define HV_MEMORY_READ 0x1ULL
+#define HV_MEMORY_WRITE 0x2ULL
+#define HV_MEMORY_EXEC 0x4ULL
+#define HV_VM_EXITINFO_VMX 0x1ULL
+#define HV_VM_EXITINFO_IOAPIC_EOI 0x4ULL
+#define HV_VM_EXITINFO_APIC_ACCESS_READ 0x7ULL
+#define HV_APIC_CTRL_IOAPIC_EOI 0x8ULL
+#define HV_X86_RIP 0x0ULL
+#define HV_X86_RFLAGS 0x1ULL
+#define HV_X86_RAX 0x2ULL
+#define HV_X86_RSP 0x8ULL
+#define VMCS_RO_EXIT_REASON 0x4402ULL
+#define VMCS_RO_EXIT_QUALIFIC 0x6400ULL
+#define VMCS_RO_VMEXIT_INSTR_LEN 0x440cULL
+#define VMCS_GUEST_PHYSICAL_ADDRESS 0x2400ULL
+#define VMX_REASON_IO 0x1eULL
+#define VMX_REASON_APIC_ACCESS 0x2cULL
+#define VMX_REASON_EPT_VIOLATION 0x30ULL
+#define HV_DEADLINE_FOREVER (~0ULL)
+
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vm_create(hv_vm_options_t flags);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vm_destroy(void);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vm_map(hv_uvaddr_t uva, hv_gpaddr_t gpa, size_t size, hv_memory_flags_t flags);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vm_unmap(hv_gpaddr_t gpa, size_t size);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vm_protect(hv_gpaddr_t gpa, size_t size, hv_memory_flags_t flags);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vcpu_create(hv_vcpuid_t * vcpu, hv_vcpu_options_t flags);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vcpu_destroy(hv_vcpuid_t vcpu);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vcpu_read_register(hv_vcpuid_t vcpu, hv_x86_reg_t reg, uint64_t * value);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vcpu_write_register(hv_vcpuid_t vcpu, hv_x86_reg_t reg, uint64_t value);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vcpu_read_msr(hv_vcpuid_t vcpu, uint32_t msr, uint64_t * value);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vcpu_write_msr(hv_vcpuid_t vcpu, uint32_t msr, uint64_t value);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vcpu_enable_native_msr(hv_vcpuid_t vcpu, uint32_t msr, bool enable);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vcpu_run(hv_vcpuid_t vcpu);
+/* hv.h, macOS 10.15 */
+extern hv_return_t hv_vcpu_run_until(hv_vcpuid_t vcpu, uint64_t deadline);
+/* hv.h, macOS 10.10 */
+extern hv_return_t hv_vcpu_interrupt(hv_vcpuid_t * vcpus, unsigned int vcpu_count);
+/* hv_vmx.h, macOS 10.10 */
+extern hv_return_t hv_vmx_vcpu_read_vmcs(hv_vcpuid_t vcpu, uint32_t field, uint64_t * value);
+/* hv_vmx.h, macOS 10.10 */
+extern hv_return_t hv_vmx_vcpu_write_vmcs(hv_vcpuid_t vcpu, uint32_t field, uint64_t value);
+/* hv_vmx.h, macOS 10.10 */
+extern hv_return_t hv_vmx_read_capability(uint32_t field, uint64_t * value);
+/* hv_vmx.h, macOS 10.10 */
+extern hv_return_t hv_vmx_vcpu_set_apic_address(hv_vcpuid_t vcpu, hv_gpaddr_t gpa);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_exit_info(hv_vcpuid_t vcpu, hv_vm_exitinfo_t * code);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_exit_ioapic_eoi(hv_vcpuid_t vcpu, uint8_t * vec);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_exit_apic_access_read(hv_vcpuid_t vcpu, uint32_t * value);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_apic_read(hv_vcpuid_t vcpu, uint32_t offset, uint32_t * data);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_apic_write(hv_vcpuid_t vcpu, uint32_t offset, uint32_t data, bool * no_side_effect);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_apic_ctrl(hv_vcpuid_t vcpu, hv_apic_ctrl_t ctrls);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_lapic_msi(uint64_t addr, uint64_t data);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_lapic_set_intr(hv_vcpuid_t vcpu, uint8_t vector, hv_apic_intr_trigger_t trig);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_send_ioapic_intr(uint64_t data);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_ioapic_read(hv_gpaddr_t gpa, uint32_t * datap);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_ioapic_write(hv_gpaddr_t gpa, uint32_t data);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_ioapic_assert_irq(int intin);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_ioapic_deassert_irq(int intin);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_ioapic_pulse_irq(int intin);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_ioapic_get_state(hv_ioapic_state_ext_t * state);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_ioapic_put_state(const hv_ioapic_state_ext_t * state);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_atpic_assert_irq(int irq);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_atpic_deassert_irq(int irq);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_atpic_port_read(int port, uint8_t * valuep);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vm_atpic_port_write(int port, uint8_t value);
+
+#endif
