@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::backend::{self, model::ModelBackend, Backend};
+use crate::backend::{self, model::ModelBackend};
 use crate::campaign::{case_seed, Differ};
 use crate::model::Quirks;
 use crate::scenario::generate::{random, GenConfig};
@@ -74,6 +74,7 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
         }
     }
     let elapsed = start.elapsed();
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut report = json!({
         "benchmark": "backend-throughput",
         "backend": name,
@@ -89,7 +90,7 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
         // Exits per scenario, measured on the same scenarios.
         let mut exits = 0u64;
         for s in &scenarios {
-            let _ = kvm.run_to_trace(s);
+            let _ = crate::backend::Backend::run_to_trace(&mut kvm, s);
             exits += kvm.last_exits;
         }
         let per_exit = elapsed.as_secs_f64() / exits as f64;

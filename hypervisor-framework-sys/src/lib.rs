@@ -254,8 +254,14 @@ pub fn c_declarations() -> String {
         ("HV_MEMORY_WRITE", HV_MEMORY_WRITE),
         ("HV_MEMORY_EXEC", HV_MEMORY_EXEC),
         ("HV_VM_EXITINFO_VMX", HV_VM_EXITINFO_VMX as u64),
-        ("HV_VM_EXITINFO_IOAPIC_EOI", HV_VM_EXITINFO_IOAPIC_EOI as u64),
-        ("HV_VM_EXITINFO_APIC_ACCESS_READ", HV_VM_EXITINFO_APIC_ACCESS_READ as u64),
+        (
+            "HV_VM_EXITINFO_IOAPIC_EOI",
+            HV_VM_EXITINFO_IOAPIC_EOI as u64,
+        ),
+        (
+            "HV_VM_EXITINFO_APIC_ACCESS_READ",
+            HV_VM_EXITINFO_APIC_ACCESS_READ as u64,
+        ),
         ("HV_APIC_CTRL_IOAPIC_EOI", HV_APIC_CTRL_IOAPIC_EOI),
         ("HV_X86_RIP", HV_X86_RIP as u64),
         ("HV_X86_RFLAGS", HV_X86_RFLAGS as u64),
@@ -264,7 +270,10 @@ pub fn c_declarations() -> String {
         ("VMCS_RO_EXIT_REASON", VMCS_RO_EXIT_REASON as u64),
         ("VMCS_RO_EXIT_QUALIFIC", VMCS_RO_EXIT_QUALIFIC as u64),
         ("VMCS_RO_VMEXIT_INSTR_LEN", VMCS_RO_VMEXIT_INSTR_LEN as u64),
-        ("VMCS_GUEST_PHYSICAL_ADDRESS", VMCS_GUEST_PHYSICAL_ADDRESS as u64),
+        (
+            "VMCS_GUEST_PHYSICAL_ADDRESS",
+            VMCS_GUEST_PHYSICAL_ADDRESS as u64,
+        ),
         ("VMX_REASON_IO", VMX_REASON_IO as u64),
         ("VMX_REASON_APIC_ACCESS", VMX_REASON_APIC_ACCESS as u64),
         ("VMX_REASON_EPT_VIOLATION", VMX_REASON_EPT_VIOLATION as u64),
@@ -277,9 +286,16 @@ pub fn c_declarations() -> String {
         let params = if f.params.is_empty() {
             "void".to_string()
         } else {
-            f.params.iter().map(|(ty, name)| format!("{ty} {name}")).collect::<Vec<_>>().join(", ")
+            f.params
+                .iter()
+                .map(|(ty, name)| format!("{ty} {name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        h += &format!("/* {}, macOS {} */\nextern {} {}({params});\n", f.header, f.since, f.ret, f.name);
+        h += &format!(
+            "/* {}, macOS {} */\nextern {} {}({params});\n",
+            f.header, f.since, f.ret, f.name
+        );
     }
     h += "\n#endif\n";
     h
@@ -292,20 +308,44 @@ mod tests {
     #[test]
     fn committed_header_matches_the_declarations() {
         let committed = include_str!("../include/hv_decls.h");
-        assert_eq!(committed, c_declarations(), "run `cargo run -p hypervisor-framework-sys --example write-header`");
+        assert_eq!(
+            committed,
+            c_declarations(),
+            "run `cargo run -p hypervisor-framework-sys --example write-header`"
+        );
     }
 
     #[test]
     fn every_call_the_issue_lists_is_declared() {
         for name in [
-            "hv_vm_create", "hv_vm_map", "hv_vcpu_create", "hv_vcpu_run_until", "hv_vcpu_exit_info",
-            "hv_vcpu_read_register", "hv_vmx_vcpu_read_vmcs", "hv_vcpu_apic_read", "hv_vcpu_apic_write",
-            "hv_vcpu_apic_ctrl", "hv_vcpu_exit_ioapic_eoi", "hv_vmx_vcpu_set_apic_address", "hv_vm_lapic_msi",
-            "hv_vm_send_ioapic_intr", "hv_vm_ioapic_read", "hv_vm_ioapic_write", "hv_vm_ioapic_assert_irq",
-            "hv_vm_ioapic_deassert_irq", "hv_vm_ioapic_pulse_irq", "hv_vm_atpic_port_read", "hv_vm_atpic_port_write",
-            "hv_vm_atpic_assert_irq", "hv_vm_atpic_deassert_irq",
+            "hv_vm_create",
+            "hv_vm_map",
+            "hv_vcpu_create",
+            "hv_vcpu_run_until",
+            "hv_vcpu_exit_info",
+            "hv_vcpu_read_register",
+            "hv_vmx_vcpu_read_vmcs",
+            "hv_vcpu_apic_read",
+            "hv_vcpu_apic_write",
+            "hv_vcpu_apic_ctrl",
+            "hv_vcpu_exit_ioapic_eoi",
+            "hv_vmx_vcpu_set_apic_address",
+            "hv_vm_lapic_msi",
+            "hv_vm_send_ioapic_intr",
+            "hv_vm_ioapic_read",
+            "hv_vm_ioapic_write",
+            "hv_vm_ioapic_assert_irq",
+            "hv_vm_ioapic_deassert_irq",
+            "hv_vm_ioapic_pulse_irq",
+            "hv_vm_atpic_port_read",
+            "hv_vm_atpic_port_write",
+            "hv_vm_atpic_assert_irq",
+            "hv_vm_atpic_deassert_irq",
         ] {
-            let f = FUNCTIONS.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("{name} missing"));
+            let f = FUNCTIONS
+                .iter()
+                .find(|f| f.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"));
             assert!(!f.header.is_empty() && !f.since.is_empty());
         }
     }
@@ -315,9 +355,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hv-decls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let src = dir.join("check.c");
-        std::fs::write(&src, format!("{}\nint main(void) {{ return 0; }}\n", c_declarations())).unwrap();
-        match std::process::Command::new("cc").args(["-fsyntax-only", "-Wall", "-Werror"]).arg(&src).output() {
-            Ok(out) => assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr)),
+        std::fs::write(
+            &src,
+            format!("{}\nint main(void) {{ return 0; }}\n", c_declarations()),
+        )
+        .unwrap();
+        match std::process::Command::new("cc")
+            .args(["-fsyntax-only", "-Wall", "-Werror"])
+            .arg(&src)
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
             Err(_) => eprintln!("SKIPPED header_is_valid_c: no C compiler"),
         }
         let _ = std::fs::remove_dir_all(dir);

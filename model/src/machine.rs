@@ -238,14 +238,27 @@ impl Machine {
     /// §11.8.5: the EOI clears the highest ISR bit and, for a level vector,
     /// is broadcast to the IOAPIC.
     fn end_of_interrupt(&mut self) {
-        let (broadcast, rule) = self.lapic.end_of_interrupt();
-        let vector = broadcast.unwrap_or(0);
-        self.log.push(rule, vector);
-        let Some(vector) = broadcast else { return };
+        let Some(vector) = self.local_eoi() else {
+            return;
+        };
         if self.config.split && self.config.quirks.contains(Quirks::SPLIT_EOI_LOST) {
             self.log.push(Rule::Quirk, vector);
             return;
         }
+        self.ioapic_eoi(vector);
+    }
+
+    /// The local APIC's half of an EOI (§11.8.5): clears the highest ISR bit
+    /// and returns the vector to broadcast, without broadcasting it. For
+    /// VMMs that route the broadcast themselves (a userspace IOAPIC).
+    pub fn local_eoi(&mut self) -> Option<u8> {
+        let (broadcast, rule) = self.lapic.end_of_interrupt();
+        self.log.push(rule, broadcast.unwrap_or(0));
+        broadcast
+    }
+
+    /// An EOI broadcast for `vector` reaching this machine's IOAPIC.
+    pub fn ioapic_eoi(&mut self, vector: u8) {
         let (ioapic, mut bus) = self.parts();
         ioapic.eoi(vector, &mut bus);
     }

@@ -73,6 +73,7 @@ pub enum OpenError {
     Invalid { name: String, why: String },
 }
 
+pub mod hvf;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 pub mod model;
@@ -122,6 +123,16 @@ pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
     if let Some(spec) = name.strip_prefix("sim:") {
         return Ok(Box::new(sim::SimBackend::open(spec)?));
     }
+    // `hvf` and `hvf-split`, optionally with `:WORKAROUND,...`.
+    let (base, workarounds) = name.split_once(':').unwrap_or((name, ""));
+    if base == "hvf" || base == "hvf-split" {
+        let workarounds =
+            hvf::parse_workarounds(workarounds).map_err(|why| OpenError::Invalid {
+                name: name.into(),
+                why,
+            })?;
+        return open_hvf(name, base == "hvf-split", workarounds);
+    }
     match name {
         "model" => Ok(Box::new(model::ModelBackend::new())),
         #[cfg(target_os = "linux")]
@@ -133,15 +144,6 @@ pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
             name: name.into(),
             why: "needs Linux".into(),
         }),
-        "hvf" | "hvf-split" => Err(OpenError::Unavailable {
-            name: name.into(),
-            why: match hvf_availability() {
-                Availability::Unavailable(why) => why,
-                Availability::Available => {
-                    "the Hypervisor.framework backend is not built into this irqdiff".into()
-                }
-            },
-        }),
         other => Err(OpenError::Unknown(other.to_string())),
     }
 }
@@ -149,13 +151,43 @@ pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
 /// Hypervisor.framework's APIC API exists on Intel Macs (macOS 12+) only.
 fn hvf_availability() -> Availability {
     if cfg!(all(target_os = "macos", target_arch = "x86_64")) {
-        Availability::Unavailable(
-            "the Hypervisor.framework backend is not built into this irqdiff yet".into(),
-        )
+        Availability::Available
     } else {
         Availability::Unavailable(
             "needs macOS on Intel (Hypervisor.framework with HV_VM_ACCEL_APIC)".into(),
         )
+    }
+}
+
+fn open_hvf(
+    name: &str,
+    split: bool,
+    workarounds: hvf::Workarounds,
+) -> std::result::Result<Box<dyn Backend>, OpenError> {
+    #[cfg(all(target_os = "macos", target_arch = "x86_64"))]
+    {
+        let backend = hvf::HvfBackend::new(
+            hvf::framework::Framework::default(),
+            name,
+            split,
+            workarounds,
+        )
+        .map_err(|e| OpenError::Unavailable {
+            name: name.into(),
+            why: e.to_string(),
+        })?;
+        Ok(Box::new(backend))
+    }
+    #[cfg(not(all(target_os = "macos", target_arch = "x86_64")))]
+    {
+        let _ = (split, workarounds);
+        let Availability::Unavailable(why) = hvf_availability() else {
+            unreachable!("HVF is unavailable here")
+        };
+        Err(OpenError::Unavailable {
+            name: name.into(),
+            why,
+        })
     }
 }
 

@@ -1,0 +1,208 @@
+//! [`Hv`] over the real Hypervisor.framework (Intel Macs, macOS 12+).
+
+use std::time::Duration;
+
+use hypervisor_framework_sys as hv;
+
+use super::api::{Hv, HvError, HvResult, RunEnd};
+
+/// The process's one VM (Hypervisor.framework allows one per process).
+#[derive(Debug, Default)]
+pub struct Framework {
+    created: bool,
+}
+
+fn check(call: &'static str, code: hv::hv_return_t) -> HvResult<()> {
+    if code == hv::HV_SUCCESS {
+        Ok(())
+    } else {
+        Err(HvError { call, code })
+    }
+}
+
+impl Drop for Framework {
+    fn drop(&mut self) {
+        if self.created {
+            // SAFETY: destroys the VM this value created; no vCPU runs now.
+            unsafe { hv::hv_vm_destroy() };
+        }
+    }
+}
+
+impl Hv for Framework {
+    fn create_vm(&mut self, ram: *mut u8, size: usize) -> HvResult<()> {
+        // SAFETY: plain call; the flag is a documented option.
+        check("hv_vm_create", unsafe {
+            hv::hv_vm_create(hv::HV_VM_ACCEL_APIC)
+        })?;
+        self.created = true;
+        let flags = hv::HV_MEMORY_READ | hv::HV_MEMORY_WRITE | hv::HV_MEMORY_EXEC;
+        // SAFETY: `ram` is page-aligned host memory of `size` bytes that the
+        // caller keeps alive for the VM's lifetime.
+        check("hv_vm_map", unsafe {
+            hv::hv_vm_map(ram.cast(), 0, size, flags)
+        })
+    }
+    fn create_vcpu(&mut self) -> HvResult<u32> {
+        let mut vcpu = 0;
+        // SAFETY: `vcpu` is a valid out-pointer; the vCPU belongs to this thread.
+        check("hv_vcpu_create", unsafe {
+            hv::hv_vcpu_create(&mut vcpu, hv::HV_VCPU_DEFAULT)
+        })?;
+        Ok(vcpu)
+    }
+    fn set_apic_address(&mut self, vcpu: u32, gpa: u64) -> HvResult<()> {
+        // SAFETY: plain call on this thread's vCPU.
+        check("hv_vmx_vcpu_set_apic_address", unsafe {
+            hv::hv_vmx_vcpu_set_apic_address(vcpu, gpa)
+        })
+    }
+    fn apic_ctrl(&mut self, vcpu: u32, ctrl: u64) -> HvResult<()> {
+        // SAFETY: plain call on this thread's vCPU.
+        check("hv_vcpu_apic_ctrl", unsafe {
+            hv::hv_vcpu_apic_ctrl(vcpu, ctrl)
+        })
+    }
+    fn read_register(&mut self, vcpu: u32, reg: u32) -> HvResult<u64> {
+        let mut v = 0;
+        // SAFETY: `v` is a valid out-pointer.
+        check("hv_vcpu_read_register", unsafe {
+            hv::hv_vcpu_read_register(vcpu, reg, &mut v)
+        })?;
+        Ok(v)
+    }
+    fn write_register(&mut self, vcpu: u32, reg: u32, value: u64) -> HvResult<()> {
+        // SAFETY: plain call on this thread's vCPU.
+        check("hv_vcpu_write_register", unsafe {
+            hv::hv_vcpu_write_register(vcpu, reg, value)
+        })
+    }
+    fn read_vmcs(&mut self, vcpu: u32, field: u32) -> HvResult<u64> {
+        let mut v = 0;
+        // SAFETY: `v` is a valid out-pointer.
+        check("hv_vmx_vcpu_read_vmcs", unsafe {
+            hv::hv_vmx_vcpu_read_vmcs(vcpu, field, &mut v)
+        })?;
+        Ok(v)
+    }
+    fn write_vmcs(&mut self, vcpu: u32, field: u32, value: u64) -> HvResult<()> {
+        // SAFETY: plain call on this thread's vCPU.
+        check("hv_vmx_vcpu_write_vmcs", unsafe {
+            hv::hv_vmx_vcpu_write_vmcs(vcpu, field, value)
+        })
+    }
+    fn write_msr(&mut self, vcpu: u32, msr: u32, value: u64) -> HvResult<()> {
+        // SAFETY: plain call on this thread's vCPU.
+        check("hv_vcpu_write_msr", unsafe {
+            hv::hv_vcpu_write_msr(vcpu, msr, value)
+        })
+    }
+    fn run_until(&mut self, vcpu: u32, timeout: Duration) -> HvResult<RunEnd> {
+        // The deadline is in mach absolute time; nanoseconds on Intel Macs.
+        extern "C" {
+            fn mach_absolute_time() -> u64;
+        }
+        // SAFETY: mach_absolute_time has no preconditions.
+        let deadline = unsafe { mach_absolute_time() } + timeout.as_nanos() as u64;
+        // SAFETY: plain call on this thread's vCPU.
+        check("hv_vcpu_run_until", unsafe {
+            hv::hv_vcpu_run_until(vcpu, deadline)
+        })?;
+        let reason = self.read_vmcs(vcpu, hv::VMCS_RO_EXIT_REASON)? as u32 & 0xffff;
+        Ok(if reason == hv::VMX_REASON_VMX_TIMER_EXPIRED {
+            RunEnd::Deadline
+        } else {
+            RunEnd::Exit
+        })
+    }
+    fn exit_info(&mut self, vcpu: u32) -> HvResult<u32> {
+        let mut code = 0;
+        // SAFETY: `code` is a valid out-pointer.
+        check("hv_vcpu_exit_info", unsafe {
+            hv::hv_vcpu_exit_info(vcpu, &mut code)
+        })?;
+        Ok(code)
+    }
+    fn exit_ioapic_eoi(&mut self, vcpu: u32) -> HvResult<u8> {
+        let mut vec = 0;
+        // SAFETY: `vec` is a valid out-pointer.
+        check("hv_vcpu_exit_ioapic_eoi", unsafe {
+            hv::hv_vcpu_exit_ioapic_eoi(vcpu, &mut vec)
+        })?;
+        Ok(vec)
+    }
+    fn exit_apic_access_read(&mut self, vcpu: u32) -> HvResult<u32> {
+        let mut v = 0;
+        // SAFETY: `v` is a valid out-pointer.
+        check("hv_vcpu_exit_apic_access_read", unsafe {
+            hv::hv_vcpu_exit_apic_access_read(vcpu, &mut v)
+        })?;
+        Ok(v)
+    }
+    fn apic_read(&mut self, vcpu: u32, offset: u32) -> HvResult<u32> {
+        let mut v = 0;
+        // SAFETY: `v` is a valid out-pointer.
+        check("hv_vcpu_apic_read", unsafe {
+            hv::hv_vcpu_apic_read(vcpu, offset, &mut v)
+        })?;
+        Ok(v)
+    }
+    fn apic_write(&mut self, vcpu: u32, offset: u32, value: u32) -> HvResult<bool> {
+        let mut no_side_effect = true;
+        // SAFETY: `no_side_effect` is a valid out-pointer.
+        check("hv_vcpu_apic_write", unsafe {
+            hv::hv_vcpu_apic_write(vcpu, offset, value, &mut no_side_effect)
+        })?;
+        Ok(no_side_effect)
+    }
+    fn lapic_msi(&mut self, address: u64, data: u64) -> HvResult<()> {
+        // SAFETY: plain VM-wide call.
+        check("hv_vm_lapic_msi", unsafe {
+            hv::hv_vm_lapic_msi(address, data)
+        })
+    }
+    fn send_ioapic_intr(&mut self, entry: u64) -> HvResult<()> {
+        // SAFETY: plain VM-wide call.
+        check("hv_vm_send_ioapic_intr", unsafe {
+            hv::hv_vm_send_ioapic_intr(entry)
+        })
+    }
+    fn ioapic_read(&mut self, gpa: u64) -> HvResult<u32> {
+        let mut v = 0;
+        // SAFETY: `v` is a valid out-pointer.
+        check("hv_vm_ioapic_read", unsafe {
+            hv::hv_vm_ioapic_read(gpa, &mut v)
+        })?;
+        Ok(v)
+    }
+    fn ioapic_write(&mut self, gpa: u64, value: u32) -> HvResult<()> {
+        // SAFETY: plain VM-wide call.
+        check("hv_vm_ioapic_write", unsafe {
+            hv::hv_vm_ioapic_write(gpa, value)
+        })
+    }
+    fn ioapic_assert_irq(&mut self, pin: i32) -> HvResult<()> {
+        // SAFETY: plain VM-wide call.
+        check("hv_vm_ioapic_assert_irq", unsafe {
+            hv::hv_vm_ioapic_assert_irq(pin)
+        })
+    }
+    fn ioapic_deassert_irq(&mut self, pin: i32) -> HvResult<()> {
+        // SAFETY: plain VM-wide call.
+        check("hv_vm_ioapic_deassert_irq", unsafe {
+            hv::hv_vm_ioapic_deassert_irq(pin)
+        })
+    }
+    fn ioapic_pulse_irq(&mut self, pin: i32) -> HvResult<()> {
+        // SAFETY: plain VM-wide call.
+        check("hv_vm_ioapic_pulse_irq", unsafe {
+            hv::hv_vm_ioapic_pulse_irq(pin)
+        })
+    }
+    fn atpic_port_write(&mut self, port: i32, value: u8) -> HvResult<()> {
+        // SAFETY: plain VM-wide call.
+        check("hv_vm_atpic_port_write", unsafe {
+            hv::hv_vm_atpic_port_write(port, value)
+        })
+    }
+}

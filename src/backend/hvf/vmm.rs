@@ -1,0 +1,700 @@
+//! The Hypervisor.framework VMM loop, following the seed report's steps:
+//! create the VM with the APIC accelerated, run with `hv_vcpu_run_until`,
+//! check `hv_vcpu_exit_info` after every exit, forward APIC MMIO to
+//! `hv_vcpu_apic_read`/`write` (with the `no_side_effect` follow-up), forward
+//! IOAPIC MMIO to `hv_vm_ioapic_read`/`write`, drive lines with
+//! assert/deassert/pulse and MSIs with `hv_vm_lapic_msi`. In the split shape
+//! the model's IOAPIC lives here, learns EOIs from
+//! `HV_VM_EXITINFO_IOAPIC_EOI`, and sends with `hv_vm_send_ioapic_intr`.
+//! MMIO instructions are decoded with iced-x86.
+
+use std::time::Duration;
+
+use hypervisor_framework_sys as hv;
+use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
+
+use super::api::{Hv, HvError, RunEnd};
+use crate::backend::{BackendError, Result};
+use crate::guest::layout::{
+    self, EndCode, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, LAPIC_BASE, PING_PORT, RAM_SIZE,
+};
+use crate::guest::{log, table, Image};
+use crate::model::ioapic::{
+    InterruptMessage, InterruptSink, Ioapic, IoapicVersion as ModelVersion,
+};
+use crate::scenario::{ApicMode, IoapicVersion, Irqchip, Op, Scenario};
+use crate::trace::{Outcome, Trace};
+
+bitflags::bitflags! {
+    /// VMM-side workarounds for known HVF bugs, so a user can see in one run
+    /// whether one restores spec behaviour on their macOS version.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Workarounds: u32 {
+        /// On a guest unmask of a level entry whose line the VMM holds
+        /// asserted: deassert, then assert again (the seed author's shadow
+        /// state for FB14425412 issue 1).
+        const REASSERT_ON_UNMASK = 1 << 0;
+        /// After every local APIC EOI write: deassert and re-assert each
+        /// level line the VMM holds asserted (FB14425412 issue 2).
+        const REASSERT_AFTER_EOI = 1 << 1;
+        /// Split shape: after an xAPIC EOI write, ask
+        /// `hv_vcpu_exit_ioapic_eoi` for the vector even when no exit info
+        /// says so (the seed's fallback for FB14425590; no help in x2APIC mode).
+        const XAPIC_EOI_DETECT = 1 << 2;
+    }
+}
+
+/// A run longer than this is a livelocked guest.
+const RUN_LIMIT: Duration = Duration::from_secs(5);
+/// How long one `run_until` may block before the VMM looks for a hang.
+const KICK: Duration = Duration::from_millis(3);
+
+/// The `hvf` / `hvf-split` backend over any [`Hv`].
+pub struct HvfVmm<H: Hv> {
+    hv: H,
+    name: String,
+    force_split: bool,
+    workarounds: Workarounds,
+    image: Image,
+    ram: PageAligned,
+    vcpu: u32,
+    // Per run.
+    split: bool,
+    ioapic: Ioapic,
+    /// The VMM's view of the IOAPIC (full shape): IOREGSEL and each entry's
+    /// low dword, as the guest wrote them (for the workarounds).
+    select: u32,
+    entry_low: [u32; 24],
+    asserted: u32,
+    /// The calls made, in order (for reports).
+    pub calls: Vec<String>,
+}
+
+impl<H: Hv> HvfVmm<H> {
+    pub fn new(
+        mut hv: H,
+        name: &str,
+        force_split: bool,
+        workarounds: Workarounds,
+    ) -> Result<HvfVmm<H>> {
+        let fail = |e: HvError| BackendError::Failed(e.to_string());
+        let image = Image::build();
+        let mut ram = PageAligned::zeroed(RAM_SIZE);
+        image.install(&mut ram);
+        let size = ram.len();
+        hv.create_vm(ram.as_mut_ptr(), size).map_err(fail)?;
+        let vcpu = hv.create_vcpu().map_err(fail)?;
+        hv.set_apic_address(vcpu, LAPIC_BASE).map_err(fail)?;
+        long_mode(&mut hv, vcpu).map_err(fail)?;
+        Ok(HvfVmm {
+            hv,
+            name: name.to_string(),
+            force_split,
+            workarounds,
+            image,
+            ram,
+            vcpu,
+            split: force_split,
+            ioapic: Ioapic::new(ModelVersion::V20),
+            select: 0,
+            entry_low: [1 << 16; 24],
+            asserted: 0,
+            calls: Vec::new(),
+        })
+    }
+
+    pub fn hv(&mut self) -> &mut H {
+        &mut self.hv
+    }
+
+    fn reset(
+        &mut self,
+        scenario: &Scenario,
+        table: &table::Table,
+    ) -> std::result::Result<(), HvError> {
+        let v = self.vcpu;
+        self.split = self.force_split || scenario.config.irqchip == Irqchip::Split;
+        self.ioapic = Ioapic::new(match scenario.config.ioapic {
+            IoapicVersion::V11 => ModelVersion::V11,
+            IoapicVersion::V20 => ModelVersion::V20,
+        });
+        self.hv.apic_ctrl(
+            v,
+            if self.split {
+                hv::HV_APIC_CTRL_IOAPIC_EOI
+            } else {
+                hv::HV_APIC_CTRL_DEFAULT
+            },
+        )?;
+        // Lines low, every in-kernel IOAPIC entry masked with vector 0.
+        for pin in 0..24 {
+            if self.asserted & (1 << pin) != 0 {
+                self.hv.ioapic_deassert_irq(pin)?;
+            }
+            self.hv.ioapic_write(IOAPIC_BASE, 0x10 + 2 * pin as u32)?;
+            self.hv.ioapic_write(IOAPIC_BASE + 0x10, 1 << 16)?;
+        }
+        (self.select, self.entry_low, self.asserted) = (0, [1 << 16; 24], 0);
+        // The local APIC's start state: software-enabled, TPR 0, LVTs masked.
+        self.hv.write_msr(v, 0x1b, LAPIC_BASE | 0x900)?;
+        self.hv.apic_write(v, 0xf0, 0x1ff)?;
+        self.hv.apic_write(v, 0x80, 0)?;
+        for lvt in [0x320, 0x330, 0x340, 0x350, 0x360, 0x370] {
+            self.hv.apic_write(v, lvt, 1 << 16)?;
+        }
+        self.hv
+            .write_register(v, hv::HV_X86_RIP, self.image.stub.entry)?;
+        self.hv
+            .write_register(v, hv::HV_X86_RSP, layout::STACK_TOP)?;
+        self.hv.write_register(v, hv::HV_X86_RFLAGS, 0x202)?;
+        self.image.load(
+            &mut self.ram,
+            table,
+            scenario.config.apic == ApicMode::X2apic,
+        );
+        self.calls.clear();
+        Ok(())
+    }
+
+    /// Runs one scenario.
+    pub fn run_scenario(&mut self, scenario: &Scenario) -> Result<Trace> {
+        let table =
+            table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
+        self.reset(scenario, &table)
+            .map_err(|e| BackendError::Failed(e.to_string()))?;
+        let end = match self.run_loop(&table) {
+            Ok(end) => end,
+            Err(e) => End::Error(e.to_string()),
+        };
+        let (cur_op, log_bytes) = self.image.read_back(&self.ram);
+        let mut trace = Trace::new(self.name.clone());
+        trace.events = log::decode(log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        match end {
+            End::Stub(EndCode::Completed) => {}
+            End::Stub(EndCode::Storm) => trace.outcome = Outcome::Storm,
+            End::Stub(EndCode::LogFull) => {
+                return Err(BackendError::Failed("the guest's event log is full".into()))
+            }
+            End::Hang => {
+                trace.outcome = Outcome::Hang;
+                trace.hang_op = Some(cur_op);
+            }
+            End::Error(message) => {
+                trace.outcome = Outcome::Error;
+                trace.error = Some(format!("{message} (during op {cur_op})"));
+            }
+        }
+        Ok(trace)
+    }
+
+    fn run_loop(&mut self, table: &table::Table) -> std::result::Result<End, HvError> {
+        let v = self.vcpu;
+        let started = std::time::Instant::now();
+        let mut halted = 0;
+        loop {
+            if started.elapsed() > RUN_LIMIT {
+                return Ok(End::Error(format!(
+                    "the guest did not finish within {RUN_LIMIT:?}"
+                )));
+            }
+            if self.hv.run_until(v, KICK)? == RunEnd::Deadline {
+                // With HV_VM_ACCEL_APIC an idle HLT blocks in the kernel.
+                let activity = self.hv.read_vmcs(v, hv::VMCS_GUEST_ACTIVITY_STATE)?;
+                halted = if activity == 1 { halted + 1 } else { 0 };
+                if halted >= 2 {
+                    return Ok(End::Hang);
+                }
+                continue;
+            }
+            halted = 0;
+            // Seed step 2: the exit info first, after every exit.
+            match self.hv.exit_info(v)? {
+                hv::HV_VM_EXITINFO_VMX => {
+                    if let Some(end) = self.vmx_exit(table)? {
+                        return Ok(end);
+                    }
+                }
+                hv::HV_VM_EXITINFO_APIC_ACCESS_READ => {
+                    let rip = self.hv.read_register(v, hv::HV_X86_RIP)?;
+                    let Some(access) = self.decode(rip) else {
+                        return Ok(End::Error(format!(
+                            "cannot decode the APIC read at {rip:#x}"
+                        )));
+                    };
+                    let value = self.hv.exit_apic_access_read(v)?;
+                    self.complete_read(&access, value, rip)?;
+                }
+                hv::HV_VM_EXITINFO_IOAPIC_EOI => {
+                    let vector = self.hv.exit_ioapic_eoi(v)?;
+                    self.userspace_eoi(vector)?;
+                }
+                other => return Ok(End::Error(format!("unexpected exit info {other}"))),
+            }
+        }
+    }
+
+    /// A `HV_VM_EXITINFO_VMX` exit: the exit reason says what it was.
+    fn vmx_exit(&mut self, table: &table::Table) -> std::result::Result<Option<End>, HvError> {
+        let v = self.vcpu;
+        let reason = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_REASON)? as u32 & 0xffff;
+        let rip = self.hv.read_register(v, hv::HV_X86_RIP)?;
+        match reason {
+            hv::VMX_REASON_IO => {
+                let qual = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_QUALIFIC)?;
+                let port = (qual >> 16) as u16;
+                let value = self.hv.read_register(v, hv::HV_X86_RAX)? as u32;
+                let len = self.hv.read_vmcs(v, hv::VMCS_RO_VMEXIT_INSTR_LEN)?;
+                self.hv.write_register(v, hv::HV_X86_RIP, rip + len)?;
+                match port {
+                    HYPERCALL_PORT => {
+                        let Some(op) = table.host_ops.get(value as usize).copied() else {
+                            return Ok(Some(End::Error(format!(
+                                "the guest asked for host op {value}, which does not exist"
+                            ))));
+                        };
+                        self.host_op(&op)?;
+                    }
+                    END_PORT => {
+                        return Ok(Some(EndCode::from_u32(value).map_or_else(
+                            || End::Error(format!("bad end code {value}")),
+                            End::Stub,
+                        )))
+                    }
+                    // Seed step 7: the 8259's ports go to the in-kernel ATPIC.
+                    0x20 | 0x21 | 0xa0 | 0xa1 => {
+                        self.hv.atpic_port_write(port as i32, value as u8)?
+                    }
+                    PING_PORT => {}
+                    other => {
+                        return Ok(Some(End::Error(format!(
+                            "unexpected out to port {other:#x}"
+                        ))))
+                    }
+                }
+            }
+            hv::VMX_REASON_EPT_VIOLATION => {
+                let gpa = self.hv.read_vmcs(v, hv::VMCS_GUEST_PHYSICAL_ADDRESS)?;
+                if !(IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&gpa) {
+                    return Ok(Some(End::Error(format!(
+                        "unexpected EPT violation at {gpa:#x}"
+                    ))));
+                }
+                let Some(access) = self.decode(rip) else {
+                    return Ok(Some(End::Error(format!(
+                        "cannot decode the IOAPIC access at {rip:#x}"
+                    ))));
+                };
+                if let Some(value) = self.write_value(&access)? {
+                    self.ioapic_write(gpa, value)?;
+                    self.hv
+                        .write_register(v, hv::HV_X86_RIP, rip + access.len)?;
+                } else {
+                    let value = if self.split {
+                        self.ioapic.mmio_read(gpa - IOAPIC_BASE)
+                    } else {
+                        self.hv.ioapic_read(gpa)?
+                    };
+                    self.complete_read(&access, value, rip)?;
+                }
+            }
+            hv::VMX_REASON_APIC_ACCESS => {
+                // Qualification bits 11:0 the offset, 15:12 the access type
+                // (1 = linear write); reads come as APIC_ACCESS_READ instead.
+                let qual = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_QUALIFIC)?;
+                let offset = (qual & 0xfff) as u32;
+                let Some(access) = self.decode(rip) else {
+                    return Ok(Some(End::Error(format!(
+                        "cannot decode the APIC access at {rip:#x}"
+                    ))));
+                };
+                let Some(value) = self.write_value(&access)? else {
+                    return Ok(Some(End::Error(format!(
+                        "APIC read at {rip:#x} reported as a write"
+                    ))));
+                };
+                let no_side_effect = self.hv.apic_write(v, offset, value)?;
+                self.hv
+                    .write_register(v, hv::HV_X86_RIP, rip + access.len)?;
+                // Seed step 3: a write with side effects: the exit info says which.
+                if !no_side_effect && self.hv.exit_info(v)? == hv::HV_VM_EXITINFO_IOAPIC_EOI {
+                    let vector = self.hv.exit_ioapic_eoi(v)?;
+                    self.userspace_eoi(vector)?;
+                } else if offset == 0xb0 {
+                    if self.split && self.workarounds.contains(Workarounds::XAPIC_EOI_DETECT) {
+                        if let Ok(vector) = self.hv.exit_ioapic_eoi(v) {
+                            self.userspace_eoi(vector)?;
+                        }
+                    }
+                    if self.workarounds.contains(Workarounds::REASSERT_AFTER_EOI) {
+                        self.reassert_level_lines(None)?;
+                    }
+                }
+            }
+            hv::VMX_REASON_WRMSR => {
+                let msr = self.hv.read_register(v, hv::HV_X86_RCX)? as u32;
+                let value = self.hv.read_register(v, hv::HV_X86_RDX)? << 32
+                    | (self.hv.read_register(v, hv::HV_X86_RAX)? & 0xffff_ffff);
+                if msr == 0x1b && value & !0xfff != LAPIC_BASE {
+                    // FB14021745: moving the APIC window and enabling it in
+                    // one write fails, so move it first, then write the MSR.
+                    self.hv.set_apic_address(v, value & 0xf_ffff_f000)?;
+                }
+                self.hv.write_msr(v, msr, value)?;
+                let len = self.hv.read_vmcs(v, hv::VMCS_RO_VMEXIT_INSTR_LEN)?;
+                self.hv.write_register(v, hv::HV_X86_RIP, rip + len)?;
+            }
+            hv::VMX_REASON_HLT => return Ok(Some(End::Hang)),
+            hv::VMX_REASON_TRIPLE_FAULT => {
+                return Ok(Some(End::Error("the guest triple-faulted".into())))
+            }
+            other => {
+                return Ok(Some(End::Error(format!(
+                    "unexpected VMX exit reason {other}"
+                ))))
+            }
+        }
+        Ok(None)
+    }
+
+    /// Decodes the instruction at `rip` (guest RAM, identity-mapped).
+    fn decode(&self, rip: u64) -> Option<Access> {
+        let at = rip as usize;
+        let bytes = self.ram.get(at..(at + 15).min(self.ram.len()))?;
+        let instr = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE).decode();
+        Access::of(&instr)
+    }
+
+    fn write_value(&mut self, access: &Access) -> std::result::Result<Option<u32>, HvError> {
+        Ok(match access.kind {
+            AccessKind::WriteImm(v) => Some(v),
+            AccessKind::WriteReg(reg) => Some(self.hv.read_register(self.vcpu, reg)? as u32),
+            AccessKind::Read(_) => None,
+        })
+    }
+
+    fn complete_read(
+        &mut self,
+        access: &Access,
+        value: u32,
+        rip: u64,
+    ) -> std::result::Result<(), HvError> {
+        if let AccessKind::Read(reg) = access.kind {
+            // A 32-bit register write zero-extends to 64 bits.
+            self.hv.write_register(self.vcpu, reg, value as u64)?;
+        }
+        self.hv
+            .write_register(self.vcpu, hv::HV_X86_RIP, rip + access.len)
+    }
+
+    /// Seed step 8: IOAPIC MMIO goes to the in-kernel IOAPIC (full) or to
+    /// the userspace one (split).
+    fn ioapic_write(&mut self, gpa: u64, value: u32) -> std::result::Result<(), HvError> {
+        if self.split {
+            let mut sink = HvSink {
+                hv: &mut self.hv,
+                failure: None,
+            };
+            self.ioapic.mmio_write(gpa - IOAPIC_BASE, value, &mut sink);
+            return sink.failure.map_or(Ok(()), Err);
+        }
+        self.hv.ioapic_write(gpa, value)?;
+        match gpa - IOAPIC_BASE {
+            0x00 => self.select = value & 0xff,
+            0x10 if (0x10..0x40).contains(&self.select) && self.select % 2 == 0 => {
+                let pin = ((self.select - 0x10) / 2) as usize;
+                let was_masked = self.entry_low[pin] & (1 << 16) != 0;
+                self.entry_low[pin] = value;
+                let unmasked_level = was_masked && value & (1 << 16) == 0 && value & (1 << 15) != 0;
+                if unmasked_level && self.workarounds.contains(Workarounds::REASSERT_ON_UNMASK) {
+                    self.reassert_level_lines(Some(pin))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Deasserts and re-asserts held level lines (`only`: one pin).
+    fn reassert_level_lines(&mut self, only: Option<usize>) -> std::result::Result<(), HvError> {
+        if self.split {
+            return Ok(());
+        }
+        for pin in 0..24 {
+            let level = self.entry_low[pin] & (1 << 15) != 0;
+            if self.asserted & (1 << pin) != 0 && level && only.is_none_or(|p| p == pin) {
+                self.hv.ioapic_deassert_irq(pin as i32)?;
+                self.hv.ioapic_assert_irq(pin as i32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An EOI the local APIC turned into an exit (split shape).
+    fn userspace_eoi(&mut self, vector: u8) -> std::result::Result<(), HvError> {
+        if self.split {
+            let mut sink = HvSink {
+                hv: &mut self.hv,
+                failure: None,
+            };
+            self.ioapic.eoi(vector, &mut sink);
+            return sink.failure.map_or(Ok(()), Err);
+        }
+        Ok(())
+    }
+
+    fn host_op(&mut self, op: &Op) -> std::result::Result<(), HvError> {
+        let drive =
+            |vmm: &mut Self, pin: u8, requested: bool| -> std::result::Result<(), HvError> {
+                if requested {
+                    vmm.asserted |= 1 << pin;
+                } else {
+                    vmm.asserted &= !(1 << pin);
+                }
+                if vmm.split {
+                    let mut sink = HvSink {
+                        hv: &mut vmm.hv,
+                        failure: None,
+                    };
+                    vmm.ioapic.set_irq(pin as usize, requested, &mut sink);
+                    return sink.failure.map_or(Ok(()), Err);
+                }
+                if requested {
+                    vmm.hv.ioapic_assert_irq(pin as i32)
+                } else {
+                    vmm.hv.ioapic_deassert_irq(pin as i32)
+                }
+            };
+        match *op {
+            Op::Assert(p) => drive(self, p.get(), true),
+            Op::Deassert(p) => drive(self, p.get(), false),
+            Op::Pulse(p) if !self.split => self.hv.ioapic_pulse_irq(p.get() as i32),
+            Op::Pulse(p) => {
+                drive(self, p.get(), true)?;
+                drive(self, p.get(), false)
+            }
+            // Seed step 6: MSIs with hv_vm_lapic_msi (the full address).
+            Op::Msi(m) => {
+                let (address, data) = m.address_data();
+                self.hv.lapic_msi(address, data as u64)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The split IOAPIC's messages: `hv_vm_send_ioapic_intr` takes a value in
+/// the format of a redirection-table register.
+struct HvSink<'a, H: Hv> {
+    hv: &'a mut H,
+    failure: Option<HvError>,
+}
+
+impl<H: Hv> InterruptSink for HvSink<'_, H> {
+    fn send(&mut self, msg: &InterruptMessage) -> bool {
+        let entry = msg.vector as u64
+            | (msg.delivery.bits() as u64) << 8
+            | u64::from(msg.logical) << 11
+            | u64::from(msg.level) << 15
+            | (msg.dest as u64 & 0xff) << 56;
+        match self.hv.send_ioapic_intr(entry) {
+            // HVF reports no acceptance: a sent message counts as accepted.
+            Ok(()) => true,
+            Err(e) => {
+                self.failure.get_or_insert(e);
+                false
+            }
+        }
+    }
+}
+
+/// Guest RAM: `hv_vm_map` wants page-aligned host memory.
+struct PageAligned {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl PageAligned {
+    fn zeroed(size: usize) -> PageAligned {
+        let layout = std::alloc::Layout::from_size_align(size, 4096).expect("a valid layout");
+        // SAFETY: the layout has a non-zero size; the result is checked.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        PageAligned { ptr, layout }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl std::ops::Deref for PageAligned {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr/layout describe a live allocation owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+}
+
+impl std::ops::DerefMut for PageAligned {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, exclusively borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for PageAligned {
+    fn drop(&mut self) {
+        // SAFETY: freeing the allocation made in `zeroed` with its layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+enum End {
+    Stub(EndCode),
+    Hang,
+    Error(String),
+}
+
+/// What a 32-bit MOV to or from MMIO does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessKind {
+    /// `mov [mem], imm32`.
+    WriteImm(u32),
+    /// `mov [mem], r32`: the register (`hv_x86_reg_t`).
+    WriteReg(u32),
+    /// `mov r32, [mem]`: the destination register.
+    Read(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub kind: AccessKind,
+    /// The instruction's length: how far RIP advances.
+    pub len: u64,
+}
+
+impl Access {
+    /// The MMIO access of a decoded MOV, if it is one.
+    pub fn of(instr: &Instruction) -> Option<Access> {
+        if instr.is_invalid() || instr.mnemonic() != iced_x86::Mnemonic::Mov {
+            return None;
+        }
+        let len = instr.len() as u64;
+        let kind = match (instr.op0_kind(), instr.op1_kind()) {
+            (OpKind::Memory, OpKind::Register) => {
+                AccessKind::WriteReg(hv_register(instr.op1_register())?)
+            }
+            (OpKind::Memory, OpKind::Immediate32) => AccessKind::WriteImm(instr.immediate32()),
+            (OpKind::Register, OpKind::Memory) => {
+                AccessKind::Read(hv_register(instr.op0_register())?)
+            }
+            _ => return None,
+        };
+        Some(Access { kind, len })
+    }
+}
+
+/// iced's register to Hypervisor.framework's `hv_x86_reg_t` (hv_arch_x86.h).
+fn hv_register(reg: Register) -> Option<u32> {
+    Some(match reg.full_register() {
+        Register::RAX => hv::HV_X86_RAX,
+        Register::RCX => hv::HV_X86_RCX,
+        Register::RDX => hv::HV_X86_RDX,
+        Register::RBX => hv::HV_X86_RBX,
+        Register::RSI => hv::HV_X86_RSI,
+        Register::RDI => hv::HV_X86_RDI,
+        Register::RSP => hv::HV_X86_RSP,
+        Register::RBP => hv::HV_X86_RBP,
+        r if (Register::R8 as u32..=Register::R15 as u32).contains(&(r as u32)) => {
+            hv::HV_X86_R8 + (r as u32 - Register::R8 as u32)
+        }
+        _ => return None,
+    })
+}
+
+/// 64-bit long mode, entered directly: control registers and segments in the
+/// VMCS (CR0/CR3/CR4 through the VMCS, as OrbStack does, since HVF gives
+/// CR0/CR3 special handling in `hv_vcpu_write_register`).
+fn long_mode<H: Hv>(hv: &mut H, v: u32) -> std::result::Result<(), HvError> {
+    // Guest-state field encodings (Intel SDM vol. 3D, appendix B).
+    const CS_SELECTOR: u32 = 0x802;
+    const SS_SELECTOR: u32 = 0x804;
+    const DS_SELECTOR: u32 = 0x806;
+    const ES_SELECTOR: u32 = 0x800;
+    const CS_LIMIT: u32 = 0x4802;
+    const CS_AR: u32 = 0x4816;
+    const SS_AR: u32 = 0x4818;
+    const DS_AR: u32 = 0x481a;
+    const ES_AR: u32 = 0x4814;
+    const GDTR_BASE: u32 = 0x6816;
+    const GDTR_LIMIT: u32 = 0x4810;
+    const IDTR_BASE: u32 = 0x6818;
+    const IDTR_LIMIT: u32 = 0x4812;
+    const TR_AR: u32 = 0x4822;
+    hv.write_vmcs(v, hv::VMCS_GUEST_CR0, 0x8005_0033)?;
+    hv.write_vmcs(v, hv::VMCS_GUEST_CR3, layout::PML4)?;
+    hv.write_vmcs(v, hv::VMCS_GUEST_CR4, 0x2020)?; // PAE | VMXE
+    hv.write_vmcs(v, hv::VMCS_GUEST_IA32_EFER, 0x500)?;
+    // VM-entry controls: IA-32e mode guest (bit 9).
+    let entry = hv.read_vmcs(v, hv::VMCS_CTRL_VMENTRY_CONTROLS)?;
+    hv.write_vmcs(v, hv::VMCS_CTRL_VMENTRY_CONTROLS, entry | 1 << 9)?;
+    hv.write_vmcs(v, CS_SELECTOR, layout::CODE_SELECTOR as u64)?;
+    hv.write_vmcs(v, CS_LIMIT, 0xffff_ffff)?;
+    hv.write_vmcs(v, CS_AR, 0xa09b)?; // present, code, L, G
+    for (sel, ar) in [
+        (SS_SELECTOR, SS_AR),
+        (DS_SELECTOR, DS_AR),
+        (ES_SELECTOR, ES_AR),
+    ] {
+        hv.write_vmcs(v, sel, layout::DATA_SELECTOR as u64)?;
+        hv.write_vmcs(v, ar, 0xc093)?;
+    }
+    hv.write_vmcs(v, TR_AR, 0x8b)?;
+    hv.write_vmcs(v, GDTR_BASE, layout::GDT)?;
+    hv.write_vmcs(v, GDTR_LIMIT, 23)?;
+    hv.write_vmcs(v, IDTR_BASE, layout::IDT)?;
+    hv.write_vmcs(v, IDTR_LIMIT, 256 * 16 - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::code_asm::*;
+
+    fn decode(
+        build: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), iced_x86::IcedError>,
+    ) -> Option<Access> {
+        let mut a = CodeAssembler::new(64).unwrap();
+        build(&mut a).unwrap();
+        let bytes = a.assemble(0x1000).unwrap();
+        Access::of(&Decoder::with_ip(64, &bytes, 0x1000, DecoderOptions::NONE).decode())
+    }
+
+    #[test]
+    fn decodes_the_stubs_mmio_moves() {
+        assert_eq!(
+            decode(|a| a.mov(dword_ptr(r14 + rcx), eax)),
+            Some(Access {
+                kind: AccessKind::WriteReg(hv::HV_X86_RAX),
+                len: 4
+            })
+        );
+        assert_eq!(
+            decode(|a| a.mov(dword_ptr(r12), 0x12i32)),
+            Some(Access {
+                kind: AccessKind::WriteImm(0x12),
+                len: 8
+            })
+        );
+        assert_eq!(
+            decode(|a| a.mov(r9d, dword_ptr(r12 + 0x10))),
+            Some(Access {
+                kind: AccessKind::Read(hv::HV_X86_R8 + 1),
+                len: 5
+            })
+        );
+        assert_eq!(decode(|a| a.add(dword_ptr(rbx), eax)), None);
+    }
+}
