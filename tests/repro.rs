@@ -7,7 +7,7 @@ use std::process::Command;
 
 use common::*;
 use irqdiff::backend::{self, model::ModelBackend, Backend};
-use irqdiff::repro::c_kvm;
+use irqdiff::repro::c;
 
 fn observed_column(stdout: &str) -> Vec<String> {
     stdout
@@ -38,7 +38,7 @@ fn c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes() {
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         let scenario = load(&path);
         let expected = ModelBackend::new().run(&scenario).unwrap();
-        let c = c_kvm::emit(&scenario, &expected).unwrap();
+        let c = c::emit(&scenario, &expected).unwrap();
         let src = dir.join(format!("{stem}.c"));
         let bin = dir.join(&stem);
         std::fs::write(&src, &c).unwrap();
@@ -65,11 +65,11 @@ fn c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes() {
                 String::from_utf8_lossy(&out.stderr)
             );
             let c_observed = observed_column(&String::from_utf8_lossy(&out.stdout));
-            let backend_observed = c_kvm::event_lines(&kvm.run(&scenario).unwrap());
+            let backend_observed = c::event_lines(&kvm.run(&scenario).unwrap());
             // Exit 1 exactly when the observed events differ from the model's.
             assert_eq!(
                 code == Some(1),
-                c_observed != c_kvm::event_lines(&expected),
+                c_observed != c::event_lines(&expected),
                 "{stem}: exit code"
             );
             if c_observed == backend_observed {

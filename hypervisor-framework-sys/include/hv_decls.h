@@ -21,6 +21,24 @@ typedef uint32_t hv_apic_intr_trigger_t;
 typedef struct { uint32_t version; struct { uint64_t rtbl[32]; uint32_t irr; uint32_t ioa_id; uint32_t ioregsel; } state; } hv_ioapic_state_ext_t;
 
 #define HV_SUCCESS 0x0ULL
+#define HV_VCPU_DEFAULT 0x0ULL
+#define HV_APIC_CTRL_DEFAULT 0x0ULL
+#define HV_VM_EXITINFO_INIT_AP 0x2ULL
+#define HV_VM_EXITINFO_STARTUP_AP 0x3ULL
+#define HV_VM_EXITINFO_INJECT_EXCP 0x5ULL
+#define HV_VM_EXITINFO_SMI 0x6ULL
+#define HV_X86_RCX 0x3ULL
+#define HV_X86_RDX 0x4ULL
+#define HV_X86_RBX 0x5ULL
+#define VMCS_GUEST_CR0 0x6800ULL
+#define VMCS_GUEST_CR3 0x6802ULL
+#define VMCS_GUEST_CR4 0x6804ULL
+#define VMCS_GUEST_IA32_EFER 0x2806ULL
+#define VMCS_GUEST_ACTIVITY_STATE 0x4826ULL
+#define VMCS_CTRL_VMENTRY_CONTROLS 0x4012ULL
+#define VMX_REASON_WRMSR 0x20ULL
+#define VMX_REASON_HLT 0xcULL
+#define VMX_REASON_VMX_TIMER_EXPIRED 0x34ULL
 #define HV_VM_ACCEL_APIC 0x400ULL
 #define HV_MEMORY_READ 0x1ULL
 #define HV_MEMORY_WRITE 0x2ULL

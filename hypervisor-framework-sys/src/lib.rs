@@ -249,6 +249,39 @@ pub fn c_declarations() -> String {
     );
     let constants: &[(&str, u64)] = &[
         ("HV_SUCCESS", HV_SUCCESS as u64),
+        ("HV_VCPU_DEFAULT", HV_VCPU_DEFAULT),
+        ("HV_APIC_CTRL_DEFAULT", HV_APIC_CTRL_DEFAULT),
+        ("HV_VM_EXITINFO_INIT_AP", HV_VM_EXITINFO_INIT_AP as u64),
+        (
+            "HV_VM_EXITINFO_STARTUP_AP",
+            HV_VM_EXITINFO_STARTUP_AP as u64,
+        ),
+        (
+            "HV_VM_EXITINFO_INJECT_EXCP",
+            HV_VM_EXITINFO_INJECT_EXCP as u64,
+        ),
+        ("HV_VM_EXITINFO_SMI", HV_VM_EXITINFO_SMI as u64),
+        ("HV_X86_RCX", HV_X86_RCX as u64),
+        ("HV_X86_RDX", HV_X86_RDX as u64),
+        ("HV_X86_RBX", HV_X86_RBX as u64),
+        ("VMCS_GUEST_CR0", VMCS_GUEST_CR0 as u64),
+        ("VMCS_GUEST_CR3", VMCS_GUEST_CR3 as u64),
+        ("VMCS_GUEST_CR4", VMCS_GUEST_CR4 as u64),
+        ("VMCS_GUEST_IA32_EFER", VMCS_GUEST_IA32_EFER as u64),
+        (
+            "VMCS_GUEST_ACTIVITY_STATE",
+            VMCS_GUEST_ACTIVITY_STATE as u64,
+        ),
+        (
+            "VMCS_CTRL_VMENTRY_CONTROLS",
+            VMCS_CTRL_VMENTRY_CONTROLS as u64,
+        ),
+        ("VMX_REASON_WRMSR", VMX_REASON_WRMSR as u64),
+        ("VMX_REASON_HLT", VMX_REASON_HLT as u64),
+        (
+            "VMX_REASON_VMX_TIMER_EXPIRED",
+            VMX_REASON_VMX_TIMER_EXPIRED as u64,
+        ),
         ("HV_VM_ACCEL_APIC", HV_VM_ACCEL_APIC),
         ("HV_MEMORY_READ", HV_MEMORY_READ),
         ("HV_MEMORY_WRITE", HV_MEMORY_WRITE),

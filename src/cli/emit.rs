@@ -1,4 +1,4 @@
-//! `irqdiff emit FILE --as c-kvm|rust-test|report`.
+//! `irqdiff emit FILE --as c-kvm|c-hvf|rust-test|report`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use crate::repro;
 pub struct EmitArgs {
     /// A scenario file (.irq).
     pub file: PathBuf,
-    /// What to write: c-kvm, rust-test, report.
+    /// What to write: c-kvm, c-hvf, rust-test, report.
     #[arg(long = "as")]
     pub format: String,
     /// The backend the repro is about (rust-test, report).
@@ -30,7 +30,17 @@ pub fn main(args: EmitArgs) -> ExitCode {
     match args.format.as_str() {
         "c-kvm" => {
             let expected = ModelBackend::new().run_to_trace(&scenario);
-            match repro::c_kvm::emit(&scenario, &expected) {
+            match repro::c::emit(&scenario, &expected) {
+                Ok(c) => print!("{c}"),
+                Err(e) => {
+                    eprintln!("irqdiff emit: {}: {e}", args.file.display());
+                    return ExitCode::from(super::EXIT_BAD_INPUT);
+                }
+            }
+        }
+        "c-hvf" => {
+            let expected = ModelBackend::new().run_to_trace(&scenario);
+            match repro::c::emit_hvf(&scenario, &expected) {
                 Ok(c) => print!("{c}"),
                 Err(e) => {
                     eprintln!("irqdiff emit: {}: {e}", args.file.display());
@@ -77,7 +87,7 @@ pub fn main(args: EmitArgs) -> ExitCode {
             print!("{}", repro::report(&finding, &args.backend));
         }
         other => {
-            eprintln!("irqdiff emit: unknown format `{other}` (c-kvm, rust-test, report)");
+            eprintln!("irqdiff emit: unknown format `{other}` (c-kvm, c-hvf, rust-test, report)");
             return ExitCode::from(super::EXIT_BAD_INPUT);
         }
     }

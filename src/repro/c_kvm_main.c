@@ -1,16 +1,4 @@
-
-static unsigned char *ram;
 static int vm;
-
-static void die(const char *what)
-{
-    fprintf(stderr, "repro: %s: %s\n", what, strerror(errno));
-    exit(2);
-}
-
-static void put32(unsigned long long at, unsigned v) { memcpy(ram + at, &v, 4); }
-static void put64(unsigned long long at, unsigned long long v) { memcpy(ram + at, &v, 8); }
-static unsigned get32(unsigned long long at) { unsigned v; memcpy(&v, ram + at, 4); return v; }
 static void on_kick(int sig) { (void)sig; }
 
 static void irq_line(int pin, int level)
@@ -38,46 +26,6 @@ static void host_op(unsigned n)
             die("KVM_SIGNAL_MSI");
         break;
     }
-}
-
-static int observed_count;
-static char observed[4096][512];
-
-static void decode_log(const char *outcome)
-{
-    unsigned long long end, p = LOG;
-    memcpy(&end, ram + LOG_PTR, 8);
-    while (p < end && observed_count < 4095) {
-        unsigned kind = get32(p), op = get32(p + 4);
-        char *line = observed[observed_count++];
-        if (kind == 1) {
-            snprintf(line, 512, "op %u deliver 0x%02x", op, get32(p + 8) & 0xff);
-            p += 16;
-        } else if (kind == 3 || kind == 4) {
-            snprintf(line, 512, "op %u read %s[0x%x] = 0x%x", op, kind == 3 ? "ioapic" : "lapic", get32(p + 8), get32(p + 12));
-            p += 16;
-        } else if (kind == 2) {
-            unsigned w[50], remote = 0, status = 0;
-            int n = snprintf(line, 512, "op %u snapshot", op);
-            for (int i = 0; i < 50; i++)
-                w[i] = get32(p + 8 + 4 * i);
-            for (int reg = 0; reg < 3; reg++) {
-                n += snprintf(line + n, 512 - n, " %s=", reg == 0 ? "irr" : reg == 1 ? "isr" : "tmr");
-                for (int i = 7; i >= 0; i--)
-                    n += snprintf(line + n, 512 - n, "%08x", w[reg * 8 + i]);
-            }
-            for (int pin = 0; pin < 24; pin++) {
-                remote |= ((w[26 + pin] >> 14) & 1u) << pin;
-                status |= ((w[26 + pin] >> 12) & 1u) << pin;
-            }
-            snprintf(line + n, 512 - n, " tpr=%02x ppr=%02x remote_irr=%06x delivery_status=%06x", w[24] & 0xff, w[25] & 0xff, remote, status);
-            p += 52 * 4;
-        } else {
-            snprintf(line, 512, "corrupt log record kind %u", kind);
-            break;
-        }
-    }
-    snprintf(observed[observed_count++], 512, "%s", outcome);
 }
 
 int main(void)
@@ -131,33 +79,7 @@ int main(void)
     if (run == MAP_FAILED)
         die("mmap kvm_run");
 
-    /* Guest memory: GDT, IDT (64-bit interrupt gates), identity-mapped page
-     * tables (2 MiB pages, APIC pages uncached), the stub and the tables. */
-    put64(GDT + 8, 0x00af9a000000ffffULL);
-    put64(GDT + 16, 0x00cf92000000ffffULL);
-    for (int v = 0; v < 256; v++) {
-        unsigned long long h = VECTORS[v];
-        unsigned char *g = ram + IDT + 16 * v;
-        memset(g, 0, 16);
-        g[0] = h & 0xff; g[1] = (h >> 8) & 0xff; g[2] = 0x08; g[5] = 0x8e;
-        g[6] = (h >> 16) & 0xff; g[7] = (h >> 24) & 0xff;
-        put32(IDT + 16 * v + 8, (unsigned)(h >> 32));
-    }
-    put64(PML4, PDPT | 3);
-    for (int i = 0; i < 4; i++)
-        put64(PDPT + 8 * i, (PD + 0x1000ULL * i) | 3);
-    for (unsigned long long i = 0; i < 2048; i++) {
-        unsigned long long a = i << 21, e = a | 0x83;
-        if (a == 0xfec00000ULL || a == 0xfee00000ULL)
-            e |= 0x18;
-        put64(PD + 8 * i, e);
-    }
-    memcpy(ram + CODE, STUB, sizeof STUB);
-    put32(X2APIC_FLAG, X2APIC);
-    put64(LOG_PTR, LOG);
-    memcpy(ram + BODY_DIR, BODY_DIR_TABLE, sizeof BODY_DIR_TABLE);
-    memcpy(ram + NTH_TABLE, NTH_TABLE_BYTES, sizeof NTH_TABLE_BYTES);
-    memcpy(ram + OPS, OPS_TABLE, sizeof OPS_TABLE);
+    install_memory();
 
     /* 64-bit long mode, entered directly. */
     struct kvm_sregs sregs;
@@ -270,15 +192,5 @@ int main(void)
     }
     decode_log(outcome);
 
-    int rows = observed_count > N_EXPECTED ? observed_count : N_EXPECTED, differ = observed_count != N_EXPECTED;
-    printf("%-72s | %s\n", "expected (the model)", "observed (KVM)");
-    for (int i = 0; i < rows; i++) {
-        const char *e = i < N_EXPECTED ? EXPECTED[i] : "-";
-        const char *o = i < observed_count ? observed[i] : "-";
-        int same = strcmp(e, o) == 0;
-        differ |= !same;
-        printf("%-72s | %s%s\n", e, o, same ? "" : "   <== differs");
-    }
-    printf("%s\n", differ ? "result: differ" : "result: match");
-    return differ ? 1 : 0;
+    return report();
 }

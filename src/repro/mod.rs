@@ -2,7 +2,7 @@
 //! the minimal scenario, a trace diff, a Markdown report naming the spec
 //! rule, a Rust regression test, and a standalone C program for KVM.
 
-pub mod c_kvm;
+pub mod c;
 
 use crate::backend::model::{deciding_decision, ModelBackend};
 use crate::backend::Backend;
@@ -26,8 +26,11 @@ pub fn finding_files(finding: &Finding, backend: &str) -> Vec<(&'static str, Str
             rust_test(&finding.minimized, backend, &finding.signature.slug()),
         ),
     ];
-    if let Ok(c) = c_kvm::emit(&finding.minimized, &finding.expected) {
+    if let Ok(c) = c::emit(&finding.minimized, &finding.expected) {
         files.push(("repro-kvm.c", c));
+    }
+    if let Ok(c) = c::emit_hvf(&finding.minimized, &finding.expected) {
+        files.push(("repro-hvf.c", c));
     }
     files
 }

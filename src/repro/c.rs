@@ -1,9 +1,13 @@
-//! A standalone C program that reproduces a scenario on Linux KVM, the way
-//! the `kvm` backend runs it, with no dependency beyond libc and the kernel
-//! headers: `cc -O2 repro.c -o repro && ./repro`. It embeds the guest stub's
-//! code and the scenario's op table, prints the observed events next to the
-//! expected ones (the model's), and exits 1 if they differ, 0 if they match,
-//! 2 if it could not run. The full in-kernel irqchip only.
+//! Standalone C programs that reproduce a scenario without irqdiff:
+//!
+//! - KVM (`cc -O2 repro.c -o repro`): the VM the `kvm` backend creates,
+//!   libc and the kernel headers only; the full in-kernel irqchip.
+//! - Hypervisor.framework (`cc repro.c -framework Hypervisor`, then
+//!   codesign): the `hvf` backend's loop, full or split shape.
+//!
+//! Each embeds the guest stub's code and the scenario's op table, prints the
+//! observed events next to the expected ones (the model's), and exits 1 if
+//! they differ, 0 if they match, 2 if it could not run.
 
 use std::fmt::Write;
 
@@ -77,33 +81,74 @@ fn c_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Why a scenario cannot be written as a KVM C repro.
+/// Why a scenario cannot be written as a C repro.
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
-    #[error("the C repro covers the full in-kernel irqchip; this scenario asks for irqchip=split")]
+    #[error(
+        "the KVM C repro covers the full in-kernel irqchip; this scenario asks for irqchip=split"
+    )]
     Split,
     #[error("{0}")]
     TooLarge(#[from] table::TooLarge),
 }
 
-/// The C program for `scenario`, with the model's `expected` trace.
+/// Which hypervisor the program drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Kvm,
+    Hvf,
+}
+
+/// The KVM program for `scenario`, with the model's `expected` trace.
 pub fn emit(scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> {
-    if scenario.config.irqchip == crate::scenario::Irqchip::Split {
+    emit_for(Target::Kvm, scenario, expected)
+}
+
+/// The Hypervisor.framework program (split shape when the scenario says
+/// `irqchip=split`).
+pub fn emit_hvf(scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> {
+    emit_for(Target::Hvf, scenario, expected)
+}
+
+fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> {
+    let split = scenario.config.irqchip == crate::scenario::Irqchip::Split;
+    if target == Target::Kvm && split {
         return Err(EmitError::Split);
     }
     let image = Image::build();
     let t = table::encode(scenario)?;
-    let mut c = String::new();
-    c += "/*\n * irqdiff repro for Linux KVM (in-kernel irqchip), generated; no dependency\n";
-    c +=
-        " * beyond libc and the kernel headers.\n *\n *   cc -O2 repro.c -o repro && ./repro\n *\n";
+    let mut c = String::from("/*\n");
+    match target {
+        Target::Kvm => {
+            c += " * irqdiff repro for Linux KVM (in-kernel irqchip), generated; no dependency\n";
+            c += " * beyond libc and the kernel headers.\n *\n *   cc -O2 repro.c -o repro && ./repro\n *\n";
+        }
+        Target::Hvf => {
+            c += " * irqdiff repro for macOS Hypervisor.framework (Intel, macOS 12+), generated:\n";
+            c += if split {
+                " * the in-kernel APIC with a userspace IOAPIC (HV_APIC_CTRL_IOAPIC_EOI).\n"
+            } else {
+                " * the in-kernel APIC, IOAPIC and ATPIC (HV_VM_ACCEL_APIC).\n"
+            };
+            c += " *\n *   cc -O2 repro.c -o repro -framework Hypervisor\n";
+            c += " *   /usr/libexec/PlistBuddy -c 'Add :com.apple.security.hypervisor bool true' hv.entitlements\n";
+            c += " *   codesign --sign - --entitlements hv.entitlements --force repro && ./repro\n *\n";
+        }
+    }
     c += " * Exit status: 0 the observed events match the expected ones (the model's),\n";
     c += " * 1 they differ, 2 the program could not run.\n *\n * Scenario (irqdiff .irq format):\n *\n";
     for line in print(scenario).lines() {
         let _ = writeln!(c, " *   {}", line.replace("*/", "* /"));
     }
     c += " */\n";
-    c += include_str!("c_kvm_prelude.c");
+    c += match target {
+        Target::Kvm => include_str!("c_kvm_prelude.c"),
+        Target::Hvf => include_str!("c_hvf_prelude.c"),
+    };
+    c += include_str!("c_layout.c");
+    if target == Target::Hvf {
+        let _ = writeln!(c, "static const int SPLIT = {};", u8::from(split));
+    }
     let _ = writeln!(
         c,
         "static const unsigned long long STUB_ENTRY = 0x{:x}ULL;",
@@ -157,7 +202,11 @@ pub fn emit(scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> 
     }
     c += "};\n";
     let _ = writeln!(c, "#define N_EXPECTED {}", lines.len());
-    c += include_str!("c_kvm_main.c");
+    c += include_str!("c_common.c");
+    c += match target {
+        Target::Kvm => include_str!("c_kvm_main.c"),
+        Target::Hvf => include_str!("c_hvf_main.c"),
+    };
     // Layout constants the C code relies on, checked here against the stub's.
     debug_assert_eq!(
         (CODE, DATA, OPS, LOG, LOG_END),
