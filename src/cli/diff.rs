@@ -57,6 +57,9 @@ pub fn diff(args: DiffArgs) -> ExitCode {
             println!("divergence: {d}");
             if let Some(sig) = signature {
                 println!("signature:  {sig}");
+                if let Some(k) = crate::known::label(&args.backend, &sig) {
+                    println!("known:      {} ({}, {})", k.title, k.id, k.doc);
+                }
             }
             ExitCode::from(super::EXIT_DIVERGENCE)
         }
