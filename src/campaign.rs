@@ -218,14 +218,13 @@ pub fn run(
                     let mut scenario =
                         generate::random(case_seed(options.seed, index), &options.generator);
                     differ.target.fit(&mut scenario);
-                    let (_, observed, verdict, signature) = differ.diff(&scenario);
+                    let (_, _, verdict, signature) = differ.diff(&scenario);
                     stats.cases.fetch_add(1, Ordering::Relaxed);
                     match verdict {
                         Verdict::Agree => continue,
                         Verdict::Inconclusive(why) => {
                             stats.inconclusive.fetch_add(1, Ordering::Relaxed);
                             first_error.lock().unwrap().get_or_insert(why);
-                            let _ = observed;
                             continue;
                         }
                         Verdict::Diverge(_) => {}

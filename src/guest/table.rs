@@ -5,7 +5,7 @@
 //! default body (`eoi`). Host ops carry an index into [`Table::host_ops`],
 //! which the VMM performs when the stub signals it.
 
-use super::layout::{BODY_DIR, NTH_TABLE, NTH_TABLE_END, OPS, OPS_END};
+use super::layout::{NTH_TABLE, NTH_TABLE_END, OPS, OPS_END};
 use crate::scenario::{Op, Scenario};
 
 /// Op kinds of the stub's interpreter.
@@ -135,7 +135,6 @@ pub fn encode(scenario: &Scenario) -> Result<Table, TooLarge> {
         return Err(TooLarge("handler #N bodies"));
     }
     debug_assert_eq!(t.body_dir.len(), 256 * 8);
-    let _ = BODY_DIR;
     Ok(t)
 }
 

@@ -153,7 +153,7 @@ pub fn parse(text: &str) -> Result<Scenario, ParseError> {
                     config_keys.push(key);
                 }
             }
-            "handler" => parse_handler(&line, content, *first, &mut s)?,
+            "handler" => parse_handler(&line, content, &mut s)?,
             _ => s.ops.push(parse_op(&line, &ws)?),
         }
     }
@@ -232,16 +232,10 @@ fn parse_config_word<'a>(
     Ok(key)
 }
 
-fn parse_handler(
-    line: &Line,
-    content: &str,
-    keyword: Word,
-    s: &mut Scenario,
-) -> Result<(), ParseError> {
+fn parse_handler(line: &Line, content: &str, s: &mut Scenario) -> Result<(), ParseError> {
     // Byte offsets: the keyword starts after the leading whitespace (which
     // may hold multi-byte characters, so its column is not a byte index).
     let head_start = content.len() - content.trim_start().len() + "handler".len();
-    let _ = keyword;
     let Some(colon) = content[head_start..].find(':').map(|i| head_start + i) else {
         let ws = words(content, 1);
         return Err(line.error(

@@ -599,7 +599,6 @@ impl Vcpu {
             }
             _ => {}
         }
-        let _ = c;
         self.deliver_pending(depth)
     }
 
