@@ -32,8 +32,10 @@ fn c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes() {
     let dir = std::env::temp_dir().join(format!("irqdiff-c-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut kvm = backend::open("kvm").unwrap();
+    // Every scenario, the split ones (seed-hvf) included.
     let mut files = scenario_files("kvm-unit-tests");
     files.extend(scenario_files("kvm-divergences"));
+    files.extend(scenario_files("seed-hvf"));
     for path in files {
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         let scenario = load(&path);

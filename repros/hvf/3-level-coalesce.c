@@ -34,6 +34,7 @@ extern uint64_t mach_absolute_time(void);
 extern void *valloc(size_t size);
 #endif
 
+#define MAYBE_UNUSED __attribute__((unused))
 /* Guest memory layout and ports of irqdiff's guest stub (src/guest/layout.rs). */
 #define RAM_SIZE (4u << 20)
 #define GDT 0x1000
@@ -62,6 +63,7 @@ struct host_op {
 };
 
 static const int SPLIT = 0;
+#define IOAPIC_VERSION 0x20
 static const unsigned long long STUB_ENTRY = 0x10000ULL;
 static const int X2APIC = 0;
 static const unsigned char STUB[3766] = {
@@ -526,6 +528,90 @@ static int report(void)
     return differ ? 1 : 0;
 }
 
+/* The split shape: a minimal userspace IOAPIC (82093AA §3.2.4: edge and
+ * level inputs, mask, remote IRR set on delivery and cleared by the EOI of
+ * the entry's vector, a level still asserted at EOI sent again). */
+static MAYBE_UNUSED uint64_t rtbl[24];
+static MAYBE_UNUSED uint32_t ioregsel, line_level;
+
+/* How the VMM sends an entry's interrupt (defined by each VMM below). */
+static void deliver_entry(uint64_t entry);
+
+static MAYBE_UNUSED void ioapic_send(int pin)
+{
+    uint64_t e = rtbl[pin];
+    if (e & (1u << 16))
+        return;
+    deliver_entry(e);
+    if (e & (1u << 15))
+        rtbl[pin] |= 1u << 14;
+}
+
+static MAYBE_UNUSED void ioapic_set_irq(int pin, int level)
+{
+    uint32_t was = (line_level >> pin) & 1;
+    line_level = level ? line_level | (1u << pin) : line_level & ~(1u << pin);
+    uint64_t e = rtbl[pin];
+    if (!level)
+        return;
+    if (e & (1u << 15)) {
+        if (!(e & (1u << 14)))
+            ioapic_send(pin);
+    } else if (!was) {
+        ioapic_send(pin);
+    }
+}
+
+static MAYBE_UNUSED void ioapic_eoi(unsigned vector)
+{
+    for (int pin = 0; pin < 24; pin++) {
+        uint64_t e = rtbl[pin];
+        if ((e & 0xff) == vector && (e & (1u << 15)) && (e & (1u << 14))) {
+            rtbl[pin] &= ~(1ull << 14);
+            if ((line_level >> pin) & 1)
+                ioapic_send(pin);
+        }
+    }
+}
+
+static MAYBE_UNUSED uint32_t ioapic_read(uint64_t offset)
+{
+    if (offset == 0)
+        return ioregsel;
+    if (offset != 0x10)
+        return 0;
+    if (ioregsel == 1)
+        return 0x00170000 | IOAPIC_VERSION;
+    if (ioregsel >= 0x10 && ioregsel < 0x40) {
+        uint64_t e = rtbl[(ioregsel - 0x10) / 2];
+        return ioregsel & 1 ? (uint32_t)(e >> 32) : (uint32_t)e;
+    }
+    return 0;
+}
+
+static MAYBE_UNUSED void ioapic_write(uint64_t offset, uint32_t value)
+{
+    if (offset == 0) {
+        ioregsel = value & 0xff;
+    } else if (offset == 0x40 && IOAPIC_VERSION == 0x20) {
+        ioapic_eoi(value & 0xff);
+    } else if (offset == 0x10 && ioregsel >= 0x10 && ioregsel < 0x40) {
+        int pin = (ioregsel - 0x10) / 2;
+        uint64_t e = rtbl[pin], ro = e & ((1ull << 12) | (1ull << 14));
+        if (ioregsel & 1)
+            e = (e & 0xffffffffull) | ((uint64_t)value << 32);
+        else
+            e = (e & ~0xffffffffull) | value;
+        e = (e & ~((1ull << 12) | (1ull << 14))) | ro;
+        if (!(e & (1u << 15)))
+            e &= ~(1ull << 14);
+        rtbl[pin] = e;
+        if (!(e & (1u << 16)) && (e & (1u << 15)) && !(e & (1u << 14)) && ((line_level >> pin) & 1))
+            ioapic_send(pin);
+    }
+}
+
+
 static hv_vcpuid_t vcpu;
 
 static void check(hv_return_t r, const char *call)
@@ -587,84 +673,11 @@ static int decode(uint64_t rip, struct access *a)
     return 0;
 }
 
-/* The split shape: a minimal userspace IOAPIC (82093AA §3.2.4: edge and
- * level inputs, mask, remote IRR set on delivery and cleared by the EOI of
- * the entry's vector, a level still asserted at EOI sent again). */
-static uint64_t rtbl[24];
-static uint32_t ioregsel, line_level;
-
-static void ioapic_send(int pin)
+/* hv_vm_send_ioapic_intr takes a value in the format of a redirection
+ * table register. */
+static void deliver_entry(uint64_t e)
 {
-    uint64_t e = rtbl[pin];
-    if (e & (1u << 16))
-        return;
     check(hv_vm_send_ioapic_intr(e & ~((1ull << 12) | (1ull << 14))), "hv_vm_send_ioapic_intr");
-    if (e & (1u << 15))
-        rtbl[pin] |= 1u << 14;
-}
-
-static void ioapic_set_irq(int pin, int level)
-{
-    uint32_t was = (line_level >> pin) & 1;
-    line_level = level ? line_level | (1u << pin) : line_level & ~(1u << pin);
-    uint64_t e = rtbl[pin];
-    if (!level)
-        return;
-    if (e & (1u << 15)) {
-        if (!(e & (1u << 14)))
-            ioapic_send(pin);
-    } else if (!was) {
-        ioapic_send(pin);
-    }
-}
-
-static void ioapic_eoi(unsigned vector)
-{
-    for (int pin = 0; pin < 24; pin++) {
-        uint64_t e = rtbl[pin];
-        if ((e & 0xff) == vector && (e & (1u << 15)) && (e & (1u << 14))) {
-            rtbl[pin] &= ~(1ull << 14);
-            if ((line_level >> pin) & 1)
-                ioapic_send(pin);
-        }
-    }
-}
-
-static uint32_t ioapic_read(uint64_t offset)
-{
-    if (offset == 0)
-        return ioregsel;
-    if (offset != 0x10)
-        return 0;
-    if (ioregsel == 1)
-        return 0x00170020;
-    if (ioregsel >= 0x10 && ioregsel < 0x40) {
-        uint64_t e = rtbl[(ioregsel - 0x10) / 2];
-        return ioregsel & 1 ? (uint32_t)(e >> 32) : (uint32_t)e;
-    }
-    return 0;
-}
-
-static void ioapic_write(uint64_t offset, uint32_t value)
-{
-    if (offset == 0) {
-        ioregsel = value & 0xff;
-    } else if (offset == 0x40) {
-        ioapic_eoi(value & 0xff);
-    } else if (offset == 0x10 && ioregsel >= 0x10 && ioregsel < 0x40) {
-        int pin = (ioregsel - 0x10) / 2;
-        uint64_t e = rtbl[pin], ro = e & ((1ull << 12) | (1ull << 14));
-        if (ioregsel & 1)
-            e = (e & 0xffffffffull) | ((uint64_t)value << 32);
-        else
-            e = (e & ~0xffffffffull) | value;
-        e = (e & ~((1ull << 12) | (1ull << 14))) | ro;
-        if (!(e & (1u << 15)))
-            e &= ~(1ull << 14);
-        rtbl[pin] = e;
-        if (!(e & (1u << 16)) && (e & (1u << 15)) && !(e & (1u << 14)) && ((line_level >> pin) & 1))
-            ioapic_send(pin);
-    }
 }
 
 static void drive(int pin, int level)

@@ -1,7 +1,8 @@
 //! Standalone C programs that reproduce a scenario without irqdiff:
 //!
 //! - KVM (`cc -O2 repro.c -o repro`): the VM the `kvm` backend creates,
-//!   libc and the kernel headers only; the full in-kernel irqchip.
+//!   libc and the kernel headers only; the in-kernel irqchip, or the split
+//!   one with a minimal IOAPIC in C when the scenario says `irqchip=split`.
 //! - Hypervisor.framework (`cc repro.c -framework Hypervisor`, then
 //!   codesign): the `hvf` backend's loop, full or split shape.
 //!
@@ -112,9 +113,6 @@ pub fn emit_hvf(scenario: &Scenario, expected: &Trace) -> Result<String, EmitErr
 
 fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> {
     let split = scenario.config.irqchip == crate::scenario::Irqchip::Split;
-    if target == Target::Kvm && split {
-        return Err(EmitError::Split);
-    }
     let image = Image::build();
     let t = table::encode(scenario)?;
     let mut c = String::from("/*\n");
@@ -146,9 +144,12 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
         Target::Hvf => include_str!("c_hvf_prelude.c"),
     };
     c += include_str!("c_layout.c");
-    if target == Target::Hvf {
-        let _ = writeln!(c, "static const int SPLIT = {};", u8::from(split));
-    }
+    let _ = writeln!(c, "static const int SPLIT = {};", u8::from(split));
+    let version = match scenario.config.ioapic {
+        crate::scenario::IoapicVersion::V11 => 0x11,
+        crate::scenario::IoapicVersion::V20 => 0x20,
+    };
+    let _ = writeln!(c, "#define IOAPIC_VERSION 0x{version:x}");
     let _ = writeln!(
         c,
         "static const unsigned long long STUB_ENTRY = 0x{:x}ULL;",

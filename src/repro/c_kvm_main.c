@@ -9,22 +9,73 @@ static void irq_line(int pin, int level)
         die("KVM_IRQ_LINE");
 }
 
+static void signal_msi(unsigned long long addr, unsigned data)
+{
+    struct kvm_msi msi;
+    memset(&msi, 0, sizeof msi);
+    msi.address_lo = (unsigned)addr;
+    msi.address_hi = (unsigned)(addr >> 32);
+    msi.data = data;
+    if (ioctl(vm, KVM_SIGNAL_MSI, &msi) < 0)
+        die("KVM_SIGNAL_MSI");
+}
+
+/* The MSI an IOAPIC entry sends (SDM §11.11): destination and mode in the
+ * address, vector, delivery mode and trigger in the data. */
+static void entry_msi(uint64_t e, unsigned long long *addr, unsigned *data)
+{
+    *addr = 0xfee00000ull | ((e >> 56) & 0xff) << 12 | ((e >> 11) & 1) << 2;
+    *data = (unsigned)(e & 0xff) | (unsigned)((e >> 8) & 7) << 8 | (unsigned)((e >> 15) & 1) * (3u << 14);
+}
+
+static void deliver_entry(uint64_t e)
+{
+    unsigned long long addr;
+    unsigned data;
+    entry_msi(e, &addr, &data);
+    signal_msi(addr, data);
+}
+
+/* Split irqchip: KVM exits on the EOI of a level vector only if its GSI
+ * routing table has that vector as a level MSI (kvm_scan_ioapic_routes),
+ * so the routes mirror the IOAPIC's entries. */
+static void sync_routes(void)
+{
+    struct {
+        struct kvm_irq_routing r;
+        struct kvm_irq_routing_entry e[24];
+    } routing;
+    memset(&routing, 0, sizeof routing);
+    routing.r.nr = 24;
+    for (int i = 0; i < 24; i++) {
+        unsigned long long addr;
+        unsigned data;
+        entry_msi(rtbl[i], &addr, &data);
+        routing.e[i].gsi = i;
+        routing.e[i].type = KVM_IRQ_ROUTING_MSI;
+        routing.e[i].u.msi.address_lo = (unsigned)addr;
+        routing.e[i].u.msi.data = (rtbl[i] & (1u << 16)) ? 0 : data;
+    }
+    if (ioctl(vm, KVM_SET_GSI_ROUTING, &routing) < 0)
+        die("KVM_SET_GSI_ROUTING");
+}
+
+static void drive(int pin, int level)
+{
+    if (SPLIT)
+        ioapic_set_irq(pin, level);
+    else
+        irq_line(pin, level);
+}
+
 static void host_op(unsigned n)
 {
     const struct host_op *op = &HOST_OPS[n];
-    struct kvm_msi msi;
     switch (op->kind) {
-    case 0: irq_line(op->pin, 1); break;
-    case 1: irq_line(op->pin, 0); break;
-    case 2: irq_line(op->pin, 1); irq_line(op->pin, 0); break;
-    case 3:
-        memset(&msi, 0, sizeof msi);
-        msi.address_lo = (unsigned)op->addr;
-        msi.address_hi = (unsigned)(op->addr >> 32);
-        msi.data = op->data;
-        if (ioctl(vm, KVM_SIGNAL_MSI, &msi) < 0)
-            die("KVM_SIGNAL_MSI");
-        break;
+    case 0: drive(op->pin, 1); break;
+    case 1: drive(op->pin, 0); break;
+    case 2: drive(op->pin, 1); drive(op->pin, 0); break;
+    case 3: signal_msi(op->addr, op->data); break;
     }
 }
 
@@ -36,8 +87,16 @@ int main(void)
     vm = ioctl(kvm, KVM_CREATE_VM, 0);
     if (vm < 0)
         die("KVM_CREATE_VM");
-    if (ioctl(vm, KVM_CREATE_IRQCHIP, 0) < 0)
+    if (SPLIT) {
+        /* KVM's local APIC, this program's IOAPIC (24 pins). */
+        struct kvm_enable_cap cap = { .cap = KVM_CAP_SPLIT_IRQCHIP, .args = { 24 } };
+        if (ioctl(vm, KVM_ENABLE_CAP, &cap) < 0)
+            die("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)");
+        for (int i = 0; i < 24; i++)
+            rtbl[i] = 1u << 16;
+    } else if (ioctl(vm, KVM_CREATE_IRQCHIP, 0) < 0) {
         die("KVM_CREATE_IRQCHIP");
+    }
     ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (ram == MAP_FAILED)
         die("mmap");
@@ -46,7 +105,8 @@ int main(void)
     };
     if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0)
         die("KVM_SET_USER_MEMORY_REGION");
-    /* GSI n goes to IOAPIC pin n only: the 8259 is not in the path. */
+    /* Full: GSI n goes to IOAPIC pin n only, the 8259 is not in the path.
+     * Split: the routes mirror the userspace IOAPIC. */
     struct {
         struct kvm_irq_routing r;
         struct kvm_irq_routing_entry e[24];
@@ -59,7 +119,9 @@ int main(void)
         routing.e[i].u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
         routing.e[i].u.irqchip.pin = i;
     }
-    if (ioctl(vm, KVM_SET_GSI_ROUTING, &routing) < 0)
+    if (SPLIT)
+        sync_routes();
+    else if (ioctl(vm, KVM_SET_GSI_ROUTING, &routing) < 0)
         die("KVM_SET_GSI_ROUTING");
     int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
     if (vcpu < 0)
@@ -110,6 +172,7 @@ int main(void)
         die("KVM_SET_LAPIC");
     /* The IOAPIC: every entry masked with vector 0; the 8259s masked. */
     struct kvm_irqchip chip;
+    if (!SPLIT) {
     memset(&chip, 0, sizeof chip);
     chip.chip_id = KVM_IRQCHIP_IOAPIC;
     if (ioctl(vm, KVM_GET_IRQCHIP, &chip) < 0)
@@ -126,6 +189,7 @@ int main(void)
         chip.chip.pic.imr = 0xff;
         if (ioctl(vm, KVM_SET_IRQCHIP, &chip) < 0)
             die("KVM_SET_IRQCHIP");
+    }
     }
     struct kvm_regs regs;
     memset(&regs, 0, sizeof regs);
@@ -186,6 +250,23 @@ int main(void)
                 break;
             }
             continue; /* the 8259 mask writes */
+        }
+        if (SPLIT && run->exit_reason == KVM_EXIT_MMIO && run->mmio.phys_addr >= 0xfec00000ull && run->mmio.phys_addr < 0xfec01000ull) {
+            uint64_t offset = run->mmio.phys_addr - 0xfec00000ull;
+            if (run->mmio.is_write) {
+                uint32_t value = 0;
+                memcpy(&value, run->mmio.data, run->mmio.len < 4 ? run->mmio.len : 4);
+                ioapic_write(offset, value);
+                sync_routes();
+            } else {
+                uint32_t value = ioapic_read(offset);
+                memcpy(run->mmio.data, &value, run->mmio.len < 4 ? run->mmio.len : 4);
+            }
+            continue;
+        }
+        if (SPLIT && run->exit_reason == KVM_EXIT_IOAPIC_EOI) {
+            ioapic_eoi(run->eoi.vector);
+            continue;
         }
         snprintf(outcome, sizeof outcome, "error: KVM exit reason %u (during op %u)", run->exit_reason, get32(CUR_OP));
         break;

@@ -1,3 +1,4 @@
+#define MAYBE_UNUSED __attribute__((unused))
 /* Guest memory layout and ports of irqdiff's guest stub (src/guest/layout.rs). */
 #define RAM_SIZE (4u << 20)
 #define GDT 0x1000
