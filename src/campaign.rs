@@ -58,6 +58,8 @@ pub struct Finding {
     pub dir: Option<PathBuf>,
     /// How many times the minimiser ran both backends.
     pub minimize_runs: usize,
+    /// The hypervisor calls of the minimised run, in order.
+    pub calls: Vec<String>,
     /// The documented behaviour of the backend that explains it, if any
     /// (the finding is still reported: labelled, never dropped).
     pub known: Option<crate::known::Known>,
@@ -158,6 +160,7 @@ impl Differ {
             observed,
             dir: None,
             minimize_runs: runs,
+            calls: self.target.calls(),
             known: None,
         })
     }

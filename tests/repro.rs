@@ -119,3 +119,29 @@ fn rust_regression_test_embeds_the_scenario_and_the_model_trace() {
     assert!(test.contains("route 14 vector=0x76\npulse 14\n"));
     assert!(test.contains(r#"{"op":1,"kind":"deliver","vector":118}"#));
 }
+
+#[test]
+fn kvm_report_lists_the_hypervisor_calls_in_order() {
+    if !kvm_or_skip("kvm_report_lists_the_hypervisor_calls_in_order") {
+        return;
+    }
+    let scenario = irqdiff::scenario::parse(
+        "handler 0x82: deassert 14; eoi\nroute 14 vector=0x82 level masked\nassert 14\nunmask 14\n",
+    )
+    .unwrap();
+    let mut differ = irqdiff::campaign::Differ::open("kvm").unwrap();
+    let sig = differ
+        .diff(&scenario)
+        .3
+        .expect("this KVM misses the unmask delivery");
+    let finding = differ.finding(&scenario, sig).expect("a finding");
+    let report = irqdiff::repro::report(&finding, "kvm");
+    assert!(report.contains("## Hypervisor calls"), "{report}");
+    let line = report
+        .find("KVM_IRQ_LINE gsi 0 level 1")
+        .expect("the assert is listed");
+    let end = report
+        .find("out port 0x511")
+        .expect("the end of the run is listed");
+    assert!(line < end, "{report}");
+}

@@ -199,6 +199,8 @@ struct Vm {
     routes: Vec<(u32, u32)>,
     /// Pins whose line is (logically) asserted, to lower at reset.
     asserted: u32,
+    /// The calls and exits of the current run (bounded), for reports.
+    calls: Vec<String>,
     /// The last run ended at the stub's end port in xAPIC mode: the
     /// segments, the APIC base, the 8259s and the MP state are as reset left
     /// them, so the next reset need not write them again.
@@ -364,6 +366,7 @@ impl Vm {
             ioapic: Ioapic::new(ModelVersion::V20),
             routes: Vec::new(),
             asserted: 0,
+            calls: Vec::new(),
             clean: false,
         })
     }
@@ -398,6 +401,7 @@ impl Vm {
             }
         }
         self.asserted = 0;
+        self.calls.clear();
         if !self.clean {
             self.vcpu
                 .set_sregs(&self.sregs)
@@ -493,6 +497,8 @@ fn msi_of(m: &InterruptMessage) -> (u64, u32) {
 struct MsiSink<'a> {
     vm: &'a VmFd,
     failure: Option<String>,
+    /// The calls made, for the run's call log.
+    sent: Vec<String>,
 }
 
 impl InterruptSink for MsiSink<'_> {
@@ -504,7 +510,11 @@ impl InterruptSink for MsiSink<'_> {
             data,
             ..Default::default()
         };
-        match self.vm.signal_msi(msi) {
+        let result = self.vm.signal_msi(msi);
+        self.sent.push(format!(
+            "KVM_SIGNAL_MSI address {addr:#x} data {data:#x} -> {result:?}"
+        ));
+        match result {
             Ok(delivered) => delivered > 0,
             Err(e) => {
                 self.failure.get_or_insert(format!("KVM_SIGNAL_MSI: {e}"));
@@ -525,6 +535,19 @@ pub struct KvmBackend {
     timer: KickTimer,
     /// Exits (returns from KVM_RUN) in the last run.
     pub last_exits: u64,
+    /// Whether the last run used the split VM.
+    last_split: bool,
+}
+
+/// Most calls a run records for its report.
+const CALL_LOG_LIMIT: usize = 400;
+
+impl Vm {
+    fn note(&mut self, call: String) {
+        if self.calls.len() < CALL_LOG_LIMIT {
+            self.calls.push(call);
+        }
+    }
 }
 
 impl KvmBackend {
@@ -553,6 +576,7 @@ impl KvmBackend {
             split: None,
             timer,
             last_exits: 0,
+            last_split: false,
         })
     }
 
@@ -632,6 +656,15 @@ impl Backend for KvmBackend {
         }
     }
 
+    fn calls(&self) -> Vec<String> {
+        let vm = if self.last_split {
+            &self.split
+        } else {
+            &self.full
+        };
+        vm.as_ref().map_or_else(Vec::new, |vm| vm.calls.clone())
+    }
+
     fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
         let split = self.force_split || scenario.config.irqchip == Irqchip::Split;
         let name = self.name;
@@ -640,6 +673,7 @@ impl Backend for KvmBackend {
         }
         let table =
             table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
+        self.last_split = split;
         let KvmBackend {
             kvm,
             image,
@@ -703,6 +737,11 @@ fn run_loop(vm: &mut Vm, table: &table::Table, timer: &KickTimer) -> Result<(End
         match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let value = data.iter().rev().fold(0u32, |acc, b| acc << 8 | *b as u32);
+                if port != PING_PORT {
+                    vm.note(format!(
+                        "KVM_RUN -> KVM_EXIT_IO out port {port:#x} value {value:#x}"
+                    ));
+                }
                 match port {
                     HYPERCALL_PORT => host_op = Some(value as usize),
                     END_PORT => {
@@ -728,6 +767,9 @@ fn run_loop(vm: &mut Vm, table: &table::Table, timer: &KickTimer) -> Result<(End
                 if vm.split && (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&addr) =>
             {
                 let value = vm.ioapic.mmio_read(addr - IOAPIC_BASE);
+                vm.calls.push(format!(
+                    "KVM_RUN -> KVM_EXIT_MMIO read {addr:#x} = {value:#x} (userspace IOAPIC)"
+                ));
                 let bytes = value.to_le_bytes();
                 let n = data.len().min(4);
                 data[..n].copy_from_slice(&bytes[..n]);
@@ -738,23 +780,37 @@ fn run_loop(vm: &mut Vm, table: &table::Table, timer: &KickTimer) -> Result<(End
                 let mut bytes = [0u8; 4];
                 let n = data.len().min(4);
                 bytes[..n].copy_from_slice(&data[..n]);
+                let value = u32::from_le_bytes(bytes);
+                if vm.calls.len() < CALL_LOG_LIMIT {
+                    vm.calls.push(format!(
+                        "KVM_RUN -> KVM_EXIT_MMIO write {addr:#x} = {value:#x} (userspace IOAPIC)"
+                    ));
+                }
                 let mut sink = MsiSink {
                     vm: &vm.vm,
                     failure: None,
+                    sent: Vec::new(),
                 };
-                vm.ioapic
-                    .mmio_write(addr - IOAPIC_BASE, u32::from_le_bytes(bytes), &mut sink);
+                vm.ioapic.mmio_write(addr - IOAPIC_BASE, value, &mut sink);
+                vm.calls.append(&mut sink.sent);
                 if let Some(f) = sink.failure {
                     return Ok((End::Error(f), exits));
                 }
                 routes_dirty = true;
             }
             Ok(VcpuExit::IoapicEoi(vector)) if vm.split => {
+                if vm.calls.len() < CALL_LOG_LIMIT {
+                    vm.calls.push(format!(
+                        "KVM_RUN -> KVM_EXIT_IOAPIC_EOI vector {vector:#04x}"
+                    ));
+                }
                 let mut sink = MsiSink {
                     vm: &vm.vm,
                     failure: None,
+                    sent: Vec::new(),
                 };
                 vm.ioapic.eoi(vector, &mut sink);
+                vm.calls.append(&mut sink.sent);
                 if let Some(f) = sink.failure {
                     return Ok((End::Error(f), exits));
                 }
@@ -833,16 +889,26 @@ fn perform(vm: &mut Vm, op: &Op) -> std::result::Result<(), String> {
             vm.asserted &= !(1 << pin);
         }
         if vm.split {
+            vm.note(format!(
+                "userspace IOAPIC pin {pin} {}",
+                if requested { "asserted" } else { "deasserted" }
+            ));
             let mut sink = MsiSink {
                 vm: &vm.vm,
                 failure: None,
+                sent: Vec::new(),
             };
             vm.ioapic.set_irq(pin as usize, requested, &mut sink);
+            vm.calls.append(&mut sink.sent);
             return sink.failure.map_or(Ok(()), Err);
         }
         // KVM's in-kernel IOAPIC takes KVM_IRQ_LINE's level as the request
         // itself and never looks at the polarity bit (ioapic_set_irq in
         // arch/x86/kvm/ioapic.c), so the logical level is what is driven.
+        vm.note(format!(
+            "KVM_IRQ_LINE gsi {pin} level {}",
+            u8::from(requested)
+        ));
         vm.vm
             .set_irq_line(pin as u32, requested)
             .map_err(|e| format!("KVM_IRQ_LINE: {e}"))
@@ -859,8 +925,10 @@ fn perform(vm: &mut Vm, op: &Op) -> std::result::Result<(), String> {
             let mut sink = MsiSink {
                 vm: &vm.vm,
                 failure: None,
+                sent: Vec::new(),
             };
             sink.send(&msg);
+            vm.calls.append(&mut sink.sent);
             sink.failure.map_or(Ok(()), Err)
         }
         other => Err(format!("`{}` is not a host op", other.keyword())),

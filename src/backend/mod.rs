@@ -33,6 +33,12 @@ pub trait Backend {
     /// from a file is never adjusted: it runs as written or fails).
     fn fit(&self, _scenario: &mut Scenario) {}
 
+    /// The hypervisor calls and exits of the last run, in order (for
+    /// reports); empty for backends with no hypervisor.
+    fn calls(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Run, turning a backend failure into a trace with outcome `error`.
     fn run_to_trace(&mut self, scenario: &Scenario) -> Trace {
         match self.run(scenario) {

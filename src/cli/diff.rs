@@ -15,12 +15,17 @@ pub struct DiffArgs {
     /// The backend to compare with the model.
     #[arg(long)]
     pub backend: String,
+    /// A VMM-side workaround for the hvf backends (repeatable):
+    /// reassert-on-unmask, reassert-after-eoi, xapic-eoi-detect.
+    #[arg(long = "workaround")]
+    pub workarounds: Vec<String>,
 }
 
 fn open(args: &DiffArgs) -> Result<(crate::scenario::Scenario, Differ), ExitCode> {
     let mut loaded = super::load(std::slice::from_ref(&args.file))?;
     let (_, scenario) = loaded.remove(0);
-    let differ = Differ::open(&args.backend).map_err(|e| {
+    let name = super::with_workarounds(&args.backend, &args.workarounds)?;
+    let differ = Differ::open(&name).map_err(|e| {
         eprintln!("irqdiff: {e}");
         ExitCode::from(match e {
             crate::backend::OpenError::Unavailable { .. } => super::EXIT_UNAVAILABLE,

@@ -83,6 +83,7 @@ pub fn main(args: EmitArgs) -> ExitCode {
                 observed,
                 dir: None,
                 minimize_runs: 0,
+                calls: differ.target.calls(),
             };
             print!("{}", repro::report(&finding, &args.backend));
         }

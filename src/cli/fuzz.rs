@@ -15,6 +15,10 @@ pub struct FuzzArgs {
     /// Backend under test (default: the best available here; see `irqdiff backends`).
     #[arg(long)]
     pub backend: Option<String>,
+    /// A VMM-side workaround for the hvf backends (repeatable):
+    /// reassert-on-unmask, reassert-after-eoi, xapic-eoi-detect.
+    #[arg(long = "workaround")]
+    pub workarounds: Vec<String>,
     /// Stop after this many cases.
     #[arg(long, conflicts_with = "time")]
     pub cases: Option<u64>,
@@ -71,6 +75,10 @@ pub fn main(args: FuzzArgs) -> ExitCode {
             }
             best.to_string()
         }
+    };
+    let backend = match super::with_workarounds(&backend, &args.workarounds) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
     let jobs = args
         .jobs

@@ -114,6 +114,19 @@ pub fn open_backend(name: &str) -> Result<Box<dyn Backend>, ExitCode> {
     })
 }
 
+/// `--workaround` options, as the `:NAME,...` suffix of an `hvf` backend.
+pub fn with_workarounds(backend: &str, workarounds: &[String]) -> Result<String, ExitCode> {
+    if workarounds.is_empty() {
+        return Ok(backend.to_string());
+    }
+    if !backend.starts_with("hvf") {
+        eprintln!("irqdiff: --workaround applies to the hvf backends, not `{backend}`");
+        return Err(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    let sep = if backend.contains(':') { "," } else { ":" };
+    Ok(format!("{backend}{sep}{}", workarounds.join(",")))
+}
+
 pub fn display(path: &Path) -> String {
     path.display().to_string()
 }

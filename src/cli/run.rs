@@ -15,6 +15,10 @@ pub struct RunArgs {
     /// Backend to run on (see `irqdiff backends`).
     #[arg(long, default_value = "model")]
     pub backend: String,
+    /// A VMM-side workaround for the hvf backends (repeatable):
+    /// reassert-on-unmask, reassert-after-eoi, xapic-eoi-detect.
+    #[arg(long = "workaround")]
+    pub workarounds: Vec<String>,
     /// Print the JSON trace of SCENARIO-FORMAT.md, one object per line.
     #[arg(long)]
     pub json: bool,
@@ -34,7 +38,11 @@ pub fn main(args: RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let mut backend = match super::open_backend(&args.backend) {
+    let name = match super::with_workarounds(&args.backend, &args.workarounds) {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    let mut backend = match super::open_backend(&name) {
         Ok(b) => b,
         Err(code) => return code,
     };

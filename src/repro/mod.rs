@@ -176,6 +176,15 @@ pub fn report(finding: &Finding, backend: &str) -> String {
         Some(r) => out += &format!("`{}`: {}\n", r.name(), r.citation()),
         None => out += "The model recorded no decision for this event.\n",
     }
+    if !finding.calls.is_empty() {
+        out += &format!(
+            "\n## Hypervisor calls ({backend}, the minimal scenario's run, in order)\n\n```\n"
+        );
+        for (i, call) in finding.calls.iter().enumerate() {
+            out += &format!("{:>4}  {call}\n", i + 1);
+        }
+        out += "```\n";
+    }
     out += &format!("\n## Signature\n\n`{}` (class, causing op, rule): findings with the same signature are the same bug.\n", finding.signature.slug());
     out
 }

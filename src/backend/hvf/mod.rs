@@ -42,6 +42,10 @@ impl<H: Hv> Backend for HvfBackend<H> {
         &self.name
     }
 
+    fn calls(&self) -> Vec<String> {
+        self.vmm.calls.clone()
+    }
+
     fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
         if scenario.config.directed_eoi {
             return Err(BackendError::Unsupported(

@@ -70,7 +70,16 @@ pub struct HvfVmm<H: Hv> {
     pub calls: Vec<String>,
 }
 
+/// Most calls a run records for its report.
+const CALL_LOG_LIMIT: usize = 400;
+
 impl<H: Hv> HvfVmm<H> {
+    fn note(&mut self, call: String) {
+        if self.calls.len() < CALL_LOG_LIMIT {
+            self.calls.push(call);
+        }
+    }
+
     pub fn new(
         mut hv: H,
         name: &str,
@@ -208,7 +217,9 @@ impl<H: Hv> HvfVmm<H> {
             }
             halted = 0;
             // Seed step 2: the exit info first, after every exit.
-            match self.hv.exit_info(v)? {
+            let info = self.hv.exit_info(v)?;
+            self.note(format!("hv_vcpu_run_until -> hv_vcpu_exit_info = {info}"));
+            match info {
                 hv::HV_VM_EXITINFO_VMX => {
                     if let Some(end) = self.vmx_exit(table)? {
                         return Ok(end);
@@ -238,6 +249,7 @@ impl<H: Hv> HvfVmm<H> {
         let v = self.vcpu;
         let reason = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_REASON)? as u32 & 0xffff;
         let rip = self.hv.read_register(v, hv::HV_X86_RIP)?;
+        self.note(format!("  VMCS_RO_EXIT_REASON = {reason}, RIP {rip:#x}"));
         match reason {
             hv::VMX_REASON_IO => {
                 let qual = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_QUALIFIC)?;
@@ -313,6 +325,7 @@ impl<H: Hv> HvfVmm<H> {
                     ))));
                 };
                 let no_side_effect = self.hv.apic_write(v, offset, value)?;
+                self.note(format!("  hv_vcpu_apic_write({offset:#x}, {value:#x}) -> no_side_effect {no_side_effect}"));
                 self.hv
                     .write_register(v, hv::HV_X86_RIP, rip + access.len)?;
                 // Seed step 3: a write with side effects: the exit info says which.
@@ -397,6 +410,7 @@ impl<H: Hv> HvfVmm<H> {
             self.ioapic.mmio_write(gpa - IOAPIC_BASE, value, &mut sink);
             return sink.failure.map_or(Ok(()), Err);
         }
+        self.note(format!("  hv_vm_ioapic_write({gpa:#x}, {value:#x})"));
         self.hv.ioapic_write(gpa, value)?;
         match gpa - IOAPIC_BASE {
             0x00 => self.select = value & 0xff,
@@ -431,6 +445,7 @@ impl<H: Hv> HvfVmm<H> {
 
     /// An EOI the local APIC turned into an exit (split shape).
     fn userspace_eoi(&mut self, vector: u8) -> std::result::Result<(), HvError> {
+        self.note(format!("  hv_vcpu_exit_ioapic_eoi -> {vector:#04x}"));
         if self.split {
             let mut sink = HvSink {
                 hv: &mut self.hv,
@@ -443,6 +458,21 @@ impl<H: Hv> HvfVmm<H> {
     }
 
     fn host_op(&mut self, op: &Op) -> std::result::Result<(), HvError> {
+        let how = if self.split {
+            "userspace IOAPIC, hv_vm_send_ioapic_intr"
+        } else {
+            "hv_vm_ioapic_*"
+        };
+        match op {
+            Op::Msi(m) => {
+                let (a, d) = m.address_data();
+                self.note(format!("  hv_vm_lapic_msi({a:#x}, {d:#x})"));
+            }
+            other => self.note(format!(
+                "  {} ({how})",
+                crate::scenario::print::op_text(other)
+            )),
+        }
         let drive =
             |vmm: &mut Self, pin: u8, requested: bool| -> std::result::Result<(), HvError> {
                 if requested {
@@ -670,6 +700,126 @@ mod tests {
         build(&mut a).unwrap();
         let bytes = a.assemble(0x1000).unwrap();
         Access::of(&Decoder::with_ip(64, &bytes, 0x1000, DecoderOptions::NONE).decode())
+    }
+
+    /// A scripted framework: a WRMSR exit moving the APIC base, then the end.
+    #[derive(Default)]
+    struct Scripted {
+        step: u32,
+        calls: Vec<String>,
+    }
+
+    impl Hv for Scripted {
+        fn create_vm(&mut self, _: *mut u8, _: usize) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn create_vcpu(&mut self) -> std::result::Result<u32, HvError> {
+            Ok(0)
+        }
+        fn set_apic_address(&mut self, _: u32, gpa: u64) -> std::result::Result<(), HvError> {
+            self.calls.push(format!("set_apic_address {gpa:#x}"));
+            Ok(())
+        }
+        fn apic_ctrl(&mut self, _: u32, _: u64) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn read_register(&mut self, _: u32, reg: u32) -> std::result::Result<u64, HvError> {
+            Ok(match (self.step, reg) {
+                (1, hv::HV_X86_RCX) => 0x1b,
+                (1, hv::HV_X86_RAX) => 0xfed0_0900,
+                (2, hv::HV_X86_RAX) => EndCode::Completed as u64,
+                _ => 0,
+            })
+        }
+        fn write_register(&mut self, _: u32, _: u32, _: u64) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn read_vmcs(&mut self, _: u32, field: u32) -> std::result::Result<u64, HvError> {
+            Ok(match (self.step, field) {
+                (1, hv::VMCS_RO_EXIT_REASON) => hv::VMX_REASON_WRMSR as u64,
+                (2, hv::VMCS_RO_EXIT_REASON) => hv::VMX_REASON_IO as u64,
+                (2, hv::VMCS_RO_EXIT_QUALIFIC) => (END_PORT as u64) << 16 | 3,
+                (_, hv::VMCS_RO_VMEXIT_INSTR_LEN) => 2,
+                _ => 0,
+            })
+        }
+        fn write_vmcs(&mut self, _: u32, _: u32, _: u64) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn write_msr(&mut self, _: u32, msr: u32, value: u64) -> std::result::Result<(), HvError> {
+            self.calls.push(format!("write_msr {msr:#x} {value:#x}"));
+            Ok(())
+        }
+        fn run_until(&mut self, _: u32, _: Duration) -> std::result::Result<RunEnd, HvError> {
+            self.step += 1;
+            self.calls.clear_if(self.step == 1);
+            Ok(RunEnd::Exit)
+        }
+        fn exit_info(&mut self, _: u32) -> std::result::Result<u32, HvError> {
+            Ok(hv::HV_VM_EXITINFO_VMX)
+        }
+        fn exit_ioapic_eoi(&mut self, _: u32) -> std::result::Result<u8, HvError> {
+            Ok(0)
+        }
+        fn exit_apic_access_read(&mut self, _: u32) -> std::result::Result<u32, HvError> {
+            Ok(0)
+        }
+        fn apic_read(&mut self, _: u32, _: u32) -> std::result::Result<u32, HvError> {
+            Ok(0)
+        }
+        fn apic_write(&mut self, _: u32, _: u32, _: u32) -> std::result::Result<bool, HvError> {
+            Ok(true)
+        }
+        fn lapic_msi(&mut self, _: u64, _: u64) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn send_ioapic_intr(&mut self, _: u64) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn ioapic_read(&mut self, _: u64) -> std::result::Result<u32, HvError> {
+            Ok(0)
+        }
+        fn ioapic_write(&mut self, _: u64, _: u32) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn ioapic_assert_irq(&mut self, _: i32) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn ioapic_deassert_irq(&mut self, _: i32) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn ioapic_pulse_irq(&mut self, _: i32) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+        fn atpic_port_write(&mut self, _: i32, _: u8) -> std::result::Result<(), HvError> {
+            Ok(())
+        }
+    }
+
+    trait ClearIf {
+        fn clear_if(&mut self, yes: bool);
+    }
+    impl ClearIf for Vec<String> {
+        fn clear_if(&mut self, yes: bool) {
+            if yes {
+                self.clear();
+            }
+        }
+    }
+
+    #[test]
+    fn apic_base_move_moves_the_window_before_the_msr_write() {
+        // FB14021745: moving the APIC window and enabling it in one write
+        // fails on HVF, so the loop moves it first, then writes the MSR.
+        let mut vmm = HvfVmm::new(Scripted::default(), "hvf", false, Workarounds::empty()).unwrap();
+        let trace = vmm
+            .run_scenario(&crate::scenario::parse("nop\n").unwrap())
+            .unwrap();
+        assert_eq!(trace.outcome, Outcome::Completed);
+        assert_eq!(
+            vmm.hv().calls,
+            ["set_apic_address 0xfed00000", "write_msr 0x1b 0xfed00900"]
+        );
     }
 
     #[test]
