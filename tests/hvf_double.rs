@@ -85,6 +85,31 @@ fn seed_bugs_show_their_symptoms_through_the_loop() {
 }
 
 #[test]
+fn apic_base_move_then_enable_avoids_fb14021745() {
+    // The seed's step 4: the loop moves the APIC window before it writes
+    // IA32_APIC_BASE, so the move-and-enable bug does not bite.
+    let text =
+        std::fs::read_to_string(root().join("scenarios/seed-hvf/5-apic-base-move-and-enable.irq"))
+            .unwrap();
+    let mut b = hvf(
+        false,
+        Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS,
+        Workarounds::empty(),
+    );
+    assert_eq!(deliveries(&run(&mut b, &text)), [(3, 0x40)]);
+    let calls = b.hv().calls.lock().unwrap().clone();
+    let moved = calls
+        .iter()
+        .rposition(|c| *c == "hv_vmx_vcpu_set_apic_address")
+        .unwrap();
+    let written = calls
+        .iter()
+        .rposition(|c| *c == "hv_vcpu_write_msr")
+        .unwrap();
+    assert!(moved < written, "the window moves before the MSR write");
+}
+
+#[test]
 fn workarounds_restore_spec_behaviour_where_they_can() {
     let model = |text: &str| deliveries(&ModelBackendRun::run(&parse(text).unwrap()));
     // reassert-on-unmask fixes bug 1.

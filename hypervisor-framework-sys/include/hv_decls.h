@@ -19,6 +19,7 @@ typedef uint32_t hv_vm_exitinfo_t;
 typedef uint64_t hv_apic_ctrl_t;
 typedef uint32_t hv_apic_intr_trigger_t;
 typedef struct { uint32_t version; struct { uint64_t rtbl[32]; uint32_t irr; uint32_t ioa_id; uint32_t ioregsel; } state; } hv_ioapic_state_ext_t;
+typedef struct { uint32_t version; uint64_t state[30]; } hv_apic_state_ext_t;
 
 #define HV_SUCCESS 0x0ULL
 #define HV_VCPU_DEFAULT 0x0ULL
@@ -108,6 +109,10 @@ extern hv_return_t hv_vcpu_exit_apic_access_read(hv_vcpuid_t vcpu, uint32_t * va
 extern hv_return_t hv_vcpu_apic_read(hv_vcpuid_t vcpu, uint32_t offset, uint32_t * data);
 /* hv.h, macOS 12.0 */
 extern hv_return_t hv_vcpu_apic_write(hv_vcpuid_t vcpu, uint32_t offset, uint32_t data, bool * no_side_effect);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_apic_get_state(hv_vcpuid_t vcpu, hv_apic_state_ext_t * state);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_apic_put_state(hv_vcpuid_t vcpu, const hv_apic_state_ext_t * state);
 /* hv.h, macOS 12.0 */
 extern hv_return_t hv_vcpu_apic_ctrl(hv_vcpuid_t vcpu, hv_apic_ctrl_t ctrls);
 /* hv.h, macOS 12.0 */

@@ -154,6 +154,19 @@ pub struct hv_ioapic_state_ext_t {
 const _: () = assert!(std::mem::size_of::<hv_ioapic_state_ext_t>() == 280);
 pub const HV_IOAPIC_STATE_EXT_VER: u32 = 100;
 
+/// `hv_apic_state_ext_t` (hv_intr.h): `version` then `struct hv_apic_state`
+/// (240 bytes: apic_gpa, apic_controls, tsc_deadline, ID, version, TPR, APR,
+/// LDR, DFR, SVR, ISR/TMR/IRR, ESR, LVTs, ICR, timer, boot state, AEOI),
+/// kept opaque here; `version` = [`HV_APIC_STATE_EXT_VER`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct hv_apic_state_ext_t {
+    pub version: u32,
+    pub state: [u64; 30],
+}
+const _: () = assert!(std::mem::size_of::<hv_apic_state_ext_t>() == 248);
+pub const HV_APIC_STATE_EXT_VER: u32 = 100;
+
 /// One function of the table: what both the Rust and the C declarations
 /// are made from.
 #[derive(Clone, Copy, Debug)]
@@ -215,6 +228,8 @@ functions! {
     ["hv.h", "12.0"] fn hv_vcpu_exit_apic_access_read(vcpu: hv_vcpuid_t = "hv_vcpuid_t", value: *mut u32 = "uint32_t *") -> hv_return_t = "hv_return_t";
     ["hv.h", "12.0"] fn hv_vcpu_apic_read(vcpu: hv_vcpuid_t = "hv_vcpuid_t", offset: u32 = "uint32_t", data: *mut u32 = "uint32_t *") -> hv_return_t = "hv_return_t";
     ["hv.h", "12.0"] fn hv_vcpu_apic_write(vcpu: hv_vcpuid_t = "hv_vcpuid_t", offset: u32 = "uint32_t", data: u32 = "uint32_t", no_side_effect: *mut bool = "bool *") -> hv_return_t = "hv_return_t";
+    ["hv.h", "12.0"] fn hv_vcpu_apic_get_state(vcpu: hv_vcpuid_t = "hv_vcpuid_t", state: *mut hv_apic_state_ext_t = "hv_apic_state_ext_t *") -> hv_return_t = "hv_return_t";
+    ["hv.h", "12.0"] fn hv_vcpu_apic_put_state(vcpu: hv_vcpuid_t = "hv_vcpuid_t", state: *const hv_apic_state_ext_t = "const hv_apic_state_ext_t *") -> hv_return_t = "hv_return_t";
     ["hv.h", "12.0"] fn hv_vcpu_apic_ctrl(vcpu: hv_vcpuid_t = "hv_vcpuid_t", ctrls: hv_apic_ctrl_t = "hv_apic_ctrl_t") -> hv_return_t = "hv_return_t";
     ["hv.h", "12.0"] fn hv_vm_lapic_msi(addr: u64 = "uint64_t", data: u64 = "uint64_t") -> hv_return_t = "hv_return_t";
     ["hv.h", "12.0"] fn hv_vm_lapic_set_intr(vcpu: hv_vcpuid_t = "hv_vcpuid_t", vector: u8 = "uint8_t", trig: hv_apic_intr_trigger_t = "hv_apic_intr_trigger_t") -> hv_return_t = "hv_return_t";
@@ -245,7 +260,8 @@ pub fn c_declarations() -> String {
          typedef uint64_t hv_memory_flags_t;\ntypedef unsigned hv_vcpuid_t;\ntypedef uint64_t hv_gpaddr_t;\n\
          typedef const void *hv_uvaddr_t;\ntypedef uint32_t hv_x86_reg_t;\ntypedef uint32_t hv_vm_exitinfo_t;\n\
          typedef uint64_t hv_apic_ctrl_t;\ntypedef uint32_t hv_apic_intr_trigger_t;\n\
-         typedef struct { uint32_t version; struct { uint64_t rtbl[32]; uint32_t irr; uint32_t ioa_id; uint32_t ioregsel; } state; } hv_ioapic_state_ext_t;\n\n",
+         typedef struct { uint32_t version; struct { uint64_t rtbl[32]; uint32_t irr; uint32_t ioa_id; uint32_t ioregsel; } state; } hv_ioapic_state_ext_t;\n\
+         typedef struct { uint32_t version; uint64_t state[30]; } hv_apic_state_ext_t;\n\n",
     );
     let constants: &[(&str, u64)] = &[
         ("HV_SUCCESS", HV_SUCCESS as u64),

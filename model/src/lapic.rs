@@ -94,6 +94,10 @@ pub enum Acceptance {
 /// The local APIC's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lapic {
+    /// IA32_APIC_BASE bit 11: the APIC is globally enabled.
+    hw_enabled: bool,
+    /// IA32_APIC_BASE bits 31:12.
+    base: u32,
     x2apic: bool,
     directed_eoi_supported: bool,
     quirks: Quirks,
@@ -123,6 +127,8 @@ impl Lapic {
     /// TPR 0, IRR/ISR/TMR empty, LINT0/LINT1 masked.
     pub fn new(x2apic: bool, directed_eoi_supported: bool, quirks: Quirks) -> Lapic {
         Lapic {
+            hw_enabled: true,
+            base: 0xfee0_0000,
             x2apic,
             directed_eoi_supported,
             quirks,
@@ -148,6 +154,64 @@ impl Lapic {
 
     pub fn x2apic(&self) -> bool {
         self.x2apic
+    }
+    pub fn hw_enabled(&self) -> bool {
+        self.hw_enabled
+    }
+
+    /// IA32_APIC_BASE as the guest reads it (low 32 bits): base, EN, EXTD,
+    /// and BSP (bit 8, this is the boot processor).
+    pub fn apic_base(&self) -> u32 {
+        self.base | u32::from(self.hw_enabled) << 11 | u32::from(self.x2apic) << 10 | 1 << 8
+    }
+
+    /// A guest write of IA32_APIC_BASE (SDM §11.4.4, §11.12.5). Invalid
+    /// mode transitions raise #GP: EXTD without EN; x2APIC back to xAPIC;
+    /// disabled straight to x2APIC. Disabling resets the APIC (§11.4.3: all
+    /// state is lost; it comes back in its power-up state, software-disabled).
+    pub fn write_apic_base(&mut self, value: u32) -> Result<(), GeneralProtection> {
+        let (en, extd) = (value & 1 << 11 != 0, value & 1 << 10 != 0);
+        let invalid = (extd && !en) || (self.x2apic && en && !extd) || (!self.hw_enabled && extd);
+        if invalid {
+            return Err(GeneralProtection);
+        }
+        if self
+            .quirks
+            .contains(Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS)
+            && !self.hw_enabled
+            && en
+            && value & !0xfff != self.base
+        {
+            // The seed's FB14021745: the move and the enable together fail.
+            self.base = value & !0xfff;
+            return Ok(());
+        }
+        self.base = value & !0xfff;
+        if !en {
+            *self = Lapic {
+                hw_enabled: false,
+                base: self.base,
+                ..Lapic::new(false, self.directed_eoi_supported, self.quirks)
+            };
+            self.svr = 0xff;
+            return Ok(());
+        }
+        if !self.hw_enabled {
+            // Re-enabled: the power-up state, software-disabled (§11.4.7.1).
+            *self = Lapic {
+                base: self.base,
+                ..Lapic::new(false, self.directed_eoi_supported, self.quirks)
+            };
+            self.svr = 0xff;
+            return Ok(());
+        }
+        if extd && !self.x2apic {
+            // §11.12.5.1: xAPIC to x2APIC keeps the state; the logical ID
+            // is now derived from the x2APIC ID.
+            self.x2apic = true;
+            self.ldr = 1;
+        }
+        Ok(())
     }
     pub fn irr(&self) -> [u32; 8] {
         self.irr
@@ -211,6 +275,10 @@ impl Lapic {
 
     /// A message for this APIC arrives (the destination was matched).
     pub fn accept(&mut self, msg: &InterruptMessage) -> Acceptance {
+        // §11.4.3: a globally disabled APIC takes nothing.
+        if !self.hw_enabled {
+            return Acceptance::Refused(Rule::ApicSoftwareDisabled);
+        }
         match msg.delivery {
             DeliveryMode::Fixed | DeliveryMode::Lowest => {}
             DeliveryMode::Nmi => return Acceptance::Nmi,
@@ -273,6 +341,9 @@ impl Lapic {
 
     /// A register read by xAPIC MMIO offset (or its x2APIC MSR, low 32 bits).
     pub fn read(&self, offset: u16) -> u32 {
+        if !self.hw_enabled {
+            return 0;
+        }
         let word = |bits: &[u32; 8]| bits[((offset & 0x7f) >> 4) as usize];
         match offset {
             // §11.4.6: xAPIC ID in bits 31:24; x2APIC ID is 32-bit.
@@ -305,6 +376,9 @@ impl Lapic {
     /// A register write by xAPIC offset. Returns a self IPI to send, if the
     /// write was one (the ICR with the self shorthand or the SELF IPI MSR).
     pub fn write(&mut self, offset: u16, value: u32) -> Option<InterruptMessage> {
+        if !self.hw_enabled {
+            return None;
+        }
         match offset {
             reg::TPR => self.tpr = value & 0xff,
             // §11.6.2.2: LDR bits 31:24 are writable in xAPIC mode; in x2APIC
@@ -620,6 +694,43 @@ mod tests {
         assert!(l.matches(true, 0x01) && !l.matches(true, 0x02));
         let x2 = Lapic::new(true, false, Quirks::empty());
         assert!(x2.matches(true, 0x01) && !x2.matches(true, 0x02));
+    }
+
+    #[test]
+    fn apic_base_transitions() {
+        // SDM §11.12.5: xAPIC -> x2APIC is fine, x2APIC -> xAPIC is #GP;
+        // EXTD without EN is #GP; disabled -> x2APIC is #GP.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(l.write_apic_base(0xfee0_0400), Err(GeneralProtection));
+        assert_eq!(l.write_apic_base(0xfee0_0c00), Ok(()));
+        assert!(l.x2apic());
+        assert_eq!(l.write_apic_base(0xfee0_0800), Err(GeneralProtection));
+        assert_eq!(l.write_apic_base(0xfee0_0000), Ok(()));
+        assert!(!l.hw_enabled());
+        assert_eq!(l.write_apic_base(0xfee0_0c00), Err(GeneralProtection));
+        // §11.4.3: re-enabled in the power-up state, software-disabled; moved.
+        assert_eq!(l.write_apic_base(0xfed0_0800), Ok(()));
+        assert_eq!(l.apic_base(), 0xfed0_0900);
+        assert!(!l.software_enabled());
+    }
+
+    #[test]
+    fn globally_disabled_apic_takes_nothing() {
+        // SDM §11.4.3.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write_apic_base(0xfee0_0000).unwrap();
+        assert!(matches!(
+            l.accept(&fixed(0x40, false)),
+            Acceptance::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn quirk_move_and_enable_in_one_write_fails() {
+        let mut l = Lapic::new(false, false, Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS);
+        l.write_apic_base(0xfee0_0000).unwrap();
+        l.write_apic_base(0xfed0_0800).unwrap();
+        assert!(!l.hw_enabled());
     }
 
     #[test]

@@ -235,6 +235,13 @@ impl Machine {
         Ok(())
     }
 
+    /// A guest write of IA32_APIC_BASE (SDM §11.4.4, §11.12.5).
+    pub fn write_apic_base(&mut self, value: u32) -> Result<(), GeneralProtection> {
+        let result = self.lapic.write_apic_base(value);
+        self.log.push(Rule::ApicBaseTransition, 0);
+        result
+    }
+
     /// §11.8.5: the EOI clears the highest ISR bit and, for a level vector,
     /// is broadcast to the IOAPIC.
     fn end_of_interrupt(&mut self) {

@@ -34,5 +34,9 @@ bitflags::bitflags! {
         /// this project's paravirtualised KVM host
         /// (`reference/kvm-host-probe.md`).
         const ISR_NEVER_SET = 1 << 5;
+        /// A single IA32_APIC_BASE write that both moves the APIC's base and
+        /// enables it leaves the APIC disabled. Seed report, step 4
+        /// (Hypervisor.framework, FB14021745).
+        const APIC_BASE_MOVE_AND_ENABLE_FAILS = 1 << 6;
     }
 }

@@ -65,6 +65,8 @@ pub enum Rule {
     NmiDelivers,
     /// A second NMI while NMIs are blocked is held until IRET.
     NmiBlocked,
+    /// IA32_APIC_BASE: a valid mode transition, or #GP for an invalid one.
+    ApicBaseTransition,
     /// A deviation switched on by a `sim:` quirk.
     Quirk,
 }
@@ -101,6 +103,7 @@ impl Rule {
             Rule::MsiDelivers => "msi-delivers",
             Rule::NmiDelivers => "nmi-delivers",
             Rule::NmiBlocked => "nmi-blocked",
+            Rule::ApicBaseTransition => "apic-base-transition",
             Rule::Quirk => "quirk",
         }
     }
@@ -136,6 +139,7 @@ impl Rule {
             Rule::MsiDelivers => "SDM vol. 3A §11.11 Message Signalled Interrupts (§11.11.1 address, §11.11.2 data)",
             Rule::NmiDelivers => "SDM vol. 3A §6.7.1 Handling Multiple NMIs; §11.6.1 delivery mode NMI",
             Rule::NmiBlocked => "SDM vol. 3A §6.7.1 Handling Multiple NMIs: NMIs are blocked until the next IRET",
+            Rule::ApicBaseTransition => "SDM vol. 3A §11.4.4 Local APIC Status and Location (IA32_APIC_BASE), §11.4.3 Enabling or Disabling the Local APIC, §11.12.5 x2APIC State Transitions",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
         }
     }

@@ -689,8 +689,11 @@ impl Backend for KvmBackend {
         timer.set(Duration::ZERO);
         let (end, exits) = result?;
         *last_exits = exits;
-        vm.clean =
-            matches!(end, End::Stub(_)) && scenario.config.apic == crate::scenario::ApicMode::Xapic;
+        // A run that moved or switched the APIC base needs the segments
+        // (and so the APIC base) written again.
+        vm.clean = matches!(end, End::Stub(_))
+            && scenario.config.apic == crate::scenario::ApicMode::Xapic
+            && !scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)));
         let (cur_op, log_bytes) = image.read_back(vm.ram.bytes());
         let mut trace = Trace::new(name);
         trace.events = log::decode(log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;

@@ -309,6 +309,9 @@ impl<'s> Run<'s> {
             Op::LapicWrite { offset, value } => m
                 .lapic_write(offset, value)
                 .map_err(|_| gp(&format!("writing register {offset:#x}")))?,
+            Op::ApicBase(value) => m.write_apic_base(value).map_err(|_| {
+                Stop::Error(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.12.5)"))
+            })?,
         }
         if let Some(mode) = self.machine.take_unmodelled() {
             return Err(Stop::Error(format!(

@@ -18,8 +18,9 @@ pub const PROFILES: &[(&str, Quirks, &str)] = &[(
     Quirks::LEVEL_UNMASK_NO_DELIVER
         .union(Quirks::LEVEL_EOI_NO_REDELIVER)
         .union(Quirks::LEVEL_COALESCE_REDELIVER)
-        .union(Quirks::SPLIT_EOI_LOST),
-    "the four HVF bugs of the seed report (FB14425412, FB14425590)",
+        .union(Quirks::SPLIT_EOI_LOST)
+        .union(Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS),
+    "the HVF bugs of the seed report (FB14425412, FB14425590, FB14021745)",
 )];
 
 pub struct SimBackend {

@@ -141,7 +141,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
 
     // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
     a.set_label(&mut exec_op)?;
-    let kinds: [(u32, OpBody); 16] = [
+    let kinds: [(u32, OpBody); 17] = [
         (kind::ROUTE, op_route),
         (kind::MASK, op_mask),
         (kind::HOST, op_host),
@@ -163,6 +163,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
         (kind::IOAPIC_READ, op_ioapic_read),
         (kind::IOAPIC_WRITE, op_ioapic_write),
         (kind::LAPIC_READ, op_lapic_read),
+        (kind::APIC_BASE, op_apic_base),
         (kind::PING, |a, _| {
             a.mov(dx, PING_PORT as u32)?;
             a.out(dx, eax)
@@ -347,6 +348,20 @@ fn op_self_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     a.wrmsr()?;
     a.set_label(&mut out)?;
     a.nop()
+}
+
+/// WRMSR IA32_APIC_BASE, then reach the APIC where it now is: r14 follows
+/// the base, and the x2APIC flag follows EXTD (bit 10).
+fn op_apic_base(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    a.mov(ecx, 0x1b)?;
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.mov(r14d, eax)?;
+    a.and(r14d, 0xffff_f000u32 as i32)?;
+    a.shr(eax, 10)?;
+    a.and(eax, 1)?;
+    a.mov(dword_ptr(X2APIC), eax)
 }
 
 fn op_ioapic_eoi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {

@@ -37,6 +37,8 @@ pub mod kind {
     pub const LAPIC_READ: u32 = 15;
     /// `out` to the ping port (benchmarks only).
     pub const PING: u32 = 16;
+    /// a = IA32_APIC_BASE (low 32 bits).
+    pub const APIC_BASE: u32 = 17;
 }
 
 /// A scenario laid out for guest memory.
@@ -90,6 +92,7 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<Op>) {
         Op::IoapicWrite { index, value } => [IOAPIC_WRITE, index as u32, value, 0],
         Op::LapicRead(o) => [LAPIC_READ, o as u32, 0, 0],
         Op::LapicWrite { offset, value } => [LAPIC_WRITE, offset as u32, value, 0],
+        Op::ApicBase(value) => [APIC_BASE, value, 0, 0],
     };
     word(out, w);
 }

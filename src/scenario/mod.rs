@@ -245,6 +245,17 @@ pub enum Op {
         offset: u16,
         value: u32,
     },
+    /// Extension: `apic-base VALUE`: the guest writes IA32_APIC_BASE (MSR
+    /// 0x1B; VALUE is its low 32 bits: base 31:12, EN 11, EXTD 10) and then
+    /// reaches the local APIC at the new base.
+    ApicBase(#[arbitrary(with = apic_base_value)] u32),
+}
+
+/// IA32_APIC_BASE values a generator tries: the usual base or a moved one,
+/// with each combination of EN and EXTD.
+fn apic_base_value(u: &mut arbitrary::Unstructured) -> arbitrary::Result<u32> {
+    let base: u32 = *u.choose(&[0xfee0_0000u32, 0xfed0_0000])?;
+    Ok(base | u.int_in_range(0..=3u32)? << 10)
 }
 
 /// A local APIC register offset the format allows: 0x000-0x3f0, a
@@ -287,6 +298,7 @@ impl Op {
             Op::IoapicWrite { .. } => "ioapic-write",
             Op::LapicRead(_) => "lapic-read",
             Op::LapicWrite { .. } => "lapic-write",
+            Op::ApicBase(_) => "apic-base",
         }
     }
 }

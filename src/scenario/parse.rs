@@ -60,6 +60,7 @@ pub const OP_KEYWORDS: &[&str] = &[
     "ioapic-write",
     "lapic-read",
     "lapic-write",
+    "apic-base",
 ];
 
 /// A word of a line and its 1-based column.
@@ -412,6 +413,10 @@ fn parse_op(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
                 value: dword(line, arg(2), "a value")?,
             },
             3,
+        ),
+        "apic-base" => (
+            Op::ApicBase(dword(line, arg(1), "an IA32_APIC_BASE value")?),
+            2,
         ),
         other => {
             let hint = closest(other, OP_KEYWORDS)

@@ -35,6 +35,11 @@ pub trait Hv {
     fn create_vm(&mut self, ram: *mut u8, size: usize) -> HvResult<()>;
     /// `hv_vcpu_create` on the calling thread.
     fn create_vcpu(&mut self) -> HvResult<u32>;
+    /// Restores the in-kernel APIC and IOAPIC to the states they had when
+    /// the vCPU was created (`hv_vcpu_apic_put_state`,
+    /// `hv_vm_ioapic_put_state`) and the APIC window to 0xFEE00000: the
+    /// start of every scenario.
+    fn reset_irqchip(&mut self, vcpu: u32) -> HvResult<()>;
     /// `hv_vmx_vcpu_set_apic_address`.
     fn set_apic_address(&mut self, vcpu: u32, gpa: u64) -> HvResult<()>;
     /// `hv_vcpu_apic_ctrl`.

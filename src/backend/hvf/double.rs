@@ -54,6 +54,8 @@ struct State {
     eoi_vector: Option<u8>,
     apic_read_value: u32,
     halted: bool,
+    /// Where the APIC's MMIO window is (`hv_vmx_vcpu_set_apic_address`).
+    apic_window: u64,
 }
 
 impl State {
@@ -112,6 +114,7 @@ impl Double {
             eoi_vector: None,
             apic_read_value: 0,
             halted: false,
+            apic_window: LAPIC_BASE,
         };
         Double {
             state: Arc::new(Mutex::new(state)),
@@ -146,14 +149,21 @@ impl Hv for Double {
     fn create_vcpu(&mut self) -> HvResult<u32> {
         self.with("hv_vcpu_create", |_| Ok(0))
     }
+    fn reset_irqchip(&mut self, _vcpu: u32) -> HvResult<()> {
+        self.log("hv_vcpu_apic_put_state");
+        self.with("hv_vm_ioapic_put_state", |s| {
+            s.machine = fresh_machine(false, s.quirks);
+            s.apic_window = LAPIC_BASE;
+            s.eoi_vector = None;
+            s.halted = false;
+        });
+        Ok(())
+    }
     fn set_apic_address(&mut self, _vcpu: u32, gpa: u64) -> HvResult<()> {
-        self.with("hv_vmx_vcpu_set_apic_address", |_| {
-            if gpa == LAPIC_BASE {
-                Ok(())
-            } else {
-                Err(err("hv_vmx_vcpu_set_apic_address"))
-            }
-        })
+        self.with("hv_vmx_vcpu_set_apic_address", |s| {
+            s.apic_window = gpa & !0xfff
+        });
+        Ok(())
     }
     fn apic_ctrl(&mut self, _vcpu: u32, ctrl: u64) -> HvResult<()> {
         self.with("hv_vcpu_apic_ctrl", |s| s.apic_ctrl = ctrl);
@@ -197,21 +207,20 @@ impl Hv for Double {
     fn write_msr(&mut self, _vcpu: u32, msr: u32, value: u64) -> HvResult<()> {
         self.with("hv_vcpu_write_msr", |s| {
             if msr == 0x1b {
-                // The APIC base. EXTD: the guest switches to x2APIC (the
-                // stub does it first thing, with nothing pending); without
-                // it: the VMM's reset to the start state.
-                let x2apic = value & 0x400 != 0;
-                let mut fresh = Machine::new(MachineConfig {
-                    x2apic,
-                    quirks: s.quirks,
-                    ..MachineConfig::default()
-                });
-                if x2apic {
-                    fresh.ioapic = s.machine.ioapic.clone();
+                // The guest's IA32_APIC_BASE write (forwarded by the VMM).
+                // FB14021745: moving the window and enabling the APIC in one
+                // write fails unless the window was moved first.
+                let enables = !s.machine.lapic.hw_enabled() && value & (1 << 11) != 0;
+                let moved_first = s.apic_window == value & !0xfff;
+                if s.quirks.contains(Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS)
+                    && enables
+                    && !moved_first
+                {
+                    return Ok(());
                 }
-                s.machine = fresh;
-                s.eoi_vector = None;
-                s.halted = false;
+                if s.machine.write_apic_base(value as u32).is_err() {
+                    return Err(err("hv_vcpu_write_msr"));
+                }
             }
             Ok(())
         })
@@ -336,11 +345,23 @@ fn lapic_write(s: &mut State, offset: u16, value: u32) -> bool {
     false
 }
 
+/// The in-kernel APIC/IOAPIC of a fresh VM. The FB14021745 quirk is the
+/// double's own (it depends on the VMM's calls), not the machine's.
+fn fresh_machine(x2apic: bool, quirks: Quirks) -> Machine {
+    let quirks = quirks - Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS;
+    Machine::new(MachineConfig {
+        x2apic,
+        quirks,
+        ..MachineConfig::default()
+    })
+}
+
 fn spawn(state: Arc<Mutex<State>>) -> CpuThread {
     let (resume_tx, resume_rx) = mpsc::sync_channel(0);
     let (event_tx, event_rx) = mpsc::sync_channel(0);
     let handle = std::thread::spawn(move || {
         let mut cpu = Vcpu {
+            lapic_at: LAPIC_BASE,
             state,
             resume: resume_rx,
             events: event_tx,
@@ -365,6 +386,8 @@ type Step = Result<(), Stop>;
 
 /// The vCPU thread: the guest stub's behaviour.
 struct Vcpu {
+    /// Where the stub reaches the APIC (its r14).
+    lapic_at: u64,
     state: Arc<Mutex<State>>,
     resume: Receiver<()>,
     events: SyncSender<CpuEvent>,
@@ -413,14 +436,18 @@ impl Vcpu {
     }
 
     fn store(&mut self, gpa: u64, value: u32) -> Step {
-        let x2apic = self.s().machine.lapic.x2apic();
-        if (LAPIC_BASE..LAPIC_BASE + 0x1000).contains(&gpa) {
+        let (x2apic, window) = {
+            let s = self.s();
+            (s.machine.lapic.x2apic(), s.apic_window)
+        };
+        let offset = gpa.wrapping_sub(self.lapic_at);
+        if offset < 0x1000 && (x2apic || gpa == window + offset) {
             if x2apic {
                 // x2APIC MSRs never exit; an EOI meant for the userspace
                 // IOAPIC is an exit of its own.
                 let (eoi_exit, split) = {
                     let mut s = self.s();
-                    let no_side_effect = lapic_write(&mut s, (gpa - LAPIC_BASE) as u16, value);
+                    let no_side_effect = lapic_write(&mut s, offset as u16, value);
                     (!no_side_effect, s.split())
                 };
                 if eoi_exit && split {
@@ -434,8 +461,7 @@ impl Vcpu {
                 hv::VMX_REASON_APIC_ACCESS,
                 &MOV_STORE,
                 |s| {
-                    s.vmcs
-                        .insert(hv::VMCS_RO_EXIT_QUALIFIC, (gpa - LAPIC_BASE) | 1 << 12);
+                    s.vmcs.insert(hv::VMCS_RO_EXIT_QUALIFIC, offset | 1 << 12);
                     s.regs[hv::HV_X86_RBX as usize] = gpa;
                     s.regs[hv::HV_X86_RAX as usize] = value as u64;
                 },
@@ -454,8 +480,9 @@ impl Vcpu {
     }
 
     fn load(&mut self, gpa: u64) -> Result<u32, Stop> {
-        if (LAPIC_BASE..LAPIC_BASE + 0x1000).contains(&gpa) {
-            let offset = (gpa - LAPIC_BASE) as u16;
+        let window = self.s().apic_window;
+        if gpa.wrapping_sub(self.lapic_at) < 0x1000 && gpa.wrapping_sub(window) < 0x1000 {
+            let offset = (gpa - window) as u16;
             let (x2apic, value) = {
                 let mut s = self.s();
                 let v = s.machine.lapic_read(offset).unwrap_or(0);
@@ -496,8 +523,8 @@ impl Vcpu {
                 s.regs[hv::HV_X86_RDX as usize] = 0;
             })?;
         }
-        self.store(LAPIC_BASE + 0x350, 1 << 16)?;
-        self.store(LAPIC_BASE + 0x360, 1 << 16)?;
+        self.store(self.lapic_at + 0x350, 1 << 16)?;
+        self.store(self.lapic_at + 0x360, 1 << 16)?;
         let mut at = OPS;
         let mut k = 0u32;
         loop {
@@ -540,16 +567,26 @@ impl Vcpu {
                 )?;
             }
             kind::HOST => self.out(HYPERCALL_PORT, a)?,
-            kind::LAPIC_WRITE => self.store(LAPIC_BASE + a as u64, b)?,
+            kind::LAPIC_WRITE => self.store(self.lapic_at + a as u64, b)?,
             kind::SELF_IPI => {
                 if self.s().machine.lapic.x2apic() {
-                    self.store(LAPIC_BASE + 0x3f0, a)?;
+                    self.store(self.lapic_at + 0x3f0, a)?;
                 } else {
-                    self.store(LAPIC_BASE + 0x310, 0)?;
-                    self.store(LAPIC_BASE + 0x300, 0x4_0000 | a)?;
+                    self.store(self.lapic_at + 0x310, 0)?;
+                    self.store(self.lapic_at + 0x300, 0x4_0000 | a)?;
                 }
             }
             kind::IOAPIC_EOI => self.store(IOAPIC_BASE + 0x40, a)?,
+            kind::APIC_BASE => {
+                self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_WRMSR, &WRMSR, |s| {
+                    s.regs[hv::HV_X86_RCX as usize] = 0x1b;
+                    s.regs[hv::HV_X86_RAX as usize] = a as u64;
+                    s.regs[hv::HV_X86_RDX as usize] = 0;
+                })?;
+                self.lapic_at = (a & !0xfff) as u64;
+                let x2apic = u32::from(a & (1 << 10) != 0);
+                self.s().put32(X2APIC, x2apic);
+            }
             kind::CLI => self.s().machine.cpu.cli(),
             kind::STI => {
                 let mut s = self.s();
@@ -570,11 +607,11 @@ impl Vcpu {
                 let mut words = vec![record::SNAPSHOT, self.ram32(CUR_OP)];
                 for base in [0x200u64, 0x100, 0x180] {
                     for i in 0..8 {
-                        words.push(self.load(LAPIC_BASE + base + 0x10 * i)?);
+                        words.push(self.load(self.lapic_at + base + 0x10 * i)?);
                     }
                 }
-                words.push(self.load(LAPIC_BASE + 0x80)?);
-                words.push(self.load(LAPIC_BASE + 0xa0)?);
+                words.push(self.load(self.lapic_at + 0x80)?);
+                words.push(self.load(self.lapic_at + 0xa0)?);
                 for pin in 0..24 {
                     self.store(IOAPIC_BASE, 0x10 + 2 * pin)?;
                     words.push(self.load(IOAPIC_BASE + 0x10)?);
@@ -593,7 +630,7 @@ impl Vcpu {
                 self.store(IOAPIC_BASE + 0x10, b)?;
             }
             kind::LAPIC_READ => {
-                let v = self.load(LAPIC_BASE + a as u64)?;
+                let v = self.load(self.lapic_at + a as u64)?;
                 let op = self.ram32(CUR_OP);
                 self.log(&[record::LAPIC_READ, op, a, v])?;
             }

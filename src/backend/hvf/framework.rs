@@ -10,6 +10,8 @@ use super::api::{Hv, HvError, HvResult, RunEnd};
 #[derive(Debug, Default)]
 pub struct Framework {
     created: bool,
+    /// The irqchip states right after the vCPU was created.
+    initial: Option<(hv::hv_apic_state_ext_t, hv::hv_ioapic_state_ext_t)>,
 }
 
 fn check(call: &'static str, code: hv::hv_return_t) -> HvResult<()> {
@@ -49,7 +51,47 @@ impl Hv for Framework {
         check("hv_vcpu_create", unsafe {
             hv::hv_vcpu_create(&mut vcpu, hv::HV_VCPU_DEFAULT)
         })?;
+        let mut apic = hv::hv_apic_state_ext_t {
+            version: hv::HV_APIC_STATE_EXT_VER,
+            state: [0; 30],
+        };
+        // SAFETY: `apic` is a valid, versioned out-buffer of the right size.
+        check("hv_vcpu_apic_get_state", unsafe {
+            hv::hv_vcpu_apic_get_state(vcpu, &mut apic)
+        })?;
+        let mut ioapic = hv::hv_ioapic_state_ext_t {
+            version: hv::HV_IOAPIC_STATE_EXT_VER,
+            state: hv::hv_ioapic_state {
+                rtbl: [0; 32],
+                irr: 0,
+                ioa_id: 0,
+                ioregsel: 0,
+            },
+        };
+        // SAFETY: as above.
+        check("hv_vm_ioapic_get_state", unsafe {
+            hv::hv_vm_ioapic_get_state(&mut ioapic)
+        })?;
+        self.initial = Some((apic, ioapic));
         Ok(vcpu)
+    }
+    fn reset_irqchip(&mut self, vcpu: u32) -> HvResult<()> {
+        let Some((apic, ioapic)) = self.initial else {
+            return Err(HvError {
+                call: "reset_irqchip before hv_vcpu_create",
+                code: hv::HV_ERROR,
+            });
+        };
+        // SAFETY: states captured from this VM; the vCPU is not running
+        // (the header asks for a quiescent VM).
+        check("hv_vcpu_apic_put_state", unsafe {
+            hv::hv_vcpu_apic_put_state(vcpu, &apic)
+        })?;
+        // SAFETY: as above.
+        check("hv_vm_ioapic_put_state", unsafe {
+            hv::hv_vm_ioapic_put_state(&ioapic)
+        })?;
+        self.set_apic_address(vcpu, 0xfee0_0000)
     }
     fn set_apic_address(&mut self, vcpu: u32, gpa: u64) -> HvResult<()> {
         // SAFETY: plain call on this thread's vCPU.

@@ -66,6 +66,8 @@ pub struct HvfVmm<H: Hv> {
     select: u32,
     entry_low: [u32; 24],
     asserted: u32,
+    /// Where the APIC's MMIO window is now.
+    apic_window: u64,
     /// The calls made, in order (for reports).
     pub calls: Vec<String>,
 }
@@ -108,6 +110,7 @@ impl<H: Hv> HvfVmm<H> {
             select: 0,
             entry_low: [1 << 16; 24],
             asserted: 0,
+            apic_window: LAPIC_BASE,
             calls: Vec::new(),
         })
     }
@@ -127,6 +130,10 @@ impl<H: Hv> HvfVmm<H> {
             IoapicVersion::V11 => ModelVersion::V11,
             IoapicVersion::V20 => ModelVersion::V20,
         });
+        // The in-kernel APIC and IOAPIC as they were at creation, the APIC
+        // window back at 0xFEE00000.
+        self.hv.reset_irqchip(v)?;
+        self.apic_window = LAPIC_BASE;
         self.hv.apic_ctrl(
             v,
             if self.split {
@@ -145,7 +152,6 @@ impl<H: Hv> HvfVmm<H> {
         }
         (self.select, self.entry_low, self.asserted) = (0, [1 << 16; 24], 0);
         // The local APIC's start state: software-enabled, TPR 0, LVTs masked.
-        self.hv.write_msr(v, 0x1b, LAPIC_BASE | 0x900)?;
         self.hv.apic_write(v, 0xf0, 0x1ff)?;
         self.hv.apic_write(v, 0x80, 0)?;
         for lvt in [0x320, 0x330, 0x340, 0x350, 0x360, 0x370] {
@@ -347,10 +353,15 @@ impl<H: Hv> HvfVmm<H> {
                 let msr = self.hv.read_register(v, hv::HV_X86_RCX)? as u32;
                 let value = self.hv.read_register(v, hv::HV_X86_RDX)? << 32
                     | (self.hv.read_register(v, hv::HV_X86_RAX)? & 0xffff_ffff);
-                if msr == 0x1b && value & !0xfff != LAPIC_BASE {
+                if msr == 0x1b && value & 0xf_ffff_f000 != self.apic_window {
                     // FB14021745: moving the APIC window and enabling it in
                     // one write fails, so move it first, then write the MSR.
-                    self.hv.set_apic_address(v, value & 0xf_ffff_f000)?;
+                    self.apic_window = value & 0xf_ffff_f000;
+                    self.hv.set_apic_address(v, self.apic_window)?;
+                    self.note(format!(
+                        "  hv_vmx_vcpu_set_apic_address({:#x}) before the MSR write",
+                        self.apic_window
+                    ));
                 }
                 self.hv.write_msr(v, msr, value)?;
                 let len = self.hv.read_vmcs(v, hv::VMCS_RO_VMEXIT_INSTR_LEN)?;
@@ -718,6 +729,9 @@ mod tests {
         }
         fn set_apic_address(&mut self, _: u32, gpa: u64) -> std::result::Result<(), HvError> {
             self.calls.push(format!("set_apic_address {gpa:#x}"));
+            Ok(())
+        }
+        fn reset_irqchip(&mut self, _: u32) -> std::result::Result<(), HvError> {
             Ok(())
         }
         fn apic_ctrl(&mut self, _: u32, _: u64) -> std::result::Result<(), HvError> {
