@@ -67,12 +67,11 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
     // Warm up (VM creation).
     let _ = b.run_to_trace(&scenarios[0]);
     let start = Instant::now();
-    let mut errors = 0;
-    for s in &scenarios {
-        if b.run_to_trace(s).outcome == crate::trace::Outcome::Error {
-            errors += 1;
-        }
-    }
+    let errors = b
+        .run_batch(&scenarios)
+        .iter()
+        .filter(|t| t.outcome == crate::trace::Outcome::Error)
+        .count();
     let elapsed = start.elapsed();
     #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut report = json!({

@@ -121,3 +121,27 @@ fn three_way_triage_blames_this_kvm_for_its_divergences() {
         );
     }
 }
+
+#[test]
+fn a_batch_gives_the_same_traces_as_single_runs() {
+    let Some(mut qemu) = qemu_or_skip("a_batch_gives_the_same_traces_as_single_runs") else {
+        return;
+    };
+    let mut scenarios: Vec<_> = scenario_files("kvm-unit-tests")
+        .iter()
+        .map(|p| load(p))
+        .collect();
+    // A hang and a storm inside the batch, and a scenario it cannot run.
+    scenarios.insert(3, irqdiff::scenario::parse("nop\ncli\nhlt\n").unwrap());
+    scenarios.insert(
+        7,
+        irqdiff::scenario::parse("route 3 vector=0x40 level\nassert 3\nnop\n").unwrap(),
+    );
+    let batch = qemu.run_batch(&scenarios);
+    assert_eq!(batch.len(), scenarios.len());
+    for (s, b) in scenarios.iter().zip(&batch) {
+        assert_eq!(*b, qemu.run_to_trace(s), "{s}");
+    }
+    assert_eq!(batch[3].outcome, irqdiff::trace::Outcome::Hang);
+    assert_eq!(batch[7].outcome, irqdiff::trace::Outcome::Storm);
+}

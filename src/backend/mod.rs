@@ -39,6 +39,12 @@ pub trait Backend {
         Vec::new()
     }
 
+    /// Runs several scenarios; backends that can run them faster together
+    /// (QEMU: one process for many) override it.
+    fn run_batch(&mut self, scenarios: &[Scenario]) -> Vec<Trace> {
+        scenarios.iter().map(|s| self.run_to_trace(s)).collect()
+    }
+
     /// Run, turning a backend failure into a trace with outcome `error`.
     fn run_to_trace(&mut self, scenario: &Scenario) -> Trace {
         match self.run(scenario) {

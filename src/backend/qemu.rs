@@ -32,6 +32,49 @@ const QEMU_RAM: usize = 16 << 20;
 /// A run still going this long after the stub started is a hang (TCG runs
 /// a scenario in well under a millisecond once booted).
 const HANG_AFTER: Duration = Duration::from_millis(100);
+/// In a batch, a scenario still running this long is a hang (TCG runs one
+/// in well under a millisecond; QEMU's monitor does not say whether a TCG
+/// vCPU is halted). The process stays; the machine is reset through the
+/// monitor.
+const BATCH_HANG_AFTER: Duration = Duration::from_millis(25);
+
+/// QEMU's human monitor on a Unix socket.
+struct Monitor {
+    stream: std::os::unix::net::UnixStream,
+}
+
+impl Monitor {
+    fn connect(path: &std::path::Path) -> Option<Monitor> {
+        let stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .ok()?;
+        let mut m = Monitor { stream };
+        m.until_prompt()?;
+        Some(m)
+    }
+
+    /// Reads up to the next `(qemu) ` prompt.
+    fn until_prompt(&mut self) -> Option<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(b"(qemu) ") {
+            let n = std::io::Read::read(&mut self.stream, &mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    fn command(&mut self, command: &str) -> Option<String> {
+        self.stream
+            .write_all(format!("{command}\n").as_bytes())
+            .ok()?;
+        self.until_prompt()
+    }
+}
 /// QEMU taking longer than this to reach the stub is an error.
 const BOOT_LIMIT: Duration = Duration::from_secs(10);
 /// `wait`'s status for a QEMU that never reached the stub.
@@ -265,6 +308,48 @@ impl Backend for QemuBackend {
         scenario.handlers.values_mut().flatten().for_each(fit);
     }
 
+    fn run_batch(&mut self, scenarios: &[Scenario]) -> Vec<Trace> {
+        let mut out: Vec<Option<Trace>> = vec![None; scenarios.len()];
+        let mut runnable: Vec<(usize, &Scenario)> = Vec::new();
+        for (i, s) in scenarios.iter().enumerate() {
+            match unsupported(s) {
+                Some(why) => {
+                    out[i] = Some(Trace::error(
+                        self.name,
+                        BackendError::Unsupported(why).to_string(),
+                    ))
+                }
+                None => runnable.push((i, s)),
+            }
+        }
+        // One process per IOAPIC version (QEMU sets it per machine).
+        runnable.sort_by_key(|(_, s)| s.config.ioapic == crate::scenario::IoapicVersion::V11);
+        let mut rest = &runnable[..];
+        while let Some((_, first)) = rest.first() {
+            let same = rest
+                .iter()
+                .take(batch::MAX)
+                .take_while(|(_, s)| s.config.ioapic == first.config.ioapic)
+                .count();
+            let (group, tail) = rest.split_at(same);
+            if let Err(e) = self.run_group(group, &mut out) {
+                // A scenario a batch cannot hold runs on its own.
+                for (i, s) in group {
+                    if out[*i].is_none() {
+                        out[*i] = Some(match e {
+                            BackendError::Unsupported(_) => self.run_to_trace(s),
+                            _ => Trace::error(self.name, e.to_string()),
+                        });
+                    }
+                }
+            }
+            rest = tail;
+        }
+        out.into_iter()
+            .map(|t| t.unwrap_or_else(|| Trace::error(self.name, "not run")))
+            .collect()
+    }
+
     fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
         if let Some(why) = unsupported(scenario) {
             return Err(BackendError::Unsupported(why));
@@ -277,52 +362,8 @@ impl Backend for QemuBackend {
         file.write_all(&self.ram(&table, scenario))
             .map_err(|e| BackendError::Failed(e.to_string()))?;
         drop(file);
-        let mut child = Command::new(QEMU)
-            .args(if self.name == "qemu-tcg" {
-                ["-accel", "tcg", "-machine", "pc", "-cpu", "qemu64"]
-            } else {
-                [
-                    "-accel",
-                    "kvm",
-                    "-machine",
-                    "pc,kernel-irqchip=off",
-                    "-cpu",
-                    "qemu64",
-                ]
-            })
-            .args(["-m", "16M"])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-serial",
-                "none",
-                "-monitor",
-                "none",
-            ])
-            .arg("-object")
-            .arg(format!(
-                "memory-backend-file,id=ram0,size=16M,mem-path={},share=on",
-                ram_path.display()
-            ))
-            .args(["-machine", "memory-backend=ram0"])
-            .arg("-bios")
-            .arg(&self.firmware)
-            .args([
-                "-device",
-                "pc-testdev",
-                "-device",
-                "isa-debug-exit,iobase=0xf4,iosize=4",
-            ])
-            // QEMU's IOAPIC is an ICH one (0x20) unless told to be an 82093AA.
-            .args(match scenario.config.ioapic {
-                crate::scenario::IoapicVersion::V11 => ["-global", "ioapic.version=0x11"],
-                crate::scenario::IoapicVersion::V20 => ["-global", "ioapic.version=0x20"],
-            })
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let mut child = self
+            .command(&ram_path, scenario.config.ioapic, QEMU_RAM)
             .spawn()
             .map_err(|e| BackendError::Failed(format!("starting {QEMU}: {e}")))?;
         let status = wait(&mut child, &ram_path);
@@ -359,6 +400,66 @@ impl Backend for QemuBackend {
     }
 }
 
+impl QemuBackend {
+    /// The QEMU command line for guest RAM in `ram` (a file of `size` bytes).
+    fn command(
+        &self,
+        ram: &std::path::Path,
+        ioapic: crate::scenario::IoapicVersion,
+        size: usize,
+    ) -> Command {
+        let mut c = Command::new(QEMU);
+        c.args(if self.name == "qemu-tcg" {
+            ["-accel", "tcg", "-machine", "pc", "-cpu", "qemu64"]
+        } else {
+            [
+                "-accel",
+                "kvm",
+                "-machine",
+                "pc,kernel-irqchip=off",
+                "-cpu",
+                "qemu64",
+            ]
+        })
+        .arg("-m")
+        .arg(format!("{}M", size >> 20))
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "none",
+            "-monitor",
+            "none",
+        ])
+        .arg("-object")
+        .arg(format!(
+            "memory-backend-file,id=ram0,size={}M,mem-path={},share=on",
+            size >> 20,
+            ram.display()
+        ))
+        .args(["-machine", "memory-backend=ram0"])
+        .arg("-bios")
+        .arg(&self.firmware)
+        .args([
+            "-device",
+            "pc-testdev",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+        ])
+        // QEMU's IOAPIC is an ICH one (0x20) unless told to be an 82093AA.
+        .args(match ioapic {
+            crate::scenario::IoapicVersion::V11 => ["-global", "ioapic.version=0x11"],
+            crate::scenario::IoapicVersion::V20 => ["-global", "ioapic.version=0x20"],
+        })
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        c
+    }
+}
+
 /// Waits for QEMU. `None` (and QEMU killed) when the stub has run for
 /// [`HANG_AFTER`] without ending the run, or QEMU never reached it.
 fn wait(child: &mut Child, ram: &std::path::Path) -> Option<i32> {
@@ -392,5 +493,299 @@ fn wait(child: &mut Child, ram: &std::path::Path) -> Option<i32> {
             };
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Batches: many scenarios in one QEMU process. Each scenario's tables are
+/// staged in RAM; the trampoline loads scenario `i`, the stub's end handler
+/// saves its outcome and log and resets the machine (port 0xCF9; RAM
+/// survives a reset), and the trampoline loads `i + 1`, until `N`, when it
+/// exits through isa-debug-exit.
+mod batch {
+    use super::*;
+
+    pub const RAM: usize = 64 << 20;
+    /// u32 N, u32 i, u32 "scenario i started" (i + 1).
+    pub const CONTROL: u64 = TRAMPOLINE + 0x800;
+    pub const SLOT: u64 = 0x1_0000;
+    pub const STAGING: u64 = 0x40_0000;
+    pub const RESULTS: u64 = 0x200_0000;
+    pub const MAX: usize = 256;
+    /// Offsets within a staging slot.
+    pub const BODY_DIR_AT: u64 = 0x10;
+    pub const NTH_AT: u64 = 0x810;
+    pub const OPS_AT: u64 = 0x1810;
+    pub const HANDLER: u64 = TRAMPOLINE + 0x500;
+    pub const LOADER: u64 = TRAMPOLINE + 0x600;
+
+    /// The loader (entered from the long-mode trampoline instead of the
+    /// stub) and the end handler.
+    pub fn code(entry: u64) -> std::result::Result<(Vec<u8>, Vec<u8>), iced_x86::IcedError> {
+        let mut h = CodeAssembler::new(64)?;
+        // eax = end code.
+        h.mov(r8d, eax)?;
+        h.mov(eax, dword_ptr(CONTROL + 4))?;
+        h.mov(edi, eax)?;
+        h.shl(rdi, 16)?;
+        h.mov(rax, RESULTS)?;
+        h.add(rdi, rax)?;
+        h.mov(dword_ptr(rdi), r8d)?;
+        h.mov(ecx, dword_ptr(CUR_OP))?;
+        h.mov(dword_ptr(rdi + 4), ecx)?;
+        h.mov(rcx, qword_ptr(LOG_PTR))?;
+        h.mov(rax, LOG)?;
+        h.sub(rcx, rax)?;
+        let mut fits = h.create_label();
+        h.cmp(rcx, (SLOT - 16) as i32)?;
+        h.jbe(fits)?;
+        h.mov(dword_ptr(rdi), EndCode::LogFull as u32)?;
+        h.mov(ecx, (SLOT - 16) as u32)?;
+        h.set_label(&mut fits)?;
+        h.mov(dword_ptr(rdi + 8), ecx)?;
+        h.add(rdi, 16)?;
+        h.mov(rsi, LOG)?;
+        h.rep().movsb()?;
+        h.inc(dword_ptr(CONTROL + 4))?;
+        h.mov(al, 6)?;
+        h.mov(dx, 0xcf9)?;
+        h.out(dx, al)?;
+        let mut spin = h.create_label();
+        h.set_label(&mut spin)?;
+        h.hlt()?;
+        h.jmp(spin)?;
+        let handler = h.assemble(HANDLER)?;
+
+        let mut l = CodeAssembler::new(64)?;
+        let mut run = l.create_label();
+        l.mov(eax, dword_ptr(CONTROL + 4))?;
+        l.cmp(eax, dword_ptr(CONTROL))?;
+        l.jb(run)?;
+        l.mov(dx, QEMU_EXIT_PORT as u32)?;
+        l.xor(eax, eax)?;
+        l.out(dx, eax)?;
+        l.hlt()?;
+        l.set_label(&mut run)?;
+        l.lea(ecx, dword_ptr(rax + 1))?;
+        l.mov(dword_ptr(CONTROL + 8), ecx)?;
+        // rbx = the staging slot of scenario i.
+        l.mov(ebx, eax)?;
+        l.shl(rbx, 16)?;
+        l.mov(rax, STAGING)?;
+        l.add(rbx, rax)?;
+        let copy = |l: &mut CodeAssembler,
+                    from: u64,
+                    to: u64,
+                    len: Option<u64>|
+         -> std::result::Result<(), iced_x86::IcedError> {
+            l.lea(rsi, qword_ptr(rbx + from as i32))?;
+            l.mov(rdi, to)?;
+            match len {
+                Some(n) => l.mov(ecx, n as u32)?,
+                None => l.mov(
+                    ecx,
+                    dword_ptr(rsi - (from as i32) + if to == OPS { 0 } else { 4 }),
+                )?,
+            }
+            l.rep().movsb()
+        };
+        copy(&mut l, BODY_DIR_AT, BODY_DIR, Some(256 * 8))?;
+        copy(&mut l, NTH_AT, NTH_TABLE, None)?;
+        copy(&mut l, OPS_AT, OPS, None)?;
+        // The stub's variables, as Image::load sets them.
+        l.xor(eax, eax)?;
+        l.mov(dword_ptr(CUR_OP), eax)?;
+        l.mov(dword_ptr(DELIVERIES), eax)?;
+        l.mov(dword_ptr(X2APIC), eax)?;
+        l.mov(rdi, COUNTS)?;
+        l.mov(ecx, 1024)?;
+        l.rep().stosb()?;
+        l.mov(rax, LOG)?;
+        l.mov(qword_ptr(LOG_PTR), rax)?;
+        l.mov(rax, HANDLER)?;
+        l.mov(qword_ptr(END_HANDLER), rax)?;
+        l.mov(rax, entry)?;
+        l.jmp(rax)?;
+        Ok((handler, l.assemble(LOADER)?))
+    }
+}
+
+impl QemuBackend {
+    /// Runs `group` (same IOAPIC version, all runnable here) in one QEMU
+    /// process per stretch without a hang.
+    fn run_group(&mut self, group: &[(usize, &Scenario)], out: &mut [Option<Trace>]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let version = group[0].1.config.ioapic;
+        let mut ram = vec![0u8; batch::RAM];
+        self.image.install(&mut ram);
+        let first = table::encode_for(group[0].1, table::HostOps::Guest)
+            .map_err(|e| BackendError::Unsupported(e.to_string()))?;
+        let base = self.ram(&first, group[0].1);
+        ram[..base.len()].copy_from_slice(&base);
+        // The long-mode trampoline enters the loader, not the stub.
+        let (handler, loader) =
+            batch::code(self.image.stub.entry).map_err(|e| BackendError::Failed(e.to_string()))?;
+        let t = TRAMPOLINE as usize;
+        let entry_patch =
+            trampoline(batch::LOADER).map_err(|e| BackendError::Failed(e.to_string()))?;
+        ram[t + 0x300..t + 0x400].copy_from_slice(&entry_patch[0x300..0x400]);
+        ram[batch::HANDLER as usize..batch::HANDLER as usize + handler.len()]
+            .copy_from_slice(&handler);
+        ram[batch::LOADER as usize..batch::LOADER as usize + loader.len()].copy_from_slice(&loader);
+        for (i, (_, s)) in group.iter().enumerate() {
+            let tab = table::encode_for(s, table::HostOps::Guest)
+                .map_err(|e| BackendError::Unsupported(e.to_string()))?;
+            let slot = (batch::STAGING + i as u64 * batch::SLOT) as usize;
+            if batch::OPS_AT as usize + tab.ops.len() > batch::SLOT as usize
+                || tab.nth.len() > 0x1000
+            {
+                return Err(BackendError::Unsupported(
+                    "scenario too large for a batch slot".into(),
+                ));
+            }
+            ram[slot..slot + 4].copy_from_slice(&(tab.ops.len() as u32).to_le_bytes());
+            ram[slot + 4..slot + 8].copy_from_slice(&(tab.nth.len() as u32).to_le_bytes());
+            let at = |o: u64| slot + o as usize;
+            ram[at(batch::BODY_DIR_AT)..at(batch::BODY_DIR_AT) + tab.body_dir.len()]
+                .copy_from_slice(&tab.body_dir);
+            ram[at(batch::NTH_AT)..at(batch::NTH_AT) + tab.nth.len()].copy_from_slice(&tab.nth);
+            ram[at(batch::OPS_AT)..at(batch::OPS_AT) + tab.ops.len()].copy_from_slice(&tab.ops);
+        }
+        let control = batch::CONTROL as usize;
+        ram[control..control + 4].copy_from_slice(&(group.len() as u32).to_le_bytes());
+        let path = self.dir.join(format!("batch-{}", unique()));
+        std::fs::write(&path, &ram)
+            .map_err(|e| BackendError::Failed(format!("{}: {e}", path.display())))?;
+        drop(ram);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| BackendError::Failed(e.to_string()))?;
+        let read32 = |at: u64| {
+            let mut w = [0u8; 4];
+            file.read_exact_at(&mut w, at)
+                .map(|_| u32::from_le_bytes(w))
+                .unwrap_or(0)
+        };
+        loop {
+            let start_index = read32(batch::CONTROL + 4) as usize;
+            if start_index >= group.len() {
+                break;
+            }
+            let monitor_path = self.dir.join(format!("monitor-{}", unique()));
+            let mut command = self.command(&path, version, batch::RAM);
+            command.arg("-monitor").arg(format!(
+                "unix:{},server=on,wait=off",
+                monitor_path.display()
+            ));
+            let mut child = command
+                .spawn()
+                .map_err(|e| BackendError::Failed(format!("starting {QEMU}: {e}")))?;
+            let mut monitor: Option<Monitor> = None;
+
+            let mut seen = (start_index, Instant::now(), false);
+            let hung = loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break None;
+                }
+                let i = read32(batch::CONTROL + 4) as usize;
+                let running = read32(batch::CONTROL + 8) as usize == i + 1;
+                if i != seen.0 || running != seen.2 {
+                    seen = (i, Instant::now(), running);
+                }
+                if seen.2 && seen.1.elapsed() > BATCH_HANG_AFTER {
+                    // A hang: record it, skip the scenario, and reset the
+                    // machine through the monitor instead of restarting QEMU.
+                    let i = seen.0;
+                    out[group[i].0] = Some(self.hang_trace(&path)?);
+                    file.write_all_at(&(i as u32 + 1).to_le_bytes(), batch::CONTROL + 4)
+                        .map_err(|e| BackendError::Failed(e.to_string()))?;
+                    if monitor.is_none() {
+                        monitor = Monitor::connect(&monitor_path);
+                    }
+                    let reset = monitor
+                        .as_mut()
+                        .is_some_and(|m| m.command("system_reset").is_some());
+                    if !reset {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Some((usize::MAX, true));
+                    }
+                    seen = (i + 1, Instant::now(), false);
+                    continue;
+                }
+                if !seen.2 && seen.1.elapsed() > BOOT_LIMIT {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Some((seen.0, seen.2));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            let _ = std::fs::remove_file(&monitor_path);
+            let done = read32(batch::CONTROL + 4) as usize;
+            for i in start_index..done.min(group.len()) {
+                if out[group[i].0].is_none() {
+                    out[group[i].0] = Some(self.result(&file, i)?);
+                }
+            }
+            match hung {
+                None => break,
+                // The monitor could not reset the machine: QEMU restarts.
+                Some((usize::MAX, _)) => {}
+                Some((i, _)) => {
+                    out[group[i].0] = Some(Trace::error(
+                        self.name,
+                        format!("QEMU did not reach the guest stub within {BOOT_LIMIT:?}"),
+                    ));
+                    file.write_all_at(&(i as u32 + 1).to_le_bytes(), batch::CONTROL + 4)
+                        .map_err(|e| BackendError::Failed(e.to_string()))?;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    /// A hung batch scenario, read from guest RAM where it stopped.
+    fn hang_trace(&self, ram_path: &std::path::Path) -> Result<Trace> {
+        use std::os::unix::fs::FileExt;
+        let fail = |e: std::io::Error| BackendError::Failed(e.to_string());
+        // Only what a hang needs: the current op and the log so far.
+        let file = std::fs::File::open(ram_path).map_err(fail)?;
+        let mut head = [0u8; 0x18];
+        file.read_exact_at(&mut head, DATA).map_err(fail)?;
+        let cur_op = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
+        let ptr =
+            u64::from_le_bytes(head[0x10..0x18].try_into().expect("8 bytes")).clamp(LOG, LOG_END);
+        let mut log_bytes = vec![0u8; (ptr - LOG) as usize];
+        file.read_exact_at(&mut log_bytes, LOG).map_err(fail)?;
+        let mut trace = Trace::new(self.name);
+        trace.events = log::decode(&log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        trace.outcome = Outcome::Hang;
+        trace.hang_op = Some(cur_op);
+        Ok(trace)
+    }
+
+    /// The saved outcome and log of batch scenario `i`.
+    fn result(&self, file: &std::fs::File, i: usize) -> Result<Trace> {
+        use std::os::unix::fs::FileExt;
+        let at = batch::RESULTS + i as u64 * batch::SLOT;
+        let mut head = [0u8; 16];
+        file.read_exact_at(&mut head, at)
+            .map_err(|e| BackendError::Failed(e.to_string()))?;
+        let word =
+            |k: usize| u32::from_le_bytes(head[4 * k..4 * k + 4].try_into().expect("4 bytes"));
+        let (code, len) = (word(0), word(2) as usize);
+        let mut log_bytes = vec![0u8; len];
+        file.read_exact_at(&mut log_bytes, at + 16)
+            .map_err(|e| BackendError::Failed(e.to_string()))?;
+        let mut trace = Trace::new(self.name);
+        trace.events = log::decode(&log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        match EndCode::from_u32(code) {
+            Some(EndCode::Completed) => {}
+            Some(EndCode::Storm) => trace.outcome = Outcome::Storm,
+            _ => return Err(BackendError::Failed("the guest's event log is full".into())),
+        }
+        Ok(trace)
     }
 }

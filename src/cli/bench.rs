@@ -25,13 +25,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
     for backend in ["kvm", "kvm-split", "qemu-tcg"] {
         if all || args.which == backend {
-            // QEMU starts one process per scenario: fewer cases.
-            let cases = if backend == "qemu-tcg" {
-                args.cases.min(200)
-            } else {
-                args.cases
-            };
-            match bench::backend_throughput(backend, cases) {
+            match bench::backend_throughput(backend, args.cases) {
                 Ok(v) => println!("{v}"),
                 Err(e) => eprintln!("irqdiff bench: {backend}: {e}"),
             }

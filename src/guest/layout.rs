@@ -34,6 +34,9 @@ pub const X2APIC: u64 = DATA + 0x8;
 /// u32: the port the stub's end-of-run `out` goes to ([`END_PORT`] under
 /// KVM and HVF, QEMU's isa-debug-exit under TCG).
 pub const END_PORT_VAR: u64 = DATA + 0xc;
+/// u64: where the stub jumps at the end of a run instead of its `out`
+/// (0: no handler). QEMU's batches save the run and reset the machine there.
+pub const END_HANDLER: u64 = DATA + 0x20;
 /// u32: set to 1 by QEMU's trampoline when it enters the stub.
 pub const BOOTED: u64 = DATA + 0x18;
 /// u64: where the next log record goes.

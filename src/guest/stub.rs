@@ -93,6 +93,12 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.set_label(&mut done)?;
     a.mov(eax, EndCode::Completed as u32)?;
     a.set_label(&mut end)?;
+    let mut plain_end = a.create_label();
+    a.mov(rdx, qword_ptr(END_HANDLER))?;
+    a.test(rdx, rdx)?;
+    a.jz(plain_end)?;
+    a.jmp(rdx)?;
+    a.set_label(&mut plain_end)?;
     a.mov(edx, dword_ptr(END_PORT_VAR))?;
     a.out(dx, eax)?;
     a.hlt()?;
