@@ -248,7 +248,7 @@ impl Lapic {
             }
     }
 
-    /// SDM §11.8.3.1: PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4.
+    /// SDM §11.8.3.1: `PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4`.
     pub fn ppr(&self) -> u32 {
         let isrv = highest(&self.isr).unwrap_or(0) as u32;
         if (self.tpr & 0xf0) >= (isrv & 0xf0) {

@@ -226,7 +226,9 @@ impl Machine {
         } else {
             self.lapic.write(offset, value)
         };
-        if offset == reg::EOI {
+        // §11.4.3: a globally disabled APIC has no registers; the write
+        // reaches nothing.
+        if offset == reg::EOI && self.lapic.hw_enabled() {
             self.end_of_interrupt();
         }
         if let Some(msg) = ipi {
