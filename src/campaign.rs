@@ -34,6 +34,8 @@ pub struct Options {
     pub jobs: usize,
     pub out: PathBuf,
     pub generator: GenConfig,
+    /// A third implementation to triage each unique divergence with.
+    pub against: Option<String>,
 }
 
 /// Live counters, read by the progress display while the campaign runs.
@@ -60,6 +62,8 @@ pub struct Finding {
     pub minimize_runs: usize,
     /// The hypervisor calls of the minimised run, in order.
     pub calls: Vec<String>,
+    /// What a third implementation says (`--against`).
+    pub triage: Option<crate::oracle::Triage>,
     /// The documented behaviour of the backend that explains it, if any
     /// (the finding is still reported: labelled, never dropped).
     pub known: Option<crate::known::Known>,
@@ -161,6 +165,7 @@ impl Differ {
             dir: None,
             minimize_runs: runs,
             calls: self.target.calls(),
+            triage: None,
             known: None,
         })
     }
@@ -209,6 +214,14 @@ pub fn run(
                         return;
                     }
                 };
+                let mut third = match options.against.as_deref().map(backend::open) {
+                    Some(Ok(b)) => Some(b),
+                    Some(Err(e)) => {
+                        first_error.lock().unwrap().get_or_insert(e.to_string());
+                        return;
+                    }
+                    None => None,
+                };
                 loop {
                     if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
                     {
@@ -247,6 +260,20 @@ pub fn run(
                         known.lock().unwrap().remove(&signature);
                         continue;
                     };
+                    if finding.signature != signature
+                        && !known.lock().unwrap().insert(finding.signature.clone())
+                    {
+                        // Its root cause is a bug already reported.
+                        continue;
+                    }
+                    if let Some(third) = third.as_mut() {
+                        let t = third.run_to_trace(&finding.minimized);
+                        finding.triage = Some(crate::oracle::Triage::of(
+                            &finding.expected,
+                            &finding.observed,
+                            &t,
+                        ));
+                    }
                     match findings.write(
                         &finding.signature,
                         &repro::finding_files(&finding, &options.backend),
@@ -268,12 +295,15 @@ pub fn run(
             });
         }
     });
+    let mut findings_sorted = new_findings.into_inner().unwrap();
+    // Likely model bugs first: they are ours to fix.
+    findings_sorted.sort_by_key(|f| !f.triage.as_ref().is_some_and(|t| t.is_likely_model_bug()));
     Ok(Summary {
         cases: stats.cases.load(Ordering::Relaxed),
         divergences: stats.divergences.load(Ordering::Relaxed),
         inconclusive: stats.inconclusive.load(Ordering::Relaxed),
         already_known,
-        findings: new_findings.into_inner().unwrap(),
+        findings: findings_sorted,
         elapsed: started.elapsed(),
         first_error: first_error.into_inner().unwrap(),
     })

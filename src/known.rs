@@ -40,6 +40,14 @@ pub const KVM_DEFERRED_INJECTION: Known = Known {
     doc: "docs/known-divergences.md#kvm-deferred-injection",
 };
 
+/// QEMU: every assert of an unmasked edge pin delivers, even when the line
+/// is already asserted (`ioapic_set_irq`, hw/intc/ioapic.c).
+pub const QEMU_EDGE_EVERY_ASSERT: Known = Known {
+    id: "qemu-edge-every-assert",
+    title: "QEMU: a repeated assert of an edge pin delivers again",
+    doc: "docs/known-divergences.md#qemu-edge-every-assert",
+};
+
 /// What the probes found on this host's KVM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostBehaviours {
@@ -86,6 +94,11 @@ fn probe() -> HostBehaviours {
 /// the label names the root cause, and the campaign's signature still tells
 /// the findings apart.
 pub fn label(backend: &str, sig: &Signature) -> Option<Known> {
+    if backend.starts_with("qemu") {
+        let repeated_edge = matches!(sig.class, Class::ExtraDelivery | Class::Storm)
+            && sig.rule == "edge-no-new-edge";
+        return repeated_edge.then_some(QEMU_EDGE_EVERY_ASSERT);
+    }
     if backend != "kvm" && backend != "kvm-split" {
         return None;
     }

@@ -479,6 +479,63 @@ impl fmt::Display for Divergence {
     }
 }
 
+/// Three-way triage: what a third implementation says about a divergence
+/// between a backend and the model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Triage {
+    /// The third agrees with the model: the backend is the odd one out.
+    LikelyBackendBug { third: String },
+    /// The third agrees with the backend: the model is the odd one out.
+    LikelyModelBug { third: String },
+    /// All three differ.
+    AllDiffer { third: String },
+    /// The third could not run the scenario.
+    Inconclusive { third: String, why: String },
+}
+
+impl Triage {
+    /// Triage from the model's trace, the backend's, and the third's.
+    pub fn of(expected: &Trace, observed: &Trace, third: &Trace) -> Triage {
+        let name = third.backend.clone();
+        if third.outcome == Outcome::Error {
+            return Triage::Inconclusive {
+                third: name,
+                why: third.error.clone().unwrap_or_default(),
+            };
+        }
+        if compare(expected, third) == Verdict::Agree {
+            Triage::LikelyBackendBug { third: name }
+        } else if compare(observed, third) == Verdict::Agree {
+            Triage::LikelyModelBug { third: name }
+        } else {
+            Triage::AllDiffer { third: name }
+        }
+    }
+
+    pub fn is_likely_model_bug(&self) -> bool {
+        matches!(self, Triage::LikelyModelBug { .. })
+    }
+}
+
+impl fmt::Display for Triage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Triage::LikelyBackendBug { third } => write!(
+                f,
+                "the model and {third} agree: likely a bug of the backend"
+            ),
+            Triage::LikelyModelBug { third } => write!(
+                f,
+                "the backend and {third} agree against the model: likely a model bug"
+            ),
+            Triage::AllDiffer { third } => {
+                write!(f, "the model, the backend and {third} all differ")
+            }
+            Triage::Inconclusive { third, why } => write!(f, "{third} could not run it: {why}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +583,27 @@ mod tests {
                 &trace(vec![read(0x01, 0x20)])
             ),
             Verdict::Diverge(_)
+        ));
+    }
+
+    #[test]
+    fn triage_names_the_odd_one_out() {
+        let model = trace(vec![deliver(1, 0x82)]);
+        let backend = trace(vec![]);
+        let mut third = trace(vec![deliver(1, 0x82)]);
+        third.backend = "qemu-tcg".into();
+        assert!(matches!(
+            Triage::of(&model, &backend, &third),
+            Triage::LikelyBackendBug { .. }
+        ));
+        let mut third = trace(vec![]);
+        third.backend = "qemu-tcg".into();
+        assert!(Triage::of(&model, &backend, &third).is_likely_model_bug());
+        let mut third = trace(vec![deliver(1, 0x83)]);
+        third.backend = "qemu-tcg".into();
+        assert!(matches!(
+            Triage::of(&model, &backend, &third),
+            Triage::AllDiffer { .. }
         ));
     }
 

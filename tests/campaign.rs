@@ -40,6 +40,7 @@ fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
         jobs: 2,
         out: out.clone(),
         generator: GenConfig::default(),
+        against: None,
     };
     let summary = campaign::run(
         &options,
@@ -154,6 +155,7 @@ fn killed_campaign_keeps_every_reported_finding_and_resumes() {
             jobs: 1,
             out: out.clone(),
             generator: GenConfig::default(),
+            against: None,
         },
         &Stats::default(),
         &AtomicBool::new(false),

@@ -36,6 +36,7 @@ fn c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes() {
     let mut files = scenario_files("kvm-unit-tests");
     files.extend(scenario_files("kvm-divergences"));
     files.extend(scenario_files("seed-hvf"));
+    files.extend(scenario_files("qemu-divergences"));
     for path in files {
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         let scenario = load(&path);

@@ -28,6 +28,7 @@ fn every_c_hvf_program_passes_syntax_checking() {
     let mut files = scenario_files("kvm-unit-tests");
     files.extend(scenario_files("kvm-divergences"));
     files.extend(scenario_files("seed-hvf"));
+    files.extend(scenario_files("qemu-divergences"));
     for path in files {
         let src = dir.join(format!("{}.c", path.file_stem().unwrap().to_string_lossy()));
         std::fs::write(&src, emit(&path)).unwrap();

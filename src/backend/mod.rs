@@ -83,6 +83,7 @@ pub mod hvf;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 pub mod model;
+pub mod qemu;
 pub mod sim;
 
 /// Every backend irqdiff knows, with its availability on this host.
@@ -116,6 +117,22 @@ pub fn catalogue() -> Vec<BackendInfo> {
             availability: hvf_availability(),
         },
         BackendInfo {
+            name: "qemu-tcg",
+            description:
+                "QEMU's emulated APIC and IOAPIC under TCG (a second, independent implementation)",
+            availability: qemu::probe(),
+        },
+        BackendInfo {
+            name: "qemu-kvm-userspace",
+            description: "QEMU's APIC and IOAPIC on KVM's CPU (kernel-irqchip=off)",
+            availability: match (qemu::probe(), kvm_probe(false)) {
+                (Availability::Available, Availability::Available) => Availability::Available,
+                (Availability::Unavailable(why), _) | (_, Availability::Unavailable(why)) => {
+                    Availability::Unavailable(why)
+                }
+            },
+        },
+        BackendInfo {
             name: "sim:QUIRKS",
             description:
                 "the model with named bugs switched on (sim:hvf-known, sim:none, sim:QUIRK,QUIRK)",
@@ -141,6 +158,8 @@ pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
     }
     match name {
         "model" => Ok(Box::new(model::ModelBackend::new())),
+        "qemu-tcg" => Ok(Box::new(qemu::QemuBackend::open(false)?)),
+        "qemu-kvm-userspace" => Ok(Box::new(qemu::QemuBackend::open(true)?)),
         #[cfg(target_os = "linux")]
         "kvm" => Ok(Box::new(kvm::KvmBackend::open(false)?)),
         #[cfg(target_os = "linux")]

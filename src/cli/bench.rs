@@ -7,7 +7,7 @@ use crate::bench;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmarks: model, kvm, kvm-split, find (time to find each seeded
+    /// Which benchmarks: model, kvm, kvm-split, qemu-tcg, find (time to find each seeded
     /// quirk), minimize (a 500-op scenario), or all.
     #[arg(default_value = "all")]
     pub which: String,
@@ -23,9 +23,15 @@ pub fn main(args: BenchArgs) -> ExitCode {
         println!("{}", bench::model_throughput(Duration::from_secs(3)));
         ran = true;
     }
-    for backend in ["kvm", "kvm-split"] {
+    for backend in ["kvm", "kvm-split", "qemu-tcg"] {
         if all || args.which == backend {
-            match bench::backend_throughput(backend, args.cases) {
+            // QEMU starts one process per scenario: fewer cases.
+            let cases = if backend == "qemu-tcg" {
+                args.cases.min(200)
+            } else {
+                args.cases
+            };
+            match bench::backend_throughput(backend, cases) {
                 Ok(v) => println!("{v}"),
                 Err(e) => eprintln!("irqdiff bench: {backend}: {e}"),
             }
@@ -42,7 +48,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
     if !ran {
         eprintln!(
-            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, find, minimize, all)",
+            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, qemu-tcg, find, minimize, all)",
             args.which
         );
         return ExitCode::from(super::EXIT_BAD_INPUT);

@@ -19,6 +19,9 @@ pub struct DiffArgs {
     /// reassert-on-unmask, reassert-after-eoi, xapic-eoi-detect.
     #[arg(long = "workaround")]
     pub workarounds: Vec<String>,
+    /// A third implementation (e.g. qemu-tcg) to triage a divergence with.
+    #[arg(long)]
+    pub against: Option<String>,
 }
 
 fn open(args: &DiffArgs) -> Result<(crate::scenario::Scenario, Differ), ExitCode> {
@@ -60,6 +63,18 @@ pub fn diff(args: DiffArgs) -> ExitCode {
         }
         Verdict::Diverge(d) => {
             println!("divergence: {d}");
+            if let Some(third) = &args.against {
+                match crate::backend::open(third) {
+                    Ok(mut b) => {
+                        let t = b.run_to_trace(&scenario);
+                        println!(
+                            "triage:     {}",
+                            crate::oracle::Triage::of(&expected, &observed, &t)
+                        );
+                    }
+                    Err(e) => eprintln!("irqdiff: --against {third}: {e}"),
+                }
+            }
             if let Some(sig) = signature {
                 println!("signature:  {sig}");
                 if let Some(k) = crate::known::label(&args.backend, &sig) {

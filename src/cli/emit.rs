@@ -84,6 +84,7 @@ pub fn main(args: EmitArgs) -> ExitCode {
                 dir: None,
                 minimize_runs: 0,
                 calls: differ.target.calls(),
+                triage: None,
             };
             print!("{}", repro::report(&finding, &args.backend));
         }

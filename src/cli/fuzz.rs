@@ -37,6 +37,10 @@ pub struct FuzzArgs {
     /// Maximum ops per generated program.
     #[arg(long, default_value_t = 24)]
     pub max_ops: usize,
+    /// A third implementation (e.g. qemu-tcg) that triages each unique
+    /// divergence: who agrees with whom.
+    #[arg(long)]
+    pub against: Option<String>,
     /// No progress display (one line per finding, and the summary).
     #[arg(long)]
     pub quiet: bool,
@@ -90,6 +94,7 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         seed: args.seed,
         jobs,
         out: args.out.clone(),
+        against: args.against.clone(),
         generator: GenConfig {
             max_ops: args.max_ops,
             ..GenConfig::default()

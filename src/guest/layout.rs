@@ -31,6 +31,11 @@ pub const CUR_OP: u64 = DATA;
 pub const DELIVERIES: u64 = DATA + 0x4;
 /// u32: 1 when the scenario runs in x2APIC mode.
 pub const X2APIC: u64 = DATA + 0x8;
+/// u32: the port the stub's end-of-run `out` goes to ([`END_PORT`] under
+/// KVM and HVF, QEMU's isa-debug-exit under TCG).
+pub const END_PORT_VAR: u64 = DATA + 0xc;
+/// u32: set to 1 by QEMU's trampoline when it enters the stub.
+pub const BOOTED: u64 = DATA + 0x18;
 /// u64: where the next log record goes.
 pub const LOG_PTR: u64 = DATA + 0x10;
 /// u32 x 256: deliveries per vector.
@@ -58,6 +63,12 @@ pub const HYPERCALL_PORT: u16 = 0x0510;
 pub const END_PORT: u16 = 0x0511;
 /// `out` to this port: nothing (the benchmark's raw exit round trip).
 pub const PING_PORT: u16 = 0x0512;
+/// QEMU's `isa-debug-exit` device: an `out` of V exits with status 2V+1.
+pub const QEMU_EXIT_PORT: u16 = 0x00f4;
+/// QEMU's `pc-testdev`: a byte written to 0x2000+N sets ISA IRQ line N.
+pub const QEMU_TESTDEV_IRQ_PORT: u16 = 0x2000;
+/// The real-mode-to-long-mode trampoline a QEMU boot jumps to.
+pub const TRAMPOLINE: u64 = 0x9000;
 
 /// Why the stub ended the run (EAX of the `out` to [`END_PORT`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

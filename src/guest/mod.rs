@@ -73,6 +73,7 @@ impl Image {
         };
         put(ram, CUR_OP, &0u32.to_le_bytes());
         put(ram, DELIVERIES, &0u32.to_le_bytes());
+        put(ram, END_PORT_VAR, &(END_PORT as u32).to_le_bytes());
         put(ram, X2APIC, &u32::from(x2apic).to_le_bytes());
         put(ram, LOG_PTR, &LOG.to_le_bytes());
         ram[COUNTS as usize..COUNTS as usize + 1024].fill(0);

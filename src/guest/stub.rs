@@ -93,7 +93,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.set_label(&mut done)?;
     a.mov(eax, EndCode::Completed as u32)?;
     a.set_label(&mut end)?;
-    a.mov(dx, END_PORT as u32)?;
+    a.mov(edx, dword_ptr(END_PORT_VAR))?;
     a.out(dx, eax)?;
     a.hlt()?;
     a.jmp(end)?;
@@ -141,7 +141,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
 
     // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
     a.set_label(&mut exec_op)?;
-    let kinds: [(u32, OpBody); 17] = [
+    let kinds: [(u32, OpBody); 19] = [
         (kind::ROUTE, op_route),
         (kind::MASK, op_mask),
         (kind::HOST, op_host),
@@ -164,6 +164,8 @@ pub fn assemble() -> Result<Stub, IcedError> {
         (kind::IOAPIC_WRITE, op_ioapic_write),
         (kind::LAPIC_READ, op_lapic_read),
         (kind::APIC_BASE, op_apic_base),
+        (kind::LINE, op_line),
+        (kind::MSI_WRITE, op_msi_write),
         (kind::PING, |a, _| {
             a.mov(dx, PING_PORT as u32)?;
             a.out(dx, eax)
@@ -348,6 +350,31 @@ fn op_self_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     a.wrmsr()?;
     a.set_label(&mut out)?;
     a.nop()
+}
+
+/// A host op done by the guest (QEMU): drive ISA IRQ line a to level b
+/// (2: pulse) through pc-testdev.
+fn op_line(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    // Level 2 is a pulse: 1 then 0, one op.
+    let mut single = a.create_label();
+    a.mov(edx, QEMU_TESTDEV_IRQ_PORT as u32)?;
+    a.add(edx, dword_ptr(r15 + 4))?;
+    a.mov(eax, dword_ptr(r15 + 8))?;
+    a.cmp(eax, 2)?;
+    a.jne(single)?;
+    a.mov(al, 1)?;
+    a.out(dx, al)?;
+    a.xor(eax, eax)?;
+    a.set_label(&mut single)?;
+    a.out(dx, al)
+}
+
+/// A host op done by the guest (QEMU TCG): an MSI is a write of its data to
+/// its address, which QEMU's APIC page turns into a message.
+fn op_msi_write(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    a.mov(ebx, dword_ptr(r15 + 4))?;
+    a.mov(eax, dword_ptr(r15 + 8))?;
+    a.mov(dword_ptr(rbx), eax)
 }
 
 /// WRMSR IA32_APIC_BASE, then reach the APIC where it now is: r14 follows

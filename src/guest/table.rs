@@ -39,6 +39,11 @@ pub mod kind {
     pub const PING: u32 = 16;
     /// a = IA32_APIC_BASE (low 32 bits).
     pub const APIC_BASE: u32 = 17;
+    /// Host op done by the guest: a = ISA IRQ line, b = level, 2 for a
+    /// pulse (pc-testdev).
+    pub const LINE: u32 = 18;
+    /// Host op done by the guest: a = MSI address, b = data.
+    pub const MSI_WRITE: u32 = 19;
 }
 
 /// A scenario laid out for guest memory.
@@ -64,8 +69,30 @@ fn word(out: &mut Vec<u8>, words: [u32; 4]) {
     }
 }
 
-fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<Op>) {
+/// Who performs host ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostOps {
+    /// The VMM, when the stub signals them (KVM, HVF).
+    Vmm,
+    /// The guest itself, through QEMU's test devices.
+    Guest,
+}
+
+fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<Op>, mode: HostOps) {
     use kind::*;
+    if mode == HostOps::Guest {
+        let line = |out: &mut Vec<u8>, pin: u8, level: u32| word(out, [LINE, pin as u32, level, 0]);
+        match *op {
+            Op::Assert(p) => return line(out, p.get(), 1),
+            Op::Deassert(p) => return line(out, p.get(), 0),
+            Op::Pulse(p) => return line(out, p.get(), 2),
+            Op::Msi(m) => {
+                let (address, data) = m.address_data();
+                return word(out, [MSI_WRITE, address as u32, data, 0]);
+            }
+            _ => {}
+        }
+    }
     let w = match *op {
         Op::Route { pin, route } => {
             let high = 0x11 + 2 * pin.get() as u32;
@@ -97,11 +124,16 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<Op>) {
     word(out, w);
 }
 
-/// Encodes `scenario`.
+/// Encodes `scenario`, host ops for the VMM.
 pub fn encode(scenario: &Scenario) -> Result<Table, TooLarge> {
+    encode_for(scenario, HostOps::Vmm)
+}
+
+/// Encodes `scenario`, host ops done by `mode`.
+pub fn encode_for(scenario: &Scenario, mode: HostOps) -> Result<Table, TooLarge> {
     let mut t = Table::default();
     for op in &scenario.ops {
-        encode_op(op, &mut t.ops, &mut t.host_ops);
+        encode_op(op, &mut t.ops, &mut t.host_ops, mode);
     }
     word(&mut t.ops, [kind::END, 0, 0, 0]);
     let mut plain = [0u64; 256];
@@ -109,7 +141,7 @@ pub fn encode(scenario: &Scenario) -> Result<Table, TooLarge> {
     for (key, body) in &scenario.handlers {
         let at = OPS + t.ops.len() as u64;
         for op in body {
-            encode_op(op, &mut t.ops, &mut t.host_ops);
+            encode_op(op, &mut t.ops, &mut t.host_ops, mode);
         }
         word(&mut t.ops, [kind::END, 0, 0, 0]);
         match key.nth {

@@ -77,6 +77,7 @@ static void install_memory(void)
     memcpy(ram + CODE, STUB, sizeof STUB);
     put32(X2APIC_FLAG, X2APIC);
     put64(LOG_PTR, LOG);
+    put32(DATA + 0xc, END_PORT); /* the stub's end-of-run port */
     memcpy(ram + BODY_DIR, BODY_DIR_TABLE, sizeof BODY_DIR_TABLE);
     memcpy(ram + NTH_TABLE, NTH_TABLE_BYTES, sizeof NTH_TABLE_BYTES);
     memcpy(ram + OPS, OPS_TABLE, sizeof OPS_TABLE);

@@ -89,8 +89,14 @@ pub fn trace_diff(finding: &Finding, backend: &str) -> String {
         "divergence: {}\nsignature:  {}\n",
         finding.divergence, finding.signature
     );
+    if let Some(t) = &finding.triage {
+        out += &format!("\n\nThree-way triage: {t}.");
+    }
     if let Some(k) = finding.known {
         out += &format!("known:      {} ({}, {})\n", k.title, k.id, k.doc);
+    }
+    if let Some(t) = &finding.triage {
+        out += &format!("triage:     {t}\n");
     }
     out += "\n";
     out += &side_by_side(
