@@ -153,6 +153,17 @@ fn eventinj_order_and_tpr() {
     );
     // [EV-4] 62 at TPR 0x20, then 32 at TPR 0.
     assert_eq!(deliveries(&run("eventinj_tpr")), [(5, 0x3e), (7, 0x20)]);
+    // [EV-1] count == 1, before the cli.
+    assert_eq!(deliveries(&run("eventinj_vec33")), [(1, 0x21)]);
+}
+
+#[test]
+fn eventinj_nested_nmi_waits_for_iret() {
+    // [EV-5] count == 2; the handler's snapshot (after its nested NMI was
+    // sent) comes before the second delivery: it waited for the IRET.
+    let t = run("eventinj_nmi");
+    assert_eq!(deliveries(&t), [(1, 2), (1, 2)]);
+    assert!(matches!(t.events[1].kind, EventKind::Snapshot(_)));
 }
 
 #[test]
@@ -163,6 +174,21 @@ fn vmexit_self_ipi_cases() {
     assert_eq!(deliveries(&run("vmexit_tpr")), [(2, 0xb0)]);
     // [VX-5]
     assert_eq!(deliveries(&run("vmexit_tpr_sti_hlt")), [(4, 0xb0)]);
+    // [VX-1] after the STI shadow, so it carries the `sti`.
+    assert_eq!(deliveries(&run("vmexit_sti_nop")), [(2, 0xb0)]);
+    // [VX-4]
+    assert_eq!(deliveries(&run("vmexit_tpr_sti_nop")), [(4, 0xb0)]);
+    // x2APIC SELF IPI variants of VX-2 and VX-3.
+    assert_eq!(deliveries(&run("vmexit_x2apic_sti_hlt")), [(2, 0xb0)]);
+    assert_eq!(deliveries(&run("vmexit_x2apic_tpr")), [(2, 0xb0)]);
+}
+
+#[test]
+fn tpr_threshold_holds_then_delivers_once() {
+    // [VM-2] 0xE1 held in the IRR at TPR 0 with IF = 0, then one delivery.
+    let t = run("vmx_tpr_threshold");
+    assert!(bit(&snapshot(&t, 0).irr, 0xe1));
+    assert_eq!(deliveries(&t), [(5, 0xe1)]);
 }
 
 #[test]

@@ -620,6 +620,124 @@ mod tests {
     }
 
     #[test]
+    fn masked_level_assert_is_held_and_sends_nothing() {
+        // §3.2.4 bit 16: a masked pin sends no message; the input level is kept.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        route(&mut io, 7, 0x70 | LEVEL | MASK, &mut bus);
+        io.set_irq(7, true, &mut bus);
+        assert!(bus.sent.is_empty());
+        assert_eq!(bus.notes, vec![Rule::LevelMaskedHeld]);
+        assert!(io.is_asserted(7) && !io.entry(7).remote_irr());
+    }
+
+    #[test]
+    fn deassert_does_not_clear_remote_irr() {
+        // §3.2.4 bit 14: only an EOI resets remote IRR (kvm-unit-tests
+        // vmx_apic_passthrough checks this between deassert and EOI).
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        route(&mut io, 15, 0x78 | LEVEL, &mut bus);
+        io.set_irq(15, true, &mut bus);
+        io.set_irq(15, false, &mut bus);
+        assert!(io.entry(15).remote_irr());
+        io.eoi(0x78, &mut bus);
+        assert!(!io.entry(15).remote_irr());
+        assert_eq!(bus.sent.len(), 1, "the line was low at the EOI");
+    }
+
+    #[test]
+    fn eoi_on_a_masked_pin_clears_remote_irr_and_unmask_resamples() {
+        // §3.2.4 bits 14 and 16 (test_ioapic_level_retrigger_mask): the EOI
+        // clears remote IRR even while masked, without a message; unmasking
+        // with the input still asserted sends it.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        route(&mut io, 14, 0x83 | LEVEL, &mut bus);
+        io.set_irq(14, true, &mut bus);
+        route(&mut io, 14, 0x83 | LEVEL | MASK, &mut bus);
+        io.eoi(0x83, &mut bus);
+        assert!(!io.entry(14).remote_irr());
+        assert_eq!(bus.sent.len(), 1);
+        route(&mut io, 14, 0x83 | LEVEL, &mut bus);
+        assert_eq!(
+            bus.sent,
+            vec![
+                (0x83, Rule::LevelDelivers),
+                (0x83, Rule::LevelUnmaskDelivers)
+            ]
+        );
+    }
+
+    #[test]
+    fn unmask_while_remote_irr_is_set_sends_nothing() {
+        // §3.2.4 bit 14 (catalogue G-4): mask and unmask without an EOI.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        route(&mut io, 4, 0x44 | LEVEL, &mut bus);
+        io.set_irq(4, true, &mut bus);
+        route(&mut io, 4, 0x44 | LEVEL | MASK, &mut bus);
+        route(&mut io, 4, 0x44 | LEVEL, &mut bus);
+        assert_eq!(bus.sent.len(), 1);
+        io.eoi(0x44, &mut bus);
+        assert_eq!(
+            bus.sent,
+            vec![(0x44, Rule::LevelDelivers), (0x44, Rule::EoiRedelivers)]
+        );
+    }
+
+    #[test]
+    fn edge_asserted_while_masked_then_unmasked_needs_a_new_edge() {
+        // §3.2.4 bits 15/16 (catalogue G-3): 0, 0, 0, then 1 delivery.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        route(&mut io, 1, 0x41 | MASK, &mut bus);
+        io.set_irq(1, true, &mut bus);
+        route(&mut io, 1, 0x41, &mut bus);
+        io.set_irq(1, true, &mut bus);
+        io.set_irq(1, false, &mut bus);
+        assert!(bus.sent.is_empty());
+        io.set_irq(1, true, &mut bus);
+        assert_eq!(bus.sent, vec![(0x41, Rule::EdgeDelivers)]);
+    }
+
+    #[test]
+    fn mmio_indirect_access_and_unknown_offsets() {
+        // 82093AA §3.1: IOREGSEL at 0x00 selects, IOWIN at 0x10 reads/writes;
+        // each 64-bit entry is two dwords, low at 0x10+2n, high at 0x11+2n.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V11), Bus::default());
+        io.mmio_write(IOREGSEL, 0x11 + 2 * 23, &mut bus);
+        io.mmio_write(IOWIN, 0xab00_0000, &mut bus);
+        io.mmio_write(IOREGSEL, 0x10 + 2 * 23, &mut bus);
+        io.mmio_write(IOWIN, 0x0001_a0f3, &mut bus);
+        assert_eq!(io.mmio_read(IOREGSEL), 0x10 + 2 * 23);
+        assert_eq!(io.mmio_read(IOWIN), 0x0001_a0f3);
+        let e = io.entry(23);
+        assert_eq!(
+            (
+                e.vector(),
+                e.dest(),
+                e.masked(),
+                e.level(),
+                e.polarity_low()
+            ),
+            (0xf3, 0xab, true, true, true)
+        );
+        assert_eq!(e.raw, 0xab00_0000_0001_a0f3);
+        // The 82093AA decodes nothing at 0x40 and reads 0 elsewhere.
+        io.mmio_write(IOEOI, 0xf3, &mut bus);
+        assert_eq!(io.mmio_read(0x20), 0);
+        assert!(bus.sent.is_empty());
+    }
+
+    #[test]
+    fn reset_returns_to_the_start_state() {
+        // SCENARIO-FORMAT start state; §3.2.4: masked after reset.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        route(&mut io, 2, 0x52 | LEVEL, &mut bus);
+        io.set_irq(2, true, &mut bus);
+        io.write_register(REG_ID, 0x0300_0000, &mut bus);
+        io.reset();
+        assert_eq!(io, Ioapic::new(IoapicVersion::V20));
+        assert!((0..PINS).all(|p| io.entry(p).raw == bits::MASKED));
+    }
+
+    #[test]
     fn quirk_level_unmask_no_deliver_until_deassert_and_assert() {
         let mut io = Ioapic::with_quirks(IoapicVersion::V20, Quirks::LEVEL_UNMASK_NO_DELIVER);
         let mut bus = Bus::default();

@@ -91,6 +91,17 @@ pub enum Acceptance {
     Unmodelled(DeliveryMode),
 }
 
+/// What an EOI write did (SDM §11.8.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Eoi {
+    /// The vector whose ISR bit was cleared (the highest in service).
+    pub in_service: Option<u8>,
+    /// The vector to broadcast to the IOAPICs, if the EOI is broadcast.
+    pub broadcast: Option<u8>,
+    /// The rule that decided.
+    pub rule: Rule,
+}
+
 /// The local APIC's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lapic {
@@ -237,7 +248,7 @@ impl Lapic {
             }
     }
 
-    /// SDM §11.8.3.1: PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4.
+    /// SDM §11.8.3.1: `PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4`.
     pub fn ppr(&self) -> u32 {
         let isrv = highest(&self.isr).unwrap_or(0) as u32;
         if (self.tpr & 0xf0) >= (isrv & 0xf0) {
@@ -320,22 +331,31 @@ impl Lapic {
         }
     }
 
-    /// An EOI write: clears the highest ISR bit (§11.8.5). Returns the
-    /// vector to broadcast to the IOAPICs, and the rule that decided.
-    pub fn end_of_interrupt(&mut self) -> (Option<u8>, Rule) {
+    /// An EOI write: clears the highest ISR bit (§11.8.5) and says whether
+    /// the EOI is broadcast to the IOAPICs, and the rule that decided.
+    pub fn end_of_interrupt(&mut self) -> Eoi {
         let Some(v) = highest(&self.isr) else {
-            return (None, Rule::EoiNothingInService);
+            return Eoi {
+                in_service: None,
+                broadcast: None,
+                rule: Rule::EoiNothingInService,
+            };
         };
         set(&mut self.isr, v, false);
-        if !test(&self.tmr, v) {
-            return (None, Rule::EoiClearsRemoteIrr);
-        }
-        // §11.8.5: a level-triggered EOI is broadcast unless SVR bit 12 is
-        // set, which takes effect only where the version register advertises it.
-        if self.directed_eoi_supported && self.svr & SVR_SUPPRESS_EOI_BROADCAST != 0 {
+        let (broadcast, rule) = if !test(&self.tmr, v) {
+            // §11.8.5: only a level-triggered vector's EOI leaves the APIC.
+            (None, Rule::EoiEdgeNotBroadcast)
+        } else if self.directed_eoi_supported && self.svr & SVR_SUPPRESS_EOI_BROADCAST != 0 {
+            // §11.8.5 and §11.9: SVR bit 12 suppresses the broadcast; it
+            // takes effect only where the version register advertises it.
             (None, Rule::EoiBroadcastSuppressed)
         } else {
             (Some(v), Rule::EoiBroadcast)
+        };
+        Eoi {
+            in_service: Some(v),
+            broadcast,
+            rule,
         }
     }
 
@@ -468,8 +488,10 @@ impl Lapic {
             return Err(GeneralProtection);
         }
         match offset {
-            // §11.12.1.3: only 0 may be written to EOI; SELF IPI bits 31:8 are reserved.
-            reg::EOI if value != 0 => Err(GeneralProtection),
+            // §11.12.1.3: only 0 may be written to EOI; SELF IPI bits 31:8
+            // are reserved. §11.5.3: in x2APIC mode a non-zero write to the
+            // ESR raises #GP.
+            reg::EOI | reg::ESR if value != 0 => Err(GeneralProtection),
             reg::SELF_IPI if value > 0xff => Err(GeneralProtection),
             reg::EOI => Ok(None),
             reg::ICR_LOW => {
@@ -500,13 +522,18 @@ impl Lapic {
             1 | 2 => true,
             _ => false,
         };
-        if !to_self {
-            return None;
-        }
         let delivery = DeliveryMode::from_bits((low >> 8) as u8);
         if delivery == DeliveryMode::Fixed && (low as u8) < 16 {
-            // §11.5.3: the sender flags an illegal vector and sends nothing.
+            // §11.5.3: the sender flags an illegal vector (bit 5); a copy that
+            // reaches this APIC itself is also a received illegal vector
+            // (bit 6: "... or via a self IPI"); nothing is delivered.
             self.esr_pending |= ESR_SEND_ILLEGAL_VECTOR;
+            if to_self {
+                self.esr_pending |= ESR_RECEIVE_ILLEGAL_VECTOR;
+            }
+            return None;
+        }
+        if !to_self {
             return None;
         }
         Some(InterruptMessage {
@@ -523,7 +550,8 @@ impl Lapic {
 
     fn self_ipi(&mut self, vector: u8) -> Option<InterruptMessage> {
         if vector < 16 {
-            self.esr_pending |= ESR_SEND_ILLEGAL_VECTOR;
+            // §11.5.3: both the send and the receive illegal-vector bits.
+            self.esr_pending |= ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR;
             return None;
         }
         Some(InterruptMessage {
@@ -603,9 +631,17 @@ mod tests {
         l.acknowledge(0x40);
         l.accept(&fixed(0x50, false));
         l.acknowledge(0x50);
-        assert_eq!(l.end_of_interrupt(), (None, Rule::EoiClearsRemoteIrr));
-        assert_eq!(l.end_of_interrupt(), (Some(0x40), Rule::EoiBroadcast));
-        assert_eq!(l.end_of_interrupt(), (None, Rule::EoiNothingInService));
+        let eoi = |l: &mut Lapic| {
+            let e = l.end_of_interrupt();
+            (e.in_service, e.broadcast, e.rule)
+        };
+        assert_eq!(
+            eoi(&mut l),
+            (Some(0x50), None, Rule::EoiEdgeNotBroadcast),
+            "the highest in service first; an edge vector stays local"
+        );
+        assert_eq!(eoi(&mut l), (Some(0x40), Some(0x40), Rule::EoiBroadcast));
+        assert_eq!(eoi(&mut l), (None, None, Rule::EoiNothingInService));
     }
 
     #[test]
@@ -617,7 +653,7 @@ mod tests {
             l.write(reg::SVR, 0x11ff);
             l.accept(&fixed(0x40, true));
             l.acknowledge(0x40);
-            assert_eq!(l.end_of_interrupt().0, expected);
+            assert_eq!(l.end_of_interrupt().broadcast, expected);
             assert_eq!(
                 l.read(reg::SVR) & SVR_SUPPRESS_EOI_BROADCAST != 0,
                 supported
@@ -640,10 +676,92 @@ mod tests {
         );
         l.write(reg::ESR, 0);
         assert_eq!(l.read(reg::ESR), ESR_RECEIVE_ILLEGAL_VECTOR);
+        // A self IPI with an illegal vector: the sender's error (bit 5) and,
+        // as it reaches this APIC, the receiver's (bit 6: "or via a self IPI").
         assert_eq!(l.write(reg::ICR_LOW, 0x4_0005), None);
         l.write(reg::ESR, 0);
+        assert_eq!(
+            l.read(reg::ESR),
+            ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR
+        );
+        // To a destination that is not this APIC: only the sender's error.
+        l.write(reg::ICR_HIGH, 0x0500_0000);
+        assert_eq!(l.write(reg::ICR_LOW, 0x0005), None);
+        l.write(reg::ESR, 0);
         assert_eq!(l.read(reg::ESR), ESR_SEND_ILLEGAL_VECTOR);
+        // Back-to-back writes clear it.
+        l.write(reg::ESR, 0);
+        assert_eq!(l.read(reg::ESR), 0);
         assert_eq!(l.highest_irr(), None);
+    }
+
+    #[test]
+    fn x2apic_illegal_self_ipi_and_esr_writes() {
+        // SDM §11.5.3: SELF IPI with an illegal vector sets bits 5 and 6;
+        // in x2APIC mode a non-zero ESR write raises #GP.
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        assert_eq!(l.write_msr(msr_of(reg::SELF_IPI), 0x03), Ok(None));
+        assert_eq!(l.write_msr(msr_of(reg::ESR), 1), Err(GeneralProtection));
+        assert_eq!(l.write_msr(msr_of(reg::ESR), 0), Ok(None));
+        assert_eq!(
+            l.read_msr(msr_of(reg::ESR)),
+            Ok((ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR) as u64)
+        );
+    }
+
+    #[test]
+    fn ppr_is_tpr_when_its_class_is_not_below_the_in_service_class() {
+        // SDM §11.8.3.1: PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4
+        // (with the low nibble of TPR kept only in the first case).
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.accept(&fixed(0x47, false));
+        l.acknowledge(0x47);
+        l.write(reg::TPR, 0x43);
+        assert_eq!(l.ppr(), 0x43, "equal classes: TPR");
+        l.write(reg::TPR, 0x3f);
+        assert_eq!(
+            l.ppr(),
+            0x40,
+            "TPR class below: the ISR class, low nibble 0"
+        );
+        l.write(reg::TPR, 0x51);
+        assert_eq!(l.ppr(), 0x51);
+        assert_eq!(l.read(reg::PPR), 0x51);
+    }
+
+    #[test]
+    fn cluster_logical_destinations_xapic_and_x2apic() {
+        // SDM §11.6.2.2 cluster model (DFR 0x0FFFFFFF): equal high nibble and
+        // a shared low-nibble bit. §11.12.10.2: the x2APIC logical ID of APIC
+        // 0 is cluster 0, bit 0; an 8-bit destination addresses cluster 0.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::DFR, 0x0fff_ffff);
+        l.write(reg::LDR, 0x2100_0000);
+        assert!(l.matches(true, 0x21) && l.matches(true, 0x23));
+        assert!(!l.matches(true, 0x11) && !l.matches(true, 0x22));
+        let mut x2 = Lapic::new(true, false, Quirks::empty());
+        assert!(!x2.matches(true, 0x0001_0001), "cluster 1");
+        assert!(x2.matches(true, 0x0000_0003));
+        x2.write(reg::LDR, 0x0001_0002);
+        assert_eq!(x2.read(reg::LDR), 1, "the x2APIC LDR is read-only");
+    }
+
+    #[test]
+    fn start_state_and_software_disable_masks_the_lvt() {
+        // SCENARIO-FORMAT start state: SVR 0x1FF, LINT0/LINT1 masked.
+        // SDM §11.4.7.2: software disable sets every LVT mask bit, and LVT
+        // writes while disabled keep the mask set.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(l.read(reg::SVR), 0x1ff);
+        assert_eq!(l.read(reg::VERSION), 0x0005_0014);
+        assert!(l.read(reg::LVT_LINT0) & LVT_MASKED != 0);
+        assert!(l.read(reg::LVT_LINT1) & LVT_MASKED != 0);
+        l.write(reg::LVT_TIMER, 0x40);
+        assert_eq!(l.read(reg::LVT_TIMER), 0x40);
+        l.write(reg::SVR, 0xff);
+        assert!(l.read(reg::LVT_TIMER) & LVT_MASKED != 0);
+        l.write(reg::LVT_TIMER, 0x40);
+        assert!(l.read(reg::LVT_TIMER) & LVT_MASKED != 0);
     }
 
     #[test]
@@ -739,6 +857,6 @@ mod tests {
         l.accept(&fixed(0x40, true));
         l.acknowledge(0x40);
         assert_eq!(l.isr(), [0; 8]);
-        assert_eq!(l.end_of_interrupt(), (None, Rule::EoiNothingInService));
+        assert_eq!(l.end_of_interrupt().rule, Rule::EoiNothingInService);
     }
 }

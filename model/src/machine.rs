@@ -226,7 +226,9 @@ impl Machine {
         } else {
             self.lapic.write(offset, value)
         };
-        if offset == reg::EOI {
+        // §11.4.3: a globally disabled APIC has no registers; the write
+        // reaches nothing.
+        if offset == reg::EOI && self.lapic.hw_enabled() {
             self.end_of_interrupt();
         }
         if let Some(msg) = ipi {
@@ -259,9 +261,9 @@ impl Machine {
     /// and returns the vector to broadcast, without broadcasting it. For
     /// VMMs that route the broadcast themselves (a userspace IOAPIC).
     pub fn local_eoi(&mut self) -> Option<u8> {
-        let (broadcast, rule) = self.lapic.end_of_interrupt();
-        self.log.push(rule, broadcast.unwrap_or(0));
-        broadcast
+        let eoi = self.lapic.end_of_interrupt();
+        self.log.push(eoi.rule, eoi.in_service.unwrap_or(0));
+        eoi.broadcast
     }
 
     /// An EOI broadcast for `vector` reaching this machine's IOAPIC.
@@ -413,6 +415,66 @@ mod tests {
         assert_eq!(m.pending(), None, "blocked until IRET");
         m.iret(saved);
         assert_eq!(m.pending(), Some(Interrupt::Nmi));
+    }
+
+    #[test]
+    fn software_disabled_apic_leaves_remote_irr_clear() {
+        // SDM §11.4.7.2 with 82093AA §3.2.4 bit 14 (catalogue G-8): the
+        // refused level message is not accepted, so remote IRR stays clear
+        // (as KVM; QEMU sets it before sending). Re-enabling does not make
+        // the IOAPIC resend; rewriting the entry of the asserted pin does.
+        let mut m = Machine::new(MachineConfig::default());
+        m.lapic_write(reg::SVR, 0xff).unwrap();
+        route(&mut m, 3, 0x60 | 1 << 15);
+        m.set_irq(3, true);
+        assert!(!m.ioapic.entry(3).remote_irr());
+        assert!(m.pending().is_none());
+        assert_eq!(
+            m.decisions().last().unwrap().rule,
+            Rule::ApicSoftwareDisabled
+        );
+        m.lapic_write(reg::SVR, 0x1ff).unwrap();
+        assert!(m.pending().is_none());
+        route(&mut m, 3, 0x60 | 1 << 15);
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x60)));
+        assert!(m.ioapic.entry(3).remote_irr());
+    }
+
+    #[test]
+    fn edge_eoi_is_not_broadcast() {
+        // SDM §11.8.5: an edge vector's EOI never reaches the IOAPIC, so a
+        // level entry with the same vector keeps its remote IRR.
+        let mut m = Machine::new(MachineConfig::default());
+        route(&mut m, 5, 0x70 | 1 << 15);
+        m.set_irq(5, true);
+        m.set_irq(5, false);
+        // Take 0x70 (level, TMR set) and EOI it through the IOAPIC path later;
+        // first an edge MSI of a higher vector goes in service and is EOId.
+        let (_, saved) = m.take(m.pending().unwrap());
+        m.message(&InterruptMessage {
+            vector: 0x80,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        });
+        m.iret(saved);
+        let (v, saved) = m.take(m.pending().unwrap());
+        assert_eq!(v, 0x80);
+        m.clear_decisions();
+        m.lapic_write(reg::EOI, 0).unwrap();
+        assert_eq!(
+            m.decisions(),
+            &[Decision {
+                rule: Rule::EoiEdgeNotBroadcast,
+                vector: 0x80
+            }]
+        );
+        assert!(m.ioapic.entry(5).remote_irr());
+        m.lapic_write(reg::EOI, 0).unwrap();
+        assert!(!m.ioapic.entry(5).remote_irr());
+        m.iret(saved);
     }
 
     #[test]

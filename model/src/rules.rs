@@ -57,6 +57,8 @@ pub enum Rule {
     EoiBroadcastSuppressed,
     /// EOI with an empty ISR does nothing.
     EoiNothingInService,
+    /// EOI of an edge-triggered vector (TMR clear) stays in the local APIC.
+    EoiEdgeNotBroadcast,
     /// A self IPI is accepted by the sending APIC.
     SelfIpi,
     /// An MSI is decoded and sent as an interrupt message.
@@ -72,6 +74,41 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, in declaration order.
+    pub const ALL: &'static [Rule] = &[
+        Rule::EdgeDelivers,
+        Rule::EdgeMaskedLost,
+        Rule::EdgeNoNewEdge,
+        Rule::LevelDelivers,
+        Rule::LevelRemoteIrrBlocks,
+        Rule::LevelMaskedHeld,
+        Rule::LevelUnmaskDelivers,
+        Rule::EoiClearsRemoteIrr,
+        Rule::EoiRedelivers,
+        Rule::IoapicEoiRegister,
+        Rule::EdgeRetypeClearsRemoteIrr,
+        Rule::AcceptedIntoIrr,
+        Rule::IllegalVector,
+        Rule::ApicSoftwareDisabled,
+        Rule::NoDestinationMatch,
+        Rule::DispatchAbovePpr,
+        Rule::HeldByPpr,
+        Rule::HeldByIf,
+        Rule::StiShadow,
+        Rule::HltWakes,
+        Rule::HltNoWake,
+        Rule::EoiBroadcast,
+        Rule::EoiBroadcastSuppressed,
+        Rule::EoiNothingInService,
+        Rule::EoiEdgeNotBroadcast,
+        Rule::SelfIpi,
+        Rule::MsiDelivers,
+        Rule::NmiDelivers,
+        Rule::NmiBlocked,
+        Rule::ApicBaseTransition,
+        Rule::Quirk,
+    ];
+
     /// Short kebab-case name, used in signatures and reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -99,6 +136,7 @@ impl Rule {
             Rule::EoiBroadcast => "eoi-broadcast",
             Rule::EoiBroadcastSuppressed => "eoi-broadcast-suppressed",
             Rule::EoiNothingInService => "eoi-nothing-in-service",
+            Rule::EoiEdgeNotBroadcast => "eoi-edge-not-broadcast",
             Rule::SelfIpi => "self-ipi",
             Rule::MsiDelivers => "msi-delivers",
             Rule::NmiDelivers => "nmi-delivers",
@@ -135,12 +173,29 @@ impl Rule {
             Rule::EoiBroadcast => "SDM vol. 3A §11.8.5 Signaling Interrupt Servicing Completion: the EOI of a level-triggered interrupt (TMR set) is broadcast to the IOAPICs",
             Rule::EoiBroadcastSuppressed => "SDM vol. 3A §11.8.5 and §11.9 (SVR bit 12, Suppress EOI Broadcasts, when the version register's bit 24 advertises it)",
             Rule::EoiNothingInService => "SDM vol. 3A §11.8.5: the EOI clears the highest ISR bit; with none set there is nothing to clear",
+            Rule::EoiEdgeNotBroadcast => "SDM vol. 3A §11.8.5 Signaling Interrupt Servicing Completion: only the EOI of a level-triggered vector (TMR set) is broadcast; an edge vector's EOI just clears its ISR bit",
             Rule::SelfIpi => "SDM vol. 3A §11.6.1 Interrupt Command Register (self shorthand) and §11.12.11 SELF IPI Register",
             Rule::MsiDelivers => "SDM vol. 3A §11.11 Message Signalled Interrupts (§11.11.1 address, §11.11.2 data)",
             Rule::NmiDelivers => "SDM vol. 3A §6.7.1 Handling Multiple NMIs; §11.6.1 delivery mode NMI",
             Rule::NmiBlocked => "SDM vol. 3A §6.7.1 Handling Multiple NMIs: NMIs are blocked until the next IRET",
             Rule::ApicBaseTransition => "SDM vol. 3A §11.4.4 Local APIC Status and Location (IA32_APIC_BASE), §11.4.3 Enabling or Disabling the Local APIC, §11.12.5 x2APIC State Transitions",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_has_a_unique_name_and_a_citation() {
+        let mut names: Vec<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Rule::ALL.len(), "names are unique");
+        for rule in Rule::ALL {
+            assert!(!rule.citation().is_empty(), "{rule:?}");
         }
     }
 }
