@@ -112,6 +112,32 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
         report["mean_hang_detection_ms"] =
             json!(hang_time.as_secs_f64() * 1e3 / hangs.max(1) as f64);
     }
+    if name == "qemu-tcg" {
+        // The same scenarios with the host timing hangs out instead of the
+        // in-guest watchdog, and a few through one QEMU process each.
+        let hangs = b
+            .run_batch(&scenarios)
+            .iter()
+            .filter(|t| t.outcome == crate::trace::Outcome::Hang)
+            .count();
+        let mut host = backend::qemu::QemuBackend::open(false).map_err(|e| e.to_string())?;
+        host.set_watchdog(false);
+        let start = Instant::now();
+        let _ = crate::backend::Backend::run_batch(&mut host, &scenarios);
+        let without = cases as f64 / start.elapsed().as_secs_f64();
+        let single_cases = 20.min(scenarios.len());
+        let start = Instant::now();
+        for s in &scenarios[..single_cases] {
+            let _ = crate::backend::Backend::run_to_trace(&mut host, s);
+        }
+        let single = single_cases as f64 / start.elapsed().as_secs_f64();
+        let rate = report["scenarios_per_second"].as_f64().unwrap_or(0.0);
+        report["hangs"] = json!(hangs);
+        report["scenarios_per_second_host_timed_hangs"] = json!(without);
+        report["scenarios_per_second_one_process_each"] = json!(single);
+        report["ratio_watchdog_to_host_timed_hangs"] = json!(rate / without);
+        report["ratio_batch_to_one_process_each"] = json!(rate / single);
+    }
     Ok(report)
 }
 

@@ -108,8 +108,17 @@ impl Differ {
 
     /// Both traces and the verdict, plus the signature of a divergence.
     pub fn diff(&mut self, scenario: &Scenario) -> (Trace, Trace, Verdict, Option<Signature>) {
-        let (expected, decisions) = self.model.run_explained(scenario);
         let observed = self.target.run_to_trace(scenario);
+        self.judge(scenario, observed)
+    }
+
+    /// [`Differ::diff`] for a trace the target already produced (a batch).
+    pub fn judge(
+        &mut self,
+        scenario: &Scenario,
+        observed: Trace,
+    ) -> (Trace, Trace, Verdict, Option<Signature>) {
+        let (expected, decisions) = self.model.run_explained(scenario);
         let verdict = compare(&expected, &observed);
         let signature = match &verdict {
             Verdict::Diverge(d) => {
@@ -222,75 +231,104 @@ pub fn run(
                     }
                     None => None,
                 };
-                loop {
+                // Cases are taken a batch at a time where the target runs
+                // batches faster (QEMU); case i is the same scenario either way.
+                let chunk = differ.target.batch_size().max(1) as u64;
+                'campaign: loop {
                     if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
                     {
                         break;
                     }
-                    let index = next_case.fetch_add(1, Ordering::Relaxed);
-                    if options.cases.is_some_and(|n| index >= n) {
+                    let first = next_case.fetch_add(chunk, Ordering::Relaxed);
+                    let end = options
+                        .cases
+                        .map_or(first + chunk, |n| n.min(first + chunk));
+                    if first >= end {
                         break;
                     }
-                    let mut scenario =
-                        generate::random(case_seed(options.seed, index), &options.generator);
-                    differ.target.fit(&mut scenario);
-                    let (_, _, verdict, signature) = differ.diff(&scenario);
-                    stats.cases.fetch_add(1, Ordering::Relaxed);
-                    match verdict {
-                        Verdict::Agree => continue,
-                        Verdict::Inconclusive(why) => {
-                            stats.inconclusive.fetch_add(1, Ordering::Relaxed);
-                            first_error.lock().unwrap().get_or_insert(why);
+                    let scenarios: Vec<Scenario> = (first..end)
+                        .map(|index| {
+                            let mut s = generate::random(
+                                case_seed(options.seed, index),
+                                &options.generator,
+                            );
+                            differ.target.fit(&mut s);
+                            s
+                        })
+                        .collect();
+                    let mut observed = if chunk > 1 {
+                        differ.target.run_batch(&scenarios)
+                    } else {
+                        Vec::new()
+                    }
+                    .into_iter();
+                    for scenario in scenarios {
+                        let (_, _, verdict, signature) = match observed.next() {
+                            Some(trace) => differ.judge(&scenario, trace),
+                            None => differ.diff(&scenario),
+                        };
+                        stats.cases.fetch_add(1, Ordering::Relaxed);
+                        match verdict {
+                            Verdict::Agree => continue,
+                            Verdict::Inconclusive(why) => {
+                                stats.inconclusive.fetch_add(1, Ordering::Relaxed);
+                                first_error.lock().unwrap().get_or_insert(why);
+                                continue;
+                            }
+                            Verdict::Diverge(_) => {}
+                        }
+                        stats.divergences.fetch_add(1, Ordering::Relaxed);
+                        let signature = signature.expect("a divergence has a signature");
+                        if !known.lock().unwrap().insert(signature.clone()) {
                             continue;
                         }
-                        Verdict::Diverge(_) => {}
-                    }
-                    stats.divergences.fetch_add(1, Ordering::Relaxed);
-                    let signature = signature.expect("a divergence has a signature");
-                    if !known.lock().unwrap().insert(signature.clone()) {
-                        continue;
-                    }
-                    let Some(mut finding) =
-                        differ.finding(&scenario, signature.clone()).map(|mut f| {
-                            f.known = crate::known::label(&options.backend, &f.signature);
-                            f
-                        })
-                    else {
-                        // Not reproducible: forget it so a later case can retry.
-                        known.lock().unwrap().remove(&signature);
-                        continue;
-                    };
-                    if finding.signature != signature
-                        && !known.lock().unwrap().insert(finding.signature.clone())
-                    {
-                        // Its root cause is a bug already reported.
-                        continue;
-                    }
-                    if let Some(third) = third.as_mut() {
-                        let t = third.run_to_trace(&finding.minimized);
-                        finding.triage = Some(crate::oracle::Triage::of(
-                            &finding.expected,
-                            &finding.observed,
-                            &t,
-                        ));
-                    }
-                    match findings.write(
-                        &finding.signature,
-                        &repro::finding_files(&finding, &options.backend),
-                    ) {
-                        Ok(dir) => finding.dir = dir,
-                        Err(e) => {
-                            first_error
-                                .lock()
-                                .unwrap()
-                                .get_or_insert(format!("writing a finding: {e}"));
-                            stop.store(true, Ordering::Relaxed);
-                            break;
+                        let Some(mut finding) =
+                            differ.finding(&scenario, signature.clone()).map(|mut f| {
+                                f.known = crate::known::label(
+                                    &options.backend,
+                                    &f.signature,
+                                    &f.minimized,
+                                    &f.observed,
+                                );
+                                f
+                            })
+                        else {
+                            // Not reproducible: forget it so a later case can retry.
+                            known.lock().unwrap().remove(&signature);
+                            continue;
+                        };
+                        if finding.signature != signature
+                            && !known.lock().unwrap().insert(finding.signature.clone())
+                        {
+                            // Its root cause is a bug already reported.
+                            continue;
                         }
+                        if let Some(third) = third.as_mut() {
+                            let t = third.run_to_trace(&finding.minimized);
+                            finding.triage = Some(crate::oracle::Triage::of(
+                                &finding.expected,
+                                &finding.observed,
+                                &t,
+                            ));
+                        }
+                        match findings.write(
+                            &finding.signature,
+                            &repro::finding_files(&finding, &options.backend),
+                        ) {
+                            Ok(dir) => finding.dir = dir,
+                            Err(e) => {
+                                first_error
+                                    .lock()
+                                    .unwrap()
+                                    .get_or_insert(format!("writing a finding: {e}"));
+                                stop.store(true, Ordering::Relaxed);
+                                break 'campaign;
+                            }
+                        }
+                        stats.unique.fetch_add(1, Ordering::Relaxed);
+                        on_finding(&finding);
+                        new_findings.lock().unwrap().push(finding);
                     }
-                    stats.unique.fetch_add(1, Ordering::Relaxed);
-                    on_finding(&finding);
-                    new_findings.lock().unwrap().push(finding);
                 }
             });
         }

@@ -90,7 +90,7 @@ pub fn diff(backend: &str, data: &[u8]) {
         differ.target.fit(&mut s);
         let (_, observed, verdict, signature) = differ.diff(&s);
         if let (Verdict::Diverge(d), Some(sig)) = (verdict, signature) {
-            if crate::known::label(backend, &sig).is_none() {
+            if crate::known::label(backend, &sig, &s, &observed).is_none() {
                 panic!(
                     "divergence on {backend}: {sig}: {d}\n{}\nobserved: {}",
                     print(&s),

@@ -48,6 +48,41 @@ pub const QEMU_EDGE_EVERY_ASSERT: Known = Known {
     doc: "docs/known-divergences.md#qemu-edge-every-assert",
 };
 
+/// QEMU's IOAPIC keeps a latched request per pin instead of the line
+/// level (`ioapic_set_irq`, `ioapic_service`, `ioapic_mem_write`).
+pub const QEMU_IOAPIC_LATCH: Known = Known {
+    id: "qemu-ioapic-latch",
+    title: "QEMU: the IOAPIC latches requests instead of following the line level",
+    doc: "docs/known-divergences.md#qemu-ioapic-latch",
+};
+
+/// QEMU's local APIC checks no vector and takes interrupts while
+/// software-disabled (`apic_set_irq`, `apic_irq_pending`).
+pub const QEMU_LAPIC_ACCEPTS: Known = Known {
+    id: "qemu-lapic-accepts",
+    title: "QEMU: the local APIC accepts vectors 0-15 and takes interrupts while disabled",
+    doc: "docs/known-divergences.md#qemu-lapic-accepts",
+};
+
+/// Both of QEMU's irqchips' behaviours in one scenario.
+pub const QEMU_IRQCHIP: Known = Known {
+    id: "qemu-irqchip",
+    title: "QEMU: its IOAPIC latch and local APIC acceptance together",
+    doc: "docs/known-divergences.md#qemu-ioapic-latch",
+};
+
+/// QEMU's documented behaviours, each as the model quirks that reproduce
+/// it, narrowest first (`QEMU_IOAPIC` includes `EDGE_EVERY_ASSERT`).
+const QEMU_BEHAVIOURS: [(irqdiff_model::Quirks, Known); 4] = {
+    use irqdiff_model::Quirks as Q;
+    [
+        (Q::EDGE_EVERY_ASSERT, QEMU_EDGE_EVERY_ASSERT),
+        (Q::QEMU_IOAPIC, QEMU_IOAPIC_LATCH),
+        (Q::QEMU_LAPIC, QEMU_LAPIC_ACCEPTS),
+        (Q::QEMU_IOAPIC.union(Q::QEMU_LAPIC), QEMU_IRQCHIP),
+    ]
+};
+
 /// What the probes found on this host's KVM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostBehaviours {
@@ -93,11 +128,24 @@ fn probe() -> HostBehaviours {
 /// behaviours shadow every interrupt that is delivered or acknowledged, so
 /// the label names the root cause, and the campaign's signature still tells
 /// the findings apart.
-pub fn label(backend: &str, sig: &Signature) -> Option<Known> {
+///
+/// QEMU's behaviours are deterministic and the model has each as a quirk,
+/// so a QEMU divergence is labelled only when the model with that quirk
+/// reproduces QEMU's trace of `scenario` exactly; whatever it leaves
+/// unexplained is a finding.
+pub fn label(
+    backend: &str,
+    sig: &Signature,
+    scenario: &crate::scenario::Scenario,
+    observed: &crate::trace::Trace,
+) -> Option<Known> {
     if backend.starts_with("qemu") {
-        let repeated_edge = matches!(sig.class, Class::ExtraDelivery | Class::Storm)
-            && sig.rule == "edge-no-new-edge";
-        return repeated_edge.then_some(QEMU_EDGE_EVERY_ASSERT);
+        return QEMU_BEHAVIOURS.iter().find_map(|&(quirks, known)| {
+            let mut replay = crate::backend::model::ModelBackend::with_quirks(quirks);
+            let trace = crate::backend::Backend::run_to_trace(&mut replay, scenario);
+            (crate::oracle::compare(&trace, observed) == crate::oracle::Verdict::Agree)
+                .then_some(known)
+        });
     }
     if backend != "kvm" && backend != "kvm-split" {
         return None;

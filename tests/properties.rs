@@ -120,7 +120,7 @@ fn model_and_kvm_agree_up_to_documented_divergences() {
                 Verdict::Inconclusive(_) => inconclusive += 1,
                 Verdict::Diverge(d) => {
                     let sig = signature.unwrap();
-                    let label = irqdiff::known::label(name, &sig);
+                    let label = irqdiff::known::label(name, &sig, &s, &observed);
                     assert!(
                         label.is_some(),
                         "{name}: undocumented divergence {sig}: {d}\n{s}\n{}",

@@ -64,10 +64,19 @@ fn qemu_delivers_every_assert_of_an_edge_pin_documented() {
         [(1, 0x40), (2, 0x40)]
     );
     let mut differ = irqdiff::campaign::Differ::open("qemu-tcg").unwrap();
-    let sig = differ.diff(&scenario).3.expect("diverges");
+    let (_, observed, _, sig) = differ.diff(&scenario);
+    let sig = sig.expect("diverges");
     assert_eq!(
-        irqdiff::known::label("qemu-tcg", &sig),
+        irqdiff::known::label("qemu-tcg", &sig, &scenario, &observed),
         Some(irqdiff::known::QEMU_EDGE_EVERY_ASSERT)
+    );
+    // The label needs the quirk to reproduce QEMU's trace exactly: the
+    // same signature with a different trace is not explained.
+    let mut other = observed.clone();
+    other.events.push(other.events[1].clone());
+    assert_eq!(
+        irqdiff::known::label("qemu-tcg", &sig, &scenario, &other),
+        None
     );
 }
 
@@ -144,4 +153,178 @@ fn a_batch_gives_the_same_traces_as_single_runs() {
     }
     assert_eq!(batch[3].outcome, irqdiff::trace::Outcome::Hang);
     assert_eq!(batch[7].outcome, irqdiff::trace::Outcome::Storm);
+}
+
+/// A batch backend with the in-guest watchdog on or off.
+fn qemu_batch(watchdog: bool) -> irqdiff::backend::qemu::QemuBackend {
+    let mut q = irqdiff::backend::qemu::QemuBackend::open(false).unwrap();
+    q.set_watchdog(watchdog);
+    q
+}
+
+#[test]
+fn the_guest_watchdog_reports_the_hangs_the_host_would() {
+    if qemu_or_skip("the_guest_watchdog_reports_the_hangs_the_host_would").is_none() {
+        return;
+    }
+    // Random scenarios fitted to QEMU, and hangs in every place the
+    // interpreter halts: `hlt` with IF = 0, `hlt` with nothing pending,
+    // `sti-hlt`, and a `hlt` inside a handler body.
+    let cfg = irqdiff::scenario::generate::GenConfig {
+        max_ops: 24,
+        ..Default::default()
+    };
+    let fitter = qemu_batch(true);
+    let mut scenarios: Vec<_> = (0..200)
+        .map(|i| {
+            let mut s =
+                irqdiff::scenario::generate::random(irqdiff::campaign::case_seed(5, i), &cfg);
+            fitter.fit(&mut s);
+            s
+        })
+        .collect();
+    for text in [
+        "cli\nhlt\n",
+        "nop\nhlt\n",
+        "sti-hlt\n",
+        "handler 0x40: hlt\nroute 3 vector=0x40\npulse 3\nnop\n",
+    ] {
+        scenarios.push(irqdiff::scenario::parse(text).unwrap());
+    }
+    let by_guest = qemu_batch(true).run_batch(&scenarios);
+    let by_host = qemu_batch(false).run_batch(&scenarios);
+    for (s, (g, h)) in scenarios.iter().zip(by_guest.iter().zip(&by_host)) {
+        assert_eq!(g, h, "{s}");
+    }
+    let hangs = by_guest
+        .iter()
+        .filter(|t| t.outcome == irqdiff::trace::Outcome::Hang)
+        .count();
+    assert!(hangs >= 20, "only {hangs} hangs among the random scenarios");
+    let tail: Vec<_> = by_guest[200..]
+        .iter()
+        .map(|t| (t.outcome, t.hang_op))
+        .collect();
+    use irqdiff::trace::Outcome::Hang;
+    // The handler halts inside op 1, the pulse that delivered it.
+    assert_eq!(
+        tail,
+        [
+            (Hang, Some(1)),
+            (Hang, Some(1)),
+            (Hang, Some(0)),
+            (Hang, Some(1))
+        ]
+    );
+}
+
+#[test]
+fn a_scenario_that_uses_the_timer_runs_without_the_watchdog() {
+    if qemu_or_skip("a_scenario_that_uses_the_timer_runs_without_the_watchdog").is_none() {
+        return;
+    }
+    // The watchdog's LVT and counts would show; this scenario sees the
+    // reset values the model has, and its hang is timed by the host.
+    let s = irqdiff::scenario::parse(
+        "lapic-read 0x320\nlapic-read 0x380\nlapic-read 0x3e0\ncli\nhlt\n",
+    )
+    .unwrap();
+    let mut expected = irqdiff::backend::model::ModelBackend::new()
+        .run(&s)
+        .unwrap();
+    expected.backend = "qemu-tcg".into();
+    let batch = qemu_batch(true).run_batch(&[s.clone(), s]);
+    assert_eq!(batch, [expected.clone(), expected]);
+}
+
+#[test]
+fn a_scenarios_own_nmi_is_delivered_with_the_watchdog_armed() {
+    if qemu_or_skip("a_scenarios_own_nmi_is_delivered_with_the_watchdog_armed").is_none() {
+        return;
+    }
+    let s = irqdiff::scenario::parse(
+        "msi vector=0x40 dest=0 nmi\nnop\nmsi vector=0x41 dest=0\ncli\nhlt\n",
+    )
+    .unwrap();
+    let batch = qemu_batch(true).run_batch(&[s]);
+    assert_eq!(deliveries(&batch[0]), [(0, 0x02), (2, 0x41)]);
+    assert_eq!(
+        (batch[0].outcome, batch[0].hang_op),
+        (irqdiff::trace::Outcome::Hang, Some(4))
+    );
+}
+
+#[test]
+fn the_qemu_profile_of_the_model_reproduces_qemu_exactly() {
+    if qemu_or_skip("the_qemu_profile_of_the_model_reproduces_qemu_exactly").is_none() {
+        return;
+    }
+    // `sim:qemu` is the model with QEMU's documented behaviours
+    // (quirks QEMU_IOAPIC and QEMU_LAPIC). That it gives QEMU's trace on
+    // every random scenario is what lets the campaign label a QEMU
+    // divergence as documented only when that quirk explains it exactly.
+    let cfg = irqdiff::scenario::generate::GenConfig::default();
+    let fitter = qemu_batch(true);
+    let scenarios: Vec<_> = (0..600)
+        .map(|i| {
+            let mut s =
+                irqdiff::scenario::generate::random(irqdiff::campaign::case_seed(77, i), &cfg);
+            fitter.fit(&mut s);
+            s
+        })
+        .collect();
+    let observed = qemu_batch(true).run_batch(&scenarios);
+    let mut sim = backend::open("sim:qemu").unwrap();
+    let mut model = backend::open("model").unwrap();
+    let mut differ_from_model = 0;
+    for (s, o) in scenarios.iter().zip(&observed) {
+        let expected = sim.run_to_trace(s);
+        assert_eq!(
+            irqdiff::oracle::compare(&expected, o),
+            irqdiff::oracle::Verdict::Agree,
+            "{s}\nqemu-tcg: {}",
+            o.to_json()
+        );
+        let plain = model.run_to_trace(s);
+        differ_from_model +=
+            usize::from(irqdiff::oracle::compare(&plain, o) != irqdiff::oracle::Verdict::Agree);
+    }
+    // And those behaviours are not rare: without them many scenarios differ.
+    assert!(differ_from_model >= 30, "{differ_from_model}");
+}
+
+#[test]
+fn every_qemu_divergence_repro_diverges_with_its_documented_label() {
+    if qemu_or_skip("every_qemu_divergence_repro_diverges_with_its_documented_label").is_none() {
+        return;
+    }
+    let mut differ = irqdiff::campaign::Differ::open("qemu-tcg").unwrap();
+    let files = scenario_files("qemu-divergences");
+    assert!(files.len() >= 5);
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Each repro's comment names its section: known-divergences.md#ID.
+        let id = text
+            .split("known-divergences.md#")
+            .nth(1)
+            .map(|rest| {
+                rest.split(|c: char| c == ':' || c.is_whitespace())
+                    .next()
+                    .unwrap()
+            })
+            .or_else(|| {
+                text.contains("ioapic_set_irq")
+                    .then_some("qemu-edge-every-assert")
+            })
+            .unwrap_or_else(|| panic!("{}: names no documented behaviour", path.display()));
+        let scenario = load(&path);
+        let (_, observed, verdict, sig) = differ.diff(&scenario);
+        assert!(
+            matches!(verdict, irqdiff::oracle::Verdict::Diverge(_)),
+            "{}: no divergence",
+            path.display()
+        );
+        let label = irqdiff::known::label("qemu-tcg", &sig.unwrap(), &scenario, &observed);
+        assert_eq!(label.map(|k| k.id), Some(id), "{}", path.display());
+    }
 }

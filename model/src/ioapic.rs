@@ -176,6 +176,8 @@ pub struct Ioapic {
     /// Quirk state: pins that saw a deassert/assert while remote IRR was set
     /// (LEVEL_COALESCE_REDELIVER).
     coalesced: u32,
+    /// Quirk state (QEMU_IOAPIC): QEMU's per-pin latched request (`irr`).
+    latched: u32,
 }
 
 impl Ioapic {
@@ -197,6 +199,7 @@ impl Ioapic {
             asserted: 0,
             stuck: 0,
             coalesced: 0,
+            latched: 0,
         }
     }
 
@@ -294,6 +297,9 @@ impl Ioapic {
                     bus.note(Rule::EdgeRetypeClearsRemoteIrr, new as u8);
                 }
                 self.redirection[pin] = new;
+                if self.quirks.contains(Quirks::QEMU_IOAPIC) {
+                    return self.qemu_service(bus);
+                }
                 let unmasked_now = old & bits::MASKED != 0 && new & bits::MASKED == 0;
                 self.after_entry_write(pin, unmasked_now, bus);
             }
@@ -338,6 +344,24 @@ impl Ioapic {
             self.stuck &= !(1 << pin);
         }
         let e = self.entry(pin);
+        if self.quirks.contains(Quirks::QEMU_IOAPIC) {
+            // hw/intc/ioapic.c, ioapic_set_irq.
+            let m = 1 << pin;
+            if e.level() {
+                if !requested {
+                    self.latched &= !m;
+                    return;
+                }
+                self.latched |= m;
+                if !e.remote_irr() {
+                    self.qemu_service(bus);
+                }
+            } else if requested && !e.masked() {
+                self.latched |= m;
+                self.qemu_service(bus);
+            }
+            return;
+        }
         if !e.level() {
             if !requested {
                 return;
@@ -389,6 +413,13 @@ impl Ioapic {
             }
             self.redirection[pin] &= !bits::REMOTE_IRR;
             bus.note(rule, vector);
+            if self.quirks.contains(Quirks::QEMU_IOAPIC) {
+                // ioapic_eoi_broadcast: a latched request is serviced again.
+                if !e.masked() && self.latched & (1 << pin) != 0 {
+                    self.qemu_service(bus);
+                }
+                continue;
+            }
             let coalesced = self.coalesced & (1 << pin) != 0;
             self.coalesced &= !(1 << pin);
             if e.masked() {
@@ -403,6 +434,36 @@ impl Ioapic {
             } else if coalesced {
                 self.send(pin, Rule::Quirk, bus);
             }
+        }
+    }
+
+    /// QEMU_IOAPIC: hw/intc/ioapic.c, ioapic_service. Every latched,
+    /// unmasked pin is sent: an edge pin's latch clears; a level pin sets
+    /// remote IRR before sending, accepted or not, and waits while it is set.
+    fn qemu_service(&mut self, bus: &mut impl InterruptSink) {
+        for pin in 0..PINS {
+            let m = 1 << pin;
+            let e = self.entry(pin);
+            if self.latched & m == 0 || e.masked() {
+                continue;
+            }
+            if e.level() {
+                if e.remote_irr() {
+                    continue;
+                }
+                self.redirection[pin] |= bits::REMOTE_IRR;
+            } else {
+                self.latched &= !m;
+            }
+            let msg = InterruptMessage {
+                vector: e.vector(),
+                delivery: e.delivery(),
+                logical: e.logical(),
+                dest: e.dest() as u32,
+                level: e.level(),
+                rule: Rule::Quirk,
+            };
+            bus.send(&msg);
         }
     }
 
@@ -749,6 +810,46 @@ mod tests {
         io.set_irq(14, false, &mut bus);
         io.set_irq(14, true, &mut bus);
         assert_eq!(bus.sent.len(), 1);
+    }
+
+    #[test]
+    fn quirk_qemu_ioapic_latches_requests_instead_of_line_levels() {
+        // hw/intc/ioapic.c: ioapic_set_irq, ioapic_service.
+        let q = Quirks::QEMU_IOAPIC;
+        // A level request latched while masked is sent when the entry is
+        // rewritten as an unmasked edge (the 82093AA sees no edge).
+        let mut io = Ioapic::with_quirks(IoapicVersion::V20, q);
+        let mut bus = Bus::default();
+        route(&mut io, 15, 0x20 | LEVEL | MASK, &mut bus);
+        io.set_irq(15, true, &mut bus);
+        route(&mut io, 15, 0x20, &mut bus);
+        assert_eq!(bus.sent, [(0x20, Rule::Quirk)]);
+        // An edge pin's line level is not kept: made level while high, it
+        // sends nothing (the 82093AA sends).
+        let mut io = Ioapic::with_quirks(IoapicVersion::V20, q);
+        let mut bus = Bus::default();
+        route(&mut io, 1, 0x21, &mut bus);
+        io.set_irq(1, true, &mut bus);
+        route(&mut io, 1, 0x21 | LEVEL, &mut bus);
+        assert_eq!(bus.sent, [(0x21, Rule::Quirk)]);
+        // Every assert of an edge pin sends, high already or not.
+        io.set_irq(2, false, &mut bus);
+        route(&mut io, 2, 0x22, &mut bus);
+        io.set_irq(2, true, &mut bus);
+        io.set_irq(2, true, &mut bus);
+        assert_eq!(bus.sent.len(), 3);
+        // Remote IRR is set even when no APIC accepts.
+        let mut bus = Bus {
+            refuse: true,
+            ..Bus::default()
+        };
+        route(&mut io, 3, 0x23 | LEVEL, &mut bus);
+        io.set_irq(3, true, &mut bus);
+        assert!(io.entry(3).remote_irr());
+        // An EOI clears it and sends the still-latched request again.
+        let mut bus = Bus::default();
+        io.eoi(0x23, &mut bus);
+        assert_eq!(bus.sent, [(0x23, Rule::Quirk)]);
     }
 
     #[test]

@@ -297,13 +297,14 @@ impl Lapic {
         }
         // §11.5.3: an illegal vector (0-15) in a received message sets the
         // receive-illegal-vector bit and is not delivered.
-        if msg.vector < 16 {
+        let qemu = self.quirks.contains(Quirks::QEMU_LAPIC);
+        if msg.vector < 16 && !qemu {
             self.esr_pending |= ESR_RECEIVE_ILLEGAL_VECTOR;
             return Acceptance::Refused(Rule::IllegalVector);
         }
         // §11.4.7.2: a software-disabled APIC does not take fixed interrupts
         // (as KVM's __apic_accept_irq); the sender sees no acceptance.
-        if !self.software_enabled() {
+        if !self.software_enabled() && !qemu {
             return Acceptance::Refused(Rule::ApicSoftwareDisabled);
         }
         // §11.8.4: into the IRR; TMR cleared for edge, set for level.
@@ -315,6 +316,13 @@ impl Lapic {
     /// §11.8.3: the vector the processor would take now, if any.
     pub fn deliverable(&self) -> Option<u8> {
         let v = highest(&self.irr)?;
+        if self.quirks.contains(Quirks::QEMU_LAPIC) {
+            // QEMU's apic_irq_pending: nothing while software-disabled, and
+            // any vector while PPR is 0.
+            let ppr = self.ppr();
+            return (self.software_enabled() && (ppr == 0 || (v as u32 & 0xf0) > (ppr & 0xf0)))
+                .then_some(v);
+        }
         ((v as u32 & 0xf0) > (self.ppr() & 0xf0)).then_some(v)
     }
 
@@ -523,7 +531,10 @@ impl Lapic {
             _ => false,
         };
         let delivery = DeliveryMode::from_bits((low >> 8) as u8);
-        if delivery == DeliveryMode::Fixed && (low as u8) < 16 {
+        if delivery == DeliveryMode::Fixed
+            && (low as u8) < 16
+            && !self.quirks.contains(Quirks::QEMU_LAPIC)
+        {
             // §11.5.3: the sender flags an illegal vector (bit 5); a copy that
             // reaches this APIC itself is also a received illegal vector
             // (bit 6: "... or via a self IPI"); nothing is delivered.
@@ -549,7 +560,7 @@ impl Lapic {
     }
 
     fn self_ipi(&mut self, vector: u8) -> Option<InterruptMessage> {
-        if vector < 16 {
+        if vector < 16 && !self.quirks.contains(Quirks::QEMU_LAPIC) {
             // §11.5.3: both the send and the receive illegal-vector bits.
             self.esr_pending |= ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR;
             return None;
@@ -849,6 +860,24 @@ mod tests {
         l.write_apic_base(0xfee0_0000).unwrap();
         l.write_apic_base(0xfed0_0800).unwrap();
         assert!(!l.hw_enabled());
+    }
+
+    #[test]
+    fn quirk_qemu_lapic_accepts_what_the_sdm_refuses() {
+        // hw/intc/apic.c: apic_set_irq checks neither the vector nor SVR;
+        // apic_irq_pending dispatches nothing while software-disabled and
+        // any vector while PPR is 0.
+        let mut l = Lapic::new(false, false, Quirks::QEMU_LAPIC);
+        assert_eq!(l.accept(&fixed(0x09, false)), Acceptance::Accepted);
+        assert_eq!(l.read(reg::ESR), 0);
+        assert_eq!(l.deliverable(), Some(0x09));
+        l.acknowledge(0x09);
+        l.end_of_interrupt();
+        l.write(reg::SVR, 0xff);
+        assert_eq!(l.accept(&fixed(0x40, false)), Acceptance::Accepted);
+        assert_eq!(l.deliverable(), None);
+        l.write(reg::SVR, 0x1ff);
+        assert_eq!(l.deliverable(), Some(0x40));
     }
 
     #[test]

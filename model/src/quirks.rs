@@ -38,5 +38,22 @@ bitflags::bitflags! {
         /// enables it leaves the APIC disabled. Seed report, step 4
         /// (Hypervisor.framework, FB14021745).
         const APIC_BASE_MOVE_AND_ENABLE_FAILS = 1 << 6;
+        /// QEMU's IOAPIC (`hw/intc/ioapic.c`): one latched request bit per
+        /// pin (`irr`) stands in for the line level. A level pin latches on
+        /// assert and clears on deassert; an edge pin latches on an
+        /// unmasked assert (every assert: this includes
+        /// `EDGE_EVERY_ASSERT`) and clears when sent; the level of an edge
+        /// pin is not kept. Every entry write, assert and EOI services all
+        /// latched unmasked pins (`ioapic_service`): a request latched in
+        /// level mode is sent when the entry is rewritten as edge, a line
+        /// raised in edge mode is not sent when the entry becomes level, and
+        /// remote IRR is set whether or not an APIC accepts.
+        const QEMU_IOAPIC = 1 << 7;
+        /// QEMU's local APIC (`hw/intc/apic.c`): no illegal-vector check
+        /// (vectors 0-15 are accepted, no ESR bit), a class-0 vector is
+        /// dispatched while PPR is 0 (`apic_irq_pending`), and a
+        /// software-disabled APIC still accepts into IRR (`apic_set_irq`)
+        /// but dispatches nothing until re-enabled.
+        const QEMU_LAPIC = 1 << 8;
     }
 }

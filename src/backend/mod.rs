@@ -39,6 +39,12 @@ pub trait Backend {
         Vec::new()
     }
 
+    /// How many scenarios a campaign should hand [`Backend::run_batch`] at
+    /// once: 1 unless running them together pays off.
+    fn batch_size(&self) -> usize {
+        1
+    }
+
     /// Runs several scenarios; backends that can run them faster together
     /// (QEMU: one process for many) override it.
     fn run_batch(&mut self, scenarios: &[Scenario]) -> Vec<Trace> {

@@ -37,6 +37,23 @@ const HANG_AFTER: Duration = Duration::from_millis(100);
 /// vCPU is halted). The process stays; the machine is reset through the
 /// monitor.
 const BATCH_HANG_AFTER: Duration = Duration::from_millis(25);
+/// The in-guest watchdog's period: a batch scenario halted this long with
+/// nothing to wake it is a hang (the KVM backend's kick period).
+const WATCHDOG: Duration = Duration::from_millis(3);
+/// With the watchdog armed, the host steps in only if it failed.
+const WATCHDOG_FALLBACK: Duration = Duration::from_millis(500);
+
+/// Local APIC timer registers (SDM Table 11-1): the watchdog's. A scenario
+/// that reads or writes one runs without the watchdog, so that it sees
+/// the timer as the model has it.
+const TIMER_REGISTERS: [u16; 4] = [0x320, 0x380, 0x390, 0x3e0];
+
+/// Whether `scenario` leaves the local APIC timer to the watchdog.
+fn watchdog_allowed(scenario: &Scenario) -> bool {
+    !scenario.all_ops().any(|op| {
+        matches!(op, Op::LapicRead(o) | Op::LapicWrite { offset: o, .. } if TIMER_REGISTERS.contains(o))
+    })
+}
 
 /// QEMU's human monitor on a Unix socket.
 struct Monitor {
@@ -101,6 +118,9 @@ pub struct QemuBackend {
     dir: PathBuf,
     firmware: PathBuf,
     trampoline: Vec<u8>,
+    /// Whether batches detect hangs in the guest (see [`batch::watchdog`]);
+    /// without it the host waits [`BATCH_HANG_AFTER`] for each.
+    watchdog: bool,
 }
 
 impl QemuBackend {
@@ -147,7 +167,14 @@ impl QemuBackend {
             dir,
             firmware,
             trampoline,
+            watchdog: true,
         })
+    }
+
+    /// Turns the in-guest hang watchdog on or off (on by default); the
+    /// benchmark measures what it saves.
+    pub fn set_watchdog(&mut self, on: bool) {
+        self.watchdog = on;
     }
 
     /// Guest RAM for one scenario.
@@ -272,9 +299,20 @@ fn unsupported(scenario: &Scenario) -> Option<String> {
             if p.get() >= 16 {
                 return Some(format!("pin {p}: pc-testdev drives ISA IRQs 0-15 only"));
             }
+            // hw/intc/ioapic.c, ioapic_set_irq: "ISA IRQs map to GSI 1-1
+            // except for IRQ0 which maps to GSI 2".
+            if p.get() == 0 {
+                return Some("pin 0: QEMU routes ISA IRQ 0 to IOAPIC pin 2".into());
+            }
         }
         if matches!(op, Op::ApicBase(_)) {
             return Some("APIC base moves are not run on QEMU".into());
+        }
+        // hw/intc/apic.c, apic_mem_write: "MSI and MMIO APIC are at the
+        // same memory location": a write to register index 0 is an MSI
+        // with the value as its data, not a reserved-register write.
+        if matches!(op, Op::LapicWrite { offset: 0, .. }) {
+            return Some("lapic-write 0x000: QEMU sends it as an MSI".into());
         }
     }
     None
@@ -286,14 +324,16 @@ impl Backend for QemuBackend {
     }
 
     /// A generated scenario gets what QEMU can offer: xAPIC, the full
-    /// irqchip, pins below 16.
+    /// irqchip, pins 1-15.
     fn fit(&self, scenario: &mut Scenario) {
         scenario.config = crate::scenario::Config {
             ioapic: scenario.config.ioapic,
             ..Default::default()
         };
-        let fit_pin =
-            |p: crate::scenario::Pin| crate::scenario::Pin::new(p.get() % 16).expect("below 16");
+        // Pins 1-15: the ISA IRQs pc-testdev drives, less IRQ 0 (pin 2).
+        let fit_pin = |p: crate::scenario::Pin| {
+            crate::scenario::Pin::new(1 + (p.get() + 14) % 15).expect("1-15")
+        };
         let fit = |op: &mut Op| match op {
             Op::Route { pin, .. }
             | Op::Mask(pin)
@@ -301,11 +341,17 @@ impl Backend for QemuBackend {
             | Op::Assert(pin)
             | Op::Deassert(pin)
             | Op::Pulse(pin) => *pin = fit_pin(*pin),
-            Op::ApicBase(_) => *op = Op::Nop,
+            Op::ApicBase(_) | Op::LapicWrite { offset: 0, .. } => *op = Op::Nop,
             _ => {}
         };
         scenario.ops.iter_mut().for_each(fit);
         scenario.handlers.values_mut().flatten().for_each(fit);
+    }
+
+    /// A QEMU process costs about as much as 20 batched scenarios; 64 per
+    /// batch keeps a campaign's stop and progress responsive.
+    fn batch_size(&self) -> usize {
+        64
     }
 
     fn run_batch(&mut self, scenarios: &[Scenario]) -> Vec<Trace> {
@@ -517,6 +563,16 @@ mod batch {
     pub const OPS_AT: u64 = 0x1810;
     pub const HANDLER: u64 = TRAMPOLINE + 0x500;
     pub const LOADER: u64 = TRAMPOLINE + 0x600;
+    /// The NMI handler: the watchdog's, or the scenario's own NMI.
+    pub const WATCHDOG_HANDLER: u64 = TRAMPOLINE + 0xa00;
+    /// u32: the watchdog's period in LAPIC timer counts.
+    pub const WATCHDOG_COUNT: u64 = CONTROL + 12;
+    /// u64: the stub's own vector-2 entry.
+    pub const VECTOR2: u64 = CONTROL + 16;
+    /// Offset within a staging slot: u32, 1 when the watchdog is armed.
+    pub const WATCHDOG_AT: u64 = 8;
+    /// Result code of a scenario the watchdog found halted for good.
+    pub const HANG: u32 = 3;
 
     /// The loader (entered from the long-mode trampoline instead of the
     /// stub) and the end handler.
@@ -603,9 +659,62 @@ mod batch {
         l.mov(qword_ptr(LOG_PTR), rax)?;
         l.mov(rax, HANDLER)?;
         l.mov(qword_ptr(END_HANDLER), rax)?;
+        // The watchdog: the LAPIC timer, one-shot, divide by 1, NMI
+        // delivery (LVT bits 10:8 = 100b; SDM §11.5.1, §11.5.4). QEMU
+        // honours the delivery mode of every LVT, the timer's included
+        // (hw/intc/apic.c, apic_local_deliver), and an NMI touches
+        // neither IRR, ISR nor TMR.
+        let mut unarmed = l.create_label();
+        l.cmp(dword_ptr(rbx + WATCHDOG_AT as i32), 0)?;
+        l.je(unarmed)?;
+        l.mov(rdi, LAPIC_BASE)?;
+        l.mov(dword_ptr(rdi + 0x3e0), 0xb)?;
+        l.mov(dword_ptr(rdi + 0x320), 0x402)?;
+        l.mov(eax, dword_ptr(WATCHDOG_COUNT))?;
+        l.mov(dword_ptr(rdi + 0x380), eax)?;
+        l.set_label(&mut unarmed)?;
         l.mov(rax, entry)?;
         l.jmp(rax)?;
         Ok((handler, l.assemble(LOADER)?))
+    }
+
+    /// The NMI handler. Once the one-shot has fired (current count 0), an
+    /// NMI whose saved RIP follows one of the interpreter's `hlt`s found
+    /// the guest halted for the whole period: a hang, which ends the run
+    /// through the end handler. Anywhere else the run is still going and
+    /// the timer is re-armed. While the timer still counts, the NMI is
+    /// the scenario's own and goes to the stub's vector-2 entry.
+    pub fn watchdog(after_hlt: [u64; 2]) -> std::result::Result<Vec<u8>, iced_x86::IcedError> {
+        let mut w = CodeAssembler::new(64)?;
+        let mut hang = w.create_label();
+        let mut own = w.create_label();
+        w.push(rax)?;
+        w.push(rcx)?;
+        w.mov(rax, LAPIC_BASE)?;
+        w.mov(ecx, dword_ptr(rax + 0x390))?;
+        w.test(ecx, ecx)?;
+        w.jnz(own)?;
+        w.mov(rcx, qword_ptr(rsp + 16))?; // the interrupted RIP
+        for after in after_hlt {
+            w.mov(rax, after)?;
+            w.cmp(rcx, rax)?;
+            w.je(hang)?;
+        }
+        w.mov(rax, LAPIC_BASE)?;
+        w.mov(ecx, dword_ptr(WATCHDOG_COUNT))?;
+        w.mov(dword_ptr(rax + 0x380), ecx)?;
+        w.pop(rcx)?;
+        w.pop(rax)?;
+        w.iretq()?;
+        w.set_label(&mut hang)?;
+        w.mov(eax, HANG)?;
+        w.mov(rcx, HANDLER)?;
+        w.jmp(rcx)?;
+        w.set_label(&mut own)?;
+        w.pop(rcx)?;
+        w.pop(rax)?;
+        w.jmp(qword_ptr(VECTOR2))?;
+        w.assemble(WATCHDOG_HANDLER)
     }
 }
 
@@ -631,6 +740,31 @@ impl QemuBackend {
         ram[batch::HANDLER as usize..batch::HANDLER as usize + handler.len()]
             .copy_from_slice(&handler);
         ram[batch::LOADER as usize..batch::LOADER as usize + loader.len()].copy_from_slice(&loader);
+        let watchdog = batch::watchdog(self.image.stub.after_hlt)
+            .map_err(|e| BackendError::Failed(e.to_string()))?;
+        debug_assert!(
+            handler.len() <= 0x100 && loader.len() <= 0x200 && watchdog.len() <= 0x100,
+            "the batch code outgrew its areas"
+        );
+        let w = batch::WATCHDOG_HANDLER as usize;
+        ram[w..w + watchdog.len()].copy_from_slice(&watchdog);
+        // NMI (vector 2) enters the watchdog, which passes the scenario's
+        // own NMIs on to the stub's entry.
+        let gate = IDT as usize + 16 * 2;
+        ram[gate..gate + 2].copy_from_slice(&(batch::WATCHDOG_HANDLER as u16).to_le_bytes());
+        ram[gate + 6..gate + 8]
+            .copy_from_slice(&((batch::WATCHDOG_HANDLER >> 16) as u16).to_le_bytes());
+        ram[gate + 8..gate + 12]
+            .copy_from_slice(&((batch::WATCHDOG_HANDLER >> 32) as u32).to_le_bytes());
+        let v2 = batch::VECTOR2 as usize;
+        ram[v2..v2 + 8].copy_from_slice(&self.image.stub.vectors[2].to_le_bytes());
+        let count = WATCHDOG.as_nanos() as u32; // 1 ns per count at divide by 1
+        let wc = batch::WATCHDOG_COUNT as usize;
+        ram[wc..wc + 4].copy_from_slice(&count.to_le_bytes());
+        let armed: Vec<bool> = group
+            .iter()
+            .map(|(_, s)| self.watchdog && watchdog_allowed(s))
+            .collect();
         for (i, (_, s)) in group.iter().enumerate() {
             let tab = table::encode_for(s, table::HostOps::Guest)
                 .map_err(|e| BackendError::Unsupported(e.to_string()))?;
@@ -644,6 +778,8 @@ impl QemuBackend {
             }
             ram[slot..slot + 4].copy_from_slice(&(tab.ops.len() as u32).to_le_bytes());
             ram[slot + 4..slot + 8].copy_from_slice(&(tab.nth.len() as u32).to_le_bytes());
+            let armed = u32::from(armed[i]);
+            ram[slot + 8..slot + 12].copy_from_slice(&armed.to_le_bytes());
             let at = |o: u64| slot + o as usize;
             ram[at(batch::BODY_DIR_AT)..at(batch::BODY_DIR_AT) + tab.body_dir.len()]
                 .copy_from_slice(&tab.body_dir);
@@ -693,7 +829,12 @@ impl QemuBackend {
                 if i != seen.0 || running != seen.2 {
                     seen = (i, Instant::now(), running);
                 }
-                if seen.2 && seen.1.elapsed() > BATCH_HANG_AFTER {
+                let limit = if armed[seen.0.min(group.len() - 1)] {
+                    WATCHDOG_FALLBACK
+                } else {
+                    BATCH_HANG_AFTER
+                };
+                if seen.2 && seen.1.elapsed() > limit {
                     // A hang: record it, skip the scenario, and reset the
                     // machine through the monitor instead of restarting QEMU.
                     let i = seen.0;
@@ -781,6 +922,11 @@ impl QemuBackend {
             .map_err(|e| BackendError::Failed(e.to_string()))?;
         let mut trace = Trace::new(self.name);
         trace.events = log::decode(&log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        if code == batch::HANG {
+            trace.outcome = Outcome::Hang;
+            trace.hang_op = Some(word(1) as usize);
+            return Ok(trace);
+        }
         match EndCode::from_u32(code) {
             Some(EndCode::Completed) => {}
             Some(EndCode::Storm) => trace.outcome = Outcome::Storm,

@@ -13,15 +13,22 @@ use crate::scenario::Scenario;
 use crate::trace::Trace;
 
 /// Named sets of quirks.
-pub const PROFILES: &[(&str, Quirks, &str)] = &[(
-    "hvf-known",
-    Quirks::LEVEL_UNMASK_NO_DELIVER
-        .union(Quirks::LEVEL_EOI_NO_REDELIVER)
-        .union(Quirks::LEVEL_COALESCE_REDELIVER)
-        .union(Quirks::SPLIT_EOI_LOST)
-        .union(Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS),
-    "the HVF bugs of the seed report (FB14425412, FB14425590, FB14021745)",
-)];
+pub const PROFILES: &[(&str, Quirks, &str)] = &[
+    (
+        "hvf-known",
+        Quirks::LEVEL_UNMASK_NO_DELIVER
+            .union(Quirks::LEVEL_EOI_NO_REDELIVER)
+            .union(Quirks::LEVEL_COALESCE_REDELIVER)
+            .union(Quirks::SPLIT_EOI_LOST)
+            .union(Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS),
+        "the HVF bugs of the seed report (FB14425412, FB14425590, FB14021745)",
+    ),
+    (
+        "qemu",
+        Quirks::QEMU_IOAPIC.union(Quirks::QEMU_LAPIC),
+        "QEMU's emulated IOAPIC and local APIC as measured under TCG (docs/known-divergences.md)",
+    ),
+];
 
 pub struct SimBackend {
     name: String,

@@ -77,7 +77,7 @@ pub fn diff(args: DiffArgs) -> ExitCode {
             }
             if let Some(sig) = signature {
                 println!("signature:  {sig}");
-                if let Some(k) = crate::known::label(&args.backend, &sig) {
+                if let Some(k) = crate::known::label(&args.backend, &sig, &scenario, &observed) {
                     println!("known:      {} ({}, {})", k.title, k.id, k.doc);
                 }
             }

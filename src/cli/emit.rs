@@ -73,8 +73,9 @@ pub fn main(args: EmitArgs) -> ExitCode {
                 return ExitCode::from(super::EXIT_BAD_INPUT);
             };
             let signature = signature.expect("a divergence has a signature");
+            let known = crate::known::label(&args.backend, &signature, &scenario, &observed);
             let finding = Finding {
-                known: crate::known::label(&args.backend, &signature),
+                known,
                 signature,
                 original: scenario.clone(),
                 minimized: scenario,

@@ -29,6 +29,10 @@ pub struct Stub {
     pub entry: u64,
     /// The IDT entry point of each vector.
     pub vectors: Vec<u64>,
+    /// The addresses just after the interpreter's two `hlt`s (`hlt`,
+    /// `sti-hlt`): the RIP an interrupt taken in them saves. QEMU's batch
+    /// watchdog tells a halted guest from a running one by it.
+    pub after_hlt: [u64; 2],
 }
 
 /// Offset of the snapshot record payload: header (kind, op), then IRR, ISR,
@@ -54,6 +58,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
     let mut common = a.create_label();
     let mut log_full = a.create_label();
     let mut end = a.create_label();
+    let mut after_hlt = [a.create_label(), a.create_label()];
 
     // ---- entry: mask the 8259s and LINT0/LINT1, switch to x2APIC if asked,
     // then run the program.
@@ -191,9 +196,14 @@ pub fn assemble() -> Result<Stub, IcedError> {
         targets.push(target);
     }
     a.ret()?; // unknown kind: nothing
-    for ((_, body), mut target) in kinds.iter().zip(targets) {
+    for ((k, body), mut target) in kinds.iter().zip(targets) {
         a.set_label(&mut target)?;
         body(&mut a, &labels)?;
+        match *k {
+            kind::HLT => a.set_label(&mut after_hlt[0])?,
+            kind::STI_HLT => a.set_label(&mut after_hlt[1])?,
+            _ => {}
+        }
         a.ret()?;
     }
 
@@ -281,6 +291,10 @@ pub fn assemble() -> Result<Stub, IcedError> {
         entry: result.label_ip(&entry)?,
         code,
         vectors,
+        after_hlt: [
+            result.label_ip(&after_hlt[0])?,
+            result.label_ip(&after_hlt[1])?,
+        ],
     })
 }
 
