@@ -83,11 +83,21 @@ const QEMU_BEHAVIOURS: [(irqdiff_model::Quirks, Known); 4] = {
     ]
 };
 
+/// KVM's in-kernel IOAPIC (`virt/kvm/ioapic.c`) latches requests like
+/// QEMU's: an edge entry rewritten as level while its line is high sends
+/// nothing, even after later exits.
+pub const KVM_IOAPIC_LATCH: Known = Known {
+    id: "kvm-ioapic-latch",
+    title: "KVM: the in-kernel IOAPIC sends nothing when an asserted edge pin becomes level",
+    doc: "docs/known-divergences.md#kvm-ioapic-latch",
+};
+
 /// What the probes found on this host's KVM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostBehaviours {
     pub isr_not_set: bool,
     pub deferred_injection: bool,
+    pub ioapic_latch: bool,
 }
 
 /// Probes this host's KVM once (both behaviours are properties of the
@@ -117,9 +127,18 @@ fn probe() -> HostBehaviours {
     // A self IPI (handled in the kernel) must be delivered during its op.
     let deferred_injection = run(&mut kvm, "self-ipi 0xf1\nnop\nnop\n")
         .is_some_and(|t| t.deliveries().next() != Some((0, 0xf1)));
+    // An asserted edge pin rewritten as level must be sent (82093AA
+    // §3.2.4); the MSI's exit gives a deferred injection its chance.
+    let ioapic_latch = run(
+        &mut kvm,
+        "handler 0x22: deassert 1; eoi\nroute 1 vector=0x21\nassert 1\n\
+         route 1 vector=0x22 level\nnop\nmsi vector=0x30\nnop\n",
+    )
+    .is_some_and(|t| !t.deliveries().any(|(_, v)| v == 0x22));
     HostBehaviours {
         isr_not_set,
         deferred_injection,
+        ioapic_latch,
     }
 }
 
@@ -152,6 +171,15 @@ pub fn label(
     }
     let host = host_behaviours();
     let rule = sig.rule.as_str();
+    if host.ioapic_latch
+        && backend == "kvm"
+        && !sig.split
+        && sig.class == Class::MissedDelivery
+        && sig.op_kind == "route"
+        && rule == "level-delivers"
+    {
+        return Some(KVM_IOAPIC_LATCH);
+    }
     match sig.class {
         // A stale IRR vector re-injected, or in-service state that is never set.
         Class::ExtraDelivery | Class::EarlyDelivery | Class::Storm if host.isr_not_set => {

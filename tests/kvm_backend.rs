@@ -212,3 +212,62 @@ fn unsupported_config_is_an_error_not_a_different_run() {
     let t = b.run_to_trace(&scenario("config directed-eoi=on\nnop\n"));
     assert_eq!(t.outcome, Outcome::Error);
 }
+
+/// Every committed scenario, whatever its directory, on both KVM shapes:
+/// it agrees with the model, or its divergence is one this host's KVM is
+/// documented (and probed) to have.
+fn every_scenario_agrees_or_is_documented(backend_name: &str) {
+    let mut differ = irqdiff::campaign::Differ::open(backend_name).unwrap();
+    let dirs = [
+        "kvm-unit-tests",
+        "kvm-divergences",
+        "seed-hvf",
+        "qemu-divergences",
+    ];
+    for path in dirs.iter().flat_map(|d| scenario_files(d)) {
+        let scenario = load(&path);
+        let (_, observed, verdict, sig) = differ.diff(&scenario);
+        if let irqdiff::oracle::Verdict::Diverge(d) = verdict {
+            let sig = sig.unwrap();
+            assert!(
+                irqdiff::known::label(backend_name, &sig, &scenario, &observed).is_some(),
+                "{backend_name}: {}: undocumented divergence {sig}: {d}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn kvm_runs_every_scenario_as_the_model_or_documented() {
+    if kvm_or_skip("kvm_runs_every_scenario_as_the_model_or_documented") {
+        every_scenario_agrees_or_is_documented("kvm");
+    }
+}
+
+#[test]
+fn kvm_split_runs_every_scenario_as_the_model_or_documented() {
+    if kvm_or_skip("kvm_split_runs_every_scenario_as_the_model_or_documented") {
+        every_scenario_agrees_or_is_documented("kvm-split");
+    }
+}
+
+#[test]
+fn the_in_kernel_ioapic_latch_is_kvms_and_not_the_split_shapes() {
+    if !kvm_or_skip("the_in_kernel_ioapic_latch_is_kvms_and_not_the_split_shapes") {
+        return;
+    }
+    let path = root().join("scenarios/qemu-divergences/latch-reroute-to-level.irq");
+    let scenario = load(&path);
+    let observed = open("kvm").run(&scenario).unwrap();
+    assert!(!observed.deliveries().any(|(_, v)| v == 0x22));
+    let mut differ = irqdiff::campaign::Differ::open("kvm").unwrap();
+    let (_, observed, _, sig) = differ.diff(&scenario);
+    assert_eq!(
+        irqdiff::known::label("kvm", &sig.unwrap(), &scenario, &observed).map(|k| k.id),
+        Some("kvm-ioapic-latch")
+    );
+    // With the model's IOAPIC on KVM's local APIC, 0x22 is sent at the re-route.
+    let split = open("kvm-split").run(&scenario).unwrap();
+    assert!(split.deliveries().any(|(op, v)| (op, v) == (2, 0x22)));
+}
