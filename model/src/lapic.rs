@@ -416,13 +416,16 @@ impl Lapic {
             reg::SVR => {
                 // §11.9: bit 12 is reserved where the version register does
                 // not advertise EOI-broadcast suppression.
-                let mut mask = 0x3ff;
+                let qemu = self.quirks.contains(Quirks::QEMU_LAPIC);
+                // QEMU_LAPIC: apic_mem_write keeps bits 8:0 only.
+                let mut mask = if qemu { 0x1ff } else { 0x3ff };
                 if self.directed_eoi_supported {
                     mask |= SVR_SUPPRESS_EOI_BROADCAST;
                 }
                 self.svr = value & mask;
-                // §11.4.7.2: software disable masks every LVT entry.
-                if !self.software_enabled() {
+                // §11.4.7.2: software disable masks every LVT entry (not
+                // under QEMU_LAPIC: QEMU leaves the LVTs as they are).
+                if !self.software_enabled() && !qemu {
                     for lvt in &mut self.lvt {
                         *lvt |= LVT_MASKED;
                     }
@@ -440,7 +443,7 @@ impl Lapic {
             }
             0x320..=0x370 => {
                 let mut v = value;
-                if !self.software_enabled() {
+                if !self.software_enabled() && !self.quirks.contains(Quirks::QEMU_LAPIC) {
                     v |= LVT_MASKED;
                 }
                 self.lvt[((offset - 0x320) >> 4) as usize] = v;
@@ -878,6 +881,12 @@ mod tests {
         assert_eq!(l.deliverable(), None);
         l.write(reg::SVR, 0x1ff);
         assert_eq!(l.deliverable(), Some(0x40));
+        // apic_mem_write: SVR keeps bits 8:0; disable leaves LVTs alone.
+        l.write(reg::SVR, 0x3ff);
+        assert_eq!(l.read(reg::SVR), 0x1ff);
+        l.write(reg::SVR, 0xff);
+        l.write(0x350, 0x20);
+        assert_eq!(l.read(0x350), 0x20);
     }
 
     #[test]

@@ -53,7 +53,9 @@ bitflags::bitflags! {
         /// (vectors 0-15 are accepted, no ESR bit), a class-0 vector is
         /// dispatched while PPR is 0 (`apic_irq_pending`), and a
         /// software-disabled APIC still accepts into IRR (`apic_set_irq`)
-        /// but dispatches nothing until re-enabled.
+        /// but dispatches nothing until re-enabled; SVR keeps bits 8:0
+        /// only and software disable leaves the LVTs unmasked
+        /// (`apic_mem_write`).
         const QEMU_LAPIC = 1 << 8;
     }
 }
