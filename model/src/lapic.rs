@@ -265,7 +265,9 @@ impl Lapic {
         if !logical {
             return dest == self.id || dest == 0xff || (self.x2apic && dest == 0xffff_ffff);
         }
-        if dest == 0xff {
+        // QEMU_LAPIC: apic_get_delivery_bitmask matches a logical 0xFF
+        // against the LDR like any other destination.
+        if dest == 0xff && !self.quirks.contains(Quirks::QEMU_LAPIC) {
             return true;
         }
         if self.x2apic {
@@ -550,6 +552,13 @@ impl Lapic {
         if !to_self {
             return None;
         }
+        // §11.6.1: with a shorthand the destination field is not used; the
+        // copy for this APIC is addressed to it by its own physical ID.
+        let (logical, dest) = if shorthand == 0 {
+            (logical, dest)
+        } else {
+            (false, self.id)
+        };
         Some(InterruptMessage {
             vector: low as u8,
             delivery,
@@ -866,6 +875,21 @@ mod tests {
     }
 
     #[test]
+    fn a_shorthand_ipi_reaches_this_apic_whatever_the_destination_field() {
+        // SDM §11.6.1: shorthands 01 (self) and 10 (all including self)
+        // ignore the destination field, logical or physical.
+        for shorthand in [1u32, 2] {
+            let mut l = Lapic::new(false, false, Quirks::empty());
+            l.write(reg::ICR_HIGH, 0x0500_0000);
+            let msg = l
+                .write(reg::ICR_LOW, shorthand << 18 | 1 << 11 | 0x14 | 0x40)
+                .expect("a copy for this APIC");
+            assert_eq!((msg.vector, msg.logical), (0x54, false));
+            assert!(l.matches(msg.logical, msg.dest));
+        }
+    }
+
+    #[test]
     fn quirk_qemu_lapic_accepts_what_the_sdm_refuses() {
         // hw/intc/apic.c: apic_set_irq checks neither the vector nor SVR;
         // apic_irq_pending dispatches nothing while software-disabled and
@@ -887,6 +911,9 @@ mod tests {
         l.write(reg::SVR, 0xff);
         l.write(0x350, 0x20);
         assert_eq!(l.read(0x350), 0x20);
+        // apic_get_delivery_bitmask: logical 0xFF is no broadcast.
+        assert!(!l.matches(true, 0xff));
+        assert!(l.matches(false, 0xff));
     }
 
     #[test]

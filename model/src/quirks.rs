@@ -55,7 +55,9 @@ bitflags::bitflags! {
         /// software-disabled APIC still accepts into IRR (`apic_set_irq`)
         /// but dispatches nothing until re-enabled; SVR keeps bits 8:0
         /// only and software disable leaves the LVTs unmasked
-        /// (`apic_mem_write`).
+        /// (`apic_mem_write`); a logical destination of 0xFF is matched
+        /// against the LDR, not taken as a broadcast
+        /// (`apic_get_delivery_bitmask`).
         const QEMU_LAPIC = 1 << 8;
     }
 }

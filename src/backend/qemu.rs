@@ -285,6 +285,33 @@ fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, iced_x86::IcedError> {
     Ok(out)
 }
 
+/// Delivery modes 010 (SMI), 101 (INIT), 110 (start-up) and 111 (ExtINT)
+/// in an ICR or LVT value (SDM §11.5.1, §11.6.1).
+fn dangerous_mode(value: u32) -> bool {
+    matches!((value >> 8) & 7, 2 | 5 | 6 | 7)
+}
+
+/// An op that would send this CPU an SMI, INIT, start-up or ExtINT: the
+/// model does not run them, and under QEMU an SMI enters SMM with no
+/// handler in RAM and an INIT restarts the firmware, so the guest runs
+/// astray (and may overwrite the batch).
+fn dangerous_delivery(op: &Op) -> Option<String> {
+    use crate::scenario::DeliveryMode as D;
+    match *op {
+        Op::Route { route, .. } if matches!(route.delivery, D::Smi | D::Init | D::ExtInt) => Some(
+            format!("route with {:?} delivery: not run on QEMU", route.delivery),
+        ),
+        Op::LapicWrite { offset, value }
+            if (offset == 0x300 || (0x320..=0x370).contains(&offset)) && dangerous_mode(value) =>
+        {
+            Some(format!(
+                "lapic-write {offset:#05x} {value:#x}: an SMI, INIT, start-up or ExtINT delivery mode is not run on QEMU"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Why a scenario cannot run on QEMU here.
 fn unsupported(scenario: &Scenario) -> Option<String> {
     if scenario.config.apic == ApicMode::X2apic {
@@ -309,6 +336,9 @@ fn unsupported(scenario: &Scenario) -> Option<String> {
         }
         if matches!(op, Op::ApicBase(_)) {
             return Some("APIC base moves are not run on QEMU".into());
+        }
+        if let Some(why) = dangerous_delivery(op) {
+            return Some(why);
         }
         // hw/intc/apic.c, apic_mem_write: "MSI and MMIO APIC are at the
         // same memory location": a write to register index 0 is an MSI
@@ -336,15 +366,25 @@ impl Backend for QemuBackend {
         let fit_pin = |p: crate::scenario::Pin| {
             crate::scenario::Pin::new(1 + (p.get() + 14) % 15).expect("1-15")
         };
-        let fit = |op: &mut Op| match op {
-            Op::Route { pin, .. }
-            | Op::Mask(pin)
-            | Op::Unmask(pin)
-            | Op::Assert(pin)
-            | Op::Deassert(pin)
-            | Op::Pulse(pin) => *pin = fit_pin(*pin),
-            Op::ApicBase(_) | Op::LapicWrite { offset: 0, .. } => *op = Op::Nop,
-            _ => {}
+        let fit = |op: &mut Op| {
+            let dangerous = dangerous_delivery(op).is_some();
+            match op {
+                Op::Route { pin, route } => {
+                    *pin = fit_pin(*pin);
+                    if dangerous {
+                        route.delivery = crate::scenario::DeliveryMode::Fixed;
+                    }
+                }
+                Op::Mask(pin)
+                | Op::Unmask(pin)
+                | Op::Assert(pin)
+                | Op::Deassert(pin)
+                | Op::Pulse(pin) => *pin = fit_pin(*pin),
+                Op::ApicBase(_) | Op::LapicWrite { offset: 0, .. } => *op = Op::Nop,
+                // Fixed delivery instead.
+                Op::LapicWrite { value, .. } if dangerous => *value &= !0x700,
+                _ => {}
+            }
         };
         scenario.ops.iter_mut().for_each(fit);
         scenario.handlers.values_mut().flatten().for_each(fit);
@@ -837,7 +877,8 @@ impl QemuBackend {
                 if let Ok(Some(_)) = child.try_wait() {
                     break None;
                 }
-                let i = read32(batch::CONTROL + 4) as usize;
+                // Guest memory is the guest's: never trust an index in it.
+                let i = (read32(batch::CONTROL + 4) as usize).min(group.len());
                 let running = read32(batch::CONTROL + 8) as usize == i + 1;
                 if i != seen.0 || running != seen.2 {
                     seen = (i, Instant::now(), running);
@@ -847,7 +888,11 @@ impl QemuBackend {
                 } else {
                     BATCH_HANG_AFTER
                 };
-                if seen.2 && seen.1.elapsed() > limit && last_check.elapsed() > limit {
+                if seen.2
+                    && seen.0 < group.len()
+                    && seen.1.elapsed() > limit
+                    && last_check.elapsed() > limit
+                {
                     last_check = Instant::now();
                     let i = seen.0;
                     if monitor.is_none() {
@@ -925,6 +970,7 @@ impl QemuBackend {
                 None => break,
                 // The monitor could not reset the machine: QEMU restarts.
                 Some((usize::MAX, _)) => {}
+                Some((i, _)) if i >= group.len() => break,
                 Some((i, _)) => {
                     out[group[i].0] = Some(Trace::error(
                         self.name,
@@ -968,7 +1014,7 @@ impl QemuBackend {
             .map_err(|e| BackendError::Failed(e.to_string()))?;
         let word =
             |k: usize| u32::from_le_bytes(head[4 * k..4 * k + 4].try_into().expect("4 bytes"));
-        let (code, len) = (word(0), word(2) as usize);
+        let (code, len) = (word(0), (word(2) as u64).min(batch::SLOT - 16) as usize);
         let mut log_bytes = vec![0u8; len];
         file.read_exact_at(&mut log_bytes, at + 16)
             .map_err(|e| BackendError::Failed(e.to_string()))?;
