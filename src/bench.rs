@@ -67,12 +67,10 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
     // Warm up (VM creation).
     let _ = b.run_to_trace(&scenarios[0]);
     let start = Instant::now();
-    let errors = b
-        .run_batch(&scenarios)
-        .iter()
-        .filter(|t| t.outcome == crate::trace::Outcome::Error)
-        .count();
+    let traces = b.run_batch(&scenarios);
     let elapsed = start.elapsed();
+    let count = |outcome| traces.iter().filter(|t| t.outcome == outcome).count();
+    let errors = count(crate::trace::Outcome::Error);
     #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut report = json!({
         "benchmark": "backend-throughput",
@@ -115,11 +113,7 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
     if name == "qemu-tcg" {
         // The same scenarios with the host timing hangs out instead of the
         // in-guest watchdog, and a few through one QEMU process each.
-        let hangs = b
-            .run_batch(&scenarios)
-            .iter()
-            .filter(|t| t.outcome == crate::trace::Outcome::Hang)
-            .count();
+        let hangs = count(crate::trace::Outcome::Hang);
         let mut host = backend::qemu::QemuBackend::open(false).map_err(|e| e.to_string())?;
         host.set_watchdog(false);
         let start = Instant::now();

@@ -256,17 +256,9 @@ pub fn run(
                             s
                         })
                         .collect();
-                    let mut observed = if chunk > 1 {
-                        differ.target.run_batch(&scenarios)
-                    } else {
-                        Vec::new()
-                    }
-                    .into_iter();
-                    for scenario in scenarios {
-                        let (_, _, verdict, signature) = match observed.next() {
-                            Some(trace) => differ.judge(&scenario, trace),
-                            None => differ.diff(&scenario),
-                        };
+                    let observed = differ.target.run_batch(&scenarios);
+                    for (scenario, trace) in scenarios.into_iter().zip(observed) {
+                        let (_, _, verdict, signature) = differ.judge(&scenario, trace);
                         stats.cases.fetch_add(1, Ordering::Relaxed);
                         match verdict {
                             Verdict::Agree => continue,

@@ -802,12 +802,7 @@ impl QemuBackend {
         ram[w..w + watchdog.len()].copy_from_slice(&watchdog);
         // NMI (vector 2) enters the watchdog, which passes the scenario's
         // own NMIs on to the stub's entry.
-        let gate = IDT as usize + 16 * 2;
-        ram[gate..gate + 2].copy_from_slice(&(batch::WATCHDOG_HANDLER as u16).to_le_bytes());
-        ram[gate + 6..gate + 8]
-            .copy_from_slice(&((batch::WATCHDOG_HANDLER >> 16) as u16).to_le_bytes());
-        ram[gate + 8..gate + 12]
-            .copy_from_slice(&((batch::WATCHDOG_HANDLER >> 32) as u32).to_le_bytes());
+        crate::guest::set_gate(&mut ram, 2, batch::WATCHDOG_HANDLER);
         let v2 = batch::VECTOR2 as usize;
         ram[v2..v2 + 8].copy_from_slice(&self.image.stub.vectors[2].to_le_bytes());
         let count = WATCHDOG.as_nanos() as u32; // 1 ns per count at divide by 1

@@ -20,6 +20,19 @@ pub struct Image {
     pub stub: stub::Stub,
 }
 
+/// Points IDT entry `vector` in `ram` at `handler`: a 64-bit interrupt gate
+/// (type 0xE, present, DPL 0), so IF is cleared on entry (SDM §6.12.1.3).
+pub fn set_gate(ram: &mut [u8], vector: u8, handler: u64) {
+    let mut gate = [0u8; 16];
+    gate[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    gate[2..4].copy_from_slice(&CODE_SELECTOR.to_le_bytes());
+    gate[5] = 0x8e;
+    gate[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    gate[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+    let at = (IDT + 16 * vector as u64) as usize;
+    ram[at..at + 16].copy_from_slice(&gate);
+}
+
 impl Image {
     /// Assembles the stub.
     pub fn build() -> Image {
@@ -38,16 +51,9 @@ impl Image {
         for (i, d) in gdt.iter().enumerate() {
             put(ram, GDT + 8 * i as u64, &d.to_le_bytes());
         }
-        // IDT: 64-bit interrupt gates (type 0xE, present, DPL 0), so IF is
-        // cleared on entry (SDM §6.12.1.3).
+        // IDT: one interrupt gate per vector.
         for (v, &handler) in self.stub.vectors.iter().enumerate() {
-            let mut gate = [0u8; 16];
-            gate[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
-            gate[2..4].copy_from_slice(&CODE_SELECTOR.to_le_bytes());
-            gate[5] = 0x8e;
-            gate[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
-            gate[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
-            put(ram, IDT + 16 * v as u64, &gate);
+            set_gate(ram, v as u8, handler);
         }
         // Page tables: identity map 0-4 GiB with 2 MiB pages; the APIC pages
         // uncached (PCD|PWT).
