@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use iced_x86::code_asm::*;
 
-use super::{Availability, Backend, BackendError, Result};
+use super::{Availability, Backend, BackendError, BackendKind, Result};
 use crate::guest::layout::*;
 use crate::guest::{log, table, Image};
-use crate::scenario::{ApicMode, Op, Scenario};
+use crate::model::lapic::reg;
+use crate::scenario::{ApicMode, HostOp, Op, Scenario};
 use crate::trace::{Outcome, Trace};
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -98,6 +99,27 @@ impl Monitor {
 const BOOT_LIMIT: Duration = Duration::from_secs(10);
 /// `wait`'s status for a QEMU that never reached the stub.
 const NEVER_BOOTED: i32 = -2;
+
+pub const TCG: BackendKind = BackendKind {
+    name: "qemu-tcg",
+    description: "QEMU's emulated APIC and IOAPIC under TCG (a second, independent implementation)",
+    takes_options: false,
+    probe,
+    open: |_, _| Ok(Box::new(QemuBackend::open(false)?)),
+};
+
+pub const KVM_USERSPACE: BackendKind = BackendKind {
+    name: "qemu-kvm-userspace",
+    description: "QEMU's APIC and IOAPIC on KVM's CPU (kernel-irqchip=off)",
+    takes_options: false,
+    probe: || match (probe(), (super::kvm_kinds::FULL.probe)()) {
+        (Availability::Available, Availability::Available) => Availability::Available,
+        (Availability::Unavailable(why), _) | (_, Availability::Unavailable(why)) => {
+            Availability::Unavailable(why)
+        }
+    },
+    open: |_, _| Ok(Box::new(QemuBackend::open(true)?)),
+};
 
 /// Whether QEMU is installed and runs.
 pub fn probe() -> Availability {
@@ -302,12 +324,25 @@ fn dangerous_delivery(op: &Op) -> Option<String> {
             format!("route with {:?} delivery: not run on QEMU", route.delivery),
         ),
         Op::LapicWrite { offset, value }
-            if (offset == 0x300 || (0x320..=0x370).contains(&offset)) && dangerous_mode(value) =>
+            if (offset == reg::ICR_LOW || (reg::LVT_TIMER..=reg::LVT_ERROR).contains(&offset))
+                && dangerous_mode(value) =>
         {
             Some(format!(
                 "lapic-write {offset:#05x} {value:#x}: an SMI, INIT, start-up or ExtINT delivery mode is not run on QEMU"
             ))
         }
+        _ => None,
+    }
+}
+
+fn assemble(what: &'static str) -> impl FnOnce(iced_x86::IcedError) -> BackendError {
+    move |source| BackendError::Assemble { what, source }
+}
+
+/// The pin a host op drives, if `op` is one that drives a pin.
+fn host_pin(op: &Op) -> Option<crate::scenario::Pin> {
+    match op {
+        Op::Host(host) => host.pin(),
         _ => None,
     }
 }
@@ -324,7 +359,7 @@ fn unsupported(scenario: &Scenario) -> Option<String> {
         return Some("QEMU's TCG local APIC does not advertise EOI-broadcast suppression".into());
     }
     for op in scenario.all_ops() {
-        if let Op::Assert(p) | Op::Deassert(p) | Op::Pulse(p) = op {
+        if let Some(p) = host_pin(op) {
             if p.get() >= 16 {
                 return Some(format!("pin {p}: pc-testdev drives ISA IRQs 0-15 only"));
             }
@@ -377,9 +412,9 @@ impl Backend for QemuBackend {
                 }
                 Op::Mask(pin)
                 | Op::Unmask(pin)
-                | Op::Assert(pin)
-                | Op::Deassert(pin)
-                | Op::Pulse(pin) => *pin = fit_pin(*pin),
+                | Op::Host(HostOp::Assert(pin) | HostOp::Deassert(pin) | HostOp::Pulse(pin)) => {
+                    *pin = fit_pin(*pin)
+                }
                 Op::ApicBase(_) | Op::LapicWrite { offset: 0, .. } => *op = Op::Nop,
                 // Fixed delivery instead.
                 Op::LapicWrite { value, .. } if dangerous => *value &= !0x700,
@@ -438,29 +473,30 @@ impl Backend for QemuBackend {
             .collect()
     }
 
-    fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
-        if let Some(why) = unsupported(scenario) {
-            return Err(BackendError::Unsupported(why));
-        }
+    fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        unsupported(scenario)
+    }
+
+    fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
         let table = table::encode_for(scenario, table::HostOps::Guest)
             .map_err(|e| BackendError::Unsupported(e.to_string()))?;
         let ram_path = self.dir.join(format!("ram-{}", unique()));
-        let mut file = std::fs::File::create(&ram_path)
-            .map_err(|e| BackendError::Failed(format!("{}: {e}", ram_path.display())))?;
+        let mut file =
+            std::fs::File::create(&ram_path).map_err(BackendError::io(ram_path.display()))?;
         file.write_all(&self.ram(&table, scenario))
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+            .map_err(BackendError::io(ram_path.display()))?;
         drop(file);
         let mut child = self
             .command(&ram_path, scenario.config.ioapic, QEMU_RAM)
             .spawn()
-            .map_err(|e| BackendError::Failed(format!("starting {QEMU}: {e}")))?;
+            .map_err(BackendError::io(format_args!("starting {QEMU}")))?;
         let status = wait(&mut child, &ram_path);
-        let ram = std::fs::read(&ram_path).map_err(|e| BackendError::Failed(e.to_string()));
+        let ram = std::fs::read(&ram_path).map_err(BackendError::io(ram_path.display()));
         let _ = std::fs::remove_file(&ram_path);
         let ram = ram?;
         let (cur_op, log_bytes) = self.image.read_back(&ram);
         let mut trace = Trace::new(self.name);
-        trace.events = log::decode(log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        trace.events = log::decode(log_bytes)?;
         match status {
             // isa-debug-exit: status 2V+1.
             Some(code) if code == 2 * EndCode::Completed as i32 + 1 => {}
@@ -784,16 +820,14 @@ impl QemuBackend {
         ram[..base.len()].copy_from_slice(&base);
         // The long-mode trampoline enters the loader, not the stub.
         let (handler, loader) =
-            batch::code(self.image.stub.entry).map_err(|e| BackendError::Failed(e.to_string()))?;
+            batch::code(self.image.stub.entry).map_err(assemble("batch loader"))?;
         let t = TRAMPOLINE as usize;
-        let entry_patch =
-            trampoline(batch::LOADER).map_err(|e| BackendError::Failed(e.to_string()))?;
+        let entry_patch = trampoline(batch::LOADER).map_err(assemble("batch trampoline"))?;
         ram[t + 0x300..t + 0x400].copy_from_slice(&entry_patch[0x300..0x400]);
         ram[batch::HANDLER as usize..batch::HANDLER as usize + handler.len()]
             .copy_from_slice(&handler);
         ram[batch::LOADER as usize..batch::LOADER as usize + loader.len()].copy_from_slice(&loader);
-        let watchdog = batch::watchdog(self.image.stub.after_hlt)
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+        let watchdog = batch::watchdog(self.image.stub.after_hlt).map_err(assemble("watchdog"))?;
         debug_assert!(
             handler.len() <= 0x100 && loader.len() <= 0x200 && watchdog.len() <= 0x100,
             "the batch code outgrew its areas"
@@ -836,14 +870,13 @@ impl QemuBackend {
         let control = batch::CONTROL as usize;
         ram[control..control + 4].copy_from_slice(&(group.len() as u32).to_le_bytes());
         let path = self.dir.join(format!("batch-{}", unique()));
-        std::fs::write(&path, &ram)
-            .map_err(|e| BackendError::Failed(format!("{}: {e}", path.display())))?;
+        std::fs::write(&path, &ram).map_err(BackendError::io(path.display()))?;
         drop(ram);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+            .map_err(BackendError::io(path.display()))?;
         let read32 = |at: u64| {
             let mut w = [0u8; 4];
             file.read_exact_at(&mut w, at)
@@ -863,7 +896,7 @@ impl QemuBackend {
             ));
             let mut child = command
                 .spawn()
-                .map_err(|e| BackendError::Failed(format!("starting {QEMU}: {e}")))?;
+                .map_err(BackendError::io(format_args!("starting {QEMU}")))?;
             let mut monitor: Option<Monitor> = None;
 
             let mut seen = (start_index, Instant::now(), false);
@@ -932,7 +965,7 @@ impl QemuBackend {
                         )
                     });
                     file.write_all_at(&(i as u32 + 1).to_le_bytes(), batch::CONTROL + 4)
-                        .map_err(|e| BackendError::Failed(e.to_string()))?;
+                        .map_err(BackendError::io(path.display()))?;
                     // Reset the machine through the monitor instead of
                     // restarting QEMU.
                     let reset = paused
@@ -972,7 +1005,7 @@ impl QemuBackend {
                         format!("QEMU did not reach the guest stub within {BOOT_LIMIT:?}"),
                     ));
                     file.write_all_at(&(i as u32 + 1).to_le_bytes(), batch::CONTROL + 4)
-                        .map_err(|e| BackendError::Failed(e.to_string()))?;
+                        .map_err(BackendError::io(path.display()))?;
                 }
             }
         }
@@ -983,7 +1016,7 @@ impl QemuBackend {
     /// A hung batch scenario, read from guest RAM where it stopped.
     fn hang_trace(&self, ram_path: &std::path::Path) -> Result<Trace> {
         use std::os::unix::fs::FileExt;
-        let fail = |e: std::io::Error| BackendError::Failed(e.to_string());
+        let fail = |e| BackendError::io(ram_path.display())(e);
         // Only what a hang needs: the current op and the log so far.
         let file = std::fs::File::open(ram_path).map_err(fail)?;
         let mut head = [0u8; 0x18];
@@ -994,7 +1027,7 @@ impl QemuBackend {
         let mut log_bytes = vec![0u8; (ptr - LOG) as usize];
         file.read_exact_at(&mut log_bytes, LOG).map_err(fail)?;
         let mut trace = Trace::new(self.name);
-        trace.events = log::decode(&log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        trace.events = log::decode(&log_bytes)?;
         trace.outcome = Outcome::Hang;
         trace.hang_op = Some(cur_op);
         Ok(trace)
@@ -1006,15 +1039,15 @@ impl QemuBackend {
         let at = batch::RESULTS + i as u64 * batch::SLOT;
         let mut head = [0u8; 16];
         file.read_exact_at(&mut head, at)
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+            .map_err(BackendError::io("the batch results"))?;
         let word =
             |k: usize| u32::from_le_bytes(head[4 * k..4 * k + 4].try_into().expect("4 bytes"));
         let (code, len) = (word(0), (word(2) as u64).min(batch::SLOT - 16) as usize);
         let mut log_bytes = vec![0u8; len];
         file.read_exact_at(&mut log_bytes, at + 16)
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+            .map_err(BackendError::io("the batch results"))?;
         let mut trace = Trace::new(self.name);
-        trace.events = log::decode(&log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        trace.events = log::decode(&log_bytes)?;
         if code == batch::HANG {
             trace.outcome = Outcome::Hang;
             trace.hang_op = Some(word(1) as usize);
@@ -1023,7 +1056,7 @@ impl QemuBackend {
         match EndCode::from_u32(code) {
             Some(EndCode::Completed) => {}
             Some(EndCode::Storm) => trace.outcome = Outcome::Storm,
-            _ => return Err(BackendError::Failed("the guest's event log is full".into())),
+            _ => return Err(BackendError::LogFull),
         }
         Ok(trace)
     }
