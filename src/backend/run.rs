@@ -221,3 +221,34 @@ impl UserspaceIoapic {
         sink.failure.map_or(Ok(()), Err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::parse;
+
+    #[test]
+    fn a_full_call_log_formats_nothing() {
+        let mut log = CallLog::default();
+        for i in 0..CallLog::LIMIT {
+            log.note(|| format!("call {i}"));
+        }
+        let mut formatted = false;
+        log.note(|| {
+            formatted = true;
+            "one too many".into()
+        });
+        assert!(!formatted);
+        assert_eq!(log.entries().len(), CallLog::LIMIT);
+        assert_eq!(log.entries()[CallLog::LIMIT - 1], "call 399");
+    }
+
+    #[test]
+    fn a_split_backend_always_runs_split() {
+        let full = parse("nop\n").unwrap();
+        let split = parse("config irqchip=split\nnop\n").unwrap();
+        assert_eq!(Shape::for_run(Shape::Full, &full), Shape::Full);
+        assert_eq!(Shape::for_run(Shape::Full, &split), Shape::Split);
+        assert_eq!(Shape::for_run(Shape::Split, &full), Shape::Split);
+    }
+}

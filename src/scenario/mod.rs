@@ -294,11 +294,6 @@ fn lapic_offset(u: &mut arbitrary::Unstructured) -> arbitrary::Result<u16> {
 }
 
 impl Op {
-    /// Whether the VMM performs this op (the guest only signals it).
-    pub fn is_host_op(&self) -> bool {
-        matches!(self, Op::Host(_))
-    }
-
     /// The op's keyword in the text format; used in signatures and reports.
     pub fn keyword(&self) -> &'static str {
         match self {
