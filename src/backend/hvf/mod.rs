@@ -124,6 +124,15 @@ impl<H: Hv> Backend for HvfBackend<H> {
         None
     }
 
+    /// A generated scenario gets what HVF offers: no directed EOI, and on
+    /// the full shape the ICH IOAPIC (version 0x20).
+    fn fit(&self, scenario: &mut Scenario) {
+        if self.unsupported(scenario).is_some() {
+            scenario.config.directed_eoi = false;
+            scenario.config.ioapic = IoapicVersion::V20;
+        }
+    }
+
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
         self.vmm.run_scenario(scenario)
     }
