@@ -71,7 +71,7 @@ pub struct HvfVmm<H: Hv> {
     /// The VMM's view of the IOAPIC (full shape): IOREGSEL and each entry's
     /// low dword, as the guest wrote them (for the workarounds).
     select: u32,
-    entry_low: [u32; 24],
+    entry_low: [u32; PINS],
     asserted: u32,
     /// Where the APIC's MMIO window is now.
     apic_window: u64,
@@ -105,7 +105,7 @@ impl<H: Hv> HvfVmm<H> {
             shape: opened,
             ioapic: UserspaceIoapic::default(),
             select: 0,
-            entry_low: [MASKED_ENTRY; 24],
+            entry_low: [MASKED_ENTRY; PINS],
             asserted: 0,
             apic_window: LAPIC_BASE,
             calls: CallLog::default(),
@@ -146,15 +146,15 @@ impl<H: Hv> HvfVmm<H> {
             },
         )?;
         // Lines low, every in-kernel IOAPIC entry masked with vector 0.
-        for pin in 0..24 {
+        for pin in 0..PINS {
             if self.asserted & (1 << pin) != 0 {
-                self.hv.ioapic_deassert_irq(pin)?;
+                self.hv.ioapic_deassert_irq(pin as i32)?;
             }
             self.hv
                 .ioapic_write(IOAPIC_BASE + IOREGSEL, REG_REDTBL as u32 + 2 * pin as u32)?;
             self.hv.ioapic_write(IOAPIC_BASE + IOWIN, MASKED_ENTRY)?;
         }
-        (self.select, self.entry_low, self.asserted) = (0, [MASKED_ENTRY; 24], 0);
+        (self.select, self.entry_low, self.asserted) = (0, [MASKED_ENTRY; PINS], 0);
         // The local APIC's start state: software-enabled with spurious
         // vector 0xFF, TPR 0, LVTs masked (SDM §11.5.1: bit 16 masks).
         self.hv.apic_write(v, reg::SVR as u32, SVR_ENABLE | 0xff)?;
@@ -442,7 +442,7 @@ impl<H: Hv> HvfVmm<H> {
         if self.split() {
             return Ok(());
         }
-        for pin in 0..24 {
+        for pin in 0..PINS {
             let level = self.entry_low[pin] & LEVEL_ENTRY != 0;
             if self.asserted & (1 << pin) != 0 && level && only.is_none_or(|p| p == pin) {
                 self.hv.ioapic_deassert_irq(pin as i32)?;
