@@ -66,20 +66,28 @@ pub fn finish(name: &str, end: End, image: &Image, ram: &[u8]) -> Result<Trace> 
     Ok(trace)
 }
 
-/// The hypervisor calls and exits of a run, in order, for its report. Once
-/// it holds [`CallLog::LIMIT`] entries it ignores the rest without
-/// formatting them, so a long run pays nothing per exit.
-#[derive(Clone, Debug, Default)]
-pub struct CallLog {
-    calls: Vec<String>,
+/// The hypervisor calls and exits of a run, in order, for its report.
+/// Once it holds [`CallLog::LIMIT`] entries it drops the rest before they
+/// are built, so a long run pays nothing per exit. `C` is what an entry
+/// is: a `String`, or a backend's own call type formatted only when a
+/// report asks ([`CallLog::lines`]).
+#[derive(Clone, Debug)]
+pub struct CallLog<C = String> {
+    calls: Vec<C>,
 }
 
-impl CallLog {
+impl<C> Default for CallLog<C> {
+    fn default() -> Self {
+        CallLog { calls: Vec::new() }
+    }
+}
+
+impl<C> CallLog<C> {
     /// Most calls a run records.
     pub const LIMIT: usize = 400;
 
-    /// Records the call `describe` formats, unless the log is full.
-    pub fn note(&mut self, describe: impl FnOnce() -> String) {
+    /// Records the call `describe` builds, unless the log is full.
+    pub fn note(&mut self, describe: impl FnOnce() -> C) {
         if self.calls.len() < Self::LIMIT {
             self.calls.push(describe());
         }
@@ -89,8 +97,15 @@ impl CallLog {
         self.calls.clear();
     }
 
-    pub fn entries(&self) -> &[String] {
+    pub fn entries(&self) -> &[C] {
         &self.calls
+    }
+}
+
+impl<C: std::fmt::Display> CallLog<C> {
+    /// The log as text, one line per call.
+    pub fn lines(&self) -> Vec<String> {
+        self.calls.iter().map(ToString::to_string).collect()
     }
 }
 
@@ -106,11 +121,14 @@ pub fn in_ioapic_window(gpa: u64) -> bool {
 /// APIC (`KVM_SIGNAL_MSI`, `hv_vm_send_ioapic_intr`).
 pub trait MessagePort {
     type Error;
-    /// Sends `msg`; `Ok(true)` when a local APIC accepted it.
+    /// What the backend's call log holds.
+    type Call;
+    /// Sends `msg`, noting the call in `log`; `Ok(true)` when a local APIC
+    /// accepted it.
     fn send(
         &mut self,
         msg: &InterruptMessage,
-        log: &mut CallLog,
+        log: &mut CallLog<Self::Call>,
     ) -> std::result::Result<bool, Self::Error>;
 }
 
@@ -133,7 +151,7 @@ impl Default for UserspaceIoapic {
 /// model's IOAPIC has no way to stop on one).
 struct PortSink<'a, P: MessagePort> {
     port: &'a mut P,
-    log: &'a mut CallLog,
+    log: &'a mut CallLog<P::Call>,
     failure: Option<P::Error>,
 }
 
@@ -170,7 +188,7 @@ impl UserspaceIoapic {
         offset: u64,
         value: u32,
         port: &mut P,
-        log: &mut CallLog,
+        log: &mut CallLog<P::Call>,
     ) -> std::result::Result<(), P::Error> {
         self.with_sink(port, log, |ioapic, sink| {
             ioapic.mmio_write(offset, value, sink)
@@ -183,7 +201,7 @@ impl UserspaceIoapic {
         &mut self,
         vector: u8,
         port: &mut P,
-        log: &mut CallLog,
+        log: &mut CallLog<P::Call>,
     ) -> std::result::Result<(), P::Error> {
         self.with_sink(port, log, |ioapic, sink| ioapic.eoi(vector, sink))
     }
@@ -194,7 +212,7 @@ impl UserspaceIoapic {
         pin: usize,
         requested: bool,
         port: &mut P,
-        log: &mut CallLog,
+        log: &mut CallLog<P::Call>,
     ) -> std::result::Result<(), P::Error> {
         self.with_sink(port, log, |ioapic, sink| {
             ioapic.set_irq(pin, requested, sink)
@@ -209,7 +227,7 @@ impl UserspaceIoapic {
     fn with_sink<P: MessagePort>(
         &mut self,
         port: &mut P,
-        log: &mut CallLog,
+        log: &mut CallLog<P::Call>,
         act: impl FnOnce(&mut Ioapic, &mut PortSink<'_, P>),
     ) -> std::result::Result<(), P::Error> {
         let mut sink = PortSink {
@@ -229,8 +247,8 @@ mod tests {
 
     #[test]
     fn a_full_call_log_formats_nothing() {
-        let mut log = CallLog::default();
-        for i in 0..CallLog::LIMIT {
+        let mut log: CallLog = CallLog::default();
+        for i in 0..CallLog::<String>::LIMIT {
             log.note(|| format!("call {i}"));
         }
         let mut formatted = false;
@@ -239,8 +257,8 @@ mod tests {
             "one too many".into()
         });
         assert!(!formatted);
-        assert_eq!(log.entries().len(), CallLog::LIMIT);
-        assert_eq!(log.entries()[CallLog::LIMIT - 1], "call 399");
+        assert_eq!(log.entries().len(), CallLog::<String>::LIMIT);
+        assert_eq!(log.entries()[CallLog::<String>::LIMIT - 1], "call 399");
     }
 
     #[test]

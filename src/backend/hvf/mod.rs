@@ -99,7 +99,7 @@ impl<H: Hv> Backend for HvfBackend<H> {
     }
 
     fn calls(&self) -> Vec<String> {
-        self.vmm.calls.entries().to_vec()
+        self.vmm.calls.lines()
     }
 
     fn unsupported(&self, scenario: &Scenario) -> Option<String> {

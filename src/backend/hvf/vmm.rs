@@ -524,6 +524,7 @@ struct HvPort<'a, H: Hv>(&'a mut H);
 
 impl<H: Hv> MessagePort for HvPort<'_, H> {
     type Error = HvError;
+    type Call = String;
 
     fn send(
         &mut self,
