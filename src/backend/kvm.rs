@@ -23,16 +23,15 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 
+use super::run::{self, CallLog, End, MessagePort, Shape, UserspaceIoapic};
 use super::{Availability, Backend, BackendError, Result};
 use crate::guest::layout::{
     self, EndCode, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, PING_PORT, RAM_SIZE,
 };
-use crate::guest::{log, table, Image};
-use crate::model::ioapic::{
-    InterruptMessage, InterruptSink, Ioapic, IoapicVersion as ModelVersion,
-};
-use crate::scenario::{IoapicVersion, Irqchip, Op, Scenario};
-use crate::trace::{Outcome, Trace};
+use crate::guest::{table, Image};
+use crate::model::ioapic::InterruptMessage;
+use crate::scenario::{HostOp, IoapicVersion, Op, Scenario};
+use crate::trace::Trace;
 
 /// A single `KVM_RUN` that has not returned after this long is kicked to
 /// look for a hang. The timer is re-armed before every entry, so it fires
@@ -404,9 +403,6 @@ fn consume_pending_kick() -> bool {
     unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == kick_signal() }
 }
 
-/// Most calls a run records for its report.
-const CALL_LOG_LIMIT: usize = 400;
-
 /// One call or exit of a run, kept as data: formatting waits until a report
 /// asks for the log, off the per-exit path.
 enum Call {
@@ -474,21 +470,9 @@ impl std::fmt::Display for Call {
     }
 }
 
-/// The calls and exits of the current run, bounded.
-#[derive(Default)]
-struct CallLog(Vec<Call>);
-
-impl CallLog {
-    fn note(&mut self, call: Call) {
-        if self.0.len() < CALL_LOG_LIMIT {
-            self.0.push(call);
-        }
-    }
-}
-
 /// One VM with one vCPU, in one irqchip shape.
 struct Vm {
-    split: bool,
+    shape: Shape,
     vm: VmFd,
     vcpu: VcpuFd,
     ram: GuestRam,
@@ -498,28 +482,28 @@ struct Vm {
     /// Full irqchip: the clean PIC and IOAPIC states.
     irqchips: Vec<kvm_bindings::kvm_irqchip>,
     /// Split: the userspace IOAPIC and the routes KVM was last told.
-    ioapic: Ioapic,
+    ioapic: UserspaceIoapic,
     routes: Vec<(u32, u32)>,
     /// Split: the userspace IOAPIC changed since the routes were synced.
     routes_dirty: bool,
     /// Pins whose line is (logically) asserted, to lower at reset.
     asserted: u32,
     /// The calls and exits of the current run, for reports.
-    calls: CallLog,
+    calls: CallLog<Call>,
     /// The last run ended at the stub's end port in xAPIC mode: the
     /// segments, the APIC base, the 8259s and the MP state are as reset left
     /// them, so the next reset need not write them again.
     clean: bool,
 }
 
-fn errno(what: &str) -> impl Fn(kvm_ioctls::Error) -> BackendError + '_ {
-    move |e| BackendError::Failed(format!("{what}: {e}"))
+fn errno(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BackendError {
+    BackendError::kvm(call)
 }
 
 impl Vm {
-    fn new(kvm: &Kvm, image: &Image, split: bool) -> Result<Vm> {
+    fn new(kvm: &Kvm, image: &Image, shape: Shape) -> Result<Vm> {
         let vm = kvm.create_vm().map_err(errno("KVM_CREATE_VM"))?;
-        if split {
+        if shape.is_split() {
             let mut cap = kvm_bindings::kvm_enable_cap {
                 cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
                 ..Default::default()
@@ -530,8 +514,7 @@ impl Vm {
         } else {
             vm.create_irq_chip().map_err(errno("KVM_CREATE_IRQCHIP"))?;
         }
-        let mut ram =
-            GuestRam::new(RAM_SIZE).map_err(|e| BackendError::Failed(format!("guest RAM: {e}")))?;
+        let mut ram = GuestRam::new(RAM_SIZE).map_err(BackendError::io("guest RAM"))?;
         image.install(ram.bytes_mut());
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -609,7 +592,7 @@ impl Vm {
             .map_err(errno("KVM_GET_VCPU_EVENTS"))?;
 
         let mut irqchips = Vec::new();
-        if !split {
+        if !shape.is_split() {
             for chip in [
                 KVM_IRQCHIP_PIC_MASTER,
                 KVM_IRQCHIP_PIC_SLAVE,
@@ -654,13 +637,12 @@ impl Vm {
                     e
                 })
                 .collect();
-            let routing = KvmIrqRouting::from_entries(&entries)
-                .map_err(|e| BackendError::Failed(format!("routing table: {e:?}")))?;
+            let routing = routing_table(&entries);
             vm.set_gsi_routing(&routing)
                 .map_err(errno("KVM_SET_GSI_ROUTING"))?;
         }
         Ok(Vm {
-            split,
+            shape,
             vm,
             vcpu,
             ram,
@@ -668,7 +650,7 @@ impl Vm {
             lapic,
             events,
             irqchips,
-            ioapic: Ioapic::new(ModelVersion::V20),
+            ioapic: UserspaceIoapic::default(),
             routes: Vec::new(),
             routes_dirty: false,
             asserted: 0,
@@ -679,11 +661,8 @@ impl Vm {
 
     /// Restores the format's start state and loads `table`.
     fn reset(&mut self, image: &Image, table: &table::Table, scenario: &Scenario) -> Result<()> {
-        if self.split {
-            self.ioapic = Ioapic::new(match scenario.config.ioapic {
-                IoapicVersion::V11 => ModelVersion::V11,
-                IoapicVersion::V20 => ModelVersion::V20,
-            });
+        if self.shape.is_split() {
+            self.ioapic.reset(scenario.config.ioapic);
             self.sync_routes()?;
         } else {
             for pin in 0..24 {
@@ -707,7 +686,7 @@ impl Vm {
             }
         }
         self.asserted = 0;
-        self.calls.0.clear();
+        self.calls.clear();
         if !self.clean {
             self.vcpu
                 .set_sregs(&self.sregs)
@@ -748,7 +727,7 @@ impl Vm {
     fn sync_routes(&mut self) -> Result<()> {
         let routes: Vec<(u32, u32)> = (0..24)
             .map(|pin| {
-                let e = self.ioapic.entry(pin);
+                let e = self.ioapic.ioapic().entry(pin);
                 let (addr, data) = msi_of(&message_of(&e));
                 (addr as u32, if e.masked() { 0 } else { data })
             })
@@ -770,8 +749,7 @@ impl Vm {
                 e
             })
             .collect();
-        let routing = KvmIrqRouting::from_entries(&entries)
-            .map_err(|e| BackendError::Failed(format!("routing table: {e:?}")))?;
+        let routing = routing_table(&entries);
         self.vm
             .set_gsi_routing(&routing)
             .map_err(errno("KVM_SET_GSI_ROUTING"))?;
@@ -779,6 +757,12 @@ impl Vm {
         self.routes_dirty = false;
         Ok(())
     }
+}
+
+/// A GSI routing table of one entry per IOAPIC pin.
+fn routing_table(entries: &[kvm_irq_routing_entry]) -> KvmIrqRouting {
+    // It fails only past KVM_MAX_IRQ_ROUTES (4096) entries.
+    KvmIrqRouting::from_entries(entries).expect("24 routes fit KVM's routing table")
 }
 
 fn message_of(e: &crate::model::ioapic::RedirectionEntry) -> InterruptMessage {
@@ -801,29 +785,17 @@ fn msi_of(m: &InterruptMessage) -> (u64, u32) {
 }
 
 /// The split IOAPIC's message path: `KVM_SIGNAL_MSI`.
-struct MsiSink<'a> {
-    vm: &'a VmFd,
-    calls: &'a mut CallLog,
-    failure: Option<String>,
-}
+struct MsiPort<'a>(&'a VmFd);
 
-impl<'a> MsiSink<'a> {
-    fn new(vm: &'a VmFd, calls: &'a mut CallLog) -> MsiSink<'a> {
-        MsiSink {
-            vm,
-            calls,
-            failure: None,
-        }
-    }
+impl MessagePort for MsiPort<'_> {
+    type Error = kvm_ioctls::Error;
+    type Call = Call;
 
-    /// The first failed `KVM_SIGNAL_MSI`, if any.
-    fn result(self) -> std::result::Result<(), String> {
-        self.failure.map_or(Ok(()), Err)
-    }
-}
-
-impl InterruptSink for MsiSink<'_> {
-    fn send(&mut self, msg: &InterruptMessage) -> bool {
+    fn send(
+        &mut self,
+        msg: &InterruptMessage,
+        log: &mut CallLog<Call>,
+    ) -> std::result::Result<bool, kvm_ioctls::Error> {
         let (addr, data) = msi_of(msg);
         let msi = kvm_msi {
             address_lo: addr as u32,
@@ -831,22 +803,22 @@ impl InterruptSink for MsiSink<'_> {
             data,
             ..Default::default()
         };
-        let result = self.vm.signal_msi(msi);
-        self.calls.note(Call::SignalMsi { addr, data, result });
-        match result {
-            Ok(delivered) => delivered > 0,
-            Err(e) => {
-                self.failure.get_or_insert(format!("KVM_SIGNAL_MSI: {e}"));
-                false
-            }
-        }
+        let result = self.0.signal_msi(msi);
+        log.note(|| Call::SignalMsi { addr, data, result });
+        result.map(|delivered| delivered > 0)
     }
+}
+
+/// A failed `KVM_SIGNAL_MSI` ends the run.
+fn msi_failed(e: kvm_ioctls::Error) -> String {
+    format!("KVM_SIGNAL_MSI: {e}")
 }
 
 /// The `kvm` and `kvm-split` backends.
 pub struct KvmBackend {
     name: &'static str,
-    force_split: bool,
+    /// The shape it was opened with (`kvm-split`: always split).
+    opened: Shape,
     kvm: Kvm,
     image: Image,
     full: Option<Vm>,
@@ -872,8 +844,12 @@ impl KvmBackend {
     /// `split`: the `kvm-split` backend (always the split shape); otherwise
     /// the scenario's `irqchip=` decides.
     pub fn open(split: bool) -> std::result::Result<KvmBackend, super::OpenError> {
-        let name = if split { "kvm-split" } else { "kvm" };
-        if let Availability::Unavailable(why) = probe(split) {
+        let (name, opened) = if split {
+            ("kvm-split", Shape::Split)
+        } else {
+            ("kvm", Shape::Full)
+        };
+        if let Availability::Unavailable(why) = probe(opened.is_split()) {
             return Err(super::OpenError::Unavailable {
                 name: name.into(),
                 why,
@@ -889,7 +865,7 @@ impl KvmBackend {
         let mechanism = KickMechanism::probe(&kvm);
         Ok(KvmBackend {
             name,
-            force_split: split,
+            opened,
             kvm,
             image: Image::build(),
             full: None,
@@ -938,7 +914,7 @@ impl KvmBackend {
         let KvmBackend {
             kvm, image, full, ..
         } = self;
-        let vm = vm_slot(kvm, image, full, false)?;
+        let vm = vm_slot(kvm, image, full, Shape::Full)?;
         vm.reset(image, &table, &Scenario::default())?;
         let start = Instant::now();
         let mut exits = 0u64;
@@ -947,12 +923,8 @@ impl KvmBackend {
                 Ok(VcpuExit::IoOut(PING_PORT, _)) => exits += 1,
                 Ok(VcpuExit::IoOut(END_PORT, _)) => break,
                 Ok(VcpuExit::IoOut(..)) => {}
-                Ok(other) => {
-                    return Err(BackendError::Failed(format!(
-                        "unexpected exit {other:?} while pinging"
-                    )))
-                }
-                Err(e) => return Err(BackendError::Failed(format!("KVM_RUN: {e}"))),
+                Ok(other) => return Err(BackendError::UnexpectedExit(format!("{other:?}"))),
+                Err(e) => return Err(BackendError::kvm("KVM_RUN")(e)),
             }
         }
         Ok(start.elapsed() / exits.max(1) as u32)
@@ -964,18 +936,18 @@ fn vm_slot<'v>(
     kvm: &Kvm,
     image: &Image,
     slot: &'v mut Option<Vm>,
-    split: bool,
+    shape: Shape,
 ) -> Result<&'v mut Vm> {
     if slot.is_none() {
-        *slot = Some(Vm::new(kvm, image, split)?);
+        *slot = Some(Vm::new(kvm, image, shape)?);
     }
     Ok(slot.as_mut().expect("just created"))
 }
 
 /// Why a scenario cannot run on this shape, if it cannot.
-fn unsupported(scenario: &Scenario, split: bool) -> Option<String> {
+fn unsupported(scenario: &Scenario, shape: Shape) -> Option<String> {
     let c = &scenario.config;
-    if !split {
+    if shape == Shape::Full {
         if c.directed_eoi {
             return Some("KVM's in-kernel IOAPIC does not offer EOI-broadcast suppression (directed-eoi=on needs irqchip=split)".into());
         }
@@ -998,11 +970,14 @@ impl Backend for KvmBackend {
         self.name
     }
 
+    fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        unsupported(scenario, Shape::for_run(self.opened, scenario))
+    }
+
     /// KVM's in-kernel IOAPIC is version 0x11 without directed EOI: a
     /// generated scenario for the full irqchip gets that config.
     fn fit(&self, scenario: &mut Scenario) {
-        let split = self.force_split || scenario.config.irqchip == Irqchip::Split;
-        if !split && unsupported(scenario, false).is_some() {
+        if self.unsupported(scenario).is_some() {
             scenario.config.ioapic = IoapicVersion::V11;
             scenario.config.directed_eoi = false;
         }
@@ -1014,30 +989,29 @@ impl Backend for KvmBackend {
         } else {
             &self.full
         };
-        vm.as_ref().map_or_else(Vec::new, |vm| {
-            vm.calls.0.iter().map(ToString::to_string).collect()
-        })
+        vm.as_ref().map_or_else(Vec::new, |vm| vm.calls.lines())
     }
 
-    fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
-        let split = self.force_split || scenario.config.irqchip == Irqchip::Split;
+    fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
+        let shape = Shape::for_run(self.opened, scenario);
         let name = self.name;
-        if let Some(why) = unsupported(scenario, split) {
-            return Err(BackendError::Unsupported(why));
-        }
         let table =
             table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
-        self.last_split = split;
+        self.last_split = shape.is_split();
         let KvmBackend {
             kvm,
             image,
             full,
-            split: split_vm,
+            split,
             kicks,
             last_exits,
             ..
         } = self;
-        let vm = vm_slot(kvm, image, if split { split_vm } else { full }, split)?;
+        let slot = match shape {
+            Shape::Full => full,
+            Shape::Split => split,
+        };
+        let vm = vm_slot(kvm, image, slot, shape)?;
         vm.reset(image, &table, scenario)?;
         let (end, exits) = run_loop(vm, &table, kicks)?;
         *last_exits = exits;
@@ -1046,33 +1020,8 @@ impl Backend for KvmBackend {
         vm.clean = matches!(end, End::Stub(_))
             && scenario.config.apic == crate::scenario::ApicMode::Xapic
             && !scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)));
-        let (cur_op, log_bytes) = image.read_back(vm.ram.bytes());
-        let mut trace = Trace::new(name);
-        trace.events = log::decode(log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
-        match end {
-            End::Stub(EndCode::Completed) => {}
-            End::Stub(EndCode::Storm) => trace.outcome = Outcome::Storm,
-            End::Stub(EndCode::LogFull) => {
-                return Err(BackendError::Failed("the guest's event log is full".into()))
-            }
-            End::Hang => {
-                trace.outcome = Outcome::Hang;
-                trace.hang_op = Some(cur_op);
-            }
-            End::Error(message) => {
-                trace.outcome = Outcome::Error;
-                trace.error = Some(format!("{message} (during op {cur_op})"));
-            }
-        }
-        Ok(trace)
+        run::finish(name, end, image, vm.ram.bytes())
     }
-}
-
-/// How a run ended.
-enum End {
-    Stub(EndCode),
-    Hang,
-    Error(String),
 }
 
 /// One `KVM_RUN` return, as the run loop handles it.
@@ -1118,8 +1067,7 @@ fn over_limit() -> End {
 fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End, u64)> {
     let run = std::ptr::addr_of_mut!(*vm.vcpu.get_kvm_run());
     if kicks.mechanism == KickMechanism::SignalMask {
-        set_run_signal_mask(&vm.vcpu)
-            .map_err(|e| BackendError::Failed(format!("KVM_SET_SIGNAL_MASK: {e}")))?;
+        set_run_signal_mask(&vm.vcpu).map_err(BackendError::io("KVM_SET_SIGNAL_MASK"))?;
     }
     let Kicks {
         watchdog,
@@ -1186,12 +1134,11 @@ fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End
         };
         halted_kicks = 0;
         if let Some(index) = host_op {
-            let op = *table.host_ops.get(index).ok_or_else(|| {
-                BackendError::Failed(format!(
-                    "the guest asked for host op {index}, which does not exist"
-                ))
-            })?;
-            if let Err(message) = perform(vm, &op) {
+            let Some(op) = table.host_ops.get(index) else {
+                let message = format!("the guest asked for host op {index}, which does not exist");
+                return Ok((End::Error(message), exits));
+            };
+            if let Err(message) = perform(vm, op) {
                 return Ok((End::Error(message), exits));
             }
         }
@@ -1221,20 +1168,20 @@ impl Entry<'_> {
         }
         let result = vm.vcpu.run();
         entries.store(before + 2, Ordering::Release);
-        let split = vm.split;
+        let split = vm.shape.is_split();
         Ok(match result {
             Ok(VcpuExit::IoOut(port, data)) => Exit::Out {
                 port,
                 value: data.iter().rev().fold(0u32, |acc, b| acc << 8 | *b as u32),
             },
-            Ok(VcpuExit::MmioRead(addr, data)) if split && is_ioapic(addr) => {
+            Ok(VcpuExit::MmioRead(addr, data)) if split && run::in_ioapic_window(addr) => {
                 let value = vm.ioapic.mmio_read(addr - IOAPIC_BASE);
-                vm.calls.note(Call::IoapicRead { addr, value });
+                vm.calls.note(|| Call::IoapicRead { addr, value });
                 let n = data.len().min(4);
                 data[..n].copy_from_slice(&value.to_le_bytes()[..n]);
                 Exit::IoapicRead
             }
-            Ok(VcpuExit::MmioWrite(addr, data)) if split && is_ioapic(addr) => {
+            Ok(VcpuExit::MmioWrite(addr, data)) if split && run::in_ioapic_window(addr) => {
                 let mut bytes = [0u8; 4];
                 let n = data.len().min(4);
                 bytes[..n].copy_from_slice(&data[..n]);
@@ -1262,13 +1209,9 @@ impl Entry<'_> {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Kicked {
                 entered: take_kick(&mut vm.vcpu, self.mechanism),
             },
-            Err(e) => return Err(BackendError::Failed(format!("KVM_RUN: {e}"))),
+            Err(e) => return Err(BackendError::kvm("KVM_RUN")(e)),
         })
     }
-}
-
-fn is_ioapic(addr: u64) -> bool {
-    (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&addr)
 }
 
 /// After an `EINTR`: clears the kick so the next entry runs, and says whether
@@ -1330,7 +1273,7 @@ impl Vm {
     /// An `out`: a host op to perform, nothing, or the end of the run.
     fn handle_out(&mut self, port: u16, value: u32) -> std::result::Result<Option<usize>, End> {
         if port != PING_PORT {
-            self.calls.note(Call::Out { port, value });
+            self.calls.note(|| Call::Out { port, value });
         }
         match port {
             HYPERCALL_PORT => Ok(Some(value as usize)),
@@ -1343,38 +1286,40 @@ impl Vm {
 
     /// A write to the userspace IOAPIC; its routes are synced before the next entry.
     fn handle_ioapic_write(&mut self, addr: u64, value: u32) -> std::result::Result<(), End> {
-        self.calls.note(Call::IoapicWrite { addr, value });
-        let mut sink = MsiSink::new(&self.vm, &mut self.calls);
-        self.ioapic.mmio_write(addr - IOAPIC_BASE, value, &mut sink);
+        self.calls.note(|| Call::IoapicWrite { addr, value });
+        let result = self.ioapic.mmio_write(
+            addr - IOAPIC_BASE,
+            value,
+            &mut MsiPort(&self.vm),
+            &mut self.calls,
+        );
         self.routes_dirty = true;
-        sink.result().map_err(End::Error)
+        result.map_err(|e| End::Error(msi_failed(e)))
     }
 
     /// A level-triggered vector's EOI, broadcast to the userspace IOAPIC.
     fn handle_ioapic_eoi(&mut self, vector: u8) -> std::result::Result<(), End> {
-        self.calls.note(Call::IoapicEoi(vector));
-        let mut sink = MsiSink::new(&self.vm, &mut self.calls);
-        self.ioapic.eoi(vector, &mut sink);
-        sink.result().map_err(End::Error)
+        self.calls.note(|| Call::IoapicEoi(vector));
+        self.ioapic
+            .eoi(vector, &mut MsiPort(&self.vm), &mut self.calls)
+            .map_err(|e| End::Error(msi_failed(e)))
     }
 }
 
 /// Performs a host op. `assert` means "interrupt requested", whatever the
 /// pin's polarity: both KVM's IOAPIC and the model's take the logical level.
-fn perform(vm: &mut Vm, op: &Op) -> std::result::Result<(), String> {
+fn perform(vm: &mut Vm, op: &HostOp) -> std::result::Result<(), String> {
     match *op {
-        Op::Assert(pin) => vm.drive(pin.get(), true),
-        Op::Deassert(pin) => vm.drive(pin.get(), false),
-        Op::Pulse(pin) => {
+        HostOp::Assert(pin) => vm.drive(pin.get(), true),
+        HostOp::Deassert(pin) => vm.drive(pin.get(), false),
+        HostOp::Pulse(pin) => {
             vm.drive(pin.get(), true)?;
             vm.drive(pin.get(), false)
         }
-        Op::Msi(m) => {
-            let mut sink = MsiSink::new(&vm.vm, &mut vm.calls);
-            sink.send(&m.message());
-            sink.result()
-        }
-        other => Err(format!("`{}` is not a host op", other.keyword())),
+        HostOp::Msi(m) => MsiPort(&vm.vm)
+            .send(&m.message(), &mut vm.calls)
+            .map(|_| ())
+            .map_err(msi_failed),
     }
 }
 
@@ -1386,16 +1331,22 @@ impl Vm {
         } else {
             self.asserted &= !(1 << pin);
         }
-        if self.split {
-            self.calls.note(Call::Pin { pin, requested });
-            let mut sink = MsiSink::new(&self.vm, &mut self.calls);
-            self.ioapic.set_irq(pin as usize, requested, &mut sink);
-            return sink.result();
+        if self.shape.is_split() {
+            self.calls.note(|| Call::Pin { pin, requested });
+            return self
+                .ioapic
+                .set_irq(
+                    pin as usize,
+                    requested,
+                    &mut MsiPort(&self.vm),
+                    &mut self.calls,
+                )
+                .map_err(msi_failed);
         }
         // KVM's in-kernel IOAPIC takes KVM_IRQ_LINE's level as the request
         // itself and never looks at the polarity bit (ioapic_set_irq in
         // arch/x86/kvm/ioapic.c), so the logical level is what is driven.
-        self.calls.note(Call::IrqLine {
+        self.calls.note(|| Call::IrqLine {
             gsi: pin,
             requested,
         });

@@ -39,9 +39,8 @@ pub enum BackendError {
     Log(#[from] crate::guest::log::CorruptLog),
     #[error("the guest's event log is full")]
     LogFull,
-    // TODO(layer): kvm.rs still uses it until kvm-loop is merged.
-    #[error("{0}")]
-    Failed(String),
+    #[error("unexpected exit {0}")]
+    UnexpectedExit(String),
 }
 
 impl BackendError {
