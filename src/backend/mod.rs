@@ -314,3 +314,31 @@ pub fn best_available() -> (&'static str, Option<String>) {
         )),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn errors_carry_their_sources() {
+        let hv = BackendError::from(hvf::api::HvError {
+            call: "hv_vm_create",
+            code: 0xfae9_4001_u32 as i32,
+        });
+        let source = hv.source().expect("an HvError source");
+        assert_eq!(source.to_string(), "hv_vm_create failed with 0xfae94001");
+        assert_eq!(hv.to_string(), source.to_string());
+        let io = BackendError::io("ram-1")(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let source = io.source().expect("an io::Error source");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        assert_eq!(io.to_string(), format!("ram-1: {source}"));
+        let log = BackendError::from(crate::guest::log::decode(&[0xff; 8]).unwrap_err());
+        assert!(log
+            .source()
+            .is_some_and(|s| s.to_string().contains("at byte 0")));
+    }
+}
