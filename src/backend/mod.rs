@@ -205,47 +205,45 @@ pub const REGISTRY: &[BackendKind] = &[
 pub(crate) mod kvm_kinds {
     use super::{Availability, BackendKind, OpenResult};
 
-    fn probe(split: bool) -> Availability {
-        #[cfg(target_os = "linux")]
-        return super::kvm::probe(split);
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = split;
-            Availability::Unavailable("needs Linux".into())
+    pub const FULL: BackendKind = kind::<false>(
+        "kvm",
+        "Linux KVM, in-kernel irqchip (split when the scenario says irqchip=split)",
+    );
+
+    pub const SPLIT: BackendKind = kind::<true>(
+        "kvm-split",
+        "Linux KVM's local APIC with the model's IOAPIC in userspace",
+    );
+
+    const fn kind<const SPLIT: bool>(name: &'static str, description: &'static str) -> BackendKind {
+        BackendKind {
+            name,
+            description,
+            takes_options: false,
+            probe: probe::<SPLIT>,
+            open: open::<SPLIT>,
         }
     }
 
-    fn open(name: &str, split: bool) -> OpenResult {
+    fn probe<const SPLIT: bool>() -> Availability {
+        #[cfg(target_os = "linux")]
+        return super::kvm::probe(SPLIT);
+        #[cfg(not(target_os = "linux"))]
+        Availability::Unavailable("needs Linux".into())
+    }
+
+    fn open<const SPLIT: bool>(name: &str, _: &str) -> OpenResult {
         #[cfg(target_os = "linux")]
         {
             let _ = name;
-            Ok(Box::new(super::kvm::KvmBackend::open(split)?))
+            Ok(Box::new(super::kvm::KvmBackend::open(SPLIT)?))
         }
         #[cfg(not(target_os = "linux"))]
-        {
-            let _ = split;
-            Err(super::OpenError::Unavailable {
-                name: name.into(),
-                why: "needs Linux".into(),
-            })
-        }
+        Err(super::OpenError::Unavailable {
+            name: name.into(),
+            why: "needs Linux".into(),
+        })
     }
-
-    pub const FULL: BackendKind = BackendKind {
-        name: "kvm",
-        description: "Linux KVM, in-kernel irqchip (split when the scenario says irqchip=split)",
-        takes_options: false,
-        probe: || probe(false),
-        open: |name, _| open(name, false),
-    };
-
-    pub const SPLIT: BackendKind = BackendKind {
-        name: "kvm-split",
-        description: "Linux KVM's local APIC with the model's IOAPIC in userspace",
-        takes_options: false,
-        probe: || probe(true),
-        open: |name, _| open(name, true),
-    };
 }
 
 /// Every backend irqdiff knows, with its availability on this host.

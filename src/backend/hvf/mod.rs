@@ -19,21 +19,32 @@ use crate::trace::Trace;
 use api::Hv;
 pub use vmm::Workarounds;
 
-pub const FULL: BackendKind = BackendKind {
-    name: "hvf",
-    description: "macOS Hypervisor.framework, in-kernel APIC, IOAPIC and PIC (HV_VM_ACCEL_APIC)",
-    takes_options: true,
-    probe: availability,
-    open: |name, workarounds| open(name, Shape::Full, workarounds),
-};
+pub const FULL: BackendKind = kind(
+    "hvf",
+    "macOS Hypervisor.framework, in-kernel APIC, IOAPIC and PIC (HV_VM_ACCEL_APIC)",
+    |name, workarounds| open(name, Shape::Full, workarounds),
+);
 
-pub const SPLIT: BackendKind = BackendKind {
-    name: "hvf-split",
-    description: "Hypervisor.framework's APIC with the model's IOAPIC in userspace",
-    takes_options: true,
-    probe: availability,
-    open: |name, workarounds| open(name, Shape::Split, workarounds),
-};
+pub const SPLIT: BackendKind = kind(
+    "hvf-split",
+    "Hypervisor.framework's APIC with the model's IOAPIC in userspace",
+    |name, workarounds| open(name, Shape::Split, workarounds),
+);
+
+/// Both shapes take `:WORKAROUND,...` and run where the framework does.
+const fn kind(
+    name: &'static str,
+    description: &'static str,
+    open: fn(&str, &str) -> OpenResult,
+) -> BackendKind {
+    BackendKind {
+        name,
+        description,
+        takes_options: true,
+        probe: availability,
+        open,
+    }
+}
 
 /// Hypervisor.framework's APIC API exists on Intel Macs (macOS 12+) only.
 fn availability() -> Availability {
