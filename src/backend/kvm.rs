@@ -5,10 +5,13 @@
 //! One VM per backend instance, reused: every scenario starts from the
 //! format's start state, restored with state writes (registers, segments,
 //! `KVM_SET_LAPIC` from a clean state, `KVM_SET_IRQCHIP`, lines low).
-//! A halted guest is found by a per-thread timer signal that kicks
-//! `KVM_RUN` every [`KICK`]; two kicks in a row that find the vCPU halted
-//! make a hang (re-entering once first, because this host's KVM was seen to
-//! inject only at the next entry from userspace).
+//! A halted guest is found by kicks: a watchdog thread signals the vCPU
+//! thread when one `KVM_RUN` has lasted a whole [`KICK`], and
+//! `kvm_run.immediate_exit` (or `KVM_SET_SIGNAL_MASK`) keeps a kick that
+//! lands just before an entry from being lost ([`Watchdog`]). Two kicks in a
+//! row that find the vCPU halted make a hang (re-entering once first,
+//! because this host's KVM was seen to inject only at the next entry from
+//! userspace).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,15 +32,16 @@ use crate::guest::layout::{
     self, EndCode, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, PING_PORT, RAM_SIZE,
 };
 use crate::guest::{table, Image};
-use crate::model::ioapic::InterruptMessage;
+use crate::model::ioapic::{bits as ioapic_bits, InterruptMessage, PINS as IOAPIC_PINS};
+use crate::model::lapic::{reg, LVT_MASKED, SVR_ENABLE};
 use crate::scenario::{HostOp, IoapicVersion, Op, Scenario};
 use crate::trace::Trace;
 
 /// A single `KVM_RUN` that has not returned after this long is kicked to
-/// look for a hang. The timer is re-armed before every entry, so it fires
-/// only when the vCPU blocks (halted): a kick is an exit to userspace, and on
-/// this host's KVM exits change when interrupts are injected, so kicks must
-/// not land in a guest that is making progress.
+/// look for a hang. Only an entry this long is kicked, so kicks land when the
+/// vCPU blocks (halted), not in a guest making progress: a kick is an exit
+/// to userspace, and on this host's KVM exits change when interrupts are
+/// injected.
 pub const KICK: Duration = Duration::from_millis(3);
 /// A scenario still running after this long is an error (a livelocked guest).
 pub const RUN_LIMIT: Duration = Duration::from_secs(5);
@@ -496,151 +500,109 @@ struct Vm {
     clean: bool,
 }
 
+/// The format's start registers for the stub: 64-bit code and flat data
+/// segments from its GDT, its IDT, paging on, and an enabled xAPIC as BSP
+/// (restoring these also leaves x2APIC mode).
+fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    let code = kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: layout::CODE_SELECTOR,
+        type_: 0xb, // execute/read, accessed
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        ..Default::default()
+    };
+    let data = kvm_segment {
+        selector: layout::DATA_SELECTOR,
+        type_: 0x3, // read/write, accessed
+        db: 1,
+        l: 0,
+        ..code
+    };
+    sregs.cs = code;
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.gdt.base = layout::GDT;
+    sregs.gdt.limit = 3 * 8 - 1;
+    sregs.idt.base = layout::IDT;
+    sregs.idt.limit = 256 * 16 - 1;
+    sregs.cr0 = CR0_LONG_MODE;
+    sregs.cr3 = layout::PML4;
+    sregs.cr4 = CR4_PAE;
+    sregs.efer = EFER_LME_LMA;
+    sregs.cr8 = 0;
+    sregs.apic_base = layout::LAPIC_BASE | APIC_BASE_ENABLE | APIC_BASE_BSP;
+    sregs
+}
+
+/// The clean LAPIC: software-enabled, TPR 0, LVTs masked, nothing pending
+/// (the format's start state).
+fn clean_lapic(mut lapic: kvm_lapic_state) -> kvm_lapic_state {
+    let mut set = |offset: u16, value: u32| {
+        let offset = offset as usize;
+        for (i, b) in value.to_le_bytes().iter().enumerate() {
+            lapic.regs[offset + i] = *b as _;
+        }
+    };
+    set(reg::TPR, 0);
+    set(reg::SVR, SVR_ENABLE | SPURIOUS_VECTOR);
+    for lvt in run::LVTS {
+        set(lvt, LVT_MASKED);
+    }
+    // The 256-bit ISR, TMR and IRR, eight registers 16 bytes apart each.
+    for base in [reg::ISR, reg::TMR, reg::IRR] {
+        for i in 0..8 {
+            set(base + 0x10 * i, 0);
+        }
+    }
+    set(reg::ESR, 0);
+    lapic
+}
+
 fn errno(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BackendError {
     BackendError::kvm(call)
 }
 
+/// IA32_APIC_BASE bits (SDM §11.4.4): this processor is the BSP, and the
+/// APIC is globally enabled.
+const APIC_BASE_BSP: u64 = 1 << 8;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+/// Control register and EFER bits of the stub's long mode (SDM vol. 3A §2.5).
+const CR0_LONG_MODE: u64 = 0x8005_0033; // PG | AM | WP | NE | ET | MP | PE
+const CR4_PAE: u64 = 0x20;
+const EFER_LME_LMA: u64 = 0x500;
+/// RFLAGS at the stub's entry: IF, and bit 1, which is always set.
+const RFLAGS_START: u64 = 0x202;
+/// The spurious vector the format starts with (SVR 0x1FF with the enable bit).
+const SPURIOUS_VECTOR: u32 = 0xff;
+
 impl Vm {
     fn new(kvm: &Kvm, image: &Image, shape: Shape) -> Result<Vm> {
         let vm = kvm.create_vm().map_err(errno("KVM_CREATE_VM"))?;
-        if shape.is_split() {
-            let mut cap = kvm_bindings::kvm_enable_cap {
-                cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
-                ..Default::default()
-            };
-            cap.args[0] = 24;
-            vm.enable_cap(&cap)
-                .map_err(errno("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
-        } else {
-            vm.create_irq_chip().map_err(errno("KVM_CREATE_IRQCHIP"))?;
-        }
-        let mut ram = GuestRam::new(RAM_SIZE).map_err(BackendError::io("guest RAM"))?;
-        image.install(ram.bytes_mut());
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            guest_phys_addr: 0,
-            memory_size: RAM_SIZE as u64,
-            userspace_addr: ram.ptr as u64,
-            flags: 0,
-        };
-        // SAFETY: the region is backed by `ram`, which lives as long as the VM
-        // (both are fields of this Vm, and the VM fd is dropped first).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(errno("KVM_SET_USER_MEMORY_REGION"))?;
+        Vm::create_irqchip(&vm, shape)?;
+        let ram = Vm::map_ram(&vm, image)?;
         let vcpu = vm.create_vcpu(0).map_err(errno("KVM_CREATE_VCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(errno("KVM_GET_SUPPORTED_CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(errno("KVM_SET_CPUID2"))?;
-
-        let mut sregs = vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?;
-        let code = kvm_segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            selector: layout::CODE_SELECTOR,
-            type_: 0xb,
-            present: 1,
-            dpl: 0,
-            db: 0,
-            s: 1,
-            l: 1,
-            g: 1,
-            ..Default::default()
-        };
-        let data = kvm_segment {
-            selector: layout::DATA_SELECTOR,
-            type_: 0x3,
-            db: 1,
-            l: 0,
-            ..code
-        };
-        sregs.cs = code;
-        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-        sregs.gdt.base = layout::GDT;
-        sregs.gdt.limit = 3 * 8 - 1;
-        sregs.idt.base = layout::IDT;
-        sregs.idt.limit = 256 * 16 - 1;
-        sregs.cr0 = 0x8005_0033; // PG | AM | WP | NE | ET | MP | PE
-        sregs.cr3 = layout::PML4;
-        sregs.cr4 = 0x20; // PAE
-        sregs.efer = 0x500; // LME | LMA
-        sregs.cr8 = 0;
-        // xAPIC, enabled, BSP (SDM §11.4.4); restoring it resets x2APIC mode.
-        sregs.apic_base = layout::LAPIC_BASE | 0x900;
+        let sregs = long_mode_sregs(vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?);
         vcpu.set_sregs(&sregs).map_err(errno("KVM_SET_SREGS"))?;
-
-        // The clean LAPIC: software-enabled, TPR 0, LVTs masked, nothing pending.
-        let mut lapic = vcpu.get_lapic().map_err(errno("KVM_GET_LAPIC"))?;
-        let mut set = |offset: usize, value: u32| {
-            for (i, b) in value.to_le_bytes().iter().enumerate() {
-                lapic.regs[offset + i] = *b as _;
-            }
-        };
-        set(0x80, 0);
-        set(0xf0, 0x1ff);
-        for lvt in [0x320, 0x330, 0x340, 0x350, 0x360, 0x370] {
-            set(lvt, 0x1_0000);
-        }
-        for base in [0x100, 0x180, 0x200] {
-            for i in 0..8 {
-                set(base + 0x10 * i, 0);
-            }
-        }
-        set(0x280, 0);
+        let lapic = clean_lapic(vcpu.get_lapic().map_err(errno("KVM_GET_LAPIC"))?);
         let events = vcpu
             .get_vcpu_events()
             .map_err(errno("KVM_GET_VCPU_EVENTS"))?;
-
-        let mut irqchips = Vec::new();
-        if !shape.is_split() {
-            for chip in [
-                KVM_IRQCHIP_PIC_MASTER,
-                KVM_IRQCHIP_PIC_SLAVE,
-                KVM_IRQCHIP_IOAPIC,
-            ] {
-                let mut state = kvm_bindings::kvm_irqchip {
-                    chip_id: chip,
-                    ..Default::default()
-                };
-                vm.get_irqchip(&mut state)
-                    .map_err(errno("KVM_GET_IRQCHIP"))?;
-                // SAFETY: the union member matching chip_id, as KVM filled it.
-                unsafe {
-                    if chip == KVM_IRQCHIP_IOAPIC {
-                        let io = &mut state.chip.ioapic;
-                        io.id = 0;
-                        io.irr = 0;
-                        io.ioregsel = 0;
-                        for entry in io.redirtbl.iter_mut() {
-                            entry.bits = 1 << 16; // masked, vector 0
-                        }
-                    } else {
-                        let pic = &mut state.chip.pic;
-                        pic.imr = 0xff;
-                        pic.irr = 0;
-                        pic.isr = 0;
-                        pic.last_irr = 0;
-                    }
-                }
-                irqchips.push(state);
-            }
-            // GSI n goes to IOAPIC pin n only: the PIC is not in the path.
-            let entries: Vec<kvm_irq_routing_entry> = (0..24)
-                .map(|pin| {
-                    let mut e = kvm_irq_routing_entry {
-                        gsi: pin,
-                        type_: KVM_IRQ_ROUTING_IRQCHIP,
-                        ..Default::default()
-                    };
-                    e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
-                    e.u.irqchip.pin = pin;
-                    e
-                })
-                .collect();
-            let routing = routing_table(&entries);
-            vm.set_gsi_routing(&routing)
-                .map_err(errno("KVM_SET_GSI_ROUTING"))?;
-        }
+        let irqchips = if shape.is_split() {
+            Vec::new()
+        } else {
+            let chips = Vm::clean_irqchips(&vm)?;
+            Vm::route_gsis_to_ioapic(&vm)?;
+            chips
+        };
         Ok(Vm {
             shape,
             vm,
@@ -659,13 +621,103 @@ impl Vm {
         })
     }
 
+    /// The in-kernel irqchip (PIC, IOAPIC, LAPIC), or in the split shape the
+    /// LAPIC alone, with the IOAPIC's pins as its userspace GSIs.
+    fn create_irqchip(vm: &VmFd, shape: Shape) -> Result<()> {
+        if shape.is_split() {
+            let mut cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+                ..Default::default()
+            };
+            cap.args[0] = IOAPIC_PINS as u64;
+            vm.enable_cap(&cap)
+                .map_err(errno("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))
+        } else {
+            vm.create_irq_chip().map_err(errno("KVM_CREATE_IRQCHIP"))
+        }
+    }
+
+    /// Guest RAM with the image installed, mapped at guest address 0.
+    fn map_ram(vm: &VmFd, image: &Image) -> Result<GuestRam> {
+        let mut ram = GuestRam::new(RAM_SIZE).map_err(BackendError::io("guest RAM"))?;
+        image.install(ram.bytes_mut());
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: RAM_SIZE as u64,
+            userspace_addr: ram.ptr as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is backed by `ram`, which lives as long as the VM
+        // (both are fields of this Vm, and the VM fd is dropped first).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(errno("KVM_SET_USER_MEMORY_REGION"))?;
+        Ok(ram)
+    }
+
+    /// The clean 8259 and IOAPIC states: everything masked, nothing
+    /// pending (IOAPIC entries masked with vector 0).
+    fn clean_irqchips(vm: &VmFd) -> Result<Vec<kvm_bindings::kvm_irqchip>> {
+        let mut irqchips = Vec::new();
+        for chip in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut state = kvm_bindings::kvm_irqchip {
+                chip_id: chip,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut state)
+                .map_err(errno("KVM_GET_IRQCHIP"))?;
+            // SAFETY: the union member matching chip_id, as KVM filled it.
+            unsafe {
+                if chip == KVM_IRQCHIP_IOAPIC {
+                    let io = &mut state.chip.ioapic;
+                    io.id = 0;
+                    io.irr = 0;
+                    io.ioregsel = 0;
+                    for entry in io.redirtbl.iter_mut() {
+                        entry.bits = ioapic_bits::MASKED;
+                    }
+                } else {
+                    let pic = &mut state.chip.pic;
+                    pic.imr = 0xff;
+                    pic.irr = 0;
+                    pic.isr = 0;
+                    pic.last_irr = 0;
+                }
+            }
+            irqchips.push(state);
+        }
+        Ok(irqchips)
+    }
+
+    /// GSI n goes to IOAPIC pin n only: the PIC is not in the path.
+    fn route_gsis_to_ioapic(vm: &VmFd) -> Result<()> {
+        let entries: Vec<kvm_irq_routing_entry> = (0..IOAPIC_PINS as u32)
+            .map(|pin| {
+                let mut e = kvm_irq_routing_entry {
+                    gsi: pin,
+                    type_: KVM_IRQ_ROUTING_IRQCHIP,
+                    ..Default::default()
+                };
+                e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
+                e.u.irqchip.pin = pin;
+                e
+            })
+            .collect();
+        vm.set_gsi_routing(&routing_table(&entries))
+            .map_err(errno("KVM_SET_GSI_ROUTING"))
+    }
+
     /// Restores the format's start state and loads `table`.
     fn reset(&mut self, image: &Image, table: &table::Table, scenario: &Scenario) -> Result<()> {
         if self.shape.is_split() {
             self.ioapic.reset(scenario.config.ioapic);
             self.sync_routes()?;
         } else {
-            for pin in 0..24 {
+            for pin in 0..IOAPIC_PINS as u32 {
                 if self.asserted & (1 << pin) != 0 {
                     self.vm
                         .set_irq_line(pin, false)
@@ -698,7 +750,7 @@ impl Vm {
         let regs = kvm_regs {
             rip: image.stub.entry,
             rsp: layout::STACK_TOP,
-            rflags: 0x202,
+            rflags: RFLAGS_START,
             ..Default::default()
         };
         self.vcpu.set_regs(&regs).map_err(errno("KVM_SET_REGS"))?;
@@ -725,7 +777,7 @@ impl Vm {
     /// vectors (and so exits on their EOI) only from the GSI routing table
     /// (`kvm_scan_ioapic_routes`), so it mirrors the IOAPIC's entries.
     fn sync_routes(&mut self) -> Result<()> {
-        let routes: Vec<(u32, u32)> = (0..24)
+        let routes: Vec<(u32, u32)> = (0..IOAPIC_PINS)
             .map(|pin| {
                 let e = self.ioapic.ioapic().entry(pin);
                 let (addr, data) = msi_of(&message_of(&e));

@@ -6,9 +6,21 @@ use super::{BackendError, Result};
 use crate::guest::layout::{EndCode, IOAPIC_BASE};
 use crate::guest::{log, Image};
 use crate::model::ioapic::{Ioapic, IoapicVersion as ModelVersion};
+use crate::model::lapic::reg;
 use crate::model::{InterruptMessage, InterruptSink};
 use crate::scenario::{IoapicVersion, Irqchip, Scenario};
 use crate::trace::{Outcome, Trace};
+
+/// The local vector table's registers (SDM Table 11-1), all masked in the
+/// format's start state.
+pub const LVTS: [u16; 6] = [
+    reg::LVT_TIMER,
+    reg::LVT_THERMAL,
+    reg::LVT_PERF,
+    reg::LVT_LINT0,
+    reg::LVT_LINT1,
+    reg::LVT_ERROR,
+];
 
 /// Where the IOAPIC lives: in the hypervisor with the local APIC (full) or
 /// in userspace, the model's, with the hypervisor's local APIC (split).

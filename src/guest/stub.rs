@@ -20,10 +20,7 @@ use iced_x86::{BlockEncoderOptions, IcedError};
 use super::layout::*;
 use super::table::kind;
 use crate::model::ioapic::REG_REDTBL;
-use crate::model::lapic::{msr_of, reg};
-
-/// An LVT entry's mask bit (SDM §11.5.1, Figure 11-8).
-const LVT_MASKED: u32 = 1 << 16;
+use crate::model::lapic::{msr_of, reg, LVT_MASKED};
 
 /// The assembled stub and the addresses the VMM needs.
 #[derive(Clone, Debug)]

@@ -21,7 +21,7 @@ use crate::guest::layout::{
 };
 use crate::guest::{table, Image};
 use crate::model::ioapic::{bits, InterruptMessage, IOREGSEL, IOWIN, PINS, REG_REDTBL};
-use crate::model::lapic::{reg, SVR_ENABLE};
+use crate::model::lapic::{reg, LVT_MASKED, SVR_ENABLE};
 use crate::scenario::{ApicMode, HostOp, Op, Scenario};
 use crate::trace::Trace;
 
@@ -44,8 +44,7 @@ bitflags::bitflags! {
     }
 }
 
-/// A redirection entry or LVT with only the mask bit set (82093AA §3.2.4,
-/// SDM §11.5.1).
+/// A redirection entry with only the mask bit set (82093AA §3.2.4).
 const MASKED_ENTRY: u32 = bits::MASKED as u32;
 /// A redirection entry's trigger-mode bit: level (82093AA §3.2.4).
 const LEVEL_ENTRY: u32 = bits::LEVEL as u32;
@@ -159,9 +158,8 @@ impl<H: Hv> HvfVmm<H> {
         // vector 0xFF, TPR 0, LVTs masked (SDM §11.5.1: bit 16 masks).
         self.hv.apic_write(v, reg::SVR as u32, SVR_ENABLE | 0xff)?;
         self.hv.apic_write(v, reg::TPR as u32, 0)?;
-        // The six LVTs are consecutive from the timer's (SDM Table 11-1).
-        for lvt in (0..6).map(|i| reg::LVT_TIMER + 0x10 * i) {
-            self.hv.apic_write(v, lvt as u32, MASKED_ENTRY)?;
+        for lvt in run::LVTS {
+            self.hv.apic_write(v, lvt as u32, LVT_MASKED)?;
         }
         self.hv
             .write_register(v, hv::HV_X86_RIP, self.image.stub.entry)?;
