@@ -14,7 +14,7 @@ use std::fmt::Write;
 
 use crate::guest::layout::*;
 use crate::guest::{table, Image};
-use crate::scenario::{print::print, Op, Scenario};
+use crate::scenario::{print::print, HostOp, Scenario};
 use crate::trace::{EventKind, Outcome, Trace};
 
 /// One line per event, the format both the C program and irqdiff print.
@@ -181,14 +181,13 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
     );
     for op in &t.host_ops {
         let line = match *op {
-            Op::Assert(p) => format!("{{0, {}, 0, 0}}", p.get()),
-            Op::Deassert(p) => format!("{{1, {}, 0, 0}}", p.get()),
-            Op::Pulse(p) => format!("{{2, {}, 0, 0}}", p.get()),
-            Op::Msi(m) => {
+            HostOp::Assert(p) => format!("{{0, {}, 0, 0}}", p.get()),
+            HostOp::Deassert(p) => format!("{{1, {}, 0, 0}}", p.get()),
+            HostOp::Pulse(p) => format!("{{2, {}, 0, 0}}", p.get()),
+            HostOp::Msi(m) => {
                 let (addr, data) = m.address_data();
                 format!("{{3, 0, 0x{addr:x}, 0x{data:x}}}")
             }
-            _ => unreachable!("only host ops are in host_ops"),
         };
         let _ = writeln!(c, "    {line},");
     }

@@ -8,8 +8,8 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 
 use super::{
-    ApicMode, Config, DeliveryMode, DestMode, HandlerKey, IoapicVersion, Irqchip, Msi, MsiDelivery,
-    Op, Pin, Polarity, Route, Scenario, Trigger, PINS,
+    ApicMode, Config, DeliveryMode, DestMode, HandlerKey, HostOp, IoapicVersion, Irqchip, Msi,
+    MsiDelivery, Op, Pin, Polarity, Route, Scenario, Trigger, PINS,
 };
 
 /// A scenario text that does not parse.
@@ -381,9 +381,9 @@ fn parse_op(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
         "msi" => return parse_msi(line, ws),
         "mask" => (Op::Mask(pin(line, arg(1))?), 2),
         "unmask" => (Op::Unmask(pin(line, arg(1))?), 2),
-        "assert" => (Op::Assert(pin(line, arg(1))?), 2),
-        "deassert" => (Op::Deassert(pin(line, arg(1))?), 2),
-        "pulse" => (Op::Pulse(pin(line, arg(1))?), 2),
+        "assert" => (Op::Host(HostOp::Assert(pin(line, arg(1))?)), 2),
+        "deassert" => (Op::Host(HostOp::Deassert(pin(line, arg(1))?)), 2),
+        "pulse" => (Op::Host(HostOp::Pulse(pin(line, arg(1))?)), 2),
         "eoi" => (Op::Eoi, 1),
         "ioapic-eoi" => (Op::IoapicEoi(byte(line, arg(1), "a vector")?), 2),
         "self-ipi" => (Op::SelfIpi(byte(line, arg(1), "a vector")?), 2),
@@ -560,7 +560,7 @@ fn parse_msi(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
         once(line, &mut seen, group, *w)?;
     }
     msi.vector = vector.ok_or_else(|| line.error(None, "`vector=V` (msi needs a vector)"))?;
-    Ok(Op::Msi(msi))
+    Ok(Op::Host(HostOp::Msi(msi)))
 }
 
 /// The keyword within edit distance 2 of `word`, if any.
@@ -618,7 +618,7 @@ mod tests {
         assert_eq!(s.ops.len(), 22);
         assert_eq!(
             s.handler_body(0x20, 1),
-            &[Op::Deassert(Pin::new(3).unwrap()), Op::Eoi]
+            &[Op::Host(HostOp::Deassert(Pin::new(3).unwrap())), Op::Eoi]
         );
         assert_eq!(s.handler_body(0x20, 2), &[] as &[Op]);
         assert_eq!(s.handler_body(0x21, 1), &[Op::Eoi]);
