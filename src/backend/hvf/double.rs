@@ -156,7 +156,8 @@ struct State {
     blocked_limit: Duration,
     /// Why the last VM entry failed.
     entry_failure: Option<EntryFailure>,
-    /// What the double found wrong in the VMM's handling of an exit.
+    /// What the double found wrong in the VMM's calls (a mishandled exit,
+    /// a refused call), for the VMM's error message.
     fault: Option<String>,
 }
 
@@ -313,7 +314,8 @@ impl Double {
         self.state.lock().unwrap().entry_failure.clone()
     }
 
-    /// What the double found wrong in the VMM's handling of an exit.
+    /// What the double found wrong in the VMM's calls (a mishandled exit,
+    /// a blocked HLT nothing interrupted, a refused call).
     pub fn fault(&self) -> Option<String> {
         self.state.lock().unwrap().fault.clone()
     }
@@ -408,7 +410,7 @@ impl Double {
             match &s.entry_failure {
                 Some(EntryFailure::Control(_)) => {
                     // VMfailValid: the run call fails, the VM-instruction
-                    // error field says 7 (SDM 26.1, 31.4). Apple's
+                    // error field says 7 (SDM 26.1, 30.4). Apple's
                     // hv_vcpu_vmx_status (macOS 12) reads the ZF/CF of such a
                     // failure; that run_until answers HV_ERROR is unverified.
                     s.vmcs.insert(
@@ -419,7 +421,7 @@ impl Double {
                 }
                 Some(EntryFailure::GuestState(_)) => {
                     // A VM exit with reason 33 | 1 << 31, qualification 0
-                    // (SDM 26.8); uhyve's loop handles it as such
+                    // (SDM 26.7); uhyve's loop handles it as such
                     // (VMX_REASON_VMENTRY_GUEST after hv_vcpu_run).
                     s.exit_info = hv::HV_VM_EXITINFO_VMX;
                     s.vmcs
@@ -598,6 +600,9 @@ impl Hv for Double {
                 // moves the window with hv_vmx_vcpu_set_apic_address and
                 // reads the MSR back. What the framework does with the write
                 // is unknown, so the strict double refuses it.
+                s.fault = Some(format!(
+                    "hv_vcpu_write_msr(IA32_APIC_BASE, {value:#x}) refused: move the window with hv_vmx_vcpu_set_apic_address, as pmj's QEMU does"
+                ));
                 return Err(err(CALL, hv::HV_ERROR));
             }
             // The guest's IA32_APIC_BASE write (forwarded by the VMM).
