@@ -473,6 +473,23 @@ fn g_set_with_a_limit_below_4k_granularity_fails_entry() {
 }
 
 #[test]
+fn segment_types_of_fs_ldtr_tr_and_cs_are_checked() {
+    let mut g = ready(config(&Process::new()), "nop\n");
+    let ar = |i| segment(i).2;
+    g.w(ar(4), 0xc092); // FS data, not accessed
+    assert!(guest_state_failure(&mut g).contains("guest FS"));
+    g.w(ar(4), 0xc093);
+    g.w(ar(6), 0x80); // LDTR usable with type 0
+    assert!(guest_state_failure(&mut g).contains("type must be 2"));
+    g.w(ar(6), 1 << 16);
+    g.w(ar(7), 0x89); // an available, not busy, TSS
+    assert!(guest_state_failure(&mut g).contains("busy TSS"));
+    g.w(ar(7), 0x8b);
+    g.w(ar(1), 0xe09b); // CS with L and D both set
+    assert!(guest_state_failure(&mut g).contains("D/B must be 0"));
+}
+
+#[test]
 fn cr0_and_cr4_must_respect_the_fixed_bits() {
     let mut g = ready(config(&Process::new()), "nop\n");
     g.w(VMCS_GUEST_CR0, CR0 & !0x20); // NE is fixed to 1

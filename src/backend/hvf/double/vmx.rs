@@ -400,11 +400,14 @@ fn check_segments(f: &impl Fields, ia32e: bool) -> Result<(), String> {
     if ss.rpl() != cs.rpl() {
         return Err(ss.fail("the RPL must equal CS's RPL"));
     }
-    // Base fields.
-    for s in [tr, fs, gs, ldtr] {
-        if (s.usable() || s.name == "TR") && !canonical(s.base) {
+    // Base fields: TR, FS, GS canonical; LDTR canonical if usable.
+    for s in [tr, fs, gs] {
+        if !canonical(s.base) {
             return Err(s.fail("the base must be canonical"));
         }
+    }
+    if ldtr.usable() && !canonical(ldtr.base) {
+        return Err(ldtr.fail("the base must be canonical"));
     }
     if cs.base >> 32 != 0 {
         return Err(cs.fail("bits 63:32 of the base must be 0"));
