@@ -643,6 +643,10 @@ fn advancing_rip_on_a_host_exit_is_a_fault() {
         .fault()
         .unwrap()
         .contains("not past the exiting instruction"));
+    // The run stays failed until the VMM starts over.
+    assert!(g.hv.run_forever(v).is_err());
+    g.load("nop\n", true);
+    assert!(matches!(g.run(), Outcome::End { .. }));
 }
 
 // ---- (6) the APIC base ----

@@ -257,6 +257,9 @@ pub struct Double {
     cpu: Option<CpuThread>,
     kick: Arc<Kick>,
     strict: Option<Strict>,
+    /// The run ended badly (a fault, a stopped vCPU): runs fail until the
+    /// VMM starts over from the entry point.
+    dead: bool,
     /// Every call the VMM made, by name (the tests check the seed's steps).
     pub calls: Arc<Mutex<Vec<&'static str>>>,
 }
@@ -306,6 +309,7 @@ impl Double {
                 vcpu: None,
             }),
             calls: Arc::default(),
+            dead: false,
         }
     }
 
@@ -368,8 +372,24 @@ impl Double {
         ));
     }
 
-    /// Resumes (or starts) the vCPU thread and waits for its next event.
+    /// Resumes (or starts) the vCPU thread and waits for its next event;
+    /// an event that ends the run ends the thread too.
     fn resume(&mut self, call: &'static str) -> HvResult<CpuEvent> {
+        let event = self.next_event(call);
+        if !matches!(
+            event,
+            Ok(CpuEvent::Exit | CpuEvent::Halted | CpuEvent::Kicked)
+        ) {
+            self.stop_cpu();
+            self.dead = true;
+        }
+        event
+    }
+
+    fn next_event(&mut self, call: &'static str) -> HvResult<CpuEvent> {
+        if self.dead {
+            return Err(err(call, hv::HV_ERROR));
+        }
         match &self.cpu {
             Some(cpu) => cpu.resume.send(()).map_err(|_| err(call, hv::HV_ERROR))?,
             None => self.start_cpu(),
@@ -396,6 +416,9 @@ impl Double {
     /// loop; unverified).
     fn run_strict(&mut self, call: &'static str, vcpu: u32) -> HvResult<RunEnd> {
         self.on_vcpu(call, vcpu, |_| Ok(()))?;
+        if self.dead {
+            return Err(err(call, hv::HV_ERROR));
+        }
         // hv.h, hv_vcpu_interrupt: "Forces an immediate VMEXIT"; one that
         // came while the vCPU was not running ends the next run at once
         // (the double's reading; unverified). It shows as an external
@@ -570,6 +593,7 @@ impl Hv for Double {
         if reg == hv::HV_X86_RIP && !(SCRATCH..SCRATCH + 16).contains(&value) {
             // A new run from the entry point: the old vCPU thread ends.
             self.stop_cpu();
+            self.dead = false;
         }
         Ok(())
     }
