@@ -77,3 +77,124 @@ pub trait Hv {
     /// `hv_vm_atpic_port_write`.
     fn atpic_port_write(&mut self, port: i32, value: u8) -> HvResult<()>;
 }
+
+/// `hv_vcpu_interrupt` for one vCPU, callable from any thread (hv.h: it is
+/// the one vCPU call without "Must be called by the owning thread"): what a
+/// watchdog uses to end a `run_until` that blocks in the kernel.
+pub type Interrupter = std::sync::Arc<dyn Fn() -> HvResult<()> + Send + Sync>;
+
+/// The framework calls a correct loop needs beyond [`Hv`] (capabilities,
+/// the `HV_DEADLINE_FOREVER` run, a watchdog's `hv_vcpu_interrupt`, the
+/// destroy order), modelled by the strict double. Defaults answer
+/// `HV_UNSUPPORTED`, so implementers that predate them (the real
+/// framework's, scripted test doubles) still build.
+pub trait HvExt: Hv {
+    /// `hv_vmx_read_capability` (hv_vmx.h): a [`cap`] field.
+    fn read_capability(&mut self, field: u32) -> HvResult<u64> {
+        let _ = field;
+        Err(unsupported("hv_vmx_read_capability"))
+    }
+    /// `hv_vcpu_read_msr` (hv.h).
+    fn read_msr(&mut self, vcpu: u32, msr: u32) -> HvResult<u64> {
+        let _ = (vcpu, msr);
+        Err(unsupported("hv_vcpu_read_msr"))
+    }
+    /// `hv_vcpu_run_until(vcpu, HV_DEADLINE_FOREVER)` (hv.h, macOS 11).
+    fn run_forever(&mut self, vcpu: u32) -> HvResult<RunEnd> {
+        let _ = vcpu;
+        Err(unsupported("hv_vcpu_run_until(HV_DEADLINE_FOREVER)"))
+    }
+    /// A handle on `hv_vcpu_interrupt(&vcpu, 1)` for another thread.
+    fn interrupter(&mut self, vcpu: u32) -> HvResult<Interrupter> {
+        let _ = vcpu;
+        Err(unsupported("hv_vcpu_interrupt"))
+    }
+    /// `hv_vcpu_destroy` (hv.h: "Must be called by the owning thread").
+    fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
+        let _ = vcpu;
+        Err(unsupported("hv_vcpu_destroy"))
+    }
+    /// `hv_vm_destroy` (hv.h: "Destroys the VM instance associated with the
+    /// current task").
+    fn destroy_vm(&mut self) -> HvResult<()> {
+        Err(unsupported("hv_vm_destroy"))
+    }
+}
+
+fn unsupported(call: &'static str) -> HvError {
+    HvError {
+        call,
+        code: hypervisor_framework_sys::HV_UNSUPPORTED,
+    }
+}
+
+/// `hv_vmx_capability_t` (hv_vmx.h): what `hv_vmx_read_capability` reads.
+/// Each names the IA32_VMX_* MSR it mirrors (SDM vol. 3D appendix A).
+pub mod cap {
+    pub const PINBASED: u32 = 0; // IA32_VMX_PINBASED_CTLS (0x481)
+    pub const PROCBASED: u32 = 1; // IA32_VMX_PROCBASED_CTLS (0x482)
+    pub const PROCBASED2: u32 = 2; // IA32_VMX_PROCBASED_CTLS2 (0x48b)
+    pub const ENTRY: u32 = 3; // IA32_VMX_ENTRY_CTLS (0x484)
+    pub const EXIT: u32 = 4; // IA32_VMX_EXIT_CTLS (0x483)
+    pub const BASIC: u32 = 5; // IA32_VMX_BASIC (0x480)
+    pub const TRUE_PINBASED: u32 = 6; // 0x48d
+    pub const TRUE_PROCBASED: u32 = 7; // 0x48e
+    pub const TRUE_ENTRY: u32 = 8; // 0x490
+    pub const TRUE_EXIT: u32 = 9; // 0x48f
+    pub const MISC: u32 = 10; // IA32_VMX_MISC (0x485)
+    pub const CR0_FIXED0: u32 = 11; // 0x486
+    pub const CR0_FIXED1: u32 = 12; // 0x487
+    pub const CR4_FIXED0: u32 = 13; // 0x488
+    pub const CR4_FIXED1: u32 = 14; // 0x489
+}
+
+/// VMCS field encodings the double checks, with `hv_arch_vmcs.h`'s names
+/// (the values are the SDM's, vol. 3D appendix B). The ones the FFI crate
+/// already has are re-exported.
+pub mod vmcs {
+    pub use hypervisor_framework_sys::{
+        VMCS_CTRL_VMENTRY_CONTROLS, VMCS_GUEST_ACTIVITY_STATE, VMCS_GUEST_CR0, VMCS_GUEST_CR3,
+        VMCS_GUEST_CR4, VMCS_GUEST_CS_BASE, VMCS_GUEST_IA32_EFER, VMCS_GUEST_INTERRUPTIBILITY,
+        VMCS_RO_EXIT_QUALIFIC, VMCS_RO_EXIT_REASON,
+    };
+    pub const VMCS_CTRL_PIN_BASED: u32 = 0x4000;
+    pub const VMCS_CTRL_CPU_BASED: u32 = 0x4002;
+    pub const VMCS_CTRL_VMEXIT_CONTROLS: u32 = 0x400c;
+    pub const VMCS_CTRL_VMENTRY_IRQ_INFO: u32 = 0x4016;
+    pub const VMCS_CTRL_CPU_BASED2: u32 = 0x401e;
+    pub const VMCS_CTRL_CR0_MASK: u32 = 0x6000;
+    pub const VMCS_CTRL_CR4_MASK: u32 = 0x6002;
+    pub const VMCS_CTRL_CR0_SHADOW: u32 = 0x6004;
+    pub const VMCS_CTRL_CR4_SHADOW: u32 = 0x6006;
+    pub const VMCS_RO_INSTR_ERROR: u32 = 0x4400;
+    pub const VMCS_GUEST_ES: u32 = 0x800;
+    pub const VMCS_GUEST_CS: u32 = 0x802;
+    pub const VMCS_GUEST_SS: u32 = 0x804;
+    pub const VMCS_GUEST_DS: u32 = 0x806;
+    pub const VMCS_GUEST_FS: u32 = 0x808;
+    pub const VMCS_GUEST_GS: u32 = 0x80a;
+    pub const VMCS_GUEST_LDTR: u32 = 0x80c;
+    pub const VMCS_GUEST_TR: u32 = 0x80e;
+    pub const VMCS_GUEST_ES_LIMIT: u32 = 0x4800;
+    pub const VMCS_GUEST_GDTR_LIMIT: u32 = 0x4810;
+    pub const VMCS_GUEST_IDTR_LIMIT: u32 = 0x4812;
+    pub const VMCS_GUEST_ES_AR: u32 = 0x4814;
+    pub const VMCS_GUEST_ES_BASE: u32 = 0x6806;
+    pub const VMCS_GUEST_GDTR_BASE: u32 = 0x6816;
+    pub const VMCS_GUEST_IDTR_BASE: u32 = 0x6818;
+
+    /// The eight segment registers in encoding order (ES CS SS DS FS GS
+    /// LDTR TR): field = first field + 2 * index, for the selector, limit,
+    /// access rights and base alike.
+    pub const SEGMENTS: [&str; 8] = ["ES", "CS", "SS", "DS", "FS", "GS", "LDTR", "TR"];
+
+    /// (selector, limit, access rights, base) of segment `index`.
+    pub const fn segment(index: u32) -> (u32, u32, u32, u32) {
+        (
+            VMCS_GUEST_ES + 2 * index,
+            VMCS_GUEST_ES_LIMIT + 2 * index,
+            VMCS_GUEST_ES_AR + 2 * index,
+            VMCS_GUEST_ES_BASE + 2 * index,
+        )
+    }
+}
