@@ -31,7 +31,7 @@ fn qemu_agrees_with_the_model_on_every_scenario_it_can_run() {
     let mut ran = 0;
     for path in all.into_iter().flatten() {
         let scenario = load(&path);
-        let mut expected = irqdiff::backend::model::ModelBackend::new()
+        let mut expected = backend::model::ModelBackend::new()
             .run(&scenario)
             .unwrap();
         expected.backend = "qemu-tcg".into();
@@ -156,8 +156,8 @@ fn a_batch_gives_the_same_traces_as_single_runs() {
 }
 
 /// A batch backend with the in-guest watchdog on or off.
-fn qemu_batch(watchdog: bool) -> irqdiff::backend::qemu::QemuBackend {
-    let mut q = irqdiff::backend::qemu::QemuBackend::open(false).unwrap();
+fn qemu_batch(watchdog: bool) -> backend::qemu::QemuBackend {
+    let mut q = backend::qemu::QemuBackend::open(false).unwrap();
     q.set_watchdog(watchdog);
     q
 }
@@ -198,7 +198,7 @@ fn the_guest_watchdog_reports_the_hangs_the_host_would() {
     }
     let hangs = by_guest
         .iter()
-        .filter(|t| t.outcome == irqdiff::trace::Outcome::Hang)
+        .filter(|t| t.outcome == Hang)
         .count();
     assert!(hangs >= 20, "only {hangs} hangs among the random scenarios");
     let tail: Vec<_> = by_guest[200..]
@@ -229,7 +229,7 @@ fn a_scenario_that_uses_the_timer_runs_without_the_watchdog() {
         "lapic-read 0x320\nlapic-read 0x380\nlapic-read 0x3e0\ncli\nhlt\n",
     )
     .unwrap();
-    let mut expected = irqdiff::backend::model::ModelBackend::new()
+    let mut expected = backend::model::ModelBackend::new()
         .run(&s)
         .unwrap();
     expected.backend = "qemu-tcg".into();
