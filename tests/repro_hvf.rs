@@ -60,6 +60,10 @@ fn committed_seed_repros_are_current() {
                 )
             });
         assert!(
+            committed.starts_with("/*\n * GENERATED FILE: `irqdiff emit SCENARIO.irq --as c-hvf`"),
+            "repros/hvf/{name} does not say it is generated and by which command"
+        );
+        assert!(
             committed == emit(&path),
             "repros/hvf/{name} is stale: regenerate it with `irqdiff emit {} --as c-hvf`",
             path.display()

@@ -252,8 +252,11 @@ functions! {
 /// for syntax-checking generated C programs where the macOS SDK is absent.
 pub fn c_declarations() -> String {
     let mut h = String::from(
-        "/* Generated from hypervisor-framework-sys (the same table as the Rust FFI):\n\
-         * the subset of Apple's Hypervisor.framework x86_64 headers that irqdiff's\n\
+        "/* GENERATED FILE: `cargo run -p hypervisor-framework-sys --example write-header`\n\
+         * wrote it from the table in hypervisor-framework-sys/src/lib.rs (the same\n\
+         * table as the Rust FFI). Do not edit: change the table and regenerate.\n\
+         *\n\
+         * The subset of Apple's Hypervisor.framework x86_64 headers that irqdiff's\n\
          * C repros use. On macOS, include <Hypervisor/Hypervisor.h> instead. */\n\
          #ifndef IRQDIFF_HV_DECLS_H\n#define IRQDIFF_HV_DECLS_H\n#include <stdbool.h>\n#include <stddef.h>\n#include <stdint.h>\n\n\
          typedef int hv_return_t;\ntypedef uint64_t hv_vm_options_t;\ntypedef uint64_t hv_vcpu_options_t;\n\
@@ -357,6 +360,12 @@ mod tests {
     #[test]
     fn committed_header_matches_the_declarations() {
         let committed = include_str!("../include/hv_decls.h");
+        assert!(
+            committed.starts_with(
+                "/* GENERATED FILE: `cargo run -p hypervisor-framework-sys --example write-header`"
+            ),
+            "include/hv_decls.h does not say it is generated and by which command"
+        );
         assert_eq!(
             committed,
             c_declarations(),
