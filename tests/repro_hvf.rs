@@ -18,8 +18,7 @@ fn emit(path: &std::path::Path) -> String {
 
 #[test]
 fn every_c_hvf_program_passes_syntax_checking() {
-    if Command::new("cc").arg("--version").output().is_err() {
-        eprintln!("SKIPPED every_c_hvf_program_passes_syntax_checking: no C compiler (cc)");
+    if !cc_or_skip("every_c_hvf_program_passes_syntax_checking") {
         return;
     }
     let include = root().join("hypervisor-framework-sys/include");
@@ -60,6 +59,10 @@ fn committed_seed_repros_are_current() {
                     path.display()
                 )
             });
+        assert!(
+            committed.starts_with("/*\n * GENERATED FILE: `irqdiff emit SCENARIO.irq --as c-hvf`"),
+            "repros/hvf/{name} does not say it is generated and by which command"
+        );
         assert!(
             committed == emit(&path),
             "repros/hvf/{name} is stale: regenerate it with `irqdiff emit {} --as c-hvf`",

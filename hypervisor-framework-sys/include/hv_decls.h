@@ -1,5 +1,8 @@
-/* Generated from hypervisor-framework-sys (the same table as the Rust FFI):
-* the subset of Apple's Hypervisor.framework x86_64 headers that irqdiff's
+/* GENERATED FILE: `cargo run -p hypervisor-framework-sys --example write-header`
+* wrote it from the table in hypervisor-framework-sys/src/lib.rs (the same
+* table as the Rust FFI). Do not edit: change the table and regenerate.
+*
+* The subset of Apple's Hypervisor.framework x86_64 headers that irqdiff's
 * C repros use. On macOS, include <Hypervisor/Hypervisor.h> instead. */
 #ifndef IRQDIFF_HV_DECLS_H
 #define IRQDIFF_HV_DECLS_H

@@ -142,7 +142,7 @@ pub struct hv_ioapic_state {
     pub ioa_id: u32,
     pub ioregsel: u32,
 }
-const _: () = assert!(std::mem::size_of::<hv_ioapic_state>() == 272);
+const _: () = assert!(size_of::<hv_ioapic_state>() == 272);
 
 /// `hv_ioapic_state_ext_t` (hv_intr.h); `version` = [`HV_IOAPIC_STATE_EXT_VER`].
 #[repr(C)]
@@ -151,7 +151,7 @@ pub struct hv_ioapic_state_ext_t {
     pub version: u32,
     pub state: hv_ioapic_state,
 }
-const _: () = assert!(std::mem::size_of::<hv_ioapic_state_ext_t>() == 280);
+const _: () = assert!(size_of::<hv_ioapic_state_ext_t>() == 280);
 pub const HV_IOAPIC_STATE_EXT_VER: u32 = 100;
 
 /// `hv_apic_state_ext_t` (hv_intr.h): `version` then `struct hv_apic_state`
@@ -164,7 +164,7 @@ pub struct hv_apic_state_ext_t {
     pub version: u32,
     pub state: [u64; 30],
 }
-const _: () = assert!(std::mem::size_of::<hv_apic_state_ext_t>() == 248);
+const _: () = assert!(size_of::<hv_apic_state_ext_t>() == 248);
 pub const HV_APIC_STATE_EXT_VER: u32 = 100;
 
 /// One function of the table: what both the Rust and the C declarations
@@ -252,8 +252,11 @@ functions! {
 /// for syntax-checking generated C programs where the macOS SDK is absent.
 pub fn c_declarations() -> String {
     let mut h = String::from(
-        "/* Generated from hypervisor-framework-sys (the same table as the Rust FFI):\n\
-         * the subset of Apple's Hypervisor.framework x86_64 headers that irqdiff's\n\
+        "/* GENERATED FILE: `cargo run -p hypervisor-framework-sys --example write-header`\n\
+         * wrote it from the table in hypervisor-framework-sys/src/lib.rs (the same\n\
+         * table as the Rust FFI). Do not edit: change the table and regenerate.\n\
+         *\n\
+         * The subset of Apple's Hypervisor.framework x86_64 headers that irqdiff's\n\
          * C repros use. On macOS, include <Hypervisor/Hypervisor.h> instead. */\n\
          #ifndef IRQDIFF_HV_DECLS_H\n#define IRQDIFF_HV_DECLS_H\n#include <stdbool.h>\n#include <stddef.h>\n#include <stdint.h>\n\n\
          typedef int hv_return_t;\ntypedef uint64_t hv_vm_options_t;\ntypedef uint64_t hv_vcpu_options_t;\n\
@@ -357,6 +360,12 @@ mod tests {
     #[test]
     fn committed_header_matches_the_declarations() {
         let committed = include_str!("../include/hv_decls.h");
+        assert!(
+            committed.starts_with(
+                "/* GENERATED FILE: `cargo run -p hypervisor-framework-sys --example write-header`"
+            ),
+            "include/hv_decls.h does not say it is generated and by which command"
+        );
         assert_eq!(
             committed,
             c_declarations(),

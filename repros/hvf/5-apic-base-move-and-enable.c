@@ -1,5 +1,8 @@
 /*
- * irqdiff repro for macOS Hypervisor.framework (Intel, macOS 12+), generated:
+ * GENERATED FILE: `irqdiff emit SCENARIO.irq --as c-hvf` wrote it from the
+ * scenario quoted below. Do not edit: change the scenario and regenerate.
+ *
+ * irqdiff repro for macOS Hypervisor.framework (Intel, macOS 12+):
  * the in-kernel APIC, IOAPIC and ATPIC (HV_VM_ACCEL_APIC).
  *
  *   cc -O2 repro.c -o repro -framework Hypervisor

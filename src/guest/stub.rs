@@ -311,7 +311,7 @@ struct Labels {
 }
 
 fn op_route(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
-    // High dword first, then the low dword (SCENARIO-FORMAT.md `route`).
+    // High dword first, then the low dword (docs/scenario-format.md, `route`).
     a.mov(eax, dword_ptr(r15 + 4))?;
     a.mov(dword_ptr(r12), eax)?;
     a.mov(eax, dword_ptr(r15 + 8))?;

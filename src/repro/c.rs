@@ -116,13 +116,22 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
     let image = Image::build();
     let t = table::encode(scenario)?;
     let mut c = String::from("/*\n");
+    let format = match target {
+        Target::Kvm => "c-kvm",
+        Target::Hvf => "c-hvf",
+    };
+    let _ = writeln!(
+        c,
+        " * GENERATED FILE: `irqdiff emit SCENARIO.irq --as {format}` wrote it from the\n \
+         * scenario quoted below. Do not edit: change the scenario and regenerate.\n *"
+    );
     match target {
         Target::Kvm => {
-            c += " * irqdiff repro for Linux KVM (in-kernel irqchip), generated; no dependency\n";
+            c += " * irqdiff repro for Linux KVM (in-kernel irqchip); no dependency\n";
             c += " * beyond libc and the kernel headers.\n *\n *   cc -O2 repro.c -o repro && ./repro\n *\n";
         }
         Target::Hvf => {
-            c += " * irqdiff repro for macOS Hypervisor.framework (Intel, macOS 12+), generated:\n";
+            c += " * irqdiff repro for macOS Hypervisor.framework (Intel, macOS 12+):\n";
             c += if split {
                 " * the in-kernel APIC with a userspace IOAPIC (HV_APIC_CTRL_IOAPIC_EOI).\n"
             } else {

@@ -3,8 +3,7 @@
 //! Following syzkaller's split, this module holds only the types; parsing
 //! (`parse`), printing (`print`) and generation from fuzzer bytes
 //! (`generate`) are separate pieces. The text form is specified in
-//! `SCENARIO-FORMAT.md` (and our compatible extensions in
-//! `docs/scenario-format.md`).
+//! `docs/scenario-format.md`.
 
 pub mod generate;
 pub mod parse;
@@ -73,7 +72,8 @@ pub enum Irqchip {
     Split,
 }
 
-/// The `config` statement. `Default` is the machine of SCENARIO-FORMAT.md.
+/// The `config` statement. `Default` is the start machine of
+/// docs/scenario-format.md.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
 pub struct Config {
     pub ioapic: IoapicVersion,
