@@ -90,7 +90,7 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
             (0u64, Duration::ZERO, 0u64, Duration::ZERO);
         for s in &scenarios {
             let start = Instant::now();
-            let t = crate::backend::Backend::run_to_trace(&mut kvm, s);
+            let t = backend::Backend::run_to_trace(&mut kvm, s);
             let took = start.elapsed();
             if t.outcome == crate::trace::Outcome::Hang {
                 hangs += 1;
@@ -117,12 +117,12 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
         let mut host = backend::qemu::QemuBackend::open(false).map_err(|e| e.to_string())?;
         host.set_watchdog(false);
         let start = Instant::now();
-        let _ = crate::backend::Backend::run_batch(&mut host, &scenarios);
+        let _ = backend::Backend::run_batch(&mut host, &scenarios);
         let without = cases as f64 / start.elapsed().as_secs_f64();
         let single_cases = 20.min(scenarios.len());
         let start = Instant::now();
         for s in &scenarios[..single_cases] {
-            let _ = crate::backend::Backend::run_to_trace(&mut host, s);
+            let _ = backend::Backend::run_to_trace(&mut host, s);
         }
         let single = single_cases as f64 / start.elapsed().as_secs_f64();
         let rate = report["scenarios_per_second"].as_f64().unwrap_or(0.0);

@@ -242,7 +242,7 @@ impl Drop for QemuBackend {
 
 /// Real mode at TRAMPOLINE -> protected mode (GDT 0x18) -> long mode, then
 /// the stub's start state: the local APIC software-enabled, RFLAGS.IF = 1.
-fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, iced_x86::IcedError> {
+fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, IcedError> {
     let base = TRAMPOLINE;
     let mut r = CodeAssembler::new(16)?;
     r.cli()?;
@@ -340,7 +340,7 @@ fn dangerous_delivery(op: &Op) -> Option<String> {
     }
 }
 
-fn assemble(what: &'static str) -> impl FnOnce(iced_x86::IcedError) -> BackendError {
+fn assemble(what: &'static str) -> impl FnOnce(IcedError) -> BackendError {
     move |source| BackendError::Assemble { what, source }
 }
 
@@ -669,7 +669,7 @@ mod batch {
 
     /// The loader (entered from the long-mode trampoline instead of the
     /// stub) and the end handler.
-    pub fn code(entry: u64) -> std::result::Result<(Vec<u8>, Vec<u8>), iced_x86::IcedError> {
+    pub fn code(entry: u64) -> std::result::Result<(Vec<u8>, Vec<u8>), IcedError> {
         let mut h = CodeAssembler::new(64)?;
         // eax = end code.
         h.mov(r8d, eax)?;
@@ -725,7 +725,7 @@ mod batch {
                     from: u64,
                     to: u64,
                     len: Option<u64>|
-         -> std::result::Result<(), iced_x86::IcedError> {
+         -> std::result::Result<(), IcedError> {
             l.lea(rsi, qword_ptr(rbx + from as i32))?;
             l.mov(rdi, to)?;
             match len {
@@ -777,7 +777,7 @@ mod batch {
     /// through the end handler. Anywhere else the run is still going and
     /// the timer is re-armed. While the timer still counts, the NMI is
     /// the scenario's own and goes to the stub's vector-2 entry.
-    pub fn watchdog(after_hlt: [u64; 2]) -> std::result::Result<Vec<u8>, iced_x86::IcedError> {
+    pub fn watchdog(after_hlt: [u64; 2]) -> std::result::Result<Vec<u8>, IcedError> {
         let mut w = CodeAssembler::new(64)?;
         let mut hang = w.create_label();
         let mut own = w.create_label();
@@ -1072,7 +1072,7 @@ impl QemuBackend {
         process: &mut Process,
         batch: &BatchFile,
         armed: &[bool],
-        results: &mut BatchResults,
+        results: &mut BatchResults<'_, '_>,
     ) -> Result<ProcessEnd> {
         let len = armed.len();
         loop {
@@ -1121,7 +1121,7 @@ impl QemuBackend {
         &self,
         process: &mut Process,
         batch: &BatchFile,
-        results: &mut BatchResults,
+        results: &mut BatchResults<'_, '_>,
     ) -> Result<HangCheck> {
         let Progress {
             index: i, since, ..

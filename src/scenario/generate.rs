@@ -45,18 +45,18 @@ const READABLE: &[u16] = &[
     0x020, 0x030, 0x080, 0x0a0, 0x0d0, 0x0f0, 0x100, 0x170, 0x180, 0x1f0, 0x200, 0x270, 0x280,
 ];
 
-fn percent(u: &mut Unstructured, p: u8) -> Result<bool> {
+fn percent(u: &mut Unstructured<'_>, p: u8) -> Result<bool> {
     Ok(u.int_in_range(0..=99u8)? < p)
 }
 
 /// A vector at or above 0x20, its class chosen first so that classes spread.
-fn vector(u: &mut Unstructured) -> Result<u8> {
+fn vector(u: &mut Unstructured<'_>) -> Result<u8> {
     let class = u.int_in_range(2..=15u8)?;
     Ok(class << 4 | u.int_in_range(0..=15u8)?)
 }
 
 /// Builds a scenario that is meaningful most of the time.
-pub fn generate(u: &mut Unstructured, cfg: &GenConfig) -> Result<Scenario> {
+pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
     let config = Config {
         ioapic: if percent(u, 10)? {
             IoapicVersion::V11
@@ -159,7 +159,7 @@ pub fn generate(u: &mut Unstructured, cfg: &GenConfig) -> Result<Scenario> {
     Ok(s)
 }
 
-fn structured_op(u: &mut Unstructured, lines: &[Line]) -> Result<Op> {
+fn structured_op(u: &mut Unstructured<'_>, lines: &[Line]) -> Result<Op> {
     let line = *u.choose(lines)?;
     let pin = line.pin;
     Ok(match u.int_in_range(0..=99u8)? {

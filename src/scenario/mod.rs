@@ -282,14 +282,14 @@ pub enum Op {
 
 /// IA32_APIC_BASE values a generator tries: the usual base or a moved one,
 /// with each combination of EN and EXTD.
-fn apic_base_value(u: &mut arbitrary::Unstructured) -> arbitrary::Result<u32> {
+fn apic_base_value(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u32> {
     let base: u32 = *u.choose(&[0xfee0_0000u32, 0xfed0_0000])?;
     Ok(base | u.int_in_range(0..=3u32)? << 10)
 }
 
 /// A local APIC register offset the format allows: 0x000-0x3f0, a
 /// multiple of 0x10 (the registers are 16-byte aligned, SDM Table 11-1).
-fn lapic_offset(u: &mut arbitrary::Unstructured) -> arbitrary::Result<u16> {
+fn lapic_offset(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u16> {
     Ok(u.int_in_range(0..=0x3fu16)? << 4)
 }
 

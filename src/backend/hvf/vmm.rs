@@ -690,7 +690,7 @@ mod tests {
     use iced_x86::code_asm::*;
 
     fn decode(
-        build: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), iced_x86::IcedError>,
+        build: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), IcedError>,
     ) -> Option<Access> {
         let mut a = CodeAssembler::new(64).unwrap();
         build(&mut a).unwrap();
