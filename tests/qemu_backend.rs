@@ -317,3 +317,41 @@ fn every_qemu_divergence_repro_diverges_with_its_documented_label() {
         assert_eq!(label.map(|k| k.id), Some(id), "{}", path.display());
     }
 }
+
+#[test]
+fn x2apic_scenarios_agree_in_batches_where_tcg_has_x2apic() {
+    if qemu_or_skip("x2apic_scenarios_agree_in_batches_where_tcg_has_x2apic").is_none() {
+        return;
+    }
+    let q = qemu_batch(true);
+    if !q.features().tcg_x2apic {
+        // QEMU before 9.0: TCG has no x2APIC, and the backend says so.
+        let (a, b, c) = q.features().version;
+        assert!((a, b) < (9, 0), "QEMU {a}.{b}.{c} should have TCG x2APIC");
+        eprintln!("SKIPPED x2apic_scenarios_agree_in_batches_where_tcg_has_x2apic: QEMU {a}.{b}.{c}'s TCG has no x2APIC");
+        return;
+    }
+    let scenarios: Vec<_> = scenario_files("kvm-unit-tests")
+        .into_iter()
+        .map(|p| load(&p))
+        .filter(|s| s.config.apic == irqdiff::scenario::ApicMode::X2apic)
+        .collect();
+    assert!(scenarios.len() >= 3, "{}", scenarios.len());
+    // Mixed with an xAPIC scenario, so the batch switches modes across resets.
+    let mut batch = scenarios.clone();
+    batch.insert(
+        1,
+        load(&root().join("scenarios/kvm-unit-tests/edge_intr.irq")),
+    );
+    let observed = qemu_batch(true).run_batch(&batch);
+    let mut model = backend::open("model").unwrap();
+    for (s, o) in batch.iter().zip(&observed) {
+        let expected = model.run_to_trace(s);
+        assert_eq!(
+            irqdiff::oracle::compare(&expected, o),
+            irqdiff::oracle::Verdict::Agree,
+            "{s}\nqemu-tcg: {}",
+            o.to_json()
+        );
+    }
+}

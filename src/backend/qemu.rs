@@ -140,9 +140,124 @@ pub fn probe() -> Availability {
     }
 }
 
+/// What the installed QEMU offers, probed once at open (docs/qemu-versions.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// `QEMU emulator version X.Y.Z` of `--version`.
+    pub version: (u32, u32, u32),
+    /// TCG emulates x2APIC (QEMU 9.0, commit b5ee0468e9d2 "apic: add
+    /// support for x2APIC mode"): `-cpu qemu64,+x2apic,enforce` is accepted.
+    pub tcg_x2apic: bool,
+    /// `-accel kvm -machine kernel-irqchip=off` starts; QEMU 8.0 refuses it
+    /// with "KVM does not support userspace APIC" (commit eaaaf8abdc9a,
+    /// "KVM: remove support for kernel-irqchip=off"). `Err` holds QEMU's words.
+    pub kvm_userspace_apic: std::result::Result<(), String>,
+}
+
+impl Features {
+    /// Probes the QEMU on PATH once per process (it does not change while
+    /// irqdiff runs; each probe starts QEMU). `firmware` is the backend's,
+    /// so that no probe depends on QEMU finding its own BIOS.
+    fn get(firmware: &std::path::Path) -> std::result::Result<Features, String> {
+        static PROBED: std::sync::OnceLock<std::result::Result<Features, String>> =
+            std::sync::OnceLock::new();
+        PROBED.get_or_init(|| Features::probe(firmware)).clone()
+    }
+
+    fn probe(firmware: &std::path::Path) -> std::result::Result<Features, String> {
+        let out = Command::new(QEMU)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("{QEMU}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = parse_version(&text)
+            .ok_or_else(|| format!("{QEMU} --version: no version in {:?}", text.trim()))?;
+        for device in ["pc-testdev", "isa-debug-exit"] {
+            // `-device NAME,help`, not `-device help`: the latter loads every
+            // module and aborts when QEMU's modules are from another build.
+            accepts(&["-device", &format!("{device},help")], firmware)
+                .map_err(|why| format!("{QEMU} has no {device}: {why}"))?;
+        }
+        let tcg_x2apic = accepts(
+            &[
+                "-accel",
+                "tcg",
+                "-machine",
+                "pc",
+                "-cpu",
+                "qemu64,+x2apic,enforce",
+            ],
+            firmware,
+        )
+        .is_ok();
+        let kvm_userspace_apic = if std::path::Path::new("/dev/kvm").exists() {
+            accepts(
+                &[
+                    "-accel",
+                    "kvm",
+                    "-machine",
+                    "pc,kernel-irqchip=off",
+                    "-cpu",
+                    "qemu64",
+                ],
+                firmware,
+            )
+        } else {
+            Err("no /dev/kvm".into())
+        };
+        Ok(Features {
+            version,
+            tcg_x2apic,
+            kvm_userspace_apic,
+        })
+    }
+}
+
+/// `X.Y.Z` from `QEMU emulator version X.Y.Z (...)`.
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let rest = text.split("version ").nth(1)?;
+    let v = rest
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()?;
+    let mut n = v.split('.').map(|x| x.parse::<u32>().ok());
+    Some((
+        n.next()??,
+        n.next().flatten().unwrap_or(0),
+        n.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// Whether QEMU starts with `args` (`-S`, stopped, then `quit` on the
+/// monitor); `Err` is QEMU's error message.
+fn accepts(args: &[&str], firmware: &std::path::Path) -> std::result::Result<(), String> {
+    let mut child = Command::new(QEMU)
+        .args(args)
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-S"])
+        .args(["-monitor", "stdio", "-serial", "none"])
+        .arg("-bios")
+        .arg(firmware)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{QEMU}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"quit\n");
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The last line is the error; the ones before it are warnings.
+        Err(stderr.trim().lines().last().unwrap_or("").to_string())
+    }
+}
+
 pub struct QemuBackend {
     /// `qemu-tcg`, or `qemu-kvm-userspace` (KVM's CPU, QEMU's irqchip).
     name: &'static str,
+    features: Features,
     image: Image,
     dir: PathBuf,
     firmware: PathBuf,
@@ -190,14 +305,31 @@ impl QemuBackend {
             .map_err(|e| fail(format!("{}: {e}", firmware.display())))?;
         let trampoline = trampoline(image.stub.entry)
             .map_err(|e| fail(format!("assembling the trampoline: {e}")))?;
+        let features = Features::get(&firmware).map_err(fail)?;
+        if kvm {
+            if let Err(why) = &features.kvm_userspace_apic {
+                let (a, b, c) = features.version;
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(fail(format!(
+                    "QEMU {a}.{b}.{c} refuses kernel-irqchip=off with KVM ({why}): QEMU 8.0 \
+                     removed the userspace local APIC under KVM (commit eaaaf8abdc9a)"
+                )));
+            }
+        }
         Ok(QemuBackend {
             name,
+            features,
             image,
             dir,
             firmware,
             trampoline,
             watchdog: true,
         })
+    }
+
+    /// What the installed QEMU offers.
+    pub fn features(&self) -> &Features {
+        &self.features
     }
 
     /// Turns the in-guest hang watchdog on or off (on by default); the
@@ -353,9 +485,15 @@ fn host_pin(op: &Op) -> Option<crate::scenario::Pin> {
 }
 
 /// Why a scenario cannot run on QEMU here.
-fn unsupported(scenario: &Scenario) -> Option<String> {
-    if scenario.config.apic == ApicMode::X2apic {
-        return Some("QEMU 7.2's TCG has no x2APIC".into());
+fn unsupported(scenario: &Scenario, features: &Features, kvm: bool) -> Option<String> {
+    if scenario.config.apic == ApicMode::X2apic && (kvm || !features.tcg_x2apic) {
+        let (a, b, c) = features.version;
+        return Some(if kvm {
+            "KVM does not emulate x2APIC in userspace: its x2APIC MSRs never reach QEMU's APIC"
+                .into()
+        } else {
+            format!("QEMU {a}.{b}.{c}'s TCG has no x2APIC (QEMU 9.0 added it)")
+        });
     }
     if scenario.config.irqchip == crate::scenario::Irqchip::Split {
         return Some("QEMU's irqchip is all userspace: there is no split shape".into());
@@ -440,7 +578,7 @@ impl Backend for QemuBackend {
         let mut out: Vec<Option<Trace>> = vec![None; scenarios.len()];
         let mut runnable: Vec<(usize, &Scenario)> = Vec::new();
         for (i, s) in scenarios.iter().enumerate() {
-            match unsupported(s) {
+            match unsupported(s, &self.features, self.name != "qemu-tcg") {
                 Some(why) => {
                     out[i] = Some(Trace::error(
                         self.name,
@@ -479,7 +617,7 @@ impl Backend for QemuBackend {
     }
 
     fn unsupported(&self, scenario: &Scenario) -> Option<String> {
-        unsupported(scenario)
+        unsupported(scenario, &self.features, self.name != "qemu-tcg")
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
@@ -502,6 +640,22 @@ impl Backend for QemuBackend {
         let (cur_op, log_bytes) = self.image.read_back(&ram);
         let mut trace = Trace::new(self.name);
         trace.events = log::decode(log_bytes)?;
+        let booted = ram[BOOTED as usize..BOOTED as usize + 4] == 1u32.to_le_bytes();
+        // isa-debug-exit's "completed" (status 1) is also QEMU's own exit
+        // status for an error at start-up: only a stub that ran completed.
+        let status = match status {
+            Some(code) if !booted && code != NEVER_BOOTED => {
+                let stderr = stderr_of(&mut child);
+                return Ok(Trace::error(
+                    self.name,
+                    format!(
+                        "QEMU exited with status {code} before the guest stub ran: {}",
+                        stderr.trim()
+                    ),
+                ));
+            }
+            s => s,
+        };
         match status {
             // isa-debug-exit: status 2V+1.
             Some(code) if code == 2 * EndCode::Completed as i32 + 1 => {}
@@ -513,10 +667,7 @@ impl Backend for QemuBackend {
                 ));
             }
             Some(code) => {
-                let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-                }
+                let stderr = stderr_of(&mut child);
                 trace.outcome = Outcome::Error;
                 trace.error = Some(format!("QEMU exited with status {code}: {}", stderr.trim()));
             }
@@ -541,6 +692,13 @@ impl QemuBackend {
         // pit=off: the PIT comes out of reset counting on ISA IRQ 0, which
         // QEMU routes to IOAPIC pin 2 (an edge every 55 ms a scenario did
         // not ask for); hpet=off: no other timer on the IOAPIC.
+        let tcg_cpu = if self.features.tcg_x2apic {
+            // CPUID.01H:ECX.x2APIC; the APIC stays in xAPIC mode until the
+            // stub sets IA32_APIC_BASE.EXTD (SDM §11.12.1).
+            "qemu64,+x2apic"
+        } else {
+            "qemu64"
+        };
         c.args(if self.name == "qemu-tcg" {
             [
                 "-accel",
@@ -548,7 +706,7 @@ impl QemuBackend {
                 "-machine",
                 "pc,pit=off,hpet=off",
                 "-cpu",
-                "qemu64",
+                tcg_cpu,
             ]
         } else {
             [
@@ -597,6 +755,15 @@ impl QemuBackend {
         .stderr(Stdio::piped());
         c
     }
+}
+
+/// What QEMU wrote to its stderr (piped by [`QemuBackend::command`]).
+fn stderr_of(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    stderr
 }
 
 /// Waits for QEMU. `None` (and QEMU killed) when the stub has run for
@@ -664,6 +831,8 @@ mod batch {
     pub const VECTOR2: u64 = CONTROL + 16;
     /// Offset within a staging slot: u32, 1 when the watchdog is armed.
     pub const WATCHDOG_AT: u64 = 8;
+    /// Offset within a staging slot: u32, 1 for an x2APIC scenario.
+    pub const X2APIC_AT: u64 = 12;
     /// Result code of a scenario the watchdog found halted for good.
     pub const HANG: u32 = 3;
 
@@ -744,7 +913,8 @@ mod batch {
         l.xor(eax, eax)?;
         l.mov(dword_ptr(CUR_OP), eax)?;
         l.mov(dword_ptr(DELIVERIES), eax)?;
-        l.mov(dword_ptr(X2APIC), eax)?;
+        l.mov(ecx, dword_ptr(rbx + X2APIC_AT as i32))?;
+        l.mov(dword_ptr(X2APIC), ecx)?;
         l.mov(rdi, COUNTS)?;
         l.mov(ecx, 1024)?;
         l.rep().stosb()?;
@@ -824,6 +994,9 @@ fn stage(ram: &mut [u8], i: usize, scenario: &Scenario, armed: bool) -> Result<(
     ram[slot..slot + 4].copy_from_slice(&(tab.ops.len() as u32).to_le_bytes());
     ram[slot + 4..slot + 8].copy_from_slice(&(tab.nth.len() as u32).to_le_bytes());
     ram[slot + 8..slot + 12].copy_from_slice(&u32::from(armed).to_le_bytes());
+    let x2apic = u32::from(scenario.config.apic == ApicMode::X2apic);
+    ram[slot + batch::X2APIC_AT as usize..slot + batch::X2APIC_AT as usize + 4]
+        .copy_from_slice(&x2apic.to_le_bytes());
     let at = |o: u64| slot + o as usize;
     ram[at(batch::BODY_DIR_AT)..at(batch::BODY_DIR_AT) + tab.body_dir.len()]
         .copy_from_slice(&tab.body_dir);
@@ -959,7 +1132,7 @@ impl QemuBackend {
     fn run_group(&mut self, group: &[(usize, &Scenario)], out: &mut [Option<Trace>]) -> Result<()> {
         let armed: Vec<bool> = group
             .iter()
-            .map(|(_, s)| self.watchdog && watchdog_allowed(s))
+            .map(|(_, s)| self.watchdog && watchdog_allowed(s) && s.config.apic == ApicMode::Xapic)
             .collect();
         let ram = self.batch_ram(group, &armed)?;
         let batch = BatchFile::create(self.dir.join(format!("batch-{}", unique())), &ram)?;
@@ -980,6 +1153,27 @@ impl QemuBackend {
                 }
             }
             match end {
+                // QEMU exited before the batch's end: at start-up (an
+                // option it refuses) or part-way. Its stderr says why.
+                ProcessEnd::Exited if batch.next() < group.len() => {
+                    let stderr = stderr_of(&mut process.child);
+                    let status = process.child.try_wait().ok().flatten().and_then(|s| s.code());
+                    for i in batch.next()..group.len() {
+                        if results.is_open(i) {
+                            results.set(
+                                i,
+                                Trace::error(
+                                    self.name,
+                                    format!(
+                                        "QEMU exited (status {status:?}) with the batch unfinished: {}",
+                                        stderr.trim()
+                                    ),
+                                ),
+                            );
+                        }
+                    }
+                    break;
+                }
                 ProcessEnd::Exited => break,
                 ProcessEnd::Restart => {}
                 ProcessEnd::NeverBooted(i) if i >= group.len() => break,
@@ -1222,5 +1416,24 @@ impl QemuBackend {
             _ => return Err(BackendError::LogFull),
         }
         Ok(trace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn the_version_is_read_from_qemu_version_output() {
+        let v10 = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright";
+        assert_eq!(parse_version(v10), Some((10, 0, 2)));
+        let v72 = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)";
+        assert_eq!(parse_version(v72), Some((7, 2, 22)));
+        // A source build: "version 9.2.50 (v9.2.0-1234-gabcdef)".
+        assert_eq!(
+            parse_version("QEMU emulator version 9.2.50 (v9.2.0-1-g1)"),
+            Some((9, 2, 50))
+        );
+        assert_eq!(parse_version("qemu-system-x86_64: not a version"), None);
     }
 }

@@ -377,18 +377,39 @@ fn op_self_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
 /// A host op done by the guest (QEMU): drive ISA IRQ line a to level b
 /// (2: pulse) through pc-testdev.
 fn op_line(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
-    // Level 2 is a pulse: 1 then 0, one op.
+    // Level 2 is a pulse: 1 then 0, one op. A pulse is atomic, as the host
+    // does it under KVM: the interrupt that the rising edge requests must
+    // not be taken between the two writes (the CPU recognises it at the
+    // next instruction boundary with IF = 1, SDM vol. 3A §6.6; QEMU's TCG
+    // does so since 8.1.2/8.2, where every I/O instruction ends its
+    // translation block), or a level pin's EOI finds the line still high
+    // and the vector storms. RFLAGS is restored afterwards, so a pulse
+    // under `cli` keeps IF = 0.
     let mut single = a.create_label();
+    let mut done = a.create_label();
     a.mov(edx, QEMU_TESTDEV_IRQ_PORT as u32)?;
     a.add(edx, dword_ptr(r15 + 4))?;
     a.mov(eax, dword_ptr(r15 + 8))?;
     a.cmp(eax, 2)?;
     a.jne(single)?;
+    a.pushfq()?;
+    a.cli()?;
     a.mov(al, 1)?;
     a.out(dx, al)?;
     a.xor(eax, eax)?;
+    a.out(dx, al)?;
+    a.popfq()?;
+    // An exit to the VMM: under KVM with QEMU's userspace irqchip
+    // (`qemu-kvm-userspace`) the pending interrupt is injected at the next
+    // KVM_RUN (`kvm_arch_pre_run`), and this host's KVM does not exit by
+    // itself when IF becomes 1 (docs/known-divergences.md,
+    // kvm-deferred-injection). Port 0x80 is the POST port, a no-op.
+    a.out(0x80, al)?;
+    a.jmp(done)?;
     a.set_label(&mut single)?;
-    a.out(dx, al)
+    a.out(dx, al)?;
+    a.set_label(&mut done)?;
+    a.nop()
 }
 
 /// A host op done by the guest (QEMU TCG): an MSI is a write of its data to
