@@ -890,6 +890,12 @@ struct Kicks {
     delay_entry_after_kick: Option<Duration>,
     /// Kicks of the last run that arrived in the hook's pause, before entry.
     before_entry: u64,
+    /// Kicks of the last run that ended a `KVM_RUN` which had not run the
+    /// vCPU (and so were not counted for the hang judgement).
+    without_entry: u64,
+    /// Bench knob: the time the last run spent inside `KVM_RUN`, when
+    /// measured (a clock read around each entry, off by default).
+    time_in_run: Option<Duration>,
 }
 
 impl KvmBackend {
@@ -927,6 +933,8 @@ impl KvmBackend {
                 mechanism,
                 delay_entry_after_kick: None,
                 before_entry: 0,
+                without_entry: 0,
+                time_in_run: None,
             },
             last_exits: 0,
             last_split: false,
@@ -958,6 +966,25 @@ impl KvmBackend {
     #[doc(hidden)]
     pub fn kicks_before_entry(&self) -> u64 {
         self.kicks.before_entry
+    }
+
+    /// Test hook: how many kicks of the last run ended a `KVM_RUN` that had
+    /// not run the vCPU (known only with [`KickMechanism::ImmediateExit`]).
+    #[doc(hidden)]
+    pub fn kicks_without_entry(&self) -> u64 {
+        self.kicks.without_entry
+    }
+
+    /// Bench knob: measure the time each run spends inside `KVM_RUN`.
+    #[doc(hidden)]
+    pub fn measure_time_in_run(&mut self, on: bool) {
+        self.kicks.time_in_run = on.then_some(Duration::ZERO);
+    }
+
+    /// Bench knob: the last run's time inside `KVM_RUN`, if measured.
+    #[doc(hidden)]
+    pub fn last_time_in_run(&self) -> Option<Duration> {
+        self.kicks.time_in_run
     }
 
     /// Measures the raw exit round trip: `count` `out`s, returns the time per exit.
@@ -1126,12 +1153,19 @@ fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End
         mechanism,
         delay_entry_after_kick,
         before_entry,
+        without_entry,
+        time_in_run,
     } = kicks;
+    *without_entry = 0;
+    if let Some(time) = time_in_run.as_mut() {
+        *time = Duration::ZERO;
+    }
     let _running = Running::begin(watchdog, *mechanism, run);
     let mut entry = Entry {
         watch: &watchdog.watch,
         mechanism: *mechanism,
         kicks_before_entry: before_entry,
+        time_in_run,
     };
     *entry.kicks_before_entry = 0;
     let started = Instant::now();
@@ -1159,6 +1193,8 @@ fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End
                         halted_kicks = 0;
                     }
                     delay_entry = *delay_entry_after_kick;
+                } else {
+                    *without_entry += 1;
                 }
                 if started.elapsed() > RUN_LIMIT {
                     return Ok((over_limit(), exits));
@@ -1202,6 +1238,7 @@ struct Entry<'k> {
     watch: &'k Watch,
     mechanism: KickMechanism,
     kicks_before_entry: &'k mut u64,
+    time_in_run: &'k mut Option<Duration>,
 }
 
 impl Entry<'_> {
@@ -1218,7 +1255,11 @@ impl Entry<'_> {
                 *self.kicks_before_entry += 1;
             }
         }
+        let clock = self.time_in_run.is_some().then(Instant::now);
         let result = vm.vcpu.run();
+        if let (Some(start), Some(time)) = (clock, self.time_in_run.as_mut()) {
+            *time += start.elapsed();
+        }
         entries.store(before + 2, Ordering::Release);
         let split = vm.shape.is_split();
         Ok(match result {
