@@ -407,7 +407,10 @@ impl Pool<'_, '_> {
         if self.stopping {
             return Ok(());
         }
-        eprintln!("irqdiff: worker {slot}: {why}; starting another");
+        eprintln!(
+            "irqdiff: worker {slot}: {why} after {} cases; starting another",
+            self.ledger.stats.cases.load(Ordering::Relaxed)
+        );
         self.ledger.stats.restarts.fetch_add(1, Ordering::Relaxed);
         let mut worker = self.spawn(slot)?;
         for &index in &renders {
