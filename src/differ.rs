@@ -177,3 +177,63 @@ mod known_id {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding() -> Finding {
+        let scenario = crate::scenario::parse(
+            "handler 0x82: deassert 14; eoi\nroute 14 vector=0x82 level masked\nassert 14\nunmask 14\n",
+        )
+        .unwrap();
+        let mut differ = Differ::open("sim:hvf-known").unwrap();
+        let signature = differ.diff(&scenario).into_signature().expect("diverges");
+        let mut finding = differ.finding(&scenario, signature).expect("reproduces");
+        finding.known = Some(crate::known::KVM_ISR_NOT_SET);
+        finding
+    }
+
+    #[test]
+    fn a_finding_crosses_a_pipe_unchanged() {
+        let f = finding();
+        let json = serde_json::to_string(&f).unwrap();
+        let back: Finding = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.original, f.original);
+        assert_eq!(back.minimized, f.minimized);
+        assert_eq!(back.signature, f.signature);
+        assert_eq!(back.divergence, f.divergence);
+        assert_eq!(back.known, Some(crate::known::KVM_ISR_NOT_SET));
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    }
+
+    #[test]
+    fn an_unknown_label_or_a_bad_scenario_is_an_error_naming_it() {
+        let json = serde_json::to_string(&finding()).unwrap();
+        let bad_label = json.replace("\"kvm-isr-not-set\"", "\"nope\"");
+        let e = serde_json::from_str::<Finding>(&bad_label).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown documented behaviour `nope`"),
+            "{e}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let mut value = value;
+        value["minimized"] = "frobnicate 3\n".into();
+        let e = serde_json::from_value::<Finding>(value).unwrap_err();
+        assert!(e.to_string().contains("scenario line 1 column 1"), "{e}");
+    }
+
+    #[test]
+    fn a_divergence_carries_its_signature_and_agreement_none() {
+        let mut differ = Differ::open("sim:hvf-known").unwrap();
+        let agree =
+            differ.diff(&crate::scenario::parse("route 14 vector=0x76\npulse 14\n").unwrap());
+        assert_eq!(agree.ruling, Ruling::Agree);
+        assert_eq!(agree.signature(), None);
+        let f = finding();
+        let judgement = differ.diff(&f.minimized);
+        assert_eq!(judgement.signature(), Some(&f.signature));
+        assert_eq!(judgement.divergence(), Some(&f.divergence));
+    }
+}
