@@ -90,7 +90,12 @@ impl Options {
         }
     }
 
-    /// Whether jobs run as worker processes.
+    /// Whether jobs run as worker processes. Threads are kept for the
+    /// model and `sim:` because they are faster: `fuzz --backend
+    /// sim:hvf-known --jobs 2` ran 27,000 to 74,000 cases/s as threads and
+    /// 9,600 to 13,000 as processes over 20,000 cases (the supervisor writes
+    /// every finding itself), 85,000 to 130,000 against 49,000 to 60,000
+    /// over 200,000.
     pub fn uses_processes(&self) -> bool {
         match self.isolation {
             Isolation::Processes => true,

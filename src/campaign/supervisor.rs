@@ -196,6 +196,7 @@ impl Pool<'_, '_> {
         inbox: &Receiver<Event>,
         deadline: Option<Instant>,
     ) -> Result<(), CampaignError> {
+        let mut checked = Instant::now();
         loop {
             if self.ledger.should_stop(deadline) {
                 return Ok(());
@@ -205,8 +206,14 @@ impl Pool<'_, '_> {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the pool holds a sender"),
             }
+            // The clocks and exit statuses once a tick, not once a report.
+            if checked.elapsed() >= TICK {
+                checked = Instant::now();
+                for slot in 0..self.workers.len() {
+                    self.check(slot)?;
+                }
+            }
             for slot in 0..self.workers.len() {
-                self.check(slot)?;
                 self.hand_out(slot);
             }
             let work_left = !self.requeued.is_empty() || self.fresh_left();
