@@ -127,7 +127,7 @@ fn a_worker_killed_mid_campaign_is_replaced_and_nothing_it_reported_is_lost() {
         .unwrap();
     assert!(killed.success());
     let (status, stdout, _) = finish(child, started);
-    let rest: Vec<String> = lines.try_iter().collect();
+    let rest: Vec<String> = lines.iter().collect();
     // The supervisor noticed, said how far the campaign was, and went on.
     let restart = rest
         .iter()
@@ -175,7 +175,7 @@ fn a_wedged_worker_is_killed_its_case_recorded_as_stalled_and_saved() {
         &[(irqdiff::campaign::worker::STALL_AT_VAR, "5")],
     );
     let (status, stdout, took) = finish(child, started);
-    let stderr: Vec<String> = lines.try_iter().collect();
+    let stderr: Vec<String> = lines.iter().collect();
     assert!(
         stderr.iter().any(|l| l.contains("case 5: backend stalled")),
         "{stderr:?}"
@@ -266,4 +266,21 @@ fn ctrl_c_stops_the_campaign_within_a_second_with_the_exit_code_of_its_results()
         );
     }
     std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn threads_are_refused_for_a_backend_with_a_vm() {
+    let out = scratch("threads-vm");
+    let args = ["--backend", "kvm", "--isolation", "threads", "--cases", "1"];
+    let (child, lines) = fuzz(&args, &out, &[]);
+    let (status, _, _) = finish(child, Instant::now());
+    assert_eq!(status.code(), Some(2));
+    let stderr: Vec<String> = lines.iter().collect();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("`kvm` runs a VM: its jobs must be worker processes")),
+        "{stderr:?}"
+    );
+    let _ = std::fs::remove_dir_all(out);
 }

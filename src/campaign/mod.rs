@@ -33,13 +33,14 @@ use crate::scenario::generate::GenConfig;
 /// How jobs are isolated from each other and from the campaign.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Isolation {
-    /// Threads for `model` and `sim:` (pure Rust, they cannot wedge),
-    /// processes for everything with a VM.
+    /// Threads when the backend (and `--against`) are `model` or `sim:`
+    /// (pure Rust, their runs always end), processes otherwise.
     #[default]
     Auto,
     /// One worker process per job.
     Processes,
-    /// One thread per job (refused for `hvf*`: one VM per process).
+    /// One thread per job: only for `model` and `sim:` (a thread cannot be
+    /// stopped mid-run, so a VM's runs would have no wall-clock bound).
     Threads,
 }
 
@@ -100,8 +101,14 @@ impl Options {
         match self.isolation {
             Isolation::Processes => true,
             Isolation::Threads => false,
-            Isolation::Auto => !(self.backend == "model" || self.backend.starts_with("sim:")),
+            Isolation::Auto => !self.runs_always_end(),
         }
+    }
+
+    /// Whether every backend of the campaign is pure Rust: no run can wedge.
+    fn runs_always_end(&self) -> bool {
+        let pure = |name: &str| name == "model" || name.starts_with("sim:");
+        pure(&self.backend) && self.against.as_deref().is_none_or(pure)
     }
 }
 
@@ -162,6 +169,8 @@ pub enum CampaignError {
     },
     #[error("worker: {0}")]
     Worker(String),
+    #[error("`{backend}` runs a VM: its jobs must be worker processes (a thread cannot be stopped in the middle of a run, or share Hypervisor.framework's one VM per process)")]
+    Threads { backend: String },
 }
 
 /// What one job counted since it last reported.
@@ -280,13 +289,12 @@ pub fn run(
     let known = findings.known()?;
     let already_known = known.len();
     let processes = options.uses_processes();
-    let one_vm_per_process = options.backend.starts_with("hvf");
-    if !processes && one_vm_per_process && options.jobs > 1 {
-        return Err(CampaignError::Worker(format!(
-            "`{}` allows one VM per process: use worker processes for --jobs {}",
-            options.backend, options.jobs
-        )));
+    if !processes && !options.runs_always_end() {
+        return Err(CampaignError::Threads {
+            backend: options.backend.clone(),
+        });
     }
+    let one_vm_per_process = options.backend.starts_with("hvf");
     // Open the backend once here (unless it allows one VM per process), so
     // an unknown or unavailable backend is an error before anything runs.
     if !(processes && one_vm_per_process && cfg!(target_os = "macos")) {

@@ -7,7 +7,7 @@
 //! worker  -> {"progress":{"next":1,"tally":{"cases":1,...}}}   after each batch
 //! worker  -> {"claim":{"signature":{...}}}          a divergence not known locally
 //! parent  -> {"claimed":{"granted":true}}           the only order a worker waits for
-//! worker  -> {"alive":null}                         while minimising (at most every 200 ms)
+//! worker  -> "alive"                                while minimising (at most every 200 ms)
 //! worker  -> {"found":{"finding":{...}}}            minimised; the parent writes it
 //! parent  -> {"render":{"index":17}}                after a stall: the fitted case 17
 //! worker  -> {"scenario":{"index":17,"text":"..."}}

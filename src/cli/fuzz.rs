@@ -225,6 +225,7 @@ pub fn main(args: FuzzArgs) -> ExitCode {
                     super::EXIT_UNAVAILABLE
                 }
                 CampaignError::Worker(_) | CampaignError::Spawn { .. } => super::EXIT_UNAVAILABLE,
+                CampaignError::Threads { .. } => super::EXIT_BAD_INPUT,
                 _ => super::EXIT_BAD_INPUT,
             });
         }
