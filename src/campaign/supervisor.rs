@@ -463,8 +463,11 @@ impl Pool<'_, '_> {
                 let _ = self.handle(event);
             }
         }
+        // All killed first: their VMs are torn down side by side.
         for worker in &mut self.workers {
             let _ = worker.child.kill();
+        }
+        for worker in &mut self.workers {
             let _ = worker.child.wait();
         }
     }
