@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::backend::{self, model::ModelBackend};
-use crate::campaign::{case_seed, Differ};
+use crate::differ::Differ;
 use crate::model::Quirks;
-use crate::scenario::generate::{random, GenConfig};
+use crate::scenario::generate::{case_seed, random, GenConfig};
 use crate::scenario::{Op, Scenario};
 
 /// Model throughput: guest ops (top-level and handler-body ops executed)
@@ -192,7 +192,7 @@ pub fn time_to_find() -> Value {
             let mut found = None;
             for i in 0..1_000_000u64 {
                 let s = random(case_seed(seed, i), &cfg);
-                if let Some(sig) = differ.diff(&s).3 {
+                if let Some(sig) = differ.diff(&s).into_signature() {
                     found = Some((i + 1, s, sig));
                     break;
                 }
@@ -230,7 +230,7 @@ pub fn minimize_500() -> Value {
             s.ops.push(Op::Nop);
         }
         s.ops.truncate(500);
-        if let Some(sig) = differ.diff(&s).3 {
+        if let Some(sig) = differ.diff(&s).into_signature() {
             let start = Instant::now();
             let (min, runs) = differ.minimize(&s, &sig);
             let secs = start.elapsed().as_secs_f64();

@@ -92,6 +92,22 @@ pub const KVM_IOAPIC_LATCH: Known = Known {
     doc: "docs/known-divergences.md#kvm-ioapic-latch",
 };
 
+/// Every documented behaviour.
+pub const ALL: [Known; 7] = [
+    KVM_ISR_NOT_SET,
+    KVM_DEFERRED_INJECTION,
+    KVM_IOAPIC_LATCH,
+    QEMU_EDGE_EVERY_ASSERT,
+    QEMU_IOAPIC_LATCH,
+    QEMU_LAPIC_ACCEPTS,
+    QEMU_IRQCHIP,
+];
+
+/// The documented behaviour with this id.
+pub fn by_id(id: &str) -> Option<Known> {
+    ALL.into_iter().find(|k| k.id == id)
+}
+
 /// What the probes found on this host's KVM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostBehaviours {

@@ -73,11 +73,11 @@ fn committed_seed_repros_are_current() {
 
 #[test]
 fn seed_scenarios_show_the_seed_bugs_on_sim_hvf_known() {
-    let mut differ = irqdiff::campaign::Differ::open("sim:hvf-known").unwrap();
+    let mut differ = irqdiff::differ::Differ::open("sim:hvf-known").unwrap();
     for path in scenario_files("seed-hvf") {
         let scenario = load(&path);
         assert!(
-            differ.diff(&scenario).3.is_some(),
+            differ.diff(&scenario).into_signature().is_some(),
             "{} should diverge on sim:hvf-known",
             path.display()
         );

@@ -47,6 +47,9 @@ pub enum Command {
     Emit(emit::EmitArgs),
     /// Run the benchmarks and print their figures as JSON.
     Bench(bench::BenchArgs),
+    /// One campaign job as a process (started by `fuzz`, not by hand).
+    #[command(hide = true)]
+    Worker(fuzz::WorkerArgs),
 }
 
 pub const EXIT_DIVERGENCE: u8 = 1;
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Minimize(args) => diff::minimize(args),
         Command::Emit(args) => emit::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Worker(args) => fuzz::worker(args),
     }
 }
 
