@@ -338,7 +338,7 @@ pub fn run(
 /// Jobs as threads of this process, each with its own backend instance.
 /// Only for backends whose runs always end (the model and `sim:`), or when
 /// asked for: a thread cannot be stopped in the middle of a run.
-fn run_threads(ledger: &Ledger, deadline: Option<Instant>) -> Result<(), CampaignError> {
+fn run_threads(ledger: &Ledger<'_>, deadline: Option<Instant>) -> Result<(), CampaignError> {
     let options = ledger.options;
     let next_case = AtomicU64::new(0);
     let failed = Mutex::new(None);

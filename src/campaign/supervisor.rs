@@ -102,7 +102,7 @@ struct Pool<'l, 'a> {
     stopping: bool,
 }
 
-pub(super) fn run(ledger: &Ledger, deadline: Option<Instant>) -> Result<(), CampaignError> {
+pub(super) fn run(ledger: &Ledger<'_>, deadline: Option<Instant>) -> Result<(), CampaignError> {
     let options = ledger.options;
     let exe = options
         .worker_exe

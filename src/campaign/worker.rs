@@ -294,6 +294,16 @@ impl Backend for Heartbeat {
         self.inner.name()
     }
 
+    fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        self.inner.unsupported(scenario)
+    }
+
+    fn execute(&mut self, scenario: &Scenario) -> backend::Result<Trace> {
+        let result = self.inner.execute(scenario);
+        self.wire.borrow_mut().alive();
+        result
+    }
+
     fn run(&mut self, scenario: &Scenario) -> backend::Result<Trace> {
         let result = self.inner.run(scenario);
         self.wire.borrow_mut().alive();
