@@ -156,7 +156,8 @@ struct State {
     blocked_limit: Duration,
     /// Why the last VM entry failed.
     entry_failure: Option<EntryFailure>,
-    /// What the double found wrong in the VMM's handling of an exit.
+    /// What the double found wrong in the VMM's calls (a mishandled exit,
+    /// a refused call), for the VMM's error message.
     fault: Option<String>,
 }
 
@@ -256,6 +257,9 @@ pub struct Double {
     cpu: Option<CpuThread>,
     kick: Arc<Kick>,
     strict: Option<Strict>,
+    /// The run ended badly (a fault, a stopped vCPU): runs fail until the
+    /// VMM starts over from the entry point.
+    dead: bool,
     /// Every call the VMM made, by name (the tests check the seed's steps).
     pub calls: Arc<Mutex<Vec<&'static str>>>,
 }
@@ -305,6 +309,7 @@ impl Double {
                 vcpu: None,
             }),
             calls: Arc::default(),
+            dead: false,
         }
     }
 
@@ -313,7 +318,8 @@ impl Double {
         self.state.lock().unwrap().entry_failure.clone()
     }
 
-    /// What the double found wrong in the VMM's handling of an exit.
+    /// What the double found wrong in the VMM's calls (a mishandled exit,
+    /// a blocked HLT nothing interrupted, a refused call).
     pub fn fault(&self) -> Option<String> {
         self.state.lock().unwrap().fault.clone()
     }
@@ -366,8 +372,24 @@ impl Double {
         ));
     }
 
-    /// Resumes (or starts) the vCPU thread and waits for its next event.
+    /// Resumes (or starts) the vCPU thread and waits for its next event;
+    /// an event that ends the run ends the thread too.
     fn resume(&mut self, call: &'static str) -> HvResult<CpuEvent> {
+        let event = self.next_event(call);
+        if !matches!(
+            event,
+            Ok(CpuEvent::Exit | CpuEvent::Halted | CpuEvent::Kicked)
+        ) {
+            self.stop_cpu();
+            self.dead = true;
+        }
+        event
+    }
+
+    fn next_event(&mut self, call: &'static str) -> HvResult<CpuEvent> {
+        if self.dead {
+            return Err(err(call, hv::HV_ERROR));
+        }
         match &self.cpu {
             Some(cpu) => cpu.resume.send(()).map_err(|_| err(call, hv::HV_ERROR))?,
             None => self.start_cpu(),
@@ -394,6 +416,9 @@ impl Double {
     /// loop; unverified).
     fn run_strict(&mut self, call: &'static str, vcpu: u32) -> HvResult<RunEnd> {
         self.on_vcpu(call, vcpu, |_| Ok(()))?;
+        if self.dead {
+            return Err(err(call, hv::HV_ERROR));
+        }
         // hv.h, hv_vcpu_interrupt: "Forces an immediate VMEXIT"; one that
         // came while the vCPU was not running ends the next run at once
         // (the double's reading; unverified). It shows as an external
@@ -408,7 +433,7 @@ impl Double {
             match &s.entry_failure {
                 Some(EntryFailure::Control(_)) => {
                     // VMfailValid: the run call fails, the VM-instruction
-                    // error field says 7 (SDM 26.1, 31.4). Apple's
+                    // error field says 7 (SDM 26.1, 30.4). Apple's
                     // hv_vcpu_vmx_status (macOS 12) reads the ZF/CF of such a
                     // failure; that run_until answers HV_ERROR is unverified.
                     s.vmcs.insert(
@@ -419,7 +444,7 @@ impl Double {
                 }
                 Some(EntryFailure::GuestState(_)) => {
                     // A VM exit with reason 33 | 1 << 31, qualification 0
-                    // (SDM 26.8); uhyve's loop handles it as such
+                    // (SDM 26.7); uhyve's loop handles it as such
                     // (VMX_REASON_VMENTRY_GUEST after hv_vcpu_run).
                     s.exit_info = hv::HV_VM_EXITINFO_VMX;
                     s.vmcs
@@ -568,6 +593,7 @@ impl Hv for Double {
         if reg == hv::HV_X86_RIP && !(SCRATCH..SCRATCH + 16).contains(&value) {
             // A new run from the entry point: the old vCPU thread ends.
             self.stop_cpu();
+            self.dead = false;
         }
         Ok(())
     }
@@ -598,6 +624,9 @@ impl Hv for Double {
                 // moves the window with hv_vmx_vcpu_set_apic_address and
                 // reads the MSR back. What the framework does with the write
                 // is unknown, so the strict double refuses it.
+                s.fault = Some(format!(
+                    "hv_vcpu_write_msr(IA32_APIC_BASE, {value:#x}) refused: move the window with hv_vmx_vcpu_set_apic_address, as pmj's QEMU does"
+                ));
                 return Err(err(CALL, hv::HV_ERROR));
             }
             // The guest's IA32_APIC_BASE write (forwarded by the VMM).

@@ -2,11 +2,12 @@
 //! real Intel Mac CPU and the VM-entry checks of SDM vol. 3C 26.2 (controls)
 //! and 26.3 (guest state) on every field the guest stub relies on.
 //!
-//! How a failure surfaces follows SDM 26.1 and 26.7/26.8: a control-field
-//! check fails the VMLAUNCH/VMRESUME itself (VMfailValid, VM-instruction
-//! error 7), so no VM exit happens; a guest-state check fails after the
-//! instruction, as a VM exit with basic reason 33 and bit 31 set
-//! ("VM-entry failure"), exit qualification 0 (26.8).
+//! How a failure surfaces follows SDM 26.1 and 26.7 ("VM-entry failures
+//! during or after loading guest state"; 26.8 in newer editions): a
+//! control-field check fails the VMLAUNCH/VMRESUME itself (VMfailValid,
+//! VM-instruction error 7, SDM 30.4 "VM instruction error numbers"), so no
+//! VM exit happens; a guest-state check fails as a VM exit with basic
+//! reason 33 and bit 31 set ("VM-entry failure"), exit qualification 0.
 
 use super::super::api::vmcs::*;
 
@@ -39,8 +40,8 @@ impl Capabilities {
     /// - BASIC, PINBASED, PROCBASED: myspaghetti/macos-virtualbox#357 (log of
     ///   that CPU: "Matched host CPU INTEL 0x6/0x8e/0x9 Intel_Core7_KabyLake").
     /// - ENTRY, EXIT, the four TRUE_* and MISC: myspaghetti/macos-virtualbox#224
-    ///   (a Skylake-generation client part with the same PINBASED/PROCBASED
-    ///   values; its CPU model is not in the excerpt).
+    ///   (a host with the same PINBASED and MISC-era values and Intel PT;
+    ///   its CPU model is not in the part of the log that was read).
     /// - CR0_FIXED0/1, CR4_FIXED0: the same on every Intel CPU since Nehalem
     ///   (0x80000021 / 0xffffffff / 0x2000; e.g. Stichting-MINIX-Research-
     ///   Foundation/minix#17); CR4_FIXED1 0x3727ff is the Comet Lake value in
@@ -136,16 +137,16 @@ pub fn cap2ctrl(cap: u64, wanted: u64) -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryFailure {
     /// VMfailValid with VM-instruction error 7, "VM entry with invalid
-    /// control field(s)" (SDM 26.2, 31.4): no VM exit.
+    /// control field(s)" (SDM 26.2, 30.4): no VM exit.
     Control(String),
     /// A VM exit with reason 33 | 1 << 31, "VM-entry failure due to invalid
-    /// guest state" (SDM 26.3, 26.8), qualification 0.
+    /// guest state" (SDM 26.3, 26.7), qualification 0.
     GuestState(String),
 }
 
-/// VM-instruction error 7 (SDM 31.4, table 31-1).
+/// VM-instruction error 7 (SDM 30.4, "VM instruction error numbers").
 pub const VM_INSTRUCTION_ERROR_INVALID_CONTROLS: u64 = 7;
-/// Basic exit reason 33 with bit 31 (VM-entry failure) set (SDM 26.8).
+/// Basic exit reason 33 with bit 31 (VM-entry failure) set (SDM 26.7).
 pub const EXIT_REASON_INVALID_GUEST_STATE: u64 = 33 | 1 << 31;
 
 /// The VMCS as the entry checks see it: a field's value, or `None` if the
@@ -237,30 +238,20 @@ fn check_controls(caps: &Capabilities, f: &impl Fields) -> Result<(), String> {
 }
 
 /// Not a processor check (any mask passes VM entry) but the double's
-/// policy, after the reference VMMs: the CR0/CR4 guest/host masks and read
-/// shadows are written, and CR4.VMXE, which CR4_FIXED0 forces on in VMX
-/// operation, is owned by the host with the shadow showing it clear, so the
-/// guest never sees it (QEMU `target/i386/hvf`: CR4 mask VMXE, shadow
-/// without it; uhyve `src/macos/x86_64/vcpu.rs` likewise). Reported as a
-/// control failure because it concerns control fields.
+/// policy: the CR0/CR4 guest/host masks and read shadows must be written,
+/// since Apple documents no initial value for them and every reference VMM
+/// writes all four (QEMU `target/i386/hvf`; uhyve `src/macos/x86_64/vcpu.rs`:
+/// CR4 mask VMXE, shadow 0, so the guest does not see VMXE; xhyve-derived
+/// VMMs write them as 0). Reported as a control failure because they are
+/// control fields.
 fn check_cr_ownership(f: &impl Fields) -> Result<(), String> {
-    const VMXE: u64 = 1 << 13;
-    let _cr0_mask = written(f, VMCS_CTRL_CR0_MASK, "VMCS_CTRL_CR0_MASK (double policy)")?;
-    let _cr0_shadow = written(
-        f,
-        VMCS_CTRL_CR0_SHADOW,
-        "VMCS_CTRL_CR0_SHADOW (double policy)",
-    )?;
-    let cr4_mask = written(f, VMCS_CTRL_CR4_MASK, "VMCS_CTRL_CR4_MASK (double policy)")?;
-    let cr4_shadow = written(
-        f,
-        VMCS_CTRL_CR4_SHADOW,
-        "VMCS_CTRL_CR4_SHADOW (double policy)",
-    )?;
-    if cr4_mask & VMXE == 0 || cr4_shadow & VMXE != 0 {
-        return Err(format!(
-            "CR4 mask {cr4_mask:#x} / shadow {cr4_shadow:#x}: the host must own CR4.VMXE and the shadow hide it (double policy, after QEMU and uhyve)"
-        ));
+    for (field, name) in [
+        (VMCS_CTRL_CR0_MASK, "VMCS_CTRL_CR0_MASK"),
+        (VMCS_CTRL_CR0_SHADOW, "VMCS_CTRL_CR0_SHADOW"),
+        (VMCS_CTRL_CR4_MASK, "VMCS_CTRL_CR4_MASK"),
+        (VMCS_CTRL_CR4_SHADOW, "VMCS_CTRL_CR4_SHADOW"),
+    ] {
+        written(f, field, &format!("{name} (double policy)"))?;
     }
     Ok(())
 }
@@ -409,11 +400,14 @@ fn check_segments(f: &impl Fields, ia32e: bool) -> Result<(), String> {
     if ss.rpl() != cs.rpl() {
         return Err(ss.fail("the RPL must equal CS's RPL"));
     }
-    // Base fields.
-    for s in [tr, fs, gs, ldtr] {
-        if (s.usable() || s.name == "TR") && !canonical(s.base) {
+    // Base fields: TR, FS, GS canonical; LDTR canonical if usable.
+    for s in [tr, fs, gs] {
+        if !canonical(s.base) {
             return Err(s.fail("the base must be canonical"));
         }
+    }
+    if ldtr.usable() && !canonical(ldtr.base) {
+        return Err(ldtr.fail("the base must be canonical"));
     }
     if cs.base >> 32 != 0 {
         return Err(cs.fail("bits 63:32 of the base must be 0"));
@@ -572,4 +566,28 @@ fn check_activity(caps: &Capabilities, f: &impl Fields) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap2ctrl_keeps_must_be_1_bits_and_drops_unsupported_ones() {
+        let pin = Capabilities::KABY_LAKE.pinbased;
+        // Bits 1, 2, 4 must be 1; posted interrupts (bit 7) may not be.
+        assert_eq!(cap2ctrl(pin, 0), 0x16);
+        assert_eq!(cap2ctrl(pin, 1 << 7 | 1 << 3), 0x1e);
+    }
+
+    #[test]
+    fn checks_use_the_true_msrs_when_basic_bit_55_says_they_exist() {
+        let caps = Capabilities::KABY_LAKE;
+        assert_ne!(caps.basic & 1 << 55, 0);
+        let procbased = caps.control_caps()[1].2;
+        assert_eq!(procbased, caps.true_procbased);
+        // TRUE_PROCBASED lets CR3-load/store exiting (bits 15, 16) be 0.
+        assert_eq!(caps.procbased & 0x1_8000, 0x1_8000);
+        assert_eq!(procbased & 0x1_8000, 0);
+    }
 }
