@@ -131,10 +131,16 @@ fn double_library() -> PathBuf {
 fn build_repro(path: &Path, lib_dir: &Path, dir: &Path) -> PathBuf {
     let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
     let src = dir.join(format!("{stem}.c"));
-    let exe = dir.join(&stem);
     std::fs::write(&src, emit(path)).unwrap();
+    compile(&src, lib_dir)
+}
+
+/// `cc SRC -I hypervisor-framework-double/include -L LIB_DIR
+/// -lhypervisor_framework_double` (with an rpath); the executable.
+fn compile(src: &Path, lib_dir: &Path) -> PathBuf {
+    let exe = src.with_extension("");
     let out = Command::new("cc")
-        .arg(&src)
+        .arg(src)
         .arg("-o")
         .arg(&exe)
         .arg("-I")
@@ -148,7 +154,7 @@ fn build_repro(path: &Path, lib_dir: &Path, dir: &Path) -> PathBuf {
     assert!(
         out.status.success(),
         "{}: {}",
-        path.display(),
+        src.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     exe
@@ -298,6 +304,36 @@ fn the_ioapic_identity_decides_whether_an_eoi_register_scenario_runs() {
         out.contains("IRQDIFF_HVF_DOUBLE_IOAPIC: `0x30` is not 0x11 or 0x20"),
         "{out}"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The bring-up matters: the same program without its controls or its
+/// segments is refused by the strict double as a real VM entry would be
+/// (VM-instruction error 7; exit reason 33), and says it could not run.
+#[test]
+fn a_repro_without_its_bring_up_is_refused_by_the_strict_double() {
+    if !cc_available("a_repro_without_its_bring_up_is_refused_by_the_strict_double") {
+        return;
+    }
+    let lib_dir = double_library();
+    let dir = std::env::temp_dir().join(format!("irqdiff-hvf-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = emit(&scenario_files("seed-hvf")[0]);
+    for (call, message) in [
+        (
+            "    set_controls();\n",
+            "VM entry failed: VM-instruction error 7",
+        ),
+        ("    set_segments();\n", "VM entry failed: exit reason 33"),
+    ] {
+        assert!(program.contains(call));
+        let path = dir.join("broken.c");
+        std::fs::write(&path, program.replace(call, "")).unwrap();
+        let exe = compile(&path, &lib_dir);
+        let (code, out) = run_repro(&exe, None, None);
+        assert_eq!(code, 2, "without {call}: {out}");
+        assert!(out.contains(message), "without {call}: {out}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -927,9 +927,12 @@ int main(void)
         hv_return_t r = hv_vcpu_run_until(vcpu, HV_DEADLINE_FOREVER);
         if (r != HV_SUCCESS) {
             uint64_t error = 0;
-            hv_vmx_vcpu_read_vmcs(vcpu, VMCS_RO_INSTR_ERROR, &error);
-            fprintf(stderr, "repro: VM entry failed: VM-instruction error %llu (SDM 31.4; 7: invalid control fields)\n",
-                    (unsigned long long)error);
+            hv_return_t read = hv_vmx_vcpu_read_vmcs(vcpu, VMCS_RO_INSTR_ERROR, &error);
+            if (read == HV_SUCCESS)
+                fprintf(stderr, "repro: VM entry failed: VM-instruction error %llu (SDM 31.4; 7: invalid control fields)\n",
+                        (unsigned long long)error);
+            else
+                fprintf(stderr, "repro: reading the VM-instruction error failed: %#x\n", (unsigned)read);
             check(r, "hv_vcpu_run_until");
         }
         hv_vm_exitinfo_t info;
