@@ -1,5 +1,5 @@
 //! irqdiff: a reference-model differential fuzzer for x86 interrupt
-//! controllers. See DESIGN.md for the pipeline:
+//! controllers. See docs/design.md for the pipeline:
 //! scenario → backend → trace → oracle → minimiser → repro.
 
 pub mod backend;

@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::oracle::Signature;
-use crate::scenario::{Config, DeliveryMode, HandlerKey, Msi, Op, Pin, Route, Scenario, PINS};
+use crate::scenario::{
+    Config, DeliveryMode, HandlerKey, HostOp, Msi, Op, Pin, Route, Scenario, PINS,
+};
 
 /// The result of a minimisation.
 #[derive(Clone, Debug)]
@@ -223,7 +225,7 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
                     .map(|route| Op::Route { pin, route }),
             );
         }
-        Op::Msi(msi) => {
+        Op::Host(HostOp::Msi(msi)) => {
             let d = Msi {
                 vector: msi.vector,
                 ..Msi::default()
@@ -246,9 +248,14 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
                     ..msi
                 },
             ];
-            out.extend(variants.into_iter().filter(|m| *m != msi).map(Op::Msi));
+            out.extend(
+                variants
+                    .into_iter()
+                    .filter(|m| *m != msi)
+                    .map(|m| Op::Host(HostOp::Msi(m))),
+            );
         }
-        Op::Pulse(pin) => out.push(Op::Assert(pin)),
+        Op::Host(HostOp::Pulse(pin)) => out.push(Op::Host(HostOp::Assert(pin))),
         Op::StiHlt => out.push(Op::Sti),
         Op::Tpr(v) if v != 0 => out.push(Op::Tpr(v & 0xf0)),
         _ => {}
@@ -262,9 +269,9 @@ fn op_pins(op: &Op) -> Option<Pin> {
         Op::Route { pin, .. }
         | Op::Mask(pin)
         | Op::Unmask(pin)
-        | Op::Assert(pin)
-        | Op::Deassert(pin)
-        | Op::Pulse(pin) => Some(pin),
+        | Op::Host(HostOp::Assert(pin))
+        | Op::Host(HostOp::Deassert(pin))
+        | Op::Host(HostOp::Pulse(pin)) => Some(pin),
         _ => None,
     }
 }
@@ -282,9 +289,9 @@ fn rename_pin(op: &Op, from: Pin, to: Pin) -> Op {
         },
         Op::Mask(p) => Op::Mask(swap(p)),
         Op::Unmask(p) => Op::Unmask(swap(p)),
-        Op::Assert(p) => Op::Assert(swap(p)),
-        Op::Deassert(p) => Op::Deassert(swap(p)),
-        Op::Pulse(p) => Op::Pulse(swap(p)),
+        Op::Host(HostOp::Assert(p)) => Op::Host(HostOp::Assert(swap(p))),
+        Op::Host(HostOp::Deassert(p)) => Op::Host(HostOp::Deassert(swap(p))),
+        Op::Host(HostOp::Pulse(p)) => Op::Host(HostOp::Pulse(swap(p))),
         // A redirection entry's registers move with the pin.
         Op::IoapicRead(i) if is_entry_index(i, from) => Op::IoapicRead(move_index(i, from, to)),
         Op::IoapicWrite { index, value } if is_entry_index(index, from) => Op::IoapicWrite {
@@ -306,7 +313,7 @@ fn move_index(index: u8, from: Pin, to: Pin) -> u8 {
 fn op_vector(op: &Op) -> Option<u8> {
     match *op {
         Op::Route { route, .. } => Some(route.vector),
-        Op::Msi(m) => Some(m.vector),
+        Op::Host(HostOp::Msi(m)) => Some(m.vector),
         Op::IoapicEoi(v) | Op::SelfIpi(v) => Some(v),
         _ => None,
     }
@@ -329,10 +336,10 @@ fn rename_vector(s: &Scenario, from: u8, to: u8) -> Scenario {
                 ..route
             },
         },
-        Op::Msi(m) => Op::Msi(Msi {
+        Op::Host(HostOp::Msi(m)) => Op::Host(HostOp::Msi(Msi {
             vector: swap(m.vector),
             ..m
-        }),
+        })),
         Op::IoapicEoi(v) => Op::IoapicEoi(swap(v)),
         Op::SelfIpi(v) => Op::SelfIpi(swap(v)),
         other => other,
@@ -455,7 +462,7 @@ mod tests {
                 Op::Route { pin, route } if route.trigger == crate::scenario::Trigger::Level => {
                     routed = Some(pin)
                 }
-                Op::Assert(p) if Some(p) == routed => asserted = true,
+                Op::Host(HostOp::Assert(p)) if Some(p) == routed => asserted = true,
                 Op::Unmask(p) if Some(p) == routed && asserted => return Some(sig()),
                 _ => {}
             }

@@ -775,7 +775,7 @@ mod tests {
 
     #[test]
     fn signature_uses_the_op_keyword_and_rule() {
-        let s = crate::scenario::Scenario {
+        let s = Scenario {
             ops: vec![
                 crate::scenario::Op::Nop,
                 crate::scenario::Op::Unmask(crate::scenario::Pin::new(0).unwrap()),

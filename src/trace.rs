@@ -1,9 +1,9 @@
-//! What the guest observed, in order: the trace contract of
-//! SCENARIO-FORMAT.md ("The trace"), serialised exactly as specified there.
+//! What the guest observed, in order: the trace of docs/scenario-format.md
+//! ("The trace"), serialised exactly as specified there.
 
 use serde::{Deserialize, Serialize};
 
-/// More deliveries than this in one run is a storm (SCENARIO-FORMAT.md).
+/// More deliveries than this in one run is a storm (docs/scenario-format.md).
 /// The trace keeps the first `STORM_LIMIT` deliveries; the run stops when the
 /// 65th would be delivered, which is not recorded.
 pub const STORM_LIMIT: usize = 64;

@@ -143,7 +143,7 @@ fn killed_campaign_keeps_every_reported_finding_and_resumes() {
         }
         common::load(&dir.join("min.irq"));
     }
-    let before = irqdiff::campaign::known_signatures(&out).unwrap();
+    let before = campaign::known_signatures(&out).unwrap();
     assert!(before.len() >= 3);
     // A resumed campaign skips what is known and loses nothing.
     let summary = campaign::run(
@@ -170,7 +170,7 @@ fn killed_campaign_keeps_every_reported_finding_and_resumes() {
             .all(|f| !before.contains(&f.signature)),
         "a known signature was reported again"
     );
-    let after = irqdiff::campaign::known_signatures(&out).unwrap();
+    let after = campaign::known_signatures(&out).unwrap();
     assert!(before.is_subset(&after));
     std::fs::remove_dir_all(out).unwrap();
 }

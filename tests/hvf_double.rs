@@ -6,14 +6,19 @@ mod common;
 
 use common::*;
 use irqdiff::backend::hvf::{double::Double, HvfBackend, Workarounds};
+use irqdiff::backend::run::Shape;
 use irqdiff::backend::Backend;
 use irqdiff::model::Quirks;
 use irqdiff::scenario::parse;
 use irqdiff::trace::Trace;
 
 fn hvf(split: bool, quirks: Quirks, workarounds: Workarounds) -> HvfBackend<Double> {
-    let name = if split { "hvf-split" } else { "hvf" };
-    HvfBackend::new(Double::new(quirks), name, split, workarounds).unwrap()
+    let (name, shape) = if split {
+        ("hvf-split", Shape::Split)
+    } else {
+        ("hvf", Shape::Full)
+    };
+    HvfBackend::new(Double::new(quirks), name, shape, workarounds).unwrap()
 }
 
 fn run(b: &mut HvfBackend<Double>, text: &str) -> Trace {
@@ -173,4 +178,36 @@ fn hang_and_storm_through_the_loop() {
     assert_eq!(t.outcome, irqdiff::trace::Outcome::Storm);
     // Usable afterwards.
     assert_eq!(deliveries(&run(&mut b, "msi vector=0x41\n")), [(0, 0x41)]);
+}
+
+#[test]
+fn split_shape_with_a_workaround_runs_version_0x11_scenarios() {
+    // The shape is the backend's, not read from its name: with a
+    // workaround the name is `hvf-split:xapic-eoi-detect`, and the split
+    // shape's userspace IOAPIC offers version 0x11.
+    let path = root().join("scenarios/kvm-unit-tests/reg_version.irq");
+    let scenario = load(&path);
+    let mut b = HvfBackend::new(
+        Double::new(Quirks::empty()),
+        "hvf-split:xapic-eoi-detect",
+        Shape::Split,
+        Workarounds::XAPIC_EOI_DETECT,
+    )
+    .unwrap();
+    assert_eq!(b.unsupported(&scenario), None);
+    let mut expected = ModelBackendRun::run(&scenario);
+    expected.backend = "hvf-split:xapic-eoi-detect".into();
+    assert_eq!(b.run(&scenario).unwrap(), expected);
+    // The full shape still refuses it, whatever its name.
+    let full = HvfBackend::new(
+        Double::new(Quirks::empty()),
+        "hvf:reassert-on-unmask",
+        Shape::Full,
+        Workarounds::REASSERT_ON_UNMASK,
+    )
+    .unwrap();
+    assert!(full
+        .unsupported(&scenario)
+        .unwrap()
+        .contains("version 0x11"));
 }

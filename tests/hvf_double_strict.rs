@@ -233,7 +233,7 @@ impl Guest {
                     self.advance();
                 }
                 hv::HV_VM_EXITINFO_VMX => {
-                    let reason = self.r(hv::VMCS_RO_EXIT_REASON);
+                    let reason = self.r(VMCS_RO_EXIT_REASON);
                     match reason as u32 {
                         hv::VMX_REASON_IRQ => {
                             host_exits += 1;
@@ -249,7 +249,7 @@ impl Guest {
                             }
                         }
                         hv::VMX_REASON_IO => {
-                            let port = (self.r(hv::VMCS_RO_EXIT_QUALIFIC) >> 16) as u16;
+                            let port = (self.r(VMCS_RO_EXIT_QUALIFIC) >> 16) as u16;
                             let value = self.reg(hv::HV_X86_RAX) as u32;
                             self.advance();
                             match port {
@@ -265,7 +265,7 @@ impl Guest {
                             }
                         }
                         hv::VMX_REASON_APIC_ACCESS => {
-                            let offset = self.r(hv::VMCS_RO_EXIT_QUALIFIC) as u32 & 0xfff;
+                            let offset = self.r(VMCS_RO_EXIT_QUALIFIC) as u32 & 0xfff;
                             let value = self.reg(hv::HV_X86_RAX) as u32;
                             self.hv.apic_write(v, offset, value).unwrap();
                             self.advance();
@@ -312,11 +312,8 @@ fn guest_state_failure(g: &mut Guest) -> String {
     let v = g.vcpu;
     assert_eq!(g.hv.run_forever(v).unwrap(), RunEnd::Exit);
     assert_eq!(g.hv.exit_info(v).unwrap(), hv::HV_VM_EXITINFO_VMX);
-    assert_eq!(
-        g.r(hv::VMCS_RO_EXIT_REASON),
-        EXIT_REASON_INVALID_GUEST_STATE
-    );
-    assert_eq!(g.r(hv::VMCS_RO_EXIT_QUALIFIC), 0);
+    assert_eq!(g.r(VMCS_RO_EXIT_REASON), EXIT_REASON_INVALID_GUEST_STATE);
+    assert_eq!(g.r(VMCS_RO_EXIT_QUALIFIC), 0);
     match g.hv.entry_failure() {
         Some(EntryFailure::GuestState(why)) => why,
         other => panic!("{other:?}"),
@@ -539,11 +536,11 @@ fn a_halted_vcpu_ignores_the_deadline_until_hv_vcpu_interrupt() {
         match g.hv.run_until(v, Duration::from_millis(3)) {
             Ok(RunEnd::Deadline) => panic!("a blocked HLT returned at its deadline"),
             Ok(RunEnd::Exit) => {
-                let port_exit = g.r(hv::VMCS_RO_EXIT_REASON) == hv::VMX_REASON_IO as u64;
+                let port_exit = g.r(VMCS_RO_EXIT_REASON) == hv::VMX_REASON_IO as u64;
                 if port_exit || g.hv.exit_info(v).unwrap() == hv::HV_VM_EXITINFO_APIC_ACCESS_READ {
                     g.advance();
                 } else {
-                    let offset = g.r(hv::VMCS_RO_EXIT_QUALIFIC) as u32 & 0xfff;
+                    let offset = g.r(VMCS_RO_EXIT_QUALIFIC) as u32 & 0xfff;
                     let value = g.reg(hv::HV_X86_RAX) as u32;
                     g.hv.apic_write(v, offset, value).unwrap();
                     g.advance();
@@ -589,7 +586,7 @@ fn host_irq_and_smi_exits_arrive_and_leave_rip_alone() {
         let rip = g.reg(hv::HV_X86_RIP);
         assert_eq!(g.hv.run_forever(v).unwrap(), RunEnd::Exit);
         let info = g.hv.exit_info(v).unwrap();
-        let reason = g.r(hv::VMCS_RO_EXIT_REASON) as u32;
+        let reason = g.r(VMCS_RO_EXIT_REASON) as u32;
         if info == hv::HV_VM_EXITINFO_SMI {
             seen.1 += 1;
         } else if reason == hv::VMX_REASON_IRQ {
@@ -629,7 +626,7 @@ fn advancing_rip_on_a_host_exit_is_a_fault() {
         match g.hv.run_forever(v) {
             Ok(_) => {
                 let host = g.hv.exit_info(v).unwrap() == hv::HV_VM_EXITINFO_SMI
-                    || g.r(hv::VMCS_RO_EXIT_REASON) == hv::VMX_REASON_IRQ as u64;
+                    || g.r(VMCS_RO_EXIT_REASON) == hv::VMX_REASON_IRQ as u64;
                 // Wrong on a host exit: it moves RIP by a stale length.
                 advanced_on_host_exit |= host && g.r(hv::VMCS_RO_VMEXIT_INSTR_LEN) != 0;
                 g.advance();

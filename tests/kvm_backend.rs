@@ -271,3 +271,65 @@ fn the_in_kernel_ioapic_latch_is_kvms_and_not_the_split_shapes() {
     let split = open("kvm-split").run(&scenario).unwrap();
     assert!(split.deliveries().any(|(op, v)| (op, v) == (2, 0x22)));
 }
+
+/// Issue 12: a kick that lands while the vCPU thread is between marking an
+/// entry and making it (a thread preempted just before `KVM_RUN`) must not be
+/// lost, or the next `KVM_RUN` blocks on the halted vCPU for good. The test
+/// hook pauses there after every kick, for ten kick periods; the halted
+/// guest must still end as a hang at its `hlt`, with both kick mechanisms
+/// and both irqchip shapes. The 30 s bound only catches a run that never
+/// returns; it is no measure of speed.
+#[test]
+fn a_kick_landing_before_entry_still_ends_a_halted_guest_as_a_hang() {
+    use irqdiff::backend::kvm::{KickMechanism, KvmBackend, KICK};
+    use std::time::Duration;
+    if !kvm_or_skip("a_kick_landing_before_entry_still_ends_a_halted_guest_as_a_hang") {
+        return;
+    }
+    for mechanism in [KickMechanism::ImmediateExit, KickMechanism::SignalMask] {
+        for split in [false, true] {
+            let (done, result) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut b = KvmBackend::open(split).unwrap_or_else(|e| panic!("{e}"));
+                if mechanism == KickMechanism::ImmediateExit
+                    && b.kick_mechanism() != KickMechanism::ImmediateExit
+                {
+                    eprintln!("SKIPPED immediate-exit kicks: no KVM_CAP_IMMEDIATE_EXIT here");
+                    return done.send(None).unwrap();
+                }
+                b.force_kick_mechanism(mechanism);
+                b.delay_entry_after_kick(Some(KICK * 10));
+                let t = b.run(&scenario(HANG)).unwrap();
+                done.send(Some((
+                    (t.outcome, t.hang_op),
+                    b.kicks_before_entry(),
+                    b.kicks_without_entry(),
+                )))
+                .unwrap();
+            });
+            let Some((ended, kicks_before_entry, kicks_without_entry)) = result
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|e| {
+                    panic!("{mechanism:?} split={split}: the run never ended ({e})")
+                })
+            else {
+                continue;
+            };
+            assert_eq!(
+                ended,
+                (Outcome::Hang, Some(3)),
+                "{mechanism:?} split={split}"
+            );
+            assert!(
+                kicks_before_entry >= 1,
+                "{mechanism:?} split={split}: no kick landed before an entry, so the window was not tested"
+            );
+            // The immediate exit tells a kick that ended an entry never
+            // made, and does not count it as one that found the vCPU halted
+            // after a re-entry.
+            if mechanism == KickMechanism::ImmediateExit {
+                assert!(kicks_without_entry >= 1, "split={split}");
+            }
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! The model backend's traces for key scenarios, event by event: the timing
-//! semantics of SCENARIO-FORMAT.md and docs/guest-stub.md (which op a
+//! semantics of docs/scenario-format.md and docs/guest-stub.md (which op a
 //! delivery carries, back-to-back delivery, the STI shadow, HLT, hang,
 //! storm, nesting, NMI, errors) and the decisions behind the events.
 

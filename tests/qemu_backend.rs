@@ -1,25 +1,21 @@
 //! `qemu-tcg`: QEMU's emulated APIC and IOAPIC under TCG, the second real
-//! implementation. Every test prints a SKIPPED line when QEMU is missing.
+//! implementation. Every test prints a SKIPPED line when QEMU is missing (fails under CI=true).
 
 mod common;
 
 use common::*;
-use irqdiff::backend::{self, Availability, Backend, BackendError};
+use irqdiff::backend::{self, Backend, BackendError};
 use irqdiff::oracle::Triage;
 
-fn qemu_or_skip(test: &str) -> Option<Box<dyn Backend>> {
-    match backend::qemu::probe() {
-        Availability::Available => Some(backend::open("qemu-tcg").unwrap()),
-        Availability::Unavailable(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            None
-        }
-    }
+/// `qemu-tcg`, opened, when QEMU is there (see `common::qemu_or_skip`).
+fn open_qemu_or_skip(test: &str) -> Option<Box<dyn Backend>> {
+    qemu_or_skip(test).then(|| backend::open("qemu-tcg").unwrap())
 }
 
 #[test]
 fn qemu_agrees_with_the_model_on_every_scenario_it_can_run() {
-    let Some(mut qemu) = qemu_or_skip("qemu_agrees_with_the_model_on_every_scenario_it_can_run")
+    let Some(mut qemu) =
+        open_qemu_or_skip("qemu_agrees_with_the_model_on_every_scenario_it_can_run")
     else {
         return;
     };
@@ -31,9 +27,7 @@ fn qemu_agrees_with_the_model_on_every_scenario_it_can_run() {
     let mut ran = 0;
     for path in all.into_iter().flatten() {
         let scenario = load(&path);
-        let mut expected = irqdiff::backend::model::ModelBackend::new()
-            .run(&scenario)
-            .unwrap();
+        let mut expected = backend::model::ModelBackend::new().run(&scenario).unwrap();
         expected.backend = "qemu-tcg".into();
         match qemu.run(&scenario) {
             Ok(observed) => {
@@ -52,7 +46,7 @@ fn qemu_agrees_with_the_model_on_every_scenario_it_can_run() {
 
 #[test]
 fn qemu_delivers_every_assert_of_an_edge_pin_documented() {
-    let Some(mut qemu) = qemu_or_skip("qemu_delivers_every_assert_of_an_edge_pin_documented")
+    let Some(mut qemu) = open_qemu_or_skip("qemu_delivers_every_assert_of_an_edge_pin_documented")
     else {
         return;
     };
@@ -82,7 +76,7 @@ fn qemu_delivers_every_assert_of_an_edge_pin_documented() {
 
 #[test]
 fn qemu_detects_hang_and_storm() {
-    let Some(mut qemu) = qemu_or_skip("qemu_detects_hang_and_storm") else {
+    let Some(mut qemu) = open_qemu_or_skip("qemu_detects_hang_and_storm") else {
         return;
     };
     let t = qemu
@@ -101,7 +95,7 @@ fn qemu_detects_hang_and_storm() {
 
 #[test]
 fn three_way_triage_blames_this_kvm_for_its_divergences() {
-    let Some(mut qemu) = qemu_or_skip("three_way_triage_blames_this_kvm_for_its_divergences")
+    let Some(mut qemu) = open_qemu_or_skip("three_way_triage_blames_this_kvm_for_its_divergences")
     else {
         return;
     };
@@ -133,7 +127,7 @@ fn three_way_triage_blames_this_kvm_for_its_divergences() {
 
 #[test]
 fn a_batch_gives_the_same_traces_as_single_runs() {
-    let Some(mut qemu) = qemu_or_skip("a_batch_gives_the_same_traces_as_single_runs") else {
+    let Some(mut qemu) = open_qemu_or_skip("a_batch_gives_the_same_traces_as_single_runs") else {
         return;
     };
     let mut scenarios: Vec<_> = scenario_files("kvm-unit-tests")
@@ -156,15 +150,15 @@ fn a_batch_gives_the_same_traces_as_single_runs() {
 }
 
 /// A batch backend with the in-guest watchdog on or off.
-fn qemu_batch(watchdog: bool) -> irqdiff::backend::qemu::QemuBackend {
-    let mut q = irqdiff::backend::qemu::QemuBackend::open(false).unwrap();
+fn qemu_batch(watchdog: bool) -> backend::qemu::QemuBackend {
+    let mut q = backend::qemu::QemuBackend::open(false).unwrap();
     q.set_watchdog(watchdog);
     q
 }
 
 #[test]
 fn the_guest_watchdog_reports_the_hangs_the_host_would() {
-    if qemu_or_skip("the_guest_watchdog_reports_the_hangs_the_host_would").is_none() {
+    if !qemu_or_skip("the_guest_watchdog_reports_the_hangs_the_host_would") {
         return;
     }
     // Random scenarios fitted to QEMU, and hangs in every place the
@@ -196,10 +190,7 @@ fn the_guest_watchdog_reports_the_hangs_the_host_would() {
     for (s, (g, h)) in scenarios.iter().zip(by_guest.iter().zip(&by_host)) {
         assert_eq!(g, h, "{s}");
     }
-    let hangs = by_guest
-        .iter()
-        .filter(|t| t.outcome == irqdiff::trace::Outcome::Hang)
-        .count();
+    let hangs = by_guest.iter().filter(|t| t.outcome == Hang).count();
     assert!(hangs >= 20, "only {hangs} hangs among the random scenarios");
     let tail: Vec<_> = by_guest[200..]
         .iter()
@@ -220,7 +211,7 @@ fn the_guest_watchdog_reports_the_hangs_the_host_would() {
 
 #[test]
 fn a_scenario_that_uses_the_timer_runs_without_the_watchdog() {
-    if qemu_or_skip("a_scenario_that_uses_the_timer_runs_without_the_watchdog").is_none() {
+    if !qemu_or_skip("a_scenario_that_uses_the_timer_runs_without_the_watchdog") {
         return;
     }
     // The watchdog's LVT and counts would show; this scenario sees the
@@ -229,9 +220,7 @@ fn a_scenario_that_uses_the_timer_runs_without_the_watchdog() {
         "lapic-read 0x320\nlapic-read 0x380\nlapic-read 0x3e0\ncli\nhlt\n",
     )
     .unwrap();
-    let mut expected = irqdiff::backend::model::ModelBackend::new()
-        .run(&s)
-        .unwrap();
+    let mut expected = backend::model::ModelBackend::new().run(&s).unwrap();
     expected.backend = "qemu-tcg".into();
     let batch = qemu_batch(true).run_batch(&[s.clone(), s]);
     assert_eq!(batch, [expected.clone(), expected]);
@@ -239,7 +228,7 @@ fn a_scenario_that_uses_the_timer_runs_without_the_watchdog() {
 
 #[test]
 fn a_scenarios_own_nmi_is_delivered_with_the_watchdog_armed() {
-    if qemu_or_skip("a_scenarios_own_nmi_is_delivered_with_the_watchdog_armed").is_none() {
+    if !qemu_or_skip("a_scenarios_own_nmi_is_delivered_with_the_watchdog_armed") {
         return;
     }
     let s = irqdiff::scenario::parse(
@@ -256,7 +245,7 @@ fn a_scenarios_own_nmi_is_delivered_with_the_watchdog_armed() {
 
 #[test]
 fn the_qemu_profile_of_the_model_reproduces_qemu_exactly() {
-    if qemu_or_skip("the_qemu_profile_of_the_model_reproduces_qemu_exactly").is_none() {
+    if !qemu_or_skip("the_qemu_profile_of_the_model_reproduces_qemu_exactly") {
         return;
     }
     // `sim:qemu` is the model with QEMU's documented behaviours
@@ -295,7 +284,7 @@ fn the_qemu_profile_of_the_model_reproduces_qemu_exactly() {
 
 #[test]
 fn every_qemu_divergence_repro_diverges_with_its_documented_label() {
-    if qemu_or_skip("every_qemu_divergence_repro_diverges_with_its_documented_label").is_none() {
+    if !qemu_or_skip("every_qemu_divergence_repro_diverges_with_its_documented_label") {
         return;
     }
     let mut differ = irqdiff::campaign::Differ::open("qemu-tcg").unwrap();
@@ -326,5 +315,43 @@ fn every_qemu_divergence_repro_diverges_with_its_documented_label() {
         );
         let label = irqdiff::known::label("qemu-tcg", &sig.unwrap(), &scenario, &observed);
         assert_eq!(label.map(|k| k.id), Some(id), "{}", path.display());
+    }
+}
+
+#[test]
+fn x2apic_scenarios_agree_in_batches_where_tcg_has_x2apic() {
+    if !qemu_or_skip("x2apic_scenarios_agree_in_batches_where_tcg_has_x2apic") {
+        return;
+    }
+    let q = qemu_batch(true);
+    if !q.features().tcg_x2apic {
+        // QEMU before 9.0: TCG has no x2APIC, and the backend says so.
+        let (a, b, c) = q.features().version;
+        assert!((a, b) < (9, 0), "QEMU {a}.{b}.{c} should have TCG x2APIC");
+        eprintln!("SKIPPED x2apic_scenarios_agree_in_batches_where_tcg_has_x2apic: QEMU {a}.{b}.{c}'s TCG has no x2APIC");
+        return;
+    }
+    let scenarios: Vec<_> = scenario_files("kvm-unit-tests")
+        .into_iter()
+        .map(|p| load(&p))
+        .filter(|s| s.config.apic == irqdiff::scenario::ApicMode::X2apic)
+        .collect();
+    assert!(scenarios.len() >= 3, "{}", scenarios.len());
+    // Mixed with an xAPIC scenario, so the batch switches modes across resets.
+    let mut batch = scenarios.clone();
+    batch.insert(
+        1,
+        load(&root().join("scenarios/kvm-unit-tests/edge_intr.irq")),
+    );
+    let observed = qemu_batch(true).run_batch(&batch);
+    let mut model = backend::open("model").unwrap();
+    for (s, o) in batch.iter().zip(&observed) {
+        let expected = model.run_to_trace(s);
+        assert_eq!(
+            irqdiff::oracle::compare(&expected, o),
+            irqdiff::oracle::Verdict::Agree,
+            "{s}\nqemu-tcg: {}",
+            o.to_json()
+        );
     }
 }

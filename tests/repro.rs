@@ -25,8 +25,7 @@ fn c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes() {
     if !kvm_or_skip("c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes") {
         return;
     }
-    if Command::new("cc").arg("--version").output().is_err() {
-        eprintln!("SKIPPED c_kvm_repros...: no C compiler (cc)");
+    if !cc_or_skip("c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("irqdiff-c-{}", std::process::id()));

@@ -25,22 +25,9 @@ fn include_dir() -> PathBuf {
     root().join("hypervisor-framework-double/include")
 }
 
-/// Whether `cc` works; under `CI=true` its absence fails the test.
-fn cc_available(test: &str) -> bool {
-    if Command::new("cc").arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: no C compiler (cc) under CI=true"
-    );
-    eprintln!("SKIPPED {test}: no C compiler (cc)");
-    false
-}
-
 #[test]
 fn every_c_hvf_program_passes_syntax_checking() {
-    if !cc_available("every_c_hvf_program_passes_syntax_checking") {
+    if !cc_or_skip("every_c_hvf_program_passes_syntax_checking") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("irqdiff-hvf-c-{}", std::process::id()));
@@ -190,10 +177,7 @@ fn cannot_run(s: &Scenario) -> Option<&'static str> {
         // no other call enables, disables or switches the APIC.
         return Some("the APIC cannot be enabled, disabled or put in x2APIC mode");
     }
-    let version_dependent = s
-        .all_ops()
-        .any(|op| matches!(op, Op::IoapicEoi(_) | Op::IoapicRead(1)));
-    if s.config.irqchip == Irqchip::Full && version_dependent {
+    if s.config.irqchip == Irqchip::Full && s.depends_on_ioapic_version() {
         // The scenarios' IOAPIC has 24 pins, bhyve's 32.
         return Some("depends on the IOAPIC's version register");
     }
@@ -208,7 +192,7 @@ fn cannot_run(s: &Scenario) -> Option<&'static str> {
 /// bugs (`sim:hvf-known`) says: 1 where its trace differs from the model's.
 #[test]
 fn c_hvf_repros_run_on_linux_against_the_double() {
-    if !cc_available("c_hvf_repros_run_on_linux_against_the_double") {
+    if !cc_or_skip("c_hvf_repros_run_on_linux_against_the_double") {
         return;
     }
     let lib_dir = double_library();
@@ -270,7 +254,7 @@ fn c_hvf_repros_run_on_linux_against_the_double() {
 /// `IRQDIFF_HVF_DOUBLE_IOAPIC=0x20`.
 #[test]
 fn the_ioapic_identity_decides_whether_an_eoi_register_scenario_runs() {
-    if !cc_available("the_ioapic_identity_decides_whether_an_eoi_register_scenario_runs") {
+    if !cc_or_skip("the_ioapic_identity_decides_whether_an_eoi_register_scenario_runs") {
         return;
     }
     let lib_dir = double_library();
@@ -312,7 +296,7 @@ fn the_ioapic_identity_decides_whether_an_eoi_register_scenario_runs() {
 /// (VM-instruction error 7; exit reason 33), and says it could not run.
 #[test]
 fn a_repro_without_its_bring_up_is_refused_by_the_strict_double() {
-    if !cc_available("a_repro_without_its_bring_up_is_refused_by_the_strict_double") {
+    if !cc_or_skip("a_repro_without_its_bring_up_is_refused_by_the_strict_double") {
         return;
     }
     let lib_dir = double_library();
@@ -340,7 +324,7 @@ fn a_repro_without_its_bring_up_is_refused_by_the_strict_double() {
 /// A bad quirk list is a clear error from `hv_vm_create`, not a panic.
 #[test]
 fn an_unknown_quirk_is_refused_by_hv_vm_create() {
-    if !cc_available("an_unknown_quirk_is_refused_by_hv_vm_create") {
+    if !cc_or_skip("an_unknown_quirk_is_refused_by_hv_vm_create") {
         return;
     }
     let lib_dir = double_library();

@@ -236,7 +236,7 @@ pub struct hv_ioapic_state {
     pub ioa_id: u32,
     pub ioregsel: u32,
 }
-const _: () = assert!(std::mem::size_of::<hv_ioapic_state>() == 272);
+const _: () = assert!(size_of::<hv_ioapic_state>() == 272);
 
 /// `hv_ioapic_state_ext_t` (hv_intr.h); `version` = [`HV_IOAPIC_STATE_EXT_VER`].
 #[repr(C)]
@@ -245,7 +245,7 @@ pub struct hv_ioapic_state_ext_t {
     pub version: u32,
     pub state: hv_ioapic_state,
 }
-const _: () = assert!(std::mem::size_of::<hv_ioapic_state_ext_t>() == 280);
+const _: () = assert!(size_of::<hv_ioapic_state_ext_t>() == 280);
 pub const HV_IOAPIC_STATE_EXT_VER: u32 = 100;
 
 /// `hv_apic_state_ext_t` (hv_intr.h): `version` then `struct hv_apic_state`
@@ -258,7 +258,7 @@ pub struct hv_apic_state_ext_t {
     pub version: u32,
     pub state: [u64; 30],
 }
-const _: () = assert!(std::mem::size_of::<hv_apic_state_ext_t>() == 248);
+const _: () = assert!(size_of::<hv_apic_state_ext_t>() == 248);
 pub const HV_APIC_STATE_EXT_VER: u32 = 100;
 
 /// One function of the table: what the Rust declarations, the C header and

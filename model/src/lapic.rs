@@ -29,6 +29,8 @@ pub mod reg {
     pub const ICR_LOW: u16 = 0x300;
     pub const ICR_HIGH: u16 = 0x310;
     pub const LVT_TIMER: u16 = 0x320;
+    pub const LVT_THERMAL: u16 = 0x330;
+    pub const LVT_PERF: u16 = 0x340;
     pub const LVT_LINT0: u16 = 0x350;
     pub const LVT_LINT1: u16 = 0x360;
     pub const LVT_ERROR: u16 = 0x370;
@@ -131,7 +133,8 @@ pub struct Lapic {
     timer_divide: u32,
 }
 
-const LVT_MASKED: u32 = 1 << 16;
+/// The mask bit of every LVT entry (SDM §11.5.1).
+pub const LVT_MASKED: u32 = 1 << 16;
 
 impl Lapic {
     /// The scenario's start state: APIC ID 0, software-enabled (SVR 0x1FF),

@@ -5,37 +5,43 @@
 //! One VM per backend instance, reused: every scenario starts from the
 //! format's start state, restored with state writes (registers, segments,
 //! `KVM_SET_LAPIC` from a clean state, `KVM_SET_IRQCHIP`, lines low).
-//! A halted guest is found by a per-thread timer signal that kicks
-//! `KVM_RUN` every [`KICK`]; two kicks in a row that find the vCPU halted
-//! make a hang (re-entering once first, because this host's KVM was seen to
-//! inject only at the next entry from userspace).
+//! A halted guest is found by kicks: a watchdog thread signals the vCPU
+//! thread when one `KVM_RUN` has lasted a whole [`KICK`], and
+//! `kvm_run.immediate_exit` (or `KVM_SET_SIGNAL_MASK`) keeps a kick that
+//! lands just before an entry from being lost ([`Watchdog`]). Two kicks in a
+//! row that find the vCPU halted make a hang (re-entering once first,
+//! because this host's KVM was seen to inject only at the next entry from
+//! userspace).
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_regs, kvm_segment,
+    kvm_irq_routing_entry, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_regs, kvm_run, kvm_segment,
     kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
     KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 
+use super::run::{self, CallLog, End, MessagePort, Shape, UserspaceIoapic};
 use super::{Availability, Backend, BackendError, Result};
 use crate::guest::layout::{
     self, EndCode, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, PING_PORT, RAM_SIZE,
 };
-use crate::guest::{log, table, Image};
-use crate::model::ioapic::{
-    InterruptMessage, InterruptSink, Ioapic, IoapicVersion as ModelVersion,
-};
-use crate::scenario::{IoapicVersion, Irqchip, Op, Scenario};
-use crate::trace::{Outcome, Trace};
+use crate::guest::{table, Image};
+use crate::model::ioapic::{bits as ioapic_bits, InterruptMessage, PINS as IOAPIC_PINS};
+use crate::model::lapic::{reg, LVT_MASKED, SVR_ENABLE};
+use crate::scenario::{HostOp, IoapicVersion, Op, Scenario};
+use crate::trace::Trace;
 
 /// A single `KVM_RUN` that has not returned after this long is kicked to
-/// look for a hang. The timer is re-armed before every entry, so it fires
-/// only when the vCPU blocks (halted): a kick is an exit to userspace, and on
-/// this host's KVM exits change when interrupts are injected, so kicks must
-/// not land in a guest that is making progress.
+/// look for a hang. Only an entry this long is kicked, so kicks land when the
+/// vCPU blocks (halted), not in a guest making progress: a kick is an exit
+/// to userspace, and on this host's KVM exits change when interrupts are
+/// injected.
 pub const KICK: Duration = Duration::from_millis(3);
 /// A scenario still running after this long is an error (a livelocked guest).
 pub const RUN_LIMIT: Duration = Duration::from_secs(5);
@@ -126,66 +132,351 @@ impl Drop for GuestRam {
 // SAFETY: the mapping is plain memory owned by one GuestRam.
 unsafe impl Send for GuestRam {}
 
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+/// How a kick that lands while the vCPU thread is outside `KVM_RUN` (about
+/// to enter it) still ends the next `KVM_RUN`, instead of being lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KickMechanism {
+    /// `KVM_CAP_IMMEDIATE_EXIT`: the signal handler sets the vCPU's
+    /// `kvm_run.immediate_exit`, and the next `KVM_RUN` returns `EINTR`
+    /// without entering the guest.
+    ImmediateExit,
+    /// `KVM_SET_SIGNAL_MASK`: the kick signal is blocked outside `KVM_RUN`
+    /// and unblocked only inside it, so a kick sent outside stays pending
+    /// and ends the next `KVM_RUN` at once.
+    SignalMask,
+}
+
+impl KickMechanism {
+    /// The immediate exit where this host's KVM has it, else the signal mask.
+    fn probe(kvm: &Kvm) -> KickMechanism {
+        if kvm.check_extension(Cap::ImmediateExit) {
+            KickMechanism::ImmediateExit
+        } else {
+            KickMechanism::SignalMask
+        }
+    }
+}
 
 fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN() + 3
 }
 
-/// A per-thread timer that interrupts a `KVM_RUN` that blocks.
-struct KickTimer {
-    id: libc::timer_t,
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread is running under
+    /// [`KickMechanism::ImmediateExit`], for the kick handler; null otherwise.
+    /// Const-initialised and without a destructor, so reading it is a plain
+    /// TLS access, safe in a signal handler (Firecracker's vCPU kick does
+    /// the same).
+    static KICKED_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
 
-impl KickTimer {
-    fn new() -> std::io::Result<KickTimer> {
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KICKED_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: KICKED_RUN points at the live kvm_run mapping of the vCPU
+        // this thread runs (registered by `Running::begin`, cleared before the
+        // VM can go away); one volatile byte store is async-signal-safe.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// What the watchdog shares with the vCPU thread.
+struct Watch {
+    /// Odd from just before each `KVM_RUN` until it returns, even otherwise:
+    /// the vCPU thread stores it around every entry (no system call).
+    entries: AtomicU64,
+    /// The thread running a scenario, while one runs. The watchdog signals
+    /// it only with this lock held, so the thread is alive (inside
+    /// `run_loop`) when signalled.
+    runner: Mutex<Option<libc::pthread_t>>,
+    stop: AtomicBool,
+}
+
+impl Watch {
+    fn runner(&self) -> std::sync::MutexGuard<'_, Option<libc::pthread_t>> {
+        self.runner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The kick watchdog: a thread per backend that wakes [`WATCH_TICKS`] times
+/// per [`KICK`] while a scenario runs, and signals the vCPU thread when the
+/// entry counter was odd and unchanged over a whole [`KICK`].
+///
+/// What this guarantees:
+/// - A `KVM_RUN` shorter than [`KICK`] is never kicked: a kick needs the
+///   same entry seen at wake-ups a whole [`KICK`] apart. A guest that exits
+///   faster than that (one making progress) gets no extra exits from us.
+/// - A `KVM_RUN` that blocks (a halted vCPU) or spins is kicked within
+///   `KICK * (1 + 1 / WATCH_TICKS)`, and again every [`KICK`] while it stays
+///   (a kick is never lost for good), so the run loop sees an exit at least
+///   that often and checks [`RUN_LIMIT`] there.
+/// - A kick that arrives while the thread is between marking an entry and
+///   entering (preempted there) is not lost: see [`KickMechanism`].
+/// - What it does not guarantee: if the watchdog itself is preempted between
+///   its check and its signal for as long as the vCPU takes to leave and
+///   re-enter, the kick lands in a later, progressing `KVM_RUN` (an extra
+///   exit, never a hang).
+struct Watchdog {
+    watch: Arc<Watch>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start() -> std::io::Result<Watchdog> {
         static REGISTER: std::sync::Once = std::sync::Once::new();
         REGISTER.call_once(|| {
             let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick);
         });
-        // SAFETY: zeroed sigevent is a valid starting value.
-        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-        event.sigev_notify = libc::SIGEV_THREAD_ID;
-        event.sigev_signo = kick_signal();
-        // SAFETY: gettid has no preconditions.
-        event.sigev_notify_thread_id = unsafe { libc::gettid() };
-        let mut id: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: event and id are valid for the call; the timer is deleted in Drop.
-        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut id) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(KickTimer { id })
-    }
-
-    /// Arms a one-shot kick after `delay` (zero disarms).
-    fn set(&self, delay: Duration) {
-        let ts = libc::timespec {
-            tv_sec: delay.as_secs() as _,
-            tv_nsec: delay.subsec_nanos() as _,
-        };
-        let zero = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        let spec = libc::itimerspec {
-            it_interval: zero,
-            it_value: ts,
-        };
-        // SAFETY: a timer this value owns; spec is valid for the call.
-        unsafe { libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut()) };
+        let watch = Arc::new(Watch {
+            entries: AtomicU64::new(0),
+            runner: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let shared = Arc::clone(&watch);
+        let thread = std::thread::Builder::new()
+            .name("kvm-kick".into())
+            .spawn(move || watch_loop(&shared))?;
+        Ok(Watchdog {
+            watch,
+            thread: Some(thread),
+        })
     }
 }
 
-impl Drop for KickTimer {
+/// Watchdog wake-ups per [`KICK`]: a blocked entry is kicked between one
+/// and `1 + 1 / WATCH_TICKS` periods after it began.
+const WATCH_TICKS: u32 = 4;
+
+fn watch_loop(watch: &Watch) {
+    let tick = KICK / WATCH_TICKS;
+    // The entry last seen, and at how many wake-ups in a row.
+    let mut seen = (0, 0);
+    while !watch.stop.load(Ordering::Acquire) {
+        {
+            let runner = watch.runner();
+            let Some(thread) = *runner else {
+                // Idle between scenarios: sleep until `Running::begin`.
+                seen = (0, 0);
+                drop(runner);
+                std::thread::park();
+                continue;
+            };
+            let now = watch.entries.load(Ordering::Acquire);
+            if now & 1 == 0 || now != seen.0 {
+                seen = (now, 0);
+            } else {
+                seen.1 += 1;
+                // Seen inside the same entry WATCH_TICKS ticks apart: it
+                // has lasted a whole KICK.
+                if seen.1 == WATCH_TICKS {
+                    // SAFETY: `thread` is registered, so it is inside
+                    // run_loop and alive; the lock keeps it from
+                    // deregistering meanwhile.
+                    unsafe { libc::pthread_kill(thread, kick_signal()) };
+                    // Kicked again only after another whole KICK.
+                    seen.1 = 0;
+                }
+            }
+        }
+        std::thread::sleep(tick);
+    }
+}
+
+impl Drop for Watchdog {
     fn drop(&mut self) {
-        // SAFETY: deleting the timer this value created, once.
-        unsafe { libc::timer_delete(self.id) };
+        self.watch.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The kick signal as a set.
+fn kick_sigset() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set they are given.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, kick_signal());
+        set
+    }
+}
+
+/// `struct kvm_signal_mask` with the kernel's 8-byte x86-64 signal set.
+#[repr(C)]
+struct KvmSignalMask {
+    len: u32,
+    sigset: [u8; 8],
+}
+
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_SET_SIGNAL_MASK,
+    kvm_bindings::KVMIO,
+    0x8b,
+    kvm_bindings::kvm_signal_mask
+);
+
+/// [`KickMechanism::SignalMask`]: the mask `KVM_RUN` runs with, this
+/// thread's current one without the kick signal.
+fn set_run_signal_mask(vcpu: &VcpuFd) -> std::io::Result<()> {
+    // SAFETY: querying this thread's mask into a valid set.
+    let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a null new set only reads the mask.
+    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: mask is an initialised set.
+    unsafe { libc::sigdelset(&mut mask, kick_signal()) };
+    let mut arg = KvmSignalMask {
+        len: 8,
+        sigset: [0; 8],
+    };
+    // SAFETY: sigset_t is at least 8 bytes; its first 8 are the kernel set.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((&mask as *const libc::sigset_t).cast::<u8>(), 8) };
+    arg.sigset.copy_from_slice(bytes);
+    // SAFETY: a vCPU fd and a kvm_signal_mask of len 8 followed by 8 bytes,
+    // which is what KVM_SET_SIGNAL_MASK reads.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vcpu, KVM_SET_SIGNAL_MASK(), &arg) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A scenario's run, registered with the watchdog (and, for the immediate
+/// exit, with the kick handler) until dropped.
+struct Running<'w> {
+    watch: &'w Watch,
+    mechanism: KickMechanism,
+}
+
+impl<'w> Running<'w> {
+    fn begin(watchdog: &'w Watchdog, mechanism: KickMechanism, run: *mut kvm_run) -> Running<'w> {
+        let set = kick_sigset();
+        match mechanism {
+            KickMechanism::ImmediateExit => {
+                KICKED_RUN.with(|r| r.set(run));
+                // SAFETY: unblocking one signal of this thread.
+                unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+            }
+            KickMechanism::SignalMask => {
+                // SAFETY: blocking one signal of this thread.
+                unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+            }
+        }
+        // SAFETY: pthread_self has no preconditions.
+        *watchdog.watch.runner() = Some(unsafe { libc::pthread_self() });
+        if let Some(thread) = &watchdog.thread {
+            thread.thread().unpark();
+        }
+        Running {
+            watch: &watchdog.watch,
+            mechanism,
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *self.watch.runner() = None;
+        // No kick can be sent from here on; one already sent may be pending.
+        match self.mechanism {
+            KickMechanism::ImmediateExit => KICKED_RUN.with(|r| r.set(std::ptr::null_mut())),
+            KickMechanism::SignalMask => {
+                let set = kick_sigset();
+                while consume_pending_kick() {}
+                // SAFETY: unblocking one signal of this thread.
+                unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+            }
+        }
+    }
+}
+
+/// [`KickMechanism::SignalMask`]: takes a pending (blocked) kick, if any;
+/// true if there was one.
+fn consume_pending_kick() -> bool {
+    let set = kick_sigset();
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid set and timeout; the signal is blocked, so this only
+    // dequeues it.
+    unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == kick_signal() }
+}
+
+/// One call or exit of a run, kept as data: formatting waits until a report
+/// asks for the log, off the per-exit path.
+enum Call {
+    Out {
+        port: u16,
+        value: u32,
+    },
+    IoapicRead {
+        addr: u64,
+        value: u32,
+    },
+    IoapicWrite {
+        addr: u64,
+        value: u32,
+    },
+    IoapicEoi(u8),
+    Pin {
+        pin: u8,
+        requested: bool,
+    },
+    IrqLine {
+        gsi: u8,
+        requested: bool,
+    },
+    SignalMsi {
+        addr: u64,
+        data: u32,
+        result: std::result::Result<libc::c_int, kvm_ioctls::Error>,
+    },
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Call::Out { port, value } => {
+                write!(
+                    f,
+                    "KVM_RUN -> KVM_EXIT_IO out port {port:#x} value {value:#x}"
+                )
+            }
+            Call::IoapicRead { addr, value } => write!(
+                f,
+                "KVM_RUN -> KVM_EXIT_MMIO read {addr:#x} = {value:#x} (userspace IOAPIC)"
+            ),
+            Call::IoapicWrite { addr, value } => write!(
+                f,
+                "KVM_RUN -> KVM_EXIT_MMIO write {addr:#x} = {value:#x} (userspace IOAPIC)"
+            ),
+            Call::IoapicEoi(vector) => {
+                write!(f, "KVM_RUN -> KVM_EXIT_IOAPIC_EOI vector {vector:#04x}")
+            }
+            Call::Pin { pin, requested } => write!(
+                f,
+                "userspace IOAPIC pin {pin} {}",
+                if *requested { "asserted" } else { "deasserted" }
+            ),
+            Call::IrqLine { gsi, requested } => {
+                write!(f, "KVM_IRQ_LINE gsi {gsi} level {}", u8::from(*requested))
+            }
+            Call::SignalMsi { addr, data, result } => write!(
+                f,
+                "KVM_SIGNAL_MSI address {addr:#x} data {data:#x} -> {result:?}"
+            ),
+        }
     }
 }
 
 /// One VM with one vCPU, in one irqchip shape.
 struct Vm {
-    split: bool,
+    shape: Shape,
     vm: VmFd,
     vcpu: VcpuFd,
     ram: GuestRam,
@@ -195,38 +486,160 @@ struct Vm {
     /// Full irqchip: the clean PIC and IOAPIC states.
     irqchips: Vec<kvm_bindings::kvm_irqchip>,
     /// Split: the userspace IOAPIC and the routes KVM was last told.
-    ioapic: Ioapic,
+    ioapic: UserspaceIoapic,
     routes: Vec<(u32, u32)>,
+    /// Split: the userspace IOAPIC changed since the routes were synced.
+    routes_dirty: bool,
     /// Pins whose line is (logically) asserted, to lower at reset.
     asserted: u32,
-    /// The calls and exits of the current run (bounded), for reports.
-    calls: Vec<String>,
+    /// The calls and exits of the current run, for reports.
+    calls: CallLog<Call>,
     /// The last run ended at the stub's end port in xAPIC mode: the
     /// segments, the APIC base, the 8259s and the MP state are as reset left
     /// them, so the next reset need not write them again.
     clean: bool,
 }
 
-fn errno(what: &str) -> impl Fn(kvm_ioctls::Error) -> BackendError + '_ {
-    move |e| BackendError::Failed(format!("{what}: {e}"))
+/// The format's start registers for the stub: 64-bit code and flat data
+/// segments from its GDT, its IDT, paging on, and an enabled xAPIC as BSP
+/// (restoring these also leaves x2APIC mode).
+fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    let code = kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: layout::CODE_SELECTOR,
+        type_: 0xb, // execute/read, accessed
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        ..Default::default()
+    };
+    let data = kvm_segment {
+        selector: layout::DATA_SELECTOR,
+        type_: 0x3, // read/write, accessed
+        db: 1,
+        l: 0,
+        ..code
+    };
+    sregs.cs = code;
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.gdt.base = layout::GDT;
+    sregs.gdt.limit = 3 * 8 - 1;
+    sregs.idt.base = layout::IDT;
+    sregs.idt.limit = 256 * 16 - 1;
+    sregs.cr0 = CR0_LONG_MODE;
+    sregs.cr3 = layout::PML4;
+    sregs.cr4 = CR4_PAE;
+    sregs.efer = EFER_LME_LMA;
+    sregs.cr8 = 0;
+    sregs.apic_base = layout::LAPIC_BASE | APIC_BASE_ENABLE | APIC_BASE_BSP;
+    sregs
 }
 
+/// The clean LAPIC: software-enabled, TPR 0, LVTs masked, nothing pending
+/// (the format's start state).
+fn clean_lapic(mut lapic: kvm_lapic_state) -> kvm_lapic_state {
+    let mut set = |offset: u16, value: u32| {
+        let offset = offset as usize;
+        for (i, b) in value.to_le_bytes().iter().enumerate() {
+            lapic.regs[offset + i] = *b as _;
+        }
+    };
+    set(reg::TPR, 0);
+    set(reg::SVR, SVR_ENABLE | SPURIOUS_VECTOR);
+    for lvt in run::LVTS {
+        set(lvt, LVT_MASKED);
+    }
+    // The 256-bit ISR, TMR and IRR, eight registers 16 bytes apart each.
+    for base in [reg::ISR, reg::TMR, reg::IRR] {
+        for i in 0..8 {
+            set(base + 0x10 * i, 0);
+        }
+    }
+    set(reg::ESR, 0);
+    lapic
+}
+
+fn errno(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BackendError {
+    BackendError::kvm(call)
+}
+
+/// IA32_APIC_BASE bits (SDM §11.4.4): this processor is the BSP, and the
+/// APIC is globally enabled.
+const APIC_BASE_BSP: u64 = 1 << 8;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+/// Control register and EFER bits of the stub's long mode (SDM vol. 3A §2.5).
+const CR0_LONG_MODE: u64 = 0x8005_0033; // PG | AM | WP | NE | ET | MP | PE
+const CR4_PAE: u64 = 0x20;
+const EFER_LME_LMA: u64 = 0x500;
+/// RFLAGS at the stub's entry: IF, and bit 1, which is always set.
+const RFLAGS_START: u64 = 0x202;
+/// The spurious vector the format starts with (SVR 0x1FF with the enable bit).
+const SPURIOUS_VECTOR: u32 = 0xff;
+
 impl Vm {
-    fn new(kvm: &Kvm, image: &Image, split: bool) -> Result<Vm> {
+    fn new(kvm: &Kvm, image: &Image, shape: Shape) -> Result<Vm> {
         let vm = kvm.create_vm().map_err(errno("KVM_CREATE_VM"))?;
-        if split {
+        Vm::create_irqchip(&vm, shape)?;
+        let ram = Vm::map_ram(&vm, image)?;
+        let vcpu = vm.create_vcpu(0).map_err(errno("KVM_CREATE_VCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(errno("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(errno("KVM_SET_CPUID2"))?;
+        let sregs = long_mode_sregs(vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?);
+        vcpu.set_sregs(&sregs).map_err(errno("KVM_SET_SREGS"))?;
+        let lapic = clean_lapic(vcpu.get_lapic().map_err(errno("KVM_GET_LAPIC"))?);
+        let events = vcpu
+            .get_vcpu_events()
+            .map_err(errno("KVM_GET_VCPU_EVENTS"))?;
+        let irqchips = if shape.is_split() {
+            Vec::new()
+        } else {
+            let chips = Vm::clean_irqchips(&vm)?;
+            Vm::route_gsis_to_ioapic(&vm)?;
+            chips
+        };
+        Ok(Vm {
+            shape,
+            vm,
+            vcpu,
+            ram,
+            sregs,
+            lapic,
+            events,
+            irqchips,
+            ioapic: UserspaceIoapic::default(),
+            routes: Vec::new(),
+            routes_dirty: false,
+            asserted: 0,
+            calls: CallLog::default(),
+            clean: false,
+        })
+    }
+
+    /// The in-kernel irqchip (PIC, IOAPIC, LAPIC), or in the split shape the
+    /// LAPIC alone, with the IOAPIC's pins as its userspace GSIs.
+    fn create_irqchip(vm: &VmFd, shape: Shape) -> Result<()> {
+        if shape.is_split() {
             let mut cap = kvm_bindings::kvm_enable_cap {
                 cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
                 ..Default::default()
             };
-            cap.args[0] = 24;
+            cap.args[0] = IOAPIC_PINS as u64;
             vm.enable_cap(&cap)
-                .map_err(errno("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
+                .map_err(errno("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))
         } else {
-            vm.create_irq_chip().map_err(errno("KVM_CREATE_IRQCHIP"))?;
+            vm.create_irq_chip().map_err(errno("KVM_CREATE_IRQCHIP"))
         }
-        let mut ram =
-            GuestRam::new(RAM_SIZE).map_err(|e| BackendError::Failed(format!("guest RAM: {e}")))?;
+    }
+
+    /// Guest RAM with the image installed, mapped at guest address 0.
+    fn map_ram(vm: &VmFd, image: &Image) -> Result<GuestRam> {
+        let mut ram = GuestRam::new(RAM_SIZE).map_err(BackendError::io("guest RAM"))?;
         image.install(ram.bytes_mut());
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -239,148 +652,72 @@ impl Vm {
         // (both are fields of this Vm, and the VM fd is dropped first).
         unsafe { vm.set_user_memory_region(region) }
             .map_err(errno("KVM_SET_USER_MEMORY_REGION"))?;
-        let vcpu = vm.create_vcpu(0).map_err(errno("KVM_CREATE_VCPU"))?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(errno("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(errno("KVM_SET_CPUID2"))?;
+        Ok(ram)
+    }
 
-        let mut sregs = vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?;
-        let code = kvm_segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            selector: layout::CODE_SELECTOR,
-            type_: 0xb,
-            present: 1,
-            dpl: 0,
-            db: 0,
-            s: 1,
-            l: 1,
-            g: 1,
-            ..Default::default()
-        };
-        let data = kvm_segment {
-            selector: layout::DATA_SELECTOR,
-            type_: 0x3,
-            db: 1,
-            l: 0,
-            ..code
-        };
-        sregs.cs = code;
-        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-        sregs.gdt.base = layout::GDT;
-        sregs.gdt.limit = 3 * 8 - 1;
-        sregs.idt.base = layout::IDT;
-        sregs.idt.limit = 256 * 16 - 1;
-        sregs.cr0 = 0x8005_0033; // PG | AM | WP | NE | ET | MP | PE
-        sregs.cr3 = layout::PML4;
-        sregs.cr4 = 0x20; // PAE
-        sregs.efer = 0x500; // LME | LMA
-        sregs.cr8 = 0;
-        // xAPIC, enabled, BSP (SDM §11.4.4); restoring it resets x2APIC mode.
-        sregs.apic_base = layout::LAPIC_BASE | 0x900;
-        vcpu.set_sregs(&sregs).map_err(errno("KVM_SET_SREGS"))?;
-
-        // The clean LAPIC: software-enabled, TPR 0, LVTs masked, nothing pending.
-        let mut lapic = vcpu.get_lapic().map_err(errno("KVM_GET_LAPIC"))?;
-        let mut set = |offset: usize, value: u32| {
-            for (i, b) in value.to_le_bytes().iter().enumerate() {
-                lapic.regs[offset + i] = *b as _;
-            }
-        };
-        set(0x80, 0);
-        set(0xf0, 0x1ff);
-        for lvt in [0x320, 0x330, 0x340, 0x350, 0x360, 0x370] {
-            set(lvt, 0x1_0000);
-        }
-        for base in [0x100, 0x180, 0x200] {
-            for i in 0..8 {
-                set(base + 0x10 * i, 0);
-            }
-        }
-        set(0x280, 0);
-        let events = vcpu
-            .get_vcpu_events()
-            .map_err(errno("KVM_GET_VCPU_EVENTS"))?;
-
+    /// The clean 8259 and IOAPIC states: everything masked, nothing
+    /// pending (IOAPIC entries masked with vector 0).
+    fn clean_irqchips(vm: &VmFd) -> Result<Vec<kvm_bindings::kvm_irqchip>> {
         let mut irqchips = Vec::new();
-        if !split {
-            for chip in [
-                KVM_IRQCHIP_PIC_MASTER,
-                KVM_IRQCHIP_PIC_SLAVE,
-                KVM_IRQCHIP_IOAPIC,
-            ] {
-                let mut state = kvm_bindings::kvm_irqchip {
-                    chip_id: chip,
+        for chip in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut state = kvm_bindings::kvm_irqchip {
+                chip_id: chip,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut state)
+                .map_err(errno("KVM_GET_IRQCHIP"))?;
+            // SAFETY: the union member matching chip_id, as KVM filled it.
+            unsafe {
+                if chip == KVM_IRQCHIP_IOAPIC {
+                    let io = &mut state.chip.ioapic;
+                    io.id = 0;
+                    io.irr = 0;
+                    io.ioregsel = 0;
+                    for entry in io.redirtbl.iter_mut() {
+                        entry.bits = ioapic_bits::MASKED;
+                    }
+                } else {
+                    let pic = &mut state.chip.pic;
+                    pic.imr = 0xff;
+                    pic.irr = 0;
+                    pic.isr = 0;
+                    pic.last_irr = 0;
+                }
+            }
+            irqchips.push(state);
+        }
+        Ok(irqchips)
+    }
+
+    /// GSI n goes to IOAPIC pin n only: the PIC is not in the path.
+    fn route_gsis_to_ioapic(vm: &VmFd) -> Result<()> {
+        let entries: Vec<kvm_irq_routing_entry> = (0..IOAPIC_PINS as u32)
+            .map(|pin| {
+                let mut e = kvm_irq_routing_entry {
+                    gsi: pin,
+                    type_: KVM_IRQ_ROUTING_IRQCHIP,
                     ..Default::default()
                 };
-                vm.get_irqchip(&mut state)
-                    .map_err(errno("KVM_GET_IRQCHIP"))?;
-                // SAFETY: the union member matching chip_id, as KVM filled it.
-                unsafe {
-                    if chip == KVM_IRQCHIP_IOAPIC {
-                        let io = &mut state.chip.ioapic;
-                        io.id = 0;
-                        io.irr = 0;
-                        io.ioregsel = 0;
-                        for entry in io.redirtbl.iter_mut() {
-                            entry.bits = 1 << 16; // masked, vector 0
-                        }
-                    } else {
-                        let pic = &mut state.chip.pic;
-                        pic.imr = 0xff;
-                        pic.irr = 0;
-                        pic.isr = 0;
-                        pic.last_irr = 0;
-                    }
-                }
-                irqchips.push(state);
-            }
-            // GSI n goes to IOAPIC pin n only: the PIC is not in the path.
-            let entries: Vec<kvm_irq_routing_entry> = (0..24)
-                .map(|pin| {
-                    let mut e = kvm_irq_routing_entry {
-                        gsi: pin,
-                        type_: KVM_IRQ_ROUTING_IRQCHIP,
-                        ..Default::default()
-                    };
-                    e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
-                    e.u.irqchip.pin = pin;
-                    e
-                })
-                .collect();
-            let routing = KvmIrqRouting::from_entries(&entries)
-                .map_err(|e| BackendError::Failed(format!("routing table: {e:?}")))?;
-            vm.set_gsi_routing(&routing)
-                .map_err(errno("KVM_SET_GSI_ROUTING"))?;
-        }
-        Ok(Vm {
-            split,
-            vm,
-            vcpu,
-            ram,
-            sregs,
-            lapic,
-            events,
-            irqchips,
-            ioapic: Ioapic::new(ModelVersion::V20),
-            routes: Vec::new(),
-            asserted: 0,
-            calls: Vec::new(),
-            clean: false,
-        })
+                e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
+                e.u.irqchip.pin = pin;
+                e
+            })
+            .collect();
+        vm.set_gsi_routing(&routing_table(&entries))
+            .map_err(errno("KVM_SET_GSI_ROUTING"))
     }
 
     /// Restores the format's start state and loads `table`.
     fn reset(&mut self, image: &Image, table: &table::Table, scenario: &Scenario) -> Result<()> {
-        if self.split {
-            self.ioapic = Ioapic::new(match scenario.config.ioapic {
-                IoapicVersion::V11 => ModelVersion::V11,
-                IoapicVersion::V20 => ModelVersion::V20,
-            });
+        if self.shape.is_split() {
+            self.ioapic.reset(scenario.config.ioapic);
             self.sync_routes()?;
         } else {
-            for pin in 0..24 {
+            for pin in 0..IOAPIC_PINS as u32 {
                 if self.asserted & (1 << pin) != 0 {
                     self.vm
                         .set_irq_line(pin, false)
@@ -413,7 +750,7 @@ impl Vm {
         let regs = kvm_regs {
             rip: image.stub.entry,
             rsp: layout::STACK_TOP,
-            rflags: 0x202,
+            rflags: RFLAGS_START,
             ..Default::default()
         };
         self.vcpu.set_regs(&regs).map_err(errno("KVM_SET_REGS"))?;
@@ -440,9 +777,9 @@ impl Vm {
     /// vectors (and so exits on their EOI) only from the GSI routing table
     /// (`kvm_scan_ioapic_routes`), so it mirrors the IOAPIC's entries.
     fn sync_routes(&mut self) -> Result<()> {
-        let routes: Vec<(u32, u32)> = (0..24)
+        let routes: Vec<(u32, u32)> = (0..IOAPIC_PINS)
             .map(|pin| {
-                let e = self.ioapic.entry(pin);
+                let e = self.ioapic.ioapic().entry(pin);
                 let (addr, data) = msi_of(&message_of(&e));
                 (addr as u32, if e.masked() { 0 } else { data })
             })
@@ -464,14 +801,20 @@ impl Vm {
                 e
             })
             .collect();
-        let routing = KvmIrqRouting::from_entries(&entries)
-            .map_err(|e| BackendError::Failed(format!("routing table: {e:?}")))?;
+        let routing = routing_table(&entries);
         self.vm
             .set_gsi_routing(&routing)
             .map_err(errno("KVM_SET_GSI_ROUTING"))?;
         self.routes = routes;
+        self.routes_dirty = false;
         Ok(())
     }
+}
+
+/// A GSI routing table of one entry per IOAPIC pin.
+fn routing_table(entries: &[kvm_irq_routing_entry]) -> KvmIrqRouting {
+    // It fails only past KVM_MAX_IRQ_ROUTES (4096) entries.
+    KvmIrqRouting::from_entries(entries).expect("24 routes fit KVM's routing table")
 }
 
 fn message_of(e: &crate::model::ioapic::RedirectionEntry) -> InterruptMessage {
@@ -494,15 +837,17 @@ fn msi_of(m: &InterruptMessage) -> (u64, u32) {
 }
 
 /// The split IOAPIC's message path: `KVM_SIGNAL_MSI`.
-struct MsiSink<'a> {
-    vm: &'a VmFd,
-    failure: Option<String>,
-    /// The calls made, for the run's call log.
-    sent: Vec<String>,
-}
+struct MsiPort<'a>(&'a VmFd);
 
-impl InterruptSink for MsiSink<'_> {
-    fn send(&mut self, msg: &InterruptMessage) -> bool {
+impl MessagePort for MsiPort<'_> {
+    type Error = kvm_ioctls::Error;
+    type Call = Call;
+
+    fn send(
+        &mut self,
+        msg: &InterruptMessage,
+        log: &mut CallLog<Call>,
+    ) -> std::result::Result<bool, kvm_ioctls::Error> {
         let (addr, data) = msi_of(msg);
         let msi = kvm_msi {
             address_lo: addr as u32,
@@ -510,52 +855,59 @@ impl InterruptSink for MsiSink<'_> {
             data,
             ..Default::default()
         };
-        let result = self.vm.signal_msi(msi);
-        self.sent.push(format!(
-            "KVM_SIGNAL_MSI address {addr:#x} data {data:#x} -> {result:?}"
-        ));
-        match result {
-            Ok(delivered) => delivered > 0,
-            Err(e) => {
-                self.failure.get_or_insert(format!("KVM_SIGNAL_MSI: {e}"));
-                false
-            }
-        }
+        let result = self.0.signal_msi(msi);
+        log.note(|| Call::SignalMsi { addr, data, result });
+        result.map(|delivered| delivered > 0)
     }
+}
+
+/// A failed `KVM_SIGNAL_MSI` ends the run.
+fn msi_failed(e: kvm_ioctls::Error) -> String {
+    format!("KVM_SIGNAL_MSI: {e}")
 }
 
 /// The `kvm` and `kvm-split` backends.
 pub struct KvmBackend {
     name: &'static str,
-    force_split: bool,
+    /// The shape it was opened with (`kvm-split`: always split).
+    opened: Shape,
     kvm: Kvm,
     image: Image,
     full: Option<Vm>,
     split: Option<Vm>,
-    timer: KickTimer,
+    kicks: Kicks,
     /// Exits (returns from KVM_RUN) in the last run.
     pub last_exits: u64,
     /// Whether the last run used the split VM.
     last_split: bool,
 }
 
-/// Most calls a run records for its report.
-const CALL_LOG_LIMIT: usize = 400;
-
-impl Vm {
-    fn note(&mut self, call: String) {
-        if self.calls.len() < CALL_LOG_LIMIT {
-            self.calls.push(call);
-        }
-    }
+/// The kick machinery of one backend, and its test hook.
+struct Kicks {
+    watchdog: Watchdog,
+    mechanism: KickMechanism,
+    /// Test hook: a pause before the entry that follows each kick.
+    delay_entry_after_kick: Option<Duration>,
+    /// Kicks of the last run that arrived in the hook's pause, before entry.
+    before_entry: u64,
+    /// Kicks of the last run that ended a `KVM_RUN` which had not run the
+    /// vCPU (and so were not counted for the hang judgement).
+    without_entry: u64,
+    /// Bench knob: the time the last run spent inside `KVM_RUN`, when
+    /// measured (a clock read around each entry, off by default).
+    time_in_run: Option<Duration>,
 }
 
 impl KvmBackend {
     /// `split`: the `kvm-split` backend (always the split shape); otherwise
     /// the scenario's `irqchip=` decides.
     pub fn open(split: bool) -> std::result::Result<KvmBackend, super::OpenError> {
-        let name = if split { "kvm-split" } else { "kvm" };
-        if let Availability::Unavailable(why) = probe(split) {
+        let (name, opened) = if split {
+            ("kvm-split", Shape::Split)
+        } else {
+            ("kvm", Shape::Full)
+        };
+        if let Availability::Unavailable(why) = probe(opened.is_split()) {
             return Err(super::OpenError::Unavailable {
                 name: name.into(),
                 why,
@@ -566,18 +918,73 @@ impl KvmBackend {
             why,
         };
         let kvm = Kvm::new().map_err(|e| unavailable(format!("/dev/kvm: {e}")))?;
-        let timer = KickTimer::new().map_err(|e| unavailable(format!("timer: {e}")))?;
+        let watchdog =
+            Watchdog::start().map_err(|e| unavailable(format!("kick watchdog thread: {e}")))?;
+        let mechanism = KickMechanism::probe(&kvm);
         Ok(KvmBackend {
             name,
-            force_split: split,
+            opened,
             kvm,
             image: Image::build(),
             full: None,
             split: None,
-            timer,
+            kicks: Kicks {
+                watchdog,
+                mechanism,
+                delay_entry_after_kick: None,
+                before_entry: 0,
+                without_entry: 0,
+                time_in_run: None,
+            },
             last_exits: 0,
             last_split: false,
         })
+    }
+
+    /// How kicks reach this backend's vCPU: probed at open.
+    pub fn kick_mechanism(&self) -> KickMechanism {
+        self.kicks.mechanism
+    }
+
+    /// Test knob: kick with `mechanism` (e.g. the signal-mask fallback on a
+    /// host that has the immediate exit).
+    #[doc(hidden)]
+    pub fn force_kick_mechanism(&mut self, mechanism: KickMechanism) {
+        self.kicks.mechanism = mechanism;
+    }
+
+    /// Test hook: after every kick, pause `delay` between marking the next
+    /// entry and making it, so that the next kick lands outside `KVM_RUN`
+    /// (a vCPU thread preempted just before entry).
+    #[doc(hidden)]
+    pub fn delay_entry_after_kick(&mut self, delay: Option<Duration>) {
+        self.kicks.delay_entry_after_kick = delay;
+    }
+
+    /// Test hook: how many kicks of the last run arrived during a
+    /// [`delay_entry_after_kick`](Self::delay_entry_after_kick) pause.
+    #[doc(hidden)]
+    pub fn kicks_before_entry(&self) -> u64 {
+        self.kicks.before_entry
+    }
+
+    /// Test hook: how many kicks of the last run ended a `KVM_RUN` that had
+    /// not run the vCPU (known only with [`KickMechanism::ImmediateExit`]).
+    #[doc(hidden)]
+    pub fn kicks_without_entry(&self) -> u64 {
+        self.kicks.without_entry
+    }
+
+    /// Bench knob: measure the time each run spends inside `KVM_RUN`.
+    #[doc(hidden)]
+    pub fn measure_time_in_run(&mut self, on: bool) {
+        self.kicks.time_in_run = on.then_some(Duration::ZERO);
+    }
+
+    /// Bench knob: the last run's time inside `KVM_RUN`, if measured.
+    #[doc(hidden)]
+    pub fn last_time_in_run(&self) -> Option<Duration> {
+        self.kicks.time_in_run
     }
 
     /// Measures the raw exit round trip: `count` `out`s, returns the time per exit.
@@ -586,7 +993,7 @@ impl KvmBackend {
         let KvmBackend {
             kvm, image, full, ..
         } = self;
-        let vm = vm_slot(kvm, image, full, false)?;
+        let vm = vm_slot(kvm, image, full, Shape::Full)?;
         vm.reset(image, &table, &Scenario::default())?;
         let start = Instant::now();
         let mut exits = 0u64;
@@ -595,12 +1002,8 @@ impl KvmBackend {
                 Ok(VcpuExit::IoOut(PING_PORT, _)) => exits += 1,
                 Ok(VcpuExit::IoOut(END_PORT, _)) => break,
                 Ok(VcpuExit::IoOut(..)) => {}
-                Ok(other) => {
-                    return Err(BackendError::Failed(format!(
-                        "unexpected exit {other:?} while pinging"
-                    )))
-                }
-                Err(e) => return Err(BackendError::Failed(format!("KVM_RUN: {e}"))),
+                Ok(other) => return Err(BackendError::UnexpectedExit(format!("{other:?}"))),
+                Err(e) => return Err(BackendError::kvm("KVM_RUN")(e)),
             }
         }
         Ok(start.elapsed() / exits.max(1) as u32)
@@ -612,18 +1015,18 @@ fn vm_slot<'v>(
     kvm: &Kvm,
     image: &Image,
     slot: &'v mut Option<Vm>,
-    split: bool,
+    shape: Shape,
 ) -> Result<&'v mut Vm> {
     if slot.is_none() {
-        *slot = Some(Vm::new(kvm, image, split)?);
+        *slot = Some(Vm::new(kvm, image, shape)?);
     }
     Ok(slot.as_mut().expect("just created"))
 }
 
 /// Why a scenario cannot run on this shape, if it cannot.
-fn unsupported(scenario: &Scenario, split: bool) -> Option<String> {
+fn unsupported(scenario: &Scenario, shape: Shape) -> Option<String> {
     let c = &scenario.config;
-    if !split {
+    if shape == Shape::Full {
         if c.directed_eoi {
             return Some("KVM's in-kernel IOAPIC does not offer EOI-broadcast suppression (directed-eoi=on needs irqchip=split)".into());
         }
@@ -646,11 +1049,14 @@ impl Backend for KvmBackend {
         self.name
     }
 
+    fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        unsupported(scenario, Shape::for_run(self.opened, scenario))
+    }
+
     /// KVM's in-kernel IOAPIC is version 0x11 without directed EOI: a
     /// generated scenario for the full irqchip gets that config.
     fn fit(&self, scenario: &mut Scenario) {
-        let split = self.force_split || scenario.config.irqchip == Irqchip::Split;
-        if !split && unsupported(scenario, false).is_some() {
+        if self.unsupported(scenario).is_some() {
             scenario.config.ioapic = IoapicVersion::V11;
             scenario.config.directed_eoi = false;
         }
@@ -662,278 +1068,383 @@ impl Backend for KvmBackend {
         } else {
             &self.full
         };
-        vm.as_ref().map_or_else(Vec::new, |vm| vm.calls.clone())
+        vm.as_ref().map_or_else(Vec::new, |vm| vm.calls.lines())
     }
 
-    fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
-        let split = self.force_split || scenario.config.irqchip == Irqchip::Split;
+    fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
+        let shape = Shape::for_run(self.opened, scenario);
         let name = self.name;
-        if let Some(why) = unsupported(scenario, split) {
-            return Err(BackendError::Unsupported(why));
-        }
         let table =
             table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
-        self.last_split = split;
+        self.last_split = shape.is_split();
         let KvmBackend {
             kvm,
             image,
             full,
-            split: split_vm,
-            timer,
+            split,
+            kicks,
             last_exits,
             ..
         } = self;
-        let vm = vm_slot(kvm, image, if split { split_vm } else { full }, split)?;
+        let slot = match shape {
+            Shape::Full => full,
+            Shape::Split => split,
+        };
+        let vm = vm_slot(kvm, image, slot, shape)?;
         vm.reset(image, &table, scenario)?;
-        let result = run_loop(vm, &table, timer);
-        timer.set(Duration::ZERO);
-        let (end, exits) = result?;
+        let (end, exits) = run_loop(vm, &table, kicks)?;
         *last_exits = exits;
         // A run that moved or switched the APIC base needs the segments
         // (and so the APIC base) written again.
         vm.clean = matches!(end, End::Stub(_))
             && scenario.config.apic == crate::scenario::ApicMode::Xapic
             && !scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)));
-        let (cur_op, log_bytes) = image.read_back(vm.ram.bytes());
-        let mut trace = Trace::new(name);
-        trace.events = log::decode(log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
-        match end {
-            End::Stub(EndCode::Completed) => {}
-            End::Stub(EndCode::Storm) => trace.outcome = Outcome::Storm,
-            End::Stub(EndCode::LogFull) => {
-                return Err(BackendError::Failed("the guest's event log is full".into()))
-            }
-            End::Hang => {
-                trace.outcome = Outcome::Hang;
-                trace.hang_op = Some(cur_op);
-            }
-            End::Error(message) => {
-                trace.outcome = Outcome::Error;
-                trace.error = Some(format!("{message} (during op {cur_op})"));
-            }
-        }
-        Ok(trace)
+        run::finish(name, end, image, vm.ram.bytes())
     }
 }
 
-enum End {
-    Stub(EndCode),
-    Hang,
-    Error(String),
+/// One `KVM_RUN` return, as the run loop handles it.
+enum Exit {
+    /// `out` to a port.
+    Out { port: u16, value: u32 },
+    /// A read of the userspace IOAPIC, already answered.
+    IoapicRead,
+    /// A write to the userspace IOAPIC.
+    IoapicWrite { addr: u64, value: u32 },
+    /// A level-triggered IOAPIC vector's EOI (split irqchip).
+    IoapicEoi(u8),
+    /// `EINTR`: a kick. `entered`: `KVM_RUN` ran the vCPU (the kick did not
+    /// just end an entry the thread had not yet made).
+    Kicked { entered: bool },
+    /// An exit to userspace with nothing to do.
+    Nothing,
+    /// The run ends here.
+    End(End),
 }
 
-/// Runs the vCPU until the stub ends the run, hangs, or fails.
-fn run_loop(vm: &mut Vm, table: &table::Table, timer: &KickTimer) -> Result<(End, u64)> {
+/// The 8259s' data ports (mask writes), which exit only without an
+/// in-kernel PIC.
+const PIC_MASTER_DATA: u16 = 0x21;
+const PIC_SLAVE_DATA: u16 = 0xa1;
+
+/// Exits between two looks at the clock: the run loop checks [`RUN_LIMIT`]
+/// on every kick and every this many exits, so a guest that keeps exiting
+/// without ending is bounded too, at no per-exit cost.
+const LIMIT_CHECK_EXITS: u64 = 1024;
+
+fn over_limit() -> End {
+    End::Error(format!("the guest did not finish within {RUN_LIMIT:?}"))
+}
+
+/// Runs the vCPU until the stub ends the run, hangs, or fails; returns how it
+/// ended and the exits taken.
+///
+/// Hang judgement: a kick that finds the vCPU halted, a re-entry, and a
+/// second kick that finds it halted again (this host's KVM was seen to
+/// inject only at the next entry from userspace, so one kick is not enough).
+/// An entry the kick ended before it was made counts for neither.
+fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End, u64)> {
+    let run = std::ptr::addr_of_mut!(*vm.vcpu.get_kvm_run());
+    if kicks.mechanism == KickMechanism::SignalMask {
+        set_run_signal_mask(&vm.vcpu).map_err(BackendError::io("KVM_SET_SIGNAL_MASK"))?;
+    }
+    let Kicks {
+        watchdog,
+        mechanism,
+        delay_entry_after_kick,
+        before_entry,
+        without_entry,
+        time_in_run,
+    } = kicks;
+    *without_entry = 0;
+    if let Some(time) = time_in_run.as_mut() {
+        *time = Duration::ZERO;
+    }
+    let _running = Running::begin(watchdog, *mechanism, run);
+    let mut entry = Entry {
+        watch: &watchdog.watch,
+        mechanism: *mechanism,
+        kicks_before_entry: before_entry,
+        time_in_run,
+    };
+    *entry.kicks_before_entry = 0;
     let started = Instant::now();
     let mut exits = 0u64;
     let mut halted_kicks = 0;
-    let mut routes_dirty = false;
+    let mut delay_entry = None;
     loop {
-        if routes_dirty {
+        if vm.routes_dirty {
             vm.sync_routes()?;
-            routes_dirty = false;
         }
         exits += 1;
-        timer.set(KICK);
-        let exit = vm.vcpu.run();
-        let mut host_op = None;
-        match exit {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let value = data.iter().rev().fold(0u32, |acc, b| acc << 8 | *b as u32);
-                if port != PING_PORT {
-                    vm.note(format!(
-                        "KVM_RUN -> KVM_EXIT_IO out port {port:#x} value {value:#x}"
-                    ));
-                }
-                match port {
-                    HYPERCALL_PORT => host_op = Some(value as usize),
-                    END_PORT => {
-                        return Ok((
-                            EndCode::from_u32(value).map_or_else(
-                                || End::Error(format!("bad end code {value}")),
-                                End::Stub,
-                            ),
-                            exits,
-                        ))
+        if exits % LIMIT_CHECK_EXITS == 0 && started.elapsed() > RUN_LIMIT {
+            return Ok((over_limit(), exits));
+        }
+        let exit = entry.enter(vm, delay_entry.take())?;
+        let host_op = match exit {
+            Exit::Kicked { entered } => {
+                if entered {
+                    if vm.halted()? {
+                        halted_kicks += 1;
+                        if halted_kicks >= 2 {
+                            return Ok((End::Hang, exits));
+                        }
+                    } else {
+                        halted_kicks = 0;
                     }
-                    // The 8259 mask writes exit only without an in-kernel PIC.
-                    0x21 | 0xa1 | PING_PORT => {}
-                    other => {
-                        return Ok((
-                            End::Error(format!("unexpected out to port {other:#x}")),
-                            exits,
-                        ))
-                    }
-                }
-            }
-            Ok(VcpuExit::MmioRead(addr, data))
-                if vm.split && (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&addr) =>
-            {
-                let value = vm.ioapic.mmio_read(addr - IOAPIC_BASE);
-                vm.calls.push(format!(
-                    "KVM_RUN -> KVM_EXIT_MMIO read {addr:#x} = {value:#x} (userspace IOAPIC)"
-                ));
-                let bytes = value.to_le_bytes();
-                let n = data.len().min(4);
-                data[..n].copy_from_slice(&bytes[..n]);
-            }
-            Ok(VcpuExit::MmioWrite(addr, data))
-                if vm.split && (IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&addr) =>
-            {
-                let mut bytes = [0u8; 4];
-                let n = data.len().min(4);
-                bytes[..n].copy_from_slice(&data[..n]);
-                let value = u32::from_le_bytes(bytes);
-                if vm.calls.len() < CALL_LOG_LIMIT {
-                    vm.calls.push(format!(
-                        "KVM_RUN -> KVM_EXIT_MMIO write {addr:#x} = {value:#x} (userspace IOAPIC)"
-                    ));
-                }
-                let mut sink = MsiSink {
-                    vm: &vm.vm,
-                    failure: None,
-                    sent: Vec::new(),
-                };
-                vm.ioapic.mmio_write(addr - IOAPIC_BASE, value, &mut sink);
-                vm.calls.append(&mut sink.sent);
-                if let Some(f) = sink.failure {
-                    return Ok((End::Error(f), exits));
-                }
-                routes_dirty = true;
-            }
-            Ok(VcpuExit::IoapicEoi(vector)) if vm.split => {
-                if vm.calls.len() < CALL_LOG_LIMIT {
-                    vm.calls.push(format!(
-                        "KVM_RUN -> KVM_EXIT_IOAPIC_EOI vector {vector:#04x}"
-                    ));
-                }
-                let mut sink = MsiSink {
-                    vm: &vm.vm,
-                    failure: None,
-                    sent: Vec::new(),
-                };
-                vm.ioapic.eoi(vector, &mut sink);
-                vm.calls.append(&mut sink.sent);
-                if let Some(f) = sink.failure {
-                    return Ok((End::Error(f), exits));
-                }
-            }
-            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
-                return Ok((
-                    End::Error(format!("unexpected MMIO access at {addr:#x}")),
-                    exits,
-                ))
-            }
-            Ok(VcpuExit::Shutdown) => {
-                return Ok((
-                    End::Error("the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into()),
-                    exits,
-                ))
-            }
-            Ok(VcpuExit::InternalError) => {
-                return Ok((
-                    End::Error(
-                        "KVM internal error (KVM_EXIT_INTERNAL_ERROR, e.g. an emulation failure)"
-                            .into(),
-                    ),
-                    exits,
-                ))
-            }
-            Ok(VcpuExit::FailEntry(reason, _)) => {
-                return Ok((
-                    End::Error(format!("VM entry failed (hardware reason {reason:#x})")),
-                    exits,
-                ))
-            }
-            Ok(VcpuExit::Hlt) => return Ok((End::Hang, exits)),
-            Ok(VcpuExit::Intr) => {}
-            Ok(other) => return Ok((End::Error(format!("unexpected exit {other:?}")), exits)),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                let mp = vm.vcpu.get_mp_state().map_err(errno("KVM_GET_MP_STATE"))?;
-                if mp.mp_state == KVM_MP_STATE_HALTED {
-                    halted_kicks += 1;
-                    if halted_kicks >= 2 {
-                        return Ok((End::Hang, exits));
-                    }
+                    delay_entry = *delay_entry_after_kick;
                 } else {
-                    halted_kicks = 0;
+                    *without_entry += 1;
                 }
                 if started.elapsed() > RUN_LIMIT {
-                    return Ok((
-                        End::Error(format!("the guest did not finish within {RUN_LIMIT:?}")),
-                        exits,
-                    ));
+                    return Ok((over_limit(), exits));
                 }
                 continue;
             }
-            Err(e) => return Err(BackendError::Failed(format!("KVM_RUN: {e}"))),
-        }
+            Exit::Out { port, value } => match vm.handle_out(port, value) {
+                Ok(host_op) => host_op,
+                Err(end) => return Ok((end, exits)),
+            },
+            Exit::IoapicWrite { addr, value } => {
+                if let Err(end) = vm.handle_ioapic_write(addr, value) {
+                    return Ok((end, exits));
+                }
+                None
+            }
+            Exit::IoapicEoi(vector) => {
+                if let Err(end) = vm.handle_ioapic_eoi(vector) {
+                    return Ok((end, exits));
+                }
+                None
+            }
+            Exit::IoapicRead | Exit::Nothing => None,
+            Exit::End(end) => return Ok((end, exits)),
+        };
         halted_kicks = 0;
         if let Some(index) = host_op {
-            let op = *table.host_ops.get(index).ok_or_else(|| {
-                BackendError::Failed(format!(
-                    "the guest asked for host op {index}, which does not exist"
-                ))
-            })?;
-            if let Err(message) = perform(vm, &op) {
+            let Some(op) = table.host_ops.get(index) else {
+                let message = format!("the guest asked for host op {index}, which does not exist");
+                return Ok((End::Error(message), exits));
+            };
+            if let Err(message) = perform(vm, op) {
                 return Ok((End::Error(message), exits));
             }
         }
     }
 }
 
+/// What an entry needs of the kick machinery.
+struct Entry<'k> {
+    watch: &'k Watch,
+    mechanism: KickMechanism,
+    kicks_before_entry: &'k mut u64,
+    time_in_run: &'k mut Option<Duration>,
+}
+
+impl Entry<'_> {
+    /// One `KVM_RUN`, marked for the watchdog: the only system call on the
+    /// per-entry path. `delay`: the test hook, a pause between marking the
+    /// entry and making it (the window in which a kick lands outside).
+    fn enter(&mut self, vm: &mut Vm, delay: Option<Duration>) -> Result<Exit> {
+        let entries = &self.watch.entries;
+        let before = entries.load(Ordering::Relaxed);
+        entries.store(before + 1, Ordering::Release);
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+            if kick_is_waiting(&mut vm.vcpu, self.mechanism) {
+                *self.kicks_before_entry += 1;
+            }
+        }
+        let clock = self.time_in_run.is_some().then(Instant::now);
+        let result = vm.vcpu.run();
+        if let (Some(start), Some(time)) = (clock, self.time_in_run.as_mut()) {
+            *time += start.elapsed();
+        }
+        entries.store(before + 2, Ordering::Release);
+        let split = vm.shape.is_split();
+        Ok(match result {
+            Ok(VcpuExit::IoOut(port, data)) => Exit::Out {
+                port,
+                value: data.iter().rev().fold(0u32, |acc, b| acc << 8 | *b as u32),
+            },
+            Ok(VcpuExit::MmioRead(addr, data)) if split && run::in_ioapic_window(addr) => {
+                let value = vm.ioapic.mmio_read(addr - IOAPIC_BASE);
+                vm.calls.note(|| Call::IoapicRead { addr, value });
+                let n = data.len().min(4);
+                data[..n].copy_from_slice(&value.to_le_bytes()[..n]);
+                Exit::IoapicRead
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) if split && run::in_ioapic_window(addr) => {
+                let mut bytes = [0u8; 4];
+                let n = data.len().min(4);
+                bytes[..n].copy_from_slice(&data[..n]);
+                Exit::IoapicWrite {
+                    addr,
+                    value: u32::from_le_bytes(bytes),
+                }
+            }
+            Ok(VcpuExit::IoapicEoi(vector)) if split => Exit::IoapicEoi(vector),
+            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
+                Exit::End(End::Error(format!("unexpected MMIO access at {addr:#x}")))
+            }
+            Ok(VcpuExit::Shutdown) => Exit::End(End::Error(
+                "the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into(),
+            )),
+            Ok(VcpuExit::InternalError) => Exit::End(End::Error(
+                "KVM internal error (KVM_EXIT_INTERNAL_ERROR, e.g. an emulation failure)".into(),
+            )),
+            Ok(VcpuExit::FailEntry(reason, _)) => Exit::End(End::Error(format!(
+                "VM entry failed (hardware reason {reason:#x})"
+            ))),
+            Ok(VcpuExit::Hlt) => Exit::End(End::Hang),
+            Ok(VcpuExit::Intr) => Exit::Nothing,
+            Ok(other) => Exit::End(End::Error(format!("unexpected exit {other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Kicked {
+                entered: take_kick(&mut vm.vcpu, self.mechanism),
+            },
+            Err(e) => return Err(BackendError::kvm("KVM_RUN")(e)),
+        })
+    }
+}
+
+/// After an `EINTR`: clears the kick so the next entry runs, and says whether
+/// `KVM_RUN` had run the vCPU. With the immediate exit, KVM writes
+/// `KVM_EXIT_INTR` only when a signal ended a real run; the immediate-exit
+/// path returns before touching `exit_reason`, which is reset here so the
+/// next `EINTR` tells again. With the signal mask it cannot be told apart:
+/// every `EINTR` counts as a run.
+fn take_kick(vcpu: &mut VcpuFd, mechanism: KickMechanism) -> bool {
+    match mechanism {
+        KickMechanism::ImmediateExit => {
+            let run = std::ptr::addr_of_mut!(*vcpu.get_kvm_run());
+            // SAFETY: the vCPU's kvm_run mapping, written by this thread
+            // and its kick handler only; volatile so the handler's store is seen.
+            unsafe {
+                let entered = (*run).exit_reason == kvm_bindings::KVM_EXIT_INTR;
+                std::ptr::addr_of_mut!((*run).exit_reason)
+                    .write_volatile(kvm_bindings::KVM_EXIT_UNKNOWN);
+                std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(0);
+                entered
+            }
+        }
+        KickMechanism::SignalMask => {
+            // Kicks are realtime signals, which queue: take them all.
+            while consume_pending_kick() {}
+            true
+        }
+    }
+}
+
+/// The test hook's look: a kick has arrived and waits for the next entry.
+fn kick_is_waiting(vcpu: &mut VcpuFd, mechanism: KickMechanism) -> bool {
+    match mechanism {
+        KickMechanism::ImmediateExit => {
+            let run = std::ptr::addr_of_mut!(*vcpu.get_kvm_run());
+            // SAFETY: as in take_kick.
+            unsafe { std::ptr::addr_of!((*run).immediate_exit).read_volatile() != 0 }
+        }
+        KickMechanism::SignalMask => {
+            // SAFETY: sigpending fills the set it is given.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigpending(&mut set);
+                libc::sigismember(&set, kick_signal()) == 1
+            }
+        }
+    }
+}
+
+impl Vm {
+    fn halted(&self) -> Result<bool> {
+        let mp = self
+            .vcpu
+            .get_mp_state()
+            .map_err(errno("KVM_GET_MP_STATE"))?;
+        Ok(mp.mp_state == KVM_MP_STATE_HALTED)
+    }
+
+    /// An `out`: a host op to perform, nothing, or the end of the run.
+    fn handle_out(&mut self, port: u16, value: u32) -> std::result::Result<Option<usize>, End> {
+        if port != PING_PORT {
+            self.calls.note(|| Call::Out { port, value });
+        }
+        match port {
+            HYPERCALL_PORT => Ok(Some(value as usize)),
+            END_PORT => Err(EndCode::from_u32(value)
+                .map_or_else(|| End::Error(format!("bad end code {value}")), End::Stub)),
+            PIC_MASTER_DATA | PIC_SLAVE_DATA | PING_PORT => Ok(None),
+            other => Err(End::Error(format!("unexpected out to port {other:#x}"))),
+        }
+    }
+
+    /// A write to the userspace IOAPIC; its routes are synced before the next entry.
+    fn handle_ioapic_write(&mut self, addr: u64, value: u32) -> std::result::Result<(), End> {
+        self.calls.note(|| Call::IoapicWrite { addr, value });
+        let result = self.ioapic.mmio_write(
+            addr - IOAPIC_BASE,
+            value,
+            &mut MsiPort(&self.vm),
+            &mut self.calls,
+        );
+        self.routes_dirty = true;
+        result.map_err(|e| End::Error(msi_failed(e)))
+    }
+
+    /// A level-triggered vector's EOI, broadcast to the userspace IOAPIC.
+    fn handle_ioapic_eoi(&mut self, vector: u8) -> std::result::Result<(), End> {
+        self.calls.note(|| Call::IoapicEoi(vector));
+        self.ioapic
+            .eoi(vector, &mut MsiPort(&self.vm), &mut self.calls)
+            .map_err(|e| End::Error(msi_failed(e)))
+    }
+}
+
 /// Performs a host op. `assert` means "interrupt requested", whatever the
 /// pin's polarity: both KVM's IOAPIC and the model's take the logical level.
-fn perform(vm: &mut Vm, op: &Op) -> std::result::Result<(), String> {
-    let drive = |vm: &mut Vm, pin: u8, requested: bool| -> std::result::Result<(), String> {
-        if requested {
-            vm.asserted |= 1 << pin;
-        } else {
-            vm.asserted &= !(1 << pin);
+fn perform(vm: &mut Vm, op: &HostOp) -> std::result::Result<(), String> {
+    match *op {
+        HostOp::Assert(pin) => vm.drive(pin.get(), true),
+        HostOp::Deassert(pin) => vm.drive(pin.get(), false),
+        HostOp::Pulse(pin) => {
+            vm.drive(pin.get(), true)?;
+            vm.drive(pin.get(), false)
         }
-        if vm.split {
-            vm.note(format!(
-                "userspace IOAPIC pin {pin} {}",
-                if requested { "asserted" } else { "deasserted" }
-            ));
-            let mut sink = MsiSink {
-                vm: &vm.vm,
-                failure: None,
-                sent: Vec::new(),
-            };
-            vm.ioapic.set_irq(pin as usize, requested, &mut sink);
-            vm.calls.append(&mut sink.sent);
-            return sink.failure.map_or(Ok(()), Err);
+        HostOp::Msi(m) => MsiPort(&vm.vm)
+            .send(&m.message(), &mut vm.calls)
+            .map(|_| ())
+            .map_err(msi_failed),
+    }
+}
+
+impl Vm {
+    /// Drives IOAPIC pin `pin` to the logical level `requested`.
+    fn drive(&mut self, pin: u8, requested: bool) -> std::result::Result<(), String> {
+        if requested {
+            self.asserted |= 1 << pin;
+        } else {
+            self.asserted &= !(1 << pin);
+        }
+        if self.shape.is_split() {
+            self.calls.note(|| Call::Pin { pin, requested });
+            return self
+                .ioapic
+                .set_irq(
+                    pin as usize,
+                    requested,
+                    &mut MsiPort(&self.vm),
+                    &mut self.calls,
+                )
+                .map_err(msi_failed);
         }
         // KVM's in-kernel IOAPIC takes KVM_IRQ_LINE's level as the request
         // itself and never looks at the polarity bit (ioapic_set_irq in
         // arch/x86/kvm/ioapic.c), so the logical level is what is driven.
-        vm.note(format!(
-            "KVM_IRQ_LINE gsi {pin} level {}",
-            u8::from(requested)
-        ));
-        vm.vm
+        self.calls.note(|| Call::IrqLine {
+            gsi: pin,
+            requested,
+        });
+        self.vm
             .set_irq_line(pin as u32, requested)
             .map_err(|e| format!("KVM_IRQ_LINE: {e}"))
-    };
-    match *op {
-        Op::Assert(pin) => drive(vm, pin.get(), true),
-        Op::Deassert(pin) => drive(vm, pin.get(), false),
-        Op::Pulse(pin) => {
-            drive(vm, pin.get(), true)?;
-            drive(vm, pin.get(), false)
-        }
-        Op::Msi(m) => {
-            let msg = m.message();
-            let mut sink = MsiSink {
-                vm: &vm.vm,
-                failure: None,
-                sent: Vec::new(),
-            };
-            sink.send(&msg);
-            vm.calls.append(&mut sink.sent);
-            sink.failure.map_or(Ok(()), Err)
-        }
-        other => Err(format!("`{}` is not a host op", other.keyword())),
     }
 }

@@ -7,13 +7,56 @@ use crate::scenario::Scenario;
 use crate::trace::Trace;
 
 /// Why a backend could not run a scenario at all (as opposed to a run that
-/// ended badly, which is a [`Trace`] with outcome `error`).
+/// ended badly, which is a [`Trace`] with outcome `error`). Each variant
+/// carries the error it came from; the message repeats it because a
+/// failed run's trace keeps only the message.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("{0}")]
-    Failed(String),
     #[error("the backend cannot offer what the scenario asks for: {0}")]
     Unsupported(String),
+    #[cfg(target_os = "linux")]
+    #[error("{call}: {source}")]
+    Kvm {
+        call: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{0}")]
+    Hv(#[from] hvf::api::HvError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("assembling the {what}: {source}")]
+    Assemble {
+        what: &'static str,
+        #[source]
+        source: iced_x86::IcedError,
+    },
+    #[error("{0}")]
+    Log(#[from] crate::guest::log::CorruptLog),
+    #[error("the guest's event log is full")]
+    LogFull,
+    #[error("unexpected exit {0}")]
+    UnexpectedExit(String),
+}
+
+impl BackendError {
+    /// An I/O failure while doing `what` (`what` names the file or program).
+    pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BackendError {
+        move |source| BackendError::Io {
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    /// A KVM ioctl `call` that failed.
+    #[cfg(target_os = "linux")]
+    pub fn kvm(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BackendError {
+        move |source| BackendError::Kvm { call, source }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, BackendError>;
@@ -25,8 +68,25 @@ pub type Result<T> = std::result::Result<T, BackendError>;
 pub trait Backend {
     /// The name the backend was opened with (`kvm`, `sim:level-unmask`, ...).
     fn name(&self) -> &str;
-    /// Run one scenario to completion, hang, storm or error.
-    fn run(&mut self, scenario: &Scenario) -> Result<Trace>;
+
+    /// Why this backend cannot run `scenario` as written, if it cannot: the
+    /// one place each backend decides it. [`Backend::run`] refuses such a
+    /// scenario; [`Backend::fit`] adjusts a generated one until it passes.
+    fn unsupported(&self, _scenario: &Scenario) -> Option<String> {
+        None
+    }
+
+    /// Runs a scenario [`Backend::unsupported`] accepted, to completion,
+    /// hang, storm or error.
+    fn execute(&mut self, scenario: &Scenario) -> Result<Trace>;
+
+    /// Runs one scenario, or says why this backend cannot.
+    fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
+        match self.unsupported(scenario) {
+            Some(why) => Err(BackendError::Unsupported(why)),
+            None => self.execute(scenario),
+        }
+    }
 
     /// Adjusts a *generated* scenario's config to what this backend can
     /// offer (a campaign calls it before running both sides; a scenario
@@ -96,146 +156,126 @@ pub mod hvf;
 pub mod kvm;
 pub mod model;
 pub mod qemu;
+pub mod run;
 pub mod sim;
 
-/// Every backend irqdiff knows, with its availability on this host.
-pub fn catalogue() -> Vec<BackendInfo> {
-    vec![
-        BackendInfo {
-            name: "model",
-            description: "the reference model (pure Rust, no VM)",
-            availability: Availability::Available,
-        },
-        BackendInfo {
-            name: "kvm",
-            description:
-                "Linux KVM, in-kernel irqchip (split when the scenario says irqchip=split)",
-            availability: kvm_probe(false),
-        },
-        BackendInfo {
-            name: "kvm-split",
-            description: "Linux KVM's local APIC with the model's IOAPIC in userspace",
-            availability: kvm_probe(true),
-        },
-        BackendInfo {
-            name: "hvf",
-            description:
-                "macOS Hypervisor.framework, in-kernel APIC, IOAPIC and PIC (HV_VM_ACCEL_APIC)",
-            availability: hvf_availability(),
-        },
-        BackendInfo {
-            name: "hvf-split",
-            description: "Hypervisor.framework's APIC with the model's IOAPIC in userspace",
-            availability: hvf_availability(),
-        },
-        BackendInfo {
-            name: "qemu-tcg",
-            description:
-                "QEMU's emulated APIC and IOAPIC under TCG (a second, independent implementation)",
-            availability: qemu::probe(),
-        },
-        BackendInfo {
-            name: "qemu-kvm-userspace",
-            description: "QEMU's APIC and IOAPIC on KVM's CPU (kernel-irqchip=off)",
-            availability: match (qemu::probe(), kvm_probe(false)) {
-                (Availability::Available, Availability::Available) => Availability::Available,
-                (Availability::Unavailable(why), _) | (_, Availability::Unavailable(why)) => {
-                    Availability::Unavailable(why)
-                }
-            },
-        },
-        BackendInfo {
-            name: "sim:QUIRKS",
-            description:
-                "the model with named bugs switched on (sim:hvf-known, sim:none, sim:QUIRK,QUIRK)",
-            availability: Availability::Available,
-        },
-    ]
+/// What [`BackendKind::open`] returns.
+pub type OpenResult = std::result::Result<Box<dyn Backend>, OpenError>;
+
+/// One backend irqdiff knows: how `irqdiff backends` lists it, whether it
+/// can run here, and how to open it. Each backend module defines its own;
+/// [`REGISTRY`] lists them all.
+pub struct BackendKind {
+    /// The name `--backend` takes; a family with options shows them after
+    /// a colon (`sim:QUIRKS`: the name is `sim:` and the options).
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Whether `--backend NAME:OPTIONS` is accepted.
+    pub takes_options: bool,
+    /// Whether it can run on this host, and if not, why.
+    pub probe: fn() -> Availability,
+    /// Opens it: the full name it was asked for, and the options after
+    /// the colon (empty without one).
+    pub open: fn(name: &str, options: &str) -> OpenResult,
 }
 
-/// Open a backend by name.
-pub fn open(name: &str) -> std::result::Result<Box<dyn Backend>, OpenError> {
-    if let Some(spec) = name.strip_prefix("sim:") {
-        return Ok(Box::new(sim::SimBackend::open(spec)?));
+impl BackendKind {
+    /// The name without its options pattern (`sim` for `sim:QUIRKS`).
+    pub fn base(&self) -> &'static str {
+        self.name
+            .split_once(':')
+            .map_or(self.name, |(base, _)| base)
     }
-    // `hvf` and `hvf-split`, optionally with `:WORKAROUND,...`.
-    let (base, workarounds) = name.split_once(':').unwrap_or((name, ""));
-    if base == "hvf" || base == "hvf-split" {
-        let workarounds =
-            hvf::parse_workarounds(workarounds).map_err(|why| OpenError::Invalid {
-                name: name.into(),
-                why,
-            })?;
-        return open_hvf(name, base == "hvf-split", workarounds);
+}
+
+/// Every backend irqdiff knows, in the order `irqdiff backends` lists them.
+pub const REGISTRY: &[BackendKind] = &[
+    model::KIND,
+    kvm_kinds::FULL,
+    kvm_kinds::SPLIT,
+    hvf::FULL,
+    hvf::SPLIT,
+    qemu::TCG,
+    qemu::KVM_USERSPACE,
+    sim::KIND,
+];
+
+/// KVM's entries live here rather than in `kvm.rs`, which only builds on
+/// Linux: elsewhere they say why not.
+pub(crate) mod kvm_kinds {
+    use super::{Availability, BackendKind, OpenResult};
+
+    pub const FULL: BackendKind = kind::<false>(
+        "kvm",
+        "Linux KVM, in-kernel irqchip (split when the scenario says irqchip=split)",
+    );
+
+    pub const SPLIT: BackendKind = kind::<true>(
+        "kvm-split",
+        "Linux KVM's local APIC with the model's IOAPIC in userspace",
+    );
+
+    const fn kind<const SPLIT: bool>(name: &'static str, description: &'static str) -> BackendKind {
+        BackendKind {
+            name,
+            description,
+            takes_options: false,
+            probe: probe::<SPLIT>,
+            open: open::<SPLIT>,
+        }
     }
-    match name {
-        "model" => Ok(Box::new(model::ModelBackend::new())),
-        "qemu-tcg" => Ok(Box::new(qemu::QemuBackend::open(false)?)),
-        "qemu-kvm-userspace" => Ok(Box::new(qemu::QemuBackend::open(true)?)),
+
+    fn probe<const SPLIT: bool>() -> Availability {
         #[cfg(target_os = "linux")]
-        "kvm" => Ok(Box::new(kvm::KvmBackend::open(false)?)),
-        #[cfg(target_os = "linux")]
-        "kvm-split" => Ok(Box::new(kvm::KvmBackend::open(true)?)),
+        return super::kvm::probe(SPLIT);
         #[cfg(not(target_os = "linux"))]
-        "kvm" | "kvm-split" => Err(OpenError::Unavailable {
+        Availability::Unavailable("needs Linux".into())
+    }
+
+    fn open<const SPLIT: bool>(name: &str, _: &str) -> OpenResult {
+        #[cfg(target_os = "linux")]
+        {
+            let _ = name;
+            Ok(Box::new(super::kvm::KvmBackend::open(SPLIT)?))
+        }
+        #[cfg(not(target_os = "linux"))]
+        Err(super::OpenError::Unavailable {
             name: name.into(),
             why: "needs Linux".into(),
-        }),
-        other => Err(OpenError::Unknown(other.to_string())),
-    }
-}
-
-/// Hypervisor.framework's APIC API exists on Intel Macs (macOS 12+) only.
-fn hvf_availability() -> Availability {
-    if cfg!(all(target_os = "macos", target_arch = "x86_64")) {
-        Availability::Available
-    } else {
-        Availability::Unavailable(
-            "needs macOS on Intel (Hypervisor.framework with HV_VM_ACCEL_APIC)".into(),
-        )
-    }
-}
-
-fn open_hvf(
-    name: &str,
-    split: bool,
-    workarounds: hvf::Workarounds,
-) -> std::result::Result<Box<dyn Backend>, OpenError> {
-    #[cfg(all(target_os = "macos", target_arch = "x86_64"))]
-    {
-        let backend = hvf::HvfBackend::new(
-            hvf::framework::Framework::default(),
-            name,
-            split,
-            workarounds,
-        )
-        .map_err(|e| OpenError::Unavailable {
-            name: name.into(),
-            why: e.to_string(),
-        })?;
-        Ok(Box::new(backend))
-    }
-    #[cfg(not(all(target_os = "macos", target_arch = "x86_64")))]
-    {
-        let _ = (split, workarounds);
-        let Availability::Unavailable(why) = hvf_availability() else {
-            unreachable!("HVF is unavailable here")
-        };
-        Err(OpenError::Unavailable {
-            name: name.into(),
-            why,
         })
     }
 }
 
-fn kvm_probe(split: bool) -> Availability {
-    #[cfg(target_os = "linux")]
-    return kvm::probe(split);
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = split;
-        Availability::Unavailable("needs Linux".into())
+/// Every backend irqdiff knows, with its availability on this host.
+pub fn catalogue() -> Vec<BackendInfo> {
+    REGISTRY
+        .iter()
+        .map(|kind| BackendInfo {
+            name: kind.name,
+            description: kind.description,
+            availability: (kind.probe)(),
+        })
+        .collect()
+}
+
+/// The registry entry `name` opens, and the options it gives.
+pub fn lookup(name: &str) -> Option<(&'static BackendKind, &str)> {
+    let (base, options) = match name.split_once(':') {
+        Some((base, options)) => (base, Some(options)),
+        None => (name, None),
+    };
+    let kind = REGISTRY.iter().find(|k| k.base() == base)?;
+    match options {
+        Some(_) if !kind.takes_options => None,
+        None if kind.name.contains(':') => None,
+        _ => Some((kind, options.unwrap_or(""))),
     }
+}
+
+/// Open a backend by name.
+pub fn open(name: &str) -> OpenResult {
+    let (kind, options) = lookup(name).ok_or_else(|| OpenError::Unknown(name.to_string()))?;
+    (kind.open)(name, options)
 }
 
 /// The preferred real backends, best first; `model` is the fallback.
@@ -271,4 +311,32 @@ pub fn best_available() -> (&'static str, Option<String>) {
             "no hypervisor is available ({why}); falling back to the model backend"
         )),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn errors_carry_their_sources() {
+        let hv = BackendError::from(hvf::api::HvError {
+            call: "hv_vm_create",
+            code: 0xfae9_4001_u32 as i32,
+        });
+        let source = hv.source().expect("an HvError source");
+        assert_eq!(source.to_string(), "hv_vm_create failed with 0xfae94001");
+        assert_eq!(hv.to_string(), source.to_string());
+        let io = BackendError::io("ram-1")(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let source = io.source().expect("an io::Error source");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        assert_eq!(io.to_string(), format!("ram-1: {source}"));
+        let log = BackendError::from(crate::guest::log::decode(&[0xff; 8]).unwrap_err());
+        assert!(log
+            .source()
+            .is_some_and(|s| s.to_string().contains("at byte 0")));
+    }
 }

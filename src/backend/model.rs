@@ -9,14 +9,22 @@
 //! bookkeeping inside the op; `sti-hlt` is `sti; hlt` with the HLT in the
 //! shadow.
 
-use super::{Backend, Result};
+use super::{Availability, Backend, BackendKind, Result};
 use crate::model::ioapic::{IOEOI, IOREGSEL, IOWIN};
 use crate::model::lapic::reg;
 use crate::model::machine::Interrupt;
 use crate::model::{IoapicVersion as ModelIoapicVersion, Machine, MachineConfig, Quirks, Rule};
 use crate::oracle::Divergence;
-use crate::scenario::{ApicMode, IoapicVersion, Irqchip, Op, Scenario};
+use crate::scenario::{ApicMode, HostOp, IoapicVersion, Irqchip, Op, Scenario};
 use crate::trace::{Event, EventKind, Outcome, Snapshot, Space, Trace, STORM_LIMIT};
+
+pub const KIND: BackendKind = BackendKind {
+    name: "model",
+    description: "the reference model (pure Rust, no VM)",
+    takes_options: false,
+    probe: || Availability::Available,
+    open: |_, _| Ok(Box::new(ModelBackend::new())),
+};
 
 /// Handler nesting deeper than this cannot happen within the storm limit,
 /// but a bound keeps the recursion safe whatever the scenario.
@@ -79,7 +87,7 @@ impl Backend for ModelBackend {
         "model"
     }
 
-    fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
+    fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
         Ok(self.run_explained(scenario).0)
     }
 }
@@ -216,15 +224,17 @@ impl<'s> Run<'s> {
                 };
                 write_register(m, index, low);
             }
-            Op::Assert(pin) => m.set_irq(pin.get() as usize, true),
-            Op::Deassert(pin) => m.set_irq(pin.get() as usize, false),
-            Op::Pulse(pin) => {
-                m.set_irq(pin.get() as usize, true);
-                m.set_irq(pin.get() as usize, false);
-            }
-            Op::Msi(msi) => {
-                m.message(&msi.message());
-            }
+            Op::Host(host) => match host {
+                HostOp::Assert(pin) => m.set_irq(pin.get() as usize, true),
+                HostOp::Deassert(pin) => m.set_irq(pin.get() as usize, false),
+                HostOp::Pulse(pin) => {
+                    m.set_irq(pin.get() as usize, true);
+                    m.set_irq(pin.get() as usize, false);
+                }
+                HostOp::Msi(msi) => {
+                    m.message(&msi.message());
+                }
+            },
             Op::Eoi => m
                 .lapic_write(reg::EOI, 0)
                 .map_err(|_| gp("the EOI write"))?,

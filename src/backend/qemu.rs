@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use iced_x86::code_asm::*;
 
-use super::{Availability, Backend, BackendError, Result};
+use super::{Availability, Backend, BackendError, BackendKind, Result};
 use crate::guest::layout::*;
 use crate::guest::{log, table, Image};
-use crate::scenario::{ApicMode, Op, Scenario};
+use crate::model::lapic::reg;
+use crate::scenario::{ApicMode, HostOp, Op, Scenario};
 use crate::trace::{Outcome, Trace};
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -48,7 +49,12 @@ const WATCHDOG_FALLBACK: Duration = Duration::from_millis(500);
 /// Local APIC timer registers (SDM Table 11-1): the watchdog's. A scenario
 /// that reads or writes one runs without the watchdog, so that it sees
 /// the timer as the model has it.
-const TIMER_REGISTERS: [u16; 4] = [0x320, 0x380, 0x390, 0x3e0];
+const TIMER_REGISTERS: [u16; 4] = [
+    reg::LVT_TIMER,
+    reg::TIMER_INITIAL,
+    reg::TIMER_CURRENT,
+    reg::TIMER_DIVIDE,
+];
 
 /// Whether `scenario` leaves the local APIC timer to the watchdog.
 fn watchdog_allowed(scenario: &Scenario) -> bool {
@@ -99,6 +105,27 @@ const BOOT_LIMIT: Duration = Duration::from_secs(10);
 /// `wait`'s status for a QEMU that never reached the stub.
 const NEVER_BOOTED: i32 = -2;
 
+pub const TCG: BackendKind = BackendKind {
+    name: "qemu-tcg",
+    description: "QEMU's emulated APIC and IOAPIC under TCG (a second, independent implementation)",
+    takes_options: false,
+    probe,
+    open: |_, _| Ok(Box::new(QemuBackend::open(false)?)),
+};
+
+pub const KVM_USERSPACE: BackendKind = BackendKind {
+    name: "qemu-kvm-userspace",
+    description: "QEMU's APIC and IOAPIC on KVM's CPU (kernel-irqchip=off)",
+    takes_options: false,
+    probe: || match (probe(), (super::kvm_kinds::FULL.probe)()) {
+        (Availability::Available, Availability::Available) => Availability::Available,
+        (Availability::Unavailable(why), _) | (_, Availability::Unavailable(why)) => {
+            Availability::Unavailable(why)
+        }
+    },
+    open: |_, _| Ok(Box::new(QemuBackend::open(true)?)),
+};
+
 /// Whether QEMU is installed and runs.
 pub fn probe() -> Availability {
     match Command::new(QEMU).arg("--version").output() {
@@ -113,9 +140,124 @@ pub fn probe() -> Availability {
     }
 }
 
+/// What the installed QEMU offers, probed once at open (docs/qemu-versions.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// `QEMU emulator version X.Y.Z` of `--version`.
+    pub version: (u32, u32, u32),
+    /// TCG emulates x2APIC (QEMU 9.0, commit b5ee0468e9d2 "apic: add
+    /// support for x2APIC mode"): `-cpu qemu64,+x2apic,enforce` is accepted.
+    pub tcg_x2apic: bool,
+    /// `-accel kvm -machine kernel-irqchip=off` starts; QEMU 8.0 refuses it
+    /// with "KVM does not support userspace APIC" (commit eaaaf8abdc9a,
+    /// "KVM: remove support for kernel-irqchip=off"). `Err` holds QEMU's words.
+    pub kvm_userspace_apic: std::result::Result<(), String>,
+}
+
+impl Features {
+    /// Probes the QEMU on PATH once per process (it does not change while
+    /// irqdiff runs; each probe starts QEMU). `firmware` is the backend's,
+    /// so that no probe depends on QEMU finding its own BIOS.
+    fn get(firmware: &std::path::Path) -> std::result::Result<Features, String> {
+        static PROBED: std::sync::OnceLock<std::result::Result<Features, String>> =
+            std::sync::OnceLock::new();
+        PROBED.get_or_init(|| Features::probe(firmware)).clone()
+    }
+
+    fn probe(firmware: &std::path::Path) -> std::result::Result<Features, String> {
+        let out = Command::new(QEMU)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("{QEMU}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = parse_version(&text)
+            .ok_or_else(|| format!("{QEMU} --version: no version in {:?}", text.trim()))?;
+        for device in ["pc-testdev", "isa-debug-exit"] {
+            // `-device NAME,help`, not `-device help`: the latter loads every
+            // module and aborts when QEMU's modules are from another build.
+            accepts(&["-device", &format!("{device},help")], firmware)
+                .map_err(|why| format!("{QEMU} has no {device}: {why}"))?;
+        }
+        let tcg_x2apic = accepts(
+            &[
+                "-accel",
+                "tcg",
+                "-machine",
+                "pc",
+                "-cpu",
+                "qemu64,+x2apic,enforce",
+            ],
+            firmware,
+        )
+        .is_ok();
+        let kvm_userspace_apic = if std::path::Path::new("/dev/kvm").exists() {
+            accepts(
+                &[
+                    "-accel",
+                    "kvm",
+                    "-machine",
+                    "pc,kernel-irqchip=off",
+                    "-cpu",
+                    "qemu64",
+                ],
+                firmware,
+            )
+        } else {
+            Err("no /dev/kvm".into())
+        };
+        Ok(Features {
+            version,
+            tcg_x2apic,
+            kvm_userspace_apic,
+        })
+    }
+}
+
+/// `X.Y.Z` from `QEMU emulator version X.Y.Z (...)`.
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let rest = text.split("version ").nth(1)?;
+    let v = rest
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()?;
+    let mut n = v.split('.').map(|x| x.parse::<u32>().ok());
+    Some((
+        n.next()??,
+        n.next().flatten().unwrap_or(0),
+        n.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// Whether QEMU starts with `args` (`-S`, stopped, then `quit` on the
+/// monitor); `Err` is QEMU's error message.
+fn accepts(args: &[&str], firmware: &std::path::Path) -> std::result::Result<(), String> {
+    let mut child = Command::new(QEMU)
+        .args(args)
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-S"])
+        .args(["-monitor", "stdio", "-serial", "none"])
+        .arg("-bios")
+        .arg(firmware)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{QEMU}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"quit\n");
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The last line is the error; the ones before it are warnings.
+        Err(stderr.trim().lines().last().unwrap_or("").to_string())
+    }
+}
+
 pub struct QemuBackend {
     /// `qemu-tcg`, or `qemu-kvm-userspace` (KVM's CPU, QEMU's irqchip).
     name: &'static str,
+    features: Features,
     image: Image,
     dir: PathBuf,
     firmware: PathBuf,
@@ -163,14 +305,31 @@ impl QemuBackend {
             .map_err(|e| fail(format!("{}: {e}", firmware.display())))?;
         let trampoline = trampoline(image.stub.entry)
             .map_err(|e| fail(format!("assembling the trampoline: {e}")))?;
+        let features = Features::get(&firmware).map_err(fail)?;
+        if kvm {
+            if let Err(why) = &features.kvm_userspace_apic {
+                let (a, b, c) = features.version;
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(fail(format!(
+                    "QEMU {a}.{b}.{c} refuses kernel-irqchip=off with KVM ({why}): QEMU 8.0 \
+                     removed the userspace local APIC under KVM (commit eaaaf8abdc9a)"
+                )));
+            }
+        }
         Ok(QemuBackend {
             name,
+            features,
             image,
             dir,
             firmware,
             trampoline,
             watchdog: true,
         })
+    }
+
+    /// What the installed QEMU offers.
+    pub fn features(&self) -> &Features {
+        &self.features
     }
 
     /// Turns the in-guest hang watchdog on or off (on by default); the
@@ -215,7 +374,7 @@ impl Drop for QemuBackend {
 
 /// Real mode at TRAMPOLINE -> protected mode (GDT 0x18) -> long mode, then
 /// the stub's start state: the local APIC software-enabled, RFLAGS.IF = 1.
-fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, iced_x86::IcedError> {
+fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, IcedError> {
     let base = TRAMPOLINE;
     let mut r = CodeAssembler::new(16)?;
     r.cli()?;
@@ -264,7 +423,7 @@ fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, iced_x86::IcedError> {
     l.lidt(ptr(base + 0x110))?;
     // SVR = 0x1FF: the scenario's start state (QEMU's APIC comes out of
     // reset software-disabled).
-    l.mov(rax, LAPIC_BASE + 0xf0)?;
+    l.mov(rax, LAPIC_BASE + reg::SVR as u64)?;
     l.mov(dword_ptr(rax), 0x1ff)?;
     l.mov(dword_ptr(BOOTED), 1)?;
     l.push(0x202)?;
@@ -302,7 +461,8 @@ fn dangerous_delivery(op: &Op) -> Option<String> {
             format!("route with {:?} delivery: not run on QEMU", route.delivery),
         ),
         Op::LapicWrite { offset, value }
-            if (offset == 0x300 || (0x320..=0x370).contains(&offset)) && dangerous_mode(value) =>
+            if (offset == reg::ICR_LOW || (reg::LVT_TIMER..=reg::LVT_ERROR).contains(&offset))
+                && dangerous_mode(value) =>
         {
             Some(format!(
                 "lapic-write {offset:#05x} {value:#x}: an SMI, INIT, start-up or ExtINT delivery mode is not run on QEMU"
@@ -312,10 +472,28 @@ fn dangerous_delivery(op: &Op) -> Option<String> {
     }
 }
 
+fn assemble(what: &'static str) -> impl FnOnce(IcedError) -> BackendError {
+    move |source| BackendError::Assemble { what, source }
+}
+
+/// The pin a host op drives, if `op` is one that drives a pin.
+fn host_pin(op: &Op) -> Option<crate::scenario::Pin> {
+    match op {
+        Op::Host(host) => host.pin(),
+        _ => None,
+    }
+}
+
 /// Why a scenario cannot run on QEMU here.
-fn unsupported(scenario: &Scenario) -> Option<String> {
-    if scenario.config.apic == ApicMode::X2apic {
-        return Some("QEMU 7.2's TCG has no x2APIC".into());
+fn unsupported(scenario: &Scenario, features: &Features, kvm: bool) -> Option<String> {
+    if scenario.config.apic == ApicMode::X2apic && (kvm || !features.tcg_x2apic) {
+        let (a, b, c) = features.version;
+        return Some(if kvm {
+            "KVM does not emulate x2APIC in userspace: its x2APIC MSRs never reach QEMU's APIC"
+                .into()
+        } else {
+            format!("QEMU {a}.{b}.{c}'s TCG has no x2APIC (QEMU 9.0 added it)")
+        });
     }
     if scenario.config.irqchip == crate::scenario::Irqchip::Split {
         return Some("QEMU's irqchip is all userspace: there is no split shape".into());
@@ -324,7 +502,7 @@ fn unsupported(scenario: &Scenario) -> Option<String> {
         return Some("QEMU's TCG local APIC does not advertise EOI-broadcast suppression".into());
     }
     for op in scenario.all_ops() {
-        if let Op::Assert(p) | Op::Deassert(p) | Op::Pulse(p) = op {
+        if let Some(p) = host_pin(op) {
             if p.get() >= 16 {
                 return Some(format!("pin {p}: pc-testdev drives ISA IRQs 0-15 only"));
             }
@@ -377,9 +555,9 @@ impl Backend for QemuBackend {
                 }
                 Op::Mask(pin)
                 | Op::Unmask(pin)
-                | Op::Assert(pin)
-                | Op::Deassert(pin)
-                | Op::Pulse(pin) => *pin = fit_pin(*pin),
+                | Op::Host(HostOp::Assert(pin) | HostOp::Deassert(pin) | HostOp::Pulse(pin)) => {
+                    *pin = fit_pin(*pin)
+                }
                 Op::ApicBase(_) | Op::LapicWrite { offset: 0, .. } => *op = Op::Nop,
                 // Fixed delivery instead.
                 Op::LapicWrite { value, .. } if dangerous => *value &= !0x700,
@@ -400,7 +578,7 @@ impl Backend for QemuBackend {
         let mut out: Vec<Option<Trace>> = vec![None; scenarios.len()];
         let mut runnable: Vec<(usize, &Scenario)> = Vec::new();
         for (i, s) in scenarios.iter().enumerate() {
-            match unsupported(s) {
+            match unsupported(s, &self.features, self.name != "qemu-tcg") {
                 Some(why) => {
                     out[i] = Some(Trace::error(
                         self.name,
@@ -438,29 +616,46 @@ impl Backend for QemuBackend {
             .collect()
     }
 
-    fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
-        if let Some(why) = unsupported(scenario) {
-            return Err(BackendError::Unsupported(why));
-        }
+    fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        unsupported(scenario, &self.features, self.name != "qemu-tcg")
+    }
+
+    fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
         let table = table::encode_for(scenario, table::HostOps::Guest)
             .map_err(|e| BackendError::Unsupported(e.to_string()))?;
         let ram_path = self.dir.join(format!("ram-{}", unique()));
-        let mut file = std::fs::File::create(&ram_path)
-            .map_err(|e| BackendError::Failed(format!("{}: {e}", ram_path.display())))?;
+        let mut file =
+            std::fs::File::create(&ram_path).map_err(BackendError::io(ram_path.display()))?;
         file.write_all(&self.ram(&table, scenario))
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+            .map_err(BackendError::io(ram_path.display()))?;
         drop(file);
         let mut child = self
             .command(&ram_path, scenario.config.ioapic, QEMU_RAM)
             .spawn()
-            .map_err(|e| BackendError::Failed(format!("starting {QEMU}: {e}")))?;
+            .map_err(BackendError::io(format_args!("starting {QEMU}")))?;
         let status = wait(&mut child, &ram_path);
-        let ram = std::fs::read(&ram_path).map_err(|e| BackendError::Failed(e.to_string()));
+        let ram = std::fs::read(&ram_path).map_err(BackendError::io(ram_path.display()));
         let _ = std::fs::remove_file(&ram_path);
         let ram = ram?;
         let (cur_op, log_bytes) = self.image.read_back(&ram);
         let mut trace = Trace::new(self.name);
-        trace.events = log::decode(log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        trace.events = log::decode(log_bytes)?;
+        let booted = ram[BOOTED as usize..BOOTED as usize + 4] == 1u32.to_le_bytes();
+        // isa-debug-exit's "completed" (status 1) is also QEMU's own exit
+        // status for an error at start-up: only a stub that ran completed.
+        let status = match status {
+            Some(code) if !booted && code != NEVER_BOOTED => {
+                let stderr = stderr_of(&mut child);
+                return Ok(Trace::error(
+                    self.name,
+                    format!(
+                        "QEMU exited with status {code} before the guest stub ran: {}",
+                        stderr.trim()
+                    ),
+                ));
+            }
+            s => s,
+        };
         match status {
             // isa-debug-exit: status 2V+1.
             Some(code) if code == 2 * EndCode::Completed as i32 + 1 => {}
@@ -472,10 +667,7 @@ impl Backend for QemuBackend {
                 ));
             }
             Some(code) => {
-                let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-                }
+                let stderr = stderr_of(&mut child);
                 trace.outcome = Outcome::Error;
                 trace.error = Some(format!("QEMU exited with status {code}: {}", stderr.trim()));
             }
@@ -500,6 +692,13 @@ impl QemuBackend {
         // pit=off: the PIT comes out of reset counting on ISA IRQ 0, which
         // QEMU routes to IOAPIC pin 2 (an edge every 55 ms a scenario did
         // not ask for); hpet=off: no other timer on the IOAPIC.
+        let tcg_cpu = if self.features.tcg_x2apic {
+            // CPUID.01H:ECX.x2APIC; the APIC stays in xAPIC mode until the
+            // stub sets IA32_APIC_BASE.EXTD (SDM §11.12.1).
+            "qemu64,+x2apic"
+        } else {
+            "qemu64"
+        };
         c.args(if self.name == "qemu-tcg" {
             [
                 "-accel",
@@ -507,7 +706,7 @@ impl QemuBackend {
                 "-machine",
                 "pc,pit=off,hpet=off",
                 "-cpu",
-                "qemu64",
+                tcg_cpu,
             ]
         } else {
             [
@@ -556,6 +755,15 @@ impl QemuBackend {
         .stderr(Stdio::piped());
         c
     }
+}
+
+/// What QEMU wrote to its stderr (piped by [`QemuBackend::command`]).
+fn stderr_of(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    stderr
 }
 
 /// Waits for QEMU. `None` (and QEMU killed) when the stub has run for
@@ -623,12 +831,14 @@ mod batch {
     pub const VECTOR2: u64 = CONTROL + 16;
     /// Offset within a staging slot: u32, 1 when the watchdog is armed.
     pub const WATCHDOG_AT: u64 = 8;
+    /// Offset within a staging slot: u32, 1 for an x2APIC scenario.
+    pub const X2APIC_AT: u64 = 12;
     /// Result code of a scenario the watchdog found halted for good.
     pub const HANG: u32 = 3;
 
     /// The loader (entered from the long-mode trampoline instead of the
     /// stub) and the end handler.
-    pub fn code(entry: u64) -> std::result::Result<(Vec<u8>, Vec<u8>), iced_x86::IcedError> {
+    pub fn code(entry: u64) -> std::result::Result<(Vec<u8>, Vec<u8>), IcedError> {
         let mut h = CodeAssembler::new(64)?;
         // eax = end code.
         h.mov(r8d, eax)?;
@@ -684,7 +894,7 @@ mod batch {
                     from: u64,
                     to: u64,
                     len: Option<u64>|
-         -> std::result::Result<(), iced_x86::IcedError> {
+         -> std::result::Result<(), IcedError> {
             l.lea(rsi, qword_ptr(rbx + from as i32))?;
             l.mov(rdi, to)?;
             match len {
@@ -703,7 +913,8 @@ mod batch {
         l.xor(eax, eax)?;
         l.mov(dword_ptr(CUR_OP), eax)?;
         l.mov(dword_ptr(DELIVERIES), eax)?;
-        l.mov(dword_ptr(X2APIC), eax)?;
+        l.mov(ecx, dword_ptr(rbx + X2APIC_AT as i32))?;
+        l.mov(dword_ptr(X2APIC), ecx)?;
         l.mov(rdi, COUNTS)?;
         l.mov(ecx, 1024)?;
         l.rep().stosb()?;
@@ -736,7 +947,7 @@ mod batch {
     /// through the end handler. Anywhere else the run is still going and
     /// the timer is re-armed. While the timer still counts, the NMI is
     /// the scenario's own and goes to the stub's vector-2 entry.
-    pub fn watchdog(after_hlt: [u64; 2]) -> std::result::Result<Vec<u8>, iced_x86::IcedError> {
+    pub fn watchdog(after_hlt: [u64; 2]) -> std::result::Result<Vec<u8>, IcedError> {
         let mut w = CodeAssembler::new(64)?;
         let mut hang = w.create_label();
         let mut own = w.create_label();
@@ -770,12 +981,226 @@ mod batch {
     }
 }
 
+/// Writes scenario `i` of a batch into its staging slot.
+fn stage(ram: &mut [u8], i: usize, scenario: &Scenario, armed: bool) -> Result<()> {
+    let tab = table::encode_for(scenario, table::HostOps::Guest)
+        .map_err(|e| BackendError::Unsupported(e.to_string()))?;
+    let slot = (batch::STAGING + i as u64 * batch::SLOT) as usize;
+    if batch::OPS_AT as usize + tab.ops.len() > batch::SLOT as usize || tab.nth.len() > 0x1000 {
+        return Err(BackendError::Unsupported(
+            "scenario too large for a batch slot".into(),
+        ));
+    }
+    ram[slot..slot + 4].copy_from_slice(&(tab.ops.len() as u32).to_le_bytes());
+    ram[slot + 4..slot + 8].copy_from_slice(&(tab.nth.len() as u32).to_le_bytes());
+    ram[slot + 8..slot + 12].copy_from_slice(&u32::from(armed).to_le_bytes());
+    let x2apic = u32::from(scenario.config.apic == ApicMode::X2apic);
+    ram[slot + batch::X2APIC_AT as usize..slot + batch::X2APIC_AT as usize + 4]
+        .copy_from_slice(&x2apic.to_le_bytes());
+    let at = |o: u64| slot + o as usize;
+    ram[at(batch::BODY_DIR_AT)..at(batch::BODY_DIR_AT) + tab.body_dir.len()]
+        .copy_from_slice(&tab.body_dir);
+    ram[at(batch::NTH_AT)..at(batch::NTH_AT) + tab.nth.len()].copy_from_slice(&tab.nth);
+    ram[at(batch::OPS_AT)..at(batch::OPS_AT) + tab.ops.len()].copy_from_slice(&tab.ops);
+    Ok(())
+}
+
+/// A batch's guest RAM as a file shared with QEMU: the host reads the
+/// loader's progress from it and says which scenario runs next.
+struct BatchFile {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl BatchFile {
+    fn create(path: PathBuf, ram: &[u8]) -> Result<BatchFile> {
+        std::fs::write(&path, ram).map_err(BackendError::io(path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(BackendError::io(path.display()))?;
+        Ok(BatchFile { file, path })
+    }
+
+    fn read32(&self, at: u64) -> u32 {
+        use std::os::unix::fs::FileExt;
+        let mut w = [0u8; 4];
+        self.file
+            .read_exact_at(&mut w, at)
+            .map(|_| u32::from_le_bytes(w))
+            .unwrap_or(0)
+    }
+
+    /// The scenario the loader runs next (or runs now).
+    fn next(&self) -> usize {
+        self.read32(batch::CONTROL + 4) as usize
+    }
+
+    /// One more than the scenario that is running, 0 between scenarios.
+    fn running(&self) -> usize {
+        self.read32(batch::CONTROL + 8) as usize
+    }
+
+    /// Makes the loader go on with scenario `i`.
+    fn set_next(&self, i: usize) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(&(i as u32).to_le_bytes(), batch::CONTROL + 4)
+            .map_err(BackendError::io(self.path.display()))
+    }
+}
+
+/// The traces of a batch, by the scenario's index in the group.
+struct BatchResults<'a, 'b> {
+    group: &'a [(usize, &'a Scenario)],
+    out: &'b mut [Option<Trace>],
+}
+
+impl BatchResults<'_, '_> {
+    fn is_open(&self, i: usize) -> bool {
+        self.out[self.group[i].0].is_none()
+    }
+
+    fn set(&mut self, i: usize, trace: Trace) {
+        self.out[self.group[i].0] = Some(trace);
+    }
+}
+
+/// Which scenario the host last saw, whether it was running, and since when.
+#[derive(Clone, Copy)]
+struct Progress {
+    index: usize,
+    running: bool,
+    since: Instant,
+}
+
+impl Progress {
+    fn at(index: usize, running: bool) -> Progress {
+        Progress {
+            index,
+            running,
+            since: Instant::now(),
+        }
+    }
+}
+
+/// One QEMU process running a batch.
+struct Process {
+    child: Child,
+    monitor_path: PathBuf,
+    /// Connected the first time a hang check needs it.
+    monitor: Option<Monitor>,
+    progress: Progress,
+    last_check: Instant,
+}
+
+impl Process {
+    fn monitor_command(&mut self, command: &str) -> Option<String> {
+        self.monitor.as_mut()?.command(command)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a QEMU process of a batch ended.
+enum ProcessEnd {
+    /// QEMU exited: the loader ran out of scenarios (or QEMU died).
+    Exited,
+    /// The monitor could not skip a hung scenario: QEMU restarts.
+    Restart,
+    /// QEMU never reached the stub of scenario `i`.
+    NeverBooted(usize),
+}
+
+/// What a hang check on a stalled scenario found.
+enum HangCheck {
+    /// It ended meanwhile, or is slow but not halted: watch on.
+    RunsOn,
+    /// It hung: its trace is recorded and the machine reset for the next.
+    Skipped,
+    /// It hung or ended, and QEMU must restart.
+    Restart,
+}
+
 impl QemuBackend {
     /// Runs `group` (same IOAPIC version, all runnable here) in one QEMU
     /// process per stretch without a hang.
     fn run_group(&mut self, group: &[(usize, &Scenario)], out: &mut [Option<Trace>]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        let version = group[0].1.config.ioapic;
+        let armed: Vec<bool> = group
+            .iter()
+            .map(|(_, s)| self.watchdog && watchdog_allowed(s) && s.config.apic == ApicMode::Xapic)
+            .collect();
+        let ram = self.batch_ram(group, &armed)?;
+        let batch = BatchFile::create(self.dir.join(format!("batch-{}", unique())), &ram)?;
+        drop(ram);
+        let mut results = BatchResults { group, out };
+        loop {
+            let start = batch.next();
+            if start >= group.len() {
+                break;
+            }
+            let mut process = self.spawn_batch(&batch, group[0].1.config.ioapic, start)?;
+            let end = self.watch(&mut process, &batch, &armed, &mut results);
+            let _ = std::fs::remove_file(&process.monitor_path);
+            let end = end?;
+            for i in start..batch.next().min(group.len()) {
+                if results.is_open(i) {
+                    results.set(i, self.result(&batch.file, i)?);
+                }
+            }
+            match end {
+                // QEMU exited before the batch's end: at start-up (an
+                // option it refuses) or part-way. Its stderr says why.
+                ProcessEnd::Exited if batch.next() < group.len() => {
+                    let stderr = stderr_of(&mut process.child);
+                    let status = process
+                        .child
+                        .try_wait()
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.code());
+                    for i in batch.next()..group.len() {
+                        if results.is_open(i) {
+                            results.set(
+                                i,
+                                Trace::error(
+                                    self.name,
+                                    format!(
+                                        "QEMU exited (status {status:?}) with the batch unfinished: {}",
+                                        stderr.trim()
+                                    ),
+                                ),
+                            );
+                        }
+                    }
+                    break;
+                }
+                ProcessEnd::Exited => break,
+                ProcessEnd::Restart => {}
+                ProcessEnd::NeverBooted(i) if i >= group.len() => break,
+                ProcessEnd::NeverBooted(i) => {
+                    results.set(
+                        i,
+                        Trace::error(
+                            self.name,
+                            format!("QEMU did not reach the guest stub within {BOOT_LIMIT:?}"),
+                        ),
+                    );
+                    batch.set_next(i + 1)?;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&batch.path);
+        Ok(())
+    }
+
+    /// The batch's guest RAM: the first scenario's machine, the batch code
+    /// (loader, NMI watchdog) and every scenario staged in its slot.
+    fn batch_ram(&self, group: &[(usize, &Scenario)], armed: &[bool]) -> Result<Vec<u8>> {
         let mut ram = vec![0u8; batch::RAM];
         self.image.install(&mut ram);
         let first = table::encode_for(group[0].1, table::HostOps::Guest)
@@ -784,16 +1209,14 @@ impl QemuBackend {
         ram[..base.len()].copy_from_slice(&base);
         // The long-mode trampoline enters the loader, not the stub.
         let (handler, loader) =
-            batch::code(self.image.stub.entry).map_err(|e| BackendError::Failed(e.to_string()))?;
+            batch::code(self.image.stub.entry).map_err(assemble("batch loader"))?;
         let t = TRAMPOLINE as usize;
-        let entry_patch =
-            trampoline(batch::LOADER).map_err(|e| BackendError::Failed(e.to_string()))?;
+        let entry_patch = trampoline(batch::LOADER).map_err(assemble("batch trampoline"))?;
         ram[t + 0x300..t + 0x400].copy_from_slice(&entry_patch[0x300..0x400]);
         ram[batch::HANDLER as usize..batch::HANDLER as usize + handler.len()]
             .copy_from_slice(&handler);
         ram[batch::LOADER as usize..batch::LOADER as usize + loader.len()].copy_from_slice(&loader);
-        let watchdog = batch::watchdog(self.image.stub.after_hlt)
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+        let watchdog = batch::watchdog(self.image.stub.after_hlt).map_err(assemble("watchdog"))?;
         debug_assert!(
             handler.len() <= 0x100 && loader.len() <= 0x200 && watchdog.len() <= 0x100,
             "the batch code outgrew its areas"
@@ -808,182 +1231,154 @@ impl QemuBackend {
         let count = WATCHDOG.as_nanos() as u32; // 1 ns per count at divide by 1
         let wc = batch::WATCHDOG_COUNT as usize;
         ram[wc..wc + 4].copy_from_slice(&count.to_le_bytes());
-        let armed: Vec<bool> = group
-            .iter()
-            .map(|(_, s)| self.watchdog && watchdog_allowed(s))
-            .collect();
         for (i, (_, s)) in group.iter().enumerate() {
-            let tab = table::encode_for(s, table::HostOps::Guest)
-                .map_err(|e| BackendError::Unsupported(e.to_string()))?;
-            let slot = (batch::STAGING + i as u64 * batch::SLOT) as usize;
-            if batch::OPS_AT as usize + tab.ops.len() > batch::SLOT as usize
-                || tab.nth.len() > 0x1000
-            {
-                return Err(BackendError::Unsupported(
-                    "scenario too large for a batch slot".into(),
-                ));
-            }
-            ram[slot..slot + 4].copy_from_slice(&(tab.ops.len() as u32).to_le_bytes());
-            ram[slot + 4..slot + 8].copy_from_slice(&(tab.nth.len() as u32).to_le_bytes());
-            let armed = u32::from(armed[i]);
-            ram[slot + 8..slot + 12].copy_from_slice(&armed.to_le_bytes());
-            let at = |o: u64| slot + o as usize;
-            ram[at(batch::BODY_DIR_AT)..at(batch::BODY_DIR_AT) + tab.body_dir.len()]
-                .copy_from_slice(&tab.body_dir);
-            ram[at(batch::NTH_AT)..at(batch::NTH_AT) + tab.nth.len()].copy_from_slice(&tab.nth);
-            ram[at(batch::OPS_AT)..at(batch::OPS_AT) + tab.ops.len()].copy_from_slice(&tab.ops);
+            stage(&mut ram, i, s, armed[i])?;
         }
         let control = batch::CONTROL as usize;
         ram[control..control + 4].copy_from_slice(&(group.len() as u32).to_le_bytes());
-        let path = self.dir.join(format!("batch-{}", unique()));
-        std::fs::write(&path, &ram)
-            .map_err(|e| BackendError::Failed(format!("{}: {e}", path.display())))?;
-        drop(ram);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
-        let read32 = |at: u64| {
-            let mut w = [0u8; 4];
-            file.read_exact_at(&mut w, at)
-                .map(|_| u32::from_le_bytes(w))
-                .unwrap_or(0)
-        };
-        loop {
-            let start_index = read32(batch::CONTROL + 4) as usize;
-            if start_index >= group.len() {
-                break;
-            }
-            let monitor_path = self.dir.join(format!("monitor-{}", unique()));
-            let mut command = self.command(&path, version, batch::RAM);
-            command.arg("-monitor").arg(format!(
-                "unix:{},server=on,wait=off",
-                monitor_path.display()
-            ));
-            let mut child = command
-                .spawn()
-                .map_err(|e| BackendError::Failed(format!("starting {QEMU}: {e}")))?;
-            let mut monitor: Option<Monitor> = None;
+        Ok(ram)
+    }
 
-            let mut seen = (start_index, Instant::now(), false);
-            let mut last_check = Instant::now();
-            let hung = loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break None;
-                }
-                // Guest memory is the guest's: never trust an index in it.
-                let i = (read32(batch::CONTROL + 4) as usize).min(group.len());
-                let running = read32(batch::CONTROL + 8) as usize == i + 1;
-                if i != seen.0 || running != seen.2 {
-                    seen = (i, Instant::now(), running);
-                }
-                let limit = if armed[seen.0.min(group.len() - 1)] {
-                    WATCHDOG_FALLBACK
-                } else {
-                    BATCH_HANG_AFTER
-                };
-                if seen.2
-                    && seen.0 < group.len()
-                    && seen.1.elapsed() > limit
-                    && last_check.elapsed() > limit
-                {
-                    last_check = Instant::now();
-                    let i = seen.0;
-                    if monitor.is_none() {
-                        monitor = Monitor::connect(&monitor_path);
-                    }
-                    // Pause the guest, so that what is read and written
-                    // below cannot race the end of the run.
-                    let paused = monitor
-                        .as_mut()
-                        .is_some_and(|m| m.command("stop").is_some());
-                    if !paused {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                    }
-                    let same = read32(batch::CONTROL + 4) as usize == i
-                        && read32(batch::CONTROL + 8) as usize == i + 1;
-                    if !same {
-                        // The run ended meanwhile.
-                        if paused {
-                            monitor.as_mut().and_then(|m| m.command("cont"));
-                            continue;
-                        }
-                        break Some((usize::MAX, true));
-                    }
-                    // A hang is a halted guest; one that is merely slow (a
-                    // loaded host) gets more time, up to RUN_LIMIT.
-                    let halted = paused
-                        && monitor
-                            .as_mut()
-                            .and_then(|m| m.command("info registers"))
-                            .is_some_and(|r| r.contains("HLT=1"));
-                    if paused && !halted && seen.1.elapsed() < RUN_LIMIT {
-                        monitor.as_mut().and_then(|m| m.command("cont"));
-                        continue;
-                    }
-                    out[group[i].0] = Some(if halted || !paused {
-                        self.hang_trace(&path)?
-                    } else {
-                        Trace::error(
-                            self.name,
-                            format!("the guest neither ended nor halted within {RUN_LIMIT:?}"),
-                        )
-                    });
-                    file.write_all_at(&(i as u32 + 1).to_le_bytes(), batch::CONTROL + 4)
-                        .map_err(|e| BackendError::Failed(e.to_string()))?;
-                    // Reset the machine through the monitor instead of
-                    // restarting QEMU.
-                    let reset = paused
-                        && monitor.as_mut().is_some_and(|m| {
-                            m.command("system_reset").is_some() && m.command("cont").is_some()
-                        });
-                    if !reset {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break Some((usize::MAX, true));
-                    }
-                    seen = (i + 1, Instant::now(), false);
-                    continue;
-                }
-                if !seen.2 && seen.1.elapsed() > BOOT_LIMIT {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Some((seen.0, seen.2));
-                }
-                std::thread::sleep(Duration::from_millis(1));
+    /// Starts QEMU on the batch file, the loader going on from `start`.
+    fn spawn_batch(
+        &self,
+        batch: &BatchFile,
+        version: crate::scenario::IoapicVersion,
+        start: usize,
+    ) -> Result<Process> {
+        let monitor_path = self.dir.join(format!("monitor-{}", unique()));
+        let mut command = self.command(&batch.path, version, batch::RAM);
+        command.arg("-monitor").arg(format!(
+            "unix:{},server=on,wait=off",
+            monitor_path.display()
+        ));
+        let child = command
+            .spawn()
+            .map_err(BackendError::io(format_args!("starting {QEMU}")))?;
+        Ok(Process {
+            child,
+            monitor_path,
+            monitor: None,
+            progress: Progress::at(start, false),
+            last_check: Instant::now(),
+        })
+    }
+
+    /// Watches a QEMU process until it exits, must restart, or never boots;
+    /// a scenario that stalls is checked for a hang and skipped.
+    fn watch(
+        &self,
+        process: &mut Process,
+        batch: &BatchFile,
+        armed: &[bool],
+        results: &mut BatchResults<'_, '_>,
+    ) -> Result<ProcessEnd> {
+        let len = armed.len();
+        loop {
+            if let Ok(Some(_)) = process.child.try_wait() {
+                return Ok(ProcessEnd::Exited);
+            }
+            // Guest memory is the guest's: never trust an index in it.
+            let i = batch.next().min(len);
+            let running = batch.running() == i + 1;
+            if i != process.progress.index || running != process.progress.running {
+                process.progress = Progress::at(i, running);
+            }
+            let progress = process.progress;
+            let limit = if armed[progress.index.min(len - 1)] {
+                WATCHDOG_FALLBACK
+            } else {
+                BATCH_HANG_AFTER
             };
-            let _ = std::fs::remove_file(&monitor_path);
-            let done = read32(batch::CONTROL + 4) as usize;
-            for i in start_index..done.min(group.len()) {
-                if out[group[i].0].is_none() {
-                    out[group[i].0] = Some(self.result(&file, i)?);
+            if progress.running
+                && progress.index < len
+                && progress.since.elapsed() > limit
+                && process.last_check.elapsed() > limit
+            {
+                process.last_check = Instant::now();
+                match self.check_hang(process, batch, results)? {
+                    HangCheck::RunsOn => {}
+                    HangCheck::Skipped => {
+                        process.progress = Progress::at(progress.index + 1, false)
+                    }
+                    HangCheck::Restart => return Ok(ProcessEnd::Restart),
                 }
+                continue;
             }
-            match hung {
-                None => break,
-                // The monitor could not reset the machine: QEMU restarts.
-                Some((usize::MAX, _)) => {}
-                Some((i, _)) if i >= group.len() => break,
-                Some((i, _)) => {
-                    out[group[i].0] = Some(Trace::error(
-                        self.name,
-                        format!("QEMU did not reach the guest stub within {BOOT_LIMIT:?}"),
-                    ));
-                    file.write_all_at(&(i as u32 + 1).to_le_bytes(), batch::CONTROL + 4)
-                        .map_err(|e| BackendError::Failed(e.to_string()))?;
-                }
+            if !progress.running && progress.since.elapsed() > BOOT_LIMIT {
+                process.kill();
+                return Ok(ProcessEnd::NeverBooted(progress.index));
             }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        let _ = std::fs::remove_file(&path);
-        Ok(())
+    }
+
+    /// The scenario the process runs has stalled: pause the guest, and if
+    /// it is halted (or cannot be paused) record a hang and reset the
+    /// machine for the next scenario.
+    fn check_hang(
+        &self,
+        process: &mut Process,
+        batch: &BatchFile,
+        results: &mut BatchResults<'_, '_>,
+    ) -> Result<HangCheck> {
+        let Progress {
+            index: i, since, ..
+        } = process.progress;
+        if process.monitor.is_none() {
+            process.monitor = Monitor::connect(&process.monitor_path);
+        }
+        // Pause the guest, so that what is read and written below cannot
+        // race the end of the run.
+        let paused = process.monitor_command("stop").is_some();
+        if !paused {
+            process.kill();
+        }
+        if batch.next() != i || batch.running() != i + 1 {
+            // The run ended meanwhile.
+            if paused {
+                process.monitor_command("cont");
+                return Ok(HangCheck::RunsOn);
+            }
+            return Ok(HangCheck::Restart);
+        }
+        // A hang is a halted guest; one that is merely slow (a loaded
+        // host) gets more time, up to RUN_LIMIT.
+        let halted = paused
+            && process
+                .monitor_command("info registers")
+                .is_some_and(|r| r.contains("HLT=1"));
+        if paused && !halted && since.elapsed() < RUN_LIMIT {
+            process.monitor_command("cont");
+            return Ok(HangCheck::RunsOn);
+        }
+        results.set(
+            i,
+            if halted || !paused {
+                self.hang_trace(&batch.path)?
+            } else {
+                Trace::error(
+                    self.name,
+                    format!("the guest neither ended nor halted within {RUN_LIMIT:?}"),
+                )
+            },
+        );
+        batch.set_next(i + 1)?;
+        // Reset the machine through the monitor instead of restarting QEMU.
+        let reset = paused
+            && process.monitor_command("system_reset").is_some()
+            && process.monitor_command("cont").is_some();
+        if !reset {
+            process.kill();
+            return Ok(HangCheck::Restart);
+        }
+        Ok(HangCheck::Skipped)
     }
 
     /// A hung batch scenario, read from guest RAM where it stopped.
     fn hang_trace(&self, ram_path: &std::path::Path) -> Result<Trace> {
         use std::os::unix::fs::FileExt;
-        let fail = |e: std::io::Error| BackendError::Failed(e.to_string());
+        let fail = |e| BackendError::io(ram_path.display())(e);
         // Only what a hang needs: the current op and the log so far.
         let file = std::fs::File::open(ram_path).map_err(fail)?;
         let mut head = [0u8; 0x18];
@@ -994,7 +1389,7 @@ impl QemuBackend {
         let mut log_bytes = vec![0u8; (ptr - LOG) as usize];
         file.read_exact_at(&mut log_bytes, LOG).map_err(fail)?;
         let mut trace = Trace::new(self.name);
-        trace.events = log::decode(&log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        trace.events = log::decode(&log_bytes)?;
         trace.outcome = Outcome::Hang;
         trace.hang_op = Some(cur_op);
         Ok(trace)
@@ -1006,15 +1401,15 @@ impl QemuBackend {
         let at = batch::RESULTS + i as u64 * batch::SLOT;
         let mut head = [0u8; 16];
         file.read_exact_at(&mut head, at)
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+            .map_err(BackendError::io("the batch results"))?;
         let word =
             |k: usize| u32::from_le_bytes(head[4 * k..4 * k + 4].try_into().expect("4 bytes"));
         let (code, len) = (word(0), (word(2) as u64).min(batch::SLOT - 16) as usize);
         let mut log_bytes = vec![0u8; len];
         file.read_exact_at(&mut log_bytes, at + 16)
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+            .map_err(BackendError::io("the batch results"))?;
         let mut trace = Trace::new(self.name);
-        trace.events = log::decode(&log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
+        trace.events = log::decode(&log_bytes)?;
         if code == batch::HANG {
             trace.outcome = Outcome::Hang;
             trace.hang_op = Some(word(1) as usize);
@@ -1023,8 +1418,27 @@ impl QemuBackend {
         match EndCode::from_u32(code) {
             Some(EndCode::Completed) => {}
             Some(EndCode::Storm) => trace.outcome = Outcome::Storm,
-            _ => return Err(BackendError::Failed("the guest's event log is full".into())),
+            _ => return Err(BackendError::LogFull),
         }
         Ok(trace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn the_version_is_read_from_qemu_version_output() {
+        let v10 = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright";
+        assert_eq!(parse_version(v10), Some((10, 0, 2)));
+        let v72 = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)";
+        assert_eq!(parse_version(v72), Some((7, 2, 22)));
+        // A source build: "version 9.2.50 (v9.2.0-1234-gabcdef)".
+        assert_eq!(
+            parse_version("QEMU emulator version 9.2.50 (v9.2.0-1-g1)"),
+            Some((9, 2, 50))
+        );
+        assert_eq!(parse_version("qemu-system-x86_64: not a version"), None);
     }
 }

@@ -7,7 +7,7 @@
 //! (`sim:level-unmask-no-deliver,split-eoi-lost`).
 
 use super::model::ModelBackend;
-use super::{Backend, OpenError, Result};
+use super::{Availability, Backend, BackendKind, OpenError, Result};
 use crate::model::quirks::Quirks;
 use crate::scenario::Scenario;
 use crate::trace::Trace;
@@ -29,6 +29,14 @@ pub const PROFILES: &[(&str, Quirks, &str)] = &[
         "QEMU's emulated IOAPIC and local APIC as measured under TCG (docs/known-divergences.md)",
     ),
 ];
+
+pub const KIND: BackendKind = BackendKind {
+    name: "sim:QUIRKS",
+    description: "the model with named bugs switched on (sim:hvf-known, sim:none, sim:QUIRK,QUIRK)",
+    takes_options: true,
+    probe: || Availability::Available,
+    open: |_, spec| Ok(Box::new(SimBackend::open(spec)?)),
+};
 
 pub struct SimBackend {
     name: String,
@@ -97,8 +105,8 @@ impl Backend for SimBackend {
         &self.name
     }
 
-    fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
-        let mut trace = self.model.run(scenario)?;
+    fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
+        let mut trace = self.model.execute(scenario)?;
         trace.backend = self.name.clone();
         Ok(trace)
     }

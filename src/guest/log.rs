@@ -1,6 +1,7 @@
 //! Decoding the stub's event log (guest memory) back into trace events.
 
 use super::stub::{record, SNAPSHOT_WORDS};
+use crate::model::ioapic::bits;
 use crate::trace::{Event, EventKind, Snapshot, Space};
 
 /// Why a log could not be decoded.
@@ -57,8 +58,9 @@ pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
                 s.ppr = w(25) & 0xff;
                 for pin in 0..24 {
                     let low = w(26 + pin);
-                    s.delivery_status[pin] = low & (1 << 12) != 0;
-                    s.remote_irr[pin] = low & (1 << 14) != 0;
+                    let low = low as u64;
+                    s.delivery_status[pin] = low & bits::DELIVERY_STATUS != 0;
+                    s.remote_irr[pin] = low & bits::REMOTE_IRR != 0;
                 }
                 i += SNAPSHOT_WORDS;
                 EventKind::Snapshot(Box::new(s))

@@ -19,6 +19,8 @@ use iced_x86::{BlockEncoderOptions, IcedError};
 
 use super::layout::*;
 use super::table::kind;
+use crate::model::ioapic::REG_REDTBL;
+use crate::model::lapic::{msr_of, reg, LVT_MASKED};
 
 /// The assembled stub and the addresses the VMM needs.
 #[derive(Clone, Debug)]
@@ -78,9 +80,9 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.or(eax, 0xc00)?;
     a.wrmsr()?;
     a.set_label(&mut xapic)?;
-    for lint in [0x350, 0x360] {
-        a.mov(ecx, lint)?;
-        a.mov(eax, 0x1_0000)?;
+    for lint in [reg::LVT_LINT0, reg::LVT_LINT1] {
+        a.mov(ecx, lint as u32)?;
+        a.mov(eax, LVT_MASKED)?;
         a.call(lapic_write)?;
     }
     a.mov(r15, OPS)?;
@@ -309,7 +311,7 @@ struct Labels {
 }
 
 fn op_route(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
-    // High dword first, then the low dword (SCENARIO-FORMAT.md `route`).
+    // High dword first, then the low dword (docs/scenario-format.md, `route`).
     a.mov(eax, dword_ptr(r15 + 4))?;
     a.mov(dword_ptr(r12), eax)?;
     a.mov(eax, dword_ptr(r15 + 8))?;
@@ -357,14 +359,14 @@ fn op_self_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     a.jne(x2)?;
     // xAPIC: ICR high (destination 0), then ICR low with the self shorthand
     // (bits 19:18 = 01), fixed, edge (SDM §11.6.1).
-    a.mov(dword_ptr(r14 + 0x310), 0)?;
+    a.mov(dword_ptr(r14 + reg::ICR_HIGH as i32), 0)?;
     a.mov(eax, dword_ptr(r15 + 4))?;
     a.or(eax, 0x4_0000)?;
-    a.mov(dword_ptr(r14 + 0x300), eax)?;
+    a.mov(dword_ptr(r14 + reg::ICR_LOW as i32), eax)?;
     a.jmp(out)?;
     a.set_label(&mut x2)?;
     // x2APIC SELF IPI register, MSR 0x83F (SDM §11.12.11).
-    a.mov(ecx, 0x83f)?;
+    a.mov(ecx, msr_of(reg::SELF_IPI))?;
     a.mov(eax, dword_ptr(r15 + 4))?;
     a.xor(edx, edx)?;
     a.wrmsr()?;
@@ -375,18 +377,39 @@ fn op_self_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
 /// A host op done by the guest (QEMU): drive ISA IRQ line a to level b
 /// (2: pulse) through pc-testdev.
 fn op_line(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
-    // Level 2 is a pulse: 1 then 0, one op.
+    // Level 2 is a pulse: 1 then 0, one op. A pulse is atomic, as the host
+    // does it under KVM: the interrupt that the rising edge requests must
+    // not be taken between the two writes (the CPU recognises it at the
+    // next instruction boundary with IF = 1, SDM vol. 3A §6.6; QEMU's TCG
+    // does so since 8.1.2/8.2, where every I/O instruction ends its
+    // translation block), or a level pin's EOI finds the line still high
+    // and the vector storms. RFLAGS is restored afterwards, so a pulse
+    // under `cli` keeps IF = 0.
     let mut single = a.create_label();
+    let mut done = a.create_label();
     a.mov(edx, QEMU_TESTDEV_IRQ_PORT as u32)?;
     a.add(edx, dword_ptr(r15 + 4))?;
     a.mov(eax, dword_ptr(r15 + 8))?;
     a.cmp(eax, 2)?;
     a.jne(single)?;
+    a.pushfq()?;
+    a.cli()?;
     a.mov(al, 1)?;
     a.out(dx, al)?;
     a.xor(eax, eax)?;
+    a.out(dx, al)?;
+    a.popfq()?;
+    // An exit to the VMM: under KVM with QEMU's userspace irqchip
+    // (`qemu-kvm-userspace`) the pending interrupt is injected at the next
+    // KVM_RUN (`kvm_arch_pre_run`), and this host's KVM does not exit by
+    // itself when IF becomes 1 (docs/known-divergences.md,
+    // kvm-deferred-injection). Port 0x80 is the POST port, a no-op.
+    a.out(0x80, al)?;
+    a.jmp(done)?;
     a.set_label(&mut single)?;
-    a.out(dx, al)
+    a.out(dx, al)?;
+    a.set_label(&mut done)?;
+    a.nop()
 }
 
 /// A host op done by the guest (QEMU TCG): an MSI is a write of its data to
@@ -435,20 +458,20 @@ fn op_snapshot(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
     a.stosd()?;
     a.mov(eax, dword_ptr(CUR_OP))?;
     a.stosd()?;
-    for base in [0x200u32, 0x100, 0x180] {
+    for base in [reg::IRR, reg::ISR, reg::TMR].map(u32::from) {
         for i in 0..8 {
             a.mov(ecx, base + 0x10 * i)?;
             a.call(l.lapic_read)?;
             a.stosd()?;
         }
     }
-    for reg in [0x80u32, 0xa0] {
-        a.mov(ecx, reg)?;
+    for register in [reg::TPR, reg::PPR] {
+        a.mov(ecx, register as u32)?;
         a.call(l.lapic_read)?;
         a.stosd()?;
     }
     for pin in 0..24u32 {
-        a.mov(dword_ptr(r12), 0x10 + 2 * pin)?;
+        a.mov(dword_ptr(r12), REG_REDTBL as u32 + 2 * pin)?;
         a.mov(eax, dword_ptr(r12 + 0x10))?;
         a.stosd()?;
     }

@@ -6,7 +6,9 @@
 //! which the VMM performs when the stub signals it.
 
 use super::layout::{NTH_TABLE, NTH_TABLE_END, OPS, OPS_END};
-use crate::scenario::{Op, Scenario};
+use crate::model::ioapic::REG_REDTBL;
+use crate::model::lapic::reg;
+use crate::scenario::{HostOp, Op, Pin, Scenario};
 
 /// Op kinds of the stub's interpreter.
 pub mod kind {
@@ -56,7 +58,7 @@ pub struct Table {
     /// The `V#N` entries, for [`NTH_TABLE`].
     pub nth: Vec<u8>,
     /// Host ops by number.
-    pub host_ops: Vec<Op>,
+    pub host_ops: Vec<HostOp>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,37 +80,27 @@ pub enum HostOps {
     Guest,
 }
 
-fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<Op>, mode: HostOps) {
+fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<HostOp>, mode: HostOps) {
     use kind::*;
-    if mode == HostOps::Guest {
-        let line = |out: &mut Vec<u8>, pin: u8, level: u32| word(out, [LINE, pin as u32, level, 0]);
-        match *op {
-            Op::Assert(p) => return line(out, p.get(), 1),
-            Op::Deassert(p) => return line(out, p.get(), 0),
-            Op::Pulse(p) => return line(out, p.get(), 2),
-            Op::Msi(m) => {
-                let (address, data) = m.address_data();
-                return word(out, [MSI_WRITE, address as u32, data, 0]);
-            }
-            _ => {}
-        }
-    }
     let w = match *op {
-        Op::Route { pin, route } => {
-            let high = 0x11 + 2 * pin.get() as u32;
-            [ROUTE, high, route.high_dword(), route.low_dword()]
-        }
-        Op::Mask(pin) => [MASK, 0x10 + 2 * pin.get() as u32, 1, 0],
-        Op::Unmask(pin) => [MASK, 0x10 + 2 * pin.get() as u32, 0, 0],
-        Op::Assert(_) | Op::Deassert(_) | Op::Pulse(_) | Op::Msi(_) => {
-            host_ops.push(*op);
+        Op::Route { pin, route } => [
+            ROUTE,
+            redirection_low(pin) + 1,
+            route.high_dword(),
+            route.low_dword(),
+        ],
+        Op::Mask(pin) => [MASK, redirection_low(pin), 1, 0],
+        Op::Unmask(pin) => [MASK, redirection_low(pin), 0, 0],
+        Op::Host(host) if mode == HostOps::Vmm => {
+            host_ops.push(host);
             [HOST, host_ops.len() as u32 - 1, 0, 0]
         }
-        Op::Eoi => [LAPIC_WRITE, 0xb0, 0, 0],
+        Op::Host(host) => guest_host_op(host),
+        Op::Eoi => [LAPIC_WRITE, reg::EOI as u32, 0, 0],
         Op::IoapicEoi(v) => [IOAPIC_EOI, v as u32, 0, 0],
         Op::SelfIpi(v) => [SELF_IPI, v as u32, 0, 0],
-        Op::Tpr(v) => [LAPIC_WRITE, 0x80, v as u32, 0],
-        Op::Svr(v) => [LAPIC_WRITE, 0xf0, v, 0],
+        Op::Tpr(v) => [LAPIC_WRITE, reg::TPR as u32, v as u32, 0],
+        Op::Svr(v) => [LAPIC_WRITE, reg::SVR as u32, v, 0],
         Op::Cli => [CLI, 0, 0, 0],
         Op::Sti => [STI, 0, 0, 0],
         Op::Nop => [NOP, 0, 0, 0],
@@ -122,6 +114,26 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<Op>, mode: HostOps) 
         Op::ApicBase(value) => [APIC_BASE, value, 0, 0],
     };
     word(out, w);
+}
+
+/// The index of `pin`'s redirection-table low dword (82093AA §3.2.4: the
+/// entries start at register 0x10, two dwords each).
+fn redirection_low(pin: Pin) -> u32 {
+    REG_REDTBL as u32 + 2 * pin.get() as u32
+}
+
+/// A host op the guest performs itself, through QEMU's test devices.
+fn guest_host_op(host: HostOp) -> [u32; 4] {
+    use kind::*;
+    match host {
+        HostOp::Assert(p) => [LINE, p.get() as u32, 1, 0],
+        HostOp::Deassert(p) => [LINE, p.get() as u32, 0, 0],
+        HostOp::Pulse(p) => [LINE, p.get() as u32, 2, 0],
+        HostOp::Msi(m) => {
+            let (address, data) = m.address_data();
+            [MSI_WRITE, address as u32, data, 0]
+        }
+    }
 }
 
 /// Encodes `scenario`, host ops for the VMM.

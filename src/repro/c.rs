@@ -19,7 +19,7 @@ use std::fmt::Write;
 
 use crate::guest::layout::*;
 use crate::guest::{table, Image};
-use crate::scenario::{print::print, Op, Scenario};
+use crate::scenario::{print::print, HostOp, Scenario};
 use crate::trace::{EventKind, Outcome, Trace};
 
 /// One line per event, the format both the C program and irqdiff print.
@@ -87,15 +87,6 @@ fn c_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Whether the scenario's trace depends on the IOAPIC's version (its EOI
-/// register, or reading the version register): the HVF program runs it on
-/// the in-kernel IOAPIC only if that one has the scenario's version.
-fn depends_on_ioapic_version(scenario: &Scenario) -> bool {
-    scenario
-        .all_ops()
-        .any(|op| matches!(op, Op::IoapicEoi(_) | Op::IoapicRead(1)))
-}
-
 /// Why a scenario cannot be written as a C repro.
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
@@ -130,13 +121,22 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
     let image = Image::build();
     let t = table::encode(scenario)?;
     let mut c = String::from("/*\n");
+    let format = match target {
+        Target::Kvm => "c-kvm",
+        Target::Hvf => "c-hvf",
+    };
+    let _ = writeln!(
+        c,
+        " * GENERATED FILE: `irqdiff emit SCENARIO.irq --as {format}` wrote it from the\n \
+         * scenario quoted below. Do not edit: change the scenario and regenerate.\n *"
+    );
     match target {
         Target::Kvm => {
-            c += " * irqdiff repro for Linux KVM (in-kernel irqchip), generated; no dependency\n";
+            c += " * irqdiff repro for Linux KVM (in-kernel irqchip); no dependency\n";
             c += " * beyond libc and the kernel headers.\n *\n *   cc -O2 repro.c -o repro && ./repro\n *\n";
         }
         Target::Hvf => {
-            c += " * irqdiff repro for macOS Hypervisor.framework (Intel, macOS 12+), generated:\n";
+            c += " * irqdiff repro for macOS Hypervisor.framework (Intel, macOS 12+):\n";
             c += if split {
                 " * the in-kernel APIC with a userspace IOAPIC (HV_APIC_CTRL_IOAPIC_EOI).\n"
             } else {
@@ -174,7 +174,7 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
         let _ = writeln!(
             c,
             "static const int VERSION_DEPENDENT = {};",
-            u8::from(depends_on_ioapic_version(scenario))
+            u8::from(scenario.depends_on_ioapic_version())
         );
     }
     let _ = writeln!(
@@ -208,14 +208,13 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
     );
     for op in &t.host_ops {
         let line = match *op {
-            Op::Assert(p) => format!("{{0, {}, 0, 0}}", p.get()),
-            Op::Deassert(p) => format!("{{1, {}, 0, 0}}", p.get()),
-            Op::Pulse(p) => format!("{{2, {}, 0, 0}}", p.get()),
-            Op::Msi(m) => {
+            HostOp::Assert(p) => format!("{{0, {}, 0, 0}}", p.get()),
+            HostOp::Deassert(p) => format!("{{1, {}, 0, 0}}", p.get()),
+            HostOp::Pulse(p) => format!("{{2, {}, 0, 0}}", p.get()),
+            HostOp::Msi(m) => {
                 let (addr, data) = m.address_data();
                 format!("{{3, 0, 0x{addr:x}, 0x{data:x}}}")
             }
-            _ => unreachable!("only host ops are in host_ops"),
         };
         let _ = writeln!(c, "    {line},");
     }

@@ -10,8 +10,8 @@
 use arbitrary::{Arbitrary, Result, Unstructured};
 
 use super::{
-    ApicMode, Config, DeliveryMode, DestMode, HandlerKey, IoapicVersion, Irqchip, Msi, MsiDelivery,
-    Op, Pin, Route, Scenario, Trigger,
+    ApicMode, Config, DeliveryMode, DestMode, HandlerKey, HostOp, IoapicVersion, Irqchip, Msi,
+    MsiDelivery, Op, Pin, Route, Scenario, Trigger,
 };
 
 /// Knobs of the structured generator.
@@ -45,18 +45,18 @@ const READABLE: &[u16] = &[
     0x020, 0x030, 0x080, 0x0a0, 0x0d0, 0x0f0, 0x100, 0x170, 0x180, 0x1f0, 0x200, 0x270, 0x280,
 ];
 
-fn percent(u: &mut Unstructured, p: u8) -> Result<bool> {
+fn percent(u: &mut Unstructured<'_>, p: u8) -> Result<bool> {
     Ok(u.int_in_range(0..=99u8)? < p)
 }
 
 /// A vector at or above 0x20, its class chosen first so that classes spread.
-fn vector(u: &mut Unstructured) -> Result<u8> {
+fn vector(u: &mut Unstructured<'_>) -> Result<u8> {
     let class = u.int_in_range(2..=15u8)?;
     Ok(class << 4 | u.int_in_range(0..=15u8)?)
 }
 
 /// Builds a scenario that is meaningful most of the time.
-pub fn generate(u: &mut Unstructured, cfg: &GenConfig) -> Result<Scenario> {
+pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
     let config = Config {
         ioapic: if percent(u, 10)? {
             IoapicVersion::V11
@@ -99,10 +99,10 @@ pub fn generate(u: &mut Unstructured, cfg: &GenConfig) -> Result<Scenario> {
     for line in &lines {
         let body = if line.level {
             match u.int_in_range(0..=9u8)? {
-                0..=6 => vec![Op::Deassert(line.pin), Op::Eoi],
+                0..=6 => vec![Op::Host(HostOp::Deassert(line.pin)), Op::Eoi],
                 7 => vec![Op::Eoi],
                 8 => vec![Op::Mask(line.pin), Op::Eoi],
-                _ => vec![Op::Snapshot, Op::Deassert(line.pin), Op::Eoi],
+                _ => vec![Op::Snapshot, Op::Host(HostOp::Deassert(line.pin)), Op::Eoi],
             }
         } else if percent(u, 15)? {
             vec![Op::Snapshot, Op::Eoi]
@@ -159,13 +159,13 @@ pub fn generate(u: &mut Unstructured, cfg: &GenConfig) -> Result<Scenario> {
     Ok(s)
 }
 
-fn structured_op(u: &mut Unstructured, lines: &[Line]) -> Result<Op> {
+fn structured_op(u: &mut Unstructured<'_>, lines: &[Line]) -> Result<Op> {
     let line = *u.choose(lines)?;
     let pin = line.pin;
     Ok(match u.int_in_range(0..=99u8)? {
-        0..=17 => Op::Assert(pin),
-        18..=29 => Op::Deassert(pin),
-        30..=39 => Op::Pulse(pin),
+        0..=17 => Op::Host(HostOp::Assert(pin)),
+        18..=29 => Op::Host(HostOp::Deassert(pin)),
+        30..=39 => Op::Host(HostOp::Pulse(pin)),
         40..=45 => Op::Mask(pin),
         46..=52 => Op::Unmask(pin),
         53..=56 => Op::Eoi,
@@ -179,7 +179,7 @@ fn structured_op(u: &mut Unstructured, lines: &[Line]) -> Result<Op> {
         } else {
             vector(u)?
         }),
-        76..=79 => Op::Msi(Msi {
+        76..=79 => Op::Host(HostOp::Msi(Msi {
             vector: if percent(u, 50)? {
                 line.vector
             } else {
@@ -201,7 +201,7 @@ fn structured_op(u: &mut Unstructured, lines: &[Line]) -> Result<Op> {
             } else {
                 MsiDelivery::Lowest
             },
-        }),
+        })),
         80..=82 => Op::Tpr(if percent(u, 50)? {
             0
         } else {
@@ -238,7 +238,7 @@ fn structured_op(u: &mut Unstructured, lines: &[Line]) -> Result<Op> {
         } else {
             *u.choose(&[0x0ff, 0x11ff, 0x1ff])?
         }),
-        _ => Op::Deassert(pin),
+        _ => Op::Host(HostOp::Deassert(pin)),
     })
 }
 

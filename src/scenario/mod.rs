@@ -3,8 +3,7 @@
 //! Following syzkaller's split, this module holds only the types; parsing
 //! (`parse`), printing (`print`) and generation from fuzzer bytes
 //! (`generate`) are separate pieces. The text form is specified in
-//! `SCENARIO-FORMAT.md` (and our compatible extensions in
-//! `docs/scenario-format.md`).
+//! `docs/scenario-format.md`.
 
 pub mod generate;
 pub mod parse;
@@ -73,7 +72,8 @@ pub enum Irqchip {
     Split,
 }
 
-/// The `config` statement. `Default` is the machine of SCENARIO-FORMAT.md.
+/// The `config` statement. `Default` is the start machine of
+/// docs/scenario-format.md.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
 pub struct Config {
     pub ioapic: IoapicVersion,
@@ -202,6 +202,37 @@ impl Msi {
     }
 }
 
+/// An op the VMM performs while the guest waits at that point of its
+/// program: each backend's perform is a total `match` on it, so adding one
+/// is a compile error in every backend until it is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum HostOp {
+    Assert(Pin),
+    Deassert(Pin),
+    Pulse(Pin),
+    Msi(Msi),
+}
+
+impl HostOp {
+    /// The IOAPIC pin the op drives (`None` for an MSI).
+    pub fn pin(&self) -> Option<Pin> {
+        match *self {
+            HostOp::Assert(p) | HostOp::Deassert(p) | HostOp::Pulse(p) => Some(p),
+            HostOp::Msi(_) => None,
+        }
+    }
+
+    /// The op's keyword in the text format.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            HostOp::Assert(_) => "assert",
+            HostOp::Deassert(_) => "deassert",
+            HostOp::Pulse(_) => "pulse",
+            HostOp::Msi(_) => "msi",
+        }
+    }
+}
+
 /// One operation. Guest ops are executed by the guest stub, host ops by the
 /// VMM while the guest waits at that point of its program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
@@ -212,10 +243,8 @@ pub enum Op {
     },
     Mask(Pin),
     Unmask(Pin),
-    Assert(Pin),
-    Deassert(Pin),
-    Pulse(Pin),
-    Msi(Msi),
+    /// An op the VMM performs (the guest only signals it).
+    Host(HostOp),
     Eoi,
     IoapicEoi(u8),
     SelfIpi(u8),
@@ -253,36 +282,25 @@ pub enum Op {
 
 /// IA32_APIC_BASE values a generator tries: the usual base or a moved one,
 /// with each combination of EN and EXTD.
-fn apic_base_value(u: &mut arbitrary::Unstructured) -> arbitrary::Result<u32> {
+fn apic_base_value(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u32> {
     let base: u32 = *u.choose(&[0xfee0_0000u32, 0xfed0_0000])?;
     Ok(base | u.int_in_range(0..=3u32)? << 10)
 }
 
 /// A local APIC register offset the format allows: 0x000-0x3f0, a
 /// multiple of 0x10 (the registers are 16-byte aligned, SDM Table 11-1).
-fn lapic_offset(u: &mut arbitrary::Unstructured) -> arbitrary::Result<u16> {
+fn lapic_offset(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u16> {
     Ok(u.int_in_range(0..=0x3fu16)? << 4)
 }
 
 impl Op {
-    /// Whether the VMM performs this op (the guest only signals it).
-    pub fn is_host_op(&self) -> bool {
-        matches!(
-            self,
-            Op::Assert(_) | Op::Deassert(_) | Op::Pulse(_) | Op::Msi(_)
-        )
-    }
-
     /// The op's keyword in the text format; used in signatures and reports.
     pub fn keyword(&self) -> &'static str {
         match self {
             Op::Route { .. } => "route",
             Op::Mask(_) => "mask",
             Op::Unmask(_) => "unmask",
-            Op::Assert(_) => "assert",
-            Op::Deassert(_) => "deassert",
-            Op::Pulse(_) => "pulse",
-            Op::Msi(_) => "msi",
+            Op::Host(h) => h.keyword(),
             Op::Eoi => "eoi",
             Op::IoapicEoi(_) => "ioapic-eoi",
             Op::SelfIpi(_) => "self-ipi",
@@ -335,6 +353,14 @@ pub struct Scenario {
 pub const DEFAULT_HANDLER: &[Op] = &[Op::Eoi];
 
 impl Scenario {
+    /// Whether the trace depends on the IOAPIC's version: an op uses the
+    /// EOI register (version 0x20 only) or reads the version register
+    /// (82093AA 3.2.2, which also holds the pin count).
+    pub fn depends_on_ioapic_version(&self) -> bool {
+        self.all_ops()
+            .any(|op| matches!(op, Op::IoapicEoi(_) | Op::IoapicRead(1)))
+    }
+
     /// The body the guest runs for the `nth` (from 1) delivery of `vector`:
     /// the `V#N` body if there is one, else the `V` body, else `eoi`.
     pub fn handler_body(&self, vector: u8, nth: u32) -> &[Op] {

@@ -8,8 +8,8 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 
 use super::{
-    ApicMode, Config, DeliveryMode, DestMode, HandlerKey, IoapicVersion, Irqchip, Msi, MsiDelivery,
-    Op, Pin, Polarity, Route, Scenario, Trigger, PINS,
+    ApicMode, Config, DeliveryMode, DestMode, HandlerKey, HostOp, IoapicVersion, Irqchip, Msi,
+    MsiDelivery, Op, Pin, Polarity, Route, Scenario, Trigger, PINS,
 };
 
 /// A scenario text that does not parse.
@@ -78,7 +78,7 @@ struct Line<'a> {
 }
 
 impl Line<'_> {
-    fn error(&self, at: Option<Word>, expected: impl Into<String>) -> ParseError {
+    fn error(&self, at: Option<Word<'_>>, expected: impl Into<String>) -> ParseError {
         ParseError {
             line: self.number,
             column: at.map_or(self.end, |w| w.column),
@@ -188,7 +188,7 @@ fn strip_comment(raw: &str) -> &str {
 }
 
 fn parse_config_word<'a>(
-    line: &Line,
+    line: &Line<'_>,
     w: Word<'a>,
     config: &mut Config,
 ) -> Result<&'a str, ParseError> {
@@ -233,7 +233,7 @@ fn parse_config_word<'a>(
     Ok(key)
 }
 
-fn parse_handler(line: &Line, content: &str, s: &mut Scenario) -> Result<(), ParseError> {
+fn parse_handler(line: &Line<'_>, content: &str, s: &mut Scenario) -> Result<(), ParseError> {
     // Byte offsets: the keyword starts after the leading whitespace (which
     // may hold multi-byte characters, so its column is not a byte index).
     let head_start = content.len() - content.trim_start().len() + "handler".len();
@@ -334,7 +334,7 @@ fn parse_handler(line: &Line, content: &str, s: &mut Scenario) -> Result<(), Par
 }
 
 /// Parses a number (decimal or 0x hex) no larger than `max`.
-fn number(line: &Line, w: Word, max: u64, expected: &str) -> Result<u64, ParseError> {
+fn number(line: &Line<'_>, w: Word<'_>, max: u64, expected: &str) -> Result<u64, ParseError> {
     let t = w.text;
     let parsed = if let Some(hex) = t.strip_prefix("0x") {
         if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -353,26 +353,26 @@ fn number(line: &Line, w: Word, max: u64, expected: &str) -> Result<u64, ParseEr
     }
 }
 
-fn pin(line: &Line, w: Option<Word>) -> Result<Pin, ParseError> {
+fn pin(line: &Line<'_>, w: Option<Word<'_>>) -> Result<Pin, ParseError> {
     let expected = format!("a pin number 0-{}", PINS - 1);
     let w = w.ok_or_else(|| line.error(None, expected.clone()))?;
     let n = number(line, w, (PINS - 1) as u64, &expected)?;
     Ok(Pin::new(n as u8).expect("range checked"))
 }
 
-fn byte(line: &Line, w: Option<Word>, what: &str) -> Result<u8, ParseError> {
+fn byte(line: &Line<'_>, w: Option<Word<'_>>, what: &str) -> Result<u8, ParseError> {
     let expected = format!("{what} 0-255");
     let w = w.ok_or_else(|| line.error(None, expected.clone()))?;
     Ok(number(line, w, 255, &expected)? as u8)
 }
 
-fn dword(line: &Line, w: Option<Word>, what: &str) -> Result<u32, ParseError> {
+fn dword(line: &Line<'_>, w: Option<Word<'_>>, what: &str) -> Result<u32, ParseError> {
     let expected = format!("{what} (a 32-bit number)");
     let w = w.ok_or_else(|| line.error(None, expected.clone()))?;
     Ok(number(line, w, u32::MAX as u64, &expected)? as u32)
 }
 
-fn parse_op(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
+fn parse_op(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
     let kw = ws[0];
     let arg = |i: usize| ws.get(i).copied();
     // How many words the op takes, keyword included (None: options follow).
@@ -381,9 +381,9 @@ fn parse_op(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
         "msi" => return parse_msi(line, ws),
         "mask" => (Op::Mask(pin(line, arg(1))?), 2),
         "unmask" => (Op::Unmask(pin(line, arg(1))?), 2),
-        "assert" => (Op::Assert(pin(line, arg(1))?), 2),
-        "deassert" => (Op::Deassert(pin(line, arg(1))?), 2),
-        "pulse" => (Op::Pulse(pin(line, arg(1))?), 2),
+        "assert" => (Op::Host(HostOp::Assert(pin(line, arg(1))?)), 2),
+        "deassert" => (Op::Host(HostOp::Deassert(pin(line, arg(1))?)), 2),
+        "pulse" => (Op::Host(HostOp::Pulse(pin(line, arg(1))?)), 2),
         "eoi" => (Op::Eoi, 1),
         "ioapic-eoi" => (Op::IoapicEoi(byte(line, arg(1), "a vector")?), 2),
         "self-ipi" => (Op::SelfIpi(byte(line, arg(1), "a vector")?), 2),
@@ -430,7 +430,7 @@ fn parse_op(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
     Ok(op)
 }
 
-fn lapic_offset(line: &Line, w: Option<Word>) -> Result<u16, ParseError> {
+fn lapic_offset(line: &Line<'_>, w: Option<Word<'_>>) -> Result<u16, ParseError> {
     const EXPECTED: &str = "a local APIC register offset 0x000-0x3f0, a multiple of 0x10";
     let w = w.ok_or_else(|| line.error(None, EXPECTED))?;
     let n = number(line, w, 0x3f0, EXPECTED)?;
@@ -443,7 +443,7 @@ fn lapic_offset(line: &Line, w: Option<Word>) -> Result<u16, ParseError> {
 /// Records that an option group was set, rejecting a second word of the
 /// same group (`edge level`, `vector=1 vector=2`).
 fn once<'a>(
-    line: &Line,
+    line: &Line<'_>,
     seen: &mut Vec<(&'static str, &'a str)>,
     group: &'static str,
     w: Word<'a>,
@@ -458,7 +458,7 @@ fn once<'a>(
     Ok(())
 }
 
-fn parse_route(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
+fn parse_route(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
     let pin = pin(line, ws.get(1).copied())?;
     let mut route = Route::default();
     let mut vector = None;
@@ -502,7 +502,7 @@ fn parse_route(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
     Ok(Op::Route { pin, route })
 }
 
-fn parse_msi(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
+fn parse_msi(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
     let mut msi = Msi::default();
     let mut vector = None;
     let mut seen = Vec::new();
@@ -560,7 +560,7 @@ fn parse_msi(line: &Line, ws: &[Word]) -> Result<Op, ParseError> {
         once(line, &mut seen, group, *w)?;
     }
     msi.vector = vector.ok_or_else(|| line.error(None, "`vector=V` (msi needs a vector)"))?;
-    Ok(Op::Msi(msi))
+    Ok(Op::Host(HostOp::Msi(msi)))
 }
 
 /// The keyword within edit distance 2 of `word`, if any.
@@ -618,7 +618,7 @@ mod tests {
         assert_eq!(s.ops.len(), 22);
         assert_eq!(
             s.handler_body(0x20, 1),
-            &[Op::Deassert(Pin::new(3).unwrap()), Op::Eoi]
+            &[Op::Host(HostOp::Deassert(Pin::new(3).unwrap())), Op::Eoi]
         );
         assert_eq!(s.handler_body(0x20, 2), &[] as &[Op]);
         assert_eq!(s.handler_body(0x21, 1), &[Op::Eoi]);

@@ -9,7 +9,7 @@
 use std::fmt::Write;
 
 use super::{
-    ApicMode, Config, DeliveryMode, DestMode, IoapicVersion, Irqchip, Msi, MsiDelivery, Op,
+    ApicMode, Config, DeliveryMode, DestMode, HostOp, IoapicVersion, Irqchip, Msi, MsiDelivery, Op,
     Polarity, Route, Scenario, Trigger,
 };
 
@@ -70,10 +70,10 @@ pub fn op_text(op: &Op) -> String {
         Op::Route { pin, route } => format!("route {pin}{}", route_options(&route)),
         Op::Mask(p) => format!("mask {p}"),
         Op::Unmask(p) => format!("unmask {p}"),
-        Op::Assert(p) => format!("assert {p}"),
-        Op::Deassert(p) => format!("deassert {p}"),
-        Op::Pulse(p) => format!("pulse {p}"),
-        Op::Msi(m) => format!("msi{}", msi_options(&m)),
+        Op::Host(HostOp::Assert(p)) => format!("assert {p}"),
+        Op::Host(HostOp::Deassert(p)) => format!("deassert {p}"),
+        Op::Host(HostOp::Pulse(p)) => format!("pulse {p}"),
+        Op::Host(HostOp::Msi(m)) => format!("msi{}", msi_options(&m)),
         Op::Eoi => "eoi".into(),
         Op::IoapicEoi(v) => format!("ioapic-eoi {v:#04x}"),
         Op::SelfIpi(v) => format!("self-ipi {v:#04x}"),

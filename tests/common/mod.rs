@@ -43,23 +43,81 @@ pub fn deliveries(t: &Trace) -> Vec<(usize, u8)> {
     t.deliveries().collect()
 }
 
-/// Whether /dev/kvm can be used; prints a clear skip line when not.
-pub fn kvm_or_skip(test: &str) -> bool {
+/// What a test that needs a host resource (`/dev/kvm`, QEMU, a C compiler)
+/// does about it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The resource is there: the test runs.
+    Run,
+    /// Missing outside CI: the test passes after printing this line.
+    Skip(String),
+    /// Missing under `CI=true`: CI provides every resource, so its absence
+    /// is a broken CI machine and the test fails with this message.
+    Fail(String),
+}
+
+/// The decision, apart from the environment so that it can be tested.
+pub fn skip_or_fail(ci: bool, test: &str, available: Result<(), String>) -> Need {
+    match available {
+        Ok(()) => Need::Run,
+        Err(why) if ci => Need::Fail(format!(
+            "{test}: {why} (CI=true, so a test that cannot run fails instead of being skipped)"
+        )),
+        Err(why) => Need::Skip(format!("SKIPPED {test}: {why}")),
+    }
+}
+
+/// Whether the tests run under CI: `CI=true` (GitHub Actions, GitLab) or `CI=1`.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Whether `test` can go on with `available`: true to run, false (after the
+/// `SKIPPED` line) to return early; panics under CI.
+pub fn run_or_skip(test: &str, available: Result<(), String>) -> bool {
+    match skip_or_fail(under_ci(), test, available) {
+        Need::Run => true,
+        Need::Skip(line) => {
+            eprintln!("{line}");
+            false
+        }
+        Need::Fail(message) => panic!("{message}"),
+    }
+}
+
+/// Whether the backend `name` of the catalogue is available here.
+fn backend_available(name: &str) -> Result<(), String> {
     match irqdiff::backend::catalogue()
         .into_iter()
-        .find(|b| b.name == "kvm")
+        .find(|b| b.name == name)
         .map(|b| b.availability)
     {
-        Some(irqdiff::backend::Availability::Available) => true,
+        Some(irqdiff::backend::Availability::Available) => Ok(()),
         Some(irqdiff::backend::Availability::Unavailable(why)) => {
-            eprintln!("SKIPPED {test}: KVM unavailable ({why})");
-            false
+            Err(format!("{name} unavailable ({why})"))
         }
-        None => {
-            eprintln!("SKIPPED {test}: no kvm backend in this build");
-            false
-        }
+        None => Err(format!("no {name} backend in this build")),
     }
+}
+
+/// Whether /dev/kvm can be used (see [`run_or_skip`]).
+pub fn kvm_or_skip(test: &str) -> bool {
+    run_or_skip(test, backend_available("kvm"))
+}
+
+/// Whether `qemu-system-x86_64` can be used (see [`run_or_skip`]).
+pub fn qemu_or_skip(test: &str) -> bool {
+    run_or_skip(test, backend_available("qemu-tcg"))
+}
+
+/// Whether a C compiler (`cc`) can be run (see [`run_or_skip`]).
+pub fn cc_or_skip(test: &str) -> bool {
+    let available = match std::process::Command::new("cc").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!("`cc --version` exited with {}", out.status)),
+        Err(e) => Err(format!("no C compiler (cc: {e})")),
+    };
+    run_or_skip(test, available)
 }
 
 /// The snapshot of `event`, if it is one.

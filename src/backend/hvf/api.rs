@@ -18,6 +18,8 @@ impl fmt::Display for HvError {
     }
 }
 
+impl std::error::Error for HvError {}
+
 pub type HvResult<T> = Result<T, HvError>;
 
 /// How `run_until` returned.

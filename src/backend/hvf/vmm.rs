@@ -14,16 +14,16 @@ use hypervisor_framework_sys as hv;
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
 
 use super::api::{Hv, HvError, RunEnd};
+use crate::backend::run::{self, CallLog, End, MessagePort, Shape, UserspaceIoapic};
 use crate::backend::{BackendError, Result};
 use crate::guest::layout::{
     self, EndCode, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, LAPIC_BASE, PING_PORT, RAM_SIZE,
 };
-use crate::guest::{log, table, Image};
-use crate::model::ioapic::{
-    InterruptMessage, InterruptSink, Ioapic, IoapicVersion as ModelVersion,
-};
-use crate::scenario::{ApicMode, IoapicVersion, Irqchip, Op, Scenario};
-use crate::trace::{Outcome, Trace};
+use crate::guest::{table, Image};
+use crate::model::ioapic::{bits, InterruptMessage, IOREGSEL, IOWIN, PINS, REG_REDTBL};
+use crate::model::lapic::{reg, LVT_MASKED, SVR_ENABLE};
+use crate::scenario::{ApicMode, HostOp, Op, Scenario};
+use crate::trace::Trace;
 
 bitflags::bitflags! {
     /// VMM-side workarounds for known HVF bugs, so a user can see in one run
@@ -44,6 +44,11 @@ bitflags::bitflags! {
     }
 }
 
+/// A redirection entry with only the mask bit set (82093AA §3.2.4).
+const MASKED_ENTRY: u32 = bits::MASKED as u32;
+/// A redirection entry's trigger-mode bit: level (82093AA §3.2.4).
+const LEVEL_ENTRY: u32 = bits::LEVEL as u32;
+
 /// A run longer than this is a livelocked guest.
 const RUN_LIMIT: Duration = Duration::from_secs(5);
 /// How long one `run_until` may block before the VMM looks for a hang.
@@ -53,70 +58,70 @@ const KICK: Duration = Duration::from_millis(3);
 pub struct HvfVmm<H: Hv> {
     hv: H,
     name: String,
-    force_split: bool,
+    /// The shape the backend was opened with (`hvf-split`: always split).
+    opened: Shape,
     workarounds: Workarounds,
     image: Image,
     ram: PageAligned,
     vcpu: u32,
     // Per run.
-    split: bool,
-    ioapic: Ioapic,
+    shape: Shape,
+    ioapic: UserspaceIoapic,
     /// The VMM's view of the IOAPIC (full shape): IOREGSEL and each entry's
     /// low dword, as the guest wrote them (for the workarounds).
     select: u32,
-    entry_low: [u32; 24],
+    entry_low: [u32; PINS],
     asserted: u32,
     /// Where the APIC's MMIO window is now.
     apic_window: u64,
     /// The calls made, in order (for reports).
-    pub calls: Vec<String>,
+    pub calls: CallLog,
 }
 
-/// Most calls a run records for its report.
-const CALL_LOG_LIMIT: usize = 400;
-
 impl<H: Hv> HvfVmm<H> {
-    fn note(&mut self, call: String) {
-        if self.calls.len() < CALL_LOG_LIMIT {
-            self.calls.push(call);
-        }
-    }
-
     pub fn new(
         mut hv: H,
         name: &str,
-        force_split: bool,
+        opened: Shape,
         workarounds: Workarounds,
     ) -> Result<HvfVmm<H>> {
-        let fail = |e: HvError| BackendError::Failed(e.to_string());
         let image = Image::build();
         let mut ram = PageAligned::zeroed(RAM_SIZE);
         image.install(&mut ram);
         let size = ram.len();
-        hv.create_vm(ram.as_mut_ptr(), size).map_err(fail)?;
-        let vcpu = hv.create_vcpu().map_err(fail)?;
-        hv.set_apic_address(vcpu, LAPIC_BASE).map_err(fail)?;
-        long_mode(&mut hv, vcpu).map_err(fail)?;
+        hv.create_vm(ram.as_mut_ptr(), size)?;
+        let vcpu = hv.create_vcpu()?;
+        hv.set_apic_address(vcpu, LAPIC_BASE)?;
+        long_mode(&mut hv, vcpu)?;
         Ok(HvfVmm {
             hv,
             name: name.to_string(),
-            force_split,
+            opened,
             workarounds,
             image,
             ram,
             vcpu,
-            split: force_split,
-            ioapic: Ioapic::new(ModelVersion::V20),
+            shape: opened,
+            ioapic: UserspaceIoapic::default(),
             select: 0,
-            entry_low: [1 << 16; 24],
+            entry_low: [MASKED_ENTRY; PINS],
             asserted: 0,
             apic_window: LAPIC_BASE,
-            calls: Vec::new(),
+            calls: CallLog::default(),
         })
     }
 
     pub fn hv(&mut self) -> &mut H {
         &mut self.hv
+    }
+
+    /// The shape the backend was opened with.
+    pub fn opened(&self) -> Shape {
+        self.opened
+    }
+
+    fn split(&self) -> bool {
+        self.shape.is_split()
     }
 
     fn reset(
@@ -125,37 +130,36 @@ impl<H: Hv> HvfVmm<H> {
         table: &table::Table,
     ) -> std::result::Result<(), HvError> {
         let v = self.vcpu;
-        self.split = self.force_split || scenario.config.irqchip == Irqchip::Split;
-        self.ioapic = Ioapic::new(match scenario.config.ioapic {
-            IoapicVersion::V11 => ModelVersion::V11,
-            IoapicVersion::V20 => ModelVersion::V20,
-        });
+        self.shape = Shape::for_run(self.opened, scenario);
+        self.ioapic.reset(scenario.config.ioapic);
         // The in-kernel APIC and IOAPIC as they were at creation, the APIC
         // window back at 0xFEE00000.
         self.hv.reset_irqchip(v)?;
         self.apic_window = LAPIC_BASE;
         self.hv.apic_ctrl(
             v,
-            if self.split {
+            if self.split() {
                 hv::HV_APIC_CTRL_IOAPIC_EOI
             } else {
                 hv::HV_APIC_CTRL_DEFAULT
             },
         )?;
         // Lines low, every in-kernel IOAPIC entry masked with vector 0.
-        for pin in 0..24 {
+        for pin in 0..PINS {
             if self.asserted & (1 << pin) != 0 {
-                self.hv.ioapic_deassert_irq(pin)?;
+                self.hv.ioapic_deassert_irq(pin as i32)?;
             }
-            self.hv.ioapic_write(IOAPIC_BASE, 0x10 + 2 * pin as u32)?;
-            self.hv.ioapic_write(IOAPIC_BASE + 0x10, 1 << 16)?;
+            self.hv
+                .ioapic_write(IOAPIC_BASE + IOREGSEL, REG_REDTBL as u32 + 2 * pin as u32)?;
+            self.hv.ioapic_write(IOAPIC_BASE + IOWIN, MASKED_ENTRY)?;
         }
-        (self.select, self.entry_low, self.asserted) = (0, [1 << 16; 24], 0);
-        // The local APIC's start state: software-enabled, TPR 0, LVTs masked.
-        self.hv.apic_write(v, 0xf0, 0x1ff)?;
-        self.hv.apic_write(v, 0x80, 0)?;
-        for lvt in [0x320, 0x330, 0x340, 0x350, 0x360, 0x370] {
-            self.hv.apic_write(v, lvt, 1 << 16)?;
+        (self.select, self.entry_low, self.asserted) = (0, [MASKED_ENTRY; PINS], 0);
+        // The local APIC's start state: software-enabled with spurious
+        // vector 0xFF, TPR 0, LVTs masked (SDM §11.5.1: bit 16 masks).
+        self.hv.apic_write(v, reg::SVR as u32, SVR_ENABLE | 0xff)?;
+        self.hv.apic_write(v, reg::TPR as u32, 0)?;
+        for lvt in run::LVTS {
+            self.hv.apic_write(v, lvt as u32, LVT_MASKED)?;
         }
         self.hv
             .write_register(v, hv::HV_X86_RIP, self.image.stub.entry)?;
@@ -175,31 +179,12 @@ impl<H: Hv> HvfVmm<H> {
     pub fn run_scenario(&mut self, scenario: &Scenario) -> Result<Trace> {
         let table =
             table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
-        self.reset(scenario, &table)
-            .map_err(|e| BackendError::Failed(e.to_string()))?;
+        self.reset(scenario, &table)?;
         let end = match self.run_loop(&table) {
             Ok(end) => end,
             Err(e) => End::Error(e.to_string()),
         };
-        let (cur_op, log_bytes) = self.image.read_back(&self.ram);
-        let mut trace = Trace::new(self.name.clone());
-        trace.events = log::decode(log_bytes).map_err(|e| BackendError::Failed(e.to_string()))?;
-        match end {
-            End::Stub(EndCode::Completed) => {}
-            End::Stub(EndCode::Storm) => trace.outcome = Outcome::Storm,
-            End::Stub(EndCode::LogFull) => {
-                return Err(BackendError::Failed("the guest's event log is full".into()))
-            }
-            End::Hang => {
-                trace.outcome = Outcome::Hang;
-                trace.hang_op = Some(cur_op);
-            }
-            End::Error(message) => {
-                trace.outcome = Outcome::Error;
-                trace.error = Some(format!("{message} (during op {cur_op})"));
-            }
-        }
-        Ok(trace)
+        run::finish(&self.name, end, &self.image, &self.ram)
     }
 
     fn run_loop(&mut self, table: &table::Table) -> std::result::Result<End, HvError> {
@@ -224,7 +209,8 @@ impl<H: Hv> HvfVmm<H> {
             halted = 0;
             // Seed step 2: the exit info first, after every exit.
             let info = self.hv.exit_info(v)?;
-            self.note(format!("hv_vcpu_run_until -> hv_vcpu_exit_info = {info}"));
+            self.calls
+                .note(|| format!("hv_vcpu_run_until -> hv_vcpu_exit_info = {info}"));
             match info {
                 hv::HV_VM_EXITINFO_VMX => {
                     if let Some(end) = self.vmx_exit(table)? {
@@ -255,7 +241,8 @@ impl<H: Hv> HvfVmm<H> {
         let v = self.vcpu;
         let reason = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_REASON)? as u32 & 0xffff;
         let rip = self.hv.read_register(v, hv::HV_X86_RIP)?;
-        self.note(format!("  VMCS_RO_EXIT_REASON = {reason}, RIP {rip:#x}"));
+        self.calls
+            .note(|| format!("  VMCS_RO_EXIT_REASON = {reason}, RIP {rip:#x}"));
         match reason {
             hv::VMX_REASON_IO => {
                 let qual = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_QUALIFIC)?;
@@ -292,7 +279,7 @@ impl<H: Hv> HvfVmm<H> {
             }
             hv::VMX_REASON_EPT_VIOLATION => {
                 let gpa = self.hv.read_vmcs(v, hv::VMCS_GUEST_PHYSICAL_ADDRESS)?;
-                if !(IOAPIC_BASE..IOAPIC_BASE + 0x1000).contains(&gpa) {
+                if !run::in_ioapic_window(gpa) {
                     return Ok(Some(End::Error(format!(
                         "unexpected EPT violation at {gpa:#x}"
                     ))));
@@ -307,7 +294,7 @@ impl<H: Hv> HvfVmm<H> {
                     self.hv
                         .write_register(v, hv::HV_X86_RIP, rip + access.len)?;
                 } else {
-                    let value = if self.split {
+                    let value = if self.split() {
                         self.ioapic.mmio_read(gpa - IOAPIC_BASE)
                     } else {
                         self.hv.ioapic_read(gpa)?
@@ -331,15 +318,15 @@ impl<H: Hv> HvfVmm<H> {
                     ))));
                 };
                 let no_side_effect = self.hv.apic_write(v, offset, value)?;
-                self.note(format!("  hv_vcpu_apic_write({offset:#x}, {value:#x}) -> no_side_effect {no_side_effect}"));
+                self.calls.note(|| format!("  hv_vcpu_apic_write({offset:#x}, {value:#x}) -> no_side_effect {no_side_effect}"));
                 self.hv
                     .write_register(v, hv::HV_X86_RIP, rip + access.len)?;
                 // Seed step 3: a write with side effects: the exit info says which.
                 if !no_side_effect && self.hv.exit_info(v)? == hv::HV_VM_EXITINFO_IOAPIC_EOI {
                     let vector = self.hv.exit_ioapic_eoi(v)?;
                     self.userspace_eoi(vector)?;
-                } else if offset == 0xb0 {
-                    if self.split && self.workarounds.contains(Workarounds::XAPIC_EOI_DETECT) {
+                } else if offset == reg::EOI as u32 {
+                    if self.split() && self.workarounds.contains(Workarounds::XAPIC_EOI_DETECT) {
                         if let Ok(vector) = self.hv.exit_ioapic_eoi(v) {
                             self.userspace_eoi(vector)?;
                         }
@@ -358,10 +345,12 @@ impl<H: Hv> HvfVmm<H> {
                     // one write fails, so move it first, then write the MSR.
                     self.apic_window = value & 0xf_ffff_f000;
                     self.hv.set_apic_address(v, self.apic_window)?;
-                    self.note(format!(
-                        "  hv_vmx_vcpu_set_apic_address({:#x}) before the MSR write",
-                        self.apic_window
-                    ));
+                    self.calls.note(|| {
+                        format!(
+                            "  hv_vmx_vcpu_set_apic_address({:#x}) before the MSR write",
+                            self.apic_window
+                        )
+                    });
                 }
                 self.hv.write_msr(v, msr, value)?;
                 let len = self.hv.read_vmcs(v, hv::VMCS_RO_VMEXIT_INSTR_LEN)?;
@@ -413,23 +402,23 @@ impl<H: Hv> HvfVmm<H> {
     /// Seed step 8: IOAPIC MMIO goes to the in-kernel IOAPIC (full) or to
     /// the userspace one (split).
     fn ioapic_write(&mut self, gpa: u64, value: u32) -> std::result::Result<(), HvError> {
-        if self.split {
-            let mut sink = HvSink {
-                hv: &mut self.hv,
-                failure: None,
-            };
-            self.ioapic.mmio_write(gpa - IOAPIC_BASE, value, &mut sink);
-            return sink.failure.map_or(Ok(()), Err);
+        if self.split() {
+            let mut sink = HvPort(&mut self.hv);
+            return self
+                .ioapic
+                .mmio_write(gpa - IOAPIC_BASE, value, &mut sink, &mut self.calls);
         }
-        self.note(format!("  hv_vm_ioapic_write({gpa:#x}, {value:#x})"));
+        self.calls
+            .note(|| format!("  hv_vm_ioapic_write({gpa:#x}, {value:#x})"));
         self.hv.ioapic_write(gpa, value)?;
         match gpa - IOAPIC_BASE {
-            0x00 => self.select = value & 0xff,
-            0x10 if (0x10..0x40).contains(&self.select) && self.select % 2 == 0 => {
-                let pin = ((self.select - 0x10) / 2) as usize;
-                let was_masked = self.entry_low[pin] & (1 << 16) != 0;
+            IOREGSEL => self.select = value & 0xff,
+            IOWIN if self.select_is_redirection_low() => {
+                let pin = ((self.select - REG_REDTBL as u32) / 2) as usize;
+                let was_masked = self.entry_low[pin] & MASKED_ENTRY != 0;
                 self.entry_low[pin] = value;
-                let unmasked_level = was_masked && value & (1 << 16) == 0 && value & (1 << 15) != 0;
+                let unmasked_level =
+                    was_masked && value & MASKED_ENTRY == 0 && value & LEVEL_ENTRY != 0;
                 if unmasked_level && self.workarounds.contains(Workarounds::REASSERT_ON_UNMASK) {
                     self.reassert_level_lines(Some(pin))?;
                 }
@@ -439,13 +428,20 @@ impl<H: Hv> HvfVmm<H> {
         Ok(())
     }
 
+    /// Whether IOREGSEL selects a redirection entry's low dword
+    /// (82093AA §3.2.4: registers 0x10-0x3F, low dwords even).
+    fn select_is_redirection_low(&self) -> bool {
+        let first = REG_REDTBL as u32;
+        (first..first + 2 * PINS as u32).contains(&self.select) && self.select % 2 == 0
+    }
+
     /// Deasserts and re-asserts held level lines (`only`: one pin).
     fn reassert_level_lines(&mut self, only: Option<usize>) -> std::result::Result<(), HvError> {
-        if self.split {
+        if self.split() {
             return Ok(());
         }
-        for pin in 0..24 {
-            let level = self.entry_low[pin] & (1 << 15) != 0;
+        for pin in 0..PINS {
+            let level = self.entry_low[pin] & LEVEL_ENTRY != 0;
             if self.asserted & (1 << pin) != 0 && level && only.is_none_or(|p| p == pin) {
                 self.hv.ioapic_deassert_irq(pin as i32)?;
                 self.hv.ioapic_assert_irq(pin as i32)?;
@@ -456,33 +452,33 @@ impl<H: Hv> HvfVmm<H> {
 
     /// An EOI the local APIC turned into an exit (split shape).
     fn userspace_eoi(&mut self, vector: u8) -> std::result::Result<(), HvError> {
-        self.note(format!("  hv_vcpu_exit_ioapic_eoi -> {vector:#04x}"));
-        if self.split {
-            let mut sink = HvSink {
-                hv: &mut self.hv,
-                failure: None,
-            };
-            self.ioapic.eoi(vector, &mut sink);
-            return sink.failure.map_or(Ok(()), Err);
+        self.calls
+            .note(|| format!("  hv_vcpu_exit_ioapic_eoi -> {vector:#04x}"));
+        if self.split() {
+            let mut sink = HvPort(&mut self.hv);
+            return self.ioapic.eoi(vector, &mut sink, &mut self.calls);
         }
         Ok(())
     }
 
-    fn host_op(&mut self, op: &Op) -> std::result::Result<(), HvError> {
-        let how = if self.split {
+    fn host_op(&mut self, op: &HostOp) -> std::result::Result<(), HvError> {
+        let how = if self.split() {
             "userspace IOAPIC, hv_vm_send_ioapic_intr"
         } else {
             "hv_vm_ioapic_*"
         };
         match op {
-            Op::Msi(m) => {
+            HostOp::Msi(m) => {
                 let (a, d) = m.address_data();
-                self.note(format!("  hv_vm_lapic_msi({a:#x}, {d:#x})"));
+                self.calls
+                    .note(|| format!("  hv_vm_lapic_msi({a:#x}, {d:#x})"));
             }
-            other => self.note(format!(
-                "  {} ({how})",
-                crate::scenario::print::op_text(other)
-            )),
+            other => self.calls.note(|| {
+                format!(
+                    "  {} ({how})",
+                    crate::scenario::print::op_text(&Op::Host(*other))
+                )
+            }),
         }
         let drive =
             |vmm: &mut Self, pin: u8, requested: bool| -> std::result::Result<(), HvError> {
@@ -491,13 +487,11 @@ impl<H: Hv> HvfVmm<H> {
                 } else {
                     vmm.asserted &= !(1 << pin);
                 }
-                if vmm.split {
-                    let mut sink = HvSink {
-                        hv: &mut vmm.hv,
-                        failure: None,
-                    };
-                    vmm.ioapic.set_irq(pin as usize, requested, &mut sink);
-                    return sink.failure.map_or(Ok(()), Err);
+                if vmm.split() {
+                    let mut sink = HvPort(&mut vmm.hv);
+                    return vmm
+                        .ioapic
+                        .set_irq(pin as usize, requested, &mut sink, &mut vmm.calls);
                 }
                 if requested {
                     vmm.hv.ioapic_assert_irq(pin as i32)
@@ -506,45 +500,42 @@ impl<H: Hv> HvfVmm<H> {
                 }
             };
         match *op {
-            Op::Assert(p) => drive(self, p.get(), true),
-            Op::Deassert(p) => drive(self, p.get(), false),
-            Op::Pulse(p) if !self.split => self.hv.ioapic_pulse_irq(p.get() as i32),
-            Op::Pulse(p) => {
+            HostOp::Assert(p) => drive(self, p.get(), true),
+            HostOp::Deassert(p) => drive(self, p.get(), false),
+            HostOp::Pulse(p) if !self.split() => self.hv.ioapic_pulse_irq(p.get() as i32),
+            HostOp::Pulse(p) => {
                 drive(self, p.get(), true)?;
                 drive(self, p.get(), false)
             }
             // Seed step 6: MSIs with hv_vm_lapic_msi (the full address).
-            Op::Msi(m) => {
+            HostOp::Msi(m) => {
                 let (address, data) = m.address_data();
                 self.hv.lapic_msi(address, data as u64)
             }
-            _ => Ok(()),
         }
     }
 }
 
 /// The split IOAPIC's messages: `hv_vm_send_ioapic_intr` takes a value in
 /// the format of a redirection-table register.
-struct HvSink<'a, H: Hv> {
-    hv: &'a mut H,
-    failure: Option<HvError>,
-}
+struct HvPort<'a, H: Hv>(&'a mut H);
 
-impl<H: Hv> InterruptSink for HvSink<'_, H> {
-    fn send(&mut self, msg: &InterruptMessage) -> bool {
+impl<H: Hv> MessagePort for HvPort<'_, H> {
+    type Error = HvError;
+    type Call = String;
+
+    fn send(
+        &mut self,
+        msg: &InterruptMessage,
+        _log: &mut CallLog,
+    ) -> std::result::Result<bool, HvError> {
         let entry = msg.vector as u64
-            | (msg.delivery.bits() as u64) << 8
-            | u64::from(msg.logical) << 11
-            | u64::from(msg.level) << 15
-            | (msg.dest as u64 & 0xff) << 56;
-        match self.hv.send_ioapic_intr(entry) {
-            // HVF reports no acceptance: a sent message counts as accepted.
-            Ok(()) => true,
-            Err(e) => {
-                self.failure.get_or_insert(e);
-                false
-            }
-        }
+            | (msg.delivery.bits() as u64) << bits::DELIVERY_MODE_SHIFT
+            | if msg.logical { bits::DEST_LOGICAL } else { 0 }
+            | if msg.level { bits::LEVEL } else { 0 }
+            | (msg.dest as u64 & 0xff) << bits::DEST_SHIFT;
+        // HVF reports no acceptance: a sent message counts as accepted.
+        self.0.send_ioapic_intr(entry).map(|()| true)
     }
 }
 
@@ -590,12 +581,6 @@ impl Drop for PageAligned {
         // SAFETY: freeing the allocation made in `zeroed` with its layout.
         unsafe { std::alloc::dealloc(self.ptr, self.layout) };
     }
-}
-
-enum End {
-    Stub(EndCode),
-    Hang,
-    Error(String),
 }
 
 /// What a 32-bit MOV to or from MMIO does.
@@ -705,7 +690,7 @@ mod tests {
     use iced_x86::code_asm::*;
 
     fn decode(
-        build: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), iced_x86::IcedError>,
+        build: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), IcedError>,
     ) -> Option<Access> {
         let mut a = CodeAssembler::new(64).unwrap();
         build(&mut a).unwrap();
@@ -825,11 +810,17 @@ mod tests {
     fn apic_base_move_moves_the_window_before_the_msr_write() {
         // FB14021745: moving the APIC window and enabling it in one write
         // fails on HVF, so the loop moves it first, then writes the MSR.
-        let mut vmm = HvfVmm::new(Scripted::default(), "hvf", false, Workarounds::empty()).unwrap();
+        let mut vmm = HvfVmm::new(
+            Scripted::default(),
+            "hvf",
+            Shape::Full,
+            Workarounds::empty(),
+        )
+        .unwrap();
         let trace = vmm
             .run_scenario(&crate::scenario::parse("nop\n").unwrap())
             .unwrap();
-        assert_eq!(trace.outcome, Outcome::Completed);
+        assert_eq!(trace.outcome, crate::trace::Outcome::Completed);
         assert_eq!(
             vmm.hv().calls,
             ["set_apic_address 0xfed00000", "write_msr 0x1b 0xfed00900"]
