@@ -388,10 +388,13 @@ pub fn hv_error_meaning(code: i32) -> &'static str {
     }
 }
 
-/// The command that gives this binary the hypervisor entitlement.
+/// The command that gives `exe` the hypervisor entitlement, with the
+/// entitlements file of the checkout this irqdiff was built from.
 pub fn codesign_command(exe: &Path) -> String {
+    let entitlements = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hv.entitlements");
     format!(
-        "codesign --sign - --entitlements scripts/hv.entitlements --force {}",
+        "codesign --sign - --entitlements {} --force {}",
+        entitlements.display(),
         exe.display()
     )
 }
@@ -756,8 +759,14 @@ mod tests {
         assert!(hv_error_meaning(0xfae9_4007_u32 as i32).contains("com.apple.security.hypervisor"));
         assert_eq!(
             codesign_command(Path::new("/x/irqdiff")),
-            "codesign --sign - --entitlements scripts/hv.entitlements --force /x/irqdiff"
+            format!(
+                "codesign --sign - --entitlements {}/scripts/hv.entitlements --force /x/irqdiff",
+                env!("CARGO_MANIFEST_DIR")
+            )
         );
+        assert!(Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts/hv.entitlements")
+            .exists());
     }
 
     #[test]
