@@ -678,6 +678,65 @@ mod tests {
         assert_eq!(EXPORTS, table.as_slice());
     }
 
+    /// The framework's rules through the C entry points, in one test since
+    /// they share the process's one VM: one VM per process, only
+    /// `HV_VM_ACCEL_APIC`, one mapping of the RAM, the owning thread, the
+    /// vCPU destroyed before the VM, then a new VM.
+    #[test]
+    fn the_c_entry_points_keep_the_frameworks_rules() {
+        let layout = std::alloc::Layout::from_size_align(irqdiff::guest::layout::RAM_SIZE, 4096)
+            .expect("layout");
+        // SAFETY: a non-zero size; freed at the end of the test.
+        let ram = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ram.is_null());
+        let rwx = hv::HV_MEMORY_READ | hv::HV_MEMORY_WRITE | hv::HV_MEMORY_EXEC;
+        assert_eq!(hv_vm_create(hv::HV_VM_DEFAULT), hv::HV_UNSUPPORTED);
+        assert_eq!(hv_vm_create(hv::HV_VM_ACCEL_APIC), hv::HV_SUCCESS);
+        assert_eq!(hv_vm_create(hv::HV_VM_ACCEL_APIC), hv::HV_BUSY);
+        let mut vcpu = u32::MAX;
+        // SAFETY: `vcpu` is writable. No mapping yet: the double has no VM.
+        assert_eq!(unsafe { hv_vcpu_create(&mut vcpu, 0) }, hv::HV_ERROR);
+        // SAFETY: `ram` is page-aligned and outlives the VM.
+        let map = |gpa| unsafe { hv_vm_map(ram.cast_const().cast(), gpa, layout.size(), rwx) };
+        assert_eq!(map(0x1000), hv::HV_UNSUPPORTED);
+        assert_eq!(map(0), hv::HV_SUCCESS);
+        assert_eq!(map(0), hv::HV_UNSUPPORTED);
+        // SAFETY: `vcpu` is writable.
+        assert_eq!(unsafe { hv_vcpu_create(&mut vcpu, 0) }, hv::HV_SUCCESS);
+        assert_eq!(vcpu, 0);
+        // Another thread may kick the vCPU but not use it.
+        std::thread::spawn(move || {
+            let mut ids = [vcpu];
+            // SAFETY: `ids` holds one id.
+            let kicked = unsafe { hv_vcpu_interrupt(ids.as_mut_ptr(), 1) };
+            assert_eq!(kicked, hv::HV_SUCCESS);
+            assert_eq!(
+                hv_vcpu_write_register(vcpu, hv::HV_X86_RIP, 0),
+                hv::HV_BAD_ARGUMENT
+            );
+        })
+        .join()
+        .unwrap();
+        let mut wrong = [7];
+        // SAFETY: `wrong` holds one id.
+        let unknown = unsafe { hv_vcpu_interrupt(wrong.as_mut_ptr(), 1) };
+        assert_eq!(unknown, hv::HV_BAD_ARGUMENT);
+        // SAFETY: a null list is refused, not read.
+        let null_list = unsafe { hv_vcpu_interrupt(std::ptr::null_mut(), 1) };
+        assert_eq!(null_list, hv::HV_BAD_ARGUMENT);
+        // SAFETY: a null out-pointer is refused, not written.
+        let null_out = unsafe { hv_vcpu_read_register(vcpu, hv::HV_X86_RIP, std::ptr::null_mut()) };
+        assert_eq!(null_out, hv::HV_BAD_ARGUMENT);
+        assert_eq!(hv_vm_destroy(), hv::HV_BUSY);
+        assert_eq!(hv_vcpu_destroy(vcpu), hv::HV_SUCCESS);
+        assert_eq!(hv_vm_destroy(), hv::HV_SUCCESS);
+        assert_eq!(hv_vm_destroy(), hv::HV_ERROR);
+        assert_eq!(hv_vm_create(hv::HV_VM_ACCEL_APIC), hv::HV_SUCCESS);
+        assert_eq!(hv_vm_destroy(), hv::HV_SUCCESS);
+        // SAFETY: allocated above with `layout`; no VM uses it now.
+        unsafe { std::alloc::dealloc(ram, layout) };
+    }
+
     #[test]
     fn committed_header_is_current() {
         let committed = include_str!("../include/Hypervisor/Hypervisor.h");
