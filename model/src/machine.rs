@@ -105,7 +105,9 @@ impl InterruptSink for Bus<'_> {
             self.log.push(Rule::NoDestinationMatch, msg.vector);
             return false;
         }
-        match self.lapic.accept(msg) {
+        let acceptance = self.lapic.accept(msg);
+        note_error_interrupt(&mut *self.lapic, &mut *self.log);
+        match acceptance {
             Acceptance::Accepted => {
                 self.log.push(msg.rule, msg.vector);
                 true
@@ -134,6 +136,13 @@ impl InterruptSink for Bus<'_> {
 
     fn note(&mut self, rule: Rule, vector: u8) {
         self.log.push(rule, vector);
+    }
+}
+
+/// Logs the error interrupt the local APIC raised, if any (SDM §11.5.3).
+fn note_error_interrupt(lapic: &mut Lapic, log: &mut DecisionLog) {
+    if let Some(vector) = lapic.take_error_interrupt() {
+        log.push(Rule::ApicErrorInterrupt, vector);
     }
 }
 
@@ -213,7 +222,9 @@ impl Machine {
                 .read_msr(crate::lapic::msr_of(offset))
                 .map(|v| v as u32)
         } else {
-            Ok(self.lapic.read(offset))
+            let value = self.lapic.read_mmio(offset);
+            note_error_interrupt(&mut self.lapic, &mut self.log);
+            Ok(value)
         }
     }
 
@@ -226,6 +237,7 @@ impl Machine {
         } else {
             self.lapic.write(offset, value)
         };
+        note_error_interrupt(&mut self.lapic, &mut self.log);
         // §11.4.3: a globally disabled APIC has no registers; the write
         // reaches nothing.
         if offset == reg::EOI && self.lapic.hw_enabled() {
@@ -475,6 +487,41 @@ mod tests {
         m.lapic_write(reg::EOI, 0).unwrap();
         assert!(!m.ioapic.entry(5).remote_irr());
         m.iret(saved);
+    }
+
+    #[test]
+    fn an_illegal_self_ipi_is_delivered_as_the_lvt_error_vector() {
+        // SDM §11.5.3: the error interrupt goes through LVT Error; the
+        // illegal vector itself is not delivered.
+        let mut m = Machine::new(MachineConfig::default());
+        m.lapic_write(reg::LVT_ERROR, 0xe3).unwrap();
+        m.clear_decisions();
+        m.lapic_write(reg::ICR_LOW, 1 << 18 | 0x03).unwrap();
+        assert_eq!(
+            m.decisions(),
+            &[Decision {
+                rule: Rule::ApicErrorInterrupt,
+                vector: 0xe3
+            }]
+        );
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0xe3)));
+        // An illegal vector from the IOAPIC or an MSI raises it too.
+        let mut m = Machine::new(MachineConfig::default());
+        m.lapic_write(reg::LVT_ERROR, 0xe3).unwrap();
+        m.lapic_read(0x040).unwrap();
+        assert_eq!(m.decisions().last().unwrap().rule, Rule::ApicErrorInterrupt);
+        m.lapic.acknowledge(0xe3);
+        m.clear_decisions();
+        m.message(&InterruptMessage {
+            vector: 0x0a,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        });
+        assert_eq!(m.decisions()[0].rule, Rule::ApicErrorInterrupt);
+        assert_eq!(m.decisions()[1].rule, Rule::IllegalVector);
     }
 
     #[test]

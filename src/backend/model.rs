@@ -393,6 +393,7 @@ impl<'s> Run<'s> {
                 | Rule::EoiRedelivers
                 | Rule::SelfIpi
                 | Rule::MsiDelivers
+                | Rule::ApicErrorInterrupt
                 | Rule::Quirk => self.cause[d.vector as usize] = (d.rule, self.current),
                 _ => {}
             }
