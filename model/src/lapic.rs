@@ -361,14 +361,19 @@ impl Lapic {
     /// §11.8.3: the vector the processor would take now, if any.
     pub fn deliverable(&self) -> Option<u8> {
         let v = highest(&self.irr)?;
+        self.dispatchable(v).then_some(v)
+    }
+
+    /// §11.8.3: whether requested vector `v` is above the processor
+    /// priority class.
+    pub fn dispatchable(&self, v: u8) -> bool {
+        let ppr = self.ppr();
         if self.quirks.contains(Quirks::QEMU_LAPIC) {
             // QEMU's apic_irq_pending: nothing while software-disabled, and
             // any vector while PPR is 0.
-            let ppr = self.ppr();
-            return (self.software_enabled() && (ppr == 0 || (v as u32 & 0xf0) > (ppr & 0xf0)))
-                .then_some(v);
+            return self.software_enabled() && (ppr == 0 || (v as u32 & 0xf0) > (ppr & 0xf0));
         }
-        ((v as u32 & 0xf0) > (self.ppr() & 0xf0)).then_some(v)
+        (v as u32 & 0xf0) > (ppr & 0xf0)
     }
 
     /// The highest requested vector, deliverable or not.

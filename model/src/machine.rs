@@ -300,7 +300,7 @@ impl Machine {
     /// Why a requested vector is not being taken, if one is waiting.
     pub fn held_reason(&self) -> Option<(Rule, u8)> {
         let v = self.lapic.highest_irr()?;
-        if self.lapic.deliverable().is_none() {
+        if !self.lapic.dispatchable(v) {
             Some((Rule::HeldByPpr, v))
         } else if !self.cpu.accepts_maskable() {
             Some((Rule::HeldByIf, v))
