@@ -276,8 +276,6 @@ impl Ioapic {
                 self.id = ((value >> 24) & 0xf) as u8;
                 self.arbitration = self.id;
             }
-            // §3.2.2 and §3.2.3: version and arbitration are read-only.
-            REG_VERSION | REG_ARBITRATION => {}
             i if (REG_REDTBL..REG_REDTBL + 2 * PINS as u8).contains(&i) => {
                 let pin = ((i - REG_REDTBL) / 2) as usize;
                 let old = self.redirection[pin];
@@ -303,6 +301,8 @@ impl Ioapic {
                 let unmasked_now = old & bits::MASKED != 0 && new & bits::MASKED == 0;
                 self.after_entry_write(pin, unmasked_now, bus);
             }
+            // §3.2.2 and §3.2.3: version and arbitration are read-only; the
+            // other indices name no register.
             _ => {}
         }
     }
@@ -498,6 +498,7 @@ mod tests {
     #[derive(Default)]
     struct Bus {
         sent: Vec<(u8, Rule)>,
+        messages: Vec<InterruptMessage>,
         notes: Vec<Rule>,
         refuse: bool,
     }
@@ -505,6 +506,7 @@ mod tests {
     impl InterruptSink for Bus {
         fn send(&mut self, msg: &InterruptMessage) -> bool {
             self.sent.push((msg.vector, msg.rule));
+            self.messages.push(*msg);
             !self.refuse
         }
         fn note(&mut self, rule: Rule, _vector: u8) {
@@ -788,6 +790,84 @@ mod tests {
         io.mmio_write(IOEOI, 0xf3, &mut bus);
         assert_eq!(io.mmio_read(0x20), 0);
         assert!(bus.sent.is_empty());
+    }
+
+    #[test]
+    fn indices_outside_the_table_read_0_and_write_nothing() {
+        // 82093AA §3.2: indices 0x03-0x0F and above 0x3F (0x10 + 2 * 24 - 1)
+        // name no register.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        route(&mut io, 23, 0x41, &mut bus);
+        route(&mut io, 0, 0x42, &mut bus);
+        let before = io.clone();
+        for index in (0x03..0x10).chain(0x40..=0xff) {
+            assert_eq!(io.read_register(index), 0, "{index:#x}");
+            io.write_register(index, 0xffff_ffff, &mut bus);
+        }
+        assert_eq!(io, before);
+        assert!(bus.sent.is_empty());
+    }
+
+    #[test]
+    fn a_message_carries_every_field_of_its_entry() {
+        // 82093AA §3.2.4: vector 7:0, delivery mode 10:8, destination mode
+        // 11, trigger mode 15, destination 63:56.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        io.write_register(REG_REDTBL + 9, 0x0f00_0000, &mut bus);
+        io.write_register(REG_REDTBL + 8, 0x5a | 1 << 8 | 1 << 11 | LEVEL, &mut bus);
+        io.set_irq(4, true, &mut bus);
+        let e = io.entry(4);
+        assert!(e.logical() && !e.polarity_low() && !e.delivery_status());
+        assert_eq!(e.delivery(), DeliveryMode::Lowest);
+        assert_eq!(
+            bus.messages,
+            vec![InterruptMessage {
+                vector: 0x5a,
+                delivery: DeliveryMode::Lowest,
+                logical: true,
+                dest: 0x0f,
+                level: true,
+                rule: Rule::LevelDelivers,
+            }]
+        );
+        // A physical, edge, NMI entry.
+        route(&mut io, 5, 4 << 8, &mut bus);
+        io.set_irq(5, true, &mut bus);
+        let m = bus.messages[1];
+        assert_eq!(
+            (m.delivery, m.logical, m.dest, m.level),
+            (DeliveryMode::Nmi, false, 0, false)
+        );
+        assert!(!io.entry(5).remote_irr(), "edge sends never set remote IRR");
+    }
+
+    #[test]
+    fn inputs_beyond_the_last_pin_are_ignored() {
+        // §3.2.2: 24 entries; the model has no input 24.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        io.set_irq(PINS, true, &mut bus);
+        assert_eq!(io, Ioapic::new(IoapicVersion::V20));
+        assert!(bus.sent.is_empty() && bus.notes.is_empty());
+    }
+
+    #[test]
+    fn delivery_modes_decode_from_three_bits() {
+        // 82093AA §3.2.4 bits 10:8 (and SDM §11.11.2 for MSI data).
+        let modes = [
+            (0, DeliveryMode::Fixed),
+            (1, DeliveryMode::Lowest),
+            (2, DeliveryMode::Smi),
+            (3, DeliveryMode::Reserved(3)),
+            (4, DeliveryMode::Nmi),
+            (5, DeliveryMode::Init),
+            (6, DeliveryMode::Reserved(6)),
+            (7, DeliveryMode::ExtInt),
+        ];
+        for (bits, mode) in modes {
+            assert_eq!(DeliveryMode::from_bits(bits), mode);
+            assert_eq!(DeliveryMode::from_bits(bits | 0xf8), mode, "only bits 2:0");
+            assert_eq!(mode.bits(), bits);
+        }
     }
 
     #[test]

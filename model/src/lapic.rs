@@ -1170,6 +1170,183 @@ mod tests {
     }
 
     #[test]
+    fn xapic_register_writes_keep_their_defined_bits() {
+        // SDM §11.8.3.1 TPR bits 7:0; §11.6.2.2 LDR bits 31:24 and DFR model
+        // bits 31:28 (27:0 read as 1s); §11.9 SVR bits 9:0 (12 only with
+        // directed EOI); §11.6.1 ICR high bits 31:24; §11.5.4 divide
+        // configuration bits 3, 1:0; initial count all 32 bits.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        let writes = [
+            (reg::TPR, 0xffff_ffff, 0xff),
+            (reg::LDR, 0xffff_ffff, 0xff00_0000),
+            (reg::DFR, 0x0000_0000, 0x0fff_ffff),
+            (reg::SVR, 0xffff_ffff, 0x3ff),
+            (reg::ICR_HIGH, 0xffff_ffff, 0xff00_0000),
+            (reg::TIMER_DIVIDE, 0xffff_ffff, 0xb),
+            (reg::TIMER_INITIAL, 0x1234_5678, 0x1234_5678),
+        ];
+        for (offset, value, read) in writes {
+            l.write(offset, value);
+            assert_eq!(l.read(offset), read, "offset {offset:#x}");
+        }
+        // §11.6.1: delivery status (bit 12) reads 0: delivery is instant.
+        l.write(reg::ICR_HIGH, 0x0500_0000);
+        l.write(reg::ICR_LOW, 0x0000_1040);
+        assert_eq!(l.read(reg::ICR_LOW), 0x40);
+        // §11.4.6: the xAPIC ID is in bits 31:24; read-only in this model.
+        l.write(reg::ID, 0x0300_0000);
+        assert_eq!(l.read(reg::ID), 0);
+        assert_eq!(l.read(reg::VERSION), VERSION_BASE);
+        assert_eq!(
+            Lapic::new(false, true, Quirks::empty()).read(reg::VERSION),
+            VERSION_BASE | VERSION_DIRECTED_EOI
+        );
+    }
+
+    #[test]
+    fn register_words_of_isr_tmr_and_irr() {
+        // SDM §11.8.4, Figure 11-20: each 256-bit register is eight 32-bit
+        // words at 16-byte steps, vector v in word v / 32, bit v % 32.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.accept(&fixed(0x21, true));
+        l.accept(&fixed(0xfe, false));
+        assert_eq!(l.read(0x200 + 0x10), 1 << 1, "IRR word 1");
+        assert_eq!(l.read(0x200 + 0x70), 1 << 30, "IRR word 7");
+        assert_eq!(l.read(0x180 + 0x10), 1 << 1, "TMR word 1");
+        assert_eq!(l.read(0x180 + 0x70), 0);
+        l.acknowledge(0xfe);
+        assert_eq!(l.read(0x100 + 0x70), 1 << 30, "ISR word 7");
+        assert_eq!(l.read(0x200 + 0x70), 0, "IRR bit moved to ISR");
+        assert_eq!(l.irr(), [0, 2, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(l.isr(), [0, 0, 0, 0, 0, 0, 0, 1 << 30]);
+        assert_eq!(l.tmr(), [0, 2, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(l.highest_irr(), Some(0x21));
+    }
+
+    #[test]
+    fn x2apic_msr_interface_faults_and_widths() {
+        // SDM §11.12.1.2: RDMSR of a write-only register (EOI, SELF IPI)
+        // and of DFR, APR, ICR high (gone in x2APIC) is #GP, and so is any
+        // access to a reserved MSR or from xAPIC mode; WRMSR of a read-only
+        // register is #GP; §11.12.1.3: bits 63:32 are reserved except in
+        // the 64-bit ICR; §11.12.9: the ICR is one 64-bit register with the
+        // destination in bits 63:32.
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        for offset in [
+            reg::DFR,
+            reg::APR,
+            reg::ICR_HIGH,
+            reg::SELF_IPI,
+            0x040,
+            0x3a0,
+        ] {
+            assert_eq!(
+                l.read_msr(msr_of(offset)),
+                Err(GeneralProtection),
+                "{offset:#x}"
+            );
+        }
+        for offset in [reg::ID, reg::VERSION, reg::PPR, reg::LDR, 0x100, 0x390] {
+            assert_eq!(
+                l.write_msr(msr_of(offset), 0),
+                Err(GeneralProtection),
+                "{offset:#x}"
+            );
+        }
+        assert_eq!(l.read_msr(0x7ff), Err(GeneralProtection));
+        assert_eq!(l.read_msr(0x900), Err(GeneralProtection));
+        assert_eq!(l.write_msr(0x900, 0), Err(GeneralProtection));
+        assert_eq!(
+            l.write_msr(msr_of(reg::TPR), 1 << 32),
+            Err(GeneralProtection)
+        );
+        assert_eq!(l.write_msr(msr_of(reg::TPR), 0x20), Ok(None));
+        assert_eq!(l.read_msr(msr_of(reg::TPR)), Ok(0x20));
+        assert_eq!(l.read_msr(msr_of(reg::ID)), Ok(0), "x2APIC ID, 32 bits");
+        assert_eq!(l.read_msr(msr_of(reg::LDR)), Ok(1));
+        // Destination 5 is not this APIC: nothing to send, the ICR is kept.
+        assert_eq!(l.write_msr(msr_of(reg::ICR_LOW), 5 << 32 | 0x41), Ok(None));
+        assert_eq!(l.read_msr(msr_of(reg::ICR_LOW)), Ok(5 << 32 | 0x41));
+        let msg = l.write_msr(msr_of(reg::ICR_LOW), 0x41).unwrap().unwrap();
+        assert_eq!((msg.vector, msg.dest, msg.logical), (0x41, 0, false));
+        for offset in [0x320, 0x380, reg::TIMER_DIVIDE] {
+            assert_eq!(l.write_msr(msr_of(offset), 0x3), Ok(None), "{offset:#x}");
+        }
+        let x = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(x.read_msr(msr_of(reg::TPR)), Err(GeneralProtection));
+        let mut x = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(x.write_msr(msr_of(reg::TPR), 0), Err(GeneralProtection));
+        // x2APIC destinations: physical 0xFFFFFFFF is the broadcast.
+        assert!(l.matches(false, 0xffff_ffff) && !l.matches(false, 0x100));
+    }
+
+    #[test]
+    fn ipis_by_delivery_mode_and_shorthand() {
+        // SDM §11.6.1: shorthand 11 (all excluding self) never reaches this
+        // APIC; an NMI IPI to self is an NMI message whatever its vector;
+        // a destination field naming this APIC logically is delivered.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(l.write(reg::ICR_LOW, 3 << 18 | 0x41), None);
+        let nmi = l.write(reg::ICR_LOW, 1 << 18 | 4 << 8 | 0x02).unwrap();
+        assert_eq!((nmi.delivery, nmi.vector), (DeliveryMode::Nmi, 0x02));
+        l.write(reg::ESR, 0);
+        assert_eq!(l.read(reg::ESR), 0, "only fixed IPIs check the vector");
+        l.write(reg::LDR, 0x0400_0000);
+        l.write(reg::ICR_HIGH, 0x0400_0000);
+        let m = l.write(reg::ICR_LOW, 1 << 11 | 0x51).unwrap();
+        assert_eq!(
+            (m.vector, m.logical, m.dest, m.level),
+            (0x51, true, 0x04, false)
+        );
+        l.write(reg::ICR_HIGH, 0x0800_0000);
+        assert_eq!(l.write(reg::ICR_LOW, 1 << 11 | 0x51), None, "another APIC");
+        // §11.6.1: the trigger-mode bit is not used (lib.rs, choices).
+        l.write(reg::ICR_HIGH, 0);
+        assert!(
+            !l.write(reg::ICR_LOW, 1 << 15 | 1 << 14 | 0x52)
+                .unwrap()
+                .level
+        );
+    }
+
+    #[test]
+    fn hardware_disable_resets_and_hides_the_registers() {
+        // SDM §11.4.3: a globally disabled APIC's state is lost and its
+        // registers are gone: reads 0, writes do nothing; re-enabled, it is
+        // in its power-up state, software-disabled (lib.rs, choices).
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::TPR, 0x30);
+        l.accept(&fixed(0x40, false));
+        l.write_apic_base(0xfee0_0000).unwrap();
+        assert_eq!(l.apic_base(), 0xfee0_0100, "BSP only");
+        assert_eq!(l.read(reg::VERSION), 0);
+        assert_eq!(l.read_mmio(0x040), 0);
+        assert_eq!(l.write(reg::ICR_LOW, 1 << 18 | 0x41), None);
+        assert_eq!(l.write(reg::TPR, 0x50), None);
+        l.write_apic_base(0xfee0_0800).unwrap();
+        assert_eq!((l.tpr(), l.read(reg::SVR)), (0, 0xff));
+        assert_eq!(l.highest_irr(), None);
+        l.write(reg::ESR, 0);
+        assert_eq!(
+            l.read(reg::ESR),
+            0,
+            "no illegal-register error while disabled"
+        );
+        // §11.12.5.1: xAPIC to x2APIC keeps the state; the LDR is derived.
+        let mut x = Lapic::new(false, false, Quirks::empty());
+        x.write(reg::TPR, 0x30);
+        x.write(reg::LDR, 0x0800_0000);
+        x.write_apic_base(0xfee0_0c00).unwrap();
+        assert_eq!(x.apic_base(), 0xfee0_0d00);
+        assert_eq!((x.tpr(), x.read(reg::LDR)), (0x30, 1));
+        assert_eq!(
+            x.write_apic_base(0xfee0_0c00),
+            Ok(()),
+            "x2APIC stays x2APIC"
+        );
+    }
+
+    #[test]
     fn quirk_isr_never_set_keeps_ppr_low() {
         let mut l = Lapic::new(false, false, Quirks::ISR_NEVER_SET);
         l.accept(&fixed(0x40, true));
