@@ -525,6 +525,115 @@ mod tests {
     }
 
     #[test]
+    fn the_decision_log_keeps_the_newest_entries() {
+        // The log is bounded; a divergence is explained by what came last.
+        let mut log = DecisionLog::new();
+        for v in 0..(DecisionLog::CAPACITY as u8 + 3) {
+            log.push(Rule::HeldByIf, v);
+        }
+        let entries = log.entries();
+        assert_eq!(entries.len(), DecisionLog::CAPACITY);
+        assert_eq!(entries[0].vector, 3);
+        assert_eq!(
+            entries.last().unwrap().vector,
+            DecisionLog::CAPACITY as u8 + 2
+        );
+        log.clear();
+        assert!(log.entries().is_empty());
+    }
+
+    #[test]
+    fn held_reason_names_ppr_before_if() {
+        // SDM §11.8.3 (PPR holds the class) and §6.8.1 (IF holds the rest).
+        let mut m = Machine::new(MachineConfig::default());
+        assert_eq!(m.held_reason(), None);
+        m.lapic_write(reg::TPR, 0x50).unwrap();
+        m.message(&InterruptMessage {
+            vector: 0x45,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        });
+        m.cpu.cli();
+        assert_eq!(m.held_reason(), Some((Rule::HeldByPpr, 0x45)));
+        m.lapic_write(reg::TPR, 0).unwrap();
+        assert_eq!(m.held_reason(), Some((Rule::HeldByIf, 0x45)));
+        assert_eq!(m.pending(), None);
+        m.cpu.sti();
+        m.cpu.end_of_instruction();
+        assert_eq!(m.held_reason(), None);
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x45)));
+    }
+
+    #[test]
+    fn unmodelled_delivery_modes_are_reported_once() {
+        // SMI, INIT and ExtINT are not modelled (lib.rs): the machine says so.
+        let mut m = Machine::new(MachineConfig::default());
+        let init = InterruptMessage {
+            vector: 0,
+            delivery: DeliveryMode::Init,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        };
+        assert!(!m.message(&init));
+        assert_eq!(m.take_unmodelled(), Some(DeliveryMode::Init));
+        assert_eq!(m.take_unmodelled(), None);
+    }
+
+    #[test]
+    fn apic_base_writes_and_eois_of_a_disabled_apic() {
+        // SDM §11.4.4: every IA32_APIC_BASE write is logged with its rule;
+        // §11.4.3: a globally disabled APIC takes no EOI.
+        let mut m = Machine::new(MachineConfig::default());
+        assert_eq!(m.config(), MachineConfig::default());
+        route(&mut m, 3, 0x60 | 1 << 15);
+        m.set_irq(3, true);
+        assert!(m.ioapic.entry(3).remote_irr());
+        m.clear_decisions();
+        assert_eq!(m.write_apic_base(0xfee0_0001), Err(GeneralProtection));
+        assert_eq!(m.decisions()[0].rule, Rule::ApicBaseTransition);
+        m.write_apic_base(0xfee0_0000).unwrap();
+        m.clear_decisions();
+        m.lapic_write(reg::EOI, 0).unwrap();
+        assert!(m.decisions().is_empty(), "no EOI reaches a disabled APIC");
+        assert!(m.ioapic.entry(3).remote_irr());
+        let (remote_irr, delivery_status) = m.ioapic_status();
+        assert!(remote_irr[3] && !remote_irr[2] && delivery_status == [false; 24]);
+    }
+
+    #[test]
+    fn local_eoi_logs_its_rule_and_returns_the_broadcast() {
+        // SDM §11.8.5: the local half of an EOI, for a userspace IOAPIC.
+        let mut m = Machine::new(MachineConfig::default());
+        route(&mut m, 3, 0x60 | 1 << 15);
+        m.set_irq(3, true);
+        let (_, saved) = m.take(m.pending().unwrap());
+        m.clear_decisions();
+        assert_eq!(m.local_eoi(), Some(0x60));
+        assert_eq!(
+            m.decisions(),
+            &[Decision {
+                rule: Rule::EoiBroadcast,
+                vector: 0x60
+            }]
+        );
+        assert!(m.ioapic.entry(3).remote_irr(), "not broadcast yet");
+        m.ioapic_eoi(0x60);
+        assert_eq!(m.pending(), None, "IF is still 0");
+        m.iret(saved);
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x60)), "re-sent");
+        assert_eq!(m.local_eoi(), None);
+        assert_eq!(
+            m.decisions().last().unwrap().rule,
+            Rule::EoiNothingInService
+        );
+    }
+
+    #[test]
     fn unrouted_destination_is_not_delivered() {
         // SDM §11.6.2.1.
         let mut m = Machine::new(MachineConfig::default());
