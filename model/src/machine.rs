@@ -588,8 +588,13 @@ mod tests {
     fn apic_base_writes_and_eois_of_a_disabled_apic() {
         // SDM §11.4.4: every IA32_APIC_BASE write is logged with its rule;
         // §11.4.3: a globally disabled APIC takes no EOI.
-        let mut m = Machine::new(MachineConfig::default());
-        assert_eq!(m.config(), MachineConfig::default());
+        let config = MachineConfig {
+            directed_eoi: true,
+            split: true,
+            ..MachineConfig::default()
+        };
+        let mut m = Machine::new(config);
+        assert_eq!(m.config(), config);
         route(&mut m, 3, 0x60 | 1 << 15);
         m.set_irq(3, true);
         assert!(m.ioapic.entry(3).remote_irr());
@@ -631,6 +636,34 @@ mod tests {
             m.decisions().last().unwrap().rule,
             Rule::EoiNothingInService
         );
+    }
+
+    #[test]
+    fn ioapic_decisions_and_notes_reach_the_log() {
+        // 82093AA §3.2.4 bit 16: a masked edge is lost; the IOAPIC's note of
+        // it is the machine's decision, as is one the caller adds.
+        let mut m = Machine::new(MachineConfig::default());
+        route(&mut m, 2, 0x33 | 1 << 16);
+        m.clear_decisions();
+        m.set_irq(2, true);
+        assert_eq!(
+            m.decisions(),
+            &[Decision {
+                rule: Rule::EdgeMaskedLost,
+                vector: 0x33
+            }]
+        );
+        m.note(Rule::HltNoWake, 7);
+        assert_eq!(
+            m.decisions()[1],
+            Decision {
+                rule: Rule::HltNoWake,
+                vector: 7
+            }
+        );
+        // §3.1: the machine's MMIO read is the IOAPIC's.
+        m.ioapic_mmio_write(IOREGSEL, 0x14);
+        assert_eq!(m.ioapic_mmio_read(IOWIN), 0x0001_0033);
     }
 
     #[test]
