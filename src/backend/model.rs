@@ -333,7 +333,7 @@ impl<'s> Run<'s> {
                 .lapic_write(offset, value)
                 .map_err(|_| gp(&format!("writing register {offset:#x}")))?,
             Op::ApicBase(value) => m.write_apic_base(value).map_err(|_| {
-                Stop::Error(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.12.5)"))
+                Stop::Error(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.4.4, §11.12.5)"))
             })?,
         }
         if let Some(mode) = self.machine.take_unmodelled() {
