@@ -256,7 +256,8 @@ impl Ioapic {
             REG_ARBITRATION => (self.arbitration as u32) << 24,
             i if (REG_REDTBL..REG_REDTBL + 2 * PINS as u8).contains(&i) => {
                 let raw = self.redirection[((i - REG_REDTBL) / 2) as usize];
-                if (i - REG_REDTBL) % 2 == 0 {
+                // REG_REDTBL is even: even indices are low dwords.
+                if i % 2 == 0 {
                     raw as u32
                 } else {
                     (raw >> 32) as u32
@@ -279,7 +280,7 @@ impl Ioapic {
             i if (REG_REDTBL..REG_REDTBL + 2 * PINS as u8).contains(&i) => {
                 let pin = ((i - REG_REDTBL) / 2) as usize;
                 let old = self.redirection[pin];
-                let mut new = if (i - REG_REDTBL) % 2 == 0 {
+                let mut new = if i % 2 == 0 {
                     (old & !0xffff_ffff) | value as u64
                 } else {
                     (old & 0xffff_ffff) | ((value as u64) << 32)
@@ -406,8 +407,7 @@ impl Ioapic {
     /// input still asserted on an unmasked pin is then sent again (ICH EOI
     /// register text).
     fn end_of_interrupt(&mut self, vector: u8, rule: Rule, bus: &mut impl InterruptSink) {
-        // Most EOIs find no remote IRR set: one pass over the table says so.
-        if self.redirection.iter().fold(0, |any, &e| any | e) & bits::REMOTE_IRR == 0 {
+        if !self.any_remote_irr() {
             return;
         }
         for pin in 0..PINS {
@@ -439,6 +439,12 @@ impl Ioapic {
                 self.send(pin, Rule::Quirk, bus);
             }
         }
+    }
+
+    /// Most EOIs find no remote IRR set: one pass over the table says so.
+    /// An optimisation only: without it the EOI loop finds nothing to do.
+    fn any_remote_irr(&self) -> bool {
+        self.redirection.iter().any(|&e| e & bits::REMOTE_IRR != 0)
     }
 
     /// QEMU_IOAPIC: hw/intc/ioapic.c, ioapic_service. Every latched,
@@ -672,6 +678,41 @@ mod tests {
         route(&mut io, 0, 0x30 | LEVEL | (1 << 14) | (1 << 12), &mut bus);
         assert!(!io.entry(0).remote_irr());
         assert!(!io.entry(0).delivery_status());
+        assert_eq!(io.read_register(REG_REDTBL) & (1 << 12 | 1 << 14), 0);
+    }
+
+    #[test]
+    fn each_dword_write_keeps_the_other_half_of_the_entry() {
+        // 82093AA §3.2.4: the 64-bit entry is written as two dwords, low at
+        // 0x10 + 2n and high at 0x11 + 2n, in either order.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V11), Bus::default());
+        io.write_register(REG_REDTBL + 6, 0x0001_a0f3, &mut bus);
+        io.write_register(REG_REDTBL + 7, 0xab00_0000, &mut bus);
+        assert_eq!(io.read_register(REG_REDTBL + 6), 0x0001_a0f3);
+        assert_eq!(io.read_register(REG_REDTBL + 7), 0xab00_0000);
+        assert_eq!(io.entry(3).raw, 0xab00_0000_0001_a0f3);
+        assert_eq!(io.version(), IoapicVersion::V11);
+    }
+
+    #[test]
+    fn rewriting_an_unmasked_asserted_level_entry_is_a_level_delivery() {
+        // §3.2.4 bits 15-16: an entry already unmasked is not "unmasked" by
+        // a rewrite; a refused message left remote IRR clear, so the
+        // rewrite sends it again (lib.rs, choices).
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        bus.refuse = true;
+        route(&mut io, 6, 0x66 | LEVEL, &mut bus);
+        io.set_irq(6, true, &mut bus);
+        assert!(!io.entry(6).remote_irr());
+        bus.refuse = false;
+        route(&mut io, 6, 0x66 | LEVEL, &mut bus);
+        assert_eq!(
+            bus.sent,
+            vec![(0x66, Rule::LevelDelivers), (0x66, Rule::LevelDelivers)]
+        );
+        // Masking it is no unmask either: nothing is sent.
+        route(&mut io, 6, 0x66 | LEVEL | MASK, &mut bus);
+        assert_eq!(bus.sent.len(), 2);
     }
 
     #[test]
@@ -890,10 +931,19 @@ mod tests {
         io.set_irq(14, true, &mut bus);
         route(&mut io, 14, 0x82 | LEVEL, &mut bus);
         io.set_irq(14, true, &mut bus);
+        // Rewriting the entry, or an EOI, does not unstick it either.
+        route(&mut io, 14, 0x82 | LEVEL, &mut bus);
+        io.set_irq(15, true, &mut bus);
         assert!(bus.sent.is_empty());
         io.set_irq(14, false, &mut bus);
         io.set_irq(14, true, &mut bus);
         assert_eq!(bus.sent.len(), 1);
+        io.eoi(0x82, &mut bus);
+        assert_eq!(
+            bus.sent.len(),
+            2,
+            "unstuck: the EOI re-sends the asserted line"
+        );
     }
 
     #[test]
@@ -934,6 +984,18 @@ mod tests {
         let mut bus = Bus::default();
         io.eoi(0x23, &mut bus);
         assert_eq!(bus.sent, [(0x23, Rule::Quirk)]);
+        // A deassert clears a level pin's latch: the next EOI sends nothing;
+        // deasserting an unmasked edge pin latches nothing.
+        io.set_irq(3, false, &mut bus);
+        io.eoi(0x23, &mut bus);
+        io.set_irq(2, false, &mut bus);
+        assert_eq!(bus.sent.len(), 1);
+        // A masked level pin's latch waits for the unmask, not the EOI.
+        route(&mut io, 4, 0x24 | LEVEL, &mut bus);
+        io.set_irq(4, true, &mut bus);
+        route(&mut io, 4, 0x24 | LEVEL | MASK, &mut bus);
+        io.eoi(0x24, &mut bus);
+        assert_eq!(bus.sent.len(), 2, "0x24 once, at the assert");
     }
 
     #[test]
