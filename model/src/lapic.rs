@@ -1347,6 +1347,126 @@ mod tests {
     }
 
     #[test]
+    fn esr_bits_are_those_of_the_sdm() {
+        // SDM §11.5.3, Figure 11-9: send illegal vector bit 5, receive
+        // illegal vector bit 6, illegal register address bit 7.
+        assert_eq!(
+            (
+                ESR_SEND_ILLEGAL_VECTOR,
+                ESR_RECEIVE_ILLEGAL_VECTOR,
+                ESR_ILLEGAL_REGISTER
+            ),
+            (0x20, 0x40, 0x80)
+        );
+        assert_eq!(X2APIC_ICR_RESERVED, 0xfff3_2000);
+        assert_eq!(APIC_BASE_RESERVED, 0x2ff);
+    }
+
+    #[test]
+    fn apic_base_keeps_its_address_through_disable_and_mode_writes() {
+        // SDM §11.4.4: bits 35:12 are the base, kept by a disable (§11.4.3);
+        // an xAPIC-enabled write in xAPIC mode stays xAPIC (§11.12.5).
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write_apic_base(0xfee0_0800).unwrap();
+        assert!(!l.x2apic(), "EN without EXTD is xAPIC");
+        l.write_apic_base(0xfed0_0000).unwrap();
+        assert_eq!(l.apic_base(), 0xfed0_0100);
+        // FB14021745's quirk needs a move: enabling in place still works,
+        // and the failed move still records the new base.
+        let mut q = Lapic::new(false, false, Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS);
+        q.write_apic_base(0xfee0_0000).unwrap();
+        q.write_apic_base(0xfee0_0800).unwrap();
+        assert!(q.hw_enabled());
+        q.write_apic_base(0xfee0_0000).unwrap();
+        q.write_apic_base(0xfec0_0800).unwrap();
+        assert_eq!((q.hw_enabled(), q.apic_base()), (false, 0xfec0_0100));
+    }
+
+    #[test]
+    fn vector_16_is_the_first_legal_vector() {
+        // SDM §11.5.3: vectors 0-15 are illegal; 16 is accepted.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(l.accept(&fixed(0x10, false)), Acceptance::Accepted);
+        assert_eq!(
+            l.accept(&fixed(0x0f, false)),
+            Acceptance::Refused(Rule::IllegalVector)
+        );
+    }
+
+    #[test]
+    fn directed_eoi_support_alone_does_not_suppress_the_broadcast() {
+        // SDM §11.8.5: only SVR bit 12 suppresses the broadcast.
+        let mut l = Lapic::new(false, true, Quirks::empty());
+        l.accept(&fixed(0x40, true));
+        l.acknowledge(0x40);
+        assert_eq!(l.end_of_interrupt().broadcast, Some(0x40));
+    }
+
+    #[test]
+    fn quirk_qemu_lapic_dispatches_above_a_nonzero_ppr_class_only() {
+        // hw/intc/apic.c apic_irq_pending: with PPR non-zero, the vector's
+        // class must exceed PPR's, as SDM §11.8.3.
+        let mut l = Lapic::new(false, false, Quirks::QEMU_LAPIC);
+        l.write(reg::TPR, 0x40);
+        l.accept(&fixed(0x4f, false));
+        assert_eq!(l.deliverable(), None, "class 4 is not above class 4");
+        l.accept(&fixed(0x35, false));
+        assert_eq!(l.deliverable(), None);
+        l.accept(&fixed(0x51, false));
+        assert_eq!(l.deliverable(), Some(0x51));
+    }
+
+    #[test]
+    fn x2apic_mode_ignores_the_xapic_only_registers() {
+        // SDM §11.12.1.2: DFR and ICR high do not exist in x2APIC mode.
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        l.write(reg::DFR, 0);
+        assert_eq!(l.read(reg::DFR), 0xffff_ffff);
+        l.write(reg::ICR_HIGH, 0x0500_0000);
+        assert_eq!(l.read_msr(msr_of(reg::ICR_LOW)), Ok(0));
+    }
+
+    #[test]
+    fn the_boundaries_of_legal_vectors_and_register_values() {
+        // SDM §11.5.3: 16 is legal for IPIs, self IPIs and the LVT Error;
+        // §11.12.11: SELF IPI takes bits 7:0, so 0xFF is legal; §11.12.1.3:
+        // an x2APIC EOI write of 0 is the EOI.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(
+            l.write(reg::ICR_LOW, 1 << 18 | 0x10).map(|m| m.vector),
+            Some(0x10)
+        );
+        l.write(reg::LVT_ERROR, 0x10);
+        l.write(0x040, 0);
+        assert_eq!(l.take_error_interrupt(), Some(0x10));
+        let mut x2 = Lapic::new(true, false, Quirks::empty());
+        assert_eq!(
+            x2.write_msr(msr_of(reg::SELF_IPI), 0x10)
+                .unwrap()
+                .map(|m| m.vector),
+            Some(0x10)
+        );
+        assert_eq!(
+            x2.write_msr(msr_of(reg::SELF_IPI), 0xff)
+                .unwrap()
+                .map(|m| m.vector),
+            Some(0xff)
+        );
+        assert_eq!(x2.write_msr(msr_of(reg::EOI), 0), Ok(None));
+        x2.write_msr(msr_of(reg::ESR), 0).unwrap();
+        assert_eq!(x2.read_msr(msr_of(reg::ESR)), Ok(0));
+    }
+
+    #[test]
+    fn an_svr_write_that_keeps_the_apic_enabled_leaves_the_lvts() {
+        // SDM §11.4.7.2: only a software disable masks the LVT entries.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::LVT_TIMER, 0x40);
+        l.write(reg::SVR, 0x1ff);
+        assert_eq!(l.read(reg::LVT_TIMER), 0x40);
+    }
+
+    #[test]
     fn quirk_isr_never_set_keeps_ppr_low() {
         let mut l = Lapic::new(false, false, Quirks::ISR_NEVER_SET);
         l.accept(&fixed(0x40, true));
