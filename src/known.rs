@@ -83,12 +83,15 @@ const QEMU_BEHAVIOURS: [(irqdiff_model::Quirks, Known); 4] = {
     ]
 };
 
-/// KVM's in-kernel IOAPIC (`virt/kvm/ioapic.c`) latches requests like
-/// QEMU's: an edge entry rewritten as level while its line is high sends
-/// nothing, even after later exits.
+/// This host's in-kernel KVM IOAPIC: an edge entry rewritten as level while
+/// its line is high sends nothing, even after later exits. Upstream KVM
+/// (`arch/x86/kvm/ioapic.c`) keeps the line level of edge pins too
+/// (`ioapic_set_irq`) and its `ioapic_write_indirect` sends such a pin, as
+/// the model does: this is what this host was seen to do, not upstream's
+/// design.
 pub const KVM_IOAPIC_LATCH: Known = Known {
     id: "kvm-ioapic-latch",
-    title: "KVM: the in-kernel IOAPIC sends nothing when an asserted edge pin becomes level",
+    title: "KVM (this host): the in-kernel IOAPIC sends nothing when an asserted edge pin becomes level",
     doc: "docs/known-divergences.md#kvm-ioapic-latch",
 };
 
