@@ -1157,7 +1157,12 @@ impl QemuBackend {
                 // option it refuses) or part-way. Its stderr says why.
                 ProcessEnd::Exited if batch.next() < group.len() => {
                     let stderr = stderr_of(&mut process.child);
-                    let status = process.child.try_wait().ok().flatten().and_then(|s| s.code());
+                    let status = process
+                        .child
+                        .try_wait()
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.code());
                     for i in batch.next()..group.len() {
                         if results.is_open(i) {
                             results.set(

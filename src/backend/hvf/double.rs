@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use hypervisor_framework_sys as hv;
 
+use super::api::reason::VMX_REASON_OTHER_SMI;
 use super::api::{vmcs, Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
 use crate::guest::layout::*;
 use crate::guest::stub::{record, SNAPSHOT_WORDS};
@@ -51,6 +52,7 @@ const MOV_STORE: [u8; 2] = [0x89, 0x03]; // mov dword [rbx], eax
 const MOV_LOAD: [u8; 2] = [0x8b, 0x03]; // mov eax, dword [rbx]
 const OUT_DX_EAX: [u8; 1] = [0xef]; // out dx, eax
 const WRMSR: [u8; 2] = [0x0f, 0x30];
+const RDMSR: [u8; 2] = [0x0f, 0x32];
 const IA32_APIC_BASE: u32 = 0x1b;
 
 /// The task Hypervisor.framework scopes its VM to. Apple: one VM per
@@ -507,9 +509,6 @@ impl Double {
         Ok(pin as usize)
     }
 }
-
-/// `hv_arch_vmx.h`: VMX_REASON_OTHER_SMI (SDM appendix C, basic reason 6).
-const VMX_REASON_OTHER_SMI: u32 = 6;
 
 fn err(call: &'static str, code: i32) -> HvError {
     HvError { call, code }
@@ -1046,9 +1045,15 @@ impl Vcpu {
         self.out(0x21, 0xff)?;
         self.out(0xa1, 0xff)?;
         if self.ram32(X2APIC) != 0 {
+            // The stub's `mov ecx, 0x1b; rdmsr; or eax, 0xc00; wrmsr`: both
+            // MSR accesses exit (IA32_APIC_BASE is not a native MSR).
+            self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_RDMSR, &RDMSR, |s| {
+                s.regs[hv::HV_X86_RCX as usize] = 0x1b;
+            })?;
+            let base = self.s().regs[hv::HV_X86_RAX as usize] as u32 | 0xc00;
             self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_WRMSR, &WRMSR, |s| {
                 s.regs[hv::HV_X86_RCX as usize] = 0x1b;
-                s.regs[hv::HV_X86_RAX as usize] = LAPIC_BASE | 0xd00;
+                s.regs[hv::HV_X86_RAX as usize] = base as u64;
                 s.regs[hv::HV_X86_RDX as usize] = 0;
             })?;
         }
