@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::backend::{self, model::ModelBackend};
-use crate::campaign::{case_seed, Differ};
+use crate::differ::Differ;
 use crate::model::Quirks;
-use crate::scenario::generate::{random, GenConfig};
+use crate::scenario::generate::{case_seed, random, GenConfig};
 use crate::scenario::{Op, Scenario};
 
 /// Model throughput: guest ops (top-level and handler-body ops executed)
-/// per second on random scenarios, on one core.
+/// per second on random scenarios, on one core; then where the time goes,
+/// per op kind.
 pub fn model_throughput(duration: Duration) -> Value {
     let cfg = GenConfig {
         max_ops: 32,
@@ -20,25 +21,7 @@ pub fn model_throughput(duration: Duration) -> Value {
     };
     let scenarios: Vec<Scenario> = (0..512).map(|i| random(case_seed(7, i), &cfg)).collect();
     let mut model = ModelBackend::new();
-    let (mut ops, mut runs) = (0u64, 0u64);
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        for s in &scenarios {
-            let (trace, _) = model.run_explained(s);
-            // Ops executed: the program up to where it stopped, plus bodies.
-            let top = match trace.hang_op {
-                Some(op) => op + 1,
-                None => s.ops.len(),
-            };
-            let bodies: usize = trace
-                .deliveries()
-                .map(|(_, v)| s.handler_body(v, 1).len())
-                .sum();
-            ops += (top + bodies) as u64;
-            runs += 1;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let (ops, runs, secs) = time_model(&mut model, &scenarios, duration);
     json!({
         "benchmark": "model-throughput",
         "scenarios": runs,
@@ -46,7 +29,58 @@ pub fn model_throughput(duration: Duration) -> Value {
         "seconds": secs,
         "guest_ops_per_second": ops as f64 / secs,
         "scenarios_per_second": runs as f64 / secs,
+        "per_op_kind": per_op_kind(&mut model, &scenarios, duration / 12),
     })
+}
+
+/// Runs `scenarios` over and over for `duration`: guest ops, runs, seconds.
+fn time_model(
+    model: &mut ModelBackend,
+    scenarios: &[Scenario],
+    duration: Duration,
+) -> (u64, u64, f64) {
+    let (mut ops, mut runs) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        for s in scenarios {
+            std::hint::black_box(model.run_explained(s));
+            ops += model.last_ops;
+            runs += 1;
+        }
+    }
+    (ops, runs, start.elapsed().as_secs_f64())
+}
+
+/// Where the time goes, per kind of top-level op: for each kind, the
+/// random scenarios reduced to their ops of that kind (handlers kept), timed
+/// alone. The figure includes what those ops cause (deliveries and their
+/// handler bodies), as it does in a full run.
+fn per_op_kind(model: &mut ModelBackend, scenarios: &[Scenario], duration: Duration) -> Value {
+    let mut kinds: Vec<&'static str> = scenarios
+        .iter()
+        .flat_map(|s| s.ops.iter().map(Op::keyword))
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let mut out = Vec::new();
+    for kind in kinds {
+        let only: Vec<Scenario> = scenarios
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.ops.retain(|op| op.keyword() == kind);
+                s
+            })
+            .filter(|s| !s.ops.is_empty())
+            .collect();
+        let (ops, _, secs) = time_model(model, &only, duration);
+        out.push(json!({
+            "op": kind,
+            "guest_ops_per_second": ops as f64 / secs,
+            "ns_per_guest_op": secs * 1e9 / ops.max(1) as f64,
+        }));
+    }
+    Value::Array(out)
 }
 
 /// A real backend's rate on random 32-op scenarios, against the raw exit
@@ -192,7 +226,7 @@ pub fn time_to_find() -> Value {
             let mut found = None;
             for i in 0..1_000_000u64 {
                 let s = random(case_seed(seed, i), &cfg);
-                if let Some(sig) = differ.diff(&s).3 {
+                if let Some(sig) = differ.diff(&s).into_signature() {
                     found = Some((i + 1, s, sig));
                     break;
                 }
@@ -230,7 +264,7 @@ pub fn minimize_500() -> Value {
             s.ops.push(Op::Nop);
         }
         s.ops.truncate(500);
-        if let Some(sig) = differ.diff(&s).3 {
+        if let Some(sig) = differ.diff(&s).into_signature() {
             let start = Instant::now();
             let (min, runs) = differ.minimize(&s, &sig);
             let secs = start.elapsed().as_secs_f64();

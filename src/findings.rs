@@ -119,6 +119,37 @@ impl Findings {
     }
 }
 
+impl Findings {
+    /// Writes one file below the findings directory atomically (a
+    /// temporary file beside it, flushed, then renamed), creating its
+    /// parent directories: e.g. `stalled/case-17.irq`.
+    pub fn write_file(&self, relative: &Path, contents: &str) -> io::Result<PathBuf> {
+        let dest = self.root.join(relative);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| annotate(e, &dir))?;
+        let name = dest
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let tmp = dir.join(format!(
+            ".tmp-{name}-{}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        let result = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(contents.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(annotate(e, &dest));
+        }
+        sync_dir(&dir);
+        Ok(dest)
+    }
+}
+
 fn unique_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -172,6 +203,23 @@ mod tests {
         assert_eq!(f.known().unwrap(), BTreeSet::from([sig("a")]));
         // A second write of the same signature is skipped.
         assert_eq!(f.write(&sig("a"), &[]).unwrap(), None);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn write_file_creates_parents_and_replaces_atomically() {
+        let root = scratch("file");
+        let f = Findings::open(&root).unwrap();
+        let rel = Path::new("stalled/case-3.irq");
+        let path = f.write_file(rel, "nop\n").unwrap();
+        assert_eq!(path, root.join(rel));
+        f.write_file(rel, "hlt\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "hlt\n");
+        let names: Vec<_> = fs::read_dir(root.join("stalled"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["case-3.irq"], "no temporary file is left");
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use arbitrary::Unstructured;
 
 use crate::backend::model::ModelBackend;
-use crate::campaign::Differ;
-use crate::oracle::Verdict;
+use crate::differ::Differ;
+use crate::oracle::Ruling;
 use crate::scenario::generate::{generate, GenConfig};
 use crate::scenario::{parse as parse_scenario, print::print};
 use crate::trace::{Outcome, STORM_LIMIT};
@@ -88,13 +88,17 @@ pub fn diff(backend: &str, data: &[u8]) {
         }
         let (_, differ) = cell.as_mut().expect("opened above");
         differ.target.fit(&mut s);
-        let (_, observed, verdict, signature) = differ.diff(&s);
-        if let (Verdict::Diverge(d), Some(sig)) = (verdict, signature) {
-            if crate::known::label(backend, &sig, &s, &observed).is_none() {
+        let judgement = differ.diff(&s);
+        if let Ruling::Diverge {
+            divergence,
+            signature,
+        } = &judgement.ruling
+        {
+            if crate::known::label(backend, signature, &s, &judgement.observed).is_none() {
                 panic!(
-                    "divergence on {backend}: {sig}: {d}\n{}\nobserved: {}",
+                    "divergence on {backend}: {signature}: {divergence}\n{}\nobserved: {}",
                     print(&s),
-                    observed.to_json()
+                    judgement.observed.to_json()
                 );
             }
         }

@@ -83,14 +83,33 @@ const QEMU_BEHAVIOURS: [(irqdiff_model::Quirks, Known); 4] = {
     ]
 };
 
-/// KVM's in-kernel IOAPIC (`virt/kvm/ioapic.c`) latches requests like
-/// QEMU's: an edge entry rewritten as level while its line is high sends
-/// nothing, even after later exits.
+/// This host's in-kernel KVM IOAPIC: an edge entry rewritten as level while
+/// its line is high sends nothing, even after later exits. Upstream KVM
+/// (`arch/x86/kvm/ioapic.c`) keeps the line level of edge pins too
+/// (`ioapic_set_irq`) and its `ioapic_write_indirect` sends such a pin, as
+/// the model does: this is what this host was seen to do, not upstream's
+/// design.
 pub const KVM_IOAPIC_LATCH: Known = Known {
     id: "kvm-ioapic-latch",
-    title: "KVM: the in-kernel IOAPIC sends nothing when an asserted edge pin becomes level",
+    title: "KVM (this host): the in-kernel IOAPIC sends nothing when an asserted edge pin becomes level",
     doc: "docs/known-divergences.md#kvm-ioapic-latch",
 };
+
+/// Every documented behaviour.
+pub const ALL: [Known; 7] = [
+    KVM_ISR_NOT_SET,
+    KVM_DEFERRED_INJECTION,
+    KVM_IOAPIC_LATCH,
+    QEMU_EDGE_EVERY_ASSERT,
+    QEMU_IOAPIC_LATCH,
+    QEMU_LAPIC_ACCEPTS,
+    QEMU_IRQCHIP,
+];
+
+/// The documented behaviour with this id.
+pub fn by_id(id: &str) -> Option<Known> {
+    ALL.into_iter().find(|k| k.id == id)
+}
 
 /// What the probes found on this host's KVM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

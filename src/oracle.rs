@@ -83,6 +83,55 @@ pub enum Verdict {
     Inconclusive(String),
 }
 
+/// What the oracle rules on one scenario: like [`Verdict`], but a
+/// divergence carries its signature (which needs the model's decisions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ruling {
+    Agree,
+    Diverge {
+        divergence: Divergence,
+        signature: Signature,
+    },
+    /// One side failed to run (outcome `error`): never a divergence by itself.
+    Inconclusive(String),
+}
+
+/// Both traces of one scenario and the oracle's ruling on them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    /// The model's trace.
+    pub expected: Trace,
+    /// The backend's trace.
+    pub observed: Trace,
+    pub ruling: Ruling,
+}
+
+impl Judgement {
+    /// The divergence's signature, if the traces diverge.
+    pub fn signature(&self) -> Option<&Signature> {
+        match &self.ruling {
+            Ruling::Diverge { signature, .. } => Some(signature),
+            _ => None,
+        }
+    }
+
+    /// The divergence, if the traces diverge.
+    pub fn divergence(&self) -> Option<&Divergence> {
+        match &self.ruling {
+            Ruling::Diverge { divergence, .. } => Some(divergence),
+            _ => None,
+        }
+    }
+
+    /// [`Judgement::signature`], by value.
+    pub fn into_signature(self) -> Option<Signature> {
+        match self.ruling {
+            Ruling::Diverge { signature, .. } => Some(signature),
+            _ => None,
+        }
+    }
+}
+
 /// Compare the expected trace (the model's) with the observed one.
 pub fn compare(expected: &Trace, observed: &Trace) -> Verdict {
     for (side, t) in [("expected", expected), ("observed", observed)] {

@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
 use irqdiff::campaign::{self, Options, Stats};
-use irqdiff::scenario::generate::GenConfig;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("irqdiff-test-{name}-{}", std::process::id()));
@@ -33,14 +32,10 @@ const SEEDED: [&str; 4] = [
 fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
     let out = scratch("seeded");
     let options = Options {
-        backend: "sim:hvf-known".into(),
         cases: Some(20_000),
-        time: None,
         seed: 1,
         jobs: 2,
-        out: out.clone(),
-        generator: GenConfig::default(),
-        against: None,
+        ..Options::new("sim:hvf-known", &out)
     };
     let summary = campaign::run(
         &options,
@@ -79,9 +74,13 @@ fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
         }
         // The written repro parses and still diverges with the same signature.
         let min = common::load(&dir.join("min.irq"));
-        let mut differ = campaign::Differ::open("sim:hvf-known").unwrap();
+        let mut differ = irqdiff::differ::Differ::open("sim:hvf-known").unwrap();
         assert_eq!(
-            differ.diff(&min).3.map(|s| s.slug()).as_deref(),
+            differ
+                .diff(&min)
+                .into_signature()
+                .map(|s| s.slug())
+                .as_deref(),
             Some(seeded)
         );
     }
@@ -148,14 +147,9 @@ fn killed_campaign_keeps_every_reported_finding_and_resumes() {
     // A resumed campaign skips what is known and loses nothing.
     let summary = campaign::run(
         &Options {
-            backend: "sim:hvf-known".into(),
             cases: Some(5_000),
-            time: None,
             seed: 9,
-            jobs: 1,
-            out: out.clone(),
-            generator: GenConfig::default(),
-            against: None,
+            ..Options::new("sim:hvf-known", &out)
         },
         &Stats::default(),
         &AtomicBool::new(false),

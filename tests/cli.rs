@@ -110,3 +110,79 @@ fn diff_and_minimize_report_a_divergence_with_exit_1() {
     let (code, out, _) = irqdiff(&["diff", &f, "--backend", "sim:none"]);
     assert_eq!((code, out.lines().last()), (0, Some("agree")));
 }
+
+/// Issue 18 part 6: `irqdiff doctor` runs on Linux and writes a Markdown
+/// report; its KVM line says whether /dev/kvm is usable on this machine,
+/// and with KVM it runs the guest bring-up and every kvm-unit-tests
+/// scenario on kvm and kvm-split.
+#[test]
+fn doctor_reports_on_kvm_and_qemu_and_writes_the_report_file() {
+    let out_file = std::env::temp_dir().join(format!("irqdiff-doctor-{}.md", std::process::id()));
+    let (code, out, err) = irqdiff(&["doctor", "--out", &out_file.display().to_string()]);
+    assert!(code == 0 || code == 1, "exit {code}: {err}");
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), out);
+    std::fs::remove_file(&out_file).unwrap();
+    assert!(out.starts_with("# irqdiff doctor\n"), "{out}");
+    assert!(out.contains("\n- **OS**: "), "{out}");
+    assert!(out.contains("\n- **CPU**: "), "{out}");
+    let kvm_line = out
+        .lines()
+        .find(|l| l.starts_with("| KVM (/dev/kvm) |"))
+        .unwrap_or_else(|| panic!("no KVM line in\n{out}"));
+    let kvm_usable = irqdiff::backend::catalogue()
+        .into_iter()
+        .any(|b| b.name == "kvm" && b.availability.is_available());
+    if kvm_usable {
+        assert!(
+            kvm_line.starts_with("| KVM (/dev/kvm) | pass | available: KVM API version 12 |"),
+            "{kvm_line}"
+        );
+        assert!(out.contains("| guest bring-up (kvm) | pass |"), "{out}");
+        let scenarios = std::fs::read_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scenarios/kvm-unit-tests"
+        ))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "irq")
+        })
+        .count();
+        for backend in ["kvm", "kvm-split"] {
+            let rows = out
+                .lines()
+                .filter(|l| l.contains(&format!(".irq | {backend} | ")))
+                .count();
+            assert_eq!(rows, scenarios, "{backend} rows in\n{out}");
+            assert!(
+                out.contains(&format!("| kvm-unit-tests on {backend} | ")),
+                "{out}"
+            );
+        }
+        // No scenario fails to run: each agrees or diverges.
+        assert!(!out.contains("| error (exit"), "{out}");
+    } else {
+        assert!(
+            kvm_line.starts_with("| KVM (/dev/kvm) | FAIL | unavailable: "),
+            "{kvm_line}"
+        );
+        assert!(out.contains("| guest bring-up | skip |"), "{out}");
+    }
+    assert!(out.contains("| QEMU (backend qemu-tcg) |"), "{out}");
+    assert!(out.contains("| QEMU x2APIC under TCG |"), "{out}");
+}
+
+/// `--no-scenarios` leaves the scenario table out.
+#[test]
+fn doctor_without_scenarios_says_so() {
+    let (code, out, _) = irqdiff(&["doctor", "--no-scenarios"]);
+    assert!(code == 0 || code == 1);
+    assert!(
+        out.contains("| kvm-unit-tests scenarios | skip | --no-scenarios |"),
+        "{out}"
+    );
+    assert!(!out.contains("## kvm-unit-tests scenarios"), "{out}");
+}

@@ -217,7 +217,7 @@ fn unsupported_config_is_an_error_not_a_different_run() {
 /// it agrees with the model, or its divergence is one this host's KVM is
 /// documented (and probed) to have.
 fn every_scenario_agrees_or_is_documented(backend_name: &str) {
-    let mut differ = irqdiff::campaign::Differ::open(backend_name).unwrap();
+    let mut differ = irqdiff::differ::Differ::open(backend_name).unwrap();
     let dirs = [
         "kvm-unit-tests",
         "kvm-divergences",
@@ -226,11 +226,14 @@ fn every_scenario_agrees_or_is_documented(backend_name: &str) {
     ];
     for path in dirs.iter().flat_map(|d| scenario_files(d)) {
         let scenario = load(&path);
-        let (_, observed, verdict, sig) = differ.diff(&scenario);
-        if let irqdiff::oracle::Verdict::Diverge(d) = verdict {
-            let sig = sig.unwrap();
+        let judgement = differ.diff(&scenario);
+        if let irqdiff::oracle::Ruling::Diverge {
+            divergence: d,
+            signature: sig,
+        } = &judgement.ruling
+        {
             assert!(
-                irqdiff::known::label(backend_name, &sig, &scenario, &observed).is_some(),
+                irqdiff::known::label(backend_name, sig, &scenario, &judgement.observed).is_some(),
                 "{backend_name}: {}: undocumented divergence {sig}: {d}",
                 path.display()
             );
@@ -261,10 +264,11 @@ fn the_in_kernel_ioapic_latch_is_kvms_and_not_the_split_shapes() {
     let scenario = load(&path);
     let observed = open("kvm").run(&scenario).unwrap();
     assert!(!observed.deliveries().any(|(_, v)| v == 0x22));
-    let mut differ = irqdiff::campaign::Differ::open("kvm").unwrap();
-    let (_, observed, _, sig) = differ.diff(&scenario);
+    let mut differ = irqdiff::differ::Differ::open("kvm").unwrap();
+    let judgement = differ.diff(&scenario);
+    let sig = judgement.signature().expect("diverges");
     assert_eq!(
-        irqdiff::known::label("kvm", &sig.unwrap(), &scenario, &observed).map(|k| k.id),
+        irqdiff::known::label("kvm", sig, &scenario, &judgement.observed).map(|k| k.id),
         Some("kvm-ioapic-latch")
     );
     // With the model's IOAPIC on KVM's local APIC, 0x22 is sent at the re-route.

@@ -9,9 +9,8 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
 use irqdiff::backend::{self, model::ModelBackend, Backend};
-use irqdiff::campaign::case_seed;
-use irqdiff::oracle::{compare, Verdict};
-use irqdiff::scenario::generate::{random, GenConfig};
+use irqdiff::oracle::{compare, Ruling, Verdict};
+use irqdiff::scenario::generate::{case_seed, random, GenConfig};
 use irqdiff::scenario::{parse, print::print, Scenario};
 use irqdiff::trace::{EventKind, Outcome, STORM_LIMIT};
 
@@ -107,20 +106,23 @@ fn model_and_kvm_agree_up_to_documented_divergences() {
         return;
     }
     for name in ["kvm", "kvm-split"] {
-        let mut differ = irqdiff::campaign::Differ::open(name).unwrap();
+        let mut differ = irqdiff::differ::Differ::open(name).unwrap();
         let (mut agree, mut known, mut inconclusive) = (0, 0, 0);
         for i in 0..200 {
             let mut s = random(case_seed(2026, i), &GenConfig::default());
             differ.target.fit(&mut s);
-            let (_, observed, verdict, signature) = differ.diff(&s);
-            match verdict {
-                Verdict::Agree => agree += 1,
+            let judgement = differ.diff(&s);
+            let observed = &judgement.observed;
+            match &judgement.ruling {
+                Ruling::Agree => agree += 1,
                 // A guest fault (e.g. a reserved x2APIC MSR) ends both runs in
                 // an error: nothing to compare.
-                Verdict::Inconclusive(_) => inconclusive += 1,
-                Verdict::Diverge(d) => {
-                    let sig = signature.unwrap();
-                    let label = irqdiff::known::label(name, &sig, &s, &observed);
+                Ruling::Inconclusive(_) => inconclusive += 1,
+                Ruling::Diverge {
+                    divergence: d,
+                    signature: sig,
+                } => {
+                    let label = irqdiff::known::label(name, sig, &s, observed);
                     assert!(
                         label.is_some(),
                         "{name}: undocumented divergence {sig}: {d}\n{s}\n{}",

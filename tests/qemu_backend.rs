@@ -57,9 +57,10 @@ fn qemu_delivers_every_assert_of_an_edge_pin_documented() {
         deliveries(&qemu.run(&scenario).unwrap()),
         [(1, 0x40), (2, 0x40)]
     );
-    let mut differ = irqdiff::campaign::Differ::open("qemu-tcg").unwrap();
-    let (_, observed, _, sig) = differ.diff(&scenario);
-    let sig = sig.expect("diverges");
+    let mut differ = irqdiff::differ::Differ::open("qemu-tcg").unwrap();
+    let judgement = differ.diff(&scenario);
+    let observed = judgement.observed.clone();
+    let sig = judgement.into_signature().expect("diverges");
     assert_eq!(
         irqdiff::known::label("qemu-tcg", &sig, &scenario, &observed),
         Some(irqdiff::known::QEMU_EDGE_EVERY_ASSERT)
@@ -104,19 +105,16 @@ fn three_way_triage_blames_this_kvm_for_its_divergences() {
     }
     // The verdict on this host's KVM (docs/known-divergences.md): where it
     // differs from the model, QEMU's irqchip sides with the model.
-    let mut differ = irqdiff::campaign::Differ::open("kvm").unwrap();
+    let mut differ = irqdiff::differ::Differ::open("kvm").unwrap();
     for path in scenario_files("kvm-divergences") {
         let scenario = load(&path);
-        let (expected, observed, verdict, _) = differ.diff(&scenario);
-        assert!(
-            matches!(verdict, irqdiff::oracle::Verdict::Diverge(_)),
-            "{}",
-            path.display()
-        );
+        let judgement = differ.diff(&scenario);
+        let (expected, observed) = (&judgement.expected, &judgement.observed);
+        assert!(judgement.signature().is_some(), "{}", path.display());
         let third = qemu.run_to_trace(&scenario);
         assert!(
             matches!(
-                Triage::of(&expected, &observed, &third),
+                Triage::of(expected, observed, &third),
                 Triage::LikelyBackendBug { .. }
             ),
             "{}",
@@ -171,8 +169,10 @@ fn the_guest_watchdog_reports_the_hangs_the_host_would() {
     let fitter = qemu_batch(true);
     let mut scenarios: Vec<_> = (0..200)
         .map(|i| {
-            let mut s =
-                irqdiff::scenario::generate::random(irqdiff::campaign::case_seed(5, i), &cfg);
+            let mut s = irqdiff::scenario::generate::random(
+                irqdiff::scenario::generate::case_seed(5, i),
+                &cfg,
+            );
             fitter.fit(&mut s);
             s
         })
@@ -256,8 +256,10 @@ fn the_qemu_profile_of_the_model_reproduces_qemu_exactly() {
     let fitter = qemu_batch(true);
     let scenarios: Vec<_> = (0..600)
         .map(|i| {
-            let mut s =
-                irqdiff::scenario::generate::random(irqdiff::campaign::case_seed(77, i), &cfg);
+            let mut s = irqdiff::scenario::generate::random(
+                irqdiff::scenario::generate::case_seed(77, i),
+                &cfg,
+            );
             fitter.fit(&mut s);
             s
         })
@@ -287,7 +289,7 @@ fn every_qemu_divergence_repro_diverges_with_its_documented_label() {
     if !qemu_or_skip("every_qemu_divergence_repro_diverges_with_its_documented_label") {
         return;
     }
-    let mut differ = irqdiff::campaign::Differ::open("qemu-tcg").unwrap();
+    let mut differ = irqdiff::differ::Differ::open("qemu-tcg").unwrap();
     let files = scenario_files("qemu-divergences");
     assert!(files.len() >= 5);
     for path in files {
@@ -307,13 +309,11 @@ fn every_qemu_divergence_repro_diverges_with_its_documented_label() {
             })
             .unwrap_or_else(|| panic!("{}: names no documented behaviour", path.display()));
         let scenario = load(&path);
-        let (_, observed, verdict, sig) = differ.diff(&scenario);
-        assert!(
-            matches!(verdict, irqdiff::oracle::Verdict::Diverge(_)),
-            "{}: no divergence",
-            path.display()
-        );
-        let label = irqdiff::known::label("qemu-tcg", &sig.unwrap(), &scenario, &observed);
+        let judgement = differ.diff(&scenario);
+        let sig = judgement
+            .signature()
+            .unwrap_or_else(|| panic!("{}: no divergence", path.display()));
+        let label = irqdiff::known::label("qemu-tcg", sig, &scenario, &judgement.observed);
         assert_eq!(label.map(|k| k.id), Some(id), "{}", path.display());
     }
 }

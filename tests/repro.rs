@@ -97,8 +97,8 @@ fn reports_name_the_rule_that_decided_the_diverging_event() {
     ];
     for (text, citation) in cases {
         let scenario = irqdiff::scenario::parse(text).unwrap();
-        let mut differ = irqdiff::campaign::Differ::open("sim:hvf-known").unwrap();
-        let sig = differ.diff(&scenario).3.expect("diverges");
+        let mut differ = irqdiff::differ::Differ::open("sim:hvf-known").unwrap();
+        let sig = differ.diff(&scenario).into_signature().expect("diverges");
         let finding = differ.finding(&scenario, sig).expect("a finding");
         let report = irqdiff::repro::report(&finding, "sim:hvf-known");
         assert!(report.contains("## The rule"), "{report}");
@@ -129,10 +129,10 @@ fn kvm_report_lists_the_hypervisor_calls_in_order() {
         "handler 0x82: deassert 14; eoi\nroute 14 vector=0x82 level masked\nassert 14\nunmask 14\n",
     )
     .unwrap();
-    let mut differ = irqdiff::campaign::Differ::open("kvm").unwrap();
+    let mut differ = irqdiff::differ::Differ::open("kvm").unwrap();
     let sig = differ
         .diff(&scenario)
-        .3
+        .into_signature()
         .expect("this KVM misses the unmask delivery");
     let finding = differ.finding(&scenario, sig).expect("a finding");
     let report = irqdiff::repro::report(&finding, "kvm");

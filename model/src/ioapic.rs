@@ -256,7 +256,8 @@ impl Ioapic {
             REG_ARBITRATION => (self.arbitration as u32) << 24,
             i if (REG_REDTBL..REG_REDTBL + 2 * PINS as u8).contains(&i) => {
                 let raw = self.redirection[((i - REG_REDTBL) / 2) as usize];
-                if (i - REG_REDTBL) % 2 == 0 {
+                // REG_REDTBL is even: even indices are low dwords.
+                if i % 2 == 0 {
                     raw as u32
                 } else {
                     (raw >> 32) as u32
@@ -276,12 +277,10 @@ impl Ioapic {
                 self.id = ((value >> 24) & 0xf) as u8;
                 self.arbitration = self.id;
             }
-            // §3.2.2 and §3.2.3: version and arbitration are read-only.
-            REG_VERSION | REG_ARBITRATION => {}
             i if (REG_REDTBL..REG_REDTBL + 2 * PINS as u8).contains(&i) => {
                 let pin = ((i - REG_REDTBL) / 2) as usize;
                 let old = self.redirection[pin];
-                let mut new = if (i - REG_REDTBL) % 2 == 0 {
+                let mut new = if i % 2 == 0 {
                     (old & !0xffff_ffff) | value as u64
                 } else {
                     (old & 0xffff_ffff) | ((value as u64) << 32)
@@ -303,6 +302,8 @@ impl Ioapic {
                 let unmasked_now = old & bits::MASKED != 0 && new & bits::MASKED == 0;
                 self.after_entry_write(pin, unmasked_now, bus);
             }
+            // §3.2.2 and §3.2.3: version and arbitration are read-only; the
+            // other indices name no register.
             _ => {}
         }
     }
@@ -406,6 +407,9 @@ impl Ioapic {
     /// input still asserted on an unmasked pin is then sent again (ICH EOI
     /// register text).
     fn end_of_interrupt(&mut self, vector: u8, rule: Rule, bus: &mut impl InterruptSink) {
+        if !self.any_remote_irr() {
+            return;
+        }
         for pin in 0..PINS {
             let e = self.entry(pin);
             if !e.level() || e.vector() != vector || !e.remote_irr() {
@@ -435,6 +439,12 @@ impl Ioapic {
                 self.send(pin, Rule::Quirk, bus);
             }
         }
+    }
+
+    /// Most EOIs find no remote IRR set: one pass over the table says so.
+    /// An optimisation only: without it the EOI loop finds nothing to do.
+    fn any_remote_irr(&self) -> bool {
+        self.redirection.iter().any(|&e| e & bits::REMOTE_IRR != 0)
     }
 
     /// QEMU_IOAPIC: hw/intc/ioapic.c, ioapic_service. Every latched,
@@ -494,6 +504,7 @@ mod tests {
     #[derive(Default)]
     struct Bus {
         sent: Vec<(u8, Rule)>,
+        messages: Vec<InterruptMessage>,
         notes: Vec<Rule>,
         refuse: bool,
     }
@@ -501,6 +512,7 @@ mod tests {
     impl InterruptSink for Bus {
         fn send(&mut self, msg: &InterruptMessage) -> bool {
             self.sent.push((msg.vector, msg.rule));
+            self.messages.push(*msg);
             !self.refuse
         }
         fn note(&mut self, rule: Rule, _vector: u8) {
@@ -666,6 +678,41 @@ mod tests {
         route(&mut io, 0, 0x30 | LEVEL | (1 << 14) | (1 << 12), &mut bus);
         assert!(!io.entry(0).remote_irr());
         assert!(!io.entry(0).delivery_status());
+        assert_eq!(io.read_register(REG_REDTBL) & (1 << 12 | 1 << 14), 0);
+    }
+
+    #[test]
+    fn each_dword_write_keeps_the_other_half_of_the_entry() {
+        // 82093AA §3.2.4: the 64-bit entry is written as two dwords, low at
+        // 0x10 + 2n and high at 0x11 + 2n, in either order.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V11), Bus::default());
+        io.write_register(REG_REDTBL + 6, 0x0001_a0f3, &mut bus);
+        io.write_register(REG_REDTBL + 7, 0xab00_0000, &mut bus);
+        assert_eq!(io.read_register(REG_REDTBL + 6), 0x0001_a0f3);
+        assert_eq!(io.read_register(REG_REDTBL + 7), 0xab00_0000);
+        assert_eq!(io.entry(3).raw, 0xab00_0000_0001_a0f3);
+        assert_eq!(io.version(), IoapicVersion::V11);
+    }
+
+    #[test]
+    fn rewriting_an_unmasked_asserted_level_entry_is_a_level_delivery() {
+        // §3.2.4 bits 15-16: an entry already unmasked is not "unmasked" by
+        // a rewrite; a refused message left remote IRR clear, so the
+        // rewrite sends it again (lib.rs, choices).
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        bus.refuse = true;
+        route(&mut io, 6, 0x66 | LEVEL, &mut bus);
+        io.set_irq(6, true, &mut bus);
+        assert!(!io.entry(6).remote_irr());
+        bus.refuse = false;
+        route(&mut io, 6, 0x66 | LEVEL, &mut bus);
+        assert_eq!(
+            bus.sent,
+            vec![(0x66, Rule::LevelDelivers), (0x66, Rule::LevelDelivers)]
+        );
+        // Masking it is no unmask either: nothing is sent.
+        route(&mut io, 6, 0x66 | LEVEL | MASK, &mut bus);
+        assert_eq!(bus.sent.len(), 2);
     }
 
     #[test]
@@ -787,6 +834,84 @@ mod tests {
     }
 
     #[test]
+    fn indices_outside_the_table_read_0_and_write_nothing() {
+        // 82093AA §3.2: indices 0x03-0x0F and above 0x3F (0x10 + 2 * 24 - 1)
+        // name no register.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        route(&mut io, 23, 0x41, &mut bus);
+        route(&mut io, 0, 0x42, &mut bus);
+        let before = io.clone();
+        for index in (0x03..0x10).chain(0x40..=0xff) {
+            assert_eq!(io.read_register(index), 0, "{index:#x}");
+            io.write_register(index, 0xffff_ffff, &mut bus);
+        }
+        assert_eq!(io, before);
+        assert!(bus.sent.is_empty());
+    }
+
+    #[test]
+    fn a_message_carries_every_field_of_its_entry() {
+        // 82093AA §3.2.4: vector 7:0, delivery mode 10:8, destination mode
+        // 11, trigger mode 15, destination 63:56.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        io.write_register(REG_REDTBL + 9, 0x0f00_0000, &mut bus);
+        io.write_register(REG_REDTBL + 8, 0x5a | 1 << 8 | 1 << 11 | LEVEL, &mut bus);
+        io.set_irq(4, true, &mut bus);
+        let e = io.entry(4);
+        assert!(e.logical() && !e.polarity_low() && !e.delivery_status());
+        assert_eq!(e.delivery(), DeliveryMode::Lowest);
+        assert_eq!(
+            bus.messages,
+            vec![InterruptMessage {
+                vector: 0x5a,
+                delivery: DeliveryMode::Lowest,
+                logical: true,
+                dest: 0x0f,
+                level: true,
+                rule: Rule::LevelDelivers,
+            }]
+        );
+        // A physical, edge, NMI entry.
+        route(&mut io, 5, 4 << 8, &mut bus);
+        io.set_irq(5, true, &mut bus);
+        let m = bus.messages[1];
+        assert_eq!(
+            (m.delivery, m.logical, m.dest, m.level),
+            (DeliveryMode::Nmi, false, 0, false)
+        );
+        assert!(!io.entry(5).remote_irr(), "edge sends never set remote IRR");
+    }
+
+    #[test]
+    fn inputs_beyond_the_last_pin_are_ignored() {
+        // §3.2.2: 24 entries; the model has no input 24.
+        let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
+        io.set_irq(PINS, true, &mut bus);
+        assert_eq!(io, Ioapic::new(IoapicVersion::V20));
+        assert!(bus.sent.is_empty() && bus.notes.is_empty());
+    }
+
+    #[test]
+    fn delivery_modes_decode_from_three_bits() {
+        // 82093AA §3.2.4 bits 10:8 (and SDM §11.11.2 for MSI data).
+        let modes = [
+            (0, DeliveryMode::Fixed),
+            (1, DeliveryMode::Lowest),
+            (2, DeliveryMode::Smi),
+            (3, DeliveryMode::Reserved(3)),
+            (4, DeliveryMode::Nmi),
+            (5, DeliveryMode::Init),
+            (6, DeliveryMode::Reserved(6)),
+            (7, DeliveryMode::ExtInt),
+        ];
+        for (bits, mode) in modes {
+            assert_eq!(DeliveryMode::from_bits(bits), mode);
+            assert_eq!(DeliveryMode::from_bits(bits | 0xf8), mode, "only bits 2:0");
+            assert_eq!(mode.bits(), bits);
+        }
+    }
+
+    #[test]
     fn reset_returns_to_the_start_state() {
         // SCENARIO-FORMAT start state; §3.2.4: masked after reset.
         let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
@@ -806,10 +931,19 @@ mod tests {
         io.set_irq(14, true, &mut bus);
         route(&mut io, 14, 0x82 | LEVEL, &mut bus);
         io.set_irq(14, true, &mut bus);
+        // Rewriting the entry, or an EOI, does not unstick it either.
+        route(&mut io, 14, 0x82 | LEVEL, &mut bus);
+        io.set_irq(15, true, &mut bus);
         assert!(bus.sent.is_empty());
         io.set_irq(14, false, &mut bus);
         io.set_irq(14, true, &mut bus);
         assert_eq!(bus.sent.len(), 1);
+        io.eoi(0x82, &mut bus);
+        assert_eq!(
+            bus.sent.len(),
+            2,
+            "unstuck: the EOI re-sends the asserted line"
+        );
     }
 
     #[test]
@@ -850,6 +984,18 @@ mod tests {
         let mut bus = Bus::default();
         io.eoi(0x23, &mut bus);
         assert_eq!(bus.sent, [(0x23, Rule::Quirk)]);
+        // A deassert clears a level pin's latch: the next EOI sends nothing;
+        // deasserting an unmasked edge pin latches nothing.
+        io.set_irq(3, false, &mut bus);
+        io.eoi(0x23, &mut bus);
+        io.set_irq(2, false, &mut bus);
+        assert_eq!(bus.sent.len(), 1);
+        // A masked level pin's latch waits for the unmask, not the EOI.
+        route(&mut io, 4, 0x24 | LEVEL, &mut bus);
+        io.set_irq(4, true, &mut bus);
+        route(&mut io, 4, 0x24 | LEVEL | MASK, &mut bus);
+        io.eoi(0x24, &mut bus);
+        assert_eq!(bus.sent.len(), 2, "0x24 once, at the assert");
     }
 
     #[test]

@@ -58,6 +58,40 @@ pub const ESR_SEND_ILLEGAL_VECTOR: u32 = 1 << 5;
 pub const ESR_RECEIVE_ILLEGAL_VECTOR: u32 = 1 << 6;
 pub const ESR_ILLEGAL_REGISTER: u32 = 1 << 7;
 
+/// IA32_APIC_BASE bits 7:0 and 9 are reserved (SDM §11.4.4, Figure 11-5);
+/// a write with one set raises #GP (as KVM's `kvm_apic_set_base`). The
+/// bits above MAXPHYADDR are beyond the 32-bit value the model takes.
+pub const APIC_BASE_RESERVED: u32 = 0x2ff;
+/// x2APIC ICR bits 31:20, 17:16 and 13 are reserved: a WRMSR with one set
+/// raises #GP (SDM §11.12.1.3 and Figure 11-28; KVM's
+/// `X2APIC_ICR_RESERVED_BITS`).
+pub const X2APIC_ICR_RESERVED: u64 = 0xfff0_0000 | 0x3_0000 | 1 << 13;
+
+/// The writable bits of each LVT entry (SDM Figure 11-8), in register
+/// order: timer (vector, mask, timer mode 18:17), thermal and performance
+/// (vector, delivery mode, mask), LINT0 and LINT1 (vector, delivery mode,
+/// polarity, trigger mode, mask), error (vector, mask). Delivery status
+/// (bit 12) and LINT remote IRR (bit 14) are read-only; the model delivers
+/// instantly and has no LINT inputs, so they read 0. Reserved bits read 0.
+pub const LVT_WRITABLE: [u32; 6] = [
+    0x0007_00ff,
+    0x0001_07ff,
+    0x0001_07ff,
+    0x0001_a7ff,
+    0x0001_a7ff,
+    0x0001_00ff,
+];
+/// The LVT Error entry's index in [`LVT_WRITABLE`] (offset 0x370).
+const LVT_ERROR_INDEX: usize = 5;
+
+/// Whether an xAPIC MMIO offset (a multiple of 16, below 0x400) names a
+/// register of SDM Table 11-1 that this APIC implements. Reserved slots,
+/// the SELF IPI register (x2APIC only) and LVT CMCI (not advertised: the
+/// version register reports six LVT entries) are not.
+pub fn implemented_xapic_register(offset: u16) -> bool {
+    matches!(offset, 0x020 | 0x030 | 0x080..=0x280 | 0x300..=0x390 | 0x3e0)
+}
+
 /// An access the x2APIC MSR interface rejects with #GP (SDM §11.12.1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GeneralProtection;
@@ -131,6 +165,9 @@ pub struct Lapic {
     lvt: [u32; 6],
     timer_initial: u32,
     timer_divide: u32,
+    /// The vector of an error interrupt raised since the caller last took
+    /// it ([`Lapic::take_error_interrupt`]), for the decision log.
+    error_interrupt: Option<u8>,
 }
 
 /// The mask bit of every LVT entry (SDM §11.5.1).
@@ -163,6 +200,7 @@ impl Lapic {
             lvt: [LVT_MASKED; 6],
             timer_initial: 0,
             timer_divide: 0,
+            error_interrupt: None,
         }
     }
 
@@ -184,6 +222,9 @@ impl Lapic {
     /// disabled straight to x2APIC. Disabling resets the APIC (§11.4.3: all
     /// state is lost; it comes back in its power-up state, software-disabled).
     pub fn write_apic_base(&mut self, value: u32) -> Result<(), GeneralProtection> {
+        if value & APIC_BASE_RESERVED != 0 {
+            return Err(GeneralProtection);
+        }
         let (en, extd) = (value & 1 << 11 != 0, value & 1 << 10 != 0);
         let invalid = (extd && !en) || (self.x2apic && en && !extd) || (!self.hw_enabled && extd);
         if invalid {
@@ -280,12 +321,14 @@ impl Lapic {
             return cluster == self.ldr >> 16 && members & self.ldr & 0xffff != 0;
         }
         let logical_id = self.ldr >> 24;
-        if self.dfr >> 28 == 0xf {
+        match self.dfr >> 28 {
             // Flat model: the MDA and the LDR share a set bit.
-            dest & logical_id != 0
-        } else {
+            0xf => dest & logical_id != 0,
             // Cluster model: equal high nibble, shared low-nibble bit.
-            dest >> 4 == logical_id >> 4 && dest & logical_id & 0xf != 0
+            0x0 => dest >> 4 == logical_id >> 4 && dest & logical_id & 0xf != 0,
+            // §11.6.2.2 defines only 1111b and 0000b; the model matches
+            // nothing, as KVM, QEMU and bhyve do (lib.rs, choices).
+            _ => false,
         }
     }
 
@@ -304,7 +347,7 @@ impl Lapic {
         // receive-illegal-vector bit and is not delivered.
         let qemu = self.quirks.contains(Quirks::QEMU_LAPIC);
         if msg.vector < 16 && !qemu {
-            self.esr_pending |= ESR_RECEIVE_ILLEGAL_VECTOR;
+            self.signal_error(ESR_RECEIVE_ILLEGAL_VECTOR);
             return Acceptance::Refused(Rule::IllegalVector);
         }
         // §11.4.7.2: a software-disabled APIC does not take fixed interrupts
@@ -321,14 +364,19 @@ impl Lapic {
     /// §11.8.3: the vector the processor would take now, if any.
     pub fn deliverable(&self) -> Option<u8> {
         let v = highest(&self.irr)?;
+        self.dispatchable(v).then_some(v)
+    }
+
+    /// §11.8.3: whether requested vector `v` is above the processor
+    /// priority class.
+    pub fn dispatchable(&self, v: u8) -> bool {
+        let ppr = self.ppr();
         if self.quirks.contains(Quirks::QEMU_LAPIC) {
             // QEMU's apic_irq_pending: nothing while software-disabled, and
             // any vector while PPR is 0.
-            let ppr = self.ppr();
-            return (self.software_enabled() && (ppr == 0 || (v as u32 & 0xf0) > (ppr & 0xf0)))
-                .then_some(v);
+            return self.software_enabled() && (ppr == 0 || (v as u32 & 0xf0) > (ppr & 0xf0));
         }
-        ((v as u32 & 0xf0) > (self.ppr() & 0xf0)).then_some(v)
+        (v as u32 & 0xf0) > (ppr & 0xf0)
     }
 
     /// The highest requested vector, deliverable or not.
@@ -412,6 +460,11 @@ impl Lapic {
         if !self.hw_enabled {
             return None;
         }
+        if !self.x2apic && !implemented_xapic_register(offset) {
+            // §11.5.3 bit 7: an access to an unimplemented register.
+            self.signal_error(ESR_ILLEGAL_REGISTER);
+            return None;
+        }
         match offset {
             reg::TPR => self.tpr = value & 0xff,
             // §11.6.2.2: LDR bits 31:24 are writable in xAPIC mode; in x2APIC
@@ -447,11 +500,17 @@ impl Lapic {
                 return self.send_ipi();
             }
             0x320..=0x370 => {
-                let mut v = value;
+                let index = ((offset - 0x320) >> 4) as usize;
+                // QEMU_LAPIC: apic_mem_write stores the LVT value as written.
+                let mut v = if self.quirks.contains(Quirks::QEMU_LAPIC) {
+                    value
+                } else {
+                    value & LVT_WRITABLE[index]
+                };
                 if !self.software_enabled() && !self.quirks.contains(Quirks::QEMU_LAPIC) {
                     v |= LVT_MASKED;
                 }
-                self.lvt[((offset - 0x320) >> 4) as usize] = v;
+                self.lvt[index] = v;
             }
             reg::TIMER_INITIAL => self.timer_initial = value,
             reg::TIMER_DIVIDE => self.timer_divide = value & 0xb,
@@ -462,6 +521,42 @@ impl Lapic {
             _ => {}
         }
         None
+    }
+
+    /// A guest's xAPIC MMIO read: [`Lapic::read`], and an access to an
+    /// unimplemented register sets ESR bit 7 (SDM §11.5.3).
+    pub fn read_mmio(&mut self, offset: u16) -> u32 {
+        if self.hw_enabled && !implemented_xapic_register(offset) {
+            self.signal_error(ESR_ILLEGAL_REGISTER);
+        }
+        self.read(offset)
+    }
+
+    /// SDM §11.5.3: an error sets its ESR bit (latched by the next ESR
+    /// write) and generates the interrupt of the LVT Error entry unless it
+    /// is masked: fixed, edge, into the IRR. An illegal vector in the LVT
+    /// Error entry is itself a receive-illegal-vector error (bit 6: "an
+    /// interrupt generated locally from the local vector table") and
+    /// raises nothing further.
+    fn signal_error(&mut self, bits: u32) {
+        self.esr_pending |= bits;
+        let lvt = self.lvt[LVT_ERROR_INDEX];
+        if lvt & LVT_MASKED != 0 {
+            return;
+        }
+        let vector = lvt as u8;
+        if vector < 16 {
+            self.esr_pending |= ESR_RECEIVE_ILLEGAL_VECTOR;
+            return;
+        }
+        set(&mut self.irr, vector, true);
+        set(&mut self.tmr, vector, false);
+        self.error_interrupt = Some(vector);
+    }
+
+    /// The vector of the error interrupt raised since the last call, if any.
+    pub fn take_error_interrupt(&mut self) -> Option<u8> {
+        self.error_interrupt.take()
     }
 
     /// x2APIC RDMSR; #GP for write-only and reserved registers (§11.12.1.2).
@@ -510,6 +605,7 @@ impl Lapic {
             reg::EOI | reg::ESR if value != 0 => Err(GeneralProtection),
             reg::SELF_IPI if value > 0xff => Err(GeneralProtection),
             reg::EOI => Ok(None),
+            reg::ICR_LOW if value & X2APIC_ICR_RESERVED != 0 => Err(GeneralProtection),
             reg::ICR_LOW => {
                 self.icr_high = (value >> 32) as u32;
                 Ok(self.write(offset, value as u32))
@@ -546,10 +642,11 @@ impl Lapic {
             // §11.5.3: the sender flags an illegal vector (bit 5); a copy that
             // reaches this APIC itself is also a received illegal vector
             // (bit 6: "... or via a self IPI"); nothing is delivered.
-            self.esr_pending |= ESR_SEND_ILLEGAL_VECTOR;
-            if to_self {
-                self.esr_pending |= ESR_RECEIVE_ILLEGAL_VECTOR;
-            }
+            self.signal_error(if to_self {
+                ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR
+            } else {
+                ESR_SEND_ILLEGAL_VECTOR
+            });
             return None;
         }
         if !to_self {
@@ -577,7 +674,7 @@ impl Lapic {
     fn self_ipi(&mut self, vector: u8) -> Option<InterruptMessage> {
         if vector < 16 && !self.quirks.contains(Quirks::QEMU_LAPIC) {
             // §11.5.3: both the send and the receive illegal-vector bits.
-            self.esr_pending |= ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR;
+            self.signal_error(ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR);
             return None;
         }
         Some(InterruptMessage {
@@ -917,6 +1014,459 @@ mod tests {
         // apic_get_delivery_bitmask: logical 0xFF is no broadcast.
         assert!(!l.matches(true, 0xff));
         assert!(l.matches(false, 0xff));
+    }
+
+    #[test]
+    fn apic_base_reserved_bits_raise_gp() {
+        // SDM §11.4.4 (Figure 11-5): bits 7:0 and 9 are reserved; KVM's
+        // kvm_apic_set_base and kvm-unit-tests test_apicbase ("reserved low
+        // bits") expect #GP. Bit 8 (BSP) is not reserved.
+        for bit in (0..8).chain([9]) {
+            let mut l = Lapic::new(false, false, Quirks::empty());
+            assert_eq!(
+                l.write_apic_base(0xfee0_0800 | 1 << bit),
+                Err(GeneralProtection),
+                "bit {bit}"
+            );
+            assert_eq!(
+                l.apic_base(),
+                0xfee0_0900,
+                "the faulting write changes nothing"
+            );
+        }
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(l.write_apic_base(0xfee0_0900), Ok(()));
+    }
+
+    #[test]
+    fn x2apic_icr_reserved_bits_raise_gp_and_send_nothing() {
+        // SDM §11.12.1.3: ICR bits 31:20, 17:16 and 13 are reserved in x2APIC
+        // mode (KVM's X2APIC_ICR_RESERVED_BITS).
+        for bit in [13, 16, 17, 20, 31] {
+            let mut l = Lapic::new(true, false, Quirks::empty());
+            assert_eq!(
+                l.write_msr(msr_of(reg::ICR_LOW), 0x4_0041 | 1 << bit),
+                Err(GeneralProtection),
+                "bit {bit}"
+            );
+            assert_eq!(l.read_msr(msr_of(reg::ICR_LOW)), Ok(0), "ICR unchanged");
+        }
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        assert_eq!(
+            l.write_msr(msr_of(reg::ICR_LOW), 0x4_0041)
+                .unwrap()
+                .map(|m| m.vector),
+            Some(0x41)
+        );
+    }
+
+    #[test]
+    fn lvt_writes_keep_only_the_writable_bits_of_each_entry() {
+        // SDM Figure 11-8: per-LVT layout; reserved bits and the read-only
+        // delivery status (12) and LINT remote IRR (14) read 0 (KVM's
+        // apic_lvt_mask and bhyve's vlapic_lvt_write_handler mask too).
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        let expected = [
+            (reg::LVT_TIMER, 0x0007_00ff),
+            (0x330, 0x0001_07ff),
+            (0x340, 0x0001_07ff),
+            (reg::LVT_LINT0, 0x0001_a7ff),
+            (reg::LVT_LINT1, 0x0001_a7ff),
+            (reg::LVT_ERROR, 0x0001_00ff),
+        ];
+        for (offset, value) in expected {
+            l.write(offset, 0xffff_ffff);
+            assert_eq!(l.read(offset), value, "offset {offset:#x}");
+        }
+        // QEMU_LAPIC: apic_mem_write stores the value as written.
+        let mut q = Lapic::new(false, false, Quirks::QEMU_LAPIC);
+        q.write(reg::LVT_LINT0, 0xffff_ffff);
+        assert_eq!(q.read(reg::LVT_LINT0), 0xffff_ffff);
+    }
+
+    #[test]
+    fn an_error_raises_the_lvt_error_interrupt_unless_masked() {
+        // SDM §11.5.3: a detected error sets its ESR bit and generates an
+        // interrupt through the LVT Error register.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::LVT_ERROR, 0x3e);
+        assert_eq!(l.write(reg::ICR_LOW, 0x4_0005), None, "illegal self IPI");
+        assert_eq!(l.take_error_interrupt(), Some(0x3e));
+        assert_eq!(l.take_error_interrupt(), None, "taken once");
+        assert_eq!(l.deliverable(), Some(0x3e));
+        assert!(!test(&l.tmr, 0x3e), "the error interrupt is edge");
+        l.write(reg::ESR, 0);
+        assert_eq!(
+            l.read(reg::ESR),
+            ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR
+        );
+        // Masked (the start state): the ESR bit, no interrupt.
+        let mut m = Lapic::new(false, false, Quirks::empty());
+        m.write(reg::ICR_LOW, 0x4_0005);
+        assert_eq!(m.take_error_interrupt(), None);
+        assert_eq!(m.highest_irr(), None);
+        // A received illegal vector is an error too.
+        let mut r = Lapic::new(false, false, Quirks::empty());
+        r.write(reg::LVT_ERROR, 0x3e);
+        r.accept(&fixed(0x07, false));
+        assert_eq!(r.take_error_interrupt(), Some(0x3e));
+    }
+
+    #[test]
+    fn an_illegal_lvt_error_vector_is_a_receive_error_and_raises_nothing() {
+        // SDM §11.5.3 bit 6: an illegal vector "in an interrupt generated
+        // locally from the local vector table".
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::LVT_ERROR, 0x05);
+        l.write(reg::ICR_HIGH, 0x0500_0000);
+        l.write(reg::ICR_LOW, 0x0005);
+        assert_eq!(l.take_error_interrupt(), None);
+        assert_eq!(l.highest_irr(), None);
+        l.write(reg::ESR, 0);
+        assert_eq!(
+            l.read(reg::ESR),
+            ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR
+        );
+    }
+
+    #[test]
+    fn unimplemented_xapic_registers_set_esr_bit_7() {
+        // SDM §11.5.3 bit 7 (Illegal Register Address) and Table 11-1: the
+        // reserved offsets, SELF IPI (x2APIC only) and LVT CMCI (not among
+        // the six LVT entries the version register reports).
+        for offset in [
+            0x000, 0x010, 0x040, 0x070, 0x290, 0x2e0, 0x2f0, 0x3a0, 0x3d0, 0x3f0,
+        ] {
+            assert!(!implemented_xapic_register(offset), "{offset:#x}");
+            let mut l = Lapic::new(false, false, Quirks::empty());
+            assert_eq!(l.read_mmio(offset), 0);
+            l.write(reg::ESR, 0);
+            assert_eq!(l.read(reg::ESR), ESR_ILLEGAL_REGISTER, "read {offset:#x}");
+            assert_eq!(l.write(offset, 0xf1), None);
+            l.write(reg::ESR, 0);
+            assert_eq!(l.read(reg::ESR), ESR_ILLEGAL_REGISTER, "write {offset:#x}");
+        }
+        for offset in [0x020, 0x030, 0x080, 0x0c0, 0x280, 0x300, 0x390, 0x3e0] {
+            assert!(implemented_xapic_register(offset), "{offset:#x}");
+            let mut l = Lapic::new(false, false, Quirks::empty());
+            l.read_mmio(offset);
+            l.write(reg::ESR, 0);
+            assert_eq!(l.read(reg::ESR), 0, "{offset:#x}");
+        }
+        // In x2APIC mode these are #GP instead (§11.12.1.2).
+        let l = Lapic::new(true, false, Quirks::empty());
+        assert_eq!(l.read_msr(msr_of(0x040)), Err(GeneralProtection));
+    }
+
+    #[test]
+    fn an_invalid_dfr_model_matches_no_logical_destination() {
+        // SDM §11.6.2.2 defines DFR model 1111b (flat) and 0000b (cluster)
+        // only; the model matches nothing otherwise (lib.rs, choices).
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::LDR, 0x0100_0000);
+        assert!(l.matches(true, 0x01), "flat");
+        l.write(reg::DFR, 0x5fff_ffff);
+        assert_eq!(l.read(reg::DFR), 0x5fff_ffff);
+        assert!(!l.matches(true, 0x01) && !l.matches(true, 0x0f));
+        assert!(l.matches(true, 0xff), "the broadcast still reaches it");
+        assert!(l.matches(false, 0), "physical destinations are unaffected");
+    }
+
+    #[test]
+    fn xapic_register_writes_keep_their_defined_bits() {
+        // SDM §11.8.3.1 TPR bits 7:0; §11.6.2.2 LDR bits 31:24 and DFR model
+        // bits 31:28 (27:0 read as 1s); §11.9 SVR bits 9:0 (12 only with
+        // directed EOI); §11.6.1 ICR high bits 31:24; §11.5.4 divide
+        // configuration bits 3, 1:0; initial count all 32 bits.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        let writes = [
+            (reg::TPR, 0xffff_ffff, 0xff),
+            (reg::LDR, 0xffff_ffff, 0xff00_0000),
+            (reg::DFR, 0x0000_0000, 0x0fff_ffff),
+            (reg::SVR, 0xffff_ffff, 0x3ff),
+            (reg::ICR_HIGH, 0xffff_ffff, 0xff00_0000),
+            (reg::TIMER_DIVIDE, 0xffff_ffff, 0xb),
+            (reg::TIMER_INITIAL, 0x1234_5678, 0x1234_5678),
+        ];
+        for (offset, value, read) in writes {
+            l.write(offset, value);
+            assert_eq!(l.read(offset), read, "offset {offset:#x}");
+        }
+        // §11.6.1: delivery status (bit 12) reads 0: delivery is instant.
+        l.write(reg::ICR_HIGH, 0x0500_0000);
+        l.write(reg::ICR_LOW, 0x0000_1040);
+        assert_eq!(l.read(reg::ICR_LOW), 0x40);
+        // §11.4.6: the xAPIC ID is in bits 31:24; read-only in this model.
+        l.write(reg::ID, 0x0300_0000);
+        assert_eq!(l.read(reg::ID), 0);
+        assert_eq!(l.read(reg::VERSION), VERSION_BASE);
+        assert_eq!(
+            Lapic::new(false, true, Quirks::empty()).read(reg::VERSION),
+            VERSION_BASE | VERSION_DIRECTED_EOI
+        );
+    }
+
+    #[test]
+    fn register_words_of_isr_tmr_and_irr() {
+        // SDM §11.8.4, Figure 11-20: each 256-bit register is eight 32-bit
+        // words at 16-byte steps, vector v in word v / 32, bit v % 32.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.accept(&fixed(0x21, true));
+        l.accept(&fixed(0xfe, false));
+        assert_eq!(l.read(0x200 + 0x10), 1 << 1, "IRR word 1");
+        assert_eq!(l.read(0x200 + 0x70), 1 << 30, "IRR word 7");
+        assert_eq!(l.read(0x180 + 0x10), 1 << 1, "TMR word 1");
+        assert_eq!(l.read(0x180 + 0x70), 0);
+        l.acknowledge(0xfe);
+        assert_eq!(l.read(0x100 + 0x70), 1 << 30, "ISR word 7");
+        assert_eq!(l.read(0x200 + 0x70), 0, "IRR bit moved to ISR");
+        assert_eq!(l.irr(), [0, 2, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(l.isr(), [0, 0, 0, 0, 0, 0, 0, 1 << 30]);
+        assert_eq!(l.tmr(), [0, 2, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(l.highest_irr(), Some(0x21));
+    }
+
+    #[test]
+    fn x2apic_msr_interface_faults_and_widths() {
+        // SDM §11.12.1.2: RDMSR of a write-only register (EOI, SELF IPI)
+        // and of DFR, APR, ICR high (gone in x2APIC) is #GP, and so is any
+        // access to a reserved MSR or from xAPIC mode; WRMSR of a read-only
+        // register is #GP; §11.12.1.3: bits 63:32 are reserved except in
+        // the 64-bit ICR; §11.12.9: the ICR is one 64-bit register with the
+        // destination in bits 63:32.
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        for offset in [
+            reg::DFR,
+            reg::APR,
+            reg::ICR_HIGH,
+            reg::SELF_IPI,
+            0x040,
+            0x3a0,
+        ] {
+            assert_eq!(
+                l.read_msr(msr_of(offset)),
+                Err(GeneralProtection),
+                "{offset:#x}"
+            );
+        }
+        for offset in [reg::ID, reg::VERSION, reg::PPR, reg::LDR, 0x100, 0x390] {
+            assert_eq!(
+                l.write_msr(msr_of(offset), 0),
+                Err(GeneralProtection),
+                "{offset:#x}"
+            );
+        }
+        assert_eq!(l.read_msr(0x7ff), Err(GeneralProtection));
+        assert_eq!(l.read_msr(0x900), Err(GeneralProtection));
+        assert_eq!(l.write_msr(0x900, 0), Err(GeneralProtection));
+        assert_eq!(
+            l.write_msr(msr_of(reg::TPR), 1 << 32),
+            Err(GeneralProtection)
+        );
+        assert_eq!(l.write_msr(msr_of(reg::TPR), 0x20), Ok(None));
+        assert_eq!(l.read_msr(msr_of(reg::TPR)), Ok(0x20));
+        assert_eq!(l.read_msr(msr_of(reg::ID)), Ok(0), "x2APIC ID, 32 bits");
+        assert_eq!(l.read_msr(msr_of(reg::LDR)), Ok(1));
+        // Destination 5 is not this APIC: nothing to send, the ICR is kept.
+        assert_eq!(l.write_msr(msr_of(reg::ICR_LOW), 5 << 32 | 0x41), Ok(None));
+        assert_eq!(l.read_msr(msr_of(reg::ICR_LOW)), Ok(5 << 32 | 0x41));
+        let msg = l.write_msr(msr_of(reg::ICR_LOW), 0x41).unwrap().unwrap();
+        assert_eq!((msg.vector, msg.dest, msg.logical), (0x41, 0, false));
+        for offset in [0x320, 0x380, reg::TIMER_DIVIDE] {
+            assert_eq!(l.write_msr(msr_of(offset), 0x3), Ok(None), "{offset:#x}");
+        }
+        let x = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(x.read_msr(msr_of(reg::TPR)), Err(GeneralProtection));
+        let mut x = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(x.write_msr(msr_of(reg::TPR), 0), Err(GeneralProtection));
+        // x2APIC destinations: physical 0xFFFFFFFF is the broadcast.
+        assert!(l.matches(false, 0xffff_ffff) && !l.matches(false, 0x100));
+    }
+
+    #[test]
+    fn ipis_by_delivery_mode_and_shorthand() {
+        // SDM §11.6.1: shorthand 11 (all excluding self) never reaches this
+        // APIC; an NMI IPI to self is an NMI message whatever its vector;
+        // a destination field naming this APIC logically is delivered.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(l.write(reg::ICR_LOW, 3 << 18 | 0x41), None);
+        let nmi = l.write(reg::ICR_LOW, 1 << 18 | 4 << 8 | 0x02).unwrap();
+        assert_eq!((nmi.delivery, nmi.vector), (DeliveryMode::Nmi, 0x02));
+        l.write(reg::ESR, 0);
+        assert_eq!(l.read(reg::ESR), 0, "only fixed IPIs check the vector");
+        l.write(reg::LDR, 0x0400_0000);
+        l.write(reg::ICR_HIGH, 0x0400_0000);
+        let m = l.write(reg::ICR_LOW, 1 << 11 | 0x51).unwrap();
+        assert_eq!(
+            (m.vector, m.logical, m.dest, m.level),
+            (0x51, true, 0x04, false)
+        );
+        l.write(reg::ICR_HIGH, 0x0800_0000);
+        assert_eq!(l.write(reg::ICR_LOW, 1 << 11 | 0x51), None, "another APIC");
+        // §11.6.1: the trigger-mode bit is not used (lib.rs, choices).
+        l.write(reg::ICR_HIGH, 0);
+        assert!(
+            !l.write(reg::ICR_LOW, 1 << 15 | 1 << 14 | 0x52)
+                .unwrap()
+                .level
+        );
+    }
+
+    #[test]
+    fn hardware_disable_resets_and_hides_the_registers() {
+        // SDM §11.4.3: a globally disabled APIC's state is lost and its
+        // registers are gone: reads 0, writes do nothing; re-enabled, it is
+        // in its power-up state, software-disabled (lib.rs, choices).
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::TPR, 0x30);
+        l.accept(&fixed(0x40, false));
+        l.write_apic_base(0xfee0_0000).unwrap();
+        assert_eq!(l.apic_base(), 0xfee0_0100, "BSP only");
+        assert_eq!(l.read(reg::VERSION), 0);
+        assert_eq!(l.read_mmio(0x040), 0);
+        assert_eq!(l.write(reg::ICR_LOW, 1 << 18 | 0x41), None);
+        assert_eq!(l.write(reg::TPR, 0x50), None);
+        l.write_apic_base(0xfee0_0800).unwrap();
+        assert_eq!((l.tpr(), l.read(reg::SVR)), (0, 0xff));
+        assert_eq!(l.highest_irr(), None);
+        l.write(reg::ESR, 0);
+        assert_eq!(
+            l.read(reg::ESR),
+            0,
+            "no illegal-register error while disabled"
+        );
+        // §11.12.5.1: xAPIC to x2APIC keeps the state; the LDR is derived.
+        let mut x = Lapic::new(false, false, Quirks::empty());
+        x.write(reg::TPR, 0x30);
+        x.write(reg::LDR, 0x0800_0000);
+        x.write_apic_base(0xfee0_0c00).unwrap();
+        assert_eq!(x.apic_base(), 0xfee0_0d00);
+        assert_eq!((x.tpr(), x.read(reg::LDR)), (0x30, 1));
+        assert_eq!(
+            x.write_apic_base(0xfee0_0c00),
+            Ok(()),
+            "x2APIC stays x2APIC"
+        );
+    }
+
+    #[test]
+    fn esr_bits_are_those_of_the_sdm() {
+        // SDM §11.5.3, Figure 11-9: send illegal vector bit 5, receive
+        // illegal vector bit 6, illegal register address bit 7.
+        assert_eq!(
+            (
+                ESR_SEND_ILLEGAL_VECTOR,
+                ESR_RECEIVE_ILLEGAL_VECTOR,
+                ESR_ILLEGAL_REGISTER
+            ),
+            (0x20, 0x40, 0x80)
+        );
+        assert_eq!(X2APIC_ICR_RESERVED, 0xfff3_2000);
+        assert_eq!(APIC_BASE_RESERVED, 0x2ff);
+    }
+
+    #[test]
+    fn apic_base_keeps_its_address_through_disable_and_mode_writes() {
+        // SDM §11.4.4: bits 35:12 are the base, kept by a disable (§11.4.3);
+        // an xAPIC-enabled write in xAPIC mode stays xAPIC (§11.12.5).
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write_apic_base(0xfee0_0800).unwrap();
+        assert!(!l.x2apic(), "EN without EXTD is xAPIC");
+        l.write_apic_base(0xfed0_0000).unwrap();
+        assert_eq!(l.apic_base(), 0xfed0_0100);
+        // FB14021745's quirk needs a move: enabling in place still works,
+        // and the failed move still records the new base.
+        let mut q = Lapic::new(false, false, Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS);
+        q.write_apic_base(0xfee0_0000).unwrap();
+        q.write_apic_base(0xfee0_0800).unwrap();
+        assert!(q.hw_enabled());
+        q.write_apic_base(0xfee0_0000).unwrap();
+        q.write_apic_base(0xfec0_0800).unwrap();
+        assert_eq!((q.hw_enabled(), q.apic_base()), (false, 0xfec0_0100));
+    }
+
+    #[test]
+    fn vector_16_is_the_first_legal_vector() {
+        // SDM §11.5.3: vectors 0-15 are illegal; 16 is accepted.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(l.accept(&fixed(0x10, false)), Acceptance::Accepted);
+        assert_eq!(
+            l.accept(&fixed(0x0f, false)),
+            Acceptance::Refused(Rule::IllegalVector)
+        );
+    }
+
+    #[test]
+    fn directed_eoi_support_alone_does_not_suppress_the_broadcast() {
+        // SDM §11.8.5: only SVR bit 12 suppresses the broadcast.
+        let mut l = Lapic::new(false, true, Quirks::empty());
+        l.accept(&fixed(0x40, true));
+        l.acknowledge(0x40);
+        assert_eq!(l.end_of_interrupt().broadcast, Some(0x40));
+    }
+
+    #[test]
+    fn quirk_qemu_lapic_dispatches_above_a_nonzero_ppr_class_only() {
+        // hw/intc/apic.c apic_irq_pending: with PPR non-zero, the vector's
+        // class must exceed PPR's, as SDM §11.8.3.
+        let mut l = Lapic::new(false, false, Quirks::QEMU_LAPIC);
+        l.write(reg::TPR, 0x40);
+        l.accept(&fixed(0x4f, false));
+        assert_eq!(l.deliverable(), None, "class 4 is not above class 4");
+        l.accept(&fixed(0x35, false));
+        assert_eq!(l.deliverable(), None);
+        l.accept(&fixed(0x51, false));
+        assert_eq!(l.deliverable(), Some(0x51));
+    }
+
+    #[test]
+    fn x2apic_mode_ignores_the_xapic_only_registers() {
+        // SDM §11.12.1.2: DFR and ICR high do not exist in x2APIC mode.
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        l.write(reg::DFR, 0);
+        assert_eq!(l.read(reg::DFR), 0xffff_ffff);
+        l.write(reg::ICR_HIGH, 0x0500_0000);
+        assert_eq!(l.read_msr(msr_of(reg::ICR_LOW)), Ok(0));
+    }
+
+    #[test]
+    fn the_boundaries_of_legal_vectors_and_register_values() {
+        // SDM §11.5.3: 16 is legal for IPIs, self IPIs and the LVT Error;
+        // §11.12.11: SELF IPI takes bits 7:0, so 0xFF is legal; §11.12.1.3:
+        // an x2APIC EOI write of 0 is the EOI.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        assert_eq!(
+            l.write(reg::ICR_LOW, 1 << 18 | 0x10).map(|m| m.vector),
+            Some(0x10)
+        );
+        l.write(reg::LVT_ERROR, 0x10);
+        l.write(0x040, 0);
+        assert_eq!(l.take_error_interrupt(), Some(0x10));
+        let mut x2 = Lapic::new(true, false, Quirks::empty());
+        assert_eq!(
+            x2.write_msr(msr_of(reg::SELF_IPI), 0x10)
+                .unwrap()
+                .map(|m| m.vector),
+            Some(0x10)
+        );
+        assert_eq!(
+            x2.write_msr(msr_of(reg::SELF_IPI), 0xff)
+                .unwrap()
+                .map(|m| m.vector),
+            Some(0xff)
+        );
+        assert_eq!(x2.write_msr(msr_of(reg::EOI), 0), Ok(None));
+        x2.write_msr(msr_of(reg::ESR), 0).unwrap();
+        assert_eq!(x2.read_msr(msr_of(reg::ESR)), Ok(0));
+    }
+
+    #[test]
+    fn an_svr_write_that_keeps_the_apic_enabled_leaves_the_lvts() {
+        // SDM §11.4.7.2: only a software disable masks the LVT entries.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::LVT_TIMER, 0x40);
+        l.write(reg::SVR, 0x1ff);
+        assert_eq!(l.read(reg::LVT_TIMER), 0x40);
     }
 
     #[test]

@@ -24,11 +24,60 @@
 //!   and an 8-bit physical 0xFF too (as KVM's `kvm_apic_broadcast`).
 //! - An illegal vector (0-15) in a self IPI sets both ESR bits 5 and 6 (SDM
 //!   §11.5.3 "... or via a self IPI"); in x2APIC mode a non-zero ESR write
-//!   is #GP. Other x2APIC reserved-bit checks of §11.12.1.3 (TPR, SVR) are not
+//!   is #GP, and so is an ICR write with reserved bits set (§11.12.1.3).
+//!   Other x2APIC reserved-bit checks of §11.12.1.3 (TPR, SVR) are not
 //!   modelled: those writes are masked, as KVM does.
 //! - NMIs are taken whatever IF and the STI shadow say (the shadow's effect
 //!   on NMIs is model-specific, catalogue AP-9); one NMI is held while NMIs
 //!   are blocked, until IRET (SDM §6.7.1).
+//! - An APIC hardware-disabled (IA32_APIC_BASE bit 11 cleared) and then
+//!   re-enabled comes back in its power-up state, software-disabled (SVR
+//!   0xFF, LVTs masked, IRR/ISR/TMR empty): SDM §11.4.3 says a disabled
+//!   APIC's state is lost. Implementations differ: KVM's
+//!   `kvm_lapic_set_base` keeps the registers and only resets the xAPIC ID
+//!   on re-enable; QEMU's `apic_set_base` clears SVR's enable bit on
+//!   disable and keeps the rest; bhyve's `vlapic_set_apicbase` refuses any
+//!   change of the MSR.
+//! - The xAPIC ID register is read-only (SDM §11.4.6 leaves it
+//!   model-specific whether software can change it), as bhyve's
+//!   `vlapic_id_write_handler` resets it; KVM (`kvm_apic_set_xapic_id`)
+//!   and QEMU (`apic_mem_write`) take the written ID.
+//! - A level-triggered IOAPIC entry in NMI delivery mode sets remote IRR
+//!   when the NMI is taken, and with no EOI for an NMI it stays set until
+//!   the entry is retyped edge: as KVM (`ioapic_service`), QEMU
+//!   (`ioapic_service`) and bhyve (`vioapic_send_intr`) do. The 82093AA
+//!   (§3.2.4, delivery mode 100) treats NMI as edge-triggered and requires
+//!   the entry to be programmed edge, so a level NMI entry is a guest error
+//!   with no defined remote IRR.
+//! - The trigger-mode bit of an ICR write is not used: a fixed IPI is
+//!   accepted as edge (TMR cleared, its EOI not broadcast). SDM §11.6.1
+//!   gives the bit a meaning only for INIT level de-assert. bhyve
+//!   (`vlapic_icrlo_write_handler`, `lapic_intr_edge`) does the same; KVM
+//!   (`kvm_apic_send_ipi` into `__apic_accept_irq`) and QEMU (`apic_deliver`
+//!   into `apic_set_irq`) set the TMR bit for a level IPI.
+//! - A DFR model other than flat (1111b) or cluster (0000b) matches no
+//!   logical destination (SDM §11.6.2.2 defines only those two); the
+//!   broadcast 0xFF still reaches the APIC. KVM
+//!   (`kvm_apic_match_logical_addr`), QEMU (`apic_get_delivery_bitmask`)
+//!   and bhyve (`vlapic_calcdest`, "bad logical model") match nothing too.
+//! - LVT entries keep only their writable bits (SDM Figure 11-8):
+//!   delivery status and LINT remote IRR read 0. KVM (`apic_lvt_mask`) and
+//!   bhyve (`vlapic_lvt_write_handler`) mask reserved bits but store those
+//!   two read-only bits as written; QEMU stores the whole value.
+//! - Every error (SDM §11.5.3) raises the LVT Error interrupt unless it is
+//!   masked: fixed, edge, straight into this APIC's IRR. An illegal vector
+//!   in the LVT Error entry sets the receive-illegal-vector bit (6) and
+//!   raises nothing more; bhyve (`vlapic_set_error`, `vlapic_fire_lvt`)
+//!   sets the send bit (5) there instead.
+//! - An xAPIC access to an unimplemented register (reserved offsets of SDM
+//!   Table 11-1, SELF IPI, LVT CMCI) reads 0, ignores writes and sets ESR
+//!   bit 7, as QEMU's `apic_mem_read`/`apic_mem_write` do; in x2APIC mode
+//!   it is #GP.
+//! - IA32_APIC_BASE writes with reserved bits 7:0 or 9 set are #GP (SDM
+//!   §11.4.4; KVM's `kvm_apic_set_base`). The model takes the low 32 bits
+//!   only, so the bits above MAXPHYADDR are not checked.
+//! - An access that faults is an explicit `Err(GeneralProtection)` from
+//!   the register functions, for the caller to raise as the guest's #GP.
 //! - SMI, INIT, ExtINT and reserved delivery modes are not modelled: the
 //!   machine reports them ([`Machine::take_unmodelled`]) so that a run ends
 //!   with an error instead of silently dropping them.

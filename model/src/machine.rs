@@ -105,7 +105,9 @@ impl InterruptSink for Bus<'_> {
             self.log.push(Rule::NoDestinationMatch, msg.vector);
             return false;
         }
-        match self.lapic.accept(msg) {
+        let acceptance = self.lapic.accept(msg);
+        note_error_interrupt(&mut *self.lapic, &mut *self.log);
+        match acceptance {
             Acceptance::Accepted => {
                 self.log.push(msg.rule, msg.vector);
                 true
@@ -134,6 +136,13 @@ impl InterruptSink for Bus<'_> {
 
     fn note(&mut self, rule: Rule, vector: u8) {
         self.log.push(rule, vector);
+    }
+}
+
+/// Logs the error interrupt the local APIC raised, if any (SDM §11.5.3).
+fn note_error_interrupt(lapic: &mut Lapic, log: &mut DecisionLog) {
+    if let Some(vector) = lapic.take_error_interrupt() {
+        log.push(Rule::ApicErrorInterrupt, vector);
     }
 }
 
@@ -213,7 +222,9 @@ impl Machine {
                 .read_msr(crate::lapic::msr_of(offset))
                 .map(|v| v as u32)
         } else {
-            Ok(self.lapic.read(offset))
+            let value = self.lapic.read_mmio(offset);
+            note_error_interrupt(&mut self.lapic, &mut self.log);
+            Ok(value)
         }
     }
 
@@ -226,6 +237,7 @@ impl Machine {
         } else {
             self.lapic.write(offset, value)
         };
+        note_error_interrupt(&mut self.lapic, &mut self.log);
         // §11.4.3: a globally disabled APIC has no registers; the write
         // reaches nothing.
         if offset == reg::EOI && self.lapic.hw_enabled() {
@@ -288,7 +300,7 @@ impl Machine {
     /// Why a requested vector is not being taken, if one is waiting.
     pub fn held_reason(&self) -> Option<(Rule, u8)> {
         let v = self.lapic.highest_irr()?;
-        if self.lapic.deliverable().is_none() {
+        if !self.lapic.dispatchable(v) {
             Some((Rule::HeldByPpr, v))
         } else if !self.cpu.accepts_maskable() {
             Some((Rule::HeldByIf, v))
@@ -475,6 +487,183 @@ mod tests {
         m.lapic_write(reg::EOI, 0).unwrap();
         assert!(!m.ioapic.entry(5).remote_irr());
         m.iret(saved);
+    }
+
+    #[test]
+    fn an_illegal_self_ipi_is_delivered_as_the_lvt_error_vector() {
+        // SDM §11.5.3: the error interrupt goes through LVT Error; the
+        // illegal vector itself is not delivered.
+        let mut m = Machine::new(MachineConfig::default());
+        m.lapic_write(reg::LVT_ERROR, 0xe3).unwrap();
+        m.clear_decisions();
+        m.lapic_write(reg::ICR_LOW, 1 << 18 | 0x03).unwrap();
+        assert_eq!(
+            m.decisions(),
+            &[Decision {
+                rule: Rule::ApicErrorInterrupt,
+                vector: 0xe3
+            }]
+        );
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0xe3)));
+        // An illegal vector from the IOAPIC or an MSI raises it too.
+        let mut m = Machine::new(MachineConfig::default());
+        m.lapic_write(reg::LVT_ERROR, 0xe3).unwrap();
+        m.lapic_read(0x040).unwrap();
+        assert_eq!(m.decisions().last().unwrap().rule, Rule::ApicErrorInterrupt);
+        m.lapic.acknowledge(0xe3);
+        m.clear_decisions();
+        m.message(&InterruptMessage {
+            vector: 0x0a,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        });
+        assert_eq!(m.decisions()[0].rule, Rule::ApicErrorInterrupt);
+        assert_eq!(m.decisions()[1].rule, Rule::IllegalVector);
+    }
+
+    #[test]
+    fn the_decision_log_keeps_the_newest_entries() {
+        // The log is bounded; a divergence is explained by what came last.
+        let mut log = DecisionLog::new();
+        for v in 0..(DecisionLog::CAPACITY as u8 + 3) {
+            log.push(Rule::HeldByIf, v);
+        }
+        let entries = log.entries();
+        assert_eq!(entries.len(), DecisionLog::CAPACITY);
+        assert_eq!(entries[0].vector, 3);
+        assert_eq!(
+            entries.last().unwrap().vector,
+            DecisionLog::CAPACITY as u8 + 2
+        );
+        log.clear();
+        assert!(log.entries().is_empty());
+    }
+
+    #[test]
+    fn held_reason_names_ppr_before_if() {
+        // SDM §11.8.3 (PPR holds the class) and §6.8.1 (IF holds the rest).
+        let mut m = Machine::new(MachineConfig::default());
+        assert_eq!(m.held_reason(), None);
+        m.lapic_write(reg::TPR, 0x50).unwrap();
+        m.message(&InterruptMessage {
+            vector: 0x45,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        });
+        m.cpu.cli();
+        assert_eq!(m.held_reason(), Some((Rule::HeldByPpr, 0x45)));
+        m.lapic_write(reg::TPR, 0).unwrap();
+        assert_eq!(m.held_reason(), Some((Rule::HeldByIf, 0x45)));
+        assert_eq!(m.pending(), None);
+        m.cpu.sti();
+        m.cpu.end_of_instruction();
+        assert_eq!(m.held_reason(), None);
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x45)));
+    }
+
+    #[test]
+    fn unmodelled_delivery_modes_are_reported_once() {
+        // SMI, INIT and ExtINT are not modelled (lib.rs): the machine says so.
+        let mut m = Machine::new(MachineConfig::default());
+        let init = InterruptMessage {
+            vector: 0,
+            delivery: DeliveryMode::Init,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        };
+        assert!(!m.message(&init));
+        assert_eq!(m.take_unmodelled(), Some(DeliveryMode::Init));
+        assert_eq!(m.take_unmodelled(), None);
+    }
+
+    #[test]
+    fn apic_base_writes_and_eois_of_a_disabled_apic() {
+        // SDM §11.4.4: every IA32_APIC_BASE write is logged with its rule;
+        // §11.4.3: a globally disabled APIC takes no EOI.
+        let config = MachineConfig {
+            directed_eoi: true,
+            split: true,
+            ..MachineConfig::default()
+        };
+        let mut m = Machine::new(config);
+        assert_eq!(m.config(), config);
+        route(&mut m, 3, 0x60 | 1 << 15);
+        m.set_irq(3, true);
+        assert!(m.ioapic.entry(3).remote_irr());
+        m.clear_decisions();
+        assert_eq!(m.write_apic_base(0xfee0_0001), Err(GeneralProtection));
+        assert_eq!(m.decisions()[0].rule, Rule::ApicBaseTransition);
+        m.write_apic_base(0xfee0_0000).unwrap();
+        m.clear_decisions();
+        m.lapic_write(reg::EOI, 0).unwrap();
+        assert!(m.decisions().is_empty(), "no EOI reaches a disabled APIC");
+        assert!(m.ioapic.entry(3).remote_irr());
+        let (remote_irr, delivery_status) = m.ioapic_status();
+        assert!(remote_irr[3] && !remote_irr[2] && delivery_status == [false; 24]);
+    }
+
+    #[test]
+    fn local_eoi_logs_its_rule_and_returns_the_broadcast() {
+        // SDM §11.8.5: the local half of an EOI, for a userspace IOAPIC.
+        let mut m = Machine::new(MachineConfig::default());
+        route(&mut m, 3, 0x60 | 1 << 15);
+        m.set_irq(3, true);
+        let (_, saved) = m.take(m.pending().unwrap());
+        m.clear_decisions();
+        assert_eq!(m.local_eoi(), Some(0x60));
+        assert_eq!(
+            m.decisions(),
+            &[Decision {
+                rule: Rule::EoiBroadcast,
+                vector: 0x60
+            }]
+        );
+        assert!(m.ioapic.entry(3).remote_irr(), "not broadcast yet");
+        m.ioapic_eoi(0x60);
+        assert_eq!(m.pending(), None, "IF is still 0");
+        m.iret(saved);
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x60)), "re-sent");
+        assert_eq!(m.local_eoi(), None);
+        assert_eq!(
+            m.decisions().last().unwrap().rule,
+            Rule::EoiNothingInService
+        );
+    }
+
+    #[test]
+    fn ioapic_decisions_and_notes_reach_the_log() {
+        // 82093AA §3.2.4 bit 16: a masked edge is lost; the IOAPIC's note of
+        // it is the machine's decision, as is one the caller adds.
+        let mut m = Machine::new(MachineConfig::default());
+        route(&mut m, 2, 0x33 | 1 << 16);
+        m.clear_decisions();
+        m.set_irq(2, true);
+        assert_eq!(
+            m.decisions(),
+            &[Decision {
+                rule: Rule::EdgeMaskedLost,
+                vector: 0x33
+            }]
+        );
+        m.note(Rule::HltNoWake, 7);
+        assert_eq!(
+            m.decisions()[1],
+            Decision {
+                rule: Rule::HltNoWake,
+                vector: 7
+            }
+        );
+        // §3.1: the machine's MMIO read is the IOAPIC's.
+        m.ioapic_mmio_write(IOREGSEL, 0x14);
+        assert_eq!(m.ioapic_mmio_read(IOWIN), 0x0001_0033);
     }
 
     #[test]

@@ -53,10 +53,46 @@ mod tests {
     }
 
     #[test]
-    fn rejects_addresses_outside_0xfee() {
+    fn address_and_data_have_the_exact_layout_of_the_sdm() {
+        // §11.11.1 (Figure 11-24): 0xFEE in bits 31:20, destination ID in
+        // 19:12, destination mode in bit 2. §11.11.2 (Figure 11-25): vector
+        // 7:0, delivery mode 10:8, level (assert) 14, trigger mode 15.
+        assert_eq!(address(0x12, false), 0xfee1_2000);
+        assert_eq!(address(0xff, true), 0xfeef_f004);
+        assert_eq!(data(0x41, DeliveryMode::Fixed, false), 0x0041);
+        assert_eq!(data(0x41, DeliveryMode::Lowest, false), 0x0141);
+        assert_eq!(data(0x00, DeliveryMode::Nmi, true), 0xc400);
+    }
+
+    #[test]
+    fn decode_takes_each_field_from_its_own_bits_only() {
+        // §11.11.1: bits 3 (redirection hint) and 1:0 are not the
+        // destination mode; §11.11.2: bit 14 alone is not the trigger mode,
+        // and bits 31:16 are reserved.
+        let m = decode(0xfeea_b00b, 0xffff_48f3).unwrap();
         assert_eq!(
-            decode(0xfec0_0000, 0x30),
-            Err(MsiError::NotInterruptRange(0xfec0_0000))
+            (m.vector, m.delivery, m.logical, m.dest, m.level, m.rule),
+            (
+                0xf3,
+                DeliveryMode::Fixed,
+                false,
+                0xab,
+                false,
+                Rule::MsiDelivers
+            )
         );
+        let m = decode(0xfee0_0004, 0x8400).unwrap();
+        assert_eq!(
+            (m.vector, m.delivery, m.logical, m.dest, m.level),
+            (0x00, DeliveryMode::Nmi, true, 0x00, true)
+        );
+        assert_eq!(decode(0xfeef_f000, 0x30).unwrap().dest, 0xff);
+    }
+
+    #[test]
+    fn rejects_addresses_outside_0xfee() {
+        for bad in [0xfec0_0000, 0xfef0_0000, 0xfe00_0000, 0x0ee0_0000] {
+            assert_eq!(decode(bad, 0x30), Err(MsiError::NotInterruptRange(bad)));
+        }
     }
 }

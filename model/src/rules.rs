@@ -69,6 +69,8 @@ pub enum Rule {
     NmiBlocked,
     /// IA32_APIC_BASE: a valid mode transition, or #GP for an invalid one.
     ApicBaseTransition,
+    /// A local APIC error (ESR) raises the interrupt of an unmasked LVT Error.
+    ApicErrorInterrupt,
     /// A deviation switched on by a `sim:` quirk.
     Quirk,
 }
@@ -106,6 +108,7 @@ impl Rule {
         Rule::NmiDelivers,
         Rule::NmiBlocked,
         Rule::ApicBaseTransition,
+        Rule::ApicErrorInterrupt,
         Rule::Quirk,
     ];
 
@@ -142,6 +145,7 @@ impl Rule {
             Rule::NmiDelivers => "nmi-delivers",
             Rule::NmiBlocked => "nmi-blocked",
             Rule::ApicBaseTransition => "apic-base-transition",
+            Rule::ApicErrorInterrupt => "apic-error-interrupt",
             Rule::Quirk => "quirk",
         }
     }
@@ -179,6 +183,7 @@ impl Rule {
             Rule::NmiDelivers => "SDM vol. 3A §6.7.1 Handling Multiple NMIs; §11.6.1 delivery mode NMI",
             Rule::NmiBlocked => "SDM vol. 3A §6.7.1 Handling Multiple NMIs: NMIs are blocked until the next IRET",
             Rule::ApicBaseTransition => "SDM vol. 3A §11.4.4 Local APIC Status and Location (IA32_APIC_BASE), §11.4.3 Enabling or Disabling the Local APIC, §11.12.5 x2APIC State Transitions",
+            Rule::ApicErrorInterrupt => "SDM vol. 3A §11.5.3 Error Handling: a detected error sets its ESR bit and generates an interrupt through the LVT Error register (§11.5.1, Figure 11-8)",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
         }
     }

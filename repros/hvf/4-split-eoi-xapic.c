@@ -5,9 +5,17 @@
  * irqdiff repro for macOS Hypervisor.framework (Intel, macOS 12+):
  * the in-kernel APIC with a userspace IOAPIC (HV_APIC_CTRL_IOAPIC_EOI).
  *
+ * On an Intel Mac (scripts/hv.entitlements in the irqdiff repository):
+ *
  *   cc -O2 repro.c -o repro -framework Hypervisor
- *   /usr/libexec/PlistBuddy -c 'Add :com.apple.security.hypervisor bool true' hv.entitlements
  *   codesign --sign - --entitlements hv.entitlements --force repro && ./repro
+ *
+ * On Linux, against irqdiff's test double of the framework (in-kernel bugs
+ * injected with IRQDIFF_HVF_DOUBLE_QUIRKS=hvf-known, for instance):
+ *
+ *   cargo build --release -p hypervisor-framework-double
+ *   cc repro.c -o repro -I hypervisor-framework-double/include -L target/release \
+ *     -lhypervisor_framework_double && LD_LIBRARY_PATH=target/release ./repro
  *
  * Exit status: 0 the observed events match the expected ones (the model's),
  * 1 they differ, 2 the program could not run.
@@ -24,22 +32,19 @@
  *   snapshot
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __APPLE__
+#include <time.h>
+/* On a Mac, the SDK's header. Elsewhere, irqdiff's generated one with the
+ * same names (-I hypervisor-framework-double/include), implemented by the
+ * test double's library (-lhypervisor_framework_double). */
 #include <Hypervisor/Hypervisor.h>
-#include <mach/mach_time.h>
-#else
-/* Syntax-checking on another OS: irqdiff's declarations of the same API
- * (hypervisor-framework-sys/include/hv_decls.h). */
-#include "hv_decls.h"
-extern uint64_t mach_absolute_time(void);
-extern void *valloc(size_t size);
-#endif
-
+#define OBSERVED_BY "observed (Hypervisor.framework)"
 #define MAYBE_UNUSED __attribute__((unused))
 /* Guest memory layout and ports of irqdiff's guest stub (src/guest/layout.rs). */
 #define RAM_SIZE (4u << 20)
@@ -70,6 +75,7 @@ struct host_op {
 
 static const int SPLIT = 1;
 #define IOAPIC_VERSION 0x20
+static const int VERSION_DEPENDENT = 0;
 static const unsigned long long STUB_ENTRY = 0x10000ULL;
 static const int X2APIC = 0;
 static const unsigned char STUB[3905] = {
@@ -527,7 +533,7 @@ static void install_memory(void)
 static int report(void)
 {
     int rows = observed_count > N_EXPECTED ? observed_count : N_EXPECTED, differ = observed_count != N_EXPECTED;
-    printf("%-72s | %s\n", "expected (the model)", "observed (KVM)");
+    printf("%-72s | %s\n", "expected (the model)", OBSERVED_BY);
     for (int i = 0; i < rows; i++) {
         const char *e = i < N_EXPECTED ? EXPECTED[i] : "-";
         const char *o = i < observed_count ? observed[i] : "-";
@@ -625,18 +631,142 @@ static MAYBE_UNUSED void ioapic_write(uint64_t offset, uint32_t value)
 
 static hv_vcpuid_t vcpu;
 
+/* Every call's return code is checked; a failure means the program could
+ * not run (exit 2), never a finding. */
 static void check(hv_return_t r, const char *call)
 {
-    if (r != HV_SUCCESS) {
-        fprintf(stderr, "repro: %s failed: %#x\n", call, (unsigned)r);
-        exit(2);
-    }
+    if (r == HV_SUCCESS)
+        return;
+    fprintf(stderr, "repro: %s failed: %#x\n", call, (unsigned)r);
+    if (r == HV_DENIED)
+        fprintf(stderr, "repro: HV_DENIED: the process lacks the com.apple.security.hypervisor entitlement; sign it:\n"
+                        "  codesign --sign - --entitlements hv.entitlements --force ./repro\n");
+    exit(2);
+}
+
+static void cannot_run(const char *why)
+{
+    fprintf(stderr, "repro: cannot run here: %s\n", why);
+    exit(2);
 }
 
 static uint64_t rreg(hv_x86_reg_t r) { uint64_t v; check(hv_vcpu_read_register(vcpu, r, &v), "hv_vcpu_read_register"); return v; }
 static void wreg(hv_x86_reg_t r, uint64_t v) { check(hv_vcpu_write_register(vcpu, r, v), "hv_vcpu_write_register"); }
 static uint64_t rvmcs(uint32_t f) { uint64_t v; check(hv_vmx_vcpu_read_vmcs(vcpu, f, &v), "hv_vmx_vcpu_read_vmcs"); return v; }
 static void wvmcs(uint32_t f, uint64_t v) { check(hv_vmx_vcpu_write_vmcs(vcpu, f, v), "hv_vmx_vcpu_write_vmcs"); }
+static uint64_t cap(uint32_t field) { uint64_t v; check(hv_vmx_read_capability(field, &v), "hv_vmx_read_capability"); return v; }
+static uint64_t rmsr(uint32_t msr) { uint64_t v; check(hv_vcpu_read_msr(vcpu, msr, &v), "hv_vcpu_read_msr"); return v; }
+
+/* The allowed-0/allowed-1 rule (SDM vol. 3D A.3: bits 31:0 of a capability
+ * must be 1, bits 63:32 may be 1), as QEMU, OrbStack and uhyve apply it. */
+static uint64_t cap2ctrl(uint64_t capability, uint64_t wanted)
+{
+    return (wanted | (capability & 0xffffffff)) & (capability >> 32);
+}
+
+/* Control bits (SDM vol. 3C 24.6-24.8). */
+#define PIN_EXTERNAL_INTERRUPT_EXITING (1u << 0)
+#define PIN_NMI_EXITING (1u << 3)
+#define PIN_VIRTUAL_NMIS (1u << 5)
+#define CPU_UNCONDITIONAL_IO_EXITING (1u << 24)
+#define CPU_SECONDARY_CONTROLS (1u << 31)
+#define CPU2_VIRTUALIZE_APIC_ACCESSES (1u << 0)
+#define EXIT_HOST_ADDRESS_SPACE_SIZE (1u << 9)
+#define ENTRY_IA32E_MODE_GUEST (1u << 9)
+#define ENTRY_LOAD_IA32_EFER (1u << 15)
+
+/* 64-bit long mode entered directly: the guest state of SDM vol. 3C 26.3.1. */
+#define GUEST_CR0 0x80050033ull /* PG AM WP NE ET MP PE */
+#define GUEST_CR4 0x20ull       /* PAE */
+#define GUEST_EFER 0x500ull     /* LMA LME */
+
+static void set_controls(void)
+{
+    uint64_t want[5][3] = {
+        { VMCS_CTRL_PIN_BASED, HV_VMX_CAP_PINBASED, PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING | PIN_VIRTUAL_NMIS },
+        { VMCS_CTRL_CPU_BASED, HV_VMX_CAP_PROCBASED, CPU_UNCONDITIONAL_IO_EXITING | CPU_SECONDARY_CONTROLS },
+        { VMCS_CTRL_CPU_BASED2, HV_VMX_CAP_PROCBASED2, CPU2_VIRTUALIZE_APIC_ACCESSES },
+        { VMCS_CTRL_VMEXIT_CONTROLS, HV_VMX_CAP_EXIT, EXIT_HOST_ADDRESS_SPACE_SIZE },
+        { VMCS_CTRL_VMENTRY_CONTROLS, HV_VMX_CAP_ENTRY, ENTRY_IA32E_MODE_GUEST | ENTRY_LOAD_IA32_EFER },
+    };
+    for (int i = 0; i < 5; i++) {
+        uint64_t value = cap2ctrl(cap((uint32_t)want[i][1]), want[i][2]);
+        if ((value & want[i][2]) != want[i][2]) {
+            fprintf(stderr, "repro: VMCS field %#llx: this CPU cannot set %#llx (capability allows %#llx)\n",
+                    (unsigned long long)want[i][0], (unsigned long long)want[i][2], (unsigned long long)value);
+            cannot_run("a needed VMX control is not available");
+        }
+        wvmcs((uint32_t)want[i][0], value);
+    }
+}
+
+/* CR0/CR4 against the fixed-bit capabilities (SDM 26.3.1.1, A.7, A.8). The
+ * host owns the bits it forces (the masks) and the guest reads its own
+ * values (the shadows): CR4.VMXE stays hidden, as in QEMU and uhyve. */
+static void set_control_registers(void)
+{
+    uint64_t cr0_0 = cap(HV_VMX_CAP_CR0_FIXED0), cr0_1 = cap(HV_VMX_CAP_CR0_FIXED1);
+    uint64_t cr4_0 = cap(HV_VMX_CAP_CR4_FIXED0), cr4_1 = cap(HV_VMX_CAP_CR4_FIXED1);
+    uint64_t cr0 = (GUEST_CR0 | cr0_0) & cr0_1, cr4 = (GUEST_CR4 | cr4_0) & cr4_1;
+    if ((cr0 & GUEST_CR0) != GUEST_CR0 || (cr4 & GUEST_CR4) != GUEST_CR4)
+        cannot_run("CR0/CR4 fixed bits forbid long mode");
+    wvmcs(VMCS_GUEST_CR0, cr0);
+    wvmcs(VMCS_CTRL_CR0_MASK, (cr0_0 | ~cr0_1) & 0xffffffff);
+    wvmcs(VMCS_CTRL_CR0_SHADOW, GUEST_CR0);
+    wvmcs(VMCS_GUEST_CR4, cr4);
+    wvmcs(VMCS_CTRL_CR4_MASK, (cr4_0 | ~cr4_1) & 0xffffffff);
+    wvmcs(VMCS_CTRL_CR4_SHADOW, GUEST_CR4);
+    wvmcs(VMCS_GUEST_CR3, PML4);
+    wvmcs(VMCS_GUEST_IA32_EFER, GUEST_EFER);
+}
+
+/* All eight segments (SDM 26.3.1.2): flat 64-bit code, flat data with
+ * G = 1 and a 4 GiB limit, an unusable LDTR, a busy 64-bit TSS. */
+static void set_segments(void)
+{
+    static const struct { uint32_t sel, limit, ar, base; uint64_t s, l, a; } seg[8] = {
+        { VMCS_GUEST_ES, VMCS_GUEST_ES_LIMIT, VMCS_GUEST_ES_AR, VMCS_GUEST_ES_BASE, 0x10, 0xffffffff, 0xc093 },
+        { VMCS_GUEST_CS, VMCS_GUEST_CS_LIMIT, VMCS_GUEST_CS_AR, VMCS_GUEST_CS_BASE, 0x08, 0xffffffff, 0xa09b },
+        { VMCS_GUEST_SS, VMCS_GUEST_SS_LIMIT, VMCS_GUEST_SS_AR, VMCS_GUEST_SS_BASE, 0x10, 0xffffffff, 0xc093 },
+        { VMCS_GUEST_DS, VMCS_GUEST_DS_LIMIT, VMCS_GUEST_DS_AR, VMCS_GUEST_DS_BASE, 0x10, 0xffffffff, 0xc093 },
+        { VMCS_GUEST_FS, VMCS_GUEST_FS_LIMIT, VMCS_GUEST_FS_AR, VMCS_GUEST_FS_BASE, 0x10, 0xffffffff, 0xc093 },
+        { VMCS_GUEST_GS, VMCS_GUEST_GS_LIMIT, VMCS_GUEST_GS_AR, VMCS_GUEST_GS_BASE, 0x10, 0xffffffff, 0xc093 },
+        { VMCS_GUEST_LDTR, VMCS_GUEST_LDTR_LIMIT, VMCS_GUEST_LDTR_AR, VMCS_GUEST_LDTR_BASE, 0, 0, 1u << 16 },
+        { VMCS_GUEST_TR, VMCS_GUEST_TR_LIMIT, VMCS_GUEST_TR_AR, VMCS_GUEST_TR_BASE, 0, 0x67, 0x8b },
+    };
+    for (int i = 0; i < 8; i++) {
+        wvmcs(seg[i].sel, seg[i].s);
+        wvmcs(seg[i].limit, seg[i].l);
+        wvmcs(seg[i].ar, seg[i].a);
+        wvmcs(seg[i].base, 0);
+    }
+    wvmcs(VMCS_GUEST_GDTR_BASE, GDT);
+    wvmcs(VMCS_GUEST_GDTR_LIMIT, 23);
+    wvmcs(VMCS_GUEST_IDTR_BASE, IDT);
+    wvmcs(VMCS_GUEST_IDTR_LIMIT, 4095);
+    /* Active, no blocking, no event to inject (SDM 26.3.1.5, 26.2.1.3). */
+    wvmcs(VMCS_GUEST_ACTIVITY_STATE, 0);
+    wvmcs(VMCS_GUEST_INTERRUPTIBILITY, 0);
+    wvmcs(VMCS_CTRL_VMENTRY_IRQ_INFO, 0);
+}
+
+/* A halted vCPU blocks in the kernel under HV_VM_ACCEL_APIC, whatever the
+ * deadline: a watchdog thread kicks it every 20 ms with hv_vcpu_interrupt
+ * (the one vCPU call allowed from another thread) and the loop judges a
+ * hang by the op counter standing still in HLT. */
+static atomic_int watchdog_stop;
+
+static void *watchdog(void *unused)
+{
+    (void)unused;
+    const struct timespec period = { 0, 20 * 1000 * 1000 };
+    while (!atomic_load(&watchdog_stop)) {
+        nanosleep(&period, NULL);
+        hv_vcpuid_t v = vcpu;
+        check(hv_vcpu_interrupt(&v, 1), "hv_vcpu_interrupt");
+    }
+    return NULL;
+}
 
 /* hv_x86_reg_t of a general register number (REX.R/B:reg). */
 static hv_x86_reg_t hv_reg(unsigned n)
@@ -719,15 +849,54 @@ static void complete(const struct access *a, uint32_t value, uint64_t rip)
     wreg(HV_X86_RIP, rip + a->len);
 }
 
+/* The guest's IA32_APIC_BASE write, as pmj's QEMU handles it: validate the
+ * transition (SDM 11.4.4, 11.12.5), move the MMIO window first
+ * (FB14021745: moving and enabling in one write fails), read the MSR back.
+ * Enable/x2APIC changes have no documented call: the framework must accept
+ * hv_vcpu_write_msr and show the value on reading back, or the scenario
+ * cannot run here (x2APIC is taken as unavailable until this works). */
+static void write_apic_base(uint64_t value)
+{
+    const uint64_t bsp = 1u << 8, en = 1u << 11, extd = 1u << 10, base = value & 0xffffff000ull;
+    uint64_t now = rmsr(0x1b);
+    if ((value & ~(0xffffff000ull | en | extd | bsp)) || (value & (en | extd)) == extd ||
+        ((now & (en | extd)) == (en | extd) && (value & (en | extd)) == en))
+        cannot_run("the guest wrote an invalid IA32_APIC_BASE transition");
+    if (base != (now & 0xffffff000ull))
+        check(hv_vmx_vcpu_set_apic_address(vcpu, base), "hv_vmx_vcpu_set_apic_address");
+    if ((rmsr(0x1b) | bsp) == (value | bsp))
+        return;
+    hv_return_t r = hv_vcpu_write_msr(vcpu, 0x1b, value);
+    now = rmsr(0x1b);
+    if (r != HV_SUCCESS || (now | bsp) != (value | bsp)) {
+        fprintf(stderr, "repro: IA32_APIC_BASE %#llx: hv_vcpu_write_msr answered %#x, the MSR reads back %#llx\n",
+                (unsigned long long)value, (unsigned)r, (unsigned long long)now);
+        cannot_run("the APIC cannot be enabled, disabled or put in x2APIC mode through the framework");
+    }
+}
+
+/* The in-kernel IOAPIC's identity (82093AA 3.2.2: version in bits 7:0,
+ * highest entry in 23:16); a scenario that depends on it (the EOI register,
+ * a read of the version register) runs only on a matching one. */
+static void check_ioapic_identity(void)
+{
+    uint32_t v;
+    check(hv_vm_ioapic_write(0xfec00000, 1), "hv_vm_ioapic_write");
+    check(hv_vm_ioapic_read(0xfec00010, &v), "hv_vm_ioapic_read");
+    printf("in-kernel IOAPIC: version 0x%02x, %u pins\n", v & 0xff, ((v >> 16) & 0xff) + 1);
+    if (VERSION_DEPENDENT && ((v & 0xff) != IOAPIC_VERSION || ((v >> 16) & 0xff) != 23))
+        cannot_run("the scenario depends on the IOAPIC's version register (version IOAPIC_VERSION, 24 pins), "
+                   "which the in-kernel one does not have: use irqchip=split");
+}
+
 int main(void)
 {
     /* Seed step 1: the VM with the in-kernel APIC, IOAPIC and ATPIC. */
     check(hv_vm_create(HV_VM_ACCEL_APIC), "hv_vm_create(HV_VM_ACCEL_APIC)");
-    ram = valloc(RAM_SIZE);
-    if (!ram) {
-        perror("valloc");
-        return 2;
-    }
+    void *memory;
+    if ((errno = posix_memalign(&memory, 4096, RAM_SIZE)))
+        die("posix_memalign");
+    ram = memory;
     memset(ram, 0, RAM_SIZE);
     install_memory();
     check(hv_vm_map(ram, 0, RAM_SIZE, HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC), "hv_vm_map");
@@ -735,22 +904,14 @@ int main(void)
     check(hv_vmx_vcpu_set_apic_address(vcpu, 0xfee00000), "hv_vmx_vcpu_set_apic_address");
     if (SPLIT)
         check(hv_vcpu_apic_ctrl(vcpu, HV_APIC_CTRL_IOAPIC_EOI), "hv_vcpu_apic_ctrl");
+    else
+        check_ioapic_identity();
     for (int i = 0; i < 24; i++)
         rtbl[i] = 1u << 16;
 
-    /* 64-bit long mode, entered directly (VMCS guest state, SDM vol. 3D B). */
-    wvmcs(VMCS_GUEST_CR0, 0x80050033);
-    wvmcs(VMCS_GUEST_CR3, PML4);
-    wvmcs(VMCS_GUEST_CR4, 0x2020);
-    wvmcs(VMCS_GUEST_IA32_EFER, 0x500);
-    wvmcs(VMCS_CTRL_VMENTRY_CONTROLS, rvmcs(VMCS_CTRL_VMENTRY_CONTROLS) | (1u << 9));
-    wvmcs(0x802, 0x08); wvmcs(0x4802, 0xffffffff); wvmcs(0x4816, 0xa09b);
-    wvmcs(0x804, 0x10); wvmcs(0x4818, 0xc093);
-    wvmcs(0x806, 0x10); wvmcs(0x481a, 0xc093);
-    wvmcs(0x800, 0x10); wvmcs(0x4814, 0xc093);
-    wvmcs(0x4822, 0x8b);
-    wvmcs(0x6816, GDT); wvmcs(0x4810, 23);
-    wvmcs(0x6818, IDT); wvmcs(0x4812, 4095);
+    set_controls();
+    set_control_registers();
+    set_segments();
     bool nse;
     check(hv_vcpu_apic_write(vcpu, 0xf0, 0x1ff, &nse), "hv_vcpu_apic_write");
     check(hv_vcpu_apic_write(vcpu, 0x80, 0, &nse), "hv_vcpu_apic_write");
@@ -760,15 +921,30 @@ int main(void)
     wreg(HV_X86_RSP, STACK_TOP);
     wreg(HV_X86_RFLAGS, 0x202);
 
+    pthread_t kicker;
+    if ((errno = pthread_create(&kicker, NULL, watchdog, NULL)))
+        die("pthread_create");
     char outcome[128] = "completed";
-    int halted = 0;
+    unsigned still_op = ~0u, still = 0;
     for (;;) {
-        /* Seed step 2: run until the next exit; 3 ms deadline to find a hang. */
-        check(hv_vcpu_run_until(vcpu, mach_absolute_time() + 3000000), "hv_vcpu_run_until");
+        /* Seed step 2: run until the next exit. */
+        hv_return_t r = hv_vcpu_run_until(vcpu, HV_DEADLINE_FOREVER);
+        if (r != HV_SUCCESS) {
+            uint64_t error = 0;
+            hv_return_t read = hv_vmx_vcpu_read_vmcs(vcpu, VMCS_RO_INSTR_ERROR, &error);
+            if (read == HV_SUCCESS)
+                fprintf(stderr, "repro: VM entry failed: VM-instruction error %llu (SDM 31.4; 7: invalid control fields)\n",
+                        (unsigned long long)error);
+            else
+                fprintf(stderr, "repro: reading the VM-instruction error failed: %#x\n", (unsigned)read);
+            check(r, "hv_vcpu_run_until");
+        }
         hv_vm_exitinfo_t info;
         check(hv_vcpu_exit_info(vcpu, &info), "hv_vcpu_exit_info");
         uint64_t rip = rreg(HV_X86_RIP);
         struct access a;
+        if (info == HV_VM_EXITINFO_SMI)
+            continue; /* host-side: resume, RIP untouched (OrbStack does so) */
         if (info == HV_VM_EXITINFO_APIC_ACCESS_READ) {
             uint32_t value;
             if (decode(rip, &a) < 0)
@@ -783,15 +959,32 @@ int main(void)
             ioapic_eoi(vector);
             continue;
         }
-        uint32_t reason = (uint32_t)rvmcs(VMCS_RO_EXIT_REASON) & 0xffff;
-        if (reason == VMX_REASON_VMX_TIMER_EXPIRED) {
-            if (rvmcs(VMCS_GUEST_ACTIVITY_STATE) == 1 && ++halted >= 2) {
-                snprintf(outcome, sizeof outcome, "hang at op %u", get32(CUR_OP));
-                break;
+        uint64_t full_reason = rvmcs(VMCS_RO_EXIT_REASON);
+        uint32_t reason = (uint32_t)full_reason & 0xffff;
+        if (full_reason & (1u << 31)) {
+            fprintf(stderr, "repro: VM entry failed: exit reason %u, qualification %#llx (SDM 26.8; 33: invalid guest state)\n",
+                    reason, (unsigned long long)rvmcs(VMCS_RO_EXIT_QUALIFIC));
+            cannot_run("the processor refused the guest state");
+        }
+        if (reason == VMX_REASON_IRQ) {
+            /* A host interrupt or the watchdog's kick: resume. Three kicks in
+             * HLT with the op counter standing still are a hang. */
+            if (rvmcs(VMCS_GUEST_ACTIVITY_STATE) == 1) {
+                unsigned op = get32(CUR_OP);
+                still = op == still_op ? still + 1 : 1;
+                still_op = op;
+                if (still >= 3) {
+                    snprintf(outcome, sizeof outcome, "hang at op %u", op);
+                    break;
+                }
+            } else {
+                still = 0;
             }
             continue;
         }
-        halted = 0;
+        if (reason == VMX_REASON_IO_SMI || reason == VMX_REASON_OTHER_SMI)
+            continue;
+        still = 0;
         if (reason == VMX_REASON_IO) {
             uint64_t qual = rvmcs(VMCS_RO_EXIT_QUALIFIC);
             unsigned port = (unsigned)(qual >> 16);
@@ -849,19 +1042,31 @@ int main(void)
             }
             continue;
         }
-        if (reason == VMX_REASON_WRMSR) {
+        if (reason == VMX_REASON_WRMSR || reason == VMX_REASON_RDMSR) {
             uint32_t msr = (uint32_t)rreg(HV_X86_RCX);
-            uint64_t value = rreg(HV_X86_RDX) << 32 | (rreg(HV_X86_RAX) & 0xffffffffu);
-            /* FB14021745: move the APIC window first, then write the MSR. */
-            if (msr == 0x1b && (value & ~0xfffull) != 0xfee00000)
-                check(hv_vmx_vcpu_set_apic_address(vcpu, value & 0xffffff000ull), "hv_vmx_vcpu_set_apic_address");
-            check(hv_vcpu_write_msr(vcpu, msr, value), "hv_vcpu_write_msr");
+            if (msr != 0x1b) {
+                snprintf(outcome, sizeof outcome, "error: MSR %#x accessed (during op %u)", msr, get32(CUR_OP));
+                break;
+            }
+            if (reason == VMX_REASON_WRMSR) {
+                write_apic_base(rreg(HV_X86_RDX) << 32 | (rreg(HV_X86_RAX) & 0xffffffffu));
+            } else {
+                uint64_t value = rmsr(0x1b);
+                wreg(HV_X86_RAX, value & 0xffffffffu);
+                wreg(HV_X86_RDX, value >> 32);
+            }
             wreg(HV_X86_RIP, rip + rvmcs(VMCS_RO_VMEXIT_INSTR_LEN));
             continue;
         }
         snprintf(outcome, sizeof outcome, "error: VMX exit reason %u (during op %u)", reason, get32(CUR_OP));
         break;
     }
+    atomic_store(&watchdog_stop, 1);
+    if ((errno = pthread_join(kicker, NULL)))
+        die("pthread_join");
     decode_log(outcome);
+    /* The vCPU goes before the VM. */
+    check(hv_vcpu_destroy(vcpu), "hv_vcpu_destroy");
+    check(hv_vm_destroy(), "hv_vm_destroy");
     return report();
 }

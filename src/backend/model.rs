@@ -47,23 +47,28 @@ pub struct Decision {
 #[derive(Clone, Debug, Default)]
 pub struct ModelBackend {
     quirks: Quirks,
+    /// Guest ops executed by the last run (top-level and handler bodies),
+    /// for the benchmarks.
+    pub last_ops: u64,
 }
 
 impl ModelBackend {
     pub fn new() -> Self {
-        ModelBackend {
-            quirks: Quirks::empty(),
-        }
+        ModelBackend::with_quirks(Quirks::empty())
     }
 
     pub fn with_quirks(quirks: Quirks) -> Self {
-        ModelBackend { quirks }
+        ModelBackend {
+            quirks,
+            last_ops: 0,
+        }
     }
 
     /// Runs `scenario`, returning the trace and the decisions behind it.
     pub fn run_explained(&mut self, scenario: &Scenario) -> (Trace, Vec<Decision>) {
         let mut run = Run::new(scenario, self.quirks);
         let stop = run.program();
+        self.last_ops = run.ops;
         let mut trace = Trace::new("model");
         trace.events = run.events;
         match stop {
@@ -135,6 +140,9 @@ pub fn deciding_rule(decisions: &[Decision], divergence: &Divergence) -> Option<
     deciding_decision(decisions, divergence).map(|d| d.rule)
 }
 
+/// No decision caused the vector (see [`Run::cause_of`]).
+const NO_CAUSE: u32 = u32::MAX;
+
 enum Stop {
     Hang(usize),
     Storm,
@@ -150,11 +158,17 @@ struct Run<'s> {
     decisions: Vec<Decision>,
     deliveries: usize,
     count: [u32; 256],
-    /// The cause of the IRR bit of each vector (or the NMI), from the log.
-    cause: [(Rule, &'static str); 256],
-    nmi_cause: (Rule, &'static str),
+    /// Vectors with a `handler` line: the others run the default body
+    /// without a look-up.
+    handled: [u64; 4],
+    /// The cause of the IRR bit of each vector (or the NMI): the index of
+    /// its decision in `decisions`, [`NO_CAUSE`] if none.
+    cause: [u32; 256],
+    nmi_cause: u32,
     /// The op being executed (top-level or in a body).
     current: &'static str,
+    /// Ops executed so far.
+    ops: u64,
 }
 
 impl<'s> Run<'s> {
@@ -169,16 +183,24 @@ impl<'s> Run<'s> {
             split: scenario.config.irqchip == Irqchip::Split,
             quirks,
         };
+        let mut handled = [0u64; 4];
+        for key in scenario.handlers.keys() {
+            handled[key.vector as usize / 64] |= 1 << (key.vector % 64);
+        }
+        // Sized for a typical run so that the logs rarely grow.
+        let ops = scenario.ops.len();
         Run {
             scenario,
             machine: Machine::new(config),
-            events: Vec::new(),
-            decisions: Vec::new(),
+            events: Vec::with_capacity(ops),
+            decisions: Vec::with_capacity(4 * ops + 8),
             deliveries: 0,
             count: [0; 256],
-            cause: [(Rule::AcceptedIntoIrr, "none"); 256],
-            nmi_cause: (Rule::NmiDelivers, "none"),
+            handled,
+            cause: [NO_CAUSE; 256],
+            nmi_cause: NO_CAUSE,
             current: "none",
+            ops: 0,
         }
     }
 
@@ -193,6 +215,7 @@ impl<'s> Run<'s> {
     /// then takes whatever became deliverable.
     fn op(&mut self, op: &Op, k: usize, depth: usize) -> Step {
         self.current = op.keyword();
+        self.ops += 1;
         self.execute(op, k, depth)?;
         self.collect(k);
         self.deliver_pending(k, depth)?;
@@ -320,7 +343,7 @@ impl<'s> Run<'s> {
                 .lapic_write(offset, value)
                 .map_err(|_| gp(&format!("writing register {offset:#x}")))?,
             Op::ApicBase(value) => m.write_apic_base(value).map_err(|_| {
-                Stop::Error(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.12.5)"))
+                Stop::Error(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.4.4, §11.12.5)"))
             })?,
         }
         if let Some(mode) = self.machine.take_unmodelled() {
@@ -363,8 +386,8 @@ impl<'s> Run<'s> {
         }
         self.deliveries += 1;
         let cause = match interrupt {
-            Interrupt::Maskable(v) => self.cause[v as usize],
-            Interrupt::Nmi => self.nmi_cause,
+            Interrupt::Maskable(v) => self.cause_of(self.cause[v as usize], Rule::AcceptedIntoIrr),
+            Interrupt::Nmi => self.cause_of(self.nmi_cause, Rule::NmiDelivers),
         };
         let (vector, saved_if) = self.machine.take(interrupt);
         self.machine.clear_decisions();
@@ -381,9 +404,12 @@ impl<'s> Run<'s> {
             cause: cause.1,
         });
         self.count[vector as usize] += 1;
-        let body = self
-            .scenario
-            .handler_body(vector, self.count[vector as usize]);
+        let body = if self.handled[vector as usize / 64] & (1 << (vector % 64)) != 0 {
+            self.scenario
+                .handler_body(vector, self.count[vector as usize])
+        } else {
+            crate::scenario::DEFAULT_HANDLER
+        };
         for op in body {
             self.op(op, k, depth + 1)?;
         }
@@ -391,19 +417,30 @@ impl<'s> Run<'s> {
         Ok(())
     }
 
+    /// The rule and op keyword of decision `index`, or `default` with
+    /// "none" for [`NO_CAUSE`].
+    fn cause_of(&self, index: u32, default: Rule) -> (Rule, &'static str) {
+        match self.decisions.get(index as usize) {
+            Some(d) => (d.rule, d.cause),
+            None => (default, "none"),
+        }
+    }
+
     /// Moves the machine's decisions into the run's log, remembering the
     /// cause of each vector that entered the IRR.
     fn collect(&mut self, k: usize) {
         for d in self.machine.decisions() {
+            let index = self.decisions.len() as u32;
             match d.rule {
-                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = (d.rule, self.current),
+                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = index,
                 Rule::EdgeDelivers
                 | Rule::LevelDelivers
                 | Rule::LevelUnmaskDelivers
                 | Rule::EoiRedelivers
                 | Rule::SelfIpi
                 | Rule::MsiDelivers
-                | Rule::Quirk => self.cause[d.vector as usize] = (d.rule, self.current),
+                | Rule::ApicErrorInterrupt
+                | Rule::Quirk => self.cause[d.vector as usize] = index,
                 _ => {}
             }
             self.decisions.push(Decision {

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::campaign::Differ;
-use crate::oracle::Verdict;
+use crate::differ::Differ;
+use crate::oracle::Ruling;
 use crate::repro::side_by_side;
 use crate::scenario::print::print;
 
@@ -43,43 +43,39 @@ pub fn diff(args: DiffArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let (expected, observed, verdict, signature) = differ.diff(&scenario);
-    let mark = match &verdict {
-        Verdict::Diverge(d) => Some(d.event_index),
-        _ => None,
-    };
-    print!(
-        "{}",
-        side_by_side(&expected, &observed, &args.backend, mark)
-    );
-    match verdict {
-        Verdict::Agree => {
+    let judgement = differ.diff(&scenario);
+    let mark = judgement.divergence().map(|d| d.event_index);
+    let (expected, observed) = (&judgement.expected, &judgement.observed);
+    print!("{}", side_by_side(expected, observed, &args.backend, mark));
+    match &judgement.ruling {
+        Ruling::Agree => {
             println!("agree");
             ExitCode::SUCCESS
         }
-        Verdict::Inconclusive(why) => {
+        Ruling::Inconclusive(why) => {
             println!("inconclusive: {why}");
             ExitCode::SUCCESS
         }
-        Verdict::Diverge(d) => {
-            println!("divergence: {d}");
+        Ruling::Diverge {
+            divergence,
+            signature,
+        } => {
+            println!("divergence: {divergence}");
             if let Some(third) = &args.against {
                 match crate::backend::open(third) {
                     Ok(mut b) => {
                         let t = b.run_to_trace(&scenario);
                         println!(
                             "triage:     {}",
-                            crate::oracle::Triage::of(&expected, &observed, &t)
+                            crate::oracle::Triage::of(expected, observed, &t)
                         );
                     }
                     Err(e) => eprintln!("irqdiff: --against {third}: {e}"),
                 }
             }
-            if let Some(sig) = signature {
-                println!("signature:  {sig}");
-                if let Some(k) = crate::known::label(&args.backend, &sig, &scenario, &observed) {
-                    println!("known:      {} ({}, {})", k.title, k.id, k.doc);
-                }
+            println!("signature:  {signature}");
+            if let Some(k) = crate::known::label(&args.backend, signature, &scenario, observed) {
+                println!("known:      {} ({}, {})", k.title, k.id, k.doc);
             }
             ExitCode::from(super::EXIT_DIVERGENCE)
         }
@@ -91,7 +87,7 @@ pub fn minimize(args: DiffArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let Some(signature) = differ.diff(&scenario).3 else {
+    let Some(signature) = differ.diff(&scenario).into_signature() else {
         eprintln!(
             "irqdiff: {} does not diverge on {}: nothing to minimise",
             args.file.display(),

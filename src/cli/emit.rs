@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use crate::backend::model::ModelBackend;
 use crate::backend::Backend;
-use crate::campaign::{Differ, Finding};
-use crate::oracle::Verdict;
+use crate::differ::{Differ, Finding};
+use crate::oracle::Ruling;
 use crate::repro;
 
 #[derive(Debug, clap::Args)]
@@ -63,8 +63,12 @@ pub fn main(args: EmitArgs) -> ExitCode {
                     return ExitCode::from(super::EXIT_UNAVAILABLE);
                 }
             };
-            let (expected, observed, verdict, signature) = differ.diff(&scenario);
-            let Verdict::Diverge(divergence) = verdict else {
+            let judgement = differ.diff(&scenario);
+            let Ruling::Diverge {
+                divergence,
+                signature,
+            } = judgement.ruling
+            else {
                 eprintln!(
                     "irqdiff emit: {} does not diverge on {}: nothing to report",
                     args.file.display(),
@@ -72,7 +76,7 @@ pub fn main(args: EmitArgs) -> ExitCode {
                 );
                 return ExitCode::from(super::EXIT_BAD_INPUT);
             };
-            let signature = signature.expect("a divergence has a signature");
+            let (expected, observed) = (judgement.expected, judgement.observed);
             let known = crate::known::label(&args.backend, &signature, &scenario, &observed);
             let finding = Finding {
                 known,

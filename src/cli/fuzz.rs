@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend;
-use crate::campaign::{self, Options, Stats};
+use crate::campaign::worker::WorkerConfig;
+use crate::campaign::{self, CampaignError, Isolation, Options, Stats};
+use crate::differ::Finding;
 use crate::scenario::generate::GenConfig;
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +46,43 @@ pub struct FuzzArgs {
     /// No progress display (one line per finding, and the summary).
     #[arg(long)]
     pub quiet: bool,
+    /// The wall-clock bound of one run (per scenario of a batch): past it
+    /// the job is killed, the run counted as `backend stalled` and its
+    /// scenario saved in OUT/stalled/.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub run_timeout: Duration,
+    /// How jobs run: `auto` uses threads for `model` and `sim:` and worker
+    /// processes for backends with a VM.
+    #[arg(long, value_enum, default_value_t = Isolation::Auto)]
+    pub isolation: Isolation,
+}
+
+/// `irqdiff worker` (hidden): one campaign job as a process, driven by
+/// `irqdiff fuzz` over its stdin and stdout.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub backend: String,
+    #[arg(long)]
+    pub against: Option<String>,
+    #[arg(long)]
+    pub seed: u64,
+    #[arg(long)]
+    pub max_ops: usize,
+    #[arg(long)]
+    pub wild_percent: u8,
+}
+
+pub fn worker(args: WorkerArgs) -> ExitCode {
+    campaign::worker::main(WorkerConfig {
+        backend: args.backend,
+        against: args.against,
+        seed: args.seed,
+        generator: GenConfig {
+            max_ops: args.max_ops,
+            wild_percent: args.wild_percent,
+        },
+    })
 }
 
 /// Parses `90`, `90s`, `15m`, `2h`.
@@ -99,6 +138,9 @@ pub fn main(args: FuzzArgs) -> ExitCode {
             max_ops: args.max_ops,
             ..GenConfig::default()
         },
+        isolation: args.isolation,
+        worker_exe: std::env::current_exe().ok(),
+        run_timeout: args.run_timeout,
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -106,6 +148,7 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         let mut interrupted = false;
         let _ = ctrlc::set_handler(move || {
             if interrupted {
+                // A hard quit: findings on disk stay complete (atomic writes).
                 std::process::exit(130);
             }
             interrupted = true;
@@ -137,18 +180,22 @@ pub fn main(args: FuzzArgs) -> ExitCode {
             while !done.load(Ordering::Relaxed) {
                 let cases = stats.cases.load(Ordering::Relaxed);
                 let rate = cases as f64 / start.elapsed().as_secs_f64().max(1e-3);
+                let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
                 bar.set_message(format!(
-                    "{cases} cases ({rate:.0}/s), {} divergences, {} unique, {} inconclusive",
-                    stats.divergences.load(Ordering::Relaxed),
-                    stats.unique.load(Ordering::Relaxed),
-                    stats.inconclusive.load(Ordering::Relaxed),
+                    "{cases} cases ({rate:.0}/s), {} divergences ({} documented), {} unique, {} inconclusive, {} stalled, {} restarts",
+                    load(&stats.divergences),
+                    load(&stats.documented),
+                    load(&stats.unique),
+                    load(&stats.inconclusive),
+                    load(&stats.stalled),
+                    load(&stats.restarts),
                 ));
                 bar.tick();
                 std::thread::sleep(Duration::from_millis(200));
             }
         })
     };
-    let on_finding = |f: &campaign::Finding| {
+    let on_finding = |f: &Finding| {
         let place = f
             .dir
             .as_ref()
@@ -174,21 +221,36 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         Err(e) => {
             eprintln!("irqdiff fuzz: {e}");
             return ExitCode::from(match e {
-                campaign::CampaignError::Open(backend::OpenError::Unknown(_)) => 2,
-                campaign::CampaignError::Open(_) => 3,
-                campaign::CampaignError::Io(_) => 2,
+                CampaignError::Open(backend::OpenError::Unavailable { .. }) => {
+                    super::EXIT_UNAVAILABLE
+                }
+                CampaignError::Worker(_) | CampaignError::Spawn { .. } => super::EXIT_UNAVAILABLE,
+                CampaignError::Threads { .. } => super::EXIT_BAD_INPUT,
+                _ => super::EXIT_BAD_INPUT,
             });
         }
     };
+    let documented_findings = summary
+        .findings
+        .iter()
+        .filter(|f| f.known.is_some())
+        .count();
     println!(
-        "\n{} cases in {:.1}s ({:.0}/s) on {backend}: {} divergences, {} new unique, {} already known, {} inconclusive",
+        "\n{} cases in {:.1}s ({:.0}/s) on {backend}: {} divergences ({} documented behaviours, {} unexplained), \
+         {} new unique ({} documented, {} unexplained), {} already known, {} inconclusive, {} stalled runs, {} worker restarts",
         summary.cases,
         summary.elapsed.as_secs_f64(),
         summary.cases as f64 / summary.elapsed.as_secs_f64().max(1e-3),
         summary.divergences,
+        summary.documented,
+        summary.unexplained(),
         summary.findings.len(),
+        documented_findings,
+        summary.findings.len() - documented_findings,
         summary.already_known,
-        summary.inconclusive
+        summary.inconclusive,
+        summary.stalled,
+        summary.restarts,
     );
     if !summary.findings.is_empty() {
         println!(
@@ -210,8 +272,9 @@ pub fn main(args: FuzzArgs) -> ExitCode {
     if let Some(e) = summary.first_error {
         eprintln!("note: some runs were inconclusive; the first: {e}");
     }
+    // Whether stopped by --cases, --time or Ctrl-C.
     if summary.divergences > 0 {
-        ExitCode::from(1)
+        ExitCode::from(super::EXIT_DIVERGENCE)
     } else {
         ExitCode::SUCCESS
     }

@@ -5,6 +5,7 @@
 pub mod backends;
 pub mod bench;
 pub mod diff;
+pub mod doctor;
 pub mod emit;
 pub mod fuzz;
 pub mod run;
@@ -47,6 +48,11 @@ pub enum Command {
     Emit(emit::EmitArgs),
     /// Run the benchmarks and print their figures as JSON.
     Bench(bench::BenchArgs),
+    /// Check this host (KVM and QEMU, or Hypervisor.framework) and write a report to attach to a bug.
+    Doctor(doctor::DoctorArgs),
+    /// One campaign job as a process (started by `fuzz`, not by hand).
+    #[command(hide = true)]
+    Worker(fuzz::WorkerArgs),
 }
 
 pub const EXIT_DIVERGENCE: u8 = 1;
@@ -70,6 +76,8 @@ pub fn main() -> ExitCode {
         Command::Minimize(args) => diff::minimize(args),
         Command::Emit(args) => emit::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Doctor(args) => doctor::main(args),
+        Command::Worker(args) => fuzz::worker(args),
     }
 }
 

@@ -4,7 +4,12 @@
 //!   libc and the kernel headers only; the in-kernel irqchip, or the split
 //!   one with a minimal IOAPIC in C when the scenario says `irqchip=split`.
 //! - Hypervisor.framework (`cc repro.c -framework Hypervisor`, then
-//!   codesign): the `hvf` backend's loop, full or split shape.
+//!   codesign): the bring-up the strict test double accepts (controls from
+//!   the capability MSRs, all eight segments, CR0/CR4 masks and shadows,
+//!   `HV_DEADLINE_FOREVER` with a watchdog calling `hv_vcpu_interrupt`,
+//!   resume on host exits, the vCPU destroyed before the VM), full or split
+//!   shape. On Linux it builds against `hypervisor-framework-double` (its
+//!   `include/` and `libhypervisor_framework_double.so`) and runs there.
 //!
 //! Each embeds the guest stub's code and the scenario's op table, prints the
 //! observed events next to the expected ones (the model's), and exits 1 if
@@ -137,9 +142,15 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
             } else {
                 " * the in-kernel APIC, IOAPIC and ATPIC (HV_VM_ACCEL_APIC).\n"
             };
-            c += " *\n *   cc -O2 repro.c -o repro -framework Hypervisor\n";
-            c += " *   /usr/libexec/PlistBuddy -c 'Add :com.apple.security.hypervisor bool true' hv.entitlements\n";
+            c +=
+                " *\n * On an Intel Mac (scripts/hv.entitlements in the irqdiff repository):\n *\n";
+            c += " *   cc -O2 repro.c -o repro -framework Hypervisor\n";
             c += " *   codesign --sign - --entitlements hv.entitlements --force repro && ./repro\n *\n";
+            c += " * On Linux, against irqdiff's test double of the framework (in-kernel bugs\n";
+            c += " * injected with IRQDIFF_HVF_DOUBLE_QUIRKS=hvf-known, for instance):\n *\n";
+            c += " *   cargo build --release -p hypervisor-framework-double\n";
+            c += " *   cc repro.c -o repro -I hypervisor-framework-double/include -L target/release \\\n";
+            c += " *     -lhypervisor_framework_double && LD_LIBRARY_PATH=target/release ./repro\n *\n";
         }
     }
     c += " * Exit status: 0 the observed events match the expected ones (the model's),\n";
@@ -159,6 +170,13 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
         crate::scenario::IoapicVersion::V20 => 0x20,
     };
     let _ = writeln!(c, "#define IOAPIC_VERSION 0x{version:x}");
+    if target == Target::Hvf {
+        let _ = writeln!(
+            c,
+            "static const int VERSION_DEPENDENT = {};",
+            u8::from(scenario.depends_on_ioapic_version())
+        );
+    }
     let _ = writeln!(
         c,
         "static const unsigned long long STUB_ENTRY = 0x{:x}ULL;",

@@ -88,7 +88,7 @@ static void install_memory(void)
 static int report(void)
 {
     int rows = observed_count > N_EXPECTED ? observed_count : N_EXPECTED, differ = observed_count != N_EXPECTED;
-    printf("%-72s | %s\n", "expected (the model)", "observed (KVM)");
+    printf("%-72s | %s\n", "expected (the model)", OBSERVED_BY);
     for (int i = 0; i < rows; i++) {
         const char *e = i < N_EXPECTED ? EXPECTED[i] : "-";
         const char *o = i < observed_count ? observed[i] : "-";

@@ -1,17 +1,14 @@
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __APPLE__
+#include <time.h>
+/* On a Mac, the SDK's header. Elsewhere, irqdiff's generated one with the
+ * same names (-I hypervisor-framework-double/include), implemented by the
+ * test double's library (-lhypervisor_framework_double). */
 #include <Hypervisor/Hypervisor.h>
-#include <mach/mach_time.h>
-#else
-/* Syntax-checking on another OS: irqdiff's declarations of the same API
- * (hypervisor-framework-sys/include/hv_decls.h). */
-#include "hv_decls.h"
-extern uint64_t mach_absolute_time(void);
-extern void *valloc(size_t size);
-#endif
-
+#define OBSERVED_BY "observed (Hypervisor.framework)"

@@ -12,4 +12,5 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#define OBSERVED_BY "observed (KVM)"
 

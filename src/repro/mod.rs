@@ -6,7 +6,7 @@ pub mod c;
 
 use crate::backend::model::{deciding_decision, ModelBackend};
 use crate::backend::Backend;
-use crate::campaign::Finding;
+use crate::differ::Finding;
 use crate::model::Rule;
 use crate::scenario::print::print;
 use crate::scenario::Scenario;

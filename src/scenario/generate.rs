@@ -242,6 +242,15 @@ fn structured_op(u: &mut Unstructured<'_>, lines: &[Line]) -> Result<Op> {
     })
 }
 
+/// The seed of case `index` of a campaign with seed `seed` (splitmix64):
+/// case i is generated from `(seed, i)` alone, whatever runs it.
+pub fn case_seed(seed: u64, index: u64) -> u64 {
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A deterministic scenario for `seed`: bytes from splitmix64 fed to
 /// [`generate`]. Used by `irqdiff fuzz` and the benchmarks.
 pub fn random(seed: u64, cfg: &GenConfig) -> Scenario {

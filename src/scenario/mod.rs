@@ -353,6 +353,14 @@ pub struct Scenario {
 pub const DEFAULT_HANDLER: &[Op] = &[Op::Eoi];
 
 impl Scenario {
+    /// Whether the trace depends on the IOAPIC's version: an op uses the
+    /// EOI register (version 0x20 only) or reads the version register
+    /// (82093AA 3.2.2, which also holds the pin count).
+    pub fn depends_on_ioapic_version(&self) -> bool {
+        self.all_ops()
+            .any(|op| matches!(op, Op::IoapicEoi(_) | Op::IoapicRead(1)))
+    }
+
     /// The body the guest runs for the `nth` (from 1) delivery of `vector`:
     /// the `V#N` body if there is one, else the `V` body, else `eoi`.
     pub fn handler_body(&self, vector: u8, nth: u32) -> &[Op] {
