@@ -341,3 +341,21 @@ fn the_ioapic_identity_is_read_at_start_up_and_the_model_fitted_to_it() {
         assert_eq!(b.unsupported(&s), None);
     }
 }
+
+#[test]
+fn an_apic_disabled_through_its_base_msr_is_at_power_up_in_the_kernel_too() {
+    // Found by `fuzz --backend hvf-double` before the loop put the
+    // in-kernel APIC back to its power-up state on a disable (SDM §11.4.3):
+    // the kernel's APIC kept taking interrupts and its TPR and IRR.
+    for text in [
+        "route 0 vector=0x20\napic-base 0xfee00000\nassert 0\n",
+        "tpr 0xb0\nself-ipi 0x20\napic-base 0xfee00000\nsnapshot\n",
+    ] {
+        for split in [false, true] {
+            let mut b = hvf(split, Quirks::empty(), Workarounds::empty());
+            let mut expected = ModelBackendRun::run(&parse(text).unwrap());
+            expected.backend = b.name().to_string();
+            assert_eq!(run(&mut b, text), expected, "{text} (split: {split})");
+        }
+    }
+}

@@ -96,6 +96,11 @@ pub trait HvExt: Hv {
     fn run_forever(&mut self, vcpu: u32) -> HvResult<RunEnd>;
     /// A handle on `hv_vcpu_interrupt(&vcpu, 1)` for another thread.
     fn interrupter(&mut self, vcpu: u32) -> HvResult<Interrupter>;
+    /// `hv_vcpu_apic_put_state` with the state the vCPU was created with,
+    /// and the window back at 0xFEE00000: the local APIC at power-up, which
+    /// is what SDM §11.4.3 makes of an APIC disabled through
+    /// IA32_APIC_BASE (the IOAPIC stays as it is).
+    fn reset_apic(&mut self, vcpu: u32) -> HvResult<()>;
     /// `hv_vcpu_destroy` (hv.h: "Must be called by the owning thread").
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()>;
     /// `hv_vm_destroy` (hv.h: "Destroys the VM instance associated with the

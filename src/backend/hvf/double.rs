@@ -800,6 +800,16 @@ impl HvExt for Double {
             Ok(())
         }))
     }
+    fn reset_apic(&mut self, vcpu: u32) -> HvResult<()> {
+        self.on_vcpu("hv_vcpu_apic_put_state", vcpu, |s| {
+            s.machine.lapic = fresh_machine(false, s.quirks, s.ioapic.version).lapic;
+            // The power-up SVR, 0xFF: software-disabled (SDM §11.4.7.1).
+            let _ = s.machine.lapic_write(0xf0, 0xff);
+            s.apic_window = LAPIC_BASE;
+            s.eoi_vector = None;
+            Ok(())
+        })
+    }
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
         self.on_vcpu("hv_vcpu_destroy", vcpu, |_| Ok(()))?;
         self.stop_cpu();

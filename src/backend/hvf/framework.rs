@@ -289,6 +289,19 @@ impl HvExt for Framework {
             })
         }))
     }
+    fn reset_apic(&mut self, vcpu: u32) -> HvResult<()> {
+        let Some((apic, _)) = self.initial else {
+            return Err(HvError {
+                call: "reset_apic before hv_vcpu_create",
+                code: hv::HV_ERROR,
+            });
+        };
+        // SAFETY: a state captured from this vCPU; it is not running.
+        check("hv_vcpu_apic_put_state", unsafe {
+            hv::hv_vcpu_apic_put_state(vcpu, &apic)
+        })?;
+        self.set_apic_address(vcpu, 0xfee0_0000)
+    }
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
         // SAFETY: destroys this thread's vCPU; nothing runs it now.
         check("hv_vcpu_destroy", unsafe { hv::hv_vcpu_destroy(vcpu) })?;

@@ -484,7 +484,7 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                 // OrbStack resumes on these without touching RIP; a hang is
                 // the stub standing still across them.
                 let progress = (self.ram32(CUR_OP), self.ram32(DELIVERIES));
-                if quiet.still(progress) {
+                if quiet.still(progress, Instant::now()) {
                     return Ok(End::Hang);
                 }
                 continue;
@@ -520,7 +520,8 @@ impl<H: Hv + HvExt> HvfVmm<H> {
     /// (0 -> EN, EN -> 0, EN -> EN|EXTD, EN|EXTD -> 0, or none), a 32-bit
     /// value, no reserved bit; the MMIO window moved with
     /// `hv_vmx_vcpu_set_apic_address` (never `hv_vcpu_write_msr`); the MSR
-    /// read back, which must show the mode the guest asked for.
+    /// read back, which must show the mode the guest asked for. A disable
+    /// puts the in-kernel APIC back to its power-up state.
     fn write_apic_base(&mut self, value: u64) -> std::result::Result<Option<End>, HvError> {
         let v = self.vcpu;
         let flags = |x: u64| x & (APIC_BASE_EN | APIC_BASE_EXTD);
@@ -538,6 +539,15 @@ impl<H: Hv + HvExt> HvfVmm<H> {
         }
         let base = value & APIC_BASE_ADDRESS;
         self.apic_base = base | new | (self.apic_base & APIC_BASE_BSP);
+        if old != 0 && new == 0 {
+            // SDM §11.4.3: a disabled APIC is at its power-up state; pmj's
+            // QEMU only clears its own copy, here the in-kernel APIC is put
+            // back to its state at creation so that it takes nothing more.
+            self.hv.reset_apic(v)?;
+            self.apic_window = LAPIC_BASE;
+            self.calls
+                .note(|| "  hv_vcpu_apic_put_state(the state at creation)".into());
+        }
         // MMIO exists only with the APIC enabled in xAPIC mode. FB14021745:
         // the window moves first, whatever the guest enables with it.
         let mmio = new == APIC_BASE_EN;
@@ -1044,16 +1054,17 @@ struct Quiet {
 }
 
 impl Quiet {
-    /// One more host-side exit with the counters at `progress`; true when
-    /// the guest has stood still long enough to be hung.
-    fn still(&mut self, progress: (u32, u32)) -> bool {
+    /// One more host-side exit, at `now`, with the counters at
+    /// `progress`; true when the guest has stood still long enough to be
+    /// hung.
+    fn still(&mut self, progress: (u32, u32), now: Instant) -> bool {
         match self.at {
             Some((seen, since)) if seen == progress => {
                 self.exits += 1;
-                self.exits >= QUIET_EXITS && since.elapsed() >= HANG_AFTER
+                self.exits >= QUIET_EXITS && now.duration_since(since) >= HANG_AFTER
             }
             _ => {
-                self.at = Some((progress, Instant::now()));
+                self.at = Some((progress, now));
                 self.exits = 1;
                 false
             }
@@ -1150,6 +1161,25 @@ mod tests {
         build(&mut a).unwrap();
         let bytes = a.assemble(0x1000).unwrap();
         Access::of(&Decoder::with_ip(64, &bytes, 0x1000, DecoderOptions::NONE).decode())
+    }
+
+    #[test]
+    fn a_hang_is_three_quiet_host_exits_over_the_hang_time() {
+        let t0 = Instant::now();
+        let later = t0 + HANG_AFTER;
+        let mut quiet = Quiet::default();
+        assert!(!quiet.still((2, 0), t0));
+        assert!(!quiet.still((2, 0), t0));
+        // Three in a row, but within HANG_AFTER of the first: not yet.
+        assert!(!quiet.still((2, 0), t0));
+        assert!(quiet.still((2, 0), later));
+        // Progress (a delivery) starts the count again.
+        assert!(!quiet.still((2, 1), later));
+        assert!(!quiet.still((2, 1), later + HANG_AFTER));
+        // Two exits are never enough, however long apart.
+        let mut two = Quiet::default();
+        assert!(!two.still((5, 0), t0));
+        assert!(!two.still((5, 0), t0 + 10 * HANG_AFTER));
     }
 
     #[test]
