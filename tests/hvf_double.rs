@@ -359,3 +359,25 @@ fn an_apic_disabled_through_its_base_msr_is_at_power_up_in_the_kernel_too() {
         }
     }
 }
+
+#[test]
+fn x2apic_stays_unavailable_after_the_start_up_probe_fails_on_the_double() {
+    // The probe guest's prologue: RDMSR (answered from the VMM's view,
+    // 0xFEE00900), OR EN|EXTD, WRMSR; the loop moves nothing, tells the
+    // kernel nothing it has no call for, and the read-back shows EXTD clear.
+    let b = hvf(false, Quirks::empty(), Workarounds::empty());
+    let why = b.vmm().x2apic_unavailable().unwrap();
+    assert!(
+        why.contains("IA32_APIC_BASE 0xfee00d00") && why.contains("reads back 0xfee00900"),
+        "{why}"
+    );
+    let mut generated = parse("config apic=x2apic\napic-base 0xfee00c00\nnop\n").unwrap();
+    assert!(b.unsupported(&generated).is_some());
+    b.fit(&mut generated);
+    assert_eq!(b.unsupported(&generated), None);
+    assert_eq!(
+        generated.ops[0],
+        irqdiff::scenario::Op::ApicBase(0xfee0_0800),
+        "fit keeps the op, without EXTD"
+    );
+}
