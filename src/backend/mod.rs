@@ -197,6 +197,7 @@ pub const REGISTRY: &[BackendKind] = &[
     hvf::SPLIT,
     qemu::TCG,
     qemu::KVM_USERSPACE,
+    qemu::KIND,
     sim::KIND,
 ];
 
