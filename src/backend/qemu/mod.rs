@@ -149,16 +149,64 @@ pub const KIND: BackendKind = BackendKind {
     },
 };
 
-/// Whether QEMU can run with `options` here, short of starting it: the
-/// binary runs, and the accelerator exists on this host.
+/// The firmware: 64 KiB whose reset vector (at 0xFFFF0) jumps to the
+/// trampoline in RAM: jmp far 0000:TRAMPOLINE.
+fn firmware_rom() -> Vec<u8> {
+    let mut rom = vec![0xf4u8; 0x1_0000];
+    rom[0xfff0..0xfff5].copy_from_slice(&[0xea, TRAMPOLINE as u8, (TRAMPOLINE >> 8) as u8, 0, 0]);
+    rom
+}
+
+/// Whether QEMU with KVM accepts `kernel-irqchip=off` (QEMU 8.0 does not:
+/// commit eaaaf8abdc9a), once per process: it starts QEMU.
+fn kvm_userspace_apic() -> std::result::Result<(), String> {
+    static PROBED: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    PROBED
+        .get_or_init(|| {
+            let firmware =
+                std::env::temp_dir().join(format!("irqdiff-qemu-probe-{}.bin", std::process::id()));
+            std::fs::write(&firmware, firmware_rom())
+                .map_err(|e| format!("{}: {e}", firmware.display()))?;
+            let options = Options::KVM_USERSPACE;
+            let accel = options.accel_arg();
+            let args = [
+                "-accel",
+                &accel,
+                "-machine",
+                options.machine_arg(),
+                "-cpu",
+                "qemu64",
+            ];
+            let accepted = features::accepts(&args, &firmware);
+            let _ = std::fs::remove_file(&firmware);
+            accepted.map_err(|why| {
+                format!(
+                    "QEMU refuses kernel-irqchip=off with KVM ({why}): QEMU 8.0 removed the \
+                     userspace local APIC under KVM (commit eaaaf8abdc9a); use irqchip=split or on"
+                )
+            })
+        })
+        .clone()
+}
+
+/// Whether QEMU can run with `options` here: the binary runs, and the
+/// accelerator exists on this host (for `kernel-irqchip=off` under KVM,
+/// whether this QEMU still has it).
 pub fn probe_options(options: Options) -> Availability {
     if let Availability::Unavailable(why) = probe() {
         return Availability::Unavailable(why);
     }
     match options.accel {
         Accel::Tcg => Availability::Available,
-        Accel::Kvm if std::path::Path::new("/dev/kvm").exists() => Availability::Available,
-        Accel::Kvm => Availability::Unavailable("accel=kvm needs /dev/kvm".into()),
+        Accel::Kvm if !std::path::Path::new("/dev/kvm").exists() => {
+            Availability::Unavailable("accel=kvm needs /dev/kvm".into())
+        }
+        Accel::Kvm if options.irqchip() == KernelIrqchip::Off => match kvm_userspace_apic() {
+            Ok(()) => Availability::Available,
+            Err(why) => Availability::Unavailable(why),
+        },
+        Accel::Kvm => Availability::Available,
         Accel::Hvf if cfg!(target_os = "macos") => Availability::Available,
         Accel::Hvf => Availability::Unavailable(
             "accel=hvf is QEMU's Hypervisor.framework accelerator: it runs on macOS only (docs/hvf.md)"
@@ -209,19 +257,10 @@ impl QemuBackend {
             std::env::temp_dir().join(format!("irqdiff-qemu-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
         let image = Image::build();
-        // The firmware: 64 KiB whose reset vector (at 0xFFFF0) jumps to the
-        // trampoline in RAM: jmp far 0000:TRAMPOLINE.
-        let mut rom = vec![0xf4u8; 0x1_0000];
-        rom[0xfff0..0xfff5].copy_from_slice(&[
-            0xea,
-            TRAMPOLINE as u8,
-            (TRAMPOLINE >> 8) as u8,
-            0,
-            0,
-        ]);
         let firmware = dir.join("firmware.bin");
         let opened = (|| {
-            std::fs::write(&firmware, &rom).map_err(|e| format!("{}: {e}", firmware.display()))?;
+            std::fs::write(&firmware, firmware_rom())
+                .map_err(|e| format!("{}: {e}", firmware.display()))?;
             let trampoline = trampoline(image.stub.entry)
                 .map_err(|e| format!("assembling the trampoline: {e}"))?;
             let features = Features::get(&firmware)?;
@@ -450,21 +489,15 @@ fn cpu_model(options: &Options, features: &Features) -> &'static str {
     }
 }
 
-/// QEMU's refusal of the accelerator options, with what is known about it.
+/// QEMU's refusal of the accelerator options (`kernel-irqchip=off` is
+/// refused earlier, by [`probe_options`], with its history).
 fn refusal(options: &Options, features: &Features, why: &str) -> String {
-    let version = features.version_string();
-    let accel = options.accel_arg();
-    if options.accel == Accel::Kvm && options.irqchip() == KernelIrqchip::Off {
-        format!(
-            "QEMU {version} refuses kernel-irqchip=off with KVM ({why}): QEMU 8.0 removed the \
-             userspace local APIC under KVM (commit eaaaf8abdc9a); use irqchip=split or on"
-        )
-    } else {
-        format!(
-            "QEMU {version} refuses -accel {accel} -machine {}: {why}",
-            options.machine_arg()
-        )
-    }
+    format!(
+        "QEMU {} refuses -accel {} -machine {}: {why}",
+        features.version_string(),
+        options.accel_arg(),
+        options.machine_arg()
+    )
 }
 
 /// Whether the in-guest hang watchdog (the LAPIC timer in NMI mode, see
@@ -494,8 +527,8 @@ fn guest_table(scenario: &Scenario, options: &Options) -> Result<table::Table> {
     let encoded = if rewrite {
         let mut s = scenario.clone();
         let broadcast = |op: &mut Op| {
-            if let Op::Host(HostOp::Msi(m)) = op {
-                if msi_to_apic_page(&Op::Host(HostOp::Msi(*m))) {
+            if msi_to_apic_page(op) {
+                if let Op::Host(HostOp::Msi(m)) = op {
                     m.dest = 0xff;
                 }
             }
