@@ -566,7 +566,11 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
         );
     }
     if c.directed_eoi {
-        return Some("QEMU's local APIC does not advertise EOI-broadcast suppression here".into());
+        return Some(if options.qemu_lapic() {
+            "QEMU's local APIC does not advertise EOI-broadcast suppression".into()
+        } else {
+            "directed EOI is not run on QEMU's KVM integration (not verified)".into()
+        });
     }
     // KVM's in-kernel IOAPIC is version 0x11 (virt/kvm/ioapic.h,
     // IOAPIC_VERSION_ID): no EOI register (82093AA has none; ICH's 0x20 does).
