@@ -177,11 +177,15 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
         report["mean_hang_detection_ms"] =
             json!(hang_time.as_secs_f64() * 1e3 / hangs.max(1) as f64);
     }
-    if name == "qemu-tcg" {
+    if let Some(options) = backend::qemu::Options::from_name(name) {
         // The same scenarios with the host timing hangs out instead of the
-        // in-guest watchdog, and a few through one QEMU process each.
+        // in-guest watchdog (where it is on), and a few through one QEMU
+        // process each.
         let hangs = count(crate::trace::Outcome::Hang);
-        let mut host = backend::qemu::QemuBackend::open(false).map_err(|e| e.to_string())?;
+        let mut host =
+            backend::qemu::QemuBackend::open_with(name, options).map_err(|e| e.to_string())?;
+        report["qemu"] = json!(backend::qemu::describe());
+        report["in_guest_watchdog"] = json!(host.watchdog());
         host.set_watchdog(false);
         let start = Instant::now();
         let _ = backend::Backend::run_batch(&mut host, &scenarios);

@@ -177,21 +177,50 @@ pub fn label(
     scenario: &crate::scenario::Scenario,
     observed: &crate::trace::Trace,
 ) -> Option<Known> {
-    if backend.starts_with("qemu") {
-        return QEMU_BEHAVIOURS.iter().find_map(|&(quirks, known)| {
+    if let Some(qemu) = crate::backend::qemu::Options::from_name(backend) {
+        return qemu_label(qemu, sig, scenario, observed);
+    }
+    if backend != "kvm" && backend != "kvm-split" {
+        return None;
+    }
+    kvm_label(backend == "kvm", sig)
+}
+
+/// A QEMU divergence: QEMU's own irqchip's behaviours where the options
+/// put QEMU's APIC or IOAPIC in the path; under `accel=kvm` with KVM's
+/// local APIC (`irqchip=on|split`) this host's KVM behaviours too, as on
+/// `kvm` (irqchip=on: KVM's IOAPIC as well) and `kvm-split`.
+fn qemu_label(
+    qemu: crate::backend::qemu::Options,
+    sig: &Signature,
+    scenario: &crate::scenario::Scenario,
+    observed: &crate::trace::Trace,
+) -> Option<Known> {
+    let own = QEMU_BEHAVIOURS
+        .iter()
+        .filter(|(quirks, _)| {
+            qemu.qemu_lapic()
+                || (qemu.qemu_ioapic() && !quirks.contains(irqdiff_model::Quirks::QEMU_LAPIC))
+        })
+        .find_map(|&(quirks, known)| {
             let mut replay = crate::backend::model::ModelBackend::with_quirks(quirks);
             let trace = crate::backend::Backend::run_to_trace(&mut replay, scenario);
             (crate::oracle::compare(&trace, observed) == crate::oracle::Verdict::Agree)
                 .then_some(known)
         });
+    if own.is_some() || qemu.qemu_lapic() || qemu.accel != crate::backend::qemu::Accel::Kvm {
+        return own;
     }
-    if backend != "kvm" && backend != "kvm-split" {
-        return None;
-    }
+    kvm_label(!qemu.qemu_ioapic(), sig)
+}
+
+/// A divergence of this host's KVM local APIC, with its IOAPIC too when
+/// `in_kernel_ioapic` (`kvm`), or the VMM's (`kvm-split`).
+fn kvm_label(in_kernel_ioapic: bool, sig: &Signature) -> Option<Known> {
     let host = host_behaviours();
     let rule = sig.rule.as_str();
     if host.ioapic_latch
-        && backend == "kvm"
+        && in_kernel_ioapic
         && !sig.split
         && sig.class == Class::MissedDelivery
         && sig.op_kind == "route"

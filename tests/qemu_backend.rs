@@ -355,3 +355,209 @@ fn x2apic_scenarios_agree_in_batches_where_tcg_has_x2apic() {
         );
     }
 }
+
+/// `qemu:accel=kvm,irqchip=CHIP`, opened, when QEMU and /dev/kvm are there.
+fn open_qemu_kvm_or_skip(test: &str, chip: &str) -> Option<backend::qemu::QemuBackend> {
+    if !(kvm_or_skip(test) && qemu_or_skip(test)) {
+        return None;
+    }
+    let name = format!("qemu:accel=kvm,irqchip={chip}");
+    let options = backend::qemu::Options::from_name(&name).unwrap();
+    Some(backend::qemu::QemuBackend::open_with(&name, options).unwrap())
+}
+
+/// Every committed scenario on QEMU's KVM integration: it agrees with the
+/// model, or its divergence carries a documented label (this host's KVM
+/// local APIC, as on `kvm`/`kvm-split`; QEMU's IOAPIC under split).
+fn qemu_kvm_runs_every_scenario_as_the_model_or_documented(chip: &str) {
+    let test = format!("qemu_kvm_{chip}_runs_every_scenario_as_the_model_or_documented");
+    if open_qemu_kvm_or_skip(&test, chip).is_none() {
+        return;
+    }
+    let name = format!("qemu:accel=kvm,irqchip={chip}");
+    let mut differ = irqdiff::differ::Differ::open(&name).unwrap();
+    let (mut agreed, mut labelled, mut refused) = (0, 0, Vec::new());
+    let dirs = [
+        "kvm-unit-tests",
+        "kvm-divergences",
+        "seed-hvf",
+        "qemu-divergences",
+    ];
+    for path in dirs.iter().flat_map(|d| scenario_files(d)) {
+        let scenario = load(&path);
+        let judgement = differ.diff(&scenario);
+        let observed = judgement.observed;
+        match judgement.ruling {
+            irqdiff::oracle::Ruling::Agree => agreed += 1,
+            irqdiff::oracle::Ruling::Diverge {
+                divergence: d,
+                signature: sig,
+            } => {
+                let label = irqdiff::known::label(&name, &sig, &scenario, &observed);
+                assert!(
+                    label.is_some(),
+                    "{name}: {}: undocumented divergence {sig}: {d}",
+                    path.display()
+                );
+                labelled += 1;
+            }
+            _ => {
+                let why = observed.error.unwrap_or_default();
+                assert!(why.contains("cannot offer"), "{}: {why}", path.display());
+                refused.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    eprintln!("{name}: {agreed} agree, {labelled} labelled, refused {refused:?}");
+    // Refused: APIC base moves everywhere; the split-shape scenarios on
+    // irqchip=on.
+    let expected_refused: &[&str] = if chip == "split" {
+        &["5-apic-base-move-and-enable"]
+    } else {
+        &[
+            "4-split-eoi-x2apic",
+            "4-split-eoi-xapic",
+            "5-apic-base-move-and-enable",
+        ]
+    };
+    assert_eq!(refused, expected_refused);
+    assert!(agreed >= 10, "only {agreed} agreed on {name}");
+}
+
+#[test]
+fn qemu_kvm_on_runs_every_scenario_as_the_model_or_documented() {
+    qemu_kvm_runs_every_scenario_as_the_model_or_documented("on");
+}
+
+#[test]
+fn qemu_kvm_split_runs_every_scenario_as_the_model_or_documented() {
+    qemu_kvm_runs_every_scenario_as_the_model_or_documented("split");
+}
+
+#[test]
+fn qemu_kvm_sends_msis_to_apic_id_0_and_times_hangs_out_from_the_host() {
+    for chip in ["on", "split"] {
+        let test = "qemu_kvm_sends_msis_to_apic_id_0_and_times_hangs_out_from_the_host";
+        let Some(mut qemu) = open_qemu_kvm_or_skip(test, chip) else {
+            return;
+        };
+        // The guest's MSI write exits to QEMU (it is sent as a broadcast,
+        // outside the vCPU's APIC page), which injects it during its op.
+        let msi = irqdiff::scenario::parse("msi vector=0x41 dest=0\nnop\n").unwrap();
+        let hangs: Vec<_> = ["cli\nhlt\n", "nop\nhlt\n", "sti-hlt\n"]
+            .iter()
+            .map(|t| irqdiff::scenario::parse(t).unwrap())
+            .collect();
+        let single = qemu.run(&msi).unwrap();
+        assert_eq!(deliveries(&single), [(0, 0x41)], "{chip}");
+        let batch = qemu.run_batch(&[hangs.clone(), vec![msi]].concat());
+        let outcomes: Vec<_> = batch.iter().map(|t| (t.outcome, t.hang_op)).collect();
+        use irqdiff::trace::Outcome::{Completed, Hang};
+        assert_eq!(
+            outcomes,
+            [
+                (Hang, Some(1)),
+                (Hang, Some(1)),
+                (Hang, Some(0)),
+                (Completed, None)
+            ],
+            "{chip}"
+        );
+        // A changed APIC ID would tell the broadcast apart: refused.
+        let moved =
+            irqdiff::scenario::parse("lapic-write 0x020 0x5000000\nmsi vector=0x41\n").unwrap();
+        assert!(
+            matches!(qemu.run(&moved), Err(BackendError::Unsupported(why)) if why.contains("APIC ID"))
+        );
+    }
+}
+
+#[test]
+fn qemu_options_are_checked_at_open() {
+    let err = |name: &str| backend::open(name).err().map(|e| e.to_string());
+    assert_eq!(
+        err("qemu:accel=xen"),
+        Some("backend `qemu:accel=xen`: `accel=xen`: accel is one of tcg, kvm, hvf".into())
+    );
+    assert!(err("qemu:accel=tcg,irqchip=on")
+        .unwrap()
+        .contains("not to TCG"));
+    if cfg!(not(target_os = "macos")) {
+        let hvf = err("qemu:accel=hvf").unwrap();
+        assert!(
+            hvf.contains("unavailable here") && hvf.contains("macOS"),
+            "{hvf}"
+        );
+    }
+    // The aliases are the same configurations.
+    assert_eq!(
+        backend::qemu::Options::from_name("qemu-tcg"),
+        backend::qemu::Options::from_name("qemu:accel=tcg,machine=pc")
+    );
+    assert_eq!(
+        backend::qemu::Options::from_name("qemu-kvm-userspace"),
+        backend::qemu::Options::from_name("qemu:accel=kvm,irqchip=off")
+    );
+}
+
+#[test]
+fn q35_runs_as_pc_does() {
+    let Some(mut pc) = open_qemu_or_skip("q35_runs_as_pc_does") else {
+        return;
+    };
+    let mut q35 = backend::open("qemu:accel=tcg,machine=q35").unwrap();
+    for path in scenario_files("kvm-unit-tests").iter().take(12) {
+        let s = load(path);
+        let (a, mut b) = (pc.run_to_trace(&s), q35.run_to_trace(&s));
+        b.backend = a.backend.clone();
+        assert_eq!(a, b, "{}", path.display());
+    }
+}
+
+#[test]
+fn the_qemu_option_selects_the_binary_of_every_invocation() {
+    let irqdiff = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_irqdiff"))
+            .args(args)
+            .env_remove("IRQDIFF_QEMU")
+            .output()
+            .unwrap()
+    };
+    let file = root().join("scenarios/kvm-unit-tests/edge_intr.irq");
+    let file = file.to_str().unwrap();
+    // A QEMU that is not there: the backend is unavailable, naming it.
+    let out = irqdiff(&[
+        "--qemu",
+        "/nonexistent/qemu",
+        "run",
+        file,
+        "--backend",
+        "qemu-tcg",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/qemu"), "{stderr}");
+    let out = irqdiff(&["backends", "--qemu", "/nonexistent/qemu"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("QEMU (--qemu PATH or IRQDIFF_QEMU): /nonexistent/qemu: "),
+        "{stdout}"
+    );
+    if !qemu_or_skip("the_qemu_option_selects_the_binary_of_every_invocation") {
+        return;
+    }
+    let out = irqdiff(&["backends"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains("QEMU emulator version"),
+        "{stdout}"
+    );
+}

@@ -199,6 +199,7 @@ pub const REGISTRY: &[BackendKind] = &[
     hvf::SPLIT_DOUBLE,
     qemu::TCG,
     qemu::KVM_USERSPACE,
+    qemu::KIND,
     sim::KIND,
 ];
 

@@ -14,5 +14,9 @@ pub fn main() -> ExitCode {
         let mark = if info.name == best { " (default)" } else { "" };
         println!("{:<20} {:<60} {state}{mark}", info.name, info.description);
     }
+    println!(
+        "\nQEMU (--qemu PATH or IRQDIFF_QEMU): {}",
+        backend::qemu::describe()
+    );
     ExitCode::SUCCESS
 }

@@ -7,13 +7,18 @@ use crate::bench;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmarks: model, kvm, kvm-split, qemu-tcg, find (time to find each seeded
+    /// Which benchmarks: model, kvm, kvm-split, qemu-tcg, qemu (the QEMU
+    /// configuration --backend names), find (time to find each seeded
     /// quirk), minimize (a 500-op scenario), or all.
     #[arg(default_value = "all")]
     pub which: String,
     /// Scenarios for the backend throughput benchmarks.
     #[arg(long, default_value_t = 2000)]
     pub cases: u64,
+    /// For `bench qemu`: the QEMU backend to measure, e.g.
+    /// qemu:accel=kvm,irqchip=split (default qemu-tcg).
+    #[arg(long, default_value = "qemu-tcg")]
+    pub backend: String,
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
@@ -32,6 +37,13 @@ pub fn main(args: BenchArgs) -> ExitCode {
             ran = true;
         }
     }
+    if args.which == "qemu" {
+        match bench::backend_throughput(&args.backend, args.cases) {
+            Ok(v) => println!("{v}"),
+            Err(e) => eprintln!("irqdiff bench: {}: {e}", args.backend),
+        }
+        ran = true;
+    }
     if all || args.which == "find" {
         println!("{}", bench::time_to_find());
         ran = true;
@@ -42,7 +54,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
     if !ran {
         eprintln!(
-            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, qemu-tcg, find, minimize, all)",
+            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, qemu-tcg, qemu, find, minimize, all)",
             args.which
         );
         return ExitCode::from(super::EXIT_BAD_INPUT);

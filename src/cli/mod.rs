@@ -27,6 +27,10 @@ use crate::scenario::{self, Scenario};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The QEMU binary the qemu backends run (a build from source, say);
+    /// the same as setting IRQDIFF_QEMU. Default: qemu-system-x86_64 on PATH.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub qemu: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +71,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_BAD_INPUT } else { 0 });
         }
     };
+    if let Some(qemu) = &cli.qemu {
+        // Before any thread starts; campaign workers inherit it.
+        std::env::set_var(backend::qemu::QEMU_ENV, qemu);
+    }
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Fmt(args) => run::fmt(args),

@@ -1,6 +1,10 @@
-//! QEMU's emulated irqchip under TCG (`qemu-tcg`): `hw/intc/apic.c` and
-//! `hw/intc/ioapic.c`, a second real implementation that runs everywhere,
-//! for three-way triage with the model and a hypervisor.
+//! QEMU as a backend (`qemu:accel=tcg|kvm|hvf,irqchip=...,machine=...`).
+//! Under TCG (`qemu-tcg`) it is QEMU's emulated irqchip, `hw/intc/apic.c`
+//! and `hw/intc/ioapic.c`: a second real implementation that runs
+//! everywhere, for three-way triage with the model and a hypervisor. Under
+//! KVM or HVF it is QEMU as the VMM under test: its integration of the
+//! accelerator's irqchip (`kernel-irqchip=on`: KVM's APIC and IOAPIC;
+//! `split`: KVM's APIC, QEMU's IOAPIC, the seed's shape).
 //!
 //! The same guest stub runs as it does under KVM, but QEMU cannot perform
 //! host ops for us, so the stub does them itself: lines through
@@ -11,7 +15,13 @@
 //! scenario) and reads after it exits; the firmware is a 64 KiB image whose
 //! reset vector jumps to a real-mode trampoline that enters long mode. The
 //! run ends through `isa-debug-exit`; a run that does not end in time is a
-//! hang. One QEMU process per scenario.
+//! hang. One QEMU process per scenario, or one for a batch.
+
+mod features;
+mod options;
+
+pub use features::{describe, probe, Features};
+pub use options::{binary, Accel, KernelIrqchip, Machine, Options, QEMU_ENV};
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,12 +37,12 @@ use crate::model::lapic::reg;
 use crate::scenario::{ApicMode, HostOp, Op, Scenario};
 use crate::trace::{Outcome, Trace};
 
-const QEMU: &str = "qemu-system-x86_64";
 /// Guest RAM of the QEMU machine.
 const QEMU_RAM: usize = 16 << 20;
-/// A run still going this long after the stub started is a hang (TCG runs
-/// a scenario in well under a millisecond once booted).
-const HANG_AFTER: Duration = Duration::from_millis(100);
+/// A run whose stub has made no progress (no op started, nothing logged)
+/// for this long is a hang (TCG runs a scenario in well under a millisecond
+/// once booted; the margin is for a loaded host).
+const HANG_AFTER: Duration = Duration::from_millis(300);
 /// In a batch, a scenario still running this long is a hang (TCG runs one
 /// in well under a millisecond; QEMU's monitor does not say whether a TCG
 /// vCPU is halted). The process stays; the machine is reset through the
@@ -107,156 +117,109 @@ const NEVER_BOOTED: i32 = -2;
 
 pub const TCG: BackendKind = BackendKind {
     name: "qemu-tcg",
-    description: "QEMU's emulated APIC and IOAPIC under TCG (a second, independent implementation)",
+    description: "QEMU's emulated APIC and IOAPIC under TCG (= qemu:accel=tcg)",
     takes_options: false,
     probe,
-    open: |_, _| Ok(Box::new(QemuBackend::open(false)?)),
+    open: |name, _| Ok(Box::new(QemuBackend::open_with(name, Options::TCG)?)),
 };
 
 pub const KVM_USERSPACE: BackendKind = BackendKind {
     name: "qemu-kvm-userspace",
-    description: "QEMU's APIC and IOAPIC on KVM's CPU (kernel-irqchip=off)",
+    description: "QEMU's APIC and IOAPIC on KVM's CPU (= qemu:accel=kvm,irqchip=off; QEMU < 8.0)",
     takes_options: false,
-    probe: || match (probe(), (super::kvm_kinds::FULL.probe)()) {
-        (Availability::Available, Availability::Available) => Availability::Available,
-        (Availability::Unavailable(why), _) | (_, Availability::Unavailable(why)) => {
-            Availability::Unavailable(why)
-        }
+    probe: || probe_options(Options::KVM_USERSPACE),
+    open: |name, _| {
+        Ok(Box::new(QemuBackend::open_with(
+            name,
+            Options::KVM_USERSPACE,
+        )?))
     },
-    open: |_, _| Ok(Box::new(QemuBackend::open(true)?)),
 };
 
-/// Whether QEMU is installed and runs.
-pub fn probe() -> Availability {
-    match Command::new(QEMU).arg("--version").output() {
-        Ok(out) if out.status.success() => Availability::Available,
-        Ok(out) => Availability::Unavailable(format!(
-            "{QEMU} --version failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(_) => Availability::Unavailable(format!(
-            "{QEMU} not found (install the qemu-system-x86 package)"
-        )),
-    }
+pub const KIND: BackendKind = BackendKind {
+    name: "qemu:OPTIONS",
+    description: "QEMU as the VMM: accel=tcg|kvm|hvf, irqchip=on|split|off (KVM's kernel-irqchip), machine=pc|q35",
+    takes_options: true,
+    probe,
+    open: |name, options| {
+        let options = Options::parse(options).map_err(|why| super::OpenError::Invalid {
+            name: name.into(),
+            why,
+        })?;
+        Ok(Box::new(QemuBackend::open_with(name, options)?))
+    },
+};
+
+/// The firmware: 64 KiB whose reset vector (at 0xFFFF0) jumps to the
+/// trampoline in RAM: jmp far 0000:TRAMPOLINE.
+fn firmware_rom() -> Vec<u8> {
+    let mut rom = vec![0xf4u8; 0x1_0000];
+    rom[0xfff0..0xfff5].copy_from_slice(&[0xea, TRAMPOLINE as u8, (TRAMPOLINE >> 8) as u8, 0, 0]);
+    rom
 }
 
-/// What the installed QEMU offers, probed once at open (docs/qemu-versions.md).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Features {
-    /// `QEMU emulator version X.Y.Z` of `--version`.
-    pub version: (u32, u32, u32),
-    /// TCG emulates x2APIC (QEMU 9.0, commit b5ee0468e9d2 "apic: add
-    /// support for x2APIC mode"): `-cpu qemu64,+x2apic,enforce` is accepted.
-    pub tcg_x2apic: bool,
-    /// `-accel kvm -machine kernel-irqchip=off` starts; QEMU 8.0 refuses it
-    /// with "KVM does not support userspace APIC" (commit eaaaf8abdc9a,
-    /// "KVM: remove support for kernel-irqchip=off"). `Err` holds QEMU's words.
-    pub kvm_userspace_apic: std::result::Result<(), String>,
-}
-
-impl Features {
-    /// Probes the QEMU on PATH once per process (it does not change while
-    /// irqdiff runs; each probe starts QEMU). `firmware` is the backend's,
-    /// so that no probe depends on QEMU finding its own BIOS.
-    fn get(firmware: &std::path::Path) -> std::result::Result<Features, String> {
-        static PROBED: std::sync::OnceLock<std::result::Result<Features, String>> =
-            std::sync::OnceLock::new();
-        PROBED.get_or_init(|| Features::probe(firmware)).clone()
-    }
-
-    fn probe(firmware: &std::path::Path) -> std::result::Result<Features, String> {
-        let out = Command::new(QEMU)
-            .arg("--version")
-            .output()
-            .map_err(|e| format!("{QEMU}: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let version = parse_version(&text)
-            .ok_or_else(|| format!("{QEMU} --version: no version in {:?}", text.trim()))?;
-        for device in ["pc-testdev", "isa-debug-exit"] {
-            // `-device NAME,help`, not `-device help`: the latter loads every
-            // module and aborts when QEMU's modules are from another build.
-            accepts(&["-device", &format!("{device},help")], firmware)
-                .map_err(|why| format!("{QEMU} has no {device}: {why}"))?;
-        }
-        let tcg_x2apic = accepts(
-            &[
+/// Whether QEMU with KVM accepts `kernel-irqchip=off` (QEMU 8.0 does not:
+/// commit eaaaf8abdc9a), once per process: it starts QEMU.
+fn kvm_userspace_apic() -> std::result::Result<(), String> {
+    static PROBED: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    PROBED
+        .get_or_init(|| {
+            let firmware =
+                std::env::temp_dir().join(format!("irqdiff-qemu-probe-{}.bin", std::process::id()));
+            std::fs::write(&firmware, firmware_rom())
+                .map_err(|e| format!("{}: {e}", firmware.display()))?;
+            let options = Options::KVM_USERSPACE;
+            let accel = options.accel_arg();
+            let args = [
                 "-accel",
-                "tcg",
+                &accel,
                 "-machine",
-                "pc",
+                options.machine_arg(),
                 "-cpu",
-                "qemu64,+x2apic,enforce",
-            ],
-            firmware,
-        )
-        .is_ok();
-        let kvm_userspace_apic = if std::path::Path::new("/dev/kvm").exists() {
-            accepts(
-                &[
-                    "-accel",
-                    "kvm",
-                    "-machine",
-                    "pc,kernel-irqchip=off",
-                    "-cpu",
-                    "qemu64",
-                ],
-                firmware,
-            )
-        } else {
-            Err("no /dev/kvm".into())
-        };
-        Ok(Features {
-            version,
-            tcg_x2apic,
-            kvm_userspace_apic,
+                "qemu64",
+            ];
+            let accepted = features::accepts(&args, &firmware);
+            let _ = std::fs::remove_file(&firmware);
+            accepted.map_err(|why| {
+                format!(
+                    "QEMU refuses kernel-irqchip=off with KVM ({why}): QEMU 8.0 removed the \
+                     userspace local APIC under KVM (commit eaaaf8abdc9a); use irqchip=split or on"
+                )
+            })
         })
-    }
+        .clone()
 }
 
-/// `X.Y.Z` from `QEMU emulator version X.Y.Z (...)`.
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let rest = text.split("version ").nth(1)?;
-    let v = rest
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()?;
-    let mut n = v.split('.').map(|x| x.parse::<u32>().ok());
-    Some((
-        n.next()??,
-        n.next().flatten().unwrap_or(0),
-        n.next().flatten().unwrap_or(0),
-    ))
-}
-
-/// Whether QEMU starts with `args` (`-S`, stopped, then `quit` on the
-/// monitor); `Err` is QEMU's error message.
-fn accepts(args: &[&str], firmware: &std::path::Path) -> std::result::Result<(), String> {
-    let mut child = Command::new(QEMU)
-        .args(args)
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-S"])
-        .args(["-monitor", "stdio", "-serial", "none"])
-        .arg("-bios")
-        .arg(firmware)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{QEMU}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(b"quit\n");
+/// Whether QEMU can run with `options` here: the binary runs, and the
+/// accelerator exists on this host (for `kernel-irqchip=off` under KVM,
+/// whether this QEMU still has it).
+pub fn probe_options(options: Options) -> Availability {
+    if let Availability::Unavailable(why) = probe() {
+        return Availability::Unavailable(why);
     }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // The last line is the error; the ones before it are warnings.
-        Err(stderr.trim().lines().last().unwrap_or("").to_string())
+    match options.accel {
+        Accel::Tcg => Availability::Available,
+        Accel::Kvm if !std::path::Path::new("/dev/kvm").exists() => {
+            Availability::Unavailable("accel=kvm needs /dev/kvm".into())
+        }
+        Accel::Kvm if options.irqchip() == KernelIrqchip::Off => match kvm_userspace_apic() {
+            Ok(()) => Availability::Available,
+            Err(why) => Availability::Unavailable(why),
+        },
+        Accel::Kvm => Availability::Available,
+        Accel::Hvf if cfg!(target_os = "macos") => Availability::Available,
+        Accel::Hvf => Availability::Unavailable(
+            "accel=hvf is QEMU's Hypervisor.framework accelerator: it runs on macOS only (docs/hvf.md)"
+                .into(),
+        ),
     }
 }
 
 pub struct QemuBackend {
-    /// `qemu-tcg`, or `qemu-kvm-userspace` (KVM's CPU, QEMU's irqchip).
-    name: &'static str,
+    /// The name it was opened with (`qemu-tcg`, `qemu:accel=kvm,...`).
+    name: String,
+    options: Options,
     features: Features,
     image: Image,
     dir: PathBuf,
@@ -268,63 +231,83 @@ pub struct QemuBackend {
 }
 
 impl QemuBackend {
-    /// `kvm`: `-accel kvm -machine kernel-irqchip=off` (the optional
-    /// `qemu-kvm-userspace`) instead of TCG.
+    /// `kvm`: `qemu-kvm-userspace` (`-accel kvm,kernel-irqchip=off`)
+    /// instead of `qemu-tcg`.
     pub fn open(kvm: bool) -> std::result::Result<QemuBackend, super::OpenError> {
-        let name = if kvm {
-            "qemu-kvm-userspace"
+        if kvm {
+            QemuBackend::open_with("qemu-kvm-userspace", Options::KVM_USERSPACE)
         } else {
-            "qemu-tcg"
-        };
-        if let Availability::Unavailable(why) = probe() {
-            return Err(super::OpenError::Unavailable {
-                name: name.into(),
-                why,
-            });
+            QemuBackend::open_with("qemu-tcg", Options::TCG)
         }
+    }
+
+    /// Opens QEMU with `options` under the backend name `name`: probes the
+    /// binary's features, then the exact accelerator and machine options.
+    pub fn open_with(
+        name: &str,
+        options: Options,
+    ) -> std::result::Result<QemuBackend, super::OpenError> {
         let fail = |why: String| super::OpenError::Unavailable {
             name: name.into(),
             why,
         };
+        if let Availability::Unavailable(why) = probe_options(options) {
+            return Err(fail(why));
+        }
         let dir =
             std::env::temp_dir().join(format!("irqdiff-qemu-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
         let image = Image::build();
-        // The firmware: 64 KiB whose reset vector (at 0xFFFF0) jumps to the
-        // trampoline in RAM: jmp far 0000:TRAMPOLINE.
-        let mut rom = vec![0xf4u8; 0x1_0000];
-        rom[0xfff0..0xfff5].copy_from_slice(&[
-            0xea,
-            TRAMPOLINE as u8,
-            (TRAMPOLINE >> 8) as u8,
-            0,
-            0,
-        ]);
         let firmware = dir.join("firmware.bin");
-        std::fs::write(&firmware, &rom)
-            .map_err(|e| fail(format!("{}: {e}", firmware.display())))?;
-        let trampoline = trampoline(image.stub.entry)
-            .map_err(|e| fail(format!("assembling the trampoline: {e}")))?;
-        let features = Features::get(&firmware).map_err(fail)?;
-        if kvm {
-            if let Err(why) = &features.kvm_userspace_apic {
-                let (a, b, c) = features.version;
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(fail(format!(
-                    "QEMU {a}.{b}.{c} refuses kernel-irqchip=off with KVM ({why}): QEMU 8.0 \
-                     removed the userspace local APIC under KVM (commit eaaaf8abdc9a)"
-                )));
+        let opened = (|| {
+            std::fs::write(&firmware, firmware_rom())
+                .map_err(|e| format!("{}: {e}", firmware.display()))?;
+            let trampoline = trampoline(image.stub.entry)
+                .map_err(|e| format!("assembling the trampoline: {e}"))?;
+            let features = Features::get(&firmware)?;
+            if options.accel != Accel::Tcg {
+                let accel = options.accel_arg();
+                let cpu = cpu_model(&options, &features);
+                features::accepts(
+                    &[
+                        "-accel",
+                        &accel,
+                        "-machine",
+                        options.machine_arg(),
+                        "-cpu",
+                        cpu,
+                    ],
+                    &firmware,
+                )
+                .map_err(|why| refusal(&options, &features, &why))?;
             }
-        }
+            Ok((trampoline, features))
+        })();
+        let (trampoline, features) = match opened {
+            Ok(v) => v,
+            Err(why) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(fail(why));
+            }
+        };
         Ok(QemuBackend {
-            name,
+            name: name.to_string(),
+            options,
             features,
             image,
             dir,
             firmware,
             trampoline,
-            watchdog: true,
+            // The in-guest watchdog is the LAPIC timer in NMI mode; under
+            // KVM's LAPIC on this host it is not reliable (see
+            // `watchdog_works`), so the host times hangs out there.
+            watchdog: watchdog_works(&options),
         })
+    }
+
+    /// How this backend runs QEMU.
+    pub fn options(&self) -> Options {
+        self.options
     }
 
     /// What the installed QEMU offers.
@@ -332,8 +315,13 @@ impl QemuBackend {
         &self.features
     }
 
-    /// Turns the in-guest hang watchdog on or off (on by default); the
-    /// benchmark measures what it saves.
+    /// Whether batches arm the in-guest hang watchdog.
+    pub fn watchdog(&self) -> bool {
+        self.watchdog
+    }
+
+    /// Turns the in-guest hang watchdog on or off (on by default where
+    /// the local APIC is QEMU's); the benchmark measures what it saves.
     pub fn set_watchdog(&mut self, on: bool) {
         self.watchdog = on;
     }
@@ -484,22 +472,120 @@ fn host_pin(op: &Op) -> Option<crate::scenario::Pin> {
     }
 }
 
-/// Why a scenario cannot run on QEMU here.
-fn unsupported(scenario: &Scenario, features: &Features, kvm: bool) -> Option<String> {
-    if scenario.config.apic == ApicMode::X2apic && (kvm || !features.tcg_x2apic) {
-        let (a, b, c) = features.version;
-        return Some(if kvm {
-            "KVM does not emulate x2APIC in userspace: its x2APIC MSRs never reach QEMU's APIC"
-                .into()
-        } else {
-            format!("QEMU {a}.{b}.{c}'s TCG has no x2APIC (QEMU 9.0 added it)")
+/// The `-cpu` model: x2APIC in CPUID where the accelerator emulates it.
+/// The APIC stays in xAPIC mode until the stub sets IA32_APIC_BASE.EXTD
+/// (SDM §11.12.1).
+fn cpu_model(options: &Options, features: &Features) -> &'static str {
+    let x2apic = match options.accel {
+        Accel::Tcg => features.tcg_x2apic,
+        // KVM's in-kernel local APIC emulates x2APIC; QEMU's userspace one
+        // under KVM cannot (KVM does not forward x2APIC MSRs).
+        Accel::Kvm => !options.qemu_lapic(),
+        Accel::Hvf => false,
+    };
+    if x2apic {
+        "qemu64,+x2apic"
+    } else {
+        "qemu64"
+    }
+}
+
+/// QEMU's refusal of the accelerator options (`kernel-irqchip=off` is
+/// refused earlier, by [`probe_options`], with its history).
+fn refusal(options: &Options, features: &Features, why: &str) -> String {
+    format!(
+        "QEMU {} refuses -accel {} -machine {}: {why}",
+        features.version_string(),
+        options.accel_arg(),
+        options.machine_arg()
+    )
+}
+
+/// Whether the in-guest hang watchdog (the LAPIC timer in NMI mode, see
+/// [`batch::watchdog`]) can be trusted with `options`' local APIC.
+fn watchdog_works(options: &Options) -> bool {
+    options.qemu_lapic()
+}
+
+/// Whether `op` is an MSI the guest would send to 0xFEE00000, its own
+/// local APIC's page (physical destination 0, the vCPU's APIC ID).
+fn msi_to_apic_page(op: &Op) -> bool {
+    matches!(op, Op::Host(HostOp::Msi(m)) if m.dest == 0 && m.dest_mode == crate::scenario::DestMode::Physical)
+}
+
+/// The op table the guest runs, host ops done by the guest itself.
+///
+/// Under KVM's local APIC (`irqchip=on|split`) a guest write to its own
+/// APIC page is a register write that KVM handles in the kernel
+/// (`apic_mmio_write`, offset 0 is reserved: dropped), so an MSI to
+/// physical destination 0 never reaches QEMU's `kvm-apic-msi` region
+/// (`hw/i386/kvm/apic.c`, `kvm_apic_mem_write` -> `kvm_send_msi`). The
+/// guest sends it to destination 0xFF instead: in xAPIC mode the physical
+/// broadcast (SDM §11.6.2.1), which for this one-CPU machine whose APIC ID
+/// stays 0 (see [`unsupported`]) accepts exactly what destination 0 does.
+fn guest_table(scenario: &Scenario, options: &Options) -> Result<table::Table> {
+    let rewrite = !options.qemu_lapic() && scenario.all_ops().any(msi_to_apic_page);
+    let encoded = if rewrite {
+        let mut s = scenario.clone();
+        let broadcast = |op: &mut Op| {
+            if msi_to_apic_page(op) {
+                if let Op::Host(HostOp::Msi(m)) = op {
+                    m.dest = 0xff;
+                }
+            }
+        };
+        s.ops.iter_mut().for_each(broadcast);
+        s.handlers.values_mut().flatten().for_each(broadcast);
+        table::encode_for(&s, table::HostOps::Guest)
+    } else {
+        table::encode_for(scenario, table::HostOps::Guest)
+    };
+    encoded.map_err(|e| BackendError::Unsupported(e.to_string()))
+}
+
+/// Why a scenario cannot run on QEMU with `options`.
+fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> Option<String> {
+    let version = features.version_string();
+    let c = &scenario.config;
+    if c.apic == ApicMode::X2apic && cpu_model(options, features) == "qemu64" {
+        return Some(match options.accel {
+            Accel::Tcg => format!("QEMU {version}'s TCG has no x2APIC (QEMU 9.0 added it)"),
+            Accel::Kvm => {
+                "KVM does not emulate x2APIC in userspace: its x2APIC MSRs never reach QEMU's APIC"
+                    .into()
+            }
+            Accel::Hvf => "x2APIC under QEMU's HVF accelerator is not run (unverified)".into(),
         });
     }
-    if scenario.config.irqchip == crate::scenario::Irqchip::Split {
-        return Some("QEMU's irqchip is all userspace: there is no split shape".into());
+    // A split scenario needs the split shape; any other runs on the shape
+    // the backend has (as on `kvm-split`).
+    if c.irqchip == crate::scenario::Irqchip::Split
+        && !(options.accel == Accel::Kvm && options.irqchip() == KernelIrqchip::Split)
+    {
+        return Some(
+            "the scenario asks for the split shape: run it on qemu:accel=kvm,irqchip=split".into(),
+        );
     }
-    if scenario.config.directed_eoi {
-        return Some("QEMU's TCG local APIC does not advertise EOI-broadcast suppression".into());
+    if c.directed_eoi {
+        return Some(if options.qemu_lapic() {
+            "QEMU's local APIC does not advertise EOI-broadcast suppression".into()
+        } else {
+            "directed EOI is not run on QEMU's KVM integration (not verified)".into()
+        });
+    }
+    // KVM's in-kernel IOAPIC is version 0x11 (virt/kvm/ioapic.h,
+    // IOAPIC_VERSION_ID): no EOI register (82093AA has none; ICH's 0x20 does).
+    if !options.qemu_ioapic()
+        && c.ioapic == crate::scenario::IoapicVersion::V20
+        && scenario
+            .all_ops()
+            .any(|op| matches!(op, Op::IoapicEoi(_) | Op::IoapicRead(1)))
+    {
+        return Some(
+            "KVM's in-kernel IOAPIC is version 0x11 (no EOI register), and this scenario depends \
+             on version 0x20 (ioapic-eoi or ioapic-read 1); use irqchip=split or ioapic=0x11"
+                .into(),
+        );
     }
     for op in scenario.all_ops() {
         if let Some(p) = host_pin(op) {
@@ -507,7 +593,8 @@ fn unsupported(scenario: &Scenario, features: &Features, kvm: bool) -> Option<St
                 return Some(format!("pin {p}: pc-testdev drives ISA IRQs 0-15 only"));
             }
             // hw/intc/ioapic.c, ioapic_set_irq: "ISA IRQs map to GSI 1-1
-            // except for IRQ0 which maps to GSI 2".
+            // except for IRQ0 which maps to GSI 2" (and QEMU's KVM routing
+            // table, hw/i386/kvm/ioapic.c kvm_pc_setup_irq_routing, the same).
             if p.get() == 0 {
                 return Some("pin 0: QEMU routes ISA IRQ 0 to IOAPIC pin 2".into());
             }
@@ -521,8 +608,28 @@ fn unsupported(scenario: &Scenario, features: &Features, kvm: bool) -> Option<St
         // hw/intc/apic.c, apic_mem_write: "MSI and MMIO APIC are at the
         // same memory location": a write to register index 0 is an MSI
         // with the value as its data, not a reserved-register write.
-        if matches!(op, Op::LapicWrite { offset: 0, .. }) {
+        if options.qemu_lapic() && matches!(op, Op::LapicWrite { offset: 0, .. }) {
             return Some("lapic-write 0x000: QEMU sends it as an MSI".into());
+        }
+    }
+    // See [`guest_table`]: an MSI to APIC ID 0 goes out as a broadcast.
+    if !options.qemu_lapic() && scenario.all_ops().any(msi_to_apic_page) {
+        if c.apic == ApicMode::X2apic {
+            return Some(
+                "an MSI to APIC ID 0 in x2APIC mode: under KVM's local APIC the guest's write to \
+                 0xFEE00000 is dropped by KVM (its MMIO hole), and 0xFF is no x2APIC broadcast"
+                    .into(),
+            );
+        }
+        if scenario
+            .all_ops()
+            .any(|op| matches!(op, Op::LapicWrite { offset, .. } if *offset == reg::ID))
+        {
+            return Some(
+                "an MSI to APIC ID 0 in a scenario that writes the APIC ID: under KVM's local \
+                 APIC the guest sends it as a broadcast, which a changed ID would tell apart"
+                    .into(),
+            );
         }
     }
     None
@@ -530,16 +637,25 @@ fn unsupported(scenario: &Scenario, features: &Features, kvm: bool) -> Option<St
 
 impl Backend for QemuBackend {
     fn name(&self) -> &str {
-        self.name
+        &self.name
     }
 
     /// A generated scenario gets what QEMU can offer: xAPIC, the full
-    /// irqchip, pins 1-15.
+    /// irqchip, pins 1-15 (and under KVM's irqchips, IOAPIC version 0x11
+    /// and a fixed APIC ID).
     fn fit(&self, scenario: &mut Scenario) {
         scenario.config = crate::scenario::Config {
-            ioapic: scenario.config.ioapic,
+            // KVM's in-kernel IOAPIC is version 0x11 (see `unsupported`).
+            ioapic: if self.options.qemu_ioapic() {
+                scenario.config.ioapic
+            } else {
+                crate::scenario::IoapicVersion::V11
+            },
             ..Default::default()
         };
+        // Under KVM's local APIC an MSI to APIC ID 0 is sent as a
+        // broadcast (see `guest_table`), so the ID stays 0.
+        let kvm_lapic = !self.options.qemu_lapic();
         // Pins 1-15: the ISA IRQs pc-testdev drives, less IRQ 0 (pin 2).
         let fit_pin = |p: crate::scenario::Pin| {
             crate::scenario::Pin::new(1 + (p.get() + 14) % 15).expect("1-15")
@@ -559,6 +675,7 @@ impl Backend for QemuBackend {
                     *pin = fit_pin(*pin)
                 }
                 Op::ApicBase(_) | Op::LapicWrite { offset: 0, .. } => *op = Op::Nop,
+                Op::LapicWrite { offset, .. } if kvm_lapic && *offset == reg::ID => *op = Op::Nop,
                 // Fixed delivery instead.
                 Op::LapicWrite { value, .. } if dangerous => *value &= !0x700,
                 _ => {}
@@ -578,10 +695,10 @@ impl Backend for QemuBackend {
         let mut out: Vec<Option<Trace>> = vec![None; scenarios.len()];
         let mut runnable: Vec<(usize, &Scenario)> = Vec::new();
         for (i, s) in scenarios.iter().enumerate() {
-            match unsupported(s, &self.features, self.name != "qemu-tcg") {
+            match unsupported(s, &self.features, &self.options) {
                 Some(why) => {
                     out[i] = Some(Trace::error(
-                        self.name,
+                        &self.name,
                         BackendError::Unsupported(why).to_string(),
                     ))
                 }
@@ -604,7 +721,7 @@ impl Backend for QemuBackend {
                     if out[*i].is_none() {
                         out[*i] = Some(match e {
                             BackendError::Unsupported(_) => self.run_to_trace(s),
-                            _ => Trace::error(self.name, e.to_string()),
+                            _ => Trace::error(&self.name, e.to_string()),
                         });
                     }
                 }
@@ -612,17 +729,16 @@ impl Backend for QemuBackend {
             rest = tail;
         }
         out.into_iter()
-            .map(|t| t.unwrap_or_else(|| Trace::error(self.name, "not run")))
+            .map(|t| t.unwrap_or_else(|| Trace::error(&self.name, "not run")))
             .collect()
     }
 
     fn unsupported(&self, scenario: &Scenario) -> Option<String> {
-        unsupported(scenario, &self.features, self.name != "qemu-tcg")
+        unsupported(scenario, &self.features, &self.options)
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
-        let table = table::encode_for(scenario, table::HostOps::Guest)
-            .map_err(|e| BackendError::Unsupported(e.to_string()))?;
+        let table = guest_table(scenario, &self.options)?;
         let ram_path = self.dir.join(format!("ram-{}", unique()));
         let mut file =
             std::fs::File::create(&ram_path).map_err(BackendError::io(ram_path.display()))?;
@@ -632,13 +748,16 @@ impl Backend for QemuBackend {
         let mut child = self
             .command(&ram_path, scenario.config.ioapic, QEMU_RAM)
             .spawn()
-            .map_err(BackendError::io(format_args!("starting {QEMU}")))?;
+            .map_err(BackendError::io(format_args!(
+                "starting {}",
+                binary().display()
+            )))?;
         let status = wait(&mut child, &ram_path);
         let ram = std::fs::read(&ram_path).map_err(BackendError::io(ram_path.display()));
         let _ = std::fs::remove_file(&ram_path);
         let ram = ram?;
         let (cur_op, log_bytes) = self.image.read_back(&ram);
-        let mut trace = Trace::new(self.name);
+        let mut trace = Trace::new(&self.name);
         trace.events = log::decode(log_bytes)?;
         let booted = ram[BOOTED as usize..BOOTED as usize + 4] == 1u32.to_le_bytes();
         // isa-debug-exit's "completed" (status 1) is also QEMU's own exit
@@ -647,7 +766,7 @@ impl Backend for QemuBackend {
             Some(code) if !booted && code != NEVER_BOOTED => {
                 let stderr = stderr_of(&mut child);
                 return Ok(Trace::error(
-                    self.name,
+                    &self.name,
                     format!(
                         "QEMU exited with status {code} before the guest stub ran: {}",
                         stderr.trim()
@@ -688,71 +807,45 @@ impl QemuBackend {
         ioapic: crate::scenario::IoapicVersion,
         size: usize,
     ) -> Command {
-        let mut c = Command::new(QEMU);
-        // pit=off: the PIT comes out of reset counting on ISA IRQ 0, which
-        // QEMU routes to IOAPIC pin 2 (an edge every 55 ms a scenario did
-        // not ask for); hpet=off: no other timer on the IOAPIC.
-        let tcg_cpu = if self.features.tcg_x2apic {
-            // CPUID.01H:ECX.x2APIC; the APIC stays in xAPIC mode until the
-            // stub sets IA32_APIC_BASE.EXTD (SDM §11.12.1).
-            "qemu64,+x2apic"
-        } else {
-            "qemu64"
-        };
-        c.args(if self.name == "qemu-tcg" {
-            [
-                "-accel",
-                "tcg",
-                "-machine",
-                "pc,pit=off,hpet=off",
-                "-cpu",
-                tcg_cpu,
-            ]
-        } else {
-            [
-                "-accel",
-                "kvm",
-                "-machine",
-                "pc,kernel-irqchip=off,pit=off,hpet=off",
-                "-cpu",
-                "qemu64",
-            ]
-        })
-        .arg("-m")
-        .arg(format!("{}M", size >> 20))
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "none",
-            "-monitor",
-            "none",
-        ])
-        .arg("-object")
-        .arg(format!(
-            "memory-backend-file,id=ram0,size={}M,mem-path={},share=on",
-            size >> 20,
-            ram.display()
-        ))
-        .args(["-machine", "memory-backend=ram0"])
-        .arg("-bios")
-        .arg(&self.firmware)
-        .args([
-            "-device",
-            "pc-testdev",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=4",
-        ])
-        // QEMU's IOAPIC is an ICH one (0x20) unless told to be an 82093AA.
-        .args(match ioapic {
-            crate::scenario::IoapicVersion::V11 => ["-global", "ioapic.version=0x11"],
-            crate::scenario::IoapicVersion::V20 => ["-global", "ioapic.version=0x20"],
-        })
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let mut c = Command::new(binary());
+        c.args(["-accel", &self.options.accel_arg()])
+            .args(["-machine", self.options.machine_arg()])
+            .args(["-cpu", cpu_model(&self.options, &self.features)])
+            .arg("-m")
+            .arg(format!("{}M", size >> 20))
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-serial",
+                "none",
+                "-monitor",
+                "none",
+            ])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=ram0,size={}M,mem-path={},share=on",
+                size >> 20,
+                ram.display()
+            ))
+            .args(["-machine", "memory-backend=ram0"])
+            .arg("-bios")
+            .arg(&self.firmware)
+            .args([
+                "-device",
+                "pc-testdev",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=4",
+            ])
+            // QEMU's IOAPIC is an ICH one (0x20) unless told to be an 82093AA.
+            .args(match ioapic {
+                crate::scenario::IoapicVersion::V11 => ["-global", "ioapic.version=0x11"],
+                crate::scenario::IoapicVersion::V20 => ["-global", "ioapic.version=0x20"],
+            })
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         c
     }
 }
@@ -773,6 +866,16 @@ fn wait(child: &mut Child, ram: &std::path::Path) -> Option<i32> {
     let start = Instant::now();
     let file = std::fs::File::open(ram).ok();
     let mut booted_at = None;
+    // The stub's progress (its current op and log pointer): a run counts
+    // as hung only when it has stood still for HANG_AFTER, so a run that
+    // a loaded host slows down is not mistaken for a hang.
+    let progress = |f: &std::fs::File| {
+        let (mut op, mut log) = ([0u8; 4], [0u8; 8]);
+        let _ = f.read_exact_at(&mut op, CUR_OP);
+        let _ = f.read_exact_at(&mut log, LOG_PTR);
+        (u32::from_le_bytes(op), u64::from_le_bytes(log))
+    };
+    let mut last_progress = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status.code().unwrap_or(-1));
@@ -787,7 +890,14 @@ fn wait(child: &mut Child, ram: &std::path::Path) -> Option<i32> {
                 booted_at = Some(Instant::now());
             }
         }
-        let hung = booted_at.is_some_and(|t| t.elapsed() > HANG_AFTER);
+        if let (Some(_), Some(f)) = (booted_at, file.as_ref()) {
+            let now = progress(f);
+            if last_progress.is_none_or(|(p, _)| p != now) {
+                last_progress = Some((now, Instant::now()));
+            }
+        }
+        let hung =
+            last_progress.is_some_and(|(_, since): (_, Instant)| since.elapsed() > HANG_AFTER);
         if hung || start.elapsed() > BOOT_LIMIT {
             let _ = child.kill();
             let _ = child.wait();
@@ -982,9 +1092,13 @@ mod batch {
 }
 
 /// Writes scenario `i` of a batch into its staging slot.
-fn stage(ram: &mut [u8], i: usize, scenario: &Scenario, armed: bool) -> Result<()> {
-    let tab = table::encode_for(scenario, table::HostOps::Guest)
-        .map_err(|e| BackendError::Unsupported(e.to_string()))?;
+fn stage(
+    ram: &mut [u8],
+    i: usize,
+    tab: &table::Table,
+    scenario: &Scenario,
+    armed: bool,
+) -> Result<()> {
     let slot = (batch::STAGING + i as u64 * batch::SLOT) as usize;
     if batch::OPS_AT as usize + tab.ops.len() > batch::SLOT as usize || tab.nth.len() > 0x1000 {
         return Err(BackendError::Unsupported(
@@ -1168,7 +1282,7 @@ impl QemuBackend {
                             results.set(
                                 i,
                                 Trace::error(
-                                    self.name,
+                                    &self.name,
                                     format!(
                                         "QEMU exited (status {status:?}) with the batch unfinished: {}",
                                         stderr.trim()
@@ -1186,7 +1300,7 @@ impl QemuBackend {
                     results.set(
                         i,
                         Trace::error(
-                            self.name,
+                            &self.name,
                             format!("QEMU did not reach the guest stub within {BOOT_LIMIT:?}"),
                         ),
                     );
@@ -1203,8 +1317,7 @@ impl QemuBackend {
     fn batch_ram(&self, group: &[(usize, &Scenario)], armed: &[bool]) -> Result<Vec<u8>> {
         let mut ram = vec![0u8; batch::RAM];
         self.image.install(&mut ram);
-        let first = table::encode_for(group[0].1, table::HostOps::Guest)
-            .map_err(|e| BackendError::Unsupported(e.to_string()))?;
+        let first = guest_table(group[0].1, &self.options)?;
         let base = self.ram(&first, group[0].1);
         ram[..base.len()].copy_from_slice(&base);
         // The long-mode trampoline enters the loader, not the stub.
@@ -1232,7 +1345,7 @@ impl QemuBackend {
         let wc = batch::WATCHDOG_COUNT as usize;
         ram[wc..wc + 4].copy_from_slice(&count.to_le_bytes());
         for (i, (_, s)) in group.iter().enumerate() {
-            stage(&mut ram, i, s, armed[i])?;
+            stage(&mut ram, i, &guest_table(s, &self.options)?, s, armed[i])?;
         }
         let control = batch::CONTROL as usize;
         ram[control..control + 4].copy_from_slice(&(group.len() as u32).to_le_bytes());
@@ -1252,9 +1365,10 @@ impl QemuBackend {
             "unix:{},server=on,wait=off",
             monitor_path.display()
         ));
-        let child = command
-            .spawn()
-            .map_err(BackendError::io(format_args!("starting {QEMU}")))?;
+        let child = command.spawn().map_err(BackendError::io(format_args!(
+            "starting {}",
+            binary().display()
+        )))?;
         Ok(Process {
             child,
             monitor_path,
@@ -1358,7 +1472,7 @@ impl QemuBackend {
                 self.hang_trace(&batch.path)?
             } else {
                 Trace::error(
-                    self.name,
+                    &self.name,
                     format!("the guest neither ended nor halted within {RUN_LIMIT:?}"),
                 )
             },
@@ -1388,7 +1502,7 @@ impl QemuBackend {
             u64::from_le_bytes(head[0x10..0x18].try_into().expect("8 bytes")).clamp(LOG, LOG_END);
         let mut log_bytes = vec![0u8; (ptr - LOG) as usize];
         file.read_exact_at(&mut log_bytes, LOG).map_err(fail)?;
-        let mut trace = Trace::new(self.name);
+        let mut trace = Trace::new(&self.name);
         trace.events = log::decode(&log_bytes)?;
         trace.outcome = Outcome::Hang;
         trace.hang_op = Some(cur_op);
@@ -1408,7 +1522,7 @@ impl QemuBackend {
         let mut log_bytes = vec![0u8; len];
         file.read_exact_at(&mut log_bytes, at + 16)
             .map_err(BackendError::io("the batch results"))?;
-        let mut trace = Trace::new(self.name);
+        let mut trace = Trace::new(&self.name);
         trace.events = log::decode(&log_bytes)?;
         if code == batch::HANG {
             trace.outcome = Outcome::Hang;
@@ -1421,24 +1535,5 @@ impl QemuBackend {
             _ => return Err(BackendError::LogFull),
         }
         Ok(trace)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_version;
-
-    #[test]
-    fn the_version_is_read_from_qemu_version_output() {
-        let v10 = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright";
-        assert_eq!(parse_version(v10), Some((10, 0, 2)));
-        let v72 = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)";
-        assert_eq!(parse_version(v72), Some((7, 2, 22)));
-        // A source build: "version 9.2.50 (v9.2.0-1234-gabcdef)".
-        assert_eq!(
-            parse_version("QEMU emulator version 9.2.50 (v9.2.0-1-g1)"),
-            Some((9, 2, 50))
-        );
-        assert_eq!(parse_version("qemu-system-x86_64: not a version"), None);
     }
 }
