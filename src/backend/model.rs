@@ -13,7 +13,9 @@ use super::{Availability, Backend, BackendKind, Result};
 use crate::model::ioapic::{IOEOI, IOREGSEL, IOWIN};
 use crate::model::lapic::reg;
 use crate::model::machine::Interrupt;
-use crate::model::{IoapicVersion as ModelIoapicVersion, Machine, MachineConfig, Quirks, Rule};
+use crate::model::{
+    Deviations, IoapicVersion as ModelIoapicVersion, Machine, MachineConfig, Quirks, Rule,
+};
 use crate::oracle::Divergence;
 use crate::scenario::{ApicMode, HostOp, IoapicVersion, Irqchip, Op, Scenario};
 use crate::trace::{Event, EventKind, Outcome, Snapshot, Space, Trace, STORM_LIMIT};
@@ -47,22 +49,32 @@ pub struct Decision {
 #[derive(Clone, Debug, Default)]
 pub struct ModelBackend {
     quirks: Quirks,
+    deviations: Deviations,
 }
 
 impl ModelBackend {
     pub fn new() -> Self {
-        ModelBackend {
-            quirks: Quirks::empty(),
-        }
+        ModelBackend::default()
     }
 
     pub fn with_quirks(quirks: Quirks) -> Self {
-        ModelBackend { quirks }
+        ModelBackend {
+            quirks,
+            deviations: Deviations::default(),
+        }
+    }
+
+    /// The model with spec rules broken on purpose (diagnosis).
+    pub fn with_deviations(deviations: Deviations) -> Self {
+        ModelBackend {
+            quirks: Quirks::empty(),
+            deviations,
+        }
     }
 
     /// Runs `scenario`, returning the trace and the decisions behind it.
     pub fn run_explained(&mut self, scenario: &Scenario) -> (Trace, Vec<Decision>) {
-        let mut run = Run::new(scenario, self.quirks);
+        let mut run = Run::new(scenario, self.quirks, self.deviations);
         let stop = run.program();
         let mut trace = Trace::new("model");
         trace.events = run.events;
@@ -158,7 +170,7 @@ struct Run<'s> {
 }
 
 impl<'s> Run<'s> {
-    fn new(scenario: &'s Scenario, quirks: Quirks) -> Run<'s> {
+    fn new(scenario: &'s Scenario, quirks: Quirks, deviations: Deviations) -> Run<'s> {
         let config = MachineConfig {
             ioapic: match scenario.config.ioapic {
                 IoapicVersion::V11 => ModelIoapicVersion::V11,
@@ -168,6 +180,7 @@ impl<'s> Run<'s> {
             directed_eoi: scenario.config.directed_eoi,
             split: scenario.config.irqchip == Irqchip::Split,
             quirks,
+            deviations,
         };
         Run {
             scenario,
