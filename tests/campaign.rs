@@ -62,7 +62,12 @@ fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
             f.minimized.ops.len(),
             f.minimized
         );
-        let dir = out.join(seeded);
+        let dir = f.dir.clone().expect("written");
+        assert_eq!(
+            dir.parent().unwrap().parent().unwrap(),
+            out,
+            "OUT/<cause>/<signature>"
+        );
         for file in [
             "original.irq",
             "min.irq",
@@ -84,6 +89,43 @@ fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
             Some(seeded)
         );
     }
+    // causes.json: one object per cause, each naming the rule it breaks
+    // and that rule's citation; the four seeded bugs' rules are all there.
+    let causes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("causes.json")).unwrap()).unwrap();
+    let causes = causes.as_array().expect("a JSON list");
+    let mut rules = Vec::new();
+    for cause in causes {
+        let name = cause["name"].as_str().unwrap();
+        assert!(out.join(name).join("min.irq").is_file(), "{name}/min.irq");
+        assert!(cause["divergences"].as_u64().unwrap() > 0, "{cause}");
+        assert!(!cause["signatures"].as_array().unwrap().is_empty());
+        assert!(cause["minimal_scenario"].as_str().unwrap().ends_with('\n'));
+        assert!(
+            cause["documented"].is_null(),
+            "sim: has no documented behaviours"
+        );
+        for d in cause["explained_by"].as_array().unwrap() {
+            assert!(!d["citation"].as_str().unwrap().is_empty());
+            rules.push(d["rule"].as_str().unwrap().to_string());
+        }
+    }
+    for rule in [
+        "level-unmask-delivers",
+        "eoi-redelivers",
+        "level-remote-irr-blocks",
+        "eoi-broadcast",
+    ] {
+        assert!(
+            rules.iter().any(|r| r == rule),
+            "{rule} not among {rules:?}"
+        );
+    }
+    assert!(
+        summary.headline.contains("0 unexplained"),
+        "{}",
+        summary.headline
+    );
     std::fs::remove_dir_all(out).unwrap();
 }
 

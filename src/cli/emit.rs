@@ -90,6 +90,7 @@ pub fn main(args: EmitArgs) -> ExitCode {
                 minimize_runs: 0,
                 calls: differ.target.calls(),
                 triage: None,
+                explained_by: Vec::new(),
             };
             print!("{}", repro::report(&finding, &args.backend));
         }

@@ -1,0 +1,181 @@
+//! Causes: findings grouped by the deviation set that explains them
+//! ([`crate::diagnose`]), as `OUT/causes.json` lists them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnose::{cause_slug, NamedDeviation};
+use crate::differ::Finding;
+use crate::findings::Findings;
+use crate::model::Deviation;
+use crate::scenario::print::print;
+
+/// The file, at the top of the findings directory, listing the causes.
+pub const CAUSES_FILE: &str = "causes.json";
+
+/// One cause: one bug, whatever number of symptoms (signatures) it shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    /// Its directory under `OUT/`.
+    pub name: String,
+    /// The deviations under which the model reproduces every finding of the
+    /// cause; empty: unexplained.
+    pub explained_by: Vec<NamedDeviation>,
+    /// Signature slugs of its findings (each a sub-directory).
+    pub signatures: Vec<String>,
+    /// Divergences counted with one of its signatures.
+    pub divergences: u64,
+    /// The documented behaviour of the backend this cause is, if any.
+    pub documented: Option<String>,
+    /// The smallest repro of the cause (`.irq` text), also `OUT/NAME/min.irq`.
+    pub minimal_scenario: String,
+    /// Its number of top-level ops.
+    pub minimal_ops: usize,
+}
+
+impl Cause {
+    pub fn is_explained(&self) -> bool {
+        !self.explained_by.is_empty()
+    }
+
+    /// The deviations of [`Cause::explained_by`].
+    pub fn deviations(&self) -> Vec<Deviation> {
+        self.explained_by
+            .iter()
+            .filter_map(NamedDeviation::deviation)
+            .collect()
+    }
+}
+
+/// The causes of one findings directory, by name.
+#[derive(Debug, Default)]
+pub struct Causes {
+    pub by_name: BTreeMap<String, Cause>,
+}
+
+impl Causes {
+    /// The causes recorded in `OUT/causes.json`, if any (a resumed campaign
+    /// adds to them).
+    pub fn load(out: &Path) -> std::io::Result<Causes> {
+        let path = out.join(CAUSES_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Causes::default()),
+            Err(e) => return Err(e),
+        };
+        let list: Vec<Cause> = serde_json::from_str(&text).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        Ok(Causes {
+            by_name: list.into_iter().map(|c| (c.name.clone(), c)).collect(),
+        })
+    }
+
+    /// The explained deviation sets, to confirm on the next findings.
+    pub fn confirmed(&self) -> Vec<Vec<Deviation>> {
+        self.by_name
+            .values()
+            .filter(|c| c.is_explained())
+            .map(Cause::deviations)
+            .collect()
+    }
+
+    /// The cause a finding belongs to (by its `explained_by`), created if
+    /// new; returns its name and whether the finding is its smallest repro.
+    pub fn add(&mut self, finding: &Finding, backend: &str) -> (String, bool) {
+        let deviations: Vec<Deviation> = finding
+            .explained_by
+            .iter()
+            .filter_map(|n| Deviation::parse(n))
+            .collect();
+        let name = cause_slug(&deviations, &finding.signature.slug());
+        let ops = finding.minimized.ops.len();
+        let cause = self.by_name.entry(name.clone()).or_insert_with(|| Cause {
+            name: name.clone(),
+            explained_by: deviations.iter().map(|d| NamedDeviation::of(*d)).collect(),
+            signatures: Vec::new(),
+            divergences: 0,
+            documented: crate::known::documented(backend, &deviations).map(|k| k.id.to_string()),
+            minimal_scenario: String::new(),
+            minimal_ops: usize::MAX,
+        });
+        let slug = finding.signature.slug();
+        if !cause.signatures.contains(&slug) {
+            cause.signatures.push(slug);
+        }
+        let smallest = ops < cause.minimal_ops;
+        if smallest {
+            cause.minimal_ops = ops;
+            cause.minimal_scenario = print(&finding.minimized);
+        }
+        (name, smallest)
+    }
+
+    /// Sets each cause's divergence count from the counts by signature.
+    pub fn count(&mut self, by_signature: &BTreeMap<String, u64>) {
+        for cause in self.by_name.values_mut() {
+            cause.divergences = cause
+                .signatures
+                .iter()
+                .filter_map(|s| by_signature.get(s))
+                .sum();
+        }
+    }
+
+    /// The causes, the most divergences first.
+    pub fn list(&self) -> Vec<Cause> {
+        let mut list: Vec<Cause> = self.by_name.values().cloned().collect();
+        list.sort_by(|a, b| b.divergences.cmp(&a.divergences).then(a.name.cmp(&b.name)));
+        list
+    }
+
+    /// Writes `OUT/causes.json` atomically.
+    pub fn save(&self, findings: &Findings) -> std::io::Result<()> {
+        let json = serde_json::to_string_pretty(&self.list()).expect("causes serialise") + "\n";
+        findings.write_file(Path::new(CAUSES_FILE), &json)?;
+        Ok(())
+    }
+
+    /// One line for the summary: how many causes explain how many
+    /// divergences, which are documented, how many are unexplained.
+    pub fn headline(&self, divergences: u64) -> String {
+        let list = self.list();
+        let explained: Vec<&Cause> = list.iter().filter(|c| c.is_explained()).collect();
+        let unexplained = list.len() - explained.len();
+        let documented: Vec<&str> = explained
+            .iter()
+            .filter_map(|c| c.documented.as_deref())
+            .collect();
+        let of_causes: u64 = list.iter().map(|c| c.divergences).sum();
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let doc = match documented.len() {
+            0 => String::new(),
+            n if n == explained.len() && n > 1 => {
+                format!(" (all documented: {})", documented.join(", "))
+            }
+            n if n == explained.len() => format!(" (documented: {})", documented.join(", ")),
+            n => format!(" ({n} documented: {})", documented.join(", ")),
+        };
+        let other = divergences.saturating_sub(of_causes);
+        let rest = if other > 0 {
+            format!("; {other} more divergences with a signature settled into another's root cause")
+        } else {
+            String::new()
+        };
+        format!(
+            "{} cause{} explain{} {} divergences{doc}; {unexplained} unexplained{rest}",
+            explained.len(),
+            plural(explained.len()),
+            if explained.len() == 1 { "s" } else { "" },
+            list.iter()
+                .filter(|c| c.is_explained())
+                .map(|c| c.divergences)
+                .sum::<u64>(),
+        )
+    }
+}
