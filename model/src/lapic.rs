@@ -356,6 +356,12 @@ impl Lapic {
 
     /// The processor takes `vector`: IRR to ISR (§11.8.4 last step).
     pub fn acknowledge(&mut self, vector: u8) {
+        if self
+            .deviations
+            .breaks(Rule::AcceptedIntoIrr, Mode::Inverted)
+        {
+            return; // The vector stays requested, nothing goes in service.
+        }
         set(&mut self.irr, vector, false);
         if !self.quirks.contains(Quirks::ISR_NEVER_SET)
             && !self.deviations.breaks(Rule::AcceptedIntoIrr, Mode::Skipped)

@@ -255,8 +255,14 @@ impl Deviation {
             (Rule::EdgeNoNewEdge, Mode::Skipped) => {
                 "an assert of an already asserted edge pin delivers again"
             }
+            (Rule::DispatchAbovePpr, Mode::Late) => {
+                "what the guest made pending is taken only after the next exit to the VMM, one interrupt per entry"
+            }
             (Rule::AcceptedIntoIrr, Mode::Skipped) => {
                 "the processor takes the vector but ISR is not set"
+            }
+            (Rule::AcceptedIntoIrr, Mode::Inverted) => {
+                "the processor takes the vector but it stays in IRR, and ISR is not set"
             }
             (Rule::IllegalVector, Mode::Skipped) => "vectors 0-15 are accepted",
             (Rule::ApicSoftwareDisabled, Mode::Skipped) => {

@@ -156,6 +156,7 @@ enum Stop {
 type Step = std::result::Result<(), Stop>;
 
 struct Run<'s> {
+    deviations: Deviations,
     scenario: &'s Scenario,
     machine: Machine,
     events: Vec<Event>,
@@ -183,6 +184,7 @@ impl<'s> Run<'s> {
             deviations,
         };
         Run {
+            deviations,
             scenario,
             machine: Machine::new(config),
             events: Vec::new(),
@@ -208,7 +210,17 @@ impl<'s> Run<'s> {
         self.current = op.keyword();
         self.execute(op, k, depth)?;
         self.collect(k);
-        self.deliver_pending(k, depth)?;
+        // Deviation dispatch-above-ppr/late: what the guest made pending is
+        // taken only at the entry after an exit to the VMM (a host op).
+        let late = self
+            .deviations
+            .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late);
+        // Then one interrupt per entry, as a VMM injects them.
+        if !late {
+            self.deliver_pending(k, depth)?;
+        } else if let (Op::Host(_), Some(interrupt)) = (op, self.machine.pending()) {
+            self.deliver(interrupt, k, depth)?;
+        }
         self.note_held(k);
         Ok(())
     }

@@ -93,7 +93,11 @@ impl Causes {
             .iter()
             .filter_map(|n| Deviation::parse(n))
             .collect();
-        let name = cause_slug(&deviations, &finding.signature.slug());
+        // A finding that needs a known cause and another deviation besides
+        // (two bugs in one minimised program) is filed under the known one.
+        let name = self
+            .covering(&deviations)
+            .unwrap_or_else(|| cause_slug(&deviations, &finding.signature.slug()));
         let ops = finding.minimized.ops.len();
         let cause = self.by_name.entry(name.clone()).or_insert_with(|| Cause {
             name: name.clone(),
@@ -114,6 +118,57 @@ impl Causes {
             cause.minimal_scenario = print(&finding.minimized);
         }
         (name, smallest)
+    }
+
+    /// An explained cause, other than `deviations` itself, whose deviations
+    /// are a strict subset of `deviations`: the largest such.
+    fn covering(&self, deviations: &[Deviation]) -> Option<String> {
+        self.by_name
+            .values()
+            .filter(|c| c.is_explained())
+            .map(|c| (c.deviations(), &c.name))
+            .filter(|(set, _)| {
+                set.len() < deviations.len() && set.iter().all(|d| deviations.contains(d))
+            })
+            .max_by_key(|(set, _)| set.len())
+            .map(|(_, name)| name.clone())
+    }
+
+    /// Folds every composite cause into a cause that covers it (see
+    /// [`Causes::add`]; the covering cause may have been found later),
+    /// moving its signature directories with rename(2).
+    pub fn fold_composites(&mut self, findings: &Findings) -> std::io::Result<()> {
+        let composites: Vec<(String, String)> = self
+            .by_name
+            .values()
+            .filter(|c| c.explained_by.len() > 1)
+            .filter_map(|c| Some((c.name.clone(), self.covering(&c.deviations())?)))
+            .collect();
+        for (from, into) in composites {
+            let Some(gone) = self.by_name.remove(&from) else {
+                continue;
+            };
+            let root = findings.root();
+            for sig in &gone.signatures {
+                let dest = root.join(&into).join(sig);
+                if !dest.exists() {
+                    std::fs::rename(root.join(&from).join(sig), &dest)?;
+                }
+            }
+            let target = self.by_name.get_mut(&into).expect("covering cause exists");
+            for sig in gone.signatures {
+                if !target.signatures.contains(&sig) {
+                    target.signatures.push(sig);
+                }
+            }
+            if gone.minimal_ops < target.minimal_ops {
+                target.minimal_ops = gone.minimal_ops;
+                target.minimal_scenario = gone.minimal_scenario.clone();
+                findings.write_file(&Path::new(&into).join("min.irq"), &gone.minimal_scenario)?;
+            }
+            let _ = std::fs::remove_dir_all(root.join(&from));
+        }
+        Ok(())
     }
 
     /// Sets each cause's divergence count from the counts by signature.

@@ -359,6 +359,7 @@ pub fn run(
     findings_sorted.sort_by_key(|f| !f.triage.as_ref().is_some_and(|t| t.is_likely_model_bug()));
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let mut causes = ledger.causes.into_inner().unwrap();
+    causes.fold_composites(&ledger.findings)?;
     causes.count(&ledger.by_signature.into_inner().unwrap());
     causes.save(&ledger.findings)?;
     let divergences = load(&stats.divergences);
