@@ -145,29 +145,94 @@ impl Causes {
             .filter_map(|c| Some((c.name.clone(), self.covering(&c.deviations())?)))
             .collect();
         for (from, into) in composites {
-            let Some(gone) = self.by_name.remove(&from) else {
-                continue;
-            };
-            let root = findings.root();
-            for sig in &gone.signatures {
-                let dest = root.join(&into).join(sig);
-                if !dest.exists() {
-                    std::fs::rename(root.join(&from).join(sig), &dest)?;
-                }
-            }
-            let target = self.by_name.get_mut(&into).expect("covering cause exists");
-            for sig in gone.signatures {
-                if !target.signatures.contains(&sig) {
-                    target.signatures.push(sig);
-                }
-            }
-            if gone.minimal_ops < target.minimal_ops {
-                target.minimal_ops = gone.minimal_ops;
-                target.minimal_scenario = gone.minimal_scenario.clone();
-                findings.write_file(&Path::new(&into).join("min.irq"), &gone.minimal_scenario)?;
-            }
-            let _ = std::fs::remove_dir_all(root.join(&from));
+            self.merge_into(findings, &from, &into)?;
         }
+        Ok(())
+    }
+
+    /// Confirms each explanation on the other causes' findings: a cause
+    /// whose every finding another cause's deviations also reproduce (its
+    /// `min.irq` and `observed.json`) is folded into that cause, the one
+    /// with the most divergences first. One bug then is one cause even when
+    /// a narrower deviation happened to fit some of its symptoms.
+    pub fn fold_confirmed(
+        &mut self,
+        findings: &Findings,
+        by_signature: &BTreeMap<String, u64>,
+    ) -> std::io::Result<()> {
+        self.count(by_signature);
+        loop {
+            let list = self.list();
+            let evidence =
+                |cause: &Cause| -> Vec<(crate::scenario::Scenario, crate::trace::Trace)> {
+                    cause
+                        .signatures
+                        .iter()
+                        .filter_map(|sig| {
+                            let dir = findings.root().join(&cause.name).join(sig);
+                            let min = std::fs::read_to_string(dir.join("min.irq")).ok()?;
+                            let obs = std::fs::read_to_string(dir.join("observed.json")).ok()?;
+                            Some((
+                                crate::scenario::parse(&min).ok()?,
+                                serde_json::from_str(&obs).ok()?,
+                            ))
+                        })
+                        .collect()
+                };
+            let fold = list.iter().rev().find_map(|small| {
+                if !small.is_explained() {
+                    return None;
+                }
+                let cases = evidence(small);
+                if cases.is_empty() {
+                    return None;
+                }
+                list.iter()
+                    .filter(|big| big.name != small.name && big.is_explained())
+                    .find(|big| {
+                        let set = big.deviations();
+                        cases
+                            .iter()
+                            .all(|(s, t)| crate::diagnose::reproduces(s, t, &set))
+                    })
+                    .map(|big| (small.name.clone(), big.name.clone()))
+            });
+            let Some((from, into)) = fold else {
+                return Ok(());
+            };
+            self.merge_into(findings, &from, &into)?;
+            self.count(by_signature);
+        }
+    }
+
+    /// Moves cause `from`'s signature directories under `into` (rename(2))
+    /// and forgets `from`.
+    fn merge_into(&mut self, findings: &Findings, from: &str, into: &str) -> std::io::Result<()> {
+        let Some(gone) = self.by_name.remove(from) else {
+            return Ok(());
+        };
+        let root = findings.root();
+        for sig in &gone.signatures {
+            let dest = root.join(into).join(sig);
+            if !dest.exists() {
+                std::fs::rename(root.join(from).join(sig), &dest)?;
+            }
+        }
+        let target = self
+            .by_name
+            .get_mut(into)
+            .expect("the cause folded into exists");
+        for sig in gone.signatures {
+            if !target.signatures.contains(&sig) {
+                target.signatures.push(sig);
+            }
+        }
+        if gone.minimal_ops < target.minimal_ops {
+            target.minimal_ops = gone.minimal_ops;
+            target.minimal_scenario = gone.minimal_scenario.clone();
+            findings.write_file(&Path::new(into).join("min.irq"), &gone.minimal_scenario)?;
+        }
+        let _ = std::fs::remove_dir_all(root.join(from));
         Ok(())
     }
 

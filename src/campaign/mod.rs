@@ -359,8 +359,10 @@ pub fn run(
     findings_sorted.sort_by_key(|f| !f.triage.as_ref().is_some_and(|t| t.is_likely_model_bug()));
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let mut causes = ledger.causes.into_inner().unwrap();
+    let by_signature = ledger.by_signature.into_inner().unwrap();
     causes.fold_composites(&ledger.findings)?;
-    causes.count(&ledger.by_signature.into_inner().unwrap());
+    causes.fold_confirmed(&ledger.findings, &by_signature)?;
+    causes.count(&by_signature);
     causes.save(&ledger.findings)?;
     let divergences = load(&stats.divergences);
     let documented = causes

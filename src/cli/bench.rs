@@ -8,12 +8,16 @@ use crate::bench;
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Which benchmarks: model, kvm, kvm-split, qemu-tcg, find (time to find each seeded
-    /// quirk), minimize (a 500-op scenario), or all.
+    /// quirk), minimize (a 500-op scenario), diagnose (causes against injected quirks; not
+    /// part of all), or all.
     #[arg(default_value = "all")]
     pub which: String,
     /// Scenarios for the backend throughput benchmarks.
     #[arg(long, default_value_t = 2000)]
     pub cases: u64,
+    /// Trials of `diagnose` (each a random set of 1-3 quirks and a campaign of `--cases`).
+    #[arg(long, default_value_t = 40)]
+    pub trials: u64,
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
@@ -36,13 +40,17 @@ pub fn main(args: BenchArgs) -> ExitCode {
         println!("{}", bench::time_to_find());
         ran = true;
     }
+    if args.which == "diagnose" {
+        println!("{}", bench::diagnose(args.trials, args.cases.min(5000)));
+        ran = true;
+    }
     if all || args.which == "minimize" {
         println!("{}", bench::minimize_500());
         ran = true;
     }
     if !ran {
         eprintln!(
-            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, qemu-tcg, find, minimize, all)",
+            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, qemu-tcg, find, minimize, diagnose, all)",
             args.which
         );
         return ExitCode::from(super::EXIT_BAD_INPUT);
