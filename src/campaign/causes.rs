@@ -236,6 +236,30 @@ impl Causes {
         Ok(())
     }
 
+    /// Adds another machine's cause (same name: same deviations): its
+    /// signatures, its divergences, its repro if smaller.
+    pub fn absorb(&mut self, other: &Cause) {
+        let cause = self
+            .by_name
+            .entry(other.name.clone())
+            .or_insert_with(|| Cause {
+                signatures: Vec::new(),
+                divergences: 0,
+                minimal_ops: usize::MAX,
+                ..other.clone()
+            });
+        for sig in &other.signatures {
+            if !cause.signatures.contains(sig) {
+                cause.signatures.push(sig.clone());
+            }
+        }
+        cause.divergences += other.divergences;
+        if other.minimal_ops < cause.minimal_ops {
+            cause.minimal_ops = other.minimal_ops;
+            cause.minimal_scenario = other.minimal_scenario.clone();
+        }
+    }
+
     /// Sets each cause's divergence count from the counts by signature.
     pub fn count(&mut self, by_signature: &BTreeMap<String, u64>) {
         for cause in self.by_name.values_mut() {
