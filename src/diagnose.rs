@@ -99,13 +99,23 @@ pub fn diagnose(
     observed: &Trace,
     confirmed: &[Vec<Deviation>],
 ) -> Option<Vec<Deviation>> {
+    let probed = target.run_to_trace(&with_snapshots(scenario));
+    diagnose_probed(scenario, observed, &probed, confirmed)
+}
+
+/// [`diagnose`] with the target's trace of [`with_snapshots`] already run.
+pub fn diagnose_probed(
+    scenario: &Scenario,
+    observed: &Trace,
+    probed: &Trace,
+    confirmed: &[Vec<Deviation>],
+) -> Option<Vec<Deviation>> {
     let mut candidates = explanations(scenario, observed);
     if candidates.len() > 1 {
         let probe = with_snapshots(scenario);
-        let probed = target.run_to_trace(&probe);
         let narrowed: Vec<Vec<Deviation>> = candidates
             .iter()
-            .filter(|set| reproduces(&probe, &probed, set))
+            .filter(|set| reproduces(&probe, probed, set))
             .cloned()
             .collect();
         if !narrowed.is_empty() {

@@ -45,6 +45,11 @@ pub struct Finding {
     /// ([`crate::diagnose`]).
     #[serde(default)]
     pub explained_by: Vec<String>,
+    /// The target's trace of the minimised scenario with a snapshot after
+    /// every op ([`crate::diagnose::with_snapshots`]): the evidence that
+    /// confirms an explanation on other findings.
+    #[serde(default)]
+    pub probe: Option<Trace>,
 }
 
 /// Runs both backends on a scenario and rules on the difference.
@@ -139,6 +144,7 @@ impl Differ {
             triage: None,
             known: None,
             explained_by: Vec::new(),
+            probe: None,
         })
     }
 }

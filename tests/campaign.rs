@@ -210,3 +210,44 @@ fn killed_campaign_keeps_every_reported_finding_and_resumes() {
     assert!(before.is_subset(&after));
     std::fs::remove_dir_all(out).unwrap();
 }
+
+#[test]
+fn two_seeded_bugs_are_exactly_two_causes_each_naming_its_rule() {
+    let out = scratch("two-causes");
+    let options = Options {
+        cases: Some(20_000),
+        ..Options::new("sim:level-eoi-no-redeliver,split-eoi-lost", &out)
+    };
+    let summary = campaign::run(
+        &options,
+        &Stats::default(),
+        &AtomicBool::new(false),
+        &|_| {},
+    )
+    .unwrap();
+    let mut names: Vec<&str> = summary.causes.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["eoi-broadcast-skipped", "eoi-redelivers-skipped"]);
+    let mut top: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort_unstable();
+    assert_eq!(
+        top,
+        [
+            "causes.json",
+            "eoi-broadcast-skipped",
+            "eoi-redelivers-skipped"
+        ],
+        "only causes at the top level"
+    );
+    assert_eq!(
+        summary.headline,
+        format!(
+            "2 causes explain {} divergences; 0 unexplained",
+            summary.divergences
+        )
+    );
+    std::fs::remove_dir_all(out).unwrap();
+}

@@ -12,6 +12,9 @@ use crate::findings::Findings;
 use crate::model::Deviation;
 use crate::scenario::print::print;
 
+/// The file of a finding with the backend's trace of its snapshot probe.
+pub const PROBE_FILE: &str = "probe.json";
+
 /// The file, at the top of the findings directory, listing the causes.
 pub const CAUSES_FILE: &str = "causes.json";
 
@@ -152,7 +155,8 @@ impl Causes {
 
     /// Confirms each explanation on the other causes' findings: a cause
     /// whose every finding another cause's deviations also reproduce (its
-    /// `min.irq` and `observed.json`) is folded into that cause, the one
+    /// `min.irq` with a snapshot after every op, against the backend's
+    /// `probe.json`) is folded into that cause, the one
     /// with the most divergences first. One bug then is one cause even when
     /// a narrower deviation happened to fit some of its symptoms.
     pub fn fold_confirmed(
@@ -171,10 +175,11 @@ impl Causes {
                         .filter_map(|sig| {
                             let dir = findings.root().join(&cause.name).join(sig);
                             let min = std::fs::read_to_string(dir.join("min.irq")).ok()?;
-                            let obs = std::fs::read_to_string(dir.join("observed.json")).ok()?;
+                            let probe = std::fs::read_to_string(dir.join(PROBE_FILE)).ok()?;
+                            let min = crate::scenario::parse(&min).ok()?;
                             Some((
-                                crate::scenario::parse(&min).ok()?,
-                                serde_json::from_str(&obs).ok()?,
+                                crate::diagnose::with_snapshots(&min),
+                                serde_json::from_str(&probe).ok()?,
                             ))
                         })
                         .collect()

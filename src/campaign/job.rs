@@ -155,13 +155,16 @@ impl Job {
                 return; // Its root cause is a bug already reported.
             }
         }
-        let explanation = crate::diagnose::diagnose(
-            self.differ.target.as_mut(),
+        let probe = crate::diagnose::with_snapshots(&finding.minimized);
+        let probed = self.differ.target.run_to_trace(&probe);
+        let explanation = crate::diagnose::diagnose_probed(
             &finding.minimized,
             &finding.observed,
+            &probed,
             &self.confirmed,
         )
         .unwrap_or_default();
+        finding.probe = Some(probed);
         finding.known = crate::known::documented(&self.backend, &explanation);
         finding.explained_by = explanation.iter().map(|d| d.name()).collect();
         if !explanation.is_empty() && !self.confirmed.contains(&explanation) {

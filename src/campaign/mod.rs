@@ -249,7 +249,10 @@ impl Ledger<'_> {
     /// cause's smallest repro is `OUT/<cause>/min.irq`, and
     /// `OUT/causes.json` is rewritten (atomically) after each finding.
     pub(crate) fn record(&self, mut finding: Finding) {
-        let files = repro::finding_files(&finding, &self.options.backend);
+        let mut files = repro::finding_files(&finding, &self.options.backend);
+        if let Some(probe) = &finding.probe {
+            files.push((causes::PROBE_FILE, probe.to_json() + "\n"));
+        }
         let mut causes = self.causes.lock().unwrap();
         let (cause, smallest) = causes.add(&finding, &self.options.backend);
         let written = self

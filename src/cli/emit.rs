@@ -91,6 +91,7 @@ pub fn main(args: EmitArgs) -> ExitCode {
                 calls: differ.target.calls(),
                 triage: None,
                 explained_by: Vec::new(),
+                probe: None,
             };
             print!("{}", repro::report(&finding, &args.backend));
         }
