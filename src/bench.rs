@@ -284,3 +284,84 @@ pub fn minimize_500() -> Value {
     }
     json!({ "benchmark": "minimize-500", "error": "no diverging 500-op scenario found" })
 }
+
+/// Ground truth for diagnosis: `trials` random sets of 1-3 single-rule
+/// quirks, a short `sim:` campaign for each, and the rules its causes name
+/// against the rules the quirks declare ([`Quirks::broken_rules`]).
+/// Precision and recall are micro-averaged over the trials.
+pub fn diagnose(trials: u64, cases: u64) -> Value {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicBool;
+
+    let pool: Vec<(&str, Quirks)> = Quirks::all()
+        .iter_names()
+        .filter(|(_, q)| q.broken_rules().len() == 1)
+        .collect();
+    let (mut hits, mut recovered_total, mut injected_total) = (0usize, 0usize, 0usize);
+    let mut rows = Vec::new();
+    for trial in 0..trials {
+        let mut rng = case_seed(0xd1a9, trial);
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let size = 1 + (next() % 3) as usize;
+        let mut chosen = Quirks::empty();
+        while chosen.iter().count() < size {
+            chosen |= pool[(next() % pool.len() as u64) as usize].1;
+        }
+        let names: Vec<String> = chosen
+            .iter_names()
+            .map(|(n, _)| backend::sim::kebab(n))
+            .collect();
+        let out = std::env::temp_dir().join(format!(
+            "irqdiff-bench-diagnose-{}-{trial}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&out);
+        let options = crate::campaign::Options {
+            cases: Some(cases),
+            seed: trial,
+            ..crate::campaign::Options::new(format!("sim:{}", names.join(",")), &out)
+        };
+        let summary = crate::campaign::run(
+            &options,
+            &crate::campaign::Stats::default(),
+            &AtomicBool::new(false),
+            &|_| {},
+        );
+        let _ = std::fs::remove_dir_all(&out);
+        let Ok(summary) = summary else { continue };
+        let injected: BTreeSet<&str> = chosen.broken_rules().iter().map(|r| r.name()).collect();
+        let recovered: BTreeSet<String> = summary
+            .causes
+            .iter()
+            .flat_map(|c| c.explained_by.iter().map(|d| d.rule.clone()))
+            .collect();
+        let unexplained = summary.causes.iter().filter(|c| !c.is_explained()).count();
+        hits += recovered
+            .iter()
+            .filter(|r| injected.contains(r.as_str()))
+            .count();
+        recovered_total += recovered.len();
+        injected_total += injected.len();
+        rows.push(json!({
+            "quirks": names,
+            "injected": injected,
+            "recovered": recovered,
+            "causes": summary.causes.len(),
+            "unexplained": unexplained,
+        }));
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    json!({
+        "benchmark": "diagnose",
+        "trials": rows.len(),
+        "cases_per_trial": cases,
+        "precision": ratio(hits, recovered_total),
+        "recall": ratio(hits, injected_total),
+        "runs": rows,
+    })
+}

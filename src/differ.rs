@@ -40,6 +40,16 @@ pub struct Finding {
     /// (the finding is still reported: labelled, never dropped).
     #[serde(with = "known_id")]
     pub known: Option<Known>,
+    /// The deviations (`rule/mode` names) under which the model reproduces
+    /// the backend's trace of the minimised scenario; empty: unexplained
+    /// ([`crate::diagnose`]).
+    #[serde(default)]
+    pub explained_by: Vec<String>,
+    /// The target's trace of the minimised scenario with a snapshot after
+    /// every op ([`crate::diagnose::with_snapshots`]): the evidence that
+    /// confirms an explanation on other findings.
+    #[serde(default)]
+    pub probe: Option<Trace>,
 }
 
 /// Runs both backends on a scenario and rules on the difference.
@@ -133,6 +143,8 @@ impl Differ {
             calls: self.target.calls(),
             triage: None,
             known: None,
+            explained_by: Vec::new(),
+            probe: None,
         })
     }
 }

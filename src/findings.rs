@@ -1,5 +1,8 @@
-//! The findings directory: one sub-directory per unique signature, written
-//! atomically so that a killed campaign keeps every finding it reported.
+//! The findings directory, laid out by cause: `OUT/<cause>/` holds the
+//! cause's smallest repro (`min.irq`) and one sub-directory per signature of
+//! that cause (`OUT/<cause>/<signature>/`), plus `OUT/causes.json` and
+//! `OUT/stalled/`. Everything is written atomically so that a killed
+//! campaign keeps every finding it reported.
 //!
 //! A finding is first written completely into a hidden temporary directory
 //! beside its final place, each file flushed to disk, then renamed into
@@ -44,46 +47,55 @@ impl Findings {
 
     /// The signatures already recorded (a resumed campaign skips them).
     pub fn known(&self) -> io::Result<BTreeSet<Signature>> {
-        let mut known = BTreeSet::new();
-        for entry in fs::read_dir(&self.root).map_err(|e| annotate(e, &self.root))? {
-            let path = entry?.path();
-            let file = path.join(SIGNATURE_FILE);
-            if path
+        Ok(self
+            .recorded()?
+            .into_iter()
+            .map(|(_, sig, _)| sig)
+            .collect())
+    }
+
+    /// Every recorded finding: (cause, signature, directory).
+    pub fn recorded(&self) -> io::Result<Vec<(String, Signature, PathBuf)>> {
+        let mut found = Vec::new();
+        for cause in visible_dirs(&self.root)? {
+            let cause_name = cause
                 .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            {
-                continue;
-            }
-            if let Ok(text) = fs::read_to_string(&file) {
-                match serde_json::from_str::<Signature>(&text) {
-                    Ok(sig) => {
-                        known.insert(sig);
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            for dir in visible_dirs(&cause)? {
+                let file = dir.join(SIGNATURE_FILE);
+                if let Ok(text) = fs::read_to_string(&file) {
+                    match serde_json::from_str::<Signature>(&text) {
+                        Ok(sig) => found.push((cause_name.clone(), sig, dir)),
+                        Err(e) => eprintln!("warning: ignoring {}: {e}", file.display()),
                     }
-                    Err(e) => eprintln!("warning: ignoring {}: {e}", file.display()),
                 }
             }
         }
-        Ok(known)
+        found.sort_by(|a, b| a.2.cmp(&b.2));
+        Ok(found)
     }
 
-    /// The directory a signature's finding lives in.
-    pub fn dir_of(&self, signature: &Signature) -> PathBuf {
-        self.root.join(signature.slug())
+    /// The directory of a signature's finding under its cause.
+    pub fn dir_of(&self, cause: &str, signature: &Signature) -> PathBuf {
+        self.root.join(cause).join(signature.slug())
     }
 
-    /// Writes one finding atomically. `files` are (name, contents) pairs.
-    /// Returns the final directory, or `None` if the signature was already
-    /// recorded (by this or another process).
+    /// Writes one finding of `cause` atomically. `files` are (name,
+    /// contents) pairs. Returns the final directory, or `None` if the
+    /// signature was already recorded (by this or another process).
     pub fn write(
         &self,
+        cause: &str,
         signature: &Signature,
         files: &[(&str, String)],
     ) -> io::Result<Option<PathBuf>> {
-        let dest = self.dir_of(signature);
+        let dest = self.dir_of(cause, signature);
         if dest.exists() {
             return Ok(None);
         }
-        let tmp = self.root.join(format!(
+        let parent = self.root.join(cause);
+        fs::create_dir_all(&parent).map_err(|e| annotate(e, &parent))?;
+        let tmp = parent.join(format!(
             ".tmp-{}-{}-{}",
             signature.slug(),
             std::process::id(),
@@ -104,7 +116,7 @@ impl Findings {
         sync_dir(&tmp);
         match fs::rename(&tmp, &dest) {
             Ok(()) => {
-                sync_dir(&self.root);
+                sync_dir(&parent);
                 Ok(Some(dest))
             }
             Err(_) if dest.exists() => {
@@ -148,6 +160,25 @@ impl Findings {
         sync_dir(&dir);
         Ok(dest)
     }
+}
+
+/// The sub-directories of `dir` that are neither hidden (`.tmp-` leftovers)
+/// nor `stalled/`; temporary leftovers are removed.
+fn visible_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| annotate(e, dir))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") {
+            let _ = fs::remove_dir_all(entry.path());
+            continue;
+        }
+        if name.starts_with('.') || name == "stalled" || !entry.path().is_dir() {
+            continue;
+        }
+        dirs.push(entry.path());
+    }
+    Ok(dirs)
 }
 
 fn unique_suffix() -> u64 {
@@ -196,13 +227,17 @@ mod tests {
         let root = scratch("roundtrip");
         let f = Findings::open(&root).unwrap();
         let dir = f
-            .write(&sig("a"), &[("min.irq", "nop\n".into())])
+            .write("cause-x", &sig("a"), &[("min.irq", "nop\n".into())])
             .unwrap()
             .unwrap();
+        assert_eq!(dir, root.join("cause-x").join(sig("a").slug()));
         assert_eq!(fs::read_to_string(dir.join("min.irq")).unwrap(), "nop\n");
         assert_eq!(f.known().unwrap(), BTreeSet::from([sig("a")]));
         // A second write of the same signature is skipped.
-        assert_eq!(f.write(&sig("a"), &[]).unwrap(), None);
+        assert_eq!(f.write("cause-x", &sig("a"), &[]).unwrap(), None);
+        f.write("cause-y", &sig("b"), &[]).unwrap().unwrap();
+        let causes: Vec<String> = f.recorded().unwrap().into_iter().map(|r| r.0).collect();
+        assert_eq!(causes, ["cause-x", "cause-y"]);
         fs::remove_dir_all(root).unwrap();
     }
 
@@ -228,9 +263,13 @@ mod tests {
         let root = scratch("leftover");
         fs::create_dir_all(root.join(".tmp-half-written")).unwrap();
         fs::write(root.join(".tmp-half-written").join(SIGNATURE_FILE), "{}").unwrap();
+        let nested = root.join("cause").join(".tmp-half");
+        fs::create_dir_all(&nested).unwrap();
+        fs::write(nested.join(SIGNATURE_FILE), "{}").unwrap();
         let f = Findings::open(&root).unwrap();
         assert!(f.known().unwrap().is_empty());
         assert!(!root.join(".tmp-half-written").exists());
+        assert!(!nested.exists());
         fs::remove_dir_all(root).unwrap();
     }
 }

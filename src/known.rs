@@ -9,6 +9,7 @@
 
 use std::sync::OnceLock;
 
+use crate::model::{Deviation, Mode, Rule};
 use crate::oracle::{Class, Signature};
 
 /// A documented behaviour of a real backend.
@@ -18,6 +19,10 @@ pub struct Known {
     pub title: &'static str,
     /// The section of docs/known-divergences.md.
     pub doc: &'static str,
+    /// The deviations of the model that reproduce it: a cause explained by
+    /// exactly these is this documented behaviour ([`documented`]). Empty
+    /// where the model has no hook for it yet.
+    pub deviations: &'static [Deviation],
 }
 
 /// KVM (this host's kvm_pvm): the local APIC never sets the ISR bit on
@@ -28,6 +33,7 @@ pub const KVM_ISR_NOT_SET: Known = Known {
     id: "kvm-isr-not-set",
     title: "KVM: ISR never set on delivery; the vector stays in IRR",
     doc: "docs/known-divergences.md#kvm-isr-not-set",
+    deviations: &[Deviation::new(Rule::AcceptedIntoIrr, Mode::Inverted)],
 };
 
 /// KVM (this host's kvm_pvm): an interrupt made pending by something the
@@ -38,6 +44,7 @@ pub const KVM_DEFERRED_INJECTION: Known = Known {
     id: "kvm-deferred-injection",
     title: "KVM: injection waits for the next exit to userspace",
     doc: "docs/known-divergences.md#kvm-deferred-injection",
+    deviations: &[Deviation::new(Rule::DispatchAbovePpr, Mode::Late)],
 };
 
 /// QEMU: every assert of an unmasked edge pin delivers, even when the line
@@ -46,6 +53,7 @@ pub const QEMU_EDGE_EVERY_ASSERT: Known = Known {
     id: "qemu-edge-every-assert",
     title: "QEMU: a repeated assert of an edge pin delivers again",
     doc: "docs/known-divergences.md#qemu-edge-every-assert",
+    deviations: &[Deviation::new(Rule::EdgeNoNewEdge, Mode::Skipped)],
 };
 
 /// QEMU's IOAPIC keeps a latched request per pin instead of the line
@@ -54,6 +62,7 @@ pub const QEMU_IOAPIC_LATCH: Known = Known {
     id: "qemu-ioapic-latch",
     title: "QEMU: the IOAPIC latches requests instead of following the line level",
     doc: "docs/known-divergences.md#qemu-ioapic-latch",
+    deviations: &[],
 };
 
 /// QEMU's local APIC checks no vector and takes interrupts while
@@ -62,6 +71,7 @@ pub const QEMU_LAPIC_ACCEPTS: Known = Known {
     id: "qemu-lapic-accepts",
     title: "QEMU: the local APIC accepts vectors 0-15 and takes interrupts while disabled",
     doc: "docs/known-divergences.md#qemu-lapic-accepts",
+    deviations: &[],
 };
 
 /// Both of QEMU's irqchips' behaviours in one scenario.
@@ -69,6 +79,7 @@ pub const QEMU_IRQCHIP: Known = Known {
     id: "qemu-irqchip",
     title: "QEMU: its IOAPIC latch and local APIC acceptance together",
     doc: "docs/known-divergences.md#qemu-ioapic-latch",
+    deviations: &[],
 };
 
 /// QEMU's documented behaviours, each as the model quirks that reproduce
@@ -93,6 +104,7 @@ pub const KVM_IOAPIC_LATCH: Known = Known {
     id: "kvm-ioapic-latch",
     title: "KVM (this host): the in-kernel IOAPIC sends nothing when an asserted edge pin becomes level",
     doc: "docs/known-divergences.md#kvm-ioapic-latch",
+    deviations: &[Deviation::new(Rule::LevelDelivers, Mode::Skipped)],
 };
 
 /// Every documented behaviour.
@@ -105,6 +117,31 @@ pub const ALL: [Known; 7] = [
     QEMU_LAPIC_ACCEPTS,
     QEMU_IRQCHIP,
 ];
+
+/// The documented behaviour of `backend` that a cause explained by exactly
+/// `deviations` is: the name attached to that cause.
+pub fn documented(backend: &str, deviations: &[Deviation]) -> Option<Known> {
+    let family = if backend.starts_with("kvm") {
+        "kvm-"
+    } else if backend.starts_with("qemu") {
+        "qemu-"
+    } else {
+        return None;
+    };
+    // The same rules broken (in whatever mode the evidence showed): a
+    // program where the stale IRR vector is never taken again cannot tell
+    // "ISR not set, IRR kept" from "ISR not set".
+    let rules = |set: &[Deviation]| {
+        let mut rules: Vec<Rule> = set.iter().map(|d| d.rule).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        rules
+    };
+    let wanted = rules(deviations);
+    ALL.into_iter().find(|k| {
+        k.id.starts_with(family) && !k.deviations.is_empty() && rules(k.deviations) == wanted
+    })
+}
 
 /// The documented behaviour with this id.
 pub fn by_id(id: &str) -> Option<Known> {
@@ -253,5 +290,22 @@ fn kvm_label(in_kernel_ioapic: bool, sig: &Signature) -> Option<Known> {
             Some(KVM_DEFERRED_INJECTION)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_documented_only_by_its_exact_deviations_on_its_backend() {
+        let isr = [Deviation::new(Rule::AcceptedIntoIrr, Mode::Skipped)];
+        assert_eq!(documented("kvm", &isr), Some(KVM_ISR_NOT_SET));
+        assert_eq!(documented("kvm-split", &isr), Some(KVM_ISR_NOT_SET));
+        assert_eq!(documented("sim:isr-never-set", &isr), None);
+        assert_eq!(documented("qemu-tcg", &isr), None);
+        let more = [isr[0], Deviation::new(Rule::EoiBroadcast, Mode::Skipped)];
+        assert_eq!(documented("kvm", &more), None);
+        assert_eq!(documented("kvm", &[]), None);
     }
 }

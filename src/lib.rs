@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bench;
 pub mod campaign;
 pub mod cli;
+pub mod diagnose;
 pub mod differ;
 pub mod findings;
 pub mod fuzzing;

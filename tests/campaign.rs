@@ -62,7 +62,12 @@ fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
             f.minimized.ops.len(),
             f.minimized
         );
-        let dir = out.join(seeded);
+        let dir = f.dir.clone().expect("written");
+        assert_eq!(
+            dir.parent().unwrap().parent().unwrap(),
+            out,
+            "OUT/<cause>/<signature>"
+        );
         for file in [
             "original.irq",
             "min.irq",
@@ -84,6 +89,43 @@ fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
             Some(seeded)
         );
     }
+    // causes.json: one object per cause, each naming the rule it breaks
+    // and that rule's citation; the four seeded bugs' rules are all there.
+    let causes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("causes.json")).unwrap()).unwrap();
+    let causes = causes.as_array().expect("a JSON list");
+    let mut rules = Vec::new();
+    for cause in causes {
+        let name = cause["name"].as_str().unwrap();
+        assert!(out.join(name).join("min.irq").is_file(), "{name}/min.irq");
+        assert!(cause["divergences"].as_u64().unwrap() > 0, "{cause}");
+        assert!(!cause["signatures"].as_array().unwrap().is_empty());
+        assert!(cause["minimal_scenario"].as_str().unwrap().ends_with('\n'));
+        assert!(
+            cause["documented"].is_null(),
+            "sim: has no documented behaviours"
+        );
+        for d in cause["explained_by"].as_array().unwrap() {
+            assert!(!d["citation"].as_str().unwrap().is_empty());
+            rules.push(d["rule"].as_str().unwrap().to_string());
+        }
+    }
+    for rule in [
+        "level-unmask-delivers",
+        "eoi-redelivers",
+        "level-remote-irr-blocks",
+        "eoi-broadcast",
+    ] {
+        assert!(
+            rules.iter().any(|r| r == rule),
+            "{rule} not among {rules:?}"
+        );
+    }
+    assert!(
+        summary.headline.contains("0 unexplained"),
+        "{}",
+        summary.headline
+    );
     std::fs::remove_dir_all(out).unwrap();
 }
 
@@ -166,5 +208,46 @@ fn killed_campaign_keeps_every_reported_finding_and_resumes() {
     );
     let after = campaign::known_signatures(&out).unwrap();
     assert!(before.is_subset(&after));
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn two_seeded_bugs_are_exactly_two_causes_each_naming_its_rule() {
+    let out = scratch("two-causes");
+    let options = Options {
+        cases: Some(20_000),
+        ..Options::new("sim:level-eoi-no-redeliver,split-eoi-lost", &out)
+    };
+    let summary = campaign::run(
+        &options,
+        &Stats::default(),
+        &AtomicBool::new(false),
+        &|_| {},
+    )
+    .unwrap();
+    let mut names: Vec<&str> = summary.causes.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["eoi-broadcast-skipped", "eoi-redelivers-skipped"]);
+    let mut top: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort_unstable();
+    assert_eq!(
+        top,
+        [
+            "causes.json",
+            "eoi-broadcast-skipped",
+            "eoi-redelivers-skipped"
+        ],
+        "only causes at the top level"
+    );
+    assert_eq!(
+        summary.headline,
+        format!(
+            "2 causes explain {} divergences; 0 unexplained",
+            summary.divergences
+        )
+    );
     std::fs::remove_dir_all(out).unwrap();
 }

@@ -12,7 +12,7 @@
 //! level is the caller's business, as the scenario format specifies.
 
 use crate::quirks::Quirks;
-use crate::rules::Rule;
+use crate::rules::{Deviations, Mode, Rule};
 
 /// Redirection entries (82093AA §3.2.2: maximum redirection entry 0x17).
 pub const PINS: usize = 24;
@@ -161,6 +161,8 @@ impl RedirectionEntry {
 pub struct Ioapic {
     version: IoapicVersion,
     quirks: Quirks,
+    /// Rules broken on purpose (diagnosis: see [`crate::rules::Deviation`]).
+    deviations: Deviations,
     /// IOREGSEL (8 bits).
     select: u8,
     /// IOAPIC ID, bits 27:24 of register 0.
@@ -191,6 +193,7 @@ impl Ioapic {
         Ioapic {
             version,
             quirks,
+            deviations: Deviations::default(),
             select: 0,
             id: 0,
             arbitration: 0,
@@ -204,7 +207,15 @@ impl Ioapic {
     }
 
     pub fn reset(&mut self) {
-        *self = Ioapic::with_quirks(self.version, self.quirks);
+        *self = Ioapic {
+            deviations: self.deviations,
+            ..Ioapic::with_quirks(self.version, self.quirks)
+        };
+    }
+
+    /// Breaks the given rules from now on (kept across [`Ioapic::reset`]).
+    pub fn set_deviations(&mut self, deviations: Deviations) {
+        self.deviations = deviations;
     }
 
     pub fn version(&self) -> IoapicVersion {
@@ -329,6 +340,10 @@ impl Ioapic {
         } else {
             Rule::LevelDelivers
         };
+        if self.deviations.breaks(rule, Mode::Skipped) {
+            bus.note(Rule::Quirk, e.vector());
+            return;
+        }
         self.send(pin, rule, bus);
     }
 
@@ -367,7 +382,9 @@ impl Ioapic {
             if !requested {
                 return;
             }
-            if was && !self.quirks.contains(Quirks::EDGE_EVERY_ASSERT) {
+            let every_assert = self.quirks.contains(Quirks::EDGE_EVERY_ASSERT)
+                || self.deviations.breaks(Rule::EdgeNoNewEdge, Mode::Skipped);
+            if was && !every_assert {
                 // §3.2.4 bit 15: no edge while the input stays asserted.
                 bus.note(Rule::EdgeNoNewEdge, e.vector());
             } else if e.masked() {
@@ -386,7 +403,12 @@ impl Ioapic {
         } else if e.remote_irr() {
             // §3.2.4 bit 14: nothing new while remote IRR is set; an assert
             // after a deassert here is coalesced.
-            if !was && self.quirks.contains(Quirks::LEVEL_COALESCE_REDELIVER) {
+            if !was
+                && (self.quirks.contains(Quirks::LEVEL_COALESCE_REDELIVER)
+                    || self
+                        .deviations
+                        .breaks(Rule::LevelRemoteIrrBlocks, Mode::Late))
+            {
                 self.coalesced |= 1 << pin;
             }
             bus.note(Rule::LevelRemoteIrrBlocks, e.vector());
@@ -415,6 +437,13 @@ impl Ioapic {
             if !e.level() || e.vector() != vector || !e.remote_irr() {
                 continue;
             }
+            if self
+                .deviations
+                .breaks(Rule::EoiClearsRemoteIrr, Mode::Skipped)
+            {
+                bus.note(Rule::Quirk, vector);
+                continue;
+            }
             self.redirection[pin] &= !bits::REMOTE_IRR;
             bus.note(rule, vector);
             if self.quirks.contains(Quirks::QEMU_IOAPIC) {
@@ -430,7 +459,9 @@ impl Ioapic {
                 continue;
             }
             if self.is_asserted(pin) {
-                if self.quirks.contains(Quirks::LEVEL_EOI_NO_REDELIVER) {
+                if self.quirks.contains(Quirks::LEVEL_EOI_NO_REDELIVER)
+                    || self.deviations.breaks(Rule::EoiRedelivers, Mode::Skipped)
+                {
                     bus.note(Rule::Quirk, vector);
                 } else if self.stuck & (1 << pin) == 0 {
                     self.send(pin, Rule::EoiRedelivers, bus);

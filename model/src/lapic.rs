@@ -9,7 +9,7 @@
 
 use crate::ioapic::{DeliveryMode, InterruptMessage};
 use crate::quirks::Quirks;
-use crate::rules::Rule;
+use crate::rules::{Deviations, Mode, Rule};
 
 /// xAPIC MMIO offsets (SDM Table 11-1); x2APIC MSR = 0x800 + offset / 16.
 pub mod reg {
@@ -148,6 +148,8 @@ pub struct Lapic {
     x2apic: bool,
     directed_eoi_supported: bool,
     quirks: Quirks,
+    /// Rules broken on purpose (diagnosis: see [`crate::rules::Deviation`]).
+    deviations: Deviations,
     id: u32,
     tpr: u32,
     svr: u32,
@@ -183,6 +185,7 @@ impl Lapic {
             x2apic,
             directed_eoi_supported,
             quirks,
+            deviations: Deviations::default(),
             id: 0,
             tpr: 0,
             svr: 0x1ff,
@@ -217,6 +220,11 @@ impl Lapic {
         self.base | u32::from(self.hw_enabled) << 11 | u32::from(self.x2apic) << 10 | 1 << 8
     }
 
+    /// Breaks the given rules from now on (kept across resets).
+    pub fn set_deviations(&mut self, deviations: Deviations) {
+        self.deviations = deviations;
+    }
+
     /// A guest write of IA32_APIC_BASE (SDM §11.4.4, §11.12.5). Invalid
     /// mode transitions raise #GP: EXTD without EN; x2APIC back to xAPIC;
     /// disabled straight to x2APIC. Disabling resets the APIC (§11.4.3: all
@@ -230,9 +238,12 @@ impl Lapic {
         if invalid {
             return Err(GeneralProtection);
         }
-        if self
+        if (self
             .quirks
             .contains(Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS)
+            || self
+                .deviations
+                .breaks(Rule::ApicBaseTransition, Mode::Skipped))
             && !self.hw_enabled
             && en
             && value & !0xfff != self.base
@@ -246,6 +257,7 @@ impl Lapic {
             *self = Lapic {
                 hw_enabled: false,
                 base: self.base,
+                deviations: self.deviations,
                 ..Lapic::new(false, self.directed_eoi_supported, self.quirks)
             };
             self.svr = 0xff;
@@ -255,6 +267,7 @@ impl Lapic {
             // Re-enabled: the power-up state, software-disabled (§11.4.7.1).
             *self = Lapic {
                 base: self.base,
+                deviations: self.deviations,
                 ..Lapic::new(false, self.directed_eoi_supported, self.quirks)
             };
             self.svr = 0xff;
@@ -346,13 +359,18 @@ impl Lapic {
         // §11.5.3: an illegal vector (0-15) in a received message sets the
         // receive-illegal-vector bit and is not delivered.
         let qemu = self.quirks.contains(Quirks::QEMU_LAPIC);
-        if msg.vector < 16 && !qemu {
+        if msg.vector < 16 && !qemu && !self.deviations.breaks(Rule::IllegalVector, Mode::Skipped) {
             self.signal_error(ESR_RECEIVE_ILLEGAL_VECTOR);
             return Acceptance::Refused(Rule::IllegalVector);
         }
         // §11.4.7.2: a software-disabled APIC does not take fixed interrupts
         // (as KVM's __apic_accept_irq); the sender sees no acceptance.
-        if !self.software_enabled() && !qemu {
+        if !self.software_enabled()
+            && !qemu
+            && !self
+                .deviations
+                .breaks(Rule::ApicSoftwareDisabled, Mode::Skipped)
+        {
             return Acceptance::Refused(Rule::ApicSoftwareDisabled);
         }
         // §11.8.4: into the IRR; TMR cleared for edge, set for level.
@@ -386,8 +404,16 @@ impl Lapic {
 
     /// The processor takes `vector`: IRR to ISR (§11.8.4 last step).
     pub fn acknowledge(&mut self, vector: u8) {
+        if self
+            .deviations
+            .breaks(Rule::AcceptedIntoIrr, Mode::Inverted)
+        {
+            return; // The vector stays requested, nothing goes in service.
+        }
         set(&mut self.irr, vector, false);
-        if !self.quirks.contains(Quirks::ISR_NEVER_SET) {
+        if !self.quirks.contains(Quirks::ISR_NEVER_SET)
+            && !self.deviations.breaks(Rule::AcceptedIntoIrr, Mode::Skipped)
+        {
             set(&mut self.isr, vector, true);
         }
     }
@@ -403,10 +429,21 @@ impl Lapic {
             };
         };
         set(&mut self.isr, v, false);
+        let d = self.deviations;
         let (broadcast, rule) = if !test(&self.tmr, v) {
+            if d.breaks(Rule::EoiEdgeNotBroadcast, Mode::Inverted) {
+                return Eoi {
+                    in_service: Some(v),
+                    broadcast: Some(v),
+                    rule: Rule::Quirk,
+                };
+            }
             // §11.8.5: only a level-triggered vector's EOI leaves the APIC.
             (None, Rule::EoiEdgeNotBroadcast)
-        } else if self.directed_eoi_supported && self.svr & SVR_SUPPRESS_EOI_BROADCAST != 0 {
+        } else if self.directed_eoi_supported
+            && self.svr & SVR_SUPPRESS_EOI_BROADCAST != 0
+            && !d.breaks(Rule::EoiBroadcastSuppressed, Mode::Skipped)
+        {
             // §11.8.5 and §11.9: SVR bit 12 suppresses the broadcast; it
             // takes effect only where the version register advertises it.
             (None, Rule::EoiBroadcastSuppressed)

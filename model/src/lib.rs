@@ -94,4 +94,4 @@ pub use ioapic::{InterruptMessage, InterruptSink, Ioapic, IoapicVersion};
 pub use lapic::Lapic;
 pub use machine::{Interrupt, Machine, MachineConfig};
 pub use quirks::Quirks;
-pub use rules::Rule;
+pub use rules::{Deviation, Deviations, Mode, Rule};

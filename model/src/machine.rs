@@ -9,7 +9,7 @@ use crate::cpu::Cpu;
 use crate::ioapic::{DeliveryMode, InterruptMessage, InterruptSink, Ioapic, IoapicVersion};
 use crate::lapic::{reg, Acceptance, GeneralProtection, Lapic};
 use crate::quirks::Quirks;
-use crate::rules::Rule;
+use crate::rules::{Deviations, Mode, Rule};
 
 /// How the machine is built (the scenario's `config`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct MachineConfig {
     /// The IOAPIC lives in userspace (`irqchip=split`); only quirks care.
     pub split: bool,
     pub quirks: Quirks,
+    /// Rules broken on purpose, to explain a backend's trace (diagnosis).
+    pub deviations: Deviations,
 }
 
 /// One decision: the rule and the vector it concerned.
@@ -148,9 +150,13 @@ fn note_error_interrupt(lapic: &mut Lapic, log: &mut DecisionLog) {
 
 impl Machine {
     pub fn new(config: MachineConfig) -> Machine {
+        let mut ioapic = Ioapic::with_quirks(config.ioapic, config.quirks);
+        ioapic.set_deviations(config.deviations);
+        let mut lapic = Lapic::new(config.x2apic, config.directed_eoi, config.quirks);
+        lapic.set_deviations(config.deviations);
         Machine {
-            ioapic: Ioapic::with_quirks(config.ioapic, config.quirks),
-            lapic: Lapic::new(config.x2apic, config.directed_eoi, config.quirks),
+            ioapic,
+            lapic,
             cpu: Cpu::new(),
             config,
             log: DecisionLog::new(),
@@ -262,7 +268,13 @@ impl Machine {
         let Some(vector) = self.local_eoi() else {
             return;
         };
-        if self.config.split && self.config.quirks.contains(Quirks::SPLIT_EOI_LOST) {
+        let lost = self.config.split && self.config.quirks.contains(Quirks::SPLIT_EOI_LOST);
+        if lost
+            || self
+                .config
+                .deviations
+                .breaks(Rule::EoiBroadcast, Mode::Skipped)
+        {
             self.log.push(Rule::Quirk, vector);
             return;
         }

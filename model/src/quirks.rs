@@ -4,6 +4,8 @@
 //! fuzzer's power to find, minimise and report a bug can be measured on bugs
 //! whose answer is known. Each quirk acts at exactly the rule it breaks.
 
+use crate::rules::Rule;
+
 bitflags::bitflags! {
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct Quirks: u32 {
@@ -59,5 +61,51 @@ bitflags::bitflags! {
         /// against the LDR, not taken as a broadcast
         /// (`apic_get_delivery_bitmask`).
         const QEMU_LAPIC = 1 << 8;
+    }
+}
+
+impl Quirks {
+    /// The spec rules a single quirk breaks: the ground truth that
+    /// diagnosis (which knows nothing of quirks) is measured against.
+    pub fn broken_rules(self) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        for (_, quirk) in self.iter_names() {
+            rules.extend_from_slice(match quirk {
+                Quirks::LEVEL_UNMASK_NO_DELIVER => &[Rule::LevelUnmaskDelivers][..],
+                Quirks::LEVEL_EOI_NO_REDELIVER => &[Rule::EoiRedelivers],
+                Quirks::LEVEL_COALESCE_REDELIVER => &[Rule::LevelRemoteIrrBlocks],
+                Quirks::SPLIT_EOI_LOST => &[Rule::EoiBroadcast],
+                Quirks::EDGE_EVERY_ASSERT => &[Rule::EdgeNoNewEdge],
+                Quirks::ISR_NEVER_SET => &[Rule::AcceptedIntoIrr],
+                Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS => &[Rule::ApicBaseTransition],
+                Quirks::QEMU_IOAPIC => &[Rule::EdgeNoNewEdge, Rule::LevelDelivers],
+                Quirks::QEMU_LAPIC => &[
+                    Rule::IllegalVector,
+                    Rule::ApicSoftwareDisabled,
+                    Rule::NoDestinationMatch,
+                    Rule::DispatchAbovePpr,
+                ],
+                _ => &[],
+            });
+        }
+        rules.sort_unstable();
+        rules.dedup();
+        rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_quirk_breaks_at_least_one_rule() {
+        for (name, quirk) in Quirks::all().iter_names() {
+            assert!(!quirk.broken_rules().is_empty(), "{name}");
+        }
+        assert_eq!(
+            (Quirks::SPLIT_EOI_LOST | Quirks::ISR_NEVER_SET).broken_rules(),
+            [Rule::AcceptedIntoIrr, Rule::EoiBroadcast]
+        );
     }
 }

@@ -189,6 +189,137 @@ impl Rule {
     }
 }
 
+/// How a deviation breaks its rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// The rule's action is not taken.
+    Skipped,
+    /// The rule's condition is read the other way.
+    Inverted,
+    /// The rule's action happens later than the rule says.
+    Late,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Skipped, Mode::Inverted, Mode::Late];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Skipped => "skipped",
+            Mode::Inverted => "inverted",
+            Mode::Late => "late",
+        }
+    }
+}
+
+/// One candidate hypervisor bug: a rule of the model broken in one mode.
+/// The model consults [`Deviations::breaks`] where that rule decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Deviation {
+    pub rule: Rule,
+    pub mode: Mode,
+}
+
+impl Deviation {
+    pub const fn new(rule: Rule, mode: Mode) -> Deviation {
+        Deviation { rule, mode }
+    }
+
+    /// `rule-name/mode`, e.g. `eoi-redelivers/skipped`.
+    pub fn name(self) -> String {
+        format!("{}/{}", self.rule.name(), self.mode.name())
+    }
+
+    /// Parses [`Deviation::name`]'s form.
+    pub fn parse(text: &str) -> Option<Deviation> {
+        let (rule, mode) = text.split_once('/')?;
+        let rule = *Rule::ALL.iter().find(|r| r.name() == rule)?;
+        let mode = *Mode::ALL.iter().find(|m| m.name() == mode)?;
+        Some(Deviation { rule, mode })
+    }
+
+    /// What the model does under this deviation, if it has a hook for it.
+    pub fn description(self) -> Option<&'static str> {
+        Some(match (self.rule, self.mode) {
+            (Rule::LevelUnmaskDelivers, Mode::Skipped) => {
+                "unmask does not re-evaluate a held level line"
+            }
+            (Rule::LevelDelivers, Mode::Skipped) => {
+                "an entry write does not send its asserted level line"
+            }
+            (Rule::EoiRedelivers, Mode::Skipped) => {
+                "the EOI does not resend a level line that stays asserted"
+            }
+            (Rule::LevelRemoteIrrBlocks, Mode::Late) => {
+                "an assert coalesced while remote IRR is set is sent after the EOI"
+            }
+            (Rule::EoiBroadcast, Mode::Skipped) => "the EOI does not reach the IOAPIC",
+            (Rule::EoiClearsRemoteIrr, Mode::Skipped) => {
+                "the EOI reaches the IOAPIC but leaves remote IRR set"
+            }
+            (Rule::EdgeNoNewEdge, Mode::Skipped) => {
+                "an assert of an already asserted edge pin delivers again"
+            }
+            (Rule::DispatchAbovePpr, Mode::Late) => {
+                "what the guest made pending is taken only after the next exit to the VMM, one interrupt per entry"
+            }
+            (Rule::AcceptedIntoIrr, Mode::Skipped) => {
+                "the processor takes the vector but ISR is not set"
+            }
+            (Rule::AcceptedIntoIrr, Mode::Inverted) => {
+                "the processor takes the vector but it stays in IRR, and ISR is not set"
+            }
+            (Rule::IllegalVector, Mode::Skipped) => "vectors 0-15 are accepted",
+            (Rule::ApicSoftwareDisabled, Mode::Skipped) => {
+                "a software-disabled APIC accepts fixed interrupts"
+            }
+            (Rule::ApicBaseTransition, Mode::Skipped) => {
+                "enabling the APIC in a write that also moves its base leaves it disabled"
+            }
+            (Rule::EoiEdgeNotBroadcast, Mode::Inverted) => {
+                "the EOI of an edge vector is broadcast to the IOAPIC"
+            }
+            (Rule::EoiBroadcastSuppressed, Mode::Skipped) => {
+                "SVR bit 12 does not suppress the EOI broadcast"
+            }
+            _ => return None,
+        })
+    }
+
+    /// The library: every rule in every mode the model has a hook for.
+    pub fn library() -> Vec<Deviation> {
+        Rule::ALL
+            .iter()
+            .flat_map(|&rule| Mode::ALL.map(|mode| Deviation { rule, mode }))
+            .filter(|d| d.description().is_some())
+            .collect()
+    }
+
+    fn bit(self) -> u128 {
+        let rule = Rule::ALL.iter().position(|r| *r == self.rule).unwrap_or(0);
+        1 << (rule * Mode::ALL.len() + self.mode as usize)
+    }
+}
+
+/// A set of deviations the model applies (empty: the spec).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Deviations(u128);
+
+impl Deviations {
+    pub fn of(deviations: &[Deviation]) -> Deviations {
+        Deviations(deviations.iter().fold(0, |bits, d| bits | d.bit()))
+    }
+
+    /// Whether `rule` is broken in `mode`: the hook the model consults.
+    pub fn breaks(self, rule: Rule, mode: Mode) -> bool {
+        self.0 & Deviation::new(rule, mode).bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +333,25 @@ mod tests {
         for rule in Rule::ALL {
             assert!(!rule.citation().is_empty(), "{rule:?}");
         }
+    }
+
+    #[test]
+    fn deviations_round_trip_their_names_and_sets_hold_exactly_their_members() {
+        let library = Deviation::library();
+        assert!(library.len() >= 10, "{}", library.len());
+        for d in &library {
+            assert_eq!(Deviation::parse(&d.name()), Some(*d));
+            let set = Deviations::of(&[*d]);
+            assert!(set.breaks(d.rule, d.mode));
+            assert_eq!(
+                library
+                    .iter()
+                    .filter(|o| set.breaks(o.rule, o.mode))
+                    .count(),
+                1
+            );
+        }
+        assert_eq!(Deviation::parse("eoi-redelivers/nope"), None);
+        assert!(Deviations::default().is_empty());
     }
 }

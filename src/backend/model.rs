@@ -13,7 +13,9 @@ use super::{Availability, Backend, BackendKind, Result};
 use crate::model::ioapic::{IOEOI, IOREGSEL, IOWIN};
 use crate::model::lapic::reg;
 use crate::model::machine::Interrupt;
-use crate::model::{IoapicVersion as ModelIoapicVersion, Machine, MachineConfig, Quirks, Rule};
+use crate::model::{
+    Deviations, IoapicVersion as ModelIoapicVersion, Machine, MachineConfig, Quirks, Rule,
+};
 use crate::oracle::Divergence;
 use crate::scenario::{ApicMode, HostOp, IoapicVersion, Irqchip, Op, Scenario};
 use crate::trace::{Event, EventKind, Outcome, Snapshot, Space, Trace, STORM_LIMIT};
@@ -47,6 +49,7 @@ pub struct Decision {
 #[derive(Clone, Debug, Default)]
 pub struct ModelBackend {
     quirks: Quirks,
+    deviations: Deviations,
     /// Guest ops executed by the last run (top-level and handler bodies),
     /// for the benchmarks.
     pub last_ops: u64,
@@ -54,19 +57,29 @@ pub struct ModelBackend {
 
 impl ModelBackend {
     pub fn new() -> Self {
-        ModelBackend::with_quirks(Quirks::empty())
+        ModelBackend::default()
     }
 
     pub fn with_quirks(quirks: Quirks) -> Self {
         ModelBackend {
             quirks,
+            deviations: Deviations::default(),
+            last_ops: 0,
+        }
+    }
+
+    /// The model with spec rules broken on purpose (diagnosis).
+    pub fn with_deviations(deviations: Deviations) -> Self {
+        ModelBackend {
+            quirks: Quirks::empty(),
+            deviations,
             last_ops: 0,
         }
     }
 
     /// Runs `scenario`, returning the trace and the decisions behind it.
     pub fn run_explained(&mut self, scenario: &Scenario) -> (Trace, Vec<Decision>) {
-        let mut run = Run::new(scenario, self.quirks);
+        let mut run = Run::new(scenario, self.quirks, self.deviations);
         let stop = run.program();
         self.last_ops = run.ops;
         let mut trace = Trace::new("model");
@@ -152,6 +165,7 @@ enum Stop {
 type Step = std::result::Result<(), Stop>;
 
 struct Run<'s> {
+    deviations: Deviations,
     scenario: &'s Scenario,
     machine: Machine,
     events: Vec<Event>,
@@ -172,7 +186,7 @@ struct Run<'s> {
 }
 
 impl<'s> Run<'s> {
-    fn new(scenario: &'s Scenario, quirks: Quirks) -> Run<'s> {
+    fn new(scenario: &'s Scenario, quirks: Quirks, deviations: Deviations) -> Run<'s> {
         let config = MachineConfig {
             ioapic: match scenario.config.ioapic {
                 IoapicVersion::V11 => ModelIoapicVersion::V11,
@@ -182,6 +196,7 @@ impl<'s> Run<'s> {
             directed_eoi: scenario.config.directed_eoi,
             split: scenario.config.irqchip == Irqchip::Split,
             quirks,
+            deviations,
         };
         let mut handled = [0u64; 4];
         for key in scenario.handlers.keys() {
@@ -190,6 +205,7 @@ impl<'s> Run<'s> {
         // Sized for a typical run so that the logs rarely grow.
         let ops = scenario.ops.len();
         Run {
+            deviations,
             scenario,
             machine: Machine::new(config),
             events: Vec::with_capacity(ops),
@@ -218,7 +234,17 @@ impl<'s> Run<'s> {
         self.ops += 1;
         self.execute(op, k, depth)?;
         self.collect(k);
-        self.deliver_pending(k, depth)?;
+        // Deviation dispatch-above-ppr/late: what the guest made pending is
+        // taken only at the entry after an exit to the VMM (a host op).
+        let late = self
+            .deviations
+            .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late);
+        // Then one interrupt per entry, as a VMM injects them.
+        if !late {
+            self.deliver_pending(k, depth)?;
+        } else if let (Op::Host(_), Some(interrupt)) = (op, self.machine.pending()) {
+            self.deliver(interrupt, k, depth)?;
+        }
         self.note_held(k);
         Ok(())
     }

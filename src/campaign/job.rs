@@ -56,6 +56,8 @@ pub struct Job {
     backend: String,
     seed: u64,
     generator: GenConfig,
+    /// Deviation sets that explained this job's earlier findings.
+    confirmed: Vec<Vec<crate::model::Deviation>>,
 }
 
 impl Job {
@@ -88,6 +90,7 @@ impl Job {
             backend: backend.to_string(),
             seed,
             generator: generator.clone(),
+            confirmed: Vec::new(),
         }
     }
 
@@ -126,13 +129,7 @@ impl Job {
                     }
                     Ruling::Diverge { signature, .. } => {
                         tally.divergences += 1;
-                        let label = crate::known::label(
-                            &self.backend,
-                            &signature,
-                            scenario,
-                            &judgement.observed,
-                        );
-                        tally.documented += u64::from(label.is_some());
+                        *tally.by_signature.entry(signature.slug()).or_default() += 1;
                         self.new_divergence(scenario, signature, side);
                     }
                 }
@@ -158,12 +155,21 @@ impl Job {
                 return; // Its root cause is a bug already reported.
             }
         }
-        finding.known = crate::known::label(
-            &self.backend,
-            &finding.signature,
+        let probe = crate::diagnose::with_snapshots(&finding.minimized);
+        let probed = self.differ.target.run_to_trace(&probe);
+        let explanation = crate::diagnose::diagnose_probed(
             &finding.minimized,
             &finding.observed,
-        );
+            &probed,
+            &self.confirmed,
+        )
+        .unwrap_or_default();
+        finding.probe = Some(probed);
+        finding.known = crate::known::documented(&self.backend, &explanation);
+        finding.explained_by = explanation.iter().map(|d| d.name()).collect();
+        if !explanation.is_empty() && !self.confirmed.contains(&explanation) {
+            self.confirmed.push(explanation);
+        }
         if let Some(third) = self.third.as_mut() {
             let t = third.run_to_trace(&finding.minimized);
             finding.triage = Some(Triage::of(&finding.expected, &finding.observed, &t));

@@ -10,12 +10,13 @@
 //! process alone owns the findings directory (written atomically, see
 //! [`crate::findings`]), the set of known signatures and the counters.
 
+pub mod causes;
 pub mod job;
 pub mod protocol;
 mod supervisor;
 pub mod worker;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -132,7 +133,7 @@ pub struct Stats {
 pub struct Summary {
     pub cases: u64,
     pub divergences: u64,
-    /// Divergences a documented behaviour explains (`known` label).
+    /// Divergences of causes that are documented behaviours of the backend.
     pub documented: u64,
     pub inconclusive: u64,
     pub stalled: u64,
@@ -144,6 +145,10 @@ pub struct Summary {
     pub elapsed: Duration,
     /// The first inconclusive reason seen, if any (a backend error).
     pub first_error: Option<String>,
+    /// Every cause of the findings directory, the most divergences first.
+    pub causes: Vec<causes::Cause>,
+    /// "N causes explain D divergences (...); U unexplained".
+    pub headline: String,
 }
 
 impl Summary {
@@ -182,6 +187,9 @@ pub struct Tally {
     pub inconclusive: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// Divergences by signature slug (a cause's count is its signatures').
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_signature: BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -201,6 +209,8 @@ pub(crate) struct Ledger<'a> {
     known: Mutex<BTreeSet<Signature>>,
     new_findings: Mutex<Vec<Finding>>,
     first_error: Mutex<Option<String>>,
+    causes: Mutex<causes::Causes>,
+    by_signature: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Ledger<'_> {
@@ -223,6 +233,10 @@ impl Ledger<'_> {
         if let Some(e) = tally.first_error {
             self.note_error(e);
         }
+        let mut by_signature = self.by_signature.lock().unwrap();
+        for (slug, n) in tally.by_signature {
+            *by_signature.entry(slug).or_default() += n;
+        }
     }
 
     pub(crate) fn note_error(&self, error: String) {
@@ -230,9 +244,32 @@ impl Ledger<'_> {
     }
 
     /// Writes a new finding and reports it; a write error stops the campaign.
+    ///
+    /// The finding goes under its cause (`OUT/<cause>/<signature>/`); the
+    /// cause's smallest repro is `OUT/<cause>/min.irq`, and
+    /// `OUT/causes.json` is rewritten (atomically) after each finding.
     pub(crate) fn record(&self, mut finding: Finding) {
-        let files = repro::finding_files(&finding, &self.options.backend);
-        match self.findings.write(&finding.signature, &files) {
+        let mut files = repro::finding_files(&finding, &self.options.backend);
+        if let Some(probe) = &finding.probe {
+            files.push((causes::PROBE_FILE, probe.to_json() + "\n"));
+        }
+        let mut causes = self.causes.lock().unwrap();
+        let (cause, smallest) = causes.add(&finding, &self.options.backend);
+        let written = self
+            .findings
+            .write(&cause, &finding.signature, &files)
+            .and_then(|dir| {
+                if smallest {
+                    let min = Path::new(&cause).join("min.irq");
+                    self.findings
+                        .write_file(&min, &crate::scenario::print::print(&finding.minimized))?;
+                }
+                causes.count(&self.by_signature.lock().unwrap());
+                causes.save(&self.findings)?;
+                Ok(dir)
+            });
+        drop(causes);
+        match written {
             Ok(dir) => finding.dir = dir,
             Err(e) => {
                 self.note_error(format!("writing a finding: {e}"));
@@ -287,6 +324,7 @@ pub fn run(
 ) -> Result<Summary, CampaignError> {
     let findings = Findings::open(&options.out)?;
     let known = findings.known()?;
+    let prior_causes = causes::Causes::load(&options.out)?;
     let already_known = known.len();
     let processes = options.uses_processes();
     if !processes && !options.runs_always_end() {
@@ -309,6 +347,8 @@ pub fn run(
         known: Mutex::new(known),
         new_findings: Mutex::new(Vec::new()),
         first_error: Mutex::new(None),
+        causes: Mutex::new(prior_causes),
+        by_signature: Mutex::new(BTreeMap::new()),
     };
     let started = Instant::now();
     let deadline = options.time.map(|t| started + t);
@@ -321,10 +361,25 @@ pub fn run(
     // Likely model bugs first: they are ours to fix.
     findings_sorted.sort_by_key(|f| !f.triage.as_ref().is_some_and(|t| t.is_likely_model_bug()));
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let mut causes = ledger.causes.into_inner().unwrap();
+    let by_signature = ledger.by_signature.into_inner().unwrap();
+    causes.fold_composites(&ledger.findings)?;
+    causes.fold_confirmed(&ledger.findings, &by_signature)?;
+    causes.count(&by_signature);
+    causes.save(&ledger.findings)?;
+    let divergences = load(&stats.divergences);
+    let documented = causes
+        .by_name
+        .values()
+        .filter(|c| c.documented.is_some())
+        .map(|c| c.divergences)
+        .sum();
     Ok(Summary {
         cases: load(&stats.cases),
-        divergences: load(&stats.divergences),
-        documented: load(&stats.documented),
+        divergences,
+        documented,
+        headline: causes.headline(divergences),
+        causes: causes.list(),
         inconclusive: load(&stats.inconclusive),
         stalled: load(&stats.stalled),
         restarts: load(&stats.restarts),

@@ -9,7 +9,8 @@ use crate::bench;
 pub struct BenchArgs {
     /// Which benchmarks: model, kvm, kvm-split, qemu-tcg, qemu (the QEMU
     /// configuration --backend names), find (time to find each seeded
-    /// quirk), minimize (a 500-op scenario), or all.
+    /// quirk), minimize (a 500-op scenario), diagnose (causes against
+    /// injected quirks; not part of all), or all.
     #[arg(default_value = "all")]
     pub which: String,
     /// Scenarios for the backend throughput benchmarks.
@@ -19,6 +20,9 @@ pub struct BenchArgs {
     /// qemu:accel=kvm,irqchip=split (default qemu-tcg).
     #[arg(long, default_value = "qemu-tcg")]
     pub backend: String,
+    /// Trials of `diagnose` (each a random set of 1-3 quirks and a campaign of `--cases`).
+    #[arg(long, default_value_t = 40)]
+    pub trials: u64,
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
@@ -48,13 +52,17 @@ pub fn main(args: BenchArgs) -> ExitCode {
         println!("{}", bench::time_to_find());
         ran = true;
     }
+    if args.which == "diagnose" {
+        println!("{}", bench::diagnose(args.trials, args.cases.min(5000)));
+        ran = true;
+    }
     if all || args.which == "minimize" {
         println!("{}", bench::minimize_500());
         ran = true;
     }
     if !ran {
         eprintln!(
-            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, qemu-tcg, qemu, find, minimize, all)",
+            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, qemu-tcg, qemu, find, minimize, diagnose, all)",
             args.which
         );
         return ExitCode::from(super::EXIT_BAD_INPUT);

@@ -90,6 +90,8 @@ pub fn main(args: EmitArgs) -> ExitCode {
                 minimize_runs: 0,
                 calls: differ.target.calls(),
                 triage: None,
+                explained_by: Vec::new(),
+                probe: None,
             };
             print!("{}", repro::report(&finding, &args.backend));
         }

@@ -202,10 +202,15 @@ pub fn main(args: FuzzArgs) -> ExitCode {
             .map_or("(already on disk)".to_string(), |d| d.display().to_string());
         let known = f
             .known
-            .map_or(String::new(), |k| format!(" [known: {}]", k.id));
+            .map_or(String::new(), |k| format!(" [documented: {}]", k.id));
+        let cause = if f.explained_by.is_empty() {
+            " [unexplained]".to_string()
+        } else {
+            format!(" [explained by {}]", f.explained_by.join(" + "))
+        };
         bar.suspend(|| {
             eprintln!(
-                "new finding: {}{known} ({} ops minimised to {}) -> {place}",
+                "new finding: {}{cause}{known} ({} ops minimised to {}) -> {place}",
                 f.signature,
                 f.original.ops.len(),
                 f.minimized.ops.len()
@@ -230,44 +235,52 @@ pub fn main(args: FuzzArgs) -> ExitCode {
             });
         }
     };
-    let documented_findings = summary
-        .findings
-        .iter()
-        .filter(|f| f.known.is_some())
-        .count();
+    println!("\n{}", summary.headline);
     println!(
-        "\n{} cases in {:.1}s ({:.0}/s) on {backend}: {} divergences ({} documented behaviours, {} unexplained), \
-         {} new unique ({} documented, {} unexplained), {} already known, {} inconclusive, {} stalled runs, {} worker restarts",
+        "{} cases in {:.1}s ({:.0}/s) on {backend}: {} divergences, {} new signatures, {} already known, \
+         {} inconclusive, {} stalled runs, {} worker restarts",
         summary.cases,
         summary.elapsed.as_secs_f64(),
         summary.cases as f64 / summary.elapsed.as_secs_f64().max(1e-3),
         summary.divergences,
-        summary.documented,
-        summary.unexplained(),
         summary.findings.len(),
-        documented_findings,
-        summary.findings.len() - documented_findings,
         summary.already_known,
         summary.inconclusive,
         summary.stalled,
         summary.restarts,
     );
-    if !summary.findings.is_empty() {
+    if !summary.causes.is_empty() {
         println!(
-            "\n{:<60} {:>8} {:>8}  directory",
-            "signature", "orig ops", "min ops"
+            "\n{:<48} {:>11} {:>10} {:>7}  explained by / documented",
+            "cause (directory)", "divergences", "signatures", "min ops"
         );
-        for f in &summary.findings {
+        for c in &summary.causes {
+            let why = if c.is_explained() {
+                let names: Vec<String> = c
+                    .explained_by
+                    .iter()
+                    .map(|d| format!("{} ({})", d.name, d.description))
+                    .collect();
+                names.join(" + ")
+            } else {
+                "UNEXPLAINED: no deviation of the model reproduces it".to_string()
+            };
+            let doc = c
+                .documented
+                .as_ref()
+                .map_or(String::new(), |d| format!(" [documented: {d}]"));
             println!(
-                "{:<60} {:>8} {:>8}  {}",
-                f.signature.to_string(),
-                f.original.ops.len(),
-                f.minimized.ops.len(),
-                f.dir
-                    .as_ref()
-                    .map_or("-".into(), |d| d.display().to_string())
+                "{:<48} {:>11} {:>10} {:>7}  {why}{doc}",
+                c.name,
+                c.divergences,
+                c.signatures.len(),
+                c.minimal_ops
             );
         }
+        println!(
+            "(causes.json and one directory per cause in {})",
+            options.out.display()
+        );
     }
     if let Some(e) = summary.first_error {
         eprintln!("note: some runs were inconclusive; the first: {e}");

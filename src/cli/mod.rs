@@ -8,6 +8,7 @@ pub mod diff;
 pub mod doctor;
 pub mod emit;
 pub mod fuzz;
+pub mod merge;
 pub mod run;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ pub enum Command {
     Backends,
     /// Run a differential fuzz campaign.
     Fuzz(fuzz::FuzzArgs),
+    /// Merge the findings of campaigns run on many machines, deduplicated by cause.
+    Merge(merge::MergeArgs),
     /// Run one scenario on a backend and on the model, and show the divergence.
     Diff(diff::DiffArgs),
     /// Shrink a diverging scenario to a minimal one with the same signature.
@@ -84,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Minimize(args) => diff::minimize(args),
         Command::Emit(args) => emit::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Merge(args) => merge::main(args),
         Command::Doctor(args) => doctor::main(args),
         Command::Worker(args) => fuzz::worker(args),
     }

@@ -1,0 +1,255 @@
+//! Diagnosis by model deviation: which broken spec rule makes the model
+//! produce exactly what the backend did.
+//!
+//! A candidate bug is a [`Deviation`]: one rule of the model
+//! ([`irqdiff_model::Rule`]) skipped, inverted or applied late, at the hook
+//! where that rule decides. The library is derived from the rules
+//! ([`Deviation::library`]), not from the `sim:` quirks. For a divergence
+//! the search tries every single deviation, then every pair, and keeps the
+//! first size at which the model under the deviations reproduces the
+//! backend's trace exactly. A set found for one finding is tried first on
+//! the next ones (confirmation), so findings with one cause group together.
+//! A divergence that no set of at most [`MAX_DEVIATIONS`] explains is
+//! unexplained: the most interesting kind.
+
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{model::ModelBackend, Backend};
+use crate::model::{Deviation, Deviations};
+use crate::oracle::{compare, Verdict};
+use crate::scenario::generate::{case_seed, random, GenConfig};
+use crate::scenario::{Op, Scenario};
+use crate::trace::Trace;
+
+/// The largest deviation set searched (pairs: the library has about a
+/// dozen deviations, so at most ~80 model runs of a minimised scenario).
+pub const MAX_DEVIATIONS: usize = 2;
+
+/// Whether the model with `deviations` produces `observed` for `scenario`.
+pub fn reproduces(scenario: &Scenario, observed: &Trace, deviations: &[Deviation]) -> bool {
+    let mut model = ModelBackend::with_deviations(Deviations::of(deviations));
+    let trace = model.run_to_trace(scenario);
+    compare(&trace, observed) == Verdict::Agree
+}
+
+/// Every smallest deviation set (size 1, else size 2) that explains
+/// `observed`; empty if none does.
+pub fn explanations(scenario: &Scenario, observed: &Trace) -> Vec<Vec<Deviation>> {
+    let library = Deviation::library();
+    let singles: Vec<Vec<Deviation>> = library
+        .iter()
+        .map(|d| vec![*d])
+        .filter(|set| reproduces(scenario, observed, set))
+        .collect();
+    if !singles.is_empty() {
+        return singles;
+    }
+    let mut pairs = Vec::new();
+    for (i, a) in library.iter().enumerate() {
+        for b in &library[i + 1..] {
+            let set = vec![*a, *b];
+            if reproduces(scenario, observed, &set) {
+                pairs.push(set);
+            }
+        }
+    }
+    pairs
+}
+
+/// The explanation of one divergence: `confirmed` (the sets of causes
+/// already found) are tried first, in order; otherwise the first of the
+/// smallest explanations. `None`: unexplained.
+pub fn explain(
+    scenario: &Scenario,
+    observed: &Trace,
+    confirmed: &[Vec<Deviation>],
+) -> Option<Vec<Deviation>> {
+    if let Some(set) = confirmed
+        .iter()
+        .filter(|set| set.len() <= MAX_DEVIATIONS)
+        .find(|set| reproduces(scenario, observed, set))
+    {
+        return Some(set.clone());
+    }
+    explanations(scenario, observed).into_iter().next()
+}
+
+/// `scenario` with a snapshot after every top-level op: the experiment that
+/// tells apart deviations that give the same deliveries (a lost EOI keeps
+/// remote IRR set, a skipped re-delivery clears it).
+pub fn with_snapshots(scenario: &Scenario) -> Scenario {
+    let mut probe = scenario.clone();
+    probe.ops = scenario
+        .ops
+        .iter()
+        .flat_map(|op| [*op, Op::Snapshot])
+        .collect();
+    probe
+}
+
+/// Diagnoses a divergence the `target` showed: the smallest explanations,
+/// narrowed by running [`with_snapshots`] on the target when several fit,
+/// then one already `confirmed` for another finding if it is among them.
+/// `None`: unexplained.
+pub fn diagnose(
+    target: &mut dyn Backend,
+    scenario: &Scenario,
+    observed: &Trace,
+    confirmed: &[Vec<Deviation>],
+) -> Option<Vec<Deviation>> {
+    let probed = target.run_to_trace(&with_snapshots(scenario));
+    diagnose_probed(scenario, observed, &probed, confirmed)
+}
+
+/// [`diagnose`] with the target's trace of [`with_snapshots`] already run.
+pub fn diagnose_probed(
+    scenario: &Scenario,
+    observed: &Trace,
+    probed: &Trace,
+    confirmed: &[Vec<Deviation>],
+) -> Option<Vec<Deviation>> {
+    let mut candidates = explanations(scenario, observed);
+    if candidates.len() > 1 {
+        let probe = with_snapshots(scenario);
+        let narrowed: Vec<Vec<Deviation>> = candidates
+            .iter()
+            .filter(|set| reproduces(&probe, probed, set))
+            .cloned()
+            .collect();
+        if !narrowed.is_empty() {
+            candidates = narrowed;
+        }
+    }
+    // Occam: of explanations the evidence cannot tell apart, the narrowest
+    // (the one that changes the model on the fewest random scenarios).
+    candidates.sort_by_key(|set| set.iter().map(|d| impact(*d)).sum::<usize>());
+    candidates
+        .iter()
+        .find(|set| confirmed.contains(set))
+        .or(candidates.first())
+        .cloned()
+}
+
+/// Scenarios in the corpus that measures a deviation's reach.
+const IMPACT_CORPUS: u64 = 300;
+
+/// On how many of a fixed corpus of random scenarios the deviation changes
+/// the model's trace: e.g. a lost EOI broadcast (only the broadcast) is
+/// narrower than an IOAPIC that never clears remote IRR (the broadcast and
+/// the EOI register), though a one-vCPU trace may not tell them apart.
+pub fn impact(deviation: Deviation) -> usize {
+    static IMPACT: OnceLock<Vec<(Deviation, usize)>> = OnceLock::new();
+    let table = IMPACT.get_or_init(|| {
+        let generator = GenConfig::default();
+        let corpus: Vec<(Scenario, Trace)> = (0..IMPACT_CORPUS)
+            .map(|i| {
+                let s = random(case_seed(0, i), &generator);
+                let t = ModelBackend::new().run_to_trace(&s);
+                (s, t)
+            })
+            .collect();
+        Deviation::library()
+            .into_iter()
+            .map(|d| {
+                let changed = corpus
+                    .iter()
+                    .filter(|(s, t)| !reproduces(s, t, &[d]))
+                    .count();
+                (d, changed)
+            })
+            .collect()
+    });
+    table
+        .iter()
+        .find(|(d, _)| *d == deviation)
+        .map_or(usize::MAX / 4, |(_, n)| *n)
+}
+
+/// The directory name of a cause: its deviations, or the signature of its
+/// one finding when unexplained.
+pub fn cause_slug(deviations: &[Deviation], signature_slug: &str) -> String {
+    if deviations.is_empty() {
+        return format!("unexplained-{signature_slug}");
+    }
+    let names: Vec<String> = deviations
+        .iter()
+        .map(|d| d.name().replace('/', "-"))
+        .collect();
+    names.join("+")
+}
+
+/// A deviation as `causes.json` names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedDeviation {
+    /// `rule/mode`.
+    pub name: String,
+    /// What the model does under it.
+    pub description: String,
+    /// The rule it breaks and that rule's citation.
+    pub rule: String,
+    pub citation: String,
+}
+
+impl NamedDeviation {
+    pub fn of(d: Deviation) -> NamedDeviation {
+        NamedDeviation {
+            name: d.name(),
+            description: d.description().unwrap_or_default().to_string(),
+            rule: d.rule.name().to_string(),
+            citation: d.rule.citation().to_string(),
+        }
+    }
+
+    /// The deviation back from its name.
+    pub fn deviation(&self) -> Option<Deviation> {
+        Deviation::parse(&self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Mode, Rule};
+
+    fn observed(backend: &str, text: &str) -> (Scenario, Trace) {
+        let scenario = crate::scenario::parse(text).unwrap();
+        let mut b = crate::backend::open(backend).unwrap();
+        let trace = b.run_to_trace(&scenario);
+        (scenario, trace)
+    }
+
+    #[test]
+    fn a_seeded_quirk_is_explained_by_the_rule_it_breaks() {
+        let (s, t) = observed(
+            "sim:level-eoi-no-redeliver",
+            "handler 0x82: eoi\nroute 14 vector=0x82 level\nassert 14\nnop\n",
+        );
+        let mut target = crate::backend::open("sim:level-eoi-no-redeliver").unwrap();
+        let found = diagnose(target.as_mut(), &s, &t, &[]).expect("explained");
+        assert_eq!(found, [Deviation::new(Rule::EoiRedelivers, Mode::Skipped)]);
+        assert_eq!(cause_slug(&found, "x"), "eoi-redelivers-skipped");
+    }
+
+    #[test]
+    fn agreement_is_explained_by_nothing_and_a_confirmed_set_is_preferred() {
+        let (s, t) = observed("model", "route 14 vector=0x76\npulse 14\n");
+        assert!(reproduces(&s, &t, &[]));
+        let any = vec![Deviation::new(Rule::IllegalVector, Mode::Skipped)];
+        // The confirmed set reproduces this trace too (it changes nothing here).
+        assert_eq!(explain(&s, &t, std::slice::from_ref(&any)), Some(any));
+    }
+
+    #[test]
+    fn a_trace_no_deviation_gives_is_unexplained() {
+        let (s, mut t) = observed("model", "route 14 vector=0x76\npulse 14\n");
+        t.events.clear();
+        t.events.push(crate::trace::Event {
+            op: 0,
+            kind: crate::trace::EventKind::Deliver { vector: 0x99 },
+        });
+        assert_eq!(explain(&s, &t, &[]), None);
+        assert_eq!(cause_slug(&[], "sig"), "unexplained-sig");
+    }
+}
