@@ -65,8 +65,16 @@ impl ModelBackend {
     }
 
     /// Runs `scenario`, returning the trace and the decisions behind it.
+    /// The trace is the one [`Backend::execute`] gives; recording the
+    /// decisions costs time, so the differ asks for them only to explain a
+    /// divergence.
     pub fn run_explained(&mut self, scenario: &Scenario) -> (Trace, Vec<Decision>) {
-        let mut run = Run::new(scenario, self.quirks);
+        let (trace, explanation) = self.run_recording(scenario, Explanation::new(scenario));
+        (trace, explanation.decisions)
+    }
+
+    fn run_recording<R: Recorder>(&mut self, scenario: &Scenario, recorder: R) -> (Trace, R) {
+        let mut run = Run::new(scenario, self.quirks, recorder);
         let stop = run.program();
         self.last_ops = run.ops;
         let mut trace = Trace::new("model");
@@ -83,7 +91,7 @@ impl ModelBackend {
                 trace.error = Some(message);
             }
         }
-        (trace, run.decisions)
+        (trace, run.recorder)
     }
 }
 
@@ -93,7 +101,7 @@ impl Backend for ModelBackend {
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
-        Ok(self.run_explained(scenario).0)
+        Ok(self.run_recording(scenario, NoRecorder).0)
     }
 }
 
@@ -140,7 +148,7 @@ pub fn deciding_rule(decisions: &[Decision], divergence: &Divergence) -> Option<
     deciding_decision(decisions, divergence).map(|d| d.rule)
 }
 
-/// No decision caused the vector (see [`Run::cause_of`]).
+/// No decision caused the vector (see [`Explanation::cause_of`]).
 const NO_CAUSE: u32 = u32::MAX;
 
 enum Stop {
@@ -151,28 +159,145 @@ enum Stop {
 
 type Step = std::result::Result<(), Stop>;
 
-struct Run<'s> {
-    scenario: &'s Scenario,
-    machine: Machine,
-    events: Vec<Event>,
+/// What a run records besides its trace: nothing ([`NoRecorder`], the
+/// differ's run) or the decisions behind it ([`Explanation`]). The
+/// interpreter calls it at each step; with [`NoRecorder`] the calls compile
+/// to nothing but draining the machine's decision log.
+trait Recorder {
+    /// An op (top-level or in a handler body) starts.
+    fn start_op(&mut self, op: &Op);
+    /// Takes the machine's decisions made since the last call, during
+    /// top-level op `k`, and drains the machine's log.
+    fn collect(&mut self, machine: &mut Machine, k: usize);
+    /// `interrupt` was delivered as `vector`, recorded as event
+    /// `event_index` of top-level op `k`.
+    fn delivered(&mut self, interrupt: Interrupt, vector: u8, k: usize, event_index: usize);
+    /// After an op and its deliveries: why a requested vector waits.
+    fn note_held(&mut self, machine: &Machine, k: usize);
+}
+
+/// A plain run: no decisions.
+struct NoRecorder;
+
+impl Recorder for NoRecorder {
+    fn start_op(&mut self, _: &Op) {}
+    fn collect(&mut self, machine: &mut Machine, _: usize) {
+        machine.clear_decisions();
+    }
+    fn delivered(&mut self, _: Interrupt, _: u8, _: usize, _: usize) {}
+    fn note_held(&mut self, _: &Machine, _: usize) {}
+}
+
+/// The decisions of a run, each placed at its op, and the cause of each
+/// delivery.
+struct Explanation {
     decisions: Vec<Decision>,
-    deliveries: usize,
-    count: [u32; 256],
-    /// Vectors with a `handler` line: the others run the default body
-    /// without a look-up.
-    handled: [u64; 4],
     /// The cause of the IRR bit of each vector (or the NMI): the index of
     /// its decision in `decisions`, [`NO_CAUSE`] if none.
     cause: [u32; 256],
     nmi_cause: u32,
     /// The op being executed (top-level or in a body).
     current: &'static str,
+}
+
+impl Explanation {
+    fn new(scenario: &Scenario) -> Explanation {
+        Explanation {
+            // Sized for a typical run so that the log rarely grows.
+            decisions: Vec::with_capacity(4 * scenario.ops.len() + 8),
+            cause: [NO_CAUSE; 256],
+            nmi_cause: NO_CAUSE,
+            current: "none",
+        }
+    }
+
+    /// The rule and op keyword of decision `index`, or `default` with
+    /// "none" for [`NO_CAUSE`].
+    fn cause_of(&self, index: u32, default: Rule) -> (Rule, &'static str) {
+        match self.decisions.get(index as usize) {
+            Some(d) => (d.rule, d.cause),
+            None => (default, "none"),
+        }
+    }
+}
+
+impl Recorder for Explanation {
+    fn start_op(&mut self, op: &Op) {
+        self.current = op.keyword();
+    }
+
+    /// Moves the machine's decisions into the log, remembering the cause of
+    /// each vector that entered the IRR.
+    fn collect(&mut self, machine: &mut Machine, k: usize) {
+        for d in machine.decisions() {
+            let index = self.decisions.len() as u32;
+            match d.rule {
+                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = index,
+                Rule::EdgeDelivers
+                | Rule::LevelDelivers
+                | Rule::LevelUnmaskDelivers
+                | Rule::EoiRedelivers
+                | Rule::SelfIpi
+                | Rule::MsiDelivers
+                | Rule::ApicErrorInterrupt
+                | Rule::Quirk => self.cause[d.vector as usize] = index,
+                _ => {}
+            }
+            self.decisions.push(Decision {
+                op: k,
+                event_index: None,
+                rule: d.rule,
+                vector: d.vector,
+                cause: self.current,
+            });
+        }
+        machine.clear_decisions();
+    }
+
+    fn delivered(&mut self, interrupt: Interrupt, vector: u8, k: usize, event_index: usize) {
+        let (rule, cause) = match interrupt {
+            Interrupt::Maskable(v) => self.cause_of(self.cause[v as usize], Rule::AcceptedIntoIrr),
+            Interrupt::Nmi => self.cause_of(self.nmi_cause, Rule::NmiDelivers),
+        };
+        self.decisions.push(Decision {
+            op: k,
+            event_index: Some(event_index),
+            rule,
+            vector,
+            cause,
+        });
+    }
+
+    fn note_held(&mut self, machine: &Machine, k: usize) {
+        if let Some((rule, vector)) = machine.held_reason() {
+            self.decisions.push(Decision {
+                op: k,
+                event_index: None,
+                rule,
+                vector,
+                cause: self.current,
+            });
+        }
+    }
+}
+
+struct Run<'s, R> {
+    scenario: &'s Scenario,
+    machine: Machine,
+    events: Vec<Event>,
+    recorder: R,
+    deliveries: usize,
+    /// Deliveries of each vector so far (at most [`STORM_LIMIT`] in all).
+    count: [u8; 256],
+    /// Vectors with a `handler` line: the others run the default body
+    /// without a look-up.
+    handled: [u64; 4],
     /// Ops executed so far.
     ops: u64,
 }
 
-impl<'s> Run<'s> {
-    fn new(scenario: &'s Scenario, quirks: Quirks) -> Run<'s> {
+impl<'s, R: Recorder> Run<'s, R> {
+    fn new(scenario: &'s Scenario, quirks: Quirks, recorder: R) -> Run<'s, R> {
         let config = MachineConfig {
             ioapic: match scenario.config.ioapic {
                 IoapicVersion::V11 => ModelIoapicVersion::V11,
@@ -187,19 +312,15 @@ impl<'s> Run<'s> {
         for key in scenario.handlers.keys() {
             handled[key.vector as usize / 64] |= 1 << (key.vector % 64);
         }
-        // Sized for a typical run so that the logs rarely grow.
-        let ops = scenario.ops.len();
         Run {
             scenario,
             machine: Machine::new(config),
-            events: Vec::with_capacity(ops),
-            decisions: Vec::with_capacity(4 * ops + 8),
+            // Sized for a typical run so that the log rarely grows.
+            events: Vec::with_capacity(scenario.ops.len()),
+            recorder,
             deliveries: 0,
             count: [0; 256],
             handled,
-            cause: [NO_CAUSE; 256],
-            nmi_cause: NO_CAUSE,
-            current: "none",
             ops: 0,
         }
     }
@@ -214,12 +335,12 @@ impl<'s> Run<'s> {
     /// Executes one op (top-level or in a handler body) of top-level op `k`,
     /// then takes whatever became deliverable.
     fn op(&mut self, op: &Op, k: usize, depth: usize) -> Step {
-        self.current = op.keyword();
+        self.recorder.start_op(op);
         self.ops += 1;
         self.execute(op, k, depth)?;
-        self.collect(k);
+        self.recorder.collect(&mut self.machine, k);
         self.deliver_pending(k, depth)?;
-        self.note_held(k);
+        self.recorder.note_held(&self.machine, k);
         Ok(())
     }
 
@@ -358,7 +479,7 @@ impl<'s> Run<'s> {
     /// HLT: wakes on a deliverable interrupt, which is delivered; otherwise
     /// the guest can never wake (no timers, host ops come later).
     fn halt(&mut self, k: usize, depth: usize) -> Step {
-        self.collect(k);
+        self.recorder.collect(&mut self.machine, k);
         match self.machine.pending() {
             Some(_) => {
                 self.machine.note(Rule::HltWakes, 0);
@@ -366,7 +487,7 @@ impl<'s> Run<'s> {
             }
             None => {
                 self.machine.note(Rule::HltNoWake, 0);
-                self.collect(k);
+                self.recorder.collect(&mut self.machine, k);
                 Err(Stop::Hang(k))
             }
         }
@@ -385,28 +506,19 @@ impl<'s> Run<'s> {
             return Err(Stop::Storm);
         }
         self.deliveries += 1;
-        let cause = match interrupt {
-            Interrupt::Maskable(v) => self.cause_of(self.cause[v as usize], Rule::AcceptedIntoIrr),
-            Interrupt::Nmi => self.cause_of(self.nmi_cause, Rule::NmiDelivers),
-        };
         let (vector, saved_if) = self.machine.take(interrupt);
+        // The delivery's own decision is its cause, recorded below.
         self.machine.clear_decisions();
         let event_index = self.events.len();
         self.events.push(Event {
             op: k,
             kind: EventKind::Deliver { vector },
         });
-        self.decisions.push(Decision {
-            op: k,
-            event_index: Some(event_index),
-            rule: cause.0,
-            vector,
-            cause: cause.1,
-        });
+        self.recorder.delivered(interrupt, vector, k, event_index);
         self.count[vector as usize] += 1;
         let body = if self.handled[vector as usize / 64] & (1 << (vector % 64)) != 0 {
             self.scenario
-                .handler_body(vector, self.count[vector as usize])
+                .handler_body(vector, self.count[vector as usize].into())
         } else {
             crate::scenario::DEFAULT_HANDLER
         };
@@ -415,55 +527,6 @@ impl<'s> Run<'s> {
         }
         self.machine.iret(saved_if);
         Ok(())
-    }
-
-    /// The rule and op keyword of decision `index`, or `default` with
-    /// "none" for [`NO_CAUSE`].
-    fn cause_of(&self, index: u32, default: Rule) -> (Rule, &'static str) {
-        match self.decisions.get(index as usize) {
-            Some(d) => (d.rule, d.cause),
-            None => (default, "none"),
-        }
-    }
-
-    /// Moves the machine's decisions into the run's log, remembering the
-    /// cause of each vector that entered the IRR.
-    fn collect(&mut self, k: usize) {
-        for d in self.machine.decisions() {
-            let index = self.decisions.len() as u32;
-            match d.rule {
-                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = index,
-                Rule::EdgeDelivers
-                | Rule::LevelDelivers
-                | Rule::LevelUnmaskDelivers
-                | Rule::EoiRedelivers
-                | Rule::SelfIpi
-                | Rule::MsiDelivers
-                | Rule::ApicErrorInterrupt
-                | Rule::Quirk => self.cause[d.vector as usize] = index,
-                _ => {}
-            }
-            self.decisions.push(Decision {
-                op: k,
-                event_index: None,
-                rule: d.rule,
-                vector: d.vector,
-                cause: self.current,
-            });
-        }
-        self.machine.clear_decisions();
-    }
-
-    fn note_held(&mut self, k: usize) {
-        if let Some((rule, vector)) = self.machine.held_reason() {
-            self.decisions.push(Decision {
-                op: k,
-                event_index: None,
-                rule,
-                vector,
-                cause: self.current,
-            });
-        }
     }
 }
 
