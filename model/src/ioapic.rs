@@ -255,6 +255,19 @@ impl Ioapic {
         }
     }
 
+    /// The guest's access to indirect register `index`: IOREGSEL = `index`,
+    /// then a read of IOWIN (§3.1), in one call.
+    pub fn select_and_read(&mut self, index: u8) -> u32 {
+        self.select = index;
+        self.read_register(index)
+    }
+
+    /// IOREGSEL = `index`, then a write of `value` to IOWIN (§3.1).
+    pub fn select_and_write(&mut self, index: u8, value: u32, bus: &mut impl InterruptSink) {
+        self.select = index;
+        self.write_register(index, value, bus);
+    }
+
     /// Reads indirect register `index`.
     pub fn read_register(&self, index: u8) -> u32 {
         match index {
@@ -423,10 +436,10 @@ impl Ioapic {
         let mut next = 0;
         while let Some(pin) = lowest_pin_from(self.remote_irr, next) {
             next = pin + 1;
-            let e = self.entry(pin);
-            if !e.level() || e.vector() != vector {
+            if self.redirection[pin] & (bits::LEVEL | bits::VECTOR) != bits::LEVEL | vector as u64 {
                 continue;
             }
+            let e = self.entry(pin);
             self.set_remote_irr(pin, false);
             bus.note(rule, vector);
             if self.quirks.contains(Quirks::QEMU_IOAPIC) {

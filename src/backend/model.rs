@@ -10,7 +10,7 @@
 //! shadow.
 
 use super::{Availability, Backend, BackendKind, Result};
-use crate::model::ioapic::{IOEOI, IOREGSEL, IOWIN};
+use crate::model::ioapic::IOEOI;
 use crate::model::lapic::reg;
 use crate::model::machine::Interrupt;
 use crate::model::{IoapicVersion as ModelIoapicVersion, Machine, MachineConfig, Quirks, Rule};
@@ -88,7 +88,7 @@ impl ModelBackend {
             Err(Stop::Storm) => trace.outcome = Outcome::Storm,
             Err(Stop::Error(message)) => {
                 trace.outcome = Outcome::Error;
-                trace.error = Some(message);
+                trace.error = Some(message.into());
             }
         }
         (trace, run.recorder)
@@ -154,7 +154,8 @@ const NO_CAUSE: u32 = u32::MAX;
 enum Stop {
     Hang(usize),
     Storm,
-    Error(String),
+    /// Boxed, so that a [`Step`] is returned in registers.
+    Error(Box<str>),
 }
 
 type Step = std::result::Result<(), Stop>;
@@ -347,10 +348,10 @@ impl<'s, R: Recorder> Run<'s, R> {
     fn execute(&mut self, op: &Op, k: usize, depth: usize) -> Step {
         let m = &mut self.machine;
         let gp = |what: &str| {
-            Stop::Error(format!(
+            Stop::Error(String::into_boxed_str(format!(
                 "op {k} ({}): {what} raises #GP in x2APIC mode",
                 op.keyword()
-            ))
+            )))
         };
         match *op {
             Op::Route { pin, route } => {
@@ -464,14 +465,14 @@ impl<'s, R: Recorder> Run<'s, R> {
                 .lapic_write(offset, value)
                 .map_err(|_| gp(&format!("writing register {offset:#x}")))?,
             Op::ApicBase(value) => m.write_apic_base(value).map_err(|_| {
-                Stop::Error(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.4.4, §11.12.5)"))
+                Stop::Error(String::into_boxed_str(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.4.4, §11.12.5)")))
             })?,
         }
         if let Some(mode) = self.machine.take_unmodelled() {
-            return Err(Stop::Error(format!(
+            return Err(Stop::Error(String::into_boxed_str(format!(
                 "op {k} ({}): delivery mode {mode:?} is not modelled (SMI, INIT and ExtINT change the processor's state beyond the scenario)",
                 op.keyword()
-            )));
+            ))));
         }
         Ok(())
     }
@@ -531,11 +532,9 @@ impl<'s, R: Recorder> Run<'s, R> {
 }
 
 fn read_register(m: &mut Machine, index: u8) -> u32 {
-    m.ioapic_mmio_write(IOREGSEL, index as u32);
-    m.ioapic_mmio_read(IOWIN)
+    m.ioapic_read_indirect(index)
 }
 
 fn write_register(m: &mut Machine, index: u8, value: u32) {
-    m.ioapic_mmio_write(IOREGSEL, index as u32);
-    m.ioapic_mmio_write(IOWIN, value);
+    m.ioapic_write_indirect(index, value);
 }
