@@ -12,49 +12,170 @@ use crate::scenario::generate::{case_seed, random, GenConfig};
 use crate::scenario::{Op, Scenario};
 
 /// Model throughput: guest ops (top-level and handler-body ops executed)
-/// per second on random scenarios, on one core; then where the time goes,
-/// per op kind.
+/// per second on random scenarios, on one core, as the differ runs them
+/// (a plain run, [`backend::Backend::execute`]) and with the decisions recorded
+/// ([`ModelBackend::run_explained`], what explaining a divergence costs);
+/// each against a trivial interpreter loop over the same ops timed in the
+/// same rounds, a ratio that load on a shared machine disturbs far less than
+/// the rates; then where the time goes, per op kind.
 pub fn model_throughput(duration: Duration) -> Value {
-    let cfg = GenConfig {
-        max_ops: 32,
-        ..GenConfig::default()
-    };
-    let scenarios: Vec<Scenario> = (0..512).map(|i| random(case_seed(7, i), &cfg)).collect();
+    let scenarios = model_scenarios();
     let mut model = ModelBackend::new();
-    let (ops, runs, secs) = time_model(&mut model, &scenarios, duration);
+    const ROUNDS: u32 = 30;
+    let (mut plain, mut explained, mut baseline) =
+        (Rate::default(), Rate::default(), Rate::default());
+    let (mut plain_ratios, mut explained_ratios) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let round = duration / (3 * ROUNDS);
+        let p = plain.add(timed(round, || plain_passes(&mut model, &scenarios, 1)));
+        let e = explained.add(timed(round, || explained_passes(&mut model, &scenarios, 1)));
+        let b = baseline.add(timed(round, || baseline_passes(&scenarios, 1)));
+        plain_ratios.push(p / b);
+        explained_ratios.push(e / b);
+    }
     json!({
         "benchmark": "model-throughput",
-        "scenarios": runs,
-        "guest_ops": ops,
-        "seconds": secs,
-        "guest_ops_per_second": ops as f64 / secs,
-        "scenarios_per_second": runs as f64 / secs,
+        "scenarios": plain.runs,
+        "guest_ops": plain.ops,
+        "seconds": plain.seconds,
+        "guest_ops_per_second": plain.per_second(),
+        "scenarios_per_second": plain.runs as f64 / plain.seconds,
+        "explained_guest_ops_per_second": explained.per_second(),
+        "baseline_loop_ops_per_second": baseline.per_second(),
+        "ratio_to_baseline_loop": median(plain_ratios),
+        "explained_ratio_to_baseline_loop": median(explained_ratios),
         "per_op_kind": per_op_kind(&mut model, &scenarios, duration / 12),
     })
 }
 
-/// Runs `scenarios` over and over for `duration`: guest ops, runs, seconds.
-fn time_model(
+/// Ops, runs and seconds of a timed part of the benchmark.
+#[derive(Default)]
+struct Rate {
+    ops: u64,
+    runs: u64,
+    seconds: f64,
+}
+
+impl Rate {
+    /// Adds one timed round and returns its ops per second.
+    fn add(&mut self, (ops, runs, seconds): (u64, u64, f64)) -> f64 {
+        self.ops += ops;
+        self.runs += runs;
+        self.seconds += seconds;
+        ops as f64 / seconds
+    }
+
+    fn per_second(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+}
+
+/// The model benchmarks' input: 512 random scenarios of up to 32 ops,
+/// generated before anything is timed.
+fn model_scenarios() -> Vec<Scenario> {
+    let cfg = GenConfig {
+        max_ops: 32,
+        ..GenConfig::default()
+    };
+    (0..512).map(|i| random(case_seed(7, i), &cfg)).collect()
+}
+
+/// The model throughput benchmark's work, fixed instead of timed: `passes`
+/// runs over its scenarios, plain, then explained, then the baseline loop.
+/// Instruction counts of [`plain_passes`] and [`explained_passes`] (under
+/// `valgrind --tool=callgrind`, inclusive) divided by `guest_ops` give
+/// instructions per guest op, which a loaded machine does not disturb.
+pub fn model_fixed_work(passes: u64) -> Value {
+    let scenarios = model_scenarios();
+    let mut model = ModelBackend::new();
+    let (ops, runs) = plain_passes(&mut model, &scenarios, passes);
+    let (explained_ops, _) = explained_passes(&mut model, &scenarios, passes);
+    let (baseline_ops, _) = baseline_passes(&scenarios, passes);
+    json!({
+        "benchmark": "model-fixed-work",
+        "passes": passes,
+        "scenarios": runs,
+        "guest_ops": ops,
+        "explained_guest_ops": explained_ops,
+        "baseline_loop_ops": baseline_ops,
+    })
+}
+
+/// Runs each scenario `passes` times as the differ does: guest ops, runs.
+#[inline(never)]
+fn plain_passes(model: &mut ModelBackend, scenarios: &[Scenario], passes: u64) -> (u64, u64) {
+    model_passes(model, scenarios, passes, |model, s| {
+        std::hint::black_box(backend::Backend::execute(model, s).ok());
+    })
+}
+
+/// Runs each scenario `passes` times with its decisions: guest ops, runs.
+#[inline(never)]
+fn explained_passes(model: &mut ModelBackend, scenarios: &[Scenario], passes: u64) -> (u64, u64) {
+    model_passes(model, scenarios, passes, |model, s| {
+        std::hint::black_box(model.run_explained(s));
+    })
+}
+
+fn model_passes(
     model: &mut ModelBackend,
     scenarios: &[Scenario],
-    duration: Duration,
-) -> (u64, u64, f64) {
+    passes: u64,
+    mut run: impl FnMut(&mut ModelBackend, &Scenario),
+) -> (u64, u64) {
     let (mut ops, mut runs) = (0u64, 0u64);
-    let start = Instant::now();
-    while start.elapsed() < duration {
+    for _ in 0..passes {
         for s in scenarios {
-            std::hint::black_box(model.run_explained(s));
+            run(model, s);
             ops += model.last_ops;
             runs += 1;
         }
+    }
+    (ops, runs)
+}
+
+/// The yardstick of the ratios: a trivial interpreter loop over the same
+/// scenarios' top-level ops (one match per op, a checksum): ops, runs.
+#[inline(never)]
+fn baseline_passes(scenarios: &[Scenario], passes: u64) -> (u64, u64) {
+    let (mut ops, mut runs, mut sum) = (0u64, 0u64, 0u64);
+    for _ in 0..passes {
+        for s in scenarios {
+            for op in std::hint::black_box(&s.ops) {
+                sum = sum.wrapping_add(match *op {
+                    Op::Route { pin, route } => pin.get() as u64 + route.low_dword() as u64,
+                    Op::Mask(pin) | Op::Unmask(pin) => pin.get() as u64,
+                    Op::IoapicEoi(v) | Op::SelfIpi(v) | Op::Tpr(v) | Op::IoapicRead(v) => v as u64,
+                    Op::Svr(v) | Op::ApicBase(v) => v as u64,
+                    Op::IoapicWrite { value, .. } | Op::LapicWrite { value, .. } => value as u64,
+                    Op::LapicRead(offset) => offset as u64,
+                    _ => 1,
+                });
+            }
+            ops += s.ops.len() as u64;
+            runs += 1;
+        }
+    }
+    std::hint::black_box(sum);
+    (ops, runs)
+}
+
+/// Repeats `pass` for at least `duration`: ops, runs, seconds.
+fn timed(duration: Duration, mut pass: impl FnMut() -> (u64, u64)) -> (u64, u64, f64) {
+    let (mut ops, mut runs) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let (pass_ops, pass_runs) = pass();
+        ops += pass_ops;
+        runs += pass_runs;
     }
     (ops, runs, start.elapsed().as_secs_f64())
 }
 
 /// Where the time goes, per kind of top-level op: for each kind, the
-/// random scenarios reduced to their ops of that kind (handlers kept), timed
-/// alone. The figure includes what those ops cause (deliveries and their
-/// handler bodies), as it does in a full run.
+/// random scenarios reduced to their ops of that kind (handlers kept), run
+/// plain and timed alone. The figure includes what those ops cause
+/// (deliveries and their handler bodies), as it does in a full run.
 fn per_op_kind(model: &mut ModelBackend, scenarios: &[Scenario], duration: Duration) -> Value {
     let mut kinds: Vec<&'static str> = scenarios
         .iter()
@@ -73,7 +194,7 @@ fn per_op_kind(model: &mut ModelBackend, scenarios: &[Scenario], duration: Durat
             })
             .filter(|s| !s.ops.is_empty())
             .collect();
-        let (ops, _, secs) = time_model(model, &only, duration);
+        let (ops, _, secs) = timed(duration, || plain_passes(model, &only, 1));
         out.push(json!({
             "op": kind,
             "guest_ops_per_second": ops as f64 / secs,

@@ -79,11 +79,14 @@ impl Differ {
 
     /// [`Differ::diff`] for a trace the target already produced (a batch).
     pub fn judge(&mut self, scenario: &Scenario, observed: Trace) -> Judgement {
-        let (expected, decisions) = self.model.run_explained(scenario);
+        // Most runs agree: the decisions are recorded only to explain a
+        // divergence, in a second run of the (deterministic) model.
+        let expected = self.model.run_to_trace(scenario);
         let ruling = match compare(&expected, &observed) {
             Verdict::Agree => Ruling::Agree,
             Verdict::Inconclusive(why) => Ruling::Inconclusive(why),
             Verdict::Diverge(divergence) => {
+                let (_, decisions) = self.model.run_explained(scenario);
                 let deciding = backend::model::deciding_decision(&decisions, &divergence)
                     .map(|x| (x.cause, x.rule.name()));
                 let signature = divergence.signature(scenario, deciding);

@@ -96,22 +96,45 @@ pub fn implemented_xapic_register(offset: u16) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GeneralProtection;
 
-/// 256-bit register helpers (IRR, ISR, TMR as eight 32-bit words).
-fn test(bits: &[u32; 8], v: u8) -> bool {
-    bits[v as usize / 32] & (1 << (v % 32)) != 0
-}
-fn set(bits: &mut [u32; 8], v: u8, on: bool) {
-    if on {
-        bits[v as usize / 32] |= 1 << (v % 32);
-    } else {
-        bits[v as usize / 32] &= !(1 << (v % 32));
+/// A 256-bit register of one bit per vector (IRR, ISR, TMR; SDM §11.8.4),
+/// held as two 128-bit halves: the highest vector set is then two
+/// leading-zero counts away, which the processor needs at every boundary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct VectorSet([u128; 2]);
+
+impl VectorSet {
+    fn test(&self, v: u8) -> bool {
+        self.0[v as usize / 128] & (1 << (v % 128)) != 0
     }
-}
-fn highest(bits: &[u32; 8]) -> Option<u8> {
-    (0..8)
-        .rev()
-        .find(|&w| bits[w] != 0)
-        .map(|w| (w * 32 + 31 - bits[w].leading_zeros() as usize) as u8)
+
+    fn set(&mut self, v: u8, on: bool) {
+        if on {
+            self.0[v as usize / 128] |= 1 << (v % 128);
+        } else {
+            self.0[v as usize / 128] &= !(1 << (v % 128));
+        }
+    }
+
+    fn highest(&self) -> Option<u8> {
+        let [low, high] = self.0;
+        if high != 0 {
+            Some(255 - high.leading_zeros() as u8)
+        } else if low != 0 {
+            Some(127 - low.leading_zeros() as u8)
+        } else {
+            None
+        }
+    }
+
+    /// 32-bit word `index` as the register reads (word 0: vectors 0-31).
+    fn word(&self, index: usize) -> u32 {
+        (self.0[index / 4] >> (32 * (index % 4))) as u32
+    }
+
+    /// The eight 32-bit words, word 0 first.
+    fn words(&self) -> [u32; 8] {
+        std::array::from_fn(|index| self.word(index))
+    }
 }
 
 /// What an accepted or refused message did, for the decision log.
@@ -155,9 +178,9 @@ pub struct Lapic {
     svr: u32,
     ldr: u32,
     dfr: u32,
-    irr: [u32; 8],
-    isr: [u32; 8],
-    tmr: [u32; 8],
+    irr: VectorSet,
+    isr: VectorSet,
+    tmr: VectorSet,
     /// ESR as last latched by a write, and errors since (SDM §11.5.3).
     esr: u32,
     esr_pending: u32,
@@ -193,9 +216,9 @@ impl Lapic {
             // id >> 4, bit 1 << (id & 0xf) (SDM §11.12.10.2).
             ldr: if x2apic { 1 } else { 0 },
             dfr: 0xffff_ffff,
-            irr: [0; 8],
-            isr: [0; 8],
-            tmr: [0; 8],
+            irr: VectorSet::default(),
+            isr: VectorSet::default(),
+            tmr: VectorSet::default(),
             esr: 0,
             esr_pending: 0,
             icr_low: 0,
@@ -282,13 +305,13 @@ impl Lapic {
         Ok(())
     }
     pub fn irr(&self) -> [u32; 8] {
-        self.irr
+        self.irr.words()
     }
     pub fn isr(&self) -> [u32; 8] {
-        self.isr
+        self.isr.words()
     }
     pub fn tmr(&self) -> [u32; 8] {
-        self.tmr
+        self.tmr.words()
     }
     pub fn tpr(&self) -> u32 {
         self.tpr
@@ -307,7 +330,7 @@ impl Lapic {
 
     /// SDM §11.8.3.1: `PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4`.
     pub fn ppr(&self) -> u32 {
-        let isrv = highest(&self.isr).unwrap_or(0) as u32;
+        let isrv = self.isr.highest().unwrap_or(0) as u32;
         if (self.tpr & 0xf0) >= (isrv & 0xf0) {
             self.tpr & 0xff
         } else {
@@ -374,14 +397,14 @@ impl Lapic {
             return Acceptance::Refused(Rule::ApicSoftwareDisabled);
         }
         // §11.8.4: into the IRR; TMR cleared for edge, set for level.
-        set(&mut self.irr, msg.vector, true);
-        set(&mut self.tmr, msg.vector, msg.level);
+        self.irr.set(msg.vector, true);
+        self.tmr.set(msg.vector, msg.level);
         Acceptance::Accepted
     }
 
     /// §11.8.3: the vector the processor would take now, if any.
     pub fn deliverable(&self) -> Option<u8> {
-        let v = highest(&self.irr)?;
+        let v = self.irr.highest()?;
         self.dispatchable(v).then_some(v)
     }
 
@@ -399,7 +422,7 @@ impl Lapic {
 
     /// The highest requested vector, deliverable or not.
     pub fn highest_irr(&self) -> Option<u8> {
-        highest(&self.irr)
+        self.irr.highest()
     }
 
     /// The processor takes `vector`: IRR to ISR (§11.8.4 last step).
@@ -410,27 +433,27 @@ impl Lapic {
         {
             return; // The vector stays requested, nothing goes in service.
         }
-        set(&mut self.irr, vector, false);
+        self.irr.set(vector, false);
         if !self.quirks.contains(Quirks::ISR_NEVER_SET)
             && !self.deviations.breaks(Rule::AcceptedIntoIrr, Mode::Skipped)
         {
-            set(&mut self.isr, vector, true);
+            self.isr.set(vector, true);
         }
     }
 
     /// An EOI write: clears the highest ISR bit (§11.8.5) and says whether
     /// the EOI is broadcast to the IOAPICs, and the rule that decided.
     pub fn end_of_interrupt(&mut self) -> Eoi {
-        let Some(v) = highest(&self.isr) else {
+        let Some(v) = self.isr.highest() else {
             return Eoi {
                 in_service: None,
                 broadcast: None,
                 rule: Rule::EoiNothingInService,
             };
         };
-        set(&mut self.isr, v, false);
+        self.isr.set(v, false);
         let d = self.deviations;
-        let (broadcast, rule) = if !test(&self.tmr, v) {
+        let (broadcast, rule) = if !self.tmr.test(v) {
             if d.breaks(Rule::EoiEdgeNotBroadcast, Mode::Inverted) {
                 return Eoi {
                     in_service: Some(v),
@@ -462,7 +485,7 @@ impl Lapic {
         if !self.hw_enabled {
             return 0;
         }
-        let word = |bits: &[u32; 8]| bits[((offset & 0x7f) >> 4) as usize];
+        let word = |bits: &VectorSet| bits.word(((offset & 0x7f) >> 4) as usize);
         match offset {
             // §11.4.6: xAPIC ID in bits 31:24; x2APIC ID is 32-bit.
             reg::ID => {
@@ -586,8 +609,8 @@ impl Lapic {
             self.esr_pending |= ESR_RECEIVE_ILLEGAL_VECTOR;
             return;
         }
-        set(&mut self.irr, vector, true);
-        set(&mut self.tmr, vector, false);
+        self.irr.set(vector, true);
+        self.tmr.set(vector, false);
         self.error_interrupt = Some(vector);
     }
 
@@ -745,15 +768,15 @@ mod tests {
         // SDM §11.8.4: TMR cleared for edge, set for level, on acceptance.
         let mut l = Lapic::new(false, false, Quirks::empty());
         l.accept(&fixed(0x79, true));
-        assert!(test(&l.tmr, 0x79) && test(&l.irr, 0x79));
+        assert!(l.tmr.test(0x79) && l.irr.test(0x79));
         l.acknowledge(0x79);
         l.end_of_interrupt();
         assert!(
-            test(&l.tmr, 0x79),
+            l.tmr.test(0x79),
             "TMR keeps the last acceptance's mode after EOI"
         );
         l.accept(&fixed(0x79, false));
-        assert!(!test(&l.tmr, 0x79));
+        assert!(!l.tmr.test(0x79));
     }
 
     #[test]
@@ -1131,7 +1154,7 @@ mod tests {
         assert_eq!(l.take_error_interrupt(), Some(0x3e));
         assert_eq!(l.take_error_interrupt(), None, "taken once");
         assert_eq!(l.deliverable(), Some(0x3e));
-        assert!(!test(&l.tmr, 0x3e), "the error interrupt is edge");
+        assert!(!l.tmr.test(0x3e), "the error interrupt is edge");
         l.write(reg::ESR, 0);
         assert_eq!(
             l.read(reg::ESR),

@@ -208,6 +208,17 @@ impl Machine {
         ioapic.mmio_write(offset, value, &mut bus);
     }
 
+    /// An IOAPIC indirect register read: IOREGSEL = `index`, then IOWIN.
+    pub fn ioapic_read_indirect(&mut self, index: u8) -> u32 {
+        self.ioapic.select_and_read(index)
+    }
+
+    /// An IOAPIC indirect register write: IOREGSEL = `index`, then IOWIN.
+    pub fn ioapic_write_indirect(&mut self, index: u8, value: u32) {
+        let (ioapic, mut bus) = self.parts();
+        ioapic.select_and_write(index, value, &mut bus);
+    }
+
     /// Drives IOAPIC input `pin` (logical level).
     pub fn set_irq(&mut self, pin: usize, requested: bool) {
         let (ioapic, mut bus) = self.parts();
@@ -237,6 +248,15 @@ impl Machine {
     /// A local APIC register write by the guest (MMIO or WRMSR), with its
     /// effects: EOI broadcast, self IPI.
     pub fn lapic_write(&mut self, offset: u16, value: u32) -> Result<(), GeneralProtection> {
+        if offset == reg::EOI && value == 0 {
+            // The guest's usual EOI (every handler's): in either mode the
+            // register write itself has no effect and cannot fault (SDM
+            // §11.8.5, §11.12.1.3), so only the EOI's effect follows.
+            if self.lapic.hw_enabled() {
+                self.end_of_interrupt();
+            }
+            return Ok(());
+        }
         let ipi = if self.lapic.x2apic() {
             self.lapic
                 .write_msr(crate::lapic::msr_of(offset), value as u64)?

@@ -10,7 +10,7 @@
 //! shadow.
 
 use super::{Availability, Backend, BackendKind, Result};
-use crate::model::ioapic::{IOEOI, IOREGSEL, IOWIN};
+use crate::model::ioapic::IOEOI;
 use crate::model::lapic::reg;
 use crate::model::machine::Interrupt;
 use crate::model::{
@@ -78,8 +78,16 @@ impl ModelBackend {
     }
 
     /// Runs `scenario`, returning the trace and the decisions behind it.
+    /// The trace is the one [`Backend::execute`] gives; recording the
+    /// decisions costs time, so the differ asks for them only to explain a
+    /// divergence.
     pub fn run_explained(&mut self, scenario: &Scenario) -> (Trace, Vec<Decision>) {
-        let mut run = Run::new(scenario, self.quirks, self.deviations);
+        let (trace, explanation) = self.run_recording(scenario, Explanation::new(scenario));
+        (trace, explanation.decisions)
+    }
+
+    fn run_recording<R: Recorder>(&mut self, scenario: &Scenario, recorder: R) -> (Trace, R) {
+        let mut run = Run::new(scenario, self.quirks, self.deviations, recorder);
         let stop = run.program();
         self.last_ops = run.ops;
         let mut trace = Trace::new("model");
@@ -93,10 +101,10 @@ impl ModelBackend {
             Err(Stop::Storm) => trace.outcome = Outcome::Storm,
             Err(Stop::Error(message)) => {
                 trace.outcome = Outcome::Error;
-                trace.error = Some(message);
+                trace.error = Some(message.into());
             }
         }
-        (trace, run.decisions)
+        (trace, run.recorder)
     }
 }
 
@@ -106,7 +114,7 @@ impl Backend for ModelBackend {
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
-        Ok(self.run_explained(scenario).0)
+        Ok(self.run_recording(scenario, NoRecorder).0)
     }
 }
 
@@ -153,40 +161,163 @@ pub fn deciding_rule(decisions: &[Decision], divergence: &Divergence) -> Option<
     deciding_decision(decisions, divergence).map(|d| d.rule)
 }
 
-/// No decision caused the vector (see [`Run::cause_of`]).
+/// No decision caused the vector (see [`Explanation::cause_of`]).
 const NO_CAUSE: u32 = u32::MAX;
 
 enum Stop {
     Hang(usize),
     Storm,
-    Error(String),
+    /// Boxed, so that a [`Step`] is returned in registers.
+    Error(Box<str>),
 }
 
 type Step = std::result::Result<(), Stop>;
 
-struct Run<'s> {
-    deviations: Deviations,
-    scenario: &'s Scenario,
-    machine: Machine,
-    events: Vec<Event>,
+/// What a run records besides its trace: nothing ([`NoRecorder`], the
+/// differ's run) or the decisions behind it ([`Explanation`]). The
+/// interpreter calls it at each step; with [`NoRecorder`] the calls compile
+/// to nothing but draining the machine's decision log.
+trait Recorder {
+    /// An op (top-level or in a handler body) starts.
+    fn start_op(&mut self, op: &Op);
+    /// Takes the machine's decisions made since the last call, during
+    /// top-level op `k`, and drains the machine's log.
+    fn collect(&mut self, machine: &mut Machine, k: usize);
+    /// `interrupt` was delivered as `vector`, recorded as event
+    /// `event_index` of top-level op `k`.
+    fn delivered(&mut self, interrupt: Interrupt, vector: u8, k: usize, event_index: usize);
+    /// After an op and its deliveries: why a requested vector waits.
+    fn note_held(&mut self, machine: &Machine, k: usize);
+}
+
+/// A plain run: no decisions.
+struct NoRecorder;
+
+impl Recorder for NoRecorder {
+    fn start_op(&mut self, _: &Op) {}
+    fn collect(&mut self, machine: &mut Machine, _: usize) {
+        machine.clear_decisions();
+    }
+    fn delivered(&mut self, _: Interrupt, _: u8, _: usize, _: usize) {}
+    fn note_held(&mut self, _: &Machine, _: usize) {}
+}
+
+/// The decisions of a run, each placed at its op, and the cause of each
+/// delivery.
+struct Explanation {
     decisions: Vec<Decision>,
-    deliveries: usize,
-    count: [u32; 256],
-    /// Vectors with a `handler` line: the others run the default body
-    /// without a look-up.
-    handled: [u64; 4],
     /// The cause of the IRR bit of each vector (or the NMI): the index of
     /// its decision in `decisions`, [`NO_CAUSE`] if none.
     cause: [u32; 256],
     nmi_cause: u32,
     /// The op being executed (top-level or in a body).
     current: &'static str,
+}
+
+impl Explanation {
+    fn new(scenario: &Scenario) -> Explanation {
+        Explanation {
+            // Sized for a typical run so that the log rarely grows.
+            decisions: Vec::with_capacity(4 * scenario.ops.len() + 8),
+            cause: [NO_CAUSE; 256],
+            nmi_cause: NO_CAUSE,
+            current: "none",
+        }
+    }
+
+    /// The rule and op keyword of decision `index`, or `default` with
+    /// "none" for [`NO_CAUSE`].
+    fn cause_of(&self, index: u32, default: Rule) -> (Rule, &'static str) {
+        match self.decisions.get(index as usize) {
+            Some(d) => (d.rule, d.cause),
+            None => (default, "none"),
+        }
+    }
+}
+
+impl Recorder for Explanation {
+    fn start_op(&mut self, op: &Op) {
+        self.current = op.keyword();
+    }
+
+    /// Moves the machine's decisions into the log, remembering the cause of
+    /// each vector that entered the IRR.
+    fn collect(&mut self, machine: &mut Machine, k: usize) {
+        for d in machine.decisions() {
+            let index = self.decisions.len() as u32;
+            match d.rule {
+                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = index,
+                Rule::EdgeDelivers
+                | Rule::LevelDelivers
+                | Rule::LevelUnmaskDelivers
+                | Rule::EoiRedelivers
+                | Rule::SelfIpi
+                | Rule::MsiDelivers
+                | Rule::ApicErrorInterrupt
+                | Rule::Quirk => self.cause[d.vector as usize] = index,
+                _ => {}
+            }
+            self.decisions.push(Decision {
+                op: k,
+                event_index: None,
+                rule: d.rule,
+                vector: d.vector,
+                cause: self.current,
+            });
+        }
+        machine.clear_decisions();
+    }
+
+    fn delivered(&mut self, interrupt: Interrupt, vector: u8, k: usize, event_index: usize) {
+        let (rule, cause) = match interrupt {
+            Interrupt::Maskable(v) => self.cause_of(self.cause[v as usize], Rule::AcceptedIntoIrr),
+            Interrupt::Nmi => self.cause_of(self.nmi_cause, Rule::NmiDelivers),
+        };
+        self.decisions.push(Decision {
+            op: k,
+            event_index: Some(event_index),
+            rule,
+            vector,
+            cause,
+        });
+    }
+
+    fn note_held(&mut self, machine: &Machine, k: usize) {
+        if let Some((rule, vector)) = machine.held_reason() {
+            self.decisions.push(Decision {
+                op: k,
+                event_index: None,
+                rule,
+                vector,
+                cause: self.current,
+            });
+        }
+    }
+}
+
+struct Run<'s, R> {
+    deviations: Deviations,
+    scenario: &'s Scenario,
+    machine: Machine,
+    events: Vec<Event>,
+    recorder: R,
+    deliveries: usize,
+    /// Deliveries of each vector so far (at most [`STORM_LIMIT`] in all).
+    count: [u8; 256],
+    /// Vectors with a `handler` line: the others run the default body
+    /// without a look-up.
+    handled: [u64; 4],
     /// Ops executed so far.
     ops: u64,
 }
 
-impl<'s> Run<'s> {
-    fn new(scenario: &'s Scenario, quirks: Quirks, deviations: Deviations) -> Run<'s> {
+impl<'s, R: Recorder> Run<'s, R> {
+    fn new(
+        scenario: &'s Scenario,
+        quirks: Quirks,
+        deviations: Deviations,
+        recorder: R,
+    ) -> Run<'s, R> {
         let config = MachineConfig {
             ioapic: match scenario.config.ioapic {
                 IoapicVersion::V11 => ModelIoapicVersion::V11,
@@ -202,20 +333,16 @@ impl<'s> Run<'s> {
         for key in scenario.handlers.keys() {
             handled[key.vector as usize / 64] |= 1 << (key.vector % 64);
         }
-        // Sized for a typical run so that the logs rarely grow.
-        let ops = scenario.ops.len();
         Run {
             deviations,
             scenario,
             machine: Machine::new(config),
-            events: Vec::with_capacity(ops),
-            decisions: Vec::with_capacity(4 * ops + 8),
+            // Sized for a typical run so that the log rarely grows.
+            events: Vec::with_capacity(scenario.ops.len()),
+            recorder,
             deliveries: 0,
             count: [0; 256],
             handled,
-            cause: [NO_CAUSE; 256],
-            nmi_cause: NO_CAUSE,
-            current: "none",
             ops: 0,
         }
     }
@@ -230,10 +357,10 @@ impl<'s> Run<'s> {
     /// Executes one op (top-level or in a handler body) of top-level op `k`,
     /// then takes whatever became deliverable.
     fn op(&mut self, op: &Op, k: usize, depth: usize) -> Step {
-        self.current = op.keyword();
+        self.recorder.start_op(op);
         self.ops += 1;
         self.execute(op, k, depth)?;
-        self.collect(k);
+        self.recorder.collect(&mut self.machine, k);
         // Deviation dispatch-above-ppr/late: what the guest made pending is
         // taken only at the entry after an exit to the VMM (a host op).
         let late = self
@@ -245,17 +372,17 @@ impl<'s> Run<'s> {
         } else if let (Op::Host(_), Some(interrupt)) = (op, self.machine.pending()) {
             self.deliver(interrupt, k, depth)?;
         }
-        self.note_held(k);
+        self.recorder.note_held(&self.machine, k);
         Ok(())
     }
 
     fn execute(&mut self, op: &Op, k: usize, depth: usize) -> Step {
         let m = &mut self.machine;
         let gp = |what: &str| {
-            Stop::Error(format!(
+            Stop::Error(String::into_boxed_str(format!(
                 "op {k} ({}): {what} raises #GP in x2APIC mode",
                 op.keyword()
-            ))
+            )))
         };
         match *op {
             Op::Route { pin, route } => {
@@ -369,14 +496,14 @@ impl<'s> Run<'s> {
                 .lapic_write(offset, value)
                 .map_err(|_| gp(&format!("writing register {offset:#x}")))?,
             Op::ApicBase(value) => m.write_apic_base(value).map_err(|_| {
-                Stop::Error(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.4.4, §11.12.5)"))
+                Stop::Error(String::into_boxed_str(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.4.4, §11.12.5)")))
             })?,
         }
         if let Some(mode) = self.machine.take_unmodelled() {
-            return Err(Stop::Error(format!(
+            return Err(Stop::Error(String::into_boxed_str(format!(
                 "op {k} ({}): delivery mode {mode:?} is not modelled (SMI, INIT and ExtINT change the processor's state beyond the scenario)",
                 op.keyword()
-            )));
+            ))));
         }
         Ok(())
     }
@@ -384,7 +511,7 @@ impl<'s> Run<'s> {
     /// HLT: wakes on a deliverable interrupt, which is delivered; otherwise
     /// the guest can never wake (no timers, host ops come later).
     fn halt(&mut self, k: usize, depth: usize) -> Step {
-        self.collect(k);
+        self.recorder.collect(&mut self.machine, k);
         match self.machine.pending() {
             Some(_) => {
                 self.machine.note(Rule::HltWakes, 0);
@@ -392,7 +519,7 @@ impl<'s> Run<'s> {
             }
             None => {
                 self.machine.note(Rule::HltNoWake, 0);
-                self.collect(k);
+                self.recorder.collect(&mut self.machine, k);
                 Err(Stop::Hang(k))
             }
         }
@@ -411,28 +538,19 @@ impl<'s> Run<'s> {
             return Err(Stop::Storm);
         }
         self.deliveries += 1;
-        let cause = match interrupt {
-            Interrupt::Maskable(v) => self.cause_of(self.cause[v as usize], Rule::AcceptedIntoIrr),
-            Interrupt::Nmi => self.cause_of(self.nmi_cause, Rule::NmiDelivers),
-        };
         let (vector, saved_if) = self.machine.take(interrupt);
+        // The delivery's own decision is its cause, recorded below.
         self.machine.clear_decisions();
         let event_index = self.events.len();
         self.events.push(Event {
             op: k,
             kind: EventKind::Deliver { vector },
         });
-        self.decisions.push(Decision {
-            op: k,
-            event_index: Some(event_index),
-            rule: cause.0,
-            vector,
-            cause: cause.1,
-        });
+        self.recorder.delivered(interrupt, vector, k, event_index);
         self.count[vector as usize] += 1;
         let body = if self.handled[vector as usize / 64] & (1 << (vector % 64)) != 0 {
             self.scenario
-                .handler_body(vector, self.count[vector as usize])
+                .handler_body(vector, self.count[vector as usize].into())
         } else {
             crate::scenario::DEFAULT_HANDLER
         };
@@ -442,63 +560,12 @@ impl<'s> Run<'s> {
         self.machine.iret(saved_if);
         Ok(())
     }
-
-    /// The rule and op keyword of decision `index`, or `default` with
-    /// "none" for [`NO_CAUSE`].
-    fn cause_of(&self, index: u32, default: Rule) -> (Rule, &'static str) {
-        match self.decisions.get(index as usize) {
-            Some(d) => (d.rule, d.cause),
-            None => (default, "none"),
-        }
-    }
-
-    /// Moves the machine's decisions into the run's log, remembering the
-    /// cause of each vector that entered the IRR.
-    fn collect(&mut self, k: usize) {
-        for d in self.machine.decisions() {
-            let index = self.decisions.len() as u32;
-            match d.rule {
-                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = index,
-                Rule::EdgeDelivers
-                | Rule::LevelDelivers
-                | Rule::LevelUnmaskDelivers
-                | Rule::EoiRedelivers
-                | Rule::SelfIpi
-                | Rule::MsiDelivers
-                | Rule::ApicErrorInterrupt
-                | Rule::Quirk => self.cause[d.vector as usize] = index,
-                _ => {}
-            }
-            self.decisions.push(Decision {
-                op: k,
-                event_index: None,
-                rule: d.rule,
-                vector: d.vector,
-                cause: self.current,
-            });
-        }
-        self.machine.clear_decisions();
-    }
-
-    fn note_held(&mut self, k: usize) {
-        if let Some((rule, vector)) = self.machine.held_reason() {
-            self.decisions.push(Decision {
-                op: k,
-                event_index: None,
-                rule,
-                vector,
-                cause: self.current,
-            });
-        }
-    }
 }
 
 fn read_register(m: &mut Machine, index: u8) -> u32 {
-    m.ioapic_mmio_write(IOREGSEL, index as u32);
-    m.ioapic_mmio_read(IOWIN)
+    m.ioapic_read_indirect(index)
 }
 
 fn write_register(m: &mut Machine, index: u8, value: u32) {
-    m.ioapic_mmio_write(IOREGSEL, index as u32);
-    m.ioapic_mmio_write(IOWIN, value);
+    m.ioapic_write_indirect(index, value);
 }
