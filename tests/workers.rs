@@ -63,6 +63,21 @@ fn finding_dir(line: &str) -> Option<PathBuf> {
 }
 
 fn assert_complete(dir: &Path) {
+    // At the end a campaign may fold one cause into another, moving the
+    // finding's directory (rename(2)) under the cause that explains it.
+    let moved;
+    let dir = if dir.is_dir() {
+        dir
+    } else {
+        let (cause_dir, name) = (dir.parent().unwrap(), dir.file_name().unwrap());
+        let out = cause_dir.parent().unwrap();
+        moved = std::fs::read_dir(out)
+            .unwrap()
+            .map(|e| e.unwrap().path().join(name))
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| panic!("{} is nowhere under {}", dir.display(), out.display()));
+        &moved
+    };
     for file in ["original.irq", "min.irq", "report.md", "signature.json"] {
         assert!(dir.join(file).is_file(), "{}/{file} missing", dir.display());
     }
