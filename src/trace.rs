@@ -58,7 +58,15 @@ pub enum EventKind {
         reg: u32,
         value: u32,
     },
+    /// Extension: a guest op raised an exception (today only #GP, vector
+    /// 13); the op had no other effect and the run went on with the next op.
+    Exception {
+        vector: u8,
+    },
 }
+
+/// The vector of #GP (SDM vol. 3A §6.15, interrupt 13).
+pub const GP_VECTOR: u8 = 13;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Event {
@@ -159,6 +167,8 @@ impl std::fmt::Display for EventKind {
                 };
                 write!(f, "read {space}[{reg:#x}] = {value:#x}")
             }
+            EventKind::Exception { vector: GP_VECTOR } => f.write_str("exception #GP"),
+            EventKind::Exception { vector } => write!(f, "exception {vector}"),
         }
     }
 }

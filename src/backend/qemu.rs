@@ -1418,6 +1418,10 @@ impl QemuBackend {
         match EndCode::from_u32(code) {
             Some(EndCode::Completed) => {}
             Some(EndCode::Storm) => trace.outcome = Outcome::Storm,
+            Some(EndCode::UnexpectedFault) => {
+                trace.outcome = Outcome::Error;
+                trace.error = Some("the guest took a #GP outside the stub's RDMSR/WRMSR".into());
+            }
             _ => return Err(BackendError::LogFull),
         }
         Ok(trace)

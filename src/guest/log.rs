@@ -43,6 +43,11 @@ pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
                 i += 4;
                 EventKind::Read { space, reg, value }
             }
+            record::EXCEPTION => {
+                let vector = word(log, i + 2) as u8;
+                i += 4;
+                EventKind::Exception { vector }
+            }
             record::SNAPSHOT => {
                 if i + SNAPSHOT_WORDS > words {
                     return Err(corrupt("truncated snapshot"));

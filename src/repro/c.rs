@@ -53,6 +53,7 @@ pub fn event_lines(trace: &Trace) -> Vec<String> {
                 };
                 format!("op {} read {space}[0x{reg:x}] = 0x{value:x}", e.op)
             }
+            EventKind::Exception { vector } => format!("op {} exception {vector}", e.op),
         })
         .collect();
     lines.push(match trace.outcome {

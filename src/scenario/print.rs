@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 use super::{
     ApicMode, Config, DeliveryMode, DestMode, HostOp, IoapicVersion, Irqchip, Msi, MsiDelivery, Op,
-    Polarity, Route, Scenario, Trigger,
+    Polarity, Route, RouteOrder, Scenario, Trigger,
 };
 
 pub fn print(s: &Scenario) -> String {
@@ -78,6 +78,7 @@ pub fn op_text(op: &Op) -> String {
         Op::IoapicEoi(v) => format!("ioapic-eoi {v:#04x}"),
         Op::SelfIpi(v) => format!("self-ipi {v:#04x}"),
         Op::Tpr(v) => format!("tpr {v:#04x}"),
+        Op::Cr8(v) => format!("cr8 {v}"),
         Op::Svr(v) => format!("svr {v:#x}"),
         Op::Cli => "cli".into(),
         Op::Sti => "sti".into(),
@@ -118,6 +119,9 @@ fn route_options(r: &Route) -> String {
         DeliveryMode::Init => " init",
         DeliveryMode::ExtInt => " extint",
     };
+    if r.order == RouteOrder::LowFirst {
+        s += " order=low-first";
+    }
     s
 }
 

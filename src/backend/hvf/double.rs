@@ -1080,7 +1080,7 @@ impl Vcpu {
             kind::ROUTE => {
                 self.store(IOAPIC_BASE, a)?;
                 self.store(IOAPIC_BASE + 0x10, b)?;
-                self.store(IOAPIC_BASE, a - 1)?;
+                self.store(IOAPIC_BASE, a ^ 1)?;
                 self.store(IOAPIC_BASE + 0x10, c)?;
             }
             kind::MASK => {
