@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{self, model::ModelBackend, Backend};
 use crate::known::Known;
 use crate::minimize::minimize;
-use crate::oracle::{compare, Class, Divergence, Judgement, Ruling, Signature, Triage, Verdict};
+use crate::oracle::{
+    compare_scenario, Class, Divergence, Judgement, Ruling, Signature, Triage, Verdict,
+};
 use crate::scenario::{Op, Scenario};
 use crate::trace::Trace;
 
@@ -70,7 +72,7 @@ impl Differ {
     /// [`Differ::diff`] for a trace the target already produced (a batch).
     pub fn judge(&mut self, scenario: &Scenario, observed: Trace) -> Judgement {
         let (expected, decisions) = self.model.run_explained(scenario);
-        let ruling = match compare(&expected, &observed) {
+        let ruling = match compare_scenario(scenario, &expected, &observed) {
             Verdict::Agree => Ruling::Agree,
             Verdict::Inconclusive(why) => Ruling::Inconclusive(why),
             Verdict::Diverge(divergence) => {

@@ -1097,6 +1097,9 @@ impl Vcpu {
             }
             kind::HOST => self.out(HYPERCALL_PORT, a)?,
             kind::LAPIC_WRITE => self.store(self.lapic_at + a as u64, b)?,
+            // MOV to CR8: TPR[7:4] (SDM §10.8.6.1), under HV_VM_ACCEL_APIC
+            // handled by the in-kernel APIC like a TPR write.
+            kind::CR8 => self.store(self.lapic_at + 0x80, a << 4)?,
             kind::SELF_IPI => {
                 if self.s().machine.lapic.x2apic() {
                     self.store(self.lapic_at + 0x3f0, a)?;
