@@ -42,6 +42,9 @@ pub struct Snapshot {
 pub enum Space {
     Ioapic,
     Lapic,
+    /// `lapic-mmio-read` in x2APIC mode: a load from the disabled MMIO page.
+    #[serde(rename = "lapic-mmio")]
+    LapicMmio,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -164,6 +167,7 @@ impl std::fmt::Display for EventKind {
                 let space = match space {
                     Space::Ioapic => "ioapic",
                     Space::Lapic => "lapic",
+                    Space::LapicMmio => "lapic-mmio",
                 };
                 write!(f, "read {space}[{reg:#x}] = {value:#x}")
             }

@@ -89,3 +89,35 @@ fn kvm_raises_the_gps_the_model_predicts() {
         assert_eq!(observed.events, expected.events, "{name}");
     }
 }
+
+/// SDM §11.12.1.2: in x2APIC mode the MMIO page answers nothing; the model
+/// reads all ones and a store changes nothing. This host's KVM (its
+/// LAPIC_MMIO_HOLE quirk) does the same, in both shapes.
+#[test]
+fn mmio_to_the_apic_page_in_x2apic_mode_reaches_no_register() {
+    let scenario = parse(
+        "config apic=x2apic\nlapic-mmio-read 0x030\nlapic-mmio-write 0x080 0x40\nlapic-read 0x080\n",
+    )
+    .expect("parses");
+    let expected = ModelBackend::new().run(&scenario).expect("model runs");
+    assert_eq!(
+        expected
+            .events
+            .iter()
+            .map(|e| e.kind.to_string())
+            .collect::<Vec<_>>(),
+        [
+            "read lapic-mmio[0x30] = 0xffffffff",
+            "read lapic[0x80] = 0x0"
+        ]
+    );
+    if !kvm_or_skip("mmio_to_the_apic_page_in_x2apic_mode_reaches_no_register") {
+        return;
+    }
+    for name in ["kvm", "kvm-split"] {
+        let observed = backend::open(name)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .run_to_trace(&scenario);
+        assert_eq!(compare(&expected, &observed), Verdict::Agree, "{name}");
+    }
+}

@@ -335,6 +335,32 @@ impl<'s> Run<'s> {
                 Err(_) => fault = true,
             },
             Op::LapicWrite { offset, value } => fault = m.lapic_write(offset, value).is_err(),
+            // SDM §11.12.1.2: in x2APIC mode the MMIO interface is not
+            // available and an access behaves as with a globally disabled
+            // APIC (§11.4.3): nothing answers at the page, so the load reads
+            // all ones (the model's choice; the oracle leaves the value open)
+            // and the store reaches no register.
+            Op::LapicMmioRead(offset) if m.lapic.x2apic() => self.events.push(Event {
+                op: k,
+                kind: EventKind::Read {
+                    space: Space::LapicMmio,
+                    reg: offset as u32,
+                    value: u32::MAX,
+                },
+            }),
+            Op::LapicMmioWrite { .. } if m.lapic.x2apic() => {}
+            Op::LapicMmioRead(offset) => {
+                let value = m.lapic_read(offset).unwrap_or(0);
+                self.events.push(Event {
+                    op: k,
+                    kind: EventKind::Read {
+                        space: Space::Lapic,
+                        reg: offset as u32,
+                        value,
+                    },
+                });
+            }
+            Op::LapicMmioWrite { offset, value } => fault = m.lapic_write(offset, value).is_err(),
             // SDM §11.4.4, §11.12.5: reserved bits and invalid transitions.
             Op::ApicBase(value) => fault = m.write_apic_base(value).is_err(),
         }

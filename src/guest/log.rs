@@ -33,11 +33,11 @@ pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
                 i += 4;
                 EventKind::Deliver { vector }
             }
-            record::IOAPIC_READ | record::LAPIC_READ => {
-                let space = if kind == record::IOAPIC_READ {
-                    Space::Ioapic
-                } else {
-                    Space::Lapic
+            record::IOAPIC_READ | record::LAPIC_READ | record::LAPIC_MMIO_READ => {
+                let space = match kind {
+                    record::IOAPIC_READ => Space::Ioapic,
+                    record::LAPIC_READ => Space::Lapic,
+                    _ => Space::LapicMmio,
                 };
                 let (reg, value) = (word(log, i + 2), word(log, i + 3));
                 i += 4;

@@ -50,6 +50,8 @@ pub mod record {
     pub const LAPIC_READ: u32 = 4;
     /// (EXCEPTION, op, vector, error code): a #GP the stub skipped.
     pub const EXCEPTION: u32 = 5;
+    /// (LAPIC_MMIO_READ, op, offset, value): `lapic-mmio-read` in x2APIC mode.
+    pub const LAPIC_MMIO_READ: u32 = 6;
 }
 
 /// WRMSR (0F 30) and RDMSR (0F 32) as the little-endian word at a faulting
@@ -164,7 +166,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
 
     // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
     a.set_label(&mut exec_op)?;
-    let kinds: [(u32, OpBody); 20] = [
+    let kinds: [(u32, OpBody); 22] = [
         (kind::ROUTE, op_route),
         (kind::MASK, op_mask),
         (kind::HOST, op_host),
@@ -189,6 +191,12 @@ pub fn assemble() -> Result<Stub, IcedError> {
         (kind::APIC_BASE, op_apic_base),
         (kind::LINE, op_line),
         (kind::MSI_WRITE, op_msi_write),
+        (kind::LAPIC_MMIO_READ, op_lapic_mmio_read),
+        (kind::LAPIC_MMIO_WRITE, |a, _| {
+            a.mov(ecx, dword_ptr(r15 + 4))?;
+            a.mov(eax, dword_ptr(r15 + 8))?;
+            a.mov(dword_ptr(r14 + rcx), eax)
+        }),
         // MOV to CR8 (SDM §10.8.6.1): TPR[7:4] = the value; the hypervisor's
         // CR8 path, not its APIC-register one.
         (kind::CR8, |a, _| {
@@ -592,6 +600,26 @@ fn op_ioapic_write(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     a.mov(dword_ptr(r12), eax)?;
     a.mov(eax, dword_ptr(r15 + 8))?;
     a.mov(dword_ptr(r12 + 0x10), eax)
+}
+
+/// A load from the APIC page whatever the mode; logged as a LAPIC_READ in
+/// xAPIC mode and a LAPIC_MMIO_READ in x2APIC mode.
+fn op_lapic_mmio_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    let mut x2 = a.create_label();
+    let mut logged = a.create_label();
+    a.pushfq()?;
+    a.cli()?;
+    log_reserve(a, l, 16)?;
+    a.mov(ebx, dword_ptr(r15 + 4))?;
+    a.mov(eax, dword_ptr(r14 + rbx))?;
+    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.jne(x2)?;
+    log_read(a, record::LAPIC_READ)?;
+    a.jmp(logged)?;
+    a.set_label(&mut x2)?;
+    log_read(a, record::LAPIC_MMIO_READ)?;
+    a.set_label(&mut logged)?;
+    a.popfq()
 }
 
 fn op_lapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {

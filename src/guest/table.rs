@@ -49,6 +49,10 @@ pub mod kind {
     pub const MSI_WRITE: u32 = 19;
     /// a = CR8 value (MOV to CR8).
     pub const CR8: u32 = 20;
+    /// a = APIC page offset: a load by MMIO whatever the mode.
+    pub const LAPIC_MMIO_READ: u32 = 21;
+    /// a = APIC page offset, b = value: a store by MMIO whatever the mode.
+    pub const LAPIC_MMIO_WRITE: u32 = 22;
 }
 
 /// A scenario laid out for guest memory.
@@ -113,6 +117,8 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<HostOp>, mode: HostO
         Op::IoapicWrite { index, value } => [IOAPIC_WRITE, index as u32, value, 0],
         Op::LapicRead(o) => [LAPIC_READ, o as u32, 0, 0],
         Op::LapicWrite { offset, value } => [LAPIC_WRITE, offset as u32, value, 0],
+        Op::LapicMmioRead(o) => [LAPIC_MMIO_READ, o as u32, 0, 0],
+        Op::LapicMmioWrite { offset, value } => [LAPIC_MMIO_WRITE, offset as u32, value, 0],
         Op::ApicBase(value) => [APIC_BASE, value, 0, 0],
     };
     word(out, w);

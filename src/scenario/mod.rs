@@ -302,6 +302,17 @@ pub enum Op {
         offset: u16,
         value: u32,
     },
+    /// Extension: `lapic-mmio-read OFFSET`: a load from the APIC page at
+    /// OFFSET whatever the mode: `lapic-read` in xAPIC mode; in x2APIC mode
+    /// the MMIO interface is disabled (SDM §11.12.1.2), and the value is
+    /// recorded as a `read` in space `lapic-mmio`.
+    LapicMmioRead(#[arbitrary(with = lapic_offset)] u16),
+    /// Extension: `lapic-mmio-write OFFSET VALUE`: the store, likewise.
+    LapicMmioWrite {
+        #[arbitrary(with = lapic_offset)]
+        offset: u16,
+        value: u32,
+    },
     /// Extension: `apic-base VALUE`: the guest writes IA32_APIC_BASE (MSR
     /// 0x1B; VALUE is its low 32 bits: base 31:12, EN 11, EXTD 10) and then
     /// reaches the local APIC at the new base.
@@ -362,6 +373,8 @@ impl Op {
             Op::IoapicWrite { .. } => "ioapic-write",
             Op::LapicRead(_) => "lapic-read",
             Op::LapicWrite { .. } => "lapic-write",
+            Op::LapicMmioRead(_) => "lapic-mmio-read",
+            Op::LapicMmioWrite { .. } => "lapic-mmio-write",
             Op::ApicBase(_) => "apic-base",
         }
     }

@@ -61,6 +61,8 @@ pub const OP_KEYWORDS: &[&str] = &[
     "ioapic-write",
     "lapic-read",
     "lapic-write",
+    "lapic-mmio-read",
+    "lapic-mmio-write",
     "apic-base",
 ];
 
@@ -416,6 +418,14 @@ fn parse_op(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
             },
             3,
         ),
+        "lapic-mmio-read" => (Op::LapicMmioRead(lapic_offset(line, arg(1))?), 2),
+        "lapic-mmio-write" => (
+            Op::LapicMmioWrite {
+                offset: lapic_offset(line, arg(1))?,
+                value: dword(line, arg(2), "a value")?,
+            },
+            3,
+        ),
         "apic-base" => (
             Op::ApicBase(dword(line, arg(1), "an IA32_APIC_BASE value")?),
             2,
@@ -625,11 +635,26 @@ mod tests {
                     msi vector=0x31 dest=1 logical level nmi\n\
                     eoi\nioapic-eoi 0x20\nself-ipi 0xf1\ntpr 0x20\nsvr 0x11ff\n\
                     cli\nsti\nnop\nhlt\nsti-hlt\nsnapshot\n\
-                    ioapic-read 1\nioapic-write 0 0xf000000\nlapic-read 0x280\nlapic-write 0x80 0x10\n";
+                    ioapic-read 1\nioapic-write 0 0xf000000\nlapic-read 0x280\nlapic-write 0x80 0x10\n\
+                    cr8 15\nroute 4 vector=0x21 order=low-first\nlapic-read 0xffc\n\
+                    lapic-mmio-read 0x24\nlapic-mmio-write 0x400 1\n";
         let s = parse(text).unwrap();
         assert_eq!(s.config.ioapic, IoapicVersion::V11);
         assert!(s.config.directed_eoi);
-        assert_eq!(s.ops.len(), 22);
+        assert_eq!(s.ops.len(), 27);
+        assert_eq!(s.ops[22], Op::Cr8(15));
+        assert!(matches!(
+            s.ops[23],
+            Op::Route {
+                route: Route {
+                    order: RouteOrder::LowFirst,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert_eq!(s.ops[24], Op::LapicRead(0xffc));
+        assert_eq!(s.ops[25], Op::LapicMmioRead(0x24));
         assert_eq!(
             s.handler_body(0x20, 1),
             &[Op::Host(HostOp::Deassert(Pin::new(3).unwrap())), Op::Eoi]

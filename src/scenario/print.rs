@@ -90,6 +90,10 @@ pub fn op_text(op: &Op) -> String {
         Op::IoapicWrite { index, value } => format!("ioapic-write {index:#04x} {value:#x}"),
         Op::LapicRead(o) => format!("lapic-read {o:#05x}"),
         Op::LapicWrite { offset, value } => format!("lapic-write {offset:#05x} {value:#x}"),
+        Op::LapicMmioRead(o) => format!("lapic-mmio-read {o:#05x}"),
+        Op::LapicMmioWrite { offset, value } => {
+            format!("lapic-mmio-write {offset:#05x} {value:#x}")
+        }
         Op::ApicBase(v) => format!("apic-base {v:#x}"),
     }
 }
