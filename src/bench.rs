@@ -15,11 +15,7 @@ use crate::scenario::{Op, Scenario};
 /// per second on random scenarios, on one core; then where the time goes,
 /// per op kind.
 pub fn model_throughput(duration: Duration) -> Value {
-    let cfg = GenConfig {
-        max_ops: 32,
-        ..GenConfig::default()
-    };
-    let scenarios: Vec<Scenario> = (0..512).map(|i| random(case_seed(7, i), &cfg)).collect();
+    let scenarios = model_scenarios();
     let mut model = ModelBackend::new();
     let (ops, runs, secs) = time_model(&mut model, &scenarios, duration);
     json!({
@@ -33,6 +29,47 @@ pub fn model_throughput(duration: Duration) -> Value {
     })
 }
 
+/// The model benchmarks' input: 512 random scenarios of up to 32 ops,
+/// generated before anything is timed.
+fn model_scenarios() -> Vec<Scenario> {
+    let cfg = GenConfig {
+        max_ops: 32,
+        ..GenConfig::default()
+    };
+    (0..512).map(|i| random(case_seed(7, i), &cfg)).collect()
+}
+
+/// The model throughput benchmark's work, fixed instead of timed: `passes`
+/// runs over its scenarios. Instruction counts of [`run_passes`] (under
+/// `valgrind --tool=callgrind --toggle-collect=*run_passes*`) divided by
+/// `guest_ops` give instructions per guest op, which a loaded machine does
+/// not disturb.
+pub fn model_fixed_work(passes: u64) -> Value {
+    let scenarios = model_scenarios();
+    let mut model = ModelBackend::new();
+    let (ops, runs) = run_passes(&mut model, &scenarios, passes);
+    json!({
+        "benchmark": "model-fixed-work",
+        "passes": passes,
+        "scenarios": runs,
+        "guest_ops": ops,
+    })
+}
+
+/// Runs every scenario `passes` times: guest ops, runs.
+#[inline(never)]
+fn run_passes(model: &mut ModelBackend, scenarios: &[Scenario], passes: u64) -> (u64, u64) {
+    let (mut ops, mut runs) = (0u64, 0u64);
+    for _ in 0..passes {
+        for s in scenarios {
+            std::hint::black_box(model.run_explained(s));
+            ops += model.last_ops;
+            runs += 1;
+        }
+    }
+    (ops, runs)
+}
+
 /// Runs `scenarios` over and over for `duration`: guest ops, runs, seconds.
 fn time_model(
     model: &mut ModelBackend,
@@ -42,11 +79,9 @@ fn time_model(
     let (mut ops, mut runs) = (0u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < duration {
-        for s in scenarios {
-            std::hint::black_box(model.run_explained(s));
-            ops += model.last_ops;
-            runs += 1;
-        }
+        let (pass_ops, pass_runs) = run_passes(model, scenarios, 1);
+        ops += pass_ops;
+        runs += pass_runs;
     }
     (ops, runs, start.elapsed().as_secs_f64())
 }

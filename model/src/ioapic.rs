@@ -167,7 +167,11 @@ pub struct Ioapic {
     id: u8,
     /// Arbitration ID, bits 27:24 of register 2.
     arbitration: u8,
+    /// The redirection entries without their remote IRR bit, which
+    /// `remote_irr` holds: an EOI then visits only the pins that have one.
     redirection: [u64; PINS],
+    /// Remote IRR (§3.2.4 bit 14) of each pin, bit `pin`.
+    remote_irr: u32,
     /// The logical level of each input.
     asserted: u32,
     /// Quirk state: pins whose assert was swallowed by an unmask
@@ -196,6 +200,7 @@ impl Ioapic {
             arbitration: 0,
             // 82093AA §3.2.4: "the mask bit is set to 1 on reset".
             redirection: [bits::MASKED; PINS],
+            remote_irr: 0,
             asserted: 0,
             stuck: 0,
             coalesced: 0,
@@ -212,8 +217,13 @@ impl Ioapic {
     }
 
     pub fn entry(&self, pin: usize) -> RedirectionEntry {
+        let remote_irr = if self.remote_irr & (1 << pin) != 0 {
+            bits::REMOTE_IRR
+        } else {
+            0
+        };
         RedirectionEntry {
-            raw: self.redirection[pin],
+            raw: self.redirection[pin] | remote_irr,
         }
     }
 
@@ -255,7 +265,7 @@ impl Ioapic {
             // §3.2.3: arbitration ID in bits 27:24.
             REG_ARBITRATION => (self.arbitration as u32) << 24,
             i if (REG_REDTBL..REG_REDTBL + 2 * PINS as u8).contains(&i) => {
-                let raw = self.redirection[((i - REG_REDTBL) / 2) as usize];
+                let raw = self.entry(((i - REG_REDTBL) / 2) as usize).raw;
                 // REG_REDTBL is even: even indices are low dwords.
                 if i % 2 == 0 {
                     raw as u32
@@ -279,7 +289,7 @@ impl Ioapic {
             }
             i if (REG_REDTBL..REG_REDTBL + 2 * PINS as u8).contains(&i) => {
                 let pin = ((i - REG_REDTBL) / 2) as usize;
-                let old = self.redirection[pin];
+                let old = self.entry(pin).raw;
                 let mut new = if i % 2 == 0 {
                     (old & !0xffff_ffff) | value as u64
                 } else {
@@ -295,7 +305,8 @@ impl Ioapic {
                     new &= !bits::REMOTE_IRR;
                     bus.note(Rule::EdgeRetypeClearsRemoteIrr, new as u8);
                 }
-                self.redirection[pin] = new;
+                self.redirection[pin] = new & !bits::REMOTE_IRR;
+                self.set_remote_irr(pin, new & bits::REMOTE_IRR != 0);
                 if self.quirks.contains(Quirks::QEMU_IOAPIC) {
                     return self.qemu_service(bus);
                 }
@@ -407,15 +418,16 @@ impl Ioapic {
     /// input still asserted on an unmasked pin is then sent again (ICH EOI
     /// register text).
     fn end_of_interrupt(&mut self, vector: u8, rule: Rule, bus: &mut impl InterruptSink) {
-        if !self.any_remote_irr() {
-            return;
-        }
-        for pin in 0..PINS {
+        // Only pins with remote IRR set can match; the set is read again
+        // after each pin, since servicing one (QEMU_IOAPIC) can set another's.
+        let mut next = 0;
+        while let Some(pin) = lowest_pin_from(self.remote_irr, next) {
+            next = pin + 1;
             let e = self.entry(pin);
-            if !e.level() || e.vector() != vector || !e.remote_irr() {
+            if !e.level() || e.vector() != vector {
                 continue;
             }
-            self.redirection[pin] &= !bits::REMOTE_IRR;
+            self.set_remote_irr(pin, false);
             bus.note(rule, vector);
             if self.quirks.contains(Quirks::QEMU_IOAPIC) {
                 // ioapic_eoi_broadcast: a latched request is serviced again.
@@ -441,10 +453,12 @@ impl Ioapic {
         }
     }
 
-    /// Most EOIs find no remote IRR set: one pass over the table says so.
-    /// An optimisation only: without it the EOI loop finds nothing to do.
-    fn any_remote_irr(&self) -> bool {
-        self.redirection.iter().any(|&e| e & bits::REMOTE_IRR != 0)
+    fn set_remote_irr(&mut self, pin: usize, on: bool) {
+        if on {
+            self.remote_irr |= 1 << pin;
+        } else {
+            self.remote_irr &= !(1 << pin);
+        }
     }
 
     /// QEMU_IOAPIC: hw/intc/ioapic.c, ioapic_service. Every latched,
@@ -461,7 +475,7 @@ impl Ioapic {
                 if e.remote_irr() {
                     continue;
                 }
-                self.redirection[pin] |= bits::REMOTE_IRR;
+                self.set_remote_irr(pin, true);
             } else {
                 self.latched &= !m;
             }
@@ -491,9 +505,15 @@ impl Ioapic {
         // interrupt. Delivery is instantaneous here, so delivery status
         // (bit 12) never reads as pending.
         if bus.send(&msg) && e.level() {
-            self.redirection[pin] |= bits::REMOTE_IRR;
+            self.set_remote_irr(pin, true);
         }
     }
+}
+
+/// The lowest pin of `pins` (bit `pin`) at or above `from`.
+fn lowest_pin_from(pins: u32, from: usize) -> Option<usize> {
+    let above = pins.checked_shr(from as u32).unwrap_or(0);
+    (above != 0).then(|| from + above.trailing_zeros() as usize)
 }
 
 #[cfg(test)]

@@ -14,13 +14,21 @@ pub struct BenchArgs {
     /// Scenarios for the backend throughput benchmarks.
     #[arg(long, default_value_t = 2000)]
     pub cases: u64,
+    /// model: a fixed amount of work instead of a timed run, for counting
+    /// instructions (`valgrind --tool=callgrind`): this many passes over the
+    /// benchmark's scenarios, without the per-op-kind part.
+    #[arg(long)]
+    pub passes: Option<u64>,
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
     let all = args.which == "all";
     let mut ran = false;
     if all || args.which == "model" {
-        println!("{}", bench::model_throughput(Duration::from_secs(3)));
+        match args.passes {
+            Some(passes) => println!("{}", bench::model_fixed_work(passes)),
+            None => println!("{}", bench::model_throughput(Duration::from_secs(3))),
+        }
         ran = true;
     }
     for backend in ["kvm", "kvm-split", "qemu-tcg"] {
