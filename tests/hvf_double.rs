@@ -1,11 +1,14 @@
-//! The HVF VMM loop on Linux, against the test double of
-//! Hypervisor.framework (`backend::hvf::double`): it reproduces the model's
-//! trace for every scenario, and with the seed's quirks shows its symptoms.
+//! The HVF VMM loop on Linux, against the strict test double of
+//! Hypervisor.framework (`backend::hvf::double`, `Double::strict`: VM-entry
+//! checks, one VM per process, blocked HLT, host exits at random): the
+//! loop's bring-up passes it, it reproduces the model's trace for every
+//! scenario, and with the seed's quirks shows their symptoms.
 
 mod common;
 
 use common::*;
-use irqdiff::backend::hvf::{double::Double, HvfBackend, Workarounds};
+use irqdiff::backend::hvf::double::{Double, IoapicIdentity, Process, StrictConfig};
+use irqdiff::backend::hvf::{HvfBackend, Workarounds};
 use irqdiff::backend::run::Shape;
 use irqdiff::backend::Backend;
 use irqdiff::model::Quirks;
@@ -18,7 +21,23 @@ fn hvf(split: bool, quirks: Quirks, workarounds: Workarounds) -> HvfBackend<Doub
     } else {
         ("hvf", Shape::Full)
     };
-    HvfBackend::new(Double::new(quirks), name, shape, workarounds).unwrap()
+    HvfBackend::new(strict(quirks), name, shape, workarounds).unwrap()
+}
+
+/// The strict double in a process of its own.
+fn strict(quirks: Quirks) -> Double {
+    Double::strict(StrictConfig::new(&Process::new()), quirks)
+}
+
+/// Why a scenario the loop must refuse on the double is refused: x2APIC
+/// (the start-up probe fails on the double: the in-kernel APIC never hears
+/// of the guest's switch), or on the full shape the version register of a
+/// 32-pin IOAPIC.
+fn refused_as_expected(why: &str, split: bool, path: &std::path::Path) -> bool {
+    why.contains("x2APIC is taken as unavailable")
+        || (!split
+            && (path.ends_with("reg_version.irq") || path.ends_with("reg_version_x2apic.irq"))
+            && why.contains("32 pins"))
 }
 
 fn run(b: &mut HvfBackend<Double>, text: &str) -> Trace {
@@ -32,6 +51,7 @@ fn loop_reproduces_the_model_on_every_scenario_full_and_split() {
         for path in scenario_files("kvm-unit-tests")
             .into_iter()
             .chain(scenario_files("kvm-divergences"))
+            .chain(scenario_files("seed-hvf"))
         {
             let mut expected = ModelBackendRun::run(&load(&path));
             expected.backend = b.name().to_string();
@@ -46,14 +66,10 @@ fn loop_reproduces_the_model_on_every_scenario_full_and_split() {
                 Ok(observed) => {
                     assert_eq!(observed, expected, "{} (split: {split})", path.display())
                 }
-                // The version-0x11 scenarios (xAPIC and x2APIC) cannot run
-                // on the full shape.
-                Err(irqdiff::backend::BackendError::Unsupported(_)) => {
+                Err(irqdiff::backend::BackendError::Unsupported(why)) => {
                     assert!(
-                        !split
-                            && (path.ends_with("reg_version.irq")
-                                || path.ends_with("reg_version_x2apic.irq")),
-                        "{}",
+                        refused_as_expected(&why, split, &path),
+                        "{}: {why}",
                         path.display()
                     )
                 }
@@ -101,8 +117,10 @@ fn seed_bugs_show_their_symptoms_through_the_loop() {
 
 #[test]
 fn apic_base_move_then_enable_avoids_fb14021745() {
-    // The seed's step 4: the loop moves the APIC window before it writes
-    // IA32_APIC_BASE, so the move-and-enable bug does not bite.
+    // The seed's step 4, as pmj's QEMU does it: the loop validates the
+    // transition, moves the window with hv_vmx_vcpu_set_apic_address and
+    // reads the MSR back; it never calls hv_vcpu_write_msr (the strict
+    // double refuses that), so the move-and-enable bug cannot bite.
     let text =
         std::fs::read_to_string(root().join("scenarios/seed-hvf/5-apic-base-move-and-enable.irq"))
             .unwrap();
@@ -113,15 +131,26 @@ fn apic_base_move_then_enable_avoids_fb14021745() {
     );
     assert_eq!(deliveries(&run(&mut b, &text)), [(3, 0x40)]);
     let calls = b.hv().calls.lock().unwrap().clone();
+    assert!(!calls.contains(&"hv_vcpu_write_msr"));
     let moved = calls
         .iter()
         .rposition(|c| *c == "hv_vmx_vcpu_set_apic_address")
         .unwrap();
-    let written = calls
+    let read_back = calls
         .iter()
-        .rposition(|c| *c == "hv_vcpu_write_msr")
+        .rposition(|c| *c == "hv_vcpu_read_msr")
         .unwrap();
-    assert!(moved < written, "the window moves before the MSR write");
+    assert!(
+        moved < read_back,
+        "the window moves, then the MSR is read back"
+    );
+    // A reserved bit set is the #GP the model also raises (SDM §11.12.5):
+    // both runs fail, nothing to compare.
+    let t = b
+        .run(&parse("apic-base 0xfee00801\nnop\n").unwrap())
+        .unwrap();
+    assert_eq!(t.outcome, irqdiff::trace::Outcome::Error);
+    assert!(t.error.unwrap().contains("#GP"));
 }
 
 #[test]
@@ -137,9 +166,14 @@ fn workarounds_restore_spec_behaviour_where_they_can() {
     // xapic-eoi-detect fixes the lost split EOIs in xAPIC mode...
     let mut s = hvf(true, Quirks::SPLIT_EOI_LOST, Workarounds::XAPIC_EOI_DETECT);
     assert_eq!(deliveries(&run(&mut s, LEVEL_TWICE)), model(LEVEL_TWICE));
-    // ...but not in x2APIC mode, where EOIs are MSR writes that never exit.
-    let x2 = format!("config apic=x2apic\n{LEVEL_TWICE}");
-    assert_eq!(deliveries(&run(&mut s, &x2)), [(1, 0x77)]);
+    // x2APIC mode (where EOIs are MSR writes that never exit, so the
+    // workaround cannot help) is refused until the start-up probe shows
+    // x2APIC works, which on the double it never does.
+    let x2 = parse(&format!("config apic=x2apic\n{LEVEL_TWICE}")).unwrap();
+    assert!(s
+        .unsupported(&x2)
+        .unwrap()
+        .contains("x2APIC is taken as unavailable"));
 }
 
 #[test]
@@ -153,8 +187,10 @@ fn loop_follows_the_seed_steps() {
     let calls = b.hv().calls.lock().unwrap().clone();
     for call in [
         "hv_vm_create",
+        "hv_vmx_read_capability",
         "hv_vmx_vcpu_set_apic_address",
-        "hv_vcpu_run_until",
+        "hv_vcpu_run_until(HV_DEADLINE_FOREVER)",
+        "hv_vcpu_read_msr",
         "hv_vcpu_exit_info",
         "hv_vm_ioapic_write",
         "hv_vm_ioapic_read",
@@ -166,13 +202,14 @@ fn loop_follows_the_seed_steps() {
     ] {
         assert!(calls.contains(&call), "{call} never called");
     }
-    // Step 2: every return from run_until is followed by exit_info (or, at a
-    // deadline, by the activity-state read).
-    for w in calls.windows(2).filter(|w| w[0] == "hv_vcpu_run_until") {
-        assert!(
-            matches!(w[1], "hv_vcpu_exit_info" | "hv_vmx_vcpu_read_vmcs"),
-            "{w:?}"
-        );
+    // Step 2: every return from run_until is followed by exit_info; the
+    // deadline is HV_DEADLINE_FOREVER.
+    assert!(!calls.contains(&"hv_vcpu_run_until"));
+    for w in calls
+        .windows(2)
+        .filter(|w| w[0] == "hv_vcpu_run_until(HV_DEADLINE_FOREVER)")
+    {
+        assert_eq!(w[1], "hv_vcpu_exit_info", "{w:?}");
     }
 }
 
@@ -198,7 +235,7 @@ fn split_shape_with_a_workaround_runs_version_0x11_scenarios() {
     let path = root().join("scenarios/kvm-unit-tests/reg_version.irq");
     let scenario = load(&path);
     let mut b = HvfBackend::new(
-        Double::new(Quirks::empty()),
+        strict(Quirks::empty()),
         "hvf-split:xapic-eoi-detect",
         Shape::Split,
         Workarounds::XAPIC_EOI_DETECT,
@@ -210,16 +247,148 @@ fn split_shape_with_a_workaround_runs_version_0x11_scenarios() {
     assert_eq!(b.run(&scenario).unwrap(), expected);
     // The full shape still refuses it, whatever its name.
     let full = HvfBackend::new(
-        Double::new(Quirks::empty()),
+        strict(Quirks::empty()),
         "hvf:reassert-on-unmask",
         Shape::Full,
         Workarounds::REASSERT_ON_UNMASK,
     )
     .unwrap();
-    assert!(full
-        .unsupported(&scenario)
-        .unwrap()
-        .contains("version 0x11"));
+    assert!(full.unsupported(&scenario).unwrap().contains("32 pins"));
+}
+
+#[test]
+fn the_loop_passes_the_strict_doubles_entry_checks_through_host_exits() {
+    // One host-side exit in two entries: the loop resumes on each, and the
+    // double saw no refused call or failed entry.
+    let config = StrictConfig {
+        host_exit_one_in: 2,
+        ..StrictConfig::new(&Process::new())
+    };
+    let mut b = HvfBackend::new(
+        Double::strict(config, Quirks::empty()),
+        "hvf",
+        Shape::Full,
+        Workarounds::empty(),
+    )
+    .unwrap();
+    let t = run(
+        &mut b,
+        "route 14 vector=0x76\npulse 14\nself-ipi 0x41\nnop\n",
+    );
+    assert_eq!(deliveries(&t), [(1, 0x76), (2, 0x41)]);
+    assert_eq!(b.hv().entry_failure(), None);
+    // A hang, then a scenario that runs from op 0: the vCPU's activity
+    // state was reset in between.
+    let t = run(&mut b, "cli\nhlt\n");
+    assert_eq!(
+        (t.outcome, t.hang_op),
+        (irqdiff::trace::Outcome::Hang, Some(1))
+    );
+    assert_eq!(deliveries(&run(&mut b, "self-ipi 0x42\n")), [(0, 0x42)]);
+    assert_eq!(b.hv().fault(), None);
+}
+
+#[test]
+fn dropping_the_backend_destroys_the_vcpu_then_the_vm() {
+    let process = Process::new();
+    let open = |p: &Process| {
+        HvfBackend::new(
+            Double::strict(StrictConfig::new(p), Quirks::empty()),
+            "hvf",
+            Shape::Full,
+            Workarounds::empty(),
+        )
+    };
+    let mut first = open(&process).unwrap();
+    assert!(process.has_vm());
+    // One VM per process: a second backend in the same process is refused.
+    let e = open(&process).err().unwrap();
+    assert!(
+        e.to_string()
+            .contains("hv_vm_create failed with 0xfae94002"),
+        "{e}"
+    );
+    let calls = std::sync::Arc::clone(&first.hv().calls);
+    drop(first);
+    assert!(!process.has_vm(), "hv_vm_destroy succeeded");
+    let calls = calls.lock().unwrap().clone();
+    let n = calls.len();
+    assert_eq!(calls[n - 2..], ["hv_vcpu_destroy", "hv_vm_destroy"]);
+    assert!(open(&process).is_ok(), "the process can open the next VM");
+}
+
+#[test]
+fn the_ioapic_identity_is_read_at_start_up_and_the_model_fitted_to_it() {
+    for (identity, version) in [
+        (IoapicIdentity::BHYVE, irqdiff::scenario::IoapicVersion::V11),
+        (IoapicIdentity::ICH, irqdiff::scenario::IoapicVersion::V20),
+    ] {
+        let config = StrictConfig {
+            ioapic: identity,
+            ..StrictConfig::new(&Process::new())
+        };
+        let b = HvfBackend::new(
+            Double::strict(config, Quirks::empty()),
+            "hvf",
+            Shape::Full,
+            Workarounds::empty(),
+        )
+        .unwrap();
+        let probed = b.vmm().ioapic_identity();
+        assert_eq!((probed.version, probed.pins), (version, identity.pins));
+        // A generated scenario with an IOAPIC-EOI op gets the in-kernel
+        // IOAPIC's version, as kvm fits scenarios to its 0x11 IOAPIC.
+        let mut s =
+            parse("config ioapic=0x20\nroute 3 vector=0x40 level\nioapic-eoi 0x40\n").unwrap();
+        let refused = b.unsupported(&s);
+        assert_eq!(
+            refused.is_some(),
+            version == irqdiff::scenario::IoapicVersion::V11
+        );
+        b.fit(&mut s);
+        assert_eq!(s.config.ioapic, version);
+        assert_eq!(b.unsupported(&s), None);
+    }
+}
+
+#[test]
+fn an_apic_disabled_through_its_base_msr_is_at_power_up_in_the_kernel_too() {
+    // Found by `fuzz --backend hvf-double` before the loop put the
+    // in-kernel APIC back to its power-up state on a disable (SDM §11.4.3):
+    // the kernel's APIC kept taking interrupts and its TPR and IRR.
+    for text in [
+        "route 0 vector=0x20\napic-base 0xfee00000\nassert 0\n",
+        "tpr 0xb0\nself-ipi 0x20\napic-base 0xfee00000\nsnapshot\n",
+    ] {
+        for split in [false, true] {
+            let mut b = hvf(split, Quirks::empty(), Workarounds::empty());
+            let mut expected = ModelBackendRun::run(&parse(text).unwrap());
+            expected.backend = b.name().to_string();
+            assert_eq!(run(&mut b, text), expected, "{text} (split: {split})");
+        }
+    }
+}
+
+#[test]
+fn x2apic_stays_unavailable_after_the_start_up_probe_fails_on_the_double() {
+    // The probe guest's prologue: RDMSR (answered from the VMM's view,
+    // 0xFEE00900), OR EN|EXTD, WRMSR; the loop moves nothing, tells the
+    // kernel nothing it has no call for, and the read-back shows EXTD clear.
+    let b = hvf(false, Quirks::empty(), Workarounds::empty());
+    let why = b.vmm().x2apic_unavailable().unwrap();
+    assert!(
+        why.contains("IA32_APIC_BASE 0xfee00d00") && why.contains("reads back 0xfee00900"),
+        "{why}"
+    );
+    let mut generated = parse("config apic=x2apic\napic-base 0xfee00c00\nnop\n").unwrap();
+    assert!(b.unsupported(&generated).is_some());
+    b.fit(&mut generated);
+    assert_eq!(b.unsupported(&generated), None);
+    assert_eq!(
+        generated.ops[0],
+        irqdiff::scenario::Op::ApicBase(0xfee0_0800),
+        "fit keeps the op, without EXTD"
+    );
 }
 
 /// Whether the model's trace has a #GP: the HVF double interprets the op

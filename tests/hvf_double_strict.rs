@@ -6,8 +6,9 @@
 //! shadows, `HV_DEADLINE_FOREVER` plus a `hv_vcpu_interrupt` watchdog,
 //! resume on host exits) runs the guest stub.
 //!
-//! Today's `vmm.rs` trips (1)-(6) and (8) and would misreport (7); those
-//! tests say so. They pass now because they drive the double themselves.
+//! The loop before issue 18 tripped (1)-(6) and (8) and would have
+//! misreported (7); those tests say so. They drive the double themselves;
+//! `tests/hvf_double.rs` shows that today's `vmm.rs` passes every rule.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -333,7 +334,7 @@ fn control_failure(g: &mut Guest) -> String {
 
 // ---- (1) one VM per process, the destroy order ----
 
-/// Trips today's loop: `fuzz` drops a probe VM (`hv_vm_destroy` without
+/// Tripped the loop before issue 18: `fuzz` drops a probe VM (`hv_vm_destroy` without
 /// `hv_vcpu_destroy`, result ignored), then creates one VM per job thread.
 #[test]
 fn a_second_vm_in_the_process_is_busy_and_the_vm_outlives_its_vcpu() {
@@ -364,7 +365,7 @@ fn vcpu_then_vm_destroyed_frees_the_process_for_the_next_vm() {
 
 // ---- the framework's thread rule ----
 
-/// Not tripped by today's loop as far as it was read (each backend stays
+/// Not tripped by the loop as far as it was read (each backend stays
 /// on the thread that made it); a guard for the later per-job workers.
 #[test]
 fn vcpu_calls_from_another_thread_are_refused_except_hv_vcpu_interrupt() {
@@ -392,7 +393,7 @@ fn vcpu_calls_from_another_thread_are_refused_except_hv_vcpu_interrupt() {
 
 // ---- (2) execution controls ----
 
-/// Trips today's loop: it never reads the capabilities nor writes the
+/// Tripped the loop before issue 18: it never reads the capabilities nor writes the
 /// pin-based, processor-based and exit controls.
 #[test]
 fn unset_execution_controls_fail_entry_with_vm_instruction_error_7() {
@@ -423,7 +424,7 @@ fn controls_outside_the_capabilities_fail_entry() {
 
 // ---- (3) guest state ----
 
-/// Trips today's loop: FS, GS, LDTR and the TR selector, base and limit
+/// Tripped the loop before issue 18: FS, GS, LDTR and the TR selector, base and limit
 /// (and SS/DS/ES limits and bases) are never written.
 #[test]
 fn unwritten_segment_fields_fail_entry_with_reason_33() {
@@ -503,7 +504,7 @@ fn efer_must_match_the_ia32e_entry_control() {
     assert!(guest_state_failure(&mut g).contains("LMA is 0"));
 }
 
-/// Trips today's loop: it writes no CR0/CR4 mask or shadow.
+/// Tripped the loop before issue 18: it writes no CR0/CR4 mask or shadow.
 #[test]
 fn missing_cr_masks_and_shadows_are_refused() {
     let mut g = Guest::new(config(&Process::new()));
@@ -525,7 +526,7 @@ fn rflags_bit_1_and_reserved_bits_are_checked() {
 
 // ---- (4) a halted vCPU blocks in the kernel ----
 
-/// Trips today's loop: it polls with a 3 ms deadline and no watchdog, so a
+/// Tripped the loop before issue 18: it polls with a 3 ms deadline and no watchdog, so a
 /// hung guest never returns (here: the double's 300 ms report).
 #[test]
 fn a_halted_vcpu_ignores_the_deadline_until_hv_vcpu_interrupt() {
@@ -571,7 +572,7 @@ fn hv_vcpu_interrupt_ends_a_blocked_hlt_with_the_activity_state_hlt() {
 
 // ---- (5) host-side exits ----
 
-/// Trips today's loop: `VMX_REASON_IRQ` and `HV_VM_EXITINFO_SMI` end its
+/// Tripped the loop before issue 18: `VMX_REASON_IRQ` and `HV_VM_EXITINFO_SMI` end its
 /// run as "unexpected exit".
 #[test]
 fn host_irq_and_smi_exits_arrive_and_leave_rip_alone() {
@@ -648,7 +649,7 @@ fn advancing_rip_on_a_host_exit_is_a_fault() {
 
 // ---- (6) the APIC base ----
 
-/// Trips today's loop: it forwards the guest's WRMSR to
+/// Tripped the loop before issue 18: it forwards the guest's WRMSR to
 /// `hv_vcpu_write_msr(0x1b)`.
 #[test]
 fn apic_base_msr_writes_are_refused_and_the_window_moves_instead() {
@@ -667,7 +668,7 @@ fn apic_base_msr_writes_are_refused_and_the_window_moves_instead() {
 
 // ---- (7) the in-kernel IOAPIC's identity ----
 
-/// Today's loop assumes version 0x20 with an EOI register and 24 pins: on
+/// The loop before issue 18 assumed version 0x20 with an EOI register and 24 pins: on
 /// bhyve's identity an IOAPIC-EOI op has no effect, a false HVF finding.
 #[test]
 fn the_in_kernel_ioapic_is_version_0x11_with_32_pins_and_no_eoi_register() {
@@ -713,7 +714,7 @@ fn the_in_kernel_ioapic_is_version_0x11_with_32_pins_and_no_eoi_register() {
 
 // ---- (8) vCPU state between scenarios ----
 
-/// Trips today's loop: after a hang the activity state stays HLT, so the
+/// Tripped the loop before issue 18: after a hang the activity state stays HLT, so the
 /// next scenario starts halted and never runs its first op.
 #[test]
 fn a_stale_hlt_activity_state_stops_the_next_scenario() {

@@ -195,6 +195,8 @@ pub const REGISTRY: &[BackendKind] = &[
     kvm_kinds::SPLIT,
     hvf::FULL,
     hvf::SPLIT,
+    hvf::DOUBLE,
+    hvf::SPLIT_DOUBLE,
     qemu::TCG,
     qemu::KVM_USERSPACE,
     sim::KIND,

@@ -83,49 +83,37 @@ pub trait Hv {
 /// watchdog uses to end a `run_until` that blocks in the kernel.
 pub type Interrupter = std::sync::Arc<dyn Fn() -> HvResult<()> + Send + Sync>;
 
-/// The framework calls a correct loop needs beyond [`Hv`] (capabilities,
-/// the `HV_DEADLINE_FOREVER` run, a watchdog's `hv_vcpu_interrupt`, the
-/// destroy order), modelled by the strict double. Defaults answer
-/// `HV_UNSUPPORTED`, so implementers that predate them (the real
-/// framework's, scripted test doubles) still build.
+/// The framework calls a correct loop needs beyond [`Hv`]: the capability
+/// MSRs, the `HV_DEADLINE_FOREVER` run, a watchdog's `hv_vcpu_interrupt`,
+/// `hv_vcpu_read_msr` and the destroy order. Implemented by the real
+/// framework (`framework.rs`) and the double; the loop needs both traits.
 pub trait HvExt: Hv {
     /// `hv_vmx_read_capability` (hv_vmx.h): a [`cap`] field.
-    fn read_capability(&mut self, field: u32) -> HvResult<u64> {
-        let _ = field;
-        Err(unsupported("hv_vmx_read_capability"))
-    }
+    fn read_capability(&mut self, field: u32) -> HvResult<u64>;
     /// `hv_vcpu_read_msr` (hv.h).
-    fn read_msr(&mut self, vcpu: u32, msr: u32) -> HvResult<u64> {
-        let _ = (vcpu, msr);
-        Err(unsupported("hv_vcpu_read_msr"))
-    }
+    fn read_msr(&mut self, vcpu: u32, msr: u32) -> HvResult<u64>;
     /// `hv_vcpu_run_until(vcpu, HV_DEADLINE_FOREVER)` (hv.h, macOS 11).
-    fn run_forever(&mut self, vcpu: u32) -> HvResult<RunEnd> {
-        let _ = vcpu;
-        Err(unsupported("hv_vcpu_run_until(HV_DEADLINE_FOREVER)"))
-    }
+    fn run_forever(&mut self, vcpu: u32) -> HvResult<RunEnd>;
     /// A handle on `hv_vcpu_interrupt(&vcpu, 1)` for another thread.
-    fn interrupter(&mut self, vcpu: u32) -> HvResult<Interrupter> {
-        let _ = vcpu;
-        Err(unsupported("hv_vcpu_interrupt"))
-    }
+    fn interrupter(&mut self, vcpu: u32) -> HvResult<Interrupter>;
+    /// `hv_vcpu_apic_put_state` with the state the vCPU was created with,
+    /// and the window back at 0xFEE00000: the local APIC at power-up, which
+    /// is what SDM §11.4.3 makes of an APIC disabled through
+    /// IA32_APIC_BASE (the IOAPIC stays as it is).
+    fn reset_apic(&mut self, vcpu: u32) -> HvResult<()>;
     /// `hv_vcpu_destroy` (hv.h: "Must be called by the owning thread").
-    fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
-        let _ = vcpu;
-        Err(unsupported("hv_vcpu_destroy"))
-    }
+    fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()>;
     /// `hv_vm_destroy` (hv.h: "Destroys the VM instance associated with the
     /// current task").
-    fn destroy_vm(&mut self) -> HvResult<()> {
-        Err(unsupported("hv_vm_destroy"))
-    }
+    fn destroy_vm(&mut self) -> HvResult<()>;
 }
 
-fn unsupported(call: &'static str) -> HvError {
-    HvError {
-        call,
-        code: hypervisor_framework_sys::HV_UNSUPPORTED,
-    }
+/// The allowed-0/allowed-1 rule the three reference VMMs use to pick a
+/// control value (QEMU `target/i386/hvf` and uhyve `cap2ctrl`, OrbStack
+/// likewise; SDM vol. 3D A.3): the bits that must be 1, plus the wanted
+/// ones that may be.
+pub fn cap2ctrl(cap: u64, wanted: u64) -> u64 {
+    (wanted | (cap & 0xffff_ffff)) & (cap >> 32)
 }
 
 /// `hv_vmx_capability_t` (hv_vmx.h): what `hv_vmx_read_capability` reads.
@@ -197,4 +185,13 @@ pub mod vmcs {
             VMCS_GUEST_ES_BASE + 2 * index,
         )
     }
+}
+
+/// Exit reasons the FFI crate lacks, with `hv_arch_vmx.h`'s names (SDM
+/// vol. 3D appendix C).
+pub mod reason {
+    /// Basic reason 5: an SMI arrived right after an I/O instruction.
+    pub const VMX_REASON_IO_SMI: u32 = 5;
+    /// Basic reason 6: any other SMI.
+    pub const VMX_REASON_OTHER_SMI: u32 = 6;
 }

@@ -20,8 +20,9 @@
 //! order, the VM-entry checks of SDM 26.2/26.3 against a real Intel Mac
 //! CPU's capability MSRs ([`vmx`]), a halted vCPU that blocks in the kernel
 //! until `hv_vcpu_interrupt`, host-side exits at random (seeded), and an
-//! in-kernel IOAPIC with bhyve's identity. The lenient default
-//! ([`Double::new`]) is what today's loop passes; a later phase flips it.
+//! in-kernel IOAPIC with bhyve's identity. It is the default
+//! ([`Double::new`]); [`Double::lenient`] is what the loop before issue 18
+//! passed.
 
 mod vmx;
 pub use vmx::{
@@ -37,6 +38,7 @@ use std::time::Duration;
 
 use hypervisor_framework_sys as hv;
 
+use super::api::reason::VMX_REASON_OTHER_SMI;
 use super::api::{vmcs, Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
 use crate::guest::layout::*;
 use crate::guest::stub::{record, SNAPSHOT_WORDS};
@@ -51,6 +53,7 @@ const MOV_STORE: [u8; 2] = [0x89, 0x03]; // mov dword [rbx], eax
 const MOV_LOAD: [u8; 2] = [0x8b, 0x03]; // mov eax, dword [rbx]
 const OUT_DX_EAX: [u8; 1] = [0xef]; // out dx, eax
 const WRMSR: [u8; 2] = [0x0f, 0x30];
+const RDMSR: [u8; 2] = [0x0f, 0x32];
 const IA32_APIC_BASE: u32 = 0x1b;
 
 /// The task Hypervisor.framework scopes its VM to. Apple: one VM per
@@ -265,8 +268,16 @@ pub struct Double {
 }
 
 impl Double {
-    /// The lenient double today's loop passes.
+    /// The strict double (the default), in a process of its own.
     pub fn new(quirks: Quirks) -> Double {
+        Double::strict(StrictConfig::new(&Process::new()), quirks)
+    }
+
+    /// The lenient double that the loop before issue 18 passed (it accepts
+    /// any VMCS, returns at the deadline from a blocked HLT, forwards
+    /// `hv_vcpu_write_msr(IA32_APIC_BASE)` to the model). Kept to show what
+    /// it let through; the loop of `vmm.rs` runs on the strict one.
+    pub fn lenient(quirks: Quirks) -> Double {
         Double::build(quirks, None)
     }
 
@@ -507,9 +518,6 @@ impl Double {
         Ok(pin as usize)
     }
 }
-
-/// `hv_arch_vmx.h`: VMX_REASON_OTHER_SMI (SDM appendix C, basic reason 6).
-const VMX_REASON_OTHER_SMI: u32 = 6;
 
 fn err(call: &'static str, code: i32) -> HvError {
     HvError { call, code }
@@ -792,6 +800,16 @@ impl HvExt for Double {
             Ok(())
         }))
     }
+    fn reset_apic(&mut self, vcpu: u32) -> HvResult<()> {
+        self.on_vcpu("hv_vcpu_apic_put_state", vcpu, |s| {
+            s.machine.lapic = fresh_machine(false, s.quirks, s.ioapic.version).lapic;
+            // The power-up SVR, 0xFF: software-disabled (SDM §11.4.7.1).
+            let _ = s.machine.lapic_write(0xf0, 0xff);
+            s.apic_window = LAPIC_BASE;
+            s.eoi_vector = None;
+            Ok(())
+        })
+    }
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
         self.on_vcpu("hv_vcpu_destroy", vcpu, |_| Ok(()))?;
         self.stop_cpu();
@@ -1046,9 +1064,15 @@ impl Vcpu {
         self.out(0x21, 0xff)?;
         self.out(0xa1, 0xff)?;
         if self.ram32(X2APIC) != 0 {
+            // The stub's `mov ecx, 0x1b; rdmsr; or eax, 0xc00; wrmsr`: both
+            // MSR accesses exit (IA32_APIC_BASE is not a native MSR).
+            self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_RDMSR, &RDMSR, |s| {
+                s.regs[hv::HV_X86_RCX as usize] = 0x1b;
+            })?;
+            let base = self.s().regs[hv::HV_X86_RAX as usize] as u32 | 0xc00;
             self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_WRMSR, &WRMSR, |s| {
                 s.regs[hv::HV_X86_RCX as usize] = 0x1b;
-                s.regs[hv::HV_X86_RAX as usize] = LAPIC_BASE | 0xd00;
+                s.regs[hv::HV_X86_RAX as usize] = base as u64;
                 s.regs[hv::HV_X86_RDX as usize] = 0;
             })?;
         }

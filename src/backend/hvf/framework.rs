@@ -4,12 +4,14 @@ use std::time::Duration;
 
 use hypervisor_framework_sys as hv;
 
-use super::api::{Hv, HvError, HvResult, RunEnd};
+use super::api::{Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
 
 /// The process's one VM (Hypervisor.framework allows one per process).
 #[derive(Debug, Default)]
 pub struct Framework {
     created: bool,
+    /// The vCPU, until `hv_vcpu_destroy`.
+    vcpu: Option<u32>,
     /// The irqchip states right after the vCPU was created.
     initial: Option<(hv::hv_apic_state_ext_t, hv::hv_ioapic_state_ext_t)>,
 }
@@ -23,10 +25,13 @@ fn check(call: &'static str, code: hv::hv_return_t) -> HvResult<()> {
 }
 
 impl Drop for Framework {
+    /// What the VMM did not tear down itself: the vCPU (this is its owning
+    /// thread), then the VM; a failure is logged, Drop cannot return it.
     fn drop(&mut self) {
-        if self.created {
-            // SAFETY: destroys the VM this value created; no vCPU runs now.
-            unsafe { hv::hv_vm_destroy() };
+        let vcpu = self.vcpu.map(|v| self.destroy_vcpu(v));
+        let vm = self.created.then(|| self.destroy_vm());
+        for failure in [vcpu, vm].into_iter().flatten().filter_map(Result::err) {
+            eprintln!("irqdiff: tearing the Hypervisor.framework VM down: {failure}");
         }
     }
 }
@@ -51,6 +56,7 @@ impl Hv for Framework {
         check("hv_vcpu_create", unsafe {
             hv::hv_vcpu_create(&mut vcpu, hv::HV_VCPU_DEFAULT)
         })?;
+        self.vcpu = Some(vcpu);
         let mut apic = hv::hv_apic_state_ext_t {
             version: hv::HV_APIC_STATE_EXT_VER,
             state: [0; 30],
@@ -246,5 +252,66 @@ impl Hv for Framework {
         check("hv_vm_atpic_port_write", unsafe {
             hv::hv_vm_atpic_port_write(port, value)
         })
+    }
+}
+
+impl HvExt for Framework {
+    fn read_capability(&mut self, field: u32) -> HvResult<u64> {
+        let mut v = 0;
+        // SAFETY: `v` is a valid out-pointer; `field` is a hv_vmx_capability_t.
+        check("hv_vmx_read_capability", unsafe {
+            hv::hv_vmx_read_capability(field, &mut v)
+        })?;
+        Ok(v)
+    }
+    fn read_msr(&mut self, vcpu: u32, msr: u32) -> HvResult<u64> {
+        let mut v = 0;
+        // SAFETY: `v` is a valid out-pointer; called on the owning thread.
+        check("hv_vcpu_read_msr", unsafe {
+            hv::hv_vcpu_read_msr(vcpu, msr, &mut v)
+        })?;
+        Ok(v)
+    }
+    fn run_forever(&mut self, vcpu: u32) -> HvResult<RunEnd> {
+        // SAFETY: plain call on this thread's vCPU.
+        check("hv_vcpu_run_until(HV_DEADLINE_FOREVER)", unsafe {
+            hv::hv_vcpu_run_until(vcpu, hv::HV_DEADLINE_FOREVER)
+        })?;
+        Ok(RunEnd::Exit)
+    }
+    fn interrupter(&mut self, vcpu: u32) -> HvResult<Interrupter> {
+        Ok(std::sync::Arc::new(move || {
+            let mut id = vcpu;
+            // SAFETY: `id` is one valid vCPU id for the count of 1;
+            // hv_vcpu_interrupt may be called from any thread (hv.h).
+            check("hv_vcpu_interrupt", unsafe {
+                hv::hv_vcpu_interrupt(&mut id, 1)
+            })
+        }))
+    }
+    fn reset_apic(&mut self, vcpu: u32) -> HvResult<()> {
+        let Some((apic, _)) = self.initial else {
+            return Err(HvError {
+                call: "reset_apic before hv_vcpu_create",
+                code: hv::HV_ERROR,
+            });
+        };
+        // SAFETY: a state captured from this vCPU; it is not running.
+        check("hv_vcpu_apic_put_state", unsafe {
+            hv::hv_vcpu_apic_put_state(vcpu, &apic)
+        })?;
+        self.set_apic_address(vcpu, 0xfee0_0000)
+    }
+    fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
+        // SAFETY: destroys this thread's vCPU; nothing runs it now.
+        check("hv_vcpu_destroy", unsafe { hv::hv_vcpu_destroy(vcpu) })?;
+        self.vcpu = None;
+        Ok(())
+    }
+    fn destroy_vm(&mut self) -> HvResult<()> {
+        // SAFETY: destroys the VM this value created, after its vCPU.
+        check("hv_vm_destroy", unsafe { hv::hv_vm_destroy() })?;
+        self.created = false;
+        Ok(())
     }
 }

@@ -1,10 +1,12 @@
 //! Apple Hypervisor.framework (macOS 12+, Intel) with the in-kernel APIC,
-//! IOAPIC and ATPIC (`HV_VM_ACCEL_APIC`): backends `hvf` and `hvf-split`.
+//! IOAPIC and ATPIC (`HV_VM_ACCEL_APIC`): backends `hvf` and `hvf-split`,
+//! and `hvf-double`/`hvf-split-double`, the same VMM loop against the
+//! strict test double on any host.
 //!
 //! The VMM loop ([`vmm`]) is written against one small trait over the
-//! framework's calls ([`api::Hv`]): the real framework on Intel Macs
-//! (`framework`), and on every host a test double built on the model
-//! ([`double`]), which is how the loop is tested here. See docs/hvf.md.
+//! framework's calls ([`api::Hv`], [`api::HvExt`]): the real framework on
+//! Intel Macs (`framework`), and on every host a test double built on the
+//! model ([`double`]), which is how the loop is tested here. See docs/hvf.md.
 
 pub mod api;
 pub mod double;
@@ -14,39 +16,60 @@ pub mod vmm;
 
 use super::run::Shape;
 use super::{Availability, Backend, BackendKind, OpenError, OpenResult, Result};
-use crate::scenario::{IoapicVersion, Op, Scenario};
+use crate::model::Quirks;
+use crate::scenario::Scenario;
 use crate::trace::Trace;
-use api::Hv;
+use api::{Hv, HvExt};
 pub use vmm::Workarounds;
 
 pub const FULL: BackendKind = kind(
     "hvf",
     "macOS Hypervisor.framework, in-kernel APIC, IOAPIC and PIC (HV_VM_ACCEL_APIC)",
+    availability,
     |name, workarounds| open(name, Shape::Full, workarounds),
 );
 
 pub const SPLIT: BackendKind = kind(
     "hvf-split",
     "Hypervisor.framework's APIC with the model's IOAPIC in userspace",
+    availability,
     |name, workarounds| open(name, Shape::Split, workarounds),
 );
 
-/// Both shapes take `:WORKAROUND,...` and run where the framework does.
+pub const DOUBLE: BackendKind = kind(
+    "hvf-double",
+    "the hvf VMM loop against the strict Hypervisor.framework double (hvf-double:QUIRKS, e.g. hvf-double:hvf-known)",
+    || Availability::Available,
+    |name, options| open_double(name, Shape::Full, options),
+);
+
+pub const SPLIT_DOUBLE: BackendKind = kind(
+    "hvf-split-double",
+    "the hvf-split VMM loop against the strict Hypervisor.framework double (hvf-split-double:QUIRKS)",
+    || Availability::Available,
+    |name, options| open_double(name, Shape::Split, options),
+);
+
+/// Every shape takes `:OPTION,...` (workarounds; for the doubles also
+/// `sim:` quirk names).
 const fn kind(
     name: &'static str,
     description: &'static str,
+    probe: fn() -> Availability,
     open: fn(&str, &str) -> OpenResult,
 ) -> BackendKind {
     BackendKind {
         name,
         description,
         takes_options: true,
-        probe: availability,
+        probe,
         open,
     }
 }
 
 /// Hypervisor.framework's APIC API exists on Intel Macs (macOS 12+) only.
+/// Creates no VM: the process's one VM is the backend's (Apple: one VM per
+/// process).
 fn availability() -> Availability {
     if cfg!(all(target_os = "macos", target_arch = "x86_64")) {
         Availability::Available
@@ -85,13 +108,47 @@ fn open(name: &str, shape: Shape, workarounds: &str) -> OpenResult {
     }
 }
 
+/// Opens `hvf-double` or `hvf-split-double`: `options` mixes workaround
+/// names and `sim:` quirk names (the double's in-kernel bugs).
+fn open_double(name: &str, shape: Shape, options: &str) -> OpenResult {
+    let invalid = |why| OpenError::Invalid {
+        name: name.into(),
+        why,
+    };
+    let (workarounds, quirks) = parse_double_options(options).map_err(invalid)?;
+    let config = double::StrictConfig::new(&double::Process::new());
+    let hv = double::Double::strict(config, quirks);
+    let backend = HvfBackend::new(hv, name, shape, workarounds)
+        .map_err(|e| invalid(format!("the VMM loop failed to start on the double: {e}")))?;
+    Ok(Box::new(backend))
+}
+
+/// Splits `hvf-double` options into workarounds and quirks.
+pub fn parse_double_options(options: &str) -> std::result::Result<(Workarounds, Quirks), String> {
+    let mut workarounds = Workarounds::empty();
+    let mut quirks = Vec::new();
+    for part in options.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match parse_workarounds(part) {
+            Ok(w) => workarounds |= w,
+            Err(_) => quirks.push(part),
+        }
+    }
+    let quirks = if quirks.is_empty() {
+        Quirks::empty()
+    } else {
+        super::sim::parse_quirks(&quirks.join(","))
+            .map_err(|why| format!("{why}; or a workaround: {}", workaround_names().join(", ")))?
+    };
+    Ok((workarounds, quirks))
+}
+
 /// A backend running the HVF VMM loop over `H`.
-pub struct HvfBackend<H: Hv> {
+pub struct HvfBackend<H: Hv + HvExt> {
     vmm: vmm::HvfVmm<H>,
     name: String,
 }
 
-impl<H: Hv> HvfBackend<H> {
+impl<H: Hv + HvExt> HvfBackend<H> {
     pub fn new(hv: H, name: &str, shape: Shape, workarounds: Workarounds) -> Result<HvfBackend<H>> {
         Ok(HvfBackend {
             vmm: vmm::HvfVmm::new(hv, name, shape, workarounds)?,
@@ -102,9 +159,13 @@ impl<H: Hv> HvfBackend<H> {
     pub fn hv(&mut self) -> &mut H {
         self.vmm.hv()
     }
+
+    pub fn vmm(&self) -> &vmm::HvfVmm<H> {
+        &self.vmm
+    }
 }
 
-impl<H: Hv> Backend for HvfBackend<H> {
+impl<H: Hv + HvExt> Backend for HvfBackend<H> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -119,34 +180,27 @@ impl<H: Hv> Backend for HvfBackend<H> {
                 "directed EOI (EOI-broadcast suppression) is not documented for Hypervisor.framework's APIC".into(),
             );
         }
-        let version_dependent = scenario
-            .all_ops()
-            .any(|op| matches!(op, Op::IoapicEoi(_) | Op::IoapicRead(1)));
-        if Shape::for_run(self.vmm.opened(), scenario) == Shape::Full
-            && scenario.config.ioapic == IoapicVersion::V11
-            && version_dependent
-        {
-            return Some(
-                "the in-kernel IOAPIC of Hypervisor.framework is taken to be the ICH kind (version 0x20, with the EOI \
-                 register); this scenario depends on version 0x11: use irqchip=split"
-                    .into(),
-            );
-        }
-        None
+        self.vmm.unsupported(scenario)
     }
 
-    /// A generated scenario gets what HVF offers: no directed EOI, and on
-    /// the full shape the ICH IOAPIC (version 0x20).
+    /// A generated scenario gets what HVF offers: no directed EOI, the
+    /// in-kernel IOAPIC's version on the full shape, xAPIC while x2APIC is
+    /// unavailable.
     fn fit(&self, scenario: &mut Scenario) {
-        if self.unsupported(scenario).is_some() {
-            scenario.config.directed_eoi = false;
-            scenario.config.ioapic = IoapicVersion::V20;
-        }
+        scenario.config.directed_eoi = false;
+        self.vmm.fit(scenario);
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
         self.vmm.run_scenario(scenario)
     }
+}
+
+fn workaround_names() -> Vec<String> {
+    Workarounds::all()
+        .iter_names()
+        .map(|(n, _)| n.to_ascii_lowercase().replace('_', "-"))
+        .collect()
 }
 
 /// Parses `--workaround` names (kebab case of [`Workarounds`]).
@@ -155,11 +209,10 @@ pub fn parse_workarounds(names: &str) -> std::result::Result<Workarounds, String
     for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let flag = name.to_ascii_uppercase().replace('-', "_");
         w |= Workarounds::from_name(&flag).ok_or_else(|| {
-            let known: Vec<String> = Workarounds::all()
-                .iter_names()
-                .map(|(n, _)| n.to_ascii_lowercase().replace('_', "-"))
-                .collect();
-            format!("unknown workaround `{name}`; known: {}", known.join(", "))
+            format!(
+                "unknown workaround `{name}`; known: {}",
+                workaround_names().join(", ")
+            )
         })?;
     }
     Ok(w)

@@ -1,29 +1,50 @@
-//! The Hypervisor.framework VMM loop, following the seed report's steps:
-//! create the VM with the APIC accelerated, run with `hv_vcpu_run_until`,
-//! check `hv_vcpu_exit_info` after every exit, forward APIC MMIO to
-//! `hv_vcpu_apic_read`/`write` (with the `no_side_effect` follow-up), forward
-//! IOAPIC MMIO to `hv_vm_ioapic_read`/`write`, drive lines with
-//! assert/deassert/pulse and MSIs with `hv_vm_lapic_msi`. In the split shape
-//! the model's IOAPIC lives here, learns EOIs from
-//! `HV_VM_EXITINFO_IOAPIC_EOI`, and sends with `hv_vm_send_ioapic_intr`.
+//! The Hypervisor.framework VMM loop, following the seed report's steps and
+//! the three VMMs that run on HVF's in-kernel APIC (pmj's QEMU
+//! `target/i386/hvf`, OrbStack `src/hvf/src/x86_64/`, uhyve
+//! `src/macos/x86_64/vcpu.rs`):
+//!
+//! - bring-up: the VMX controls from the capability MSRs (`cap2ctrl`), the
+//!   CR0/CR4 guest/host masks and read shadows, all eight segments (TR and
+//!   LDTR included) for a direct long-mode entry;
+//! - start-up probes: the in-kernel IOAPIC's version and pin count (its
+//!   version register), and whether x2APIC works (a one-op guest switches
+//!   to it and the MSR is read back);
+//! - every scenario: the vCPU's activity and interruptibility states and
+//!   event injection reset; `hv_vcpu_run_until(HV_DEADLINE_FOREVER)` with a
+//!   watchdog thread calling `hv_vcpu_interrupt`; a hang is the stub's op
+//!   and delivery counters standing still across kicks; host IRQ and SMI
+//!   exits resumed; RDMSR answered; IA32_APIC_BASE as pmj's QEMU handles it;
+//! - `hv_vcpu_exit_info` after every exit, APIC MMIO forwarded to
+//!   `hv_vcpu_apic_read`/`write` (with the `no_side_effect` follow-up),
+//!   IOAPIC MMIO to `hv_vm_ioapic_read`/`write`, lines with
+//!   assert/deassert/pulse, MSIs with `hv_vm_lapic_msi`. In the split shape
+//!   the model's IOAPIC lives here, learns EOIs from
+//!   `HV_VM_EXITINFO_IOAPIC_EOI`, and sends with `hv_vm_send_ioapic_intr`;
+//! - teardown: `hv_vcpu_destroy`, then `hv_vm_destroy`, failures logged.
+//!
 //! MMIO instructions are decoded with iced-x86.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use hypervisor_framework_sys as hv;
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
 
-use super::api::{Hv, HvError, RunEnd};
+use super::api::reason::{VMX_REASON_IO_SMI, VMX_REASON_OTHER_SMI};
+use super::api::{cap, cap2ctrl, vmcs, Hv, HvError, HvExt, Interrupter};
 use crate::backend::run::{self, CallLog, End, MessagePort, Shape, UserspaceIoapic};
 use crate::backend::{BackendError, Result};
 use crate::guest::layout::{
-    self, EndCode, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, LAPIC_BASE, PING_PORT, RAM_SIZE,
+    self, EndCode, CUR_OP, DELIVERIES, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, LAPIC_BASE,
+    PING_PORT, RAM_SIZE,
 };
 use crate::guest::{table, Image};
 use crate::model::ioapic::{bits, InterruptMessage, IOREGSEL, IOWIN, PINS, REG_REDTBL};
 use crate::model::lapic::{reg, LVT_MASKED, SVR_ENABLE};
-use crate::scenario::{ApicMode, HostOp, Op, Scenario};
-use crate::trace::Trace;
+use crate::scenario::{ApicMode, HostOp, IoapicVersion, Op, Scenario};
+use crate::trace::{Outcome, Trace};
 
 bitflags::bitflags! {
     /// VMM-side workarounds for known HVF bugs, so a user can see in one run
@@ -51,11 +72,47 @@ const LEVEL_ENTRY: u32 = bits::LEVEL as u32;
 
 /// A run longer than this is a livelocked guest.
 const RUN_LIMIT: Duration = Duration::from_secs(5);
-/// How long one `run_until` may block before the VMM looks for a hang.
-const KICK: Duration = Duration::from_millis(3);
+/// How often the watchdog calls `hv_vcpu_interrupt` while a scenario runs:
+/// with `HV_VM_ACCEL_APIC` an idle HLT stays in the kernel, so without it a
+/// hung guest would never give the loop back.
+const KICK: Duration = Duration::from_millis(2);
+/// A hang: this many host-side exits in a row with no guest exit between
+/// them and the stub's op and delivery counters unchanged, spread over at
+/// least [`HANG_AFTER`].
+const QUIET_EXITS: u32 = 3;
+const HANG_AFTER: Duration = Duration::from_millis(4);
+
+/// VMX control bits the loop asks for (SDM vol. 3C 24.6-24.8).
+const ACTIVATE_SECONDARY: u64 = 1 << 31;
+const VIRTUALIZE_APIC_ACCESSES: u64 = 1 << 0;
+const HOST_ADDRESS_SPACE_SIZE: u64 = 1 << 9;
+const IA32E_MODE_GUEST: u64 = 1 << 9;
+
+/// The guest's control registers: CR0 PG WP NE ET MP PE, CR4 VMXE PAE,
+/// EFER LMA LME (SDM vol. 3A 2.5, 9.8.5).
+const GUEST_CR0: u64 = 0x8005_0033;
+const GUEST_CR4: u64 = 0x2020;
+const GUEST_EFER: u64 = 0x500;
+/// CR4.VMXE: owned by the host, hidden from the guest by the read shadow.
+const CR4_VMXE: u64 = 1 << 13;
+
+/// IA32_APIC_BASE (SDM vol. 3A 11.4.4): BSP, EXTD, EN and the base field.
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_BSP: u64 = 1 << 8;
+const APIC_BASE_EXTD: u64 = 1 << 10;
+const APIC_BASE_EN: u64 = 1 << 11;
+const APIC_BASE_ADDRESS: u64 = 0xffff_f000;
+
+/// What the in-kernel IOAPIC says it is (its version register, 82093AA
+/// §3.2.2: version in bits 7:0, the highest entry in 23:16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoapicIdentity {
+    pub version: IoapicVersion,
+    pub pins: u32,
+}
 
 /// The `hvf` / `hvf-split` backend over any [`Hv`].
-pub struct HvfVmm<H: Hv> {
+pub struct HvfVmm<H: Hv + HvExt> {
     hv: H,
     name: String,
     /// The shape the backend was opened with (`hvf-split`: always split).
@@ -64,6 +121,13 @@ pub struct HvfVmm<H: Hv> {
     image: Image,
     ram: PageAligned,
     vcpu: u32,
+    /// Whether the vCPU and the VM still exist (teardown).
+    alive: bool,
+    watchdog: Option<Watchdog>,
+    /// The in-kernel IOAPIC, as its version register reads at start-up.
+    identity: IoapicIdentity,
+    /// Why x2APIC is taken as unavailable (`Ok`: the start-up probe passed).
+    x2apic: std::result::Result<(), String>,
     // Per run.
     shape: Shape,
     ioapic: UserspaceIoapic,
@@ -74,11 +138,13 @@ pub struct HvfVmm<H: Hv> {
     asserted: u32,
     /// Where the APIC's MMIO window is now.
     apic_window: u64,
+    /// IA32_APIC_BASE as the guest sees it (pmj's QEMU: `s->apicbase`).
+    apic_base: u64,
     /// The calls made, in order (for reports).
     pub calls: CallLog,
 }
 
-impl<H: Hv> HvfVmm<H> {
+impl<H: Hv + HvExt> HvfVmm<H> {
     pub fn new(
         mut hv: H,
         name: &str,
@@ -91,9 +157,7 @@ impl<H: Hv> HvfVmm<H> {
         let size = ram.len();
         hv.create_vm(ram.as_mut_ptr(), size)?;
         let vcpu = hv.create_vcpu()?;
-        hv.set_apic_address(vcpu, LAPIC_BASE)?;
-        long_mode(&mut hv, vcpu)?;
-        Ok(HvfVmm {
+        let mut vmm = HvfVmm {
             hv,
             name: name.to_string(),
             opened,
@@ -101,14 +165,29 @@ impl<H: Hv> HvfVmm<H> {
             image,
             ram,
             vcpu,
+            alive: true,
+            watchdog: None,
+            identity: IoapicIdentity {
+                version: IoapicVersion::V20,
+                pins: PINS as u32,
+            },
+            x2apic: Err("not probed yet".into()),
             shape: opened,
             ioapic: UserspaceIoapic::default(),
             select: 0,
             entry_low: [MASKED_ENTRY; PINS],
             asserted: 0,
             apic_window: LAPIC_BASE,
+            apic_base: LAPIC_BASE | APIC_BASE_EN | APIC_BASE_BSP,
             calls: CallLog::default(),
-        })
+        };
+        // From here on, Drop tears the VM down in order.
+        vmm.bring_up()?;
+        let kick = vmm.hv.interrupter(vcpu)?;
+        vmm.watchdog = Some(Watchdog::start(kick));
+        vmm.identity = vmm.probe_ioapic()?;
+        vmm.x2apic = vmm.probe_x2apic();
+        Ok(vmm)
     }
 
     pub fn hv(&mut self) -> &mut H {
@@ -120,8 +199,172 @@ impl<H: Hv> HvfVmm<H> {
         self.opened
     }
 
+    /// The in-kernel IOAPIC's identity, read at start-up.
+    pub fn ioapic_identity(&self) -> IoapicIdentity {
+        self.identity
+    }
+
+    /// Why x2APIC is unavailable, if the start-up probe failed.
+    pub fn x2apic_unavailable(&self) -> Option<&str> {
+        self.x2apic.as_ref().err().map(String::as_str)
+    }
+
+    /// The VMCS of a direct long-mode entry, as QEMU, OrbStack and uhyve
+    /// build theirs.
+    fn bring_up(&mut self) -> std::result::Result<(), HvError> {
+        let v = self.vcpu;
+        self.hv.set_apic_address(v, LAPIC_BASE)?;
+        // Controls from the capability MSRs (SDM 26.2.1.1-3: each must
+        // respect its allowed-0 and allowed-1 settings).
+        let mut caps = [0; 5];
+        for (c, field) in caps.iter_mut().zip([
+            cap::PINBASED,
+            cap::PROCBASED,
+            cap::PROCBASED2,
+            cap::EXIT,
+            cap::ENTRY,
+        ]) {
+            *c = self.hv.read_capability(field)?;
+        }
+        let [pin, proc, proc2, exit, entry] = caps;
+        let controls = [
+            (vmcs::VMCS_CTRL_PIN_BASED, cap2ctrl(pin, 0)),
+            (
+                vmcs::VMCS_CTRL_CPU_BASED,
+                cap2ctrl(proc, ACTIVATE_SECONDARY),
+            ),
+            (
+                vmcs::VMCS_CTRL_CPU_BASED2,
+                cap2ctrl(proc2, VIRTUALIZE_APIC_ACCESSES),
+            ),
+            (
+                vmcs::VMCS_CTRL_VMEXIT_CONTROLS,
+                cap2ctrl(exit, HOST_ADDRESS_SPACE_SIZE),
+            ),
+            (
+                vmcs::VMCS_CTRL_VMENTRY_CONTROLS,
+                cap2ctrl(entry, IA32E_MODE_GUEST),
+            ),
+        ];
+        for (field, value) in controls {
+            self.hv.write_vmcs(v, field, value)?;
+        }
+        // CR0/CR4 against the fixed bits (SDM 26.3.1.1); the host owns the
+        // fixed-to-1 bits (the masks), the guest reads CR4 without VMXE.
+        let fixed = |hv: &mut H, f0, f1, value: u64| -> std::result::Result<(u64, u64), HvError> {
+            let (f0, f1) = (hv.read_capability(f0)?, hv.read_capability(f1)?);
+            Ok(((value | f0) & f1, f0))
+        };
+        let (cr0, cr0_mask) = fixed(&mut self.hv, cap::CR0_FIXED0, cap::CR0_FIXED1, GUEST_CR0)?;
+        let (cr4, cr4_mask) = fixed(&mut self.hv, cap::CR4_FIXED0, cap::CR4_FIXED1, GUEST_CR4)?;
+        for (field, value) in [
+            (vmcs::VMCS_CTRL_CR0_MASK, cr0_mask),
+            (vmcs::VMCS_CTRL_CR0_SHADOW, cr0),
+            (vmcs::VMCS_CTRL_CR4_MASK, cr4_mask),
+            (vmcs::VMCS_CTRL_CR4_SHADOW, cr4 & !CR4_VMXE),
+            (vmcs::VMCS_GUEST_CR0, cr0),
+            (vmcs::VMCS_GUEST_CR3, layout::PML4),
+            (vmcs::VMCS_GUEST_CR4, cr4),
+            (vmcs::VMCS_GUEST_IA32_EFER, GUEST_EFER),
+        ] {
+            self.hv.write_vmcs(v, field, value)?;
+        }
+        long_mode_segments(&mut self.hv, v)
+    }
+
+    /// The in-kernel IOAPIC's version register (82093AA §3.2.2), through
+    /// `hv_vm_ioapic_read`: which IOAPIC the full shape's model must be.
+    fn probe_ioapic(&mut self) -> Result<IoapicIdentity> {
+        self.hv.ioapic_write(IOAPIC_BASE + IOREGSEL, 1)?;
+        let value = self.hv.ioapic_read(IOAPIC_BASE + IOWIN)?;
+        let version = match value & 0xff {
+            0x11 => IoapicVersion::V11,
+            0x20 => IoapicVersion::V20,
+            other => {
+                return Err(BackendError::Unsupported(format!(
+                    "the in-kernel IOAPIC reports version {other:#x} (register {value:#x}); the model has 0x11 and 0x20"
+                )))
+            }
+        };
+        Ok(IoapicIdentity {
+            version,
+            pins: ((value >> 16) & 0xff) + 1,
+        })
+    }
+
+    /// A one-op guest that switches to x2APIC: x2APIC works if the run
+    /// completes and IA32_APIC_BASE reads back with EXTD set.
+    fn probe_x2apic(&mut self) -> std::result::Result<(), String> {
+        let probe = crate::scenario::parse("config apic=x2apic\nnop\n").expect("a valid probe");
+        self.x2apic = Ok(());
+        let trace = self.run_scenario(&probe).map_err(|e| e.to_string())?;
+        match trace.outcome {
+            Outcome::Completed => Ok(()),
+            _ => Err(trace
+                .error
+                .unwrap_or_else(|| format!("the probe guest ended in {:?}", trace.outcome))),
+        }
+    }
+
     fn split(&self) -> bool {
         self.shape.is_split()
+    }
+
+    /// Why this VMM cannot run `scenario` as written (the backend's
+    /// `unsupported`): x2APIC before the probe showed it works, and on the
+    /// full shape an IOAPIC other than the in-kernel one.
+    pub fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        let uses_x2apic = scenario.config.apic == ApicMode::X2apic
+            || scenario
+                .all_ops()
+                .any(|op| matches!(op, Op::ApicBase(v) if *v as u64 & APIC_BASE_EXTD != 0));
+        if let (true, Err(why)) = (uses_x2apic, &self.x2apic) {
+            return Some(format!(
+                "x2APIC is taken as unavailable on this Hypervisor.framework: the start-up probe (a guest switching to x2APIC) failed: {why}"
+            ));
+        }
+        if Shape::for_run(self.opened, scenario) == Shape::Split {
+            return None;
+        }
+        let id = self.identity;
+        let version_dependent = scenario
+            .all_ops()
+            .any(|op| matches!(op, Op::IoapicEoi(_) | Op::IoapicRead(1)));
+        if version_dependent && scenario.config.ioapic != id.version {
+            return Some(format!(
+                "the in-kernel IOAPIC is version {:#x} ({} pins) and this scenario depends on version {:#x} (ioapic-eoi or ioapic-read 1): use irqchip=split or ioapic={:#x}",
+                version_value(id.version), id.pins, version_value(scenario.config.ioapic), version_value(id.version)
+            ));
+        }
+        let reads_version = scenario.all_ops().any(|op| matches!(op, Op::IoapicRead(1)));
+        if reads_version && id.pins != PINS as u32 {
+            return Some(format!(
+                "the in-kernel IOAPIC has {} pins and the model {PINS}: its version register (ioapic-read 1) differs; use irqchip=split",
+                id.pins
+            ));
+        }
+        None
+    }
+
+    /// A generated scenario gets what this VMM offers: the in-kernel
+    /// IOAPIC's version on the full shape, xAPIC while x2APIC is
+    /// unavailable.
+    pub fn fit(&self, scenario: &mut Scenario) {
+        if Shape::for_run(self.opened, scenario) == Shape::Full {
+            scenario.config.ioapic = self.identity.version;
+        }
+        if self.x2apic.is_err() {
+            scenario.config.apic = ApicMode::Xapic;
+            let ops = scenario
+                .ops
+                .iter_mut()
+                .chain(scenario.handlers.values_mut().flatten());
+            for op in ops {
+                if let Op::ApicBase(v) = op {
+                    *v &= !(APIC_BASE_EXTD as u32);
+                }
+            }
+        }
     }
 
     fn reset(
@@ -136,6 +379,8 @@ impl<H: Hv> HvfVmm<H> {
         // window back at 0xFEE00000.
         self.hv.reset_irqchip(v)?;
         self.apic_window = LAPIC_BASE;
+        // pmj's QEMU (hvf_apic_do_reset): the APIC base as the kernel has it.
+        self.apic_base = self.hv.read_msr(v, IA32_APIC_BASE)?;
         self.hv.apic_ctrl(
             v,
             if self.split() {
@@ -161,6 +406,15 @@ impl<H: Hv> HvfVmm<H> {
         for lvt in run::LVTS {
             self.hv.apic_write(v, lvt as u32, LVT_MASKED)?;
         }
+        // The vCPU's own state from the last run: active, no STI or MOV SS
+        // blocking, no event left to inject (SDM 24.4.2, 24.8.3).
+        for field in [
+            vmcs::VMCS_GUEST_ACTIVITY_STATE,
+            vmcs::VMCS_GUEST_INTERRUPTIBILITY,
+            vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO,
+        ] {
+            self.hv.write_vmcs(v, field, 0)?;
+        }
         self.hv
             .write_register(v, hv::HV_X86_RIP, self.image.stub.entry)?;
         self.hv
@@ -180,37 +434,62 @@ impl<H: Hv> HvfVmm<H> {
         let table =
             table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
         self.reset(scenario, &table)?;
-        let end = match self.run_loop(&table) {
-            Ok(end) => end,
-            Err(e) => End::Error(e.to_string()),
+        let watchdog = self.watchdog.as_ref().expect("started in new");
+        watchdog.arm(true);
+        let end = self.run_loop(&table);
+        let watchdog = self.watchdog.as_ref().expect("started in new");
+        watchdog.arm(false);
+        let end = match (end, watchdog.failure()) {
+            (_, Some(e)) => End::Error(format!("the watchdog's {e}")),
+            (Ok(end), None) => end,
+            (Err(e), None) => End::Error(e.to_string()),
         };
         run::finish(&self.name, end, &self.image, &self.ram)
     }
 
+    fn ram32(&self, at: u64) -> u32 {
+        let at = at as usize;
+        u32::from_le_bytes(self.ram[at..at + 4].try_into().expect("4 bytes"))
+    }
+
     fn run_loop(&mut self, table: &table::Table) -> std::result::Result<End, HvError> {
         let v = self.vcpu;
-        let started = std::time::Instant::now();
-        let mut halted = 0;
+        let started = Instant::now();
+        let mut quiet = Quiet::default();
         loop {
             if started.elapsed() > RUN_LIMIT {
                 return Ok(End::Error(format!(
                     "the guest did not finish within {RUN_LIMIT:?}"
                 )));
             }
-            if self.hv.run_until(v, KICK)? == RunEnd::Deadline {
-                // With HV_VM_ACCEL_APIC an idle HLT blocks in the kernel.
-                let activity = self.hv.read_vmcs(v, hv::VMCS_GUEST_ACTIVITY_STATE)?;
-                halted = if activity == 1 { halted + 1 } else { 0 };
-                if halted >= 2 {
+            // Returns on a VM exit or a watchdog kick: a blocked HLT never
+            // reaches a deadline (OrbStack and QEMU run without one).
+            self.hv.run_forever(v)?;
+            // Seed step 2: the exit info first, after every exit.
+            let info = self.hv.exit_info(v)?;
+            self.calls
+                .note(|| format!("hv_vcpu_run_until(FOREVER) -> hv_vcpu_exit_info = {info}"));
+            let host_side = match info {
+                hv::HV_VM_EXITINFO_SMI => true,
+                hv::HV_VM_EXITINFO_VMX => {
+                    let reason = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_REASON)? as u32;
+                    matches!(
+                        reason,
+                        hv::VMX_REASON_IRQ | VMX_REASON_IO_SMI | VMX_REASON_OTHER_SMI
+                    )
+                }
+                _ => false,
+            };
+            if host_side {
+                // OrbStack resumes on these without touching RIP; a hang is
+                // the stub standing still across them.
+                let progress = (self.ram32(CUR_OP), self.ram32(DELIVERIES));
+                if quiet.still(progress, Instant::now()) {
                     return Ok(End::Hang);
                 }
                 continue;
             }
-            halted = 0;
-            // Seed step 2: the exit info first, after every exit.
-            let info = self.hv.exit_info(v)?;
-            self.calls
-                .note(|| format!("hv_vcpu_run_until -> hv_vcpu_exit_info = {info}"));
+            quiet = Quiet::default();
             match info {
                 hv::HV_VM_EXITINFO_VMX => {
                     if let Some(end) = self.vmx_exit(table)? {
@@ -236,10 +515,77 @@ impl<H: Hv> HvfVmm<H> {
         }
     }
 
-    /// A `HV_VM_EXITINFO_VMX` exit: the exit reason says what it was.
+    /// The guest's WRMSR to IA32_APIC_BASE, as pmj's QEMU handles it
+    /// (`hvf_apic_set_base`): only the transitions SDM 11.12.5 allows
+    /// (0 -> EN, EN -> 0, EN -> EN|EXTD, EN|EXTD -> 0, or none), a 32-bit
+    /// value, no reserved bit; the MMIO window moved with
+    /// `hv_vmx_vcpu_set_apic_address` (never `hv_vcpu_write_msr`); the MSR
+    /// read back, which must show the mode the guest asked for. A disable
+    /// puts the in-kernel APIC back to its power-up state.
+    fn write_apic_base(&mut self, value: u64) -> std::result::Result<Option<End>, HvError> {
+        let v = self.vcpu;
+        let flags = |x: u64| x & (APIC_BASE_EN | APIC_BASE_EXTD);
+        let (old, new) = (flags(self.apic_base), flags(value));
+        let allowed = new == 0
+            || new == old
+            || (old == 0 && new == APIC_BASE_EN)
+            || (old == APIC_BASE_EN && new == APIC_BASE_EN | APIC_BASE_EXTD);
+        let reserved = !(APIC_BASE_ADDRESS | APIC_BASE_EN | APIC_BASE_EXTD | APIC_BASE_BSP);
+        if !allowed || value & reserved != 0 {
+            return Ok(Some(End::Error(format!(
+                "the guest's IA32_APIC_BASE write {value:#x} (from {:#x}) raises #GP (SDM §11.12.5)",
+                self.apic_base
+            ))));
+        }
+        let base = value & APIC_BASE_ADDRESS;
+        self.apic_base = base | new | (self.apic_base & APIC_BASE_BSP);
+        if old != 0 && new == 0 {
+            // SDM §11.4.3: a disabled APIC is at its power-up state; pmj's
+            // QEMU only clears its own copy, here the in-kernel APIC is put
+            // back to its state at creation so that it takes nothing more.
+            self.hv.reset_apic(v)?;
+            self.apic_window = LAPIC_BASE;
+            self.calls
+                .note(|| "  hv_vcpu_apic_put_state(the state at creation)".into());
+        }
+        // MMIO exists only with the APIC enabled in xAPIC mode. FB14021745:
+        // the window moves first, whatever the guest enables with it.
+        let mmio = new == APIC_BASE_EN;
+        if mmio && base != self.apic_window {
+            self.hv.set_apic_address(v, base)?;
+            self.apic_window = base;
+            self.calls
+                .note(|| format!("  hv_vmx_vcpu_set_apic_address({base:#x})"));
+        }
+        let readback = self.hv.read_msr(v, IA32_APIC_BASE)?;
+        self.calls.note(|| {
+            format!("  IA32_APIC_BASE {value:#x} -> hv_vcpu_read_msr(0x1b) = {readback:#x}")
+        });
+        if new != 0 && readback & APIC_BASE_EXTD != new & APIC_BASE_EXTD {
+            return Ok(Some(End::Error(format!(
+                "the in-kernel APIC did not take the mode of IA32_APIC_BASE {value:#x}: it reads back {readback:#x}"
+            ))));
+        }
+        if mmio && readback & APIC_BASE_ADDRESS != base {
+            return Ok(Some(End::Error(format!(
+                "the in-kernel APIC's window is not at {base:#x}: IA32_APIC_BASE reads back {readback:#x}"
+            ))));
+        }
+        Ok(None)
+    }
+
+    /// The guest's RDMSR: IA32_APIC_BASE from the VMM's view (pmj's QEMU:
+    /// `cpu_get_apic_base`), any other MSR from the framework.
+    fn read_msr_exit(&mut self, msr: u32) -> std::result::Result<u64, HvError> {
+        if msr == IA32_APIC_BASE {
+            return Ok(self.apic_base);
+        }
+        self.hv.read_msr(self.vcpu, msr)
+    }
     fn vmx_exit(&mut self, table: &table::Table) -> std::result::Result<Option<End>, HvError> {
         let v = self.vcpu;
-        let reason = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_REASON)? as u32 & 0xffff;
+        let full_reason = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_REASON)?;
+        let reason = full_reason as u32 & 0xffff;
         let rip = self.hv.read_register(v, hv::HV_X86_RIP)?;
         self.calls
             .note(|| format!("  VMCS_RO_EXIT_REASON = {reason}, RIP {rip:#x}"));
@@ -340,25 +686,41 @@ impl<H: Hv> HvfVmm<H> {
                 let msr = self.hv.read_register(v, hv::HV_X86_RCX)? as u32;
                 let value = self.hv.read_register(v, hv::HV_X86_RDX)? << 32
                     | (self.hv.read_register(v, hv::HV_X86_RAX)? & 0xffff_ffff);
-                if msr == 0x1b && value & 0xf_ffff_f000 != self.apic_window {
-                    // FB14021745: moving the APIC window and enabling it in
-                    // one write fails, so move it first, then write the MSR.
-                    self.apic_window = value & 0xf_ffff_f000;
-                    self.hv.set_apic_address(v, self.apic_window)?;
-                    self.calls.note(|| {
-                        format!(
-                            "  hv_vmx_vcpu_set_apic_address({:#x}) before the MSR write",
-                            self.apic_window
-                        )
-                    });
+                if msr != IA32_APIC_BASE {
+                    return Ok(Some(End::Error(format!(
+                        "the guest wrote MSR {msr:#x}, which the stub never does"
+                    ))));
                 }
-                self.hv.write_msr(v, msr, value)?;
+                if let Some(end) = self.write_apic_base(value)? {
+                    return Ok(Some(end));
+                }
                 let len = self.hv.read_vmcs(v, hv::VMCS_RO_VMEXIT_INSTR_LEN)?;
                 self.hv.write_register(v, hv::HV_X86_RIP, rip + len)?;
             }
+            hv::VMX_REASON_RDMSR => {
+                let msr = self.hv.read_register(v, hv::HV_X86_RCX)? as u32;
+                let value = self.read_msr_exit(msr)?;
+                self.calls
+                    .note(|| format!("  RDMSR {msr:#x} -> {value:#x}"));
+                self.hv
+                    .write_register(v, hv::HV_X86_RAX, value & 0xffff_ffff)?;
+                self.hv.write_register(v, hv::HV_X86_RDX, value >> 32)?;
+                let len = self.hv.read_vmcs(v, hv::VMCS_RO_VMEXIT_INSTR_LEN)?;
+                self.hv.write_register(v, hv::HV_X86_RIP, rip + len)?;
+            }
+            // HLT exiting is off (the in-kernel APIC wakes the vCPU); should
+            // the framework set it anyway, an HLT exit is a halted guest.
             hv::VMX_REASON_HLT => return Ok(Some(End::Hang)),
             hv::VMX_REASON_TRIPLE_FAULT => {
                 return Ok(Some(End::Error("the guest triple-faulted".into())))
+            }
+            hv::VMX_REASON_VMENTRY_GUEST => {
+                // SDM 26.7: a VM-entry failure (bit 31) due to invalid guest
+                // state; the bring-up is wrong, not the irqchip.
+                let qual = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_QUALIFIC)?;
+                return Ok(Some(End::Error(format!(
+                    "VM entry failed: invalid guest state (exit reason {full_reason:#x}, qualification {qual:#x})"
+                ))));
             }
             other => {
                 return Ok(Some(End::Error(format!(
@@ -640,48 +1002,151 @@ fn hv_register(reg: Register) -> Option<u32> {
     })
 }
 
-/// 64-bit long mode, entered directly: control registers and segments in the
-/// VMCS (CR0/CR3/CR4 through the VMCS, as OrbStack does, since HVF gives
-/// CR0/CR3 special handling in `hv_vcpu_write_register`).
-fn long_mode<H: Hv>(hv: &mut H, v: u32) -> std::result::Result<(), HvError> {
-    // Guest-state field encodings (Intel SDM vol. 3D, appendix B).
-    const CS_SELECTOR: u32 = 0x802;
-    const SS_SELECTOR: u32 = 0x804;
-    const DS_SELECTOR: u32 = 0x806;
-    const ES_SELECTOR: u32 = 0x800;
-    const CS_LIMIT: u32 = 0x4802;
-    const CS_AR: u32 = 0x4816;
-    const SS_AR: u32 = 0x4818;
-    const DS_AR: u32 = 0x481a;
-    const ES_AR: u32 = 0x4814;
-    const GDTR_BASE: u32 = 0x6816;
-    const GDTR_LIMIT: u32 = 0x4810;
-    const IDTR_BASE: u32 = 0x6818;
-    const IDTR_LIMIT: u32 = 0x4812;
-    const TR_AR: u32 = 0x4822;
-    hv.write_vmcs(v, hv::VMCS_GUEST_CR0, 0x8005_0033)?;
-    hv.write_vmcs(v, hv::VMCS_GUEST_CR3, layout::PML4)?;
-    hv.write_vmcs(v, hv::VMCS_GUEST_CR4, 0x2020)?; // PAE | VMXE
-    hv.write_vmcs(v, hv::VMCS_GUEST_IA32_EFER, 0x500)?;
-    // VM-entry controls: IA-32e mode guest (bit 9).
-    let entry = hv.read_vmcs(v, hv::VMCS_CTRL_VMENTRY_CONTROLS)?;
-    hv.write_vmcs(v, hv::VMCS_CTRL_VMENTRY_CONTROLS, entry | 1 << 9)?;
-    hv.write_vmcs(v, CS_SELECTOR, layout::CODE_SELECTOR as u64)?;
-    hv.write_vmcs(v, CS_LIMIT, 0xffff_ffff)?;
-    hv.write_vmcs(v, CS_AR, 0xa09b)?; // present, code, L, G
-    for (sel, ar) in [
-        (SS_SELECTOR, SS_AR),
-        (DS_SELECTOR, DS_AR),
-        (ES_SELECTOR, ES_AR),
-    ] {
-        hv.write_vmcs(v, sel, layout::DATA_SELECTOR as u64)?;
-        hv.write_vmcs(v, ar, 0xc093)?;
+/// The scenario format's IOAPIC version as the version register has it.
+fn version_value(version: IoapicVersion) -> u32 {
+    match version {
+        IoapicVersion::V11 => 0x11,
+        IoapicVersion::V20 => 0x20,
     }
-    hv.write_vmcs(v, TR_AR, 0x8b)?;
-    hv.write_vmcs(v, GDTR_BASE, layout::GDT)?;
-    hv.write_vmcs(v, GDTR_LIMIT, 23)?;
-    hv.write_vmcs(v, IDTR_BASE, layout::IDT)?;
-    hv.write_vmcs(v, IDTR_LIMIT, 256 * 16 - 1)
+}
+
+/// The eight segments of a direct 64-bit entry (SDM 26.3.1.2): flat code and
+/// data (G = 1 with limit 0xFFFFFFFF, so limit[11:0] are all ones), FS and
+/// GS like data, LDTR unusable, TR a busy 64-bit TSS; and GDTR/IDTR.
+fn long_mode_segments<H: Hv>(hv: &mut H, v: u32) -> std::result::Result<(), HvError> {
+    let code = layout::CODE_SELECTOR as u64;
+    let data = layout::DATA_SELECTOR as u64;
+    const FLAT: u64 = 0xffff_ffff;
+    const DATA_AR: u64 = 0xc093; // present, read/write accessed, D/B, G
+    const CODE_AR: u64 = 0xa09b; // present, execute/read accessed, L, G
+    const UNUSABLE: u64 = 1 << 16;
+    const BUSY_TSS_AR: u64 = 0x8b; // present, type 11
+                                   // (selector, limit, access rights) in the order ES CS SS DS FS GS LDTR TR.
+    let segments = [
+        (data, FLAT, DATA_AR),
+        (code, FLAT, CODE_AR),
+        (data, FLAT, DATA_AR),
+        (data, FLAT, DATA_AR),
+        (data, FLAT, DATA_AR),
+        (data, FLAT, DATA_AR),
+        (0, 0, UNUSABLE),
+        (0, 0x67, BUSY_TSS_AR),
+    ];
+    for (index, (selector, limit, ar)) in (0u32..).zip(segments) {
+        let (sel_field, limit_field, ar_field, base_field) = vmcs::segment(index);
+        hv.write_vmcs(v, sel_field, selector)?;
+        hv.write_vmcs(v, limit_field, limit)?;
+        hv.write_vmcs(v, ar_field, ar)?;
+        hv.write_vmcs(v, base_field, 0)?;
+    }
+    hv.write_vmcs(v, vmcs::VMCS_GUEST_GDTR_BASE, layout::GDT)?;
+    hv.write_vmcs(v, vmcs::VMCS_GUEST_GDTR_LIMIT, 23)?;
+    hv.write_vmcs(v, vmcs::VMCS_GUEST_IDTR_BASE, layout::IDT)?;
+    hv.write_vmcs(v, vmcs::VMCS_GUEST_IDTR_LIMIT, 256 * 16 - 1)
+}
+
+/// Host-side exits in a row without guest progress: the hang judgement.
+#[derive(Default)]
+struct Quiet {
+    /// The stub's (op, deliveries) counters at the first of them.
+    at: Option<((u32, u32), Instant)>,
+    exits: u32,
+}
+
+impl Quiet {
+    /// One more host-side exit, at `now`, with the counters at
+    /// `progress`; true when the guest has stood still long enough to be
+    /// hung.
+    fn still(&mut self, progress: (u32, u32), now: Instant) -> bool {
+        match self.at {
+            Some((seen, since)) if seen == progress => {
+                self.exits += 1;
+                self.exits >= QUIET_EXITS && now.duration_since(since) >= HANG_AFTER
+            }
+            _ => {
+                self.at = Some((progress, now));
+                self.exits = 1;
+                false
+            }
+        }
+    }
+}
+
+/// The thread that calls `hv_vcpu_interrupt` every [`KICK`] while a
+/// scenario runs (the one vCPU call allowed from another thread, hv.h).
+struct Watchdog {
+    shared: Arc<WatchdogState>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WatchdogState {
+    armed: AtomicBool,
+    stop: AtomicBool,
+    /// The first `hv_vcpu_interrupt` that failed.
+    failure: Mutex<Option<HvError>>,
+}
+
+impl Watchdog {
+    fn start(kick: Interrupter) -> Watchdog {
+        let shared = Arc::new(WatchdogState::default());
+        let state = Arc::clone(&shared);
+        let thread = std::thread::spawn(move || {
+            while !state.stop.load(Ordering::Acquire) {
+                if state.armed.load(Ordering::Acquire) {
+                    if let Err(e) = kick() {
+                        state.failure.lock().unwrap().get_or_insert(e);
+                    }
+                    std::thread::park_timeout(KICK);
+                } else {
+                    std::thread::park();
+                }
+            }
+        });
+        Watchdog {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    fn arm(&self, armed: bool) {
+        self.shared.armed.store(armed, Ordering::Release);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+    }
+
+    fn failure(&self) -> Option<HvError> {
+        self.shared.failure.lock().unwrap().take()
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl<H: Hv + HvExt> Drop for HvfVmm<H> {
+    /// `hv_vcpu_destroy` (on this, the owning thread) before
+    /// `hv_vm_destroy`; a failure is logged, since Drop cannot return it.
+    fn drop(&mut self) {
+        self.watchdog = None;
+        if !self.alive {
+            return;
+        }
+        self.alive = false;
+        if let Err(e) = self.hv.destroy_vcpu(self.vcpu) {
+            eprintln!("irqdiff: {}: tearing the VM down: {e}", self.name);
+        }
+        if let Err(e) = self.hv.destroy_vm() {
+            eprintln!("irqdiff: {}: tearing the VM down: {e}", self.name);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -698,133 +1163,23 @@ mod tests {
         Access::of(&Decoder::with_ip(64, &bytes, 0x1000, DecoderOptions::NONE).decode())
     }
 
-    /// A scripted framework: a WRMSR exit moving the APIC base, then the end.
-    #[derive(Default)]
-    struct Scripted {
-        step: u32,
-        calls: Vec<String>,
-    }
-
-    impl Hv for Scripted {
-        fn create_vm(&mut self, _: *mut u8, _: usize) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn create_vcpu(&mut self) -> std::result::Result<u32, HvError> {
-            Ok(0)
-        }
-        fn set_apic_address(&mut self, _: u32, gpa: u64) -> std::result::Result<(), HvError> {
-            self.calls.push(format!("set_apic_address {gpa:#x}"));
-            Ok(())
-        }
-        fn reset_irqchip(&mut self, _: u32) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn apic_ctrl(&mut self, _: u32, _: u64) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn read_register(&mut self, _: u32, reg: u32) -> std::result::Result<u64, HvError> {
-            Ok(match (self.step, reg) {
-                (1, hv::HV_X86_RCX) => 0x1b,
-                (1, hv::HV_X86_RAX) => 0xfed0_0900,
-                (2, hv::HV_X86_RAX) => EndCode::Completed as u64,
-                _ => 0,
-            })
-        }
-        fn write_register(&mut self, _: u32, _: u32, _: u64) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn read_vmcs(&mut self, _: u32, field: u32) -> std::result::Result<u64, HvError> {
-            Ok(match (self.step, field) {
-                (1, hv::VMCS_RO_EXIT_REASON) => hv::VMX_REASON_WRMSR as u64,
-                (2, hv::VMCS_RO_EXIT_REASON) => hv::VMX_REASON_IO as u64,
-                (2, hv::VMCS_RO_EXIT_QUALIFIC) => (END_PORT as u64) << 16 | 3,
-                (_, hv::VMCS_RO_VMEXIT_INSTR_LEN) => 2,
-                _ => 0,
-            })
-        }
-        fn write_vmcs(&mut self, _: u32, _: u32, _: u64) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn write_msr(&mut self, _: u32, msr: u32, value: u64) -> std::result::Result<(), HvError> {
-            self.calls.push(format!("write_msr {msr:#x} {value:#x}"));
-            Ok(())
-        }
-        fn run_until(&mut self, _: u32, _: Duration) -> std::result::Result<RunEnd, HvError> {
-            self.step += 1;
-            self.calls.clear_if(self.step == 1);
-            Ok(RunEnd::Exit)
-        }
-        fn exit_info(&mut self, _: u32) -> std::result::Result<u32, HvError> {
-            Ok(hv::HV_VM_EXITINFO_VMX)
-        }
-        fn exit_ioapic_eoi(&mut self, _: u32) -> std::result::Result<u8, HvError> {
-            Ok(0)
-        }
-        fn exit_apic_access_read(&mut self, _: u32) -> std::result::Result<u32, HvError> {
-            Ok(0)
-        }
-        fn apic_read(&mut self, _: u32, _: u32) -> std::result::Result<u32, HvError> {
-            Ok(0)
-        }
-        fn apic_write(&mut self, _: u32, _: u32, _: u32) -> std::result::Result<bool, HvError> {
-            Ok(true)
-        }
-        fn lapic_msi(&mut self, _: u64, _: u64) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn send_ioapic_intr(&mut self, _: u64) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn ioapic_read(&mut self, _: u64) -> std::result::Result<u32, HvError> {
-            Ok(0)
-        }
-        fn ioapic_write(&mut self, _: u64, _: u32) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn ioapic_assert_irq(&mut self, _: i32) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn ioapic_deassert_irq(&mut self, _: i32) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn ioapic_pulse_irq(&mut self, _: i32) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-        fn atpic_port_write(&mut self, _: i32, _: u8) -> std::result::Result<(), HvError> {
-            Ok(())
-        }
-    }
-
-    trait ClearIf {
-        fn clear_if(&mut self, yes: bool);
-    }
-    impl ClearIf for Vec<String> {
-        fn clear_if(&mut self, yes: bool) {
-            if yes {
-                self.clear();
-            }
-        }
-    }
-
     #[test]
-    fn apic_base_move_moves_the_window_before_the_msr_write() {
-        // FB14021745: moving the APIC window and enabling it in one write
-        // fails on HVF, so the loop moves it first, then writes the MSR.
-        let mut vmm = HvfVmm::new(
-            Scripted::default(),
-            "hvf",
-            Shape::Full,
-            Workarounds::empty(),
-        )
-        .unwrap();
-        let trace = vmm
-            .run_scenario(&crate::scenario::parse("nop\n").unwrap())
-            .unwrap();
-        assert_eq!(trace.outcome, crate::trace::Outcome::Completed);
-        assert_eq!(
-            vmm.hv().calls,
-            ["set_apic_address 0xfed00000", "write_msr 0x1b 0xfed00900"]
-        );
+    fn a_hang_is_three_quiet_host_exits_over_the_hang_time() {
+        let t0 = Instant::now();
+        let later = t0 + HANG_AFTER;
+        let mut quiet = Quiet::default();
+        assert!(!quiet.still((2, 0), t0));
+        assert!(!quiet.still((2, 0), t0));
+        // Three in a row, but within HANG_AFTER of the first: not yet.
+        assert!(!quiet.still((2, 0), t0));
+        assert!(quiet.still((2, 0), later));
+        // Progress (a delivery) starts the count again.
+        assert!(!quiet.still((2, 1), later));
+        assert!(!quiet.still((2, 1), later + HANG_AFTER));
+        // Two exits are never enough, however long apart.
+        let mut two = Quiet::default();
+        assert!(!two.still((5, 0), t0));
+        assert!(!two.still((5, 0), t0 + 10 * HANG_AFTER));
     }
 
     #[test]

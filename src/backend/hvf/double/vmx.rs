@@ -126,12 +126,7 @@ impl Capabilities {
     }
 }
 
-/// The allowed-0/allowed-1 rule the three reference VMMs use to pick a
-/// control value (QEMU `target/i386/hvf` and uhyve `cap2ctrl`, OrbStack
-/// likewise): the bits that must be 1, plus the wanted ones that may be.
-pub fn cap2ctrl(cap: u64, wanted: u64) -> u64 {
-    (wanted | (cap & 0xffff_ffff)) & (cap >> 32)
-}
+pub use super::super::api::cap2ctrl;
 
 /// Why a VM entry failed, as the processor reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
