@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{self, model::ModelBackend, Backend};
 use crate::known::Known;
 use crate::minimize::minimize;
-use crate::oracle::{compare, Class, Divergence, Judgement, Ruling, Signature, Triage, Verdict};
+use crate::oracle::{
+    compare_scenario, Class, Divergence, Judgement, Ruling, Signature, Triage, Verdict,
+};
 use crate::scenario::{Op, Scenario};
 use crate::trace::Trace;
 
@@ -82,7 +84,7 @@ impl Differ {
         // Most runs agree: the decisions are recorded only to explain a
         // divergence, in a second run of the (deterministic) model.
         let expected = self.model.run_to_trace(scenario);
-        let ruling = match compare(&expected, &observed) {
+        let ruling = match compare_scenario(scenario, &expected, &observed) {
             Verdict::Agree => Ruling::Agree,
             Verdict::Inconclusive(why) => Ruling::Inconclusive(why),
             Verdict::Diverge(divergence) => {

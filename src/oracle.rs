@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::Scenario;
+use crate::scenario::{Op, Scenario};
 use crate::trace::{Event, EventKind, Outcome, Snapshot, Space, Trace};
 
 /// What kind of difference the first diverging event is.
@@ -35,6 +35,10 @@ pub enum Class {
     Hang,
     /// One side stormed where the other did not.
     Storm,
+    /// One side raised an exception (#GP) where the other did not, or
+    /// another one: a register access the processor must refuse was taken,
+    /// or one it must take was refused.
+    Exception,
 }
 
 impl Class {
@@ -49,6 +53,7 @@ impl Class {
             Class::StateMismatch => "state-mismatch",
             Class::Hang => "hang",
             Class::Storm => "storm",
+            Class::Exception => "exception",
         }
     }
 }
@@ -175,13 +180,193 @@ pub fn compare(expected: &Trace, observed: &Trace) -> Verdict {
     Verdict::Agree
 }
 
-/// Differences the spec leaves open (DESIGN.md: the oracle allows them only
-/// where the behaviour is undefined): a read of an IOAPIC register index the
-/// 82093AA does not define (§3.2: only 0x00-0x02 and 0x10-0x3f exist) may
-/// return anything; and the local APIC timer's current count (SDM §11.5.4:
-/// it counts down in real time, and the model has no clock).
+/// [`compare`] for a run of `scenario`, with the open choices of the
+/// model (model/src/lib.rs, "Choices where the spec is silent") allowed:
+/// the events of the ops where the scenario's outcome depends on one are
+/// not compared ([`open_choice_window`]).
+pub fn compare_scenario(scenario: &Scenario, expected: &Trace, observed: &Trace) -> Verdict {
+    match open_choice_window(scenario, expected, observed) {
+        None => compare(expected, observed),
+        Some(window) => compare(&outside(expected, window), &outside(observed, window)),
+    }
+}
+
+/// Top-level ops `start..end` (`end` None: to the end of the run).
+pub type Window = (usize, Option<usize>);
+
+fn in_window(op: usize, (start, end): Window) -> bool {
+    op >= start && end.is_none_or(|end| op < end)
+}
+
+/// `trace` without the events of ops in `window`; a run that ended in the
+/// window (hang or storm) counts as completed, since what it did there is
+/// left open.
+fn outside(trace: &Trace, window: Window) -> Trace {
+    let mut t = trace.clone();
+    t.events.retain(|e| !in_window(e.op, window));
+    let ended_in_window = match t.outcome {
+        Outcome::Hang => t.hang_op.is_some_and(|op| in_window(op, window)),
+        Outcome::Storm => window.1.is_none(),
+        Outcome::Completed | Outcome::Error => false,
+    };
+    if ended_in_window {
+        t.outcome = Outcome::Completed;
+        t.hang_op = None;
+    }
+    t
+}
+
+/// Where a scenario takes one of the choices the SDM leaves open, the ops
+/// whose events depend on it:
+///
+/// - **Hardware disable, then re-enable** (an `apic-base` that sets EN after
+///   one that cleared it), until the program writes the SVR (which decides
+///   whether the APIC is software-enabled again): SDM §11.4.3 says only
+///   that a disabled APIC's state is lost, not what the re-enabled one
+///   holds. The model comes back in its power-up state (software-disabled);
+///   KVM's `kvm_lapic_set_base` keeps the registers, QEMU's `apic_set_base`
+///   clears only SVR's enable bit on disable, bhyve's `vlapic_set_apicbase`
+///   refuses the change. A re-enable that never comes back (FB14021745) is
+///   still seen once the SVR is written.
+/// - **A write of another xAPIC ID** (`lapic-write 0x020` with bits 31:24
+///   not 0, in xAPIC mode), to the end: SDM §11.4.6 leaves it
+///   model-specific whether the ID is writable. The model and bhyve
+///   (`vlapic_id_write_handler`) keep it; KVM (`kvm_apic_set_xapic_id`) and
+///   QEMU (`apic_mem_write`) take it, and physical destinations then match
+///   differently.
+/// - **A level-triggered fixed ICR write** (`lapic-write 0x300` with bit 15
+///   set), to the end: SDM §11.6.1 gives the trigger bit a meaning only for
+///   INIT level de-assert. The model and bhyve (`lapic_intr_edge`) accept
+///   the IPI as edge; KVM (`__apic_accept_irq`) and QEMU (`apic_set_irq`)
+///   set its TMR bit, so its EOI is broadcast to the IOAPIC.
+///
+/// The window starts at the top-level op that takes the choice; for one in
+/// a handler body, at the op of the first delivery (on either side) of
+/// that vector. `None` when the scenario takes none; the earliest window
+/// when it takes several.
+pub fn open_choice_window(
+    scenario: &Scenario,
+    expected: &Trace,
+    observed: &Trace,
+) -> Option<Window> {
+    let mut x2apic = scenario.config.apic == crate::scenario::ApicMode::X2apic;
+    let mut disabled = false;
+    let mut window: Option<Window> = None;
+    for (k, op) in scenario.ops.iter().enumerate() {
+        if let Op::ApicBase(value) = *op {
+            let enabled = value & APIC_BASE_EN != 0;
+            if enabled && disabled {
+                let svr = scenario.ops[k..]
+                    .iter()
+                    .position(|op| matches!(op, Op::Svr(_)))
+                    .map(|i| k + i);
+                window = Some((k, svr));
+                break;
+            }
+            disabled = !enabled;
+            x2apic = enabled && value & APIC_BASE_EXTD != 0;
+        }
+        if takes_open_choice(op, x2apic) {
+            window = Some((k, None));
+            break;
+        }
+    }
+    let first_delivery = |vector: u8| {
+        [expected, observed]
+            .iter()
+            .filter_map(|t| {
+                t.events
+                    .iter()
+                    .find(|e| e.kind == EventKind::Deliver { vector })
+                    .map(|e| e.op)
+            })
+            .min()
+    };
+    let x2apic = scenario.config.apic == crate::scenario::ApicMode::X2apic;
+    for (key, body) in &scenario.handlers {
+        if body.iter().any(|op| takes_open_choice(op, x2apic)) {
+            if let Some(op) = first_delivery(key.vector) {
+                if window.is_none_or(|(start, _)| op < start) {
+                    window = Some((op, None));
+                }
+            }
+        }
+    }
+    window
+}
+
+/// IA32_APIC_BASE EN (bit 11) and EXTD (bit 10), SDM §11.4.4.
+const APIC_BASE_EN: u32 = 1 << 11;
+const APIC_BASE_EXTD: u32 = 1 << 10;
+
+/// Whether `op` writes another xAPIC ID or sends a level fixed IPI (see
+/// [`open_choice_window`]).
+fn takes_open_choice(op: &Op, x2apic: bool) -> bool {
+    use crate::model::lapic::reg;
+    match *op {
+        Op::LapicWrite { offset, value } if offset == reg::ID => !x2apic && value >> 24 != 0,
+        // Bit 15: level; bits 10:8 = 000: fixed.
+        Op::LapicWrite { offset, value } if offset == reg::ICR_LOW => {
+            value & (1 << 15) != 0 && (value >> 8) & 7 == 0
+        }
+        _ => false,
+    }
+}
+
+/// Differences the spec leaves open (docs/design.md: the oracle allows them
+/// only where the behaviour is undefined): a read of an IOAPIC register
+/// index the 82093AA does not define (§3.2: only 0x00-0x02 and 0x10-0x3f
+/// exist) may return anything; so may an xAPIC read of a local APIC offset
+/// that names no register of SDM Table 11-1 (a reserved offset, one of the
+/// three unused dwords of a register's 16-byte slot, or beyond 0x3F0: SDM
+/// §11.4.1 defines only aligned 32-bit accesses to the registers); and the
+/// local APIC timer's current count (SDM §11.5.4: it counts down in real
+/// time, and the model has no clock). And LVT bits 12 (delivery status)
+/// and 14 (LINT remote IRR), read-only in SDM Figure 11-8: the model reads
+/// them 0 (it delivers instantly and has no LINT inputs); KVM
+/// (`apic_lvt_mask`) and bhyve (`vlapic_lvt_write_handler`) keep them as
+/// written, QEMU stores the whole value. The SDM does not say what a write
+/// of a read-only bit leaves, so an LVT read may differ in those two bits.
 fn allowed_difference(expected: &Event, observed: &Event) -> bool {
     match (&expected.kind, &observed.kind) {
+        (
+            EventKind::Read {
+                space: Space::Lapic,
+                reg: reg @ 0x320..=0x370,
+                value,
+            },
+            EventKind::Read {
+                space: Space::Lapic,
+                reg: other,
+                value: seen,
+            },
+        ) if reg == other && (value ^ seen) & !LVT_OPEN_BITS == 0 => expected.op == observed.op,
+        (
+            EventKind::Read {
+                space: Space::Lapic,
+                reg,
+                ..
+            },
+            EventKind::Read {
+                space: Space::Lapic,
+                reg: other,
+                ..
+            },
+        ) if reg == other && !names_lapic_register(*reg) => expected.op == observed.op,
+        // SDM §11.12.1.2: the MMIO page of an x2APIC answers nothing the SDM
+        // defines (KVM's LAPIC_MMIO_HOLE quirk reads all ones).
+        (
+            EventKind::Read {
+                space: Space::LapicMmio,
+                reg,
+                ..
+            },
+            EventKind::Read {
+                space: Space::LapicMmio,
+                reg: other,
+                ..
+            },
+        ) => expected.op == observed.op && reg == other,
         (
             EventKind::Read {
                 space: Space::Lapic,
@@ -212,6 +397,19 @@ fn allowed_difference(expected: &Event, observed: &Event) -> bool {
     }
 }
 
+/// LVT delivery status (12) and LINT remote IRR (14).
+const LVT_OPEN_BITS: u32 = 1 << 12 | 1 << 14;
+
+/// Whether a `lapic-read` offset names a register of SDM Table 11-1.
+fn names_lapic_register(offset: u32) -> bool {
+    offset % 0x10 == 0
+        && u16::try_from(offset).is_ok_and(crate::model::lapic::implemented_xapic_register)
+}
+
+fn is_exception(ev: &Event) -> bool {
+    matches!(ev.kind, EventKind::Exception { .. })
+}
+
 fn vector(ev: &Event) -> Option<u8> {
     match ev.kind {
         EventKind::Deliver { vector } => Some(vector),
@@ -234,6 +432,17 @@ fn classify_pair(index: usize, e: &[Event], o: &[Event]) -> Divergence {
         observed: Some(obs.clone()),
         detail: String::new(),
     };
+    if is_exception(exp) || is_exception(obs) {
+        d.class = Class::Exception;
+        if !is_exception(exp) {
+            d.op = Some(obs.op);
+        }
+        d.detail = format!(
+            "{} at op {}, expected {} at op {}",
+            obs.kind, obs.op, exp.kind, exp.op
+        );
+        return d;
+    }
     match (vector(exp), vector(obs)) {
         (Some(ve), Some(vo)) if ve == vo => {
             d.class = if obs.op > exp.op {
@@ -322,6 +531,7 @@ fn classify_tail(index: usize, extra: &Event, shorter: &Trace, missing: bool) ->
         d.class = match (shorter.outcome, vector(extra)) {
             (Outcome::Hang, _) => Class::Hang,
             (Outcome::Storm, _) => Class::Storm,
+            _ if is_exception(extra) => Class::Exception,
             (_, Some(_)) => Class::MissedDelivery,
             (_, None) => Class::StateMismatch,
         };
@@ -337,6 +547,7 @@ fn classify_tail(index: usize, extra: &Event, shorter: &Trace, missing: bool) ->
         d.class = match (shorter.outcome, vector(extra)) {
             (Outcome::Hang, _) => Class::Hang,
             (_, Some(_)) => Class::ExtraDelivery,
+            _ if is_exception(extra) => Class::Exception,
             (Outcome::Storm, _) => Class::Storm,
             (_, None) => Class::StateMismatch,
         };
@@ -483,7 +694,9 @@ impl Divergence {
             e.as_ref()
                 .is_some_and(|e| matches!(e.kind, EventKind::Deliver { .. }))
         };
-        if delivers(&self.expected) {
+        if self.class == Class::Exception {
+            Class::Exception
+        } else if delivers(&self.expected) {
             Class::MissedDelivery
         } else if delivers(&self.observed) {
             Class::ExtraDelivery
@@ -512,6 +725,9 @@ impl Divergence {
             .replace('_', "-");
         let (op_kind, rule) = if class == Class::StateMismatch {
             ("snapshot", field.as_str())
+        } else if class == Class::Exception {
+            // Named by the op that faulted on one side only, and the fault.
+            (fallback, "gp")
         } else {
             deciding.unwrap_or((fallback, "none"))
         };
@@ -622,6 +838,118 @@ mod tests {
             Verdict::Diverge(d) => d,
             other => panic!("expected a divergence, got {other:?}"),
         }
+    }
+
+    fn lapic_read(op: usize, reg: u32, value: u32) -> Event {
+        Event {
+            op,
+            kind: EventKind::Read {
+                space: Space::Lapic,
+                reg,
+                value,
+            },
+        }
+    }
+
+    fn scenario(text: &str) -> Scenario {
+        crate::scenario::parse(text).expect("parses")
+    }
+
+    #[test]
+    fn lvt_reads_may_differ_in_bits_12_and_14_only() {
+        // SDM Figure 11-8: delivery status and LINT remote IRR are
+        // read-only; what a write of them leaves is open.
+        let e = trace(vec![lapic_read(0, 0x350, 0x0001_0000)]);
+        let o = trace(vec![lapic_read(0, 0x350, 0x0001_5000)]);
+        assert_eq!(compare(&e, &o), Verdict::Agree);
+        let o = trace(vec![lapic_read(0, 0x350, 0x0001_0001)]);
+        assert!(matches!(compare(&e, &o), Verdict::Diverge(_)));
+        // Not an LVT: the same bits must agree.
+        let e = trace(vec![lapic_read(0, 0x0f0, 0x1ff)]);
+        let o = trace(vec![lapic_read(0, 0x0f0, 0x1ff | 1 << 12)]);
+        assert!(matches!(compare(&e, &o), Verdict::Diverge(_)));
+    }
+
+    #[test]
+    fn reads_of_unassigned_lapic_offsets_may_differ() {
+        // SDM §11.4.1 defines only aligned 32-bit accesses to registers.
+        for reg in [0x024, 0x040, 0x400, 0xffc] {
+            let e = trace(vec![lapic_read(0, reg, 0)]);
+            let o = trace(vec![lapic_read(0, reg, !0)]);
+            assert_eq!(compare(&e, &o), Verdict::Agree, "{reg:#x}");
+        }
+        let e = trace(vec![lapic_read(0, 0x030, 0x50014)]);
+        let o = trace(vec![lapic_read(0, 0x030, 0x1050014)]);
+        assert!(matches!(compare(&e, &o), Verdict::Diverge(_)));
+    }
+
+    #[test]
+    fn state_after_a_hardware_re_enable_is_left_open() {
+        // SDM §11.4.3: the state of a re-enabled APIC is not defined.
+        let s = scenario(
+            "lapic-read 0x0f0\napic-base 0xfee00100\napic-base 0xfee00900\nlapic-read 0x0f0\n",
+        );
+        let e = trace(vec![lapic_read(0, 0xf0, 0x1ff), lapic_read(3, 0xf0, 0xff)]);
+        let o = trace(vec![lapic_read(0, 0xf0, 0x1ff), lapic_read(3, 0xf0, 0x1ff)]);
+        assert_eq!(open_choice_window(&s, &e, &o), Some((2, None)));
+        assert_eq!(compare_scenario(&s, &e, &o), Verdict::Agree);
+        // Once the SVR is written, the enable state is the program's again:
+        // an APIC that stayed disabled (FB14021745) is a divergence.
+        let s = scenario("apic-base 0xfee00100\napic-base 0xfed00900\nlapic-read 0x0f0\nsvr 0x1ff\nself-ipi 0x40\n");
+        let e = trace(vec![lapic_read(2, 0xf0, 0xff), deliver(4, 0x40)]);
+        let o = trace(vec![lapic_read(2, 0xf0, 0)]);
+        assert_eq!(open_choice_window(&s, &e, &o), Some((1, Some(3))));
+        assert!(matches!(compare_scenario(&s, &e, &o), Verdict::Diverge(_)));
+        let o = trace(vec![lapic_read(2, 0xf0, 0), deliver(4, 0x40)]);
+        assert_eq!(compare_scenario(&s, &e, &o), Verdict::Agree);
+        let s = scenario(
+            "lapic-read 0x0f0\napic-base 0xfee00100\napic-base 0xfee00900\nlapic-read 0x0f0\n",
+        );
+        let e = trace(vec![lapic_read(0, 0xf0, 0x1ff), lapic_read(3, 0xf0, 0xff)]);
+        // Before the re-enable everything is still compared.
+        let o = trace(vec![lapic_read(0, 0xf0, 0x0ff), lapic_read(3, 0xf0, 0x1ff)]);
+        assert!(matches!(compare_scenario(&s, &e, &o), Verdict::Diverge(_)));
+        // A disable alone takes no open choice.
+        let s = scenario("apic-base 0xfee00100\nlapic-read 0x0f0\n");
+        assert_eq!(open_choice_window(&s, &e, &o), None);
+    }
+
+    #[test]
+    fn a_write_of_another_xapic_id_leaves_the_rest_open() {
+        // SDM §11.4.6: whether the xAPIC ID is writable is model-specific.
+        let s = scenario("lapic-write 0x020 0x1000000\nmsi vector=0x40\n");
+        let e = trace(vec![deliver(1, 0x40)]);
+        let o = trace(vec![]);
+        assert_eq!(compare_scenario(&s, &e, &o), Verdict::Agree);
+        // Writing the ID it already has (0) changes nothing anywhere.
+        let s = scenario("lapic-write 0x020 0\nmsi vector=0x40\n");
+        assert!(matches!(compare_scenario(&s, &e, &o), Verdict::Diverge(_)));
+        // In x2APIC mode the write is #GP everywhere: no open choice.
+        let s = scenario("config apic=x2apic\nlapic-write 0x020 0x1000000\n");
+        assert_eq!(open_choice_window(&s, &e, &o), None);
+    }
+
+    #[test]
+    fn a_level_icr_write_leaves_tmr_and_eoi_broadcast_open() {
+        // SDM §11.6.1: the trigger bit means something only for INIT.
+        let s = scenario("nop\nlapic-write 0x300 0x48040\nsnapshot\n");
+        let mut tmr = Snapshot::default();
+        tmr.tmr[2] = 1;
+        let snap = |s: Snapshot| Event {
+            op: 2,
+            kind: EventKind::Snapshot(Box::new(s)),
+        };
+        let e = trace(vec![deliver(1, 0x40), snap(Snapshot::default())]);
+        let o = trace(vec![deliver(1, 0x40), snap(tmr)]);
+        assert_eq!(open_choice_window(&s, &e, &o), Some((1, None)));
+        assert_eq!(compare_scenario(&s, &e, &o), Verdict::Agree);
+        // An edge ICR write takes no open choice.
+        let s = scenario("nop\nlapic-write 0x300 0x40040\nsnapshot\n");
+        assert!(matches!(compare_scenario(&s, &e, &o), Verdict::Diverge(_)));
+        // In a handler body: from the op of the body's first delivery.
+        let s = scenario("handler 0x50: lapic-write 0x300 0x48040; eoi\nnop\nself-ipi 0x50\n");
+        let e = trace(vec![deliver(1, 0x50), deliver(1, 0x40)]);
+        assert_eq!(open_choice_window(&s, &e, &e), Some((1, None)));
     }
 
     #[test]
@@ -825,10 +1153,7 @@ mod tests {
     #[test]
     fn signature_uses_the_op_keyword_and_rule() {
         let s = Scenario {
-            ops: vec![
-                crate::scenario::Op::Nop,
-                crate::scenario::Op::Unmask(crate::scenario::Pin::new(0).unwrap()),
-            ],
+            ops: vec![Op::Nop, Op::Unmask(crate::scenario::Pin::new(0).unwrap())],
             ..Default::default()
         };
         let d = diverge(vec![deliver(1, 0x82)], vec![]);

@@ -42,6 +42,9 @@ pub struct Snapshot {
 pub enum Space {
     Ioapic,
     Lapic,
+    /// `lapic-mmio-read` in x2APIC mode: a load from the disabled MMIO page.
+    #[serde(rename = "lapic-mmio")]
+    LapicMmio,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,7 +61,15 @@ pub enum EventKind {
         reg: u32,
         value: u32,
     },
+    /// Extension: a guest op raised an exception (today only #GP, vector
+    /// 13); the op had no other effect and the run went on with the next op.
+    Exception {
+        vector: u8,
+    },
 }
+
+/// The vector of #GP (SDM vol. 3A §6.15, interrupt 13).
+pub const GP_VECTOR: u8 = 13;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Event {
@@ -156,9 +167,12 @@ impl std::fmt::Display for EventKind {
                 let space = match space {
                     Space::Ioapic => "ioapic",
                     Space::Lapic => "lapic",
+                    Space::LapicMmio => "lapic-mmio",
                 };
                 write!(f, "read {space}[{reg:#x}] = {value:#x}")
             }
+            EventKind::Exception { vector: GP_VECTOR } => f.write_str("exception #GP"),
+            EventKind::Exception { vector } => write!(f, "exception {vector}"),
         }
     }
 }

@@ -21,6 +21,9 @@ const FLAKY_SNAPSHOTS: &[&str] = &[
     "tmr_sequence",
     "level_tmr",
     "edge_tmr",
+    "tmr_sequence_x2apic",
+    "level_tmr_x2apic",
+    "edge_tmr_x2apic",
     "vmx_apic_passthrough",
 ];
 

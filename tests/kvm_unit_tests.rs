@@ -198,3 +198,163 @@ fn remote_irr_survives_deassert_until_eoi() {
     assert!(snapshot(&t, 1).remote_irr[15]);
     assert!(!snapshot(&t, 2).remote_irr[15]);
 }
+
+// Issue 19: the missing single-CPU cases and the corrected forms.
+
+fn exceptions(t: &Trace) -> Vec<usize> {
+    t.events
+        .iter()
+        .filter(|e| e.kind == EventKind::Exception { vector: 13 })
+        .map(|e| e.op)
+        .collect()
+}
+
+fn lapic_reads(t: &Trace) -> Vec<(u32, u32)> {
+    t.events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Read {
+                space: Space::Lapic,
+                reg,
+                value,
+            } => Some((reg, value)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn lapic_existence_reads_an_integrated_apic_version() {
+    // apic.c test_lapic_existence: (u8)LVR in 0x10-0x15, in both modes.
+    for name in ["lapic_existence", "lapic_existence_x2apic"] {
+        let [(0x30, version)] = lapic_reads(&run(name))[..] else {
+            panic!("{name}: one version read");
+        };
+        assert!((0x10..=0x15).contains(&(version & 0xff)), "{name}");
+    }
+}
+
+#[test]
+fn enable_x2apic_faults_on_exactly_the_invalid_transitions() {
+    // apic.c test_enable_x2apic: #GP for EXTD alone, x2APIC -> xAPIC,
+    // disabled -> invalid, disabled -> x2APIC, xAPIC -> invalid.
+    let t = run("enable_x2apic");
+    assert_eq!(exceptions(&t), [1, 2, 4, 5, 7]);
+    assert_eq!(t.outcome, Outcome::Completed);
+}
+
+#[test]
+fn apicbase_relocates_and_faults_on_reserved_low_bits() {
+    // apic.c test_apicbase: "relocate apic" and "reserved low bits".
+    let t = run("apicbase");
+    assert_eq!(
+        lapic_reads(&t),
+        [(0x30, 0x50014), (0x30, 0x50014), (0x30, 0x50014)]
+    );
+    assert_eq!(exceptions(&t), [4]);
+}
+
+#[test]
+fn physical_broadcast_reaches_the_one_cpu_twice() {
+    // apic.c test_physical_broadcast: the 0xff destination and the
+    // all-including-self shorthand each deliver once per CPU.
+    assert_eq!(
+        deliveries(&run("physical_broadcast")),
+        [(1, 0xcf), (3, 0xcf)]
+    );
+}
+
+#[test]
+fn pending_nmi_is_received_twice() {
+    // apic.c test_pending_nmi: nmi_received == 2.
+    assert_eq!(deliveries(&run("pending_nmi")), [(1, 2), (1, 2)]);
+}
+
+#[test]
+fn ioapic_self_reconfigure_services_both_and_clears_remote_irr() {
+    // ioapic.c test_ioapic_self_reconfigure, both modes: remote IRR set in
+    // the handler, both ISRs run once, both remote IRRs clear at the end.
+    for name in ["ioapic_self_reconfigure", "ioapic_self_reconfigure_x2apic"] {
+        let t = run(name);
+        assert_eq!(deliveries(&t), [(2, 0x64), (2, 0x84)], "{name}");
+        let remote_irr: Vec<bool> = reads(&t).iter().map(|v| v & 1 << 14 != 0).collect();
+        assert_eq!(remote_irr, [true, true, false, false], "{name}");
+    }
+}
+
+#[test]
+fn x2apic_register_checks_fault_where_msr_c_expects() {
+    // msr.c __test_x2apic_msrs(true): every fault the test expects is a
+    // #GP event, and nothing else faults.
+    let t = run("msr_x2apic_regs");
+    let scenario = load(&root().join("scenarios/kvm-unit-tests/msr_x2apic_regs.irq"));
+    assert_eq!(t.outcome, Outcome::Completed);
+    // RDMSR of the write-only EOI (0x80B) and SELF IPI (0x83F), WRMSR of
+    // reserved SELF IPI bits: the ops with those offsets.
+    let faulting: Vec<usize> = scenario
+        .ops
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| {
+            matches!(
+                op,
+                irqdiff::scenario::Op::LapicRead(0x0b0 | 0x3f0)
+                    | irqdiff::scenario::Op::LapicWrite {
+                        offset: 0x3f0,
+                        value: 0x100 | 0xff00 | 0xff00_0000
+                    }
+            )
+        })
+        .map(|(k, _)| k)
+        .collect();
+    let gp = exceptions(&t);
+    for k in &faulting {
+        assert!(gp.contains(k), "op {k} should fault");
+    }
+    // Every write of 0 to a read-only or reserved register faults; the
+    // reads of readable registers and the writes of 0 to EOI and SELF IPI
+    // do not.
+    assert_eq!(gp.len() + lapic_reads(&t).len(), scenario.ops.len() - 2);
+}
+
+#[test]
+fn tpr_by_cr8_holds_then_releases_the_self_ipi() {
+    // vmexit.c self_ipi_tpr*: apic_set_tpr() is MOV to CR8.
+    assert_eq!(deliveries(&run("vmexit_tpr_cr8")), [(2, 0xb0)]);
+    assert_eq!(deliveries(&run("vmexit_tpr_sti_nop_cr8")), [(4, 0xb0)]);
+    assert_eq!(deliveries(&run("vmexit_tpr_sti_hlt_cr8")), [(4, 0xb0)]);
+    assert_eq!(deliveries(&run("vmexit_x2apic_tpr_cr8")), [(2, 0xb0)]);
+    assert_eq!(deliveries(&run("vmexit_x2apic_tpr_sti_nop")), [(4, 0xb0)]);
+    assert_eq!(deliveries(&run("vmexit_x2apic_tpr_sti_hlt")), [(4, 0xb0)]);
+    assert_eq!(deliveries(&run("vmexit_x2apic_sti_nop")), [(2, 0xb0)]);
+}
+
+#[test]
+fn self_ipi_x2apic_by_the_icr_delivers_once() {
+    // apic.c test_self_ipi_x2apic: ipi_count == 1 through MSR 0x830.
+    assert_eq!(deliveries(&run("self_ipi_x2apic_icr")), [(0, 0xf1)]);
+}
+
+#[test]
+fn the_ioapic_tests_give_the_same_deliveries_in_x2apic_mode() {
+    // ioapic.c main() enables x2APIC: the EOIs become MSR writes, the
+    // outcome of each test is the same.
+    for path in scenario_files("kvm-unit-tests") {
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        let Some(xapic) = stem.strip_suffix("_x2apic") else {
+            continue;
+        };
+        if !root()
+            .join(format!("scenarios/kvm-unit-tests/{xapic}.irq"))
+            .exists()
+            || !std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("x86/ioapic.c")
+        {
+            continue;
+        }
+        let (a, b) = (run(xapic), run(&stem));
+        assert_eq!(deliveries(&a), deliveries(&b), "{stem}");
+        assert_eq!(reads(&a), reads(&b), "{stem}");
+    }
+}

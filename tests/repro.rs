@@ -20,6 +20,15 @@ fn observed_column(stdout: &str) -> Vec<String> {
         .collect()
 }
 
+/// The kvm-unit-tests scenarios whose in-handler snapshots vary from run to
+/// run on this KVM (as in tests/kvm_backend.rs).
+const FLAKY_SNAPSHOTS: &[&str] = &[
+    "tmr_sequence",
+    "tmr_sequence_x2apic",
+    "level_tmr_x2apic",
+    "edge_tmr_x2apic",
+];
+
 #[test]
 fn c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes() {
     if !kvm_or_skip("c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes") {
@@ -74,7 +83,21 @@ fn c_kvm_repros_compile_and_observe_what_the_kvm_backend_observes() {
                 c_observed != c::event_lines(&expected),
                 "{stem}: exit code"
             );
-            if c_observed == backend_observed {
+            // Snapshots inside handlers vary on this KVM (the IRR bit of the
+            // vector in service, docs/known-divergences.md): for those
+            // scenarios the deliveries and the end are compared.
+            let comparable = |lines: &[String]| -> Vec<String> {
+                if FLAKY_SNAPSHOTS.contains(&stem.as_str()) {
+                    lines
+                        .iter()
+                        .filter(|l| !l.contains(" snapshot "))
+                        .cloned()
+                        .collect()
+                } else {
+                    lines.to_vec()
+                }
+            };
+            if comparable(&c_observed) == comparable(&backend_observed) {
                 last = None;
                 break;
             }

@@ -204,6 +204,20 @@ fn c_hvf_repros_run_on_linux_against_the_double() {
     let (mut ran, mut differed, mut seeds) = (0, 0, (0, 0));
     for path in &files {
         let scenario = load(path);
+        let raises_gp = ModelBackend::new()
+            .run(&scenario)
+            .unwrap()
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, irqdiff::trace::EventKind::Exception { .. }));
+        if raises_gp {
+            // The double interprets the op table and raises no #GP yet.
+            eprintln!(
+                "NOT RUN {}: the model raises #GP, which the HVF double does not model",
+                path.display()
+            );
+            continue;
+        }
         let exe = build_repro(path, &lib_dir, &dir);
         let what = path.display();
         let (code, out) = run_repro(&exe, None, None);

@@ -977,7 +977,7 @@ mod tests {
 
     #[test]
     fn reset_returns_to_the_start_state() {
-        // SCENARIO-FORMAT start state; §3.2.4: masked after reset.
+        // docs/scenario-format.md start state; §3.2.4: masked after reset.
         let (mut io, mut bus) = (Ioapic::new(IoapicVersion::V20), Bus::default());
         route(&mut io, 2, 0x52 | LEVEL, &mut bus);
         io.set_irq(2, true, &mut bus);

@@ -931,7 +931,7 @@ mod tests {
 
     #[test]
     fn start_state_and_software_disable_masks_the_lvt() {
-        // SCENARIO-FORMAT start state: SVR 0x1FF, LINT0/LINT1 masked.
+        // docs/scenario-format.md start state: SVR 0x1FF, LINT0/LINT1 masked.
         // SDM §11.4.7.2: software disable sets every LVT mask bit, and LVT
         // writes while disabled keep the mask set.
         let mut l = Lapic::new(false, false, Quirks::empty());

@@ -235,9 +235,8 @@ impl Machine {
     /// and RDMSR in x2APIC mode.
     pub fn lapic_read(&mut self, offset: u16) -> Result<u32, GeneralProtection> {
         if self.lapic.x2apic() {
-            self.lapic
-                .read_msr(crate::lapic::msr_of(offset))
-                .map(|v| v as u32)
+            let read = self.lapic.read_msr(crate::lapic::msr_of(offset));
+            self.x2apic_gp(read).map(|v| v.unwrap_or(0) as u32)
         } else {
             let value = self.lapic.read_mmio(offset);
             note_error_interrupt(&mut self.lapic, &mut self.log);
@@ -258,8 +257,10 @@ impl Machine {
             return Ok(());
         }
         let ipi = if self.lapic.x2apic() {
-            self.lapic
-                .write_msr(crate::lapic::msr_of(offset), value as u64)?
+            let write = self
+                .lapic
+                .write_msr(crate::lapic::msr_of(offset), value as u64);
+            self.x2apic_gp(write)?.flatten()
         } else {
             self.lapic.write(offset, value)
         };
@@ -273,6 +274,22 @@ impl Machine {
             self.message(&msg);
         }
         Ok(())
+    }
+
+    /// An x2APIC MSR access's #GP, or `Ok(None)` where the
+    /// `X2APIC_GP_IGNORED` quirk swallows it.
+    fn x2apic_gp<T>(
+        &mut self,
+        access: Result<T, GeneralProtection>,
+    ) -> Result<Option<T>, GeneralProtection> {
+        match access {
+            Ok(v) => Ok(Some(v)),
+            Err(_) if self.config.quirks.contains(Quirks::X2APIC_GP_IGNORED) => {
+                self.log.push(Rule::Quirk, 0);
+                Ok(None)
+            }
+            Err(gp) => Err(gp),
+        }
     }
 
     /// A guest write of IA32_APIC_BASE (SDM §11.4.4, §11.12.5).

@@ -34,7 +34,7 @@ bitflags::bitflags! {
         /// The local APIC never sets the ISR bit on delivery, so PPR stays
         /// low and a level EOI finds nothing in service: what was seen on
         /// this project's paravirtualised KVM host
-        /// (`reference/kvm-host-probe.md`).
+        /// (docs/known-divergences.md, `kvm-isr-not-set`).
         const ISR_NEVER_SET = 1 << 5;
         /// A single IA32_APIC_BASE write that both moves the APIC's base and
         /// enables it leaves the APIC disabled. Seed report, step 4
@@ -61,6 +61,13 @@ bitflags::bitflags! {
         /// against the LDR, not taken as a broadcast
         /// (`apic_get_delivery_bitmask`).
         const QEMU_LAPIC = 1 << 8;
+        /// An x2APIC register access that must raise #GP (SDM §11.12.1.2:
+        /// a reserved or write-only MSR read, a read-only or reserved MSR
+        /// write, reserved bits, §11.12.1.3) is swallowed: the write does
+        /// nothing and the read returns 0. What a VMM that does not reflect
+        /// the fault into the guest does, e.g. KVM with `ignore_msrs=1` on
+        /// an MSR it does not handle (`kvm_msr_ignored_check`).
+        const X2APIC_GP_IGNORED = 1 << 9;
     }
 }
 

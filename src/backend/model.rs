@@ -1,5 +1,6 @@
 //! The reference model as a backend: runs a scenario on
-//! [`irqdiff_model::Machine`] with the guest semantics of SCENARIO-FORMAT.md.
+//! [`irqdiff_model::Machine`] with the guest semantics of
+//! docs/scenario-format.md.
 //!
 //! Timing follows the guest stub exactly (docs/guest-stub.md): each op runs
 //! to completion and its triggering instruction is its last, so a delivery
@@ -18,7 +19,7 @@ use crate::model::{
 };
 use crate::oracle::Divergence;
 use crate::scenario::{ApicMode, HostOp, IoapicVersion, Irqchip, Op, Scenario};
-use crate::trace::{Event, EventKind, Outcome, Snapshot, Space, Trace, STORM_LIMIT};
+use crate::trace::{Event, EventKind, Outcome, Snapshot, Space, Trace, GP_VECTOR, STORM_LIMIT};
 
 pub const KIND: BackendKind = BackendKind {
     name: "model",
@@ -378,17 +379,16 @@ impl<'s, R: Recorder> Run<'s, R> {
 
     fn execute(&mut self, op: &Op, k: usize, depth: usize) -> Step {
         let m = &mut self.machine;
-        let gp = |what: &str| {
-            Stop::Error(String::into_boxed_str(format!(
-                "op {k} ({}): {what} raises #GP in x2APIC mode",
-                op.keyword()
-            )))
-        };
+        // A register access the processor refuses raises #GP: the guest's
+        // handler logs it and skips the instruction (docs/guest-stub.md),
+        // so the op has no other effect and the run goes on.
+        let mut fault = false;
         match *op {
             Op::Route { pin, route } => {
-                // The format: the high dword first, then the low dword.
-                write_register(m, 0x11 + 2 * pin.get(), route.high_dword());
-                write_register(m, 0x10 + 2 * pin.get(), route.low_dword());
+                // Either order of the two dwords (docs/scenario-format.md).
+                let [first, second] = route.dword_writes(pin);
+                write_register(m, first.0, first.1);
+                write_register(m, second.0, second.1);
             }
             Op::Mask(pin) | Op::Unmask(pin) => {
                 let index = 0x10 + 2 * pin.get();
@@ -411,28 +411,25 @@ impl<'s, R: Recorder> Run<'s, R> {
                     m.message(&msi.message());
                 }
             },
-            Op::Eoi => m
-                .lapic_write(reg::EOI, 0)
-                .map_err(|_| gp("the EOI write"))?,
+            Op::Eoi => fault = m.lapic_write(reg::EOI, 0).is_err(),
             Op::IoapicEoi(v) => m.ioapic_mmio_write(IOEOI, v as u32),
             Op::SelfIpi(v) => {
-                if m.lapic.x2apic() {
-                    m.lapic_write(reg::SELF_IPI, v as u32)
-                        .map_err(|_| gp("SELF IPI"))?;
+                fault = if m.lapic.x2apic() {
+                    m.lapic_write(reg::SELF_IPI, v as u32).is_err()
                 } else {
                     // ICR high (destination 0), then ICR low: fixed, physical,
                     // edge, the self shorthand (SDM §11.6.1).
-                    m.lapic_write(reg::ICR_HIGH, 0).map_err(|_| gp("ICR"))?;
-                    m.lapic_write(reg::ICR_LOW, 1 << 18 | v as u32)
-                        .map_err(|_| gp("ICR"))?;
+                    m.lapic_write(reg::ICR_HIGH, 0).is_err()
+                        || m.lapic_write(reg::ICR_LOW, 1 << 18 | v as u32).is_err()
                 }
             }
-            Op::Tpr(v) => m
-                .lapic_write(reg::TPR, v as u32)
-                .map_err(|_| gp("the TPR write"))?,
-            Op::Svr(v) => m
-                .lapic_write(reg::SVR, v)
-                .map_err(|_| gp("the SVR write"))?,
+            Op::Tpr(v) => fault = m.lapic_write(reg::TPR, v as u32).is_err(),
+            // SDM §10.8.6.1/§11.8.6: MOV to CR8 sets TPR[7:4] = CR8[3:0] and
+            // TPR[3:0] = 0, in either mode; it never faults for 0-15.
+            Op::Cr8(v) => {
+                m.lapic.write(reg::TPR, (v as u32) << 4);
+            }
+            Op::Svr(v) => fault = m.lapic_write(reg::SVR, v).is_err(),
             Op::Cli => m.cpu.cli(),
             Op::Sti => {
                 m.cpu.sti();
@@ -479,10 +476,34 @@ impl<'s, R: Recorder> Run<'s, R> {
                 });
             }
             Op::IoapicWrite { index, value } => write_register(m, index, value),
-            Op::LapicRead(offset) => {
-                let value = m
-                    .lapic_read(offset)
-                    .map_err(|_| gp(&format!("reading register {offset:#x}")))?;
+            Op::LapicRead(offset) => match m.lapic_read(offset) {
+                Ok(value) => self.events.push(Event {
+                    op: k,
+                    kind: EventKind::Read {
+                        space: Space::Lapic,
+                        reg: offset as u32,
+                        value,
+                    },
+                }),
+                Err(_) => fault = true,
+            },
+            Op::LapicWrite { offset, value } => fault = m.lapic_write(offset, value).is_err(),
+            // SDM §11.12.1.2: in x2APIC mode the MMIO interface is not
+            // available and an access behaves as with a globally disabled
+            // APIC (§11.4.3): nothing answers at the page, so the load reads
+            // all ones (the model's choice; the oracle leaves the value open)
+            // and the store reaches no register.
+            Op::LapicMmioRead(offset) if m.lapic.x2apic() => self.events.push(Event {
+                op: k,
+                kind: EventKind::Read {
+                    space: Space::LapicMmio,
+                    reg: offset as u32,
+                    value: u32::MAX,
+                },
+            }),
+            Op::LapicMmioWrite { .. } if m.lapic.x2apic() => {}
+            Op::LapicMmioRead(offset) => {
+                let value = m.lapic_read(offset).unwrap_or(0);
                 self.events.push(Event {
                     op: k,
                     kind: EventKind::Read {
@@ -492,12 +513,15 @@ impl<'s, R: Recorder> Run<'s, R> {
                     },
                 });
             }
-            Op::LapicWrite { offset, value } => m
-                .lapic_write(offset, value)
-                .map_err(|_| gp(&format!("writing register {offset:#x}")))?,
-            Op::ApicBase(value) => m.write_apic_base(value).map_err(|_| {
-                Stop::Error(String::into_boxed_str(format!("op {k} (apic-base): the IA32_APIC_BASE write {value:#x} raises #GP (SDM §11.4.4, §11.12.5)")))
-            })?,
+            Op::LapicMmioWrite { offset, value } => fault = m.lapic_write(offset, value).is_err(),
+            // SDM §11.4.4, §11.12.5: reserved bits and invalid transitions.
+            Op::ApicBase(value) => fault = m.write_apic_base(value).is_err(),
+        }
+        if fault {
+            self.events.push(Event {
+                op: k,
+                kind: EventKind::Exception { vector: GP_VECTOR },
+            });
         }
         if let Some(mode) = self.machine.take_unmodelled() {
             return Err(Stop::Error(String::into_boxed_str(format!(

@@ -66,6 +66,12 @@ pub fn finish(name: &str, end: End, image: &Image, ram: &[u8]) -> Result<Trace> 
         End::Stub(EndCode::Completed) => {}
         End::Stub(EndCode::Storm) => trace.outcome = Outcome::Storm,
         End::Stub(EndCode::LogFull) => return Err(BackendError::LogFull),
+        End::Stub(EndCode::UnexpectedFault) => {
+            trace.outcome = Outcome::Error;
+            trace.error = Some(format!(
+                "the guest took a #GP outside the stub's RDMSR/WRMSR (during op {cur_op})"
+            ));
+        }
         End::Hang => {
             trace.outcome = Outcome::Hang;
             trace.hang_op = Some(cur_op);

@@ -19,7 +19,7 @@ pub struct RunArgs {
     /// reassert-on-unmask, reassert-after-eoi, xapic-eoi-detect.
     #[arg(long = "workaround")]
     pub workarounds: Vec<String>,
-    /// Print the JSON trace of SCENARIO-FORMAT.md, one object per line.
+    /// Print the JSON trace of docs/scenario-format.md, one object per line.
     #[arg(long)]
     pub json: bool,
 }

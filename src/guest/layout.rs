@@ -37,6 +37,9 @@ pub const END_PORT_VAR: u64 = DATA + 0xc;
 /// u64: where the stub jumps at the end of a run instead of its `out`
 /// (0: no handler). QEMU's batches save the run and reset the machine there.
 pub const END_HANDLER: u64 = DATA + 0x20;
+/// u32: set to 1 by the stub's #GP handler when it skips a faulting
+/// RDMSR/WRMSR; the op that may fault clears it first and reads it after.
+pub const GP_FAULTED: u64 = DATA + 0x28;
 /// u32: set to 1 by QEMU's trampoline when it enters the stub.
 pub const BOOTED: u64 = DATA + 0x18;
 /// u64: where the next log record goes.
@@ -82,6 +85,9 @@ pub enum EndCode {
     Storm = 1,
     /// The event log is full.
     LogFull = 2,
+    /// A #GP at an instruction other than the stub's RDMSR/WRMSR (a stub
+    /// bug or a backend that faults where nothing may fault).
+    UnexpectedFault = 3,
 }
 
 impl EndCode {
@@ -90,6 +96,7 @@ impl EndCode {
             0 => Some(EndCode::Completed),
             1 => Some(EndCode::Storm),
             2 => Some(EndCode::LogFull),
+            3 => Some(EndCode::UnexpectedFault),
             _ => None,
         }
     }

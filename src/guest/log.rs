@@ -33,15 +33,20 @@ pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
                 i += 4;
                 EventKind::Deliver { vector }
             }
-            record::IOAPIC_READ | record::LAPIC_READ => {
-                let space = if kind == record::IOAPIC_READ {
-                    Space::Ioapic
-                } else {
-                    Space::Lapic
+            record::IOAPIC_READ | record::LAPIC_READ | record::LAPIC_MMIO_READ => {
+                let space = match kind {
+                    record::IOAPIC_READ => Space::Ioapic,
+                    record::LAPIC_READ => Space::Lapic,
+                    _ => Space::LapicMmio,
                 };
                 let (reg, value) = (word(log, i + 2), word(log, i + 3));
                 i += 4;
                 EventKind::Read { space, reg, value }
+            }
+            record::EXCEPTION => {
+                let vector = word(log, i + 2) as u8;
+                i += 4;
+                EventKind::Exception { vector }
             }
             record::SNAPSHOT => {
                 if i + SNAPSHOT_WORDS > words {

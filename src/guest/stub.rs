@@ -21,6 +21,7 @@ use super::layout::*;
 use super::table::kind;
 use crate::model::ioapic::REG_REDTBL;
 use crate::model::lapic::{msr_of, reg, LVT_MASKED};
+use crate::trace::GP_VECTOR;
 
 /// The assembled stub and the addresses the VMM needs.
 #[derive(Clone, Debug)]
@@ -47,7 +48,17 @@ pub mod record {
     pub const SNAPSHOT: u32 = 2;
     pub const IOAPIC_READ: u32 = 3;
     pub const LAPIC_READ: u32 = 4;
+    /// (EXCEPTION, op, vector, error code): a #GP the stub skipped.
+    pub const EXCEPTION: u32 = 5;
+    /// (LAPIC_MMIO_READ, op, offset, value): `lapic-mmio-read` in x2APIC mode.
+    pub const LAPIC_MMIO_READ: u32 = 6;
 }
+
+/// WRMSR (0F 30) and RDMSR (0F 32) as the little-endian word at a faulting
+/// RIP: the only instructions the #GP handler skips, both two bytes long.
+const WRMSR_WORD: u32 = 0x300f;
+const RDMSR_WORD: u32 = 0x320f;
+const MSR_INSTRUCTION_LEN: i32 = 2;
 
 /// Assembles the stub.
 pub fn assemble() -> Result<Stub, IcedError> {
@@ -60,6 +71,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
     let mut common = a.create_label();
     let mut log_full = a.create_label();
     let mut end = a.create_label();
+    let mut gp_entry = a.create_label();
     let mut after_hlt = [a.create_label(), a.create_label()];
 
     // ---- entry: mask the 8259s and LINT0/LINT1, switch to x2APIC if asked,
@@ -154,7 +166,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
 
     // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
     a.set_label(&mut exec_op)?;
-    let kinds: [(u32, OpBody); 19] = [
+    let kinds: [(u32, OpBody); 22] = [
         (kind::ROUTE, op_route),
         (kind::MASK, op_mask),
         (kind::HOST, op_host),
@@ -179,6 +191,18 @@ pub fn assemble() -> Result<Stub, IcedError> {
         (kind::APIC_BASE, op_apic_base),
         (kind::LINE, op_line),
         (kind::MSI_WRITE, op_msi_write),
+        (kind::LAPIC_MMIO_READ, op_lapic_mmio_read),
+        (kind::LAPIC_MMIO_WRITE, |a, _| {
+            a.mov(ecx, dword_ptr(r15 + 4))?;
+            a.mov(eax, dword_ptr(r15 + 8))?;
+            a.mov(dword_ptr(r14 + rcx), eax)
+        }),
+        // MOV to CR8 (SDM §10.8.6.1): TPR[7:4] = the value; the hypervisor's
+        // CR8 path, not its APIC-register one.
+        (kind::CR8, |a, _| {
+            a.mov(eax, dword_ptr(r15 + 4))?;
+            a.mov(cr8, rax)
+        }),
         (kind::PING, |a, _| {
             a.mov(dx, PING_PORT as u32)?;
             a.out(dx, eax)
@@ -214,10 +238,15 @@ pub fn assemble() -> Result<Stub, IcedError> {
     for v in 0..256u32 {
         let mut l = a.create_label();
         a.set_label(&mut l)?;
-        a.push(v as i32)?;
-        a.jmp(common)?;
+        if v == u32::from(GP_VECTOR) {
+            a.jmp(gp_entry)?;
+        } else {
+            a.push(v as i32)?;
+            a.jmp(common)?;
+        }
         thunks.push(l);
     }
+    gp_handler(&mut a, &mut gp_entry, common, end, log_full)?;
     const SAVED: [AsmRegister64; 12] = [rax, rbx, rcx, rdx, rsi, rdi, r8, r9, r10, r11, r13, r15];
     a.set_label(&mut common)?;
     for r in SAVED {
@@ -300,6 +329,63 @@ pub fn assemble() -> Result<Stub, IcedError> {
     })
 }
 
+/// Vector 13: a #GP, or an interrupt with vector 13 (an MSI can carry one).
+/// An exception pushes an error code, so the saved CS is at rsp+16; for an
+/// interrupt rsp+16 holds the saved RFLAGS, whose bit 1 is always set (SDM
+/// vol. 1 §3.4.3), so it never equals the code selector 0x08. A #GP at the
+/// stub's RDMSR or WRMSR is logged (EXCEPTION, op, 13, error code), sets
+/// [`GP_FAULTED`] and returns past the two-byte instruction; the stub's
+/// other instructions never fault, so a #GP anywhere else ends the run
+/// ([`EndCode::UnexpectedFault`]).
+fn gp_handler(
+    a: &mut CodeAssembler,
+    gp_entry: &mut CodeLabel,
+    common: CodeLabel,
+    end: CodeLabel,
+    log_full: CodeLabel,
+) -> Result<(), IcedError> {
+    let mut fault = a.create_label();
+    let mut skip = a.create_label();
+    let mut unexpected = a.create_label();
+    a.set_label(gp_entry)?;
+    a.cmp(qword_ptr(rsp + 16), CODE_SELECTOR as i32)?;
+    a.je(fault)?;
+    a.push(GP_VECTOR as i32)?;
+    a.jmp(common)?;
+    a.set_label(&mut fault)?;
+    a.push(rax)?;
+    a.push(rdi)?;
+    // Stack: rdi, rax, error code, RIP, CS, RFLAGS, RSP, SS.
+    a.mov(rax, qword_ptr(rsp + 24))?;
+    a.movzx(eax, word_ptr(rax))?;
+    a.cmp(eax, WRMSR_WORD as i32)?;
+    a.je(skip)?;
+    a.cmp(eax, RDMSR_WORD as i32)?;
+    a.jne(unexpected)?;
+    a.set_label(&mut skip)?;
+    a.add(qword_ptr(rsp + 24), MSR_INSTRUCTION_LEN)?;
+    a.mov(dword_ptr(GP_FAULTED), 1)?;
+    a.mov(rdi, qword_ptr(LOG_PTR))?;
+    a.mov(rax, LOG_END - 16)?;
+    a.cmp(rdi, rax)?;
+    a.jae(log_full)?;
+    a.mov(dword_ptr(rdi), record::EXCEPTION)?;
+    a.mov(eax, dword_ptr(CUR_OP))?;
+    a.mov(dword_ptr(rdi + 4), eax)?;
+    a.mov(dword_ptr(rdi + 8), GP_VECTOR as u32)?;
+    a.mov(eax, dword_ptr(rsp + 16))?;
+    a.mov(dword_ptr(rdi + 12), eax)?;
+    a.add(rdi, 16)?;
+    a.mov(qword_ptr(LOG_PTR), rdi)?;
+    a.pop(rdi)?;
+    a.pop(rax)?;
+    a.add(rsp, 8)?; // the error code
+    a.iretq()?;
+    a.set_label(&mut unexpected)?;
+    a.mov(eax, EndCode::UnexpectedFault as u32)?;
+    a.jmp(end)
+}
+
 /// Emits one op kind's body.
 type OpBody = fn(&mut CodeAssembler, &Labels) -> Result<(), IcedError>;
 
@@ -311,13 +397,14 @@ struct Labels {
 }
 
 fn op_route(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
-    // High dword first, then the low dword (docs/scenario-format.md, `route`).
+    // The first dword (index a), then the other one (index a ^ 1), in the
+    // order `route ... order=` asks (docs/scenario-format.md, `route`).
     a.mov(eax, dword_ptr(r15 + 4))?;
     a.mov(dword_ptr(r12), eax)?;
     a.mov(eax, dword_ptr(r15 + 8))?;
     a.mov(dword_ptr(r12 + 0x10), eax)?;
     a.mov(eax, dword_ptr(r15 + 4))?;
-    a.dec(eax)?;
+    a.xor(eax, 1)?;
     a.mov(dword_ptr(r12), eax)?;
     a.mov(eax, dword_ptr(r15 + 12))?;
     a.mov(dword_ptr(r12 + 0x10), eax)
@@ -421,17 +508,24 @@ fn op_msi_write(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
 }
 
 /// WRMSR IA32_APIC_BASE, then reach the APIC where it now is: r14 follows
-/// the base, and the x2APIC flag follows EXTD (bit 10).
+/// the base, and the x2APIC flag follows EXTD (bit 10). A write that
+/// raised #GP changed nothing, so neither changes.
 fn op_apic_base(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    let mut faulted = a.create_label();
     a.mov(ecx, 0x1b)?;
     a.mov(eax, dword_ptr(r15 + 4))?;
     a.xor(edx, edx)?;
+    a.mov(dword_ptr(GP_FAULTED), 0)?;
     a.wrmsr()?;
+    a.cmp(dword_ptr(GP_FAULTED), 0)?;
+    a.jne(faulted)?;
     a.mov(r14d, eax)?;
     a.and(r14d, 0xffff_f000u32 as i32)?;
     a.shr(eax, 10)?;
     a.and(eax, 1)?;
-    a.mov(dword_ptr(X2APIC), eax)
+    a.mov(dword_ptr(X2APIC), eax)?;
+    a.set_label(&mut faulted)?;
+    a.nop()
 }
 
 fn op_ioapic_eoi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
@@ -508,13 +602,39 @@ fn op_ioapic_write(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     a.mov(dword_ptr(r12 + 0x10), eax)
 }
 
+/// A load from the APIC page whatever the mode; logged as a LAPIC_READ in
+/// xAPIC mode and a LAPIC_MMIO_READ in x2APIC mode.
+fn op_lapic_mmio_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    let mut x2 = a.create_label();
+    let mut logged = a.create_label();
+    a.pushfq()?;
+    a.cli()?;
+    log_reserve(a, l, 16)?;
+    a.mov(ebx, dword_ptr(r15 + 4))?;
+    a.mov(eax, dword_ptr(r14 + rbx))?;
+    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.jne(x2)?;
+    log_read(a, record::LAPIC_READ)?;
+    a.jmp(logged)?;
+    a.set_label(&mut x2)?;
+    log_read(a, record::LAPIC_MMIO_READ)?;
+    a.set_label(&mut logged)?;
+    a.popfq()
+}
+
 fn op_lapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
     a.pushfq()?;
     a.cli()?;
     log_reserve(a, l, 16)?;
     a.mov(ebx, dword_ptr(r15 + 4))?;
     a.mov(ecx, ebx)?;
+    let mut faulted = a.create_label();
+    a.mov(dword_ptr(GP_FAULTED), 0)?;
     a.call(l.lapic_read)?;
+    // A faulting RDMSR read nothing: its #GP is the op's only event.
+    a.cmp(dword_ptr(GP_FAULTED), 0)?;
+    a.jne(faulted)?;
     log_read(a, record::LAPIC_READ)?;
+    a.set_label(&mut faulted)?;
     a.popfq()
 }

@@ -13,7 +13,8 @@ use crate::scenario::{HostOp, Op, Pin, Scenario};
 /// Op kinds of the stub's interpreter.
 pub mod kind {
     pub const END: u32 = 0;
-    /// a = high-dword index, b = high value, c = low value.
+    /// a = the first register index, b = its value, c = the value of the
+    /// other dword of the entry (index a ^ 1).
     pub const ROUTE: u32 = 1;
     /// a = low-dword index, b = 1 to set the mask bit, 0 to clear it.
     pub const MASK: u32 = 2;
@@ -46,6 +47,12 @@ pub mod kind {
     pub const LINE: u32 = 18;
     /// Host op done by the guest: a = MSI address, b = data.
     pub const MSI_WRITE: u32 = 19;
+    /// a = CR8 value (MOV to CR8).
+    pub const CR8: u32 = 20;
+    /// a = APIC page offset: a load by MMIO whatever the mode.
+    pub const LAPIC_MMIO_READ: u32 = 21;
+    /// a = APIC page offset, b = value: a store by MMIO whatever the mode.
+    pub const LAPIC_MMIO_WRITE: u32 = 22;
 }
 
 /// A scenario laid out for guest memory.
@@ -83,12 +90,10 @@ pub enum HostOps {
 fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<HostOp>, mode: HostOps) {
     use kind::*;
     let w = match *op {
-        Op::Route { pin, route } => [
-            ROUTE,
-            redirection_low(pin) + 1,
-            route.high_dword(),
-            route.low_dword(),
-        ],
+        Op::Route { pin, route } => {
+            let [(index, first), (_, second)] = route.dword_writes(pin);
+            [ROUTE, index as u32, first, second]
+        }
         Op::Mask(pin) => [MASK, redirection_low(pin), 1, 0],
         Op::Unmask(pin) => [MASK, redirection_low(pin), 0, 0],
         Op::Host(host) if mode == HostOps::Vmm => {
@@ -100,6 +105,7 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<HostOp>, mode: HostO
         Op::IoapicEoi(v) => [IOAPIC_EOI, v as u32, 0, 0],
         Op::SelfIpi(v) => [SELF_IPI, v as u32, 0, 0],
         Op::Tpr(v) => [LAPIC_WRITE, reg::TPR as u32, v as u32, 0],
+        Op::Cr8(v) => [CR8, v as u32, 0, 0],
         Op::Svr(v) => [LAPIC_WRITE, reg::SVR as u32, v, 0],
         Op::Cli => [CLI, 0, 0, 0],
         Op::Sti => [STI, 0, 0, 0],
@@ -111,6 +117,8 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<HostOp>, mode: HostO
         Op::IoapicWrite { index, value } => [IOAPIC_WRITE, index as u32, value, 0],
         Op::LapicRead(o) => [LAPIC_READ, o as u32, 0, 0],
         Op::LapicWrite { offset, value } => [LAPIC_WRITE, offset as u32, value, 0],
+        Op::LapicMmioRead(o) => [LAPIC_MMIO_READ, o as u32, 0, 0],
+        Op::LapicMmioWrite { offset, value } => [LAPIC_MMIO_WRITE, offset as u32, value, 0],
         Op::ApicBase(value) => [APIC_BASE, value, 0, 0],
     };
     word(out, w);

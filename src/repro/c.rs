@@ -50,9 +50,11 @@ pub fn event_lines(trace: &Trace) -> Vec<String> {
                 let space = match space {
                     crate::trace::Space::Ioapic => "ioapic",
                     crate::trace::Space::Lapic => "lapic",
+                    crate::trace::Space::LapicMmio => "lapic-mmio",
                 };
                 format!("op {} read {space}[0x{reg:x}] = 0x{value:x}", e.op)
             }
+            EventKind::Exception { vector } => format!("op {} exception {vector}", e.op),
         })
         .collect();
     lines.push(match trace.outcome {

@@ -27,6 +27,12 @@ static void decode_log(const char *outcome)
         } else if (kind == 3 || kind == 4) {
             snprintf(line, 512, "op %u read %s[0x%x] = 0x%x", op, kind == 3 ? "ioapic" : "lapic", get32(p + 8), get32(p + 12));
             p += 16;
+        } else if (kind == 6) {
+            snprintf(line, 512, "op %u read lapic-mmio[0x%x] = 0x%x", op, get32(p + 8), get32(p + 12));
+            p += 16;
+        } else if (kind == 5) {
+            snprintf(line, 512, "op %u exception %u", op, get32(p + 8) & 0xff);
+            p += 16;
         } else if (kind == 2) {
             unsigned w[50], remote = 0, status = 0;
             int n = snprintf(line, 512, "op %u snapshot", op);

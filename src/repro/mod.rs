@@ -108,7 +108,10 @@ pub fn trace_diff(finding: &Finding, backend: &str) -> String {
     out
 }
 
-/// A two-column rendering of two traces of the same scenario.
+/// A two-column rendering of two traces of the same scenario. A run of
+/// identical rows (a storm: the same delivery on both sides, or on one side
+/// with the other ended) is one line with its count, `x N`; the first
+/// difference always keeps a row of its own.
 pub fn side_by_side(
     expected: &Trace,
     observed: &Trace,
@@ -123,17 +126,35 @@ pub fn side_by_side(
             .get(i)
             .map_or("-".to_string(), |e| format!("op {:<3} {}", e.op, e.kind))
     };
-    for i in 0..n {
+    let row = |i: usize| (cell(expected, i), cell(observed, i));
+    let mut i = 0;
+    while i < n {
+        let (left, right) = row(i);
         let arrow = if mark == Some(i) {
             "   <== first difference"
         } else {
             ""
         };
-        out += &format!(
-            "{i:>3}  {:<44} {}{arrow}\n",
-            cell(expected, i),
-            cell(observed, i)
-        );
+        let mut last = i;
+        if mark != Some(i) {
+            while last + 1 < n
+                && mark != Some(last + 1)
+                && row(last + 1) == (left.clone(), right.clone())
+            {
+                last += 1;
+            }
+        }
+        if last == i {
+            out += &format!("{i:>3}  {left:<44} {right}{arrow}\n");
+        } else {
+            let count = format!(" x {}", last - i + 1);
+            out += &format!(
+                "{:>3}  {:<44} {right}{count}   (rows {i}-{last})\n",
+                i,
+                format!("{left}{}", if left == "-" { "" } else { count.as_str() }),
+            );
+        }
+        i = last + 1;
     }
     out += &format!("end  {:<44} {}\n", outcome(expected), outcome(observed));
     out
@@ -193,4 +214,48 @@ pub fn report(finding: &Finding, backend: &str) -> String {
     }
     out += &format!("\n## Signature\n\n`{}` (class, causing op, rule): findings with the same signature are the same bug.\n", finding.signature.slug());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::side_by_side;
+    use crate::trace::{Event, EventKind, Outcome, Trace};
+
+    fn delivers(backend: &str, n: usize) -> Trace {
+        let mut t = Trace::new(backend);
+        t.events = (0..n)
+            .map(|_| Event {
+                op: 1,
+                kind: EventKind::Deliver { vector: 0x76 },
+            })
+            .collect();
+        t
+    }
+
+    #[test]
+    fn a_storm_is_one_line_with_its_count() {
+        let expected = delivers("model", 1);
+        let mut observed = delivers("kvm", 64);
+        observed.outcome = Outcome::Storm;
+        let text = side_by_side(&expected, &observed, "kvm", Some(1));
+        let lines: Vec<&str> = text.lines().collect();
+        // Title, the agreeing row 0, the first difference (row 1), the 62
+        // identical rows after it as one line, the outcomes.
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[2].contains("<== first difference"), "{text}");
+        assert!(
+            lines[3].contains("op 1   deliver 0x76 x 62") && lines[3].contains("(rows 2-63)"),
+            "{text}"
+        );
+        assert!(lines[4].contains("storm"), "{text}");
+    }
+
+    #[test]
+    fn different_rows_are_not_merged() {
+        let mut expected = delivers("model", 2);
+        expected.events[1].op = 2;
+        let text = side_by_side(&expected, &expected.clone(), "sim:none", None);
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(!text.contains(" x "), "{text}");
+    }
 }

@@ -202,11 +202,13 @@ fn structured_op(u: &mut Unstructured<'_>, lines: &[Line]) -> Result<Op> {
                 MsiDelivery::Lowest
             },
         })),
-        80..=82 => Op::Tpr(if percent(u, 50)? {
+        80..=81 => Op::Tpr(if percent(u, 50)? {
             0
         } else {
             u.int_in_range(0..=15u8)? << 4
         }),
+        // The same priorities by MOV to CR8, the hypervisors' other path.
+        82 => Op::Cr8(u.int_in_range(0..=crate::scenario::CR8_MAX)?),
         83..=88 => Op::Snapshot,
         89..=90 => Op::IoapicEoi(line.vector),
         91..=93 => Op::Route {
@@ -232,7 +234,13 @@ fn structured_op(u: &mut Unstructured<'_>, lines: &[Line]) -> Result<Op> {
             },
         },
         94 => Op::IoapicRead(u.int_in_range(0..=2u8)?),
-        95..=96 => Op::LapicRead(*u.choose(READABLE)?),
+        95..=96 => Op::LapicRead(if percent(u, 80)? {
+            *u.choose(READABLE)?
+        } else {
+            // Any dword of the page: reserved offsets, write-only registers
+            // (#GP in x2APIC mode) and the rest of the x2APIC MSR range.
+            u.int_in_range(0..=crate::scenario::LAPIC_OFFSET_MAX / 4)? * 4
+        }),
         97 => Op::Svr(if percent(u, 80)? {
             0x1ff
         } else {

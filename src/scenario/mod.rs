@@ -125,6 +125,18 @@ pub enum MsiDelivery {
     Nmi,
 }
 
+/// `route ... order=`: which dword of the entry `route` writes first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum RouteOrder {
+    /// The high dword (destination), then the low dword: the default, so
+    /// that scenarios written before the option keep their traces.
+    #[default]
+    HighFirst,
+    /// The low dword, then the high dword: what kvm-unit-tests'
+    /// `ioapic_write_redir` does.
+    LowFirst,
+}
+
 /// A whole redirection entry, as written by `route`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
 pub struct Route {
@@ -135,6 +147,7 @@ pub struct Route {
     pub dest: u8,
     pub masked: bool,
     pub delivery: DeliveryMode,
+    pub order: RouteOrder,
 }
 
 impl Route {
@@ -161,6 +174,18 @@ impl Route {
     /// The high dword: the destination in bits 63:56.
     pub fn high_dword(&self) -> u32 {
         (self.dest as u32) << 24
+    }
+
+    /// The two IOAPIC register writes of `route` on `pin`, as (index,
+    /// value) in the order the route asks for (82093AA §3.2.4: the entry of
+    /// pin P is registers 0x10 + 2P, low, and 0x11 + 2P, high).
+    pub fn dword_writes(&self, pin: Pin) -> [(u8, u32); 2] {
+        let low = (0x10 + 2 * pin.get(), self.low_dword());
+        let high = (0x11 + 2 * pin.get(), self.high_dword());
+        match self.order {
+            RouteOrder::HighFirst => [high, low],
+            RouteOrder::LowFirst => [low, high],
+        }
     }
 }
 
@@ -249,6 +274,9 @@ pub enum Op {
     IoapicEoi(u8),
     SelfIpi(u8),
     Tpr(u8),
+    /// Extension: `cr8 V` (V 0-15): MOV to CR8, which sets TPR = V << 4
+    /// (SDM vol. 3A §10.8.6.1 in 64-bit mode, §11.8.6).
+    Cr8(#[arbitrary(with = cr8_value)] u8),
     Svr(u32),
     Cli,
     Sti,
@@ -274,6 +302,17 @@ pub enum Op {
         offset: u16,
         value: u32,
     },
+    /// Extension: `lapic-mmio-read OFFSET`: a load from the APIC page at
+    /// OFFSET whatever the mode: `lapic-read` in xAPIC mode; in x2APIC mode
+    /// the MMIO interface is disabled (SDM §11.12.1.2), and the value is
+    /// recorded as a `read` in space `lapic-mmio`.
+    LapicMmioRead(#[arbitrary(with = lapic_offset)] u16),
+    /// Extension: `lapic-mmio-write OFFSET VALUE`: the store, likewise.
+    LapicMmioWrite {
+        #[arbitrary(with = lapic_offset)]
+        offset: u16,
+        value: u32,
+    },
     /// Extension: `apic-base VALUE`: the guest writes IA32_APIC_BASE (MSR
     /// 0x1B; VALUE is its low 32 bits: base 31:12, EN 11, EXTD 10) and then
     /// reaches the local APIC at the new base.
@@ -287,10 +326,27 @@ fn apic_base_value(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u32
     Ok(base | u.int_in_range(0..=3u32)? << 10)
 }
 
-/// A local APIC register offset the format allows: 0x000-0x3f0, a
-/// multiple of 0x10 (the registers are 16-byte aligned, SDM Table 11-1).
+/// The highest `lapic-read`/`lapic-write` offset: the last dword of the
+/// 4 KiB APIC page (in x2APIC mode MSR 0x8FF).
+pub const LAPIC_OFFSET_MAX: u16 = 0xffc;
+
+/// A local APIC offset the generator tries: mostly a register of SDM
+/// Table 11-1 (16-byte aligned, below 0x400), sometimes any dword of the
+/// 4 KiB page (reserved offsets, the unused dwords of a register's 16-byte
+/// slot, and in x2APIC mode the whole MSR range 0x800-0x8FF).
 fn lapic_offset(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u16> {
-    Ok(u.int_in_range(0..=0x3fu16)? << 4)
+    if u.ratio(1, 4)? {
+        Ok(u.int_in_range(0..=LAPIC_OFFSET_MAX / 4)? * 4)
+    } else {
+        Ok(u.int_in_range(0..=0x3fu16)? << 4)
+    }
+}
+
+/// A `cr8` value: CR8 holds 4 bits (SDM §10.8.6.1; bits 63:4 are reserved).
+pub const CR8_MAX: u8 = 15;
+
+fn cr8_value(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u8> {
+    u.int_in_range(0..=CR8_MAX)
 }
 
 impl Op {
@@ -305,6 +361,7 @@ impl Op {
             Op::IoapicEoi(_) => "ioapic-eoi",
             Op::SelfIpi(_) => "self-ipi",
             Op::Tpr(_) => "tpr",
+            Op::Cr8(_) => "cr8",
             Op::Svr(_) => "svr",
             Op::Cli => "cli",
             Op::Sti => "sti",
@@ -316,6 +373,8 @@ impl Op {
             Op::IoapicWrite { .. } => "ioapic-write",
             Op::LapicRead(_) => "lapic-read",
             Op::LapicWrite { .. } => "lapic-write",
+            Op::LapicMmioRead(_) => "lapic-mmio-read",
+            Op::LapicMmioWrite { .. } => "lapic-mmio-write",
             Op::ApicBase(_) => "apic-base",
         }
     }

@@ -1,4 +1,4 @@
-//! Parser for the `.irq` text format (SCENARIO-FORMAT.md).
+//! Parser for the `.irq` text format (docs/scenario-format.md).
 //!
 //! Line-oriented: each line is a `config`, a `handler` or one op. A line that
 //! does not parse is rejected with its line, column and what was expected;
@@ -9,7 +9,7 @@ use std::fmt;
 
 use super::{
     ApicMode, Config, DeliveryMode, DestMode, HandlerKey, HostOp, IoapicVersion, Irqchip, Msi,
-    MsiDelivery, Op, Pin, Polarity, Route, Scenario, Trigger, PINS,
+    MsiDelivery, Op, Pin, Polarity, Route, RouteOrder, Scenario, Trigger, PINS,
 };
 
 /// A scenario text that does not parse.
@@ -49,6 +49,7 @@ pub const OP_KEYWORDS: &[&str] = &[
     "ioapic-eoi",
     "self-ipi",
     "tpr",
+    "cr8",
     "svr",
     "cli",
     "sti",
@@ -60,6 +61,8 @@ pub const OP_KEYWORDS: &[&str] = &[
     "ioapic-write",
     "lapic-read",
     "lapic-write",
+    "lapic-mmio-read",
+    "lapic-mmio-write",
     "apic-base",
 ];
 
@@ -388,6 +391,7 @@ fn parse_op(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
         "ioapic-eoi" => (Op::IoapicEoi(byte(line, arg(1), "a vector")?), 2),
         "self-ipi" => (Op::SelfIpi(byte(line, arg(1), "a vector")?), 2),
         "tpr" => (Op::Tpr(byte(line, arg(1), "a task priority")?), 2),
+        "cr8" => (Op::Cr8(cr8(line, arg(1))?), 2),
         "svr" => (Op::Svr(dword(line, arg(1), "an SVR value")?), 2),
         "cli" => (Op::Cli, 1),
         "sti" => (Op::Sti, 1),
@@ -414,6 +418,14 @@ fn parse_op(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
             },
             3,
         ),
+        "lapic-mmio-read" => (Op::LapicMmioRead(lapic_offset(line, arg(1))?), 2),
+        "lapic-mmio-write" => (
+            Op::LapicMmioWrite {
+                offset: lapic_offset(line, arg(1))?,
+                value: dword(line, arg(2), "a value")?,
+            },
+            3,
+        ),
         "apic-base" => (
             Op::ApicBase(dword(line, arg(1), "an IA32_APIC_BASE value")?),
             2,
@@ -430,14 +442,24 @@ fn parse_op(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
     Ok(op)
 }
 
+/// SDM §11.4.1: the registers are accessed with 32-bit loads and stores;
+/// what a sub-dword or unaligned access does is model-specific, so the
+/// format refuses it rather than compare it.
 fn lapic_offset(line: &Line<'_>, w: Option<Word<'_>>) -> Result<u16, ParseError> {
-    const EXPECTED: &str = "a local APIC register offset 0x000-0x3f0, a multiple of 0x10";
+    const EXPECTED: &str =
+        "a local APIC offset 0x000-0xffc, a multiple of 4 (the APIC page is read and written in aligned dwords, SDM 11.4.1)";
     let w = w.ok_or_else(|| line.error(None, EXPECTED))?;
-    let n = number(line, w, 0x3f0, EXPECTED)?;
-    if n % 0x10 != 0 {
+    let n = number(line, w, super::LAPIC_OFFSET_MAX as u64, EXPECTED)?;
+    if n % 4 != 0 {
         return Err(line.error(Some(w), EXPECTED));
     }
     Ok(n as u16)
+}
+
+fn cr8(line: &Line<'_>, w: Option<Word<'_>>) -> Result<u8, ParseError> {
+    const EXPECTED: &str = "a CR8 value 0-15 (CR8 holds TPR bits 7:4)";
+    let w = w.ok_or_else(|| line.error(None, EXPECTED))?;
+    Ok(number(line, w, super::CR8_MAX as u64, EXPECTED)? as u8)
 }
 
 /// Records that an option group was set, rejecting a second word of the
@@ -489,10 +511,12 @@ fn parse_route(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
                 route.dest = number(line, v, 255, "a destination 0-255 after `dest=`")? as u8;
                 "destination"
             }
+            "order=high-first" => { route.order = RouteOrder::HighFirst; "order" }
+            "order=low-first" => { route.order = RouteOrder::LowFirst; "order" }
             _ => {
                 return Err(line.error(
                     Some(*w),
-                    "a route option: vector=V, edge|level, high|low, physical|logical, dest=D, masked|unmasked, fixed|lowest|smi|nmi|init|extint",
+                    "a route option: vector=V, edge|level, high|low, physical|logical, dest=D, masked|unmasked, fixed|lowest|smi|nmi|init|extint, order=high-first|low-first",
                 ))
             }
         };
@@ -611,11 +635,26 @@ mod tests {
                     msi vector=0x31 dest=1 logical level nmi\n\
                     eoi\nioapic-eoi 0x20\nself-ipi 0xf1\ntpr 0x20\nsvr 0x11ff\n\
                     cli\nsti\nnop\nhlt\nsti-hlt\nsnapshot\n\
-                    ioapic-read 1\nioapic-write 0 0xf000000\nlapic-read 0x280\nlapic-write 0x80 0x10\n";
+                    ioapic-read 1\nioapic-write 0 0xf000000\nlapic-read 0x280\nlapic-write 0x80 0x10\n\
+                    cr8 15\nroute 4 vector=0x21 order=low-first\nlapic-read 0xffc\n\
+                    lapic-mmio-read 0x24\nlapic-mmio-write 0x400 1\n";
         let s = parse(text).unwrap();
         assert_eq!(s.config.ioapic, IoapicVersion::V11);
         assert!(s.config.directed_eoi);
-        assert_eq!(s.ops.len(), 22);
+        assert_eq!(s.ops.len(), 27);
+        assert_eq!(s.ops[22], Op::Cr8(15));
+        assert!(matches!(
+            s.ops[23],
+            Op::Route {
+                route: Route {
+                    order: RouteOrder::LowFirst,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert_eq!(s.ops[24], Op::LapicRead(0xffc));
+        assert_eq!(s.ops[25], Op::LapicMmioRead(0x24));
         assert_eq!(
             s.handler_body(0x20, 1),
             &[Op::Host(HostOp::Deassert(Pin::new(3).unwrap())), Op::Eoi]
@@ -692,9 +731,18 @@ mod tests {
         assert!(err("nop extra\n")
             .expected
             .contains("end of line after `nop`"));
-        assert!(err("lapic-read 0x284\n")
+        let e = err("lapic-read 0x286\n");
+        assert_eq!((e.line, e.column, e.found.as_str()), (1, 12, "`0x286`"));
+        assert!(e.expected.contains("0x000-0xffc, a multiple of 4"));
+        let e = err("nop\nlapic-write 0x1000 1\n");
+        assert_eq!((e.line, e.column), (2, 13));
+        assert!(e.expected.contains("0x000-0xffc"));
+        let e = err("cr8 16\n");
+        assert_eq!((e.line, e.column, e.found.as_str()), (1, 5, "`16`"));
+        assert!(e.expected.contains("CR8 value 0-15"));
+        assert!(err("route 1 vector=1 order=high\n")
             .expected
-            .contains("multiple of 0x10"));
+            .contains("order=high-first|low-first"));
     }
 
     #[test]

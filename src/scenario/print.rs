@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 use super::{
     ApicMode, Config, DeliveryMode, DestMode, HostOp, IoapicVersion, Irqchip, Msi, MsiDelivery, Op,
-    Polarity, Route, Scenario, Trigger,
+    Polarity, Route, RouteOrder, Scenario, Trigger,
 };
 
 pub fn print(s: &Scenario) -> String {
@@ -78,6 +78,7 @@ pub fn op_text(op: &Op) -> String {
         Op::IoapicEoi(v) => format!("ioapic-eoi {v:#04x}"),
         Op::SelfIpi(v) => format!("self-ipi {v:#04x}"),
         Op::Tpr(v) => format!("tpr {v:#04x}"),
+        Op::Cr8(v) => format!("cr8 {v}"),
         Op::Svr(v) => format!("svr {v:#x}"),
         Op::Cli => "cli".into(),
         Op::Sti => "sti".into(),
@@ -89,6 +90,10 @@ pub fn op_text(op: &Op) -> String {
         Op::IoapicWrite { index, value } => format!("ioapic-write {index:#04x} {value:#x}"),
         Op::LapicRead(o) => format!("lapic-read {o:#05x}"),
         Op::LapicWrite { offset, value } => format!("lapic-write {offset:#05x} {value:#x}"),
+        Op::LapicMmioRead(o) => format!("lapic-mmio-read {o:#05x}"),
+        Op::LapicMmioWrite { offset, value } => {
+            format!("lapic-mmio-write {offset:#05x} {value:#x}")
+        }
         Op::ApicBase(v) => format!("apic-base {v:#x}"),
     }
 }
@@ -118,6 +123,9 @@ fn route_options(r: &Route) -> String {
         DeliveryMode::Init => " init",
         DeliveryMode::ExtInt => " extint",
     };
+    if r.order == RouteOrder::LowFirst {
+        s += " order=low-first";
+    }
     s
 }
 

@@ -1104,7 +1104,7 @@ impl Vcpu {
             kind::ROUTE => {
                 self.store(IOAPIC_BASE, a)?;
                 self.store(IOAPIC_BASE + 0x10, b)?;
-                self.store(IOAPIC_BASE, a - 1)?;
+                self.store(IOAPIC_BASE, a ^ 1)?;
                 self.store(IOAPIC_BASE + 0x10, c)?;
             }
             kind::MASK => {
@@ -1120,7 +1120,12 @@ impl Vcpu {
                 )?;
             }
             kind::HOST => self.out(HYPERCALL_PORT, a)?,
-            kind::LAPIC_WRITE => self.store(self.lapic_at + a as u64, b)?,
+            kind::LAPIC_WRITE | kind::LAPIC_MMIO_WRITE => {
+                self.store(self.lapic_at + a as u64, b)?
+            }
+            // MOV to CR8: TPR[7:4] (SDM §10.8.6.1), under HV_VM_ACCEL_APIC
+            // handled by the in-kernel APIC like a TPR write.
+            kind::CR8 => self.store(self.lapic_at + 0x80, a << 4)?,
             kind::SELF_IPI => {
                 if self.s().machine.lapic.x2apic() {
                     self.store(self.lapic_at + 0x3f0, a)?;
@@ -1183,6 +1188,16 @@ impl Vcpu {
                 self.store(IOAPIC_BASE + 0x10, b)?;
             }
             kind::LAPIC_READ => {
+                let v = self.load(self.lapic_at + a as u64)?;
+                let op = self.ram32(CUR_OP);
+                self.log(&[record::LAPIC_READ, op, a, v])?;
+            }
+            // x2APIC mode: nothing answers at the page (the model's choice).
+            kind::LAPIC_MMIO_READ if self.s().machine.lapic.x2apic() => {
+                let op = self.ram32(CUR_OP);
+                self.log(&[record::LAPIC_MMIO_READ, op, a, u32::MAX])?;
+            }
+            kind::LAPIC_MMIO_READ => {
                 let v = self.load(self.lapic_at + a as u64)?;
                 let op = self.ram32(CUR_OP);
                 self.log(&[record::LAPIC_READ, op, a, v])?;

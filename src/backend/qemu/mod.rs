@@ -69,7 +69,7 @@ const TIMER_REGISTERS: [u16; 4] = [
 /// Whether `scenario` leaves the local APIC timer to the watchdog.
 fn watchdog_allowed(scenario: &Scenario) -> bool {
     !scenario.all_ops().any(|op| {
-        matches!(op, Op::LapicRead(o) | Op::LapicWrite { offset: o, .. } if TIMER_REGISTERS.contains(o))
+        matches!(op, Op::LapicRead(o) | Op::LapicWrite { offset: o, .. } | Op::LapicMmioRead(o) | Op::LapicMmioWrite { offset: o, .. } if TIMER_REGISTERS.contains(o))
     })
 }
 
@@ -448,7 +448,7 @@ fn dangerous_delivery(op: &Op) -> Option<String> {
         Op::Route { route, .. } if matches!(route.delivery, D::Smi | D::Init | D::ExtInt) => Some(
             format!("route with {:?} delivery: not run on QEMU", route.delivery),
         ),
-        Op::LapicWrite { offset, value }
+        Op::LapicWrite { offset, value } | Op::LapicMmioWrite { offset, value }
             if (offset == reg::ICR_LOW || (reg::LVT_TIMER..=reg::LVT_ERROR).contains(&offset))
                 && dangerous_mode(value) =>
         {
@@ -608,7 +608,12 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
         // hw/intc/apic.c, apic_mem_write: "MSI and MMIO APIC are at the
         // same memory location": a write to register index 0 is an MSI
         // with the value as its data, not a reserved-register write.
-        if options.qemu_lapic() && matches!(op, Op::LapicWrite { offset: 0, .. }) {
+        if options.qemu_lapic()
+            && matches!(
+                op,
+                Op::LapicWrite { offset: 0, .. } | Op::LapicMmioWrite { offset: 0, .. }
+            )
+        {
             return Some("lapic-write 0x000: QEMU sends it as an MSI".into());
         }
     }
@@ -661,6 +666,12 @@ impl Backend for QemuBackend {
             crate::scenario::Pin::new(1 + (p.get() + 14) % 15).expect("1-15")
         };
         let fit = |op: &mut Op| {
+            // xAPIC only: the MMIO ops are the register ops.
+            match *op {
+                Op::LapicMmioRead(o) => *op = Op::LapicRead(o),
+                Op::LapicMmioWrite { offset, value } => *op = Op::LapicWrite { offset, value },
+                _ => {}
+            }
             let dangerous = dangerous_delivery(op).is_some();
             match op {
                 Op::Route { pin, route } => {
@@ -1532,6 +1543,10 @@ impl QemuBackend {
         match EndCode::from_u32(code) {
             Some(EndCode::Completed) => {}
             Some(EndCode::Storm) => trace.outcome = Outcome::Storm,
+            Some(EndCode::UnexpectedFault) => {
+                trace.outcome = Outcome::Error;
+                trace.error = Some("the guest took a #GP outside the stub's RDMSR/WRMSR".into());
+            }
             _ => return Err(BackendError::LogFull),
         }
         Ok(trace)
