@@ -270,9 +270,14 @@ fn kvm_label(in_kernel_ioapic: bool, sig: &Signature) -> Option<Known> {
         Class::ExtraDelivery | Class::EarlyDelivery | Class::Storm if host.isr_not_set => {
             Some(KVM_ISR_NOT_SET)
         }
+        // An IOAPIC register read counts too: it shows the remote IRR that
+        // the EOI which never reached the IOAPIC left set (bit 14).
         Class::StateMismatch
             if host.isr_not_set
-                && matches!(rule, "isr" | "irr" | "ppr" | "tmr" | "lapic" | "remote-irr") =>
+                && matches!(
+                    rule,
+                    "isr" | "irr" | "ppr" | "tmr" | "lapic" | "remote-irr" | "ioapic"
+                ) =>
         {
             Some(KVM_ISR_NOT_SET)
         }
