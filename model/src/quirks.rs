@@ -85,6 +85,7 @@ impl Quirks {
                 Quirks::EDGE_EVERY_ASSERT => &[Rule::EdgeNoNewEdge],
                 Quirks::ISR_NEVER_SET => &[Rule::AcceptedIntoIrr],
                 Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS => &[Rule::ApicBaseTransition],
+                Quirks::X2APIC_GP_IGNORED => &[Rule::X2apicMsrGp],
                 Quirks::QEMU_IOAPIC => &[Rule::EdgeNoNewEdge, Rule::LevelDelivers],
                 Quirks::QEMU_LAPIC => &[
                     Rule::IllegalVector,

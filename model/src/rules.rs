@@ -71,6 +71,9 @@ pub enum Rule {
     ApicBaseTransition,
     /// A local APIC error (ESR) raises the interrupt of an unmasked LVT Error.
     ApicErrorInterrupt,
+    /// The x2APIC MSR interface raises #GP for a reserved, read-only or
+    /// write-only register, or reserved bits set.
+    X2apicMsrGp,
     /// A deviation switched on by a `sim:` quirk.
     Quirk,
 }
@@ -108,6 +111,7 @@ impl Rule {
         Rule::NmiDelivers,
         Rule::NmiBlocked,
         Rule::ApicBaseTransition,
+        Rule::X2apicMsrGp,
         Rule::ApicErrorInterrupt,
         Rule::Quirk,
     ];
@@ -145,6 +149,7 @@ impl Rule {
             Rule::NmiDelivers => "nmi-delivers",
             Rule::NmiBlocked => "nmi-blocked",
             Rule::ApicBaseTransition => "apic-base-transition",
+            Rule::X2apicMsrGp => "x2apic-msr-gp",
             Rule::ApicErrorInterrupt => "apic-error-interrupt",
             Rule::Quirk => "quirk",
         }
@@ -182,6 +187,7 @@ impl Rule {
             Rule::MsiDelivers => "SDM vol. 3A §11.11 Message Signalled Interrupts (§11.11.1 address, §11.11.2 data)",
             Rule::NmiDelivers => "SDM vol. 3A §6.7.1 Handling Multiple NMIs; §11.6.1 delivery mode NMI",
             Rule::NmiBlocked => "SDM vol. 3A §6.7.1 Handling Multiple NMIs: NMIs are blocked until the next IRET",
+            Rule::X2apicMsrGp => "SDM vol. 3A §11.12.1.2 x2APIC Register Address Space (Table 11-6), §11.12.1.3 Reserved Bit Checking",
             Rule::ApicBaseTransition => "SDM vol. 3A §11.4.4 Local APIC Status and Location (IA32_APIC_BASE), §11.4.3 Enabling or Disabling the Local APIC, §11.12.5 x2APIC State Transitions",
             Rule::ApicErrorInterrupt => "SDM vol. 3A §11.5.3 Error Handling: a detected error sets its ESR bit and generates an interrupt through the LVT Error register (§11.5.1, Figure 11-8)",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
