@@ -37,6 +37,8 @@ pub struct Decision {
 pub struct DecisionLog {
     entries: [Decision; DecisionLog::CAPACITY],
     len: usize,
+    /// Off: decisions are not kept (a caller that never reads them).
+    recording: bool,
 }
 
 impl DecisionLog {
@@ -49,10 +51,15 @@ impl DecisionLog {
                 vector: 0,
             }; Self::CAPACITY],
             len: 0,
+            recording: true,
         }
     }
 
+    #[inline]
     fn push(&mut self, rule: Rule, vector: u8) {
+        if !self.recording {
+            return;
+        }
         // Keep the newest: the last decisions before a divergence matter most.
         if self.len == Self::CAPACITY {
             self.entries.copy_within(1.., 0);
@@ -186,6 +193,14 @@ impl Machine {
     }
 
     pub fn clear_decisions(&mut self) {
+        self.log.clear();
+    }
+
+    /// Whether decisions are logged (on at construction). A caller that
+    /// never reads [`Machine::decisions`] turns it off: the machine then
+    /// behaves the same and logs nothing.
+    pub fn set_recording(&mut self, on: bool) {
+        self.log.recording = on;
         self.log.clear();
     }
 
@@ -377,14 +392,12 @@ impl Machine {
 
     /// The redirection entry's remote IRR and delivery status, per pin.
     pub fn ioapic_status(&self) -> ([bool; 24], [bool; 24]) {
-        let mut remote_irr = [false; 24];
-        let mut delivery_status = [false; 24];
-        for pin in 0..24 {
-            let e = self.ioapic.entry(pin);
-            remote_irr[pin] = e.remote_irr();
-            delivery_status[pin] = e.delivery_status();
-        }
-        (remote_irr, delivery_status)
+        let remote = self.ioapic.remote_irr_pins();
+        let pending = self.ioapic.delivery_status_pins();
+        (
+            std::array::from_fn(|pin| remote & (1 << pin) != 0),
+            std::array::from_fn(|pin| pending & (1 << pin) != 0),
+        )
     }
 }
 
@@ -571,6 +584,39 @@ mod tests {
         });
         assert_eq!(m.decisions()[0].rule, Rule::ApicErrorInterrupt);
         assert_eq!(m.decisions()[1].rule, Rule::IllegalVector);
+    }
+
+    #[test]
+    fn a_machine_not_recording_logs_nothing_and_behaves_the_same() {
+        // The log explains; it never decides (SDM §11.8.5 EOI here).
+        let run = |recording: bool| {
+            let mut m = Machine::new(MachineConfig::default());
+            m.set_recording(recording);
+            route(&mut m, 3, 0x60 | 1 << 15);
+            m.set_irq(3, true);
+            let (v, saved) = m.take(m.pending().unwrap());
+            m.lapic_write(reg::EOI, 0).unwrap();
+            m.iret(saved);
+            (v, m.pending(), m.decisions().len())
+        };
+        let (v, pending, logged) = run(false);
+        assert_eq!(
+            (v, pending, logged),
+            (0x60, Some(Interrupt::Maskable(0x60)), 0)
+        );
+        let (v, pending, logged) = run(true);
+        assert_eq!((v, pending), (0x60, Some(Interrupt::Maskable(0x60))));
+        assert!(logged >= 4, "{logged}");
+        // Turning it off drops what was logged.
+        let mut m = Machine::new(MachineConfig::default());
+        m.note(Rule::HltNoWake, 0);
+        m.set_recording(false);
+        assert!(m.decisions().is_empty());
+        m.note(Rule::HltNoWake, 0);
+        assert!(m.decisions().is_empty());
+        m.set_recording(true);
+        m.note(Rule::HltNoWake, 1);
+        assert_eq!(m.decisions().len(), 1);
     }
 
     #[test]
