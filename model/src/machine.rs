@@ -156,6 +156,7 @@ fn note_error_interrupt(lapic: &mut Lapic, log: &mut DecisionLog) {
 }
 
 impl Machine {
+    #[inline]
     pub fn new(config: MachineConfig) -> Machine {
         let mut ioapic = Ioapic::with_quirks(config.ioapic, config.quirks);
         ioapic.set_deviations(config.deviations);

@@ -331,8 +331,9 @@ struct Bodies<'s> {
 impl<'s> Bodies<'s> {
     const INLINE: usize = 8;
 
-    fn new(scenario: &'s Scenario) -> Bodies<'s> {
-        let mut bodies = Bodies {
+    #[inline(always)]
+    fn empty(scenario: &'s Scenario) -> Bodies<'s> {
+        Bodies {
             len: 0,
             entries: [(
                 HandlerKey {
@@ -342,16 +343,23 @@ impl<'s> Bodies<'s> {
                 &[],
             ); Bodies::INLINE],
             scenario,
-        };
-        if scenario.handlers.len() <= Bodies::INLINE {
-            for (key, body) in &scenario.handlers {
-                bodies.entries[bodies.len] = (*key, body.as_slice());
-                bodies.len += 1;
-            }
-        } else {
-            bodies.len = usize::MAX;
         }
-        bodies
+    }
+
+    /// Reads the scenario's handlers, marking each vector with one in
+    /// `handled`.
+    fn load(&mut self, handled: &mut [u64; 4]) {
+        let inline = self.scenario.handlers.len() <= Bodies::INLINE;
+        for (key, body) in &self.scenario.handlers {
+            handled[key.vector as usize / 64] |= 1 << (key.vector % 64);
+            if inline {
+                self.entries[self.len] = (*key, body.as_slice());
+                self.len += 1;
+            }
+        }
+        if !inline {
+            self.len = usize::MAX;
+        }
     }
 
     /// [`Scenario::handler_body`]: the `V#N` body, else the `V` body, else
@@ -376,6 +384,7 @@ impl<'s> Bodies<'s> {
 }
 
 impl<'s, R: Recorder> Run<'s, R> {
+    #[inline(always)]
     fn new(
         scenario: &'s Scenario,
         quirks: Quirks,
@@ -393,29 +402,27 @@ impl<'s, R: Recorder> Run<'s, R> {
             quirks,
             deviations,
         };
-        let mut handled = [0u64; 4];
-        for key in scenario.handlers.keys() {
-            handled[key.vector as usize / 64] |= 1 << (key.vector % 64);
-        }
-        let mut machine = Machine::new(config);
-        machine.set_recording(R::RECORDS);
+        // The tail expression, so that the run is built in place; the
+        // setup that needs it built is in `program`.
         Run {
             deviations,
             scenario,
-            machine,
+            machine: Machine::new(config),
             // Sized for a typical run so that the log rarely grows: an
             // event per op and a delivery for about every other one.
             events: Vec::with_capacity(2 * scenario.ops.len() + 4),
             recorder,
             deliveries: 0,
             count: [0; 256],
-            handled,
-            bodies: Bodies::new(scenario),
+            handled: [0; 4],
+            bodies: Bodies::empty(scenario),
             ops: 0,
         }
     }
 
     fn program(&mut self) -> Step {
+        self.machine.set_recording(R::RECORDS);
+        self.bodies.load(&mut self.handled);
         for (k, op) in self.scenario.ops.iter().enumerate() {
             self.op(op, k, 0)?;
         }
