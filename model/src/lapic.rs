@@ -241,9 +241,11 @@ impl Lapic {
         }
     }
 
+    #[inline]
     pub fn x2apic(&self) -> bool {
         self.x2apic
     }
+    #[inline]
     pub fn hw_enabled(&self) -> bool {
         self.hw_enabled
     }
@@ -324,9 +326,11 @@ impl Lapic {
     pub fn tmr(&self) -> [u32; 8] {
         self.tmr.words()
     }
+    #[inline]
     pub fn tpr(&self) -> u32 {
         self.tpr
     }
+    #[inline]
     pub fn software_enabled(&self) -> bool {
         self.svr & SVR_ENABLE != 0
     }
@@ -340,6 +344,7 @@ impl Lapic {
     }
 
     /// SDM §11.8.3.1: `PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4`.
+    #[inline]
     pub fn ppr(&self) -> u32 {
         let isrv = self.isr.highest().unwrap_or(0) as u32;
         if (self.tpr & 0xf0) >= (isrv & 0xf0) {
@@ -414,6 +419,7 @@ impl Lapic {
     }
 
     /// §11.8.3: the vector the processor would take now, if any.
+    #[inline]
     pub fn deliverable(&self) -> Option<u8> {
         let v = self.irr.highest()?;
         self.dispatchable(v).then_some(v)
@@ -421,6 +427,7 @@ impl Lapic {
 
     /// §11.8.3: whether requested vector `v` is above the processor
     /// priority class.
+    #[inline]
     pub fn dispatchable(&self, v: u8) -> bool {
         let ppr = self.ppr();
         if self.quirks.contains(Quirks::QEMU_LAPIC) {
@@ -437,6 +444,7 @@ impl Lapic {
     }
 
     /// The processor takes `vector`: IRR to ISR (§11.8.4 last step).
+    #[inline]
     pub fn acknowledge(&mut self, vector: u8) {
         if self
             .deviations

@@ -193,6 +193,7 @@ impl Machine {
         self.log.entries()
     }
 
+    #[inline]
     pub fn clear_decisions(&mut self) {
         self.log.clear();
     }
@@ -205,12 +206,14 @@ impl Machine {
         self.log.clear();
     }
 
+    #[inline]
     pub fn note(&mut self, rule: Rule, vector: u8) {
         self.log.push(rule, vector);
     }
 
     /// A delivery mode the model does not model was sent (SMI, INIT,
     /// ExtINT or reserved); the caller ends the run with an error.
+    #[inline]
     pub fn take_unmodelled(&mut self) -> Option<DeliveryMode> {
         self.unmodelled.take()
     }
@@ -225,23 +228,27 @@ impl Machine {
     }
 
     /// An IOAPIC indirect register read: IOREGSEL = `index`, then IOWIN.
+    #[inline]
     pub fn ioapic_read_indirect(&mut self, index: u8) -> u32 {
         self.ioapic.select_and_read(index)
     }
 
     /// An IOAPIC indirect register write: IOREGSEL = `index`, then IOWIN.
+    #[inline]
     pub fn ioapic_write_indirect(&mut self, index: u8, value: u32) {
         let (ioapic, mut bus) = self.parts();
         ioapic.select_and_write(index, value, &mut bus);
     }
 
     /// Drives IOAPIC input `pin` (logical level).
+    #[inline]
     pub fn set_irq(&mut self, pin: usize, requested: bool) {
         let (ioapic, mut bus) = self.parts();
         ioapic.set_irq(pin, requested, &mut bus);
     }
 
     /// An MSI or other message from outside.
+    #[inline]
     pub fn message(&mut self, msg: &InterruptMessage) -> bool {
         let (_, mut bus) = self.parts();
         bus.send(msg)
@@ -262,6 +269,7 @@ impl Machine {
 
     /// A local APIC register write by the guest (MMIO or WRMSR), with its
     /// effects: EOI broadcast, self IPI.
+    #[inline]
     pub fn lapic_write(&mut self, offset: u16, value: u32) -> Result<(), GeneralProtection> {
         if offset == reg::EOI && value == 0 {
             // The guest's usual EOI (every handler's): in either mode the
@@ -272,6 +280,11 @@ impl Machine {
             }
             return Ok(());
         }
+        self.lapic_write_register(offset, value)
+    }
+
+    /// [`Machine::lapic_write`] but for the usual EOI.
+    fn lapic_write_register(&mut self, offset: u16, value: u32) -> Result<(), GeneralProtection> {
         let ipi = if self.lapic.x2apic() {
             let write = self
                 .lapic
@@ -350,6 +363,7 @@ impl Machine {
     }
 
     /// What the processor would take at this instruction boundary.
+    #[inline]
     pub fn pending(&self) -> Option<Interrupt> {
         // §6.7.1: an NMI is not masked by IF, only blocked by another NMI.
         if self.cpu.nmi_pending && !self.cpu.nmi_blocked {
@@ -376,6 +390,7 @@ impl Machine {
 
     /// The processor takes `interrupt` through its IDT gate: returns the
     /// vector and the IF that IRET restores.
+    #[inline]
     pub fn take(&mut self, interrupt: Interrupt) -> (u8, bool) {
         match interrupt {
             Interrupt::Maskable(v) => {
@@ -387,6 +402,7 @@ impl Machine {
         }
     }
 
+    #[inline]
     pub fn iret(&mut self, saved_if: bool) {
         self.cpu.iret(saved_if);
     }
