@@ -832,8 +832,9 @@ impl Vm {
                         .map_err(errno("KVM_IRQ_LINE"))?;
                 }
             }
-            // The 8259s are out of the GSI routing and only ever masked by
-            // the stub: after a clean run only the IOAPIC needs restoring.
+            // The 8259s are out of the GSI routing, restored masked and
+            // never unmasked (no op reaches their ports): after a clean
+            // run only the IOAPIC needs restoring.
             let chips = if leftover == Leftover::Nothing {
                 &self.irqchips[2..]
             } else {
@@ -892,6 +893,10 @@ impl Vm {
             if leftover == Leftover::Halted {
                 self.vcpu.sync_regs_mut().sregs = self.sregs;
                 self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+            } else {
+                // Not after KVM_SET_LAPIC (a run that never entered may
+                // have left the bit set).
+                self.vcpu.clear_sync_dirty_reg(SyncReg::SystemRegister);
             }
         } else {
             self.count(|c| &mut c.reset_vcpu);
