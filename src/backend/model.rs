@@ -69,6 +69,16 @@ impl ModelBackend {
         }
     }
 
+    /// The model with quirks and spec rules broken on purpose (a `sim:`
+    /// backend that names deviations, e.g. a real bug's shape).
+    pub fn with_quirks_and_deviations(quirks: Quirks, deviations: Deviations) -> Self {
+        ModelBackend {
+            quirks,
+            deviations,
+            last_ops: 0,
+        }
+    }
+
     /// The model with spec rules broken on purpose (diagnosis).
     pub fn with_deviations(deviations: Deviations) -> Self {
         ModelBackend {
@@ -310,6 +320,9 @@ struct Run<'s, R> {
     handled: [u64; 4],
     /// Ops executed so far.
     ops: u64,
+    /// Deviation `dispatch-above-ppr/skipped`: a TPR write lowered the
+    /// priority and nothing is taken until the next exit to the VMM.
+    waiting_for_exit: bool,
 }
 
 impl<'s, R: Recorder> Run<'s, R> {
@@ -345,6 +358,7 @@ impl<'s, R: Recorder> Run<'s, R> {
             count: [0; 256],
             handled,
             ops: 0,
+            waiting_for_exit: false,
         }
     }
 
@@ -360,13 +374,33 @@ impl<'s, R: Recorder> Run<'s, R> {
     fn op(&mut self, op: &Op, k: usize, depth: usize) -> Step {
         self.recorder.start_op(op);
         self.ops += 1;
+        let threshold = self
+            .deviations
+            .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Skipped);
+        let tpr_before = if threshold {
+            self.machine.lapic.tpr()
+        } else {
+            0
+        };
         self.execute(op, k, depth)?;
         self.recorder.collect(&mut self.machine, k);
+        // Deviation dispatch-above-ppr/skipped (a stale TPR threshold): a TPR
+        // write that lowers the priority takes nothing it unblocks until
+        // the next exit to the VMM (a host op).
+        if threshold {
+            if matches!(op, Op::Host(_)) {
+                self.waiting_for_exit = false;
+            } else if matches!(op, Op::Tpr(_) | Op::Cr8(_)) && self.machine.lapic.tpr() < tpr_before
+            {
+                self.waiting_for_exit = true;
+            }
+        }
         // Deviation dispatch-above-ppr/late: what the guest made pending is
         // taken only at the entry after an exit to the VMM (a host op).
-        let late = self
-            .deviations
-            .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late);
+        let late = self.waiting_for_exit
+            || self
+                .deviations
+                .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late);
         // Then one interrupt per entry, as a VMM injects them.
         if !late {
             self.deliver_pending(k, depth)?;

@@ -124,8 +124,24 @@ impl Causes {
     }
 
     /// An explained cause, other than `deviations` itself, whose deviations
-    /// are a strict subset of `deviations`: the largest such.
+    /// are a strict subset of `deviations`: the largest such, provided every
+    /// other deviation of the set is also one of another explained cause
+    /// (two known bugs in one program). A set that needs a deviation no
+    /// other cause has is evidence of that bug too (one hidden by the other,
+    /// say an EOI bug behind an ISR that is never set): it stays its own
+    /// cause, so that the rule it names is reported.
     fn covering(&self, deviations: &[Deviation]) -> Option<String> {
+        let singles: Vec<Vec<Deviation>> = self
+            .by_name
+            .values()
+            .filter(|c| c.is_explained())
+            .map(Cause::deviations)
+            .filter(|set| set.len() < deviations.len())
+            .collect();
+        let known = |d: &Deviation| singles.iter().any(|set| set.contains(d));
+        if !deviations.iter().all(known) {
+            return None;
+        }
         self.by_name
             .values()
             .filter(|c| c.is_explained())
