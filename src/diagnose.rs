@@ -12,7 +12,7 @@
 //! A divergence that no set of at most [`MAX_DEVIATIONS`] explains is
 //! unexplained: the most interesting kind.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -133,38 +133,38 @@ pub fn diagnose_probed(
 }
 
 /// Scenarios in the corpus that measures a deviation's reach.
-const IMPACT_CORPUS: u64 = 300;
+const IMPACT_CORPUS: u64 = 1000;
 
 /// On how many of a fixed corpus of random scenarios the deviation changes
 /// the model's trace: e.g. a lost EOI broadcast (only the broadcast) is
 /// narrower than an IOAPIC that never clears remote IRR (the broadcast and
 /// the EOI register), though a one-vCPU trace may not tell them apart.
+/// Measured once per process and deviation, when a diagnosis first needs it.
 pub fn impact(deviation: Deviation) -> usize {
-    static IMPACT: OnceLock<Vec<(Deviation, usize)>> = OnceLock::new();
-    let table = IMPACT.get_or_init(|| {
+    static CORPUS: OnceLock<Vec<(Scenario, Trace)>> = OnceLock::new();
+    static IMPACT: Mutex<Vec<(Deviation, usize)>> = Mutex::new(Vec::new());
+    if let Some(&(_, n)) = IMPACT.lock().unwrap().iter().find(|(d, _)| *d == deviation) {
+        return n;
+    }
+    if deviation.description().is_none() {
+        return usize::MAX / 4;
+    }
+    let corpus = CORPUS.get_or_init(|| {
         let generator = GenConfig::default();
-        let corpus: Vec<(Scenario, Trace)> = (0..IMPACT_CORPUS)
+        (0..IMPACT_CORPUS)
             .map(|i| {
                 let s = random(case_seed(0, i), &generator);
                 let t = ModelBackend::new().run_to_trace(&s);
                 (s, t)
             })
-            .collect();
-        Deviation::library()
-            .into_iter()
-            .map(|d| {
-                let changed = corpus
-                    .iter()
-                    .filter(|(s, t)| !reproduces(s, t, &[d]))
-                    .count();
-                (d, changed)
-            })
             .collect()
     });
-    table
+    let changed = corpus
         .iter()
-        .find(|(d, _)| *d == deviation)
-        .map_or(usize::MAX / 4, |(_, n)| *n)
+        .filter(|(s, t)| !reproduces(s, t, &[deviation]))
+        .count();
+    IMPACT.lock().unwrap().push((deviation, changed));
+    changed
 }
 
 /// The directory name of a cause: its deviations, or the signature of its
@@ -251,5 +251,18 @@ mod tests {
         });
         assert_eq!(explain(&s, &t, &[]), None);
         assert_eq!(cause_slug(&[], "sig"), "unexplained-sig");
+    }
+}
+
+#[cfg(test)]
+mod impact_probe {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn print_impacts() {
+        for d in Deviation::library() {
+            eprintln!("{} {}", d.name(), impact(d));
+        }
     }
 }

@@ -86,9 +86,15 @@ pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
         if lines.iter().any(|l| l.pin == pin) {
             continue;
         }
+        // Now and then a second line shares the first's vector (an EOI
+        // then matches both entries).
+        let vector = match lines.first() {
+            Some(first) if percent(u, 10)? => first.vector,
+            _ => vector(u)?,
+        };
         lines.push(Line {
             pin,
-            vector: vector(u)?,
+            vector,
             level: u.arbitrary()?,
         });
     }
@@ -232,8 +238,12 @@ fn structured_op(u: &mut Unstructured<'_>, lines: &[Line], ops: &mut Vec<Op>) ->
         91..=93 => Op::Route {
             pin,
             route: Route {
+                // Now and then another line's vector: pins sharing a
+                // vector, whose EOI must reach every matching entry.
                 vector: if percent(u, 70)? {
                     line.vector
+                } else if percent(u, 40)? {
+                    u.choose(lines)?.vector
                 } else {
                     vector(u)?
                 },
