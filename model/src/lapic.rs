@@ -301,6 +301,13 @@ impl Lapic {
             return Ok(());
         }
         self.base = value & !0xfff;
+        if self.deviations.breaks(Rule::ApicBaseTransition, Mode::Late) && (!en || !self.hw_enabled)
+        {
+            // `apic-base-transition/late`: disabled and enabled again with
+            // its state kept (reset only by a later INIT), as KVM does.
+            self.hw_enabled = en;
+            return Ok(());
+        }
         if !en {
             *self = Lapic {
                 hw_enabled: false,

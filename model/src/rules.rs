@@ -297,6 +297,9 @@ impl Deviation {
             (Rule::X2apicMsrGp, Mode::Inverted) => {
                 "a valid x2APIC MSR write raises #GP (an ICR write, SVR with bit 9 set)"
             }
+            (Rule::ApicBaseTransition, Mode::Late) => {
+                "disabling the APIC through IA32_APIC_BASE keeps its state (reset only by a later INIT)"
+            }
             (Rule::ApicBaseTransition, Mode::Inverted) => {
                 "an invalid IA32_APIC_BASE write is taken (reserved bits set, x2APIC straight to xAPIC)"
             }

@@ -388,7 +388,7 @@ impl<'s, R: Recorder> Run<'s, R> {
         // write that lowers the priority takes nothing it unblocks until
         // the next exit to the VMM (a host op).
         if threshold {
-            if matches!(op, Op::Host(_)) {
+            if self.exits(op) {
                 self.waiting_for_exit = false;
             } else if matches!(op, Op::Tpr(_) | Op::Cr8(_)) && self.machine.lapic.tpr() < tpr_before
             {
@@ -404,11 +404,26 @@ impl<'s, R: Recorder> Run<'s, R> {
         // Then one interrupt per entry, as a VMM injects them.
         if !late {
             self.deliver_pending(k, depth)?;
-        } else if let (Op::Host(_), Some(interrupt)) = (op, self.machine.pending()) {
+        } else if let (true, Some(interrupt)) = (self.exits(op), self.machine.pending()) {
             self.deliver(interrupt, k, depth)?;
         }
         self.recorder.note_held(&self.machine, k);
         Ok(())
+    }
+
+    /// Whether `op` exits to the VMM: a host op, or with the IOAPIC in
+    /// userspace (`irqchip=split`) an IOAPIC access.
+    fn exits(&self, op: &Op) -> bool {
+        match op {
+            Op::Host(_) => true,
+            Op::Route { .. }
+            | Op::Mask(_)
+            | Op::Unmask(_)
+            | Op::IoapicEoi(_)
+            | Op::IoapicRead(_)
+            | Op::IoapicWrite { .. } => self.scenario.config.irqchip == Irqchip::Split,
+            _ => false,
+        }
     }
 
     fn execute(&mut self, op: &Op, k: usize, depth: usize) -> Step {
@@ -571,8 +586,16 @@ impl<'s, R: Recorder> Run<'s, R> {
     fn halt(&mut self, k: usize, depth: usize) -> Step {
         self.recorder.collect(&mut self.machine, k);
         match self.machine.pending() {
-            Some(_) => {
+            Some(interrupt) => {
                 self.machine.note(Rule::HltWakes, 0);
+                if self
+                    .deviations
+                    .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late)
+                {
+                    // dispatch-above-ppr/late: one interrupt per entry, the
+                    // one that wakes the HLT.
+                    return self.deliver(interrupt, k, depth);
+                }
                 self.deliver_pending(k, depth)
             }
             None => {

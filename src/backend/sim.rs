@@ -184,6 +184,65 @@ mod tests {
         assert!(parse_spec("sti-shadow/late").is_err());
     }
 
+    fn run(backend: &str, text: &str) -> Trace {
+        let scenario = crate::scenario::parse(text).unwrap();
+        crate::backend::open(backend)
+            .unwrap()
+            .run_to_trace(&scenario)
+    }
+
+    fn deliveries(t: &Trace) -> Vec<(usize, u8)> {
+        t.deliveries().collect()
+    }
+
+    #[test]
+    fn apic_base_late_keeps_the_state_of_a_disabled_apic() {
+        // SDM §11.4.3: disabled and enabled again, the APIC is in its
+        // power-up state (TPR 0); KVM keeps it until an INIT.
+        let text = "tpr 0x30\napic-base 0xfee00000\napic-base 0xfee00800\nsnapshot\n";
+        let tpr = |t: &Trace| {
+            t.events.iter().find_map(|e| match &e.kind {
+                crate::trace::EventKind::Snapshot(s) => Some(s.tpr),
+                _ => None,
+            })
+        };
+        assert_eq!(tpr(&run("model", text)), Some(0));
+        assert_eq!(tpr(&run("sim:apic-base-transition/late", text)), Some(0x30));
+    }
+
+    #[test]
+    fn suppression_inverted_advertises_bit_24_of_the_version_register() {
+        let text = "lapic-read 0x030\n";
+        let version = |t: &Trace| {
+            t.events.iter().find_map(|e| match &e.kind {
+                crate::trace::EventKind::Read { value, .. } => Some(*value),
+                _ => None,
+            })
+        };
+        assert_eq!(version(&run("model", text)), Some(0x50014));
+        assert_eq!(
+            version(&run("sim:eoi-broadcast-suppressed/inverted", text)),
+            Some(0x0105_0014)
+        );
+    }
+
+    #[test]
+    fn late_dispatch_wakes_a_hlt_with_one_interrupt_and_split_ioapic_accesses_exit() {
+        let stale = "sim:accepted-into-irr/inverted,dispatch-above-ppr/late";
+        // The stale IRR vector wakes the HLT once, then waits for the MSI's exit.
+        let t = run(
+            stale,
+            "handler 0x20:\nroute 0 vector=0x20 level\ncli\nassert 0\nsti-hlt\nmsi vector=0x20 logical\n",
+        );
+        assert_eq!(deliveries(&t), [(3, 0x20), (4, 0x20)]);
+        // With the IOAPIC in userspace, a mask is an exit: the stale vector
+        // is taken there; with it in the kernel, it is not.
+        let body = "handler 0x20: mask 1; eoi\nroute 1 vector=0x20 level\nassert 1\nmask 0\n";
+        let split = run(stale, &format!("config irqchip=split\n{body}"));
+        assert_eq!(deliveries(&split), [(1, 0x20), (2, 0x20)]);
+        assert_eq!(deliveries(&run(stale, body)), [(1, 0x20)]);
+    }
+
     #[test]
     fn unknown_quirk_is_named_in_the_error() {
         let e = parse_quirks("level-unmask,bogus").unwrap_err();

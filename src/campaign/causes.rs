@@ -107,7 +107,9 @@ impl Causes {
             explained_by: deviations.iter().map(|d| NamedDeviation::of(*d)).collect(),
             signatures: Vec::new(),
             divergences: 0,
-            documented: crate::known::documented(backend, &deviations).map(|k| k.id.to_string()),
+            documented: crate::known::documented(backend, &deviations)
+                .or(finding.known)
+                .map(|k| k.id.to_string()),
             minimal_scenario: String::new(),
             minimal_ops: usize::MAX,
         });
@@ -138,7 +140,8 @@ impl Causes {
             .map(Cause::deviations)
             .filter(|set| set.len() < deviations.len())
             .collect();
-        let known = |d: &Deviation| singles.iter().any(|set| set.contains(d));
+        // The same rule broken (in whatever mode a program showed it).
+        let known = |d: &Deviation| singles.iter().flatten().any(|k| k.rule == d.rule);
         if !deviations.iter().all(known) {
             return None;
         }
@@ -147,7 +150,10 @@ impl Causes {
             .filter(|c| c.is_explained())
             .map(|c| (c.deviations(), &c.name))
             .filter(|(set, _)| {
-                set.len() < deviations.len() && set.iter().all(|d| deviations.contains(d))
+                set.len() < deviations.len()
+                    && set
+                        .iter()
+                        .all(|d| deviations.iter().any(|o| o.rule == d.rule))
             })
             .max_by_key(|(set, _)| set.len())
             .map(|(_, name)| name.clone())
@@ -326,6 +332,23 @@ impl Causes {
             n if n == explained.len() => format!(" (documented: {})", documented.join(", ")),
             n => format!(" ({n} documented: {})", documented.join(", ")),
         };
+        let named: Vec<&str> = list
+            .iter()
+            .filter(|c| !c.is_explained())
+            .filter_map(|c| c.documented.as_deref())
+            .collect();
+        let named = if named.is_empty() {
+            String::new()
+        } else {
+            let mut ids = named.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            format!(
+                " ({} of them named as documented host behaviours: {})",
+                named.len(),
+                ids.join(", ")
+            )
+        };
         let other = divergences.saturating_sub(of_causes);
         let rest = if other > 0 {
             format!("; {other} more divergences with a signature settled into another's root cause")
@@ -333,7 +356,7 @@ impl Causes {
             String::new()
         };
         format!(
-            "{} cause{} explain{} {} divergences{doc}; {unexplained} unexplained{rest}",
+            "{} cause{} explain{} {} divergences{doc}; {unexplained} unexplained{named}{rest}",
             explained.len(),
             plural(explained.len()),
             if explained.len() == 1 { "s" } else { "" },
