@@ -29,7 +29,7 @@ const SEEDED: [&str; 4] = [
 ];
 
 #[test]
-fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
+fn sim_hvf_known_finds_its_five_bugs_as_exactly_five_causes_minimised() {
     let out = scratch("seeded");
     let options = Options {
         cases: Some(20_000),
