@@ -264,6 +264,9 @@ fn qemu_label(
     scenario: &crate::scenario::Scenario,
     observed: &crate::trace::Trace,
 ) -> Option<Known> {
+    // The shape the scenario ran on (a split scenario on irqchip=on runs
+    // with kernel-irqchip=split).
+    let qemu = qemu.for_scenario(scenario);
     let own = QEMU_BEHAVIOURS
         .iter()
         .filter(|(quirks, _)| {

@@ -549,6 +549,7 @@ fn guest_table(scenario: &Scenario, options: &Options) -> Result<table::Table> {
 
 /// Why a scenario cannot run on QEMU with `options`.
 fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> Option<String> {
+    let options = &options.for_scenario(scenario);
     let version = features.version_string();
     let c = &scenario.config;
     if c.apic == ApicMode::X2apic && cpu_model(options, features) == "qemu64" {
@@ -561,10 +562,15 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
             Accel::Hvf => "x2APIC under QEMU's HVF accelerator is not run (unverified)".into(),
         });
     }
-    // A split scenario needs the split shape; any other runs on the shape
-    // the backend has (as on `kvm-split`).
+    // A split scenario needs the split shape where QEMU's accelerator has
+    // a choice of shapes (KVM's kernel-irqchip); any other runs on the
+    // shape the backend has (as on `kvm-split`). Under TCG (or HVF's
+    // userspace APIC) QEMU has one shape, APIC and IOAPIC both QEMU's, and
+    // `irqchip` picks "where the IOAPIC lives on backends that can do
+    // both" (docs/scenario-format.md): it runs there as it is.
     if c.irqchip == crate::scenario::Irqchip::Split
-        && !(options.accel == Accel::Kvm && options.irqchip() == KernelIrqchip::Split)
+        && options.accel == Accel::Kvm
+        && options.irqchip() != KernelIrqchip::Split
     {
         return Some(
             "the scenario asks for the split shape: run it on qemu:accel=kvm,irqchip=split".into(),
@@ -603,12 +609,6 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
             if p.get() == 0 {
                 return Some("pin 0: QEMU routes ISA IRQ 0 to IOAPIC pin 2".into());
             }
-        }
-        // QEMU's own local APIC (TCG) takes IA32_APIC_BASE writes
-        // (`helper_wrmsr` -> `cpu_set_apic_base` -> `apic_set_base`); under
-        // KVM's local APIC they are not run (not verified).
-        if matches!(op, Op::ApicBase(_)) && !options.qemu_lapic() {
-            return Some("APIC base moves are not run on QEMU's KVM integration".into());
         }
         if let Some(why) = dangerous_delivery(op) {
             return Some(why);
@@ -727,17 +727,28 @@ impl Backend for QemuBackend {
                 None => runnable.push((i, s)),
             }
         }
-        // One process per IOAPIC version (QEMU sets it per machine).
-        runnable.sort_by_key(|(_, s)| s.config.ioapic == crate::scenario::IoapicVersion::V11);
+        // One process per IOAPIC version (QEMU sets it per machine) and
+        // per kernel-irqchip shape (`Options::for_scenario`).
+        let options = self.options;
+        let key = |s: &Scenario| {
+            (
+                s.config.ioapic == crate::scenario::IoapicVersion::V11,
+                options.for_scenario(s) != options,
+            )
+        };
+        runnable.sort_by_key(|(_, s)| key(s));
         let mut rest = &runnable[..];
         while let Some((_, first)) = rest.first() {
             let same = rest
                 .iter()
                 .take(batch::MAX)
-                .take_while(|(_, s)| s.config.ioapic == first.config.ioapic)
+                .take_while(|(_, s)| key(s) == key(first))
                 .count();
             let (group, tail) = rest.split_at(same);
-            if let Err(e) = self.run_group(group, &mut out) {
+            self.options = options.for_scenario(first);
+            let ran = self.run_group(group, &mut out);
+            self.options = options;
+            if let Err(e) = ran {
                 // A scenario a batch cannot hold runs on its own.
                 for (i, s) in group {
                     if out[*i].is_none() {
@@ -760,6 +771,17 @@ impl Backend for QemuBackend {
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
+        let options = self.options;
+        self.options = options.for_scenario(scenario);
+        let trace = self.execute_with_options(scenario);
+        self.options = options;
+        trace
+    }
+}
+
+impl QemuBackend {
+    /// [`Backend::execute`] with `self.options` already those of the scenario.
+    fn execute_with_options(&mut self, scenario: &Scenario) -> Result<Trace> {
         let table = guest_table(scenario, &self.options)?;
         let ram_path = self.dir.join(format!("ram-{}", unique()));
         let mut file =
