@@ -323,7 +323,11 @@ impl Rewrite {
                 reg: u32::from(offset),
                 value,
             };
-            match rest.events.iter().position(|e| e.op == op && e.kind == wanted) {
+            match rest
+                .events
+                .iter()
+                .position(|e| e.op == op && e.kind == wanted)
+            {
                 Some(i) => {
                     rest.events.remove(i);
                 }
@@ -362,15 +366,22 @@ fn qemu_x2apic_msr(scenario: &crate::scenario::Scenario) -> Option<Rewrite> {
         // Vector 0 is set in IRR and never dispatched (`apic_irq_pending`
         // reads a highest IRR vector of 0 as "none"): nothing to see unless
         // IRR is read (then not rewritten, below).
-        Op::LapicWrite { offset: 0x3f0, value } if value & 0xff == 0 => *op = Op::Nop,
-        Op::LapicWrite { offset: 0x3f0, value } => *op = Op::SelfIpi(value as u8),
+        Op::LapicWrite {
+            offset: 0x3f0,
+            value,
+        } if value & 0xff == 0 => *op = Op::Nop,
+        Op::LapicWrite {
+            offset: 0x3f0,
+            value,
+        } => *op = Op::SelfIpi(value as u8),
         // `case 0x0b`: `apic_eoi` whatever the value.
         Op::LapicWrite { offset: 0x0b0, .. } => *op = Op::Eoi,
         _ => {}
     };
     let mut s = scenario.clone();
     // IRR read after a vector-0 SELF IPI may have been sent.
-    let vector_0 = |op: &Op| matches!(op, Op::LapicWrite { offset: 0x3f0, value } if value & 0xff == 0);
+    let vector_0 =
+        |op: &Op| matches!(op, Op::LapicWrite { offset: 0x3f0, value } if value & 0xff == 0);
     let reads_irr = |op: &Op| matches!(op, Op::Snapshot | Op::LapicRead(0x200));
     let first_vector_0 = if scenario.handlers.values().flatten().any(vector_0) {
         Some(0)
@@ -400,10 +411,7 @@ fn qemu_x2apic_msr(scenario: &crate::scenario::Scenario) -> Option<Rewrite> {
             }
         }
     }
-    (s != *scenario).then_some(Rewrite {
-        scenario: s,
-        reads,
-    })
+    (s != *scenario).then_some(Rewrite { scenario: s, reads })
 }
 
 /// [`QEMU_APIC_PAGE_FIXED`]: after an IA32_APIC_BASE write that moves the
@@ -455,10 +463,7 @@ fn qemu_apic_page_fixed(scenario: &crate::scenario::Scenario) -> Option<Rewrite>
             _ => {}
         }
     }
-    (s != *scenario).then_some(Rewrite {
-        scenario: s,
-        reads,
-    })
+    (s != *scenario).then_some(Rewrite { scenario: s, reads })
 }
 
 /// A divergence of this host's KVM local APIC, with its IOAPIC too when
