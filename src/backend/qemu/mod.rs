@@ -566,14 +566,15 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
             Accel::Hvf => "x2APIC under QEMU's HVF accelerator is not run (unverified)".into(),
         });
     }
-    // A split scenario needs the split shape where QEMU's accelerator has
-    // a choice of shapes (KVM's kernel-irqchip); any other runs on the
-    // shape the backend has (as on `kvm-split`). Under TCG (or HVF's
-    // userspace APIC) QEMU has one shape, APIC and IOAPIC both QEMU's, and
+    // A split scenario needs the split shape where the accelerator's
+    // irqchip has a choice of shapes (`kernel-irqchip`; `accel=kvm,
+    // irqchip=on` switches, see `Options::for_scenario`); any other runs on
+    // the shape the backend has (as on `kvm-split`). With QEMU's own APIC
+    // (TCG, mainline HVF) there is one shape, APIC and IOAPIC both QEMU's, and
     // `irqchip` picks "where the IOAPIC lives on backends that can do
     // both" (docs/scenario-format.md): it runs there as it is.
     if c.irqchip == crate::scenario::Irqchip::Split
-        && options.accel == Accel::Kvm
+        && !options.qemu_lapic()
         && options.irqchip() != KernelIrqchip::Split
     {
         return Some(
