@@ -516,6 +516,78 @@ fn kvm_label(in_kernel_ioapic: bool, sig: &Signature) -> Option<Known> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::{Event, EventKind, Space, Trace};
+
+    fn read(op: usize, reg: u32, value: u32) -> Event {
+        Event {
+            op,
+            kind: EventKind::Read {
+                space: Space::Lapic,
+                reg,
+                value,
+            },
+        }
+    }
+
+    fn gp(op: usize) -> Event {
+        Event {
+            op,
+            kind: EventKind::Exception {
+                vector: crate::trace::GP_VECTOR,
+            },
+        }
+    }
+
+    fn trace(events: Vec<Event>) -> Trace {
+        let mut t = Trace::new("qemu-tcg");
+        t.events = events;
+        t
+    }
+
+    #[test]
+    fn qemu_x2apic_msr_explains_exactly_what_apic_register_write_and_read_do() {
+        // Version write (read-only: SDM #GP, QEMU nothing), EOI read
+        // (write-only: SDM #GP, QEMU 0), ID write (#GP on both).
+        let s = crate::scenario::parse(
+            "config apic=x2apic\nlapic-write 0x030 0\nlapic-read 0x0b0\nlapic-write 0x020 0\n",
+        )
+        .unwrap();
+        let rewrite = qemu_x2apic_msr(&s).expect("rewritten");
+        assert_eq!(rewrite.reads, [(1, 0xb0, 0)]);
+        assert!(rewrite.explains(&trace(vec![read(1, 0xb0, 0), gp(2)])));
+        // QEMU faulting the version write, or not the ID write, or reading
+        // another value, is not this behaviour.
+        assert!(!rewrite.explains(&trace(vec![gp(0), read(1, 0xb0, 0), gp(2)])));
+        assert!(!rewrite.explains(&trace(vec![read(1, 0xb0, 0)])));
+        assert!(!rewrite.explains(&trace(vec![read(1, 0xb0, 7), gp(2)])));
+        // xAPIC mode, or a mode switch: not rewritten.
+        let xapic = crate::scenario::parse("lapic-write 0x030 0\n").unwrap();
+        assert!(qemu_x2apic_msr(&xapic).is_none());
+    }
+
+    #[test]
+    fn qemu_apic_page_fixed_explains_lost_accesses_at_a_moved_base_only() {
+        let s = crate::scenario::parse(
+            "apic-base 0xfed00800\nsvr 0x1ff\nself-ipi 0x40\nlapic-read 0x030\nnop\n",
+        )
+        .unwrap();
+        let rewrite = qemu_apic_page_fixed(&s).expect("rewritten");
+        assert_eq!(rewrite.reads, [(3, 0x30, 0)]);
+        assert!(rewrite.explains(&trace(vec![read(3, 0x30, 0)])));
+        // The self IPI delivered, or the version read there: the APIC was
+        // reached at the new base, so this label does not explain it.
+        let delivered = Event {
+            op: 2,
+            kind: EventKind::Deliver { vector: 0x40 },
+        };
+        assert!(!rewrite.explains(&trace(vec![delivered, read(3, 0x30, 0)])));
+        assert!(!rewrite.explains(&trace(vec![read(3, 0x30, 0x50014)])));
+        // No move (or a write that faults on its reserved bits): nothing.
+        for text in ["apic-base 0xfee00800\nsvr 0x1ff\n", "apic-base 0xfed00801\nsvr 0x1ff\n"] {
+            let s = crate::scenario::parse(text).unwrap();
+            assert!(qemu_apic_page_fixed(&s).is_none(), "{text}");
+        }
+    }
 
     #[test]
     fn a_cause_is_documented_only_by_its_exact_deviations_on_its_backend() {
