@@ -583,7 +583,10 @@ mod tests {
         assert!(!rewrite.explains(&trace(vec![delivered, read(3, 0x30, 0)])));
         assert!(!rewrite.explains(&trace(vec![read(3, 0x30, 0x50014)])));
         // No move (or a write that faults on its reserved bits): nothing.
-        for text in ["apic-base 0xfee00800\nsvr 0x1ff\n", "apic-base 0xfed00801\nsvr 0x1ff\n"] {
+        for text in [
+            "apic-base 0xfee00800\nsvr 0x1ff\n",
+            "apic-base 0xfed00801\nsvr 0x1ff\n",
+        ] {
             let s = crate::scenario::parse(text).unwrap();
             assert!(qemu_apic_page_fixed(&s).is_none(), "{text}");
         }

@@ -578,7 +578,7 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
         && options.irqchip() != KernelIrqchip::Split
     {
         return Some(
-            "the scenario asks for the split shape: run it on qemu:accel=kvm,irqchip=split".into(),
+            "the scenario asks for the split shape: run it with irqchip=split".into(),
         );
     }
     if c.directed_eoi {
