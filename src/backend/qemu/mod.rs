@@ -69,10 +69,21 @@ const TIMER_REGISTERS: [u16; 4] = [
 /// Whether `scenario` leaves the local APIC timer to the watchdog. An
 /// IA32_APIC_BASE write may disable the APIC or switch it to x2APIC mode
 /// (where the watchdog's xAPIC page reads no longer reach it, SDM
-/// §11.12.1), so such a scenario runs without it too.
+/// §11.12.1), so such a scenario runs without it too, and so does one that
+/// sends an NMI: the watchdog's is an NMI as well, and an NMI raised while
+/// another is pending is lost with it (SDM §6.7.1: NMIs are not queued
+/// beyond one), so on a loaded host, where the period can run out at any
+/// instruction, the scenario's NMI could be taken as the watchdog's.
 fn watchdog_allowed(scenario: &Scenario) -> bool {
+    use crate::scenario::{DeliveryMode, MsiDelivery};
     !scenario.all_ops().any(|op| {
         matches!(op, Op::ApicBase(_))
+            || matches!(op, Op::Host(HostOp::Msi(m)) if m.delivery == MsiDelivery::Nmi)
+            || matches!(op, Op::Route { route, .. } if route.delivery == DeliveryMode::Nmi)
+            // ICR or an LVT with delivery mode 100b (SDM §11.6.1, §11.5.1).
+            || matches!(op, Op::LapicWrite { offset, value } | Op::LapicMmioWrite { offset, value }
+                if (*offset == reg::ICR_LOW || (reg::LVT_TIMER..=reg::LVT_ERROR).contains(offset))
+                    && (value >> 8) & 7 == 4)
             || matches!(op, Op::LapicRead(o) | Op::LapicWrite { offset: o, .. } | Op::LapicMmioRead(o) | Op::LapicMmioWrite { offset: o, .. } if TIMER_REGISTERS.contains(o))
     })
 }
@@ -577,9 +588,7 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
         && !options.qemu_lapic()
         && options.irqchip() != KernelIrqchip::Split
     {
-        return Some(
-            "the scenario asks for the split shape: run it with irqchip=split".into(),
-        );
+        return Some("the scenario asks for the split shape: run it with irqchip=split".into());
     }
     if c.directed_eoi {
         return Some(if options.qemu_lapic() {
@@ -992,6 +1001,9 @@ mod batch {
     pub const WATCHDOG_COUNT: u64 = CONTROL + 12;
     /// u64: the stub's own vector-2 entry.
     pub const VECTOR2: u64 = CONTROL + 16;
+    /// u32: 1 while the running scenario has the watchdog armed (the NMI
+    /// handler passes every NMI of an unarmed one to the stub).
+    pub const ARMED: u64 = CONTROL + 24;
     /// Offset within a staging slot: u32, 1 when the watchdog is armed.
     pub const WATCHDOG_AT: u64 = 8;
     /// Offset within a staging slot: u32, 1 for an x2APIC scenario.
@@ -1091,7 +1103,9 @@ mod batch {
         // (hw/intc/apic.c, apic_local_deliver), and an NMI touches
         // neither IRR, ISR nor TMR.
         let mut unarmed = l.create_label();
-        l.cmp(dword_ptr(rbx + WATCHDOG_AT as i32), 0)?;
+        l.mov(ecx, dword_ptr(rbx + WATCHDOG_AT as i32))?;
+        l.mov(dword_ptr(ARMED), ecx)?;
+        l.cmp(ecx, 0)?;
         l.je(unarmed)?;
         l.mov(rdi, LAPIC_BASE)?;
         l.mov(dword_ptr(rdi + 0x3e0), 0xb)?;
@@ -1114,6 +1128,12 @@ mod batch {
         let mut w = CodeAssembler::new(64)?;
         let mut hang = w.create_label();
         let mut own = w.create_label();
+        let mut unarmed = w.create_label();
+        // No watchdog for this scenario: every NMI is its own (without
+        // this, a stopped timer's count of 0 read as "the period ran
+        // out" and the scenario's NMI was dropped).
+        w.cmp(dword_ptr(ARMED), 0)?;
+        w.je(unarmed)?;
         w.push(rax)?;
         w.push(rcx)?;
         w.mov(rax, LAPIC_BASE)?;
@@ -1139,6 +1159,7 @@ mod batch {
         w.set_label(&mut own)?;
         w.pop(rcx)?;
         w.pop(rax)?;
+        w.set_label(&mut unarmed)?;
         w.jmp(qword_ptr(VECTOR2))?;
         w.assemble(WATCHDOG_HANDLER)
     }
