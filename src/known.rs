@@ -107,8 +107,37 @@ pub const KVM_IOAPIC_LATCH: Known = Known {
     deviations: &[Deviation::new(Rule::LevelDelivers, Mode::Skipped)],
 };
 
+/// QEMU's local APIC in x2APIC mode (TCG, QEMU 9.0+): `apic_msr_write`
+/// and `apic_msr_read` (`hw/intc/apic.c`, reached from `helper_wrmsr` /
+/// `helper_rdmsr` in `target/i386/tcg/system/misc_helper.c`) go through
+/// `apic_register_write` / `apic_register_read`, which fault (return -1,
+/// so #GP) only on the registers that x2APIC mode removes (ID and LDR
+/// writes, DFR, ICR high writes) and on unknown indexes. Writes of the
+/// read-only registers (version, APR, PPR, ISR/TMR/IRR, current count) do
+/// nothing, SELF IPI sends `val & 0xff` whatever its reserved bits, a
+/// non-zero EOI write is an EOI, and APR, EOI and ICR high read 0
+/// where SDM §11.12.1.2-3 raises #GP.
+pub const QEMU_X2APIC_MSR: Known = Known {
+    id: "qemu-x2apic-msr",
+    title: "QEMU: x2APIC MSR writes of read-only registers and reserved bits do not fault",
+    doc: "docs/known-divergences.md#qemu-x2apic-msr",
+    deviations: &[],
+};
+
+/// QEMU maps its local APIC's page once, at the reset base 0xFEE00000
+/// (`x86_cpu_apic_realize`, `target/i386/cpu-apic.c`); `apic_set_base`
+/// (`hw/intc/apic.c`, from `cpu_set_apic_base`) records a new base in
+/// IA32_APIC_BASE but does not move the page, so after a move the APIC is
+/// not at its base (SDM §11.4.4): writes there are lost, reads return 0.
+pub const QEMU_APIC_PAGE_FIXED: Known = Known {
+    id: "qemu-apic-page-fixed",
+    title: "QEMU: the local APIC's page stays at 0xFEE00000 when IA32_APIC_BASE moves it",
+    doc: "docs/known-divergences.md#qemu-apic-page-fixed",
+    deviations: &[],
+};
+
 /// Every documented behaviour.
-pub const ALL: [Known; 7] = [
+pub const ALL: [Known; 9] = [
     KVM_ISR_NOT_SET,
     KVM_DEFERRED_INJECTION,
     KVM_IOAPIC_LATCH,
@@ -116,6 +145,8 @@ pub const ALL: [Known; 7] = [
     QEMU_IOAPIC_LATCH,
     QEMU_LAPIC_ACCEPTS,
     QEMU_IRQCHIP,
+    QEMU_X2APIC_MSR,
+    QEMU_APIC_PAGE_FIXED,
 ];
 
 /// The documented behaviour of `backend` that a cause explained by exactly
@@ -249,6 +280,9 @@ fn qemu_label(
     scenario: &crate::scenario::Scenario,
     observed: &crate::trace::Trace,
 ) -> Option<Known> {
+    // The shape the scenario ran on (a split scenario on irqchip=on runs
+    // with kernel-irqchip=split).
+    let qemu = qemu.for_scenario(scenario);
     let own = QEMU_BEHAVIOURS
         .iter()
         .filter(|(quirks, _)| {
@@ -261,10 +295,191 @@ fn qemu_label(
             (crate::oracle::compare(&trace, observed) == crate::oracle::Verdict::Agree)
                 .then_some(known)
         });
-    if own.is_some() || qemu.qemu_lapic() || qemu.accel != crate::backend::qemu::Accel::Kvm {
+    if own.is_some() {
         return own;
     }
+    if qemu.qemu_lapic() {
+        return [
+            (QEMU_X2APIC_MSR, qemu_x2apic_msr(scenario)),
+            (QEMU_APIC_PAGE_FIXED, qemu_apic_page_fixed(scenario)),
+        ]
+        .into_iter()
+        .find_map(|(known, rewrite)| {
+            rewrite
+                .is_some_and(|r| r.explains(observed))
+                .then_some(known)
+        });
+    }
+    if qemu.accel != crate::backend::qemu::Accel::Kvm {
+        return None;
+    }
     kvm_label(!qemu.qemu_ioapic(), sig)
+}
+
+/// A scenario rewritten to what QEMU's local APIC does with it, for a
+/// behaviour the model has no quirk for: ops QEMU performs differently are
+/// replaced by the op QEMU performs (a `nop` for one that does nothing),
+/// and the reads QEMU answers where the model does not are left out of the
+/// replay and expected in QEMU's trace with the value QEMU's code gives.
+struct Rewrite {
+    scenario: crate::scenario::Scenario,
+    /// (top-level op, LAPIC offset, value): reads QEMU answers.
+    reads: Vec<(usize, u16, u32)>,
+}
+
+impl Rewrite {
+    /// Whether QEMU's `observed` trace is the rewritten scenario's on the
+    /// model with QEMU's other behaviours (`sim:qemu`), plus the reads.
+    fn explains(&self, observed: &crate::trace::Trace) -> bool {
+        use crate::trace::{EventKind, Space};
+        let mut rest = observed.clone();
+        for &(op, offset, value) in &self.reads {
+            let wanted = EventKind::Read {
+                space: Space::Lapic,
+                reg: u32::from(offset),
+                value,
+            };
+            match rest
+                .events
+                .iter()
+                .position(|e| e.op == op && e.kind == wanted)
+            {
+                Some(i) => {
+                    rest.events.remove(i);
+                }
+                None => return false,
+            }
+        }
+        let mut replay = crate::backend::model::ModelBackend::with_quirks(
+            irqdiff_model::Quirks::QEMU_IOAPIC.union(irqdiff_model::Quirks::QEMU_LAPIC),
+        );
+        let trace = crate::backend::Backend::run_to_trace(&mut replay, &self.scenario);
+        crate::oracle::compare(&trace, &rest) == crate::oracle::Verdict::Agree
+    }
+}
+
+/// [`QEMU_X2APIC_MSR`]: what `apic_register_write` / `apic_register_read`
+/// (`hw/intc/apic.c`, QEMU 10.0) do with each x2APIC MSR access that SDM
+/// §11.12.1.2-3 faults. Only for scenarios that stay in x2APIC mode (no
+/// `apic-base`), whose handlers read none of those registers.
+fn qemu_x2apic_msr(scenario: &crate::scenario::Scenario) -> Option<Rewrite> {
+    use crate::scenario::{ApicMode, Op};
+    if scenario.config.apic != ApicMode::X2apic
+        || scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)))
+    {
+        return None;
+    }
+    // Register index = offset >> 4. Writes that `apic_register_write`
+    // takes as no-ops: version 0x03, APR 0x09, PPR 0x0a, ISR/TMR/IRR
+    // 0x10-0x27, current count 0x39. Reads `apic_register_read` answers:
+    // APR 0x09 (`apic_get_arb_pri`: 0), EOI 0x0b (0), ICR high 0x31
+    // (`icr[1]`, 0 unless an xAPIC-mode write set it: not rewritten then).
+    let silent_write = |i: u16| matches!(i, 0x03 | 0x09 | 0x0a | 0x10..=0x27 | 0x39);
+    let answered_read = |i: u16| matches!(i, 0x09 | 0x0b | 0x31);
+    let rewrite = |op: &mut Op| match *op {
+        Op::LapicWrite { offset, .. } if silent_write(offset >> 4) => *op = Op::Nop,
+        // `case 0x3f`: SELF IPI with `val & 0xff`, reserved bits unchecked.
+        // Vector 0 is set in IRR and never dispatched (`apic_irq_pending`
+        // reads a highest IRR vector of 0 as "none"): nothing to see unless
+        // IRR is read (then not rewritten, below).
+        Op::LapicWrite {
+            offset: 0x3f0,
+            value,
+        } if value & 0xff == 0 => *op = Op::Nop,
+        Op::LapicWrite {
+            offset: 0x3f0,
+            value,
+        } => *op = Op::SelfIpi(value as u8),
+        // `case 0x0b`: `apic_eoi` whatever the value.
+        Op::LapicWrite { offset: 0x0b0, .. } => *op = Op::Eoi,
+        _ => {}
+    };
+    let mut s = scenario.clone();
+    // IRR read after a vector-0 SELF IPI may have been sent.
+    let vector_0 =
+        |op: &Op| matches!(op, Op::LapicWrite { offset: 0x3f0, value } if value & 0xff == 0);
+    let reads_irr = |op: &Op| matches!(op, Op::Snapshot | Op::LapicRead(0x200));
+    let first_vector_0 = if scenario.handlers.values().flatten().any(vector_0) {
+        Some(0)
+    } else {
+        scenario.ops.iter().position(vector_0)
+    };
+    let irr_seen = first_vector_0.is_some_and(|k| {
+        scenario.ops[k..].iter().any(reads_irr)
+            || scenario.handlers.values().flatten().any(reads_irr)
+    });
+    if irr_seen
+        || s.handlers
+            .values()
+            .flatten()
+            .any(|op| matches!(op, Op::LapicRead(o) if answered_read(o >> 4)))
+    {
+        return None;
+    }
+    s.handlers.values_mut().flatten().for_each(rewrite);
+    let mut reads = Vec::new();
+    for (i, op) in s.ops.iter_mut().enumerate() {
+        rewrite(op);
+        if let Op::LapicRead(offset) = *op {
+            if answered_read(offset >> 4) {
+                reads.push((i, offset, 0));
+                *op = Op::Nop;
+            }
+        }
+    }
+    (s != *scenario).then_some(Rewrite { scenario: s, reads })
+}
+
+/// [`QEMU_APIC_PAGE_FIXED`]: after an IA32_APIC_BASE write that moves the
+/// base away from 0xFEE00000 in xAPIC mode (EN set, EXTD clear, no
+/// reserved bit: `apic_set_base` takes it), every access the stub makes
+/// through the APIC page until the base comes back misses the APIC: a
+/// write does nothing and a read returns 0 (unassigned memory). Only for
+/// scenarios whose handlers make no such access and that take no snapshot
+/// while the base is moved.
+fn qemu_apic_page_fixed(scenario: &crate::scenario::Scenario) -> Option<Rewrite> {
+    use crate::scenario::{ApicMode, Op};
+    const DEFAULT_BASE: u32 = 0xfee0_0000;
+    if scenario.config.apic != ApicMode::Xapic {
+        return None;
+    }
+    let through_page = |op: &Op| {
+        matches!(
+            op,
+            Op::Eoi
+                | Op::SelfIpi(_)
+                | Op::Tpr(_)
+                | Op::Svr(_)
+                | Op::Snapshot
+                | Op::LapicRead(_)
+                | Op::LapicWrite { .. }
+                | Op::LapicMmioRead(_)
+                | Op::LapicMmioWrite { .. }
+        )
+    };
+    if scenario.handlers.values().flatten().any(through_page) {
+        return None;
+    }
+    let mut s = scenario.clone();
+    let mut reads = Vec::new();
+    let mut base = DEFAULT_BASE;
+    for (i, op) in s.ops.iter_mut().enumerate() {
+        match *op {
+            // SDM §11.12.1: bits 7:0 and 9 reserved (#GP); EXTD: x2APIC,
+            // which has no page: not rewritten.
+            Op::ApicBase(v) if v & 0x2ff != 0 => {}
+            Op::ApicBase(v) if v & (1 << 10) != 0 => return None,
+            Op::ApicBase(v) => base = v & 0xffff_f000,
+            Op::Snapshot if base != DEFAULT_BASE => return None,
+            Op::LapicRead(offset) | Op::LapicMmioRead(offset) if base != DEFAULT_BASE => {
+                reads.push((i, offset, 0));
+                *op = Op::Nop;
+            }
+            _ if base != DEFAULT_BASE && through_page(op) => *op = Op::Nop,
+            _ => {}
+        }
+    }
+    (s != *scenario).then_some(Rewrite { scenario: s, reads })
 }
 
 /// A divergence of this host's KVM local APIC, with its IOAPIC too when
@@ -317,6 +532,81 @@ fn kvm_label(in_kernel_ioapic: bool, sig: &Signature) -> Option<Known> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::{Event, EventKind, Space, Trace};
+
+    fn read(op: usize, reg: u32, value: u32) -> Event {
+        Event {
+            op,
+            kind: EventKind::Read {
+                space: Space::Lapic,
+                reg,
+                value,
+            },
+        }
+    }
+
+    fn gp(op: usize) -> Event {
+        Event {
+            op,
+            kind: EventKind::Exception {
+                vector: crate::trace::GP_VECTOR,
+            },
+        }
+    }
+
+    fn trace(events: Vec<Event>) -> Trace {
+        let mut t = Trace::new("qemu-tcg");
+        t.events = events;
+        t
+    }
+
+    #[test]
+    fn qemu_x2apic_msr_explains_exactly_what_apic_register_write_and_read_do() {
+        // Version write (read-only: SDM #GP, QEMU nothing), EOI read
+        // (write-only: SDM #GP, QEMU 0), ID write (#GP on both).
+        let s = crate::scenario::parse(
+            "config apic=x2apic\nlapic-write 0x030 0\nlapic-read 0x0b0\nlapic-write 0x020 0\n",
+        )
+        .unwrap();
+        let rewrite = qemu_x2apic_msr(&s).expect("rewritten");
+        assert_eq!(rewrite.reads, [(1, 0xb0, 0)]);
+        assert!(rewrite.explains(&trace(vec![read(1, 0xb0, 0), gp(2)])));
+        // QEMU faulting the version write, or not the ID write, or reading
+        // another value, is not this behaviour.
+        assert!(!rewrite.explains(&trace(vec![gp(0), read(1, 0xb0, 0), gp(2)])));
+        assert!(!rewrite.explains(&trace(vec![read(1, 0xb0, 0)])));
+        assert!(!rewrite.explains(&trace(vec![read(1, 0xb0, 7), gp(2)])));
+        // xAPIC mode, or a mode switch: not rewritten.
+        let xapic = crate::scenario::parse("lapic-write 0x030 0\n").unwrap();
+        assert!(qemu_x2apic_msr(&xapic).is_none());
+    }
+
+    #[test]
+    fn qemu_apic_page_fixed_explains_lost_accesses_at_a_moved_base_only() {
+        let s = crate::scenario::parse(
+            "apic-base 0xfed00800\nsvr 0x1ff\nself-ipi 0x40\nlapic-read 0x030\nnop\n",
+        )
+        .unwrap();
+        let rewrite = qemu_apic_page_fixed(&s).expect("rewritten");
+        assert_eq!(rewrite.reads, [(3, 0x30, 0)]);
+        assert!(rewrite.explains(&trace(vec![read(3, 0x30, 0)])));
+        // The self IPI delivered, or the version read there: the APIC was
+        // reached at the new base, so this label does not explain it.
+        let delivered = Event {
+            op: 2,
+            kind: EventKind::Deliver { vector: 0x40 },
+        };
+        assert!(!rewrite.explains(&trace(vec![delivered, read(3, 0x30, 0)])));
+        assert!(!rewrite.explains(&trace(vec![read(3, 0x30, 0x50014)])));
+        // No move (or a write that faults on its reserved bits): nothing.
+        for text in [
+            "apic-base 0xfee00800\nsvr 0x1ff\n",
+            "apic-base 0xfed00801\nsvr 0x1ff\n",
+        ] {
+            let s = crate::scenario::parse(text).unwrap();
+            assert!(qemu_apic_page_fixed(&s).is_none(), "{text}");
+        }
+    }
 
     #[test]
     fn a_cause_is_documented_only_by_its_exact_deviations_on_its_backend() {

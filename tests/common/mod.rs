@@ -131,3 +131,91 @@ pub fn snapshot(t: &Trace, index: usize) -> &irqdiff::trace::Snapshot {
 pub fn bit(words: &[u32; 8], v: u8) -> bool {
     words[v as usize / 32] & (1 << (v % 32)) != 0
 }
+
+/// The directories of committed scenarios (`scenarios/<dir>`).
+pub const SCENARIO_DIRS: [&str; 4] = [
+    "kvm-unit-tests",
+    "kvm-divergences",
+    "seed-hvf",
+    "qemu-divergences",
+];
+
+/// Every committed scenario, directory by directory.
+pub fn committed_scenarios() -> Vec<PathBuf> {
+    SCENARIO_DIRS
+        .iter()
+        .flat_map(|d| scenario_files(d))
+        .collect()
+}
+
+/// What every committed scenario did on one backend.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Scenarios (file stems) that agreed with the model.
+    pub agreed: Vec<String>,
+    /// Scenarios whose divergence carries a documented label, with its id.
+    pub labelled: Vec<(String, &'static str)>,
+    /// Scenarios the backend did not run, with why.
+    pub refused: Vec<(String, String)>,
+}
+
+impl Tally {
+    /// The refused scenarios' stems.
+    pub fn refused_stems(&self) -> Vec<&str> {
+        self.refused.iter().map(|(s, _)| s.as_str()).collect()
+    }
+}
+
+/// Runs every committed scenario on `backend_name` and judges it against
+/// the model: each agrees, or its divergence carries a documented label
+/// (`irqdiff::known::label`), or the backend refused it (returned in the
+/// tally for the caller to check). An undocumented divergence panics,
+/// naming the file. `batched`: the scenarios run as one `run_batch`
+/// (QEMU: a few processes instead of one per scenario); otherwise one
+/// run each.
+pub fn every_scenario_agrees_or_is_documented(backend_name: &str, batched: bool) -> Tally {
+    let paths = committed_scenarios();
+    let scenarios: Vec<Scenario> = paths.iter().map(|p| load(p)).collect();
+    let mut differ = irqdiff::differ::Differ::open(backend_name).unwrap_or_else(|e| panic!("{e}"));
+    let observed: Vec<Option<Trace>> = if batched {
+        let mut b = irqdiff::backend::open(backend_name).unwrap_or_else(|e| panic!("{e}"));
+        b.run_batch(&scenarios).into_iter().map(Some).collect()
+    } else {
+        vec![None; scenarios.len()]
+    };
+    let mut tally = Tally::default();
+    for ((path, scenario), observed) in paths.iter().zip(&scenarios).zip(observed) {
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let judgement = match observed {
+            Some(t) => differ.judge(scenario, t),
+            None => differ.diff(scenario),
+        };
+        match &judgement.ruling {
+            irqdiff::oracle::Ruling::Agree => tally.agreed.push(stem),
+            irqdiff::oracle::Ruling::Diverge {
+                divergence,
+                signature,
+            } => {
+                let label =
+                    irqdiff::known::label(backend_name, signature, scenario, &judgement.observed);
+                let Some(label) = label else {
+                    panic!(
+                        "{backend_name}: {}: undocumented divergence {signature}: {divergence}\nobserved: {}",
+                        path.display(),
+                        judgement.observed.to_json()
+                    );
+                };
+                tally.labelled.push((stem, label.id));
+            }
+            irqdiff::oracle::Ruling::Inconclusive(why) => tally.refused.push((stem, why.clone())),
+        }
+    }
+    eprintln!(
+        "{backend_name}: {} agree, {} labelled {:?}, refused {:?}",
+        tally.agreed.len(),
+        tally.labelled.len(),
+        tally.labelled,
+        tally.refused
+    );
+    tally
+}

@@ -66,10 +66,25 @@ const TIMER_REGISTERS: [u16; 4] = [
     reg::TIMER_DIVIDE,
 ];
 
-/// Whether `scenario` leaves the local APIC timer to the watchdog.
+/// Whether `scenario` leaves the local APIC timer to the watchdog. An
+/// IA32_APIC_BASE write may disable the APIC or switch it to x2APIC mode
+/// (where the watchdog's xAPIC page reads no longer reach it, SDM
+/// §11.12.1), so such a scenario runs without it too, and so does one that
+/// sends an NMI: the watchdog's is an NMI as well, and an NMI raised while
+/// another is pending is lost with it (SDM §6.7.1: NMIs are not queued
+/// beyond one), so on a loaded host, where the period can run out at any
+/// instruction, the scenario's NMI could be taken as the watchdog's.
 fn watchdog_allowed(scenario: &Scenario) -> bool {
+    use crate::scenario::{DeliveryMode, MsiDelivery};
     !scenario.all_ops().any(|op| {
-        matches!(op, Op::LapicRead(o) | Op::LapicWrite { offset: o, .. } | Op::LapicMmioRead(o) | Op::LapicMmioWrite { offset: o, .. } if TIMER_REGISTERS.contains(o))
+        matches!(op, Op::ApicBase(_))
+            || matches!(op, Op::Host(HostOp::Msi(m)) if m.delivery == MsiDelivery::Nmi)
+            || matches!(op, Op::Route { route, .. } if route.delivery == DeliveryMode::Nmi)
+            // ICR or an LVT with delivery mode 100b (SDM §11.6.1, §11.5.1).
+            || matches!(op, Op::LapicWrite { offset, value } | Op::LapicMmioWrite { offset, value }
+                if (*offset == reg::ICR_LOW || (reg::LVT_TIMER..=reg::LVT_ERROR).contains(offset))
+                    && (value >> 8) & 7 == 4)
+            || matches!(op, Op::LapicRead(o) | Op::LapicWrite { offset: o, .. } | Op::LapicMmioRead(o) | Op::LapicMmioWrite { offset: o, .. } if TIMER_REGISTERS.contains(o))
     })
 }
 
@@ -545,9 +560,14 @@ fn guest_table(scenario: &Scenario, options: &Options) -> Result<table::Table> {
 
 /// Why a scenario cannot run on QEMU with `options`.
 fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> Option<String> {
+    let options = &options.for_scenario(scenario);
     let version = features.version_string();
     let c = &scenario.config;
-    if c.apic == ApicMode::X2apic && cpu_model(options, features) == "qemu64" {
+    // An IA32_APIC_BASE write with EXTD (bit 10) enters x2APIC mode too.
+    let enters_x2apic = scenario
+        .all_ops()
+        .any(|op| matches!(op, Op::ApicBase(v) if v & (1 << 10) != 0));
+    if (c.apic == ApicMode::X2apic || enters_x2apic) && cpu_model(options, features) == "qemu64" {
         return Some(match options.accel {
             Accel::Tcg => format!("QEMU {version}'s TCG has no x2APIC (QEMU 9.0 added it)"),
             Accel::Kvm => {
@@ -557,14 +577,18 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
             Accel::Hvf => "x2APIC under QEMU's HVF accelerator is not run (unverified)".into(),
         });
     }
-    // A split scenario needs the split shape; any other runs on the shape
-    // the backend has (as on `kvm-split`).
+    // A split scenario needs the split shape where the accelerator's
+    // irqchip has a choice of shapes (`kernel-irqchip`; `accel=kvm,
+    // irqchip=on` switches, see `Options::for_scenario`); any other runs on
+    // the shape the backend has (as on `kvm-split`). With QEMU's own APIC
+    // (TCG, mainline HVF) there is one shape, APIC and IOAPIC both QEMU's, and
+    // `irqchip` picks "where the IOAPIC lives on backends that can do
+    // both" (docs/scenario-format.md): it runs there as it is.
     if c.irqchip == crate::scenario::Irqchip::Split
-        && !(options.accel == Accel::Kvm && options.irqchip() == KernelIrqchip::Split)
+        && !options.qemu_lapic()
+        && options.irqchip() != KernelIrqchip::Split
     {
-        return Some(
-            "the scenario asks for the split shape: run it on qemu:accel=kvm,irqchip=split".into(),
-        );
+        return Some("the scenario asks for the split shape: run it with irqchip=split".into());
     }
     if c.directed_eoi {
         return Some(if options.qemu_lapic() {
@@ -587,6 +611,11 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
                 .into(),
         );
     }
+    // IA32_APIC_BASE writes run: under TCG through `helper_wrmsr` ->
+    // `cpu_set_apic_base` -> `apic_set_base` (hw/intc/apic.c), whose page
+    // does not move (known-divergences.md#qemu-apic-page-fixed); under
+    // KVM's local APIC, the kernel's.
+    let moves_base = scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)));
     for op in scenario.all_ops() {
         if let Some(p) = host_pin(op) {
             if p.get() >= 16 {
@@ -599,21 +628,21 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
                 return Some("pin 0: QEMU routes ISA IRQ 0 to IOAPIC pin 2".into());
             }
         }
-        if matches!(op, Op::ApicBase(_)) {
-            return Some("APIC base moves are not run on QEMU".into());
-        }
         if let Some(why) = dangerous_delivery(op) {
             return Some(why);
         }
         // hw/intc/apic.c, apic_mem_write: "MSI and MMIO APIC are at the
         // same memory location": a write to register index 0 is an MSI
         // with the value as its data, not a reserved-register write.
-        if options.qemu_lapic()
-            && matches!(
-                op,
-                Op::LapicWrite { offset: 0, .. } | Op::LapicMmioWrite { offset: 0, .. }
-            )
-        {
+        // In x2APIC mode a `lapic-write` is a WRMSR (MSR 0x800, reserved),
+        // which never reaches the APIC page: run it where the scenario
+        // cannot be in xAPIC mode at that op.
+        let by_mmio = match op {
+            Op::LapicMmioWrite { offset: 0, .. } => true,
+            Op::LapicWrite { offset: 0, .. } => c.apic == ApicMode::Xapic || moves_base,
+            _ => false,
+        };
+        if options.qemu_lapic() && by_mmio {
             return Some("lapic-write 0x000: QEMU sends it as an MSI".into());
         }
     }
@@ -716,17 +745,28 @@ impl Backend for QemuBackend {
                 None => runnable.push((i, s)),
             }
         }
-        // One process per IOAPIC version (QEMU sets it per machine).
-        runnable.sort_by_key(|(_, s)| s.config.ioapic == crate::scenario::IoapicVersion::V11);
+        // One process per IOAPIC version (QEMU sets it per machine) and
+        // per kernel-irqchip shape (`Options::for_scenario`).
+        let options = self.options;
+        let key = |s: &Scenario| {
+            (
+                s.config.ioapic == crate::scenario::IoapicVersion::V11,
+                options.for_scenario(s) != options,
+            )
+        };
+        runnable.sort_by_key(|(_, s)| key(s));
         let mut rest = &runnable[..];
         while let Some((_, first)) = rest.first() {
             let same = rest
                 .iter()
                 .take(batch::MAX)
-                .take_while(|(_, s)| s.config.ioapic == first.config.ioapic)
+                .take_while(|(_, s)| key(s) == key(first))
                 .count();
             let (group, tail) = rest.split_at(same);
-            if let Err(e) = self.run_group(group, &mut out) {
+            self.options = options.for_scenario(first);
+            let ran = self.run_group(group, &mut out);
+            self.options = options;
+            if let Err(e) = ran {
                 // A scenario a batch cannot hold runs on its own.
                 for (i, s) in group {
                     if out[*i].is_none() {
@@ -749,6 +789,17 @@ impl Backend for QemuBackend {
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
+        let options = self.options;
+        self.options = options.for_scenario(scenario);
+        let trace = self.execute_with_options(scenario);
+        self.options = options;
+        trace
+    }
+}
+
+impl QemuBackend {
+    /// [`Backend::execute`] with `self.options` already those of the scenario.
+    fn execute_with_options(&mut self, scenario: &Scenario) -> Result<Trace> {
         let table = guest_table(scenario, &self.options)?;
         let ram_path = self.dir.join(format!("ram-{}", unique()));
         let mut file =
@@ -950,6 +1001,9 @@ mod batch {
     pub const WATCHDOG_COUNT: u64 = CONTROL + 12;
     /// u64: the stub's own vector-2 entry.
     pub const VECTOR2: u64 = CONTROL + 16;
+    /// u32: 1 while the running scenario has the watchdog armed (the NMI
+    /// handler passes every NMI of an unarmed one to the stub).
+    pub const ARMED: u64 = CONTROL + 24;
     /// Offset within a staging slot: u32, 1 when the watchdog is armed.
     pub const WATCHDOG_AT: u64 = 8;
     /// Offset within a staging slot: u32, 1 for an x2APIC scenario.
@@ -1049,7 +1103,9 @@ mod batch {
         // (hw/intc/apic.c, apic_local_deliver), and an NMI touches
         // neither IRR, ISR nor TMR.
         let mut unarmed = l.create_label();
-        l.cmp(dword_ptr(rbx + WATCHDOG_AT as i32), 0)?;
+        l.mov(ecx, dword_ptr(rbx + WATCHDOG_AT as i32))?;
+        l.mov(dword_ptr(ARMED), ecx)?;
+        l.cmp(ecx, 0)?;
         l.je(unarmed)?;
         l.mov(rdi, LAPIC_BASE)?;
         l.mov(dword_ptr(rdi + 0x3e0), 0xb)?;
@@ -1072,6 +1128,12 @@ mod batch {
         let mut w = CodeAssembler::new(64)?;
         let mut hang = w.create_label();
         let mut own = w.create_label();
+        let mut unarmed = w.create_label();
+        // No watchdog for this scenario: every NMI is its own (without
+        // this, a stopped timer's count of 0 read as "the period ran
+        // out" and the scenario's NMI was dropped).
+        w.cmp(dword_ptr(ARMED), 0)?;
+        w.je(unarmed)?;
         w.push(rax)?;
         w.push(rcx)?;
         w.mov(rax, LAPIC_BASE)?;
@@ -1097,6 +1159,7 @@ mod batch {
         w.set_label(&mut own)?;
         w.pop(rcx)?;
         w.pop(rax)?;
+        w.set_label(&mut unarmed)?;
         w.jmp(qword_ptr(VECTOR2))?;
         w.assemble(WATCHDOG_HANDLER)
     }

@@ -155,6 +155,24 @@ impl Options {
         }
     }
 
+    /// The options a run of `scenario` uses: as `kvm` does for
+    /// `irqchip=split` (docs/scenario-format.md), a split-shape scenario on
+    /// `accel=kvm,irqchip=on` runs with `kernel-irqchip=split`; everything
+    /// else as given.
+    pub fn for_scenario(&self, scenario: &crate::scenario::Scenario) -> Options {
+        if self.accel == Accel::Kvm
+            && self.irqchip() == KernelIrqchip::On
+            && scenario.config.irqchip == crate::scenario::Irqchip::Split
+        {
+            Options {
+                irqchip: Some(KernelIrqchip::Split),
+                ..*self
+            }
+        } else {
+            *self
+        }
+    }
+
     /// Where the local APIC and IOAPIC live, the accelerator's default
     /// filled in.
     pub fn irqchip(&self) -> KernelIrqchip {
