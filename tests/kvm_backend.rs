@@ -247,13 +247,25 @@ fn the_in_kernel_ioapic_latch_is_kvms_and_not_the_split_shapes() {
     let scenario = load(&path);
     let observed = open("kvm").run(&scenario).unwrap();
     assert!(!observed.deliveries().any(|(_, v)| v == 0x22));
+    // This host also defers injection to the next exit, and which of the two
+    // explains a run depends on when the vCPU exits (2 runs in 30 gave the
+    // deferred label under load). Every run must be one of the two, and the
+    // latch must show within a few runs.
     let mut differ = irqdiff::differ::Differ::open("kvm").unwrap();
-    let judgement = differ.diff(&scenario);
-    let sig = judgement.signature().expect("diverges");
-    assert_eq!(
-        irqdiff::known::label("kvm", sig, &scenario, &judgement.observed).map(|k| k.id),
-        Some("kvm-ioapic-latch")
+    let labels: Vec<_> = (0..6)
+        .map(|_| {
+            let judgement = differ.diff(&scenario);
+            let sig = judgement.signature().expect("diverges");
+            irqdiff::known::label("kvm", sig, &scenario, &judgement.observed).map(|k| k.id)
+        })
+        .collect();
+    assert!(
+        labels
+            .iter()
+            .all(|l| matches!(l, Some("kvm-ioapic-latch" | "kvm-deferred-injection"))),
+        "{labels:?}"
     );
+    assert!(labels.contains(&Some("kvm-ioapic-latch")), "{labels:?}");
     // With the model's IOAPIC on KVM's local APIC, 0x22 is sent at the re-route.
     let split = open("kvm-split").run(&scenario).unwrap();
     assert!(split.deliveries().any(|(op, v)| (op, v) == (2, 0x22)));
