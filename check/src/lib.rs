@@ -147,7 +147,9 @@ where
         match compare(&s, &make) {
             Verdict::Same => summary.borrow_mut().compared += 1,
             Verdict::Skipped(why) => *summary.borrow_mut().skipped.entry(why).or_default() += 1,
-            Verdict::Diverged(f) => return Err(proptest::test_runner::TestCaseError::fail(f.to_string())),
+            Verdict::Diverged(f) => {
+                return Err(proptest::test_runner::TestCaseError::fail(f.to_string()))
+            }
         }
         Ok(())
     });
@@ -185,10 +187,21 @@ where
     };
     let rule = scenario::rule_at(s, &model, &device, first);
     let mut diff = String::new();
-    for i in 0..model.events.len().max(device.events.len()) {
+    let len = model.events.len().max(device.events.len());
+    for i in 0..len {
+        if i > first + 8 {
+            let _ = writeln!(diff, "   ... {} more events", len - i);
+            break;
+        }
         let show = |e: Option<&Event>| e.map_or("-".to_string(), |e| e.to_string());
         let (a, b) = (show(model.events.get(i)), show(device.events.get(i)));
-        let mark = if i == first { ">>" } else if a != b { " !" } else { "  " };
+        let mark = if i == first {
+            ">>"
+        } else if a != b {
+            " !"
+        } else {
+            "  "
+        };
         let _ = writeln!(diff, "{mark} {a:<44} | {b}");
     }
     Verdict::Diverged(Failure {

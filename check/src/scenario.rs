@@ -71,7 +71,8 @@ pub struct Scenario {
 
 /// The skip reason of an entry the model does not model (lib.rs of
 /// irqdiff-model: SMI, INIT, ExtINT and reserved delivery modes).
-pub const UNMODELLED: &str = "delivery modes the model does not model (SMI, INIT, ExtINT, reserved)";
+pub const UNMODELLED: &str =
+    "delivery modes the model does not model (SMI, INIT, ExtINT, reserved)";
 
 impl Scenario {
     /// Why the scenario cannot run on a device declaring `unsupported`:
@@ -171,10 +172,25 @@ impl fmt::Display for Op {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// `op`: index of the top-level op (the final snapshot has `ops.len()`).
-    Deliver { op: usize, vector: u8 },
-    Read { op: usize, reg: u8, value: u32 },
-    Snapshot { op: usize, irr: [u32; 8], isr: [u32; 8], tmr: [u32; 8], remote_irr: u32 },
-    Storm { op: usize },
+    Deliver {
+        op: usize,
+        vector: u8,
+    },
+    Read {
+        op: usize,
+        reg: u8,
+        value: u32,
+    },
+    Snapshot {
+        op: usize,
+        irr: [u32; 8],
+        isr: [u32; 8],
+        tmr: [u32; 8],
+        remote_irr: u32,
+    },
+    Storm {
+        op: usize,
+    },
 }
 
 impl Event {
@@ -200,7 +216,13 @@ impl fmt::Display for Event {
         match self {
             Event::Deliver { op, vector } => write!(f, "op {op}: deliver {vector:#x}"),
             Event::Read { op, reg, value } => write!(f, "op {op}: read {reg:#x} = {value:#010x}"),
-            Event::Snapshot { op, irr, isr, tmr, remote_irr } => write!(
+            Event::Snapshot {
+                op,
+                irr,
+                isr,
+                tmr,
+                remote_irr,
+            } => write!(
                 f,
                 "op {op}: irr[{}] isr[{}] tmr[{}] remote_irr {remote_irr:#x}",
                 set(irr),
@@ -241,19 +263,23 @@ where
     let mut deliveries = 0;
     for (i, op) in s.ops.iter().enumerate() {
         m.clear_decisions();
+        let mut decided = Vec::new();
         step(&mut m, s, i, op, &mut out.events);
-        if !take_all(&mut m, s, i, &mut out.events, &mut deliveries) {
-            out.decisions.push(decisions(&m));
+        drain(&mut m, &mut decided);
+        let calm = take_all(&mut m, s, i, &mut out.events, &mut deliveries, &mut decided);
+        out.decisions.push(decided);
+        if !calm {
             return out;
         }
-        out.decisions.push(decisions(&m));
     }
     snapshot(&mut m, s.ops.len(), &mut out.events);
     out
 }
 
-fn decisions(m: &Machine) -> Vec<(Rule, u8)> {
-    m.decisions().iter().map(|d| (d.rule, d.vector)).collect()
+/// Moves the machine's decisions into `into` (its log is bounded).
+fn drain(m: &mut Machine, into: &mut Vec<(Rule, u8)>) {
+    into.extend(m.decisions().iter().map(|d| (d.rule, d.vector)));
+    m.clear_decisions();
 }
 
 fn write_indirect(m: &mut Machine, index: u8, value: u32) {
@@ -294,7 +320,11 @@ fn step(m: &mut Machine, _s: &Scenario, i: usize, op: &Op, events: &mut Vec<Even
         Op::IoapicEoi(v) => m.ioapic_mmio_write(IOEOI, v as u32),
         Op::IoapicRead(index) => {
             let value = read_indirect(m, index);
-            events.push(Event::Read { op: i, reg: index, value });
+            events.push(Event::Read {
+                op: i,
+                reg: index,
+                value,
+            });
         }
         Op::IoapicWrite(index, value) => write_indirect(m, index, value),
         Op::Tpr(v) => {
@@ -312,7 +342,14 @@ fn step(m: &mut Machine, _s: &Scenario, i: usize, op: &Op, events: &mut Vec<Even
 }
 
 /// Takes what is deliverable, back to back; false on a storm.
-fn take_all(m: &mut Machine, s: &Scenario, i: usize, events: &mut Vec<Event>, n: &mut usize) -> bool {
+fn take_all(
+    m: &mut Machine,
+    s: &Scenario,
+    i: usize,
+    events: &mut Vec<Event>,
+    n: &mut usize,
+    decided: &mut Vec<(Rule, u8)>,
+) -> bool {
     while let Some(interrupt) = m.pending() {
         if *n == STORM_LIMIT {
             events.push(Event::Storm { op: i });
@@ -326,6 +363,7 @@ fn take_all(m: &mut Machine, s: &Scenario, i: usize, events: &mut Vec<Event>, n:
         }
         m.iret(saved);
         m.cpu.end_of_instruction();
+        drain(m, decided);
     }
     true
 }
@@ -339,9 +377,23 @@ fn snapshot(m: &mut Machine, i: usize, events: &mut Vec<Event>) {
         w
     };
     let (irr, isr, tmr) = (words(reg::IRR), words(reg::ISR), words(reg::TMR));
-    let (remote, _) = m.ioapic_status();
-    let remote_irr = (0..24).filter(|&p| remote[p]).fold(0u32, |a, p| a | 1 << p);
-    events.push(Event::Snapshot { op: i, irr, isr, tmr, remote_irr });
+    // Remote IRR of level entries only: 82093AA §3.2.4 bit 14 leaves it
+    // undefined for edge-triggered entries (the model clears it on retype
+    // as KVM and QEMU do; irqdiff-model lib.rs, G-5).
+    let mut remote_irr = 0u32;
+    for pin in 0..24u8 {
+        let low = read_indirect(m, 0x10 + 2 * pin);
+        if low & 1 << 15 != 0 && low & 1 << 14 != 0 {
+            remote_irr |= 1 << pin;
+        }
+    }
+    events.push(Event::Snapshot {
+        op: i,
+        irr,
+        isr,
+        tmr,
+        remote_irr,
+    });
 }
 
 /// The device's IOAPIC version (register 1, bits 7:0).
@@ -377,6 +429,28 @@ pub fn rule_at(s: &Scenario, model: &Run, device: &Run, first: usize) -> Rule {
             }
         }
     }
+    if let (
+        Some(Event::Snapshot {
+            op,
+            remote_irr: ours,
+            ..
+        }),
+        Some(Event::Snapshot {
+            remote_irr: theirs, ..
+        }),
+    ) = (a, b)
+    {
+        // Remote IRR set by the guest's own write of bit 14.
+        let wrote_bit_14 = |p: u8| {
+            s.ops[..*op].iter().any(|o| match *o {
+                Op::IoapicWrite(i, v) => i == 0x10 + 2 * p && v & 1 << 14 != 0,
+                _ => false,
+            })
+        };
+        if (0..24).any(|p| (ours ^ theirs) & 1 << p != 0 && wrote_bit_14(p as u8)) {
+            return Rule::IoapicReadOnlyBits;
+        }
+    }
     let op = a.or(b).map_or(0, Event::op);
     let vector = match (a, b) {
         (Some(Event::Deliver { vector, .. }), _) | (_, Some(Event::Deliver { vector, .. })) => {
@@ -389,11 +463,51 @@ pub fn rule_at(s: &Scenario, model: &Run, device: &Run, first: usize) -> Rule {
     if let Some(rule) = vector.and_then(about) {
         return rule;
     }
+    // A vector the device requested and the model did not: in IRR at a
+    // snapshot, or delivered.
+    let extra = match (a, b) {
+        (
+            Some(Event::Snapshot {
+                irr: ours,
+                tmr: our_tmr,
+                ..
+            }),
+            Some(Event::Snapshot {
+                irr: theirs,
+                tmr: their_tmr,
+                ..
+            }),
+        ) => (0..=255u8).find(|&v| {
+            let (w, bit) = (v as usize / 32, 1u32 << (v % 32));
+            (theirs[w] & !ours[w] | (their_tmr[w] ^ our_tmr[w])) & bit != 0
+        }),
+        (_, Some(Event::Deliver { vector, .. })) => Some(*vector),
+        _ => None,
+    };
+    if let Some(v) = extra {
+        // Sent by an entry write that made the entry edge with that vector,
+        // with no edge on the line: 82093AA §3.2.4 bit 15.
+        let edge_write = s.ops[..=op.min(s.ops.len() - 1)].iter().any(|o| match *o {
+            Op::Route(_, r) => !r.level && r.vector == v,
+            Op::IoapicWrite(i, x) => {
+                (0x10..0x40).contains(&i) && i % 2 == 0 && x & 1 << 15 == 0 && x as u8 == v
+            }
+            _ => false,
+        });
+        let pulsed = s.ops[..=op.min(s.ops.len() - 1)]
+            .iter()
+            .any(|o| matches!(o, Op::Assert(_) | Op::Pulse(_)));
+        if edge_write && !pulsed_after_edge_route(s, op, v) && pulsed {
+            return Rule::EdgeNoNewEdge;
+        }
+    }
     // A device delivery the model made no decision about: the state the
     // model kept instead (e.g. the masked entry of an unrouted pin).
     if let (None | Some(Event::Snapshot { .. }), Some(Event::Deliver { .. })) = (a, b) {
         let pin_written = |p: u8| {
-            s.ops[..op].iter().any(|o| matches!(*o, Op::Route(q, _) | Op::Unmask(q) if q == p))
+            s.ops[..op]
+                .iter()
+                .any(|o| matches!(*o, Op::Route(q, _) | Op::Unmask(q) if q == p))
         };
         if let Op::Assert(p) | Op::Pulse(p) = s.ops[op.min(s.ops.len() - 1)] {
             if !pin_written(p) {
@@ -402,6 +516,18 @@ pub fn rule_at(s: &Scenario, model: &Run, device: &Run, first: usize) -> Rule {
         }
     }
     decided.first().map_or(Rule::Quirk, |d| d.0)
+}
+
+/// Whether a rising edge reached a pin after it was routed edge with
+/// vector `v` (before op `op`).
+fn pulsed_after_edge_route(s: &Scenario, op: usize, v: u8) -> bool {
+    let ops = &s.ops[..=op.min(s.ops.len() - 1)];
+    ops.iter().enumerate().any(|(k, o)| match *o {
+        Op::Route(pin, r) if !r.level && r.vector == v => ops[k + 1..]
+            .iter()
+            .any(|o| matches!(*o, Op::Assert(p) | Op::Pulse(p) if p == pin)),
+        _ => false,
+    })
 }
 
 /// Random scenarios for an IOAPIC of `version`: few pins and vectors, so
@@ -445,7 +571,22 @@ pub fn strategy(version: IoapicVersion) -> impl Strategy<Value = Scenario> {
         3 => Just(Op::Eoi),
         1 => vector.clone().prop_map(move |v| if v20 { Op::IoapicEoi(v) } else { Op::Eoi }),
         3 => index.clone().prop_map(Op::IoapicRead),
-        1 => (index, any::<u32>()).prop_map(|(i, v)| Op::IoapicWrite(i, v)),
+        2 => (
+            index,
+            prop_oneof![
+                any::<u32>(),
+                // An entry-like value: a vector, fixed or lowest, the
+                // read-only bits 12 and 14 at random, masked or not.
+                (vector.clone(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+                    |(v, lowest, ds, rirr, masked)| v as u32
+                        | (lowest as u32) << 8
+                        | (ds as u32) << 12
+                        | (rirr as u32) << 14
+                        | (masked as u32) << 16
+                ),
+            ]
+        )
+            .prop_map(|(i, v)| Op::IoapicWrite(i, v)),
         1 => prop::sample::select(vec![0u8, 0x20, 0x40, 0x55]).prop_map(Op::Tpr),
         1 => Just(Op::Cli),
         1 => Just(Op::Sti),
@@ -458,6 +599,10 @@ pub fn strategy(version: IoapicVersion) -> impl Strategy<Value = Scenario> {
         .prop_map(move |(ops, mut no_eoi)| {
             no_eoi.sort_unstable();
             no_eoi.dedup();
-            Scenario { version, no_eoi, ops }
+            Scenario {
+                version,
+                no_eoi,
+                ops,
+            }
         })
 }

@@ -203,7 +203,8 @@ impl<S: MsiSink> IoapicDevice for ModelIoapic<S> {
         self.ioapic.mmio_read(offset)
     }
     fn mmio_write(&mut self, offset: u64, value: u32) {
-        self.ioapic.mmio_write(offset, value, &mut MsiBus(&self.sink));
+        self.ioapic
+            .mmio_write(offset, value, &mut MsiBus(&self.sink));
     }
     fn set_irq(&mut self, pin: usize, level: bool) {
         self.ioapic.set_irq(pin, level, &mut MsiBus(&self.sink));

@@ -199,7 +199,9 @@ impl Machine {
 
     /// The device under test, if one replaces the model's IOAPIC.
     pub fn device(&mut self) -> Option<&mut dyn IoapicDevice> {
-        self.device.as_mut().map(|e| &mut *e.device as &mut dyn IoapicDevice)
+        self.device
+            .as_mut()
+            .map(|e| &mut *e.device as &mut dyn IoapicDevice)
     }
 
     /// Calls into the device and delivers what it sent (SDM §11.11: each
