@@ -115,10 +115,15 @@ impl<S: MsiSink> Drop for V86Ioapic<S> {
 
 impl<S: MsiSink> IoapicDevice for V86Ioapic<S> {
     fn mmio_read(&mut self, offset: u64) -> u32 {
-        self.with_messages(|| ioapic::read32(offset as u32))
+        // v86's read32 sends nothing.
+        ioapic::read32(offset as u32)
     }
 
     fn mmio_write(&mut self, offset: u64, value: u32) {
+        if offset == 0 {
+            // IOREGSEL: sends nothing (write32_internal).
+            return ioapic::write32(0, value);
+        }
         self.with_messages(|| ioapic::write32(offset as u32, value))
     }
 

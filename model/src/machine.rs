@@ -206,8 +206,20 @@ impl Machine {
 
     /// Calls into the device and delivers what it sent (SDM §11.11: each
     /// message is an MSI); `None` when the model's IOAPIC is in use.
+    /// The check is inline (one compare on the model's path); the call is
+    /// out of line.
+    #[inline(always)]
     fn on_device<T>(&mut self, call: impl FnOnce(&mut dyn IoapicDevice) -> T) -> Option<T> {
-        let ext = self.device.as_mut()?;
+        if self.device.is_none() {
+            return None;
+        }
+        Some(self.call_device(call))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn call_device<T>(&mut self, call: impl FnOnce(&mut dyn IoapicDevice) -> T) -> T {
+        let ext = self.device.as_mut().expect("checked by on_device");
         let result = call(&mut *ext.device);
         let queue = ext.queue.clone();
         while let Some((address, data)) = queue.pop() {
@@ -219,7 +231,7 @@ impl Machine {
                 Err(_) => self.log.push(Rule::MsiDelivers, data as u8),
             }
         }
-        Some(result)
+        result
     }
 
     pub fn config(&self) -> MachineConfig {

@@ -100,7 +100,12 @@ impl Device {
                     if u.other_destinations {
                         route.dest = 0;
                     }
-                    if u.special_delivery || !matches!(route.delivery, DeliveryMode::Fixed | DeliveryMode::Lowest | DeliveryMode::Nmi) {
+                    if u.special_delivery
+                        || !matches!(
+                            route.delivery,
+                            DeliveryMode::Fixed | DeliveryMode::Lowest | DeliveryMode::Nmi
+                        )
+                    {
                         route.delivery = DeliveryMode::Fixed;
                     }
                     if route.trigger == Trigger::Level {
@@ -160,7 +165,12 @@ fn refusable_level(scenario: &Scenario) -> Option<&'static str> {
     }
     let disables = scenario.all_ops().any(|op| {
         matches!(*op, Op::Svr(v) if v & 1 << 8 == 0)
-            || matches!(*op, Op::LapicWrite { offset: 0xf0, .. } | Op::LapicMmioWrite { offset: 0xf0, .. } | Op::ApicBase(_))
+            || matches!(
+                *op,
+                Op::LapicWrite { offset: 0xf0, .. }
+                    | Op::LapicMmioWrite { offset: 0xf0, .. }
+                    | Op::ApicBase(_)
+            )
     });
     (level && disables).then_some("a software or hardware disable of the local APIC")
 }
@@ -199,7 +209,9 @@ fn probe() -> Availability {
     if cfg!(all(feature = "adapters", target_os = "linux")) {
         Availability::Available
     } else {
-        Availability::Unavailable("needs the adapters feature on Linux (cargo build --features adapters)".into())
+        Availability::Unavailable(
+            "needs the adapters feature on Linux (cargo build --features adapters)".into(),
+        )
     }
 }
 
@@ -209,7 +221,11 @@ pub const ALIOTH: BackendKind = BackendKind {
     description: "alioth 0.12's userspace IOAPIC with the model's CPU and local APIC (in process)",
     takes_options: false,
     probe,
-    open: |name, _| Ok(Box::new(super::model::ModelBackend::with_device(device(name)?))),
+    open: |name, _| {
+        Ok(Box::new(super::model::ModelBackend::with_device(device(
+            name,
+        )?)))
+    },
 };
 
 /// v86's IOAPIC in process.
@@ -218,13 +234,18 @@ pub const V86: BackendKind = BackendKind {
     description: "native-v86-core 0.1.6's IOAPIC with the model's CPU and local APIC (in process)",
     takes_options: false,
     probe,
-    open: |name, _| Ok(Box::new(super::model::ModelBackend::with_device(device(name)?))),
+    open: |name, _| {
+        Ok(Box::new(super::model::ModelBackend::with_device(device(
+            name,
+        )?)))
+    },
 };
 
 /// A device as the userspace IOAPIC of KVM's split irqchip.
 pub const KVM_SPLIT: BackendKind = BackendKind {
     name: "kvm-split-ioapic:DEVICE",
-    description: "Linux KVM's local APIC with DEVICE (alioth-ioapic, v86-ioapic) as the userspace IOAPIC",
+    description:
+        "Linux KVM's local APIC with DEVICE (alioth-ioapic, v86-ioapic) as the userspace IOAPIC",
     takes_options: true,
     probe: || match probe() {
         Availability::Available => (super::kvm_kinds::SPLIT.probe)(),
@@ -238,7 +259,9 @@ fn open_split(name: &str, options: &str) -> OpenResult {
     #[cfg(target_os = "linux")]
     {
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());
-        Ok(Box::new(super::kvm::KvmBackend::open_with_device(name, device)?))
+        Ok(Box::new(super::kvm::KvmBackend::open_with_device(
+            name, device,
+        )?))
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -5,10 +5,10 @@
 use super::{BackendError, Result};
 use crate::guest::layout::{EndCode, IOAPIC_BASE};
 use crate::guest::{log, Image};
-use crate::model::ioapic::{Ioapic, IoapicVersion as ModelVersion};
-use crate::model::lapic::reg;
 use crate::model::device::{read_entry, IoapicDevice, MessageQueue};
 use crate::model::ioapic::RedirectionEntry;
+use crate::model::ioapic::{Ioapic, IoapicVersion as ModelVersion};
+use crate::model::lapic::reg;
 use crate::model::{InterruptMessage, InterruptSink};
 use crate::scenario::{IoapicVersion, Irqchip, Scenario};
 use crate::trace::{Outcome, Trace};
