@@ -255,7 +255,13 @@ pub const KVM_SPLIT: BackendKind = BackendKind {
 };
 
 fn open_split(name: &str, options: &str) -> OpenResult {
-    let device = device(options)?;
+    let device = device(options).map_err(|e| match e {
+        OpenError::Unavailable { why, .. } => OpenError::Unavailable {
+            name: name.into(),
+            why,
+        },
+        other => other,
+    })?;
     #[cfg(target_os = "linux")]
     {
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());
