@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use irqdiff::backend::{self, Backend, BackendError};
+use irqdiff::backend::{self, BackendError};
 use irqdiff::scenario::parse;
 use irqdiff::trace::{EventKind, Outcome};
 

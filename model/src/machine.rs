@@ -210,9 +210,7 @@ impl Machine {
     /// out of line.
     #[inline(always)]
     fn on_device<T>(&mut self, call: impl FnOnce(&mut dyn IoapicDevice) -> T) -> Option<T> {
-        if self.device.is_none() {
-            return None;
-        }
+        self.device.as_ref()?;
         Some(self.call_device(call))
     }
 
@@ -850,13 +848,13 @@ mod tests {
         route(&mut m, 4, 0x71 | 1 << 15);
         m.set_irq(4, true);
         assert_eq!(m.pending(), Some(Interrupt::Maskable(0x71)));
-        assert!(!m.ioapic.entry(4).masked() || m.device().is_some());
+        assert!(m.device().is_some());
         let (_, saved) = m.take(m.pending().unwrap());
-        assert_eq!(m.ioapic_status().0[4], true, "remote IRR, read by MMIO");
+        assert!(m.ioapic_status().0[4], "remote IRR, read by MMIO");
         m.set_irq(4, false);
         m.lapic_write(reg::EOI, 0).unwrap();
         m.iret(saved);
-        assert_eq!(m.ioapic_status().0[4], false);
+        assert!(!m.ioapic_status().0[4]);
         assert_eq!(m.pending(), None);
         assert_eq!(m.ioapic_read_indirect(0x18), 0x71 | 1 << 15);
     }
