@@ -24,7 +24,9 @@ pub struct Device {
 }
 
 impl Device {
-    fn new(name: &'static str, make: fn(MessageQueue) -> Box<dyn IoapicDevice>) -> Device {
+    /// A device from its maker (probes one instance for its version and
+    /// what it declares unsupported).
+    pub fn new(name: &'static str, make: fn(MessageQueue) -> Box<dyn IoapicDevice>) -> Device {
         let mut probe = make(MessageQueue::new());
         probe.mmio_write(IOREGSEL, 1);
         let version = if probe.mmio_read(IOWIN) & 0xff == 0x11 {
