@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use irqdiff_model::{IoapicDevice, MessageQueue, Rule};
-use proptest::test_runner::{Config as PtConfig, FileFailurePersistence, TestError, TestRunner};
+use proptest::test_runner::{
+    Config as PtConfig, FileFailurePersistence, RngAlgorithm, TestError, TestRng, TestRunner,
+};
 
 pub use scenario::{run, Event, Op, Route, Scenario, UNMODELLED};
 
@@ -38,6 +40,9 @@ pub struct Config {
     /// Persist failing scenarios next to the calling test's source
     /// (`<test>.proptest-regressions`), and replay them first.
     pub persist: bool,
+    /// A fixed seed for the scenarios (same run every time); `None`: a
+    /// random one, as proptest does.
+    pub seed: Option<u64>,
 }
 
 impl Default for Config {
@@ -48,6 +53,7 @@ impl Default for Config {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2000),
             persist: true,
+            seed: None,
         }
     }
 }
@@ -141,7 +147,14 @@ where
             "proptest-regressions",
         )));
     }
-    let mut runner = TestRunner::new(pt);
+    let mut runner = match config.seed {
+        Some(seed) => {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&seed.to_le_bytes());
+            TestRunner::new_with_rng(pt, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
+        }
+        None => TestRunner::new(pt),
+    };
     let summary = RefCell::new(Summary::default());
     let result = runner.run(&scenario::strategy(version), |s| {
         match compare(&s, &make) {

@@ -320,10 +320,14 @@ fn step(m: &mut Machine, _s: &Scenario, i: usize, op: &Op, events: &mut Vec<Even
         Op::IoapicEoi(v) => m.ioapic_mmio_write(IOEOI, v as u32),
         Op::IoapicRead(index) => {
             let mut value = read_indirect(m, index);
-            if (0x10..0x40).contains(&index) && index % 2 == 1 {
-                // Bits 55:32 of an entry are reserved (82093AA §3.2.4):
+            if (0x10..0x40).contains(&index) {
+                // Bits 55:17 of an entry are reserved (82093AA §3.2.4):
                 // what they read back is not compared (byo-findings M2).
-                value &= 0xff00_0000;
+                value &= if index % 2 == 1 {
+                    0xff00_0000
+                } else {
+                    0x0001_ffff
+                };
             }
             events.push(Event::Read {
                 op: i,

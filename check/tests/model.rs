@@ -12,6 +12,7 @@ fn the_models_ioapic_behind_the_trait_finds_nothing() {
         let config = Config {
             cases: 3000,
             persist: false,
+            seed: None,
         };
         let summary = check_ioapic_with(&config, None, |sink| ModelIoapic::new(version, sink))
             .unwrap_or_else(|f| panic!("{f}"));
