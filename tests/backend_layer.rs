@@ -16,6 +16,7 @@ use irqdiff::scenario::{parse, Op};
 fn example_name(kind: &backend::BackendKind) -> String {
     match kind.base() {
         "qemu" => "qemu:accel=tcg".to_string(),
+        "kvm-split-ioapic" => "kvm-split-ioapic:alioth-ioapic".to_string(),
         base if kind.name.contains(':') => format!("{base}:none"),
         _ => kind.name.to_string(),
     }

@@ -83,6 +83,7 @@
 //!   with an error instead of silently dropping them.
 
 pub mod cpu;
+pub mod device;
 pub mod ioapic;
 pub mod lapic;
 pub mod machine;
@@ -90,6 +91,7 @@ pub mod msi;
 pub mod quirks;
 pub mod rules;
 
+pub use device::{IoapicDevice, MessageQueue, MsiSink, Unsupported};
 pub use ioapic::{InterruptMessage, InterruptSink, Ioapic, IoapicVersion};
 pub use lapic::Lapic;
 pub use machine::{Interrupt, Machine, MachineConfig};

@@ -6,6 +6,7 @@
 //! caller drains.
 
 use crate::cpu::Cpu;
+use crate::device::{IoapicDevice, MessageQueue};
 use crate::ioapic::{DeliveryMode, InterruptMessage, InterruptSink, Ioapic, IoapicVersion};
 use crate::lapic::{reg, Acceptance, GeneralProtection, Lapic};
 use crate::quirks::Quirks;
@@ -88,8 +89,10 @@ pub enum Interrupt {
 /// NMIs arrive through IDT vector 2.
 pub const NMI_VECTOR: u8 = 2;
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Machine {
+    /// The model's IOAPIC; unused when a device under test takes its
+    /// place ([`Machine::with_device`]).
     pub ioapic: Ioapic,
     pub lapic: Lapic,
     pub cpu: Cpu,
@@ -97,6 +100,20 @@ pub struct Machine {
     log: DecisionLog,
     /// A message with a delivery mode the model does not model arrived.
     unmodelled: Option<DeliveryMode>,
+    /// A device under test in place of `ioapic`.
+    device: Option<External>,
+}
+
+/// A device under test and the queue its messages arrive in.
+struct External {
+    device: Box<dyn IoapicDevice>,
+    queue: MessageQueue,
+}
+
+impl std::fmt::Debug for External {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("External(IoapicDevice)")
+    }
 }
 
 /// The message path from a source to the local APIC and processor.
@@ -169,7 +186,58 @@ impl Machine {
             config,
             log: DecisionLog::new(),
             unmodelled: None,
+            device: None,
         }
+    }
+
+    /// The model's CPU and local APIC with `make`'s IOAPIC in place of the
+    /// model's: every IOAPIC access, input change and EOI broadcast goes to
+    /// the device, and the messages it sends to its sink are delivered to
+    /// the local APIC after each call (docs/byo-irqchip.md).
+    pub fn with_device(
+        config: MachineConfig,
+        make: impl FnOnce(MessageQueue) -> Box<dyn IoapicDevice>,
+    ) -> Machine {
+        let queue = MessageQueue::new();
+        let device = make(queue.clone());
+        let mut m = Machine::new(config);
+        m.device = Some(External { device, queue });
+        m
+    }
+
+    /// The device under test, if one replaces the model's IOAPIC.
+    pub fn device(&mut self) -> Option<&mut dyn IoapicDevice> {
+        self.device
+            .as_mut()
+            .map(|e| &mut *e.device as &mut dyn IoapicDevice)
+    }
+
+    /// Calls into the device and delivers what it sent (SDM §11.11: each
+    /// message is an MSI); `None` when the model's IOAPIC is in use.
+    /// The check is inline (one compare on the model's path); the call is
+    /// out of line.
+    #[inline(always)]
+    fn on_device<T>(&mut self, call: impl FnOnce(&mut dyn IoapicDevice) -> T) -> Option<T> {
+        self.device.as_ref()?;
+        Some(self.call_device(call))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn call_device<T>(&mut self, call: impl FnOnce(&mut dyn IoapicDevice) -> T) -> T {
+        let ext = self.device.as_mut().expect("checked by on_device");
+        let result = call(&mut *ext.device);
+        let queue = ext.queue.clone();
+        while let Some((address, data)) = queue.pop() {
+            match crate::msi::decode(address, data) {
+                Ok(msg) => {
+                    self.message(&msg);
+                }
+                // §11.11.1: a write outside 0xFEExxxxx is no interrupt.
+                Err(_) => self.log.push(Rule::MsiDelivers, data as u8),
+            }
+        }
+        result
     }
 
     pub fn config(&self) -> MachineConfig {
@@ -219,10 +287,16 @@ impl Machine {
     }
 
     pub fn ioapic_mmio_read(&mut self, offset: u64) -> u32 {
+        if let Some(v) = self.on_device(|d| d.mmio_read(offset)) {
+            return v;
+        }
         self.ioapic.mmio_read(offset)
     }
 
     pub fn ioapic_mmio_write(&mut self, offset: u64, value: u32) {
+        if self.on_device(|d| d.mmio_write(offset, value)).is_some() {
+            return;
+        }
         let (ioapic, mut bus) = self.parts();
         ioapic.mmio_write(offset, value, &mut bus);
     }
@@ -230,12 +304,27 @@ impl Machine {
     /// An IOAPIC indirect register read: IOREGSEL = `index`, then IOWIN.
     #[inline]
     pub fn ioapic_read_indirect(&mut self, index: u8) -> u32 {
+        if let Some(v) = self.on_device(|d| {
+            d.mmio_write(crate::ioapic::IOREGSEL, index as u32);
+            d.mmio_read(crate::ioapic::IOWIN)
+        }) {
+            return v;
+        }
         self.ioapic.select_and_read(index)
     }
 
     /// An IOAPIC indirect register write: IOREGSEL = `index`, then IOWIN.
     #[inline]
     pub fn ioapic_write_indirect(&mut self, index: u8, value: u32) {
+        if self
+            .on_device(|d| {
+                d.mmio_write(crate::ioapic::IOREGSEL, index as u32);
+                d.mmio_write(crate::ioapic::IOWIN, value)
+            })
+            .is_some()
+        {
+            return;
+        }
         let (ioapic, mut bus) = self.parts();
         ioapic.select_and_write(index, value, &mut bus);
     }
@@ -243,6 +332,9 @@ impl Machine {
     /// Drives IOAPIC input `pin` (logical level).
     #[inline]
     pub fn set_irq(&mut self, pin: usize, requested: bool) {
+        if self.on_device(|d| d.set_irq(pin, requested)).is_some() {
+            return;
+        }
         let (ioapic, mut bus) = self.parts();
         ioapic.set_irq(pin, requested, &mut bus);
     }
@@ -364,6 +456,9 @@ impl Machine {
 
     /// An EOI broadcast for `vector` reaching this machine's IOAPIC.
     pub fn ioapic_eoi(&mut self, vector: u8) {
+        if self.on_device(|d| d.end_of_interrupt(vector)).is_some() {
+            return;
+        }
         let (ioapic, mut bus) = self.parts();
         ioapic.eoi(vector, &mut bus);
     }
@@ -414,7 +509,19 @@ impl Machine {
     }
 
     /// The redirection entry's remote IRR and delivery status, per pin.
-    pub fn ioapic_status(&self) -> ([bool; 24], [bool; 24]) {
+    pub fn ioapic_status(&mut self) -> ([bool; 24], [bool; 24]) {
+        if let Some(ext) = &mut self.device {
+            let mut remote_irr = [false; 24];
+            let mut delivery_status = [false; 24];
+            for pin in 0..24 {
+                let e = crate::ioapic::RedirectionEntry {
+                    raw: crate::device::read_entry(&mut *ext.device, pin),
+                };
+                remote_irr[pin] = e.remote_irr();
+                delivery_status[pin] = e.delivery_status();
+            }
+            return (remote_irr, delivery_status);
+        }
         let remote = self.ioapic.remote_irr_pins();
         let pending = self.ioapic.delivery_status_pins();
         (
@@ -799,5 +906,27 @@ mod tests {
         assert!(!m.message(&msg));
         assert!(m.pending().is_none());
         assert_eq!(m.decisions().last().unwrap().rule, Rule::NoDestinationMatch);
+    }
+
+    #[test]
+    fn a_device_in_place_of_the_ioapic_reaches_the_lapic_and_takes_the_eoi() {
+        // docs/byo-irqchip.md: the model's IOAPIC behind the device trait
+        // behaves as the model's own for a level pin (82093AA §3.2.4 bit
+        // 14, SDM §11.8.5).
+        let mut m = Machine::with_device(MachineConfig::default(), |sink| {
+            Box::new(crate::device::ModelIoapic::new(IoapicVersion::V20, sink))
+        });
+        route(&mut m, 4, 0x71 | 1 << 15);
+        m.set_irq(4, true);
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x71)));
+        assert!(m.device().is_some());
+        let (_, saved) = m.take(m.pending().unwrap());
+        assert!(m.ioapic_status().0[4], "remote IRR, read by MMIO");
+        m.set_irq(4, false);
+        m.lapic_write(reg::EOI, 0).unwrap();
+        m.iret(saved);
+        assert!(!m.ioapic_status().0[4]);
+        assert_eq!(m.pending(), None);
+        assert_eq!(m.ioapic_read_indirect(0x18), 0x71 | 1 << 15);
     }
 }

@@ -74,6 +74,11 @@ pub enum Rule {
     /// The x2APIC MSR interface raises #GP for a reserved, read-only or
     /// write-only register, or reserved bits set.
     X2apicMsrGp,
+    /// Every redirection entry comes out of reset masked.
+    IoapicResetMasked,
+    /// Delivery status (bit 12) and remote IRR (bit 14) of a redirection
+    /// entry are read-only: a guest write does not change them.
+    IoapicReadOnlyBits,
     /// A deviation switched on by a `sim:` quirk.
     Quirk,
 }
@@ -113,6 +118,8 @@ impl Rule {
         Rule::ApicBaseTransition,
         Rule::ApicErrorInterrupt,
         Rule::X2apicMsrGp,
+        Rule::IoapicResetMasked,
+        Rule::IoapicReadOnlyBits,
         Rule::Quirk,
     ];
 
@@ -151,6 +158,8 @@ impl Rule {
             Rule::ApicBaseTransition => "apic-base-transition",
             Rule::X2apicMsrGp => "x2apic-msr-gp",
             Rule::ApicErrorInterrupt => "apic-error-interrupt",
+            Rule::IoapicResetMasked => "ioapic-reset-masked",
+            Rule::IoapicReadOnlyBits => "ioapic-read-only-bits",
             Rule::Quirk => "quirk",
         }
     }
@@ -190,6 +199,8 @@ impl Rule {
             Rule::X2apicMsrGp => "SDM vol. 3A §11.12.1.2 x2APIC Register Address Space (Table 11-6), §11.12.1.3 Reserved Bit Checking",
             Rule::ApicBaseTransition => "SDM vol. 3A §11.4.4 Local APIC Status and Location (IA32_APIC_BASE), §11.4.3 Enabling or Disabling the Local APIC, §11.12.5 x2APIC State Transitions",
             Rule::ApicErrorInterrupt => "SDM vol. 3A §11.5.3 Error Handling: a detected error sets its ESR bit and generates an interrupt through the LVT Error register (§11.5.1, Figure 11-8)",
+            Rule::IoapicResetMasked => "82093AA §3.2.4, IOREDTBL bit 16 (Interrupt Mask): the entries come out of reset masked (the scenario format's start state; KVM's kvm_ioapic_reset and QEMU's ioapic_reset_common set the mask bit)",
+            Rule::IoapicReadOnlyBits => "82093AA §3.2.4, IOREDTBL bit 12 (Delivery Status, RO) and bit 14 (Remote IRR, RO): read-only bits a write does not change",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
         }
     }

@@ -927,7 +927,7 @@ impl Vm {
     fn sync_routes(&mut self) -> Result<()> {
         let routes: Vec<(u32, u32)> = (0..IOAPIC_PINS)
             .map(|pin| {
-                let e = self.ioapic.ioapic().entry(pin);
+                let e = self.ioapic.entry(pin);
                 // Only unmasked level-triggered routes make KVM exit on
                 // their vector's EOI (kvm_scan_ioapic_routes in
                 // arch/x86/kvm/irq.c skips edge ones): the others are
@@ -1050,6 +1050,8 @@ pub struct KvmBackend {
     pub last_calls: RunCalls,
     /// Whether the last run used the split VM.
     last_split: bool,
+    /// `kvm-split-ioapic:DEVICE`: the device in place of the model's IOAPIC.
+    device: Option<super::byo::Device>,
 }
 
 /// The kick machinery of one backend, and its test hook.
@@ -1071,6 +1073,18 @@ struct Kicks {
 impl KvmBackend {
     /// `split`: the `kvm-split` backend (always the split shape); otherwise
     /// the scenario's `irqchip=` decides.
+    /// `kvm-split-ioapic:DEVICE`: the split shape with `device` as the
+    /// userspace IOAPIC (byo.rs).
+    pub fn open_with_device(
+        name: &'static str,
+        device: super::byo::Device,
+    ) -> std::result::Result<KvmBackend, super::OpenError> {
+        let mut backend = KvmBackend::open(true)?;
+        backend.name = name;
+        backend.device = Some(device);
+        Ok(backend)
+    }
+
     pub fn open(split: bool) -> std::result::Result<KvmBackend, super::OpenError> {
         let (name, opened) = if split {
             ("kvm-split", Shape::Split)
@@ -1110,6 +1124,7 @@ impl KvmBackend {
             last_exits: 0,
             last_calls: RunCalls::default(),
             last_split: false,
+            device: None,
         })
     }
 
@@ -1238,11 +1253,16 @@ impl Backend for KvmBackend {
 
     fn unsupported(&self, scenario: &Scenario) -> Option<String> {
         unsupported(scenario, Shape::for_run(self.opened, scenario))
+            .or_else(|| self.device.and_then(|d| d.refuses(scenario)))
     }
 
     /// KVM's in-kernel IOAPIC is version 0x11 without directed EOI: a
     /// generated scenario for the full irqchip gets that config.
     fn fit(&self, scenario: &mut Scenario) {
+        if let Some(device) = self.device {
+            device.fit(scenario);
+            return;
+        }
         if self.unsupported(scenario).is_some() {
             scenario.config.ioapic = IoapicVersion::V11;
             scenario.config.directed_eoi = false;
@@ -1272,13 +1292,18 @@ impl Backend for KvmBackend {
             kicks,
             last_exits,
             last_calls,
+            device,
             ..
         } = self;
         let slot = match shape {
             Shape::Full => full,
             Shape::Split => split,
         };
+        let fresh = slot.is_none();
         let vm = vm_slot(kvm, image, slot, shape)?;
+        if let (true, Some(device), Shape::Split) = (fresh, device, shape) {
+            vm.ioapic = UserspaceIoapic::with_device(device.make);
+        }
         vm.reset(image, &table, scenario)?;
         let (end, exits) = run_loop(vm, &table, kicks)?;
         *last_exits = exits;

@@ -151,6 +151,7 @@ pub enum OpenError {
     Invalid { name: String, why: String },
 }
 
+pub mod byo;
 pub mod hvf;
 #[cfg(target_os = "linux")]
 pub mod kvm;
@@ -201,6 +202,9 @@ pub const REGISTRY: &[BackendKind] = &[
     qemu::KVM_USERSPACE,
     qemu::KIND,
     sim::KIND,
+    byo::ALIOTH,
+    byo::V86,
+    byo::KVM_SPLIT,
 ];
 
 /// KVM's entries live here rather than in `kvm.rs`, which only builds on

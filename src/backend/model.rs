@@ -51,6 +51,8 @@ pub struct Decision {
 pub struct ModelBackend {
     quirks: Quirks,
     deviations: Deviations,
+    /// A device under test in place of the model's IOAPIC (byo.rs).
+    device: Option<super::byo::Device>,
     /// Guest ops executed by the last run (top-level and handler bodies),
     /// for the benchmarks.
     pub last_ops: u64,
@@ -64,8 +66,7 @@ impl ModelBackend {
     pub fn with_quirks(quirks: Quirks) -> Self {
         ModelBackend {
             quirks,
-            deviations: Deviations::default(),
-            last_ops: 0,
+            ..ModelBackend::default()
         }
     }
 
@@ -75,16 +76,23 @@ impl ModelBackend {
         ModelBackend {
             quirks,
             deviations,
-            last_ops: 0,
+            ..ModelBackend::default()
         }
     }
 
     /// The model with spec rules broken on purpose (diagnosis).
     pub fn with_deviations(deviations: Deviations) -> Self {
         ModelBackend {
-            quirks: Quirks::empty(),
             deviations,
-            last_ops: 0,
+            ..ModelBackend::default()
+        }
+    }
+
+    /// The model's CPU and local APIC with `device`'s IOAPIC.
+    pub fn with_device(device: super::byo::Device) -> Self {
+        ModelBackend {
+            device: Some(device),
+            ..ModelBackend::default()
         }
     }
 
@@ -99,9 +107,13 @@ impl ModelBackend {
 
     fn run_recording<R: Recorder>(&mut self, scenario: &Scenario, recorder: R) -> (Trace, R) {
         let mut run = Run::new(scenario, self.quirks, self.deviations, recorder);
+        if let Some(device) = &self.device {
+            let config = run.machine.config();
+            run.machine = Machine::with_device(config, device.make);
+        }
         let stop = run.program();
         self.last_ops = run.ops;
-        let mut trace = Trace::named("model");
+        let mut trace = Trace::named(self.device.map_or("model", |d| d.name));
         trace.events = run.events;
         match stop {
             Ok(()) => {}
@@ -121,7 +133,17 @@ impl ModelBackend {
 
 impl Backend for ModelBackend {
     fn name(&self) -> &str {
-        "model"
+        self.device.map_or("model", |d| d.name)
+    }
+
+    fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        self.device.and_then(|d| d.refuses(scenario))
+    }
+
+    fn fit(&self, scenario: &mut Scenario) {
+        if let Some(d) = self.device {
+            d.fit(scenario);
+        }
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {

@@ -5,6 +5,8 @@
 use super::{BackendError, Result};
 use crate::guest::layout::{EndCode, IOAPIC_BASE};
 use crate::guest::{log, Image};
+use crate::model::device::{read_entry, IoapicDevice, MessageQueue};
+use crate::model::ioapic::RedirectionEntry;
 use crate::model::ioapic::{Ioapic, IoapicVersion as ModelVersion};
 use crate::model::lapic::reg;
 use crate::model::{InterruptMessage, InterruptSink};
@@ -153,14 +155,39 @@ pub trait MessagePort {
 /// The split shape's IOAPIC: the model's, driven by MMIO exits, EOI
 /// broadcasts from the hypervisor's local APIC and the host's pin changes,
 /// its messages sent out through a [`MessagePort`].
+///
+/// With a device under test ([`UserspaceIoapic::with_device`],
+/// `kvm-split-ioapic:NAME`) the device takes the model's place: the same
+/// calls go through [`IoapicDevice`], and the messages it sends to its sink
+/// go out through the port after each call.
 pub struct UserspaceIoapic {
     ioapic: Ioapic,
+    device: Option<SplitDevice>,
+}
+
+/// A device under test in the split shape.
+struct SplitDevice {
+    make: fn(MessageQueue) -> Box<dyn IoapicDevice>,
+    device: Box<dyn IoapicDevice>,
+    queue: MessageQueue,
+}
+
+impl SplitDevice {
+    fn new(make: fn(MessageQueue) -> Box<dyn IoapicDevice>) -> SplitDevice {
+        let queue = MessageQueue::new();
+        SplitDevice {
+            make,
+            device: make(queue.clone()),
+            queue,
+        }
+    }
 }
 
 impl Default for UserspaceIoapic {
     fn default() -> Self {
         UserspaceIoapic {
             ioapic: Ioapic::new(ModelVersion::V20),
+            device: None,
         }
     }
 }
@@ -189,16 +216,64 @@ impl<P: MessagePort> InterruptSink for PortSink<'_, P> {
 }
 
 impl UserspaceIoapic {
-    /// The format's start state for a scenario asking for `version`.
+    /// A device under test in place of the model's IOAPIC.
+    pub fn with_device(make: fn(MessageQueue) -> Box<dyn IoapicDevice>) -> UserspaceIoapic {
+        UserspaceIoapic {
+            device: Some(SplitDevice::new(make)),
+            ..UserspaceIoapic::default()
+        }
+    }
+
+    /// Redirection entry `pin` as the IOAPIC holds it now (for KVM's GSI
+    /// routing): the model's, or the device's read through its MMIO.
+    pub fn entry(&mut self, pin: usize) -> RedirectionEntry {
+        match &mut self.device {
+            Some(d) => RedirectionEntry {
+                raw: read_entry(&mut *d.device, pin),
+            },
+            None => self.ioapic.entry(pin),
+        }
+    }
+
+    /// The format's start state for a scenario asking for `version` (a
+    /// device under test is made anew: its own reset state).
     pub fn reset(&mut self, version: IoapicVersion) {
+        if let Some(d) = &mut self.device {
+            // The old device goes first: a device may be a process-wide
+            // singleton (v86's).
+            let make = d.make;
+            self.device = None;
+            self.device = Some(SplitDevice::new(make));
+        }
         self.ioapic = Ioapic::new(match version {
             IoapicVersion::V11 => ModelVersion::V11,
             IoapicVersion::V20 => ModelVersion::V20,
         });
     }
 
+    /// A read sends nothing (a device's messages queued by a read go out
+    /// with the next call's).
     pub fn mmio_read(&mut self, offset: u64) -> u32 {
+        if let Some(d) = &mut self.device {
+            return d.device.mmio_read(offset);
+        }
         self.ioapic.mmio_read(offset)
+    }
+
+    /// Sends what the device queued, in order (acceptance is not the
+    /// device's to know: MsiSink).
+    fn drain<P: MessagePort>(
+        d: &mut SplitDevice,
+        port: &mut P,
+        log: &mut CallLog<P::Call>,
+    ) -> std::result::Result<(), P::Error> {
+        while let Some((address, data)) = d.queue.pop() {
+            // §11.11.1: a write outside 0xFEExxxxx is no interrupt.
+            if let Ok(msg) = crate::model::msi::decode(address, data) {
+                port.send(&msg, log)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn mmio_write<P: MessagePort>(
@@ -208,6 +283,10 @@ impl UserspaceIoapic {
         port: &mut P,
         log: &mut CallLog<P::Call>,
     ) -> std::result::Result<(), P::Error> {
+        if let Some(d) = &mut self.device {
+            d.device.mmio_write(offset, value);
+            return Self::drain(d, port, log);
+        }
         self.with_sink(port, log, |ioapic, sink| {
             ioapic.mmio_write(offset, value, sink)
         })
@@ -221,6 +300,10 @@ impl UserspaceIoapic {
         port: &mut P,
         log: &mut CallLog<P::Call>,
     ) -> std::result::Result<(), P::Error> {
+        if let Some(d) = &mut self.device {
+            d.device.end_of_interrupt(vector);
+            return Self::drain(d, port, log);
+        }
         self.with_sink(port, log, |ioapic, sink| ioapic.eoi(vector, sink))
     }
 
@@ -232,6 +315,10 @@ impl UserspaceIoapic {
         port: &mut P,
         log: &mut CallLog<P::Call>,
     ) -> std::result::Result<(), P::Error> {
+        if let Some(d) = &mut self.device {
+            d.device.set_irq(pin, requested);
+            return Self::drain(d, port, log);
+        }
         self.with_sink(port, log, |ioapic, sink| {
             ioapic.set_irq(pin, requested, sink)
         })

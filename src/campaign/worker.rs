@@ -64,7 +64,7 @@ impl WorkerConfig {
 pub fn main(config: WorkerConfig) -> ExitCode {
     die_with_parent();
     let wire = Rc::new(RefCell::new(Wire {
-        out: Box::new(io::stdout().lock()),
+        out: protocol_out(),
         last: Instant::now(),
     }));
     let opened = backend::open(&config.backend).and_then(|target| {
@@ -164,6 +164,31 @@ fn die_with_parent() {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent() {}
+
+/// Where the reports go: the worker's stdout as it started. On Linux the
+/// protocol moves to a duplicate of fd 1 and fd 1 itself goes to
+/// /dev/null, so that whatever a backend's library prints to stdout (v86
+/// logs every register access with `println!`) cannot corrupt it.
+fn protocol_out() -> Box<dyn Write> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let _ = io::stdout().flush();
+        let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+            return Box::new(io::stdout().lock());
+        };
+        // SAFETY: dup(2) of this process's fd 1; the result, if valid, is a
+        // new descriptor nothing else owns, handed to a File once.
+        let fd = unsafe { libc::dup(1) };
+        // SAFETY: dup2(2) onto fd 1 from an open descriptor of ours.
+        if fd >= 0 && unsafe { libc::dup2(null.as_raw_fd(), 1) } >= 0 {
+            // SAFETY: `fd` is a fresh descriptor from dup(2), owned by
+            // nothing else (above).
+            return Box::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        }
+    }
+    Box::new(io::stdout().lock())
+}
 
 /// The worker's stdout: one report per line, flushed at once (a report
 /// still in a buffer when the worker is killed would be lost).
