@@ -523,10 +523,11 @@ impl Machine {
             return (remote_irr, delivery_status);
         }
         let remote = self.ioapic.remote_irr_pins();
-        let pending = self.ioapic.delivery_status_pins();
+        // Delivery is instantaneous (crate docs): no entry's delivery
+        // status ever reads as pending.
         (
             std::array::from_fn(|pin| remote & (1 << pin) != 0),
-            std::array::from_fn(|pin| pending & (1 << pin) != 0),
+            [false; 24],
         )
     }
 }
@@ -714,6 +715,75 @@ mod tests {
         });
         assert_eq!(m.decisions()[0].rule, Rule::ApicErrorInterrupt);
         assert_eq!(m.decisions()[1].rule, Rule::IllegalVector);
+    }
+
+    #[test]
+    fn indirect_access_selects_then_reads_or_writes_the_window() {
+        // 82093AA §3.1: IOREGSEL selects the register, IOWIN accesses it;
+        // the one-call form does both and leaves IOREGSEL selected.
+        let mut m = Machine::new(MachineConfig::default());
+        m.ioapic_write_indirect(0x18, 0x41 | 1 << 15);
+        assert_eq!(m.ioapic_mmio_read(IOREGSEL), 0x18);
+        assert_eq!(m.ioapic_read_indirect(0x18), 0x41 | 1 << 15);
+        assert_eq!(m.ioapic_read_indirect(0x19), 0);
+        // §3.2.4: the entry written is the one that routes pin 4.
+        m.set_irq(4, true);
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x41)));
+        assert_eq!(m.ioapic_read_indirect(0x18), 0x41 | 1 << 15 | 1 << 14);
+    }
+
+    #[test]
+    fn a_non_zero_x2apic_eoi_faults_and_does_not_end_the_interrupt() {
+        // SDM §11.12.1.3: in x2APIC mode only 0 may be written to the EOI
+        // MSR; any other value raises #GP and the write has no effect. In
+        // xAPIC mode the value is ignored (§11.8.5).
+        let mut m = Machine::new(MachineConfig {
+            x2apic: true,
+            ..MachineConfig::default()
+        });
+        m.message(&InterruptMessage {
+            vector: 0x45,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        });
+        let (v, _) = m.take(m.pending().unwrap());
+        assert_eq!(v, 0x45);
+        assert_eq!(m.lapic_write(reg::EOI, 1), Err(GeneralProtection));
+        assert_eq!(m.lapic.isr()[2], 1 << 5, "0x45 still in service");
+        assert_eq!(m.lapic_write(reg::EOI, 0), Ok(()));
+        assert_eq!(m.lapic.isr(), [0; 8]);
+        let mut m = Machine::new(MachineConfig::default());
+        m.lapic.acknowledge(0x45);
+        assert_eq!(m.lapic_write(reg::EOI, 1), Ok(()));
+        assert_eq!(m.lapic.isr(), [0; 8], "xAPIC: any value ends it");
+    }
+
+    #[test]
+    fn the_x2apic_gp_ignored_quirk_swallows_only_faulting_accesses() {
+        // Rule x2apic-msr-gp (SDM §11.12.1.2, §11.12.1.3): a reserved MSR
+        // faults; under X2APIC_GP_IGNORED it reads 0 and writes nothing,
+        // logged as the quirk, while accesses that do not fault are unchanged.
+        let x2apic = |quirks| {
+            Machine::new(MachineConfig {
+                x2apic: true,
+                quirks,
+                ..MachineConfig::default()
+            })
+        };
+        let mut m = x2apic(Quirks::empty());
+        assert_eq!(m.lapic_read(0x3a0), Err(GeneralProtection));
+        assert_eq!(m.lapic_write(0x3a0, 1), Err(GeneralProtection));
+        let mut m = x2apic(Quirks::X2APIC_GP_IGNORED);
+        m.clear_decisions();
+        assert_eq!(m.lapic_read(0x3a0), Ok(0));
+        assert_eq!(m.decisions().last().unwrap().rule, Rule::Quirk);
+        assert_eq!(m.lapic_write(0x3a0, 1), Ok(()));
+        m.lapic_write(reg::TPR, 0x20).unwrap();
+        assert_eq!(m.lapic_read(reg::TPR), Ok(0x20));
+        assert_eq!(m.lapic.tpr(), 0x20);
     }
 
     #[test]

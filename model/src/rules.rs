@@ -441,5 +441,9 @@ mod tests {
             seen.count_ones() as usize,
             Rule::ALL.len() * Mode::ALL.len()
         );
+        // A deviation named twice is still in the set once.
+        let d = Deviation::new(Rule::EoiBroadcast, Mode::Skipped);
+        assert!(Deviations::of(&[d, d]).breaks(d.rule, d.mode));
+        assert_eq!(Deviations::of(&[d, d]), Deviations::of(&[d]));
     }
 }
