@@ -57,13 +57,20 @@ pub fn minimize(
 
 /// ddmin over the top-level program.
 fn shrink_ops(s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -> Scenario {
-    let ops = ddmin(s.ops.clone(), |ops| {
-        keeps(&Scenario {
-            ops: ops.to_vec(),
+    // Each op with the CPU that runs it, so that dropping an op keeps the
+    // others on their CPUs.
+    let with_cpu = |steps: &[(Op, u8)]| {
+        let mut out = Scenario {
+            ops: steps.iter().map(|(op, _)| *op).collect(),
+            op_cpus: steps.iter().map(|(_, cpu)| *cpu).collect(),
             ..s.clone()
-        })
-    });
-    Scenario { ops, ..s }
+        };
+        out.normalize_op_cpus();
+        out
+    };
+    let steps: Vec<(Op, u8)> = (0..s.ops.len()).map(|k| (s.ops[k], s.cpu_of(k))).collect();
+    let steps = ddmin(steps, |steps| keeps(&with_cpu(steps)));
+    with_cpu(&steps)
 }
 
 /// Drop whole handlers (the vector falls back to its plain body or `eoi`),
@@ -364,6 +371,7 @@ fn map_ops(s: &Scenario, f: impl Fn(&Op) -> Op) -> Scenario {
     Scenario {
         config: s.config,
         ops: s.ops.iter().map(&f).collect(),
+        op_cpus: s.op_cpus.clone(),
         handlers: s
             .handlers
             .iter()

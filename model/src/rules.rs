@@ -74,6 +74,23 @@ pub enum Rule {
     /// The x2APIC MSR interface raises #GP for a reserved, read-only or
     /// write-only register, or reserved bits set.
     X2apicMsrGp,
+    /// An IPI reaches every local APIC its destination or shorthand names.
+    IpiDelivers,
+    /// A logical destination in the flat model matches an LDR bit.
+    LogicalFlatMatch,
+    /// A logical destination in the cluster model matches cluster and bit.
+    LogicalClusterMatch,
+    /// An x2APIC logical destination matches the LDR derived from the ID.
+    X2apicClusterMatch,
+    /// Lowest-priority delivery goes to one of the matched APICs.
+    LowestPriority,
+    /// INIT resets the target to its power-up state, waiting for SIPI.
+    InitResets,
+    /// A STARTUP IPI starts a CPU that waits for SIPI.
+    StartupStarts,
+    /// A CPU waiting for SIPI takes no interrupt or NMI; a STARTUP IPI to a
+    /// running CPU and an INIT level de-assert do nothing.
+    WaitForSipiIgnores,
     /// A deviation switched on by a `sim:` quirk.
     Quirk,
 }
@@ -113,6 +130,14 @@ impl Rule {
         Rule::ApicBaseTransition,
         Rule::X2apicMsrGp,
         Rule::ApicErrorInterrupt,
+        Rule::IpiDelivers,
+        Rule::LogicalFlatMatch,
+        Rule::LogicalClusterMatch,
+        Rule::X2apicClusterMatch,
+        Rule::LowestPriority,
+        Rule::InitResets,
+        Rule::StartupStarts,
+        Rule::WaitForSipiIgnores,
         Rule::Quirk,
     ];
 
@@ -151,6 +176,14 @@ impl Rule {
             Rule::ApicBaseTransition => "apic-base-transition",
             Rule::X2apicMsrGp => "x2apic-msr-gp",
             Rule::ApicErrorInterrupt => "apic-error-interrupt",
+            Rule::IpiDelivers => "ipi-delivers",
+            Rule::LogicalFlatMatch => "logical-flat-match",
+            Rule::LogicalClusterMatch => "logical-cluster-match",
+            Rule::X2apicClusterMatch => "x2apic-cluster-match",
+            Rule::LowestPriority => "lowest-priority",
+            Rule::InitResets => "init-resets",
+            Rule::StartupStarts => "startup-starts",
+            Rule::WaitForSipiIgnores => "wait-for-sipi-ignores",
             Rule::Quirk => "quirk",
         }
     }
@@ -190,6 +223,14 @@ impl Rule {
             Rule::X2apicMsrGp => "SDM vol. 3A §11.12.1.2 x2APIC Register Address Space (Table 11-6), §11.12.1.3 Reserved Bit Checking",
             Rule::ApicBaseTransition => "SDM vol. 3A §11.4.4 Local APIC Status and Location (IA32_APIC_BASE), §11.4.3 Enabling or Disabling the Local APIC, §11.12.5 x2APIC State Transitions",
             Rule::ApicErrorInterrupt => "SDM vol. 3A §11.5.3 Error Handling: a detected error sets its ESR bit and generates an interrupt through the LVT Error register (§11.5.1, Figure 11-8)",
+            Rule::IpiDelivers => "SDM vol. 3A §11.6.1 Interrupt Command Register (destination shorthands 00-11), §11.6.2.1 Physical Destination Mode (0xFF broadcast), §11.12.9 ICR Operation in x2APIC Mode (0xFFFFFFFF broadcast)",
+            Rule::LogicalFlatMatch => "SDM vol. 3A §11.6.2.2 Logical Destination Mode, flat model (DFR 1111b): the 8-bit MDA and LDR bits 31:24 share a set bit",
+            Rule::LogicalClusterMatch => "SDM vol. 3A §11.6.2.2 Logical Destination Mode, cluster model (DFR 0000b): MDA bits 7:4 equal LDR bits 31:28, and bits 3:0 share a set bit",
+            Rule::X2apicClusterMatch => "SDM vol. 3A §11.12.10.1 Logical Destination Mode in x2APIC Mode and §11.12.10.2 Deriving Logical x2APIC ID from the Local x2APIC ID: cluster ID[19:4] in bits 31:16, 1 << ID[3:0] in bits 15:0",
+            Rule::LowestPriority => "SDM vol. 3A §11.6.2.4 Lowest Priority Delivery Mode: one processor of the destination set, chosen in a model-specific way (the model: lowest TPR, then lowest CPU index; the choice is an allowed difference)",
+            Rule::InitResets => "SDM vol. 3A §11.6.1 delivery mode 101 (INIT), §11.4.7.3 Local APIC State After an INIT Reset (\"Wait-for-SIPI\" State), §9.4 Multiple-Processor (MP) Initialization",
+            Rule::StartupStarts => "SDM vol. 3A §11.6.1 delivery mode 110 (Start-Up), §9.4.4 MP Initialization Example: a SIPI starts a processor in the wait-for-SIPI state",
+            Rule::WaitForSipiIgnores => "SDM vol. 3A §11.4.7.3 (a processor waiting for SIPI runs nothing until a SIPI), §11.6.1 (INIT level de-assert is not supported on Pentium 4 and Xeon processors; a SIPI is not retried or latched)",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
         }
     }
@@ -329,6 +370,18 @@ impl Deviations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_rule_and_mode_has_a_deviation_bit() {
+        // Deviations is a u128: each rule takes one bit per mode.
+        assert!(
+            Rule::ALL.len() * Mode::ALL.len() <= 128,
+            "{}",
+            Rule::ALL.len()
+        );
+        let last = Deviation::new(*Rule::ALL.last().unwrap(), Mode::Late);
+        assert!(Deviations::of(&[last]).breaks(last.rule, Mode::Late));
+    }
 
     #[test]
     fn every_rule_has_a_unique_name_and_a_citation() {

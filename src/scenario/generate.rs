@@ -74,6 +74,7 @@ pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
             Irqchip::Full
         },
         directed_eoi: percent(u, 5)?,
+        ..Config::default()
     };
     let mut lines: Vec<Line> = Vec::new();
     for _ in 0..u.int_in_range(1..=3u8)? {
@@ -109,23 +110,11 @@ pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
         } else {
             continue;
         };
-        s.handlers.insert(
-            HandlerKey {
-                vector: line.vector,
-                nth: None,
-            },
-            body,
-        );
+        s.handlers.insert(HandlerKey::plain(line.vector), body);
         if percent(u, 10)? {
             let nth = u.int_in_range(1..=3u32)?;
             let body = if line.level { vec![Op::Eoi] } else { vec![] };
-            s.handlers.insert(
-                HandlerKey {
-                    vector: line.vector,
-                    nth: Some(nth),
-                },
-                body,
-            );
+            s.handlers.insert(HandlerKey::nth(line.vector, nth), body);
         }
     }
     for line in &lines {
