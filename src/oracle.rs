@@ -869,6 +869,7 @@ mod tests {
     fn deliver(op: usize, vector: u8) -> Event {
         Event {
             op,
+            cpu: 0,
             kind: EventKind::Deliver { vector },
         }
     }
@@ -890,6 +891,7 @@ mod tests {
     fn lapic_read(op: usize, reg: u32, value: u32) -> Event {
         Event {
             op,
+            cpu: 0,
             kind: EventKind::Read {
                 space: Space::Lapic,
                 reg,
@@ -984,6 +986,7 @@ mod tests {
         tmr.tmr[2] = 1;
         let snap = |s: Snapshot| Event {
             op: 2,
+            cpu: 0,
             kind: EventKind::Snapshot(Box::new(s)),
         };
         let e = trace(vec![deliver(1, 0x40), snap(Snapshot::default())]);
@@ -1004,6 +1007,7 @@ mod tests {
         // 82093AA §3.2: index 0x77 is not a register.
         let read = |reg, value| Event {
             op: 0,
+            cpu: 0,
             kind: EventKind::Read {
                 space: Space::Ioapic,
                 reg,
@@ -1027,6 +1031,7 @@ mod tests {
     fn the_timer_current_count_may_differ_and_other_lapic_reads_may_not() {
         let read = |reg, value| Event {
             op: 0,
+            cpu: 0,
             kind: EventKind::Read {
                 space: Space::Lapic,
                 reg,
@@ -1142,10 +1147,12 @@ mod tests {
         let d = diverge(
             vec![Event {
                 op: 2,
+                cpu: 0,
                 kind: EventKind::Snapshot(Box::new(a)),
             }],
             vec![Event {
                 op: 2,
+                cpu: 0,
                 kind: EventKind::Snapshot(Box::new(b)),
             }],
         );
@@ -1163,10 +1170,12 @@ mod tests {
         let d = diverge(
             vec![Event {
                 op: 2,
+                cpu: 0,
                 kind: EventKind::Snapshot(Box::new(a)),
             }],
             vec![Event {
                 op: 2,
+                cpu: 0,
                 kind: EventKind::Snapshot(Box::new(b)),
             }],
         );

@@ -37,6 +37,13 @@ enum Stop {
 type Step = Result<(), Stop>;
 
 impl ModelBackend {
+    /// Runs `scenario` on the multi-CPU interpreter whatever it asks for:
+    /// on one CPU it gives the trace [`super::Backend::execute`] gives (the
+    /// test of the two interpreters' agreement).
+    pub fn execute_on_system(&mut self, scenario: &Scenario) -> Trace {
+        self.run_smp(scenario, false).0
+    }
+
     /// Runs a scenario of the multi-CPU extension; the decisions are
     /// recorded only with `explain`.
     pub(super) fn run_smp(&mut self, scenario: &Scenario, explain: bool) -> (Trace, Vec<Decision>) {

@@ -226,6 +226,7 @@ mod tests {
         t.events = (0..n)
             .map(|_| Event {
                 op: 1,
+                cpu: 0,
                 kind: EventKind::Deliver { vector: 0x76 },
             })
             .collect();

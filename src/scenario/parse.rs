@@ -425,7 +425,7 @@ fn parse_handler(
     };
     let (vector_text, nth_text) = match key_text.split_once('#') {
         Some((v, n)) => (v, Some(n)),
-        None => (key_word.text, None),
+        None => (key_text, None),
     };
     let vector = number(
         line,
@@ -998,6 +998,99 @@ mod tests {
         assert!(err("route 1 vector=1 order=high\n")
             .expected
             .contains("order=high-first|low-first"));
+    }
+
+    #[test]
+    fn multi_cpu_statements_parse_and_round_trip() {
+        let text = "config apic=x2apic cpus=4 apic-ids=0,1,16,17 ap-start=sipi\n\
+                    handler 0x40: eoi\nhandler 0x40@2: snapshot; eoi\nhandler 0x41#2@3: nop\n\
+                    ipi init all-but-self\nipi dest=0x10 startup\ncpu 2: ipi vector=0x40 dest=0x10003 logical\n\
+                    cpu 3: sti\nassert 3\nipi vector=0x41 dest=0xffffffff lowest level\nipi nmi self\n";
+        let s = parse(text).unwrap();
+        assert_eq!(s.config.cpus, 4);
+        assert_eq!(s.config.apic_ids[..4], [0, 1, 16, 17]);
+        assert_eq!(s.config.ap_start, ApStart::Sipi);
+        assert_eq!(s.op_cpus, [0, 0, 2, 3, 0, 0, 0]);
+        assert_eq!(s.cpu_of(2), 2);
+        assert_eq!(s.cpu_of(99), 0);
+        assert_eq!(s.handler_body_on(2, 0x40, 1), &[Op::Snapshot, Op::Eoi]);
+        assert_eq!(s.handler_body_on(1, 0x40, 1), &[Op::Eoi]);
+        assert_eq!(s.handler_body_on(3, 0x41, 2), &[Op::Nop]);
+        assert_eq!(s.handler_body_on(3, 0x41, 1), &[Op::Eoi]);
+        let Op::Ipi(ipi) = s.ops[2] else { panic!() };
+        assert_eq!(
+            (ipi.dest, ipi.icr_low()),
+            (0x10003, 0x40 | 1 << 11 | 1 << 14)
+        );
+        let Op::Ipi(init) = s.ops[0] else { panic!() };
+        assert_eq!(init.icr_low(), 5 << 8 | 1 << 14 | 3 << 18);
+        assert_eq!(print(&s), text);
+        assert_eq!(parse(&print(&s)).unwrap(), s);
+        // `cpu 0:` is the plain op: the canonical form drops it.
+        let s = parse("config cpus=2\ncpu 0: nop\ncpu 0:nop\n").unwrap();
+        assert!(s.op_cpus.is_empty());
+        assert_eq!(print(&s), "config cpus=2\nnop\nnop\n");
+        assert!(!s.uses_smp() || s.is_multi_cpu());
+        // A scenario without the extension is unchanged.
+        assert!(!parse("nop\n").unwrap().uses_smp());
+    }
+
+    #[test]
+    fn multi_cpu_errors_name_what_and_where() {
+        let e = err("config cpus=2\ncpu 2: nop\n");
+        assert_eq!((e.line, e.column), (2, 5));
+        assert!(
+            e.expected.contains("below `config cpus=N`"),
+            "{}",
+            e.expected
+        );
+        let e = err("handler 0x20@1: eoi\nnop\n");
+        assert_eq!((e.line, e.column), (1, 14));
+        assert!(
+            e.expected.contains("below `config cpus=N`"),
+            "{}",
+            e.expected
+        );
+        let e = err("config cpus=9\n");
+        assert_eq!((e.line, e.column), (1, 13));
+        assert!(e.expected.contains("CPU count 1-8"), "{}", e.expected);
+        assert!(err("config cpus=0\n").expected.contains("CPU count 1-8"));
+        let e = err("config cpus=3 apic-ids=0,1\n");
+        assert_eq!(e.column, 15);
+        assert!(e.expected.contains("one APIC ID per CPU"), "{}", e.expected);
+        assert!(err("config cpus=2 apic-ids=0,0xff\n")
+            .expected
+            .contains("APIC ID 0-0xfe"));
+        assert!(err("config ap-start=bios\n")
+            .expected
+            .contains("ap-start=host"));
+        let e = err("config cpus=2\ncpu 1: assert 3\n");
+        assert!(
+            e.expected.contains("host ops are done by the VMM"),
+            "{}",
+            e.expected
+        );
+        assert!(err("cpu 1 nop\n").expected.contains("`cpu K: OP`"));
+        assert!(err("config cpus=2\ncpu 1:\n")
+            .expected
+            .contains("an op after"));
+        assert!(err("handler 0x20: cpu 1: nop\n")
+            .expected
+            .contains("runs on the CPU that took the interrupt"));
+        let e = err("ipi vector=0x40 dest=0x100\n");
+        assert_eq!((e.line, e.column), (1, 22));
+        assert!(
+            e.expected.contains("needs `config apic=x2apic`"),
+            "{}",
+            e.expected
+        );
+        assert!(parse("config apic=x2apic\nipi vector=0x40 dest=0x100\n").is_ok());
+        assert!(err("ipi dest=1\n").expected.contains("needs a vector"));
+        assert!(err("ipi nmi vector=2\n").expected.contains("no `vector=`"));
+        assert!(err("ipi init level\n").expected.contains("`level` only"));
+        assert!(err("ipi vector=1 self all\n")
+            .expected
+            .contains("one shorthand option"));
     }
 
     #[test]
