@@ -140,7 +140,7 @@ impl<'a> arbitrary::Arbitrary<'a> for Config {
                 // Another cluster, or a spread over two (cluster matching
                 // and the x2APIC LDR derivation).
                 let base: u8 = *u.choose(&[0x10u8, 0x0e, 0x20])?;
-                for (i, id) in c.apic_ids.iter_mut().enumerate() {
+                for (i, id) in c.apic_ids[..c.cpus as usize].iter_mut().enumerate() {
                     *id = base + i as u8;
                 }
             }
