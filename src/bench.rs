@@ -470,7 +470,7 @@ pub fn diagnose(trials: u64, cases: u64) -> Value {
 
     let pool: Vec<(&str, Quirks)> = Quirks::all()
         .iter_names()
-        .filter(|(_, q)| q.broken_rules().len() == 1)
+        .filter(|(_, q)| q.broken_rules().len() == 1 && !Quirks::MULTI_CPU.contains(*q))
         .collect();
     let (mut hits, mut recovered_total, mut injected_total) = (0usize, 0usize, 0usize);
     let mut rows = Vec::new();

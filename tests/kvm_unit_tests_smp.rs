@@ -363,3 +363,64 @@ fn per_cpu_handler_bodies_and_per_cpu_delivery_counts() {
         ]
     );
 }
+
+#[test]
+fn the_multi_cpu_bug_shapes_fail_the_kvm_unit_tests_they_break() {
+    // Each sim: quirk of a known multi-CPU bug diverges from the model on
+    // the kvm-unit-tests case that catches it, and only the rule it breaks
+    // decides; on the other cases the quirks keep the model's trace.
+    let cases = [
+        ("x2apic-ldr-not-derived", "ioapic_logical_destination"),
+        ("eoi-stale-route-lost", "ioapic_self_reconfigure_smp"),
+    ];
+    for (quirk, name) in cases {
+        let s = load(&path(name));
+        let mut sim = irqdiff::backend::open(&format!("sim:{quirk}")).unwrap();
+        let observed = sim.run(&s).unwrap();
+        let verdict = compare_scenario(&s, &run(name), &observed);
+        assert!(matches!(verdict, Verdict::Diverge(_)), "{quirk} on {name}");
+    }
+    // x2apic-ldr-not-derived: nobody gets the logical interrupt.
+    let s = load(&path("ioapic_logical_destination"));
+    let t = irqdiff::backend::open("sim:x2apic-ldr-not-derived")
+        .unwrap()
+        .run(&s)
+        .unwrap();
+    assert_eq!(deliveries_on(&t), []);
+    // eoi-stale-route-lost: remote IRR stays set on both retargeted pins.
+    let s = load(&path("ioapic_self_reconfigure_smp"));
+    let t = irqdiff::backend::open("sim:eoi-stale-route-lost")
+        .unwrap()
+        .run(&s)
+        .unwrap();
+    let r: Vec<bool> = ioapic_reads(&t).iter().map(|&v| remote_irr(v)).collect();
+    assert_eq!(r, [true, true, true, true]);
+    // x2apic-cluster-ignored: a cluster-0 bitmap also reaches cluster 1.
+    let s = irqdiff::scenario::parse(
+        "config apic=x2apic cpus=2 apic-ids=1,17\nipi vector=0x40 logical dest=0x2\n",
+    )
+    .unwrap();
+    assert_eq!(
+        deliveries_on(&ModelBackend::new().run(&s).unwrap()),
+        [(0, 0, 0x40)]
+    );
+    let t = irqdiff::backend::open("sim:x2apic-cluster-ignored")
+        .unwrap()
+        .run(&s)
+        .unwrap();
+    assert_eq!(deliveries_on(&t), [(0, 0, 0x40), (0, 1, 0x40)]);
+    // Single-CPU scenarios never show them.
+    for path in scenario_files("kvm-unit-tests") {
+        let s = load(&path);
+        let mut sim = irqdiff::backend::open(
+            "sim:x2apic-ldr-not-derived,x2apic-cluster-ignored,eoi-stale-route-lost",
+        )
+        .unwrap();
+        assert_eq!(
+            sim.run(&s).unwrap().events,
+            ModelBackend::new().run(&s).unwrap().events,
+            "{}",
+            path.display()
+        );
+    }
+}

@@ -114,15 +114,19 @@ impl Bus<'_> {
                 if !logical {
                     return dest == lapic.id();
                 }
-                let ldr = lapic.ldr();
-                let hit = dest >> 16 == ldr >> 16 && dest & ldr & 0xffff != 0;
+                let hit = x2apic_logical_match(lapic, dest, self.quirks);
                 if hit {
                     self.log.push(Rule::X2apicClusterMatch, 0);
                 }
                 hit
             }
             Targets::Destination { logical, dest, .. } => {
-                let hit = lapic.matches(logical, dest);
+                let hit = if logical && dest != 0xff && lapic.x2apic() {
+                    // An 8-bit destination addresses cluster 0 (§11.12.10.2).
+                    x2apic_logical_match(lapic, dest, self.quirks)
+                } else {
+                    lapic.matches(logical, dest)
+                };
                 if hit && logical && dest != 0xff {
                     let rule = if lapic.x2apic() {
                         Rule::X2apicClusterMatch
@@ -265,7 +269,6 @@ impl Bus<'_> {
 impl InterruptSink for Bus<'_> {
     /// A message from the IOAPIC or an MSI: an 8-bit destination.
     fn send(&mut self, msg: &InterruptMessage) -> bool {
-        let _ = self.quirks;
         self.route(
             msg,
             Targets::Destination {
@@ -279,6 +282,20 @@ impl InterruptSink for Bus<'_> {
     fn note(&mut self, rule: Rule, vector: u8) {
         self.log.push(rule, vector);
     }
+}
+
+/// §11.12.10.1: an x2APIC logical destination matches when the cluster IDs
+/// (bits 31:16) are equal and the member bitmaps (15:0) share a bit, the
+/// LDR being derived from the x2APIC ID (§11.12.10.2); with the quirks, the
+/// LDR not derived (0) or the cluster not compared.
+fn x2apic_logical_match(lapic: &Lapic, dest: u32, quirks: Quirks) -> bool {
+    let ldr = if quirks.contains(Quirks::X2APIC_LDR_NOT_DERIVED) {
+        0
+    } else {
+        lapic.ldr()
+    };
+    let same_cluster = dest >> 16 == ldr >> 16 || quirks.contains(Quirks::X2APIC_CLUSTER_IGNORED);
+    same_cluster && dest & ldr & 0xffff != 0
 }
 
 /// The STARTUP delivery mode (ICR bits 10:8 = 110), which the IOAPIC's
@@ -414,6 +431,10 @@ impl System {
         let node = &mut self.nodes[cpu];
         if node.lapic.x2apic() {
             match node.lapic.read_msr(crate::lapic::msr_of(offset)) {
+                Ok(_) if offset == reg::LDR && quirks.contains(Quirks::X2APIC_LDR_NOT_DERIVED) => {
+                    self.log.push(Rule::Quirk, 0);
+                    Ok(0)
+                }
                 Ok(v) => Ok(v as u32),
                 Err(_) if quirks.contains(Quirks::X2APIC_GP_IGNORED) => {
                     self.log.push(Rule::Quirk, 0);
@@ -561,7 +582,10 @@ impl System {
             return;
         };
         let lost = self.config.split && self.config.quirks.contains(Quirks::SPLIT_EOI_LOST);
+        let stale = self.config.quirks.contains(Quirks::EOI_STALE_ROUTE_LOST)
+            && !self.routes_vector_to(vector, cpu);
         if lost
+            || stale
             || self
                 .config
                 .deviations
@@ -572,6 +596,22 @@ impl System {
         }
         let (ioapic, mut bus) = self.parts();
         ioapic.eoi(vector, &mut bus);
+    }
+
+    /// Whether a level pin with `vector` targets CPU `cpu` now (for the
+    /// `EOI_STALE_ROUTE_LOST` quirk).
+    fn routes_vector_to(&self, vector: u8, cpu: usize) -> bool {
+        let lapic = &self.nodes[cpu].lapic;
+        (0..crate::ioapic::PINS).any(|pin| {
+            let e = self.ioapic.entry(pin);
+            e.vector() == vector
+                && e.level()
+                && if e.logical() {
+                    lapic.matches(true, e.dest() as u32)
+                } else {
+                    e.dest() as u32 == lapic.id() || e.dest() == 0xff
+                }
+        })
     }
 
     /// What CPU `cpu` would take at this instruction boundary.
@@ -823,6 +863,51 @@ mod tests {
         assert_eq!(s.decisions().last().unwrap().rule, Rule::WaitForSipiIgnores);
         s.send_icr(0, fixed(0x42), 1).unwrap();
         assert_eq!(s.pending(1), Some(Interrupt::Maskable(0x42)));
+    }
+
+    #[test]
+    fn multi_cpu_quirks_break_their_rules() {
+        // X2APIC_LDR_NOT_DERIVED: no logical x2APIC destination matches,
+        // and the LDR reads 0 (SDM §11.12.10.2 broken).
+        let quirky = |quirks| {
+            System::new(
+                MachineConfig {
+                    x2apic: true,
+                    quirks,
+                    ..MachineConfig::default()
+                },
+                &[0, 1, 0x11],
+                false,
+            )
+        };
+        let mut s = quirky(Quirks::X2APIC_LDR_NOT_DERIVED);
+        s.send_icr(0, fixed(0x40) | 1 << 11, 0x3).unwrap();
+        assert_eq!(requested(&s, 0x40), [] as [usize; 0]);
+        assert_eq!(s.lapic_read(1, reg::LDR), Ok(0));
+        // X2APIC_CLUSTER_IGNORED: member bit 1 of cluster 0 also reaches
+        // ID 0x11 (cluster 1, bit 1).
+        let mut s = quirky(Quirks::X2APIC_CLUSTER_IGNORED);
+        s.send_icr(0, fixed(0x41) | 1 << 11, 0x2).unwrap();
+        assert_eq!(requested(&s, 0x41), [1, 2]);
+        let mut s = quirky(Quirks::empty());
+        s.send_icr(0, fixed(0x41) | 1 << 11, 0x2).unwrap();
+        assert_eq!(requested(&s, 0x41), [1]);
+        // EOI_STALE_ROUTE_LOST: the EOI of a vector whose pin now targets
+        // another CPU does not clear remote IRR.
+        for (quirks, stuck) in [
+            (Quirks::EOI_STALE_ROUTE_LOST, true),
+            (Quirks::empty(), false),
+        ] {
+            let mut s = quirky(quirks);
+            route(&mut s, 14, 0x84 | 1 << 15, 0);
+            s.set_irq(14, true);
+            let (_, saved) = s.take(0, s.pending(0).unwrap());
+            s.set_irq(14, false);
+            route(&mut s, 14, 0x84 | 1 << 15, 1);
+            s.lapic_write(0, reg::EOI, 0).unwrap();
+            s.iret(0, saved);
+            assert_eq!(s.ioapic.entry(14).remote_irr(), stuck, "{quirks:?}");
+        }
     }
 
     #[test]
