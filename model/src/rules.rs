@@ -329,6 +329,12 @@ impl Deviation {
             (Rule::EoiBroadcastSuppressed, Mode::Skipped) => {
                 "SVR bit 12 does not suppress the EOI broadcast"
             }
+            (Rule::X2apicClusterMatch, Mode::Skipped) => {
+                "x2APIC logical destinations match nothing (the LDR is not derived from the x2APIC ID)"
+            }
+            (Rule::X2apicClusterMatch, Mode::Inverted) => {
+                "x2APIC logical destinations match the member bits in any cluster"
+            }
             _ => return None,
         })
     }

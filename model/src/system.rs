@@ -92,6 +92,7 @@ struct Bus<'a> {
     inited: &'a mut u32,
     lowest_choice: &'a mut bool,
     quirks: Quirks,
+    deviations: crate::rules::Deviations,
 }
 
 impl Bus<'_> {
@@ -114,7 +115,7 @@ impl Bus<'_> {
                 if !logical {
                     return dest == lapic.id();
                 }
-                let hit = x2apic_logical_match(lapic, dest, self.quirks);
+                let hit = x2apic_logical_match(lapic, dest, self.quirks, self.deviations);
                 if hit {
                     self.log.push(Rule::X2apicClusterMatch, 0);
                 }
@@ -123,7 +124,7 @@ impl Bus<'_> {
             Targets::Destination { logical, dest, .. } => {
                 let hit = if logical && dest != 0xff && lapic.x2apic() {
                     // An 8-bit destination addresses cluster 0 (§11.12.10.2).
-                    x2apic_logical_match(lapic, dest, self.quirks)
+                    x2apic_logical_match(lapic, dest, self.quirks, self.deviations)
                 } else {
                     lapic.matches(logical, dest)
                 };
@@ -288,13 +289,18 @@ impl InterruptSink for Bus<'_> {
 /// (bits 31:16) are equal and the member bitmaps (15:0) share a bit, the
 /// LDR being derived from the x2APIC ID (§11.12.10.2); with the quirks, the
 /// LDR not derived (0) or the cluster not compared.
-fn x2apic_logical_match(lapic: &Lapic, dest: u32, quirks: Quirks) -> bool {
-    let ldr = if quirks.contains(Quirks::X2APIC_LDR_NOT_DERIVED) {
-        0
-    } else {
-        lapic.ldr()
-    };
-    let same_cluster = dest >> 16 == ldr >> 16 || quirks.contains(Quirks::X2APIC_CLUSTER_IGNORED);
+fn x2apic_logical_match(
+    lapic: &Lapic,
+    dest: u32,
+    quirks: Quirks,
+    deviations: crate::rules::Deviations,
+) -> bool {
+    let not_derived = quirks.contains(Quirks::X2APIC_LDR_NOT_DERIVED)
+        || deviations.breaks(Rule::X2apicClusterMatch, Mode::Skipped);
+    let ldr = if not_derived { 0 } else { lapic.ldr() };
+    let same_cluster = dest >> 16 == ldr >> 16
+        || quirks.contains(Quirks::X2APIC_CLUSTER_IGNORED)
+        || deviations.breaks(Rule::X2apicClusterMatch, Mode::Inverted);
     same_cluster && dest & ldr & 0xffff != 0
 }
 
@@ -362,6 +368,7 @@ impl System {
                 inited: &mut self.inited,
                 lowest_choice: &mut self.lowest_choice,
                 quirks: self.config.quirks,
+                deviations: self.config.deviations,
             },
         )
     }
@@ -884,6 +891,27 @@ mod tests {
         s.send_icr(0, fixed(0x40) | 1 << 11, 0x3).unwrap();
         assert_eq!(requested(&s, 0x40), [] as [usize; 0]);
         assert_eq!(s.lapic_read(1, reg::LDR), Ok(0));
+        // The deviations that explain them (diagnosis).
+        let deviated = |mode| {
+            System::new(
+                MachineConfig {
+                    x2apic: true,
+                    deviations: crate::rules::Deviations::of(&[crate::rules::Deviation::new(
+                        Rule::X2apicClusterMatch,
+                        mode,
+                    )]),
+                    ..MachineConfig::default()
+                },
+                &[0, 1, 0x11],
+                false,
+            )
+        };
+        let mut d = deviated(Mode::Skipped);
+        d.send_icr(0, fixed(0x40) | 1 << 11, 0x3).unwrap();
+        assert_eq!(requested(&d, 0x40), [] as [usize; 0]);
+        let mut d = deviated(Mode::Inverted);
+        d.send_icr(0, fixed(0x41) | 1 << 11, 0x2).unwrap();
+        assert_eq!(requested(&d, 0x41), [1, 2]);
         // X2APIC_CLUSTER_IGNORED: member bit 1 of cluster 0 also reaches
         // ID 0x11 (cluster 1, bit 1).
         let mut s = quirky(Quirks::X2APIC_CLUSTER_IGNORED);
