@@ -821,7 +821,7 @@ pub enum Triage {
 impl Triage {
     /// Triage from the model's trace, the backend's, and the third's.
     pub fn of(expected: &Trace, observed: &Trace, third: &Trace) -> Triage {
-        let name = third.backend.clone();
+        let name = third.backend.to_string();
         if third.outcome == Outcome::Error {
             return Triage::Inconclusive {
                 third: name,

@@ -1,6 +1,8 @@
 //! What the guest observed, in order: the trace of docs/scenario-format.md
 //! ("The trace"), serialised exactly as specified there.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// More deliveries than this in one run is a storm (docs/scenario-format.md).
@@ -98,7 +100,9 @@ impl Event {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Trace {
-    pub backend: String,
+    /// The backend's name: borrowed for a fixed name ([`Trace::named`], no
+    /// allocation per run), owned otherwise.
+    pub backend: Cow<'static, str>,
     pub outcome: Outcome,
     /// The op at which the guest hung (outcome `hang` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +115,12 @@ pub struct Trace {
 
 impl Trace {
     pub fn new(backend: impl Into<String>) -> Trace {
+        Trace::named(Cow::Owned(backend.into()))
+    }
+
+    /// A trace of a backend whose name is fixed (the model's): no
+    /// allocation.
+    pub fn named(backend: impl Into<Cow<'static, str>>) -> Trace {
         Trace {
             backend: backend.into(),
             outcome: Outcome::Completed,

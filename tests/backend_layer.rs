@@ -125,7 +125,7 @@ fn every_host_op_runs_on_every_backend_without_a_vm() {
     }
     for mut b in others {
         let mut want = expected.clone();
-        want.backend = b.name().to_string();
+        want.backend = b.name().to_string().into();
         assert_eq!(b.run(&scenario).unwrap(), want, "{}", b.name());
     }
 }

@@ -54,7 +54,7 @@ fn loop_reproduces_the_model_on_every_scenario_full_and_split() {
             .chain(scenario_files("seed-hvf"))
         {
             let mut expected = ModelBackendRun::run(&load(&path));
-            expected.backend = b.name().to_string();
+            expected.backend = b.name().to_string().into();
             if raises_gp(&expected) {
                 eprintln!(
                     "NOT COMPARED {} on the HVF double: the model raises #GP, which the double and the hvf VMM do not model yet",
@@ -363,7 +363,7 @@ fn an_apic_disabled_through_its_base_msr_is_at_power_up_in_the_kernel_too() {
         for split in [false, true] {
             let mut b = hvf(split, Quirks::empty(), Workarounds::empty());
             let mut expected = ModelBackendRun::run(&parse(text).unwrap());
-            expected.backend = b.name().to_string();
+            expected.backend = b.name().to_string().into();
             assert_eq!(run(&mut b, text), expected, "{text} (split: {split})");
         }
     }

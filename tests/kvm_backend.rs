@@ -93,7 +93,7 @@ fn expected_for(path: &std::path::Path, backend_name: &str) -> (Trace, &'static 
         Some(t) => (t, "documented KVM behaviour"),
         None => {
             let mut t = expected(path, None).expect("model expectation");
-            t.backend = backend_name.to_string();
+            t.backend = backend_name.to_string().into();
             (t, "the model")
         }
     }

@@ -23,6 +23,7 @@ impl Cpu {
         }
     }
 
+    #[inline]
     pub fn cli(&mut self) {
         self.interrupts_enabled = false;
         self.sti_shadow = false;
@@ -31,6 +32,7 @@ impl Cpu {
     /// STI instruction reference: "If IF = 0 ... interrupts are inhibited
     /// until the end of the next instruction"; with IF already 1 there is no
     /// shadow.
+    #[inline]
     pub fn sti(&mut self) {
         if !self.interrupts_enabled {
             self.sti_shadow = true;
@@ -39,17 +41,20 @@ impl Cpu {
     }
 
     /// The instruction after STI has executed.
+    #[inline]
     pub fn end_of_instruction(&mut self) {
         self.sti_shadow = false;
     }
 
     /// SDM §6.8.1: maskable interrupts need IF = 1 and no STI shadow.
+    #[inline]
     pub fn accepts_maskable(&self) -> bool {
         self.interrupts_enabled && !self.sti_shadow
     }
 
     /// SDM §6.12.1.3: entry through an interrupt gate clears IF; returns the
     /// RFLAGS.IF that IRET will restore.
+    #[inline]
     pub fn enter_interrupt_gate(&mut self) -> bool {
         let saved = self.interrupts_enabled;
         self.interrupts_enabled = false;
@@ -58,6 +63,7 @@ impl Cpu {
     }
 
     /// SDM §6.7.1: an NMI handler runs with NMIs blocked.
+    #[inline]
     pub fn enter_nmi(&mut self) -> bool {
         self.nmi_blocked = true;
         self.nmi_pending = false;
@@ -65,6 +71,7 @@ impl Cpu {
     }
 
     /// IRET restores IF (no STI shadow) and unblocks NMIs (SDM §6.7.1).
+    #[inline]
     pub fn iret(&mut self, saved_if: bool) {
         self.interrupts_enabled = saved_if;
         self.sti_shadow = false;

@@ -238,6 +238,18 @@ impl Ioapic {
         }
     }
 
+    /// Remote IRR (§3.2.4 bit 14) of every pin, bit `pin`.
+    pub fn remote_irr_pins(&self) -> u32 {
+        self.remote_irr
+    }
+
+    /// Delivery status (§3.2.4 bit 12) of every pin, bit `pin`: none, ever.
+    /// Delivery is instantaneous (crate docs), and the bit is read-only to
+    /// the guest, so no entry's bit 12 is ever set.
+    pub fn delivery_status_pins(&self) -> u32 {
+        0
+    }
+
     pub fn is_asserted(&self, pin: usize) -> bool {
         self.asserted & (1 << pin) != 0
     }

@@ -97,30 +97,41 @@ pub fn implemented_xapic_register(offset: u16) -> bool {
 pub struct GeneralProtection;
 
 /// A 256-bit register of one bit per vector (IRR, ISR, TMR; SDM §11.8.4),
-/// held as two 128-bit halves: the highest vector set is then two
-/// leading-zero counts away, which the processor needs at every boundary.
+/// held as four 64-bit words: setting, clearing and testing a vector is one
+/// bit operation on one word, and the highest vector set, which the
+/// processor needs at every boundary, is a leading-zero count on the
+/// highest non-zero word.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct VectorSet([u128; 2]);
+struct VectorSet([u64; 4]);
 
 impl VectorSet {
+    #[inline]
     fn test(&self, v: u8) -> bool {
-        self.0[v as usize / 128] & (1 << (v % 128)) != 0
+        self.0[v as usize / 64] & (1 << (v % 64)) != 0
     }
 
+    #[inline]
     fn set(&mut self, v: u8, on: bool) {
         if on {
-            self.0[v as usize / 128] |= 1 << (v % 128);
+            self.0[v as usize / 64] |= 1 << (v % 64);
         } else {
-            self.0[v as usize / 128] &= !(1 << (v % 128));
+            self.0[v as usize / 64] &= !(1 << (v % 64));
         }
     }
 
+    #[inline]
     fn highest(&self) -> Option<u8> {
-        let [low, high] = self.0;
-        if high != 0 {
-            Some(255 - high.leading_zeros() as u8)
-        } else if low != 0 {
-            Some(127 - low.leading_zeros() as u8)
+        let [w0, w1, w2, w3] = self.0;
+        if w3 | w2 != 0 {
+            if w3 != 0 {
+                Some(255 - w3.leading_zeros() as u8)
+            } else {
+                Some(191 - w2.leading_zeros() as u8)
+            }
+        } else if w1 != 0 {
+            Some(127 - w1.leading_zeros() as u8)
+        } else if w0 != 0 {
+            Some(63 - w0.leading_zeros() as u8)
         } else {
             None
         }
@@ -128,7 +139,7 @@ impl VectorSet {
 
     /// 32-bit word `index` as the register reads (word 0: vectors 0-31).
     fn word(&self, index: usize) -> u32 {
-        (self.0[index / 4] >> (32 * (index % 4))) as u32
+        (self.0[index / 2] >> (32 * (index % 2))) as u32
     }
 
     /// The eight 32-bit words, word 0 first.
@@ -236,9 +247,11 @@ impl Lapic {
         }
     }
 
+    #[inline]
     pub fn x2apic(&self) -> bool {
         self.x2apic
     }
+    #[inline]
     pub fn hw_enabled(&self) -> bool {
         self.hw_enabled
     }
@@ -376,9 +389,11 @@ impl Lapic {
     pub fn tmr(&self) -> [u32; 8] {
         self.tmr.words()
     }
+    #[inline]
     pub fn tpr(&self) -> u32 {
         self.tpr
     }
+    #[inline]
     pub fn software_enabled(&self) -> bool {
         self.svr & SVR_ENABLE != 0
     }
@@ -392,6 +407,7 @@ impl Lapic {
     }
 
     /// SDM §11.8.3.1: `PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4`.
+    #[inline]
     pub fn ppr(&self) -> u32 {
         let isrv = self.isr.highest().unwrap_or(0) as u32;
         if (self.tpr & 0xf0) >= (isrv & 0xf0) {
@@ -466,6 +482,7 @@ impl Lapic {
     }
 
     /// §11.8.3: the vector the processor would take now, if any.
+    #[inline]
     pub fn deliverable(&self) -> Option<u8> {
         let v = self.irr.highest()?;
         self.dispatchable(v).then_some(v)
@@ -473,6 +490,7 @@ impl Lapic {
 
     /// §11.8.3: whether requested vector `v` is above the processor
     /// priority class.
+    #[inline]
     pub fn dispatchable(&self, v: u8) -> bool {
         let ppr = self.ppr();
         if self.quirks.contains(Quirks::QEMU_LAPIC) {
@@ -489,6 +507,7 @@ impl Lapic {
     }
 
     /// The processor takes `vector`: IRR to ISR (§11.8.4 last step).
+    #[inline]
     pub fn acknowledge(&mut self, vector: u8) {
         if self
             .deviations
@@ -814,6 +833,35 @@ impl Lapic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vector_sets_hold_each_vector_and_find_the_highest_in_every_word() {
+        // SDM §11.8.4: one bit per vector; the register reads as eight
+        // 32-bit words, word 0 holding vectors 0-31.
+        for v in [
+            0u8, 1, 31, 32, 63, 64, 65, 127, 128, 129, 191, 192, 193, 254, 255,
+        ] {
+            let mut set = VectorSet::default();
+            assert_eq!(set.highest(), None);
+            set.set(v, true);
+            assert!(set.test(v), "{v}");
+            assert_eq!(set.highest(), Some(v), "{v}");
+            let mut words = [0u32; 8];
+            words[v as usize / 32] = 1 << (v % 32);
+            assert_eq!(set.words(), words, "{v}");
+            if v > 0 {
+                assert!(!set.test(v - 1), "{v}");
+                set.set(v - 1, true);
+                assert_eq!(set.highest(), Some(v), "a lower vector does not win");
+                set.set(v, false);
+                assert_eq!(set.highest(), Some(v - 1), "{v}");
+                assert!(!set.test(v));
+            } else {
+                set.set(v, false);
+                assert_eq!(set.highest(), None);
+            }
+        }
+    }
 
     fn fixed(vector: u8, level: bool) -> InterruptMessage {
         InterruptMessage {

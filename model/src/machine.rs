@@ -37,6 +37,8 @@ pub struct Decision {
 pub struct DecisionLog {
     entries: [Decision; DecisionLog::CAPACITY],
     len: usize,
+    /// Off: decisions are not kept (a caller that never reads them).
+    recording: bool,
 }
 
 impl DecisionLog {
@@ -49,10 +51,15 @@ impl DecisionLog {
                 vector: 0,
             }; Self::CAPACITY],
             len: 0,
+            recording: true,
         }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, rule: Rule, vector: u8) {
+        if !self.recording {
+            return;
+        }
         // Keep the newest: the last decisions before a divergence matter most.
         if self.len == Self::CAPACITY {
             self.entries.copy_within(1.., 0);
@@ -149,6 +156,7 @@ pub(crate) fn note_error_interrupt(lapic: &mut Lapic, log: &mut DecisionLog) {
 }
 
 impl Machine {
+    #[inline]
     pub fn new(config: MachineConfig) -> Machine {
         let mut ioapic = Ioapic::with_quirks(config.ioapic, config.quirks);
         ioapic.set_deviations(config.deviations);
@@ -185,16 +193,27 @@ impl Machine {
         self.log.entries()
     }
 
+    #[inline]
     pub fn clear_decisions(&mut self) {
         self.log.clear();
     }
 
+    /// Whether decisions are logged (on at construction). A caller that
+    /// never reads [`Machine::decisions`] turns it off: the machine then
+    /// behaves the same and logs nothing.
+    pub fn set_recording(&mut self, on: bool) {
+        self.log.recording = on;
+        self.log.clear();
+    }
+
+    #[inline]
     pub fn note(&mut self, rule: Rule, vector: u8) {
         self.log.push(rule, vector);
     }
 
     /// A delivery mode the model does not model was sent (SMI, INIT,
     /// ExtINT or reserved); the caller ends the run with an error.
+    #[inline]
     pub fn take_unmodelled(&mut self) -> Option<DeliveryMode> {
         self.unmodelled.take()
     }
@@ -209,23 +228,27 @@ impl Machine {
     }
 
     /// An IOAPIC indirect register read: IOREGSEL = `index`, then IOWIN.
+    #[inline]
     pub fn ioapic_read_indirect(&mut self, index: u8) -> u32 {
         self.ioapic.select_and_read(index)
     }
 
     /// An IOAPIC indirect register write: IOREGSEL = `index`, then IOWIN.
+    #[inline]
     pub fn ioapic_write_indirect(&mut self, index: u8, value: u32) {
         let (ioapic, mut bus) = self.parts();
         ioapic.select_and_write(index, value, &mut bus);
     }
 
     /// Drives IOAPIC input `pin` (logical level).
+    #[inline]
     pub fn set_irq(&mut self, pin: usize, requested: bool) {
         let (ioapic, mut bus) = self.parts();
         ioapic.set_irq(pin, requested, &mut bus);
     }
 
     /// An MSI or other message from outside.
+    #[inline]
     pub fn message(&mut self, msg: &InterruptMessage) -> bool {
         let (_, mut bus) = self.parts();
         bus.send(msg)
@@ -246,6 +269,7 @@ impl Machine {
 
     /// A local APIC register write by the guest (MMIO or WRMSR), with its
     /// effects: EOI broadcast, self IPI.
+    #[inline]
     pub fn lapic_write(&mut self, offset: u16, value: u32) -> Result<(), GeneralProtection> {
         if offset == reg::EOI && value == 0 {
             // The guest's usual EOI (every handler's): in either mode the
@@ -256,6 +280,11 @@ impl Machine {
             }
             return Ok(());
         }
+        self.lapic_write_register(offset, value)
+    }
+
+    /// [`Machine::lapic_write`] but for the usual EOI.
+    fn lapic_write_register(&mut self, offset: u16, value: u32) -> Result<(), GeneralProtection> {
         let ipi = if self.lapic.x2apic() {
             let write = self
                 .lapic
@@ -354,6 +383,7 @@ impl Machine {
     }
 
     /// What the processor would take at this instruction boundary.
+    #[inline]
     pub fn pending(&self) -> Option<Interrupt> {
         // §6.7.1: an NMI is not masked by IF, only blocked by another NMI.
         if self.cpu.nmi_pending && !self.cpu.nmi_blocked {
@@ -380,6 +410,7 @@ impl Machine {
 
     /// The processor takes `interrupt` through its IDT gate: returns the
     /// vector and the IF that IRET restores.
+    #[inline]
     pub fn take(&mut self, interrupt: Interrupt) -> (u8, bool) {
         match interrupt {
             Interrupt::Maskable(v) => {
@@ -391,20 +422,19 @@ impl Machine {
         }
     }
 
+    #[inline]
     pub fn iret(&mut self, saved_if: bool) {
         self.cpu.iret(saved_if);
     }
 
     /// The redirection entry's remote IRR and delivery status, per pin.
     pub fn ioapic_status(&self) -> ([bool; 24], [bool; 24]) {
-        let mut remote_irr = [false; 24];
-        let mut delivery_status = [false; 24];
-        for pin in 0..24 {
-            let e = self.ioapic.entry(pin);
-            remote_irr[pin] = e.remote_irr();
-            delivery_status[pin] = e.delivery_status();
-        }
-        (remote_irr, delivery_status)
+        let remote = self.ioapic.remote_irr_pins();
+        let pending = self.ioapic.delivery_status_pins();
+        (
+            std::array::from_fn(|pin| remote & (1 << pin) != 0),
+            std::array::from_fn(|pin| pending & (1 << pin) != 0),
+        )
     }
 }
 
@@ -591,6 +621,39 @@ mod tests {
         });
         assert_eq!(m.decisions()[0].rule, Rule::ApicErrorInterrupt);
         assert_eq!(m.decisions()[1].rule, Rule::IllegalVector);
+    }
+
+    #[test]
+    fn a_machine_not_recording_logs_nothing_and_behaves_the_same() {
+        // The log explains; it never decides (SDM §11.8.5 EOI here).
+        let run = |recording: bool| {
+            let mut m = Machine::new(MachineConfig::default());
+            m.set_recording(recording);
+            route(&mut m, 3, 0x60 | 1 << 15);
+            m.set_irq(3, true);
+            let (v, saved) = m.take(m.pending().unwrap());
+            m.lapic_write(reg::EOI, 0).unwrap();
+            m.iret(saved);
+            (v, m.pending(), m.decisions().len())
+        };
+        let (v, pending, logged) = run(false);
+        assert_eq!(
+            (v, pending, logged),
+            (0x60, Some(Interrupt::Maskable(0x60)), 0)
+        );
+        let (v, pending, logged) = run(true);
+        assert_eq!((v, pending), (0x60, Some(Interrupt::Maskable(0x60))));
+        assert!(logged >= 4, "{logged}");
+        // Turning it off drops what was logged.
+        let mut m = Machine::new(MachineConfig::default());
+        m.note(Rule::HltNoWake, 0);
+        m.set_recording(false);
+        assert!(m.decisions().is_empty());
+        m.note(Rule::HltNoWake, 0);
+        assert!(m.decisions().is_empty());
+        m.set_recording(true);
+        m.note(Rule::HltNoWake, 1);
+        assert_eq!(m.decisions().len(), 1);
     }
 
     #[test]

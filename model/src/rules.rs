@@ -128,8 +128,8 @@ impl Rule {
         Rule::NmiDelivers,
         Rule::NmiBlocked,
         Rule::ApicBaseTransition,
-        Rule::X2apicMsrGp,
         Rule::ApicErrorInterrupt,
+        Rule::X2apicMsrGp,
         Rule::IpiDelivers,
         Rule::LogicalFlatMatch,
         Rule::LogicalClusterMatch,
@@ -348,11 +348,16 @@ impl Deviation {
             .collect()
     }
 
-    fn bit(self) -> u128 {
-        let rule = Rule::ALL.iter().position(|r| *r == self.rule).unwrap_or(0);
-        1 << (rule * Mode::ALL.len() + self.mode as usize)
+    /// The deviation's bit in [`Deviations`]: a constant for the model's
+    /// hooks, which name their rule and mode literally (no search).
+    #[inline]
+    const fn bit(self) -> u128 {
+        1 << (self.rule as usize * Mode::ALL.len() + self.mode as usize)
     }
 }
+
+// Every rule in every mode has its own bit of the u128.
+const _: () = assert!(Rule::ALL.len() * Mode::ALL.len() <= 128);
 
 /// A set of deviations the model applies (empty: the spec).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -364,6 +369,7 @@ impl Deviations {
     }
 
     /// Whether `rule` is broken in `mode`: the hook the model consults.
+    #[inline]
     pub fn breaks(self, rule: Rule, mode: Mode) -> bool {
         self.0 & Deviation::new(rule, mode).bit() != 0
     }
@@ -418,5 +424,27 @@ mod tests {
         }
         assert_eq!(Deviation::parse("eoi-redelivers/nope"), None);
         assert!(Deviations::default().is_empty());
+    }
+
+    #[test]
+    fn every_rule_in_every_mode_has_its_own_bit() {
+        // A set holds exactly the deviations put in it, for any rule; the
+        // bit is the rule's discriminant, and ALL is in declaration order.
+        for (index, &rule) in Rule::ALL.iter().enumerate() {
+            assert_eq!(rule as usize, index, "{rule:?}");
+        }
+        let mut seen = 0u128;
+        for &rule in Rule::ALL {
+            for mode in Mode::ALL {
+                let bit = Deviation::new(rule, mode).bit();
+                assert_eq!(bit.count_ones(), 1, "{rule:?} {mode:?}");
+                assert_eq!(seen & bit, 0, "{rule:?} {mode:?} shares a bit");
+                seen |= bit;
+            }
+        }
+        assert_eq!(
+            seen.count_ones() as usize,
+            Rule::ALL.len() * Mode::ALL.len()
+        );
     }
 }

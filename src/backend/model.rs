@@ -18,7 +18,7 @@ use crate::model::{
     Deviations, IoapicVersion as ModelIoapicVersion, Machine, MachineConfig, Quirks, Rule,
 };
 use crate::oracle::Divergence;
-use crate::scenario::{ApicMode, HostOp, IoapicVersion, Irqchip, Op, Scenario};
+use crate::scenario::{ApicMode, HandlerKey, HostOp, IoapicVersion, Irqchip, Op, Scenario};
 use crate::trace::{Event, EventKind, Outcome, Snapshot, Space, Trace, GP_VECTOR, STORM_LIMIT};
 
 pub const KIND: BackendKind = BackendKind {
@@ -94,7 +94,7 @@ impl ModelBackend {
         let mut run = Run::new(scenario, self.quirks, self.deviations, recorder);
         let stop = run.program();
         self.last_ops = run.ops;
-        let mut trace = Trace::new("model");
+        let mut trace = Trace::named("model");
         trace.events = run.events;
         match stop {
             Ok(()) => {}
@@ -187,8 +187,11 @@ type Step = std::result::Result<(), Stop>;
 /// What a run records besides its trace: nothing ([`NoRecorder`], the
 /// differ's run) or the decisions behind it ([`Explanation`]). The
 /// interpreter calls it at each step; with [`NoRecorder`] the calls compile
-/// to nothing but draining the machine's decision log.
+/// to nothing, and the machine keeps no log.
 trait Recorder {
+    /// Whether the run reads the machine's decision log (it is off
+    /// otherwise: [`Machine::set_recording`]).
+    const RECORDS: bool;
     /// An op (top-level or in a handler body) starts.
     fn start_op(&mut self, op: &Op);
     /// Takes the machine's decisions made since the last call, during
@@ -205,10 +208,10 @@ trait Recorder {
 struct NoRecorder;
 
 impl Recorder for NoRecorder {
+    const RECORDS: bool = false;
     fn start_op(&mut self, _: &Op) {}
-    fn collect(&mut self, machine: &mut Machine, _: usize) {
-        machine.clear_decisions();
-    }
+    // The machine logs nothing: there is nothing to drain.
+    fn collect(&mut self, _: &mut Machine, _: usize) {}
     fn delivered(&mut self, _: Interrupt, _: u8, _: usize, _: usize) {}
     fn note_held(&mut self, _: &Machine, _: usize) {}
 }
@@ -247,6 +250,7 @@ impl Explanation {
 }
 
 impl Recorder for Explanation {
+    const RECORDS: bool = true;
     fn start_op(&mut self, op: &Op) {
         self.current = op.keyword();
     }
@@ -318,11 +322,74 @@ struct Run<'s, R> {
     /// Vectors with a `handler` line: the others run the default body
     /// without a look-up.
     handled: [u64; 4],
+    /// The scenario's handler bodies, decoded once per run: a look-up is a
+    /// scan of a few entries, not a map search per delivery.
+    bodies: Bodies<'s>,
     /// Ops executed so far.
     ops: u64,
 }
 
+/// The handler bodies of a scenario with up to [`Bodies::INLINE`] `handler`
+/// lines, in a fixed array (no allocation per run); more fall back to the
+/// scenario's map.
+struct Bodies<'s> {
+    len: usize,
+    entries: [(HandlerKey, &'s [Op]); Bodies::INLINE],
+    scenario: &'s Scenario,
+}
+
+impl<'s> Bodies<'s> {
+    const INLINE: usize = 8;
+
+    #[inline(always)]
+    fn empty(scenario: &'s Scenario) -> Bodies<'s> {
+        Bodies {
+            len: 0,
+            entries: [(HandlerKey::plain(0), &[]); Bodies::INLINE],
+            scenario,
+        }
+    }
+
+    /// Reads the scenario's handlers, marking each vector with one in
+    /// `handled`.
+    fn load(&mut self, handled: &mut [u64; 4]) {
+        let inline = self.scenario.handlers.len() <= Bodies::INLINE;
+        for (key, body) in &self.scenario.handlers {
+            handled[key.vector as usize / 64] |= 1 << (key.vector % 64);
+            if inline {
+                self.entries[self.len] = (*key, body.as_slice());
+                self.len += 1;
+            }
+        }
+        if !inline {
+            self.len = usize::MAX;
+        }
+    }
+
+    /// [`Scenario::handler_body`]: the `V#N` body, else the `V` body, else
+    /// the default one (this one-CPU path never sees `V@K` bodies: such a
+    /// scenario runs on the multi-CPU interpreter).
+    #[inline]
+    fn get(&self, vector: u8, nth: u32) -> &'s [Op] {
+        if self.len == usize::MAX {
+            return self.scenario.handler_body(vector, nth);
+        }
+        let mut body = crate::scenario::DEFAULT_HANDLER;
+        for (key, ops) in &self.entries[..self.len] {
+            if key.vector == vector {
+                match key.nth {
+                    Some(n) if n == nth => return ops,
+                    Some(_) => {}
+                    None => body = ops,
+                }
+            }
+        }
+        body
+    }
+}
+
 impl<'s, R: Recorder> Run<'s, R> {
+    #[inline(always)]
     fn new(
         scenario: &'s Scenario,
         quirks: Quirks,
@@ -340,25 +407,27 @@ impl<'s, R: Recorder> Run<'s, R> {
             quirks,
             deviations,
         };
-        let mut handled = [0u64; 4];
-        for key in scenario.handlers.keys() {
-            handled[key.vector as usize / 64] |= 1 << (key.vector % 64);
-        }
+        // The tail expression, so that the run is built in place; the
+        // setup that needs it built is in `program`.
         Run {
             deviations,
             scenario,
             machine: Machine::new(config),
-            // Sized for a typical run so that the log rarely grows.
-            events: Vec::with_capacity(scenario.ops.len()),
+            // Sized for a typical run so that the log rarely grows: an
+            // event per op and a delivery for about every other one.
+            events: Vec::with_capacity(2 * scenario.ops.len() + 4),
             recorder,
             deliveries: 0,
             count: [0; 256],
-            handled,
+            handled: [0; 4],
+            bodies: Bodies::empty(scenario),
             ops: 0,
         }
     }
 
     fn program(&mut self) -> Step {
+        self.machine.set_recording(R::RECORDS);
+        self.bodies.load(&mut self.handled);
         for (k, op) in self.scenario.ops.iter().enumerate() {
             self.op(op, k, 0)?;
         }
@@ -592,8 +661,7 @@ impl<'s, R: Recorder> Run<'s, R> {
         self.recorder.delivered(interrupt, vector, k, event_index);
         self.count[vector as usize] += 1;
         let body = if self.handled[vector as usize / 64] & (1 << (vector % 64)) != 0 {
-            self.scenario
-                .handler_body(vector, self.count[vector as usize].into())
+            self.bodies.get(vector, self.count[vector as usize].into())
         } else {
             crate::scenario::DEFAULT_HANDLER
         };

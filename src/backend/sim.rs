@@ -111,7 +111,7 @@ impl Backend for SimBackend {
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
         let mut trace = self.model.execute(scenario)?;
-        trace.backend = self.name.clone();
+        trace.backend = self.name.clone().into();
         Ok(trace)
     }
 }
