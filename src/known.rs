@@ -143,6 +143,22 @@ pub fn documented(backend: &str, deviations: &[Deviation]) -> Option<Known> {
     })
 }
 
+/// The deviation sets of `backend`'s documented behaviours (its family's):
+/// hints for diagnosis, tried with one or two more deviations around them.
+pub fn hints(backend: &str) -> Vec<Vec<Deviation>> {
+    let family = if backend.starts_with("kvm") {
+        "kvm-"
+    } else if backend.starts_with("qemu") {
+        "qemu-"
+    } else {
+        return Vec::new();
+    };
+    ALL.into_iter()
+        .filter(|k| k.id.starts_with(family) && !k.deviations.is_empty())
+        .map(|k| k.deviations.to_vec())
+        .collect()
+}
+
 /// The documented behaviour with this id.
 pub fn by_id(id: &str) -> Option<Known> {
     ALL.into_iter().find(|k| k.id == id)

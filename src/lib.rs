@@ -14,6 +14,7 @@ pub mod guest;
 pub mod known;
 pub mod minimize;
 pub mod oracle;
+pub mod real_bugs;
 pub mod repro;
 pub mod scenario;
 pub mod trace;

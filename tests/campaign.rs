@@ -29,7 +29,7 @@ const SEEDED: [&str; 4] = [
 ];
 
 #[test]
-fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
+fn sim_hvf_known_finds_its_five_bugs_as_exactly_five_causes_minimised() {
     let out = scratch("seeded");
     let options = Options {
         cases: Some(20_000),
@@ -90,7 +90,7 @@ fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
         );
     }
     // causes.json: one object per cause, each naming the rule it breaks
-    // and that rule's citation; the four seeded bugs' rules are all there.
+    // and that rule's citation; the five seeded bugs' rules are all there.
     let causes: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("causes.json")).unwrap()).unwrap();
     let causes = causes.as_array().expect("a JSON list");
@@ -110,11 +110,37 @@ fn sim_hvf_known_finds_the_four_seeded_bugs_minimised() {
             rules.push(d["rule"].as_str().unwrap().to_string());
         }
     }
+    // Exactly the five seeded bugs, one cause each, each named by the
+    // deviation of the rule its quirk breaks (`Quirks::broken_rules`).
+    let mut names: Vec<&str> = causes.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "apic-base-transition-skipped",
+            "eoi-broadcast-skipped",
+            "eoi-redelivers-skipped",
+            "level-remote-irr-blocks-late",
+            "level-unmask-delivers-skipped",
+        ],
+        "{rules:?}"
+    );
+    let injected: Vec<&str> = irqdiff::backend::sim::parse_quirks("hvf-known")
+        .unwrap()
+        .broken_rules()
+        .iter()
+        .map(|r| r.name())
+        .collect();
+    rules.sort_unstable();
+    let mut injected_sorted = injected.clone();
+    injected_sorted.sort_unstable();
+    assert_eq!(rules, injected_sorted);
     for rule in [
         "level-unmask-delivers",
         "eoi-redelivers",
         "level-remote-irr-blocks",
         "eoi-broadcast",
+        "apic-base-transition",
     ] {
         assert!(
             rules.iter().any(|r| r == rule),

@@ -184,6 +184,9 @@ pub struct Ioapic {
     coalesced: u32,
     /// Quirk state (QEMU_IOAPIC): QEMU's per-pin latched request (`irr`).
     latched: u32,
+    /// Deviation state (`edge-masked-lost/skipped`): edges seen on masked
+    /// pins, sent when the pin is unmasked.
+    held_edges: u32,
 }
 
 impl Ioapic {
@@ -208,6 +211,7 @@ impl Ioapic {
             stuck: 0,
             coalesced: 0,
             latched: 0,
+            held_edges: 0,
         }
     }
 
@@ -337,7 +341,12 @@ impl Ioapic {
                 // §3.2.4 bit 14 leaves remote IRR undefined for edge entries;
                 // the model clears it, as KVM (ioapic_write_indirect) and QEMU
                 // (ioapic_fix_edge_remote_irr) do.
-                if new & bits::LEVEL == 0 && new & bits::REMOTE_IRR != 0 {
+                if new & bits::LEVEL == 0
+                    && new & bits::REMOTE_IRR != 0
+                    && !self
+                        .deviations
+                        .breaks(Rule::EdgeRetypeClearsRemoteIrr, Mode::Skipped)
+                {
                     new &= !bits::REMOTE_IRR;
                     bus.note(Rule::EdgeRetypeClearsRemoteIrr, new as u8);
                 }
@@ -347,6 +356,13 @@ impl Ioapic {
                     return self.qemu_service(bus);
                 }
                 let unmasked_now = old & bits::MASKED != 0 && new & bits::MASKED == 0;
+                if self.held_edges & (1 << pin) != 0 && new & bits::MASKED == 0 {
+                    // `edge-masked-lost/skipped`: the held edge is sent now.
+                    self.held_edges &= !(1 << pin);
+                    if new & bits::LEVEL == 0 {
+                        return self.send(pin, Rule::Quirk, bus);
+                    }
+                }
                 self.after_entry_write(pin, unmasked_now, bus);
             }
             // §3.2.2 and §3.2.3: version and arbitration are read-only; the
@@ -425,6 +441,9 @@ impl Ioapic {
                 bus.note(Rule::EdgeNoNewEdge, e.vector());
             } else if e.masked() {
                 // §3.2.4 bit 16: a masked edge is lost, not latched.
+                if self.deviations.breaks(Rule::EdgeMaskedLost, Mode::Skipped) {
+                    self.held_edges |= 1 << pin;
+                }
                 bus.note(Rule::EdgeMaskedLost, e.vector());
             } else {
                 self.send(pin, if was { Rule::Quirk } else { Rule::EdgeDelivers }, bus);
@@ -483,6 +502,14 @@ impl Ioapic {
             let e = self.entry(pin);
             self.set_remote_irr(pin, false);
             bus.note(rule, vector);
+            if self
+                .deviations
+                .breaks(Rule::EoiClearsRemoteIrr, Mode::Inverted)
+            {
+                // Only the first matching entry (Xen's get_eoi_gsi): the
+                // search stops here.
+                next = PINS;
+            }
             if self.quirks.contains(Quirks::QEMU_IOAPIC) {
                 // ioapic_eoi_broadcast: a latched request is serviced again.
                 if !e.masked() && self.latched & (1 << pin) != 0 {

@@ -204,6 +204,9 @@ pub struct Lapic {
     /// The vector of an error interrupt raised since the caller last took
     /// it ([`Lapic::take_error_interrupt`]), for the decision log.
     error_interrupt: Option<u8>,
+    /// Deviation state (`held-by-ppr/late`): the TPR the priority check
+    /// still uses after a raise it has not seen.
+    stale_tpr: Option<u32>,
 }
 
 /// SDM §11.12.10.2: the x2APIC logical ID derived from the x2APIC ID:
@@ -244,6 +247,7 @@ impl Lapic {
             timer_initial: 0,
             timer_divide: 0,
             error_interrupt: None,
+            stale_tpr: None,
         }
     }
 
@@ -265,6 +269,12 @@ impl Lapic {
     /// Breaks the given rules from now on (kept across resets).
     pub fn set_deviations(&mut self, deviations: Deviations) {
         self.deviations = deviations;
+        // `eoi-broadcast-suppressed/inverted`: suppression advertised
+        // (version bit 24) and honoured where the platform has it off, as
+        // KVM does with the IOAPIC in userspace (kvm_apic_set_version).
+        if deviations.breaks(Rule::EoiBroadcastSuppressed, Mode::Inverted) {
+            self.directed_eoi_supported = true;
+        }
     }
 
     /// A guest write of IA32_APIC_BASE (SDM §11.4.4, §11.12.5). Invalid
@@ -272,10 +282,25 @@ impl Lapic {
     /// disabled straight to x2APIC. Disabling resets the APIC (§11.4.3: all
     /// state is lost; it comes back in its power-up state, software-disabled).
     pub fn write_apic_base(&mut self, value: u32) -> Result<(), GeneralProtection> {
+        // `apic-base-transition/inverted`: the checks below are not made
+        // (reserved bits ignored, x2APIC straight back to xAPIC taken).
+        let unchecked = self
+            .deviations
+            .breaks(Rule::ApicBaseTransition, Mode::Inverted);
+        let value = if unchecked {
+            value & !APIC_BASE_RESERVED
+        } else {
+            value
+        };
         if value & APIC_BASE_RESERVED != 0 {
             return Err(GeneralProtection);
         }
         let (en, extd) = (value & 1 << 11 != 0, value & 1 << 10 != 0);
+        if unchecked && self.x2apic && en && !extd {
+            self.base = value & !0xfff;
+            self.x2apic = false;
+            return Ok(());
+        }
         let invalid = (extd && !en) || (self.x2apic && en && !extd) || (!self.hw_enabled && extd);
         if invalid {
             return Err(GeneralProtection);
@@ -295,6 +320,13 @@ impl Lapic {
             return Ok(());
         }
         self.base = value & !0xfff;
+        if self.deviations.breaks(Rule::ApicBaseTransition, Mode::Late) && (!en || !self.hw_enabled)
+        {
+            // `apic-base-transition/late`: disabled and enabled again with
+            // its state kept (reset only by a later INIT), as KVM does.
+            self.hw_enabled = en;
+            return Ok(());
+        }
         if !en {
             *self = Lapic {
                 hw_enabled: false,
@@ -409,9 +441,13 @@ impl Lapic {
     /// SDM §11.8.3.1: `PPR = TPR if TPR[7:4] >= ISRV[7:4], else ISRV[7:4] << 4`.
     #[inline]
     pub fn ppr(&self) -> u32 {
+        self.ppr_with(self.tpr)
+    }
+
+    fn ppr_with(&self, tpr: u32) -> u32 {
         let isrv = self.isr.highest().unwrap_or(0) as u32;
-        if (self.tpr & 0xf0) >= (isrv & 0xf0) {
-            self.tpr & 0xff
+        if (tpr & 0xf0) >= (isrv & 0xf0) {
+            tpr & 0xff
         } else {
             isrv & 0xf0
         }
@@ -422,6 +458,13 @@ impl Lapic {
     /// destination, which the model also honours in x2APIC mode, like KVM).
     pub fn matches(&self, logical: bool, dest: u32) -> bool {
         if !logical {
+            if self
+                .deviations
+                .breaks(Rule::NoDestinationMatch, Mode::Inverted)
+                && dest & 0xf == self.id & 0xf
+            {
+                return true; // Only 4 bits of the physical destination compared.
+            }
             return dest == self.id || dest == 0xff || (self.x2apic && dest == 0xffff_ffff);
         }
         // QEMU_LAPIC: apic_get_delivery_bitmask matches a logical 0xFF
@@ -477,7 +520,11 @@ impl Lapic {
         }
         // §11.8.4: into the IRR; TMR cleared for edge, set for level.
         self.irr.set(msg.vector, true);
-        self.tmr.set(msg.vector, msg.level);
+        // `accepted-into-irr/late`: acceptance only sets TMR; the EOI
+        // clears it.
+        if msg.level || !self.deviations.breaks(Rule::AcceptedIntoIrr, Mode::Late) {
+            self.tmr.set(msg.vector, msg.level);
+        }
         Acceptance::Accepted
     }
 
@@ -492,7 +539,14 @@ impl Lapic {
     /// priority class.
     #[inline]
     pub fn dispatchable(&self, v: u8) -> bool {
-        let ppr = self.ppr();
+        let ppr = match self.stale_tpr {
+            // `held-by-ppr/late`: PPR from the TPR before the unseen raise.
+            Some(tpr) => self.ppr_with(tpr),
+            None => self.ppr(),
+        };
+        if self.deviations.breaks(Rule::HeldByPpr, Mode::Skipped) {
+            return v as u32 > ppr; // The whole vector, not its class.
+        }
         if self.quirks.contains(Quirks::QEMU_LAPIC) {
             // QEMU's apic_irq_pending: nothing while software-disabled, and
             // any vector while PPR is 0.
@@ -535,7 +589,11 @@ impl Lapic {
         };
         self.isr.set(v, false);
         let d = self.deviations;
-        let (broadcast, rule) = if !self.tmr.test(v) {
+        let level = self.tmr.test(v);
+        if d.breaks(Rule::AcceptedIntoIrr, Mode::Late) {
+            self.tmr.set(v, false); // Cleared by the EOI, after its test.
+        }
+        let (broadcast, rule) = if !level {
             if d.breaks(Rule::EoiEdgeNotBroadcast, Mode::Inverted) {
                 return Eoi {
                     in_service: Some(v),
@@ -608,7 +666,11 @@ impl Lapic {
             return None;
         }
         match offset {
-            reg::TPR => self.tpr = value & 0xff,
+            reg::TPR => {
+                let old = self.tpr;
+                self.tpr = value & 0xff;
+                self.tpr_deviations(old);
+            }
             // §11.6.2.2: LDR bits 31:24 are writable in xAPIC mode; in x2APIC
             // mode it is read-only.
             reg::LDR if !self.x2apic => self.ldr = value & 0xff00_0000,
@@ -657,12 +719,35 @@ impl Lapic {
             reg::TIMER_INITIAL => self.timer_initial = value,
             reg::TIMER_DIVIDE => self.timer_divide = value & 0xb,
             reg::SELF_IPI if self.x2apic => {
+                if self.deviations.breaks(Rule::SelfIpi, Mode::Skipped) {
+                    return None;
+                }
                 // §11.12.11: a fixed, edge-triggered self IPI of bits 7:0.
                 return self.self_ipi(value as u8);
             }
             _ => {}
         }
         None
+    }
+
+    /// The deviations of the TPR rules (SDM §11.8.3.1) after a TPR write
+    /// from `old`: a raise kept from the priority check until the TPR is
+    /// lowered (`held-by-ppr/late`), or requested vectors the raise holds
+    /// dropped (`held-by-ppr/inverted`).
+    fn tpr_deviations(&mut self, old: u32) {
+        let d = self.deviations;
+        if d.breaks(Rule::HeldByPpr, Mode::Late) {
+            self.stale_tpr = if self.tpr > old {
+                Some(self.stale_tpr.unwrap_or(old))
+            } else {
+                None
+            };
+        }
+        if d.breaks(Rule::HeldByPpr, Mode::Inverted) && self.tpr & 0xf0 > old & 0xf0 {
+            for v in (old & 0xf0) + 0x10..=(self.tpr & 0xf0) | 0xf {
+                self.irr.set(v as u8, false);
+            }
+        }
     }
 
     /// A guest's xAPIC MMIO read: [`Lapic::read`], and an access to an
@@ -740,6 +825,11 @@ impl Lapic {
         if offset != reg::ICR_LOW && value >> 32 != 0 {
             return Err(GeneralProtection);
         }
+        if self.deviations.breaks(Rule::X2apicMsrGp, Mode::Inverted)
+            && (offset == reg::ICR_LOW || (offset == reg::SVR && value & 1 << 9 != 0))
+        {
+            return Err(GeneralProtection);
+        }
         match offset {
             // §11.12.1.3: only 0 may be written to EOI; SELF IPI bits 31:8
             // are reserved. §11.5.3: in x2APIC mode a non-zero write to the
@@ -814,7 +904,10 @@ impl Lapic {
     }
 
     fn self_ipi(&mut self, vector: u8) -> Option<InterruptMessage> {
-        if vector < 16 && !self.quirks.contains(Quirks::QEMU_LAPIC) {
+        if vector < 16
+            && !self.quirks.contains(Quirks::QEMU_LAPIC)
+            && !self.deviations.breaks(Rule::IllegalVector, Mode::Skipped)
+        {
             // §11.5.3: both the send and the receive illegal-vector bits.
             self.signal_error(ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR);
             return None;

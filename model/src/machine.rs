@@ -333,7 +333,13 @@ impl Machine {
     ) -> Result<Option<T>, GeneralProtection> {
         match access {
             Ok(v) => Ok(Some(v)),
-            Err(_) if self.config.quirks.contains(Quirks::X2APIC_GP_IGNORED) => {
+            Err(_)
+                if self.config.quirks.contains(Quirks::X2APIC_GP_IGNORED)
+                    || self
+                        .config
+                        .deviations
+                        .breaks(Rule::X2apicMsrGp, Mode::Skipped) =>
+            {
                 self.log.push(Rule::Quirk, 0);
                 Ok(None)
             }

@@ -310,6 +310,9 @@ impl Deviation {
             (Rule::DispatchAbovePpr, Mode::Late) => {
                 "what the guest made pending is taken only after the next exit to the VMM, one interrupt per entry"
             }
+            (Rule::DispatchAbovePpr, Mode::Skipped) => {
+                "a TPR write that lowers the priority takes nothing it unblocks until the next exit to the VMM (a stale TPR threshold)"
+            }
             (Rule::AcceptedIntoIrr, Mode::Skipped) => {
                 "the processor takes the vector but ISR is not set"
             }
@@ -335,6 +338,46 @@ impl Deviation {
             (Rule::X2apicClusterMatch, Mode::Inverted) => {
                 "x2APIC logical destinations match the member bits in any cluster"
             }
+            (Rule::X2apicMsrGp, Mode::Skipped) => {
+                "an x2APIC MSR access that must raise #GP does nothing (a read returns 0)"
+            }
+            (Rule::X2apicMsrGp, Mode::Inverted) => {
+                "a valid x2APIC MSR write raises #GP (an ICR write, SVR with bit 9 set)"
+            }
+            (Rule::ApicBaseTransition, Mode::Late) => {
+                "disabling the APIC through IA32_APIC_BASE keeps its state (reset only by a later INIT)"
+            }
+            (Rule::ApicBaseTransition, Mode::Inverted) => {
+                "an invalid IA32_APIC_BASE write is taken (reserved bits set, x2APIC straight to xAPIC)"
+            }
+            (Rule::EoiClearsRemoteIrr, Mode::Inverted) => {
+                "an EOI clears remote IRR only on the first entry with its vector"
+            }
+            (Rule::EdgeRetypeClearsRemoteIrr, Mode::Skipped) => {
+                "an entry made edge-triggered keeps its remote IRR"
+            }
+            (Rule::EdgeMaskedLost, Mode::Skipped) => {
+                "an edge on a masked pin is held and sent on unmask"
+            }
+            (Rule::AcceptedIntoIrr, Mode::Late) => {
+                "TMR is cleared by the EOI instead of by the acceptance of an edge interrupt"
+            }
+            (Rule::HeldByPpr, Mode::Skipped) => {
+                "the priority check compares whole vectors, not classes: a vector above PPR in its class is dispatched"
+            }
+            (Rule::HeldByPpr, Mode::Inverted) => {
+                "a requested vector that a TPR raise holds is dropped from IRR"
+            }
+            (Rule::HeldByPpr, Mode::Late) => {
+                "a TPR raise reaches the priority check only after the TPR is next lowered (stale PPR)"
+            }
+            (Rule::NoDestinationMatch, Mode::Inverted) => {
+                "a physical destination is compared on its low 4 bits only"
+            }
+            (Rule::EoiBroadcastSuppressed, Mode::Inverted) => {
+                "EOI-broadcast suppression is advertised (version bit 24) and honoured where the platform has none"
+            }
+            (Rule::SelfIpi, Mode::Skipped) => "a write of the x2APIC SELF IPI register sends nothing",
             _ => return None,
         })
     }

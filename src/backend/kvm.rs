@@ -24,7 +24,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
     KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
 use super::run::{self, CallLog, End, MessagePort, Shape, UserspaceIoapic};
 use super::{Availability, Backend, BackendError, Result};
@@ -494,10 +494,87 @@ struct Vm {
     asserted: u32,
     /// The calls and exits of the current run, for reports.
     calls: CallLog<Call>,
-    /// The last run ended at the stub's end port in xAPIC mode: the
-    /// segments, the APIC base, the 8259s and the MP state are as reset left
-    /// them, so the next reset need not write them again.
-    clean: bool,
+    /// What the last run left for the next reset to restore.
+    leftover: Leftover,
+    /// `KVM_CAP_SYNC_REGS` has the registers, segments and events: reset
+    /// writes them into `kvm_run` for the next `KVM_RUN` to load, instead
+    /// of one vCPU ioctl each.
+    sync_regs: bool,
+    /// The system calls of the current run besides `KVM_RUN`.
+    syscalls: Cell<RunCalls>,
+}
+
+/// What a run left behind, beyond what every reset restores (the LAPIC,
+/// the general registers, the vCPU events, the IOAPIC, the lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leftover {
+    /// It ended at the stub's end port in xAPIC mode, the APIC base never
+    /// written: the segments, the APIC base, the 8259s and the MP state
+    /// are as reset left them.
+    Nothing,
+    /// It was found halted (a hang) in xAPIC mode, the APIC base never
+    /// written: as [`Leftover::Nothing`] but for the MP state (halted), and
+    /// where it stopped (the segments are rewritten anyway: for free, with
+    /// `KVM_CAP_SYNC_REGS`).
+    Halted,
+    /// Anything else (x2APIC, an APIC base write, an error): everything is
+    /// restored, the segments and APIC base first.
+    Everything,
+}
+
+impl Leftover {
+    fn of(end: &End, scenario: &Scenario) -> Leftover {
+        let apic_base_kept = scenario.config.apic == crate::scenario::ApicMode::Xapic
+            && !scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)));
+        match end {
+            End::Stub(_) if apic_base_kept => Leftover::Nothing,
+            End::Hang if apic_base_kept => Leftover::Halted,
+            _ => Leftover::Everything,
+        }
+    }
+}
+
+/// The system calls a run made besides `KVM_RUN`, by kind: the bench's
+/// "ioctls per scenario". On a host where loading a vCPU is dear (a
+/// nested or paravirtualised KVM), each vCPU ioctl costs about one exit
+/// round trip, while a VM ioctl costs a few hundredths of one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunCalls {
+    /// vCPU ioctls of the reset before the run (`KVM_SET_SREGS`,
+    /// `KVM_SET_LAPIC`, `KVM_SET_REGS`, `KVM_SET_VCPU_EVENTS`,
+    /// `KVM_SET_MP_STATE`).
+    pub reset_vcpu: u32,
+    /// VM ioctls of the reset: `KVM_SET_IRQCHIP`, `KVM_IRQ_LINE` lowering
+    /// the lines a run left asserted.
+    pub reset_vm: u32,
+    /// `KVM_SET_GSI_ROUTING` (split shape): at reset and after IOAPIC
+    /// writes that change a level-triggered route. It waits for an SRCU
+    /// grace period, the dearest call here.
+    pub routing: u32,
+    /// The time those `KVM_SET_GSI_ROUTING` calls took.
+    pub routing_time: Duration,
+    /// Host ops and the userspace IOAPIC's messages: `KVM_IRQ_LINE`,
+    /// `KVM_SIGNAL_MSI`.
+    pub host_op: u32,
+    /// `KVM_GET_MP_STATE` after kicks (the hang judgement).
+    pub kick: u32,
+}
+
+impl RunCalls {
+    /// All of them.
+    pub fn total(&self) -> u32 {
+        self.reset_vcpu + self.reset_vm + self.routing + self.host_op + self.kick
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &RunCalls) {
+        self.reset_vcpu += other.reset_vcpu;
+        self.reset_vm += other.reset_vm;
+        self.routing += other.routing;
+        self.routing_time += other.routing_time;
+        self.host_op += other.host_op;
+        self.kick += other.kick;
+    }
 }
 
 /// The format's start registers for the stub: 64-bit code and flat data
@@ -603,6 +680,10 @@ impl Vm {
             Vm::route_gsis_to_ioapic(&vm)?;
             chips
         };
+        let wanted = kvm_bindings::KVM_SYNC_X86_REGS
+            | kvm_bindings::KVM_SYNC_X86_SREGS
+            | kvm_bindings::KVM_SYNC_X86_EVENTS;
+        let synced = vm.check_extension_int(Cap::SyncRegs).max(0) as u32;
         Ok(Vm {
             shape,
             vm,
@@ -617,7 +698,9 @@ impl Vm {
             routes_dirty: false,
             asserted: 0,
             calls: CallLog::default(),
-            clean: false,
+            leftover: Leftover::Everything,
+            sync_regs: synced & wanted == wanted,
+            syscalls: Cell::default(),
         })
     }
 
@@ -711,27 +794,54 @@ impl Vm {
             .map_err(errno("KVM_SET_GSI_ROUTING"))
     }
 
+    /// Counts a system call of the current run.
+    fn count(&self, kind: impl FnOnce(&mut RunCalls) -> &mut u32) {
+        let mut calls = self.syscalls.get();
+        *kind(&mut calls) += 1;
+        self.syscalls.set(calls);
+    }
+
     /// Restores the format's start state and loads `table`.
+    ///
+    /// What it writes, in this order (the order matters: `KVM_SET_LAPIC`
+    /// reads the ID and LDR in the format of the APIC mode it finds, so the
+    /// APIC base goes first):
+    /// - the IOAPIC (and after anything but a clean run, the 8259s), and the
+    ///   lines a run left asserted: VM ioctls, cheap;
+    /// - the segments and APIC base, as `KVM_SET_SREGS`, when the run may
+    ///   have changed the APIC base ([`Leftover::Everything`]);
+    /// - the LAPIC, `KVM_SET_LAPIC`, always: a run changes it, and only a
+    ///   vCPU ioctl reads it back;
+    /// - the MP state, `KVM_SET_MP_STATE`, unless the run ended at the
+    ///   stub's end port (runnable);
+    /// - the general registers, the vCPU events, and after a hang the
+    ///   segments: through `kvm_run` (`KVM_CAP_SYNC_REGS`), which the next
+    ///   `KVM_RUN` loads before it enters, or as ioctls where the cap lacks them.
     fn reset(&mut self, image: &Image, table: &table::Table, scenario: &Scenario) -> Result<()> {
+        self.syscalls.set(RunCalls::default());
+        let leftover = self.leftover;
         if self.shape.is_split() {
             self.ioapic.reset(scenario.config.ioapic);
             self.sync_routes()?;
         } else {
             for pin in 0..IOAPIC_PINS as u32 {
                 if self.asserted & (1 << pin) != 0 {
+                    self.count(|c| &mut c.reset_vm);
                     self.vm
                         .set_irq_line(pin, false)
                         .map_err(errno("KVM_IRQ_LINE"))?;
                 }
             }
-            // The 8259s are out of the GSI routing and only ever masked by
-            // the stub: after a clean run only the IOAPIC needs restoring.
-            let chips = if self.clean {
+            // The 8259s are out of the GSI routing, restored masked and
+            // never unmasked (no op reaches their ports): after a clean
+            // run only the IOAPIC needs restoring.
+            let chips = if leftover == Leftover::Nothing {
                 &self.irqchips[2..]
             } else {
                 &self.irqchips[..]
             };
             for chip in chips {
+                self.count(|c| &mut c.reset_vm);
                 self.vm
                     .set_irqchip(chip)
                     .map_err(errno("KVM_SET_IRQCHIP"))?;
@@ -739,37 +849,75 @@ impl Vm {
         }
         self.asserted = 0;
         self.calls.clear();
-        if !self.clean {
+        let sregs_by_ioctl = match leftover {
+            Leftover::Nothing => false,
+            Leftover::Halted => !self.sync_regs,
+            Leftover::Everything => true,
+        };
+        if sregs_by_ioctl {
+            self.count(|c| &mut c.reset_vcpu);
             self.vcpu
                 .set_sregs(&self.sregs)
                 .map_err(errno("KVM_SET_SREGS"))?;
         }
+        self.count(|c| &mut c.reset_vcpu);
         self.vcpu
             .set_lapic(&self.lapic)
             .map_err(errno("KVM_SET_LAPIC"))?;
-        let regs = kvm_regs {
-            rip: image.stub.entry,
-            rsp: layout::STACK_TOP,
-            rflags: RFLAGS_START,
-            ..Default::default()
-        };
-        self.vcpu.set_regs(&regs).map_err(errno("KVM_SET_REGS"))?;
-        self.vcpu
-            .set_vcpu_events(&self.events)
-            .map_err(errno("KVM_SET_VCPU_EVENTS"))?;
-        if !self.clean {
+        if leftover != Leftover::Nothing {
+            self.count(|c| &mut c.reset_vcpu);
             self.vcpu
                 .set_mp_state(kvm_mp_state {
                     mp_state: KVM_MP_STATE_RUNNABLE,
                 })
                 .map_err(errno("KVM_SET_MP_STATE"))?;
         }
-        self.clean = false;
+        let regs = kvm_regs {
+            rip: image.stub.entry,
+            rsp: layout::STACK_TOP,
+            rflags: RFLAGS_START,
+            ..Default::default()
+        };
+        if self.sync_regs {
+            // Loaded by the next KVM_RUN before it enters (sync_regs in
+            // arch/x86/kvm/x86.c), as KVM_SET_REGS, KVM_SET_SREGS and
+            // KVM_SET_VCPU_EVENTS would, in that order. kvm_valid_regs
+            // stays 0, so KVM never writes these fields back: a KVM_RUN
+            // that returns before loading them (an immediate exit) leaves
+            // them and their dirty bits for the next one.
+            let synced = self.vcpu.sync_regs_mut();
+            synced.regs = regs;
+            synced.events = self.events;
+            self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+            self.vcpu.set_sync_dirty_reg(SyncReg::VcpuEvents);
+            if leftover == Leftover::Halted {
+                self.vcpu.sync_regs_mut().sregs = self.sregs;
+                self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+            } else {
+                // Not after KVM_SET_LAPIC (a run that never entered may
+                // have left the bit set).
+                self.vcpu.clear_sync_dirty_reg(SyncReg::SystemRegister);
+            }
+        } else {
+            self.count(|c| &mut c.reset_vcpu);
+            self.vcpu.set_regs(&regs).map_err(errno("KVM_SET_REGS"))?;
+            self.count(|c| &mut c.reset_vcpu);
+            self.vcpu
+                .set_vcpu_events(&self.events)
+                .map_err(errno("KVM_SET_VCPU_EVENTS"))?;
+        }
+        self.leftover = Leftover::Everything;
         image.load(
             self.ram.bytes_mut(),
             table,
             scenario.config.apic == crate::scenario::ApicMode::X2apic,
         );
+        // The LAPIC just written has LINT0 and LINT1 masked (clean_lapic),
+        // and the 8259s were restored masked (clean_irqchips) and nothing
+        // unmasks them (no op reaches their ports; the split shape has none
+        // in the kernel): the stub need not mask them again.
+        let at = layout::PREPARED as usize;
+        self.ram.bytes_mut()[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
         Ok(())
     }
 
@@ -780,13 +928,22 @@ impl Vm {
         let routes: Vec<(u32, u32)> = (0..IOAPIC_PINS)
             .map(|pin| {
                 let e = self.ioapic.ioapic().entry(pin);
+                // Only unmasked level-triggered routes make KVM exit on
+                // their vector's EOI (kvm_scan_ioapic_routes in
+                // arch/x86/kvm/irq.c skips edge ones): the others are
+                // written as empty, so changing them costs no call.
+                if e.masked() || !e.level() {
+                    return (0, 0);
+                }
                 let (addr, data) = msi_of(&message_of(&e));
-                (addr as u32, if e.masked() { 0 } else { data })
+                (addr as u32, data)
             })
             .collect();
         if routes == self.routes {
+            self.routes_dirty = false;
             return Ok(());
         }
+        self.count(|c| &mut c.routing);
         let entries: Vec<kvm_irq_routing_entry> = routes
             .iter()
             .enumerate()
@@ -802,9 +959,12 @@ impl Vm {
             })
             .collect();
         let routing = routing_table(&entries);
-        self.vm
-            .set_gsi_routing(&routing)
-            .map_err(errno("KVM_SET_GSI_ROUTING"))?;
+        let start = Instant::now();
+        let result = self.vm.set_gsi_routing(&routing);
+        let mut calls = self.syscalls.get();
+        calls.routing_time += start.elapsed();
+        self.syscalls.set(calls);
+        result.map_err(errno("KVM_SET_GSI_ROUTING"))?;
         self.routes = routes;
         self.routes_dirty = false;
         Ok(())
@@ -836,8 +996,11 @@ fn msi_of(m: &InterruptMessage) -> (u64, u32) {
     )
 }
 
-/// The split IOAPIC's message path: `KVM_SIGNAL_MSI`.
-struct MsiPort<'a>(&'a VmFd);
+/// The split IOAPIC's message path, and the `msi` host op's: `KVM_SIGNAL_MSI`.
+struct MsiPort<'a> {
+    vm: &'a VmFd,
+    syscalls: &'a Cell<RunCalls>,
+}
 
 impl MessagePort for MsiPort<'_> {
     type Error = kvm_ioctls::Error;
@@ -855,7 +1018,10 @@ impl MessagePort for MsiPort<'_> {
             data,
             ..Default::default()
         };
-        let result = self.0.signal_msi(msi);
+        let mut calls = self.syscalls.get();
+        calls.host_op += 1;
+        self.syscalls.set(calls);
+        let result = self.vm.signal_msi(msi);
         log.note(|| Call::SignalMsi { addr, data, result });
         result.map(|delivered| delivered > 0)
     }
@@ -875,9 +1041,13 @@ pub struct KvmBackend {
     image: Image,
     full: Option<Vm>,
     split: Option<Vm>,
+    /// The VM of [`KvmBackend::ping`].
+    ping: Option<Vm>,
     kicks: Kicks,
     /// Exits (returns from KVM_RUN) in the last run.
     pub last_exits: u64,
+    /// The system calls of the last run (with its reset) besides `KVM_RUN`.
+    pub last_calls: RunCalls,
     /// Whether the last run used the split VM.
     last_split: bool,
 }
@@ -928,6 +1098,7 @@ impl KvmBackend {
             image: Image::build(),
             full: None,
             split: None,
+            ping: None,
             kicks: Kicks {
                 watchdog,
                 mechanism,
@@ -937,6 +1108,7 @@ impl KvmBackend {
                 time_in_run: None,
             },
             last_exits: 0,
+            last_calls: RunCalls::default(),
             last_split: false,
         })
     }
@@ -987,26 +1159,41 @@ impl KvmBackend {
         self.kicks.time_in_run
     }
 
-    /// Measures the raw exit round trip: `count` `out`s, returns the time per exit.
+    /// Measures the raw exit round trip: a guest doing `count` `out`s in a
+    /// loop, each one `KVM_RUN` returning `KVM_EXIT_IO`; returns the time
+    /// per round trip. The clock starts at the first exit, so the reset
+    /// and the stub's start are not in it, and stops at the stub's last
+    /// `out` (its end port): `count` round trips. It runs on a VM of its
+    /// own, so that measuring it between scenarios leaves theirs as a
+    /// campaign would.
     pub fn ping(&mut self, count: usize) -> Result<Duration> {
-        let table = table::pings(count);
+        let table = table::pings(count.max(1));
         let KvmBackend {
-            kvm, image, full, ..
+            kvm, image, ping, ..
         } = self;
-        let vm = vm_slot(kvm, image, full, Shape::Full)?;
+        let vm = vm_slot(kvm, image, ping, Shape::Full)?;
         vm.reset(image, &table, &Scenario::default())?;
-        let start = Instant::now();
+        let mut start = None;
         let mut exits = 0u64;
         loop {
             match vm.vcpu.run() {
+                Ok(VcpuExit::IoOut(PING_PORT, _)) if start.is_none() => {
+                    start = Some(Instant::now())
+                }
                 Ok(VcpuExit::IoOut(PING_PORT, _)) => exits += 1,
-                Ok(VcpuExit::IoOut(END_PORT, _)) => break,
+                Ok(VcpuExit::IoOut(END_PORT, _)) => {
+                    exits += 1;
+                    break;
+                }
                 Ok(VcpuExit::IoOut(..)) => {}
                 Ok(other) => return Err(BackendError::UnexpectedExit(format!("{other:?}"))),
                 Err(e) => return Err(BackendError::kvm("KVM_RUN")(e)),
             }
         }
-        Ok(start.elapsed() / exits.max(1) as u32)
+        // It ended at the end port, in xAPIC mode, the APIC base untouched.
+        vm.leftover = Leftover::Nothing;
+        let elapsed = start.map_or(Duration::ZERO, |s| s.elapsed());
+        Ok(elapsed / exits.max(1) as u32)
     }
 }
 
@@ -1084,6 +1271,7 @@ impl Backend for KvmBackend {
             split,
             kicks,
             last_exits,
+            last_calls,
             ..
         } = self;
         let slot = match shape {
@@ -1094,11 +1282,8 @@ impl Backend for KvmBackend {
         vm.reset(image, &table, scenario)?;
         let (end, exits) = run_loop(vm, &table, kicks)?;
         *last_exits = exits;
-        // A run that moved or switched the APIC base needs the segments
-        // (and so the APIC base) written again.
-        vm.clean = matches!(end, End::Stub(_))
-            && scenario.config.apic == crate::scenario::ApicMode::Xapic
-            && !scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)));
+        vm.leftover = Leftover::of(&end, scenario);
+        *last_calls = vm.syscalls.get();
         run::finish(name, end, image, vm.ram.bytes())
     }
 }
@@ -1356,6 +1541,7 @@ fn kick_is_waiting(vcpu: &mut VcpuFd, mechanism: KickMechanism) -> bool {
 
 impl Vm {
     fn halted(&self) -> Result<bool> {
+        self.count(|c| &mut c.kick);
         let mp = self
             .vcpu
             .get_mp_state()
@@ -1383,7 +1569,10 @@ impl Vm {
         let result = self.ioapic.mmio_write(
             addr - IOAPIC_BASE,
             value,
-            &mut MsiPort(&self.vm),
+            &mut MsiPort {
+                vm: &self.vm,
+                syscalls: &self.syscalls,
+            },
             &mut self.calls,
         );
         self.routes_dirty = true;
@@ -1394,7 +1583,14 @@ impl Vm {
     fn handle_ioapic_eoi(&mut self, vector: u8) -> std::result::Result<(), End> {
         self.calls.note(|| Call::IoapicEoi(vector));
         self.ioapic
-            .eoi(vector, &mut MsiPort(&self.vm), &mut self.calls)
+            .eoi(
+                vector,
+                &mut MsiPort {
+                    vm: &self.vm,
+                    syscalls: &self.syscalls,
+                },
+                &mut self.calls,
+            )
             .map_err(|e| End::Error(msi_failed(e)))
     }
 }
@@ -1409,10 +1605,13 @@ fn perform(vm: &mut Vm, op: &HostOp) -> std::result::Result<(), String> {
             vm.drive(pin.get(), true)?;
             vm.drive(pin.get(), false)
         }
-        HostOp::Msi(m) => MsiPort(&vm.vm)
-            .send(&m.message(), &mut vm.calls)
-            .map(|_| ())
-            .map_err(msi_failed),
+        HostOp::Msi(m) => MsiPort {
+            vm: &vm.vm,
+            syscalls: &vm.syscalls,
+        }
+        .send(&m.message(), &mut vm.calls)
+        .map(|_| ())
+        .map_err(msi_failed),
     }
 }
 
@@ -1431,7 +1630,10 @@ impl Vm {
                 .set_irq(
                     pin as usize,
                     requested,
-                    &mut MsiPort(&self.vm),
+                    &mut MsiPort {
+                        vm: &self.vm,
+                        syscalls: &self.syscalls,
+                    },
                     &mut self.calls,
                 )
                 .map_err(msi_failed);
@@ -1443,6 +1645,7 @@ impl Vm {
             gsi: pin,
             requested,
         });
+        self.count(|c| &mut c.host_op);
         self.vm
             .set_irq_line(pin as u32, requested)
             .map_err(|e| format!("KVM_IRQ_LINE: {e}"))

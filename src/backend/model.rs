@@ -69,6 +69,16 @@ impl ModelBackend {
         }
     }
 
+    /// The model with quirks and spec rules broken on purpose (a `sim:`
+    /// backend that names deviations, e.g. a real bug's shape).
+    pub fn with_quirks_and_deviations(quirks: Quirks, deviations: Deviations) -> Self {
+        ModelBackend {
+            quirks,
+            deviations,
+            last_ops: 0,
+        }
+    }
+
     /// The model with spec rules broken on purpose (diagnosis).
     pub fn with_deviations(deviations: Deviations) -> Self {
         ModelBackend {
@@ -327,6 +337,9 @@ struct Run<'s, R> {
     bodies: Bodies<'s>,
     /// Ops executed so far.
     ops: u64,
+    /// Deviation `dispatch-above-ppr/skipped`: a TPR write lowered the
+    /// priority and nothing is taken until the next exit to the VMM.
+    waiting_for_exit: bool,
 }
 
 /// The handler bodies of a scenario with up to [`Bodies::INLINE`] `handler`
@@ -422,6 +435,7 @@ impl<'s, R: Recorder> Run<'s, R> {
             handled: [0; 4],
             bodies: Bodies::empty(scenario),
             ops: 0,
+            waiting_for_exit: false,
         }
     }
 
@@ -439,21 +453,56 @@ impl<'s, R: Recorder> Run<'s, R> {
     fn op(&mut self, op: &Op, k: usize, depth: usize) -> Step {
         self.recorder.start_op(op);
         self.ops += 1;
+        let threshold = self
+            .deviations
+            .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Skipped);
+        let tpr_before = if threshold {
+            self.machine.lapic.tpr()
+        } else {
+            0
+        };
         self.execute(op, k, depth)?;
         self.recorder.collect(&mut self.machine, k);
+        // Deviation dispatch-above-ppr/skipped (a stale TPR threshold): a TPR
+        // write that lowers the priority takes nothing it unblocks until
+        // the next exit to the VMM (a host op).
+        if threshold {
+            if self.exits(op) {
+                self.waiting_for_exit = false;
+            } else if matches!(op, Op::Tpr(_) | Op::Cr8(_)) && self.machine.lapic.tpr() < tpr_before
+            {
+                self.waiting_for_exit = true;
+            }
+        }
         // Deviation dispatch-above-ppr/late: what the guest made pending is
         // taken only at the entry after an exit to the VMM (a host op).
-        let late = self
-            .deviations
-            .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late);
+        let late = self.waiting_for_exit
+            || self
+                .deviations
+                .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late);
         // Then one interrupt per entry, as a VMM injects them.
         if !late {
             self.deliver_pending(k, depth)?;
-        } else if let (Op::Host(_), Some(interrupt)) = (op, self.machine.pending()) {
+        } else if let (true, Some(interrupt)) = (self.exits(op), self.machine.pending()) {
             self.deliver(interrupt, k, depth)?;
         }
         self.recorder.note_held(&self.machine, k);
         Ok(())
+    }
+
+    /// Whether `op` exits to the VMM: a host op, or with the IOAPIC in
+    /// userspace (`irqchip=split`) an IOAPIC access.
+    fn exits(&self, op: &Op) -> bool {
+        match op {
+            Op::Host(_) => true,
+            Op::Route { .. }
+            | Op::Mask(_)
+            | Op::Unmask(_)
+            | Op::IoapicEoi(_)
+            | Op::IoapicRead(_)
+            | Op::IoapicWrite { .. } => self.scenario.config.irqchip == Irqchip::Split,
+            _ => false,
+        }
     }
 
     fn execute(&mut self, op: &Op, k: usize, depth: usize) -> Step {
@@ -624,8 +673,16 @@ impl<'s, R: Recorder> Run<'s, R> {
     fn halt(&mut self, k: usize, depth: usize) -> Step {
         self.recorder.collect(&mut self.machine, k);
         match self.machine.pending() {
-            Some(_) => {
+            Some(interrupt) => {
                 self.machine.note(Rule::HltWakes, 0);
+                if self
+                    .deviations
+                    .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late)
+                {
+                    // dispatch-above-ppr/late: one interrupt per entry, the
+                    // one that wakes the HLT.
+                    return self.deliver(interrupt, k, depth);
+                }
                 self.deliver_pending(k, depth)
             }
             None => {

@@ -107,7 +107,9 @@ impl Causes {
             explained_by: deviations.iter().map(|d| NamedDeviation::of(*d)).collect(),
             signatures: Vec::new(),
             divergences: 0,
-            documented: crate::known::documented(backend, &deviations).map(|k| k.id.to_string()),
+            documented: crate::known::documented(backend, &deviations)
+                .or(finding.known)
+                .map(|k| k.id.to_string()),
             minimal_scenario: String::new(),
             minimal_ops: usize::MAX,
         });
@@ -124,14 +126,34 @@ impl Causes {
     }
 
     /// An explained cause, other than `deviations` itself, whose deviations
-    /// are a strict subset of `deviations`: the largest such.
+    /// are a strict subset of `deviations`: the largest such, provided every
+    /// other deviation of the set is also one of another explained cause
+    /// (two known bugs in one program). A set that needs a deviation no
+    /// other cause has is evidence of that bug too (one hidden by the other,
+    /// say an EOI bug behind an ISR that is never set): it stays its own
+    /// cause, so that the rule it names is reported.
     fn covering(&self, deviations: &[Deviation]) -> Option<String> {
+        let singles: Vec<Vec<Deviation>> = self
+            .by_name
+            .values()
+            .filter(|c| c.is_explained())
+            .map(Cause::deviations)
+            .filter(|set| set.len() < deviations.len())
+            .collect();
+        // The same rule broken (in whatever mode a program showed it).
+        let known = |d: &Deviation| singles.iter().flatten().any(|k| k.rule == d.rule);
+        if !deviations.iter().all(known) {
+            return None;
+        }
         self.by_name
             .values()
             .filter(|c| c.is_explained())
             .map(|c| (c.deviations(), &c.name))
             .filter(|(set, _)| {
-                set.len() < deviations.len() && set.iter().all(|d| deviations.contains(d))
+                set.len() < deviations.len()
+                    && set
+                        .iter()
+                        .all(|d| deviations.iter().any(|o| o.rule == d.rule))
             })
             .max_by_key(|(set, _)| set.len())
             .map(|(_, name)| name.clone())
@@ -310,6 +332,23 @@ impl Causes {
             n if n == explained.len() => format!(" (documented: {})", documented.join(", ")),
             n => format!(" ({n} documented: {})", documented.join(", ")),
         };
+        let named: Vec<&str> = list
+            .iter()
+            .filter(|c| !c.is_explained())
+            .filter_map(|c| c.documented.as_deref())
+            .collect();
+        let named = if named.is_empty() {
+            String::new()
+        } else {
+            let mut ids = named.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            format!(
+                " ({} of them named as documented host behaviours: {})",
+                named.len(),
+                ids.join(", ")
+            )
+        };
         let other = divergences.saturating_sub(of_causes);
         let rest = if other > 0 {
             format!("; {other} more divergences with a signature settled into another's root cause")
@@ -317,7 +356,7 @@ impl Causes {
             String::new()
         };
         format!(
-            "{} cause{} explain{} {} divergences{doc}; {unexplained} unexplained{rest}",
+            "{} cause{} explain{} {} divergences{doc}; {unexplained} unexplained{named}{rest}",
             explained.len(),
             plural(explained.len()),
             if explained.len() == 1 { "s" } else { "" },

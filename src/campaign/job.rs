@@ -157,15 +157,32 @@ impl Job {
         }
         let probe = crate::diagnose::with_snapshots(&finding.minimized);
         let probed = self.differ.target.run_to_trace(&probe);
+        let mut hints = self.confirmed.clone();
+        hints.extend(crate::known::hints(&self.backend));
         let explanation = crate::diagnose::diagnose_probed(
             &finding.minimized,
             &finding.observed,
             &probed,
-            &self.confirmed,
+            &hints,
         )
         .unwrap_or_default();
         finding.probe = Some(probed);
-        finding.known = crate::known::documented(&self.backend, &explanation);
+        // A cause is named by the documented behaviour its deviations are;
+        // an unexplained one by the host behaviour its signature shows, if
+        // one was measured here (still counted as unexplained).
+        finding.known = crate::known::documented(&self.backend, &explanation).or_else(|| {
+            explanation
+                .is_empty()
+                .then(|| {
+                    crate::known::label(
+                        &self.backend,
+                        &finding.signature,
+                        &finding.minimized,
+                        &finding.observed,
+                    )
+                })
+                .flatten()
+        });
         finding.explained_by = explanation.iter().map(|d| d.name()).collect();
         if !explanation.is_empty() && !self.confirmed.contains(&explanation) {
             self.confirmed.push(explanation);

@@ -11,7 +11,9 @@ pub struct BenchArgs {
     /// and 4 CPUs), kvm, kvm-split, qemu-tcg, qemu (the QEMU
     /// configuration --backend names), find (time to find each seeded
     /// quirk), minimize (a 500-op scenario), diagnose (causes against
-    /// injected quirks; not part of all), or all.
+    /// injected quirks; not part of all), real-bugs (the bugs of
+    /// docs/real-bugs.json re-inserted into the model; not part of all),
+    /// or all.
     #[arg(default_value = "all")]
     pub which: String,
     /// Scenarios for the backend throughput benchmarks.
@@ -29,6 +31,10 @@ pub struct BenchArgs {
     /// benchmark's scenarios, without the per-op-kind part.
     #[arg(long)]
     pub passes: Option<u64>,
+    /// For `real-bugs`: at most this many random cases per bug before it
+    /// counts as not found.
+    #[arg(long, default_value_t = 100_000)]
+    pub find_cases: u64,
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
@@ -69,13 +75,17 @@ pub fn main(args: BenchArgs) -> ExitCode {
         println!("{}", bench::diagnose(args.trials, args.cases.min(5000)));
         ran = true;
     }
+    if args.which == "real-bugs" {
+        println!("{}", crate::real_bugs::bench(args.find_cases));
+        ran = true;
+    }
     if all || args.which == "minimize" {
         println!("{}", bench::minimize_500());
         ran = true;
     }
     if !ran {
         eprintln!(
-            "irqdiff bench: unknown benchmark `{}` (model, model-cpus, kvm, kvm-split, qemu-tcg, qemu, find, minimize, diagnose, all)",
+            "irqdiff bench: unknown benchmark `{}` (model, model-cpus, kvm, kvm-split, qemu-tcg, qemu, find, minimize, diagnose, real-bugs, all)",
             args.which
         );
         return ExitCode::from(super::EXIT_BAD_INPUT);

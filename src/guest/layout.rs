@@ -40,6 +40,11 @@ pub const END_HANDLER: u64 = DATA + 0x20;
 /// u32: set to 1 by the stub's #GP handler when it skips a faulting
 /// RDMSR/WRMSR; the op that may fault clears it first and reads it after.
 pub const GP_FAULTED: u64 = DATA + 0x28;
+/// u32: 1 when the VMM's reset already leaves the 8259s and LVT LINT0 and
+/// LINT1 masked (KVM's does): the stub's start skips masking them again,
+/// four accesses the hypervisor would emulate on every run. 0 (the other
+/// backends): the stub masks them.
+pub const PREPARED: u64 = DATA + 0x2c;
 /// u32: set to 1 by QEMU's trampoline when it enters the stub.
 pub const BOOTED: u64 = DATA + 0x18;
 /// u64: where the next log record goes.

@@ -80,9 +80,13 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.cld()?;
     a.mov(r12, IOAPIC_BASE)?;
     a.mov(r14, LAPIC_BASE)?;
+    let mut pic_masked = a.create_label();
+    a.cmp(dword_ptr(PREPARED), 0)?;
+    a.jne(pic_masked)?;
     a.mov(al, 0xffu32 as i32)?;
     a.out(0x21, al)?;
     a.out(0xa1, al)?;
+    a.set_label(&mut pic_masked)?;
     let mut xapic = a.create_label();
     a.cmp(dword_ptr(X2APIC), 0)?;
     a.je(xapic)?;
@@ -92,11 +96,15 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.or(eax, 0xc00)?;
     a.wrmsr()?;
     a.set_label(&mut xapic)?;
+    let mut lints_masked = a.create_label();
+    a.cmp(dword_ptr(PREPARED), 0)?;
+    a.jne(lints_masked)?;
     for lint in [reg::LVT_LINT0, reg::LVT_LINT1] {
         a.mov(ecx, lint as u32)?;
         a.mov(eax, LVT_MASKED)?;
         a.call(lapic_write)?;
     }
+    a.set_label(&mut lints_masked)?;
     a.mov(r15, OPS)?;
     a.xor(r13d, r13d)?;
     let mut top = a.create_label();

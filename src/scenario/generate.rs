@@ -93,9 +93,15 @@ pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
         if lines.iter().any(|l| l.pin == pin) {
             continue;
         }
+        // Now and then a second line shares the first's vector (an EOI
+        // then matches both entries).
+        let vector = match lines.first() {
+            Some(first) if percent(u, 10)? => first.vector,
+            _ => vector(u)?,
+        };
         lines.push(Line {
             pin,
-            vector: vector(u)?,
+            vector,
             level: u.arbitrary()?,
         });
     }
@@ -144,19 +150,17 @@ pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
         if u.is_empty() {
             break;
         }
-        let op = if percent(u, cfg.wild_percent)? {
-            Op::arbitrary(u)?
+        if percent(u, cfg.wild_percent)? {
+            s.ops.push(Op::arbitrary(u)?);
         } else {
-            structured_op(u, &lines)?
-        };
-        s.ops.push(op);
+            structured_op(u, &lines, &mut s.ops)?;
+        }
     }
     if cfg.max_cpus > 1 {
         spread_over_cpus(u, cfg.max_cpus.min(super::MAX_CPUS as u8), &mut s)?;
     }
     Ok(s)
 }
-
 /// Makes a single-CPU program a multi-CPU one: CPUs, their APIC IDs, routes
 /// and MSIs to other CPUs, guest ops on other CPUs, per-CPU handler bodies,
 /// IPIs (fixed, NMI, lowest priority; physical, logical, broadcast and
@@ -309,10 +313,29 @@ fn ipi(
     })
 }
 
-fn structured_op(u: &mut Unstructured<'_>, lines: &[Line]) -> Result<Op> {
+/// IA32_APIC_BASE transitions the generator writes: the APIC disabled,
+/// then enabled again at its base or at another one (SDM §11.4.4: a valid
+/// transition; the seed's FB14021745 fails the move and enable together),
+/// then software-enabled so that interrupts show the outcome.
+const APIC_BASE_SEQUENCES: &[&[u32]] = &[
+    &[0xfee0_0000, 0xfed0_0800],
+    &[0xfee0_0000, 0xfee0_0800],
+    &[0xfee0_0000, 0xfec8_0800],
+];
+
+/// Appends one structured op (an IA32_APIC_BASE sequence is a few).
+fn structured_op(u: &mut Unstructured<'_>, lines: &[Line], ops: &mut Vec<Op>) -> Result<()> {
     let line = *u.choose(lines)?;
     let pin = line.pin;
-    Ok(match u.int_in_range(0..=99u8)? {
+    let draw = u.int_in_range(0..=99u8)?;
+    if draw == 99 {
+        for &value in *u.choose(APIC_BASE_SEQUENCES)? {
+            ops.push(Op::ApicBase(value));
+        }
+        ops.push(Op::Svr(0x1ff));
+        return Ok(());
+    }
+    ops.push(match draw {
         0..=17 => Op::Host(HostOp::Assert(pin)),
         18..=29 => Op::Host(HostOp::Deassert(pin)),
         30..=39 => Op::Host(HostOp::Pulse(pin)),
@@ -364,8 +387,12 @@ fn structured_op(u: &mut Unstructured<'_>, lines: &[Line]) -> Result<Op> {
         91..=93 => Op::Route {
             pin,
             route: Route {
+                // Now and then another line's vector: pins sharing a
+                // vector, whose EOI must reach every matching entry.
                 vector: if percent(u, 70)? {
                     line.vector
+                } else if percent(u, 40)? {
+                    u.choose(lines)?.vector
                 } else {
                     vector(u)?
                 },
@@ -397,7 +424,8 @@ fn structured_op(u: &mut Unstructured<'_>, lines: &[Line]) -> Result<Op> {
             *u.choose(&[0x0ff, 0x11ff, 0x1ff])?
         }),
         _ => Op::Host(HostOp::Deassert(pin)),
-    })
+    });
+    Ok(())
 }
 
 /// The seed of case `index` of a campaign with seed `seed` (splitmix64):
