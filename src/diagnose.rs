@@ -283,6 +283,7 @@ mod tests {
         t.events.clear();
         t.events.push(crate::trace::Event {
             op: 0,
+            cpu: 0,
             kind: crate::trace::EventKind::Deliver { vector: 0x99 },
         });
         assert_eq!(explain(&s, &t, &[]), None);

@@ -537,6 +537,7 @@ mod tests {
     fn read(op: usize, reg: u32, value: u32) -> Event {
         Event {
             op,
+            cpu: 0,
             kind: EventKind::Read {
                 space: Space::Lapic,
                 reg,
@@ -548,6 +549,7 @@ mod tests {
     fn gp(op: usize) -> Event {
         Event {
             op,
+            cpu: 0,
             kind: EventKind::Exception {
                 vector: crate::trace::GP_VECTOR,
             },
@@ -594,6 +596,7 @@ mod tests {
         // reached at the new base, so this label does not explain it.
         let delivered = Event {
             op: 2,
+            cpu: 0,
             kind: EventKind::Deliver { vector: 0x40 },
         };
         assert!(!rewrite.explains(&trace(vec![delivered, read(3, 0x30, 0)])));

@@ -42,6 +42,7 @@ pub fn minimize(
     // Bounded: every round strictly shrinks the scenario or stops.
     for _round in 0..16 {
         let before = best.clone();
+        best = shrink_cpus(best, &mut keeps);
         best = shrink_ops(best, &mut keeps);
         best = shrink_handlers(best, &mut keeps);
         best = simplify_values(best, &mut keeps);
@@ -55,15 +56,56 @@ pub fn minimize(
     }
 }
 
+/// Fewer CPUs: the last CPU goes with its ops and its `@K` bodies, one at
+/// a time while the signature holds; then the multi-CPU config keys that no
+/// longer matter (APIC IDs, the SIPI start) go back to their defaults.
+fn shrink_cpus(mut s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -> Scenario {
+    while s.cpus() > 1 {
+        let n = s.cpus() as u8 - 1;
+        let mut candidate = s.clone();
+        candidate.config.cpus = n;
+        let kept: Vec<usize> = (0..s.ops.len()).filter(|&k| s.cpu_of(k) < n).collect();
+        candidate.ops = kept.iter().map(|&k| s.ops[k]).collect();
+        candidate.op_cpus = kept.iter().map(|&k| s.cpu_of(k)).collect();
+        candidate.normalize_op_cpus();
+        candidate
+            .handlers
+            .retain(|k, _| k.cpu.is_none_or(|c| c < n));
+        if !keeps(&candidate) {
+            break;
+        }
+        s = candidate;
+    }
+    let defaults = Config::default();
+    for reset in [
+        |c: &mut Config, d: &Config| c.apic_ids = d.apic_ids,
+        |c: &mut Config, d: &Config| c.ap_start = d.ap_start,
+    ] {
+        let mut candidate = s.clone();
+        reset(&mut candidate.config, &defaults);
+        if candidate != s && keeps(&candidate) {
+            s = candidate;
+        }
+    }
+    s
+}
+
 /// ddmin over the top-level program.
 fn shrink_ops(s: Scenario, keeps: &mut impl FnMut(&Scenario) -> bool) -> Scenario {
-    let ops = ddmin(s.ops.clone(), |ops| {
-        keeps(&Scenario {
-            ops: ops.to_vec(),
+    // Each op with the CPU that runs it, so that dropping an op keeps the
+    // others on their CPUs.
+    let with_cpu = |steps: &[(Op, u8)]| {
+        let mut out = Scenario {
+            ops: steps.iter().map(|(op, _)| *op).collect(),
+            op_cpus: steps.iter().map(|(_, cpu)| *cpu).collect(),
             ..s.clone()
-        })
-    });
-    Scenario { ops, ..s }
+        };
+        out.normalize_op_cpus();
+        out
+    };
+    let steps: Vec<(Op, u8)> = (0..s.ops.len()).map(|k| (s.ops[k], s.cpu_of(k))).collect();
+    let steps = ddmin(steps, |steps| keeps(&with_cpu(steps)));
+    with_cpu(&steps)
 }
 
 /// Drop whole handlers (the vector falls back to its plain body or `eoi`),
@@ -364,6 +406,7 @@ fn map_ops(s: &Scenario, f: impl Fn(&Op) -> Op) -> Scenario {
     Scenario {
         config: s.config,
         ops: s.ops.iter().map(&f).collect(),
+        op_cpus: s.op_cpus.clone(),
         handlers: s
             .handlers
             .iter()
@@ -409,6 +452,28 @@ pub fn ddmin<T: Clone>(mut items: Vec<T>, mut keeps: impl FnMut(&[T]) -> bool) -
         }
     }
     items
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn shrink_cpus_drops_the_cpus_a_divergence_does_not_need() {
+        // The "divergence": an op on CPU 1 exists. CPUs 2 and 3 go, with
+        // their ops and bodies; CPU 1 stays; the APIC IDs become default.
+        let s = crate::scenario::parse(
+            "config cpus=4 apic-ids=0,1,2,9\nhandler 0x40@3: nop\nhandler 0x40@1: nop\n\
+             cpu 3: nop\ncpu 1: cli\ncpu 2: sti\nnop\n",
+        )
+        .unwrap();
+        let mut keeps = |c: &Scenario| (0..c.ops.len()).any(|k| c.cpu_of(k) == 1);
+        let out = shrink_cpus(s, &mut keeps);
+        assert_eq!(
+            out.to_string(),
+            "config cpus=2\nhandler 0x40@1: nop\ncpu 1: cli\nnop\n"
+        );
+    }
 }
 
 #[cfg(test)]

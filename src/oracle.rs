@@ -185,10 +185,55 @@ pub fn compare(expected: &Trace, observed: &Trace) -> Verdict {
 /// the events of the ops where the scenario's outcome depends on one are
 /// not compared ([`open_choice_window`]).
 pub fn compare_scenario(scenario: &Scenario, expected: &Trace, observed: &Trace) -> Verdict {
-    match open_choice_window(scenario, expected, observed) {
-        None => compare(expected, observed),
-        Some(window) => compare(&outside(expected, window), &outside(observed, window)),
+    let (expected, observed) = if scenario.uses_smp() {
+        (canonical(scenario, expected), canonical(scenario, observed))
+    } else {
+        (expected.clone(), observed.clone())
+    };
+    match open_choice_window(scenario, &expected, &observed) {
+        None => compare(&expected, &observed),
+        Some(window) => compare(&outside(&expected, window), &outside(&observed, window)),
     }
+}
+
+/// The order of a multi-CPU trace that the oracle compares
+/// (docs/scenario-format.md, "Several CPUs"):
+///
+/// - Events of one top-level op on different CPUs are not ordered: after
+///   each op every CPU reaches a quiescent point, but what the CPUs do in
+///   between happens at the same time, and hardware (the APIC bus or the
+///   system bus) does not order deliveries to different processors. So the
+///   events are grouped by op, then by CPU, each CPU's events in the order
+///   it observed them (which is defined).
+/// - Where a lowest-priority message can go to one of several CPUs (SDM
+///   §11.6.2.4: the choice is model-specific), which CPU took it is open:
+///   in a scenario with a lowest-priority message the CPU of each event is
+///   not compared, and each op's events are compared as a set.
+pub fn canonical(scenario: &Scenario, trace: &Trace) -> Trace {
+    let mut t = trace.clone();
+    if has_lowest_priority(scenario) {
+        for e in &mut t.events {
+            e.cpu = 0;
+        }
+        t.events
+            .sort_by_cached_key(|e| (e.op, serde_json::to_string(&e.kind).unwrap_or_default()));
+    } else {
+        t.events.sort_by_key(|e| (e.op, e.cpu));
+    }
+    t
+}
+
+/// Whether a message of the scenario may be lowest-priority with several
+/// CPUs to choose from.
+fn has_lowest_priority(scenario: &Scenario) -> bool {
+    use crate::scenario::{DeliveryMode, HostOp, IpiDelivery, MsiDelivery};
+    scenario.is_multi_cpu()
+        && scenario.all_ops().any(|op| match op {
+            Op::Route { route, .. } => route.delivery == DeliveryMode::Lowest,
+            Op::Host(HostOp::Msi(m)) => m.delivery == MsiDelivery::Lowest,
+            Op::Ipi(i) => i.delivery == IpiDelivery::Lowest,
+            _ => false,
+        })
 }
 
 /// Top-level ops `start..end` (`end` None: to the end of the run).
@@ -309,6 +354,8 @@ fn takes_open_choice(op: &Op, x2apic: bool) -> bool {
         Op::LapicWrite { offset, value } if offset == reg::ICR_LOW => {
             value & (1 << 15) != 0 && (value >> 8) & 7 == 0
         }
+        // The same for the `ipi` op (fixed or lowest, level).
+        Op::Ipi(ipi) => ipi.icr_low() & (1 << 15) != 0 && (ipi.icr_low() >> 8) & 6 == 0,
         _ => false,
     }
 }
@@ -822,6 +869,7 @@ mod tests {
     fn deliver(op: usize, vector: u8) -> Event {
         Event {
             op,
+            cpu: 0,
             kind: EventKind::Deliver { vector },
         }
     }
@@ -843,6 +891,7 @@ mod tests {
     fn lapic_read(op: usize, reg: u32, value: u32) -> Event {
         Event {
             op,
+            cpu: 0,
             kind: EventKind::Read {
                 space: Space::Lapic,
                 reg,
@@ -937,6 +986,7 @@ mod tests {
         tmr.tmr[2] = 1;
         let snap = |s: Snapshot| Event {
             op: 2,
+            cpu: 0,
             kind: EventKind::Snapshot(Box::new(s)),
         };
         let e = trace(vec![deliver(1, 0x40), snap(Snapshot::default())]);
@@ -957,6 +1007,7 @@ mod tests {
         // 82093AA §3.2: index 0x77 is not a register.
         let read = |reg, value| Event {
             op: 0,
+            cpu: 0,
             kind: EventKind::Read {
                 space: Space::Ioapic,
                 reg,
@@ -980,6 +1031,7 @@ mod tests {
     fn the_timer_current_count_may_differ_and_other_lapic_reads_may_not() {
         let read = |reg, value| Event {
             op: 0,
+            cpu: 0,
             kind: EventKind::Read {
                 space: Space::Lapic,
                 reg,
@@ -1095,10 +1147,12 @@ mod tests {
         let d = diverge(
             vec![Event {
                 op: 2,
+                cpu: 0,
                 kind: EventKind::Snapshot(Box::new(a)),
             }],
             vec![Event {
                 op: 2,
+                cpu: 0,
                 kind: EventKind::Snapshot(Box::new(b)),
             }],
         );
@@ -1116,10 +1170,12 @@ mod tests {
         let d = diverge(
             vec![Event {
                 op: 2,
+                cpu: 0,
                 kind: EventKind::Snapshot(Box::new(a)),
             }],
             vec![Event {
                 op: 2,
+                cpu: 0,
                 kind: EventKind::Snapshot(Box::new(b)),
             }],
         );

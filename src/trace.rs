@@ -78,8 +78,24 @@ pub struct Event {
     /// 0-based index of the top-level op during or right after which the
     /// event happened; handler-body events carry the op of their delivery.
     pub op: usize,
+    /// Extension: the CPU that observed the event (its index, not its APIC
+    /// ID). Omitted from the JSON for CPU 0, so single-CPU traces read and
+    /// print as before.
+    #[serde(default, skip_serializing_if = "is_cpu0")]
+    pub cpu: u8,
     #[serde(flatten)]
     pub kind: EventKind,
+}
+
+fn is_cpu0(cpu: &u8) -> bool {
+    *cpu == 0
+}
+
+impl Event {
+    /// An event of CPU 0 (every event of a single-CPU run).
+    pub fn new(op: usize, kind: EventKind) -> Event {
+        Event { op, cpu: 0, kind }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ fn deliveries(t: &Trace) -> Vec<(usize, u8)> {
 fn deliver(op: usize, vector: u8) -> Event {
     Event {
         op,
+        cpu: 0,
         kind: EventKind::Deliver { vector },
     }
 }
@@ -294,10 +295,12 @@ fn x2apic_self_ipi_and_a_faulting_msr_access_is_an_exception_event() {
         [
             Event {
                 op: 1,
+                cpu: 0,
                 kind: EventKind::Exception { vector: 13 }
             },
             Event {
                 op: 2,
+                cpu: 0,
                 kind: EventKind::Deliver { vector: 0x41 }
             }
         ]

@@ -209,6 +209,12 @@ pub struct Lapic {
     stale_tpr: Option<u32>,
 }
 
+/// SDM §11.12.10.2: the x2APIC logical ID derived from the x2APIC ID:
+/// cluster ID (bits 31:16) = ID[19:4], member bit (15:0) = 1 << ID[3:0].
+pub const fn x2apic_ldr(id: u32) -> u32 {
+    (id >> 4) << 16 | 1 << (id & 0xf)
+}
+
 /// The mask bit of every LVT entry (SDM §11.5.1).
 pub const LVT_MASKED: u32 = 1 << 16;
 
@@ -326,6 +332,7 @@ impl Lapic {
                 hw_enabled: false,
                 base: self.base,
                 deviations: self.deviations,
+                id: self.id,
                 ..Lapic::new(false, self.directed_eoi_supported, self.quirks)
             };
             self.svr = 0xff;
@@ -336,6 +343,7 @@ impl Lapic {
             *self = Lapic {
                 base: self.base,
                 deviations: self.deviations,
+                id: self.id,
                 ..Lapic::new(false, self.directed_eoi_supported, self.quirks)
             };
             self.svr = 0xff;
@@ -345,9 +353,64 @@ impl Lapic {
             // §11.12.5.1: xAPIC to x2APIC keeps the state; the logical ID
             // is now derived from the x2APIC ID.
             self.x2apic = true;
-            self.ldr = 1;
+            self.ldr = x2apic_ldr(self.id);
         }
         Ok(())
+    }
+
+    /// The local APIC ID (8 bits in xAPIC mode, the x2APIC ID otherwise).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Sets the APIC ID the platform assigned (SDM §11.4.6: the BIOS/
+    /// hardware assigns it at power-up); in x2APIC mode the logical ID is
+    /// derived from it (§11.12.10.2).
+    pub fn set_id(&mut self, id: u32) {
+        self.id = id;
+        if self.x2apic {
+            self.ldr = x2apic_ldr(id);
+        }
+    }
+
+    /// The logical destination register as it reads.
+    pub fn ldr(&self) -> u32 {
+        self.ldr
+    }
+
+    /// SDM §11.4.7.3: after an INIT the local APIC is in its power-up
+    /// state (§11.4.7.1: IRR, ISR, TMR, ICR, LDR, TPR zero, DFR all ones,
+    /// LVTs masked, SVR 0xFF: software-disabled) except the APIC ID and
+    /// arbitration ID; IA32_APIC_BASE (the base, EN and EXTD) is not
+    /// changed by INIT, so an x2APIC keeps its mode and derived LDR.
+    pub fn init_reset(&mut self) {
+        let id = self.id;
+        *self = Lapic {
+            hw_enabled: self.hw_enabled,
+            base: self.base,
+            deviations: self.deviations,
+            ..Lapic::new(self.x2apic, self.directed_eoi_supported, self.quirks)
+        };
+        self.set_id(id);
+        self.svr = 0xff;
+    }
+
+    /// The start state the stub gives a CPU it starts (docs/guest-stub.md):
+    /// the power-up state software-enabled (SVR 0x1FF).
+    pub fn start(&mut self) {
+        self.init_reset();
+        self.svr = 0x1ff;
+    }
+
+    /// The ICR's low dword and its destination (8 bits in xAPIC mode,
+    /// 32 in x2APIC mode), as last written.
+    pub fn icr(&self) -> (u32, u32) {
+        let dest = if self.x2apic {
+            self.icr_high
+        } else {
+            self.icr_high >> 24
+        };
+        (self.icr_low, dest)
     }
     pub fn irr(&self) -> [u32; 8] {
         self.irr.words()

@@ -78,9 +78,17 @@
 //!   only, so the bits above MAXPHYADDR are not checked.
 //! - An access that faults is an explicit `Err(GeneralProtection)` from
 //!   the register functions, for the caller to raise as the guest's #GP.
-//! - SMI, INIT, ExtINT and reserved delivery modes are not modelled: the
-//!   machine reports them ([`Machine::take_unmodelled`]) so that a run ends
-//!   with an error instead of silently dropping them.
+//! - SMI, INIT, ExtINT and reserved delivery modes are not modelled on one
+//!   CPU: the machine reports them ([`Machine::take_unmodelled`]) so that a
+//!   run ends with an error instead of silently dropping them. On several
+//!   CPUs ([`system::System`]) INIT and STARTUP are modelled (the
+//!   wait-for-SIPI state); SMI and ExtINT are still reported.
+//! - Several CPUs ([`system::System`]): lowest-priority arbitration picks
+//!   the lowest TPR, then the lowest CPU index (SDM §11.6.2.4 leaves it
+//!   model-specific; the oracle allows any eligible CPU); a CPU waiting
+//!   for SIPI takes no interrupt and no NMI; a SIPI to a running CPU is
+//!   ignored; an x2APIC ICR destination is 32 bits (0xFF is cluster 0, not
+//!   a broadcast). See the module's documentation.
 
 pub mod cpu;
 pub mod device;
@@ -90,6 +98,7 @@ pub mod machine;
 pub mod msi;
 pub mod quirks;
 pub mod rules;
+pub mod system;
 
 pub use device::{IoapicDevice, MessageQueue, MsiSink, Unsupported};
 pub use ioapic::{InterruptMessage, InterruptSink, Ioapic, IoapicVersion};
@@ -97,3 +106,4 @@ pub use lapic::Lapic;
 pub use machine::{Interrupt, Machine, MachineConfig};
 pub use quirks::Quirks;
 pub use rules::{Deviation, Deviations, Mode, Rule};
+pub use system::System;

@@ -45,7 +45,7 @@ pub struct DecisionLog {
 impl DecisionLog {
     pub const CAPACITY: usize = 64;
 
-    fn new() -> DecisionLog {
+    pub(crate) fn new() -> DecisionLog {
         DecisionLog {
             entries: [Decision {
                 rule: Rule::Quirk,
@@ -57,7 +57,7 @@ impl DecisionLog {
     }
 
     #[inline]
-    fn push(&mut self, rule: Rule, vector: u8) {
+    pub(crate) fn push(&mut self, rule: Rule, vector: u8) {
         if !self.recording {
             return;
         }
@@ -166,7 +166,7 @@ impl InterruptSink for Bus<'_> {
 }
 
 /// Logs the error interrupt the local APIC raised, if any (SDM §11.5.3).
-fn note_error_interrupt(lapic: &mut Lapic, log: &mut DecisionLog) {
+pub(crate) fn note_error_interrupt(lapic: &mut Lapic, log: &mut DecisionLog) {
     if let Some(vector) = lapic.take_error_interrupt() {
         log.push(Rule::ApicErrorInterrupt, vector);
     }
@@ -391,6 +391,26 @@ impl Machine {
         if offset == reg::EOI && self.lapic.hw_enabled() {
             self.end_of_interrupt();
         }
+        if let Some(msg) = ipi {
+            self.message(&msg);
+        }
+        Ok(())
+    }
+
+    /// An ICR write of `low` to destination `dest` (xAPIC: ICR high
+    /// `dest << 24`, then ICR low; x2APIC: one WRMSR of MSR 0x830, SDM
+    /// §11.12.9). On one CPU only what reaches this APIC is delivered.
+    pub fn send_icr(&mut self, low: u32, dest: u32) -> Result<(), GeneralProtection> {
+        if !self.lapic.x2apic() {
+            self.lapic_write(reg::ICR_HIGH, (dest & 0xff) << 24)?;
+            return self.lapic_write(reg::ICR_LOW, low);
+        }
+        let write = self.lapic.write_msr(
+            crate::lapic::msr_of(reg::ICR_LOW),
+            (dest as u64) << 32 | low as u64,
+        );
+        let ipi = self.x2apic_gp(write)?.flatten();
+        note_error_interrupt(&mut self.lapic, &mut self.log);
         if let Some(msg) = ipi {
             self.message(&msg);
         }

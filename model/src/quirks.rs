@@ -68,10 +68,36 @@ bitflags::bitflags! {
         /// the fault into the guest does, e.g. KVM with `ignore_msrs=1` on
         /// an MSR it does not handle (`kvm_msr_ignored_check`).
         const X2APIC_GP_IGNORED = 1 << 9;
+        /// Several CPUs: the x2APIC logical ID is not derived from the
+        /// x2APIC ID (SDM §11.12.10.2: "the LDR initialization occurs
+        /// whenever the x2APIC mode is enabled"): the LDR reads 0 and no
+        /// logical x2APIC destination matches. Bochs before PR #250 ("Init
+        /// LDR whenever x2APIC mode is enabled"); KVM's 12806ba93738
+        /// ("KVM: lapic: Fixup LDR on load in x2apic").
+        const X2APIC_LDR_NOT_DERIVED = 1 << 10;
+        /// Several CPUs: x2APIC logical destinations are matched on the
+        /// member bitmap only, across clusters (SDM §11.12.10.1: the
+        /// cluster ID in bits 31:16 must be equal): the shape of ACRN's
+        /// ptdev destination bug (acrn-hypervisor PR #8436, LDRs of several
+        /// clusters or'ed into one mask).
+        const X2APIC_CLUSTER_IGNORED = 1 << 11;
+        /// Several CPUs: an EOI is forwarded to the IOAPIC only by a CPU
+        /// that the pin with that vector targets now, so the EOI of an
+        /// interrupt whose pin was retargeted while it was in service is
+        /// lost and remote IRR stays set: the race KVM fixed in "KVM: x86:
+        /// ioapic: Fix level-triggered EOI and IOAPIC reconfigure race"
+        /// (2017; EOI exits only for vectors routed to the vCPU),
+        /// kvm-unit-tests `test_ioapic_self_reconfigure`.
+        const EOI_STALE_ROUTE_LOST = 1 << 12;
     }
 }
 
 impl Quirks {
+    /// The quirks that only several CPUs can show.
+    pub const MULTI_CPU: Quirks = Quirks::X2APIC_LDR_NOT_DERIVED
+        .union(Quirks::X2APIC_CLUSTER_IGNORED)
+        .union(Quirks::EOI_STALE_ROUTE_LOST);
+
     /// The spec rules a single quirk breaks: the ground truth that
     /// diagnosis (which knows nothing of quirks) is measured against.
     pub fn broken_rules(self) -> Vec<Rule> {
@@ -87,6 +113,10 @@ impl Quirks {
                 Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS => &[Rule::ApicBaseTransition],
                 Quirks::X2APIC_GP_IGNORED => &[Rule::X2apicMsrGp],
                 Quirks::QEMU_IOAPIC => &[Rule::EdgeNoNewEdge, Rule::LevelDelivers],
+                Quirks::X2APIC_LDR_NOT_DERIVED | Quirks::X2APIC_CLUSTER_IGNORED => {
+                    &[Rule::X2apicClusterMatch]
+                }
+                Quirks::EOI_STALE_ROUTE_LOST => &[Rule::EoiBroadcast],
                 Quirks::QEMU_LAPIC => &[
                     Rule::IllegalVector,
                     Rule::ApicSoftwareDisabled,

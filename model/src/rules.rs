@@ -79,6 +79,23 @@ pub enum Rule {
     /// Delivery status (bit 12) and remote IRR (bit 14) of a redirection
     /// entry are read-only: a guest write does not change them.
     IoapicReadOnlyBits,
+    /// An IPI reaches every local APIC its destination or shorthand names.
+    IpiDelivers,
+    /// A logical destination in the flat model matches an LDR bit.
+    LogicalFlatMatch,
+    /// A logical destination in the cluster model matches cluster and bit.
+    LogicalClusterMatch,
+    /// An x2APIC logical destination matches the LDR derived from the ID.
+    X2apicClusterMatch,
+    /// Lowest-priority delivery goes to one of the matched APICs.
+    LowestPriority,
+    /// INIT resets the target to its power-up state, waiting for SIPI.
+    InitResets,
+    /// A STARTUP IPI starts a CPU that waits for SIPI.
+    StartupStarts,
+    /// A CPU waiting for SIPI takes no interrupt or NMI; a STARTUP IPI to a
+    /// running CPU and an INIT level de-assert do nothing.
+    WaitForSipiIgnores,
     /// A deviation switched on by a `sim:` quirk.
     Quirk,
 }
@@ -120,6 +137,14 @@ impl Rule {
         Rule::X2apicMsrGp,
         Rule::IoapicResetMasked,
         Rule::IoapicReadOnlyBits,
+        Rule::IpiDelivers,
+        Rule::LogicalFlatMatch,
+        Rule::LogicalClusterMatch,
+        Rule::X2apicClusterMatch,
+        Rule::LowestPriority,
+        Rule::InitResets,
+        Rule::StartupStarts,
+        Rule::WaitForSipiIgnores,
         Rule::Quirk,
     ];
 
@@ -160,6 +185,14 @@ impl Rule {
             Rule::ApicErrorInterrupt => "apic-error-interrupt",
             Rule::IoapicResetMasked => "ioapic-reset-masked",
             Rule::IoapicReadOnlyBits => "ioapic-read-only-bits",
+            Rule::IpiDelivers => "ipi-delivers",
+            Rule::LogicalFlatMatch => "logical-flat-match",
+            Rule::LogicalClusterMatch => "logical-cluster-match",
+            Rule::X2apicClusterMatch => "x2apic-cluster-match",
+            Rule::LowestPriority => "lowest-priority",
+            Rule::InitResets => "init-resets",
+            Rule::StartupStarts => "startup-starts",
+            Rule::WaitForSipiIgnores => "wait-for-sipi-ignores",
             Rule::Quirk => "quirk",
         }
     }
@@ -201,6 +234,14 @@ impl Rule {
             Rule::ApicErrorInterrupt => "SDM vol. 3A §11.5.3 Error Handling: a detected error sets its ESR bit and generates an interrupt through the LVT Error register (§11.5.1, Figure 11-8)",
             Rule::IoapicResetMasked => "82093AA §3.2.4, IOREDTBL bit 16 (Interrupt Mask): the entries come out of reset masked (the scenario format's start state; KVM's kvm_ioapic_reset and QEMU's ioapic_reset_common set the mask bit)",
             Rule::IoapicReadOnlyBits => "82093AA §3.2.4, IOREDTBL bit 12 (Delivery Status, RO) and bit 14 (Remote IRR, RO): read-only bits a write does not change",
+            Rule::IpiDelivers => "SDM vol. 3A §11.6.1 Interrupt Command Register (destination shorthands 00-11), §11.6.2.1 Physical Destination Mode (0xFF broadcast), §11.12.9 ICR Operation in x2APIC Mode (0xFFFFFFFF broadcast)",
+            Rule::LogicalFlatMatch => "SDM vol. 3A §11.6.2.2 Logical Destination Mode, flat model (DFR 1111b): the 8-bit MDA and LDR bits 31:24 share a set bit",
+            Rule::LogicalClusterMatch => "SDM vol. 3A §11.6.2.2 Logical Destination Mode, cluster model (DFR 0000b): MDA bits 7:4 equal LDR bits 31:28, and bits 3:0 share a set bit",
+            Rule::X2apicClusterMatch => "SDM vol. 3A §11.12.10.1 Logical Destination Mode in x2APIC Mode and §11.12.10.2 Deriving Logical x2APIC ID from the Local x2APIC ID: cluster ID[19:4] in bits 31:16, 1 << ID[3:0] in bits 15:0",
+            Rule::LowestPriority => "SDM vol. 3A §11.6.2.4 Lowest Priority Delivery Mode: one processor of the destination set, chosen in a model-specific way (the model: lowest TPR, then lowest CPU index; the choice is an allowed difference)",
+            Rule::InitResets => "SDM vol. 3A §11.6.1 delivery mode 101 (INIT), §11.4.7.3 Local APIC State After an INIT Reset (\"Wait-for-SIPI\" State), §9.4 Multiple-Processor (MP) Initialization",
+            Rule::StartupStarts => "SDM vol. 3A §11.6.1 delivery mode 110 (Start-Up), §9.4.4 MP Initialization Example: a SIPI starts a processor in the wait-for-SIPI state",
+            Rule::WaitForSipiIgnores => "SDM vol. 3A §11.4.7.3 (a processor waiting for SIPI runs nothing until a SIPI), §11.6.1 (INIT level de-assert is not supported on Pentium 4 and Xeon processors; a SIPI is not retried or latched)",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
         }
     }
@@ -302,6 +343,12 @@ impl Deviation {
             (Rule::EoiBroadcastSuppressed, Mode::Skipped) => {
                 "SVR bit 12 does not suppress the EOI broadcast"
             }
+            (Rule::X2apicClusterMatch, Mode::Skipped) => {
+                "x2APIC logical destinations match nothing (the LDR is not derived from the x2APIC ID)"
+            }
+            (Rule::X2apicClusterMatch, Mode::Inverted) => {
+                "x2APIC logical destinations match the member bits in any cluster"
+            }
             (Rule::X2apicMsrGp, Mode::Skipped) => {
                 "an x2APIC MSR access that must raise #GP does nothing (a read returns 0)"
             }
@@ -358,37 +405,57 @@ impl Deviation {
     /// The deviation's bit in [`Deviations`]: a constant for the model's
     /// hooks, which name their rule and mode literally (no search).
     #[inline]
-    const fn bit(self) -> u128 {
-        1 << (self.rule as usize * Mode::ALL.len() + self.mode as usize)
+    const fn bit(self) -> usize {
+        self.rule as usize * Mode::ALL.len() + self.mode as usize
     }
 }
 
-// Every rule in every mode has its own bit of the u128.
-const _: () = assert!(Rule::ALL.len() * Mode::ALL.len() <= 128);
+/// Words of [`Deviations`]: room for 85 rules in three modes.
+const DEVIATION_WORDS: usize = 4;
+
+// Every rule in every mode has its own bit.
+const _: () = assert!(Rule::ALL.len() * Mode::ALL.len() <= 64 * DEVIATION_WORDS);
 
 /// A set of deviations the model applies (empty: the spec).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Deviations(u128);
+pub struct Deviations([u64; DEVIATION_WORDS]);
 
 impl Deviations {
     pub fn of(deviations: &[Deviation]) -> Deviations {
-        Deviations(deviations.iter().fold(0, |bits, d| bits | d.bit()))
+        let mut words = [0u64; DEVIATION_WORDS];
+        for d in deviations {
+            words[d.bit() / 64] |= 1 << (d.bit() % 64);
+        }
+        Deviations(words)
     }
 
     /// Whether `rule` is broken in `mode`: the hook the model consults.
     #[inline]
     pub fn breaks(self, rule: Rule, mode: Mode) -> bool {
-        self.0 & Deviation::new(rule, mode).bit() != 0
+        let bit = Deviation::new(rule, mode).bit();
+        self.0[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0 == [0; DEVIATION_WORDS]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_rule_and_mode_has_a_deviation_bit() {
+        // Each rule takes one bit per mode.
+        assert!(
+            Rule::ALL.len() * Mode::ALL.len() <= 64 * DEVIATION_WORDS,
+            "{}",
+            Rule::ALL.len()
+        );
+        let last = Deviation::new(*Rule::ALL.last().unwrap(), Mode::Late);
+        assert!(Deviations::of(&[last]).breaks(last.rule, Mode::Late));
+    }
 
     #[test]
     fn every_rule_has_a_unique_name_and_a_citation() {
@@ -428,19 +495,21 @@ mod tests {
         for (index, &rule) in Rule::ALL.iter().enumerate() {
             assert_eq!(rule as usize, index, "{rule:?}");
         }
-        let mut seen = 0u128;
+        let mut seen = std::collections::BTreeSet::new();
         for &rule in Rule::ALL {
             for mode in Mode::ALL {
                 let bit = Deviation::new(rule, mode).bit();
-                assert_eq!(bit.count_ones(), 1, "{rule:?} {mode:?}");
-                assert_eq!(seen & bit, 0, "{rule:?} {mode:?} shares a bit");
-                seen |= bit;
+                assert!(bit < 64 * DEVIATION_WORDS, "{rule:?} {mode:?}");
+                assert!(seen.insert(bit), "{rule:?} {mode:?} shares a bit");
+                let set = Deviations::of(&[Deviation::new(rule, mode)]);
+                assert_eq!(
+                    set.0.iter().map(|w| w.count_ones()).sum::<u32>(),
+                    1,
+                    "{rule:?} {mode:?}"
+                );
             }
         }
-        assert_eq!(
-            seen.count_ones() as usize,
-            Rule::ALL.len() * Mode::ALL.len()
-        );
+        assert_eq!(seen.len(), Rule::ALL.len() * Mode::ALL.len());
         // A deviation named twice is still in the set once.
         let d = Deviation::new(Rule::EoiBroadcast, Mode::Skipped);
         assert!(Deviations::of(&[d, d]).breaks(d.rule, d.mode));

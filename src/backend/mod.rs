@@ -61,6 +61,25 @@ impl BackendError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+/// Why a backend that runs at most `max_cpus` CPUs cannot run `scenario`:
+/// more CPUs, or the multi-CPU extension (per-CPU ops and handlers, APIC
+/// IDs, APs waiting for SIPI) on a backend of one CPU.
+pub fn multi_cpu_unsupported(max_cpus: usize, scenario: &Scenario) -> Option<String> {
+    if scenario.cpus() > max_cpus {
+        return Some(format!(
+            "this backend runs {max_cpus} CPU(s) and the scenario asks for config cpus={}",
+            scenario.cpus()
+        ));
+    }
+    if max_cpus == 1 && scenario.uses_smp() {
+        return Some(
+            "this backend runs one CPU and the scenario uses the multi-CPU extension (apic-ids, ap-start, cpu K: or handler V@K)"
+                .into(),
+        );
+    }
+    None
+}
+
 /// One irqchip implementation that runs scenarios.
 ///
 /// A backend may keep a VM between runs (`&mut self`); each run starts from
@@ -80,8 +99,17 @@ pub trait Backend {
     /// hang, storm or error.
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace>;
 
+    /// The most CPUs this backend runs a scenario on (`config cpus=N`);
+    /// one unless the backend says otherwise.
+    fn max_cpus(&self) -> usize {
+        1
+    }
+
     /// Runs one scenario, or says why this backend cannot.
     fn run(&mut self, scenario: &Scenario) -> Result<Trace> {
+        if let Some(why) = multi_cpu_unsupported(self.max_cpus(), scenario) {
+            return Err(BackendError::Unsupported(why));
+        }
         match self.unsupported(scenario) {
             Some(why) => Err(BackendError::Unsupported(why)),
             None => self.execute(scenario),
@@ -156,6 +184,7 @@ pub mod hvf;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 pub mod model;
+pub mod model_smp;
 pub mod qemu;
 pub mod run;
 pub mod sim;

@@ -49,8 +49,8 @@ pub struct Decision {
 /// The model backend, optionally with quirks (the `sim:` backends).
 #[derive(Clone, Debug, Default)]
 pub struct ModelBackend {
-    quirks: Quirks,
-    deviations: Deviations,
+    pub(super) quirks: Quirks,
+    pub(super) deviations: Deviations,
     /// A device under test in place of the model's IOAPIC (byo.rs).
     device: Option<super::byo::Device>,
     /// Guest ops executed by the last run (top-level and handler bodies),
@@ -101,6 +101,9 @@ impl ModelBackend {
     /// decisions costs time, so the differ asks for them only to explain a
     /// divergence.
     pub fn run_explained(&mut self, scenario: &Scenario) -> (Trace, Vec<Decision>) {
+        if scenario.uses_smp() {
+            return self.run_smp(scenario, true);
+        }
         let (trace, explanation) = self.run_recording(scenario, Explanation::new(scenario));
         (trace, explanation.decisions)
     }
@@ -147,7 +150,19 @@ impl Backend for ModelBackend {
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
+        if scenario.uses_smp() {
+            return Ok(self.run_smp(scenario, false).0);
+        }
         Ok(self.run_recording(scenario, NoRecorder).0)
+    }
+
+    fn max_cpus(&self) -> usize {
+        // A device under test is one IOAPIC wired to the one-CPU machine.
+        if self.device.is_some() {
+            1
+        } else {
+            crate::scenario::MAX_CPUS
+        }
     }
 }
 
@@ -370,13 +385,7 @@ impl<'s> Bodies<'s> {
     fn empty(scenario: &'s Scenario) -> Bodies<'s> {
         Bodies {
             len: 0,
-            entries: [(
-                HandlerKey {
-                    vector: 0,
-                    nth: None,
-                },
-                &[],
-            ); Bodies::INLINE],
+            entries: [(HandlerKey::plain(0), &[]); Bodies::INLINE],
             scenario,
         }
     }
@@ -398,7 +407,8 @@ impl<'s> Bodies<'s> {
     }
 
     /// [`Scenario::handler_body`]: the `V#N` body, else the `V` body, else
-    /// the default one.
+    /// the default one (this one-CPU path never sees `V@K` bodies: such a
+    /// scenario runs on the multi-CPU interpreter).
     #[inline]
     fn get(&self, vector: u8, nth: u32) -> &'s [Op] {
         if self.len == usize::MAX {
@@ -606,6 +616,7 @@ impl<'s, R: Recorder> Run<'s, R> {
                 };
                 self.events.push(Event {
                     op: k,
+                    cpu: 0,
                     kind: EventKind::Snapshot(Box::new(snapshot)),
                 });
             }
@@ -613,6 +624,7 @@ impl<'s, R: Recorder> Run<'s, R> {
                 let value = read_register(m, index);
                 self.events.push(Event {
                     op: k,
+                    cpu: 0,
                     kind: EventKind::Read {
                         space: Space::Ioapic,
                         reg: index as u32,
@@ -624,6 +636,7 @@ impl<'s, R: Recorder> Run<'s, R> {
             Op::LapicRead(offset) => match m.lapic_read(offset) {
                 Ok(value) => self.events.push(Event {
                     op: k,
+                    cpu: 0,
                     kind: EventKind::Read {
                         space: Space::Lapic,
                         reg: offset as u32,
@@ -640,6 +653,7 @@ impl<'s, R: Recorder> Run<'s, R> {
             // and the store reaches no register.
             Op::LapicMmioRead(offset) if m.lapic.x2apic() => self.events.push(Event {
                 op: k,
+                cpu: 0,
                 kind: EventKind::Read {
                     space: Space::LapicMmio,
                     reg: offset as u32,
@@ -651,6 +665,7 @@ impl<'s, R: Recorder> Run<'s, R> {
                 let value = m.lapic_read(offset).unwrap_or(0);
                 self.events.push(Event {
                     op: k,
+                    cpu: 0,
                     kind: EventKind::Read {
                         space: Space::Lapic,
                         reg: offset as u32,
@@ -661,10 +676,13 @@ impl<'s, R: Recorder> Run<'s, R> {
             Op::LapicMmioWrite { offset, value } => fault = m.lapic_write(offset, value).is_err(),
             // SDM §11.4.4, §11.12.5: reserved bits and invalid transitions.
             Op::ApicBase(value) => fault = m.write_apic_base(value).is_err(),
+            // SDM §11.6.1, §11.12.9: on one CPU only what reaches it counts.
+            Op::Ipi(ipi) => fault = m.send_icr(ipi.icr_low(), ipi.dest).is_err(),
         }
         if fault {
             self.events.push(Event {
                 op: k,
+                cpu: 0,
                 kind: EventKind::Exception { vector: GP_VECTOR },
             });
         }
@@ -721,6 +739,7 @@ impl<'s, R: Recorder> Run<'s, R> {
         let event_index = self.events.len();
         self.events.push(Event {
             op: k,
+            cpu: 0,
             kind: EventKind::Deliver { vector },
         });
         self.recorder.delivered(interrupt, vector, k, event_index);

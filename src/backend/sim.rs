@@ -144,6 +144,10 @@ impl Backend for SimBackend {
         &self.name
     }
 
+    fn max_cpus(&self) -> usize {
+        self.model.max_cpus()
+    }
+
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
         let mut trace = self.model.execute(scenario)?;
         trace.backend = self.name.clone().into();

@@ -52,6 +52,8 @@ impl WorkerConfig {
             self.generator.max_ops.to_string(),
             "--wild-percent".into(),
             self.generator.wild_percent.to_string(),
+            "--max-cpus".into(),
+            self.generator.max_cpus.to_string(),
         ];
         if let Some(third) = &self.against {
             args.extend(["--against".into(), third.clone()]);

@@ -7,7 +7,8 @@ use crate::bench;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmarks: model, kvm, kvm-split, qemu-tcg, qemu (the QEMU
+    /// Which benchmarks: model, model-cpus (scenarios per second on 1, 2
+    /// and 4 CPUs), kvm, kvm-split, qemu-tcg, qemu (the QEMU
     /// configuration --backend names), find (time to find each seeded
     /// quirk), minimize (a 500-op scenario), diagnose (causes against
     /// injected quirks; not part of all), real-bugs (the bugs of
@@ -46,6 +47,10 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
         ran = true;
     }
+    if all || args.which == "model-cpus" {
+        println!("{}", bench::model_cpus(Duration::from_secs(3)));
+        ran = true;
+    }
     for backend in ["kvm", "kvm-split", "qemu-tcg"] {
         if all || args.which == backend {
             match bench::backend_throughput(backend, args.cases) {
@@ -80,7 +85,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
     if !ran {
         eprintln!(
-            "irqdiff bench: unknown benchmark `{}` (model, kvm, kvm-split, qemu-tcg, qemu, find, minimize, diagnose, real-bugs, all)",
+            "irqdiff bench: unknown benchmark `{}` (model, model-cpus, kvm, kvm-split, qemu-tcg, qemu, find, minimize, diagnose, real-bugs, all)",
             args.which
         );
         return ExitCode::from(super::EXIT_BAD_INPUT);

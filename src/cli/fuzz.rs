@@ -39,6 +39,11 @@ pub struct FuzzArgs {
     /// Maximum ops per generated program.
     #[arg(long, default_value_t = 24)]
     pub max_ops: usize,
+    /// Maximum CPUs per generated program (1-8; above 1 the programs use
+    /// the multi-CPU extension, and only backends of several CPUs run
+    /// them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub max_cpus: u8,
     /// A third implementation (e.g. qemu-tcg) that triages each unique
     /// divergence: who agrees with whom.
     #[arg(long)]
@@ -71,6 +76,8 @@ pub struct WorkerArgs {
     pub max_ops: usize,
     #[arg(long)]
     pub wild_percent: u8,
+    #[arg(long, default_value_t = 1)]
+    pub max_cpus: u8,
 }
 
 pub fn worker(args: WorkerArgs) -> ExitCode {
@@ -81,6 +88,7 @@ pub fn worker(args: WorkerArgs) -> ExitCode {
         generator: GenConfig {
             max_ops: args.max_ops,
             wild_percent: args.wild_percent,
+            max_cpus: args.max_cpus,
         },
     })
 }
@@ -136,6 +144,7 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         against: args.against.clone(),
         generator: GenConfig {
             max_ops: args.max_ops,
+            max_cpus: args.max_cpus,
             ..GenConfig::default()
         },
         isolation: args.isolation,

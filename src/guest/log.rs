@@ -72,7 +72,7 @@ pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
             }
             other => return Err(corrupt(&format!("unknown record kind {other}"))),
         };
-        events.push(Event { op, kind });
+        events.push(Event::new(op, kind));
     }
     Ok(events)
 }

@@ -174,12 +174,13 @@ pub fn assemble() -> Result<Stub, IcedError> {
 
     // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
     a.set_label(&mut exec_op)?;
-    let kinds: [(u32, OpBody); 22] = [
+    let kinds: [(u32, OpBody); 23] = [
         (kind::ROUTE, op_route),
         (kind::MASK, op_mask),
         (kind::HOST, op_host),
         (kind::LAPIC_WRITE, op_lapic_write),
         (kind::SELF_IPI, op_self_ipi),
+        (kind::IPI, op_ipi),
         (kind::IOAPIC_EOI, op_ioapic_eoi),
         (kind::CLI, |a, _| a.cli()),
         (kind::STI, |a, _| {
@@ -464,6 +465,28 @@ fn op_self_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     a.mov(ecx, msr_of(reg::SELF_IPI))?;
     a.mov(eax, dword_ptr(r15 + 4))?;
     a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.set_label(&mut out)?;
+    a.nop()
+}
+
+/// `ipi`: the ICR write, its low dword last (SDM §11.6.1: writing ICR low
+/// sends the IPI); in x2APIC mode one WRMSR of MSR 0x830 (SDM §11.12.9).
+fn op_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    let mut x2 = a.create_label();
+    let mut out = a.create_label();
+    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.jne(x2)?;
+    a.mov(eax, dword_ptr(r15 + 8))?;
+    a.shl(eax, 24)?;
+    a.mov(dword_ptr(r14 + reg::ICR_HIGH as i32), eax)?;
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.mov(dword_ptr(r14 + reg::ICR_LOW as i32), eax)?;
+    a.jmp(out)?;
+    a.set_label(&mut x2)?;
+    a.mov(ecx, msr_of(reg::ICR_LOW))?;
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.mov(edx, dword_ptr(r15 + 8))?;
     a.wrmsr()?;
     a.set_label(&mut out)?;
     a.nop()

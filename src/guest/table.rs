@@ -53,6 +53,9 @@ pub mod kind {
     pub const LAPIC_MMIO_READ: u32 = 21;
     /// a = APIC page offset, b = value: a store by MMIO whatever the mode.
     pub const LAPIC_MMIO_WRITE: u32 = 22;
+    /// a = ICR low dword, b = destination (xAPIC: ICR high bits 31:24;
+    /// x2APIC: MSR 0x830 bits 63:32).
+    pub const IPI: u32 = 23;
 }
 
 /// A scenario laid out for guest memory.
@@ -120,6 +123,7 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<HostOp>, mode: HostO
         Op::LapicMmioRead(o) => [LAPIC_MMIO_READ, o as u32, 0, 0],
         Op::LapicMmioWrite { offset, value } => [LAPIC_MMIO_WRITE, offset as u32, value, 0],
         Op::ApicBase(value) => [APIC_BASE, value, 0, 0],
+        Op::Ipi(ipi) => [IPI, ipi.icr_low(), ipi.dest, 0],
     };
     word(out, w);
 }

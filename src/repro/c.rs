@@ -98,6 +98,10 @@ pub enum EmitError {
     Split,
     #[error("{0}")]
     TooLarge(#[from] table::TooLarge),
+    #[error(
+        "the C repros drive one vCPU; this scenario uses the multi-CPU extension (config cpus=, apic-ids=, ap-start=, cpu K: or handler V@K)"
+    )]
+    MultiCpu,
 }
 
 /// Which hypervisor the program drives.
@@ -119,6 +123,9 @@ pub fn emit_hvf(scenario: &Scenario, expected: &Trace) -> Result<String, EmitErr
 }
 
 fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> {
+    if scenario.uses_smp() {
+        return Err(EmitError::MultiCpu);
+    }
     let split = scenario.config.irqchip == crate::scenario::Irqchip::Split;
     let image = Image::build();
     let t = table::encode(scenario)?;

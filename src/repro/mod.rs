@@ -73,7 +73,7 @@ fn regression_{ident}() {{
         }}
     }};
     let observed = backend.run_to_trace(&scenario);
-    match irqdiff::oracle::compare(&expected, &observed) {{
+    match irqdiff::oracle::compare_scenario(&scenario, &expected, &observed) {{
         irqdiff::oracle::Verdict::Diverge(d) => panic!("{backend} diverges from the model: {{d}}\n{{}}", observed.to_json()),
         _ => {{}}
     }}
@@ -226,6 +226,7 @@ mod tests {
         t.events = (0..n)
             .map(|_| Event {
                 op: 1,
+                cpu: 0,
                 kind: EventKind::Deliver { vector: 0x76 },
             })
             .collect();

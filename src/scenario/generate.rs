@@ -21,6 +21,11 @@ pub struct GenConfig {
     pub max_ops: usize,
     /// Percent chance that an op is drawn with no structure at all.
     pub wild_percent: u8,
+    /// At most this many CPUs (1: single-CPU programs only, drawn from the
+    /// same bytes as before the multi-CPU extension; above 1: each program
+    /// has 2 to `max_cpus` CPUs, ops on several of them, IPIs, and routes
+    /// to other CPUs).
+    pub max_cpus: u8,
 }
 
 impl Default for GenConfig {
@@ -28,6 +33,7 @@ impl Default for GenConfig {
         GenConfig {
             max_ops: 24,
             wild_percent: 3,
+            max_cpus: 1,
         }
     }
 }
@@ -74,6 +80,7 @@ pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
             Irqchip::Full
         },
         directed_eoi: percent(u, 5)?,
+        ..Config::default()
     };
     let mut lines: Vec<Line> = Vec::new();
     for _ in 0..u.int_in_range(1..=3u8)? {
@@ -115,23 +122,11 @@ pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
         } else {
             continue;
         };
-        s.handlers.insert(
-            HandlerKey {
-                vector: line.vector,
-                nth: None,
-            },
-            body,
-        );
+        s.handlers.insert(HandlerKey::plain(line.vector), body);
         if percent(u, 10)? {
             let nth = u.int_in_range(1..=3u32)?;
             let body = if line.level { vec![Op::Eoi] } else { vec![] };
-            s.handlers.insert(
-                HandlerKey {
-                    vector: line.vector,
-                    nth: Some(nth),
-                },
-                body,
-            );
+            s.handlers.insert(HandlerKey::nth(line.vector, nth), body);
         }
     }
     for line in &lines {
@@ -161,7 +156,161 @@ pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
             structured_op(u, &lines, &mut s.ops)?;
         }
     }
+    if cfg.max_cpus > 1 {
+        spread_over_cpus(u, cfg.max_cpus.min(super::MAX_CPUS as u8), &mut s)?;
+    }
     Ok(s)
+}
+/// Makes a single-CPU program a multi-CPU one: CPUs, their APIC IDs, routes
+/// and MSIs to other CPUs, guest ops on other CPUs, per-CPU handler bodies,
+/// IPIs (fixed, NMI, lowest priority; physical, logical, broadcast and
+/// shorthands) and sometimes the INIT/SIPI start of the APs.
+fn spread_over_cpus(u: &mut Unstructured<'_>, max_cpus: u8, s: &mut Scenario) -> Result<()> {
+    let cpus = u.int_in_range(2..=max_cpus)?;
+    s.config.cpus = cpus;
+    let x2apic = s.config.apic == ApicMode::X2apic;
+    if percent(u, 20)? {
+        // IDs in another cluster, or across two (x2APIC cluster matching
+        // and the LDR derived from the ID).
+        let base: u8 = *u.choose(&[0x10u8, 0x0e, 0x04])?;
+        for i in 0..cpus as usize {
+            s.config.apic_ids[i] = base + i as u8;
+        }
+    }
+    let ids: Vec<u8> = s.config.apic_ids[..cpus as usize].to_vec();
+    // A destination that names one or several CPUs.
+    let dest = |u: &mut Unstructured<'_>, logical: bool| -> Result<u8> {
+        let i = u.int_in_range(0..=cpus - 1)? as usize;
+        Ok(if percent(u, 10)? {
+            0xff
+        } else if logical {
+            // Flat xAPIC (LDR 0 at the start matches nothing: the program's
+            // LDR writes decide) or x2APIC cluster 0: a bitmap of CPUs.
+            let mut bits = 1u8 << (ids[i] & 7);
+            if percent(u, 40)? {
+                bits |= 1 << (ids[u.int_in_range(0..=cpus - 1)? as usize] & 7);
+            }
+            bits
+        } else {
+            ids[i]
+        })
+    };
+    for op in &mut s.ops {
+        match op {
+            Op::Route { route, .. } if percent(u, 50)? => {
+                route.dest_mode = if x2apic && percent(u, 30)? {
+                    DestMode::Logical
+                } else {
+                    DestMode::Physical
+                };
+                route.dest = dest(u, route.dest_mode == DestMode::Logical)?;
+            }
+            Op::Host(HostOp::Msi(m)) if percent(u, 50)? => {
+                m.dest = dest(u, m.dest_mode == DestMode::Logical)?;
+            }
+            _ => {}
+        }
+    }
+    // Per-CPU handler bodies: a copy of a plain body with a snapshot.
+    let plain: Vec<(u8, Vec<Op>)> = s
+        .handlers
+        .iter()
+        .filter(|(k, _)| k.nth.is_none() && k.cpu.is_none())
+        .map(|(k, b)| (k.vector, b.clone()))
+        .collect();
+    for (vector, body) in plain {
+        if percent(u, 20)? {
+            let cpu = u.int_in_range(1..=cpus - 1)?;
+            let mut body = body;
+            body.insert(0, Op::Snapshot);
+            s.handlers.insert(
+                HandlerKey {
+                    vector,
+                    cpu: Some(cpu),
+                    nth: None,
+                },
+                body,
+            );
+        }
+    }
+    // Guest ops on other CPUs, and IPIs.
+    let mut ops = Vec::with_capacity(s.ops.len() + 4);
+    let mut op_cpus = Vec::with_capacity(s.ops.len() + 4);
+    if percent(u, 10)? {
+        s.config.ap_start = super::ApStart::Sipi;
+        for delivery in [super::IpiDelivery::Init, super::IpiDelivery::Startup] {
+            ops.push(Op::Ipi(super::Ipi {
+                delivery,
+                shorthand: super::Shorthand::AllButSelf,
+                ..super::Ipi::default()
+            }));
+            op_cpus.push(0);
+        }
+    }
+    let vectors: Vec<u8> = s.handlers.keys().map(|k| k.vector).collect();
+    for op in std::mem::take(&mut s.ops) {
+        if percent(u, 15)? {
+            let from = u.int_in_range(0..=cpus - 1)?;
+            ops.push(Op::Ipi(ipi(u, &vectors, x2apic, &dest)?));
+            op_cpus.push(from);
+        }
+        let cpu = match op {
+            Op::Host(_) => 0,
+            _ if percent(u, 35)? => u.int_in_range(0..=cpus - 1)?,
+            _ => 0,
+        };
+        ops.push(op);
+        op_cpus.push(cpu);
+    }
+    s.ops = ops;
+    s.op_cpus = op_cpus;
+    s.normalize_op_cpus();
+    Ok(())
+}
+
+/// One IPI of a multi-CPU program.
+fn ipi(
+    u: &mut Unstructured<'_>,
+    vectors: &[u8],
+    x2apic: bool,
+    dest: &dyn Fn(&mut Unstructured<'_>, bool) -> Result<u8>,
+) -> Result<super::Ipi> {
+    use super::{Ipi, IpiDelivery, Shorthand};
+    let delivery = match u.int_in_range(0..=99u8)? {
+        0..=74 => IpiDelivery::Fixed,
+        75..=89 => IpiDelivery::Nmi,
+        _ => IpiDelivery::Lowest,
+    };
+    let shorthand = match u.int_in_range(0..=99u8)? {
+        0..=69 => Shorthand::None,
+        70..=79 => Shorthand::SelfOnly,
+        80..=89 => Shorthand::All,
+        _ => Shorthand::AllButSelf,
+    };
+    let dest_mode = if percent(u, 25)? {
+        DestMode::Logical
+    } else {
+        DestMode::Physical
+    };
+    let mut dest = dest(u, dest_mode == DestMode::Logical)? as u32;
+    if x2apic && dest == 0xff && dest_mode == DestMode::Physical {
+        dest = crate::model::system::X2APIC_BROADCAST;
+    }
+    let vector = if delivery == IpiDelivery::Nmi {
+        0
+    } else if !vectors.is_empty() && percent(u, 60)? {
+        *u.choose(vectors)?
+    } else {
+        vector(u)?
+    };
+    Ok(Ipi {
+        vector,
+        dest,
+        dest_mode,
+        delivery,
+        shorthand,
+        trigger: Trigger::Edge,
+    })
 }
 
 /// IA32_APIC_BASE transitions the generator writes: the APIC disabled,
@@ -331,8 +480,47 @@ mod tests {
                 seen.insert(op.keyword());
             }
         }
+        // `ipi` is generated for multi-CPU programs only.
+        let multi = GenConfig {
+            max_cpus: 4,
+            ..GenConfig::default()
+        };
+        for seed in 0..200 {
+            for op in random(seed, &multi).all_ops() {
+                seen.insert(op.keyword());
+            }
+        }
         for kw in crate::scenario::parse::OP_KEYWORDS {
             assert!(seen.contains(kw), "`{kw}` never generated");
         }
+    }
+
+    #[test]
+    fn single_cpu_generation_is_unchanged_and_multi_cpu_programs_are_valid() {
+        // max_cpus 1 never produces the extension; max_cpus 4 does, and
+        // every program prints and parses back, and runs on the model.
+        let one = GenConfig::default();
+        for seed in 0..300 {
+            assert!(!random(seed, &one).uses_smp());
+        }
+        let multi = GenConfig {
+            max_cpus: 4,
+            ..GenConfig::default()
+        };
+        let (mut on_others, mut ipis, mut completed) = (0, 0, 0);
+        let mut model = crate::backend::model::ModelBackend::new();
+        for seed in 0..300 {
+            let s = random(seed, &multi);
+            assert!((2..=4).contains(&s.config.cpus), "{s}");
+            assert_eq!(crate::scenario::parse(&s.to_string()).unwrap(), s, "{s}");
+            on_others += usize::from(s.op_cpus.iter().any(|&c| c != 0));
+            ipis += s.ops.iter().filter(|op| matches!(op, Op::Ipi(_))).count();
+            let t = crate::backend::Backend::run(&mut model, &s).unwrap();
+            completed += usize::from(t.outcome == crate::trace::Outcome::Completed);
+            assert!(t.events.iter().all(|e| (e.cpu as usize) < s.cpus()));
+        }
+        assert!(on_others > 200, "{on_others}");
+        assert!(ipis > 300, "{ipis}");
+        assert!(completed > 150, "{completed}");
     }
 }

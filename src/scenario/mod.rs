@@ -72,15 +72,93 @@ pub enum Irqchip {
     Split,
 }
 
-/// The `config` statement. `Default` is the start machine of
-/// docs/scenario-format.md.
+/// The most CPUs a scenario may have (`config cpus=N`).
+pub const MAX_CPUS: usize = 8;
+
+/// `config ap-start=`: how the application processors (CPUs 1 and up)
+/// start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum ApStart {
+    /// The host starts them: at the first op every CPU is in the start
+    /// state, idle in the stub.
+    #[default]
+    Host,
+    /// They wait for a startup IPI (SDM vol. 3A §9.4, the state after
+    /// RESET): the program brings them up with `ipi init` / `ipi startup`.
+    Sipi,
+}
+
+/// The `config` statement. `Default` is the start machine of
+/// docs/scenario-format.md: one CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
     pub ioapic: IoapicVersion,
     pub apic: ApicMode,
     pub irqchip: Irqchip,
     /// EOI-broadcast suppression advertised in the LAPIC version register.
     pub directed_eoi: bool,
+    /// Extension: `cpus=N`, 1 to [`MAX_CPUS`].
+    pub cpus: u8,
+    /// Extension: `apic-ids=A,B,...`: the local APIC ID of each CPU (the
+    /// CPU index by default); only the first `cpus` entries mean anything,
+    /// the others are their index.
+    pub apic_ids: [u8; MAX_CPUS],
+    /// Extension: `ap-start=host|sipi`.
+    pub ap_start: ApStart,
+}
+
+/// The default APIC IDs: each CPU's index.
+pub const INDEX_APIC_IDS: [u8; MAX_CPUS] = [0, 1, 2, 3, 4, 5, 6, 7];
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            ioapic: IoapicVersion::default(),
+            apic: ApicMode::default(),
+            irqchip: Irqchip::default(),
+            directed_eoi: false,
+            cpus: 1,
+            apic_ids: INDEX_APIC_IDS,
+            ap_start: ApStart::default(),
+        }
+    }
+}
+
+impl<'a> arbitrary::Arbitrary<'a> for Config {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let mut c = Config {
+            ioapic: u.arbitrary()?,
+            apic: u.arbitrary()?,
+            irqchip: u.arbitrary()?,
+            directed_eoi: u.arbitrary()?,
+            ..Config::default()
+        };
+        // Mostly one CPU: the single-CPU corpus stays the bulk of it.
+        if u.ratio(1, 4)? {
+            c.cpus = u.int_in_range(2..=4)?;
+            if u.ratio(1, 4)? {
+                // Another cluster, or a spread over two (cluster matching
+                // and the x2APIC LDR derivation).
+                let base: u8 = *u.choose(&[0x10u8, 0x0e, 0x20])?;
+                for (i, id) in c.apic_ids[..c.cpus as usize].iter_mut().enumerate() {
+                    *id = base + i as u8;
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl Config {
+    /// The APIC ID of CPU `cpu`.
+    pub fn apic_id(&self, cpu: usize) -> u8 {
+        self.apic_ids[cpu]
+    }
+
+    /// Whether the APIC IDs are the CPU indexes (for the first `cpus`).
+    pub fn default_apic_ids(&self) -> bool {
+        self.apic_ids[..self.cpus as usize] == INDEX_APIC_IDS[..self.cpus as usize]
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
@@ -227,6 +305,120 @@ impl Msi {
     }
 }
 
+/// `ipi ...` delivery mode: ICR bits 10:8 (SDM §11.6.1), with bits 15:14
+/// for the two INIT forms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum IpiDelivery {
+    #[default]
+    Fixed,
+    Lowest,
+    Nmi,
+    /// INIT, assert (bit 14 set, trigger edge: as kvm-unit-tests'
+    /// `smp_init` sends it).
+    Init,
+    /// INIT level de-assert (bits 15:14 = 10).
+    InitDeassert,
+    /// STARTUP (SIPI): starts a CPU in the wait-for-SIPI state at the
+    /// stub's AP entry; its vector is [`SIPI_VECTOR`].
+    Startup,
+}
+
+/// The vector of a STARTUP IPI: the 4 KiB page of the stub's AP entry
+/// (0x8000). A scenario does not choose it.
+pub const SIPI_VECTOR: u8 = 0x08;
+
+/// `ipi ...` destination shorthand: ICR bits 19:18 (SDM §11.6.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
+pub enum Shorthand {
+    /// No shorthand: the destination field names the targets.
+    #[default]
+    None,
+    /// `self`.
+    SelfOnly,
+    /// `all`: all including self.
+    All,
+    /// `all-but-self`: all excluding self.
+    AllButSelf,
+}
+
+/// One IPI, as sent by `ipi`: an ICR write (xAPIC: ICR high, then ICR low;
+/// x2APIC: one WRMSR of MSR 0x830). Only a fixed or lowest-priority IPI has
+/// a vector and a trigger (the parser leaves the others 0 and edge).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ipi {
+    pub vector: u8,
+    /// The destination: 8 bits in xAPIC mode (ICR bits 63:56), 32 in
+    /// x2APIC mode (bits 63:32).
+    pub dest: u32,
+    pub dest_mode: DestMode,
+    pub delivery: IpiDelivery,
+    pub shorthand: Shorthand,
+    /// Level (bit 15) for a fixed IPI: the TMR effect is left open (the
+    /// model accepts IPIs as edge, model/src/lib.rs).
+    pub trigger: Trigger,
+}
+
+impl<'a> arbitrary::Arbitrary<'a> for Ipi {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let mut ipi = Ipi {
+            vector: u.arbitrary()?,
+            // A destination valid in both modes: an ID, a logical bitmap,
+            // or the broadcast 0xff.
+            dest: if u.ratio(1, 8)? {
+                0xff
+            } else {
+                u.int_in_range(0..=0x0fu32)?
+            },
+            dest_mode: u.arbitrary()?,
+            delivery: u.arbitrary()?,
+            shorthand: u.arbitrary()?,
+            trigger: u.arbitrary()?,
+        };
+        if !matches!(ipi.delivery, IpiDelivery::Fixed | IpiDelivery::Lowest) {
+            ipi.vector = 0;
+            ipi.trigger = Trigger::Edge;
+        }
+        Ok(ipi)
+    }
+}
+
+impl Ipi {
+    /// The ICR's low dword (SDM §11.6.1): vector 7:0, delivery mode 10:8,
+    /// destination mode 11, level 14, trigger mode 15, shorthand 19:18.
+    pub fn icr_low(&self) -> u32 {
+        let (mode, vector, level_bits): (u32, u8, u32) = match self.delivery {
+            IpiDelivery::Fixed => (0, self.vector, 1 << 14),
+            IpiDelivery::Lowest => (1, self.vector, 1 << 14),
+            IpiDelivery::Nmi => (4, 0, 1 << 14),
+            IpiDelivery::Init => (5, 0, 1 << 14),
+            IpiDelivery::InitDeassert => (5, 0, 1 << 15),
+            IpiDelivery::Startup => (6, SIPI_VECTOR, 1 << 14),
+        };
+        let trigger = match (self.delivery, self.trigger) {
+            (IpiDelivery::Fixed | IpiDelivery::Lowest, Trigger::Level) => 1 << 15,
+            _ => 0,
+        };
+        let shorthand: u32 = match self.shorthand {
+            Shorthand::None => 0,
+            Shorthand::SelfOnly => 1,
+            Shorthand::All => 2,
+            Shorthand::AllButSelf => 3,
+        };
+        vector as u32
+            | mode << 8
+            | u32::from(self.dest_mode == DestMode::Logical) << 11
+            | level_bits
+            | trigger
+            | shorthand << 18
+    }
+
+    /// Whether the IPI names its targets through a destination the other
+    /// side chooses among (lowest priority, SDM §11.6.2.4).
+    pub fn lowest(&self) -> bool {
+        self.delivery == IpiDelivery::Lowest
+    }
+}
+
 /// An op the VMM performs while the guest waits at that point of its
 /// program: each backend's perform is a total `match` on it, so adding one
 /// is a compile error in every backend until it is handled.
@@ -317,6 +509,12 @@ pub enum Op {
     /// 0x1B; VALUE is its low 32 bits: base 31:12, EN 11, EXTD 10) and then
     /// reaches the local APIC at the new base.
     ApicBase(#[arbitrary(with = apic_base_value)] u32),
+    /// Extension: `ipi ...`: an IPI by the ICR, to any CPU. Not drawn by
+    /// `Arbitrary` (so the generator's single-CPU programs, and the
+    /// programs of committed seeds, are what they were); the generator
+    /// adds it for multi-CPU programs.
+    #[arbitrary(skip)]
+    Ipi(Ipi),
 }
 
 /// IA32_APIC_BASE values a generator tries: the usual base or a moved one,
@@ -376,16 +574,41 @@ impl Op {
             Op::LapicMmioRead(_) => "lapic-mmio-read",
             Op::LapicMmioWrite { .. } => "lapic-mmio-write",
             Op::ApicBase(_) => "apic-base",
+            Op::Ipi(_) => "ipi",
         }
     }
 }
 
 /// Which handler body a `handler` statement defines: `V` (every delivery)
-/// or `V#N` (the N-th delivery of V in the run, N from 1).
+/// or `V#N` (the N-th delivery of V on its CPU, N from 1), each optionally
+/// for one CPU only (`V@K`, `V#N@K`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HandlerKey {
     pub vector: u8,
+    /// Extension: the CPU whose deliveries the body is for (`@K`); `None`
+    /// is every CPU.
+    pub cpu: Option<u8>,
     pub nth: Option<u32>,
+}
+
+impl HandlerKey {
+    /// The body for every delivery of `vector` on every CPU.
+    pub fn plain(vector: u8) -> HandlerKey {
+        HandlerKey {
+            vector,
+            cpu: None,
+            nth: None,
+        }
+    }
+
+    /// The body for the `nth` delivery of `vector` (on every CPU).
+    pub fn nth(vector: u8, nth: u32) -> HandlerKey {
+        HandlerKey {
+            vector,
+            cpu: None,
+            nth: Some(nth),
+        }
+    }
 }
 
 impl<'a> arbitrary::Arbitrary<'a> for HandlerKey {
@@ -396,7 +619,11 @@ impl<'a> arbitrary::Arbitrary<'a> for HandlerKey {
         } else {
             None
         };
-        Ok(HandlerKey { vector, nth })
+        Ok(HandlerKey {
+            vector,
+            cpu: None,
+            nth,
+        })
     }
 }
 
@@ -406,6 +633,12 @@ pub struct Scenario {
     pub config: Config,
     pub handlers: BTreeMap<HandlerKey, Vec<Op>>,
     pub ops: Vec<Op>,
+    /// Extension: the CPU that runs each op (`cpu K: OP`), by op index.
+    /// Empty when every op runs on CPU 0 (the canonical form of a
+    /// single-CPU program); otherwise as long as `ops`. An op past its end
+    /// runs on CPU 0 ([`Scenario::cpu_of`]).
+    #[arbitrary(default)]
+    pub op_cpus: Vec<u8>,
 }
 
 /// The body a vector with no `handler` line gets.
@@ -424,13 +657,63 @@ impl Scenario {
     /// the `V#N` body if there is one, else the `V` body, else `eoi`.
     pub fn handler_body(&self, vector: u8, nth: u32) -> &[Op] {
         self.handlers
-            .get(&HandlerKey {
-                vector,
-                nth: Some(nth),
-            })
-            .or_else(|| self.handlers.get(&HandlerKey { vector, nth: None }))
+            .get(&HandlerKey::nth(vector, nth))
+            .or_else(|| self.handlers.get(&HandlerKey::plain(vector)))
             .map(Vec::as_slice)
             .unwrap_or(DEFAULT_HANDLER)
+    }
+
+    /// The body CPU `cpu` runs for its `nth` (from 1) delivery of `vector`:
+    /// the most specific of `V#N@K`, `V@K`, `V#N`, `V`, else `eoi`. On CPU
+    /// 0 of a single-CPU scenario this is [`Scenario::handler_body`].
+    pub fn handler_body_on(&self, cpu: u8, vector: u8, nth: u32) -> &[Op] {
+        let key = |cpu, nth| HandlerKey { vector, cpu, nth };
+        [
+            key(Some(cpu), Some(nth)),
+            key(Some(cpu), None),
+            key(None, Some(nth)),
+            key(None, None),
+        ]
+        .iter()
+        .find_map(|k| self.handlers.get(k))
+        .map(Vec::as_slice)
+        .unwrap_or(DEFAULT_HANDLER)
+    }
+
+    /// The CPU that runs top-level op `k`.
+    pub fn cpu_of(&self, k: usize) -> u8 {
+        self.op_cpus.get(k).copied().unwrap_or(0)
+    }
+
+    /// How many CPUs the scenario has (`config cpus=`, at least 1).
+    pub fn cpus(&self) -> usize {
+        self.config.cpus.max(1) as usize
+    }
+
+    /// Whether the scenario needs more than one CPU: `cpus=N` above 1.
+    pub fn is_multi_cpu(&self) -> bool {
+        self.cpus() > 1
+    }
+
+    /// Whether the scenario uses anything of the multi-CPU extension: more
+    /// than one CPU, an APIC ID other than the index, APs waiting for a
+    /// SIPI, per-CPU handler bodies or ops on another CPU.
+    pub fn uses_smp(&self) -> bool {
+        self.is_multi_cpu()
+            || !self.config.default_apic_ids()
+            || self.config.ap_start != ApStart::Host
+            || !self.op_cpus.is_empty()
+            || self.handlers.keys().any(|k| k.cpu.is_some())
+    }
+
+    /// Drops `op_cpus` when every op runs on CPU 0, and pads it otherwise,
+    /// so that equal programs compare equal.
+    pub fn normalize_op_cpus(&mut self) {
+        if self.op_cpus.iter().all(|&c| c == 0) {
+            self.op_cpus.clear();
+        } else {
+            self.op_cpus.resize(self.ops.len(), 0);
+        }
     }
 
     /// Every op of the scenario, the program's and the handlers'.

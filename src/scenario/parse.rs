@@ -8,8 +8,9 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 
 use super::{
-    ApicMode, Config, DeliveryMode, DestMode, HandlerKey, HostOp, IoapicVersion, Irqchip, Msi,
-    MsiDelivery, Op, Pin, Polarity, Route, RouteOrder, Scenario, Trigger, PINS,
+    ApStart, ApicMode, Config, DeliveryMode, DestMode, HandlerKey, HostOp, IoapicVersion, Ipi,
+    IpiDelivery, Irqchip, Msi, MsiDelivery, Op, Pin, Polarity, Route, RouteOrder, Scenario,
+    Shorthand, Trigger, MAX_CPUS, PINS,
 };
 
 /// A scenario text that does not parse.
@@ -64,7 +65,19 @@ pub const OP_KEYWORDS: &[&str] = &[
     "lapic-mmio-read",
     "lapic-mmio-write",
     "apic-base",
+    "ipi",
 ];
+
+/// What can only be checked once the whole config is known (handler lines
+/// may come before `config`): each with the error to report.
+enum Deferred {
+    /// A CPU index (`cpu K:`, `handler V@K:`) must be below `cpus`.
+    Cpu(u8, ParseError),
+    /// An IPI destination above 0xff needs `apic=x2apic`.
+    WideDest(ParseError),
+    /// `apic-ids=` must list exactly `cpus` IDs.
+    ApicIds(usize, ParseError),
+}
 
 /// A word of a line and its 1-based column.
 #[derive(Clone, Copy, Debug)]
@@ -126,6 +139,7 @@ fn char_column(text: &str, byte: usize) -> usize {
 pub fn parse(text: &str) -> Result<Scenario, ParseError> {
     let mut s = Scenario::default();
     let mut config_keys: Vec<&str> = Vec::new();
+    let mut deferred: Vec<Deferred> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let content = strip_comment(raw);
         let line = Line {
@@ -147,7 +161,7 @@ pub fn parse(text: &str) -> Result<Scenario, ParseError> {
                     return Err(line.error(None, "a config setting KEY=VALUE"));
                 }
                 for w in &ws[1..] {
-                    let key = parse_config_word(&line, *w, &mut s.config)?;
+                    let key = parse_config_word(&line, *w, &mut s.config, &mut deferred)?;
                     if config_keys.contains(&key) {
                         return Err(line.error(
                             Some(*w),
@@ -157,11 +171,87 @@ pub fn parse(text: &str) -> Result<Scenario, ParseError> {
                     config_keys.push(key);
                 }
             }
-            "handler" => parse_handler(&line, content, &mut s)?,
-            _ => s.ops.push(parse_op(&line, &ws)?),
+            "handler" => parse_handler(&line, content, &mut s, &mut deferred)?,
+            "cpu" => {
+                let (cpu, op) = parse_cpu_op(&line, content, &ws, &mut deferred)?;
+                s.op_cpus.resize(s.ops.len(), 0);
+                s.op_cpus.push(cpu);
+                s.ops.push(op);
+            }
+            _ => {
+                s.ops.push(parse_op(&line, &ws, &mut deferred)?);
+                if !s.op_cpus.is_empty() {
+                    s.op_cpus.push(0);
+                }
+            }
         }
     }
+    for check in deferred {
+        match check {
+            Deferred::Cpu(cpu, e) if cpu >= s.config.cpus => return Err(e),
+            Deferred::WideDest(e) if s.config.apic == ApicMode::Xapic => return Err(e),
+            Deferred::ApicIds(n, e) if n != s.config.cpus as usize => return Err(e),
+            _ => {}
+        }
+    }
+    s.normalize_op_cpus();
     Ok(s)
+}
+
+/// `cpu K: OP`: a top-level op run by CPU K (docs/scenario-format.md).
+fn parse_cpu_op(
+    line: &Line<'_>,
+    content: &str,
+    ws: &[Word<'_>],
+    deferred: &mut Vec<Deferred>,
+) -> Result<(u8, Op), ParseError> {
+    const EXPECTED: &str = "`cpu K: OP` with a CPU index K 0-7 and `:`";
+    let Some(k) = ws.get(1) else {
+        return Err(line.error(None, EXPECTED));
+    };
+    let (num, rest) = match k.text.split_once(':') {
+        Some((n, rest)) => (n, rest),
+        None => return Err(line.error(Some(*k), EXPECTED)),
+    };
+    let cpu_word = Word {
+        text: num,
+        column: k.column,
+    };
+    let cpu = number(line, cpu_word, (MAX_CPUS - 1) as u64, EXPECTED)? as u8;
+    deferred.push(Deferred::Cpu(
+        cpu,
+        line.error(
+            Some(cpu_word),
+            "a CPU index below `config cpus=N` (CPUs count from 0)",
+        ),
+    ));
+    // The op's words: what follows the colon in the same word, then the rest.
+    let mut op_words: Vec<Word<'_>> = Vec::new();
+    if !rest.is_empty() {
+        op_words.push(Word {
+            text: rest,
+            column: k.column + num.chars().count() + 1,
+        });
+    }
+    op_words.extend_from_slice(&ws[2..]);
+    let _ = content;
+    let Some(first) = op_words.first() else {
+        return Err(line.error(None, "an op after `cpu K:`"));
+    };
+    if matches!(first.text, "handler" | "config" | "cpu") {
+        return Err(line.error(
+            Some(*first),
+            "an op after `cpu K:` (not `handler`, `config` or `cpu`)",
+        ));
+    }
+    let op = parse_op(line, &op_words, deferred)?;
+    if let Op::Host(_) = op {
+        return Err(line.error(
+            Some(*first),
+            "a guest op after `cpu K:` (host ops are done by the VMM, not by a CPU)",
+        ));
+    }
+    Ok((cpu, op))
 }
 
 /// Removes a `#` comment. In a `handler V#N:` head the `#` that directly
@@ -194,11 +284,12 @@ fn parse_config_word<'a>(
     line: &Line<'_>,
     w: Word<'a>,
     config: &mut Config,
+    deferred: &mut Vec<Deferred>,
 ) -> Result<&'a str, ParseError> {
     let Some((key, value)) = w.text.split_once('=') else {
         return Err(line.error(
             Some(w),
-            "a config setting KEY=VALUE (ioapic=, apic=, irqchip=, directed-eoi=)",
+            "a config setting KEY=VALUE (ioapic=, apic=, irqchip=, directed-eoi=, cpus=, apic-ids=, ap-start=)",
         ));
     };
     let bad = |expected: &str| line.error(Some(w), expected.to_string());
@@ -231,12 +322,66 @@ fn parse_config_word<'a>(
                 _ => return Err(bad("directed-eoi=off or directed-eoi=on")),
             }
         }
-        _ => return Err(bad("a config key: ioapic, apic, irqchip or directed-eoi")),
+        "cpus" => {
+            let v = Word {
+                text: value,
+                column: w.column + key.len() + 1,
+            };
+            let expected = format!("a CPU count 1-{MAX_CPUS} after `cpus=`");
+            let n = number(line, v, MAX_CPUS as u64, &expected)?;
+            if n == 0 {
+                return Err(line.error(Some(v), expected));
+            }
+            config.cpus = n as u8;
+        }
+        "apic-ids" => {
+            let mut column = w.column + key.len() + 1;
+            let mut ids = super::INDEX_APIC_IDS;
+            let mut n = 0;
+            for part in value.split(',') {
+                let v = Word { text: part, column };
+                if n == MAX_CPUS {
+                    return Err(line.error(
+                        Some(v),
+                        format!("at most {MAX_CPUS} APIC IDs after `apic-ids=`"),
+                    ));
+                }
+                // 0xff is the broadcast destination (SDM §11.6.2.1).
+                ids[n] = number(line, v, 0xfe, "an APIC ID 0-0xfe in `apic-ids=`")? as u8;
+                n += 1;
+                column += part.chars().count() + 1;
+            }
+            config.apic_ids = ids;
+            deferred.push(Deferred::ApicIds(
+                n,
+                line.error(
+                    Some(w),
+                    "one APIC ID per CPU in `apic-ids=` (as many as `cpus=N`)",
+                ),
+            ));
+        }
+        "ap-start" => {
+            config.ap_start = match value {
+                "host" => ApStart::Host,
+                "sipi" => ApStart::Sipi,
+                _ => return Err(bad("ap-start=host or ap-start=sipi")),
+            }
+        }
+        _ => {
+            return Err(bad(
+                "a config key: ioapic, apic, irqchip, directed-eoi, cpus, apic-ids or ap-start",
+            ))
+        }
     }
     Ok(key)
 }
 
-fn parse_handler(line: &Line<'_>, content: &str, s: &mut Scenario) -> Result<(), ParseError> {
+fn parse_handler(
+    line: &Line<'_>,
+    content: &str,
+    s: &mut Scenario,
+    deferred: &mut Vec<Deferred>,
+) -> Result<(), ParseError> {
     // Byte offsets: the keyword starts after the leading whitespace (which
     // may hold multi-byte characters, so its column is not a byte index).
     let head_start = content.len() - content.trim_start().len() + "handler".len();
@@ -252,12 +397,35 @@ fn parse_handler(line: &Line<'_>, content: &str, s: &mut Scenario) -> Result<(),
     let [key_word] = head_words[..] else {
         return Err(line.error(
             head_words.get(1).copied(),
-            "one VECTOR or VECTOR#N between `handler` and `:`",
+            "one VECTOR, VECTOR#N, VECTOR@K or VECTOR#N@K between `handler` and `:`",
         ));
     };
-    let (vector_text, nth_text) = match key_word.text.split_once('#') {
-        Some((v, n)) => (v, Some(n)),
+    let (key_text, cpu_text) = match key_word.text.split_once('@') {
+        Some((k, c)) => (k, Some(c)),
         None => (key_word.text, None),
+    };
+    let cpu = match cpu_text {
+        None => None,
+        Some(c) => {
+            let w = Word {
+                text: c,
+                column: key_word.column + key_text.chars().count() + 1,
+            };
+            let expected = "a CPU index 0-7 after `@`";
+            let cpu = number(line, w, (MAX_CPUS - 1) as u64, expected)? as u8;
+            deferred.push(Deferred::Cpu(
+                cpu,
+                line.error(
+                    Some(w),
+                    "a CPU index below `config cpus=N` after `@` (CPUs count from 0)",
+                ),
+            ));
+            Some(cpu)
+        }
+    };
+    let (vector_text, nth_text) = match key_text.split_once('#') {
+        Some((v, n)) => (v, Some(n)),
+        None => (key_text, None),
     };
     let vector = number(
         line,
@@ -316,12 +484,18 @@ fn parse_handler(line: &Line<'_>, content: &str, s: &mut Scenario) -> Result<(),
                         "an op (a handler body may not contain `handler` or `config`)",
                     ))
                 }
-                _ => body.push(parse_op(line, &ws)?),
+                "cpu" => {
+                    return Err(line.error(
+                        Some(ws[0]),
+                        "an op (a handler body runs on the CPU that took the interrupt; `cpu K:` is for top-level ops)",
+                    ))
+                }
+                _ => body.push(parse_op(line, &ws, deferred)?),
             }
             offset += part.len() + 1;
         }
     }
-    match s.handlers.entry(HandlerKey { vector, nth }) {
+    match s.handlers.entry(HandlerKey { vector, cpu, nth }) {
         Entry::Occupied(_) => Err(line.error(
             Some(key_word),
             format!(
@@ -375,12 +549,17 @@ fn dword(line: &Line<'_>, w: Option<Word<'_>>, what: &str) -> Result<u32, ParseE
     Ok(number(line, w, u32::MAX as u64, &expected)? as u32)
 }
 
-fn parse_op(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
+fn parse_op(
+    line: &Line<'_>,
+    ws: &[Word<'_>],
+    deferred: &mut Vec<Deferred>,
+) -> Result<Op, ParseError> {
     let kw = ws[0];
     let arg = |i: usize| ws.get(i).copied();
     // How many words the op takes, keyword included (None: options follow).
     let (op, used) = match kw.text {
         "route" => return parse_route(line, ws),
+        "ipi" => return parse_ipi(line, ws, deferred),
         "msi" => return parse_msi(line, ws),
         "mask" => (Op::Mask(pin(line, arg(1))?), 2),
         "unmask" => (Op::Unmask(pin(line, arg(1))?), 2),
@@ -587,6 +766,82 @@ fn parse_msi(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
     Ok(Op::Host(HostOp::Msi(msi)))
 }
 
+fn parse_ipi(
+    line: &Line<'_>,
+    ws: &[Word<'_>],
+    deferred: &mut Vec<Deferred>,
+) -> Result<Op, ParseError> {
+    let mut ipi = Ipi::default();
+    let mut vector = None;
+    let mut seen = Vec::new();
+    let mut dest_word = None;
+    for w in &ws[1..] {
+        let group = match w.text {
+            "physical" => { ipi.dest_mode = DestMode::Physical; "destination-mode" }
+            "logical" => { ipi.dest_mode = DestMode::Logical; "destination-mode" }
+            "edge" => { ipi.trigger = Trigger::Edge; "trigger" }
+            "level" => { ipi.trigger = Trigger::Level; "trigger" }
+            "fixed" => { ipi.delivery = IpiDelivery::Fixed; "delivery-mode" }
+            "lowest" => { ipi.delivery = IpiDelivery::Lowest; "delivery-mode" }
+            "nmi" => { ipi.delivery = IpiDelivery::Nmi; "delivery-mode" }
+            "init" => { ipi.delivery = IpiDelivery::Init; "delivery-mode" }
+            "init-deassert" => { ipi.delivery = IpiDelivery::InitDeassert; "delivery-mode" }
+            "startup" => { ipi.delivery = IpiDelivery::Startup; "delivery-mode" }
+            "self" => { ipi.shorthand = Shorthand::SelfOnly; "shorthand" }
+            "all" => { ipi.shorthand = Shorthand::All; "shorthand" }
+            "all-but-self" => { ipi.shorthand = Shorthand::AllButSelf; "shorthand" }
+            t if t.starts_with("vector=") => {
+                let v = Word { text: &t[7..], column: w.column + 7 };
+                vector = Some((number(line, v, 255, "a vector 0-255 after `vector=`")? as u8, *w));
+                "vector"
+            }
+            t if t.starts_with("dest=") => {
+                let v = Word { text: &t[5..], column: w.column + 5 };
+                ipi.dest = number(line, v, u32::MAX as u64, "a destination after `dest=` (0-0xff, or 32 bits in x2APIC mode)")? as u32;
+                dest_word = Some(v);
+                "destination"
+            }
+            _ => {
+                return Err(line.error(
+                    Some(*w),
+                    "an ipi option: vector=V, dest=D, physical|logical, fixed|lowest|nmi|init|init-deassert|startup, self|all|all-but-self, edge|level",
+                ))
+            }
+        };
+        once(line, &mut seen, group, *w)?;
+    }
+    match (ipi.delivery, vector) {
+        (IpiDelivery::Fixed | IpiDelivery::Lowest, Some((v, _))) => ipi.vector = v,
+        (IpiDelivery::Fixed | IpiDelivery::Lowest, None) => {
+            return Err(line.error(None, "`vector=V` (a fixed or lowest-priority ipi needs a vector)"))
+        }
+        (_, Some((_, w))) => {
+            return Err(line.error(
+                Some(w),
+                "no `vector=` for an nmi, init or startup ipi (a startup IPI's vector is the stub's AP entry page)",
+            ))
+        }
+        (_, None) => {}
+    }
+    if ipi.trigger == Trigger::Level
+        && !matches!(ipi.delivery, IpiDelivery::Fixed | IpiDelivery::Lowest)
+    {
+        return Err(line.error(
+            seen.iter()
+                .find(|(g, _)| *g == "trigger")
+                .and_then(|_| ws.iter().find(|w| w.text == "level").copied()),
+            "`level` only for a fixed or lowest-priority ipi (INIT's levels are `init` and `init-deassert`)",
+        ));
+    }
+    if let (true, Some(w)) = (ipi.dest > 0xff, dest_word) {
+        deferred.push(Deferred::WideDest(line.error(
+            Some(w),
+            "a destination 0-0xff (a 32-bit destination needs `config apic=x2apic`)",
+        )));
+    }
+    Ok(Op::Ipi(ipi))
+}
+
 /// The keyword within edit distance 2 of `word`, if any.
 fn closest<'k>(word: &str, keywords: &[&'k str]) -> Option<&'k str> {
     keywords
@@ -743,6 +998,99 @@ mod tests {
         assert!(err("route 1 vector=1 order=high\n")
             .expected
             .contains("order=high-first|low-first"));
+    }
+
+    #[test]
+    fn multi_cpu_statements_parse_and_round_trip() {
+        let text = "config apic=x2apic cpus=4 apic-ids=0,1,16,17 ap-start=sipi\n\
+                    handler 0x40: eoi\nhandler 0x40@2: snapshot; eoi\nhandler 0x41#2@3: nop\n\
+                    ipi init all-but-self\nipi dest=0x10 startup\ncpu 2: ipi vector=0x40 dest=0x10003 logical\n\
+                    cpu 3: sti\nassert 3\nipi vector=0x41 dest=0xffffffff lowest level\nipi nmi self\n";
+        let s = parse(text).unwrap();
+        assert_eq!(s.config.cpus, 4);
+        assert_eq!(s.config.apic_ids[..4], [0, 1, 16, 17]);
+        assert_eq!(s.config.ap_start, ApStart::Sipi);
+        assert_eq!(s.op_cpus, [0, 0, 2, 3, 0, 0, 0]);
+        assert_eq!(s.cpu_of(2), 2);
+        assert_eq!(s.cpu_of(99), 0);
+        assert_eq!(s.handler_body_on(2, 0x40, 1), &[Op::Snapshot, Op::Eoi]);
+        assert_eq!(s.handler_body_on(1, 0x40, 1), &[Op::Eoi]);
+        assert_eq!(s.handler_body_on(3, 0x41, 2), &[Op::Nop]);
+        assert_eq!(s.handler_body_on(3, 0x41, 1), &[Op::Eoi]);
+        let Op::Ipi(ipi) = s.ops[2] else { panic!() };
+        assert_eq!(
+            (ipi.dest, ipi.icr_low()),
+            (0x10003, 0x40 | 1 << 11 | 1 << 14)
+        );
+        let Op::Ipi(init) = s.ops[0] else { panic!() };
+        assert_eq!(init.icr_low(), 5 << 8 | 1 << 14 | 3 << 18);
+        assert_eq!(print(&s), text);
+        assert_eq!(parse(&print(&s)).unwrap(), s);
+        // `cpu 0:` is the plain op: the canonical form drops it.
+        let s = parse("config cpus=2\ncpu 0: nop\ncpu 0:nop\n").unwrap();
+        assert!(s.op_cpus.is_empty());
+        assert_eq!(print(&s), "config cpus=2\nnop\nnop\n");
+        assert!(!s.uses_smp() || s.is_multi_cpu());
+        // A scenario without the extension is unchanged.
+        assert!(!parse("nop\n").unwrap().uses_smp());
+    }
+
+    #[test]
+    fn multi_cpu_errors_name_what_and_where() {
+        let e = err("config cpus=2\ncpu 2: nop\n");
+        assert_eq!((e.line, e.column), (2, 5));
+        assert!(
+            e.expected.contains("below `config cpus=N`"),
+            "{}",
+            e.expected
+        );
+        let e = err("handler 0x20@1: eoi\nnop\n");
+        assert_eq!((e.line, e.column), (1, 14));
+        assert!(
+            e.expected.contains("below `config cpus=N`"),
+            "{}",
+            e.expected
+        );
+        let e = err("config cpus=9\n");
+        assert_eq!((e.line, e.column), (1, 13));
+        assert!(e.expected.contains("CPU count 1-8"), "{}", e.expected);
+        assert!(err("config cpus=0\n").expected.contains("CPU count 1-8"));
+        let e = err("config cpus=3 apic-ids=0,1\n");
+        assert_eq!(e.column, 15);
+        assert!(e.expected.contains("one APIC ID per CPU"), "{}", e.expected);
+        assert!(err("config cpus=2 apic-ids=0,0xff\n")
+            .expected
+            .contains("APIC ID 0-0xfe"));
+        assert!(err("config ap-start=bios\n")
+            .expected
+            .contains("ap-start=host"));
+        let e = err("config cpus=2\ncpu 1: assert 3\n");
+        assert!(
+            e.expected.contains("host ops are done by the VMM"),
+            "{}",
+            e.expected
+        );
+        assert!(err("cpu 1 nop\n").expected.contains("`cpu K: OP`"));
+        assert!(err("config cpus=2\ncpu 1:\n")
+            .expected
+            .contains("an op after"));
+        assert!(err("handler 0x20: cpu 1: nop\n")
+            .expected
+            .contains("runs on the CPU that took the interrupt"));
+        let e = err("ipi vector=0x40 dest=0x100\n");
+        assert_eq!((e.line, e.column), (1, 22));
+        assert!(
+            e.expected.contains("needs `config apic=x2apic`"),
+            "{}",
+            e.expected
+        );
+        assert!(parse("config apic=x2apic\nipi vector=0x40 dest=0x100\n").is_ok());
+        assert!(err("ipi dest=1\n").expected.contains("needs a vector"));
+        assert!(err("ipi nmi vector=2\n").expected.contains("no `vector=`"));
+        assert!(err("ipi init level\n").expected.contains("`level` only"));
+        assert!(err("ipi vector=1 self all\n")
+            .expected
+            .contains("one shorthand option"));
     }
 
     #[test]

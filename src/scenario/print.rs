@@ -9,8 +9,8 @@
 use std::fmt::Write;
 
 use super::{
-    ApicMode, Config, DeliveryMode, DestMode, HostOp, IoapicVersion, Irqchip, Msi, MsiDelivery, Op,
-    Polarity, Route, RouteOrder, Scenario, Trigger,
+    ApStart, ApicMode, Config, DeliveryMode, DestMode, HostOp, IoapicVersion, Ipi, IpiDelivery,
+    Irqchip, Msi, MsiDelivery, Op, Polarity, Route, RouteOrder, Scenario, Shorthand, Trigger,
 };
 
 pub fn print(s: &Scenario) -> String {
@@ -24,6 +24,9 @@ pub fn print(s: &Scenario) -> String {
         if let Some(n) = key.nth {
             let _ = write!(out, "#{n}");
         }
+        if let Some(cpu) = key.cpu {
+            let _ = write!(out, "@{cpu}");
+        }
         out.push(':');
         for (i, op) in body.iter().enumerate() {
             out.push_str(if i == 0 { " " } else { "; " });
@@ -31,14 +34,43 @@ pub fn print(s: &Scenario) -> String {
         }
         out.push('\n');
     }
-    for op in &s.ops {
+    for (k, op) in s.ops.iter().enumerate() {
+        match s.cpu_of(k) {
+            0 => {}
+            cpu => {
+                let _ = write!(out, "cpu {cpu}: ");
+            }
+        }
         out.push_str(&op_text(op));
         out.push('\n');
     }
     out
 }
 
-fn config_words(c: &Config) -> Vec<&'static str> {
+fn config_words(c: &Config) -> Vec<String> {
+    let mut words: Vec<String> = fixed_config_words(c)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if c.cpus > 1 {
+        words.push(format!("cpus={}", c.cpus));
+    }
+    {
+        if !c.default_apic_ids() {
+            let ids: Vec<String> = c.apic_ids[..c.cpus as usize]
+                .iter()
+                .map(|id| id.to_string())
+                .collect();
+            words.push(format!("apic-ids={}", ids.join(",")));
+        }
+        if c.ap_start == ApStart::Sipi {
+            words.push("ap-start=sipi".into());
+        }
+    }
+    words
+}
+
+fn fixed_config_words(c: &Config) -> Vec<&'static str> {
     let mut words = Vec::new();
     if c.ioapic != IoapicVersion::default() {
         words.push(match c.ioapic {
@@ -95,7 +127,40 @@ pub fn op_text(op: &Op) -> String {
             format!("lapic-mmio-write {offset:#05x} {value:#x}")
         }
         Op::ApicBase(v) => format!("apic-base {v:#x}"),
+        Op::Ipi(ipi) => format!("ipi{}", ipi_options(&ipi)),
     }
+}
+
+fn ipi_options(i: &Ipi) -> String {
+    let mut s = String::new();
+    if matches!(i.delivery, IpiDelivery::Fixed | IpiDelivery::Lowest) {
+        let _ = write!(s, " vector={:#04x}", i.vector);
+    }
+    if i.dest != 0 {
+        let _ = write!(s, " dest={:#x}", i.dest);
+    }
+    if i.dest_mode == DestMode::Logical {
+        s += " logical";
+    }
+    s += match i.delivery {
+        IpiDelivery::Fixed => "",
+        IpiDelivery::Lowest => " lowest",
+        IpiDelivery::Nmi => " nmi",
+        IpiDelivery::Init => " init",
+        IpiDelivery::InitDeassert => " init-deassert",
+        IpiDelivery::Startup => " startup",
+    };
+    s += match i.shorthand {
+        Shorthand::None => "",
+        Shorthand::SelfOnly => " self",
+        Shorthand::All => " all",
+        Shorthand::AllButSelf => " all-but-self",
+    };
+    if i.trigger == Trigger::Level && matches!(i.delivery, IpiDelivery::Fixed | IpiDelivery::Lowest)
+    {
+        s += " level";
+    }
+    s
 }
 
 fn route_options(r: &Route) -> String {
