@@ -367,6 +367,9 @@ struct Run<'s, R> {
     /// Deviation `dispatch-above-ppr/skipped`: a TPR write lowered the
     /// priority and nothing is taken until the next exit to the VMM.
     waiting_for_exit: bool,
+    /// Either dispatch-above-ppr deviation (skipped or late) is on: ops go
+    /// through [`Run::op_deviating`].
+    dispatch_deviates: bool,
 }
 
 /// The handler bodies of a scenario with up to [`Bodies::INLINE`] `handler`
@@ -463,6 +466,9 @@ impl<'s, R: Recorder> Run<'s, R> {
             bodies: Bodies::empty(scenario),
             ops: 0,
             waiting_for_exit: false,
+            dispatch_deviates: deviations
+                .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Skipped)
+                || deviations.breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late),
         }
     }
 
@@ -478,6 +484,24 @@ impl<'s, R: Recorder> Run<'s, R> {
     /// Executes one op (top-level or in a handler body) of top-level op `k`,
     /// then takes whatever became deliverable.
     fn op(&mut self, op: &Op, k: usize, depth: usize) -> Step {
+        if self.dispatch_deviates {
+            return self.op_deviating(op, k, depth);
+        }
+        // Neither dispatch-above-ppr deviation: `op_deviating` with its
+        // threshold and late paths off (the usual run, kept small).
+        self.recorder.start_op(op);
+        self.ops += 1;
+        self.execute(op, k, depth)?;
+        self.recorder.collect(&mut self.machine, k);
+        self.deliver_pending(k, depth)?;
+        self.recorder.note_held(&self.machine, k);
+        Ok(())
+    }
+
+    /// [`Run::op`] under a dispatch-above-ppr deviation (skipped or late).
+    #[cold]
+    #[inline(never)]
+    fn op_deviating(&mut self, op: &Op, k: usize, depth: usize) -> Step {
         self.recorder.start_op(op);
         self.ops += 1;
         let threshold = self
@@ -532,6 +556,7 @@ impl<'s, R: Recorder> Run<'s, R> {
         }
     }
 
+    #[inline(always)]
     fn execute(&mut self, op: &Op, k: usize, depth: usize) -> Step {
         let m = &mut self.machine;
         // A register access the processor refuses raises #GP: the guest's
