@@ -17,7 +17,11 @@
 //! the test fails with the minimal scenario, the trace diff and the rule of
 //! the spec the device breaks. Scenarios needing what the device declares
 //! [`irqdiff_model::Unsupported`] are skipped and counted.
+//!
+//! [`check_pic`] does the same for an 8259A PIC pair behind
+//! [`irqdiff_model::PicDevice`] (module [`pic`]).
 
+pub mod pic;
 mod scenario;
 
 use std::cell::RefCell;
@@ -29,6 +33,10 @@ use proptest::test_runner::{
     Config as PtConfig, FileFailurePersistence, RngAlgorithm, TestError, TestRng, TestRunner,
 };
 
+pub use pic::{
+    check_pic, check_pic_with, compare_pic, PicFailure, PicScenario, PicVerdict, INTA_WITHOUT_REQUEST,
+    PIC_UNMODELLED,
+};
 pub use scenario::{run, Event, Op, Route, Scenario, UNMODELLED};
 
 /// How many scenarios, and where regressions go.
