@@ -3,11 +3,16 @@
 //! process (`irqdiff fuzz --backend alioth-ioapic`, `v86-ioapic`), in the
 //! split shape on KVM (`kvm-split:alioth-ioapic`), and from a `#[test]`
 //! (`irqdiff_check::check_ioapic`). docs/byo-irqchip.md.
+//!
+//! v86's 8259A pair too, behind [`irqdiff_model::PicDevice`]
+//! ([`v86_pic::V86Pic`], for `irqdiff_check::check_pic`; docs/pic.md).
 
 #[cfg(target_os = "linux")]
 pub mod alioth;
 #[cfg(target_os = "linux")]
 pub mod v86;
+#[cfg(target_os = "linux")]
+pub mod v86_pic;
 
 use irqdiff_model::{IoapicDevice, MessageQueue};
 

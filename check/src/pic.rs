@@ -166,9 +166,9 @@ impl Tracker {
         }
     }
 
-    /// Whether a data-port write to `chip` is taken as ICW4.
-    fn data_is_icw4(&self, chip: usize) -> bool {
-        self.next[chip] == 4
+    /// The ICW a data-port write to `chip` is taken as, if any.
+    fn icw(&self, chip: usize) -> Option<u8> {
+        Some(self.next[chip]).filter(|&n| n != 0)
     }
 
     fn write(&mut self, port: u16, value: u8) {
@@ -303,8 +303,9 @@ pub fn run_model(s: &PicScenario, profile: PicProfile) -> (PicRun, Option<&'stat
 }
 
 /// The skip reason of a program the model does not model (an INTA in
-/// MCS-80/85 mode or handed to an absent slave).
-pub const PIC_UNMODELLED: &str = "what the model does not model (MCS-80/85 mode, a slave that does not answer)";
+/// MCS-80/85 mode, before the last ICW, or handed to an absent slave).
+pub const PIC_UNMODELLED: &str =
+    "what the model does not model (MCS-80/85 mode, mid-initialisation, a slave that does not answer)";
 /// The skip reason of an explicit INTA that finds no request on a device
 /// declaring [`irqdiff_model::PicUnsupported::inta_without_request`].
 pub const INTA_WITHOUT_REQUEST: &str = "an INTA that finds no request (the device's processor never asks for one)";
@@ -343,8 +344,8 @@ fn needs(s: &PicScenario, profile: &PicProfile, model: &PicRun) -> Option<&'stat
     let mut tracker = Tracker::default();
     for op in &s.ops {
         if let PicOp::Out(port, value) = *op {
-            let icw4 = Tracker::chip(port).is_some_and(|c| tracker.data_is_icw4(c));
-            if let Some(why) = profile.unsupported.refuses_write(port, value, icw4) {
+            let icw = Tracker::chip(port).and_then(|c| tracker.icw(c));
+            if let Some(why) = profile.unsupported.refuses_write(port, value, icw) {
                 return Some(why);
             }
             tracker.write(port, value);
@@ -617,10 +618,14 @@ pub fn strategy() -> impl Strategy<Value = PicScenario> {
         1 => Just(PicOp::Cli),
         1 => Just(PicOp::Sti),
         1 => (any_port, any::<u8>()).prop_map(|(p, v)| PicOp::Out(p, v)),
-        1 => command.prop_map(|p| PicOp::Out(p, 0x11)),
     ];
-    (init_ops(), prop::collection::vec(op, 1..24)).prop_map(|(mut ops, more)| {
-        ops.extend(more);
+    // An op, or now and then a whole new initialisation of both chips.
+    let step = prop_oneof![
+        20 => op.prop_map(|o| vec![o]),
+        1 => init_ops(),
+    ];
+    (init_ops(), prop::collection::vec(step, 1..24)).prop_map(|(mut ops, more)| {
+        ops.extend(more.into_iter().flatten());
         PicScenario { ops }
     })
 }

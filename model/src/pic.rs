@@ -49,7 +49,9 @@
 //!   of pending edge requests, and the rotate mode).
 //! - The power-up state is QEMU's and KVM's reset (everything 0, ICW4 0):
 //!   an INTA before the first initialisation is in MCS-80/85 mode, which
-//!   is not modelled ([`Pic::unmodelled`]).
+//!   is not modelled ([`Pic::unmodelled`]); nor is an INTA or a poll while
+//!   the chip that answers waits for ICW2-ICW4 (Figure 6 ends in "ready
+//!   to accept interrupt requests"; QEMU, KVM and v86 all differ there).
 //! - An AEOI is applied to the INTA of a poll read too (QEMU), since the
 //!   poll "treats the next RD pulse ... as an interrupt acknowledge".
 //! - OCW2 and OCW3 written in the middle of the initialisation sequence
@@ -104,7 +106,14 @@ pub enum EdgeRequests {
     /// The request is held in IRR until its INTA or ICW1, as QEMU
     /// (`pic_set_irq`), KVM (`pic_set_irq1`) and v86 (`Pic::set_irq`) do:
     /// their devices pulse a line (KVM_IRQ_LINE 1 then 0) and expect the
-    /// interrupt.
+    /// interrupt. This is their one IRR bit throughout: a level input's
+    /// line sets and clears it and its INTA leaves it; an ELCR write
+    /// changes nothing until the line next moves; ICW1 keeps the level
+    /// inputs' bits (`irr &= elcr`) and forgets the input levels
+    /// (`last_irr`, v86's `irq_value`), so that a line still high counts
+    /// as a new edge at its next assert; and the slave's INT drives the
+    /// master's IR2 only when something evaluates the slave (its ports,
+    /// its lines, an INTA it answers), as QEMU's `int_out` does.
     HeldUntilAck,
 }
 
@@ -276,6 +285,9 @@ pub struct Chip {
     /// The edge-sense latches: set by a rising edge, reset by the INTA of
     /// the level and by ICW1.
     edge_sense: u8,
+    /// The levels a rising edge is told from: the lines, except that with
+    /// [`EdgeRequests::HeldUntilAck`] ICW1 forgets them.
+    edge_memory: u8,
     /// The IRR frozen by a poll command until the read (None: live).
     frozen_irr: Option<u8>,
     imr: u8,
@@ -315,6 +327,7 @@ impl Chip {
             edge_requests,
             lines: 0,
             edge_sense: 0,
+            edge_memory: 0,
             frozen_irr: None,
             imr: 0,
             isr: 0,
@@ -345,14 +358,14 @@ impl Chip {
     }
 
     fn live_irr(&self) -> u8 {
-        let level = self.lines & self.elcr;
-        let edge = match self.edge_requests {
-            // The request latch is transparent to the input gated by the
-            // edge sense ("Edge and Level Triggered Modes", priority cell).
-            EdgeRequests::Transparent => self.lines & self.edge_sense,
+        match self.edge_requests {
+            // The request latch is transparent to the input, gated by the
+            // edge sense unless level-triggered ("Edge and Level Triggered
+            // Modes", priority cell).
+            EdgeRequests::Transparent => self.lines & (self.elcr | self.edge_sense),
+            // The VMMs' one IRR bit (module docs).
             EdgeRequests::HeldUntilAck => self.edge_sense,
-        } & !self.elcr;
-        level | edge
+        }
     }
 
     /// The In-Service Register.
@@ -441,13 +454,31 @@ impl Chip {
 
     fn set_line(&mut self, level: u8, high: bool) {
         let bit = 1 << level;
-        if high && self.lines & bit == 0 {
-            self.edge_sense |= bit;
+        let level = self.elcr & bit != 0;
+        match self.edge_requests {
+            // The edge sense sees every rising edge (LTIM and the ELCR
+            // only bypass it).
+            EdgeRequests::Transparent => {
+                if high && self.edge_memory & bit == 0 {
+                    self.edge_sense |= bit;
+                }
+            }
+            // The VMMs' IRR bit: a level input's line sets and clears it,
+            // an edge input's rising edge sets it (QEMU's pic_set_irq).
+            EdgeRequests::HeldUntilAck => {
+                if high && (level || self.edge_memory & bit == 0) {
+                    self.edge_sense |= bit;
+                } else if !high && level {
+                    self.edge_sense &= !bit;
+                }
+            }
         }
         if high {
             self.lines |= bit;
+            self.edge_memory |= bit;
         } else {
             self.lines &= !bit;
+            self.edge_memory &= !bit;
         }
     }
 
@@ -455,7 +486,9 @@ impl Chip {
     /// edge sense; a level input's IRR follows its line).
     fn ack(&mut self, level: u8) {
         self.isr |= 1 << level;
-        self.edge_sense &= !(1 << level);
+        if self.edge_requests == EdgeRequests::Transparent || self.elcr & 1 << level == 0 {
+            self.edge_sense &= !(1 << level);
+        }
     }
 
     /// Resets the highest visible IS bit; returns its level.
@@ -479,7 +512,15 @@ impl Chip {
 
     fn icw1(&mut self, value: u8) {
         // "Initialization Command Words", General, items a-f.
-        self.edge_sense = 0; // a. edge sense circuit reset
+        // a. edge sense circuit reset (the VMMs: `irr &= elcr`, and the
+        // input levels forgotten).
+        match self.edge_requests {
+            EdgeRequests::Transparent => self.edge_sense = 0,
+            EdgeRequests::HeldUntilAck => {
+                self.edge_sense &= self.elcr;
+                self.edge_memory = 0;
+            }
+        }
         self.imr = 0; // b. IMR cleared
         self.lowest = 7; // c. IR7 assigned priority 7
         self.special_mask = false; // e. special mask mode cleared...
@@ -550,6 +591,12 @@ pub struct Pic {
     unmodelled: Option<&'static str>,
 }
 
+/// An acknowledge before the last ICW: the datasheet's initialisation
+/// flow (Figure 6) ends in "ready to accept interrupt requests", and what
+/// a chip does before that is not specified (QEMU has reset AEOI and the
+/// vector base at ICW1, KVM keeps them, v86 turns AEOI on).
+const MID_INIT: &str = "an acknowledge before the initialisation sequence is complete (Figure 6)";
+
 /// Bound of the decision log (cleared by [`Pic::clear_decisions`]).
 const DECISION_LOG: usize = 256;
 
@@ -603,10 +650,14 @@ impl Pic {
         self.master.int_output()
     }
 
-    /// Drives the master's IR2 from the slave's INT ("Cascade Mode").
-    fn cascade(&mut self) {
-        let int = self.slave.int_output();
-        self.master.set_line(CASCADE_LINE, int);
+    /// Drives the master's IR2 from the slave's INT ("Cascade Mode"): a
+    /// wire, or with the VMMs' latch a signal sent when the slave is
+    /// evaluated (`slave_touched`).
+    fn cascade_after(&mut self, slave_touched: bool) {
+        if slave_touched || self.master.edge_requests == EdgeRequests::Transparent {
+            let int = self.slave.int_output();
+            self.master.set_line(CASCADE_LINE, int);
+        }
     }
 
     fn chip(&mut self, slave: bool) -> &mut Chip {
@@ -647,7 +698,7 @@ impl Pic {
             };
             self.decide(rule, line);
         }
-        self.cascade();
+        self.cascade_after(line >= 8);
         Ok(())
     }
 
@@ -677,7 +728,7 @@ impl Pic {
             }
             _ => return Err(PicError::NoSuchPort(port)),
         }
-        self.cascade();
+        self.cascade_after(matches!(port, SLAVE_COMMAND | SLAVE_DATA | ELCR_SLAVE));
         Ok(())
     }
 
@@ -756,7 +807,7 @@ impl Pic {
             ELCR_SLAVE => self.slave.elcr,
             _ => return Err(PicError::NoSuchPort(port)),
         };
-        self.cascade();
+        self.cascade_after(matches!(port, SLAVE_COMMAND | SLAVE_DATA | ELCR_SLAVE));
         Ok(value)
     }
 
@@ -764,6 +815,9 @@ impl Pic {
     /// without a vector, from either port of the chip ("Poll Command").
     fn poll_read(&mut self, slave: bool) -> u8 {
         let base = if slave { 8 } else { 0 };
+        if self.chip(slave).initialising() {
+            self.not_modelled(MID_INIT);
+        }
         let chip = self.chip(slave);
         chip.poll = false;
         let request = chip.request();
@@ -789,6 +843,9 @@ impl Pic {
         if !self.master.mode_8086 {
             self.not_modelled("an INTA in MCS-80/85 mode (ICW4 bit 0 clear, or no initialisation)");
         }
+        if self.master.initialising() {
+            self.not_modelled(MID_INIT);
+        }
         let mut slave_asked = false;
         // First INTA pulse: requests frozen and resolved, IS bit set.
         let vector = match self.master.request() {
@@ -813,6 +870,9 @@ impl Pic {
                     if !self.slave.mode_8086 {
                         self.not_modelled("an INTA of the slave in MCS-80/85 mode");
                     }
+                    if self.slave.initialising() {
+                        self.not_modelled(MID_INIT);
+                    }
                     match self.slave.request() {
                         Some(s) => {
                             self.slave.ack(s);
@@ -829,7 +889,7 @@ impl Pic {
             }
         };
         // Between the pulses the slave's INT reflects its new IS bit.
-        self.cascade();
+        self.cascade_after(slave_asked);
         // Trailing edge of the second pulse: AEOI.
         if let Some(l) = self.master.end_of_inta() {
             self.decide(PicRule::AutoEoi, l);
@@ -839,7 +899,7 @@ impl Pic {
                 self.decide(PicRule::AutoEoi, 8 + l);
             }
         }
-        self.cascade();
+        self.cascade_after(slave_asked);
         vector
     }
 }

@@ -16,7 +16,7 @@ use crate::pic::{EdgeRequests, Pic, PicConfig};
 pub struct PicUnsupported {
     /// The poll command (OCW3 bit 2).
     pub poll: bool,
-    /// The special fully nested mode (ICW4 bit 4).
+    /// The special fully nested mode (ICW4 bit 4 of the master).
     pub special_fully_nested: bool,
     /// Priority rotation (OCW2 with R=1: rotate on EOI, set priority,
     /// rotate in AEOI).
@@ -27,6 +27,9 @@ pub struct PicUnsupported {
     /// request away): a device whose processor samples and acknowledges in
     /// one step cannot be asked for one.
     pub inta_without_request: bool,
+    /// ICW3 other than the PC's (master 0x04: a slave on IR2 only; slave
+    /// ID 2): a device that always cascades IR2 to the slave.
+    pub other_cascade: bool,
 }
 
 impl PicUnsupported {
@@ -37,12 +40,13 @@ impl PicUnsupported {
         rotation: false,
         single_mode: false,
         inta_without_request: false,
+        other_cascade: false,
     };
 
     /// Why a write of `value` to `port` needs something declared
-    /// unsupported, if it does. `data_is_icw4` says whether a data-port
-    /// write is taken as ICW4 (the writer tracks the sequence).
-    pub fn refuses_write(&self, port: u16, value: u8, data_is_icw4: bool) -> Option<&'static str> {
+    /// unsupported, if it does. `icw` is the ICW (2, 3 or 4) a data-port
+    /// write is taken as, if any (the writer tracks the sequence).
+    pub fn refuses_write(&self, port: u16, value: u8, icw: Option<u8>) -> Option<&'static str> {
         let command = port == crate::pic::MASTER_COMMAND || port == crate::pic::SLAVE_COMMAND;
         let data = port == crate::pic::MASTER_DATA || port == crate::pic::SLAVE_DATA;
         if command && value & 0x10 != 0 {
@@ -57,8 +61,22 @@ impl PicUnsupported {
             if self.rotation && value & 0x80 != 0 {
                 return Some("priority rotation (OCW2 R=1)");
             }
-        } else if data && data_is_icw4 && self.special_fully_nested && value & 0x10 != 0 {
+        } else if port == crate::pic::MASTER_DATA
+            && icw == Some(4)
+            && self.special_fully_nested
+            && value & 0x10 != 0
+        {
+            // The slave has no slave inputs: SFNM means nothing there.
             return Some("the special fully nested mode (ICW4 SFNM)");
+        } else if data && icw == Some(3) && self.other_cascade {
+            let pc = if port == crate::pic::MASTER_DATA {
+                0x04
+            } else {
+                0x02
+            };
+            if value != pc {
+                return Some("an ICW3 other than the PC's (0x04, 0x02)");
+            }
         }
         None
     }
@@ -217,25 +235,31 @@ mod tests {
             rotation: true,
             single_mode: true,
             inta_without_request: true,
+            other_cascade: true,
         };
         assert_eq!(
-            all.refuses_write(MASTER_COMMAND, 0x13, false),
+            all.refuses_write(MASTER_COMMAND, 0x13, None),
             Some("single mode (ICW1 SNGL)")
         );
         assert_eq!(
-            all.refuses_write(SLAVE_COMMAND, 0x0c, false),
+            all.refuses_write(SLAVE_COMMAND, 0x0c, None),
             Some("the poll command")
         );
         assert_eq!(
-            all.refuses_write(MASTER_COMMAND, 0xa0, false),
+            all.refuses_write(MASTER_COMMAND, 0xa0, None),
             Some("priority rotation (OCW2 R=1)")
         );
         assert_eq!(
-            all.refuses_write(MASTER_DATA, 0x11, true),
+            all.refuses_write(MASTER_DATA, 0x11, Some(4)),
             Some("the special fully nested mode (ICW4 SFNM)")
         );
-        assert_eq!(all.refuses_write(MASTER_DATA, 0x11, false), None, "OCW1");
-        assert_eq!(all.refuses_write(MASTER_COMMAND, 0x20, false), None);
-        assert_eq!(PicUnsupported::NONE.refuses_write(MASTER_COMMAND, 0x0c, false), None);
+        assert_eq!(
+            all.refuses_write(SLAVE_DATA, 0x04, Some(3)),
+            Some("an ICW3 other than the PC's (0x04, 0x02)")
+        );
+        assert_eq!(all.refuses_write(SLAVE_DATA, 0x02, Some(3)), None);
+        assert_eq!(all.refuses_write(MASTER_DATA, 0x11, None), None, "OCW1");
+        assert_eq!(all.refuses_write(MASTER_COMMAND, 0x20, None), None);
+        assert_eq!(PicUnsupported::NONE.refuses_write(MASTER_COMMAND, 0x0c, None), None);
     }
 }
