@@ -6,9 +6,7 @@
 
 use irqdiff_adapters::v86_pic::V86Pic;
 use irqdiff_check::{check_pic_with, Config, PicFailure};
-use irqdiff_model::pic::{
-    ELCR_MASTER, ELCR_SLAVE, MASTER_COMMAND, SLAVE_COMMAND, SLAVE_DATA,
-};
+use irqdiff_model::pic::{ELCR_MASTER, ELCR_SLAVE, MASTER_COMMAND, SLAVE_COMMAND, SLAVE_DATA};
 use irqdiff_model::{PicDevice, PicProfile, PicRule};
 
 const CASES: Config = Config {
@@ -120,7 +118,11 @@ impl PicDevice for Wrapped {
         }
         let icw1 = command && value & 0x10 != 0;
         let kept = if icw1 && self.fixes.redrive_after_icw1 {
-            let elcr = if port == SLAVE_COMMAND { ELCR_SLAVE } else { ELCR_MASTER };
+            let elcr = if port == SLAVE_COMMAND {
+                ELCR_SLAVE
+            } else {
+                ELCR_MASTER
+            };
             self.irr(port) & self.inner.port_read(elcr)
         } else {
             0

@@ -34,8 +34,8 @@ use proptest::test_runner::{
 };
 
 pub use pic::{
-    check_pic, check_pic_with, compare_pic, PicFailure, PicScenario, PicVerdict, INTA_WITHOUT_REQUEST,
-    PIC_UNMODELLED,
+    check_pic, check_pic_with, compare_pic, PicFailure, PicScenario, PicVerdict,
+    INTA_WITHOUT_REQUEST, PIC_UNMODELLED,
 };
 pub use scenario::{run, Event, Op, Route, Scenario, UNMODELLED};
 

@@ -193,7 +193,9 @@ impl Tracker {
 
     /// A read of `port`: true if it is a poll read.
     fn read(&mut self, port: u16) -> bool {
-        let Some(c) = Tracker::chip(port) else { return false };
+        let Some(c) = Tracker::chip(port) else {
+            return false;
+        };
         std::mem::take(&mut self.poll[c])
     }
 }
@@ -225,11 +227,7 @@ pub fn run<D: PicDevice>(
                     // defined, nor W2-W0 without I (KVM gives 7 there).
                     value &= if value & 0x80 != 0 { 0x87 } else { 0x80 };
                 }
-                out.events.push(PicEvent::Read {
-                    op: i,
-                    port,
-                    value,
-                });
+                out.events.push(PicEvent::Read { op: i, port, value });
             }
             PicOp::Raise(l) => device.set_irq(l, true),
             PicOp::Lower(l) => device.set_irq(l, false),
@@ -308,7 +306,8 @@ pub const PIC_UNMODELLED: &str =
     "what the model does not model (MCS-80/85 mode, mid-initialisation, a slave that does not answer)";
 /// The skip reason of an explicit INTA that finds no request on a device
 /// declaring [`irqdiff_model::PicUnsupported::inta_without_request`].
-pub const INTA_WITHOUT_REQUEST: &str = "an INTA that finds no request (the device's processor never asks for one)";
+pub const INTA_WITHOUT_REQUEST: &str =
+    "an INTA that finds no request (the device's processor never asks for one)";
 
 /// A divergence between the device and the model, minimised.
 #[derive(Clone, Debug)]
@@ -389,8 +388,8 @@ where
         .copied()
         .filter(|e| reports_int || !matches!(e, PicEvent::Int { .. }))
         .collect();
-    let Some(first) = (0..ours.len().max(theirs.events.len()))
-        .find(|&i| ours.get(i) != theirs.events.get(i))
+    let Some(first) =
+        (0..ours.len().max(theirs.events.len())).find(|&i| ours.get(i) != theirs.events.get(i))
     else {
         return PicVerdict::Same;
     };
@@ -529,9 +528,7 @@ where
         match compare_pic(&s, &make) {
             PicVerdict::Same => summary.borrow_mut().compared += 1,
             PicVerdict::Skipped(why) => *summary.borrow_mut().skipped.entry(why).or_default() += 1,
-            PicVerdict::Diverged(f) => {
-                return Err(TestCaseError::fail(f.to_string()))
-            }
+            PicVerdict::Diverged(f) => return Err(TestCaseError::fail(f.to_string())),
         }
         Ok(())
     });

@@ -19,10 +19,8 @@ fn the_models_pair_behind_the_trait_finds_nothing() {
             seed: None,
             ..CASES
         };
-        let summary = check_pic_with(&config, None, || {
-            ModelPic::new(PicConfig { edge_requests })
-        })
-        .unwrap_or_else(|f| panic!("{f}"));
+        let summary = check_pic_with(&config, None, || ModelPic::new(PicConfig { edge_requests }))
+            .unwrap_or_else(|f| panic!("{f}"));
         eprintln!("{edge_requests:?}: {summary:?}");
         let skipped: u32 = summary.skipped.values().sum();
         assert_eq!(summary.compared + skipped, 3000);
@@ -98,5 +96,8 @@ fn a_transparent_latch_is_told_from_a_held_one() {
         [PicRule::EdgeSense, PicRule::RequestFollowsLine].contains(&failure.rule),
         "{failure}"
     );
-    assert!(failure.scenario.contains("pulse") || failure.scenario.contains("lower"), "{failure}");
+    assert!(
+        failure.scenario.contains("pulse") || failure.scenario.contains("lower"),
+        "{failure}"
+    );
 }

@@ -859,8 +859,7 @@ impl Pic {
                 if !self.master.has_slave(level) {
                     self.decide(PicRule::Acknowledge, level);
                     self.master.vector_base | level
-                } else if level != CASCADE_LINE || self.slave.single || self.slave.icw3 & 7 != 2
-                {
+                } else if level != CASCADE_LINE || self.slave.single || self.slave.icw3 & 7 != 2 {
                     // The master hands the second pulse to a slave that is
                     // not there (or not listening for ID 2): the bus floats.
                     self.not_modelled("an INTA handed to a slave that does not answer (ICW3)");
@@ -909,4 +908,3 @@ impl Default for Pic {
         Pic::new(PicConfig::default())
     }
 }
-

@@ -260,6 +260,9 @@ mod tests {
         assert_eq!(all.refuses_write(SLAVE_DATA, 0x02, Some(3)), None);
         assert_eq!(all.refuses_write(MASTER_DATA, 0x11, None), None, "OCW1");
         assert_eq!(all.refuses_write(MASTER_COMMAND, 0x20, None), None);
-        assert_eq!(PicUnsupported::NONE.refuses_write(MASTER_COMMAND, 0x0c, None), None);
+        assert_eq!(
+            PicUnsupported::NONE.refuses_write(MASTER_COMMAND, 0x0c, None),
+            None
+        );
     }
 }

@@ -74,8 +74,8 @@ fn icw1_to_icw4_program_the_vectors_and_reset_the_state() {
     assert_eq!(pic.acknowledge(), 0x20);
     raise(&mut pic, 1);
     out(&mut pic, MASTER_COMMAND, 0x0b); // read ISR
-    // ICW1 again: IMR cleared, edge sense reset, status read IRR, ISR
-    // cleared (the model's choice), IR7 lowest.
+                                         // ICW1 again: IMR cleared, edge sense reset, status read IRR, ISR
+                                         // cleared (the model's choice), IR7 lowest.
     out(&mut pic, MASTER_COMMAND, 0x11);
     assert!(pic.master().initialising());
     assert_eq!(pic.master().imr(), 0);
@@ -92,7 +92,10 @@ fn icw1_to_icw4_program_the_vectors_and_reset_the_state() {
     assert_eq!(pic.master().imr(), 0, "the ICWs did not touch IMR");
     out(&mut pic, MASTER_DATA, 0x5a);
     assert_eq!(inb(&mut pic, MASTER_DATA), 0x5a, "OCW1");
-    assert_eq!(pic.decisions().first().map(|d| d.rule), Some(PicRule::InitSequence));
+    assert_eq!(
+        pic.decisions().first().map(|d| d.rule),
+        Some(PicRule::InitSequence)
+    );
 }
 
 #[test]
@@ -162,7 +165,10 @@ fn an_inta_in_the_middle_of_the_initialisation_is_not_modelled() {
     pulse(&mut pic, 9);
     out(&mut pic, MASTER_COMMAND, 0x20);
     pic.acknowledge();
-    assert!(pic.unmodelled().unwrap().contains("Figure 6"), "the slave is not");
+    assert!(
+        pic.unmodelled().unwrap().contains("Figure 6"),
+        "the slave is not"
+    );
 }
 
 #[test]
@@ -192,7 +198,10 @@ fn an_edge_requests_once_and_not_again_while_the_line_stays_high() {
     lower(&mut pic, 4);
     raise(&mut pic, 4);
     assert_eq!(pic.master().irr(), 0x10, "a new low-to-high transition");
-    assert_eq!(pic.decisions().last().map(|d| d.rule), Some(PicRule::EdgeSense));
+    assert_eq!(
+        pic.decisions().last().map(|d| d.rule),
+        Some(PicRule::EdgeSense)
+    );
 }
 
 #[test]
@@ -228,7 +237,11 @@ fn a_masked_request_raises_no_int_but_shows_in_irr_and_is_taken_on_unmask() {
     raise(&mut pic, 3);
     assert!(!pic.int_output());
     out(&mut pic, MASTER_COMMAND, 0x0a);
-    assert_eq!(inb(&mut pic, MASTER_COMMAND), 0x08, "IRR not affected by IMR");
+    assert_eq!(
+        inb(&mut pic, MASTER_COMMAND),
+        0x08,
+        "IRR not affected by IMR"
+    );
     assert_eq!(inb(&mut pic, MASTER_DATA), 0x08, "IMR on A0=1");
     out(&mut pic, MASTER_DATA, 0x00);
     assert!(pic.int_output());
@@ -311,7 +324,13 @@ fn rotate_on_non_specific_eoi_makes_the_serviced_level_the_lowest() {
     out(&mut pic, MASTER_COMMAND, 0xa0);
     assert_eq!(pic.master().lowest_priority(), 1);
     assert_eq!(pic.acknowledge(), 0x20);
-    assert_eq!(pic.decisions().iter().filter(|d| d.rule == PicRule::Rotation).count(), 2);
+    assert_eq!(
+        pic.decisions()
+            .iter()
+            .filter(|d| d.rule == PicRule::Rotation)
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -369,7 +388,10 @@ fn auto_eoi_leaves_no_is_bit_and_lets_the_next_request_through() {
     pulse(&mut pic, 7);
     assert_eq!(pic.acknowledge(), 0x27);
     assert_eq!(pic.master().isr(), 0, "a real IR7, no IS bit left");
-    assert!(pic.decisions().iter().any(|d| d.rule == PicRule::AutoEoi && d.irq == 7));
+    assert!(pic
+        .decisions()
+        .iter()
+        .any(|d| d.rule == PicRule::AutoEoi && d.irq == 7));
 }
 
 #[test]
@@ -484,7 +506,11 @@ fn a_level_line_still_high_at_the_eoi_requests_again() {
     out(&mut pic, ELCR_SLAVE, 0x08); // IRQ11 level
     raise(&mut pic, 11);
     assert_eq!(pic.acknowledge(), 0x2b);
-    assert_eq!(pic.slave().irr(), 0x08, "a level input's IRR follows its line");
+    assert_eq!(
+        pic.slave().irr(),
+        0x08,
+        "a level input's IRR follows its line"
+    );
     assert!(!pic.int_output());
     out(&mut pic, SLAVE_COMMAND, 0x20);
     out(&mut pic, MASTER_COMMAND, 0x20);
@@ -559,7 +585,11 @@ fn a_poll_read_acknowledges_and_returns_the_level_with_bit_7() {
     out(&mut pic, MASTER_COMMAND, 0x0c);
     assert_eq!(inb(&mut pic, MASTER_DATA), 0x83, "from either port");
     assert_eq!(regs(&pic)[0], (0x40, 0x08, 0));
-    assert_eq!(inb(&mut pic, MASTER_COMMAND), 0x40, "one read only: IRR again");
+    assert_eq!(
+        inb(&mut pic, MASTER_COMMAND),
+        0x40,
+        "one read only: IRR again"
+    );
     out(&mut pic, MASTER_COMMAND, 0x0c);
     assert_eq!(inb(&mut pic, MASTER_COMMAND), 0x00, "IR6 below IS3: none");
     assert_eq!(pic.decisions().last().map(|d| d.rule), Some(PicRule::Poll));
@@ -779,5 +809,29 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn ocw2_without_eoi_and_icw1_keep_what_they_do_not_name() {
+    // OCW2 R=0 SL=0 EOI=0 and R=0 SL=1 EOI=0 are no EOIs; ICW1 resets the
+    // edge sense only, so a level input that stays high still requests
+    // (General item a; the VMMs' `irr &= elcr`) and the status read is
+    // IRR (item e). v86 breaks each (docs/byo-findings.md, P3, P5, P6).
+    for config in [PicConfig::default(), HELD] {
+        let mut pic = pc(config);
+        raise(&mut pic, 0);
+        pic.acknowledge();
+        out(&mut pic, MASTER_COMMAND, 0x00);
+        out(&mut pic, MASTER_COMMAND, 0x40);
+        assert_eq!(pic.master().isr(), 0x01);
+        out(&mut pic, ELCR_SLAVE, 0x08);
+        out(&mut pic, SLAVE_DATA, 0xff);
+        raise(&mut pic, 11);
+        out(&mut pic, MASTER_COMMAND, 0x0b);
+        init_with(&mut pic, 0x01, 0x01);
+        assert_eq!(pic.slave().irr(), 0x08, "{config:?}");
+        assert_eq!(inb(&mut pic, MASTER_COMMAND), 0x04, "IRR (IR2), not ISR");
+        assert_eq!(pic.acknowledge(), 0x2b);
     }
 }
