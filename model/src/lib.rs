@@ -1,7 +1,9 @@
 //! irqdiff-model: a spec-accurate reference model of the x86 IOAPIC (Intel
 //! 82093AA, version 0x11, and the ICH-family IOAPIC, version 0x20) and of
 //! the local APIC (Intel SDM vol. 3A, chapter "Advanced Programmable
-//! Interrupt Controller"), with the processor's side of interrupt delivery.
+//! Interrupt Controller"), with the processor's side of interrupt delivery,
+//! and of the PC's 8259A PIC pair with the PIIX/ICH ELCR ([`pic`], not yet
+//! wired to the rest; docs/pic.md).
 //!
 //! It depends on nothing else of irqdiff, so that other VMMs can use it, for
 //! example as the userspace IOAPIC of a split irqchip. Every rule that
