@@ -180,3 +180,18 @@ fn p8_icw1_without_ic4_leaves_auto_eoi_on() {
     assert_eq!(pic::pic_acknowledge_irq(), Some(0x09));
     assert_eq!(master_isr(), 0x00, "spec: 0x02 (no AEOI)");
 }
+
+#[test]
+fn p9_a_non_specific_eoi_in_special_mask_mode_clears_a_masked_is_bit() {
+    // 8259A "End of Interrupt (EOI)": an IS bit masked by an IMR bit is
+    // not cleared by a non-specific EOI in special mask mode. v86 clears
+    // the lowest IS bit regardless (QEMU and KVM do the same).
+    let _v86 = V86.lock().unwrap_or_else(|e| e.into_inner());
+    init(0x01);
+    pic::set_irq(3);
+    assert_eq!(pic::pic_acknowledge_irq(), Some(0x0b));
+    pic::port21_write(0x08); // mask IR3, in service
+    pic::port20_write(0x68); // set special mask mode
+    pic::port20_write(0x20); // non-specific EOI
+    assert_eq!(master_isr(), 0x00, "spec: 0x08 (IS3 kept)");
+}

@@ -112,8 +112,9 @@ pub enum EdgeRequests {
     /// inputs' bits (`irr &= elcr`) and forgets the input levels
     /// (`last_irr`, v86's `irq_value`), so that a line still high counts
     /// as a new edge at its next assert; and the slave's INT drives the
-    /// master's IR2 only when something evaluates the slave (its ports,
-    /// its lines, an INTA it answers), as QEMU's `int_out` does.
+    /// master's IR2 only when something evaluates the slave (its lines,
+    /// ICW1, OCW1, an OCW2 that changes ISR or priority, a poll or an INTA
+    /// it answers), as QEMU's `int_out` does.
     HeldUntilAck,
 }
 
@@ -704,7 +705,11 @@ impl Pic {
 
     /// An I/O write of one byte.
     pub fn port_write(&mut self, port: u16, value: u8) -> Result<(), PicError> {
-        match port {
+        // Whether the write evaluates the chip's output: with the VMMs'
+        // latch the slave's INT reaches IR2 only then (QEMU calls
+        // pic_update_irq after ICW1, OCW1 and the OCW2 commands that
+        // change ISR or priority; not after OCW3, ICW2-4 or the ELCR).
+        let evaluates = match port {
             MASTER_COMMAND | SLAVE_COMMAND => {
                 let base = if port == SLAVE_COMMAND { 8 } else { 0 };
                 self.command_write(port == SLAVE_COMMAND, base, value)
@@ -719,25 +724,29 @@ impl Pic {
                     PicRule::InitSequence
                 };
                 self.decide(rule, if port == SLAVE_DATA { 8 } else { 0 });
+                ocw1
             }
             ELCR_MASTER | ELCR_SLAVE => {
                 let chip = self.chip(port == ELCR_SLAVE);
                 // Reserved bits stay 0 (ELCR1 bits 2:0, ELCR2 bits 5, 0).
                 chip.elcr = value & chip.elcr_writable;
                 self.decide(PicRule::Elcr, if port == ELCR_SLAVE { 8 } else { 0 });
+                false
             }
             _ => return Err(PicError::NoSuchPort(port)),
-        }
-        self.cascade_after(matches!(port, SLAVE_COMMAND | SLAVE_DATA | ELCR_SLAVE));
+        };
+        self.cascade_after(evaluates && matches!(port, SLAVE_COMMAND | SLAVE_DATA));
         Ok(())
     }
 
-    fn command_write(&mut self, slave: bool, base: u8, value: u8) {
+    /// A command-port write; returns whether it evaluates the output.
+    fn command_write(&mut self, slave: bool, base: u8, value: u8) -> bool {
         let chip = self.chip(slave);
         if value & 0x10 != 0 {
             // A0=0, D4=1: ICW1.
             chip.icw1(value);
             self.decide(PicRule::InitSequence, base);
+            true
         } else if value & 0x08 != 0 {
             // A0=0, D4=0, D3=1: OCW3.
             if value & 0x04 != 0 {
@@ -752,6 +761,7 @@ impl Pic {
                 chip.special_mask = value & 0x20 != 0;
                 self.decide(PicRule::SpecialMask, base);
             }
+            false
         } else {
             // A0=0, D4=0, D3=0: OCW2 (R, SL, EOI, L2-L0).
             let level = value & 7;
@@ -786,6 +796,7 @@ impl Pic {
                 0b000 => chip.rotate_on_auto_eoi = false,
                 _ => {} // 010: no operation
             }
+            !matches!(value >> 5, 0b000 | 0b010 | 0b100)
         }
     }
 
@@ -796,7 +807,10 @@ impl Pic {
             MASTER_COMMAND | MASTER_DATA | SLAVE_COMMAND | SLAVE_DATA => {
                 let slave = port >= SLAVE_COMMAND;
                 if self.chip(slave).poll {
-                    self.poll_read(slave)
+                    let value = self.poll_read(slave);
+                    // A poll is an acknowledge: it evaluates the output.
+                    self.cascade_after(slave);
+                    value
                 } else if port & 1 == 0 {
                     self.chip(slave).status_read()
                 } else {
@@ -807,7 +821,7 @@ impl Pic {
             ELCR_SLAVE => self.slave.elcr,
             _ => return Err(PicError::NoSuchPort(port)),
         };
-        self.cascade_after(matches!(port, SLAVE_COMMAND | SLAVE_DATA | ELCR_SLAVE));
+        self.cascade_after(false);
         Ok(value)
     }
 
