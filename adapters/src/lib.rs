@@ -2,12 +2,16 @@
 //! ([`irqdiff_model::IoapicDevice`]), so that irqdiff can fuzz them in
 //! process (`irqdiff fuzz --backend alioth-ioapic`, `v86-ioapic`), in the
 //! split shape on KVM (`kvm-split:alioth-ioapic`), and from a `#[test]`
-//! (`irqdiff_check::check_ioapic`). docs/byo-irqchip.md.
+//! (`irqdiff_check::check_ioapic`); and v86's local APIC behind
+//! [`irqdiff_model::LapicDevice`] (`irqdiff_check::check_lapic`).
+//! docs/byo-irqchip.md.
 
 #[cfg(target_os = "linux")]
 pub mod alioth;
 #[cfg(target_os = "linux")]
 pub mod v86;
+#[cfg(target_os = "linux")]
+pub mod v86_apic;
 
 use irqdiff_model::{IoapicDevice, MessageQueue};
 

@@ -18,6 +18,7 @@
 //! the spec the device breaks. Scenarios needing what the device declares
 //! [`irqdiff_model::Unsupported`] are skipped and counted.
 
+mod lapic;
 mod scenario;
 
 use std::cell::RefCell;
@@ -29,6 +30,10 @@ use proptest::test_runner::{
     Config as PtConfig, FileFailurePersistence, RngAlgorithm, TestError, TestRng, TestRunner,
 };
 
+pub use lapic::{
+    check_lapic, check_lapic_with, compare_lapic, lapic_needs, run_lapic, LapicEvent, LapicFailure,
+    LapicOp, LapicScenario, LapicVerdict, RETRIGGERED,
+};
 pub use scenario::{run, Event, Op, Route, Scenario, UNMODELLED};
 
 /// How many scenarios, and where regressions go.
@@ -136,25 +141,7 @@ where
     F: Fn(MessageQueue) -> D,
 {
     let version = scenario::version_of(&mut make(MessageQueue::new()));
-    let mut pt = PtConfig {
-        cases: config.cases,
-        source_file: source,
-        failure_persistence: None,
-        ..PtConfig::default()
-    };
-    if config.persist && source.is_some() {
-        pt.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        )));
-    }
-    let mut runner = match config.seed {
-        Some(seed) => {
-            let mut bytes = [0u8; 32];
-            bytes[..8].copy_from_slice(&seed.to_le_bytes());
-            TestRunner::new_with_rng(pt, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
-        }
-        None => TestRunner::new(pt),
-    };
+    let mut runner = runner(config, source);
     let summary = RefCell::new(Summary::default());
     let result = runner.run(&scenario::strategy(version), |s| {
         match compare(&s, &make) {
@@ -222,4 +209,28 @@ where
         diff,
         rule,
     })
+}
+
+/// The proptest runner of a [`Config`]: its cases, seed and regressions
+/// file (next to `source`).
+fn runner(config: &Config, source: Option<&'static str>) -> TestRunner {
+    let mut pt = PtConfig {
+        cases: config.cases,
+        source_file: source,
+        failure_persistence: None,
+        ..PtConfig::default()
+    };
+    if config.persist && source.is_some() {
+        pt.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        )));
+    }
+    match config.seed {
+        Some(seed) => {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&seed.to_le_bytes());
+            TestRunner::new_with_rng(pt, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
+        }
+        None => TestRunner::new(pt),
+    }
 }

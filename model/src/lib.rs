@@ -94,15 +94,18 @@ pub mod cpu;
 pub mod device;
 pub mod ioapic;
 pub mod lapic;
+pub mod lapic_device;
 pub mod machine;
 pub mod msi;
 pub mod quirks;
 pub mod rules;
 pub mod system;
+pub mod undefined;
 
 pub use device::{IoapicDevice, MessageQueue, MsiSink, Unsupported};
 pub use ioapic::{InterruptMessage, InterruptSink, Ioapic, IoapicVersion};
 pub use lapic::Lapic;
+pub use lapic_device::{ApicBusMessage, LapicDevice, LapicUnsupported};
 pub use machine::{Interrupt, Machine, MachineConfig};
 pub use quirks::Quirks;
 pub use rules::{Deviation, Deviations, Mode, Rule};

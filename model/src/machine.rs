@@ -175,8 +175,7 @@ pub(crate) fn note_error_interrupt(lapic: &mut Lapic, log: &mut DecisionLog) {
 impl Machine {
     #[inline]
     pub fn new(config: MachineConfig) -> Machine {
-        let mut ioapic = Ioapic::with_quirks(config.ioapic, config.quirks);
-        ioapic.set_deviations(config.deviations);
+        let ioapic = Ioapic::with_deviations(config.ioapic, config.quirks, config.deviations);
         let mut lapic = Lapic::new(config.x2apic, config.directed_eoi, config.quirks);
         lapic.set_deviations(config.deviations);
         Machine {
