@@ -280,7 +280,7 @@ mod tests {
         let mut target = ModelBackend::with_deviations(Deviations::of(&[deviation]));
         let t = target.run_to_trace(&s);
         assert_ne!(
-            compare(&ModelBackend::new().run_to_trace(&s), &t),
+            compare_scenario(&s, &ModelBackend::new().run_to_trace(&s), &t),
             Verdict::Agree,
             "{text}"
         );

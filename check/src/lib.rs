@@ -17,6 +17,9 @@
 //! the test fails with the minimal scenario, the trace diff and the rule of
 //! the spec the device breaks. Scenarios needing what the device declares
 //! [`irqdiff_model::Unsupported`] are skipped and counted.
+//!
+//! A userspace local APIC ([`irqdiff_model::LapicDevice`]) has its own
+//! harness, [`check_lapic`]: `irqdiff_check::check_lapic(|| MyLapic::new())`.
 
 mod lapic;
 mod scenario;

@@ -264,6 +264,21 @@ impl Ioapic {
         self.remote_irr
     }
 
+    /// Delivery status (§3.2.4 bit 12) of every pin, bit `pin`: never
+    /// pending, since delivery is instantaneous, unless the guest wrote it
+    /// under `ioapic-read-only-bits/skipped`.
+    pub fn delivery_status_pins(&self) -> u32 {
+        if !self
+            .deviations
+            .breaks(Rule::IoapicReadOnlyBits, Mode::Skipped)
+        {
+            return 0;
+        }
+        (0..PINS)
+            .filter(|&pin| self.redirection[pin] & bits::DELIVERY_STATUS != 0)
+            .fold(0, |pins, pin| pins | 1 << pin)
+    }
+
     pub fn is_asserted(&self, pin: usize) -> bool {
         self.asserted & (1 << pin) != 0
     }
@@ -839,6 +854,7 @@ mod tests {
         route(&mut io, 1, written, &mut bus);
         assert_eq!(io.read_register(REG_REDTBL + 2), written);
         assert!(io.entry(1).remote_irr() && io.entry(1).delivery_status());
+        assert_eq!(io.delivery_status_pins(), 1 << 1);
         assert_eq!(bus.notes, vec![Rule::Quirk]);
         // The high dword's write keeps the low dword as it is.
         io.write_register(REG_REDTBL + 3, 0x0100_0000, &mut bus);

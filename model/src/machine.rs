@@ -543,10 +543,12 @@ impl Machine {
         }
         let remote = self.ioapic.remote_irr_pins();
         // Delivery is instantaneous (crate docs): no entry's delivery
-        // status ever reads as pending.
+        // status reads as pending, unless a guest wrote it
+        // (`ioapic-read-only-bits/skipped`).
+        let pending = self.ioapic.delivery_status_pins();
         (
             std::array::from_fn(|pin| remote & (1 << pin) != 0),
-            [false; 24],
+            std::array::from_fn(|pin| pending & (1 << pin) != 0),
         )
     }
 }
