@@ -250,7 +250,6 @@ impl NamedDeviation {
 mod tests {
     use super::*;
     use crate::model::{Mode, Rule};
-    use crate::oracle::compare;
 
     fn observed(backend: &str, text: &str) -> (Scenario, Trace) {
         let scenario = crate::scenario::parse(text).unwrap();

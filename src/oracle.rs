@@ -1237,6 +1237,80 @@ mod tests {
     }
 
     #[test]
+    fn remote_irr_of_an_edge_entry_and_an_entrys_reserved_bits_may_differ() {
+        // 82093AA §3.2.4: bit 14 undefined for edge entries (M1), bits
+        // 55:17 reserved (M2); irqdiff_model::undefined decides both.
+        let s = crate::scenario::parse(
+            "route 3 vector=0x30\nsnapshot\nroute 3 vector=0x30 level\nsnapshot\n\
+             ioapic-read 0x16\nioapic-read 0x17\n",
+        )
+        .unwrap();
+        let snap = |op, remote: bool| {
+            let mut snapshot = Snapshot::default();
+            snapshot.remote_irr[3] = remote;
+            Event {
+                op,
+                cpu: 0,
+                kind: EventKind::Snapshot(Box::new(snapshot)),
+            }
+        };
+        let read = |op, reg, value| Event {
+            op,
+            cpu: 0,
+            kind: EventKind::Read {
+                space: Space::Ioapic,
+                reg,
+                value,
+            },
+        };
+        let expected = trace(vec![
+            snap(1, false),
+            snap(3, false),
+            read(4, 0x16, 0x8030),
+            read(5, 0x17, 0),
+        ]);
+        // Edge at op 1: remote IRR open; reserved bits read back: open.
+        let open = trace(vec![
+            snap(1, true),
+            snap(3, false),
+            read(4, 0x16, 0xfffe_8030),
+            read(5, 0x17, 0x00ff_ffff),
+        ]);
+        assert_eq!(compare_scenario(&s, &expected, &open), Verdict::Agree);
+        assert!(matches!(compare(&expected, &open), Verdict::Diverge(_)));
+        // Level at op 3: remote IRR compared; so are bits 16:0 and 63:56.
+        for observed in [
+            vec![
+                snap(1, false),
+                snap(3, true),
+                read(4, 0x16, 0x8030),
+                read(5, 0x17, 0),
+            ],
+            vec![
+                snap(1, false),
+                snap(3, false),
+                read(4, 0x16, 0x9030),
+                read(5, 0x17, 0),
+            ],
+            vec![
+                snap(1, false),
+                snap(3, false),
+                read(4, 0x16, 0x8030),
+                read(5, 0x17, 1 << 24),
+            ],
+        ] {
+            let observed = trace(observed);
+            assert!(
+                matches!(
+                    compare_scenario(&s, &expected, &observed),
+                    Verdict::Diverge(_)
+                ),
+                "{observed:?}"
+            );
+        }
+    }
+
+    #[test]
     fn snapshot_difference_names_the_isr_vector() {
         let a = Snapshot {
             isr: [0, 0, 0, 0x0040_0000, 0, 0, 0, 0],
