@@ -185,14 +185,84 @@ pub fn compare(expected: &Trace, observed: &Trace) -> Verdict {
 /// the events of the ops where the scenario's outcome depends on one are
 /// not compared ([`open_choice_window`]).
 pub fn compare_scenario(scenario: &Scenario, expected: &Trace, observed: &Trace) -> Verdict {
-    let (expected, observed) = if scenario.uses_smp() {
+    let (mut expected, mut observed) = if scenario.uses_smp() {
         (canonical(scenario, expected), canonical(scenario, observed))
     } else {
         (expected.clone(), observed.clone())
     };
+    without_undefined_remote_irr(scenario, &mut expected, &mut observed);
     match open_choice_window(scenario, &expected, &observed) {
         None => compare(&expected, &observed),
         Some(window) => compare(&outside(&expected, window), &outside(&observed, window)),
+    }
+}
+
+/// Clears, in the snapshots of both traces, remote IRR of the entries that
+/// are edge-triggered at that point: 82093AA §3.2.4 bit 14 leaves it
+/// undefined for them ([`irqdiff_model::undefined::remote_irr_defined`],
+/// the rule irqdiff-check's harness applies too; docs/byo-findings.md M1).
+/// Which entries are level is replayed from the scenario's entry writes
+/// along the model's trace: the top-level ops up to each event's op, and
+/// the handler body of each delivery before it. Up to their first
+/// difference both sides ran exactly that.
+fn without_undefined_remote_irr(scenario: &Scenario, expected: &mut Trace, observed: &mut Trace) {
+    if !scenario.all_ops().any(|op| matches!(op, Op::Snapshot)) {
+        return;
+    }
+    let mut level = 0u32;
+    let track = |op: &Op, level: &mut u32| {
+        let (pin, on) = match *op {
+            Op::Route { pin, route } => {
+                (pin.get(), route.trigger == crate::scenario::Trigger::Level)
+            }
+            Op::IoapicWrite { index, value } if (0x10..0x40).contains(&index) && index % 2 == 0 => {
+                (
+                    (index - 0x10) / 2,
+                    irqdiff_model::undefined::remote_irr_defined(value),
+                )
+            }
+            _ => return,
+        };
+        if on {
+            *level |= 1 << pin;
+        } else {
+            *level &= !(1 << pin);
+        }
+    };
+    let mut applied = 0;
+    let mut deliveries: std::collections::HashMap<(u8, u8), u32> = Default::default();
+    for i in 0..expected.events.len() {
+        let (op, cpu, kind) = {
+            let e = &expected.events[i];
+            (e.op, e.cpu, e.kind.clone())
+        };
+        while applied <= op && applied < scenario.ops.len() {
+            track(&scenario.ops[applied], &mut level);
+            applied += 1;
+        }
+        match kind {
+            EventKind::Deliver { vector } => {
+                let nth = deliveries.entry((cpu, vector)).or_default();
+                *nth += 1;
+                for op in scenario.handler_body_on(cpu, vector, *nth) {
+                    track(op, &mut level);
+                }
+            }
+            EventKind::Snapshot(_) => {
+                for trace in [&mut *expected, &mut *observed] {
+                    if let Some(Event {
+                        kind: EventKind::Snapshot(s),
+                        ..
+                    }) = trace.events.get_mut(i)
+                    {
+                        for (pin, remote_irr) in s.remote_irr.iter_mut().enumerate() {
+                            *remote_irr &= level & 1 << pin != 0;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -430,15 +500,21 @@ fn allowed_difference(expected: &Event, observed: &Event) -> bool {
             EventKind::Read {
                 space: Space::Ioapic,
                 reg,
-                ..
+                value,
             },
             EventKind::Read {
                 space: Space::Ioapic,
                 reg: other,
-                ..
+                value: seen,
             },
         ) => {
-            expected.op == observed.op && reg == other && !matches!(reg, 0x00..=0x02 | 0x10..=0x3f)
+            // An entry's reserved bits and an edge entry's remote IRR
+            // (irqdiff_model::undefined, as irqdiff-check compares them).
+            let defined = |v: u32| irqdiff_model::undefined::defined_bits_of_read(*reg as u8, v);
+            expected.op == observed.op
+                && reg == other
+                && (!matches!(reg, 0x00..=0x02 | 0x10..=0x3f)
+                    || (matches!(reg, 0x10..=0x3f) && defined(*value) == defined(*seen)))
         }
         _ => false,
     }
@@ -1158,6 +1234,80 @@ mod tests {
         );
         assert_eq!(d.class, Class::StateMismatch);
         assert_eq!(d.detail, "remote_irr[3]: expected 0, observed 1");
+    }
+
+    #[test]
+    fn remote_irr_of_an_edge_entry_and_an_entrys_reserved_bits_may_differ() {
+        // 82093AA §3.2.4: bit 14 undefined for edge entries (M1), bits
+        // 55:17 reserved (M2); irqdiff_model::undefined decides both.
+        let s = crate::scenario::parse(
+            "route 3 vector=0x30\nsnapshot\nroute 3 vector=0x30 level\nsnapshot\n\
+             ioapic-read 0x16\nioapic-read 0x17\n",
+        )
+        .unwrap();
+        let snap = |op, remote: bool| {
+            let mut snapshot = Snapshot::default();
+            snapshot.remote_irr[3] = remote;
+            Event {
+                op,
+                cpu: 0,
+                kind: EventKind::Snapshot(Box::new(snapshot)),
+            }
+        };
+        let read = |op, reg, value| Event {
+            op,
+            cpu: 0,
+            kind: EventKind::Read {
+                space: Space::Ioapic,
+                reg,
+                value,
+            },
+        };
+        let expected = trace(vec![
+            snap(1, false),
+            snap(3, false),
+            read(4, 0x16, 0x8030),
+            read(5, 0x17, 0),
+        ]);
+        // Edge at op 1: remote IRR open; reserved bits read back: open.
+        let open = trace(vec![
+            snap(1, true),
+            snap(3, false),
+            read(4, 0x16, 0xfffe_8030),
+            read(5, 0x17, 0x00ff_ffff),
+        ]);
+        assert_eq!(compare_scenario(&s, &expected, &open), Verdict::Agree);
+        assert!(matches!(compare(&expected, &open), Verdict::Diverge(_)));
+        // Level at op 3: remote IRR compared; so are bits 16:0 and 63:56.
+        for observed in [
+            vec![
+                snap(1, false),
+                snap(3, true),
+                read(4, 0x16, 0x8030),
+                read(5, 0x17, 0),
+            ],
+            vec![
+                snap(1, false),
+                snap(3, false),
+                read(4, 0x16, 0x9030),
+                read(5, 0x17, 0),
+            ],
+            vec![
+                snap(1, false),
+                snap(3, false),
+                read(4, 0x16, 0x8030),
+                read(5, 0x17, 1 << 24),
+            ],
+        ] {
+            let observed = trace(observed);
+            assert!(
+                matches!(
+                    compare_scenario(&s, &expected, &observed),
+                    Verdict::Diverge(_)
+                ),
+                "{observed:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! ([`irqdiff_model::IoapicDevice`]), so that irqdiff can fuzz them in
 //! process (`irqdiff fuzz --backend alioth-ioapic`, `v86-ioapic`), in the
 //! split shape on KVM (`kvm-split:alioth-ioapic`), and from a `#[test]`
-//! (`irqdiff_check::check_ioapic`). docs/byo-irqchip.md.
+//! (`irqdiff_check::check_ioapic`); and v86's local APIC behind
+//! [`irqdiff_model::LapicDevice`] (`irqdiff_check::check_lapic`).
+//! docs/byo-irqchip.md.
 //!
 //! v86's 8259A pair too, behind [`irqdiff_model::PicDevice`]
 //! ([`v86_pic::V86Pic`], for `irqdiff_check::check_pic`; docs/pic.md).
@@ -11,6 +13,8 @@
 pub mod alioth;
 #[cfg(target_os = "linux")]
 pub mod v86;
+#[cfg(target_os = "linux")]
+pub mod v86_apic;
 #[cfg(target_os = "linux")]
 pub mod v86_pic;
 

@@ -26,7 +26,7 @@ use native_v86_core::cpu::{apic, global_pointers, ioapic};
 /// ID, IRR, line levels (the layout `restore_state_bytes` takes).
 const IOAPIC_STATE_WORDS: usize = 52;
 /// v86's `Apic` struct (APIC_STRUCT_SIZE).
-const APIC_STATE_BYTES: usize = 4 * 46;
+pub(crate) const APIC_STATE_BYTES: usize = 4 * 46;
 /// v86's reset value of a redirection entry's low dword: masked.
 const MASKED: u32 = 1 << 16;
 
@@ -44,28 +44,8 @@ impl<S: MsiSink> V86Ioapic<S> {
     /// Takes v86's singleton (waiting for another holder to drop it) and
     /// resets it to v86's power-up state.
     pub fn new(sink: S) -> V86Ioapic<S> {
-        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-        while *held {
-            held = RELEASED.wait(held).unwrap_or_else(|e| e.into_inner());
-        }
-        *held = true;
-        drop(held);
-        POINTERS.call_once(|| {
-            // v86 reads `*acpi_enabled` on every register access; native
-            // builds point it into the runtime's heap, which this adapter
-            // does not start. One leaked `true` for the process.
-            // SAFETY: written once, before any v86 call of this process
-            // reads it (Once), and never freed.
-            unsafe {
-                if global_pointers::acpi_enabled.is_null() {
-                    global_pointers::acpi_enabled = Box::leak(Box::new(true));
-                }
-            }
-        });
-        let mut words = [0u32; IOAPIC_STATE_WORDS];
-        words[..24].fill(MASKED);
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        ioapic::restore_state_bytes(&bytes).expect("v86's IOAPIC state layout");
+        hold_v86();
+        reset_ioapic();
         clear_apic();
         V86Ioapic { sink }
     }
@@ -100,6 +80,44 @@ impl<S: MsiSink> V86Ioapic<S> {
     }
 }
 
+/// Takes v86's singletons (its IOAPIC, APIC and PIC) for the caller, waiting
+/// for another holder to release them ([`release_v86`]).
+pub(crate) fn hold_v86() {
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    while *held {
+        held = RELEASED.wait(held).unwrap_or_else(|e| e.into_inner());
+    }
+    *held = true;
+    drop(held);
+    POINTERS.call_once(|| {
+        // v86 reads `*acpi_enabled` on every register access; native
+        // builds point it into the runtime's heap, which this adapter
+        // does not start. One leaked `true` for the process.
+        // SAFETY: written once, before any v86 call of this process
+        // reads it (Once), and never freed.
+        unsafe {
+            if global_pointers::acpi_enabled.is_null() {
+                global_pointers::acpi_enabled = Box::leak(Box::new(true));
+            }
+        }
+    });
+}
+
+/// Gives v86's singletons back ([`hold_v86`]).
+pub(crate) fn release_v86() {
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    *held = false;
+    RELEASED.notify_one();
+}
+
+/// v86's IOAPIC in its power-up state: every entry masked, no request.
+pub(crate) fn reset_ioapic() {
+    let mut words = [0u32; IOAPIC_STATE_WORDS];
+    words[..24].fill(MASKED);
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    ioapic::restore_state_bytes(&bytes).expect("v86's IOAPIC state layout");
+}
+
 /// Empties v86's APIC (IRR, ISR, TMR).
 fn clear_apic() {
     apic::restore_state_bytes(&[0u8; APIC_STATE_BYTES]).expect("v86's APIC state layout");
@@ -107,9 +125,7 @@ fn clear_apic() {
 
 impl<S: MsiSink> Drop for V86Ioapic<S> {
     fn drop(&mut self) {
-        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-        *held = false;
-        RELEASED.notify_one();
+        release_v86();
     }
 }
 

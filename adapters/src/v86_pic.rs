@@ -16,17 +16,11 @@
 //! v86 holds an edge request until its INTA
 //! ([`EdgeRequests::HeldUntilAck`]).
 
-use std::sync::{Condvar, Mutex};
-
 use irqdiff_model::pic::{
     ELCR_MASTER, ELCR_SLAVE, MASTER_COMMAND, MASTER_DATA, SLAVE_COMMAND, SLAVE_DATA,
 };
 use irqdiff_model::{EdgeRequests, PicDevice, PicProfile, PicUnsupported};
 use native_v86_core::cpu::pic;
-
-/// Whether a [`V86Pic`] holds v86's singleton.
-static HELD: Mutex<bool> = Mutex::new(false);
-static RELEASED: Condvar = Condvar::new();
 
 /// v86's power-up state of one chip, in `restore_state`'s layout: IMR
 /// stored inverted (0: all masked), vector base, ISR, IRR, master flag,
@@ -47,12 +41,9 @@ impl V86Pic {
     /// Takes v86's singleton (waiting for another holder to drop it) and
     /// resets it to v86's power-up state.
     pub fn new() -> V86Pic {
-        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-        while *held {
-            held = RELEASED.wait(held).unwrap_or_else(|e| e.into_inner());
-        }
-        *held = true;
-        drop(held);
+        // One holder of all of v86's singletons at a time: its APIC and
+        // IOAPIC code may reach the PIC's globals too.
+        crate::v86::hold_v86();
         pic::restore_state(&power_up(true), &power_up(false));
         V86Pic { _private: () }
     }
@@ -66,9 +57,7 @@ impl Default for V86Pic {
 
 impl Drop for V86Pic {
     fn drop(&mut self) {
-        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-        *held = false;
-        RELEASED.notify_one();
+        crate::v86::release_v86();
     }
 }
 

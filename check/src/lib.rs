@@ -18,9 +18,13 @@
 //! the spec the device breaks. Scenarios needing what the device declares
 //! [`irqdiff_model::Unsupported`] are skipped and counted.
 //!
+//! A userspace local APIC ([`irqdiff_model::LapicDevice`]) has its own
+//! harness, [`check_lapic`]: `irqdiff_check::check_lapic(|| MyLapic::new())`.
+//!
 //! [`check_pic`] does the same for an 8259A PIC pair behind
 //! [`irqdiff_model::PicDevice`] (module [`pic`]).
 
+mod lapic;
 pub mod pic;
 mod scenario;
 
@@ -33,6 +37,10 @@ use proptest::test_runner::{
     Config as PtConfig, FileFailurePersistence, RngAlgorithm, TestError, TestRng, TestRunner,
 };
 
+pub use lapic::{
+    check_lapic, check_lapic_with, compare_lapic, lapic_needs, run_lapic, LapicEvent, LapicFailure,
+    LapicOp, LapicScenario, LapicVerdict, RETRIGGERED,
+};
 pub use pic::{
     check_pic, check_pic_with, compare_pic, PicFailure, PicScenario, PicVerdict,
     INTA_WITHOUT_REQUEST, PIC_UNMODELLED,
@@ -144,25 +152,7 @@ where
     F: Fn(MessageQueue) -> D,
 {
     let version = scenario::version_of(&mut make(MessageQueue::new()));
-    let mut pt = PtConfig {
-        cases: config.cases,
-        source_file: source,
-        failure_persistence: None,
-        ..PtConfig::default()
-    };
-    if config.persist && source.is_some() {
-        pt.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        )));
-    }
-    let mut runner = match config.seed {
-        Some(seed) => {
-            let mut bytes = [0u8; 32];
-            bytes[..8].copy_from_slice(&seed.to_le_bytes());
-            TestRunner::new_with_rng(pt, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
-        }
-        None => TestRunner::new(pt),
-    };
+    let mut runner = runner(config, source);
     let summary = RefCell::new(Summary::default());
     let result = runner.run(&scenario::strategy(version), |s| {
         match compare(&s, &make) {
@@ -230,4 +220,28 @@ where
         diff,
         rule,
     })
+}
+
+/// The proptest runner of a [`Config`]: its cases, seed and regressions
+/// file (next to `source`).
+fn runner(config: &Config, source: Option<&'static str>) -> TestRunner {
+    let mut pt = PtConfig {
+        cases: config.cases,
+        source_file: source,
+        failure_persistence: None,
+        ..PtConfig::default()
+    };
+    if config.persist && source.is_some() {
+        pt.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        )));
+    }
+    match config.seed {
+        Some(seed) => {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&seed.to_le_bytes());
+            TestRunner::new_with_rng(pt, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
+        }
+        None => TestRunner::new(pt),
+    }
 }

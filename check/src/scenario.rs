@@ -319,16 +319,11 @@ fn step(m: &mut Machine, _s: &Scenario, i: usize, op: &Op, events: &mut Vec<Even
         }
         Op::IoapicEoi(v) => m.ioapic_mmio_write(IOEOI, v as u32),
         Op::IoapicRead(index) => {
-            let mut value = read_indirect(m, index);
-            if (0x10..0x40).contains(&index) {
-                // Bits 55:17 of an entry are reserved (82093AA §3.2.4):
-                // what they read back is not compared (byo-findings M2).
-                value &= if index % 2 == 1 {
-                    0xff00_0000
-                } else {
-                    0x0001_ffff
-                };
-            }
+            // What the spec leaves undefined is not compared: an entry's
+            // reserved bits (byo-findings M2) and an edge entry's remote
+            // IRR (M1), decided where irqdiff's campaign oracle decides it.
+            let value =
+                irqdiff_model::undefined::defined_bits_of_read(index, read_indirect(m, index));
             events.push(Event::Read {
                 op: i,
                 reg: index,
@@ -387,12 +382,11 @@ fn snapshot(m: &mut Machine, i: usize, events: &mut Vec<Event>) {
     };
     let (irr, isr, tmr) = (words(reg::IRR), words(reg::ISR), words(reg::TMR));
     // Remote IRR of level entries only: 82093AA §3.2.4 bit 14 leaves it
-    // undefined for edge-triggered entries (the model clears it on retype
-    // as KVM and QEMU do; irqdiff-model lib.rs, G-5).
+    // undefined for edge-triggered entries (M1; irqdiff_model::undefined).
     let mut remote_irr = 0u32;
     for pin in 0..24u8 {
         let low = read_indirect(m, 0x10 + 2 * pin);
-        if low & 1 << 15 != 0 && low & 1 << 14 != 0 {
+        if irqdiff_model::undefined::remote_irr_defined(low) && low & 1 << 14 != 0 {
             remote_irr |= 1 << pin;
         }
     }

@@ -35,3 +35,27 @@ fn the_two_line_use_runs_and_counts() {
     let summary = irqdiff_check::check_ioapic(|sink| ModelIoapic::new(IoapicVersion::V20, sink));
     assert!(summary.compared > 0);
 }
+
+#[test]
+fn the_lapic_harness_against_the_models_own_lapic_finds_nothing() {
+    let config = Config {
+        cases: 3000,
+        persist: false,
+        seed: None,
+    };
+    let summary = irqdiff_check::check_lapic_with(&config, None, || {
+        irqdiff_model::Lapic::new(false, false, irqdiff_model::Quirks::empty())
+    })
+    .unwrap_or_else(|f| panic!("{f}"));
+    // Nothing declared unsupported: only the harness's own skip remains.
+    let skipped: u32 = summary.skipped.values().sum();
+    assert_eq!(summary.compared + skipped, 3000);
+    assert!(summary.compared > 2500, "{summary:?}");
+    assert!(
+        summary
+            .skipped
+            .keys()
+            .all(|why| *why == irqdiff_check::RETRIGGERED),
+        "{summary:?}"
+    );
+}

@@ -197,15 +197,33 @@ impl Ioapic {
     }
 
     pub fn with_quirks(version: IoapicVersion, quirks: Quirks) -> Ioapic {
+        Ioapic::with_deviations(version, quirks, Deviations::default())
+    }
+
+    /// The start state with `deviations` broken from the start (some break
+    /// the reset state itself: `ioapic-reset-masked/skipped`).
+    pub fn with_deviations(
+        version: IoapicVersion,
+        quirks: Quirks,
+        deviations: Deviations,
+    ) -> Ioapic {
+        // 82093AA §3.2.4 bit 16: "the mask bit is set to 1 on reset"
+        // (rule ioapic-reset-masked); the deviation leaves every entry 0:
+        // unmasked, fixed, edge, vector 0 to APIC 0 (alioth 0.12, A1 in
+        // docs/byo-findings.md).
+        let reset_entry = if deviations.breaks(Rule::IoapicResetMasked, Mode::Skipped) {
+            0
+        } else {
+            bits::MASKED
+        };
         Ioapic {
             version,
             quirks,
-            deviations: Deviations::default(),
+            deviations,
             select: 0,
             id: 0,
             arbitration: 0,
-            // 82093AA §3.2.4: "the mask bit is set to 1 on reset".
-            redirection: [bits::MASKED; PINS],
+            redirection: [reset_entry; PINS],
             remote_irr: 0,
             asserted: 0,
             stuck: 0,
@@ -216,13 +234,12 @@ impl Ioapic {
     }
 
     pub fn reset(&mut self) {
-        *self = Ioapic {
-            deviations: self.deviations,
-            ..Ioapic::with_quirks(self.version, self.quirks)
-        };
+        *self = Ioapic::with_deviations(self.version, self.quirks, self.deviations);
     }
 
     /// Breaks the given rules from now on (kept across [`Ioapic::reset`]).
+    /// A deviation of the reset state takes effect at the next reset; use
+    /// [`Ioapic::with_deviations`] to start with it.
     pub fn set_deviations(&mut self, deviations: Deviations) {
         self.deviations = deviations;
     }
@@ -245,6 +262,21 @@ impl Ioapic {
     /// Remote IRR (§3.2.4 bit 14) of every pin, bit `pin`.
     pub fn remote_irr_pins(&self) -> u32 {
         self.remote_irr
+    }
+
+    /// Delivery status (§3.2.4 bit 12) of every pin, bit `pin`: never
+    /// pending, since delivery is instantaneous, unless the guest wrote it
+    /// under `ioapic-read-only-bits/skipped`.
+    pub fn delivery_status_pins(&self) -> u32 {
+        if !self
+            .deviations
+            .breaks(Rule::IoapicReadOnlyBits, Mode::Skipped)
+        {
+            return 0;
+        }
+        (0..PINS)
+            .filter(|&pin| self.redirection[pin] & bits::DELIVERY_STATUS != 0)
+            .fold(0, |pins, pin| pins | 1 << pin)
     }
 
     pub fn is_asserted(&self, pin: usize) -> bool {
@@ -329,12 +361,25 @@ impl Ioapic {
                     (old & 0xffff_ffff) | ((value as u64) << 32)
                 };
                 // §3.2.4: delivery status (bit 12) and remote IRR (bit 14) are
-                // read-only.
-                new = (new & !bits::READ_ONLY) | (old & bits::READ_ONLY);
+                // read-only (rule ioapic-read-only-bits). The deviation stores
+                // the written low dword whole, as alioth 0.12's `write_reg`
+                // does (A2 in docs/byo-findings.md): the written bits read
+                // back, and remote IRR is what was written.
+                let stored_as_written = self
+                    .deviations
+                    .breaks(Rule::IoapicReadOnlyBits, Mode::Skipped);
+                if stored_as_written {
+                    if (new ^ old) & bits::READ_ONLY != 0 {
+                        bus.note(Rule::Quirk, new as u8);
+                    }
+                } else {
+                    new = (new & !bits::READ_ONLY) | (old & bits::READ_ONLY);
+                }
                 // §3.2.4 bit 14 leaves remote IRR undefined for edge entries;
                 // the model clears it, as KVM (ioapic_write_indirect) and QEMU
                 // (ioapic_fix_edge_remote_irr) do.
-                if new & bits::LEVEL == 0
+                if !stored_as_written
+                    && new & bits::LEVEL == 0
                     && new & bits::REMOTE_IRR != 0
                     && !self
                         .deviations
@@ -766,6 +811,62 @@ mod tests {
             Ioapic::new(IoapicVersion::V20).read_register(REG_VERSION),
             0x0017_0020
         );
+    }
+
+    #[test]
+    fn deviation_reset_unmasked_sends_vector_0_from_an_unrouted_pin() {
+        // 82093AA §3.2.4 bit 16: masked after reset (ioapic-reset-masked);
+        // the deviation is alioth 0.12's reset state (byo-findings A1).
+        let broken = Deviations::of(&[crate::rules::Deviation::new(
+            Rule::IoapicResetMasked,
+            Mode::Skipped,
+        )]);
+        let mut bus = Bus::default();
+        let mut spec = Ioapic::new(IoapicVersion::V11);
+        assert_eq!(spec.read_register(REG_REDTBL), MASK);
+        spec.set_irq(0, true, &mut bus);
+        assert!(bus.sent.is_empty());
+        let mut io = Ioapic::with_deviations(IoapicVersion::V11, Quirks::empty(), broken);
+        assert_eq!(io.read_register(REG_REDTBL), 0);
+        assert_eq!(io.read_register(REG_REDTBL + 2 * 23), 0);
+        io.set_irq(0, true, &mut bus);
+        assert_eq!(bus.sent, vec![(0, Rule::EdgeDelivers)]);
+        // Kept across a reset, and a later set_deviations takes effect there.
+        io.reset();
+        assert_eq!(io.read_register(REG_REDTBL), 0);
+        spec.set_deviations(broken);
+        assert_eq!(spec.read_register(REG_REDTBL), MASK);
+        spec.reset();
+        assert_eq!(spec.read_register(REG_REDTBL), 0);
+    }
+
+    #[test]
+    fn deviation_read_only_bits_stores_the_written_low_dword() {
+        // 82093AA §3.2.4 bits 12 and 14 are RO (ioapic-read-only-bits); the
+        // deviation is alioth 0.12's write_reg (byo-findings A2).
+        let broken = Deviations::of(&[crate::rules::Deviation::new(
+            Rule::IoapicReadOnlyBits,
+            Mode::Skipped,
+        )]);
+        let mut bus = Bus::default();
+        let mut io = Ioapic::with_deviations(IoapicVersion::V11, Quirks::empty(), broken);
+        let written = MASK | 1 << 14 | 1 << 12 | 0x30;
+        route(&mut io, 1, written, &mut bus);
+        assert_eq!(io.read_register(REG_REDTBL + 2), written);
+        assert!(io.entry(1).remote_irr() && io.entry(1).delivery_status());
+        assert_eq!(io.delivery_status_pins(), 1 << 1);
+        assert_eq!(bus.notes, vec![Rule::Quirk]);
+        // The high dword's write keeps the low dword as it is.
+        io.write_register(REG_REDTBL + 3, 0x0100_0000, &mut bus);
+        assert_eq!(io.read_register(REG_REDTBL + 2), written);
+        // A write with the bits clear clears them.
+        route(&mut io, 1, MASK | 0x30, &mut bus);
+        assert_eq!(io.read_register(REG_REDTBL + 2), MASK | 0x30);
+        assert!(!io.entry(1).remote_irr());
+        // The spec keeps them: the same write reads back without them.
+        let mut spec = Ioapic::new(IoapicVersion::V11);
+        route(&mut spec, 1, written, &mut bus);
+        assert_eq!(spec.read_register(REG_REDTBL + 2), MASK | 0x30);
     }
 
     #[test]

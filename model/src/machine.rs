@@ -175,8 +175,7 @@ pub(crate) fn note_error_interrupt(lapic: &mut Lapic, log: &mut DecisionLog) {
 impl Machine {
     #[inline]
     pub fn new(config: MachineConfig) -> Machine {
-        let mut ioapic = Ioapic::with_quirks(config.ioapic, config.quirks);
-        ioapic.set_deviations(config.deviations);
+        let ioapic = Ioapic::with_deviations(config.ioapic, config.quirks, config.deviations);
         let mut lapic = Lapic::new(config.x2apic, config.directed_eoi, config.quirks);
         lapic.set_deviations(config.deviations);
         Machine {
@@ -544,10 +543,12 @@ impl Machine {
         }
         let remote = self.ioapic.remote_irr_pins();
         // Delivery is instantaneous (crate docs): no entry's delivery
-        // status ever reads as pending.
+        // status reads as pending, unless a guest wrote it
+        // (`ioapic-read-only-bits/skipped`).
+        let pending = self.ioapic.delivery_status_pins();
         (
             std::array::from_fn(|pin| remote & (1 << pin) != 0),
-            [false; 24],
+            std::array::from_fn(|pin| pending & (1 << pin) != 0),
         )
     }
 }

@@ -389,6 +389,12 @@ impl Deviation {
                 "EOI-broadcast suppression is advertised (version bit 24) and honoured where the platform has none"
             }
             (Rule::SelfIpi, Mode::Skipped) => "a write of the x2APIC SELF IPI register sends nothing",
+            (Rule::IoapicResetMasked, Mode::Skipped) => {
+                "the redirection entries come out of reset unmasked (vector 0, fixed, edge, to APIC 0)"
+            }
+            (Rule::IoapicReadOnlyBits, Mode::Skipped) => {
+                "a write of an entry's low dword stores delivery status (bit 12) and remote IRR (bit 14) as written"
+            }
             _ => return None,
         })
     }

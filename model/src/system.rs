@@ -317,8 +317,7 @@ impl System {
     /// `aps_wait_for_sipi`, CPUs 1 and up start in the wait-for-SIPI state
     /// (SDM §9.4.1: the APs after RESET), otherwise in the start state.
     pub fn new(config: MachineConfig, apic_ids: &[u32], aps_wait_for_sipi: bool) -> System {
-        let mut ioapic = Ioapic::with_quirks(config.ioapic, config.quirks);
-        ioapic.set_deviations(config.deviations);
+        let ioapic = Ioapic::with_deviations(config.ioapic, config.quirks, config.deviations);
         let nodes = apic_ids
             .iter()
             .enumerate()
