@@ -172,19 +172,30 @@ pub fn documented(backend: &str, deviations: &[Deviation]) -> Option<Known> {
     } else {
         return None;
     };
-    // The same rules broken (in whatever mode the evidence showed): a
-    // program where the stale IRR vector is never taken again cannot tell
-    // "ISR not set, IRR kept" from "ISR not set".
-    let rules = |set: &[Deviation]| {
-        let mut rules: Vec<Rule> = set.iter().map(|d| d.rule).collect();
-        rules.sort_unstable();
-        rules.dedup();
-        rules
-    };
-    let wanted = rules(deviations);
+    let mut wanted: Vec<Deviation> = deviations.iter().map(|d| same_behaviour(*d)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
     ALL.into_iter().find(|k| {
-        k.id.starts_with(family) && !k.deviations.is_empty() && rules(k.deviations) == wanted
+        let mut set: Vec<Deviation> = k.deviations.iter().map(|d| same_behaviour(*d)).collect();
+        set.sort_unstable();
+        set.dedup();
+        k.id.starts_with(family) && !set.is_empty() && set == wanted
     })
+}
+
+/// A deviation as a documented behaviour is matched: the same deviation,
+/// except that a program where the stale IRR vector is never taken again
+/// cannot tell "ISR not set, IRR kept" (`accepted-into-irr/inverted`) from
+/// "ISR not set" (`accepted-into-irr/skipped`). Other modes of one rule are
+/// other behaviours (an EOI that never reaches the IOAPIC is not one that
+/// reaches it early).
+fn same_behaviour(d: Deviation) -> Deviation {
+    match (d.rule, d.mode) {
+        (Rule::AcceptedIntoIrr, Mode::Skipped) => {
+            Deviation::new(Rule::AcceptedIntoIrr, Mode::Inverted)
+        }
+        _ => d,
+    }
 }
 
 /// The deviation sets of `backend`'s documented behaviours (its family's):
@@ -197,10 +208,17 @@ pub fn hints(backend: &str) -> Vec<Vec<Deviation>> {
     } else {
         return Vec::new();
     };
-    ALL.into_iter()
+    let mut sets: Vec<Vec<Deviation>> = ALL
+        .into_iter()
         .filter(|k| k.id.starts_with(family) && !k.deviations.is_empty())
         .map(|k| k.deviations.to_vec())
-        .collect()
+        .collect();
+    // kvm-isr-not-set in the form a program that never takes the stale
+    // vector again shows ([`same_behaviour`]).
+    if family == "kvm-" {
+        sets.push(vec![Deviation::new(Rule::AcceptedIntoIrr, Mode::Skipped)]);
+    }
+    sets
 }
 
 /// The documented behaviour with this id.
@@ -658,6 +676,10 @@ mod tests {
         let early = [Deviation::new(Rule::EoiBroadcast, Mode::Inverted)];
         assert_eq!(documented("kvm-split", &early), Some(KVM_EARLY_EOI));
         assert_eq!(documented("qemu-tcg", &early), None);
+        // Another mode of the same rule is another behaviour.
+        let lost = [Deviation::new(Rule::EoiBroadcast, Mode::Skipped)];
+        assert_eq!(documented("kvm-split", &lost), None);
+        assert!(hints("kvm").contains(&isr.to_vec()));
         let more = [isr[0], Deviation::new(Rule::EoiBroadcast, Mode::Skipped)];
         assert_eq!(documented("kvm", &more), None);
         assert_eq!(documented("kvm", &[]), None);

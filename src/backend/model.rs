@@ -578,11 +578,13 @@ impl<'s, R: Recorder> Run<'s, R> {
     /// Where in `op` the first exit to the VMM after a take comes, with
     /// the IOAPIC in userspace, for `eoi-broadcast/inverted`: an IOAPIC
     /// access's first access is its IOREGSEL write (before the op's
-    /// effect); a host op exits to do its work, and a snapshot's IOAPIC
-    /// reads follow its local APIC reads (after).
+    /// effect); a host op exits to do its work (after); a snapshot's IOAPIC
+    /// reads follow its local APIC reads (in between).
     fn early_eoi_point(&self, op: &Op) -> Option<EoiPoint> {
         match op {
-            Op::Host(_) | Op::IoapicEoi(_) | Op::Snapshot => Some(EoiPoint::After),
+            Op::Host(_) | Op::IoapicEoi(_) => Some(EoiPoint::After),
+            // Between its local APIC and IOAPIC reads (`execute`).
+            Op::Snapshot => None,
             Op::Route { .. }
             | Op::Mask(_)
             | Op::Unmask(_)
@@ -680,13 +682,21 @@ impl<'s, R: Recorder> Run<'s, R> {
                 self.halt(k, depth)?;
             }
             Op::Snapshot => {
-                let (remote_irr, delivery_status) = m.ioapic_status();
+                let (irr, isr, tmr) = (m.lapic.irr(), m.lapic.isr(), m.lapic.tmr());
+                let (tpr, ppr) = (m.lapic.tpr(), m.lapic.ppr());
+                // Deviation eoi-broadcast/inverted with the IOAPIC in
+                // userspace: the stub reads the local APIC first; its
+                // first IOAPIC read is the exit that sends the EOI.
+                if let Some(vector) = self.early_eoi {
+                    self.send_early_eoi(vector);
+                }
+                let (remote_irr, delivery_status) = self.machine.ioapic_status();
                 let snapshot = Snapshot {
-                    irr: m.lapic.irr(),
-                    isr: m.lapic.isr(),
-                    tmr: m.lapic.tmr(),
-                    tpr: m.lapic.tpr(),
-                    ppr: m.lapic.ppr(),
+                    irr,
+                    isr,
+                    tmr,
+                    tpr,
+                    ppr,
                     remote_irr,
                     delivery_status,
                 };
