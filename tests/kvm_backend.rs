@@ -566,9 +566,7 @@ fn reads_of_eoi_and_rrd_return_the_emulators_stale_value_and_agree() {
             [read(0, 0xb0, 0xb0), read(1, 0xc0, 0xc0), read(2, 0xa0, 0)],
             "{name}"
         );
-        let model = irqdiff::backend::model::ModelBackend::new()
-            .run(&s)
-            .unwrap();
+        let model = backend::model::ModelBackend::new().run(&s).unwrap();
         assert_eq!(
             irqdiff::oracle::compare(&model, &t),
             irqdiff::oracle::Verdict::Agree,
