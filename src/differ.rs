@@ -52,6 +52,13 @@ pub struct Finding {
     /// confirms an explanation on other findings.
     #[serde(default)]
     pub probe: Option<Trace>,
+    /// When `observed` was unexplained and a re-run of the minimised
+    /// scenario on the target gave another trace
+    /// ([`crate::diagnose::diagnose_reruns`]): that trace, which
+    /// `explained_by` explains if it is set. The backend's timing varies
+    /// between runs of this program (docs/causes.md, "Timing").
+    #[serde(default)]
+    pub rerun: Option<Trace>,
 }
 
 /// Runs both backends on a scenario and rules on the difference.
@@ -150,6 +157,7 @@ impl Differ {
             known: None,
             explained_by: Vec::new(),
             probe: None,
+            rerun: None,
         })
     }
 }

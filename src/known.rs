@@ -47,6 +47,18 @@ pub const KVM_DEFERRED_INJECTION: Known = Known {
     deviations: &[Deviation::new(Rule::DispatchAbovePpr, Mode::Late)],
 };
 
+/// KVM (this host's kvm_pvm): a level-triggered interrupt's EOI reaches
+/// the IOAPIC at the first exit after its injection, before the handler
+/// writes EOI (with the IOAPIC in userspace: `KVM_EXIT_IOAPIC_EOI` on the
+/// `KVM_RUN` after the first exit to userspace). Upstream KVM sends it from
+/// `apic_set_eoi` (`kvm_ioapic_send_eoi`), on the guest's EOI write.
+pub const KVM_EARLY_EOI: Known = Known {
+    id: "kvm-early-eoi",
+    title: "KVM: a level interrupt's EOI reaches the IOAPIC at the first exit after its injection",
+    doc: "docs/known-divergences.md#kvm-early-eoi",
+    deviations: &[Deviation::new(Rule::EoiBroadcast, Mode::Inverted)],
+};
+
 /// QEMU: every assert of an unmasked edge pin delivers, even when the line
 /// is already asserted (`ioapic_set_irq`, hw/intc/ioapic.c).
 pub const QEMU_EDGE_EVERY_ASSERT: Known = Known {
@@ -137,9 +149,10 @@ pub const QEMU_APIC_PAGE_FIXED: Known = Known {
 };
 
 /// Every documented behaviour.
-pub const ALL: [Known; 9] = [
+pub const ALL: [Known; 10] = [
     KVM_ISR_NOT_SET,
     KVM_DEFERRED_INJECTION,
+    KVM_EARLY_EOI,
     KVM_IOAPIC_LATCH,
     QEMU_EDGE_EVERY_ASSERT,
     QEMU_IOAPIC_LATCH,
@@ -159,19 +172,30 @@ pub fn documented(backend: &str, deviations: &[Deviation]) -> Option<Known> {
     } else {
         return None;
     };
-    // The same rules broken (in whatever mode the evidence showed): a
-    // program where the stale IRR vector is never taken again cannot tell
-    // "ISR not set, IRR kept" from "ISR not set".
-    let rules = |set: &[Deviation]| {
-        let mut rules: Vec<Rule> = set.iter().map(|d| d.rule).collect();
-        rules.sort_unstable();
-        rules.dedup();
-        rules
-    };
-    let wanted = rules(deviations);
+    let mut wanted: Vec<Deviation> = deviations.iter().map(|d| same_behaviour(*d)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
     ALL.into_iter().find(|k| {
-        k.id.starts_with(family) && !k.deviations.is_empty() && rules(k.deviations) == wanted
+        let mut set: Vec<Deviation> = k.deviations.iter().map(|d| same_behaviour(*d)).collect();
+        set.sort_unstable();
+        set.dedup();
+        k.id.starts_with(family) && !set.is_empty() && set == wanted
     })
+}
+
+/// A deviation as a documented behaviour is matched: the same deviation,
+/// except that a program where the stale IRR vector is never taken again
+/// cannot tell "ISR not set, IRR kept" (`accepted-into-irr/inverted`) from
+/// "ISR not set" (`accepted-into-irr/skipped`). Other modes of one rule are
+/// other behaviours (an EOI that never reaches the IOAPIC is not one that
+/// reaches it early).
+fn same_behaviour(d: Deviation) -> Deviation {
+    match (d.rule, d.mode) {
+        (Rule::AcceptedIntoIrr, Mode::Skipped) => {
+            Deviation::new(Rule::AcceptedIntoIrr, Mode::Inverted)
+        }
+        _ => d,
+    }
 }
 
 /// The deviation sets of `backend`'s documented behaviours (its family's):
@@ -184,10 +208,17 @@ pub fn hints(backend: &str) -> Vec<Vec<Deviation>> {
     } else {
         return Vec::new();
     };
-    ALL.into_iter()
+    let mut sets: Vec<Vec<Deviation>> = ALL
+        .into_iter()
         .filter(|k| k.id.starts_with(family) && !k.deviations.is_empty())
         .map(|k| k.deviations.to_vec())
-        .collect()
+        .collect();
+    // kvm-isr-not-set in the form a program that never takes the stale
+    // vector again shows ([`same_behaviour`]).
+    if family == "kvm-" {
+        sets.push(vec![Deviation::new(Rule::AcceptedIntoIrr, Mode::Skipped)]);
+    }
+    sets
 }
 
 /// The documented behaviour with this id.
@@ -201,6 +232,7 @@ pub struct HostBehaviours {
     pub isr_not_set: bool,
     pub deferred_injection: bool,
     pub ioapic_latch: bool,
+    pub early_eoi: bool,
 }
 
 /// Probes this host's KVM once (both behaviours are properties of the
@@ -242,7 +274,30 @@ fn probe() -> HostBehaviours {
         isr_not_set,
         deferred_injection,
         ioapic_latch,
+        early_eoi: run(&mut kvm, EARLY_EOI_PROBE).is_some_and(|t| early_eoi_seen(&t)),
     }
+}
+
+/// [`KVM_EARLY_EOI`]'s probe, with the IOAPIC in userspace: the handler
+/// deasserts the line (an exit), then reads the entry before its EOI,
+/// whose remote IRR (bit 14) must still be set (82093AA §3.2.4: reset by
+/// the EOI message). (With the in-kernel IOAPIC the early EOI comes before
+/// the handler's first op, the line still high: the IOAPIC sends the pin
+/// again and sets remote IRR, which hides it from this read.)
+pub const EARLY_EOI_PROBE: &str = "config irqchip=split\n\
+                                   handler 0x20: deassert 0; ioapic-read 0x10; eoi\n\
+                                   route 0 vector=0x20 level\nassert 0\n";
+
+/// Whether a trace of [`EARLY_EOI_PROBE`] shows remote IRR clear before
+/// the handler's EOI.
+pub fn early_eoi_seen(trace: &crate::trace::Trace) -> bool {
+    trace.events.iter().any(|e| {
+        matches!(e.kind, crate::trace::EventKind::Read {
+            space: crate::trace::Space::Ioapic,
+            reg: 0x10,
+            value,
+        } if value & (1 << 14) == 0)
+    })
 }
 
 /// The documented behaviour that explains a divergence of `backend` with
@@ -618,6 +673,13 @@ mod tests {
         assert_eq!(documented("kvm-split", &isr), Some(KVM_ISR_NOT_SET));
         assert_eq!(documented("sim:isr-never-set", &isr), None);
         assert_eq!(documented("qemu-tcg", &isr), None);
+        let early = [Deviation::new(Rule::EoiBroadcast, Mode::Inverted)];
+        assert_eq!(documented("kvm-split", &early), Some(KVM_EARLY_EOI));
+        assert_eq!(documented("qemu-tcg", &early), None);
+        // Another mode of the same rule is another behaviour.
+        let lost = [Deviation::new(Rule::EoiBroadcast, Mode::Skipped)];
+        assert_eq!(documented("kvm-split", &lost), None);
+        assert!(hints("kvm").contains(&isr.to_vec()));
         let more = [isr[0], Deviation::new(Rule::EoiBroadcast, Mode::Skipped)];
         assert_eq!(documented("kvm", &more), None);
         assert_eq!(documented("kvm", &[]), None);

@@ -464,3 +464,113 @@ fn split_routes_reach_kvm_only_when_a_level_route_changes() {
         assert_eq!(b.last_calls.routing, routing, "step {i}: {text:?}");
     }
 }
+
+/// kvm-early-eoi (docs/known-divergences.md): the probe of src/known.rs,
+/// event by event. The handler's deassert is an exit; at the entry after
+/// it this host's KVM has already ended the level interrupt at the IOAPIC
+/// (with the IOAPIC in userspace: KVM_EXIT_IOAPIC_EOI), so the handler
+/// reads remote IRR clear before its own EOI (the model: set, 0xc020).
+#[test]
+fn a_level_interrupt_ends_at_the_first_exit_after_its_injection() {
+    if !kvm_or_skip("a_level_interrupt_ends_at_the_first_exit_after_its_injection") {
+        return;
+    }
+    use irqdiff::trace::{Event, EventKind, Space};
+    let probe = scenario(irqdiff::known::EARLY_EOI_PROBE);
+    let wanted = [
+        Event::new(1, EventKind::Deliver { vector: 0x20 }),
+        Event::new(
+            1,
+            EventKind::Read {
+                space: Space::Ioapic,
+                reg: 0x10,
+                value: 0x8020,
+            },
+        ),
+    ];
+    for name in ["kvm", "kvm-split"] {
+        let t = open(name).run(&probe).unwrap();
+        assert_eq!(t.events, wanted, "{name}");
+        assert_eq!(t.outcome, Outcome::Completed, "{name}");
+        assert!(irqdiff::known::early_eoi_seen(&t), "{name}");
+        // The model with the deviation gives exactly this trace.
+        assert!(
+            irqdiff::diagnose::reproduces(
+                &probe,
+                &t,
+                &[irqdiff::model::Deviation::new(
+                    irqdiff::model::Rule::EoiBroadcast,
+                    irqdiff::model::Mode::Inverted
+                )]
+            ),
+            "{name}"
+        );
+    }
+    assert!(irqdiff::known::host_behaviours().early_eoi);
+    // With the in-kernel IOAPIC it comes before the handler's first op:
+    // the line, still high, is sent again and its vector is in IRR when
+    // the handler looks (the model: IRR clear, ISR set). The model with
+    // this host's three deviations gives the trace (three tries: a host
+    // exit can re-inject the stale vector).
+    let full =
+        scenario("handler 0x20: snapshot; deassert 0; eoi\nroute 0 vector=0x20 level\nassert 0\n");
+    let host = [
+        irqdiff::model::Deviation::new(
+            irqdiff::model::Rule::AcceptedIntoIrr,
+            irqdiff::model::Mode::Skipped,
+        ),
+        irqdiff::model::Deviation::new(
+            irqdiff::model::Rule::DispatchAbovePpr,
+            irqdiff::model::Mode::Late,
+        ),
+        irqdiff::model::Deviation::new(
+            irqdiff::model::Rule::EoiBroadcast,
+            irqdiff::model::Mode::Inverted,
+        ),
+    ];
+    let mut kvm = open("kvm");
+    let reproduced = (0..ATTEMPTS).any(|_| {
+        let t = kvm.run(&full).unwrap();
+        irqdiff::diagnose::reproduces(&full, &t, &host)
+    });
+    assert!(reproduced, "kvm: {:?}", kvm.run(&full).unwrap());
+}
+
+/// SDM Table 11-1: the EOI register is write only and the RRD is not
+/// supported since the Pentium 4, so what a read of either gives is open.
+/// This host's KVM completes the read without data
+/// (`kvm_lapic_readable_reg_mask` leaves both out, `apic_mmio_read`
+/// ignores the refusal): the load returns what the instruction emulator's
+/// buffer held, here the op's own offset, read just before.
+#[test]
+fn reads_of_eoi_and_rrd_return_the_emulators_stale_value_and_agree() {
+    if !kvm_or_skip("reads_of_eoi_and_rrd_return_the_emulators_stale_value_and_agree") {
+        return;
+    }
+    use irqdiff::trace::{Event, EventKind, Space};
+    let s = scenario("lapic-mmio-read 0x0b0\nlapic-mmio-read 0x0c0\nlapic-mmio-read 0x0a0\n");
+    let read = |op, reg, value| {
+        Event::new(
+            op,
+            EventKind::Read {
+                space: Space::Lapic,
+                reg,
+                value,
+            },
+        )
+    };
+    for name in ["kvm", "kvm-split"] {
+        let t = open(name).run(&s).unwrap();
+        assert_eq!(
+            t.events,
+            [read(0, 0xb0, 0xb0), read(1, 0xc0, 0xc0), read(2, 0xa0, 0)],
+            "{name}"
+        );
+        let model = backend::model::ModelBackend::new().run(&s).unwrap();
+        assert_eq!(
+            irqdiff::oracle::compare(&model, &t),
+            irqdiff::oracle::Verdict::Agree,
+            "{name}"
+        );
+    }
+}

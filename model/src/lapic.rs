@@ -421,6 +421,11 @@ impl Lapic {
     pub fn tmr(&self) -> [u32; 8] {
         self.tmr.words()
     }
+    /// Whether `vector` was accepted level-triggered (its TMR bit, §11.8.4).
+    #[inline]
+    pub fn is_level(&self, vector: u8) -> bool {
+        self.tmr.test(vector)
+    }
     #[inline]
     pub fn tpr(&self) -> u32 {
         self.tpr

@@ -452,11 +452,12 @@ impl Machine {
             return;
         };
         let lost = self.config.split && self.config.quirks.contains(Quirks::SPLIT_EOI_LOST);
+        let d = self.config.deviations;
+        // `eoi-broadcast/inverted`: the VMM sent it at the first exit after
+        // the vector was taken (the model backend's run does that).
         if lost
-            || self
-                .config
-                .deviations
-                .breaks(Rule::EoiBroadcast, Mode::Skipped)
+            || d.breaks(Rule::EoiBroadcast, Mode::Skipped)
+            || d.breaks(Rule::EoiBroadcast, Mode::Inverted)
         {
             self.log.push(Rule::Quirk, vector);
             return;

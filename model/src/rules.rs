@@ -312,6 +312,9 @@ impl Deviation {
                 "an assert coalesced while remote IRR is set is sent after the EOI"
             }
             (Rule::EoiBroadcast, Mode::Skipped) => "the EOI does not reach the IOAPIC",
+            (Rule::EoiBroadcast, Mode::Inverted) => {
+                "a level vector's EOI reaches the IOAPIC when the processor takes it (with the IOAPIC in userspace: at the first exit to the VMM after), not at the handler's EOI"
+            }
             (Rule::EoiClearsRemoteIrr, Mode::Skipped) => {
                 "the EOI reaches the IOAPIC but leaves remote IRR set"
             }

@@ -1257,11 +1257,17 @@ impl Backend for KvmBackend {
     }
 
     /// KVM's in-kernel IOAPIC is version 0x11 without directed EOI: a
-    /// generated scenario for the full irqchip gets that config.
+    /// generated scenario for the full irqchip gets that config. A
+    /// generated scenario says the shape it runs as (`kvm-split` runs
+    /// every one split), so that the model's exits to the VMM are the
+    /// ones the run has (IOAPIC accesses reach userspace).
     fn fit(&self, scenario: &mut Scenario) {
         if let Some(device) = self.device {
             device.fit(scenario);
             return;
+        }
+        if Shape::for_run(self.opened, scenario).is_split() {
+            scenario.config.irqchip = crate::scenario::Irqchip::Split;
         }
         if self.unsupported(scenario).is_some() {
             scenario.config.ioapic = IoapicVersion::V11;

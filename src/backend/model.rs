@@ -367,9 +367,19 @@ struct Run<'s, R> {
     /// Deviation `dispatch-above-ppr/skipped`: a TPR write lowered the
     /// priority and nothing is taken until the next exit to the VMM.
     waiting_for_exit: bool,
-    /// Either dispatch-above-ppr deviation (skipped or late) is on: ops go
-    /// through [`Run::op_deviating`].
+    /// Either dispatch-above-ppr deviation (skipped or late), or
+    /// `eoi-broadcast/inverted`, is on: ops go through [`Run::op_deviating`].
     dispatch_deviates: bool,
+    /// Deviation `eoi-broadcast/inverted`: the level vector taken whose
+    /// EOI the VMM broadcasts at the next exit.
+    early_eoi: Option<u8>,
+}
+
+/// Where an op's first exit falls (see [`Run::early_eoi_point`]).
+#[derive(Clone, Copy)]
+enum EoiPoint {
+    Before,
+    After,
 }
 
 /// The handler bodies of a scenario with up to [`Bodies::INLINE`] `handler`
@@ -468,7 +478,9 @@ impl<'s, R: Recorder> Run<'s, R> {
             waiting_for_exit: false,
             dispatch_deviates: deviations
                 .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Skipped)
-                || deviations.breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late),
+                || deviations.breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late)
+                || deviations.breaks(Rule::EoiBroadcast, crate::model::Mode::Inverted),
+            early_eoi: None,
         }
     }
 
@@ -512,7 +524,21 @@ impl<'s, R: Recorder> Run<'s, R> {
         } else {
             0
         };
+        // Deviation eoi-broadcast/inverted: the EOI of the level vector
+        // taken last reaches the IOAPIC at the first exit after it was
+        // taken, before the handler's EOI write (this host's KVM;
+        // docs/known-divergences.md#kvm-early-eoi).
+        let early = match self.early_eoi {
+            Some(vector) => self.early_eoi_point(op).map(|point| (vector, point)),
+            None => None,
+        };
+        if let Some((vector, EoiPoint::Before)) = early {
+            self.send_early_eoi(vector);
+        }
         self.execute(op, k, depth)?;
+        if let Some((vector, EoiPoint::After)) = early {
+            self.send_early_eoi(vector);
+        }
         self.recorder.collect(&mut self.machine, k);
         // Deviation dispatch-above-ppr/skipped (a stale TPR threshold): a TPR
         // write that lowers the priority takes nothing it unblocks until
@@ -539,6 +565,33 @@ impl<'s, R: Recorder> Run<'s, R> {
         }
         self.recorder.note_held(&self.machine, k);
         Ok(())
+    }
+
+    /// Deviation eoi-broadcast/inverted: the IOAPIC gets the EOI of the
+    /// level vector taken last.
+    fn send_early_eoi(&mut self, vector: u8) {
+        self.early_eoi = None;
+        self.machine.note(Rule::Quirk, vector);
+        self.machine.ioapic_eoi(vector);
+    }
+
+    /// Where in `op` the first exit to the VMM after a take comes, with
+    /// the IOAPIC in userspace, for `eoi-broadcast/inverted`: an IOAPIC
+    /// access's first access is its IOREGSEL write (before the op's
+    /// effect); a host op exits to do its work (after); a snapshot's IOAPIC
+    /// reads follow its local APIC reads (in between).
+    fn early_eoi_point(&self, op: &Op) -> Option<EoiPoint> {
+        match op {
+            Op::Host(_) | Op::IoapicEoi(_) => Some(EoiPoint::After),
+            // Between its local APIC and IOAPIC reads (`execute`).
+            Op::Snapshot => None,
+            Op::Route { .. }
+            | Op::Mask(_)
+            | Op::Unmask(_)
+            | Op::IoapicRead(_)
+            | Op::IoapicWrite { .. } => Some(EoiPoint::Before),
+            _ => None,
+        }
     }
 
     /// Whether `op` exits to the VMM: a host op, or with the IOAPIC in
@@ -629,13 +682,21 @@ impl<'s, R: Recorder> Run<'s, R> {
                 self.halt(k, depth)?;
             }
             Op::Snapshot => {
-                let (remote_irr, delivery_status) = m.ioapic_status();
+                let (irr, isr, tmr) = (m.lapic.irr(), m.lapic.isr(), m.lapic.tmr());
+                let (tpr, ppr) = (m.lapic.tpr(), m.lapic.ppr());
+                // Deviation eoi-broadcast/inverted with the IOAPIC in
+                // userspace: the stub reads the local APIC first; its
+                // first IOAPIC read is the exit that sends the EOI.
+                if let Some(vector) = self.early_eoi {
+                    self.send_early_eoi(vector);
+                }
+                let (remote_irr, delivery_status) = self.machine.ioapic_status();
                 let snapshot = Snapshot {
-                    irr: m.lapic.irr(),
-                    isr: m.lapic.isr(),
-                    tmr: m.lapic.tmr(),
-                    tpr: m.lapic.tpr(),
-                    ppr: m.lapic.ppr(),
+                    irr,
+                    isr,
+                    tmr,
+                    tpr,
+                    ppr,
                     remote_irr,
                     delivery_status,
                 };
@@ -761,6 +822,22 @@ impl<'s, R: Recorder> Run<'s, R> {
         let (vector, saved_if) = self.machine.take(interrupt);
         // The delivery's own decision is its cause, recorded below.
         self.machine.clear_decisions();
+        if self.dispatch_deviates
+            && self.machine.lapic.is_level(vector)
+            && self
+                .deviations
+                .breaks(Rule::EoiBroadcast, crate::model::Mode::Inverted)
+        {
+            // Deviation eoi-broadcast/inverted. With the IOAPIC in the
+            // kernel the first exit comes before the handler's first op
+            // (this host: the EOI is there by then); with the IOAPIC in
+            // userspace, at the first exit to the VMM (`early_eoi_point`).
+            if self.scenario.config.irqchip == Irqchip::Split {
+                self.early_eoi = Some(vector);
+            } else {
+                self.send_early_eoi(vector);
+            }
+        }
         let event_index = self.events.len();
         self.events.push(Event {
             op: k,

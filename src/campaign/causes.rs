@@ -15,6 +15,11 @@ use crate::scenario::print::print;
 /// The file of a finding with the backend's trace of its snapshot probe.
 pub const PROBE_FILE: &str = "probe.json";
 
+/// The file of a finding with the backend's trace of the re-run whose
+/// explanation is the finding's cause (its first trace varied with the
+/// host's timing).
+pub const RERUN_FILE: &str = "rerun.json";
+
 /// The file, at the top of the findings directory, listing the causes.
 pub const CAUSES_FILE: &str = "causes.json";
 
@@ -36,6 +41,10 @@ pub struct Cause {
     pub minimal_scenario: String,
     /// Its number of top-level ops.
     pub minimal_ops: usize,
+    /// Signatures explained on a re-run: their first trace varied with
+    /// the host's timing (`OUT/NAME/SIG/rerun.json`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub varying: Vec<String>,
 }
 
 impl Cause {
@@ -112,8 +121,12 @@ impl Causes {
                 .map(|k| k.id.to_string()),
             minimal_scenario: String::new(),
             minimal_ops: usize::MAX,
+            varying: Vec::new(),
         });
         let slug = finding.signature.slug();
+        if finding.rerun.is_some() && !cause.varying.contains(&slug) {
+            cause.varying.push(slug.clone());
+        }
         if !cause.signatures.contains(&slug) {
             cause.signatures.push(slug);
         }
@@ -254,6 +267,11 @@ impl Causes {
                 target.signatures.push(sig);
             }
         }
+        for sig in gone.varying {
+            if !target.varying.contains(&sig) {
+                target.varying.push(sig);
+            }
+        }
         if gone.minimal_ops < target.minimal_ops {
             target.minimal_ops = gone.minimal_ops;
             target.minimal_scenario = gone.minimal_scenario.clone();
@@ -273,11 +291,17 @@ impl Causes {
                 signatures: Vec::new(),
                 divergences: 0,
                 minimal_ops: usize::MAX,
+                varying: Vec::new(),
                 ..other.clone()
             });
         for sig in &other.signatures {
             if !cause.signatures.contains(sig) {
                 cause.signatures.push(sig.clone());
+            }
+        }
+        for sig in &other.varying {
+            if !cause.varying.contains(sig) {
+                cause.varying.push(sig.clone());
             }
         }
         cause.divergences += other.divergences;

@@ -159,13 +159,28 @@ impl Job {
         let probed = self.differ.target.run_to_trace(&probe);
         let mut hints = self.confirmed.clone();
         hints.extend(crate::known::hints(&self.backend));
-        let explanation = crate::diagnose::diagnose_probed(
+        let mut explanation = crate::diagnose::diagnose_probed(
             &finding.minimized,
             &finding.observed,
             &probed,
             &hints,
         )
         .unwrap_or_default();
+        if explanation.is_empty() {
+            // The host's timing may have given this run its trace: what a
+            // re-run gives is explained instead, and kept as the evidence.
+            let rerun = crate::diagnose::diagnose_reruns(
+                self.differ.target.as_mut(),
+                &finding.minimized,
+                &finding.observed,
+                &probed,
+                &hints,
+            );
+            if let Some((set, trace)) = rerun.explained {
+                explanation = set;
+                finding.rerun = Some(trace);
+            }
+        }
         finding.probe = Some(probed);
         // A cause is named by the documented behaviour its deviations are;
         // an unexplained one by the host behaviour its signature shows, if

@@ -253,6 +253,9 @@ impl Ledger<'_> {
         if let Some(probe) = &finding.probe {
             files.push((causes::PROBE_FILE, probe.to_json() + "\n"));
         }
+        if let Some(rerun) = &finding.rerun {
+            files.push((causes::RERUN_FILE, rerun.to_json() + "\n"));
+        }
         let mut causes = self.causes.lock().unwrap();
         let (cause, smallest) = causes.add(&finding, &self.options.backend);
         let written = self

@@ -92,6 +92,7 @@ pub fn main(args: EmitArgs) -> ExitCode {
                 triage: None,
                 explained_by: Vec::new(),
                 probe: None,
+                rerun: None,
             };
             print!("{}", repro::report(&finding, &args.backend));
         }

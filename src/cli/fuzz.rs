@@ -215,7 +215,12 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         let cause = if f.explained_by.is_empty() {
             " [unexplained]".to_string()
         } else {
-            format!(" [explained by {}]", f.explained_by.join(" + "))
+            let rerun = if f.rerun.is_some() {
+                " on a re-run"
+            } else {
+                ""
+            };
+            format!(" [explained{rerun} by {}]", f.explained_by.join(" + "))
         };
         bar.suspend(|| {
             eprintln!(
@@ -278,8 +283,12 @@ pub fn main(args: FuzzArgs) -> ExitCode {
                 .documented
                 .as_ref()
                 .map_or(String::new(), |d| format!(" [documented: {d}]"));
+            let varying = match c.varying.len() {
+                0 => String::new(),
+                n => format!(" [{n} explained on a re-run: the host's timing varied]"),
+            };
             println!(
-                "{:<48} {:>11} {:>10} {:>7}  {why}{doc}",
+                "{:<48} {:>11} {:>10} {:>7}  {why}{doc}{varying}",
                 c.name,
                 c.divergences,
                 c.signatures.len(),
