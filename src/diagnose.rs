@@ -202,11 +202,14 @@ pub fn diagnose_reruns(
     let mut varied = false;
     for _ in 0..RERUNS {
         let trace = target.run_to_trace(scenario);
-        if seen.iter().any(|t| compare(t, &trace) == Verdict::Agree) {
+        if seen
+            .iter()
+            .any(|t| compare_scenario(scenario, t, &trace) == Verdict::Agree)
+        {
             continue;
         }
         varied = true;
-        if compare(&expected, &trace) == Verdict::Agree {
+        if compare_scenario(scenario, &expected, &trace) == Verdict::Agree {
             seen.push(trace);
             continue;
         }
