@@ -19,6 +19,7 @@
 
 mod features;
 mod options;
+pub mod smp;
 
 pub use features::{describe, probe, Features};
 pub use options::{binary, Accel, KernelIrqchip, Machine, Options, QEMU_ENV};
@@ -378,7 +379,30 @@ impl Drop for QemuBackend {
 /// Real mode at TRAMPOLINE -> protected mode (GDT 0x18) -> long mode, then
 /// the stub's start state: the local APIC software-enabled, RFLAGS.IF = 1.
 fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, IcedError> {
-    let base = TRAMPOLINE;
+    trampoline_at(TRAMPOLINE, |l| {
+        l.mov(rsp, STACK_TOP)?;
+        l.lidt(ptr(TRAMPOLINE + 0x110))?;
+        // SVR = 0x1FF: the scenario's start state (QEMU's APIC comes out of
+        // reset software-disabled).
+        l.mov(rax, LAPIC_BASE + reg::SVR as u64)?;
+        l.mov(dword_ptr(rax), 0x1ff)?;
+        l.mov(dword_ptr(BOOTED), 1)?;
+        l.push(0x202)?;
+        l.popfq()?;
+        l.mov(rax, entry)?;
+        l.jmp(rax)
+    })
+}
+
+/// Real mode at `base` (a page: CS 0 from the firmware's far jump, or
+/// CS = base >> 4 from a start-up IPI; the code only uses absolute
+/// addresses, so both run it) -> protected mode (GDT 0x18) -> long mode
+/// with the stub's page tables, then `long` (at most 0x100 bytes). The
+/// descriptors are at `base` + 0x100 (GDTR) and + 0x110 (IDTR).
+fn trampoline_at(
+    base: u64,
+    long: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), IcedError>,
+) -> std::result::Result<Vec<u8>, IcedError> {
     let mut r = CodeAssembler::new(16)?;
     r.cli()?;
     r.xor(ax, ax)?;
@@ -422,17 +446,7 @@ fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, IcedError> {
     protected.extend_from_slice(&0x08u16.to_le_bytes());
 
     let mut l = CodeAssembler::new(64)?;
-    l.mov(rsp, STACK_TOP)?;
-    l.lidt(ptr(base + 0x110))?;
-    // SVR = 0x1FF: the scenario's start state (QEMU's APIC comes out of
-    // reset software-disabled).
-    l.mov(rax, LAPIC_BASE + reg::SVR as u64)?;
-    l.mov(dword_ptr(rax), 0x1ff)?;
-    l.mov(dword_ptr(BOOTED), 1)?;
-    l.push(0x202)?;
-    l.popfq()?;
-    l.mov(rax, entry)?;
-    l.jmp(rax)?;
+    long(&mut l)?;
     let long = l.assemble(base + 0x300)?;
 
     let mut out = vec![0x90u8; 0x400];
@@ -445,6 +459,35 @@ fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, IcedError> {
         *b = 0;
     }
     Ok(out)
+}
+
+/// The APs' trampoline (`ap-start=host`: the loader's start-up IPI lands
+/// here): long mode as the BSP's, then the AP finds its CPU index from its
+/// initial APIC ID (CPUID.01H:EBX[31:24], which QEMU fills with the CPU's
+/// `apic_id` whatever the ID register holds) through [`batch::AP_INDEX`],
+/// counts itself in [`batch::AP_ONLINE`] and goes on with `tail` (RCX =
+/// its index).
+fn ap_trampoline(
+    tail: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), IcedError>,
+) -> std::result::Result<Vec<u8>, IcedError> {
+    trampoline_at(batch::AP_TRAMPOLINE, |l| {
+        l.mov(eax, 1)?;
+        l.cpuid()?;
+        l.shr(ebx, 24)?;
+        l.mov(rax, batch::AP_INDEX)?;
+        l.movzx(ecx, byte_ptr(rax + rbx))?;
+        l.lock().inc(dword_ptr(batch::AP_ONLINE))?;
+        tail(l)
+    })
+}
+
+/// Until the stub runs on every CPU: the AP parks with IF = 0.
+fn ap_park(l: &mut CodeAssembler) -> std::result::Result<(), IcedError> {
+    let mut park = l.create_label();
+    l.set_label(&mut park)?;
+    l.cli()?;
+    l.hlt()?;
+    l.jmp(park)
 }
 
 /// Delivery modes 010 (SMI), 101 (INIT), 110 (start-up) and 111 (ExtINT)
@@ -563,6 +606,11 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
     let options = &options.for_scenario(scenario);
     let version = features.version_string();
     let c = &scenario.config;
+    if scenario.is_multi_cpu() {
+        if let Err(why) = smp::Topology::of(scenario) {
+            return Some(why.to_string());
+        }
+    }
     // An IA32_APIC_BASE write with EXTD (bit 10) enters x2APIC mode too.
     let enters_x2apic = scenario
         .all_ops()
@@ -752,6 +800,12 @@ impl Backend for QemuBackend {
             (
                 s.config.ioapic == crate::scenario::IoapicVersion::V11,
                 options.for_scenario(s) != options,
+                // One process per -smp topology: QEMU's CPUs are fixed at
+                // start-up, and a CPU the scenario does not have would take
+                // its broadcasts.
+                smp::Topology::of(s)
+                    .ok()
+                    .map(|t| (t.sockets, t.cores, t.threads)),
             )
         };
         runnable.sort_by_key(|(_, s)| key(s));
@@ -771,7 +825,11 @@ impl Backend for QemuBackend {
                 for (i, s) in group {
                     if out[*i].is_none() {
                         out[*i] = Some(match e {
-                            BackendError::Unsupported(_) => self.run_to_trace(s),
+                            // Several CPUs run in batches only (the loader
+                            // starts the APs).
+                            BackendError::Unsupported(_) if !s.is_multi_cpu() => {
+                                self.run_to_trace(s)
+                            }
                             _ => Trace::error(&self.name, e.to_string()),
                         });
                     }
@@ -788,7 +846,22 @@ impl Backend for QemuBackend {
         unsupported(scenario, &self.features, &self.options)
     }
 
+    /// TCG runs `-smp N` (QEMU's APIC on every CPU); under KVM or HVF the
+    /// local APICs are the accelerator's, not run with several CPUs here.
+    fn max_cpus(&self) -> usize {
+        if self.options.accel == Accel::Tcg {
+            crate::scenario::MAX_CPUS
+        } else {
+            1
+        }
+    }
+
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
+        if scenario.is_multi_cpu() {
+            // The batch loader starts the APs: a batch of one.
+            let mut traces = self.run_batch(std::slice::from_ref(scenario));
+            return Ok(traces.remove(0));
+        }
         let options = self.options;
         self.options = options.for_scenario(scenario);
         let trace = self.execute_with_options(scenario);
@@ -990,9 +1063,25 @@ mod batch {
     pub const RESULTS: u64 = 0x200_0000;
     pub const MAX: usize = 256;
     /// Offsets within a staging slot.
-    pub const BODY_DIR_AT: u64 = 0x10;
-    pub const NTH_AT: u64 = 0x810;
-    pub const OPS_AT: u64 = 0x1810;
+    pub const BODY_DIR_AT: u64 = 0x20;
+    pub const NTH_AT: u64 = 0x820;
+    pub const OPS_AT: u64 = 0x1820;
+    /// Offset within a staging slot: u32, the scenario's CPU count.
+    pub const CPUS_AT: u64 = 16;
+    /// Offset within a staging slot: u32, 1 when the loader starts the
+    /// APs (`ap-start=host`), 0 when they wait for the scenario's SIPI.
+    pub const AP_HOST_AT: u64 = 20;
+    /// u32: APs that reached long mode since the loader's start-up IPI.
+    pub const AP_ONLINE: u64 = CONTROL + 28;
+    /// u32: set by an AP that found itself in the BSP's trampoline (woken
+    /// from wait-for-SIPI by something else than a start-up IPI).
+    pub const STRAY_AP: u64 = CONTROL + 32;
+    /// The APs' trampoline: a start-up IPI with vector
+    /// `AP_TRAMPOLINE >> 12` starts an AP in real mode here.
+    pub const AP_TRAMPOLINE: u64 = TRAMPOLINE + 0x1000;
+    /// 256 bytes: the CPU index of each initial APIC ID (0xff: none),
+    /// [`smp::index_table`].
+    pub const AP_INDEX: u64 = AP_TRAMPOLINE + 0x800;
     pub const HANDLER: u64 = TRAMPOLINE + 0x500;
     pub const LOADER: u64 = TRAMPOLINE + 0x600;
     /// The NMI handler: the watchdog's, or the scenario's own NMI.
@@ -1050,6 +1139,21 @@ mod batch {
 
         let mut l = CodeAssembler::new(64)?;
         let mut run = l.create_label();
+        let mut bsp = l.create_label();
+        // Only the BSP loads scenarios: an AP that reset into the firmware
+        // (QEMU un-halts a CPU in wait-for-SIPI on an NMI or INIT, then
+        // it runs from the reset vector) records it and parks.
+        l.mov(ecx, 0x1b)?; // IA32_APIC_BASE: bit 8 is BSP
+        l.rdmsr()?;
+        l.test(eax, 0x100)?;
+        l.jnz(bsp)?;
+        l.mov(dword_ptr(STRAY_AP), 1)?;
+        let mut park = l.create_label();
+        l.set_label(&mut park)?;
+        l.cli()?;
+        l.hlt()?;
+        l.jmp(park)?;
+        l.set_label(&mut bsp)?;
         l.mov(eax, dword_ptr(CONTROL + 4))?;
         l.cmp(eax, dword_ptr(CONTROL))?;
         l.jb(run)?;
@@ -1102,6 +1206,32 @@ mod batch {
         // honours the delivery mode of every LVT, the timer's included
         // (hw/intc/apic.c, apic_local_deliver), and an NMI touches
         // neither IRR, ISR nor TMR.
+        // ap-start=host: the APs wait for SIPI after the reset (QEMU's
+        // `apic_init_reset`: wait_for_sipi for every CPU but the BSP);
+        // INIT, then one start-up IPI, to all but self (SDM §9.4.4.1's
+        // INIT-SIPI; QEMU needs one SIPI, `apic_sipi` ignores a second),
+        // then wait for each AP in long mode.
+        let mut no_aps = l.create_label();
+        l.mov(ecx, dword_ptr(rbx + CPUS_AT as i32))?;
+        l.cmp(ecx, 1)?;
+        l.jbe(no_aps)?;
+        l.cmp(dword_ptr(rbx + AP_HOST_AT as i32), 0)?;
+        l.je(no_aps)?;
+        l.mov(dword_ptr(AP_ONLINE), 0)?;
+        l.mov(rdi, LAPIC_BASE)?;
+        l.mov(dword_ptr(rdi + 0x310), 0)?;
+        l.mov(dword_ptr(rdi + 0x300), 0x000c_4500)?;
+        l.mov(
+            dword_ptr(rdi + 0x300),
+            0x000c_4600 | (AP_TRAMPOLINE >> 12) as u32,
+        )?;
+        l.dec(ecx)?;
+        let mut wait = l.create_label();
+        l.set_label(&mut wait)?;
+        l.pause()?;
+        l.cmp(dword_ptr(AP_ONLINE), ecx)?;
+        l.jb(wait)?;
+        l.set_label(&mut no_aps)?;
         let mut unarmed = l.create_label();
         l.mov(ecx, dword_ptr(rbx + WATCHDOG_AT as i32))?;
         l.mov(dword_ptr(ARMED), ecx)?;
@@ -1182,6 +1312,11 @@ fn stage(
     ram[slot..slot + 4].copy_from_slice(&(tab.ops.len() as u32).to_le_bytes());
     ram[slot + 4..slot + 8].copy_from_slice(&(tab.nth.len() as u32).to_le_bytes());
     ram[slot + 8..slot + 12].copy_from_slice(&u32::from(armed).to_le_bytes());
+    let cpus = scenario.cpus() as u32;
+    let ap_host = u32::from(scenario.config.ap_start == crate::scenario::ApStart::Host);
+    let word = |o: u64| slot + o as usize..slot + o as usize + 4;
+    ram[word(batch::CPUS_AT)].copy_from_slice(&cpus.to_le_bytes());
+    ram[word(batch::AP_HOST_AT)].copy_from_slice(&ap_host.to_le_bytes());
     let x2apic = u32::from(scenario.config.apic == ApicMode::X2apic);
     ram[slot + batch::X2APIC_AT as usize..slot + batch::X2APIC_AT as usize + 4]
         .copy_from_slice(&x2apic.to_le_bytes());
@@ -1331,7 +1466,7 @@ impl QemuBackend {
             if start >= group.len() {
                 break;
             }
-            let mut process = self.spawn_batch(&batch, group[0].1.config.ioapic, start)?;
+            let mut process = self.spawn_batch(&batch, group[0].1, start)?;
             let end = self.watch(&mut process, &batch, &armed, &mut results);
             let _ = std::fs::remove_file(&process.monitor_path);
             let end = end?;
@@ -1410,6 +1545,18 @@ impl QemuBackend {
         );
         let w = batch::WATCHDOG_HANDLER as usize;
         ram[w..w + watchdog.len()].copy_from_slice(&watchdog);
+        let topology = smp::Topology::of(group[0].1).unwrap_or(smp::Topology::ONE);
+        if topology.cpus() > 1 {
+            let ap = ap_trampoline(ap_park).map_err(assemble("AP trampoline"))?;
+            let a = batch::AP_TRAMPOLINE as usize;
+            ram[a..a + ap.len()].copy_from_slice(&ap);
+            // The BSP trampoline's descriptors, for the APs' own.
+            let t = TRAMPOLINE as usize;
+            let descriptors = ram[t + 0x100..t + 0x120].to_vec();
+            ram[a + 0x100..a + 0x120].copy_from_slice(&descriptors);
+            let i = batch::AP_INDEX as usize;
+            ram[i..i + 256].copy_from_slice(&smp::index_table(&topology));
+        }
         // NMI (vector 2) enters the watchdog, which passes the scenario's
         // own NMIs on to the stub's entry.
         crate::guest::set_gate(&mut ram, 2, batch::WATCHDOG_HANDLER);
@@ -1427,14 +1574,14 @@ impl QemuBackend {
     }
 
     /// Starts QEMU on the batch file, the loader going on from `start`.
-    fn spawn_batch(
-        &self,
-        batch: &BatchFile,
-        version: crate::scenario::IoapicVersion,
-        start: usize,
-    ) -> Result<Process> {
+    fn spawn_batch(&self, batch: &BatchFile, first: &Scenario, start: usize) -> Result<Process> {
         let monitor_path = self.dir.join(format!("monitor-{}", unique()));
-        let mut command = self.command(&batch.path, version, batch::RAM);
+        let mut command = self.command(&batch.path, first.config.ioapic, batch::RAM);
+        // Every scenario of the group has the same CPUs (`run_batch`).
+        let topology = smp::Topology::of(first).unwrap_or(smp::Topology::ONE);
+        if topology.cpus() > 1 {
+            command.args(["-smp", &topology.smp_arg()]);
+        }
         command.arg("-monitor").arg(format!(
             "unix:{},server=on,wait=off",
             monitor_path.display()

@@ -1,0 +1,236 @@
+//! Several CPUs under QEMU (`-smp`): which topology gives a scenario's
+//! APIC IDs, and the table the APs' trampoline finds its CPU index in.
+//!
+//! QEMU gives each CPU its initial APIC ID from the `-smp` topology
+//! (`include/hw/i386/topology.h`: `x86_topo_ids_from_idx` splits CPU index
+//! `i` into thread, core and package; `x86_apicid_from_topo_ids` packs them
+//! into fields of `ceil(log2(count))` bits each), and `-device` cannot
+//! change it: `x86_cpu_pre_plug` (`hw/i386/x86-common.c`) accepts an
+//! `apic-id` only if it is one of the topology's. The x2APIC ID is always
+//! that initial ID (`hw/intc/apic.c`, `apic_register_read`: case 0x02 reads
+//! `initial_apic_id` in x2APIC mode, a write faults). So a scenario's
+//! `apic-ids` run under QEMU when some topology yields exactly them, CPU
+//! index order (CPU index `i` is `possible_cpus[i]`, built from index `i` by
+//! `x86_possible_cpu_arch_ids`); otherwise the scenario is refused.
+
+use std::fmt;
+
+use crate::scenario::Scenario;
+
+/// A `-smp` topology: sockets x cores x threads CPUs (one die, one module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Topology {
+    pub sockets: u8,
+    pub cores: u8,
+    pub threads: u8,
+}
+
+/// Bits QEMU gives a topology level of `count` items: `apicid_bitwidth_for_count`.
+fn width(count: u8) -> u32 {
+    if count <= 1 {
+        0
+    } else {
+        u32::from(count - 1).ilog2() + 1
+    }
+}
+
+impl Topology {
+    /// One CPU.
+    pub const ONE: Topology = Topology {
+        sockets: 1,
+        cores: 1,
+        threads: 1,
+    };
+
+    pub fn cpus(&self) -> usize {
+        self.sockets as usize * self.cores as usize * self.threads as usize
+    }
+
+    /// The initial APIC ID QEMU gives CPU index `i`.
+    pub fn apic_id(&self, i: usize) -> u32 {
+        let (threads, cores) = (self.threads as usize, self.cores as usize);
+        let thread = i % threads;
+        let core = i / threads % cores;
+        let package = i / (threads * cores);
+        let core_offset = width(self.threads);
+        let package_offset = core_offset + width(self.cores);
+        ((package << package_offset) | (core << core_offset) | thread) as u32
+    }
+
+    /// The initial APIC IDs of all CPUs, in index order.
+    pub fn apic_ids(&self) -> Vec<u32> {
+        (0..self.cpus()).map(|i| self.apic_id(i)).collect()
+    }
+
+    /// `-smp`'s argument.
+    pub fn smp_arg(&self) -> String {
+        format!(
+            "{},sockets={},cores={},threads={}",
+            self.cpus(),
+            self.sockets,
+            self.cores,
+            self.threads
+        )
+    }
+
+    /// The topology whose APIC IDs are `ids` (CPU index order): one socket
+    /// of cores when the IDs are the indexes; otherwise the first of the
+    /// factorisations sockets x cores x threads (fewest threads first: the
+    /// `qemu64` model is an AMD one, which warns about threads) that
+    /// yields them.
+    pub fn for_ids(ids: &[u8]) -> Result<Topology, Refusal> {
+        let n = ids.len();
+        if n == 0 || n > u8::MAX as usize {
+            return Err(Refusal::Count(n));
+        }
+        let n8 = n as u8;
+        let mut found = None;
+        'search: for threads in (1..=n8).filter(|t| n8 % t == 0) {
+            for cores in (1..=n8 / threads).filter(|c| (n8 / threads) % c == 0) {
+                let sockets = n8 / threads / cores;
+                // One socket of cores first: what `-smp N` gives.
+                let t = Topology {
+                    sockets,
+                    cores,
+                    threads,
+                };
+                if t.apic_ids()
+                    .iter()
+                    .zip(ids)
+                    .all(|(&a, &b)| a == u32::from(b))
+                {
+                    found = Some(t);
+                    break 'search;
+                }
+            }
+        }
+        // The loop tries sockets = n first (cores = 1); prefer one socket
+        // of n cores when both give the same IDs (the index IDs).
+        match found {
+            Some(t) if t.threads == 1 && t.apic_ids() == Topology::cores(n8).apic_ids() => {
+                Ok(Topology::cores(n8))
+            }
+            Some(t) => Ok(t),
+            None => Err(Refusal::NoTopology(ids.to_vec())),
+        }
+    }
+
+    /// One socket of `n` cores.
+    pub fn cores(n: u8) -> Topology {
+        Topology {
+            sockets: 1,
+            cores: n,
+            threads: 1,
+        }
+    }
+
+    /// The topology `scenario` runs on.
+    pub fn of(scenario: &Scenario) -> Result<Topology, Refusal> {
+        let c = &scenario.config;
+        Topology::for_ids(&c.apic_ids[..scenario.cpus()])
+    }
+}
+
+/// Why QEMU cannot give a scenario its APIC IDs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Count(usize),
+    NoTopology(Vec<u8>),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Count(n) => write!(f, "{n} CPUs: QEMU's -smp is run with 1 to 255"),
+            Refusal::NoTopology(ids) => write!(
+                f,
+                "apic-ids={}: QEMU derives each CPU's initial APIC ID from the -smp topology \
+                 (sockets, cores, threads; hw/i386/x86-common.c accepts no other apic-id), and no \
+                 topology of {} CPUs gives these IDs in CPU order (aliased or decreasing IDs never do)",
+                ids.iter()
+                    .map(|i| format!("{i:#x}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ids.len()
+            ),
+        }
+    }
+}
+
+/// The 256-byte table the APs' trampoline reads: entry `id` is the CPU
+/// index of the CPU whose initial APIC ID is `id`, 0xff for none.
+pub fn index_table(topology: &Topology) -> [u8; 256] {
+    let mut table = [0xffu8; 256];
+    for (i, id) in topology.apic_ids().into_iter().enumerate() {
+        if let Some(slot) = table.get_mut(id as usize) {
+            *slot = i as u8;
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_ids_are_one_socket_of_cores() {
+        for n in 1..=8u8 {
+            let ids: Vec<u8> = (0..n).collect();
+            let t = Topology::for_ids(&ids).unwrap();
+            assert_eq!(t, Topology::cores(n), "{n} CPUs");
+            assert_eq!(t.smp_arg(), format!("{n},sockets=1,cores={n},threads=1"));
+        }
+    }
+
+    /// `x86_apicid_from_topo_ids`: 2 sockets of 3 cores leave a hole (core
+    /// field 2 bits wide), so package 1 starts at 4.
+    #[test]
+    fn two_sockets_of_three_cores_skip_id_3() {
+        let t = Topology {
+            sockets: 2,
+            cores: 3,
+            threads: 1,
+        };
+        assert_eq!(t.apic_ids(), [0, 1, 2, 4, 5, 6]);
+        assert_eq!(Topology::for_ids(&[0, 1, 2, 4, 5, 6]), Ok(t));
+        let t = Topology {
+            sockets: 2,
+            cores: 1,
+            threads: 3,
+        };
+        assert_eq!(t.apic_ids(), [0, 1, 2, 4, 5, 6]);
+    }
+
+    #[test]
+    fn sparse_ids_by_sockets() {
+        // 3 sockets of one core: IDs 0, 1, 2 as well; 2 sockets x 2 cores: 0-3.
+        assert_eq!(
+            Topology::for_ids(&[0, 2]),
+            Err(Refusal::NoTopology(vec![0, 2]))
+        );
+        // Four CPUs in power-of-two fields are always contiguous.
+        assert!(Topology::for_ids(&[0, 1, 4, 5]).is_err());
+    }
+
+    #[test]
+    fn aliased_or_offset_ids_are_refused_with_the_reason() {
+        let e = Topology::for_ids(&[0, 0]).unwrap_err();
+        assert_eq!(e, Refusal::NoTopology(vec![0, 0]));
+        assert!(e.to_string().starts_with("apic-ids=0x0,0x0: QEMU derives"));
+        assert!(Topology::for_ids(&[0x10, 0x11]).is_err());
+        assert!(Topology::for_ids(&[1, 0]).is_err());
+    }
+
+    #[test]
+    fn the_index_table_maps_ids_back() {
+        let t = Topology {
+            sockets: 2,
+            cores: 3,
+            threads: 1,
+        };
+        let table = index_table(&t);
+        assert_eq!(&table[..8], &[0, 1, 2, 0xff, 3, 4, 5, 0xff]);
+        assert!(table[8..].iter().all(|&b| b == 0xff));
+    }
+}
