@@ -476,6 +476,13 @@ fn ap_trampoline(
         l.shr(ebx, 24)?;
         l.mov(rax, batch::AP_INDEX)?;
         l.movzx(ecx, byte_ptr(rax + rbx))?;
+        // Its xAPIC ID (smp::Plan; the same as the initial one unless the
+        // scenario's apic-ids need the write).
+        l.mov(rax, batch::AP_IDS)?;
+        l.movzx(eax, byte_ptr(rax + rcx))?;
+        l.shl(eax, 24)?;
+        l.mov(rdx, LAPIC_BASE)?;
+        l.mov(dword_ptr(rdx + 0x20), eax)?;
         l.lock().inc(dword_ptr(batch::AP_ONLINE))?;
         tail(l)
     })
@@ -607,7 +614,7 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
     let version = features.version_string();
     let c = &scenario.config;
     if scenario.is_multi_cpu() {
-        if let Err(why) = smp::Topology::of(scenario) {
+        if let Err(why) = smp::Plan::of(scenario) {
             return Some(why.to_string());
         }
     }
@@ -803,9 +810,10 @@ impl Backend for QemuBackend {
                 // One process per -smp topology: QEMU's CPUs are fixed at
                 // start-up, and a CPU the scenario does not have would take
                 // its broadcasts.
-                smp::Topology::of(s)
-                    .ok()
-                    .map(|t| (t.sockets, t.cores, t.threads)),
+                smp::Plan::of(s).ok().map(|p| {
+                    let t = p.topology;
+                    (t.sockets, t.cores, t.threads)
+                }),
             )
         };
         runnable.sort_by_key(|(_, s)| key(s));
@@ -985,6 +993,15 @@ impl QemuBackend {
     }
 }
 
+/// The RIP of every halted CPU in the monitor's `info registers -a`
+/// (each CPU's `RIP=... HLT=1` line).
+fn halted_cpus(info: &str) -> Vec<u64> {
+    info.lines()
+        .filter(|l| l.starts_with("RIP=") && l.contains("HLT=1"))
+        .filter_map(|l| u64::from_str_radix(l[4..].split_whitespace().next()?, 16).ok())
+        .collect()
+}
+
 /// What QEMU wrote to its stderr (piped by [`QemuBackend::command`]).
 fn stderr_of(child: &mut Child) -> String {
     let mut stderr = String::new();
@@ -1071,6 +1088,12 @@ mod batch {
     /// Offset within a staging slot: u32, 1 when the loader starts the
     /// APs (`ap-start=host`), 0 when they wait for the scenario's SIPI.
     pub const AP_HOST_AT: u64 = 20;
+    /// Offset within a staging slot: u8 x 8, each CPU's xAPIC ID
+    /// ([`smp::Plan::ids`]).
+    pub const IDS_AT: u64 = 24;
+    /// u8 x 8: the running scenario's xAPIC IDs, by CPU index (the
+    /// loader copies them from the slot for the APs).
+    pub const AP_IDS: u64 = CONTROL + 40;
     /// u32: APs that reached long mode since the loader's start-up IPI.
     pub const AP_ONLINE: u64 = CONTROL + 28;
     /// u32: set by an AP that found itself in the BSP's trampoline (woken
@@ -1215,6 +1238,13 @@ mod batch {
         l.mov(ecx, dword_ptr(rbx + CPUS_AT as i32))?;
         l.cmp(ecx, 1)?;
         l.jbe(no_aps)?;
+        // Each CPU's xAPIC ID (smp::Plan): the APs' by their trampoline,
+        // the BSP's once they run (QEMU's all-but-self shorthand leaves
+        // out the APIC whose *initial* ID is the sender's current one,
+        // `apic_deliver`, so the start-up IPIs go out with the BSP's
+        // initial ID).
+        l.mov(rax, qword_ptr(rbx + IDS_AT as i32))?;
+        l.mov(qword_ptr(AP_IDS), rax)?;
         l.cmp(dword_ptr(rbx + AP_HOST_AT as i32), 0)?;
         l.je(no_aps)?;
         l.mov(dword_ptr(AP_ONLINE), 0)?;
@@ -1231,6 +1261,9 @@ mod batch {
         l.pause()?;
         l.cmp(dword_ptr(AP_ONLINE), ecx)?;
         l.jb(wait)?;
+        l.movzx(eax, byte_ptr(AP_IDS))?;
+        l.shl(eax, 24)?;
+        l.mov(dword_ptr(rdi + 0x20), eax)?;
         l.set_label(&mut no_aps)?;
         let mut unarmed = l.create_label();
         l.mov(ecx, dword_ptr(rbx + WATCHDOG_AT as i32))?;
@@ -1317,6 +1350,10 @@ fn stage(
     let word = |o: u64| slot + o as usize..slot + o as usize + 4;
     ram[word(batch::CPUS_AT)].copy_from_slice(&cpus.to_le_bytes());
     ram[word(batch::AP_HOST_AT)].copy_from_slice(&ap_host.to_le_bytes());
+    if let Ok(plan) = smp::Plan::of(scenario) {
+        let ids = slot + batch::IDS_AT as usize;
+        ram[ids..ids + plan.ids.len()].copy_from_slice(&plan.ids);
+    }
     let x2apic = u32::from(scenario.config.apic == ApicMode::X2apic);
     ram[slot + batch::X2APIC_AT as usize..slot + batch::X2APIC_AT as usize + 4]
         .copy_from_slice(&x2apic.to_le_bytes());
@@ -1545,7 +1582,7 @@ impl QemuBackend {
         );
         let w = batch::WATCHDOG_HANDLER as usize;
         ram[w..w + watchdog.len()].copy_from_slice(&watchdog);
-        let topology = smp::Topology::of(group[0].1).unwrap_or(smp::Topology::ONE);
+        let topology = smp::Plan::of(group[0].1).map_or(smp::Topology::ONE, |p| p.topology);
         if topology.cpus() > 1 {
             let ap = ap_trampoline(ap_park).map_err(assemble("AP trampoline"))?;
             let a = batch::AP_TRAMPOLINE as usize;
@@ -1578,7 +1615,7 @@ impl QemuBackend {
         let monitor_path = self.dir.join(format!("monitor-{}", unique()));
         let mut command = self.command(&batch.path, first.config.ioapic, batch::RAM);
         // Every scenario of the group has the same CPUs (`run_batch`).
-        let topology = smp::Topology::of(first).unwrap_or(smp::Topology::ONE);
+        let topology = smp::Plan::of(first).map_or(smp::Topology::ONE, |p| p.topology);
         if topology.cpus() > 1 {
             command.args(["-smp", &topology.smp_arg()]);
         }
@@ -1679,10 +1716,25 @@ impl QemuBackend {
         }
         // A hang is a halted guest; one that is merely slow (a loaded
         // host) gets more time, up to RUN_LIMIT.
+        let cpus = results.group[i].1.cpus();
         let halted = paused
-            && process
-                .monitor_command("info registers")
-                .is_some_and(|r| r.contains("HLT=1"));
+            && if cpus == 1 {
+                process
+                    .monitor_command("info registers")
+                    .is_some_and(|r| r.contains("HLT=1"))
+            } else {
+                // `info registers` shows the monitor's current CPU only;
+                // `-a` every one. A hang is some CPU halted at one of
+                // the interpreter's `hlt`s (the watchdog's rule): the
+                // others wait for it.
+                process
+                    .monitor_command("info registers -a")
+                    .is_some_and(|r| {
+                        halted_cpus(&r)
+                            .iter()
+                            .any(|rip| self.image.stub.after_hlt.contains(rip))
+                    })
+            };
         if paused && !halted && since.elapsed() < RUN_LIMIT {
             process.monitor_command("cont");
             return Ok(HangCheck::RunsOn);
@@ -1760,5 +1812,23 @@ impl QemuBackend {
             _ => return Err(BackendError::LogFull),
         }
         Ok(trace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `info registers -a` of two long-mode CPUs (QEMU 10's layout, CRLF
+    /// as the monitor sends it): CPU 1 is halted, CPU 0 runs.
+    #[test]
+    fn halted_cpus_reads_each_cpus_rip_line() {
+        let info = "CPU#0\r\nRAX=0000000000000000 RBX=0000000000000000\r\n\
+                    RIP=0000000000010234 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0\r\n\
+                    CPU#1\r\n\
+                    RIP=00000000000102a1 RFL=00000202 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n\
+                    EIP=0000fff0 EFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n";
+        // The real-mode EIP line (a CPU waiting for SIPI) is no stub hlt.
+        assert_eq!(halted_cpus(info), [0x102a1]);
     }
 }

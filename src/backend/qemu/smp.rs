@@ -15,7 +15,8 @@
 
 use std::fmt;
 
-use crate::scenario::Scenario;
+use crate::model::lapic::reg;
+use crate::scenario::{ApStart, ApicMode, Op, Scenario, MAX_CPUS};
 
 /// A `-smp` topology: sockets x cores x threads CPUs (one die, one module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,11 +124,74 @@ impl Topology {
             threads: 1,
         }
     }
+}
 
-    /// The topology `scenario` runs on.
-    pub fn of(scenario: &Scenario) -> Result<Topology, Refusal> {
+/// How a scenario's CPUs get their APIC IDs under QEMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// `-smp`.
+    pub topology: Topology,
+    /// The xAPIC ID each CPU writes to its ID register before the stub
+    /// starts (the scenario's `apic-ids`; where the topology gives them,
+    /// the write changes nothing).
+    pub ids: [u8; MAX_CPUS],
+    /// Whether the IDs differ from the topology's, so that the writes
+    /// matter.
+    pub written: bool,
+}
+
+impl Plan {
+    /// The plan for `scenario`: the topology that gives its IDs; else, in
+    /// xAPIC mode, the index topology with the IDs written to the ID
+    /// registers. QEMU's xAPIC ID register is writable (`hw/intc/apic.c`,
+    /// `apic_register_write` case 0x02: `s->id = val >> 24`) and physical
+    /// destinations match that ID on every APIC (`apic_find_dest` sets
+    /// each match, so aliased IDs all accept); the CPU's index still comes
+    /// from its initial APIC ID (CPUID), which the write leaves alone. This
+    /// needs the APs started by the loader (`ap-start=host`: one waiting
+    /// for the scenario's SIPI cannot write), xAPIC mode throughout (an
+    /// x2APIC ID is the initial one and cannot be written: no
+    /// `apic=x2apic`, no IA32_APIC_BASE write), and no `lapic-write` of the
+    /// ID register (it would undo the plan's ID mid-run, where the model's
+    /// ID stays the configured one).
+    pub fn of(scenario: &Scenario) -> Result<Plan, Refusal> {
         let c = &scenario.config;
-        Topology::for_ids(&c.apic_ids[..scenario.cpus()])
+        let n = scenario.cpus();
+        let ids = &c.apic_ids[..n];
+        let mut plan_ids = crate::scenario::INDEX_APIC_IDS;
+        plan_ids[..n].copy_from_slice(ids);
+        let topology = match Topology::for_ids(ids) {
+            Ok(topology) => {
+                return Ok(Plan {
+                    topology,
+                    ids: plan_ids,
+                    written: false,
+                })
+            }
+            Err(Refusal::NoTopology(_)) => Topology::cores(n as u8),
+            Err(e) => return Err(e),
+        };
+        let why = if c.apic == ApicMode::X2apic {
+            Some("x2APIC IDs are the initial ones (the ID MSR is read-only)")
+        } else if c.ap_start != ApStart::Host {
+            Some("the APs wait for the scenario's SIPI, so they cannot write their IDs first")
+        } else if scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_))) {
+            Some("an IA32_APIC_BASE write may enter x2APIC mode, where the IDs are the initial ones")
+        } else if scenario.all_ops().any(|op| {
+            matches!(op, Op::LapicWrite { offset, .. } | Op::LapicMmioWrite { offset, .. } if *offset == reg::ID)
+        }) {
+            Some("the scenario writes the ID register itself")
+        } else {
+            None
+        };
+        match why {
+            None => Ok(Plan {
+                topology,
+                ids: plan_ids,
+                written: true,
+            }),
+            Some(why) => Err(Refusal::Unwritable(ids.to_vec(), why)),
+        }
     }
 }
 
@@ -136,6 +200,15 @@ impl Topology {
 pub enum Refusal {
     Count(usize),
     NoTopology(Vec<u8>),
+    /// No topology gives the IDs, and they cannot be written: why.
+    Unwritable(Vec<u8>, &'static str),
+}
+
+fn list(ids: &[u8]) -> String {
+    ids.iter()
+        .map(|i| format!("{i:#x}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl fmt::Display for Refusal {
@@ -147,11 +220,14 @@ impl fmt::Display for Refusal {
                 "apic-ids={}: QEMU derives each CPU's initial APIC ID from the -smp topology \
                  (sockets, cores, threads; hw/i386/x86-common.c accepts no other apic-id), and no \
                  topology of {} CPUs gives these IDs in CPU order (aliased or decreasing IDs never do)",
-                ids.iter()
-                    .map(|i| format!("{i:#x}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                list(ids),
                 ids.len()
+            ),
+            Refusal::Unwritable(ids, why) => write!(
+                f,
+                "apic-ids={}: no -smp topology gives these initial APIC IDs (QEMU derives them from \
+                 sockets, cores and threads), and the xAPIC ID registers cannot be set instead: {why}",
+                list(ids)
             ),
         }
     }
@@ -220,6 +296,47 @@ mod tests {
         assert!(e.to_string().starts_with("apic-ids=0x0,0x0: QEMU derives"));
         assert!(Topology::for_ids(&[0x10, 0x11]).is_err());
         assert!(Topology::for_ids(&[1, 0]).is_err());
+    }
+
+    fn scenario(text: &str) -> Scenario {
+        crate::scenario::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_plan_writes_xapic_ids_no_topology_gives() {
+        let p = Plan::of(&scenario("config cpus=2 apic-ids=0,0\nnop\n")).unwrap();
+        assert_eq!(p.topology, Topology::cores(2));
+        assert_eq!(&p.ids[..2], &[0, 0]);
+        assert!(p.written);
+        let p = Plan::of(&scenario("config cpus=3\nnop\n")).unwrap();
+        assert_eq!((p.topology, p.written), (Topology::cores(3), false));
+        assert_eq!(&p.ids[..3], &[0, 1, 2]);
+    }
+
+    #[test]
+    fn a_plan_refuses_ids_it_cannot_write_with_the_reason() {
+        for (text, why) in [
+            (
+                "config apic=x2apic cpus=2 apic-ids=0x10,0x11\nnop\n",
+                "read-only",
+            ),
+            (
+                "config cpus=2 apic-ids=0,0 ap-start=sipi\nnop\n",
+                "wait for the scenario's SIPI",
+            ),
+            (
+                "config cpus=2 apic-ids=1,0\napic-base 0xfee00900\n",
+                "IA32_APIC_BASE",
+            ),
+            (
+                "config cpus=2 apic-ids=1,0\nlapic-write 0x020 0\n",
+                "writes the ID register",
+            ),
+        ] {
+            let e = Plan::of(&scenario(text)).unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+            assert!(e.contains("no -smp topology gives"), "{e}");
+        }
     }
 
     #[test]
