@@ -691,7 +691,13 @@ impl Vm {
         };
         vcpu.set_cpuid2(&cpu0_cpuid)
             .map_err(errno("KVM_SET_CPUID2"))?;
-        let sregs = long_mode_sregs(vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?);
+        let mut sregs = long_mode_sregs(vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?);
+        if ids.len() > 1 {
+            // KVM's BSP is the vCPU whose APIC base has the BSP bit
+            // (`kvm_vcpu_is_bsp`): without it, an INIT sends CPU 0 to wait
+            // for SIPI as it does every other CPU (smp.rs).
+            sregs.apic_base &= !APIC_BASE_BSP;
+        }
         vcpu.set_sregs(&sregs).map_err(errno("KVM_SET_SREGS"))?;
         let lapic = clean_lapic(vcpu.get_lapic().map_err(errno("KVM_GET_LAPIC"))?);
         let events = vcpu

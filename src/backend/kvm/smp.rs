@@ -21,8 +21,9 @@
 //! reached it) is found the same way and leaves the round.
 //!
 //! INIT and SIPI go through the in-kernel local APIC. No vCPU is KVM's BSP
-//! ([`no_bsp`]), so an INIT sends any CPU to wait for SIPI, as the format
-//! says. A CPU that may have received one is looked at with
+//! ([`no_bsp`]; CPU 0's IA32_APIC_BASE has no BSP bit either, which is what
+//! `kvm_vcpu_is_bsp` reads), so an INIT sends any CPU to wait for SIPI, as
+//! the format says (a BSP would restart at the reset vector). A CPU that may have received one is looked at with
 //! `KVM_GET_MP_STATE` (which makes KVM process a pending INIT or SIPI)
 //! before its turn, and only in scenarios that can send them. A SIPI starts
 //! the AP in real mode at the SIPI page, whose `out` to
@@ -110,26 +111,49 @@ impl Ap {
     }
 }
 
-/// The vCPU ids of a scenario's CPUs: their APIC IDs (KVM's APIC ID is the
-/// vCPU id, in both modes).
-fn vcpu_ids(scenario: &Scenario) -> Vec<u32> {
+/// The scenario's APIC IDs, CPU 0 first.
+fn apic_ids(scenario: &Scenario) -> Vec<u32> {
     (0..scenario.cpus())
         .map(|cpu| u32::from(scenario.config.apic_id(cpu)))
         .collect()
 }
 
-/// Why a multi-CPU scenario cannot run on KVM, if it cannot: KVM's APIC
-/// ID is the vCPU id, so two CPUs cannot share one (`apic-ids` aliases).
-pub(super) fn unsupported(scenario: &Scenario) -> Option<String> {
-    if !scenario.uses_smp() {
-        return None;
+/// Whether two CPUs share an APIC ID (`apic-ids` aliases).
+fn aliased(scenario: &Scenario) -> bool {
+    let ids = apic_ids(scenario);
+    !ids.iter().enumerate().all(|(i, id)| !ids[..i].contains(id))
+}
+
+/// The vCPU ids of a scenario's CPUs: their APIC IDs (KVM's APIC ID is the
+/// vCPU id; in x2APIC mode it cannot be anything else). Aliased xAPIC IDs
+/// cannot be vCPU ids: the CPU indexes are, and each CPU's xAPIC ID
+/// register is written by `KVM_SET_LAPIC` ([`Vm::reset_smp`]; KVM keeps
+/// an xAPIC ID the VMM gives, and delivers to aliased IDs by its slow path,
+/// `kvm_recalculate_apic_map`).
+fn vcpu_ids(scenario: &Scenario) -> Vec<u32> {
+    if aliased(scenario) {
+        (0..scenario.cpus() as u32).collect()
+    } else {
+        apic_ids(scenario)
     }
-    let ids = vcpu_ids(scenario);
-    let distinct = ids.iter().enumerate().all(|(i, id)| !ids[..i].contains(id));
-    (!distinct).then(|| {
-        "KVM's APIC ID is the vCPU id: two CPUs cannot share an APIC ID (apic-ids repeats one)"
-            .into()
-    })
+}
+
+/// Why a multi-CPU scenario cannot run on KVM, if it cannot: in x2APIC
+/// mode KVM's x2APIC ID is the vCPU id, so two CPUs cannot share one.
+pub(super) fn unsupported(scenario: &Scenario) -> Option<String> {
+    (scenario.uses_smp() && aliased(scenario) && scenario.config.apic == ApicMode::X2apic).then(
+        || {
+            "KVM's x2APIC ID is the vCPU id: two CPUs cannot share an x2APIC ID (apic-ids repeats one)"
+                .into()
+        },
+    )
+}
+
+/// Writes an xAPIC ID into a `kvm_lapic_state` (the ID register, bits
+/// 31:24, SDM §11.4.6).
+fn set_xapic_id(lapic: &mut kvm_lapic_state, id: u32) {
+    let at = reg::ID as usize;
+    lapic.regs[at..at + 4].copy_from_slice(&(id << 24).to_le_bytes().map(|b| b as _));
 }
 
 /// Whether an op of the scenario can send INIT or SIPI: an `ipi` of
@@ -195,9 +219,21 @@ impl Vm {
         let cpus = self.cpus();
         image.load_smp(self.ram.bytes_mut(), table, x2apic, cpus);
         let sipi = scenario.config.ap_start == ApStart::Sipi;
+        let aliased = aliased(scenario);
+        if aliased && scenario.config.apic_id(0) != 0 {
+            let mut lapic = self.lapic;
+            set_xapic_id(&mut lapic, u32::from(scenario.config.apic_id(0)));
+            self.count(|c| &mut c.reset_vcpu);
+            self.vcpu
+                .set_lapic(&lapic)
+                .map_err(errno("KVM_SET_LAPIC"))?;
+        }
         for (i, ap) in self.aps.iter().enumerate() {
             let cpu = i + 1;
             let mut lapic = ap.lapic;
+            if aliased {
+                set_xapic_id(&mut lapic, u32::from(scenario.config.apic_id(cpu)));
+            }
             if sipi {
                 // SVR 0xFF: software-disabled (SDM §11.4.7.1, after RESET).
                 let svr = reg::SVR as usize;
@@ -363,6 +399,15 @@ impl Conductor<'_, '_> {
                     None
                 }
                 Exit::IoapicRead | Exit::Nothing => None,
+                // An INIT that reaches the CPU while KVM emulates its ICR
+                // write resets it mid-instruction, and KVM reports an
+                // emulation failure; the CPU waits for SIPI all the same.
+                Exit::End(End::Error(_))
+                    if self.may_init && vm.mp_state(cpu)? == KVM_MP_STATE_INIT_RECEIVED =>
+                {
+                    self.waiting |= 1 << cpu;
+                    return Ok(Step::Waiting);
+                }
                 Exit::End(end) => return Ok(Step::End(end)),
             };
             halted_kicks = 0;
