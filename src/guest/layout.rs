@@ -80,6 +80,10 @@ pub const SMP: u64 = DATA + 0x48;
 /// Global u32: how many CPUs the scenario has (informational: for a
 /// trampoline that must tell which CPU it runs on).
 pub const CPUS: u64 = DATA + 0x4c;
+/// Global u64: code every CPU's mailbox loop calls on each pass when it
+/// is not 0 (QEMU's in-guest driver of the per-op protocol; 0 under a
+/// VMM that drives it from its exits).
+pub const IDLE_HOOK: u64 = DATA + 0x50;
 
 // ---- Per-CPU fields: offsets within a CPU's block (RBP in the stub).
 
@@ -101,6 +105,10 @@ pub const PCPU_MAILBOX: u64 = 0x34;
 pub const PCPU_LOG_LIMIT: u64 = 0x38;
 /// u32: ops this CPU has completed from its mailbox in this run.
 pub const PCPU_OPS_DONE: u64 = 0x40;
+/// u32: passes of this CPU's mailbox loop (never reset; a driver in the
+/// guest compares two readings: a CPU that passed twice has been at an
+/// instruction boundary of its loop with its own IF since the first).
+pub const PCPU_IDLE_PASSES: u64 = 0x44;
 /// u32 x 256: deliveries per vector on this CPU (`V#N` counts them).
 pub const PCPU_COUNTS: u64 = 0x100;
 /// u64 x 256: this CPU's plain body of each vector (`V@K`, else `V`, else `eoi`).

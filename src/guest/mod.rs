@@ -82,6 +82,7 @@ impl Image {
         put(ram, DELIVERIES, &0u32.to_le_bytes());
         put(ram, END_PORT_VAR, &(END_PORT as u32).to_le_bytes());
         put(ram, END_HANDLER, &0u64.to_le_bytes());
+        put(ram, IDLE_HOOK, &0u64.to_le_bytes());
         put(ram, X2APIC, &u32::from(x2apic).to_le_bytes());
         put(ram, LOG_PTR, &LOG.to_le_bytes());
         ram[COUNTS as usize..COUNTS as usize + 1024].fill(0);

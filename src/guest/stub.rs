@@ -209,6 +209,16 @@ pub fn assemble() -> Result<Stub, IcedError> {
     // posted op, if any. An interrupt an idle CPU can take is taken at the
     // `out`'s instruction boundary, or when the VMM resumes it.
     a.set_label(&mut idle)?;
+    // For an in-guest driver (QEMU's, which no VMM exit can run): every
+    // pass counts, and the global IDLE_HOOK, when set, is called (it keeps
+    // every register but RAX, RCX, RDX; it may post to this CPU's mailbox).
+    a.inc(dword_ptr(rbp + PCPU_IDLE_PASSES))?;
+    let mut no_hook = a.create_label();
+    a.mov(rax, qword_ptr(IDLE_HOOK))?;
+    a.test(rax, rax)?;
+    a.jz(no_hook)?;
+    a.call(rax)?;
+    a.set_label(&mut no_hook)?;
     a.mov(eax, dword_ptr(rbp + PCPU_INDEX))?;
     a.mov(edx, IDLE_PORT as u32)?;
     a.set_label(&mut idle_out)?;

@@ -233,6 +233,127 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// Which CPUs run (are not waiting for a SIPI) at the first op and after
+/// each top-level op, as bitmasks: what QEMU's in-guest driver waits on
+/// when it settles an op, and where it may post one. No VMM sees an INIT
+/// or SIPI land under TCG, so the host works them out from the program:
+/// each `ipi init` or `ipi startup` must name its targets by a shorthand
+/// or a physical destination (the plan's IDs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub initial: u8,
+    pub after: Vec<u8>,
+}
+
+fn is_nmi_op(op: &Op) -> bool {
+    use crate::scenario::{DeliveryMode, HostOp, IpiDelivery, MsiDelivery};
+    match op {
+        Op::Ipi(ipi) => ipi.delivery == IpiDelivery::Nmi,
+        Op::Host(HostOp::Msi(m)) => m.delivery == MsiDelivery::Nmi,
+        Op::Route { route, .. } => route.delivery == DeliveryMode::Nmi,
+        Op::LapicWrite { offset, value } | Op::LapicMmioWrite { offset, value } => {
+            (*offset == reg::ICR_LOW || (reg::LVT_TIMER..=reg::LVT_ERROR).contains(offset))
+                && (value >> 8) & 7 == 4
+        }
+        _ => false,
+    }
+}
+
+impl Running {
+    /// The masks of `scenario` under `plan`, or why they cannot be known
+    /// (or why QEMU cannot run the INIT).
+    pub fn of(scenario: &Scenario, plan: &Plan) -> Result<Running, String> {
+        use crate::scenario::{DestMode, IpiDelivery, Shorthand};
+        let n = scenario.cpus();
+        let all: u8 = if n >= 8 { 0xff } else { (1u8 << n) - 1 };
+        let initial = if scenario.config.ap_start == ApStart::Host {
+            all
+        } else {
+            1
+        };
+        let x2apic = scenario.config.apic == ApicMode::X2apic;
+        let targets = |ipi: &crate::scenario::Ipi, cpu: usize| -> Result<u8, String> {
+            Ok(match ipi.shorthand {
+                Shorthand::SelfOnly => 1 << cpu,
+                Shorthand::All => all,
+                Shorthand::AllButSelf => all & !(1 << cpu),
+                Shorthand::None if ipi.dest_mode == DestMode::Logical => {
+                    return Err(format!(
+                        "ipi {:?} with a logical destination: QEMU's in-guest driver must know \
+                         which CPUs it stops or starts, and a logical match depends on LDR/DFR at \
+                         run time (use a shorthand or a physical destination)",
+                        ipi.delivery
+                    ))
+                }
+                Shorthand::None
+                    if (!x2apic && ipi.dest == 0xff) || (x2apic && ipi.dest == u32::MAX) =>
+                {
+                    all
+                }
+                Shorthand::None => (0..n)
+                    .filter(|&k| u32::from(plan.ids[k]) == ipi.dest)
+                    .fold(0, |m, k| m | 1 << k),
+            })
+        };
+        let sends = |op: &Op| matches!(op, Op::Ipi(i) if matches!(i.delivery, IpiDelivery::Init | IpiDelivery::Startup));
+        if scenario.handlers.values().flatten().any(sends) {
+            return Err(
+                "an INIT or STARTUP IPI in a handler body: QEMU's in-guest driver works out \
+                        from the program which CPUs wait for a SIPI, and a handler's CPU is known \
+                        only at run time"
+                    .into(),
+            );
+        }
+        let ever_waiting = initial != all || scenario.ops.iter().any(sends);
+        if ever_waiting && scenario.handlers.values().flatten().any(is_nmi_op) {
+            return Err(NMI_TO_WAITING.into());
+        }
+        let mut mask = initial;
+        let mut after = Vec::with_capacity(scenario.ops.len());
+        for (k, op) in scenario.ops.iter().enumerate() {
+            let cpu = scenario.cpu_of(k) as usize;
+            if ever_waiting && is_nmi_op(op) {
+                let reach = match op {
+                    Op::Ipi(ipi) => targets(ipi, cpu).unwrap_or(all),
+                    _ => all,
+                };
+                if reach & !mask != 0 {
+                    return Err(format!("op {k}: {NMI_TO_WAITING}"));
+                }
+            }
+            if let Op::Ipi(ipi) = op {
+                match ipi.delivery {
+                    IpiDelivery::Init => {
+                        let t = targets(ipi, cpu)?;
+                        if t & 1 != 0 {
+                            return Err(format!(
+                                "op {k}: an INIT that reaches CPU 0: QEMU restarts the bootstrap \
+                                 processor at the reset vector (apic_init_reset: only APs wait \
+                                 for a SIPI), which would restart the batch's loader"
+                            ));
+                        }
+                        if t & 1 << cpu != 0 {
+                            return Err(format!(
+                                "op {k}: an INIT that reaches the CPU sending it (the model ends \
+                                 the run with an error; QEMU's CPU would stop mid-op)"
+                            ));
+                        }
+                        mask &= !t;
+                    }
+                    IpiDelivery::Startup => mask |= targets(ipi, cpu)?,
+                    _ => {}
+                }
+            }
+            after.push(mask);
+        }
+        Ok(Running { initial, after })
+    }
+}
+
+const NMI_TO_WAITING: &str = "an NMI that may reach a CPU waiting for a SIPI: QEMU's TCG un-halts \
+     such a CPU on an NMI (x86_cpu_has_work counts it) and it runs from its reset state, where the \
+     model's waiting CPU takes nothing";
+
 /// The 256-byte table the APs' trampoline reads: entry `id` is the CPU
 /// index of the CPU whose initial APIC ID is `id`, 0xff for none.
 pub fn index_table(topology: &Topology) -> [u8; 256] {
@@ -337,6 +458,58 @@ mod tests {
             assert!(e.contains(why), "{text}: {e}");
             assert!(e.contains("no -smp topology gives"), "{e}");
         }
+    }
+
+    #[test]
+    fn running_masks_follow_init_and_startup() {
+        let s = scenario(
+            "config cpus=3 ap-start=sipi\nipi vector=0x20 dest=1\nipi init all-but-self\n\
+             ipi startup dest=2\nipi startup all-but-self\nipi init dest=1\n",
+        );
+        let plan = Plan::of(&s).unwrap();
+        let r = Running::of(&s, &plan).unwrap();
+        assert_eq!(r.initial, 0b001);
+        assert_eq!(r.after, [0b001, 0b001, 0b101, 0b111, 0b101]);
+        let host = scenario("config cpus=2\nnop\n");
+        let r = Running::of(&host, &Plan::of(&host).unwrap()).unwrap();
+        assert_eq!((r.initial, r.after), (0b11, vec![0b11]));
+    }
+
+    #[test]
+    fn running_masks_refuse_what_qemu_cannot_follow() {
+        for (text, why) in [
+            ("config cpus=2\nipi init all\n", "reaches CPU 0"),
+            ("config cpus=2\nipi init dest=0\n", "reaches CPU 0"),
+            (
+                "config cpus=2\ncpu 1: ipi init self\n",
+                "the CPU sending it",
+            ),
+            (
+                "config cpus=2\nipi init logical dest=2\n",
+                "logical destination",
+            ),
+            (
+                "config cpus=2\nhandler 0x40: ipi startup all-but-self\nnop\n",
+                "handler body",
+            ),
+            (
+                "config cpus=2 ap-start=sipi\nipi nmi dest=1\n",
+                "NMI that may reach",
+            ),
+            (
+                "config cpus=2 ap-start=sipi\nhandler 0x40: ipi nmi all\nnop\n",
+                "NMI that may reach",
+            ),
+        ] {
+            let s = scenario(text);
+            let e = Running::of(&s, &Plan::of(&s).unwrap()).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+        // An NMI to a running CPU of an ap-start=sipi scenario runs.
+        let s = scenario(
+            "config cpus=2 ap-start=sipi\nipi nmi dest=0\nipi startup dest=1\nipi nmi dest=1\n",
+        );
+        assert!(Running::of(&s, &Plan::of(&s).unwrap()).is_ok());
     }
 
     #[test]
