@@ -319,8 +319,50 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
         report["scenarios_per_second_one_process_each"] = json!(single);
         report["ratio_watchdog_to_host_timed_hangs"] = json!(rate / without);
         report["ratio_batch_to_one_process_each"] = json!(rate / single);
+        if backend::Backend::max_cpus(&host) > 1 {
+            report["cpus"] = qemu_cpus(&mut host, &scenarios);
+        }
     }
     Ok(report)
+}
+
+/// QEMU's scenarios per second with 1, 2 and 4 CPUs: the same scenarios
+/// with `config cpus=N` (their ops on CPU 0, so the extra CPUs only idle
+/// and settle), in batches, timed back to back in this run (the watchdog
+/// as `host` has it). With 1 CPU the single-CPU stub runs; with more, the
+/// mailbox loop on every CPU under the in-guest driver (docs/guest-stub.md).
+fn qemu_cpus(host: &mut backend::qemu::QemuBackend, scenarios: &[Scenario]) -> Value {
+    let mut rates = serde_json::Map::new();
+    let mut base = 0.0;
+    for n in [1u8, 2, 4] {
+        let set: Vec<Scenario> = scenarios
+            .iter()
+            .cloned()
+            .map(|mut s| {
+                s.config.cpus = n;
+                s
+            })
+            .collect();
+        let start = Instant::now();
+        let traces = backend::Backend::run_batch(host, &set);
+        let rate = set.len() as f64 / start.elapsed().as_secs_f64();
+        let errors = traces
+            .iter()
+            .filter(|t| t.outcome == crate::trace::Outcome::Error)
+            .count();
+        if n == 1 {
+            base = rate;
+        }
+        rates.insert(
+            n.to_string(),
+            json!({
+                "scenarios_per_second": rate,
+                "ratio_to_one_cpu": rate / base,
+                "errors": errors,
+            }),
+        );
+    }
+    Value::Object(rates)
 }
 
 /// The per-exit overhead of running scenarios on `kvm` or `kvm-split`, as

@@ -136,8 +136,23 @@ pub const QEMU_APIC_PAGE_FIXED: Known = Known {
     deviations: &[],
 };
 
+/// QEMU's `self` and `all-but-self` shorthands (`hw/intc/apic.c`,
+/// `apic_deliver`, QEMU 9.0-10.0) set or clear bit `s->id` of the delivery
+/// bitmask, which indexes the APIC array by *initial* APIC ID: after the
+/// xAPIC ID register was written (how `qemu-tcg` gives a scenario IDs no
+/// `-smp` topology has, `backend::qemu::smp::Plan`), `self` reaches the CPU
+/// whose initial ID is the sender's current one (or none), and
+/// `all-but-self` leaves that CPU out instead of the sender (SDM §11.6.1:
+/// the shorthands name the issuing APIC itself).
+pub const QEMU_SHORTHAND_BY_ID: Known = Known {
+    id: "qemu-shorthand-by-id",
+    title: "QEMU: after an xAPIC ID write, the self and all-but-self shorthands pick the CPU by ID",
+    doc: "docs/known-divergences.md#qemu-shorthand-by-id",
+    deviations: &[],
+};
+
 /// Every documented behaviour.
-pub const ALL: [Known; 9] = [
+pub const ALL: [Known; 10] = [
     KVM_ISR_NOT_SET,
     KVM_DEFERRED_INJECTION,
     KVM_IOAPIC_LATCH,
@@ -147,6 +162,7 @@ pub const ALL: [Known; 9] = [
     QEMU_IRQCHIP,
     QEMU_X2APIC_MSR,
     QEMU_APIC_PAGE_FIXED,
+    QEMU_SHORTHAND_BY_ID,
 ];
 
 /// The documented behaviour of `backend` that a cause explained by exactly
@@ -302,6 +318,7 @@ fn qemu_label(
         return [
             (QEMU_X2APIC_MSR, qemu_x2apic_msr(scenario)),
             (QEMU_APIC_PAGE_FIXED, qemu_apic_page_fixed(scenario)),
+            (QEMU_SHORTHAND_BY_ID, qemu_shorthand_by_id(scenario)),
         ]
         .into_iter()
         .find_map(|(known, rewrite)| {
@@ -428,6 +445,53 @@ fn qemu_x2apic_msr(scenario: &crate::scenario::Scenario) -> Option<Rewrite> {
         }
     }
     (s != *scenario).then_some(Rewrite { scenario: s, reads })
+}
+
+/// [`QEMU_SHORTHAND_BY_ID`]: with written xAPIC IDs, a top-level `self`
+/// (`self-ipi`, `ipi ... self`) or `all-but-self` IPI on CPU c, whose ID
+/// is w, acts as if CPU w had sent it (w names a CPU under the index
+/// topology the plan runs on), or, with no CPU w, `self` reaches nobody
+/// and `all-but-self` everybody. Not for scenarios with such IPIs in
+/// handler bodies (the sender is known at run time only).
+fn qemu_shorthand_by_id(scenario: &crate::scenario::Scenario) -> Option<Rewrite> {
+    use crate::scenario::{ApicMode, Op, Shorthand};
+    let plan = crate::backend::qemu::smp::Plan::of(scenario).ok()?;
+    if !plan.written || scenario.config.apic != ApicMode::Xapic {
+        return None;
+    }
+    let by_shorthand = |op: &Op| {
+        matches!(op, Op::SelfIpi(_))
+            || matches!(op, Op::Ipi(i) if matches!(i.shorthand, Shorthand::SelfOnly | Shorthand::AllButSelf))
+    };
+    if scenario.handlers.values().flatten().any(by_shorthand) {
+        return None;
+    }
+    let n = scenario.cpus();
+    let mut s = scenario.clone();
+    s.op_cpus.resize(s.ops.len(), 0);
+    for k in 0..s.ops.len() {
+        let c = s.op_cpus[k] as usize;
+        let w = plan.ids[c] as usize;
+        if w == c || !by_shorthand(&s.ops[k]) {
+            continue;
+        }
+        if w < n {
+            s.op_cpus[k] = w as u8;
+            continue;
+        }
+        s.ops[k] = match s.ops[k] {
+            Op::Ipi(mut i) if i.shorthand == Shorthand::AllButSelf => {
+                i.shorthand = Shorthand::All;
+                Op::Ipi(i)
+            }
+            _ => Op::Nop,
+        };
+    }
+    s.normalize_op_cpus();
+    (s != *scenario).then_some(Rewrite {
+        scenario: s,
+        reads: Vec::new(),
+    })
 }
 
 /// [`QEMU_APIC_PAGE_FIXED`]: after an IA32_APIC_BASE write that moves the

@@ -761,15 +761,24 @@ impl Backend for QemuBackend {
     /// irqchip, pins 1-15 (and under KVM's irqchips, IOAPIC version 0x11
     /// and a fixed APIC ID).
     fn fit(&self, scenario: &mut Scenario) {
+        let c = scenario.config;
         scenario.config = crate::scenario::Config {
             // KVM's in-kernel IOAPIC is version 0x11 (see `unsupported`).
             ioapic: if self.options.qemu_ioapic() {
-                scenario.config.ioapic
+                c.ioapic
             } else {
                 crate::scenario::IoapicVersion::V11
             },
+            // The CPUs stay (TCG runs up to 8, `max_cpus`), with APIC IDs
+            // QEMU can give (smp::Plan; else the indexes).
+            cpus: c.cpus.min(self.max_cpus() as u8),
+            ap_start: c.ap_start,
+            apic_ids: c.apic_ids,
             ..Default::default()
         };
+        if smp::Plan::of(scenario).is_err() {
+            scenario.config.apic_ids = crate::scenario::INDEX_APIC_IDS;
+        }
         // Under KVM's local APIC an MSI to APIC ID 0 is sent as a
         // broadcast (see `guest_table`), so the ID stays 0.
         let kvm_lapic = !self.options.qemu_lapic();
@@ -1306,6 +1315,9 @@ mod batch {
         // INIT-SIPI; QEMU needs one SIPI, `apic_sipi` ignores a second),
         // then wait for each AP in long mode.
         let mut no_aps = l.create_label();
+        // ARMED before the APs start: each arms its own watchdog from it.
+        l.mov(ecx, dword_ptr(rbx + WATCHDOG_AT as i32))?;
+        l.mov(dword_ptr(ARMED), ecx)?;
         l.xor(eax, eax)?;
         l.mov(dword_ptr(SMP), eax)?;
         l.mov(qword_ptr(IDLE_HOOK), rax)?;
@@ -1421,6 +1433,7 @@ mod batch {
         a.movzx(ecx, byte_ptr(rdx + rax * 2 - 1))?;
         a.set_label(&mut have)?;
         a.movzx(ebx, byte_ptr(rdx + rax * 2))?;
+        a.mov(dword_ptr(CUR_OP), eax)?;
         a.bt(ecx, ebx)?;
         a.jnc(waiting)?;
         a.mov(dword_ptr(DRV_CPU), ebx)?;
