@@ -51,6 +51,10 @@ const HANG_AFTER: Duration = Duration::from_millis(300);
 const BATCH_HANG_AFTER: Duration = Duration::from_millis(25);
 /// A batch scenario that neither ends nor halts within this is an error.
 const RUN_LIMIT: Duration = Duration::from_secs(2);
+/// The same for several CPUs: each op's settling needs every vCPU thread
+/// to run (two passes of each mailbox loop), which on a loaded host takes
+/// far longer than one CPU's op (`irqdiff bench qemu-tcg`, `cpus`).
+const SMP_RUN_LIMIT: Duration = Duration::from_secs(20);
 /// The in-guest watchdog's period: a batch scenario halted this long with
 /// nothing to wake it is a hang (the KVM backend's kick period).
 const WATCHDOG: Duration = Duration::from_millis(3);
@@ -1960,9 +1964,10 @@ impl QemuBackend {
             let end = self.watch(&mut process, &batch, &armed, &mut results);
             let _ = std::fs::remove_file(&process.monitor_path);
             let end = end?;
-            for i in start..batch.next().min(group.len()) {
+            let ran = start..batch.next().min(group.len());
+            for (i, (_, s)) in group.iter().enumerate().take(ran.end).skip(ran.start) {
                 if results.is_open(i) {
-                    results.set(i, self.result(&batch.file, i, group[i].1.cpus())?);
+                    results.set(i, self.result(&batch.file, i, s.cpus())?);
                 }
             }
             match end {
@@ -2202,7 +2207,8 @@ impl QemuBackend {
                             .any(|rip| self.image.stub.after_hlt.contains(rip))
                     })
             };
-        if paused && !halted && since.elapsed() < RUN_LIMIT {
+        let limit = if cpus > 1 { SMP_RUN_LIMIT } else { RUN_LIMIT };
+        if paused && !halted && since.elapsed() < limit {
             process.monitor_command("cont");
             return Ok(HangCheck::RunsOn);
         }
@@ -2213,7 +2219,7 @@ impl QemuBackend {
             } else {
                 Trace::error(
                     &self.name,
-                    format!("the guest neither ended nor halted within {RUN_LIMIT:?}"),
+                    format!("the guest neither ended nor halted within {limit:?}"),
                 )
             },
         );
