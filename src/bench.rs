@@ -518,7 +518,8 @@ pub fn kvm_cpus(name: &str, cases: u64) -> Result<Value, String> {
     let per_round = (cases as usize).div_ceil(ROUNDS);
     for round in 0..ROUNDS {
         for (tally, set) in tallies.iter_mut().zip(&sets) {
-            let chunk = &set[(round * per_round).min(set.len())..((round + 1) * per_round).min(set.len())];
+            let chunk =
+                &set[(round * per_round).min(set.len())..((round + 1) * per_round).min(set.len())];
             if chunk.is_empty() {
                 continue;
             }
