@@ -119,6 +119,30 @@ pub const KVM_IOAPIC_LATCH: Known = Known {
     deviations: &[Deviation::new(Rule::LevelDelivers, Mode::Skipped)],
 };
 
+/// KVM (upstream, `kvm_irq_delivery_to_apic`, arch/x86/kvm/irq_comm.c):
+/// a lowest-priority message with the physical broadcast destination 0xFF
+/// (IPI, IOAPIC route or MSI) is delivered as fixed to every CPU ("apic:
+/// phys broadcast and lowest prio"), where the model (SDM §11.6.2.4: one
+/// processor of those the destination names) delivers it to one CPU.
+pub const KVM_LOWEST_BROADCAST_FIXED: Known = Known {
+    id: "kvm-lowest-broadcast-fixed",
+    title: "KVM: a lowest-priority message to the physical broadcast 0xFF reaches every CPU",
+    doc: "docs/known-divergences.md#kvm-lowest-broadcast-fixed",
+    deviations: &[],
+};
+
+/// KVM (upstream, `__kvm_apic_set_base`, arch/x86/kvm/lapic.c): setting
+/// IA32_APIC_BASE's enable bit again after clearing it resets only the
+/// xAPIC ID; SVR (software enable), the LVTs and the rest keep what they
+/// had, where the model gives the APIC its power-up state (SDM §11.4.3:
+/// SVR 0xFF, software-disabled).
+pub const KVM_APIC_REENABLE_KEEPS_STATE: Known = Known {
+    id: "kvm-apic-reenable-keeps-state",
+    title: "KVM: re-enabling the APIC in IA32_APIC_BASE keeps SVR and the LVTs",
+    doc: "docs/known-divergences.md#kvm-apic-reenable-keeps-state",
+    deviations: &[],
+};
+
 /// QEMU's local APIC in x2APIC mode (TCG, QEMU 9.0+): `apic_msr_write`
 /// and `apic_msr_read` (`hw/intc/apic.c`, reached from `helper_wrmsr` /
 /// `helper_rdmsr` in `target/i386/tcg/system/misc_helper.c`) go through
@@ -148,18 +172,36 @@ pub const QEMU_APIC_PAGE_FIXED: Known = Known {
     deviations: &[],
 };
 
+/// QEMU's `self` and `all-but-self` shorthands (`hw/intc/apic.c`,
+/// `apic_deliver`, QEMU 9.0-10.0) set or clear bit `s->id` of the delivery
+/// bitmask, which indexes the APIC array by *initial* APIC ID: after the
+/// xAPIC ID register was written (how `qemu-tcg` gives a scenario IDs no
+/// `-smp` topology has, `backend::qemu::smp::Plan`), `self` reaches the CPU
+/// whose initial ID is the sender's current one (or none), and
+/// `all-but-self` leaves that CPU out instead of the sender (SDM §11.6.1:
+/// the shorthands name the issuing APIC itself).
+pub const QEMU_SHORTHAND_BY_ID: Known = Known {
+    id: "qemu-shorthand-by-id",
+    title: "QEMU: after an xAPIC ID write, the self and all-but-self shorthands pick the CPU by ID",
+    doc: "docs/known-divergences.md#qemu-shorthand-by-id",
+    deviations: &[],
+};
+
 /// Every documented behaviour.
-pub const ALL: [Known; 10] = [
+pub const ALL: [Known; 13] = [
     KVM_ISR_NOT_SET,
     KVM_DEFERRED_INJECTION,
     KVM_EARLY_EOI,
     KVM_IOAPIC_LATCH,
+    KVM_LOWEST_BROADCAST_FIXED,
+    KVM_APIC_REENABLE_KEEPS_STATE,
     QEMU_EDGE_EVERY_ASSERT,
     QEMU_IOAPIC_LATCH,
     QEMU_LAPIC_ACCEPTS,
     QEMU_IRQCHIP,
     QEMU_X2APIC_MSR,
     QEMU_APIC_PAGE_FIXED,
+    QEMU_SHORTHAND_BY_ID,
 ];
 
 /// The documented behaviour of `backend` that a cause explained by exactly
@@ -233,6 +275,8 @@ pub struct HostBehaviours {
     pub deferred_injection: bool,
     pub ioapic_latch: bool,
     pub early_eoi: bool,
+    pub lowest_broadcast_fixed: bool,
+    pub reenable_keeps_state: bool,
 }
 
 /// Probes this host's KVM once (both behaviours are properties of the
@@ -270,11 +314,31 @@ fn probe() -> HostBehaviours {
          route 1 vector=0x22 level\nnop\nmsi vector=0x30\nnop\n",
     )
     .is_some_and(|t| !t.deliveries().any(|(_, v)| v == 0x22));
+    // A lowest-priority IPI to the physical broadcast reaches one of two
+    // CPUs (SDM §11.6.2.4).
+    let lowest_broadcast_fixed = run(
+        &mut kvm,
+        "config cpus=2\nipi vector=0xc2 dest=0xff lowest\n",
+    )
+    .is_some_and(|t| t.deliveries().count() == 2);
+    // Disabling and re-enabling the APIC gives it its power-up SVR, 0xFF
+    // (SDM §11.4.3).
+    let reenable_keeps_state = run(
+        &mut kvm,
+        "apic-base 0xfee00000\napic-base 0xfee00800\nlapic-read 0x0f0\n",
+    )
+    .is_some_and(|t| {
+        t.events.iter().any(|e| {
+            matches!(e.kind, crate::trace::EventKind::Read { reg: 0xf0, value, .. } if value & 0x100 != 0)
+        })
+    });
     HostBehaviours {
         isr_not_set,
         deferred_injection,
         ioapic_latch,
         early_eoi: run(&mut kvm, EARLY_EOI_PROBE).is_some_and(|t| early_eoi_seen(&t)),
+        lowest_broadcast_fixed,
+        reenable_keeps_state,
     }
 }
 
@@ -322,7 +386,47 @@ pub fn label(
     if backend != "kvm" && backend != "kvm-split" {
         return None;
     }
-    kvm_label(backend == "kvm", sig)
+    kvm_scenario_label(scenario).or_else(|| kvm_label(backend == "kvm", sig))
+}
+
+/// KVM behaviours that only a kind of op can show, whatever the
+/// divergence it leads to: named when the scenario has that op and the
+/// probe found the behaviour on this host.
+fn kvm_scenario_label(scenario: &crate::scenario::Scenario) -> Option<Known> {
+    use crate::scenario::{
+        DeliveryMode, DestMode, HostOp, IpiDelivery, MsiDelivery, Op, Shorthand,
+    };
+    let host = host_behaviours();
+    let lowest_broadcast = scenario.is_multi_cpu()
+        && scenario.all_ops().any(|op| match *op {
+            Op::Ipi(ipi) => {
+                ipi.delivery == IpiDelivery::Lowest
+                    && ipi.shorthand == Shorthand::None
+                    && ipi.dest_mode == DestMode::Physical
+                    && (ipi.dest == 0xff || ipi.dest == 0xffff_ffff)
+            }
+            Op::Route { route, .. } => {
+                route.delivery == DeliveryMode::Lowest
+                    && route.dest_mode == DestMode::Physical
+                    && route.dest == 0xff
+            }
+            Op::Host(HostOp::Msi(m)) => {
+                m.delivery == MsiDelivery::Lowest
+                    && m.dest_mode == DestMode::Physical
+                    && m.dest == 0xff
+            }
+            _ => false,
+        });
+    if host.lowest_broadcast_fixed && lowest_broadcast {
+        return Some(KVM_LOWEST_BROADCAST_FIXED);
+    }
+    let disables_apic = scenario
+        .all_ops()
+        .any(|op| matches!(*op, Op::ApicBase(v) if v & 1 << 11 == 0));
+    if host.reenable_keeps_state && disables_apic {
+        return Some(KVM_APIC_REENABLE_KEEPS_STATE);
+    }
+    None
 }
 
 /// A QEMU divergence: QEMU's own irqchip's behaviours where the options
@@ -357,6 +461,7 @@ fn qemu_label(
         return [
             (QEMU_X2APIC_MSR, qemu_x2apic_msr(scenario)),
             (QEMU_APIC_PAGE_FIXED, qemu_apic_page_fixed(scenario)),
+            (QEMU_SHORTHAND_BY_ID, qemu_shorthand_by_id(scenario)),
         ]
         .into_iter()
         .find_map(|(known, rewrite)| {
@@ -483,6 +588,53 @@ fn qemu_x2apic_msr(scenario: &crate::scenario::Scenario) -> Option<Rewrite> {
         }
     }
     (s != *scenario).then_some(Rewrite { scenario: s, reads })
+}
+
+/// [`QEMU_SHORTHAND_BY_ID`]: with written xAPIC IDs, a top-level `self`
+/// (`self-ipi`, `ipi ... self`) or `all-but-self` IPI on CPU c, whose ID
+/// is w, acts as if CPU w had sent it (w names a CPU under the index
+/// topology the plan runs on), or, with no CPU w, `self` reaches nobody
+/// and `all-but-self` everybody. Not for scenarios with such IPIs in
+/// handler bodies (the sender is known at run time only).
+fn qemu_shorthand_by_id(scenario: &crate::scenario::Scenario) -> Option<Rewrite> {
+    use crate::scenario::{ApicMode, Op, Shorthand};
+    let plan = crate::backend::qemu::smp::Plan::of(scenario).ok()?;
+    if !plan.written || scenario.config.apic != ApicMode::Xapic {
+        return None;
+    }
+    let by_shorthand = |op: &Op| {
+        matches!(op, Op::SelfIpi(_))
+            || matches!(op, Op::Ipi(i) if matches!(i.shorthand, Shorthand::SelfOnly | Shorthand::AllButSelf))
+    };
+    if scenario.handlers.values().flatten().any(by_shorthand) {
+        return None;
+    }
+    let n = scenario.cpus();
+    let mut s = scenario.clone();
+    s.op_cpus.resize(s.ops.len(), 0);
+    for k in 0..s.ops.len() {
+        let c = s.op_cpus[k] as usize;
+        let w = plan.ids[c] as usize;
+        if w == c || !by_shorthand(&s.ops[k]) {
+            continue;
+        }
+        if w < n {
+            s.op_cpus[k] = w as u8;
+            continue;
+        }
+        s.ops[k] = match s.ops[k] {
+            Op::Ipi(mut i) if i.shorthand == Shorthand::AllButSelf => {
+                i.shorthand = Shorthand::All;
+                Op::Ipi(i)
+            }
+            _ => Op::Nop,
+        };
+    }
+    s.normalize_op_cpus();
+    (s != *scenario).then_some(Rewrite {
+        scenario: s,
+        reads: Vec::new(),
+    })
 }
 
 /// [`QEMU_APIC_PAGE_FIXED`]: after an IA32_APIC_BASE write that moves the

@@ -19,6 +19,7 @@
 
 mod features;
 mod options;
+pub mod smp;
 
 pub use features::{describe, probe, Features};
 pub use options::{binary, Accel, KernelIrqchip, Machine, Options, QEMU_ENV};
@@ -50,6 +51,10 @@ const HANG_AFTER: Duration = Duration::from_millis(300);
 const BATCH_HANG_AFTER: Duration = Duration::from_millis(25);
 /// A batch scenario that neither ends nor halts within this is an error.
 const RUN_LIMIT: Duration = Duration::from_secs(2);
+/// The same for several CPUs: each op's settling needs every vCPU thread
+/// to run (two passes of each mailbox loop), which on a loaded host takes
+/// far longer than one CPU's op (`irqdiff bench qemu-tcg`, `cpus`).
+const SMP_RUN_LIMIT: Duration = Duration::from_secs(20);
 /// The in-guest watchdog's period: a batch scenario halted this long with
 /// nothing to wake it is a hang (the KVM backend's kick period).
 const WATCHDOG: Duration = Duration::from_millis(3);
@@ -79,6 +84,10 @@ fn watchdog_allowed(scenario: &Scenario) -> bool {
     !scenario.all_ops().any(|op| {
         matches!(op, Op::ApicBase(_))
             || matches!(op, Op::Host(HostOp::Msi(m)) if m.delivery == MsiDelivery::Nmi)
+            // `ipi nmi` (before this, its NMI was taken for the watchdog's
+            // once the one-shot had run out, and lost:
+            // tests/qemu_smp.rs, nmi_ipis_reach_every_cpu).
+            || matches!(op, Op::Ipi(i) if i.delivery == crate::scenario::IpiDelivery::Nmi)
             || matches!(op, Op::Route { route, .. } if route.delivery == DeliveryMode::Nmi)
             // ICR or an LVT with delivery mode 100b (SDM §11.6.1, §11.5.1).
             || matches!(op, Op::LapicWrite { offset, value } | Op::LapicMmioWrite { offset, value }
@@ -378,7 +387,30 @@ impl Drop for QemuBackend {
 /// Real mode at TRAMPOLINE -> protected mode (GDT 0x18) -> long mode, then
 /// the stub's start state: the local APIC software-enabled, RFLAGS.IF = 1.
 fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, IcedError> {
-    let base = TRAMPOLINE;
+    trampoline_at(TRAMPOLINE, |l| {
+        l.mov(rsp, STACK_TOP)?;
+        l.lidt(ptr(TRAMPOLINE + 0x110))?;
+        // SVR = 0x1FF: the scenario's start state (QEMU's APIC comes out of
+        // reset software-disabled).
+        l.mov(rax, LAPIC_BASE + reg::SVR as u64)?;
+        l.mov(dword_ptr(rax), 0x1ff)?;
+        l.mov(dword_ptr(BOOTED), 1)?;
+        l.push(0x202)?;
+        l.popfq()?;
+        l.mov(rax, entry)?;
+        l.jmp(rax)
+    })
+}
+
+/// Real mode at `base` (a page: CS 0 from the firmware's far jump, or
+/// CS = base >> 4 from a start-up IPI; the code only uses absolute
+/// addresses, so both run it) -> protected mode (GDT 0x18) -> long mode
+/// with the stub's page tables, then `long` (at most 0x100 bytes). The
+/// descriptors are at `base` + 0x100 (GDTR) and + 0x110 (IDTR).
+fn trampoline_at(
+    base: u64,
+    long: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), IcedError>,
+) -> std::result::Result<Vec<u8>, IcedError> {
     let mut r = CodeAssembler::new(16)?;
     r.cli()?;
     r.xor(ax, ax)?;
@@ -422,17 +454,7 @@ fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, IcedError> {
     protected.extend_from_slice(&0x08u16.to_le_bytes());
 
     let mut l = CodeAssembler::new(64)?;
-    l.mov(rsp, STACK_TOP)?;
-    l.lidt(ptr(base + 0x110))?;
-    // SVR = 0x1FF: the scenario's start state (QEMU's APIC comes out of
-    // reset software-disabled).
-    l.mov(rax, LAPIC_BASE + reg::SVR as u64)?;
-    l.mov(dword_ptr(rax), 0x1ff)?;
-    l.mov(dword_ptr(BOOTED), 1)?;
-    l.push(0x202)?;
-    l.popfq()?;
-    l.mov(rax, entry)?;
-    l.jmp(rax)?;
+    long(&mut l)?;
     let long = l.assemble(base + 0x300)?;
 
     let mut out = vec![0x90u8; 0x400];
@@ -445,6 +467,58 @@ fn trampoline(entry: u64) -> std::result::Result<Vec<u8>, IcedError> {
         *b = 0;
     }
     Ok(out)
+}
+
+/// The APs' trampoline (`ap-start=host`: the loader's start-up IPI lands
+/// here): long mode as the BSP's, then the AP finds its CPU index from its
+/// initial APIC ID (CPUID.01H:EBX[31:24], which QEMU fills with the CPU's
+/// `apic_id` whatever the ID register holds) through [`batch::AP_INDEX`],
+/// counts itself in [`batch::AP_ONLINE`] and goes on with `tail` (RCX =
+/// its index).
+fn ap_trampoline(
+    tail: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), IcedError>,
+) -> std::result::Result<Vec<u8>, IcedError> {
+    trampoline_at(batch::AP_TRAMPOLINE, |l| {
+        l.mov(eax, 1)?;
+        l.cpuid()?;
+        l.shr(ebx, 24)?;
+        l.mov(rax, batch::AP_INDEX)?;
+        l.movzx(ecx, byte_ptr(rax + rbx))?;
+        // Its xAPIC ID (smp::Plan; the same as the initial one unless the
+        // scenario's apic-ids need the write).
+        l.mov(rax, batch::AP_IDS)?;
+        l.movzx(eax, byte_ptr(rax + rcx))?;
+        l.shl(eax, 24)?;
+        l.mov(rdx, LAPIC_BASE)?;
+        l.mov(dword_ptr(rdx + 0x20), eax)?;
+        l.lock().inc(dword_ptr(batch::AP_ONLINE))?;
+        tail(l)
+    })
+}
+
+/// The AP trampoline's end: its own watchdog when the scenario has one
+/// (each CPU's LAPIC timer, so a `hlt` on any CPU is found where it
+/// halts), the IDT, then the stub's `sipi_entry` with EDI = its index
+/// (the stub contract; `sipi_entry` gives the local APIC SVR 0x1FF and TPR
+/// 0, which QEMU's reset left software-disabled).
+fn ap_enter(
+    sipi_entry: u64,
+) -> impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), IcedError> {
+    move |l| {
+        let mut unarmed = l.create_label();
+        l.cmp(dword_ptr(batch::ARMED), 0)?;
+        l.je(unarmed)?;
+        l.mov(rdx, LAPIC_BASE)?;
+        l.mov(dword_ptr(rdx + 0x3e0), 0xb)?;
+        l.mov(dword_ptr(rdx + 0x320), 0x402)?;
+        l.mov(eax, dword_ptr(batch::WATCHDOG_COUNT))?;
+        l.mov(dword_ptr(rdx + 0x380), eax)?;
+        l.set_label(&mut unarmed)?;
+        l.lidt(ptr(batch::AP_TRAMPOLINE + 0x110))?;
+        l.mov(edi, ecx)?;
+        l.mov(rax, sipi_entry)?;
+        l.jmp(rax)
+    }
 }
 
 /// Delivery modes 010 (SMI), 101 (INIT), 110 (start-up) and 111 (ExtINT)
@@ -563,6 +637,19 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
     let options = &options.for_scenario(scenario);
     let version = features.version_string();
     let c = &scenario.config;
+    let inits = scenario
+        .all_ops()
+        .any(|op| matches!(op, Op::Ipi(i) if i.delivery == crate::scenario::IpiDelivery::Init));
+    if scenario.is_multi_cpu() || inits {
+        match smp::Plan::of(scenario) {
+            Err(why) => return Some(why.to_string()),
+            Ok(plan) => {
+                if let Err(why) = smp::Running::of(scenario, &plan) {
+                    return Some(why);
+                }
+            }
+        }
+    }
     // An IA32_APIC_BASE write with EXTD (bit 10) enters x2APIC mode too.
     let enters_x2apic = scenario
         .all_ops()
@@ -678,15 +765,24 @@ impl Backend for QemuBackend {
     /// irqchip, pins 1-15 (and under KVM's irqchips, IOAPIC version 0x11
     /// and a fixed APIC ID).
     fn fit(&self, scenario: &mut Scenario) {
+        let c = scenario.config;
         scenario.config = crate::scenario::Config {
             // KVM's in-kernel IOAPIC is version 0x11 (see `unsupported`).
             ioapic: if self.options.qemu_ioapic() {
-                scenario.config.ioapic
+                c.ioapic
             } else {
                 crate::scenario::IoapicVersion::V11
             },
+            // The CPUs stay (TCG runs up to 8, `max_cpus`), with APIC IDs
+            // QEMU can give (smp::Plan; else the indexes).
+            cpus: c.cpus.min(self.max_cpus() as u8),
+            ap_start: c.ap_start,
+            apic_ids: c.apic_ids,
             ..Default::default()
         };
+        if smp::Plan::of(scenario).is_err() {
+            scenario.config.apic_ids = crate::scenario::INDEX_APIC_IDS;
+        }
         // Under KVM's local APIC an MSI to APIC ID 0 is sent as a
         // broadcast (see `guest_table`), so the ID stays 0.
         let kvm_lapic = !self.options.qemu_lapic();
@@ -752,6 +848,13 @@ impl Backend for QemuBackend {
             (
                 s.config.ioapic == crate::scenario::IoapicVersion::V11,
                 options.for_scenario(s) != options,
+                // One process per -smp topology: QEMU's CPUs are fixed at
+                // start-up, and a CPU the scenario does not have would take
+                // its broadcasts.
+                smp::Plan::of(s).ok().map(|p| {
+                    let t = p.topology;
+                    (t.sockets, t.cores, t.threads)
+                }),
             )
         };
         runnable.sort_by_key(|(_, s)| key(s));
@@ -771,7 +874,11 @@ impl Backend for QemuBackend {
                 for (i, s) in group {
                     if out[*i].is_none() {
                         out[*i] = Some(match e {
-                            BackendError::Unsupported(_) => self.run_to_trace(s),
+                            // Several CPUs run in batches only (the loader
+                            // starts the APs).
+                            BackendError::Unsupported(_) if !s.is_multi_cpu() => {
+                                self.run_to_trace(s)
+                            }
                             _ => Trace::error(&self.name, e.to_string()),
                         });
                     }
@@ -788,7 +895,22 @@ impl Backend for QemuBackend {
         unsupported(scenario, &self.features, &self.options)
     }
 
+    /// TCG runs `-smp N` (QEMU's APIC on every CPU); under KVM or HVF the
+    /// local APICs are the accelerator's, not run with several CPUs here.
+    fn max_cpus(&self) -> usize {
+        if self.options.accel == Accel::Tcg {
+            crate::scenario::MAX_CPUS
+        } else {
+            1
+        }
+    }
+
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
+        if scenario.is_multi_cpu() {
+            // The batch loader starts the APs: a batch of one.
+            let mut traces = self.run_batch(std::slice::from_ref(scenario));
+            return Ok(traces.remove(0));
+        }
         let options = self.options;
         self.options = options.for_scenario(scenario);
         let trace = self.execute_with_options(scenario);
@@ -912,6 +1034,15 @@ impl QemuBackend {
     }
 }
 
+/// The RIP of every halted CPU in the monitor's `info registers -a`
+/// (each CPU's `RIP=... HLT=1` line).
+fn halted_cpus(info: &str) -> Vec<u64> {
+    info.lines()
+        .filter(|l| l.starts_with("RIP=") && l.contains("HLT=1"))
+        .filter_map(|l| u64::from_str_radix(l[4..].split_whitespace().next()?, 16).ok())
+        .collect()
+}
+
 /// What QEMU wrote to its stderr (piped by [`QemuBackend::command`]).
 fn stderr_of(child: &mut Child) -> String {
     let mut stderr = String::new();
@@ -990,9 +1121,68 @@ mod batch {
     pub const RESULTS: u64 = 0x200_0000;
     pub const MAX: usize = 256;
     /// Offsets within a staging slot.
-    pub const BODY_DIR_AT: u64 = 0x10;
-    pub const NTH_AT: u64 = 0x810;
-    pub const OPS_AT: u64 = 0x1810;
+    pub const BODY_DIR_AT: u64 = 0x30;
+    pub const NTH_AT: u64 = 0x830;
+    pub const OPS_AT: u64 = 0x1830;
+    /// Offset within a staging slot: u32, where the slot's multi-CPU area
+    /// starts (0: one CPU). The area: u32 top-level ops, u32 the initial
+    /// running mask, then the driver's table (2 bytes per op: CPU, running
+    /// mask after it, [`smp::Running`]) padded to 16, then each AP's body
+    /// directory (2 KiB), u32 length and `V#N` table, padded to 16.
+    pub const SMP_AREA_AT: u64 = 32;
+    /// Offset within a staging slot: u32, the scenario's CPU count.
+    pub const CPUS_AT: u64 = 16;
+    /// Offset within a staging slot: u32, 1 when the loader starts the
+    /// APs (`ap-start=host`), 0 when they wait for the scenario's SIPI.
+    pub const AP_HOST_AT: u64 = 20;
+    /// Offset within a staging slot: u8 x 8, each CPU's xAPIC ID
+    /// ([`smp::Plan::ids`]).
+    pub const IDS_AT: u64 = 24;
+    /// u8 x 8: the running scenario's xAPIC IDs, by CPU index (the
+    /// loader copies them from the slot for the APs).
+    pub const AP_IDS: u64 = CONTROL + 40;
+    /// u32: APs that reached long mode since the loader's start-up IPI.
+    pub const AP_ONLINE: u64 = CONTROL + 28;
+    /// u32: set by an AP that found itself in the BSP's trampoline (woken
+    /// from wait-for-SIPI by something else than a start-up IPI).
+    pub const STRAY_AP: u64 = CONTROL + 32;
+    /// The APs' trampoline: the SIPI page of the stub contract (vector
+    /// 0x08), for the loader's start-up IPI and the scenario's alike.
+    pub const AP_TRAMPOLINE: u64 = SIPI_PAGE;
+    /// The driver's per-op table (2 bytes per op, up to [`MAX_OPS`]).
+    pub const DRV_TABLE: u64 = TRAMPOLINE + 0x1000;
+    pub const MAX_OPS: usize = 0x400;
+    /// 256 bytes: the CPU index of each initial APIC ID (0xff: none),
+    /// [`smp::index_table`].
+    pub const AP_INDEX: u64 = TRAMPOLINE + 0x1800;
+    /// The in-guest driver of the per-op protocol ([`driver`]), the
+    /// loader's multi-CPU set-up and the multi-CPU end handler, in the free
+    /// page below the stub's code.
+    pub const DRIVER: u64 = 0xf000;
+    pub const SMP_SETUP: u64 = 0xf600;
+    pub const SMP_END: u64 = 0xfb00;
+    /// The driver's state (u32s): next op, phase, the op's CPU, its
+    /// ops-done before, the progress snapshot (u64 log sum, u32
+    /// deliveries), op count, initial running mask; then the idle passes
+    /// snapshot (u32 x 8) at +0x40.
+    pub const DRV: u64 = CONTROL + 0x40;
+    pub const DRV_K: u64 = DRV;
+    pub const DRV_PHASE: u64 = DRV + 4;
+    pub const DRV_CPU: u64 = DRV + 8;
+    pub const DRV_DONE0: u64 = DRV + 12;
+    pub const DRV_LOGSUM: u64 = DRV + 16;
+    pub const DRV_DELIV: u64 = DRV + 24;
+    pub const DRV_NOPS: u64 = DRV + 28;
+    pub const DRV_INIT_RUNNING: u64 = DRV + 32;
+    /// u32: taken by the first CPU that ends the run.
+    pub const END_LOCK: u64 = DRV + 36;
+    pub const DRV_PASSES0: u64 = DRV + 0x40;
+    /// End code: the driver was to post an op to a CPU that waits for a
+    /// SIPI (the format's `error`).
+    pub const WAITING_CPU: u32 = 0x10;
+    /// Offset of the logs in a multi-CPU result slot: code, op, total
+    /// length, CPU count, then each CPU's log length (u32 x 8).
+    pub const SMP_LOGS_AT: u64 = 48;
     pub const HANDLER: u64 = TRAMPOLINE + 0x500;
     pub const LOADER: u64 = TRAMPOLINE + 0x600;
     /// The NMI handler: the watchdog's, or the scenario's own NMI.
@@ -1015,7 +1205,13 @@ mod batch {
     /// stub) and the end handler.
     pub fn code(entry: u64) -> std::result::Result<(Vec<u8>, Vec<u8>), IcedError> {
         let mut h = CodeAssembler::new(64)?;
-        // eax = end code.
+        // eax = end code. Several CPUs: every CPU's log (smp_code).
+        let mut one_cpu = h.create_label();
+        h.cmp(dword_ptr(SMP), 0)?;
+        h.je(one_cpu)?;
+        h.mov(rdx, SMP_END)?;
+        h.jmp(rdx)?;
+        h.set_label(&mut one_cpu)?;
         h.mov(r8d, eax)?;
         h.mov(eax, dword_ptr(CONTROL + 4))?;
         h.mov(edi, eax)?;
@@ -1050,6 +1246,21 @@ mod batch {
 
         let mut l = CodeAssembler::new(64)?;
         let mut run = l.create_label();
+        let mut bsp = l.create_label();
+        // Only the BSP loads scenarios: an AP that reset into the firmware
+        // (QEMU un-halts a CPU in wait-for-SIPI on an NMI or INIT, then
+        // it runs from the reset vector) records it and parks.
+        l.mov(ecx, 0x1b)?; // IA32_APIC_BASE: bit 8 is BSP
+        l.rdmsr()?;
+        l.test(eax, 0x100)?;
+        l.jnz(bsp)?;
+        l.mov(dword_ptr(STRAY_AP), 1)?;
+        let mut park = l.create_label();
+        l.set_label(&mut park)?;
+        l.cli()?;
+        l.hlt()?;
+        l.jmp(park)?;
+        l.set_label(&mut bsp)?;
         l.mov(eax, dword_ptr(CONTROL + 4))?;
         l.cmp(eax, dword_ptr(CONTROL))?;
         l.jb(run)?;
@@ -1102,6 +1313,51 @@ mod batch {
         // honours the delivery mode of every LVT, the timer's included
         // (hw/intc/apic.c, apic_local_deliver), and an NMI touches
         // neither IRR, ISR nor TMR.
+        // ap-start=host: the APs wait for SIPI after the reset (QEMU's
+        // `apic_init_reset`: wait_for_sipi for every CPU but the BSP);
+        // INIT, then one start-up IPI, to all but self (SDM §9.4.4.1's
+        // INIT-SIPI; QEMU needs one SIPI, `apic_sipi` ignores a second),
+        // then wait for each AP in long mode.
+        let mut no_aps = l.create_label();
+        // ARMED before the APs start: each arms its own watchdog from it.
+        l.mov(ecx, dword_ptr(rbx + WATCHDOG_AT as i32))?;
+        l.mov(dword_ptr(ARMED), ecx)?;
+        l.xor(eax, eax)?;
+        l.mov(dword_ptr(SMP), eax)?;
+        l.mov(qword_ptr(IDLE_HOOK), rax)?;
+        l.mov(ecx, dword_ptr(rbx + CPUS_AT as i32))?;
+        l.cmp(ecx, 1)?;
+        l.jbe(no_aps)?;
+        l.mov(rax, SMP_SETUP)?;
+        l.call(rax)?;
+        l.mov(ecx, dword_ptr(rbx + CPUS_AT as i32))?;
+        // Each CPU's xAPIC ID (smp::Plan): the APs' by their trampoline,
+        // the BSP's once they run (QEMU's all-but-self shorthand leaves
+        // out the APIC whose *initial* ID is the sender's current one,
+        // `apic_deliver`, so the start-up IPIs go out with the BSP's
+        // initial ID).
+        l.mov(rax, qword_ptr(rbx + IDS_AT as i32))?;
+        l.mov(qword_ptr(AP_IDS), rax)?;
+        l.cmp(dword_ptr(rbx + AP_HOST_AT as i32), 0)?;
+        l.je(no_aps)?;
+        l.mov(dword_ptr(AP_ONLINE), 0)?;
+        l.mov(rdi, LAPIC_BASE)?;
+        l.mov(dword_ptr(rdi + 0x310), 0)?;
+        l.mov(dword_ptr(rdi + 0x300), 0x000c_4500)?;
+        l.mov(
+            dword_ptr(rdi + 0x300),
+            0x000c_4600 | (AP_TRAMPOLINE >> 12) as u32,
+        )?;
+        l.dec(ecx)?;
+        let mut wait = l.create_label();
+        l.set_label(&mut wait)?;
+        l.pause()?;
+        l.cmp(dword_ptr(AP_ONLINE), ecx)?;
+        l.jb(wait)?;
+        l.movzx(eax, byte_ptr(AP_IDS))?;
+        l.shl(eax, 24)?;
+        l.mov(dword_ptr(rdi + 0x20), eax)?;
+        l.set_label(&mut no_aps)?;
         let mut unarmed = l.create_label();
         l.mov(ecx, dword_ptr(rbx + WATCHDOG_AT as i32))?;
         l.mov(dword_ptr(ARMED), ecx)?;
@@ -1116,6 +1372,326 @@ mod batch {
         l.mov(rax, entry)?;
         l.jmp(rax)?;
         Ok((handler, l.assemble(LOADER)?))
+    }
+
+    /// `rsi` = the per-CPU block of CPU `ebx` (keeps every other register).
+    fn block_of(a: &mut CodeAssembler) -> std::result::Result<(), IcedError> {
+        let mut ap = a.create_label();
+        let mut done = a.create_label();
+        a.test(ebx, ebx)?;
+        a.jnz(ap)?;
+        a.mov(esi, DATA as u32)?;
+        a.jmp(done)?;
+        a.set_label(&mut ap)?;
+        a.lea(esi, dword_ptr(rbx - 1))?;
+        a.shl(esi, AP_STRIDE.trailing_zeros())?;
+        a.add(esi, AP_BLOCKS as i32)?;
+        a.set_label(&mut done)?;
+        Ok(())
+    }
+
+    /// The in-guest driver of the stub contract's per-op protocol
+    /// (docs/guest-stub.md, "Several CPUs"), what a VMM does from its
+    /// exits elsewhere: called on every pass of every CPU's mailbox loop
+    /// (`IDLE_HOOK`), it acts on CPU 0 only, one step per call, so CPU 0
+    /// stays an idle CPU of the quiescence rule between steps (its IF as
+    /// its last op left it). Phase 0 posts op k to its CPU (an `error`
+    /// end when that CPU waits for a SIPI); phase 1 waits for that CPU's
+    /// ops-done count to move; phase 2 settles: it snapshots the progress
+    /// (every CPU's log pointer and the delivery count) and every CPU's
+    /// idle passes, waits until each CPU running after op k has passed
+    /// twice (so it has been at an instruction boundary of its loop, where
+    /// TCG takes a pending interrupt, since the snapshot), and starts over
+    /// until a round changed nothing; then op k + 1. After the last op the
+    /// run ends (completed).
+    pub fn driver() -> std::result::Result<Vec<u8>, IcedError> {
+        let mut a = CodeAssembler::new(64)?;
+        let mut ret_only = a.create_label();
+        let mut out = a.create_label();
+        let mut wait_done = a.create_label();
+        let mut settle = a.create_label();
+        let mut completed = a.create_label();
+        let mut waiting = a.create_label();
+        let mut have = a.create_label();
+        let mut progress = a.create_label();
+        let mut snapshot = a.create_label();
+        let mut block = a.create_label();
+        a.cmp(rbp, DATA as i32)?;
+        a.jne(ret_only)?;
+        a.push(rbx)?;
+        a.push(rsi)?;
+        a.push(rdi)?;
+        a.mov(eax, dword_ptr(DRV_PHASE))?;
+        a.cmp(eax, 1)?;
+        a.je(wait_done)?;
+        a.cmp(eax, 2)?;
+        a.je(settle)?;
+        // Phase 0: post op k.
+        a.mov(eax, dword_ptr(DRV_K))?;
+        a.cmp(eax, dword_ptr(DRV_NOPS))?;
+        a.jae(completed)?;
+        a.mov(ecx, dword_ptr(DRV_INIT_RUNNING))?;
+        a.mov(rdx, DRV_TABLE)?;
+        a.test(eax, eax)?;
+        a.jz(have)?;
+        a.movzx(ecx, byte_ptr(rdx + rax * 2 - 1))?;
+        a.set_label(&mut have)?;
+        a.movzx(ebx, byte_ptr(rdx + rax * 2))?;
+        a.mov(dword_ptr(CUR_OP), eax)?;
+        a.bt(ecx, ebx)?;
+        a.jnc(waiting)?;
+        a.mov(dword_ptr(DRV_CPU), ebx)?;
+        a.call(block)?;
+        a.mov(edx, dword_ptr(rsi + PCPU_OPS_DONE as i32))?;
+        a.mov(dword_ptr(DRV_DONE0), edx)?;
+        a.mov(dword_ptr(CUR_OP), eax)?;
+        a.lea(edx, dword_ptr(rax + 1))?;
+        a.mov(dword_ptr(rsi + PCPU_MAILBOX as i32), edx)?;
+        a.mov(dword_ptr(DRV_PHASE), 1)?;
+        a.jmp(out)?;
+        // Phase 1: the op is done when its CPU's count moves.
+        a.set_label(&mut wait_done)?;
+        a.mov(ebx, dword_ptr(DRV_CPU))?;
+        a.call(block)?;
+        a.mov(edx, dword_ptr(rsi + PCPU_OPS_DONE as i32))?;
+        a.cmp(edx, dword_ptr(DRV_DONE0))?;
+        a.je(out)?;
+        a.call(snapshot)?;
+        a.mov(dword_ptr(DRV_PHASE), 2)?;
+        a.jmp(out)?;
+        // Phase 2: settling rounds.
+        a.set_label(&mut settle)?;
+        a.mov(eax, dword_ptr(DRV_K))?;
+        a.mov(rdx, DRV_TABLE)?;
+        a.movzx(ecx, byte_ptr(rdx + rax * 2 + 1))?;
+        a.xor(ebx, ebx)?;
+        let mut each = a.create_label();
+        let mut skip = a.create_label();
+        let mut all_passed = a.create_label();
+        let mut changed = a.create_label();
+        a.set_label(&mut each)?;
+        a.cmp(ebx, dword_ptr(CPUS))?;
+        a.jae(all_passed)?;
+        a.bt(ecx, ebx)?;
+        a.jnc(skip)?;
+        a.call(block)?;
+        a.mov(edx, dword_ptr(rsi + PCPU_IDLE_PASSES as i32))?;
+        a.mov(rdi, DRV_PASSES0)?;
+        a.sub(edx, dword_ptr(rdi + rbx * 4))?;
+        a.cmp(edx, 2)?;
+        a.jb(out)?;
+        a.set_label(&mut skip)?;
+        a.inc(ebx)?;
+        a.jmp(each)?;
+        a.set_label(&mut all_passed)?;
+        a.call(progress)?;
+        a.cmp(rdi, qword_ptr(DRV_LOGSUM))?;
+        a.jne(changed)?;
+        a.cmp(edx, dword_ptr(DRV_DELIV))?;
+        a.jne(changed)?;
+        a.inc(dword_ptr(DRV_K))?;
+        a.mov(dword_ptr(DRV_PHASE), 0)?;
+        a.jmp(out)?;
+        a.set_label(&mut changed)?;
+        a.call(snapshot)?;
+        a.set_label(&mut out)?;
+        a.pop(rdi)?;
+        a.pop(rsi)?;
+        a.pop(rbx)?;
+        a.set_label(&mut ret_only)?;
+        a.ret()?;
+        a.set_label(&mut completed)?;
+        a.mov(eax, EndCode::Completed as u32)?;
+        a.mov(rdx, qword_ptr(END_HANDLER))?;
+        a.jmp(rdx)?;
+        a.set_label(&mut waiting)?;
+        a.mov(eax, WAITING_CPU)?;
+        a.mov(rdx, qword_ptr(END_HANDLER))?;
+        a.jmp(rdx)?;
+        // progress: rdi = the sum of every CPU's log pointer, edx = the
+        // delivery count (clobbers rsi).
+        a.set_label(&mut progress)?;
+        a.push(rbx)?;
+        a.xor(edi, edi)?;
+        a.xor(ebx, ebx)?;
+        let mut p_each = a.create_label();
+        let mut p_done = a.create_label();
+        a.set_label(&mut p_each)?;
+        a.cmp(ebx, dword_ptr(CPUS))?;
+        a.jae(p_done)?;
+        a.call(block)?;
+        a.add(rdi, qword_ptr(rsi + PCPU_LOG_PTR as i32))?;
+        a.inc(ebx)?;
+        a.jmp(p_each)?;
+        a.set_label(&mut p_done)?;
+        a.mov(edx, dword_ptr(DELIVERIES))?;
+        a.pop(rbx)?;
+        a.ret()?;
+        // snapshot: the progress and every CPU's idle passes.
+        a.set_label(&mut snapshot)?;
+        a.push(rbx)?;
+        a.call(progress)?;
+        a.mov(qword_ptr(DRV_LOGSUM), rdi)?;
+        a.mov(dword_ptr(DRV_DELIV), edx)?;
+        a.xor(ebx, ebx)?;
+        let mut s_each = a.create_label();
+        let mut s_done = a.create_label();
+        a.set_label(&mut s_each)?;
+        a.cmp(ebx, dword_ptr(CPUS))?;
+        a.jae(s_done)?;
+        a.call(block)?;
+        a.mov(edx, dword_ptr(rsi + PCPU_IDLE_PASSES as i32))?;
+        a.mov(rdi, DRV_PASSES0)?;
+        a.mov(dword_ptr(rdi + rbx * 4), edx)?;
+        a.inc(ebx)?;
+        a.jmp(s_each)?;
+        a.set_label(&mut s_done)?;
+        a.pop(rbx)?;
+        a.ret()?;
+        a.set_label(&mut block)?;
+        block_of(&mut a)?;
+        a.ret()?;
+        a.assemble(DRIVER)
+    }
+
+    /// The loader's multi-CPU set-up (rbx = the scenario's staging slot),
+    /// what `Image::load_smp` does on a VMM: the globals (SMP, CPUS, the
+    /// driver as IDLE_HOOK and its state), CPU 0's mailbox, and each AP's
+    /// block (mailbox, counts, index, x2APIC flag, log pointer, its body
+    /// directory and `V#N` table from the slot).
+    pub fn smp_setup() -> std::result::Result<Vec<u8>, IcedError> {
+        let mut a = CodeAssembler::new(64)?;
+        a.mov(dword_ptr(SMP), 1)?;
+        a.mov(eax, dword_ptr(rbx + CPUS_AT as i32))?;
+        a.mov(dword_ptr(CPUS), eax)?;
+        a.mov(rax, DRIVER)?;
+        a.mov(qword_ptr(IDLE_HOOK), rax)?;
+        a.xor(eax, eax)?;
+        a.mov(dword_ptr(DRV_K), eax)?;
+        a.mov(dword_ptr(DRV_PHASE), eax)?;
+        a.mov(dword_ptr(END_LOCK), eax)?;
+        a.mov(dword_ptr(DATA + PCPU_MAILBOX), eax)?;
+        a.mov(dword_ptr(DATA + PCPU_OPS_DONE), eax)?;
+        a.mov(esi, dword_ptr(rbx + SMP_AREA_AT as i32))?;
+        a.add(rsi, rbx)?;
+        a.mov(eax, dword_ptr(rsi))?;
+        a.mov(dword_ptr(DRV_NOPS), eax)?;
+        a.mov(ecx, dword_ptr(rsi + 4))?;
+        a.mov(dword_ptr(DRV_INIT_RUNNING), ecx)?;
+        a.add(rsi, 8)?;
+        a.mov(rdi, DRV_TABLE)?;
+        a.lea(ecx, dword_ptr(rax * 2))?;
+        a.rep().movsb()?;
+        a.add(rsi, 15)?;
+        a.and(rsi, -16)?;
+        a.mov(r8d, 1)?;
+        let mut each = a.create_label();
+        let mut done = a.create_label();
+        a.set_label(&mut each)?;
+        a.cmp(r8d, dword_ptr(CPUS))?;
+        a.jae(done)?;
+        a.lea(eax, dword_ptr(r8 - 1))?;
+        a.shl(eax, AP_STRIDE.trailing_zeros())?;
+        a.add(eax, AP_BLOCKS as i32)?;
+        a.mov(r9, rax)?;
+        a.xor(eax, eax)?;
+        a.mov(dword_ptr(r9 + PCPU_MAILBOX as i32), eax)?;
+        a.mov(dword_ptr(r9 + PCPU_OPS_DONE as i32), eax)?;
+        a.mov(dword_ptr(r9 + PCPU_GP_FAULTED as i32), eax)?;
+        a.mov(dword_ptr(r9 + PCPU_INDEX as i32), r8d)?;
+        a.mov(eax, dword_ptr(rbx + X2APIC_AT as i32))?;
+        a.mov(dword_ptr(r9 + PCPU_X2APIC as i32), eax)?;
+        a.lea(rax, qword_ptr(r9 + AP_LOG as i32))?;
+        a.mov(qword_ptr(r9 + PCPU_LOG_PTR as i32), rax)?;
+        a.lea(rdi, qword_ptr(r9 + PCPU_COUNTS as i32))?;
+        a.xor(eax, eax)?;
+        a.mov(ecx, 1024)?;
+        a.rep().stosb()?;
+        a.lea(rdi, qword_ptr(r9 + PCPU_BODY_DIR as i32))?;
+        a.mov(ecx, 2048)?;
+        a.rep().movsb()?;
+        a.mov(ecx, dword_ptr(rsi))?;
+        a.add(rsi, 4)?;
+        a.lea(rdi, qword_ptr(r9 + PCPU_NTH_TABLE as i32))?;
+        a.rep().movsb()?;
+        a.add(rsi, 15)?;
+        a.and(rsi, -16)?;
+        a.inc(r8d)?;
+        a.jmp(each)?;
+        a.set_label(&mut done)?;
+        a.ret()?;
+        a.assemble(SMP_SETUP)
+    }
+
+    /// The multi-CPU end handler (eax = end code, from any CPU): the first
+    /// CPU to get here saves the code, the current op and every CPU's log
+    /// into the result slot (lengths at +16, logs from [`SMP_LOGS_AT`]),
+    /// then resets the machine as the single-CPU handler does.
+    pub fn smp_end() -> std::result::Result<Vec<u8>, IcedError> {
+        let mut a = CodeAssembler::new(64)?;
+        let mut park = a.create_label();
+        a.mov(r8d, eax)?;
+        a.lock().bts(dword_ptr(END_LOCK), 0)?;
+        a.jc(park)?;
+        a.mov(eax, dword_ptr(CONTROL + 4))?;
+        a.mov(edi, eax)?;
+        a.shl(rdi, 16)?;
+        a.mov(rax, RESULTS)?;
+        a.add(rdi, rax)?;
+        a.mov(r10, rdi)?;
+        a.mov(dword_ptr(r10), r8d)?;
+        a.mov(ecx, dword_ptr(CUR_OP))?;
+        a.mov(dword_ptr(r10 + 4), ecx)?;
+        a.mov(ecx, dword_ptr(CPUS))?;
+        a.mov(dword_ptr(r10 + 12), ecx)?;
+        a.lea(rdi, qword_ptr(r10 + SMP_LOGS_AT as i32))?;
+        a.xor(r11d, r11d)?;
+        a.xor(ebx, ebx)?;
+        let mut each = a.create_label();
+        let mut fin = a.create_label();
+        let mut ap = a.create_label();
+        let mut have_start = a.create_label();
+        let mut nonneg = a.create_label();
+        let mut fits = a.create_label();
+        a.set_label(&mut each)?;
+        a.cmp(ebx, dword_ptr(CPUS))?;
+        a.jae(fin)?;
+        block_of(&mut a)?;
+        a.mov(r9, rsi)?;
+        a.test(ebx, ebx)?;
+        a.jnz(ap)?;
+        a.mov(rsi, LOG)?;
+        a.jmp(have_start)?;
+        a.set_label(&mut ap)?;
+        a.lea(rsi, qword_ptr(r9 + AP_LOG as i32))?;
+        a.set_label(&mut have_start)?;
+        a.mov(rcx, qword_ptr(r9 + PCPU_LOG_PTR as i32))?;
+        a.sub(rcx, rsi)?;
+        a.jae(nonneg)?;
+        a.xor(ecx, ecx)?;
+        a.set_label(&mut nonneg)?;
+        a.mov(eax, (SLOT - SMP_LOGS_AT) as u32)?;
+        a.sub(eax, r11d)?;
+        a.cmp(rcx, rax)?;
+        a.jbe(fits)?;
+        a.mov(rcx, rax)?;
+        a.mov(dword_ptr(r10), EndCode::LogFull as u32)?;
+        a.set_label(&mut fits)?;
+        a.mov(dword_ptr(r10 + rbx * 4 + 16), ecx)?;
+        a.add(r11d, ecx)?;
+        a.rep().movsb()?;
+        a.inc(ebx)?;
+        a.jmp(each)?;
+        a.set_label(&mut fin)?;
+        a.mov(dword_ptr(r10 + 8), r11d)?;
+        a.inc(dword_ptr(CONTROL + 4))?;
+        a.mov(al, 6)?;
+        a.mov(dx, 0xcf9)?;
+        a.out(dx, al)?;
+        a.set_label(&mut park)?;
+        a.hlt()?;
+        a.jmp(park)?;
+        a.assemble(SMP_END)
     }
 
     /// The NMI handler. Once the one-shot has fired (current count 0), an
@@ -1182,6 +1758,15 @@ fn stage(
     ram[slot..slot + 4].copy_from_slice(&(tab.ops.len() as u32).to_le_bytes());
     ram[slot + 4..slot + 8].copy_from_slice(&(tab.nth.len() as u32).to_le_bytes());
     ram[slot + 8..slot + 12].copy_from_slice(&u32::from(armed).to_le_bytes());
+    let cpus = scenario.cpus() as u32;
+    let ap_host = u32::from(scenario.config.ap_start == crate::scenario::ApStart::Host);
+    let word = |o: u64| slot + o as usize..slot + o as usize + 4;
+    ram[word(batch::CPUS_AT)].copy_from_slice(&cpus.to_le_bytes());
+    ram[word(batch::AP_HOST_AT)].copy_from_slice(&ap_host.to_le_bytes());
+    if let Ok(plan) = smp::Plan::of(scenario) {
+        let ids = slot + batch::IDS_AT as usize;
+        ram[ids..ids + plan.ids.len()].copy_from_slice(&plan.ids);
+    }
     let x2apic = u32::from(scenario.config.apic == ApicMode::X2apic);
     ram[slot + batch::X2APIC_AT as usize..slot + batch::X2APIC_AT as usize + 4]
         .copy_from_slice(&x2apic.to_le_bytes());
@@ -1190,7 +1775,51 @@ fn stage(
         .copy_from_slice(&tab.body_dir);
     ram[at(batch::NTH_AT)..at(batch::NTH_AT) + tab.nth.len()].copy_from_slice(&tab.nth);
     ram[at(batch::OPS_AT)..at(batch::OPS_AT) + tab.ops.len()].copy_from_slice(&tab.ops);
+    if scenario.is_multi_cpu() {
+        let area = smp_area(scenario, tab)?;
+        let start = (batch::OPS_AT as usize + tab.ops.len()).next_multiple_of(16);
+        if start + area.len() > batch::SLOT as usize {
+            return Err(BackendError::Unsupported(
+                "scenario too large for a batch slot".into(),
+            ));
+        }
+        ram[slot + start..slot + start + area.len()].copy_from_slice(&area);
+        ram[word(batch::SMP_AREA_AT)].copy_from_slice(&(start as u32).to_le_bytes());
+    } else {
+        ram[word(batch::SMP_AREA_AT)].copy_from_slice(&0u32.to_le_bytes());
+    }
     Ok(())
+}
+
+/// A multi-CPU scenario's area of its staging slot (see
+/// [`batch::SMP_AREA_AT`]).
+fn smp_area(scenario: &Scenario, tab: &table::Table) -> Result<Vec<u8>> {
+    let unsupported = |why: String| BackendError::Unsupported(why);
+    let plan = smp::Plan::of(scenario).map_err(|e| unsupported(e.to_string()))?;
+    let running = smp::Running::of(scenario, &plan).map_err(unsupported)?;
+    let n = scenario.ops.len();
+    if n > batch::MAX_OPS {
+        return Err(unsupported(format!(
+            "{n} top-level ops: QEMU's in-guest driver takes up to {}",
+            batch::MAX_OPS
+        )));
+    }
+    let mut area = Vec::new();
+    area.extend_from_slice(&(n as u32).to_le_bytes());
+    area.extend_from_slice(&u32::from(running.initial).to_le_bytes());
+    for (k, after) in running.after.iter().enumerate() {
+        area.extend_from_slice(&[scenario.cpu_of(k), *after]);
+    }
+    area.resize(area.len().next_multiple_of(16), 0);
+    for (body_dir, nth) in &tab.ap_tables {
+        let mut dir = body_dir.clone();
+        dir.resize(2048, 0);
+        area.extend_from_slice(&dir);
+        area.extend_from_slice(&(nth.len() as u32).to_le_bytes());
+        area.extend_from_slice(nth);
+        area.resize(area.len().next_multiple_of(16), 0);
+    }
+    Ok(area)
 }
 
 /// A batch's guest RAM as a file shared with QEMU: the host reads the
@@ -1331,13 +1960,14 @@ impl QemuBackend {
             if start >= group.len() {
                 break;
             }
-            let mut process = self.spawn_batch(&batch, group[0].1.config.ioapic, start)?;
+            let mut process = self.spawn_batch(&batch, group[0].1, start)?;
             let end = self.watch(&mut process, &batch, &armed, &mut results);
             let _ = std::fs::remove_file(&process.monitor_path);
             let end = end?;
-            for i in start..batch.next().min(group.len()) {
+            let ran = start..batch.next().min(group.len());
+            for (i, (_, s)) in group.iter().enumerate().take(ran.end).skip(ran.start) {
                 if results.is_open(i) {
-                    results.set(i, self.result(&batch.file, i)?);
+                    results.set(i, self.result(&batch.file, i, s.cpus())?);
                 }
             }
             match end {
@@ -1410,6 +2040,32 @@ impl QemuBackend {
         );
         let w = batch::WATCHDOG_HANDLER as usize;
         ram[w..w + watchdog.len()].copy_from_slice(&watchdog);
+        let topology = smp::Plan::of(group[0].1).map_or(smp::Topology::ONE, |p| p.topology);
+        if topology.cpus() > 1 {
+            let ap = ap_trampoline(ap_enter(self.image.stub.sipi_entry))
+                .map_err(assemble("AP trampoline"))?;
+            let a = batch::AP_TRAMPOLINE as usize;
+            ram[a..a + ap.len()].copy_from_slice(&ap);
+            // The BSP trampoline's descriptors, for the APs' own.
+            let t = TRAMPOLINE as usize;
+            let descriptors = ram[t + 0x100..t + 0x120].to_vec();
+            ram[a + 0x100..a + 0x120].copy_from_slice(&descriptors);
+            let i = batch::AP_INDEX as usize;
+            ram[i..i + 256].copy_from_slice(&smp::index_table(&topology));
+            for (at, code) in [
+                (batch::DRIVER, batch::driver().map_err(assemble("driver"))?),
+                (
+                    batch::SMP_SETUP,
+                    batch::smp_setup().map_err(assemble("SMP set-up"))?,
+                ),
+                (
+                    batch::SMP_END,
+                    batch::smp_end().map_err(assemble("SMP end"))?,
+                ),
+            ] {
+                ram[at as usize..at as usize + code.len()].copy_from_slice(&code);
+            }
+        }
         // NMI (vector 2) enters the watchdog, which passes the scenario's
         // own NMIs on to the stub's entry.
         crate::guest::set_gate(&mut ram, 2, batch::WATCHDOG_HANDLER);
@@ -1427,14 +2083,14 @@ impl QemuBackend {
     }
 
     /// Starts QEMU on the batch file, the loader going on from `start`.
-    fn spawn_batch(
-        &self,
-        batch: &BatchFile,
-        version: crate::scenario::IoapicVersion,
-        start: usize,
-    ) -> Result<Process> {
+    fn spawn_batch(&self, batch: &BatchFile, first: &Scenario, start: usize) -> Result<Process> {
         let monitor_path = self.dir.join(format!("monitor-{}", unique()));
-        let mut command = self.command(&batch.path, version, batch::RAM);
+        let mut command = self.command(&batch.path, first.config.ioapic, batch::RAM);
+        // Every scenario of the group has the same CPUs (`run_batch`).
+        let topology = smp::Plan::of(first).map_or(smp::Topology::ONE, |p| p.topology);
+        if topology.cpus() > 1 {
+            command.args(["-smp", &topology.smp_arg()]);
+        }
         command.arg("-monitor").arg(format!(
             "unix:{},server=on,wait=off",
             monitor_path.display()
@@ -1532,22 +2188,38 @@ impl QemuBackend {
         }
         // A hang is a halted guest; one that is merely slow (a loaded
         // host) gets more time, up to RUN_LIMIT.
+        let cpus = results.group[i].1.cpus();
         let halted = paused
-            && process
-                .monitor_command("info registers")
-                .is_some_and(|r| r.contains("HLT=1"));
-        if paused && !halted && since.elapsed() < RUN_LIMIT {
+            && if cpus == 1 {
+                process
+                    .monitor_command("info registers")
+                    .is_some_and(|r| r.contains("HLT=1"))
+            } else {
+                // `info registers` shows the monitor's current CPU only;
+                // `-a` every one. A hang is some CPU halted at one of
+                // the interpreter's `hlt`s (the watchdog's rule): the
+                // others wait for it.
+                process
+                    .monitor_command("info registers -a")
+                    .is_some_and(|r| {
+                        halted_cpus(&r)
+                            .iter()
+                            .any(|rip| self.image.stub.after_hlt.contains(rip))
+                    })
+            };
+        let limit = if cpus > 1 { SMP_RUN_LIMIT } else { RUN_LIMIT };
+        if paused && !halted && since.elapsed() < limit {
             process.monitor_command("cont");
             return Ok(HangCheck::RunsOn);
         }
         results.set(
             i,
             if halted || !paused {
-                self.hang_trace(&batch.path)?
+                self.hang_trace(&batch.path, cpus)?
             } else {
                 Trace::error(
                     &self.name,
-                    format!("the guest neither ended nor halted within {RUN_LIMIT:?}"),
+                    format!("the guest neither ended nor halted within {limit:?}"),
                 )
             },
         );
@@ -1564,9 +2236,30 @@ impl QemuBackend {
     }
 
     /// A hung batch scenario, read from guest RAM where it stopped.
-    fn hang_trace(&self, ram_path: &std::path::Path) -> Result<Trace> {
+    fn hang_trace(&self, ram_path: &std::path::Path, cpus: usize) -> Result<Trace> {
         use std::os::unix::fs::FileExt;
         let fail = |e| BackendError::io(ram_path.display())(e);
+        if cpus > 1 {
+            let file = std::fs::File::open(ram_path).map_err(fail)?;
+            let mut word = [0u8; 8];
+            file.read_exact_at(&mut word[..4], CUR_OP).map_err(fail)?;
+            let cur_op = u32::from_le_bytes(word[..4].try_into().expect("4 bytes")) as usize;
+            let mut logs = Vec::new();
+            for cpu in 0..cpus {
+                let (start, end) = cpu_log(cpu);
+                file.read_exact_at(&mut word, cpu_block(cpu) + PCPU_LOG_PTR)
+                    .map_err(fail)?;
+                let ptr = u64::from_le_bytes(word).clamp(start, end);
+                let mut bytes = vec![0u8; (ptr - start) as usize];
+                file.read_exact_at(&mut bytes, start).map_err(fail)?;
+                logs.push(bytes);
+            }
+            let mut trace = Trace::new(&self.name);
+            trace.events = log::decode_cpus(logs.iter().map(Vec::as_slice))?;
+            trace.outcome = Outcome::Hang;
+            trace.hang_op = Some(cur_op);
+            return Ok(trace);
+        }
         // Only what a hang needs: the current op and the log so far.
         let file = std::fs::File::open(ram_path).map_err(fail)?;
         let mut head = [0u8; 0x18];
@@ -1584,20 +2277,46 @@ impl QemuBackend {
     }
 
     /// The saved outcome and log of batch scenario `i`.
-    fn result(&self, file: &std::fs::File, i: usize) -> Result<Trace> {
+    fn result(&self, file: &std::fs::File, i: usize, cpus: usize) -> Result<Trace> {
         use std::os::unix::fs::FileExt;
         let at = batch::RESULTS + i as u64 * batch::SLOT;
-        let mut head = [0u8; 16];
+        let mut head = [0u8; batch::SMP_LOGS_AT as usize];
         file.read_exact_at(&mut head, at)
             .map_err(BackendError::io("the batch results"))?;
         let word =
             |k: usize| u32::from_le_bytes(head[4 * k..4 * k + 4].try_into().expect("4 bytes"));
-        let (code, len) = (word(0), (word(2) as u64).min(batch::SLOT - 16) as usize);
-        let mut log_bytes = vec![0u8; len];
-        file.read_exact_at(&mut log_bytes, at + 16)
-            .map_err(BackendError::io("the batch results"))?;
         let mut trace = Trace::new(&self.name);
-        trace.events = log::decode(&log_bytes)?;
+        let code = word(0);
+        if cpus > 1 {
+            // Each CPU's log, lengths at +16 (batch::smp_end).
+            let mut logs = Vec::new();
+            let mut from = at + batch::SMP_LOGS_AT;
+            let mut room = batch::SLOT - batch::SMP_LOGS_AT;
+            for cpu in 0..cpus.min(MAX_CPUS) {
+                let len = u64::from(word(4 + cpu)).min(room);
+                let mut bytes = vec![0u8; len as usize];
+                file.read_exact_at(&mut bytes, from)
+                    .map_err(BackendError::io("the batch results"))?;
+                logs.push(bytes);
+                from += len;
+                room -= len;
+            }
+            trace.events = log::decode_cpus(logs.iter().map(Vec::as_slice))?;
+            if code == batch::WAITING_CPU {
+                trace.outcome = Outcome::Error;
+                trace.error = Some(format!(
+                    "op {}: posted to a CPU that waits for a SIPI",
+                    word(1)
+                ));
+                return Ok(trace);
+            }
+        } else {
+            let len = (word(2) as u64).min(batch::SLOT - 16) as usize;
+            let mut log_bytes = vec![0u8; len];
+            file.read_exact_at(&mut log_bytes, at + 16)
+                .map_err(BackendError::io("the batch results"))?;
+            trace.events = log::decode(&log_bytes)?;
+        }
         if code == batch::HANG {
             trace.outcome = Outcome::Hang;
             trace.hang_op = Some(word(1) as usize);
@@ -1613,5 +2332,23 @@ impl QemuBackend {
             _ => return Err(BackendError::LogFull),
         }
         Ok(trace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `info registers -a` of two long-mode CPUs (QEMU 10's layout, CRLF
+    /// as the monitor sends it): CPU 1 is halted, CPU 0 runs.
+    #[test]
+    fn halted_cpus_reads_each_cpus_rip_line() {
+        let info = "CPU#0\r\nRAX=0000000000000000 RBX=0000000000000000\r\n\
+                    RIP=0000000000010234 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0\r\n\
+                    CPU#1\r\n\
+                    RIP=00000000000102a1 RFL=00000202 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n\
+                    EIP=0000fff0 EFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n";
+        // The real-mode EIP line (a CPU waiting for SIPI) is no stub hlt.
+        assert_eq!(halted_cpus(info), [0x102a1]);
     }
 }
