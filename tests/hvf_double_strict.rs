@@ -39,6 +39,9 @@ struct Guest {
     ram: Vec<u8>,
     image: Image,
     vcpu: u32,
+    /// What a WRMSR exit gets: this event injected (interruption
+    /// information, error code), and RIP advanced past the WRMSR or not.
+    wrmsr: Option<(u64, u64, bool)>,
 }
 
 fn config(process: &Process) -> StrictConfig {
@@ -64,6 +67,7 @@ impl Guest {
             ram,
             image,
             vcpu,
+            wrmsr: None,
         }
     }
 
@@ -285,6 +289,14 @@ impl Guest {
                                     .unwrap();
                             }
                             self.advance();
+                        }
+                        hv::VMX_REASON_WRMSR => {
+                            let (info, code, advance) = self.wrmsr.expect("a WRMSR exit");
+                            self.w(VMCS_CTRL_VMENTRY_EXC_ERROR, code);
+                            self.w(VMCS_CTRL_VMENTRY_IRQ_INFO, info);
+                            if advance {
+                                self.advance();
+                            }
                         }
                         other => panic!("unexpected exit reason {other:#x}"),
                     }
@@ -755,6 +767,106 @@ fn a_left_over_event_injection_is_refused() {
     let mut g = ready(config(&Process::new()), "nop\n");
     g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, 1 << 31 | 0x41);
     assert!(control_failure(&mut g).contains("pending event injection"));
+}
+
+// ---- event injection (SDM vol. 3C 26.2.1.3, 26.6) ----
+
+/// #GP(0) as a VMM injects it: valid, hardware exception, error code.
+const GP: u64 = 1 << 31 | 1 << 11 | 3 << 8 | 13;
+
+/// The stub's log record at `index` (four words).
+fn record(g: &Guest, index: usize) -> [u32; 4] {
+    let at = layout::LOG as usize + 16 * index;
+    std::array::from_fn(|i| {
+        u32::from_le_bytes(g.ram[at + 4 * i..at + 4 * i + 4].try_into().unwrap())
+    })
+}
+
+/// Each malformed injection is a VM entry with invalid control fields
+/// (VMfailValid, VM-instruction error 7) and names the rule it breaks.
+#[test]
+fn a_malformed_event_injection_fails_entry_with_error_7() {
+    let cases: [(u64, Option<u64>, &str); 8] = [
+        // #GP without its error code, and a #UD (vector 6) with one.
+        (
+            GP & !(1 << 11),
+            None,
+            "deliver-error-code is 0 but type 3 vector 13 pushes an error code",
+        ),
+        (
+            1 << 31 | 1 << 11 | 3 << 8 | 6,
+            Some(0),
+            "deliver-error-code is 1 but type 3 vector 6 pushes no error code",
+        ),
+        // An error code with bits 31:16 set.
+        (GP, Some(0x1_0000), "error code 0x10000 has bits 31:16 set"),
+        // The error code field never written.
+        (
+            GP,
+            None,
+            "VM-entry exception error code (0x4018) was never written",
+        ),
+        // Type 1 is reserved; an NMI has vector 2; an exception vector is below 32.
+        (1 << 31 | 1 << 8 | 13, None, "reserved type 1"),
+        (1 << 31 | 2 << 8 | 3, None, "an NMI must have vector 2"),
+        (1 << 31 | 3 << 8 | 32, None, "at most 31"),
+        // Reserved bits 30:12.
+        (GP | 1 << 12, Some(0), "reserved bits 30:12"),
+    ];
+    for (info, code, why) in cases {
+        let mut g = ready(config(&Process::new()), "nop\n");
+        if let Some(code) = code {
+            g.w(VMCS_CTRL_VMENTRY_EXC_ERROR, code);
+        }
+        g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, info);
+        let failure = control_failure(&mut g);
+        assert!(failure.contains(why), "{info:#x}: {failure}");
+    }
+}
+
+/// A well-formed injection of another exception passes the processor's
+/// checks but is beyond what the double delivers: refused as such.
+#[test]
+fn a_well_formed_injection_other_than_gp_is_refused_as_not_modelled() {
+    let mut g = ready(config(&Process::new()), "nop\n");
+    g.w(VMCS_CTRL_VMENTRY_EXC_ERROR, 0);
+    g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, 1 << 31 | 1 << 11 | 3 << 8 | 14);
+    assert!(control_failure(&mut g).contains("the double delivers #GP only"));
+}
+
+/// #GP(0) injected at the guest's faulting WRMSR with RIP left on it: the
+/// stub's handler logs (EXCEPTION, op, 13, 0), skips the WRMSR and the run
+/// goes on; the valid bit is clear after the next exit (SDM 24.8.3).
+#[test]
+fn an_injected_gp_at_the_wrmsr_reaches_the_stubs_handler() {
+    let mut g = ready(config(&Process::new()), "apic-base 0xfee00901\nnop\n");
+    g.wrmsr = Some((GP, 0, false));
+    assert!(matches!(
+        g.run(),
+        Outcome::End {
+            code: EndCode::Completed,
+            ..
+        }
+    ));
+    assert_eq!(record(&g, 0), [5, 0, 13, 0]);
+    assert_eq!(g.r(VMCS_CTRL_VMENTRY_IRQ_INFO) & 1 << 31, 0);
+    let flag = layout::GP_FAULTED as usize;
+    assert_eq!(g.ram[flag], 1);
+}
+
+/// The same #GP with RIP advanced past the WRMSR: the handler finds no
+/// RDMSR or WRMSR at the saved RIP and the stub ends the run (end code 3).
+#[test]
+fn an_injected_gp_past_the_instruction_is_an_unexpected_fault() {
+    let mut g = ready(config(&Process::new()), "apic-base 0xfee00901\nnop\n");
+    g.wrmsr = Some((GP, 0, true));
+    assert!(matches!(
+        g.run(),
+        Outcome::End {
+            code: EndCode::UnexpectedFault,
+            ..
+        }
+    ));
 }
 
 // ---- the correct sequence ----

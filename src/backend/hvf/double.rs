@@ -39,7 +39,7 @@ use std::time::Duration;
 use hypervisor_framework_sys as hv;
 
 use super::api::reason::VMX_REASON_OTHER_SMI;
-use super::api::{vmcs, Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
+use super::api::{event, vmcs, ApicException, Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
 use crate::guest::layout::*;
 use crate::guest::stub::{record, SNAPSHOT_WORDS};
 use crate::guest::table::kind;
@@ -162,6 +162,11 @@ struct State {
     /// What the double found wrong in the VMM's calls (a mishandled exit,
     /// a refused call), for the VMM's error message.
     fault: Option<String>,
+    /// The exception `hv_vcpu_exit_inject_excp` answers after an
+    /// `HV_VM_EXITINFO_INJECT_EXCP` exit. Nothing raises one today: the
+    /// in-kernel APIC faults only in x2APIC mode, which no call switches it
+    /// to (docs/hvf.md).
+    exception: Option<ApicException>,
 }
 
 impl State {
@@ -181,6 +186,13 @@ impl State {
     }
     fn split(&self) -> bool {
         self.apic_ctrl & hv::HV_APIC_CTRL_IOAPIC_EOI != 0
+    }
+    /// Whether the next VM entry injects an event (SDM 24.8.3: bit 31 of
+    /// the VM-entry interruption-information field).
+    fn injecting(&self) -> bool {
+        self.vmcs
+            .get(&vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO)
+            .is_some_and(|info| info & event::VALID != 0)
     }
 }
 
@@ -308,6 +320,7 @@ impl Double {
                 .map_or(Duration::from_secs(10), |c| c.blocked_limit),
             entry_failure: None,
             fault: None,
+            exception: None,
         };
         Double {
             state: Arc::new(Mutex::new(state)),
@@ -434,7 +447,11 @@ impl Double {
         // came while the vCPU was not running ends the next run at once
         // (the double's reading; unverified). It shows as an external
         // interrupt exit, as the host IPI behind it would.
-        if self.kick.take() {
+        // An entry that injects an event delivers it before anything else
+        // happens (SDM 26.6.1): the double takes no host exit on that entry,
+        // so the event is never left to the IDT-vectoring information.
+        let injecting = self.state.lock().unwrap().injecting();
+        if !injecting && self.kick.take() {
             return Ok(self.host_exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_IRQ));
         }
         let caps = self.strict.as_ref().expect("strict").config.caps;
@@ -466,7 +483,7 @@ impl Double {
                 None => {}
             }
         }
-        if let Some((info, reason)) = self.roll_host_exit() {
+        if let Some((info, reason)) = self.roll_host_exit().filter(|_| !injecting) {
             return Ok(self.host_exit(info, reason));
         }
         match self.resume(call)? {
@@ -672,6 +689,13 @@ impl Hv for Double {
             s.eoi_vector
                 .take()
                 .ok_or(err("hv_vcpu_exit_ioapic_eoi", hv::HV_ERROR))
+        })
+    }
+    fn exit_inject_excp(&mut self, vcpu: u32) -> HvResult<ApicException> {
+        self.on_vcpu("hv_vcpu_exit_inject_excp", vcpu, |s| {
+            s.exception
+                .take()
+                .ok_or(err("hv_vcpu_exit_inject_excp", hv::HV_ERROR))
         })
     }
     fn exit_apic_access_read(&mut self, vcpu: u32) -> HvResult<u32> {
@@ -903,6 +927,9 @@ fn spawn(state: Arc<Mutex<State>>, kick: Arc<Kick>, generation: u64) -> CpuThrea
 enum Stop {
     /// The VMM ended the run (it stopped resuming).
     Gone,
+    /// The stub ends the run: an exception its handler does not skip, or
+    /// a full log while recording one.
+    End(EndCode),
 }
 
 type Step = Result<(), Stop>;
@@ -938,6 +965,9 @@ impl Vcpu {
         }
         self.events.send(CpuEvent::Exit).map_err(|_| Stop::Gone)?;
         self.resume.recv().map_err(|_| Stop::Gone)?;
+        if self.deliver_injected(!code.is_empty())? {
+            return Ok(());
+        }
         let rip = self.s().regs[hv::HV_X86_RIP as usize];
         if rip != SCRATCH + code.len() as u64 {
             self.s().fault = Some(format!(
@@ -950,10 +980,66 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The event the VMM injected at this VM entry, if any, delivered as
+    /// the processor does (SDM vol. 3C 26.6.1: through the guest's IDT
+    /// before its first instruction; the entry checks admitted only #GP,
+    /// a hardware exception with error code) to the guest stub's #GP
+    /// handler (docs/guest-stub.md), whose work this plays: the saved RIP
+    /// must point at an RDMSR or WRMSR (the fault left RIP on the
+    /// instruction), else the stub ends the run with `UnexpectedFault`; the
+    /// fault is logged (EXCEPTION, op, 13, error code), `GP_FAULTED` set,
+    /// and the guest resumes past the two-byte instruction. The valid bit
+    /// is cleared, as every VM exit clears it (SDM 24.8.3). True when an
+    /// event was delivered. `at_exit`: the vCPU stopped at an exiting
+    /// instruction (else in HLT or at the entry point, where RIP is on no
+    /// instruction of the stub's that may fault).
+    fn deliver_injected(&mut self, at_exit: bool) -> Result<bool, Stop> {
+        let (code, at) = {
+            let mut s = self.s();
+            if !s.injecting() {
+                return Ok(false);
+            }
+            let info = s.vmcs[&vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO];
+            s.vmcs
+                .insert(vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO, info & !event::VALID);
+            let code = s
+                .vmcs
+                .get(&vmcs::VMCS_CTRL_VMENTRY_EXC_ERROR)
+                .copied()
+                .unwrap_or(0);
+            let rip = s.regs[hv::HV_X86_RIP as usize] as usize;
+            let bytes = s.ram().get(rip..rip + 2).map(|b| [b[0], b[1]]);
+            if !at_exit || (bytes != Some(WRMSR) && bytes != Some(RDMSR)) {
+                return Err(Stop::End(EndCode::UnexpectedFault));
+            }
+            (code as u32, rip as u64)
+        };
+        let op = self.ram32(CUR_OP);
+        self.log(&[record::EXCEPTION, op, 13, code])
+            .map_err(|h| match h {
+                Halt::End(code) => Stop::End(code),
+                Halt::Stop(s) => s,
+            })?;
+        let mut s = self.s();
+        s.put32(GP_FAULTED, 1);
+        s.regs[hv::HV_X86_RIP as usize] = at + 2;
+        Ok(true)
+    }
+
     /// The run from the entry point. Strict: a vCPU entered with activity
     /// state HLT (SDM 26.6.2: the processor enters the HLT state, as the
     /// VMCS says) waits for an interrupt before the first instruction.
     fn start(&mut self) -> Step {
+        match self.begin() {
+            Err(Stop::End(code)) => self.out(END_PORT, code as u32),
+            other => other,
+        }
+    }
+
+    fn begin(&mut self) -> Step {
+        // An event injected at the entry point finds no RDMSR or WRMSR at
+        // RIP: the stub's handler ends the run.
+        self.deliver_injected(false)?;
         let halted_at_entry = {
             let s = self.s();
             s.strict && s.vmcs.get(&hv::VMCS_GUEST_ACTIVITY_STATE) == Some(&1)
@@ -1136,14 +1222,19 @@ impl Vcpu {
             }
             kind::IOAPIC_EOI => self.store(IOAPIC_BASE + 0x40, a)?,
             kind::APIC_BASE => {
+                // The stub: clear GP_FAULTED, WRMSR, and follow the new base
+                // and mode only if the write did not fault.
+                self.s().put32(GP_FAULTED, 0);
                 self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_WRMSR, &WRMSR, |s| {
                     s.regs[hv::HV_X86_RCX as usize] = 0x1b;
                     s.regs[hv::HV_X86_RAX as usize] = a as u64;
                     s.regs[hv::HV_X86_RDX as usize] = 0;
                 })?;
-                self.lapic_at = (a & !0xfff) as u64;
-                let x2apic = u32::from(a & (1 << 10) != 0);
-                self.s().put32(X2APIC, x2apic);
+                if self.ram32(GP_FAULTED) == 0 {
+                    self.lapic_at = (a & !0xfff) as u64;
+                    let x2apic = u32::from(a & (1 << 10) != 0);
+                    self.s().put32(X2APIC, x2apic);
+                }
             }
             kind::CLI => self.s().machine.cpu.cli(),
             kind::STI => {
@@ -1264,6 +1355,9 @@ impl Vcpu {
                     .send(CpuEvent::Kicked)
                     .map_err(|_| Halt::Stop(Stop::Gone))?;
                 self.resume.recv().map_err(|_| Halt::Stop(Stop::Gone))?;
+                // An event injected on a host exit in HLT: RIP is past the
+                // HLT, on no RDMSR or WRMSR.
+                self.deliver_injected(false)?;
                 Ok(())
             }
             Some(false) => {
@@ -1341,6 +1435,9 @@ enum Halt {
 
 impl From<Stop> for Halt {
     fn from(s: Stop) -> Halt {
-        Halt::Stop(s)
+        match s {
+            Stop::End(code) => Halt::End(code),
+            s => Halt::Stop(s),
+        }
     }
 }

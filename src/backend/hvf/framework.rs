@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hypervisor_framework_sys as hv;
 
-use super::api::{Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
+use super::api::{ApicException, Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
 
 /// The process's one VM (Hypervisor.framework allows one per process).
 #[derive(Debug, Default)]
@@ -178,6 +178,18 @@ impl Hv for Framework {
             hv::hv_vcpu_exit_ioapic_eoi(vcpu, &mut vec)
         })?;
         Ok(vec)
+    }
+    fn exit_inject_excp(&mut self, vcpu: u32) -> HvResult<ApicException> {
+        let (mut vector, mut valid, mut code, mut restart) = (0u8, false, 0u32, false);
+        // SAFETY: four valid out-pointers; called on the owning thread.
+        check("hv_vcpu_exit_inject_excp", unsafe {
+            hv::hv_vcpu_exit_inject_excp(vcpu, &mut vector, &mut valid, &mut code, &mut restart)
+        })?;
+        Ok(ApicException {
+            vector,
+            error_code: valid.then_some(code),
+            restart,
+        })
     }
     fn exit_apic_access_read(&mut self, vcpu: u32) -> HvResult<u32> {
         let mut v = 0;
