@@ -452,6 +452,122 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
     Ok(())
 }
 
+/// `kvm` (or `kvm-split`) with 1, 2 and 4 vCPUs: the random 32-op
+/// scenarios of the backend benchmark with `config cpus=N` (their ops on
+/// CPU 0: every message reaches N local APICs, every op is followed by the
+/// settling of N vCPUs, src/backend/kvm/smp.rs; with 1 the one-vCPU path),
+/// and generated multi-CPU programs (`--max-cpus 4`: ops, IPIs and routes
+/// on 2 to 4 CPUs). Each figure is also given in raw exit round trips
+/// ([`backend::kvm::KvmBackend::ping`]) measured just before each of its
+/// timed chunks, and as a ratio to the 1-vCPU rate: the sets are timed in
+/// interleaved rounds, so that these ratios hold on a loaded machine.
+#[cfg(target_os = "linux")]
+pub fn kvm_cpus(name: &str, cases: u64) -> Result<Value, String> {
+    let mut kvm = backend::kvm::KvmBackend::open(name == "kvm-split").map_err(|e| e.to_string())?;
+    let cfg = GenConfig {
+        max_ops: 32,
+        ..GenConfig::default()
+    };
+    let base: Vec<Scenario> = (0..cases)
+        .map(|i| {
+            let mut s = random(case_seed(11, i), &cfg);
+            backend::Backend::fit(&kvm, &mut s);
+            s
+        })
+        .collect();
+    let with_cpus = |n: u8| -> Vec<Scenario> {
+        base.iter()
+            .cloned()
+            .map(|mut s| {
+                s.config.cpus = n;
+                s
+            })
+            .collect()
+    };
+    let spread = GenConfig {
+        max_cpus: 4,
+        ..cfg.clone()
+    };
+    let generated: Vec<Scenario> = (0..cases)
+        .map(|i| {
+            let mut s = random(case_seed(13, i), &spread);
+            backend::Backend::fit(&kvm, &mut s);
+            s
+        })
+        .collect();
+    let sets = [with_cpus(1), with_cpus(2), with_cpus(4), generated];
+    let names = ["1", "2", "4", "generated_2_to_4"];
+    // Warm up: every VM created before anything is timed.
+    for set in &sets {
+        for s in set.iter().take(20) {
+            let _ = backend::Backend::run_to_trace(&mut kvm, s);
+        }
+    }
+    const ROUNDS: usize = 5;
+    #[derive(Default, Clone, Copy)]
+    struct Tally {
+        runs: u64,
+        hangs: u64,
+        exits: u64,
+        seconds: f64,
+        busy_seconds: f64,
+        raw_seconds: f64,
+        chunks: u64,
+    }
+    let mut tallies = [Tally::default(); 4];
+    let per_round = (cases as usize).div_ceil(ROUNDS);
+    for round in 0..ROUNDS {
+        for (tally, set) in tallies.iter_mut().zip(&sets) {
+            let chunk =
+                &set[(round * per_round).min(set.len())..((round + 1) * per_round).min(set.len())];
+            if chunk.is_empty() {
+                continue;
+            }
+            let raw = kvm.ping(PINGS_PER_CHUNK).map_err(|e| e.to_string())?;
+            tally.raw_seconds += raw.as_secs_f64();
+            tally.chunks += 1;
+            for s in chunk {
+                let start = Instant::now();
+                let t = backend::Backend::run_to_trace(&mut kvm, s);
+                let took = start.elapsed().as_secs_f64();
+                tally.runs += 1;
+                tally.seconds += took;
+                if t.outcome == crate::trace::Outcome::Hang {
+                    tally.hangs += 1;
+                } else {
+                    tally.busy_seconds += took;
+                    tally.exits += kvm.last_exits;
+                }
+            }
+        }
+    }
+    let rate = |t: &Tally| t.runs as f64 / t.seconds;
+    let busy_rate = |t: &Tally| (t.runs - t.hangs) as f64 / t.busy_seconds;
+    let raw = |t: &Tally| t.raw_seconds / t.chunks.max(1) as f64;
+    let mut figures = serde_json::Map::new();
+    for (name, t) in names.iter().zip(&tallies) {
+        let busy = (t.runs - t.hangs).max(1) as f64;
+        figures.insert(
+            name.to_string(),
+            json!({
+                "scenarios_per_second": rate(t),
+                "busy_scenarios_per_second": busy_rate(t),
+                "hangs": t.hangs,
+                "raw_exit_round_trip_us": raw(t) * 1e6,
+                "exits_per_busy_scenario": t.exits as f64 / busy,
+                "busy_scenario_time_in_raw_exits": t.busy_seconds / busy / raw(t),
+                "ratio_to_one_vcpu": rate(t) / rate(&tallies[0]),
+                "busy_ratio_to_one_vcpu": busy_rate(t) / busy_rate(&tallies[0]),
+            }),
+        );
+    }
+    Ok(json!({
+        "benchmark": format!("{name}-cpus"),
+        "scenarios": cases,
+        "vcpus": figures,
+    }))
+}
+
 /// Scenarios per chunk of [`kvm_per_exit`]'s ratio.
 #[cfg(target_os = "linux")]
 const CHUNK: usize = 100;

@@ -107,6 +107,30 @@ pub const KVM_IOAPIC_LATCH: Known = Known {
     deviations: &[Deviation::new(Rule::LevelDelivers, Mode::Skipped)],
 };
 
+/// KVM (upstream, `kvm_irq_delivery_to_apic`, arch/x86/kvm/irq_comm.c):
+/// a lowest-priority message with the physical broadcast destination 0xFF
+/// (IPI, IOAPIC route or MSI) is delivered as fixed to every CPU ("apic:
+/// phys broadcast and lowest prio"), where the model (SDM §11.6.2.4: one
+/// processor of those the destination names) delivers it to one CPU.
+pub const KVM_LOWEST_BROADCAST_FIXED: Known = Known {
+    id: "kvm-lowest-broadcast-fixed",
+    title: "KVM: a lowest-priority message to the physical broadcast 0xFF reaches every CPU",
+    doc: "docs/known-divergences.md#kvm-lowest-broadcast-fixed",
+    deviations: &[],
+};
+
+/// KVM (upstream, `__kvm_apic_set_base`, arch/x86/kvm/lapic.c): setting
+/// IA32_APIC_BASE's enable bit again after clearing it resets only the
+/// xAPIC ID; SVR (software enable), the LVTs and the rest keep what they
+/// had, where the model gives the APIC its power-up state (SDM §11.4.3:
+/// SVR 0xFF, software-disabled).
+pub const KVM_APIC_REENABLE_KEEPS_STATE: Known = Known {
+    id: "kvm-apic-reenable-keeps-state",
+    title: "KVM: re-enabling the APIC in IA32_APIC_BASE keeps SVR and the LVTs",
+    doc: "docs/known-divergences.md#kvm-apic-reenable-keeps-state",
+    deviations: &[],
+};
+
 /// QEMU's local APIC in x2APIC mode (TCG, QEMU 9.0+): `apic_msr_write`
 /// and `apic_msr_read` (`hw/intc/apic.c`, reached from `helper_wrmsr` /
 /// `helper_rdmsr` in `target/i386/tcg/system/misc_helper.c`) go through
@@ -137,10 +161,12 @@ pub const QEMU_APIC_PAGE_FIXED: Known = Known {
 };
 
 /// Every documented behaviour.
-pub const ALL: [Known; 9] = [
+pub const ALL: [Known; 11] = [
     KVM_ISR_NOT_SET,
     KVM_DEFERRED_INJECTION,
     KVM_IOAPIC_LATCH,
+    KVM_LOWEST_BROADCAST_FIXED,
+    KVM_APIC_REENABLE_KEEPS_STATE,
     QEMU_EDGE_EVERY_ASSERT,
     QEMU_IOAPIC_LATCH,
     QEMU_LAPIC_ACCEPTS,
@@ -201,6 +227,8 @@ pub struct HostBehaviours {
     pub isr_not_set: bool,
     pub deferred_injection: bool,
     pub ioapic_latch: bool,
+    pub lowest_broadcast_fixed: bool,
+    pub reenable_keeps_state: bool,
 }
 
 /// Probes this host's KVM once (both behaviours are properties of the
@@ -238,10 +266,30 @@ fn probe() -> HostBehaviours {
          route 1 vector=0x22 level\nnop\nmsi vector=0x30\nnop\n",
     )
     .is_some_and(|t| !t.deliveries().any(|(_, v)| v == 0x22));
+    // A lowest-priority IPI to the physical broadcast reaches one of two
+    // CPUs (SDM §11.6.2.4).
+    let lowest_broadcast_fixed = run(
+        &mut kvm,
+        "config cpus=2\nipi vector=0xc2 dest=0xff lowest\n",
+    )
+    .is_some_and(|t| t.deliveries().count() == 2);
+    // Disabling and re-enabling the APIC gives it its power-up SVR, 0xFF
+    // (SDM §11.4.3).
+    let reenable_keeps_state = run(
+        &mut kvm,
+        "apic-base 0xfee00000\napic-base 0xfee00800\nlapic-read 0x0f0\n",
+    )
+    .is_some_and(|t| {
+        t.events.iter().any(|e| {
+            matches!(e.kind, crate::trace::EventKind::Read { reg: 0xf0, value, .. } if value & 0x100 != 0)
+        })
+    });
     HostBehaviours {
         isr_not_set,
         deferred_injection,
         ioapic_latch,
+        lowest_broadcast_fixed,
+        reenable_keeps_state,
     }
 }
 
@@ -267,7 +315,47 @@ pub fn label(
     if backend != "kvm" && backend != "kvm-split" {
         return None;
     }
-    kvm_label(backend == "kvm", sig)
+    kvm_scenario_label(scenario).or_else(|| kvm_label(backend == "kvm", sig))
+}
+
+/// KVM behaviours that only a kind of op can show, whatever the
+/// divergence it leads to: named when the scenario has that op and the
+/// probe found the behaviour on this host.
+fn kvm_scenario_label(scenario: &crate::scenario::Scenario) -> Option<Known> {
+    use crate::scenario::{
+        DeliveryMode, DestMode, HostOp, IpiDelivery, MsiDelivery, Op, Shorthand,
+    };
+    let host = host_behaviours();
+    let lowest_broadcast = scenario.is_multi_cpu()
+        && scenario.all_ops().any(|op| match *op {
+            Op::Ipi(ipi) => {
+                ipi.delivery == IpiDelivery::Lowest
+                    && ipi.shorthand == Shorthand::None
+                    && ipi.dest_mode == DestMode::Physical
+                    && (ipi.dest == 0xff || ipi.dest == 0xffff_ffff)
+            }
+            Op::Route { route, .. } => {
+                route.delivery == DeliveryMode::Lowest
+                    && route.dest_mode == DestMode::Physical
+                    && route.dest == 0xff
+            }
+            Op::Host(HostOp::Msi(m)) => {
+                m.delivery == MsiDelivery::Lowest
+                    && m.dest_mode == DestMode::Physical
+                    && m.dest == 0xff
+            }
+            _ => false,
+        });
+    if host.lowest_broadcast_fixed && lowest_broadcast {
+        return Some(KVM_LOWEST_BROADCAST_FIXED);
+    }
+    let disables_apic = scenario
+        .all_ops()
+        .any(|op| matches!(*op, Op::ApicBase(v) if v & 1 << 11 == 0));
+    if host.reenable_keeps_state && disables_apic {
+        return Some(KVM_APIC_REENABLE_KEEPS_STATE);
+    }
+    None
 }
 
 /// A QEMU divergence: QEMU's own irqchip's behaviours where the options

@@ -8,7 +8,8 @@ use crate::bench;
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Which benchmarks: model, model-cpus (scenarios per second on 1, 2
-    /// and 4 CPUs), kvm, kvm-split, qemu-tcg, qemu (the QEMU
+    /// and 4 CPUs), kvm, kvm-split, kvm-cpus and kvm-split-cpus (1, 2 and
+    /// 4 vCPUs, and generated multi-CPU programs), qemu-tcg, qemu (the QEMU
     /// configuration --backend names), find (time to find each seeded
     /// quirk), minimize (a 500-op scenario), diagnose (causes against
     /// injected quirks; not part of all), real-bugs (the bugs of
@@ -60,6 +61,16 @@ pub fn main(args: BenchArgs) -> ExitCode {
             ran = true;
         }
     }
+    #[cfg(target_os = "linux")]
+    for backend in ["kvm", "kvm-split"] {
+        if all || args.which == format!("{backend}-cpus") {
+            match bench::kvm_cpus(backend, args.cases.min(1000)) {
+                Ok(v) => println!("{v}"),
+                Err(e) => eprintln!("irqdiff bench: {backend}-cpus: {e}"),
+            }
+            ran = true;
+        }
+    }
     if args.which == "qemu" {
         match bench::backend_throughput(&args.backend, args.cases) {
             Ok(v) => println!("{v}"),
@@ -85,7 +96,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
     if !ran {
         eprintln!(
-            "irqdiff bench: unknown benchmark `{}` (model, model-cpus, kvm, kvm-split, qemu-tcg, qemu, find, minimize, diagnose, real-bugs, all)",
+            "irqdiff bench: unknown benchmark `{}` (model, model-cpus, kvm, kvm-split, kvm-cpus, kvm-split-cpus, qemu-tcg, qemu, find, minimize, diagnose, real-bugs, all)",
             args.which
         );
         return ExitCode::from(super::EXIT_BAD_INPUT);

@@ -16,6 +16,23 @@ fn word(log: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(log[i * 4..i * 4 + 4].try_into().expect("4 bytes"))
 }
 
+/// Several CPUs: decodes each CPU's log (index = CPU), tags its events
+/// with the CPU and merges them by op, stably: within an op, CPU 0's
+/// events first, each CPU's in the order it observed them (the oracle
+/// compares per op and per CPU, docs/scenario-format.md "Several CPUs").
+pub fn decode_cpus<'l>(logs: impl IntoIterator<Item = &'l [u8]>) -> Result<Vec<Event>, CorruptLog> {
+    let mut events = Vec::new();
+    for (cpu, log) in logs.into_iter().enumerate() {
+        let start = events.len();
+        events.extend(decode(log)?);
+        for e in &mut events[start..] {
+            e.cpu = cpu as u8;
+        }
+    }
+    events.sort_by_key(|e| e.op);
+    Ok(events)
+}
+
 /// Decodes `log` (the bytes from the log start to the log pointer).
 pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
     let mut events = Vec::new();

@@ -70,6 +70,7 @@ impl Image {
             put(ram, PD + 8 * i, &entry.to_le_bytes());
         }
         put(ram, CODE, &self.stub.code);
+        put(ram, SIPI_PAGE, &VMM_ASSISTED_SIPI_PAGE);
     }
 
     /// Writes a scenario's table and resets the stub's variables.
@@ -89,6 +90,72 @@ impl Image {
         put(ram, OPS, &table.ops);
     }
 
+    /// Several CPUs: writes a scenario's table and resets the variables of
+    /// `cpus` CPUs (the globals, and each CPU's block: its log pointer,
+    /// counts, handler tables, mailbox, x2APIC flag). Sets [`SMP`], so
+    /// CPU 0 goes to the mailbox loop after its start.
+    pub fn load_smp(&self, ram: &mut [u8], table: &table::Table, x2apic: bool, cpus: usize) {
+        self.load(ram, table, x2apic);
+        let put = |ram: &mut [u8], at: u64, bytes: &[u8]| {
+            ram[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+        };
+        put(ram, SMP, &1u32.to_le_bytes());
+        put(ram, CPUS, &(cpus as u32).to_le_bytes());
+        for cpu in 0..cpus {
+            let block = cpu_block(cpu);
+            put(ram, block + PCPU_MAILBOX, &0u32.to_le_bytes());
+            put(ram, block + PCPU_OPS_DONE, &0u32.to_le_bytes());
+            put(ram, block + PCPU_INDEX, &(cpu as u32).to_le_bytes());
+            if cpu == 0 {
+                continue;
+            }
+            let (log, _) = cpu_log(cpu);
+            put(ram, block + PCPU_X2APIC, &u32::from(x2apic).to_le_bytes());
+            put(ram, block + PCPU_LOG_PTR, &log.to_le_bytes());
+            put(ram, block + PCPU_GP_FAULTED, &0u32.to_le_bytes());
+            let counts = (block + PCPU_COUNTS) as usize;
+            ram[counts..counts + 1024].fill(0);
+            if let Some((body_dir, nth)) = table.ap_tables.get(cpu - 1) {
+                put(ram, block + PCPU_BODY_DIR, body_dir);
+                put(ram, block + PCPU_NTH_TABLE, nth);
+            }
+        }
+    }
+
+    /// Several CPUs: posts top-level op `k` to CPU `cpu`'s mailbox.
+    pub fn post(&self, ram: &mut [u8], cpu: usize, k: usize) {
+        let at = (cpu_block(cpu) + PCPU_MAILBOX) as usize;
+        ram[at..at + 4].copy_from_slice(&(k as u32 + 1).to_le_bytes());
+        let at = CUR_OP as usize;
+        ram[at..at + 4].copy_from_slice(&(k as u32).to_le_bytes());
+    }
+
+    /// Several CPUs: CPU `cpu`'s log written so far.
+    pub fn cpu_log_bytes<'r>(&self, ram: &'r [u8], cpu: usize) -> &'r [u8] {
+        let (start, end) = cpu_log(cpu);
+        let at = (cpu_block(cpu) + PCPU_LOG_PTR) as usize;
+        let ptr = u64::from_le_bytes(ram[at..at + 8].try_into().expect("8 bytes"));
+        &ram[start as usize..ptr.clamp(start, end) as usize]
+    }
+
+    /// Several CPUs: the log pointer of every CPU and the delivery count,
+    /// which change whenever a CPU records anything (the VMM's test for a
+    /// settling round that changed nothing).
+    pub fn progress(&self, ram: &[u8], cpus: usize) -> (u64, u32) {
+        let mut sum = 0u64;
+        for cpu in 0..cpus {
+            let at = (cpu_block(cpu) + PCPU_LOG_PTR) as usize;
+            sum = sum.wrapping_add(u64::from_le_bytes(
+                ram[at..at + 8].try_into().expect("8 bytes"),
+            ));
+        }
+        let at = DELIVERIES as usize;
+        (
+            sum,
+            u32::from_le_bytes(ram[at..at + 4].try_into().expect("4 bytes")),
+        )
+    }
+
     /// The current top-level op index and the log written so far.
     pub fn read_back<'r>(&self, ram: &'r [u8]) -> (usize, &'r [u8]) {
         let cur = u32::from_le_bytes(
@@ -106,6 +173,20 @@ impl Image {
     }
 }
 
+/// The SIPI page of the VMM-assisted AP start (KVM, HVF), real mode at
+/// 0x0800:0000: `mov dx, AP_START_PORT; out dx, al; hlt; jmp $-1`. The VMM
+/// answers the `out` by giving the vCPU the long-mode start state at
+/// [`stub::Stub::sipi_entry`] (docs/guest-stub.md, "Several CPUs").
+pub const VMM_ASSISTED_SIPI_PAGE: [u8; 7] = [
+    0xba,
+    AP_START_PORT as u8,
+    (AP_START_PORT >> 8) as u8,
+    0xee,
+    0xf4,
+    0xeb,
+    0xfd,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +201,89 @@ mod tests {
             .iter()
             .all(|&v| (CODE..CODE_END).contains(&v)));
         assert!((CODE..CODE_END).contains(&image.stub.entry));
+    }
+
+    #[test]
+    fn per_cpu_blocks_are_disjoint_and_inside_guest_ram() {
+        let mut spans = vec![
+            (GDT, CODE_END),
+            (DATA, OPS_END),
+            (LOG, LOG_END),
+            (SIPI_PAGE, SIPI_PAGE + 0x1000),
+        ];
+        for cpu in 1..MAX_CPUS {
+            let block = cpu_block(cpu);
+            assert_eq!(cpu_stack_top(cpu), block + AP_STACK_TOP);
+            assert_eq!(cpu_log(cpu), (block + AP_LOG, block + AP_STRIDE));
+            spans.push((block, block + AP_STRIDE));
+        }
+        assert!(spans.iter().all(|&(_, end)| end <= RAM_SIZE as u64));
+        spans.sort();
+        assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{spans:x?}");
+        // The SIPI page is between the PDPT and the page directories.
+        assert!(PDPT + 0x1000 <= SIPI_PAGE && SIPI_PAGE + 0x1000 <= PD);
+        assert_eq!(SIPI_PAGE, 0x8000);
+    }
+
+    fn body_at(dir: &[u8], vector: usize) -> u64 {
+        u64::from_le_bytes(dir[vector * 8..vector * 8 + 8].try_into().unwrap())
+    }
+
+    fn nth_entries(nth: &[u8]) -> Vec<(u32, u32, u64)> {
+        nth.chunks(16)
+            .map(|c| {
+                (
+                    u32::from_le_bytes(c[0..4].try_into().unwrap()),
+                    u32::from_le_bytes(c[4..8].try_into().unwrap()),
+                    u64::from_le_bytes(c[8..16].try_into().unwrap()),
+                )
+            })
+            .take_while(|e| e.0 != u32::MAX)
+            .collect()
+    }
+
+    #[test]
+    fn each_cpu_gets_the_most_specific_handler_body() {
+        let scenario = crate::scenario::parse::parse(
+            "config cpus=3\nhandler 0x40: nop\nhandler 0x40#2: cli\nhandler 0x40@1: sti\n\
+             handler 0x40#3@1: hlt\nhandler 0x41@2: snapshot\nnop\n",
+        )
+        .unwrap();
+        let t = table::encode(&scenario).unwrap();
+        assert_eq!(t.ap_tables.len(), 2);
+        // Bodies in handler-key order after the program (2 ops: nop, END).
+        let body = |i: u64| OPS + 32 + 32 * i;
+        let (plain, nth_generic, at1, nth_at1, at2_41) =
+            (body(0), body(1), body(2), body(3), body(4));
+        let default = body(5);
+        // CPU 0: 0x40 and 0x40#2; 0x41 falls back to eoi.
+        assert_eq!(body_at(&t.body_dir, 0x40), plain);
+        assert_eq!(body_at(&t.body_dir, 0x41), default);
+        assert_eq!(nth_entries(&t.nth), vec![(0x40, 2, nth_generic)]);
+        // CPU 1: 0x40@1 beats 0x40 and 0x40#2; 0x40#3@1 beats 0x40@1.
+        let (dir1, nth1) = &t.ap_tables[0];
+        assert_eq!(body_at(dir1, 0x40), at1);
+        assert_eq!(nth_entries(nth1), vec![(0x40, 3, nth_at1)]);
+        // CPU 2: the generic ones, and its own 0x41.
+        let (dir2, nth2) = &t.ap_tables[1];
+        assert_eq!(body_at(dir2, 0x40), plain);
+        assert_eq!(body_at(dir2, 0x41), at2_41);
+        assert_eq!(nth_entries(nth2), vec![(0x40, 2, nth_generic)]);
+    }
+
+    #[test]
+    fn cpu_logs_merge_by_op_with_their_cpu() {
+        let rec = |op: u32, vector: u32| {
+            [stub::record::DELIVER, op, vector, 0]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let cpu0 = [rec(0, 0x20), rec(2, 0x21)].concat();
+        let cpu1 = [rec(1, 0x30), rec(2, 0x31)].concat();
+        let events = log::decode_cpus([&cpu0[..], &cpu1[..]]).unwrap();
+        let got: Vec<(usize, u8)> = events.iter().map(|e| (e.op, e.cpu)).collect();
+        assert_eq!(got, vec![(0, 0), (1, 1), (2, 0), (2, 1)]);
     }
 
     #[test]

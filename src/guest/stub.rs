@@ -7,7 +7,16 @@
 //! with IRETQ.
 //!
 //! Register conventions: r12 = IOAPIC base, r14 = LAPIC base (never
-//! changed), r15 = the op being executed, r13 = the top-level op index.
+//! changed), r15 = the op being executed, r13 = the top-level op index,
+//! rbp = this CPU's per-CPU block ([`cpu_block`], never changed; CPU 0's
+//! is [`DATA`]). Per-CPU fields are read through rbp, globals at their
+//! absolute addresses.
+//!
+//! Several CPUs (docs/guest-stub.md, "Several CPUs"): with [`SMP`] set,
+//! every CPU runs the mailbox loop: it announces itself idle with an `out`
+//! to [`IDLE_PORT`], and runs the op posted in its [`PCPU_MAILBOX`].
+//! CPUs 1 and up enter at [`Stub::ap_entry`] (started by the host) or
+//! [`Stub::sipi_entry`] (after a STARTUP IPI), with EDI = their index.
 //!
 //! Timing contract (the model implements the same): the top-level loop
 //! writes the current op index only *before* dispatching an op, so a
@@ -28,8 +37,18 @@ use crate::trace::GP_VECTOR;
 pub struct Stub {
     /// Machine code, to be copied to [`CODE`].
     pub code: Vec<u8>,
-    /// Where execution starts.
+    /// Where execution starts (CPU 0).
     pub entry: u64,
+    /// Where a host-started AP starts: 64-bit mode, the layout's segments,
+    /// IF = 0, EDI = the CPU index (1 to 7). The stub sets RSP and RBP.
+    pub ap_entry: u64,
+    /// Where an AP started by a STARTUP IPI enters long mode's stub (as
+    /// [`Stub::ap_entry`]); it also gives its local APIC the start state
+    /// (SVR 0x1FF, TPR 0: INIT left it software-disabled, SDM §11.4.7.3).
+    pub sipi_entry: u64,
+    /// The mailbox loop's `out` to [`IDLE_PORT`] (the address after it is
+    /// where an idle CPU resumes).
+    pub idle: u64,
     /// The IDT entry point of each vector.
     pub vectors: Vec<u64>,
     /// The addresses just after the interpreter's two `hlt`s (`hlt`,
@@ -73,10 +92,16 @@ pub fn assemble() -> Result<Stub, IcedError> {
     let mut end = a.create_label();
     let mut gp_entry = a.create_label();
     let mut after_hlt = [a.create_label(), a.create_label()];
+    let mut idle = a.create_label();
+    let mut idle_out = a.create_label();
 
     // ---- entry: mask the 8259s and LINT0/LINT1, switch to x2APIC if asked,
     // then run the program.
     a.set_label(&mut entry)?;
+    a.mov(ebp, DATA as u32)?;
+    a.mov(dword_ptr(rbp + PCPU_INDEX), 0)?;
+    a.mov(eax, LOG_END as u32)?;
+    a.mov(qword_ptr(rbp + PCPU_LOG_LIMIT), rax)?;
     a.cld()?;
     a.mov(r12, IOAPIC_BASE)?;
     a.mov(r14, LAPIC_BASE)?;
@@ -88,7 +113,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.out(0xa1, al)?;
     a.set_label(&mut pic_masked)?;
     let mut xapic = a.create_label();
-    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.cmp(dword_ptr(rbp + PCPU_X2APIC), 0)?;
     a.je(xapic)?;
     // IA32_APIC_BASE: EN (bit 11) | EXTD (bit 10) (SDM §11.12.1).
     a.mov(ecx, 0x1b)?;
@@ -105,6 +130,8 @@ pub fn assemble() -> Result<Stub, IcedError> {
         a.call(lapic_write)?;
     }
     a.set_label(&mut lints_masked)?;
+    a.cmp(dword_ptr(SMP), 0)?;
+    a.jne(idle)?;
     a.mov(r15, OPS)?;
     a.xor(r13d, r13d)?;
     let mut top = a.create_label();
@@ -134,10 +161,76 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.mov(eax, EndCode::LogFull as u32)?;
     a.jmp(end)?;
 
+    // ---- ap_entry / sipi_entry (EDI = the CPU index, 1 to 7; IF = 0):
+    // this CPU's block and stack, its x2APIC switch, then the mailbox loop.
+    let mut ap_entry = a.create_label();
+    let mut sipi_entry = a.create_label();
+    let mut ap_common = a.create_label();
+    a.set_label(&mut sipi_entry)?;
+    a.mov(esi, 1)?;
+    a.jmp(ap_common)?;
+    a.set_label(&mut ap_entry)?;
+    a.xor(esi, esi)?;
+    a.set_label(&mut ap_common)?;
+    a.cli()?;
+    a.lea(eax, dword_ptr(rdi - 1))?;
+    a.shl(eax, AP_STRIDE.trailing_zeros())?;
+    a.add(eax, AP_BLOCKS as i32)?;
+    a.mov(ebp, eax)?;
+    a.lea(rsp, qword_ptr(rbp + AP_STACK_TOP))?;
+    a.cld()?;
+    a.mov(r12, IOAPIC_BASE)?;
+    a.mov(r14, LAPIC_BASE)?;
+    a.mov(dword_ptr(rbp + PCPU_INDEX), edi)?;
+    a.lea(rax, qword_ptr(rbp + AP_LOG_END))?;
+    a.mov(qword_ptr(rbp + PCPU_LOG_LIMIT), rax)?;
+    let mut ap_xapic = a.create_label();
+    a.cmp(dword_ptr(rbp + PCPU_X2APIC), 0)?;
+    a.je(ap_xapic)?;
+    a.mov(ecx, 0x1b)?;
+    a.rdmsr()?;
+    a.or(eax, 0xc00)?;
+    a.wrmsr()?;
+    a.set_label(&mut ap_xapic)?;
+    let mut ap_started = a.create_label();
+    a.test(esi, esi)?;
+    a.jz(ap_started)?;
+    a.mov(ecx, reg::SVR as u32)?;
+    a.mov(eax, 0x1ff)?;
+    a.call(lapic_write)?;
+    a.mov(ecx, reg::TPR as u32)?;
+    a.xor(eax, eax)?;
+    a.call(lapic_write)?;
+    a.set_label(&mut ap_started)?;
+    a.sti()?;
+    a.nop()?;
+
+    // ---- the mailbox loop (every CPU when SMP is set): idle, then the
+    // posted op, if any. An interrupt an idle CPU can take is taken at the
+    // `out`'s instruction boundary, or when the VMM resumes it.
+    a.set_label(&mut idle)?;
+    a.mov(eax, dword_ptr(rbp + PCPU_INDEX))?;
+    a.mov(edx, IDLE_PORT as u32)?;
+    a.set_label(&mut idle_out)?;
+    a.out(dx, eax)?;
+    a.mov(eax, dword_ptr(rbp + PCPU_MAILBOX))?;
+    a.test(eax, eax)?;
+    a.jz(idle)?;
+    a.mov(dword_ptr(rbp + PCPU_MAILBOX), 0)?;
+    a.dec(eax)?;
+    a.mov(r13d, eax)?;
+    a.mov(dword_ptr(CUR_OP), eax)?;
+    a.shl(rax, 4)?;
+    a.mov(r15, OPS)?;
+    a.add(r15, rax)?;
+    a.call(exec_op)?;
+    a.inc(dword_ptr(rbp + PCPU_OPS_DONE))?;
+    a.jmp(idle)?;
+
     // ---- lapic_read(ecx = offset) -> eax; clobbers ecx, edx.
     a.set_label(&mut lapic_read)?;
     let mut read_msr = a.create_label();
-    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.cmp(dword_ptr(rbp + PCPU_X2APIC), 0)?;
     a.jne(read_msr)?;
     a.mov(eax, dword_ptr(r14 + rcx))?;
     a.ret()?;
@@ -150,7 +243,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
     // ---- lapic_write(ecx = offset, eax = value); clobbers ecx, edx.
     a.set_label(&mut lapic_write)?;
     let mut write_msr = a.create_label();
-    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.cmp(dword_ptr(rbp + PCPU_X2APIC), 0)?;
     a.jne(write_msr)?;
     a.mov(dword_ptr(r14 + rcx), eax)?;
     a.ret()?;
@@ -264,18 +357,18 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.mov(rbx, qword_ptr(rsp + 8 * SAVED.len() as i32))?; // the vector
                                                           // Storm: the 65th delivery ends the run instead of being logged.
     let mut no_storm = a.create_label();
-    a.mov(eax, dword_ptr(DELIVERIES))?;
+    a.mov(eax, 1)?;
+    a.lock().xadd(dword_ptr(DELIVERIES), eax)?;
     a.inc(eax)?;
-    a.mov(dword_ptr(DELIVERIES), eax)?;
     a.cmp(eax, crate::trace::STORM_LIMIT as i32 + 1)?;
     a.jb(no_storm)?;
     a.mov(eax, EndCode::Storm as u32)?;
     a.jmp(end)?;
     a.set_label(&mut no_storm)?;
     // Log (DELIVER, op, vector).
-    a.mov(rdi, qword_ptr(LOG_PTR))?;
-    a.mov(rax, LOG_END - 16)?;
-    a.cmp(rdi, rax)?;
+    a.mov(rdi, qword_ptr(rbp + PCPU_LOG_PTR))?;
+    a.lea(rax, qword_ptr(rdi + 16))?;
+    a.cmp(rax, qword_ptr(rbp + PCPU_LOG_LIMIT))?;
     a.jae(log_full)?;
     a.mov(dword_ptr(rdi), record::DELIVER)?;
     a.mov(eax, dword_ptr(CUR_OP))?;
@@ -283,9 +376,9 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.mov(dword_ptr(rdi + 8), ebx)?;
     a.mov(dword_ptr(rdi + 12), 0)?;
     a.add(rdi, 16)?;
-    a.mov(qword_ptr(LOG_PTR), rdi)?;
-    // ecx = ++COUNTS[vector]
-    a.lea(rax, qword_ptr(rbx * 4 + COUNTS))?;
+    a.mov(qword_ptr(rbp + PCPU_LOG_PTR), rdi)?;
+    // ecx = ++COUNTS[vector] (this CPU's)
+    a.lea(rax, qword_ptr(rbp + rbx * 4 + PCPU_COUNTS))?;
     a.mov(ecx, dword_ptr(rax))?;
     a.inc(ecx)?;
     a.mov(dword_ptr(rax), ecx)?;
@@ -294,7 +387,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
     let mut next = a.create_label();
     let mut plain = a.create_label();
     let mut run = a.create_label();
-    a.mov(rsi, NTH_TABLE)?;
+    a.lea(rsi, qword_ptr(rbp + PCPU_NTH_TABLE))?;
     a.set_label(&mut scan)?;
     a.mov(eax, dword_ptr(rsi))?;
     a.cmp(eax, -1)?;
@@ -309,7 +402,7 @@ pub fn assemble() -> Result<Stub, IcedError> {
     a.add(rsi, 16)?;
     a.jmp(scan)?;
     a.set_label(&mut plain)?;
-    a.mov(r15, qword_ptr(rbx * 8 + BODY_DIR))?;
+    a.mov(r15, qword_ptr(rbp + rbx * 8 + PCPU_BODY_DIR))?;
     a.set_label(&mut run)?;
     a.call(run_body)?;
     for r in SAVED.iter().rev() {
@@ -329,6 +422,9 @@ pub fn assemble() -> Result<Stub, IcedError> {
     }
     Ok(Stub {
         entry: result.label_ip(&entry)?,
+        ap_entry: result.label_ip(&ap_entry)?,
+        sipi_entry: result.label_ip(&sipi_entry)?,
+        idle: result.label_ip(&idle_out)?,
         code,
         vectors,
         after_hlt: [
@@ -373,10 +469,10 @@ fn gp_handler(
     a.jne(unexpected)?;
     a.set_label(&mut skip)?;
     a.add(qword_ptr(rsp + 24), MSR_INSTRUCTION_LEN)?;
-    a.mov(dword_ptr(GP_FAULTED), 1)?;
-    a.mov(rdi, qword_ptr(LOG_PTR))?;
-    a.mov(rax, LOG_END - 16)?;
-    a.cmp(rdi, rax)?;
+    a.mov(dword_ptr(rbp + PCPU_GP_FAULTED), 1)?;
+    a.mov(rdi, qword_ptr(rbp + PCPU_LOG_PTR))?;
+    a.lea(rax, qword_ptr(rdi + 16))?;
+    a.cmp(rax, qword_ptr(rbp + PCPU_LOG_LIMIT))?;
     a.jae(log_full)?;
     a.mov(dword_ptr(rdi), record::EXCEPTION)?;
     a.mov(eax, dword_ptr(CUR_OP))?;
@@ -385,7 +481,7 @@ fn gp_handler(
     a.mov(eax, dword_ptr(rsp + 16))?;
     a.mov(dword_ptr(rdi + 12), eax)?;
     a.add(rdi, 16)?;
-    a.mov(qword_ptr(LOG_PTR), rdi)?;
+    a.mov(qword_ptr(rbp + PCPU_LOG_PTR), rdi)?;
     a.pop(rdi)?;
     a.pop(rax)?;
     a.add(rsp, 8)?; // the error code
@@ -451,7 +547,7 @@ fn op_lapic_write(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
 fn op_self_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     let mut x2 = a.create_label();
     let mut out = a.create_label();
-    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.cmp(dword_ptr(rbp + PCPU_X2APIC), 0)?;
     a.jne(x2)?;
     // xAPIC: ICR high (destination 0), then ICR low with the self shorthand
     // (bits 19:18 = 01), fixed, edge (SDM §11.6.1).
@@ -475,7 +571,7 @@ fn op_self_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
 fn op_ipi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     let mut x2 = a.create_label();
     let mut out = a.create_label();
-    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.cmp(dword_ptr(rbp + PCPU_X2APIC), 0)?;
     a.jne(x2)?;
     a.mov(eax, dword_ptr(r15 + 8))?;
     a.shl(eax, 24)?;
@@ -546,15 +642,15 @@ fn op_apic_base(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     a.mov(ecx, 0x1b)?;
     a.mov(eax, dword_ptr(r15 + 4))?;
     a.xor(edx, edx)?;
-    a.mov(dword_ptr(GP_FAULTED), 0)?;
+    a.mov(dword_ptr(rbp + PCPU_GP_FAULTED), 0)?;
     a.wrmsr()?;
-    a.cmp(dword_ptr(GP_FAULTED), 0)?;
+    a.cmp(dword_ptr(rbp + PCPU_GP_FAULTED), 0)?;
     a.jne(faulted)?;
     a.mov(r14d, eax)?;
     a.and(r14d, 0xffff_f000u32 as i32)?;
     a.shr(eax, 10)?;
     a.and(eax, 1)?;
-    a.mov(dword_ptr(X2APIC), eax)?;
+    a.mov(dword_ptr(rbp + PCPU_X2APIC), eax)?;
     a.set_label(&mut faulted)?;
     a.nop()
 }
@@ -566,9 +662,9 @@ fn op_ioapic_eoi(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
 
 /// Reserves `bytes` of log at rdi (jumps to log_full if there is no room).
 fn log_reserve(a: &mut CodeAssembler, l: &Labels, bytes: u64) -> Result<(), IcedError> {
-    a.mov(rdi, qword_ptr(LOG_PTR))?;
-    a.mov(rax, LOG_END - bytes)?;
-    a.cmp(rdi, rax)?;
+    a.mov(rdi, qword_ptr(rbp + PCPU_LOG_PTR))?;
+    a.lea(rax, qword_ptr(rdi + bytes as i32))?;
+    a.cmp(rax, qword_ptr(rbp + PCPU_LOG_LIMIT))?;
     a.jae(l.log_full)
 }
 
@@ -600,7 +696,7 @@ fn op_snapshot(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
         a.mov(eax, dword_ptr(r12 + 0x10))?;
         a.stosd()?;
     }
-    a.mov(qword_ptr(LOG_PTR), rdi)?;
+    a.mov(qword_ptr(rbp + PCPU_LOG_PTR), rdi)?;
     a.popfq()
 }
 
@@ -612,7 +708,7 @@ fn log_read(a: &mut CodeAssembler, kind: u32) -> Result<(), IcedError> {
     a.mov(dword_ptr(rdi + 8), ebx)?;
     a.mov(dword_ptr(rdi + 12), eax)?;
     a.add(rdi, 16)?;
-    a.mov(qword_ptr(LOG_PTR), rdi)
+    a.mov(qword_ptr(rbp + PCPU_LOG_PTR), rdi)
 }
 
 fn op_ioapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
@@ -643,7 +739,7 @@ fn op_lapic_mmio_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError
     log_reserve(a, l, 16)?;
     a.mov(ebx, dword_ptr(r15 + 4))?;
     a.mov(eax, dword_ptr(r14 + rbx))?;
-    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.cmp(dword_ptr(rbp + PCPU_X2APIC), 0)?;
     a.jne(x2)?;
     log_read(a, record::LAPIC_READ)?;
     a.jmp(logged)?;
@@ -660,10 +756,10 @@ fn op_lapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
     a.mov(ebx, dword_ptr(r15 + 4))?;
     a.mov(ecx, ebx)?;
     let mut faulted = a.create_label();
-    a.mov(dword_ptr(GP_FAULTED), 0)?;
+    a.mov(dword_ptr(rbp + PCPU_GP_FAULTED), 0)?;
     a.call(l.lapic_read)?;
     // A faulting RDMSR read nothing: its #GP is the op's only event.
-    a.cmp(dword_ptr(GP_FAULTED), 0)?;
+    a.cmp(dword_ptr(rbp + PCPU_GP_FAULTED), 0)?;
     a.jne(faulted)?;
     log_read(a, record::LAPIC_READ)?;
     a.set_label(&mut faulted)?;

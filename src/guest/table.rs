@@ -8,7 +8,7 @@
 use super::layout::{NTH_TABLE, NTH_TABLE_END, OPS, OPS_END};
 use crate::model::ioapic::REG_REDTBL;
 use crate::model::lapic::reg;
-use crate::scenario::{HostOp, Op, Pin, Scenario};
+use crate::scenario::{HandlerKey, HostOp, Op, Pin, Scenario};
 
 /// Op kinds of the stub's interpreter.
 pub mod kind {
@@ -69,6 +69,11 @@ pub struct Table {
     pub nth: Vec<u8>,
     /// Host ops by number.
     pub host_ops: Vec<HostOp>,
+    /// Several CPUs: CPU K's (plain-body directory, `V#N` table), for
+    /// [`super::layout::PCPU_BODY_DIR`] and
+    /// [`super::layout::PCPU_NTH_TABLE`] of its block, K from 1 (CPU 0's
+    /// are `body_dir` and `nth`). Empty for a single-CPU scenario.
+    pub ap_tables: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,18 +165,14 @@ pub fn encode_for(scenario: &Scenario, mode: HostOps) -> Result<Table, TooLarge>
         encode_op(op, &mut t.ops, &mut t.host_ops, mode);
     }
     word(&mut t.ops, [kind::END, 0, 0, 0]);
-    let mut plain = [0u64; 256];
-    let mut nth = Vec::new();
+    let mut bodies = Vec::new();
     for (key, body) in &scenario.handlers {
         let at = OPS + t.ops.len() as u64;
         for op in body {
             encode_op(op, &mut t.ops, &mut t.host_ops, mode);
         }
         word(&mut t.ops, [kind::END, 0, 0, 0]);
-        match key.nth {
-            None => plain[key.vector as usize] = at,
-            Some(n) => nth.push((key.vector, n, at)),
-        }
+        bodies.push((*key, at));
     }
     let default_body = OPS + t.ops.len() as u64;
     word(&mut t.ops, [kind::LAPIC_WRITE, 0xb0, 0, 0]);
@@ -179,22 +180,70 @@ pub fn encode_for(scenario: &Scenario, mode: HostOps) -> Result<Table, TooLarge>
     if OPS + t.ops.len() as u64 > OPS_END {
         return Err(TooLarge("program and handler bodies"));
     }
-    for addr in plain {
-        let addr = if addr == 0 { default_body } else { addr };
-        t.body_dir.extend_from_slice(&addr.to_le_bytes());
-    }
-    for (vector, n, at) in nth {
-        t.nth.extend_from_slice(&(vector as u32).to_le_bytes());
-        t.nth.extend_from_slice(&n.to_le_bytes());
-        t.nth.extend_from_slice(&at.to_le_bytes());
-    }
-    t.nth.extend_from_slice(&u32::MAX.to_le_bytes());
-    t.nth.extend_from_slice(&[0; 12]);
-    if NTH_TABLE + t.nth.len() as u64 > NTH_TABLE_END {
-        return Err(TooLarge("handler #N bodies"));
+    (t.body_dir, t.nth) = cpu_tables(&bodies, 0, default_body)?;
+    if scenario.uses_smp() {
+        for cpu in 1..scenario.cpus() as u8 {
+            t.ap_tables.push(cpu_tables(&bodies, cpu, default_body)?);
+        }
     }
     debug_assert_eq!(t.body_dir.len(), 256 * 8);
     Ok(t)
+}
+
+/// CPU `cpu`'s plain-body directory and `V#N` table: the most specific
+/// body of `V#N@K`, `V@K`, `V#N`, `V`, else `eoi` (docs/scenario-format.md,
+/// "Several CPUs"). The stub takes the first matching `V#N` entry, else the
+/// directory's body; so a `V#N` for every CPU is left out where a `V@K`
+/// body exists (V@K is more specific), and `V#N@K` entries come first.
+fn cpu_tables(
+    bodies: &[(HandlerKey, u64)],
+    cpu: u8,
+    default_body: u64,
+) -> Result<(Vec<u8>, Vec<u8>), TooLarge> {
+    let mut plain = [0u64; 256];
+    let mut own_plain = [false; 256];
+    for (key, at) in bodies {
+        match (key.cpu, key.nth) {
+            (Some(c), None) if c == cpu => {
+                plain[key.vector as usize] = *at;
+                own_plain[key.vector as usize] = true;
+            }
+            (None, None) if !own_plain[key.vector as usize] => plain[key.vector as usize] = *at,
+            _ => {}
+        }
+    }
+    let mut nth = Vec::new();
+    for (key, at) in bodies {
+        if let (Some(c), Some(n)) = (key.cpu, key.nth) {
+            if c == cpu {
+                nth.push((key.vector, n, *at));
+            }
+        }
+    }
+    for (key, at) in bodies {
+        if let (None, Some(n)) = (key.cpu, key.nth) {
+            if !own_plain[key.vector as usize] {
+                nth.push((key.vector, n, *at));
+            }
+        }
+    }
+    let mut body_dir = Vec::with_capacity(256 * 8);
+    for addr in plain {
+        let addr = if addr == 0 { default_body } else { addr };
+        body_dir.extend_from_slice(&addr.to_le_bytes());
+    }
+    let mut table = Vec::new();
+    for (vector, n, at) in nth {
+        table.extend_from_slice(&(vector as u32).to_le_bytes());
+        table.extend_from_slice(&n.to_le_bytes());
+        table.extend_from_slice(&at.to_le_bytes());
+    }
+    table.extend_from_slice(&u32::MAX.to_le_bytes());
+    table.extend_from_slice(&[0; 12]);
+    if NTH_TABLE + table.len() as u64 > NTH_TABLE_END {
+        return Err(TooLarge("handler #N bodies"));
+    }
+    Ok((body_dir, table))
 }
 
 /// A table of `count` pings (the raw exit benchmark).

@@ -37,6 +37,8 @@ use crate::model::lapic::{reg, LVT_MASKED, SVR_ENABLE};
 use crate::scenario::{HostOp, IoapicVersion, Op, Scenario};
 use crate::trace::Trace;
 
+mod smp;
+
 /// A single `KVM_RUN` that has not returned after this long is kicked to
 /// look for a hang. Only an entry this long is kicked, so kicks land when the
 /// vCPU blocks (halted), not in a guest making progress: a kick is an exit
@@ -474,11 +476,16 @@ impl std::fmt::Display for Call {
     }
 }
 
-/// One VM with one vCPU, in one irqchip shape.
+/// One VM, in one irqchip shape: one vCPU (CPU 0), or several
+/// ([`smp`]: the application processors in `aps`).
 struct Vm {
     shape: Shape,
     vm: VmFd,
     vcpu: VcpuFd,
+    /// CPUs 1 and up of a multi-CPU VM; empty for one CPU.
+    aps: Vec<smp::Ap>,
+    /// The KVM vCPU id of each CPU (its APIC ID), CPU 0 first.
+    ids: Vec<u32>,
     ram: GuestRam,
     sregs: kvm_sregs,
     lapic: kvm_lapic_state,
@@ -659,15 +666,38 @@ const SPURIOUS_VECTOR: u32 = 0xff;
 
 impl Vm {
     fn new(kvm: &Kvm, image: &Image, shape: Shape) -> Result<Vm> {
+        Vm::with_cpus(kvm, image, shape, &[0])
+    }
+
+    /// A VM whose CPU K is the vCPU with id `ids[K]` (its APIC ID). With
+    /// more than one, no vCPU is KVM's BSP ([`smp::no_bsp`]).
+    fn with_cpus(kvm: &Kvm, image: &Image, shape: Shape, ids: &[u32]) -> Result<Vm> {
         let vm = kvm.create_vm().map_err(errno("KVM_CREATE_VM"))?;
         Vm::create_irqchip(&vm, shape)?;
         let ram = Vm::map_ram(&vm, image)?;
-        let vcpu = vm.create_vcpu(0).map_err(errno("KVM_CREATE_VCPU"))?;
+        if ids.len() > 1 {
+            smp::no_bsp(&vm, ids)?;
+        }
+        let vcpu = vm
+            .create_vcpu(u64::from(ids[0]))
+            .map_err(errno("KVM_CREATE_VCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(errno("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(errno("KVM_SET_CPUID2"))?;
-        let sregs = long_mode_sregs(vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?);
+        let cpu0_cpuid = if ids.len() > 1 {
+            smp::cpuid_for(&cpuid, ids[0])
+        } else {
+            cpuid.clone()
+        };
+        vcpu.set_cpuid2(&cpu0_cpuid)
+            .map_err(errno("KVM_SET_CPUID2"))?;
+        let mut sregs = long_mode_sregs(vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?);
+        if ids.len() > 1 {
+            // KVM's BSP is the vCPU whose APIC base has the BSP bit
+            // (`kvm_vcpu_is_bsp`): without it, an INIT sends CPU 0 to wait
+            // for SIPI as it does every other CPU (smp.rs).
+            sregs.apic_base &= !APIC_BASE_BSP;
+        }
         vcpu.set_sregs(&sregs).map_err(errno("KVM_SET_SREGS"))?;
         let lapic = clean_lapic(vcpu.get_lapic().map_err(errno("KVM_GET_LAPIC"))?);
         let events = vcpu
@@ -684,10 +714,16 @@ impl Vm {
             | kvm_bindings::KVM_SYNC_X86_SREGS
             | kvm_bindings::KVM_SYNC_X86_EVENTS;
         let synced = vm.check_extension_int(Cap::SyncRegs).max(0) as u32;
+        let aps = ids[1..]
+            .iter()
+            .map(|&id| smp::Ap::new(&vm, &cpuid, id))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Vm {
             shape,
             vm,
             vcpu,
+            aps,
+            ids: ids.to_vec(),
             ram,
             sregs,
             lapic,
@@ -1043,6 +1079,11 @@ pub struct KvmBackend {
     split: Option<Vm>,
     /// The VM of [`KvmBackend::ping`].
     ping: Option<Vm>,
+    /// Multi-CPU VMs, one per (shape, vCPU ids), most recently used last.
+    smp: Vec<Vm>,
+    /// The most vCPUs this host's KVM gives a VM (`KVM_CAP_MAX_VCPUS`),
+    /// at most [`crate::scenario::MAX_CPUS`].
+    max_vcpus: usize,
     kicks: Kicks,
     /// Exits (returns from KVM_RUN) in the last run.
     pub last_exits: u64,
@@ -1050,6 +1091,8 @@ pub struct KvmBackend {
     pub last_calls: RunCalls,
     /// Whether the last run used the split VM.
     last_split: bool,
+    /// Whether the last run used a multi-CPU VM (the last of `smp`).
+    last_smp: bool,
     /// `kvm-split-ioapic:DEVICE`: the device in place of the model's IOAPIC.
     device: Option<super::byo::Device>,
 }
@@ -1105,6 +1148,7 @@ impl KvmBackend {
         let watchdog =
             Watchdog::start().map_err(|e| unavailable(format!("kick watchdog thread: {e}")))?;
         let mechanism = KickMechanism::probe(&kvm);
+        let max_vcpus = smp::probe_max_vcpus(&kvm);
         Ok(KvmBackend {
             name,
             opened,
@@ -1113,6 +1157,8 @@ impl KvmBackend {
             full: None,
             split: None,
             ping: None,
+            smp: Vec::new(),
+            max_vcpus,
             kicks: Kicks {
                 watchdog,
                 mechanism,
@@ -1124,6 +1170,7 @@ impl KvmBackend {
             last_exits: 0,
             last_calls: RunCalls::default(),
             last_split: false,
+            last_smp: false,
             device: None,
         })
     }
@@ -1253,7 +1300,18 @@ impl Backend for KvmBackend {
 
     fn unsupported(&self, scenario: &Scenario) -> Option<String> {
         unsupported(scenario, Shape::for_run(self.opened, scenario))
+            .or_else(|| smp::unsupported(scenario))
             .or_else(|| self.device.and_then(|d| d.refuses(scenario)))
+    }
+
+    /// Several vCPUs ([`smp`]), up to what this host's KVM gives a VM; a
+    /// device under test (`kvm-split-ioapic:DEVICE`) runs on one.
+    fn max_cpus(&self) -> usize {
+        if self.device.is_some() {
+            1
+        } else {
+            self.max_vcpus
+        }
     }
 
     /// KVM's in-kernel IOAPIC is version 0x11 without directed EOI: a
@@ -1270,12 +1328,14 @@ impl Backend for KvmBackend {
     }
 
     fn calls(&self) -> Vec<String> {
-        let vm = if self.last_split {
-            &self.split
+        let vm = if self.last_smp {
+            self.smp.last().as_ref().copied()
+        } else if self.last_split {
+            self.split.as_ref()
         } else {
-            &self.full
+            self.full.as_ref()
         };
-        vm.as_ref().map_or_else(Vec::new, |vm| vm.calls.lines())
+        vm.map_or_else(Vec::new, |vm| vm.calls.lines())
     }
 
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
@@ -1283,6 +1343,10 @@ impl Backend for KvmBackend {
         let name = self.name;
         let table =
             table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
+        self.last_smp = scenario.uses_smp();
+        if self.last_smp {
+            return self.execute_smp(scenario, shape, &table);
+        }
         self.last_split = shape.is_split();
         let KvmBackend {
             kvm,
@@ -1390,7 +1454,7 @@ fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End
         if exits % LIMIT_CHECK_EXITS == 0 && started.elapsed() > RUN_LIMIT {
             return Ok((over_limit(), exits));
         }
-        let exit = entry.enter(vm, delay_entry.take())?;
+        let exit = entry.enter(vm, 0, delay_entry.take())?;
         let host_op = match exit {
             Exit::Kicked { entered } => {
                 if entered {
@@ -1455,31 +1519,43 @@ impl Entry<'_> {
     /// One `KVM_RUN`, marked for the watchdog: the only system call on the
     /// per-entry path. `delay`: the test hook, a pause between marking the
     /// entry and making it (the window in which a kick lands outside).
-    fn enter(&mut self, vm: &mut Vm, delay: Option<Duration>) -> Result<Exit> {
+    fn enter(&mut self, vm: &mut Vm, cpu: usize, delay: Option<Duration>) -> Result<Exit> {
         let entries = &self.watch.entries;
         let before = entries.load(Ordering::Relaxed);
         entries.store(before + 1, Ordering::Release);
+        let split = vm.shape.is_split();
+        let Vm {
+            vcpu: cpu0,
+            aps,
+            ioapic,
+            calls,
+            ..
+        } = vm;
+        let vcpu = if cpu == 0 {
+            cpu0
+        } else {
+            &mut aps[cpu - 1].vcpu
+        };
         if let Some(delay) = delay {
             std::thread::sleep(delay);
-            if kick_is_waiting(&mut vm.vcpu, self.mechanism) {
+            if kick_is_waiting(vcpu, self.mechanism) {
                 *self.kicks_before_entry += 1;
             }
         }
         let clock = self.time_in_run.is_some().then(Instant::now);
-        let result = vm.vcpu.run();
+        let result = vcpu.run();
         if let (Some(start), Some(time)) = (clock, self.time_in_run.as_mut()) {
             *time += start.elapsed();
         }
         entries.store(before + 2, Ordering::Release);
-        let split = vm.shape.is_split();
         Ok(match result {
             Ok(VcpuExit::IoOut(port, data)) => Exit::Out {
                 port,
                 value: data.iter().rev().fold(0u32, |acc, b| acc << 8 | *b as u32),
             },
             Ok(VcpuExit::MmioRead(addr, data)) if split && run::in_ioapic_window(addr) => {
-                let value = vm.ioapic.mmio_read(addr - IOAPIC_BASE);
-                vm.calls.note(|| Call::IoapicRead { addr, value });
+                let value = ioapic.mmio_read(addr - IOAPIC_BASE);
+                calls.note(|| Call::IoapicRead { addr, value });
                 let n = data.len().min(4);
                 data[..n].copy_from_slice(&value.to_le_bytes()[..n]);
                 Exit::IoapicRead
@@ -1510,7 +1586,7 @@ impl Entry<'_> {
             Ok(VcpuExit::Intr) => Exit::Nothing,
             Ok(other) => Exit::End(End::Error(format!("unexpected exit {other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Kicked {
-                entered: take_kick(&mut vm.vcpu, self.mechanism),
+                entered: take_kick(vcpu, self.mechanism),
             },
             Err(e) => return Err(BackendError::kvm("KVM_RUN")(e)),
         })
