@@ -447,3 +447,33 @@ fn raises_gp(t: &Trace) -> bool {
         .iter()
         .any(|e| matches!(e.kind, EventKind::Exception { .. }))
 }
+
+/// Several vCPUs are not run on the HVF loop yet (docs/hvf.md, "Several
+/// vCPUs"): every committed multi-CPU scenario is refused, with the reason,
+/// on both shapes; none runs on one vCPU by mistake.
+#[test]
+fn multi_cpu_scenarios_are_refused_with_their_reason() {
+    let files = scenario_files("kvm-unit-tests-smp");
+    assert!(files.len() >= 14, "{} multi-CPU scenarios", files.len());
+    for split in [false, true] {
+        let b = hvf(split, Quirks::empty(), Workarounds::empty());
+        assert_eq!(b.max_cpus(), 1);
+        let mut b = b;
+        for path in &files {
+            let scenario = load(path);
+            match b.run(&scenario) {
+                Err(irqdiff::backend::BackendError::Unsupported(why)) => assert!(
+                    why.starts_with(&format!(
+                        "this backend runs 1 CPU(s) and the scenario asks for config cpus={}",
+                        scenario.cpus()
+                    )) || why.starts_with(
+                        "this backend runs one CPU and the scenario uses the multi-CPU extension"
+                    ),
+                    "{}: {why}",
+                    path.display()
+                ),
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+    }
+}

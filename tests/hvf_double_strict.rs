@@ -769,6 +769,25 @@ fn a_left_over_event_injection_is_refused() {
     assert!(control_failure(&mut g).contains("pending event injection"));
 }
 
+/// `hv_vcpu_apic_read`/`write` take a byte offset into the APIC page of a
+/// 32-bit access: beyond the last dword, or unaligned, is refused.
+#[test]
+fn apic_offsets_outside_the_page_or_unaligned_are_refused() {
+    let mut g = ready(config(&Process::new()), "nop\n");
+    let v = g.vcpu;
+    for offset in [0x1000, 0xffd, 0x302] {
+        let e = g.hv.apic_write(v, offset, 0).unwrap_err();
+        assert_eq!(
+            (e.call, e.code),
+            ("hv_vcpu_apic_write", hv::HV_BAD_ARGUMENT)
+        );
+        let e = g.hv.apic_read(v, offset).unwrap_err();
+        assert_eq!((e.call, e.code), ("hv_vcpu_apic_read", hv::HV_BAD_ARGUMENT));
+    }
+    assert_eq!(g.hv.apic_read(v, 0xffc).unwrap(), 0);
+    assert_eq!(g.hv.apic_read(v, 0x30).unwrap(), 0x0005_0014);
+}
+
 // ---- event injection (SDM vol. 3C 26.2.1.3, 26.6) ----
 
 /// #GP(0) as a VMM injects it: valid, hardware exception, error code.

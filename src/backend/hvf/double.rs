@@ -704,12 +704,16 @@ impl Hv for Double {
         })
     }
     fn apic_read(&mut self, vcpu: u32, offset: u32) -> HvResult<u32> {
-        self.on_vcpu("hv_vcpu_apic_read", vcpu, |s| {
+        const CALL: &str = "hv_vcpu_apic_read";
+        self.on_vcpu(CALL, vcpu, |s| {
+            apic_offset(s, CALL, offset)?;
             Ok(s.machine.lapic.read(offset as u16))
         })
     }
     fn apic_write(&mut self, vcpu: u32, offset: u32, value: u32) -> HvResult<bool> {
-        self.on_vcpu("hv_vcpu_apic_write", vcpu, |s| {
+        const CALL: &str = "hv_vcpu_apic_write";
+        self.on_vcpu(CALL, vcpu, |s| {
+            apic_offset(s, CALL, offset)?;
             Ok(lapic_write(s, offset as u16, value))
         })
     }
@@ -862,6 +866,19 @@ impl HvExt for Double {
         strict.vm = false;
         Ok(())
     }
+}
+
+/// Strict: `hv_vcpu_apic_read`/`write` take a "byte offset into the APIC
+/// page" (hv.h) of a 32-bit access: one beyond the page's last dword or not
+/// dword-aligned is refused with `HV_BAD_ARGUMENT` (the double's reading;
+/// the framework's answer is undocumented). The guest's own MMIO is
+/// aligned: the stub's accesses are 32-bit MOVs at 16-byte or dword
+/// offsets.
+fn apic_offset(s: &State, call: &'static str, offset: u32) -> HvResult<()> {
+    if s.strict && (offset > 0xffc || offset % 4 != 0) {
+        return Err(err(call, hv::HV_BAD_ARGUMENT));
+    }
+    Ok(())
 }
 
 /// A guest write of the local APIC (MMIO forwarded by the VMM, or an x2APIC
