@@ -403,6 +403,117 @@ fn vcpu_calls_from_another_thread_are_refused_except_hv_vcpu_interrupt() {
     assert!(g.hv.read_register(v, hv::HV_X86_RIP).is_ok());
 }
 
+/// Several vCPUs (issue 13): each thread that calls `hv_vcpu_create` owns
+/// the vCPU it gets (IDs lowest free first), and a vCPU call is accepted
+/// only from its owner, whichever vCPU it is: hv.h, "Must be called by the
+/// owning thread" (the double's HV_BAD_ARGUMENT is unverified). One thread
+/// creates one vCPU (the double's HV_BUSY, unverified); the VM goes only
+/// after every vCPU; a destroyed vCPU's ID is free again. The double plays
+/// vCPU 0 only: a call that passes the thread rule on another vCPU answers
+/// HV_UNSUPPORTED and says why.
+#[test]
+fn each_thread_owns_the_vcpu_it_created_and_no_other() {
+    let process = Process::new();
+    let mut g = Guest::new(config(&process));
+    assert_eq!(g.vcpu, 0);
+    let rip = hv::HV_X86_RIP;
+    let refused = |e: irqdiff::backend::hvf::api::HvError| (e.call, e.code);
+    assert_eq!(
+        refused(g.hv.create_vcpu().unwrap_err()),
+        ("hv_vcpu_create", hv::HV_BUSY),
+        "a second vCPU on one thread"
+    );
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                assert_eq!(g.hv.create_vcpu().unwrap(), 1);
+                assert_eq!(
+                    refused(g.hv.read_register(0, rip).unwrap_err()),
+                    ("hv_vcpu_read_register", hv::HV_BAD_ARGUMENT),
+                    "vCPU 0 is the main thread's"
+                );
+                assert_eq!(
+                    refused(g.hv.destroy_vcpu(0).unwrap_err()),
+                    ("hv_vcpu_destroy", hv::HV_BAD_ARGUMENT)
+                );
+                assert_eq!(
+                    refused(g.hv.read_register(1, rip).unwrap_err()),
+                    ("hv_vcpu_read_register", hv::HV_UNSUPPORTED),
+                    "its own vCPU passes the thread rule"
+                );
+                assert!(
+                    g.hv.fault().unwrap().contains("plays only vCPU 0"),
+                    "{:?}",
+                    g.hv.fault()
+                );
+            })
+            .join()
+            .unwrap();
+    });
+    // vCPU 1 outlives its thread's scope: still the other thread's.
+    assert_eq!(
+        refused(g.hv.write_register(1, rip, 0).unwrap_err()),
+        ("hv_vcpu_write_register", hv::HV_BAD_ARGUMENT)
+    );
+    assert_eq!(
+        refused(g.hv.run_forever(1).unwrap_err()),
+        (
+            "hv_vcpu_run_until(HV_DEADLINE_FOREVER)",
+            hv::HV_BAD_ARGUMENT
+        )
+    );
+    assert_eq!(
+        refused(g.hv.read_register(2, rip).unwrap_err()),
+        ("hv_vcpu_read_register", hv::HV_BAD_ARGUMENT),
+        "no vCPU 2"
+    );
+    assert!(g.hv.read_register(0, rip).is_ok());
+    g.hv.destroy_vcpu(0).unwrap();
+    assert_eq!(
+        refused(g.hv.destroy_vm().unwrap_err()),
+        ("hv_vm_destroy", hv::HV_BUSY),
+        "vCPU 1 is alive"
+    );
+    // Its owner thread is gone, so nothing can destroy vCPU 1 (as on a
+    // Mac, where it goes with the process); a new thread gets ID 0, the
+    // lowest free.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| assert_eq!(g.hv.create_vcpu().unwrap(), 0))
+            .join()
+            .unwrap();
+    });
+}
+
+/// The strict VM takes up to MAX_VCPUS vCPUs, one per thread; one more
+/// answers HV_NO_RESOURCES.
+#[test]
+fn the_vm_takes_max_vcpus_vcpus() {
+    use irqdiff::backend::hvf::double::MAX_VCPUS;
+    let mut g = Guest::new(config(&Process::new()));
+    let hv = std::sync::Mutex::new(&mut g.hv);
+    let ids: Vec<u32> = std::thread::scope(|scope| {
+        (1..MAX_VCPUS)
+            .map(|_| scope.spawn(|| hv.lock().unwrap().create_vcpu().unwrap()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect()
+    });
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..MAX_VCPUS as u32).collect::<Vec<_>>());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let e = hv.lock().unwrap().create_vcpu().unwrap_err();
+                assert_eq!((e.call, e.code), ("hv_vcpu_create", hv::HV_NO_RESOURCES));
+            })
+            .join()
+            .unwrap();
+    });
+}
+
 // ---- (2) execution controls ----
 
 /// Tripped the loop before issue 18: it never reads the capabilities nor writes the

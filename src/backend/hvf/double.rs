@@ -258,12 +258,31 @@ struct CpuThread {
     _handle: JoinHandle<()>,
 }
 
+/// How many vCPUs the strict double's VM takes: the format's limit
+/// (`config cpus=` up to 8). The framework's own limit is
+/// `hv_capability(HV_CAP_VCPUMAX)` (hv.h), whose value on a Mac is not
+/// known here.
+pub const MAX_VCPUS: usize = 8;
+
 /// The strict double's framework-side bookkeeping.
 struct Strict {
     config: StrictConfig,
     vm: bool,
-    vcpu: Option<ThreadId>,
+    /// The owning thread of each vCPU ID (`None`: free); IDs are handed
+    /// out lowest free first.
+    owners: [Option<ThreadId>; MAX_VCPUS],
     rng: u64,
+}
+
+impl Strict {
+    /// The vCPU the calling thread created, if any.
+    fn own_vcpu(&self) -> Option<u32> {
+        let me = std::thread::current().id();
+        self.owners
+            .iter()
+            .position(|o| *o == Some(me))
+            .map(|i| i as u32)
+    }
 }
 
 /// The double. `quirks` switch on known HVF bugs in its in-kernel irqchip.
@@ -330,7 +349,7 @@ impl Double {
                 rng: config.seed | 1,
                 config,
                 vm: false,
-                vcpu: None,
+                owners: [None; MAX_VCPUS],
             }),
             calls: Arc::default(),
             dead: false,
@@ -361,24 +380,42 @@ impl Double {
     /// is the thread that created it (hv.h, every `hv_vcpu_*` call but
     /// `hv_vcpu_interrupt`: "Must be called by the owning thread"; the
     /// error code for a foreign thread is not documented: the double
-    /// answers `HV_BAD_ARGUMENT`, unverified).
+    /// answers `HV_BAD_ARGUMENT`, unverified). Then that the vCPU is the
+    /// one the double plays ([`Double::owner_check`]).
     fn on_vcpu<T>(
         &self,
         call: &'static str,
         vcpu: u32,
         f: impl FnOnce(&mut State) -> HvResult<T>,
     ) -> HvResult<T> {
-        if let Some(strict) = &self.strict {
-            if strict.vcpu.is_none() || vcpu != 0 {
-                self.log(call);
-                return Err(err(call, hv::HV_BAD_ARGUMENT));
-            }
-            if strict.vcpu != Some(std::thread::current().id()) {
-                self.log(call);
-                return Err(err(call, hv::HV_BAD_ARGUMENT));
-            }
+        self.owner_check(call, vcpu)?;
+        if vcpu != 0 {
+            // The double's State is one vCPU's (registers, VMCS, one
+            // model Machine): a vCPU other than the first exists, owned by
+            // its thread, but nothing of it is played yet (docs/hvf.md,
+            // "Several vCPUs"). Refused rather than answered with vCPU 0's
+            // state.
+            self.log(call);
+            self.state.lock().unwrap().fault = Some(format!(
+                "{call} on vCPU {vcpu}: the double plays only vCPU 0 (docs/hvf.md, \"Several vCPUs\")"
+            ));
+            return Err(err(call, hv::HV_UNSUPPORTED));
         }
         self.with(call, f)
+    }
+
+    /// The framework's thread rule alone (strict mode): `vcpu` exists and
+    /// the calling thread created it, else `HV_BAD_ARGUMENT`.
+    fn owner_check(&self, call: &'static str, vcpu: u32) -> HvResult<()> {
+        let Some(strict) = &self.strict else {
+            return Ok(());
+        };
+        let owner = strict.owners.get(vcpu as usize).copied().flatten();
+        if owner.is_none() || owner != Some(std::thread::current().id()) {
+            self.log(call);
+            return Err(err(call, hv::HV_BAD_ARGUMENT));
+        }
+        Ok(())
     }
 
     /// Ends the vCPU thread (a new run from the entry point, or destroy).
@@ -559,20 +596,33 @@ impl Hv for Double {
         Ok(())
     }
     fn create_vcpu(&mut self) -> HvResult<u32> {
+        const CALL: &str = "hv_vcpu_create";
+        let mut id = 0;
         if let Some(strict) = &mut self.strict {
             // hv.h: "Creates a vCPU instance for the current thread"; it
-            // needs the task's VM (error code unverified). The double models
-            // one vCPU.
+            // needs the task's VM (error code unverified). Each thread
+            // owns at most one vCPU, as every VMM read (pmj's QEMU,
+            // OrbStack) has one thread per vCPU; what a second create on
+            // the same thread answers is not documented (the double:
+            // HV_BUSY, unverified). IDs: lowest free first, up to
+            // MAX_VCPUS (then HV_NO_RESOURCES).
             if !strict.vm {
-                return Err(err("hv_vcpu_create", hv::HV_ERROR));
+                self.calls.lock().unwrap().push(CALL);
+                return Err(err(CALL, hv::HV_ERROR));
             }
-            if strict.vcpu.is_some() {
-                return Err(err("hv_vcpu_create", hv::HV_NO_RESOURCES));
+            if strict.own_vcpu().is_some() {
+                self.calls.lock().unwrap().push(CALL);
+                return Err(err(CALL, hv::HV_BUSY));
             }
-            strict.vcpu = Some(std::thread::current().id());
+            let Some(free) = strict.owners.iter().position(Option::is_none) else {
+                self.calls.lock().unwrap().push(CALL);
+                return Err(err(CALL, hv::HV_NO_RESOURCES));
+            };
+            strict.owners[free] = Some(std::thread::current().id());
             strict.config.process.0.lock().unwrap().vcpus += 1;
+            id = free as u32;
         }
-        self.with("hv_vcpu_create", |_| Ok(0))
+        self.with(CALL, |_| Ok(id))
     }
     fn reset_irqchip(&mut self, vcpu: u32) -> HvResult<()> {
         self.on_vcpu("hv_vcpu_apic_put_state", vcpu, |_| Ok(()))?;
@@ -839,10 +889,14 @@ impl HvExt for Double {
         })
     }
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
-        self.on_vcpu("hv_vcpu_destroy", vcpu, |_| Ok(()))?;
-        self.stop_cpu();
+        const CALL: &str = "hv_vcpu_destroy";
+        self.owner_check(CALL, vcpu)?;
+        self.log(CALL);
+        if vcpu == 0 {
+            self.stop_cpu();
+        }
         if let Some(strict) = &mut self.strict {
-            strict.vcpu = None;
+            strict.owners[vcpu as usize] = None;
             strict.config.process.0.lock().unwrap().vcpus -= 1;
         }
         Ok(())
