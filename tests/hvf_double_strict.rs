@@ -485,6 +485,36 @@ fn each_thread_owns_the_vcpu_it_created_and_no_other() {
     });
 }
 
+/// `hv_vcpu_exit_init_ap` and `hv_vcpu_exit_startup_ap` follow the thread
+/// rule, and answer HV_ERROR when the last exit was no INIT_AP or
+/// STARTUP_AP (none happens on the double yet: docs/hvf.md).
+#[test]
+fn the_ap_exit_calls_need_the_owner_and_an_ap_exit() {
+    let mut g = Guest::new(config(&Process::new()));
+    let v = g.vcpu;
+    let e = g.hv.exit_init_ap(v, 8).unwrap_err();
+    assert_eq!((e.call, e.code), ("hv_vcpu_exit_init_ap", hv::HV_ERROR));
+    let e = g.hv.exit_startup_ap(v, 8).unwrap_err();
+    assert_eq!((e.call, e.code), ("hv_vcpu_exit_startup_ap", hv::HV_ERROR));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let e = g.hv.exit_init_ap(v, 8).unwrap_err();
+                assert_eq!(
+                    (e.call, e.code),
+                    ("hv_vcpu_exit_init_ap", hv::HV_BAD_ARGUMENT)
+                );
+                let e = g.hv.exit_startup_ap(v, 8).unwrap_err();
+                assert_eq!(
+                    (e.call, e.code),
+                    ("hv_vcpu_exit_startup_ap", hv::HV_BAD_ARGUMENT)
+                );
+            })
+            .join()
+            .unwrap();
+    });
+}
+
 /// The strict VM takes up to MAX_VCPUS vCPUs, one per thread; one more
 /// answers HV_NO_RESOURCES.
 #[test]

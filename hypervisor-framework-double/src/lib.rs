@@ -449,9 +449,9 @@ pub unsafe extern "C" fn hv_vcpu_exit_ioapic_eoi(
     ffi(|| unsafe { read_into(vec, |d| d.exit_ioapic_eoi(vcpu)) })
 }
 
-/// `hv_vcpu_exit_init_ap`: no vCPU of the double's is ever the target of
-/// an INIT, so there is never one to report (`HV_ERROR`, as for any
-/// exit-info call without its exit).
+/// `hv_vcpu_exit_init_ap`: the double's answer (`Double::exit_init_ap`:
+/// the thread rule, then `HV_ERROR`, as no INIT_AP exit happens on the
+/// double yet); a null `is_actv` is `HV_BAD_ARGUMENT`.
 ///
 /// # Safety
 ///
@@ -462,8 +462,24 @@ pub unsafe extern "C" fn hv_vcpu_exit_init_ap(
     is_actv: *mut bool,
     count: u32,
 ) -> hv_return_t {
-    let _ = (vcpu, is_actv, count);
-    hv::HV_ERROR
+    if is_actv.is_null() {
+        return hv::HV_BAD_ARGUMENT;
+    }
+    ffi(|| {
+        with_double(|d| {
+            let targets = d.exit_init_ap(vcpu, count)?;
+            // SAFETY: non-null and, by the caller's contract, valid for
+            // `count` writes; at most `count` are written.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    targets.as_ptr(),
+                    is_actv,
+                    targets.len().min(count as usize),
+                )
+            };
+            Ok(())
+        })
+    })
 }
 
 /// `hv_vcpu_exit_startup_ap`: as `hv_vcpu_exit_init_ap`.
@@ -479,8 +495,25 @@ pub unsafe extern "C" fn hv_vcpu_exit_startup_ap(
     count: u32,
     ap_rip: *mut u64,
 ) -> hv_return_t {
-    let _ = (vcpu, is_actv, count, ap_rip);
-    hv::HV_ERROR
+    if is_actv.is_null() || ap_rip.is_null() {
+        return hv::HV_BAD_ARGUMENT;
+    }
+    ffi(|| {
+        with_double(|d| {
+            let (targets, rip) = d.exit_startup_ap(vcpu, count)?;
+            // SAFETY: non-null and, by the caller's contract, valid for
+            // `count` writes and one write; at most `count` are written.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    targets.as_ptr(),
+                    is_actv,
+                    targets.len().min(count as usize),
+                );
+                ap_rip.write(rip);
+            }
+            Ok(())
+        })
+    })
 }
 
 /// `hv_vcpu_exit_inject_excp`.

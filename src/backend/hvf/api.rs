@@ -163,6 +163,16 @@ pub trait HvExt: Hv {
     /// is what SDM §11.4.3 makes of an APIC disabled through
     /// IA32_APIC_BASE (the IOAPIC stays as it is).
     fn reset_apic(&mut self, vcpu: u32) -> HvResult<()>;
+    /// `hv_vcpu_exit_init_ap(vcpu, is_actv, count)` (hv.h, macOS 12; owning
+    /// thread): after an `HV_VM_EXITINFO_INIT_AP` exit of the *sending*
+    /// vCPU, the INIT IPI's targets, `is_actv[i]` for vCPU ID i, `count`
+    /// of them (docs/hvf.md, "Several vCPUs").
+    fn exit_init_ap(&mut self, vcpu: u32, count: u32) -> HvResult<Vec<bool>>;
+    /// `hv_vcpu_exit_startup_ap(vcpu, is_actv, count, &ap_rip)` (hv.h,
+    /// macOS 12; owning thread): after an `HV_VM_EXITINFO_STARTUP_AP` exit
+    /// of the sender, the STARTUP IPI's targets and their start address
+    /// (the SIPI vector << 12).
+    fn exit_startup_ap(&mut self, vcpu: u32, count: u32) -> HvResult<(Vec<bool>, u64)>;
     /// `hv_vcpu_destroy` (hv.h: "Must be called by the owning thread").
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()>;
     /// `hv_vm_destroy` (hv.h: "Destroys the VM instance associated with the

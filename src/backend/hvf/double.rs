@@ -888,6 +888,19 @@ impl HvExt for Double {
             Ok(())
         })
     }
+    /// No INIT or STARTUP exit happens on the double yet (it plays one
+    /// vCPU, and multi-CPU scenarios, the only ones with `ipi init` or
+    /// `ipi startup`, are refused before the run): after any other exit
+    /// the call answers `HV_ERROR`, as `hv_vcpu_exit_ioapic_eoi` does
+    /// after an exit that is not an EOI (the double's reading).
+    fn exit_init_ap(&mut self, vcpu: u32, _count: u32) -> HvResult<Vec<bool>> {
+        const CALL: &str = "hv_vcpu_exit_init_ap";
+        self.on_vcpu(CALL, vcpu, |_| Err(err(CALL, hv::HV_ERROR)))
+    }
+    fn exit_startup_ap(&mut self, vcpu: u32, _count: u32) -> HvResult<(Vec<bool>, u64)> {
+        const CALL: &str = "hv_vcpu_exit_startup_ap";
+        self.on_vcpu(CALL, vcpu, |_| Err(err(CALL, hv::HV_ERROR)))
+    }
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
         const CALL: &str = "hv_vcpu_destroy";
         self.owner_check(CALL, vcpu)?;

@@ -268,6 +268,25 @@ impl Hv for Framework {
 }
 
 impl HvExt for Framework {
+    fn exit_init_ap(&mut self, vcpu: u32, count: u32) -> HvResult<Vec<bool>> {
+        let mut targets = vec![false; count as usize];
+        // SAFETY: `targets` is valid for `count` writes; called on the
+        // owning thread.
+        check("hv_vcpu_exit_init_ap", unsafe {
+            hv::hv_vcpu_exit_init_ap(vcpu, targets.as_mut_ptr(), count)
+        })?;
+        Ok(targets)
+    }
+    fn exit_startup_ap(&mut self, vcpu: u32, count: u32) -> HvResult<(Vec<bool>, u64)> {
+        let mut targets = vec![false; count as usize];
+        let mut ap_rip = 0u64;
+        // SAFETY: `targets` is valid for `count` writes and `ap_rip` for
+        // one; called on the owning thread.
+        check("hv_vcpu_exit_startup_ap", unsafe {
+            hv::hv_vcpu_exit_startup_ap(vcpu, targets.as_mut_ptr(), count, &mut ap_rip)
+        })?;
+        Ok((targets, ap_rip))
+    }
     fn read_capability(&mut self, field: u32) -> HvResult<u64> {
         let mut v = 0;
         // SAFETY: `v` is a valid out-pointer; `field` is a hv_vmx_capability_t.
