@@ -39,6 +39,9 @@ struct Guest {
     ram: Vec<u8>,
     image: Image,
     vcpu: u32,
+    /// What a WRMSR exit gets: this event injected (interruption
+    /// information, error code), and RIP advanced past the WRMSR or not.
+    wrmsr: Option<(u64, u64, bool)>,
 }
 
 fn config(process: &Process) -> StrictConfig {
@@ -64,6 +67,7 @@ impl Guest {
             ram,
             image,
             vcpu,
+            wrmsr: None,
         }
     }
 
@@ -286,6 +290,14 @@ impl Guest {
                             }
                             self.advance();
                         }
+                        hv::VMX_REASON_WRMSR => {
+                            let (info, code, advance) = self.wrmsr.expect("a WRMSR exit");
+                            self.w(VMCS_CTRL_VMENTRY_EXC_ERROR, code);
+                            self.w(VMCS_CTRL_VMENTRY_IRQ_INFO, info);
+                            if advance {
+                                self.advance();
+                            }
+                        }
                         other => panic!("unexpected exit reason {other:#x}"),
                     }
                 }
@@ -389,6 +401,147 @@ fn vcpu_calls_from_another_thread_are_refused_except_hv_vcpu_interrupt() {
             .unwrap();
     });
     assert!(g.hv.read_register(v, hv::HV_X86_RIP).is_ok());
+}
+
+/// Several vCPUs (issue 13): each thread that calls `hv_vcpu_create` owns
+/// the vCPU it gets (IDs lowest free first), and a vCPU call is accepted
+/// only from its owner, whichever vCPU it is: hv.h, "Must be called by the
+/// owning thread" (the double's HV_BAD_ARGUMENT is unverified). One thread
+/// creates one vCPU (the double's HV_BUSY, unverified); the VM goes only
+/// after every vCPU; a destroyed vCPU's ID is free again. The double plays
+/// vCPU 0 only: a call that passes the thread rule on another vCPU answers
+/// HV_UNSUPPORTED and says why.
+#[test]
+fn each_thread_owns_the_vcpu_it_created_and_no_other() {
+    let process = Process::new();
+    let mut g = Guest::new(config(&process));
+    assert_eq!(g.vcpu, 0);
+    let rip = hv::HV_X86_RIP;
+    let refused = |e: irqdiff::backend::hvf::api::HvError| (e.call, e.code);
+    assert_eq!(
+        refused(g.hv.create_vcpu().unwrap_err()),
+        ("hv_vcpu_create", hv::HV_BUSY),
+        "a second vCPU on one thread"
+    );
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                assert_eq!(g.hv.create_vcpu().unwrap(), 1);
+                assert_eq!(
+                    refused(g.hv.read_register(0, rip).unwrap_err()),
+                    ("hv_vcpu_read_register", hv::HV_BAD_ARGUMENT),
+                    "vCPU 0 is the main thread's"
+                );
+                assert_eq!(
+                    refused(g.hv.destroy_vcpu(0).unwrap_err()),
+                    ("hv_vcpu_destroy", hv::HV_BAD_ARGUMENT)
+                );
+                assert_eq!(
+                    refused(g.hv.read_register(1, rip).unwrap_err()),
+                    ("hv_vcpu_read_register", hv::HV_UNSUPPORTED),
+                    "its own vCPU passes the thread rule"
+                );
+                assert!(
+                    g.hv.fault().unwrap().contains("plays only vCPU 0"),
+                    "{:?}",
+                    g.hv.fault()
+                );
+            })
+            .join()
+            .unwrap();
+    });
+    // vCPU 1 outlives its thread's scope: still the other thread's.
+    assert_eq!(
+        refused(g.hv.write_register(1, rip, 0).unwrap_err()),
+        ("hv_vcpu_write_register", hv::HV_BAD_ARGUMENT)
+    );
+    assert_eq!(
+        refused(g.hv.run_forever(1).unwrap_err()),
+        (
+            "hv_vcpu_run_until(HV_DEADLINE_FOREVER)",
+            hv::HV_BAD_ARGUMENT
+        )
+    );
+    assert_eq!(
+        refused(g.hv.read_register(2, rip).unwrap_err()),
+        ("hv_vcpu_read_register", hv::HV_BAD_ARGUMENT),
+        "no vCPU 2"
+    );
+    assert!(g.hv.read_register(0, rip).is_ok());
+    g.hv.destroy_vcpu(0).unwrap();
+    assert_eq!(
+        refused(g.hv.destroy_vm().unwrap_err()),
+        ("hv_vm_destroy", hv::HV_BUSY),
+        "vCPU 1 is alive"
+    );
+    // Its owner thread is gone, so nothing can destroy vCPU 1 (as on a
+    // Mac, where it goes with the process); a new thread gets ID 0, the
+    // lowest free.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| assert_eq!(g.hv.create_vcpu().unwrap(), 0))
+            .join()
+            .unwrap();
+    });
+}
+
+/// `hv_vcpu_exit_init_ap` and `hv_vcpu_exit_startup_ap` follow the thread
+/// rule, and answer HV_ERROR when the last exit was no INIT_AP or
+/// STARTUP_AP (none happens on the double yet: docs/hvf.md).
+#[test]
+fn the_ap_exit_calls_need_the_owner_and_an_ap_exit() {
+    let mut g = Guest::new(config(&Process::new()));
+    let v = g.vcpu;
+    let e = g.hv.exit_init_ap(v, 8).unwrap_err();
+    assert_eq!((e.call, e.code), ("hv_vcpu_exit_init_ap", hv::HV_ERROR));
+    let e = g.hv.exit_startup_ap(v, 8).unwrap_err();
+    assert_eq!((e.call, e.code), ("hv_vcpu_exit_startup_ap", hv::HV_ERROR));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let e = g.hv.exit_init_ap(v, 8).unwrap_err();
+                assert_eq!(
+                    (e.call, e.code),
+                    ("hv_vcpu_exit_init_ap", hv::HV_BAD_ARGUMENT)
+                );
+                let e = g.hv.exit_startup_ap(v, 8).unwrap_err();
+                assert_eq!(
+                    (e.call, e.code),
+                    ("hv_vcpu_exit_startup_ap", hv::HV_BAD_ARGUMENT)
+                );
+            })
+            .join()
+            .unwrap();
+    });
+}
+
+/// The strict VM takes up to MAX_VCPUS vCPUs, one per thread; one more
+/// answers HV_NO_RESOURCES.
+#[test]
+fn the_vm_takes_max_vcpus_vcpus() {
+    use irqdiff::backend::hvf::double::MAX_VCPUS;
+    let mut g = Guest::new(config(&Process::new()));
+    let hv = std::sync::Mutex::new(&mut g.hv);
+    let ids: Vec<u32> = std::thread::scope(|scope| {
+        (1..MAX_VCPUS)
+            .map(|_| scope.spawn(|| hv.lock().unwrap().create_vcpu().unwrap()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect()
+    });
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..MAX_VCPUS as u32).collect::<Vec<_>>());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let e = hv.lock().unwrap().create_vcpu().unwrap_err();
+                assert_eq!((e.call, e.code), ("hv_vcpu_create", hv::HV_NO_RESOURCES));
+            })
+            .join()
+            .unwrap();
+    });
 }
 
 // ---- (2) execution controls ----
@@ -755,6 +908,125 @@ fn a_left_over_event_injection_is_refused() {
     let mut g = ready(config(&Process::new()), "nop\n");
     g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, 1 << 31 | 0x41);
     assert!(control_failure(&mut g).contains("pending event injection"));
+}
+
+/// `hv_vcpu_apic_read`/`write` take a byte offset into the APIC page of a
+/// 32-bit access: beyond the last dword, or unaligned, is refused.
+#[test]
+fn apic_offsets_outside_the_page_or_unaligned_are_refused() {
+    let mut g = ready(config(&Process::new()), "nop\n");
+    let v = g.vcpu;
+    for offset in [0x1000, 0xffd, 0x302] {
+        let e = g.hv.apic_write(v, offset, 0).unwrap_err();
+        assert_eq!(
+            (e.call, e.code),
+            ("hv_vcpu_apic_write", hv::HV_BAD_ARGUMENT)
+        );
+        let e = g.hv.apic_read(v, offset).unwrap_err();
+        assert_eq!((e.call, e.code), ("hv_vcpu_apic_read", hv::HV_BAD_ARGUMENT));
+    }
+    assert_eq!(g.hv.apic_read(v, 0xffc).unwrap(), 0);
+    assert_eq!(g.hv.apic_read(v, 0x30).unwrap(), 0x0005_0014);
+}
+
+// ---- event injection (SDM vol. 3C 26.2.1.3, 26.6) ----
+
+/// #GP(0) as a VMM injects it: valid, hardware exception, error code.
+const GP: u64 = 1 << 31 | 1 << 11 | 3 << 8 | 13;
+
+/// The stub's log record at `index` (four words).
+fn record(g: &Guest, index: usize) -> [u32; 4] {
+    let at = layout::LOG as usize + 16 * index;
+    std::array::from_fn(|i| {
+        u32::from_le_bytes(g.ram[at + 4 * i..at + 4 * i + 4].try_into().unwrap())
+    })
+}
+
+/// Each malformed injection is a VM entry with invalid control fields
+/// (VMfailValid, VM-instruction error 7) and names the rule it breaks.
+#[test]
+fn a_malformed_event_injection_fails_entry_with_error_7() {
+    let cases: [(u64, Option<u64>, &str); 8] = [
+        // #GP without its error code, and a #UD (vector 6) with one.
+        (
+            GP & !(1 << 11),
+            None,
+            "deliver-error-code is 0 but type 3 vector 13 pushes an error code",
+        ),
+        (
+            1 << 31 | 1 << 11 | 3 << 8 | 6,
+            Some(0),
+            "deliver-error-code is 1 but type 3 vector 6 pushes no error code",
+        ),
+        // An error code with bits 31:16 set.
+        (GP, Some(0x1_0000), "error code 0x10000 has bits 31:16 set"),
+        // The error code field never written.
+        (
+            GP,
+            None,
+            "VM-entry exception error code (0x4018) was never written",
+        ),
+        // Type 1 is reserved; an NMI has vector 2; an exception vector is below 32.
+        (1 << 31 | 1 << 8 | 13, None, "reserved type 1"),
+        (1 << 31 | 2 << 8 | 3, None, "an NMI must have vector 2"),
+        (1 << 31 | 3 << 8 | 32, None, "at most 31"),
+        // Reserved bits 30:12.
+        (GP | 1 << 12, Some(0), "reserved bits 30:12"),
+    ];
+    for (info, code, why) in cases {
+        let mut g = ready(config(&Process::new()), "nop\n");
+        if let Some(code) = code {
+            g.w(VMCS_CTRL_VMENTRY_EXC_ERROR, code);
+        }
+        g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, info);
+        let failure = control_failure(&mut g);
+        assert!(failure.contains(why), "{info:#x}: {failure}");
+    }
+}
+
+/// A well-formed injection of another exception passes the processor's
+/// checks but is beyond what the double delivers: refused as such.
+#[test]
+fn a_well_formed_injection_other_than_gp_is_refused_as_not_modelled() {
+    let mut g = ready(config(&Process::new()), "nop\n");
+    g.w(VMCS_CTRL_VMENTRY_EXC_ERROR, 0);
+    g.w(VMCS_CTRL_VMENTRY_IRQ_INFO, 1 << 31 | 1 << 11 | 3 << 8 | 14);
+    assert!(control_failure(&mut g).contains("the double delivers #GP only"));
+}
+
+/// #GP(0) injected at the guest's faulting WRMSR with RIP left on it: the
+/// stub's handler logs (EXCEPTION, op, 13, 0), skips the WRMSR and the run
+/// goes on; the valid bit is clear after the next exit (SDM 24.8.3).
+#[test]
+fn an_injected_gp_at_the_wrmsr_reaches_the_stubs_handler() {
+    let mut g = ready(config(&Process::new()), "apic-base 0xfee00901\nnop\n");
+    g.wrmsr = Some((GP, 0, false));
+    assert!(matches!(
+        g.run(),
+        Outcome::End {
+            code: EndCode::Completed,
+            ..
+        }
+    ));
+    assert_eq!(record(&g, 0), [5, 0, 13, 0]);
+    assert_eq!(g.r(VMCS_CTRL_VMENTRY_IRQ_INFO) & 1 << 31, 0);
+    let flag = layout::GP_FAULTED as usize;
+    assert_eq!(g.ram[flag], 1);
+}
+
+/// The same #GP with RIP advanced past the WRMSR: the handler finds no
+/// RDMSR or WRMSR at the saved RIP and the stub ends the run (end code 3).
+#[test]
+fn an_injected_gp_past_the_instruction_is_an_unexpected_fault() {
+    let mut g = ready(config(&Process::new()), "apic-base 0xfee00901\nnop\n");
+    g.wrmsr = Some((GP, 0, true));
+    assert!(matches!(
+        g.run(),
+        Outcome::End {
+            code: EndCode::UnexpectedFault,
+            ..
+        }
+    ));
 }
 
 // ---- the correct sequence ----

@@ -449,6 +449,104 @@ pub unsafe extern "C" fn hv_vcpu_exit_ioapic_eoi(
     ffi(|| unsafe { read_into(vec, |d| d.exit_ioapic_eoi(vcpu)) })
 }
 
+/// `hv_vcpu_exit_init_ap`: the double's answer (`Double::exit_init_ap`:
+/// the thread rule, then `HV_ERROR`, as no INIT_AP exit happens on the
+/// double yet); a null `is_actv` is `HV_BAD_ARGUMENT`.
+///
+/// # Safety
+///
+/// `is_actv` is null or valid for `count` writes.
+#[no_mangle]
+pub unsafe extern "C" fn hv_vcpu_exit_init_ap(
+    vcpu: hv::hv_vcpuid_t,
+    is_actv: *mut bool,
+    count: u32,
+) -> hv_return_t {
+    if is_actv.is_null() {
+        return hv::HV_BAD_ARGUMENT;
+    }
+    ffi(|| {
+        with_double(|d| {
+            let targets = d.exit_init_ap(vcpu, count)?;
+            // SAFETY: non-null and, by the caller's contract, valid for
+            // `count` writes; at most `count` are written.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    targets.as_ptr(),
+                    is_actv,
+                    targets.len().min(count as usize),
+                )
+            };
+            Ok(())
+        })
+    })
+}
+
+/// `hv_vcpu_exit_startup_ap`: as `hv_vcpu_exit_init_ap`.
+///
+/// # Safety
+///
+/// `is_actv` is null or valid for `count` writes, `ap_rip` null or valid
+/// for a write.
+#[no_mangle]
+pub unsafe extern "C" fn hv_vcpu_exit_startup_ap(
+    vcpu: hv::hv_vcpuid_t,
+    is_actv: *mut bool,
+    count: u32,
+    ap_rip: *mut u64,
+) -> hv_return_t {
+    if is_actv.is_null() || ap_rip.is_null() {
+        return hv::HV_BAD_ARGUMENT;
+    }
+    ffi(|| {
+        with_double(|d| {
+            let (targets, rip) = d.exit_startup_ap(vcpu, count)?;
+            // SAFETY: non-null and, by the caller's contract, valid for
+            // `count` writes and one write; at most `count` are written.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    targets.as_ptr(),
+                    is_actv,
+                    targets.len().min(count as usize),
+                );
+                ap_rip.write(rip);
+            }
+            Ok(())
+        })
+    })
+}
+
+/// `hv_vcpu_exit_inject_excp`.
+///
+/// # Safety
+///
+/// Each pointer is null (`HV_BAD_ARGUMENT`) or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn hv_vcpu_exit_inject_excp(
+    vcpu: hv::hv_vcpuid_t,
+    vec: *mut u8,
+    valid: *mut bool,
+    code: *mut u32,
+    restart: *mut bool,
+) -> hv_return_t {
+    if vec.is_null() || valid.is_null() || code.is_null() || restart.is_null() {
+        return hv::HV_BAD_ARGUMENT;
+    }
+    ffi(|| {
+        with_double(|d| {
+            let e = d.exit_inject_excp(vcpu)?;
+            // SAFETY: non-null and, by the caller's contract, writable.
+            unsafe {
+                vec.write(e.vector);
+                valid.write(e.error_code.is_some());
+                code.write(e.error_code.unwrap_or(0));
+                restart.write(e.restart);
+            }
+            Ok(())
+        })
+    })
+}
+
 /// `hv_vcpu_exit_apic_access_read`.
 ///
 /// # Safety
@@ -646,6 +744,9 @@ exports!(
     hv_vmx_vcpu_set_apic_address,
     hv_vcpu_exit_info,
     hv_vcpu_exit_ioapic_eoi,
+    hv_vcpu_exit_init_ap,
+    hv_vcpu_exit_startup_ap,
+    hv_vcpu_exit_inject_excp,
     hv_vcpu_exit_apic_access_read,
     hv_vcpu_apic_read,
     hv_vcpu_apic_write,

@@ -166,6 +166,8 @@ constants! {
     VMCS_CTRL_VMEXIT_CONTROLS: u32 = 0x400c;
     VMCS_CTRL_VMENTRY_CONTROLS: u32 = 0x4012;
     VMCS_CTRL_VMENTRY_IRQ_INFO: u32 = 0x4016;
+    VMCS_CTRL_VMENTRY_EXC_ERROR: u32 = 0x4018;
+    VMCS_CTRL_VMENTRY_INSTR_LEN: u32 = 0x401a;
     VMCS_CTRL_CPU_BASED2: u32 = 0x401e;
     VMCS_RO_INSTR_ERROR: u32 = 0x4400;
     VMCS_RO_EXIT_REASON: u32 = 0x4402;
@@ -391,6 +393,9 @@ functions! {
     resolved {
         ["hv.h", "12.0"] fn hv_vcpu_exit_info(vcpu: hv_vcpuid_t = "hv_vcpuid_t", code: *mut hv_vm_exitinfo_t = "hv_vm_exitinfo_t *") -> hv_return_t = "hv_return_t";
         ["hv.h", "12.0"] fn hv_vcpu_exit_ioapic_eoi(vcpu: hv_vcpuid_t = "hv_vcpuid_t", vec: *mut u8 = "uint8_t *") -> hv_return_t = "hv_return_t";
+        ["hv.h", "12.0"] fn hv_vcpu_exit_init_ap(vcpu: hv_vcpuid_t = "hv_vcpuid_t", is_actv: *mut bool = "bool *", count: u32 = "unsigned") -> hv_return_t = "hv_return_t";
+        ["hv.h", "12.0"] fn hv_vcpu_exit_startup_ap(vcpu: hv_vcpuid_t = "hv_vcpuid_t", is_actv: *mut bool = "bool *", count: u32 = "unsigned", ap_rip: *mut u64 = "uint64_t *") -> hv_return_t = "hv_return_t";
+        ["hv.h", "12.0"] fn hv_vcpu_exit_inject_excp(vcpu: hv_vcpuid_t = "hv_vcpuid_t", vec: *mut u8 = "uint8_t *", valid: *mut bool = "bool *", code: *mut u32 = "uint32_t *", restart: *mut bool = "bool *") -> hv_return_t = "hv_return_t";
         ["hv.h", "12.0"] fn hv_vcpu_exit_apic_access_read(vcpu: hv_vcpuid_t = "hv_vcpuid_t", value: *mut u32 = "uint32_t *") -> hv_return_t = "hv_return_t";
         ["hv.h", "12.0"] fn hv_vcpu_apic_read(vcpu: hv_vcpuid_t = "hv_vcpuid_t", offset: u32 = "uint32_t", data: *mut u32 = "uint32_t *") -> hv_return_t = "hv_return_t";
         ["hv.h", "12.0"] fn hv_vcpu_apic_write(vcpu: hv_vcpuid_t = "hv_vcpuid_t", offset: u32 = "uint32_t", data: u32 = "uint32_t", no_side_effect: *mut bool = "bool *") -> hv_return_t = "hv_return_t";

@@ -219,23 +219,26 @@ static void complete(const struct access *a, uint32_t value, uint64_t rip)
     wreg(HV_X86_RIP, rip + a->len);
 }
 
-/* The guest's IA32_APIC_BASE write, as pmj's QEMU handles it: validate the
- * transition (SDM 11.4.4, 11.12.5), move the MMIO window first
- * (FB14021745: moving and enabling in one write fails), read the MSR back.
- * Enable/x2APIC changes have no documented call: the framework must accept
- * hv_vcpu_write_msr and show the value on reading back, or the scenario
- * cannot run here (x2APIC is taken as unavailable until this works). */
-static void write_apic_base(uint64_t value)
+/* The guest's IA32_APIC_BASE write, as pmj's QEMU handles it: a write
+ * with a reserved bit or an invalid transition raises #GP (SDM 11.4.4,
+ * 11.12.5; returns 1, and the caller injects it); otherwise move the MMIO
+ * window first (FB14021745: moving and enabling in one write fails), read
+ * the MSR back. Enable/x2APIC changes have no documented call: the
+ * framework must accept hv_vcpu_write_msr and show the value on reading
+ * back, or the scenario cannot run here (x2APIC is taken as unavailable
+ * until this works). */
+static int write_apic_base(uint64_t value)
 {
-    const uint64_t bsp = 1u << 8, en = 1u << 11, extd = 1u << 10, base = value & 0xffffff000ull;
+    const uint64_t bsp = 1u << 8, en = 1u << 11, extd = 1u << 10, base = value & 0x7ffffff000ull;
     uint64_t now = rmsr(0x1b);
-    if ((value & ~(0xffffff000ull | en | extd | bsp)) || (value & (en | extd)) == extd ||
-        ((now & (en | extd)) == (en | extd) && (value & (en | extd)) == en))
-        cannot_run("the guest wrote an invalid IA32_APIC_BASE transition");
-    if (base != (now & 0xffffff000ull))
+    uint64_t from = now & (en | extd), to = value & (en | extd);
+    if ((value & ~(0x7ffffff000ull | en | extd | bsp)) || to == extd ||
+        (from == (en | extd) && to == en) || (from == 0 && to == (en | extd)))
+        return 1;
+    if (base != (now & 0x7ffffff000ull))
         check(hv_vmx_vcpu_set_apic_address(vcpu, base), "hv_vmx_vcpu_set_apic_address");
     if ((rmsr(0x1b) | bsp) == (value | bsp))
-        return;
+        return 0;
     hv_return_t r = hv_vcpu_write_msr(vcpu, 0x1b, value);
     now = rmsr(0x1b);
     if (r != HV_SUCCESS || (now | bsp) != (value | bsp)) {
@@ -243,6 +246,16 @@ static void write_apic_base(uint64_t value)
                 (unsigned long long)value, (unsigned)r, (unsigned long long)now);
         cannot_run("the APIC cannot be enabled, disabled or put in x2APIC mode through the framework");
     }
+    return 0;
+}
+
+/* #GP(0) at the next VM entry (SDM vol. 3C 26.6): valid, hardware
+ * exception, error code 0; RIP stays on the faulting instruction, where
+ * the stub's #GP handler expects it (it logs the fault and skips it). */
+static void inject_gp(void)
+{
+    wvmcs(VMCS_CTRL_VMENTRY_EXC_ERROR, 0);
+    wvmcs(VMCS_CTRL_VMENTRY_IRQ_INFO, 1u << 31 | 1u << 11 | 3u << 8 | 13);
 }
 
 /* The in-kernel IOAPIC's identity (82093AA 3.2.2: version in bits 7:0,
@@ -419,7 +432,10 @@ int main(void)
                 break;
             }
             if (reason == VMX_REASON_WRMSR) {
-                write_apic_base(rreg(HV_X86_RDX) << 32 | (rreg(HV_X86_RAX) & 0xffffffffu));
+                if (write_apic_base(rreg(HV_X86_RDX) << 32 | (rreg(HV_X86_RAX) & 0xffffffffu))) {
+                    inject_gp();
+                    continue;
+                }
             } else {
                 uint64_t value = rmsr(0x1b);
                 wreg(HV_X86_RAX, value & 0xffffffffu);

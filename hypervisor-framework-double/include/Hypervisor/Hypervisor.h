@@ -104,6 +104,8 @@ typedef struct { uint32_t version; uint64_t state[30]; } hv_apic_state_ext_t;
 #define VMCS_CTRL_VMEXIT_CONTROLS 0x400cULL
 #define VMCS_CTRL_VMENTRY_CONTROLS 0x4012ULL
 #define VMCS_CTRL_VMENTRY_IRQ_INFO 0x4016ULL
+#define VMCS_CTRL_VMENTRY_EXC_ERROR 0x4018ULL
+#define VMCS_CTRL_VMENTRY_INSTR_LEN 0x401aULL
 #define VMCS_CTRL_CPU_BASED2 0x401eULL
 #define VMCS_RO_INSTR_ERROR 0x4400ULL
 #define VMCS_RO_EXIT_REASON 0x4402ULL
@@ -202,6 +204,12 @@ extern hv_return_t hv_vmx_vcpu_set_apic_address(hv_vcpuid_t vcpu, hv_gpaddr_t gp
 extern hv_return_t hv_vcpu_exit_info(hv_vcpuid_t vcpu, hv_vm_exitinfo_t * code);
 /* hv.h, macOS 12.0 */
 extern hv_return_t hv_vcpu_exit_ioapic_eoi(hv_vcpuid_t vcpu, uint8_t * vec);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_exit_init_ap(hv_vcpuid_t vcpu, bool * is_actv, unsigned count);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_exit_startup_ap(hv_vcpuid_t vcpu, bool * is_actv, unsigned count, uint64_t * ap_rip);
+/* hv.h, macOS 12.0 */
+extern hv_return_t hv_vcpu_exit_inject_excp(hv_vcpuid_t vcpu, uint8_t * vec, bool * valid, uint32_t * code, bool * restart);
 /* hv.h, macOS 12.0 */
 extern hv_return_t hv_vcpu_exit_apic_access_read(hv_vcpuid_t vcpu, uint32_t * value);
 /* hv.h, macOS 12.0 */

@@ -57,6 +57,12 @@ pub trait Hv {
     fn exit_info(&mut self, vcpu: u32) -> HvResult<u32>;
     /// `hv_vcpu_exit_ioapic_eoi`.
     fn exit_ioapic_eoi(&mut self, vcpu: u32) -> HvResult<u8>;
+    /// `hv_vcpu_exit_inject_excp`: the exception the in-kernel APIC wants
+    /// delivered to the guest after an exit with
+    /// `HV_VM_EXITINFO_INJECT_EXCP` ("the guest vcpu may have performed an
+    /// illegal operation on its APIC, so the exception should usually be
+    /// directed back into the guest", hv.h).
+    fn exit_inject_excp(&mut self, vcpu: u32) -> HvResult<ApicException>;
     /// `hv_vcpu_exit_apic_access_read`.
     fn exit_apic_access_read(&mut self, vcpu: u32) -> HvResult<u32>;
     /// `hv_vcpu_apic_read`.
@@ -76,6 +82,62 @@ pub trait Hv {
     fn ioapic_pulse_irq(&mut self, pin: i32) -> HvResult<()>;
     /// `hv_vm_atpic_port_write`.
     fn atpic_port_write(&mut self, port: i32, value: u8) -> HvResult<()>;
+}
+
+/// What `hv_vcpu_exit_inject_excp` answers: `(vec, valid, code, restart)`.
+/// The parameters are those of bhyve's and xhyve's
+/// `vm_inject_exception(vcpu, vector, errcode_valid, errcode,
+/// restart_instruction)`, which the framework's in-kernel APIC (bhyve's
+/// vlapic and vioapic, by its IOAPIC's identity) appears to derive from:
+/// `valid` says the error code is valid, `restart` that the instruction is
+/// restarted, i.e. RIP stays on it (the fault semantics of #GP, SDM vol. 3A
+/// §6.5). That reading is unverified on a Mac.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApicException {
+    pub vector: u8,
+    pub error_code: Option<u32>,
+    pub restart: bool,
+}
+
+impl ApicException {
+    /// #GP(0), the fault every APIC register rule raises (SDM vol. 3A
+    /// §11.4.4, §11.12.1.2, §11.12.1.3, §11.12.5).
+    pub const GP: ApicException = ApicException {
+        vector: 13,
+        error_code: Some(0),
+        restart: true,
+    };
+}
+
+/// The VM-entry interruption-information field (SDM vol. 3C §24.8.3,
+/// Table 24-14): vector 7:0, type 10:8, deliver error code 11, valid 31.
+pub mod event {
+    pub const VALID: u64 = 1 << 31;
+    pub const DELIVER_ERROR_CODE: u64 = 1 << 11;
+    pub const TYPE_SHIFT: u32 = 8;
+    /// Interruption types (bits 10:8).
+    pub const EXTERNAL_INTERRUPT: u64 = 0;
+    pub const NMI: u64 = 2;
+    pub const HARDWARE_EXCEPTION: u64 = 3;
+    pub const SOFTWARE_INTERRUPT: u64 = 4;
+    pub const PRIVILEGED_SOFTWARE_EXCEPTION: u64 = 5;
+    pub const SOFTWARE_EXCEPTION: u64 = 6;
+    pub const OTHER_EVENT: u64 = 7;
+
+    /// A hardware exception's field value, with or without an error code.
+    pub const fn hardware_exception(vector: u8, error_code: bool) -> u64 {
+        VALID
+            | HARDWARE_EXCEPTION << TYPE_SHIFT
+            | if error_code { DELIVER_ERROR_CODE } else { 0 }
+            | vector as u64
+    }
+
+    /// The exceptions that push an error code (SDM vol. 3C §26.2.1.3: the
+    /// deliver-error-code bit must be 1 exactly for these, in protected
+    /// mode): #DF, #TS, #NP, #SS, #GP, #PF, #AC.
+    pub const fn pushes_error_code(vector: u8) -> bool {
+        matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17)
+    }
 }
 
 /// `hv_vcpu_interrupt` for one vCPU, callable from any thread (hv.h: it is
@@ -101,6 +163,16 @@ pub trait HvExt: Hv {
     /// is what SDM §11.4.3 makes of an APIC disabled through
     /// IA32_APIC_BASE (the IOAPIC stays as it is).
     fn reset_apic(&mut self, vcpu: u32) -> HvResult<()>;
+    /// `hv_vcpu_exit_init_ap(vcpu, is_actv, count)` (hv.h, macOS 12; owning
+    /// thread): after an `HV_VM_EXITINFO_INIT_AP` exit of the *sending*
+    /// vCPU, the INIT IPI's targets, `is_actv[i]` for vCPU ID i, `count`
+    /// of them (docs/hvf.md, "Several vCPUs").
+    fn exit_init_ap(&mut self, vcpu: u32, count: u32) -> HvResult<Vec<bool>>;
+    /// `hv_vcpu_exit_startup_ap(vcpu, is_actv, count, &ap_rip)` (hv.h,
+    /// macOS 12; owning thread): after an `HV_VM_EXITINFO_STARTUP_AP` exit
+    /// of the sender, the STARTUP IPI's targets and their start address
+    /// (the SIPI vector << 12).
+    fn exit_startup_ap(&mut self, vcpu: u32, count: u32) -> HvResult<(Vec<bool>, u64)>;
     /// `hv_vcpu_destroy` (hv.h: "Must be called by the owning thread").
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()>;
     /// `hv_vm_destroy` (hv.h: "Destroys the VM instance associated with the
@@ -141,8 +213,9 @@ pub mod cap {
 /// already has are re-exported.
 pub mod vmcs {
     pub use hypervisor_framework_sys::{
-        VMCS_CTRL_VMENTRY_CONTROLS, VMCS_GUEST_ACTIVITY_STATE, VMCS_GUEST_CR0, VMCS_GUEST_CR3,
-        VMCS_GUEST_CR4, VMCS_GUEST_CS_BASE, VMCS_GUEST_IA32_EFER, VMCS_GUEST_INTERRUPTIBILITY,
+        VMCS_CTRL_VMENTRY_CONTROLS, VMCS_CTRL_VMENTRY_EXC_ERROR, VMCS_CTRL_VMENTRY_INSTR_LEN,
+        VMCS_GUEST_ACTIVITY_STATE, VMCS_GUEST_CR0, VMCS_GUEST_CR3, VMCS_GUEST_CR4,
+        VMCS_GUEST_CS_BASE, VMCS_GUEST_IA32_EFER, VMCS_GUEST_INTERRUPTIBILITY,
         VMCS_RO_EXIT_QUALIFIC, VMCS_RO_EXIT_REASON,
     };
     pub const VMCS_CTRL_PIN_BASED: u32 = 0x4000;

@@ -39,7 +39,7 @@ use std::time::Duration;
 use hypervisor_framework_sys as hv;
 
 use super::api::reason::VMX_REASON_OTHER_SMI;
-use super::api::{vmcs, Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
+use super::api::{event, vmcs, ApicException, Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
 use crate::guest::layout::*;
 use crate::guest::stub::{record, SNAPSHOT_WORDS};
 use crate::guest::table::kind;
@@ -162,6 +162,11 @@ struct State {
     /// What the double found wrong in the VMM's calls (a mishandled exit,
     /// a refused call), for the VMM's error message.
     fault: Option<String>,
+    /// The exception `hv_vcpu_exit_inject_excp` answers after an
+    /// `HV_VM_EXITINFO_INJECT_EXCP` exit. Nothing raises one today: the
+    /// in-kernel APIC faults only in x2APIC mode, which no call switches it
+    /// to (docs/hvf.md).
+    exception: Option<ApicException>,
 }
 
 impl State {
@@ -181,6 +186,13 @@ impl State {
     }
     fn split(&self) -> bool {
         self.apic_ctrl & hv::HV_APIC_CTRL_IOAPIC_EOI != 0
+    }
+    /// Whether the next VM entry injects an event (SDM 24.8.3: bit 31 of
+    /// the VM-entry interruption-information field).
+    fn injecting(&self) -> bool {
+        self.vmcs
+            .get(&vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO)
+            .is_some_and(|info| info & event::VALID != 0)
     }
 }
 
@@ -246,12 +258,31 @@ struct CpuThread {
     _handle: JoinHandle<()>,
 }
 
+/// How many vCPUs the strict double's VM takes: the format's limit
+/// (`config cpus=` up to 8). The framework's own limit is
+/// `hv_capability(HV_CAP_VCPUMAX)` (hv.h), whose value on a Mac is not
+/// known here.
+pub const MAX_VCPUS: usize = 8;
+
 /// The strict double's framework-side bookkeeping.
 struct Strict {
     config: StrictConfig,
     vm: bool,
-    vcpu: Option<ThreadId>,
+    /// The owning thread of each vCPU ID (`None`: free); IDs are handed
+    /// out lowest free first.
+    owners: [Option<ThreadId>; MAX_VCPUS],
     rng: u64,
+}
+
+impl Strict {
+    /// The vCPU the calling thread created, if any.
+    fn own_vcpu(&self) -> Option<u32> {
+        let me = std::thread::current().id();
+        self.owners
+            .iter()
+            .position(|o| *o == Some(me))
+            .map(|i| i as u32)
+    }
 }
 
 /// The double. `quirks` switch on known HVF bugs in its in-kernel irqchip.
@@ -308,6 +339,7 @@ impl Double {
                 .map_or(Duration::from_secs(10), |c| c.blocked_limit),
             entry_failure: None,
             fault: None,
+            exception: None,
         };
         Double {
             state: Arc::new(Mutex::new(state)),
@@ -317,7 +349,7 @@ impl Double {
                 rng: config.seed | 1,
                 config,
                 vm: false,
-                vcpu: None,
+                owners: [None; MAX_VCPUS],
             }),
             calls: Arc::default(),
             dead: false,
@@ -348,24 +380,42 @@ impl Double {
     /// is the thread that created it (hv.h, every `hv_vcpu_*` call but
     /// `hv_vcpu_interrupt`: "Must be called by the owning thread"; the
     /// error code for a foreign thread is not documented: the double
-    /// answers `HV_BAD_ARGUMENT`, unverified).
+    /// answers `HV_BAD_ARGUMENT`, unverified). Then that the vCPU is the
+    /// one the double plays ([`Double::owner_check`]).
     fn on_vcpu<T>(
         &self,
         call: &'static str,
         vcpu: u32,
         f: impl FnOnce(&mut State) -> HvResult<T>,
     ) -> HvResult<T> {
-        if let Some(strict) = &self.strict {
-            if strict.vcpu.is_none() || vcpu != 0 {
-                self.log(call);
-                return Err(err(call, hv::HV_BAD_ARGUMENT));
-            }
-            if strict.vcpu != Some(std::thread::current().id()) {
-                self.log(call);
-                return Err(err(call, hv::HV_BAD_ARGUMENT));
-            }
+        self.owner_check(call, vcpu)?;
+        if vcpu != 0 {
+            // The double's State is one vCPU's (registers, VMCS, one
+            // model Machine): a vCPU other than the first exists, owned by
+            // its thread, but nothing of it is played yet (docs/hvf.md,
+            // "Several vCPUs"). Refused rather than answered with vCPU 0's
+            // state.
+            self.log(call);
+            self.state.lock().unwrap().fault = Some(format!(
+                "{call} on vCPU {vcpu}: the double plays only vCPU 0 (docs/hvf.md, \"Several vCPUs\")"
+            ));
+            return Err(err(call, hv::HV_UNSUPPORTED));
         }
         self.with(call, f)
+    }
+
+    /// The framework's thread rule alone (strict mode): `vcpu` exists and
+    /// the calling thread created it, else `HV_BAD_ARGUMENT`.
+    fn owner_check(&self, call: &'static str, vcpu: u32) -> HvResult<()> {
+        let Some(strict) = &self.strict else {
+            return Ok(());
+        };
+        let owner = strict.owners.get(vcpu as usize).copied().flatten();
+        if owner.is_none() || owner != Some(std::thread::current().id()) {
+            self.log(call);
+            return Err(err(call, hv::HV_BAD_ARGUMENT));
+        }
+        Ok(())
     }
 
     /// Ends the vCPU thread (a new run from the entry point, or destroy).
@@ -434,7 +484,11 @@ impl Double {
         // came while the vCPU was not running ends the next run at once
         // (the double's reading; unverified). It shows as an external
         // interrupt exit, as the host IPI behind it would.
-        if self.kick.take() {
+        // An entry that injects an event delivers it before anything else
+        // happens (SDM 26.6.1): the double takes no host exit on that entry,
+        // so the event is never left to the IDT-vectoring information.
+        let injecting = self.state.lock().unwrap().injecting();
+        if !injecting && self.kick.take() {
             return Ok(self.host_exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_IRQ));
         }
         let caps = self.strict.as_ref().expect("strict").config.caps;
@@ -466,7 +520,7 @@ impl Double {
                 None => {}
             }
         }
-        if let Some((info, reason)) = self.roll_host_exit() {
+        if let Some((info, reason)) = self.roll_host_exit().filter(|_| !injecting) {
             return Ok(self.host_exit(info, reason));
         }
         match self.resume(call)? {
@@ -542,20 +596,33 @@ impl Hv for Double {
         Ok(())
     }
     fn create_vcpu(&mut self) -> HvResult<u32> {
+        const CALL: &str = "hv_vcpu_create";
+        let mut id = 0;
         if let Some(strict) = &mut self.strict {
             // hv.h: "Creates a vCPU instance for the current thread"; it
-            // needs the task's VM (error code unverified). The double models
-            // one vCPU.
+            // needs the task's VM (error code unverified). Each thread
+            // owns at most one vCPU, as every VMM read (pmj's QEMU,
+            // OrbStack) has one thread per vCPU; what a second create on
+            // the same thread answers is not documented (the double:
+            // HV_BUSY, unverified). IDs: lowest free first, up to
+            // MAX_VCPUS (then HV_NO_RESOURCES).
             if !strict.vm {
-                return Err(err("hv_vcpu_create", hv::HV_ERROR));
+                self.calls.lock().unwrap().push(CALL);
+                return Err(err(CALL, hv::HV_ERROR));
             }
-            if strict.vcpu.is_some() {
-                return Err(err("hv_vcpu_create", hv::HV_NO_RESOURCES));
+            if strict.own_vcpu().is_some() {
+                self.calls.lock().unwrap().push(CALL);
+                return Err(err(CALL, hv::HV_BUSY));
             }
-            strict.vcpu = Some(std::thread::current().id());
+            let Some(free) = strict.owners.iter().position(Option::is_none) else {
+                self.calls.lock().unwrap().push(CALL);
+                return Err(err(CALL, hv::HV_NO_RESOURCES));
+            };
+            strict.owners[free] = Some(std::thread::current().id());
             strict.config.process.0.lock().unwrap().vcpus += 1;
+            id = free as u32;
         }
-        self.with("hv_vcpu_create", |_| Ok(0))
+        self.with(CALL, |_| Ok(id))
     }
     fn reset_irqchip(&mut self, vcpu: u32) -> HvResult<()> {
         self.on_vcpu("hv_vcpu_apic_put_state", vcpu, |_| Ok(()))?;
@@ -674,18 +741,29 @@ impl Hv for Double {
                 .ok_or(err("hv_vcpu_exit_ioapic_eoi", hv::HV_ERROR))
         })
     }
+    fn exit_inject_excp(&mut self, vcpu: u32) -> HvResult<ApicException> {
+        self.on_vcpu("hv_vcpu_exit_inject_excp", vcpu, |s| {
+            s.exception
+                .take()
+                .ok_or(err("hv_vcpu_exit_inject_excp", hv::HV_ERROR))
+        })
+    }
     fn exit_apic_access_read(&mut self, vcpu: u32) -> HvResult<u32> {
         self.on_vcpu("hv_vcpu_exit_apic_access_read", vcpu, |s| {
             Ok(s.apic_read_value)
         })
     }
     fn apic_read(&mut self, vcpu: u32, offset: u32) -> HvResult<u32> {
-        self.on_vcpu("hv_vcpu_apic_read", vcpu, |s| {
+        const CALL: &str = "hv_vcpu_apic_read";
+        self.on_vcpu(CALL, vcpu, |s| {
+            apic_offset(s, CALL, offset)?;
             Ok(s.machine.lapic.read(offset as u16))
         })
     }
     fn apic_write(&mut self, vcpu: u32, offset: u32, value: u32) -> HvResult<bool> {
-        self.on_vcpu("hv_vcpu_apic_write", vcpu, |s| {
+        const CALL: &str = "hv_vcpu_apic_write";
+        self.on_vcpu(CALL, vcpu, |s| {
+            apic_offset(s, CALL, offset)?;
             Ok(lapic_write(s, offset as u16, value))
         })
     }
@@ -810,11 +888,28 @@ impl HvExt for Double {
             Ok(())
         })
     }
+    /// No INIT or STARTUP exit happens on the double yet (it plays one
+    /// vCPU, and multi-CPU scenarios, the only ones with `ipi init` or
+    /// `ipi startup`, are refused before the run): after any other exit
+    /// the call answers `HV_ERROR`, as `hv_vcpu_exit_ioapic_eoi` does
+    /// after an exit that is not an EOI (the double's reading).
+    fn exit_init_ap(&mut self, vcpu: u32, _count: u32) -> HvResult<Vec<bool>> {
+        const CALL: &str = "hv_vcpu_exit_init_ap";
+        self.on_vcpu(CALL, vcpu, |_| Err(err(CALL, hv::HV_ERROR)))
+    }
+    fn exit_startup_ap(&mut self, vcpu: u32, _count: u32) -> HvResult<(Vec<bool>, u64)> {
+        const CALL: &str = "hv_vcpu_exit_startup_ap";
+        self.on_vcpu(CALL, vcpu, |_| Err(err(CALL, hv::HV_ERROR)))
+    }
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
-        self.on_vcpu("hv_vcpu_destroy", vcpu, |_| Ok(()))?;
-        self.stop_cpu();
+        const CALL: &str = "hv_vcpu_destroy";
+        self.owner_check(CALL, vcpu)?;
+        self.log(CALL);
+        if vcpu == 0 {
+            self.stop_cpu();
+        }
         if let Some(strict) = &mut self.strict {
-            strict.vcpu = None;
+            strict.owners[vcpu as usize] = None;
             strict.config.process.0.lock().unwrap().vcpus -= 1;
         }
         Ok(())
@@ -838,6 +933,19 @@ impl HvExt for Double {
         strict.vm = false;
         Ok(())
     }
+}
+
+/// Strict: `hv_vcpu_apic_read`/`write` take a "byte offset into the APIC
+/// page" (hv.h) of a 32-bit access: one beyond the page's last dword or not
+/// dword-aligned is refused with `HV_BAD_ARGUMENT` (the double's reading;
+/// the framework's answer is undocumented). The guest's own MMIO is
+/// aligned: the stub's accesses are 32-bit MOVs at 16-byte or dword
+/// offsets.
+fn apic_offset(s: &State, call: &'static str, offset: u32) -> HvResult<()> {
+    if s.strict && (offset > 0xffc || offset % 4 != 0) {
+        return Err(err(call, hv::HV_BAD_ARGUMENT));
+    }
+    Ok(())
 }
 
 /// A guest write of the local APIC (MMIO forwarded by the VMM, or an x2APIC
@@ -903,6 +1011,9 @@ fn spawn(state: Arc<Mutex<State>>, kick: Arc<Kick>, generation: u64) -> CpuThrea
 enum Stop {
     /// The VMM ended the run (it stopped resuming).
     Gone,
+    /// The stub ends the run: an exception its handler does not skip, or
+    /// a full log while recording one.
+    End(EndCode),
 }
 
 type Step = Result<(), Stop>;
@@ -938,6 +1049,9 @@ impl Vcpu {
         }
         self.events.send(CpuEvent::Exit).map_err(|_| Stop::Gone)?;
         self.resume.recv().map_err(|_| Stop::Gone)?;
+        if self.deliver_injected(!code.is_empty())? {
+            return Ok(());
+        }
         let rip = self.s().regs[hv::HV_X86_RIP as usize];
         if rip != SCRATCH + code.len() as u64 {
             self.s().fault = Some(format!(
@@ -950,10 +1064,66 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The event the VMM injected at this VM entry, if any, delivered as
+    /// the processor does (SDM vol. 3C 26.6.1: through the guest's IDT
+    /// before its first instruction; the entry checks admitted only #GP,
+    /// a hardware exception with error code) to the guest stub's #GP
+    /// handler (docs/guest-stub.md), whose work this plays: the saved RIP
+    /// must point at an RDMSR or WRMSR (the fault left RIP on the
+    /// instruction), else the stub ends the run with `UnexpectedFault`; the
+    /// fault is logged (EXCEPTION, op, 13, error code), `GP_FAULTED` set,
+    /// and the guest resumes past the two-byte instruction. The valid bit
+    /// is cleared, as every VM exit clears it (SDM 24.8.3). True when an
+    /// event was delivered. `at_exit`: the vCPU stopped at an exiting
+    /// instruction (else in HLT or at the entry point, where RIP is on no
+    /// instruction of the stub's that may fault).
+    fn deliver_injected(&mut self, at_exit: bool) -> Result<bool, Stop> {
+        let (code, at) = {
+            let mut s = self.s();
+            if !s.injecting() {
+                return Ok(false);
+            }
+            let info = s.vmcs[&vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO];
+            s.vmcs
+                .insert(vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO, info & !event::VALID);
+            let code = s
+                .vmcs
+                .get(&vmcs::VMCS_CTRL_VMENTRY_EXC_ERROR)
+                .copied()
+                .unwrap_or(0);
+            let rip = s.regs[hv::HV_X86_RIP as usize] as usize;
+            let bytes = s.ram().get(rip..rip + 2).map(|b| [b[0], b[1]]);
+            if !at_exit || (bytes != Some(WRMSR) && bytes != Some(RDMSR)) {
+                return Err(Stop::End(EndCode::UnexpectedFault));
+            }
+            (code as u32, rip as u64)
+        };
+        let op = self.ram32(CUR_OP);
+        self.log(&[record::EXCEPTION, op, 13, code])
+            .map_err(|h| match h {
+                Halt::End(code) => Stop::End(code),
+                Halt::Stop(s) => s,
+            })?;
+        let mut s = self.s();
+        s.put32(GP_FAULTED, 1);
+        s.regs[hv::HV_X86_RIP as usize] = at + 2;
+        Ok(true)
+    }
+
     /// The run from the entry point. Strict: a vCPU entered with activity
     /// state HLT (SDM 26.6.2: the processor enters the HLT state, as the
     /// VMCS says) waits for an interrupt before the first instruction.
     fn start(&mut self) -> Step {
+        match self.begin() {
+            Err(Stop::End(code)) => self.out(END_PORT, code as u32),
+            other => other,
+        }
+    }
+
+    fn begin(&mut self) -> Step {
+        // An event injected at the entry point finds no RDMSR or WRMSR at
+        // RIP: the stub's handler ends the run.
+        self.deliver_injected(false)?;
         let halted_at_entry = {
             let s = self.s();
             s.strict && s.vmcs.get(&hv::VMCS_GUEST_ACTIVITY_STATE) == Some(&1)
@@ -1136,14 +1306,19 @@ impl Vcpu {
             }
             kind::IOAPIC_EOI => self.store(IOAPIC_BASE + 0x40, a)?,
             kind::APIC_BASE => {
+                // The stub: clear GP_FAULTED, WRMSR, and follow the new base
+                // and mode only if the write did not fault.
+                self.s().put32(GP_FAULTED, 0);
                 self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_WRMSR, &WRMSR, |s| {
                     s.regs[hv::HV_X86_RCX as usize] = 0x1b;
                     s.regs[hv::HV_X86_RAX as usize] = a as u64;
                     s.regs[hv::HV_X86_RDX as usize] = 0;
                 })?;
-                self.lapic_at = (a & !0xfff) as u64;
-                let x2apic = u32::from(a & (1 << 10) != 0);
-                self.s().put32(X2APIC, x2apic);
+                if self.ram32(GP_FAULTED) == 0 {
+                    self.lapic_at = (a & !0xfff) as u64;
+                    let x2apic = u32::from(a & (1 << 10) != 0);
+                    self.s().put32(X2APIC, x2apic);
+                }
             }
             kind::CLI => self.s().machine.cpu.cli(),
             kind::STI => {
@@ -1264,6 +1439,9 @@ impl Vcpu {
                     .send(CpuEvent::Kicked)
                     .map_err(|_| Halt::Stop(Stop::Gone))?;
                 self.resume.recv().map_err(|_| Halt::Stop(Stop::Gone))?;
+                // An event injected on a host exit in HLT: RIP is past the
+                // HLT, on no RDMSR or WRMSR.
+                self.deliver_injected(false)?;
                 Ok(())
             }
             Some(false) => {
@@ -1341,6 +1519,9 @@ enum Halt {
 
 impl From<Stop> for Halt {
     fn from(s: Stop) -> Halt {
-        Halt::Stop(s)
+        match s {
+            Stop::End(code) => Halt::End(code),
+            s => Halt::Stop(s),
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hypervisor_framework_sys as hv;
 
-use super::api::{Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
+use super::api::{ApicException, Hv, HvError, HvExt, HvResult, Interrupter, RunEnd};
 
 /// The process's one VM (Hypervisor.framework allows one per process).
 #[derive(Debug, Default)]
@@ -179,6 +179,18 @@ impl Hv for Framework {
         })?;
         Ok(vec)
     }
+    fn exit_inject_excp(&mut self, vcpu: u32) -> HvResult<ApicException> {
+        let (mut vector, mut valid, mut code, mut restart) = (0u8, false, 0u32, false);
+        // SAFETY: four valid out-pointers; called on the owning thread.
+        check("hv_vcpu_exit_inject_excp", unsafe {
+            hv::hv_vcpu_exit_inject_excp(vcpu, &mut vector, &mut valid, &mut code, &mut restart)
+        })?;
+        Ok(ApicException {
+            vector,
+            error_code: valid.then_some(code),
+            restart,
+        })
+    }
     fn exit_apic_access_read(&mut self, vcpu: u32) -> HvResult<u32> {
         let mut v = 0;
         // SAFETY: `v` is a valid out-pointer.
@@ -256,6 +268,25 @@ impl Hv for Framework {
 }
 
 impl HvExt for Framework {
+    fn exit_init_ap(&mut self, vcpu: u32, count: u32) -> HvResult<Vec<bool>> {
+        let mut targets = vec![false; count as usize];
+        // SAFETY: `targets` is valid for `count` writes; called on the
+        // owning thread.
+        check("hv_vcpu_exit_init_ap", unsafe {
+            hv::hv_vcpu_exit_init_ap(vcpu, targets.as_mut_ptr(), count)
+        })?;
+        Ok(targets)
+    }
+    fn exit_startup_ap(&mut self, vcpu: u32, count: u32) -> HvResult<(Vec<bool>, u64)> {
+        let mut targets = vec![false; count as usize];
+        let mut ap_rip = 0u64;
+        // SAFETY: `targets` is valid for `count` writes and `ap_rip` for
+        // one; called on the owning thread.
+        check("hv_vcpu_exit_startup_ap", unsafe {
+            hv::hv_vcpu_exit_startup_ap(vcpu, targets.as_mut_ptr(), count, &mut ap_rip)
+        })?;
+        Ok((targets, ap_rip))
+    }
     fn read_capability(&mut self, field: u32) -> HvResult<u64> {
         let mut v = 0;
         // SAFETY: `v` is a valid out-pointer; `field` is a hv_vmx_capability_t.

@@ -33,7 +33,7 @@ use hypervisor_framework_sys as hv;
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
 
 use super::api::reason::{VMX_REASON_IO_SMI, VMX_REASON_OTHER_SMI};
-use super::api::{cap, cap2ctrl, vmcs, Hv, HvError, HvExt, Interrupter};
+use super::api::{cap, cap2ctrl, event, vmcs, ApicException, Hv, HvError, HvExt, Interrupter};
 use crate::backend::run::{self, CallLog, End, MessagePort, Shape, UserspaceIoapic};
 use crate::backend::{BackendError, Result};
 use crate::guest::layout::{
@@ -101,7 +101,14 @@ const IA32_APIC_BASE: u32 = 0x1b;
 const APIC_BASE_BSP: u64 = 1 << 8;
 const APIC_BASE_EXTD: u64 = 1 << 10;
 const APIC_BASE_EN: u64 = 1 << 11;
-const APIC_BASE_ADDRESS: u64 = 0xffff_f000;
+/// The base field, bits 12 up to MAXPHYADDR - 1. The guest's MAXPHYADDR is
+/// the host's under Hypervisor.framework (CPUID 0x80000008 is passed
+/// through): 39 on the Kaby Lake the double models (unverified per Mac);
+/// the stub writes 32-bit values only, so no scenario reaches the top bits.
+const APIC_BASE_ADDRESS: u64 = ((1 << 39) - 1) & !0xfff;
+/// The MSRs "architecturally reserved and dedicated for accessing APIC
+/// registers in x2APIC mode" (SDM §11.12.1.2).
+const X2APIC_MSRS: std::ops::RangeInclusive<u32> = 0x800..=0xbff;
 
 /// What the in-kernel IOAPIC says it is (its version register, 82093AA
 /// §3.2.2: version in bits 7:0, the highest entry in 23:16).
@@ -510,20 +517,18 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                     let vector = self.hv.exit_ioapic_eoi(v)?;
                     self.userspace_eoi(vector)?;
                 }
+                hv::HV_VM_EXITINFO_INJECT_EXCP => self.apic_exception(None)?,
                 other => return Ok(End::Error(format!("unexpected exit info {other}"))),
             }
         }
     }
 
-    /// The guest's WRMSR to IA32_APIC_BASE, as pmj's QEMU handles it
-    /// (`hvf_apic_set_base`): only the transitions SDM 11.12.5 allows
-    /// (0 -> EN, EN -> 0, EN -> EN|EXTD, EN|EXTD -> 0, or none), a 32-bit
-    /// value, no reserved bit; the MMIO window moved with
-    /// `hv_vmx_vcpu_set_apic_address` (never `hv_vcpu_write_msr`); the MSR
-    /// read back, which must show the mode the guest asked for. A disable
-    /// puts the in-kernel APIC back to its power-up state.
-    fn write_apic_base(&mut self, value: u64) -> std::result::Result<Option<End>, HvError> {
-        let v = self.vcpu;
+    /// Whether the guest's WRMSR of IA32_APIC_BASE with `value` raises #GP
+    /// (SDM §11.4.4, §11.12.5, the model's `Lapic::write_apic_base`):
+    /// reserved bits 7:0, 9 and those above MAXPHYADDR; a transition other
+    /// than 0 -> EN, EN -> 0, EN -> EN|EXTD, EN|EXTD -> 0 or none (EXTD
+    /// without EN, x2APIC back to xAPIC, disabled straight to x2APIC).
+    fn apic_base_write_faults(&self, value: u64) -> bool {
         let flags = |x: u64| x & (APIC_BASE_EN | APIC_BASE_EXTD);
         let (old, new) = (flags(self.apic_base), flags(value));
         let allowed = new == 0
@@ -531,12 +536,61 @@ impl<H: Hv + HvExt> HvfVmm<H> {
             || (old == 0 && new == APIC_BASE_EN)
             || (old == APIC_BASE_EN && new == APIC_BASE_EN | APIC_BASE_EXTD);
         let reserved = !(APIC_BASE_ADDRESS | APIC_BASE_EN | APIC_BASE_EXTD | APIC_BASE_BSP);
-        if !allowed || value & reserved != 0 {
-            return Ok(Some(End::Error(format!(
-                "the guest's IA32_APIC_BASE write {value:#x} (from {:#x}) raises #GP (SDM §11.12.5)",
-                self.apic_base
-            ))));
+        !allowed || value & reserved != 0
+    }
+
+    /// Whether the guest's RDMSR or WRMSR of `msr` raises #GP before any
+    /// register is reached: an x2APIC MSR (0x800-0xBFF) while the APIC is
+    /// not in x2APIC mode (SDM §11.12.1.2; KVM `kvm_x2apic_msr_read`/`write`
+    /// answer 1, which is #GP). In x2APIC mode the in-kernel APIC handles
+    /// these MSRs itself and reports its own faults as
+    /// `HV_VM_EXITINFO_INJECT_EXCP`.
+    fn x2apic_msr_faults(&self, msr: u32) -> bool {
+        X2APIC_MSRS.contains(&msr) && self.apic_base & APIC_BASE_EXTD == 0
+    }
+
+    /// Delivers `e` to the guest at the next VM entry (SDM vol. 3C §26.6,
+    /// event injection): the VM-entry interruption-information field, type
+    /// hardware exception, with the error code when the exception pushes
+    /// one (§26.2.1.3); RIP stays on the faulting instruction when the
+    /// exception restarts it, as a fault does (SDM vol. 3A §6.5), else moves
+    /// past it (`len` bytes; `None`: the exit's instruction length).
+    fn inject(&mut self, e: ApicException, len: Option<u64>) -> std::result::Result<(), HvError> {
+        let v = self.vcpu;
+        self.calls.note(|| {
+            format!(
+                "  inject vector {} (error code {:?}, restart {})",
+                e.vector, e.error_code, e.restart
+            )
+        });
+        if let Some(code) = e.error_code {
+            self.hv
+                .write_vmcs(v, vmcs::VMCS_CTRL_VMENTRY_EXC_ERROR, code as u64)?;
         }
+        let info = event::hardware_exception(e.vector, e.error_code.is_some());
+        self.hv
+            .write_vmcs(v, vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO, info)?;
+        if !e.restart {
+            let rip = self.hv.read_register(v, hv::HV_X86_RIP)?;
+            let len = match len {
+                Some(len) => len,
+                None => self.hv.read_vmcs(v, hv::VMCS_RO_VMEXIT_INSTR_LEN)?,
+            };
+            self.hv.write_register(v, hv::HV_X86_RIP, rip + len)?;
+        }
+        Ok(())
+    }
+
+    /// The guest's valid WRMSR to IA32_APIC_BASE, as pmj's QEMU handles it
+    /// (`hvf_apic_set_base`; the faulting ones are
+    /// [`Self::apic_base_write_faults`]): the MMIO window moved with
+    /// `hv_vmx_vcpu_set_apic_address` (never `hv_vcpu_write_msr`); the MSR
+    /// read back, which must show the mode the guest asked for. A disable
+    /// puts the in-kernel APIC back to its power-up state.
+    fn write_apic_base(&mut self, value: u64) -> std::result::Result<Option<End>, HvError> {
+        let v = self.vcpu;
+        let flags = |x: u64| x & (APIC_BASE_EN | APIC_BASE_EXTD);
+        let (old, new) = (flags(self.apic_base), flags(value));
         let base = value & APIC_BASE_ADDRESS;
         self.apic_base = base | new | (self.apic_base & APIC_BASE_BSP);
         if old != 0 && new == 0 {
@@ -582,6 +636,17 @@ impl<H: Hv + HvExt> HvfVmm<H> {
         }
         self.hv.read_msr(self.vcpu, msr)
     }
+    /// `HV_VM_EXITINFO_INJECT_EXCP`: the in-kernel APIC refused the guest's
+    /// access (an x2APIC register rule, SDM §11.12.1.2-3) and hands the
+    /// exception back, to be delivered as the processor would.
+    /// `len`: the faulting instruction's length, `None` for the exit's.
+    fn apic_exception(&mut self, len: Option<u64>) -> std::result::Result<(), HvError> {
+        let e = self.hv.exit_inject_excp(self.vcpu)?;
+        self.calls
+            .note(|| format!("  hv_vcpu_exit_inject_excp -> {e:?}"));
+        self.inject(e, len)
+    }
+
     fn vmx_exit(&mut self, table: &table::Table) -> std::result::Result<Option<End>, HvError> {
         let v = self.vcpu;
         let full_reason = self.hv.read_vmcs(v, hv::VMCS_RO_EXIT_REASON)?;
@@ -668,9 +733,19 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                 self.hv
                     .write_register(v, hv::HV_X86_RIP, rip + access.len)?;
                 // Seed step 3: a write with side effects: the exit info says which.
-                if !no_side_effect && self.hv.exit_info(v)? == hv::HV_VM_EXITINFO_IOAPIC_EOI {
+                let side_effect = if no_side_effect {
+                    None
+                } else {
+                    Some(self.hv.exit_info(v)?)
+                };
+                if side_effect == Some(hv::HV_VM_EXITINFO_IOAPIC_EOI) {
                     let vector = self.hv.exit_ioapic_eoi(v)?;
                     self.userspace_eoi(vector)?;
+                } else if side_effect == Some(hv::HV_VM_EXITINFO_INJECT_EXCP) {
+                    // The write faulted: back to the instruction, whose
+                    // fault the exception's restart flag decides.
+                    self.hv.write_register(v, hv::HV_X86_RIP, rip)?;
+                    self.apic_exception(Some(access.len))?;
                 } else if offset == reg::EOI as u32 {
                     if self.split() && self.workarounds.contains(Workarounds::XAPIC_EOI_DETECT) {
                         if let Ok(vector) = self.hv.exit_ioapic_eoi(v) {
@@ -686,6 +761,20 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                 let msr = self.hv.read_register(v, hv::HV_X86_RCX)? as u32;
                 let value = self.hv.read_register(v, hv::HV_X86_RDX)? << 32
                     | (self.hv.read_register(v, hv::HV_X86_RAX)? & 0xffff_ffff);
+                let faults = self.x2apic_msr_faults(msr)
+                    || (msr == IA32_APIC_BASE && self.apic_base_write_faults(value));
+                if faults {
+                    // The stub's #GP handler logs the fault and skips the
+                    // WRMSR (docs/guest-stub.md): RIP stays on it.
+                    self.calls.note(|| {
+                        format!(
+                            "  WRMSR {msr:#x} {value:#x} (from {:#x}): #GP",
+                            self.apic_base
+                        )
+                    });
+                    self.inject(ApicException::GP, None)?;
+                    return Ok(None);
+                }
                 if msr != IA32_APIC_BASE {
                     return Ok(Some(End::Error(format!(
                         "the guest wrote MSR {msr:#x}, which the stub never does"
@@ -699,6 +788,11 @@ impl<H: Hv + HvExt> HvfVmm<H> {
             }
             hv::VMX_REASON_RDMSR => {
                 let msr = self.hv.read_register(v, hv::HV_X86_RCX)? as u32;
+                if self.x2apic_msr_faults(msr) {
+                    self.calls.note(|| format!("  RDMSR {msr:#x}: #GP"));
+                    self.inject(ApicException::GP, None)?;
+                    return Ok(None);
+                }
                 let value = self.read_msr_exit(msr)?;
                 self.calls
                     .note(|| format!("  RDMSR {msr:#x} -> {value:#x}"));

@@ -214,19 +214,120 @@ fn check_controls(caps: &Capabilities, f: &impl Fields) -> Result<(), String> {
     if primary & (1 << 22) != 0 && pin & (1 << 5) == 0 {
         return Err("\"NMI-window exiting\" is 1 but \"virtual NMIs\" is 0".into());
     }
-    // 26.2.1.3: the VM-entry interruption-information field: reserved bits
-    // 30:12 must be 0. The double does not model event injection at all, so
-    // it refuses a valid one too (a loop that leaves one behind is the
-    // issue's problem 8).
-    let injection = f.field(VMCS_CTRL_VMENTRY_IRQ_INFO).unwrap_or(0);
-    if injection & 0x7fff_f000 != 0 {
+    check_injection(caps, f)
+}
+
+/// SDM vol. 3C §26.2.1.3, the VM-entry interruption-information field
+/// (checked only when its valid bit 31 is 1, except the reserved bits):
+/// reserved bits 30:12 are 0; the type (10:8) is not 1 (reserved), and 7
+/// (other event) only with the monitor trap flag; the vector fits the type
+/// (NMI: 2; hardware exception: at most 31; other event: 0); the
+/// deliver-error-code bit (11) is 1 exactly when the type is hardware
+/// exception, the vector one that pushes an error code (8, 10-14, 17) and
+/// the guest is in protected mode (CR0.PE, or "unrestricted guest" off);
+/// with it set, bits 31:16 of the VM-entry exception error code are 0 (bit
+/// 56 of IA32_VMX_BASIC, clear on Kaby Lake, drops the vector condition);
+/// for the software types (4, 5, 6) the VM-entry instruction length is 1-15
+/// (0 too when IA32_VMX_MISC bit 30 is 1).
+///
+/// Beyond the processor, the double's limit: it delivers hardware
+/// exceptions only (the guest stub's #GP handler is what it plays), so a
+/// valid injection of another type, or of an exception other than #GP, is
+/// refused as not modelled.
+fn check_injection(caps: &Capabilities, f: &impl Fields) -> Result<(), String> {
+    use super::super::api::event;
+    let info = f.field(VMCS_CTRL_VMENTRY_IRQ_INFO).unwrap_or(0);
+    if info & 0x7fff_f000 != 0 {
         return Err(format!(
-            "the VM-entry interruption information {injection:#x} has reserved bits 30:12 set"
+            "the VM-entry interruption information {info:#x} has reserved bits 30:12 set"
         ));
     }
-    if injection & (1 << 31) != 0 {
+    if info & event::VALID == 0 {
+        return Ok(());
+    }
+    let vector = info as u8;
+    let kind = (info >> event::TYPE_SHIFT) & 7;
+    let primary = f.field(VMCS_CTRL_CPU_BASED).unwrap_or(0);
+    let monitor_trap_flag = (caps.procbased >> 32) & (1 << 27) != 0;
+    match kind {
+        1 => {
+            return Err(format!(
+                "the VM-entry interruption information {info:#x} has the reserved type 1"
+            ))
+        }
+        event::OTHER_EVENT if !monitor_trap_flag || vector != 0 => {
+            return Err(format!(
+                "the VM-entry interruption information {info:#x}: type 7 (other event) needs the monitor trap flag and vector 0"
+            ))
+        }
+        event::NMI if vector != 2 => {
+            return Err(format!(
+                "the VM-entry interruption information {info:#x}: an NMI must have vector 2"
+            ))
+        }
+        event::HARDWARE_EXCEPTION if vector > 31 => {
+            return Err(format!(
+                "the VM-entry interruption information {info:#x}: a hardware exception's vector is at most 31"
+            ))
+        }
+        _ => {}
+    }
+    let secondary = if primary & ACTIVATE_SECONDARY != 0 {
+        f.field(VMCS_CTRL_CPU_BASED2).unwrap_or(0)
+    } else {
+        0
+    };
+    let unrestricted = secondary & (1 << 7) != 0;
+    let protected = !unrestricted || f.field(VMCS_GUEST_CR0).unwrap_or(0) & 1 != 0;
+    let vector_rule_lifted = caps.basic & (1 << 56) != 0;
+    let wants_code = protected
+        && kind == event::HARDWARE_EXCEPTION
+        && (event::pushes_error_code(vector) || vector_rule_lifted);
+    let delivers_code = info & event::DELIVER_ERROR_CODE != 0;
+    if delivers_code != wants_code {
         return Err(format!(
-            "a pending event injection ({injection:#x}) at VM entry: not modelled by the double (left over from an earlier scenario?)"
+            "the VM-entry interruption information {info:#x}: deliver-error-code is {} but type {kind} vector {vector} {}",
+            u8::from(delivers_code),
+            if wants_code {
+                "pushes an error code"
+            } else {
+                "pushes no error code"
+            }
+        ));
+    }
+    if delivers_code {
+        let code = written(
+            f,
+            VMCS_CTRL_VMENTRY_EXC_ERROR,
+            "the VM-entry exception error code",
+        )?;
+        if code & 0xffff_0000 != 0 {
+            return Err(format!(
+                "the VM-entry exception error code {code:#x} has bits 31:16 set"
+            ));
+        }
+    }
+    if matches!(
+        kind,
+        event::SOFTWARE_INTERRUPT
+            | event::PRIVILEGED_SOFTWARE_EXCEPTION
+            | event::SOFTWARE_EXCEPTION
+    ) {
+        let len = written(
+            f,
+            VMCS_CTRL_VMENTRY_INSTR_LEN,
+            "the VM-entry instruction length",
+        )?;
+        let zero_ok = caps.misc & (1 << 30) != 0;
+        if len > 15 || (len == 0 && !zero_ok) {
+            return Err(format!(
+                "the VM-entry instruction length {len} is outside 1-15 for type {kind}"
+            ));
+        }
+    }
+    if kind != event::HARDWARE_EXCEPTION || vector != 13 {
+        return Err(format!(
+            "a pending event injection ({info:#x}) at VM entry: the double delivers #GP only (left over from an earlier scenario?)"
         ));
     }
     Ok(())
