@@ -365,10 +365,14 @@ fn kvms_lowest_broadcast_and_apic_reenable_are_probed_and_labelled() {
                 ..
             }
         ));
+        // Until the program writes SVR the re-enabled state is an open
+        // choice (src/oracle.rs); after it, the TMR KVM kept diverges.
+        let kept_tmr = "msi vector=0x20 level\napic-base 0xfee00000\napic-base 0xfee00800\n\
+                        svr 0x1ff\nsnapshot\n";
         let mut differ = irqdiff::differ::Differ::open(shape).unwrap();
         for (text, id) in [
             (lowest, "kvm-lowest-broadcast-fixed"),
-            (reenable, "kvm-apic-reenable-keeps-state"),
+            (kept_tmr, "kvm-apic-reenable-keeps-state"),
         ] {
             let scenario = parse(text).unwrap();
             let judgement = differ.diff(&scenario);
