@@ -135,12 +135,13 @@ pub const KVM_LOWEST_BROADCAST_FIXED: Known = Known {
 /// IA32_APIC_BASE's enable bit again after clearing it resets only the
 /// xAPIC ID; SVR (software enable), the LVTs and the rest keep what they
 /// had, where the model gives the APIC its power-up state (SDM §11.4.3:
-/// SVR 0xFF, software-disabled).
+/// SVR 0xFF, software-disabled). The model's `apic-base-transition/late`
+/// (the state kept until a later INIT) reproduces it.
 pub const KVM_APIC_REENABLE_KEEPS_STATE: Known = Known {
     id: "kvm-apic-reenable-keeps-state",
     title: "KVM: re-enabling the APIC in IA32_APIC_BASE keeps SVR and the LVTs",
     doc: "docs/known-divergences.md#kvm-apic-reenable-keeps-state",
-    deviations: &[],
+    deviations: &[Deviation::new(Rule::ApicBaseTransition, Mode::Late)],
 };
 
 /// QEMU's local APIC in x2APIC mode (TCG, QEMU 9.0+): `apic_msr_write`

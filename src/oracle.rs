@@ -364,24 +364,31 @@ pub fn open_choice_window(
     expected: &Trace,
     observed: &Trace,
 ) -> Option<Window> {
-    let mut x2apic = scenario.config.apic == crate::scenario::ApicMode::X2apic;
-    let mut disabled = false;
+    // Per CPU (each has its own APIC, docs/scenario-format.md "Several
+    // CPUs"): a re-enable is decided by that CPU's own SVR write.
+    let mut x2apic =
+        [scenario.config.apic == crate::scenario::ApicMode::X2apic; crate::scenario::MAX_CPUS];
+    let mut disabled = [false; crate::scenario::MAX_CPUS];
     let mut window: Option<Window> = None;
     for (k, op) in scenario.ops.iter().enumerate() {
+        let cpu = scenario.cpu_of(k) as usize % crate::scenario::MAX_CPUS;
         if let Op::ApicBase(value) = *op {
             let enabled = value & APIC_BASE_EN != 0;
-            if enabled && disabled {
+            if enabled && disabled[cpu] {
                 let svr = scenario.ops[k..]
                     .iter()
-                    .position(|op| matches!(op, Op::Svr(_)))
+                    .enumerate()
+                    .position(|(i, op)| {
+                        matches!(op, Op::Svr(_)) && scenario.cpu_of(k + i) as usize == cpu
+                    })
                     .map(|i| k + i);
                 window = Some((k, svr));
                 break;
             }
-            disabled = !enabled;
-            x2apic = enabled && value & APIC_BASE_EXTD != 0;
+            disabled[cpu] = !enabled;
+            x2apic[cpu] = enabled && value & APIC_BASE_EXTD != 0;
         }
-        if takes_open_choice(op, x2apic) {
+        if takes_open_choice(op, x2apic[cpu]) {
             window = Some((k, None));
             break;
         }
@@ -1071,6 +1078,21 @@ mod tests {
         // A disable alone takes no open choice.
         let s = scenario("apic-base 0xfee00100\nlapic-read 0x0f0\n");
         assert_eq!(open_choice_window(&s, &e, &o), None);
+    }
+
+    #[test]
+    fn a_re_enable_is_decided_by_the_svr_write_of_its_own_cpu() {
+        // Each CPU has its own APIC (SDM §11.4.3 per APIC): another CPU's
+        // SVR write leaves CPU 0's re-enabled state open.
+        let s = scenario(
+            "config cpus=2\napic-base 0xfee00000\napic-base 0xfec80800\ncpu 1: svr 0x1ff\n\
+             ipi vector=0xb4 all\nsvr 0x1ff\n",
+        );
+        let none = trace(vec![]);
+        assert_eq!(open_choice_window(&s, &none, &none), Some((1, Some(4))));
+        // On one CPU the next SVR write closes it, as before.
+        let s = scenario("apic-base 0xfee00000\napic-base 0xfec80800\nsvr 0x1ff\n");
+        assert_eq!(open_choice_window(&s, &none, &none), Some((1, Some(2))));
     }
 
     #[test]

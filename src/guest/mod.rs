@@ -207,10 +207,12 @@ mod tests {
     #[test]
     fn per_cpu_blocks_are_disjoint_and_inside_guest_ram() {
         let mut spans = vec![
-            (GDT, CODE_END),
+            (GDT, PDPT + 0x1000),
+            (SIPI_PAGE, SIPI_PAGE + 0x1000),
+            (PD, PD + 0x4000),
+            (CODE, CODE_END),
             (DATA, OPS_END),
             (LOG, LOG_END),
-            (SIPI_PAGE, SIPI_PAGE + 0x1000),
         ];
         for cpu in 1..MAX_CPUS {
             let block = cpu_block(cpu);
@@ -222,7 +224,7 @@ mod tests {
         spans.sort();
         assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{spans:x?}");
         // The SIPI page is between the PDPT and the page directories.
-        assert!(PDPT + 0x1000 <= SIPI_PAGE && SIPI_PAGE + 0x1000 <= PD);
+        const { assert!(PDPT + 0x1000 <= SIPI_PAGE && SIPI_PAGE + 0x1000 <= PD) };
         assert_eq!(SIPI_PAGE, 0x8000);
     }
 

@@ -5,7 +5,7 @@
 #define IDT 0x2000
 #define PML4 0x3000
 #define PDPT 0x4000
-#define PD 0x5000
+#define PD 0xb000
 #define CODE 0x10000
 #define STACK_TOP 0x1f000
 #define DATA 0x20000
