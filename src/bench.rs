@@ -361,6 +361,26 @@ pub fn backend_throughput(name: &str, cases: u64) -> Result<Value, String> {
 /// calls per scenario, which load does not change. Scenarios run in the
 /// same order and on the same VMs as in a campaign: each reset undoes what
 /// the previous scenario left, and the pings run on a VM of their own.
+///
+/// Two kinds of exit, named apart in the JSON. The figures above count
+/// *userspace exits* (returns from `KVM_RUN`, `exits_per_scenario_*`).
+/// KVM's own per-vCPU counters (`kvm_counter_source`: `KVM_GET_STATS_FD`,
+/// else debugfs, else why neither; [`kvm_exits`]) give every *VM exit* KVM
+/// counted (`exits`: `vm_exits_per_userspace_exit`,
+/// `ratio_backend_per_vm_exit_to_raw_exit`) and the instructions it
+/// emulated (`insn_emulation`), for the busy runs
+/// (`kvm_counters_per_scenario_without_hang`) and the raw round trips
+/// (`kvm_counters_per_raw_round_trip`). On a host that emulates the guest
+/// (this machine's `kvm_pvm`) the in-kernel APIC's accesses are emulated
+/// instructions, not VM exits, and every other instruction of the stub is
+/// emulated too; so the bench times runs of 2,000 in-kernel accesses
+/// (`in_kernel`: `eoi`, `ioapic-write 0 0`) for the time per emulated
+/// instruction, and from it the least a busy scenario can cost
+/// ([`kvm_exits::floor_time`]: its instructions at that price, each of its
+/// userspace exits at the round trip's price beyond the round trip's own
+/// instructions): `floor_ratio_per_userspace_exit`, the least
+/// `ratio_backend_per_exit_to_raw_exit` can be, and
+/// `ratio_busy_time_to_floor`, what the backend costs above it.
 #[cfg(target_os = "linux")]
 fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Result<(), String> {
     use crate::backend::kvm_stats::Counters;

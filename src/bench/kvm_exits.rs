@@ -10,6 +10,7 @@
 //!   `KVM_RUN` without returning (the in-kernel LAPIC's and IOAPIC's
 //!   emulated accesses, a `hlt`, an interrupt window...).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -44,12 +45,15 @@ impl ExitStats {
             return None;
         }
         let key = vcpu.as_raw_fd();
-        if !self.vcpus.contains_key(&key) {
+        if let Entry::Vacant(slot) = self.vcpus.entry(key) {
             match VcpuStats::open(vm, vcpu, index) {
                 Ok(stats) => {
-                    self.vcpus.insert(key, (stats, Counters::default()));
+                    slot.insert((stats, Counters::default()));
                 }
-                Err(e) => return self.fail(e),
+                Err(e) => {
+                    self.unavailable = Some(describe(&e));
+                    return None;
+                }
             }
         }
         let (stats, last) = self.vcpus.get_mut(&key).expect("inserted above");
@@ -64,7 +68,7 @@ impl ExitStats {
     }
 
     fn fail(&mut self, e: StatsError) -> Option<Counters> {
-        self.unavailable = Some(format!("{e}: {}", source_chain(&e)));
+        self.unavailable = Some(describe(&e));
         None
     }
 
@@ -78,10 +82,16 @@ impl ExitStats {
     }
 }
 
+/// The error and its sources, for the JSON.
+fn describe(e: &StatsError) -> String {
+    format!("{e}{}", source_chain(e))
+}
+
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = String::new();
     let mut cause = e.source();
     while let Some(c) = cause {
+        out.push_str(": ");
         out.push_str(&c.to_string());
         cause = c.source();
     }

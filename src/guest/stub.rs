@@ -720,3 +720,123 @@ fn op_lapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
     a.set_label(&mut faulted)?;
     a.popfq()
 }
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+    use super::*;
+
+    fn decode_at(stub: &Stub, ip: u64) -> Vec<Instruction> {
+        let at = (ip - CODE) as usize;
+        let mut decoder = Decoder::with_ip(64, &stub.code[at..], ip, DecoderOptions::NONE);
+        (0..4).map(|_| decoder.decode()).collect()
+    }
+
+    /// The dispatch: `jmp [rax*8 + table]` into a table of body addresses
+    /// placed just after the code, each pointing at its kind's body.
+    #[test]
+    fn ops_dispatch_through_a_table_of_their_bodies() {
+        let stub = assemble().unwrap();
+        let mut decoder = Decoder::with_ip(64, &stub.code, CODE, DecoderOptions::NONE);
+        let jumps: Vec<Instruction> = decoder
+            .iter()
+            .take_while(|i| !i.is_invalid())
+            .filter(|i| {
+                i.mnemonic() == Mnemonic::Jmp
+                    && i.op0_kind() == OpKind::Memory
+                    && i.memory_index() == Register::RAX
+            })
+            .collect();
+        assert_eq!(jumps.len(), 1, "one dispatch jump");
+        let table = jumps[0].memory_displacement64();
+        assert_eq!(table % 8, 0);
+        let entry = |kind: u32| {
+            let at = (table - CODE) as usize + 8 * kind as usize;
+            u64::from_le_bytes(stub.code[at..at + 8].try_into().unwrap())
+        };
+        // The table ends the code: one entry per kind up to the last.
+        assert_eq!(
+            stub.code.len() as u64,
+            table - CODE + 8 * (kind::IPI.max(kind::PING) as u64 + 1)
+        );
+        // `ping` is `mov dx, PING_PORT; out dx, eax; ret`.
+        let ping = decode_at(&stub, entry(kind::PING));
+        assert_eq!(ping[0].mnemonic(), Mnemonic::Mov);
+        assert_eq!(ping[0].immediate16(), PING_PORT);
+        assert_eq!(ping[1].mnemonic(), Mnemonic::Out);
+        assert_eq!(ping[2].mnemonic(), Mnemonic::Ret);
+        // `cli` is `cli; ret`; kind 0 (never dispatched) is a bare `ret`.
+        assert_eq!(
+            decode_at(&stub, entry(kind::CLI))[..2]
+                .iter()
+                .map(Instruction::mnemonic)
+                .collect::<Vec<_>>(),
+            [Mnemonic::Cli, Mnemonic::Ret]
+        );
+        assert_eq!(
+            decode_at(&stub, entry(kind::END))[0].mnemonic(),
+            Mnemonic::Ret
+        );
+        // A kind past the table is not dispatched: `cmp eax, max; ja ret`
+        // just before the jump.
+        let mut decoder = Decoder::with_ip(64, &stub.code, CODE, DecoderOptions::NONE);
+        let before: Vec<Instruction> = decoder
+            .iter()
+            .take_while(|i| i.ip() < jumps[0].ip())
+            .collect();
+        let [.., cmp, ja] = before.as_slice() else {
+            panic!("no bounds check before the dispatch")
+        };
+        assert_eq!(
+            (cmp.mnemonic(), cmp.immediate32()),
+            (Mnemonic::Cmp, kind::IPI.max(kind::PING))
+        );
+        assert_eq!(ja.mnemonic(), Mnemonic::Ja);
+    }
+
+    /// A snapshot reads the 26 LAPIC registers in the same order in either
+    /// mode: by MMIO at r14 + offset in xAPIC mode, by RDMSR in x2APIC mode.
+    #[test]
+    fn a_snapshot_reads_the_lapic_registers_in_order_in_either_mode() {
+        let mut a = CodeAssembler::new(64).unwrap();
+        let labels = Labels {
+            lapic_read: a.create_label(),
+            lapic_write: a.create_label(),
+            log_full: a.create_label(),
+        };
+        op_snapshot(&mut a, &labels).unwrap();
+        for mut l in [labels.lapic_read, labels.lapic_write, labels.log_full] {
+            a.set_label(&mut l).unwrap();
+            a.ret().unwrap();
+        }
+        let code = a.assemble(CODE).unwrap();
+        let mut decoder = Decoder::with_ip(64, &code, CODE, DecoderOptions::NONE);
+        let instructions: Vec<Instruction> = decoder.iter().collect();
+        let expected: Vec<u32> = [reg::IRR, reg::ISR, reg::TMR]
+            .iter()
+            .flat_map(|base| (0..8).map(move |i| (base + 0x10 * i) as u32))
+            .chain([reg::TPR as u32, reg::PPR as u32])
+            .collect();
+        let mmio: Vec<u32> = instructions
+            .iter()
+            .filter(|i| i.op1_kind() == OpKind::Memory && i.memory_base() == Register::R14)
+            .map(|i| i.memory_displacement32())
+            .collect();
+        assert_eq!(mmio, expected);
+        let msrs: Vec<u32> = instructions
+            .windows(2)
+            .filter(|w| w[1].mnemonic() == Mnemonic::Rdmsr)
+            .map(|w| w[0].immediate32())
+            .collect();
+        assert_eq!(
+            msrs,
+            expected
+                .iter()
+                .map(|&o| msr_of(o as u16))
+                .collect::<Vec<_>>()
+        );
+        // No call per read any more: the LAPIC is read inline.
+        assert!(instructions.iter().all(|i| i.mnemonic() != Mnemonic::Call));
+    }
+}
