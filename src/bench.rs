@@ -11,6 +11,9 @@ use crate::model::Quirks;
 use crate::scenario::generate::{case_seed, random, GenConfig};
 use crate::scenario::{Op, Scenario};
 
+#[cfg(target_os = "linux")]
+mod kvm_exits;
+
 /// Model throughput: guest ops (top-level and handler-body ops executed)
 /// per second on random scenarios, on one core, as the differ runs them
 /// (a plain run, [`backend::Backend::execute`]) and with the decisions recorded
@@ -400,8 +403,29 @@ fn qemu_cpus(host: &mut backend::qemu::QemuBackend, scenarios: &[Scenario]) -> V
 /// calls per scenario, which load does not change. Scenarios run in the
 /// same order and on the same VMs as in a campaign: each reset undoes what
 /// the previous scenario left, and the pings run on a VM of their own.
+///
+/// Two kinds of exit, named apart in the JSON. The figures above count
+/// *userspace exits* (returns from `KVM_RUN`, `exits_per_scenario_*`).
+/// KVM's own per-vCPU counters (`kvm_counter_source`: `KVM_GET_STATS_FD`,
+/// else debugfs, else why neither; [`kvm_exits`]) give every *VM exit* KVM
+/// counted (`exits`: `vm_exits_per_userspace_exit`,
+/// `ratio_backend_per_vm_exit_to_raw_exit`) and the instructions it
+/// emulated (`insn_emulation`), for the busy runs
+/// (`kvm_counters_per_scenario_without_hang`) and the raw round trips
+/// (`kvm_counters_per_raw_round_trip`). On a host that emulates the guest
+/// (this machine's `kvm_pvm`) the in-kernel APIC's accesses are emulated
+/// instructions, not VM exits, and every other instruction of the stub is
+/// emulated too; so the bench times runs of 2,000 in-kernel accesses
+/// (`in_kernel`: `eoi`, `ioapic-write 0 0`) for the time per emulated
+/// instruction, and from it the least a busy scenario can cost
+/// ([`kvm_exits::floor_time`]: its instructions at that price, each of its
+/// userspace exits at the round trip's price beyond the round trip's own
+/// instructions): `floor_ratio_per_userspace_exit`, the least
+/// `ratio_backend_per_exit_to_raw_exit` can be, and
+/// `ratio_busy_time_to_floor`, what the backend costs above it.
 #[cfg(target_os = "linux")]
 fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Result<(), String> {
+    use crate::backend::kvm_stats::Counters;
     use crate::trace::Outcome;
     let mut kvm = backend::kvm::KvmBackend::open(name == "kvm-split").map_err(|e| e.to_string())?;
     kvm.measure_time_in_run(true);
@@ -419,19 +443,34 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
         backend::kvm::RunCalls::default(),
     );
     let (mut ratios, mut paired_ratios) = (Vec::new(), Vec::new());
+    // Every VM exit KVM counted (kvm_exits.rs), of the busy runs and of the
+    // raw round trips, each read after the timed part.
+    let mut vm_exits = kvm_exits::ExitStats::default();
+    let (mut busy_counters, mut ping_counters) = (Counters::default(), Counters::default());
+    let mut ping_exits = 0u64;
+    let mut note_pings = |kvm: &backend::kvm::KvmBackend, stats: &mut kvm_exits::ExitStats, n| {
+        if let Some(gained) = stats.gained(kvm.ping_vcpu()) {
+            ping_counters.add(&gained);
+            // The ping stub's start and its end-port `out` ride along.
+            ping_exits += n as u64 + 1;
+        }
+    };
     for chunk in scenarios.chunks(CHUNK) {
         let chunk_ping = kvm.ping(PINGS_PER_CHUNK).map_err(|e| e.to_string())?;
+        note_pings(&kvm, &mut vm_exits, PINGS_PER_CHUNK);
         chunk_ping_sum += chunk_ping.as_secs_f64();
         let (mut chunk_exits, mut chunk_busy) = (0u64, Duration::ZERO);
         let (mut chunk_pings, mut chunk_ping_time) = (0u64, Duration::ZERO);
         for s in chunk {
             let ping = kvm.ping(PINGS_PER_SCENARIO).map_err(|e| e.to_string())?;
+            note_pings(&kvm, &mut vm_exits, PINGS_PER_SCENARIO);
             chunk_pings += PINGS_PER_SCENARIO as u64;
             chunk_ping_time += ping * PINGS_PER_SCENARIO as u32;
             let start = Instant::now();
             let t = backend::Backend::run_to_trace(&mut kvm, s);
             let took = start.elapsed();
             calls.add(&kvm.last_calls);
+            let gained = vm_exits.gained(kvm.last_run_vcpu());
             if t.outcome == Outcome::Hang {
                 hangs += 1;
                 hang_time += took;
@@ -440,6 +479,9 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
                 busy_calls.add(&kvm.last_calls);
                 chunk_busy += took;
                 in_run += kvm.last_time_in_run().unwrap_or_default();
+                if let Some(gained) = gained {
+                    busy_counters.add(&gained);
+                }
             }
         }
         exits += chunk_exits;
@@ -491,6 +533,21 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
         json!(calls.routing_time.as_secs_f64() * 1e3 / calls.routing.max(1) as f64);
     report["hangs"] = json!(hangs);
     report["mean_hang_detection_ms"] = json!(hang_time.as_secs_f64() * 1e3 / hangs.max(1) as f64);
+    let in_kernel = kvm_exits::in_kernel_cost(&mut kvm, &mut vm_exits, 5);
+    let busy = kvm_exits::Busy {
+        counters: &busy_counters,
+        cases: cases - hangs,
+        time: busy,
+        userspace_exits: exits,
+    };
+    kvm_exits::report_vm_exits(
+        report,
+        &vm_exits,
+        &busy,
+        (&ping_counters, ping_exits),
+        raw,
+        in_kernel,
+    );
     Ok(())
 }
 

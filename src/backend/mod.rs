@@ -183,6 +183,8 @@ pub mod byo;
 pub mod hvf;
 #[cfg(target_os = "linux")]
 pub mod kvm;
+#[cfg(target_os = "linux")]
+pub mod kvm_stats;
 pub mod model;
 pub mod model_smp;
 pub mod qemu;

@@ -80,7 +80,38 @@ const RDMSR_WORD: u32 = 0x320f;
 const MSR_INSTRUCTION_LEN: i32 = 2;
 
 /// Assembles the stub.
+///
+/// Ops are dispatched through a table of their bodies' addresses, indexed
+/// by op kind (`jmp [rax*8 + table]`: four instructions whatever the kind,
+/// where a chain of compares took up to 47; on a host that emulates every
+/// guest instruction, as this machine's KVM does, instructions are the
+/// guest's cost). The table sits just after the code, in the code area;
+/// its address is an operand of the code, so the stub is assembled twice:
+/// once to learn where the code ends and where the bodies are, then with
+/// the table's address, which changes no instruction's length (an absolute
+/// address with an index and no base is always a 32-bit displacement), so
+/// nothing moves.
 pub fn assemble() -> Result<Stub, IcedError> {
+    let (first, bodies) = assemble_with_dispatch_table(CODE_END)?;
+    let table = (CODE + first.code.len() as u64).next_multiple_of(8);
+    let (mut stub, placed) = assemble_with_dispatch_table(table)?;
+    assert!(
+        placed == bodies && stub.code.len() == first.code.len(),
+        "placing the dispatch table moved the stub's code"
+    );
+    stub.code.resize((table - CODE) as usize, 0xcc);
+    for body in placed {
+        stub.code.extend_from_slice(&body.to_le_bytes());
+    }
+    if CODE + stub.code.len() as u64 > CODE_END {
+        panic!("the stub outgrew its code area ({} bytes)", stub.code.len());
+    }
+    Ok(stub)
+}
+
+/// The stub with its op dispatch table at `table`, and the table: the
+/// address of each op kind's body, by kind (an unknown kind's is a `ret`).
+fn assemble_with_dispatch_table(table: u64) -> Result<(Stub, Vec<u64>), IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut entry = a.create_label();
     let mut exec_op = a.create_label();
@@ -325,17 +356,20 @@ pub fn assemble() -> Result<Stub, IcedError> {
         lapic_write,
         log_full,
     };
-    let mut targets = Vec::new();
+    let max_kind = kinds.iter().map(|(k, _)| *k).max().unwrap_or(0);
+    let mut unknown = a.create_label();
     a.mov(eax, dword_ptr(r15))?;
-    for (k, _) in &kinds {
-        let target = a.create_label();
-        a.cmp(eax, *k as i32)?;
-        a.je(target)?;
-        targets.push(target);
-    }
+    a.cmp(eax, max_kind as i32)?;
+    a.ja(unknown)?;
+    a.jmp(qword_ptr(rax * 8 + table))?;
+    a.set_label(&mut unknown)?;
     a.ret()?; // unknown kind: nothing
-    for ((k, body), mut target) in kinds.iter().zip(targets) {
-        a.set_label(&mut target)?;
+    let mut targets = Vec::new();
+    for _ in &kinds {
+        targets.push(a.create_label());
+    }
+    for ((k, body), target) in kinds.iter().zip(targets.iter_mut()) {
+        a.set_label(target)?;
         body(&mut a, &labels)?;
         match *k {
             kind::HLT => a.set_label(&mut after_hlt[0])?,
@@ -359,7 +393,10 @@ pub fn assemble() -> Result<Stub, IcedError> {
         thunks.push(l);
     }
     gp_handler(&mut a, &mut gp_entry, common, end, log_full)?;
-    const SAVED: [AsmRegister64; 12] = [rax, rbx, rcx, rdx, rsi, rdi, r8, r9, r10, r11, r13, r15];
+    // The registers the handler and the bodies it runs write (r14 too, but
+    // an `apic-base` in a handler moves the LAPIC base for good); the stub
+    // never writes r8-r11 and only its top-level loop writes r13.
+    const SAVED: [AsmRegister64; 7] = [rax, rbx, rcx, rdx, rsi, rdi, r15];
     a.set_label(&mut common)?;
     for r in SAVED {
         a.push(r)?;
@@ -427,10 +464,11 @@ pub fn assemble() -> Result<Stub, IcedError> {
         .map(|t| result.label_ip(t))
         .collect::<Result<Vec<_>, _>>()?;
     let code = result.inner.code_buffer.clone();
-    if CODE + code.len() as u64 > CODE_END {
-        panic!("the stub outgrew its code area ({} bytes)", code.len());
+    let mut dispatch = vec![result.label_ip(&unknown)?; max_kind as usize + 1];
+    for ((k, _), target) in kinds.iter().zip(&targets) {
+        dispatch[*k as usize] = result.label_ip(target)?;
     }
-    Ok(Stub {
+    let stub = Stub {
         entry: result.label_ip(&entry)?,
         ap_entry: result.label_ip(&ap_entry)?,
         sipi_entry: result.label_ip(&sipi_entry)?,
@@ -441,7 +479,8 @@ pub fn assemble() -> Result<Stub, IcedError> {
             result.label_ip(&after_hlt[0])?,
             result.label_ip(&after_hlt[1])?,
         ],
-    })
+    };
+    Ok((stub, dispatch))
 }
 
 /// Vector 13: a #GP, or an interrupt with vector 13 (an MSI can carry one).
@@ -689,18 +728,30 @@ fn op_snapshot(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
     a.stosd()?;
     a.mov(eax, dword_ptr(CUR_OP))?;
     a.stosd()?;
-    for base in [reg::IRR, reg::ISR, reg::TMR].map(u32::from) {
-        for i in 0..8 {
-            a.mov(ecx, base + 0x10 * i)?;
-            a.call(l.lapic_read)?;
-            a.stosd()?;
-        }
-    }
-    for register in [reg::TPR, reg::PPR] {
-        a.mov(ecx, register as u32)?;
-        a.call(l.lapic_read)?;
+    // The same 26 reads as `lapic_read` makes, with the mode tested once
+    // per snapshot instead of once per read (fewer instructions, the same
+    // accesses in the same order).
+    let registers: Vec<u16> = [reg::IRR, reg::ISR, reg::TMR]
+        .iter()
+        .flat_map(|base| (0..8).map(move |i| base + 0x10 * i))
+        .chain([reg::TPR, reg::PPR])
+        .collect();
+    let mut x2apic = a.create_label();
+    let mut lapic_done = a.create_label();
+    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.jne(x2apic)?;
+    for &offset in &registers {
+        a.mov(eax, dword_ptr(r14 + offset as i32))?;
         a.stosd()?;
     }
+    a.jmp(lapic_done)?;
+    a.set_label(&mut x2apic)?;
+    for &offset in &registers {
+        a.mov(ecx, msr_of(offset))?;
+        a.rdmsr()?;
+        a.stosd()?;
+    }
+    a.set_label(&mut lapic_done)?;
     for pin in 0..24u32 {
         a.mov(dword_ptr(r12), REG_REDTBL as u32 + 2 * pin)?;
         a.mov(eax, dword_ptr(r12 + 0x10))?;
@@ -774,4 +825,124 @@ fn op_lapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
     log_read(a, record::LAPIC_READ)?;
     a.set_label(&mut faulted)?;
     a.popfq()
+}
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+    use super::*;
+
+    fn decode_at(stub: &Stub, ip: u64) -> Vec<Instruction> {
+        let at = (ip - CODE) as usize;
+        let mut decoder = Decoder::with_ip(64, &stub.code[at..], ip, DecoderOptions::NONE);
+        (0..4).map(|_| decoder.decode()).collect()
+    }
+
+    /// The dispatch: `jmp [rax*8 + table]` into a table of body addresses
+    /// placed just after the code, each pointing at its kind's body.
+    #[test]
+    fn ops_dispatch_through_a_table_of_their_bodies() {
+        let stub = assemble().unwrap();
+        let mut decoder = Decoder::with_ip(64, &stub.code, CODE, DecoderOptions::NONE);
+        let jumps: Vec<Instruction> = decoder
+            .iter()
+            .take_while(|i| !i.is_invalid())
+            .filter(|i| {
+                i.mnemonic() == Mnemonic::Jmp
+                    && i.op0_kind() == OpKind::Memory
+                    && i.memory_index() == Register::RAX
+            })
+            .collect();
+        assert_eq!(jumps.len(), 1, "one dispatch jump");
+        let table = jumps[0].memory_displacement64();
+        assert_eq!(table % 8, 0);
+        let entry = |kind: u32| {
+            let at = (table - CODE) as usize + 8 * kind as usize;
+            u64::from_le_bytes(stub.code[at..at + 8].try_into().unwrap())
+        };
+        // The table ends the code: one entry per kind up to the last.
+        assert_eq!(
+            stub.code.len() as u64,
+            table - CODE + 8 * (kind::IPI.max(kind::PING) as u64 + 1)
+        );
+        // `ping` is `mov dx, PING_PORT; out dx, eax; ret`.
+        let ping = decode_at(&stub, entry(kind::PING));
+        assert_eq!(ping[0].mnemonic(), Mnemonic::Mov);
+        assert_eq!(ping[0].immediate16(), PING_PORT);
+        assert_eq!(ping[1].mnemonic(), Mnemonic::Out);
+        assert_eq!(ping[2].mnemonic(), Mnemonic::Ret);
+        // `cli` is `cli; ret`; kind 0 (never dispatched) is a bare `ret`.
+        assert_eq!(
+            decode_at(&stub, entry(kind::CLI))[..2]
+                .iter()
+                .map(Instruction::mnemonic)
+                .collect::<Vec<_>>(),
+            [Mnemonic::Cli, Mnemonic::Ret]
+        );
+        assert_eq!(
+            decode_at(&stub, entry(kind::END))[0].mnemonic(),
+            Mnemonic::Ret
+        );
+        // A kind past the table is not dispatched: `cmp eax, max; ja ret`
+        // just before the jump.
+        let mut decoder = Decoder::with_ip(64, &stub.code, CODE, DecoderOptions::NONE);
+        let before: Vec<Instruction> = decoder
+            .iter()
+            .take_while(|i| i.ip() < jumps[0].ip())
+            .collect();
+        let [.., cmp, ja] = before.as_slice() else {
+            panic!("no bounds check before the dispatch")
+        };
+        assert_eq!(
+            (cmp.mnemonic(), cmp.immediate32()),
+            (Mnemonic::Cmp, kind::IPI.max(kind::PING))
+        );
+        assert_eq!(ja.mnemonic(), Mnemonic::Ja);
+    }
+
+    /// A snapshot reads the 26 LAPIC registers in the same order in either
+    /// mode: by MMIO at r14 + offset in xAPIC mode, by RDMSR in x2APIC mode.
+    #[test]
+    fn a_snapshot_reads_the_lapic_registers_in_order_in_either_mode() {
+        let mut a = CodeAssembler::new(64).unwrap();
+        let labels = Labels {
+            lapic_read: a.create_label(),
+            lapic_write: a.create_label(),
+            log_full: a.create_label(),
+        };
+        op_snapshot(&mut a, &labels).unwrap();
+        for mut l in [labels.lapic_read, labels.lapic_write, labels.log_full] {
+            a.set_label(&mut l).unwrap();
+            a.ret().unwrap();
+        }
+        let code = a.assemble(CODE).unwrap();
+        let mut decoder = Decoder::with_ip(64, &code, CODE, DecoderOptions::NONE);
+        let instructions: Vec<Instruction> = decoder.iter().collect();
+        let expected: Vec<u32> = [reg::IRR, reg::ISR, reg::TMR]
+            .iter()
+            .flat_map(|base| (0..8).map(move |i| (base + 0x10 * i) as u32))
+            .chain([reg::TPR as u32, reg::PPR as u32])
+            .collect();
+        let mmio: Vec<u32> = instructions
+            .iter()
+            .filter(|i| i.op1_kind() == OpKind::Memory && i.memory_base() == Register::R14)
+            .map(|i| i.memory_displacement32())
+            .collect();
+        assert_eq!(mmio, expected);
+        let msrs: Vec<u32> = instructions
+            .windows(2)
+            .filter(|w| w[1].mnemonic() == Mnemonic::Rdmsr)
+            .map(|w| w[0].immediate32())
+            .collect();
+        assert_eq!(
+            msrs,
+            expected
+                .iter()
+                .map(|&o| msr_of(o as u16))
+                .collect::<Vec<_>>()
+        );
+        // No call per read any more: the LAPIC is read inline.
+        assert!(instructions.iter().all(|i| i.mnemonic() != Mnemonic::Call));
+    }
 }

@@ -1766,3 +1766,23 @@ impl Vm {
             .map_err(|e| format!("KVM_IRQ_LINE: {e}"))
     }
 }
+
+/// Bench: the VMs' vCPUs, for KVM's own statistics of them (`kvm_stats.rs`).
+impl KvmBackend {
+    /// The VM and vCPU (index 0) the last run used, if one ran.
+    #[doc(hidden)]
+    pub fn last_run_vcpu(&self) -> Option<(&VmFd, &VcpuFd, u32)> {
+        let vm = if self.last_split {
+            &self.split
+        } else {
+            &self.full
+        };
+        vm.as_ref().map(|vm| (&vm.vm, &vm.vcpu, 0))
+    }
+
+    /// The VM and vCPU of [`KvmBackend::ping`], once it has run.
+    #[doc(hidden)]
+    pub fn ping_vcpu(&self) -> Option<(&VmFd, &VcpuFd, u32)> {
+        self.ping.as_ref().map(|vm| (&vm.vm, &vm.vcpu, 0))
+    }
+}
