@@ -62,6 +62,9 @@ pub struct ModelBackend {
     pub(crate) no_storm_shortcut: bool,
     /// The last run counted out a storm's repeats (for the tests).
     pub(crate) last_storm_shortcut: bool,
+    /// The event buffer of a trace handed back ([`ModelBackend::recycle`]),
+    /// emptied, for the next run: no allocation per run.
+    spare_events: Vec<Event>,
 }
 
 impl ModelBackend {
@@ -102,6 +105,17 @@ impl ModelBackend {
         }
     }
 
+    /// Hands back a trace of this backend's that the caller is done with:
+    /// its event buffer serves the next run, which then allocates nothing
+    /// for its events (the differ's runs, most of which agree).
+    pub fn recycle(&mut self, trace: Trace) {
+        let mut events = trace.events;
+        if events.capacity() > self.spare_events.capacity() {
+            events.clear();
+            self.spare_events = events;
+        }
+    }
+
     /// Runs `scenario`, returning the trace and the decisions behind it.
     /// The trace is the one [`Backend::execute`] gives; recording the
     /// decisions costs time, so the differ asks for them only to explain a
@@ -125,7 +139,11 @@ impl ModelBackend {
         scenario: &Scenario,
         recorder: R,
     ) -> Option<(Trace, R)> {
-        let mut run = Run::new(scenario, self.quirks, self.deviations, recorder);
+        let mut events = std::mem::take(&mut self.spare_events);
+        // Sized for a typical run so that the log rarely grows: an event
+        // per op and a delivery for about every other one.
+        events.reserve(2 * scenario.ops.len() + 4);
+        let mut run = Run::new(scenario, self.quirks, self.deviations, recorder, events);
         run.storm_shortcut = !self.no_storm_shortcut;
         if let Some(device) = &self.device {
             let config = run.machine.config();
@@ -133,6 +151,7 @@ impl ModelBackend {
         }
         let stop = run.program();
         if let Err(Stop::SeveralCpus) = stop {
+            self.spare_events = run.events;
             return None;
         }
         self.last_ops = run.ops;
@@ -473,6 +492,7 @@ impl<'s, R: Recorder> Run<'s, R> {
         quirks: Quirks,
         deviations: Deviations,
         recorder: R,
+        events: Vec<Event>,
     ) -> Run<'s, R> {
         let config = MachineConfig {
             ioapic: match scenario.config.ioapic {
@@ -491,9 +511,7 @@ impl<'s, R: Recorder> Run<'s, R> {
             deviations,
             scenario,
             machine: Machine::new(config),
-            // Sized for a typical run so that the log rarely grows: an
-            // event per op and a delivery for about every other one.
-            events: Vec::with_capacity(2 * scenario.ops.len() + 4),
+            events,
             recorder,
             deliveries: 0,
             count: [0; 256],
@@ -836,9 +854,15 @@ impl<'s, R: Recorder> Run<'s, R> {
         }
         let repeats = STORM_LIMIT - self.deliveries;
         let end = self.events.len();
-        self.events.reserve(repeats * (end - events));
-        for _ in 0..repeats {
-            self.events.extend_from_within(events..end);
+        if end - events == 1 {
+            // The usual storm: the delivery alone, its body records nothing.
+            let delivery = self.events[events].clone();
+            self.events.resize(end + repeats, delivery);
+        } else {
+            self.events.reserve(repeats * (end - events));
+            for _ in 0..repeats {
+                self.events.extend_from_within(events..end);
+            }
         }
         self.ops += repeats as u64 * (self.ops - ops);
         self.count[vector as usize] += repeats as u8;
