@@ -802,9 +802,21 @@ impl<'s, R: Recorder> Run<'s, R> {
         }
     }
 
-    /// Takes every deliverable interrupt, back to back.
+    /// Takes every deliverable interrupt, back to back. Most ops leave
+    /// nothing deliverable: that check is inline, the loop is not.
+    #[inline(always)]
     fn deliver_pending(&mut self, k: usize, depth: usize) -> Step {
-        while let Some(interrupt) = self.machine.pending() {
+        match self.machine.pending() {
+            None => Ok(()),
+            Some(interrupt) => self.deliver_all(interrupt, k, depth),
+        }
+    }
+
+    /// [`Run::deliver_pending`] once `first` is deliverable.
+    #[inline(never)]
+    fn deliver_all(&mut self, first: Interrupt, k: usize, depth: usize) -> Step {
+        let mut next = Some(first);
+        while let Some(interrupt) = next {
             // A few times in a long run of deliveries, whether it repeats
             // itself.
             if self.deliveries >= 4
@@ -817,6 +829,7 @@ impl<'s, R: Recorder> Run<'s, R> {
             } else {
                 self.deliver(interrupt, k, depth)?;
             }
+            next = self.machine.pending();
         }
         Ok(())
     }
@@ -856,8 +869,14 @@ impl<'s, R: Recorder> Run<'s, R> {
         let end = self.events.len();
         if end - events == 1 {
             // The usual storm: the delivery alone, its body records nothing.
-            let delivery = self.events[events].clone();
-            self.events.resize(end + repeats, delivery);
+            self.events.reserve(repeats);
+            for _ in 0..repeats {
+                self.events.push(Event {
+                    op: k,
+                    cpu: 0,
+                    kind: EventKind::Deliver { vector },
+                });
+            }
         } else {
             self.events.reserve(repeats * (end - events));
             for _ in 0..repeats {
