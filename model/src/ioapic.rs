@@ -196,6 +196,7 @@ impl Ioapic {
         Ioapic::with_quirks(version, Quirks::empty())
     }
 
+    #[inline]
     pub fn with_quirks(version: IoapicVersion, quirks: Quirks) -> Ioapic {
         Ioapic {
             version,
@@ -223,6 +224,7 @@ impl Ioapic {
     }
 
     /// Breaks the given rules from now on (kept across [`Ioapic::reset`]).
+    #[inline]
     pub fn set_deviations(&mut self, deviations: Deviations) {
         self.deviations = deviations;
     }

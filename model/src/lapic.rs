@@ -221,6 +221,7 @@ pub const LVT_MASKED: u32 = 1 << 16;
 impl Lapic {
     /// The scenario's start state: APIC ID 0, software-enabled (SVR 0x1FF),
     /// TPR 0, IRR/ISR/TMR empty, LINT0/LINT1 masked.
+    #[inline]
     pub fn new(x2apic: bool, directed_eoi_supported: bool, quirks: Quirks) -> Lapic {
         Lapic {
             hw_enabled: true,
@@ -267,6 +268,7 @@ impl Lapic {
     }
 
     /// Breaks the given rules from now on (kept across resets).
+    #[inline]
     pub fn set_deviations(&mut self, deviations: Deviations) {
         self.deviations = deviations;
         // `eoi-broadcast-suppressed/inverted`: suppression advertised

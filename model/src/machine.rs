@@ -580,12 +580,13 @@ impl Machine {
             return (remote_irr, delivery_status);
         }
         let remote = self.ioapic.remote_irr_pins();
+        let mut remote_irr = [false; 24];
+        for (pin, bit) in remote_irr.iter_mut().enumerate() {
+            *bit = remote & (1 << pin) != 0;
+        }
         // Delivery is instantaneous (crate docs): no entry's delivery
         // status ever reads as pending.
-        (
-            std::array::from_fn(|pin| remote & (1 << pin) != 0),
-            [false; 24],
-        )
+        (remote_irr, [false; 24])
     }
 }
 
