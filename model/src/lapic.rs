@@ -1305,6 +1305,35 @@ mod tests {
     }
 
     #[test]
+    fn deviation_apic_base_transition_inverted_leaves_out_the_checks() {
+        // What `apic-base-transition/inverted` breaks: SDM §11.4.4 (reserved
+        // bits raise #GP) and §11.12.5 (x2APIC goes back to xAPIC only
+        // through the disabled state). The write is taken instead, at the
+        // base it names.
+        let inverted = Deviations::of(&[crate::rules::Deviation::new(
+            Rule::ApicBaseTransition,
+            Mode::Inverted,
+        )]);
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        l.set_deviations(inverted);
+        assert_eq!(
+            l.write_apic_base(0xfed0_0c01),
+            Ok(()),
+            "reserved bit 0 dropped"
+        );
+        assert_eq!(l.apic_base(), 0xfed0_0d00);
+        assert_eq!(l.write_apic_base(0xfec0_0800), Ok(()), "x2APIC to xAPIC");
+        assert!(!l.x2apic());
+        assert_eq!(l.apic_base(), 0xfec0_0900, "moved to the new base");
+        // Without the deviation both writes fault and change nothing.
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        assert_eq!(l.write_apic_base(0xfed0_0c01), Err(GeneralProtection));
+        assert_eq!(l.write_apic_base(0xfec0_0800), Err(GeneralProtection));
+        assert!(l.x2apic());
+        assert_eq!(l.apic_base(), 0xfee0_0d00);
+    }
+
+    #[test]
     fn x2apic_icr_reserved_bits_raise_gp_and_send_nothing() {
         // SDM §11.12.1.3: ICR bits 31:20, 17:16 and 13 are reserved in x2APIC
         // mode (KVM's X2APIC_ICR_RESERVED_BITS).
