@@ -1334,6 +1334,54 @@ mod tests {
     }
 
     #[test]
+    fn deviation_no_destination_match_inverted_compares_four_bits() {
+        // SDM §11.6.2.1: a physical destination names the APIC whose ID it
+        // equals. `no-destination-match/inverted` compares only bits 3:0.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.set_id(3);
+        assert!(!l.matches(false, 0x13));
+        l.set_deviations(Deviations::of(&[crate::rules::Deviation::new(
+            Rule::NoDestinationMatch,
+            Mode::Inverted,
+        )]));
+        assert!(l.matches(false, 0x13));
+        assert!(l.matches(false, 0x23));
+        assert!(l.matches(false, 3));
+        assert!(!l.matches(false, 0x12));
+        assert!(!l.matches(false, 0x1f));
+    }
+
+    #[test]
+    fn deviation_held_by_ppr_inverted_drops_the_vectors_a_tpr_raise_holds() {
+        // SDM §11.8.3.1: a TPR raise only holds the lower classes, which
+        // stay requested. `held-by-ppr/inverted` drops them instead: every
+        // class above the old TPR's up to the new one's.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.set_deviations(Deviations::of(&[crate::rules::Deviation::new(
+            Rule::HeldByPpr,
+            Mode::Inverted,
+        )]));
+        for v in [0x25, 0x35, 0x4f, 0x50, 0x85] {
+            l.accept(&fixed(v, false));
+        }
+        l.write(reg::TPR, 0x10);
+        assert_eq!(l.irr()[1], 1 << 5 | 1 << 21, "class 1 held nothing");
+        l.write(reg::TPR, 0x42);
+        assert_eq!(l.irr()[1], 0, "classes 2 and 3 dropped");
+        assert_eq!(l.irr()[2], 1 << 16, "class 4 dropped, 0x50 above it kept");
+        assert_eq!(l.irr()[4], 1 << 5);
+        l.write(reg::TPR, 0x42);
+        l.write(reg::TPR, 0);
+        assert_eq!(l.irr()[2], 1 << 16, "no raise, nothing dropped");
+        assert_eq!(l.irr()[4], 1 << 5);
+        // Without the deviation the raise holds and drops nothing.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.accept(&fixed(0x35, false));
+        l.write(reg::TPR, 0x42);
+        assert_eq!(l.irr()[1], 1 << (0x35 - 0x20));
+    }
+
+    #[test]
     fn x2apic_icr_reserved_bits_raise_gp_and_send_nothing() {
         // SDM §11.12.1.3: ICR bits 31:20, 17:16 and 13 are reserved in x2APIC
         // mode (KVM's X2APIC_ICR_RESERVED_BITS).
