@@ -745,7 +745,9 @@ impl Lapic {
                 None
             };
         }
-        if d.breaks(Rule::HeldByPpr, Mode::Inverted) && self.tpr & 0xf0 > old & 0xf0 {
+        if d.breaks(Rule::HeldByPpr, Mode::Inverted) {
+            // The classes above the old TPR's up to the new one's: none
+            // unless the class rose.
             for v in (old & 0xf0) + 0x10..=(self.tpr & 0xf0) | 0xf {
                 self.irr.set(v as u8, false);
             }
@@ -1379,6 +1381,37 @@ mod tests {
         l.accept(&fixed(0x35, false));
         l.write(reg::TPR, 0x42);
         assert_eq!(l.irr()[1], 1 << (0x35 - 0x20));
+    }
+
+    #[test]
+    fn resets_keep_the_apic_id_the_base_msr_and_the_deviations() {
+        // SDM §11.4.7.3: INIT resets the local APIC except its APIC ID and
+        // arbitration ID, and leaves IA32_APIC_BASE (base, EN) alone. A
+        // hardware disable and re-enable (§11.4.3, §11.4.7.1) gives the
+        // power-up state, whose APIC ID is still the one the platform
+        // assigned (§11.4.6). Deviations are the model's, kept throughout.
+        let four_bits = Deviations::of(&[crate::rules::Deviation::new(
+            Rule::NoDestinationMatch,
+            Mode::Inverted,
+        )]);
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.set_deviations(four_bits);
+        l.set_id(5);
+        assert_eq!(l.write_apic_base(0xfee0_0000), Ok(()), "disable");
+        assert_eq!((l.id(), l.matches(false, 0x15)), (5, true));
+        assert_eq!(l.write_apic_base(0xfee0_0800), Ok(()), "enable");
+        assert_eq!((l.id(), l.matches(false, 0x15)), (5, true));
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.set_deviations(four_bits);
+        l.set_id(5);
+        assert_eq!(l.write_apic_base(0xfed0_0800), Ok(()), "moved");
+        l.init_reset();
+        assert_eq!(l.apic_base(), 0xfed0_0900);
+        assert_eq!((l.id(), l.matches(false, 0x15)), (5, true));
+        assert_eq!(l.write_apic_base(0xfed0_0000), Ok(()), "disable");
+        l.init_reset();
+        assert_eq!(l.apic_base(), 0xfed0_0100, "still disabled");
+        assert!(!l.hw_enabled());
     }
 
     #[test]
