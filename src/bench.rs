@@ -162,7 +162,10 @@ pub fn model_fixed_work(passes: u64) -> Value {
 #[inline(never)]
 fn plain_passes(model: &mut ModelBackend, scenarios: &[Scenario], passes: u64) -> (u64, u64) {
     model_passes(model, scenarios, passes, |model, s| {
-        std::hint::black_box(backend::Backend::execute(model, s).ok());
+        // As the differ does: the trace goes back once judged.
+        if let Ok(trace) = backend::Backend::execute(model, s) {
+            model.recycle(std::hint::black_box(trace));
+        }
     })
 }
 
@@ -170,7 +173,9 @@ fn plain_passes(model: &mut ModelBackend, scenarios: &[Scenario], passes: u64) -
 #[inline(never)]
 fn explained_passes(model: &mut ModelBackend, scenarios: &[Scenario], passes: u64) -> (u64, u64) {
     model_passes(model, scenarios, passes, |model, s| {
-        std::hint::black_box(model.run_explained(s));
+        let (trace, decisions) = model.run_explained(s);
+        std::hint::black_box(decisions);
+        model.recycle(std::hint::black_box(trace));
     })
 }
 

@@ -112,9 +112,20 @@ impl Differ {
         }
     }
 
+    /// [`Differ::diff`] for its signature only; the model's trace goes
+    /// back to the model ([`ModelBackend::recycle`]).
+    pub fn diff_signature(&mut self, scenario: &Scenario) -> Option<Signature> {
+        let judgement = self.diff(scenario);
+        self.model.recycle(judgement.expected);
+        match judgement.ruling {
+            Ruling::Diverge { signature, .. } => Some(signature),
+            _ => None,
+        }
+    }
+
     /// Shrinks a diverging scenario keeping its signature.
     pub fn minimize(&mut self, scenario: &Scenario, signature: &Signature) -> (Scenario, usize) {
-        let m = minimize(scenario, signature, |s| self.diff(s).into_signature());
+        let m = minimize(scenario, signature, |s| self.diff_signature(s));
         (m.scenario, m.runs)
     }
 

@@ -196,6 +196,7 @@ impl Ioapic {
         Ioapic::with_quirks(version, Quirks::empty())
     }
 
+    #[inline]
     pub fn with_quirks(version: IoapicVersion, quirks: Quirks) -> Ioapic {
         Ioapic::with_deviations(version, quirks, Deviations::default())
     }
@@ -240,6 +241,7 @@ impl Ioapic {
     /// Breaks the given rules from now on (kept across [`Ioapic::reset`]).
     /// A deviation of the reset state takes effect at the next reset; use
     /// [`Ioapic::with_deviations`] to start with it.
+    #[inline]
     pub fn set_deviations(&mut self, deviations: Deviations) {
         self.deviations = deviations;
     }

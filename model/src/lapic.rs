@@ -221,6 +221,7 @@ pub const LVT_MASKED: u32 = 1 << 16;
 impl Lapic {
     /// The scenario's start state: APIC ID 0, software-enabled (SVR 0x1FF),
     /// TPR 0, IRR/ISR/TMR empty, LINT0/LINT1 masked.
+    #[inline]
     pub fn new(x2apic: bool, directed_eoi_supported: bool, quirks: Quirks) -> Lapic {
         Lapic {
             hw_enabled: true,
@@ -267,6 +268,7 @@ impl Lapic {
     }
 
     /// Breaks the given rules from now on (kept across resets).
+    #[inline]
     pub fn set_deviations(&mut self, deviations: Deviations) {
         self.deviations = deviations;
         // `eoi-broadcast-suppressed/inverted`: suppression advertised
@@ -748,7 +750,9 @@ impl Lapic {
                 None
             };
         }
-        if d.breaks(Rule::HeldByPpr, Mode::Inverted) && self.tpr & 0xf0 > old & 0xf0 {
+        if d.breaks(Rule::HeldByPpr, Mode::Inverted) {
+            // The classes above the old TPR's up to the new one's: none
+            // unless the class rose.
             for v in (old & 0xf0) + 0x10..=(self.tpr & 0xf0) | 0xf {
                 self.irr.set(v as u8, false);
             }
@@ -1305,6 +1309,114 @@ mod tests {
         }
         let mut l = Lapic::new(false, false, Quirks::empty());
         assert_eq!(l.write_apic_base(0xfee0_0900), Ok(()));
+    }
+
+    #[test]
+    fn deviation_apic_base_transition_inverted_leaves_out_the_checks() {
+        // What `apic-base-transition/inverted` breaks: SDM §11.4.4 (reserved
+        // bits raise #GP) and §11.12.5 (x2APIC goes back to xAPIC only
+        // through the disabled state). The write is taken instead, at the
+        // base it names.
+        let inverted = Deviations::of(&[crate::rules::Deviation::new(
+            Rule::ApicBaseTransition,
+            Mode::Inverted,
+        )]);
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        l.set_deviations(inverted);
+        assert_eq!(
+            l.write_apic_base(0xfed0_0c01),
+            Ok(()),
+            "reserved bit 0 dropped"
+        );
+        assert_eq!(l.apic_base(), 0xfed0_0d00);
+        assert_eq!(l.write_apic_base(0xfec0_0800), Ok(()), "x2APIC to xAPIC");
+        assert!(!l.x2apic());
+        assert_eq!(l.apic_base(), 0xfec0_0900, "moved to the new base");
+        // Without the deviation both writes fault and change nothing.
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        assert_eq!(l.write_apic_base(0xfed0_0c01), Err(GeneralProtection));
+        assert_eq!(l.write_apic_base(0xfec0_0800), Err(GeneralProtection));
+        assert!(l.x2apic());
+        assert_eq!(l.apic_base(), 0xfee0_0d00);
+    }
+
+    #[test]
+    fn deviation_no_destination_match_inverted_compares_four_bits() {
+        // SDM §11.6.2.1: a physical destination names the APIC whose ID it
+        // equals. `no-destination-match/inverted` compares only bits 3:0.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.set_id(3);
+        assert!(!l.matches(false, 0x13));
+        l.set_deviations(Deviations::of(&[crate::rules::Deviation::new(
+            Rule::NoDestinationMatch,
+            Mode::Inverted,
+        )]));
+        assert!(l.matches(false, 0x13));
+        assert!(l.matches(false, 0x23));
+        assert!(l.matches(false, 3));
+        assert!(!l.matches(false, 0x12));
+        assert!(!l.matches(false, 0x1f));
+    }
+
+    #[test]
+    fn deviation_held_by_ppr_inverted_drops_the_vectors_a_tpr_raise_holds() {
+        // SDM §11.8.3.1: a TPR raise only holds the lower classes, which
+        // stay requested. `held-by-ppr/inverted` drops them instead: every
+        // class above the old TPR's up to the new one's.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.set_deviations(Deviations::of(&[crate::rules::Deviation::new(
+            Rule::HeldByPpr,
+            Mode::Inverted,
+        )]));
+        for v in [0x25, 0x35, 0x4f, 0x50, 0x85] {
+            l.accept(&fixed(v, false));
+        }
+        l.write(reg::TPR, 0x10);
+        assert_eq!(l.irr()[1], 1 << 5 | 1 << 21, "class 1 held nothing");
+        l.write(reg::TPR, 0x42);
+        assert_eq!(l.irr()[1], 0, "classes 2 and 3 dropped");
+        assert_eq!(l.irr()[2], 1 << 16, "class 4 dropped, 0x50 above it kept");
+        assert_eq!(l.irr()[4], 1 << 5);
+        l.write(reg::TPR, 0x42);
+        l.write(reg::TPR, 0);
+        assert_eq!(l.irr()[2], 1 << 16, "no raise, nothing dropped");
+        assert_eq!(l.irr()[4], 1 << 5);
+        // Without the deviation the raise holds and drops nothing.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.accept(&fixed(0x35, false));
+        l.write(reg::TPR, 0x42);
+        assert_eq!(l.irr()[1], 1 << (0x35 - 0x20));
+    }
+
+    #[test]
+    fn resets_keep_the_apic_id_the_base_msr_and_the_deviations() {
+        // SDM §11.4.7.3: INIT resets the local APIC except its APIC ID and
+        // arbitration ID, and leaves IA32_APIC_BASE (base, EN) alone. A
+        // hardware disable and re-enable (§11.4.3, §11.4.7.1) gives the
+        // power-up state, whose APIC ID is still the one the platform
+        // assigned (§11.4.6). Deviations are the model's, kept throughout.
+        let four_bits = Deviations::of(&[crate::rules::Deviation::new(
+            Rule::NoDestinationMatch,
+            Mode::Inverted,
+        )]);
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.set_deviations(four_bits);
+        l.set_id(5);
+        assert_eq!(l.write_apic_base(0xfee0_0000), Ok(()), "disable");
+        assert_eq!((l.id(), l.matches(false, 0x15)), (5, true));
+        assert_eq!(l.write_apic_base(0xfee0_0800), Ok(()), "enable");
+        assert_eq!((l.id(), l.matches(false, 0x15)), (5, true));
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.set_deviations(four_bits);
+        l.set_id(5);
+        assert_eq!(l.write_apic_base(0xfed0_0800), Ok(()), "moved");
+        l.init_reset();
+        assert_eq!(l.apic_base(), 0xfed0_0900);
+        assert_eq!((l.id(), l.matches(false, 0x15)), (5, true));
+        assert_eq!(l.write_apic_base(0xfed0_0000), Ok(()), "disable");
+        l.init_reset();
+        assert_eq!(l.apic_base(), 0xfed0_0100, "still disabled");
+        assert!(!l.hw_enabled());
     }
 
     #[test]

@@ -79,6 +79,17 @@ impl DecisionLog {
     }
 }
 
+/// The state of a machine that decides its later steps
+/// ([`Machine::checkpoint`]): equal checkpoints behave the same from there
+/// on (the machine is deterministic).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    ioapic: Ioapic,
+    lapic: Lapic,
+    cpu: Cpu,
+    unmodelled: Option<DeliveryMode>,
+}
+
 /// What the processor can take now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interrupt {
@@ -528,6 +539,32 @@ impl Machine {
         self.cpu.iret(saved_if);
     }
 
+    /// A copy of the state that decides every later step, to tell whether
+    /// a sequence of steps came back to where it started (a storm that
+    /// repeats itself). `None` when a device under test replaces the IOAPIC
+    /// (its state is not the model's to copy) or decisions are being
+    /// logged (the log is an output, and it differs).
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        if self.device.is_some() || self.log.recording {
+            return None;
+        }
+        Some(Checkpoint {
+            ioapic: self.ioapic.clone(),
+            lapic: self.lapic.clone(),
+            cpu: self.cpu,
+            unmodelled: self.unmodelled,
+        })
+    }
+
+    /// Whether the machine is in the state of `checkpoint`: the same steps
+    /// from here do the same as they did from there.
+    pub fn is_at(&self, checkpoint: &Checkpoint) -> bool {
+        self.cpu == checkpoint.cpu
+            && self.unmodelled == checkpoint.unmodelled
+            && self.lapic == checkpoint.lapic
+            && self.ioapic == checkpoint.ioapic
+    }
+
     /// The redirection entry's remote IRR and delivery status, per pin.
     pub fn ioapic_status(&mut self) -> ([bool; 24], [bool; 24]) {
         if let Some(ext) = &mut self.device {
@@ -543,12 +580,16 @@ impl Machine {
             return (remote_irr, delivery_status);
         }
         let remote = self.ioapic.remote_irr_pins();
+        let mut remote_irr = [false; 24];
+        for (pin, bit) in remote_irr.iter_mut().enumerate() {
+            *bit = remote & (1 << pin) != 0;
+        }
         // Delivery is instantaneous (crate docs): no entry's delivery
         // status reads as pending, unless a guest wrote it
         // (`ioapic-read-only-bits/skipped`).
         let pending = self.ioapic.delivery_status_pins();
         (
-            std::array::from_fn(|pin| remote & (1 << pin) != 0),
+            remote_irr,
             std::array::from_fn(|pin| pending & (1 << pin) != 0),
         )
     }
@@ -1020,5 +1061,61 @@ mod tests {
         assert!(!m.ioapic_status().0[4]);
         assert_eq!(m.pending(), None);
         assert_eq!(m.ioapic_read_indirect(0x18), 0x71 | 1 << 15);
+    }
+
+    #[test]
+    fn a_level_storm_comes_back_to_its_checkpoint_and_other_steps_do_not() {
+        // 82093AA §3.2.4 bit 14 with SDM §11.8.5: an asserted level pin is
+        // sent again at each EOI, so delivery, EOI and IRET leave the
+        // machine as they found it; a step that changes any state does not.
+        let mut m = Machine::new(MachineConfig::default());
+        assert!(m.checkpoint().is_none(), "decisions are logged");
+        m.set_recording(false);
+        route(&mut m, 2, 0x51 | 1 << 15);
+        m.set_irq(2, true);
+        let start = m.checkpoint().unwrap();
+        assert!(m.is_at(&start));
+        let (_, saved) = m.take(m.pending().unwrap());
+        assert!(!m.is_at(&start), "in service, IF = 0");
+        m.lapic_write(reg::EOI, 0).unwrap();
+        m.iret(saved);
+        assert!(m.is_at(&start), "requested again, remote IRR set again");
+        m.cpu.cli();
+        assert!(!m.is_at(&start), "the processor's state counts");
+        m.cpu.sti();
+        m.cpu.end_of_instruction();
+        assert!(m.is_at(&start));
+        m.set_irq(2, false);
+        assert!(!m.is_at(&start), "the IOAPIC's input counts");
+        m.set_irq(2, true);
+        m.lapic_write(reg::TPR, 0x20).unwrap();
+        assert!(!m.is_at(&start), "the local APIC's state counts");
+        m.lapic_write(reg::TPR, 0).unwrap();
+        assert!(m.is_at(&start));
+        let mut d = Machine::with_device(MachineConfig::default(), |sink| {
+            Box::new(crate::device::ModelIoapic::new(IoapicVersion::V20, sink))
+        });
+        d.set_recording(false);
+        assert!(d.checkpoint().is_none(), "a device's state is its own");
+    }
+
+    #[test]
+    fn an_unmodelled_message_is_part_of_the_state() {
+        // SDM §10.6.1 / §11.6.1: SMI, INIT and ExtINT are not modelled; the
+        // run stops on one, so a checkpoint must not hide it.
+        let mut m = Machine::new(MachineConfig::default());
+        m.set_recording(false);
+        let start = m.checkpoint().unwrap();
+        m.message(&InterruptMessage {
+            vector: 0x30,
+            delivery: DeliveryMode::Smi,
+            logical: false,
+            dest: 0,
+            level: false,
+            rule: Rule::MsiDelivers,
+        });
+        assert!(!m.is_at(&start));
+        assert_eq!(m.take_unmodelled(), Some(DeliveryMode::Smi));
+        assert!(m.is_at(&start));
     }
 }

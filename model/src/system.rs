@@ -726,6 +726,34 @@ mod tests {
     }
 
     #[test]
+    fn vector_16_is_the_first_vector_an_ipi_carries() {
+        // SDM §11.5.3: vectors 0-15 are illegal (send illegal vector, nothing
+        // sent); 16 is legal and delivered.
+        let mut s = system(&[0, 1], false);
+        s.send_icr(0, fixed(0x0f), 1).unwrap();
+        assert_eq!(requested(&s, 0x0f), [] as [usize; 0]);
+        s.send_icr(0, fixed(0x10), 1).unwrap();
+        assert_eq!(requested(&s, 0x10), [1]);
+    }
+
+    #[test]
+    fn iret_restores_the_flag_the_gate_saved_on_that_cpu_only() {
+        // SDM §6.12.1.3: entry through an interrupt gate clears IF; IRET
+        // restores the saved RFLAGS.IF, of the CPU that took the interrupt.
+        let mut s = system(&[0, 1], false);
+        assert!(system(&[0, 1], true).config().x2apic, "built with x2APIC");
+        s.send_icr(0, fixed(0x40), 1).unwrap();
+        s.send_icr(0, fixed(0x41), 1).unwrap();
+        let (v, saved) = s.take(1, s.pending(1).unwrap());
+        assert_eq!((v, saved), (0x41, true));
+        assert_eq!(s.pending(1), None, "IF = 0 in the handler");
+        s.lapic_write(1, reg::EOI, 0).unwrap();
+        s.iret(1, saved);
+        assert_eq!(s.pending(1), Some(Interrupt::Maskable(0x40)));
+        assert_eq!(s.nodes[0].cpu, Cpu::new(), "CPU 0 untouched");
+    }
+
+    #[test]
     fn physical_ipi_reaches_the_apic_with_that_id() {
         // SDM §11.6.2.1: the destination is the APIC ID, not the index.
         let mut s = system(&[0, 5, 2], false);

@@ -120,6 +120,7 @@ impl Job {
             let observed = self.differ.target.run_batch(&scenarios);
             for (scenario, trace) in scenarios.iter().zip(observed) {
                 let judgement = self.differ.judge(scenario, trace);
+                self.differ.model.recycle(judgement.expected);
                 tally.cases += 1;
                 match judgement.ruling {
                     Ruling::Agree => {}

@@ -699,11 +699,18 @@ impl Scenario {
     /// than one CPU, an APIC ID other than the index, APs waiting for a
     /// SIPI, per-CPU handler bodies or ops on another CPU.
     pub fn uses_smp(&self) -> bool {
+        self.uses_smp_outside_handlers() || self.handlers.keys().any(|k| k.cpu.is_some())
+    }
+
+    /// [`Scenario::uses_smp`] but for per-CPU handler bodies (`V@K`), the
+    /// one part that walks the handlers: for a caller that walks them
+    /// anyway (the model's interpreter, once per run).
+    #[inline]
+    pub fn uses_smp_outside_handlers(&self) -> bool {
         self.is_multi_cpu()
             || !self.config.default_apic_ids()
             || self.config.ap_start != ApStart::Host
             || !self.op_cpus.is_empty()
-            || self.handlers.keys().any(|k| k.cpu.is_some())
     }
 
     /// Drops `op_cpus` when every op runs on CPU 0, and pads it otherwise,
