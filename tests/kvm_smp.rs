@@ -382,3 +382,31 @@ fn kvms_lowest_broadcast_and_apic_reenable_are_probed_and_labelled() {
         }
     }
 }
+
+/// Each CPU's snapshot reads its own local APIC in its own mode: here CPU
+/// 0 is in x2APIC mode (RDMSR) and CPU 1 in xAPIC mode (MMIO). A snapshot
+/// that tested the mode of CPU 0 on every CPU made CPU 1's RDMSR fault in
+/// the middle of its record (the log then failed to decode: "unknown
+/// record kind").
+#[test]
+fn a_snapshot_reads_its_own_cpus_apic_mode() {
+    if !kvm_or_skip("a_snapshot_reads_its_own_cpus_apic_mode") {
+        return;
+    }
+    for shape in SHAPES {
+        let t = run(
+            shape,
+            "config cpus=2\napic-base 0xfee00c00\ncpu 1: snapshot\nsnapshot\n",
+        );
+        assert_eq!(t.outcome, Outcome::Completed, "{shape}: {t:?}");
+        let snapshots: Vec<(usize, u8)> = t
+            .events
+            .iter()
+            .map(|e| match e.kind {
+                EventKind::Snapshot(_) => (e.op, e.cpu),
+                ref other => panic!("{shape}: unexpected event {other:?}"),
+            })
+            .collect();
+        assert_eq!(snapshots, vec![(1, 1), (2, 0)], "{shape}");
+    }
+}

@@ -738,7 +738,7 @@ fn op_snapshot(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
         .collect();
     let mut x2apic = a.create_label();
     let mut lapic_done = a.create_label();
-    a.cmp(dword_ptr(X2APIC), 0)?;
+    a.cmp(dword_ptr(rbp + PCPU_X2APIC), 0)?;
     a.jne(x2apic)?;
     for &offset in &registers {
         a.mov(eax, dword_ptr(r14 + offset as i32))?;
