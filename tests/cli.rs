@@ -186,3 +186,21 @@ fn doctor_without_scenarios_says_so() {
     );
     assert!(!out.contains("## kvm-unit-tests scenarios"), "{out}");
 }
+
+/// With several CPUs, the readable trace names the CPU that ran each op
+/// (`cpu K:`, as in the scenario) and the CPU that observed each event.
+#[test]
+fn run_names_the_cpu_of_each_op_and_event() {
+    let f = file(
+        "smp.irq",
+        "config cpus=2\nhandler 0x40@1: eoi\ncpu 1: ipi vector=0x40 dest=0\nipi vector=0x40 dest=1\n",
+    );
+    let (code, out, err) = irqdiff(&["run", &f]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "op 0 (cpu 1: ipi vector=0x40): deliver 0x40\n\
+         op 1 (ipi vector=0x40 dest=0x1) [cpu 1]: deliver 0x40\n\
+         completed\n"
+    );
+}

@@ -64,8 +64,18 @@ pub fn main(args: RunArgs) -> ExitCode {
 pub fn readable(scenario: &Scenario, trace: &Trace) -> String {
     let mut out = String::new();
     for e in &trace.events {
-        let op = scenario.ops.get(e.op).map_or("?".into(), op_text);
-        out += &format!("op {} ({op}): {}\n", e.op, e.kind);
+        let mut op = scenario.ops.get(e.op).map_or("?".into(), op_text);
+        if scenario.cpu_of(e.op) != 0 {
+            op = format!("cpu {}: {op}", scenario.cpu_of(e.op));
+        }
+        // The CPU that observed the event, where several could (docs/
+        // scenario-format.md, "Several CPUs").
+        let on = if e.cpu != 0 {
+            format!(" [cpu {}]", e.cpu)
+        } else {
+            String::new()
+        };
+        out += &format!("op {} ({op}){on}: {}\n", e.op, e.kind);
     }
     out += &match trace.outcome {
         Outcome::Completed => "completed\n".to_string(),
