@@ -31,10 +31,7 @@ use irqdiff_model::pic::{
 };
 use irqdiff_model::{ModelPic, PicConfig, PicDevice, PicProfile, PicRule};
 use proptest::prelude::*;
-use proptest::test_runner::{
-    Config as PtConfig, FileFailurePersistence, RngAlgorithm, TestCaseError, TestError, TestRng,
-    TestRunner,
-};
+use proptest::test_runner::{TestCaseError, TestError};
 
 use crate::{Config, Summary};
 
@@ -504,25 +501,7 @@ where
     D: PicDevice + 'static,
     F: Fn() -> D,
 {
-    let mut pt = PtConfig {
-        cases: config.cases,
-        source_file: source,
-        failure_persistence: None,
-        ..PtConfig::default()
-    };
-    if config.persist && source.is_some() {
-        pt.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        )));
-    }
-    let mut runner = match config.seed {
-        Some(seed) => {
-            let mut bytes = [0u8; 32];
-            bytes[..8].copy_from_slice(&seed.to_le_bytes());
-            TestRunner::new_with_rng(pt, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
-        }
-        None => TestRunner::new(pt),
-    };
+    let mut runner = crate::runner(config, source);
     let summary = RefCell::new(Summary::default());
     let result = runner.run(&strategy(), |s| {
         match compare_pic(&s, &make) {
