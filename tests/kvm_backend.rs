@@ -36,10 +36,15 @@ fn open(name: &str) -> Box<dyn Backend> {
 
 /// This KVM injects a pending interrupt at whichever VM entry comes next,
 /// including entries after host-side exits (timer ticks, preemption), so a
-/// stale IRR bit is re-delivered at a time that varies from run to run
-/// (docs/known-divergences.md). Each scenario gets this many runs to show
-/// its documented trace.
-const ATTEMPTS: usize = 3;
+/// stale IRR bit is re-delivered, and an early EOI lands, at a time that
+/// varies from run to run (docs/known-divergences.md, "Timing"). Each
+/// scenario gets this many runs to show its documented trace. Measured
+/// under two busy loops (150 runs of each scenario): the documented trace
+/// in at least 90% of runs, the worst 135/150 (`tmr_sequence_x2apic` on
+/// `kvm`); three attempts were not enough under CI's load
+/// (`level_retrigger_mask_x2apic` on `kvm-split` showed its early-EOI
+/// re-send inside the handler three times in a row).
+const ATTEMPTS: usize = 10;
 
 fn check_against_expected(backend_name: &str) {
     let mut b = open(backend_name);
