@@ -1198,8 +1198,26 @@ mod batch {
     pub const WATCHDOG_AT: u64 = 8;
     /// Offset within a staging slot: u32, 1 for an x2APIC scenario.
     pub const X2APIC_AT: u64 = 12;
-    /// Result code of a scenario the watchdog found halted for good.
-    pub const HANG: u32 = 3;
+    /// Result code of a scenario the watchdog found halted for good. The
+    /// batch's result word carries the stub's own end codes too, so it
+    /// must be none of them (3 once was, and an unexpected #GP read as a
+    /// hang).
+    pub const HANG: u32 = 0x11;
+    const _: () = {
+        use crate::guest::layout::EndCode;
+        let ends = [
+            EndCode::Completed,
+            EndCode::Storm,
+            EndCode::LogFull,
+            EndCode::UnexpectedFault,
+        ];
+        let mut i = 0;
+        while i < ends.len() {
+            assert!(ends[i] as u32 != HANG && ends[i] as u32 != WAITING_CPU);
+            i += 1;
+        }
+        assert!(HANG != WAITING_CPU);
+    };
 
     /// The loader (entered from the long-mode trampoline instead of the
     /// stub) and the end handler.
