@@ -63,6 +63,33 @@ fn missing_file_and_usage_errors_exit_2() {
     assert!(err.contains("unknown quirk `bogus`"), "{err}");
 }
 
+/// A campaign on a backend that cannot open says only why: no banner, no
+/// findings directory, before any case runs.
+#[test]
+fn fuzz_on_a_bad_backend_fails_before_its_banner() {
+    let out = std::env::temp_dir().join(format!("irqdiff-cli-badfuzz-{}", std::process::id()));
+    let out = out.to_str().unwrap();
+    let (code, _, err) = irqdiff(&[
+        "fuzz",
+        "--backend",
+        "sim:bogus",
+        "--time",
+        "2s",
+        "--out",
+        out,
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown quirk `bogus`"), "{err}");
+    assert!(!err.contains("fuzzing"), "{err}");
+    let (code, _, err) = irqdiff(&["fuzz", "--backend", "hvf", "--time", "2s", "--out", out]);
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("unavailable") && !err.contains("fuzzing"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(out).exists());
+}
+
 #[test]
 fn unavailable_backend_exits_3_with_the_reason() {
     let f = file("u.irq", "nop\n");

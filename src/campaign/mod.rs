@@ -319,6 +319,17 @@ pub fn stalled_path(index: u64) -> PathBuf {
 
 /// Runs a campaign until `cases`, `time` or `stop`. `on_finding` is called
 /// (from a job thread or the supervisor) after each new finding is on disk.
+/// Open the campaign's backend once and close it (unless it allows one VM
+/// per process and the jobs are processes), so that an unknown, invalid or
+/// unavailable backend is an error before anything runs or is printed.
+pub fn check_backend(options: &Options) -> Result<(), CampaignError> {
+    let one_vm_per_process = options.backend.starts_with("hvf");
+    if !(options.uses_processes() && one_vm_per_process && cfg!(target_os = "macos")) {
+        drop(backend::open(&options.backend)?);
+    }
+    Ok(())
+}
+
 pub fn run(
     options: &Options,
     stats: &Stats,
@@ -335,12 +346,7 @@ pub fn run(
             backend: options.backend.clone(),
         });
     }
-    let one_vm_per_process = options.backend.starts_with("hvf");
-    // Open the backend once here (unless it allows one VM per process), so
-    // an unknown or unavailable backend is an error before anything runs.
-    if !(processes && one_vm_per_process && cfg!(target_os = "macos")) {
-        drop(backend::open(&options.backend)?);
-    }
+    check_backend(options)?;
     let ledger = Ledger {
         options,
         stats,

@@ -112,6 +112,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// The exit code of a campaign that could not run.
+fn campaign_error_exit(e: &CampaignError) -> ExitCode {
+    ExitCode::from(match e {
+        CampaignError::Open(backend::OpenError::Unavailable { .. }) => super::EXIT_UNAVAILABLE,
+        CampaignError::Worker(_) | CampaignError::Spawn { .. } => super::EXIT_UNAVAILABLE,
+        CampaignError::Threads { .. } => super::EXIT_BAD_INPUT,
+        _ => super::EXIT_BAD_INPUT,
+    })
+}
+
 pub fn main(args: FuzzArgs) -> ExitCode {
     let backend = match args.backend {
         Some(b) => b,
@@ -176,6 +186,10 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         );
         bar
     };
+    if let Err(e) = campaign::check_backend(&options) {
+        eprintln!("irqdiff fuzz: {e}");
+        return campaign_error_exit(&e);
+    }
     eprintln!(
         "irqdiff: fuzzing `{backend}` against the model, {jobs} job(s), seed {}, findings in {}",
         options.seed,
@@ -239,14 +253,7 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("irqdiff fuzz: {e}");
-            return ExitCode::from(match e {
-                CampaignError::Open(backend::OpenError::Unavailable { .. }) => {
-                    super::EXIT_UNAVAILABLE
-                }
-                CampaignError::Worker(_) | CampaignError::Spawn { .. } => super::EXIT_UNAVAILABLE,
-                CampaignError::Threads { .. } => super::EXIT_BAD_INPUT,
-                _ => super::EXIT_BAD_INPUT,
-            });
+            return campaign_error_exit(&e);
         }
     };
     println!("\n{}", summary.headline);
