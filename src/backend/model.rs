@@ -62,6 +62,14 @@ pub struct ModelBackend {
     pub(crate) no_storm_shortcut: bool,
     /// The last run counted out a storm's repeats (for the tests).
     pub(crate) last_storm_shortcut: bool,
+    /// A host exit of its own right after every injection (a timer tick,
+    /// a preemption of the vCPU thread): under `eoi-broadcast/inverted`
+    /// with the IOAPIC in userspace the early EOI then comes at the take,
+    /// before the handler's first op, as with the IOAPIC in the kernel.
+    /// Not a rule: where a host exit falls is the host's timing
+    /// ([`crate::diagnose::diagnose_reruns`] tries it for a trace that
+    /// varied).
+    pub host_exit_at_take: bool,
     /// The event buffer of a trace handed back ([`ModelBackend::recycle`]),
     /// emptied, for the next run: no allocation per run.
     spare_events: Vec<Event>,
@@ -144,6 +152,7 @@ impl ModelBackend {
         // per op and a delivery for about every other one.
         events.reserve(2 * scenario.ops.len() + 4);
         let mut run = Run::new(scenario, self.quirks, self.deviations, recorder, events);
+        run.host_exit_at_take = self.host_exit_at_take;
         // The deviating path keeps state outside the machine (an early EOI
         // owed, an exit awaited) that a checkpoint does not see.
         run.storm_shortcut = !self.no_storm_shortcut && !run.dispatch_deviates;
@@ -421,6 +430,8 @@ struct Run<'s, R> {
     /// Deviation `eoi-broadcast/inverted`: the level vector taken whose
     /// EOI the VMM broadcasts at the next exit.
     early_eoi: Option<u8>,
+    /// [`ModelBackend::host_exit_at_take`].
+    host_exit_at_take: bool,
     /// A delivery that leaves the machine as it found it is counted out to
     /// the storm limit ([`Run::deliver_checked`]).
     storm_shortcut: bool,
@@ -536,6 +547,7 @@ impl<'s, R: Recorder> Run<'s, R> {
                 || deviations.breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late)
                 || deviations.breaks(Rule::EoiBroadcast, crate::model::Mode::Inverted),
             early_eoi: None,
+            host_exit_at_take: false,
             storm_shortcut: true,
             storm_shortcut_taken: false,
         }
@@ -1061,7 +1073,7 @@ impl<'s, R: Recorder> Run<'s, R> {
             // kernel the first exit comes before the handler's first op
             // (this host: the EOI is there by then); with the IOAPIC in
             // userspace, at the first exit to the VMM (`early_eoi_point`).
-            if self.scenario.config.irqchip == Irqchip::Split {
+            if self.scenario.config.irqchip == Irqchip::Split && !self.host_exit_at_take {
                 self.early_eoi = Some(vector);
             } else {
                 self.send_early_eoi(vector);
