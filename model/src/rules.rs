@@ -322,7 +322,7 @@ impl Deviation {
                 "an assert of an already asserted edge pin delivers again"
             }
             (Rule::DispatchAbovePpr, Mode::Late) => {
-                "what the guest made pending is taken only after the next exit to the VMM, one interrupt per entry"
+                "what the guest made pending is taken only after the next exit to the VMM, one interrupt per entry (with the IOAPIC in userspace each MMIO access of an IOAPIC op is an exit: its handler runs between the op's accesses)"
             }
             (Rule::DispatchAbovePpr, Mode::Skipped) => {
                 "a TPR write that lowers the priority takes nothing it unblocks until the next exit to the VMM (a stale TPR threshold)"

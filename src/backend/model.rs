@@ -11,7 +11,7 @@
 //! shadow.
 
 use super::{Availability, Backend, BackendKind, Result};
-use crate::model::ioapic::IOEOI;
+use crate::model::ioapic::{IOEOI, IOREGSEL, IOWIN};
 use crate::model::lapic::reg;
 use crate::model::machine::Interrupt;
 use crate::model::{
@@ -62,6 +62,14 @@ pub struct ModelBackend {
     pub(crate) no_storm_shortcut: bool,
     /// The last run counted out a storm's repeats (for the tests).
     pub(crate) last_storm_shortcut: bool,
+    /// A host exit of its own right after every injection (a timer tick,
+    /// a preemption of the vCPU thread): under `eoi-broadcast/inverted`
+    /// with the IOAPIC in userspace the early EOI then comes at the take,
+    /// before the handler's first op, as with the IOAPIC in the kernel.
+    /// Not a rule: where a host exit falls is the host's timing
+    /// ([`crate::diagnose::diagnose_reruns`] tries it for a trace that
+    /// varied).
+    pub host_exit_at_take: bool,
     /// The event buffer of a trace handed back ([`ModelBackend::recycle`]),
     /// emptied, for the next run: no allocation per run.
     spare_events: Vec<Event>,
@@ -144,6 +152,7 @@ impl ModelBackend {
         // per op and a delivery for about every other one.
         events.reserve(2 * scenario.ops.len() + 4);
         let mut run = Run::new(scenario, self.quirks, self.deviations, recorder, events);
+        run.host_exit_at_take = self.host_exit_at_take;
         // The deviating path keeps state outside the machine (an early EOI
         // owed, an exit awaited) that a checkpoint does not see.
         run.storm_shortcut = !self.no_storm_shortcut && !run.dispatch_deviates;
@@ -421,6 +430,8 @@ struct Run<'s, R> {
     /// Deviation `eoi-broadcast/inverted`: the level vector taken whose
     /// EOI the VMM broadcasts at the next exit.
     early_eoi: Option<u8>,
+    /// [`ModelBackend::host_exit_at_take`].
+    host_exit_at_take: bool,
     /// A delivery that leaves the machine as it found it is counted out to
     /// the storm limit ([`Run::deliver_checked`]).
     storm_shortcut: bool,
@@ -536,6 +547,7 @@ impl<'s, R: Recorder> Run<'s, R> {
                 || deviations.breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late)
                 || deviations.breaks(Rule::EoiBroadcast, crate::model::Mode::Inverted),
             early_eoi: None,
+            host_exit_at_take: false,
             storm_shortcut: true,
             storm_shortcut_taken: false,
         }
@@ -587,6 +599,9 @@ impl<'s, R: Recorder> Run<'s, R> {
         // taken last reaches the IOAPIC at the first exit after it was
         // taken, before the handler's EOI write (this host's KVM;
         // docs/known-divergences.md#kvm-early-eoi).
+        if self.accesses_exit(op) {
+            return self.op_by_access(op, k, depth);
+        }
         let early = match self.early_eoi {
             Some(vector) => self.early_eoi_point(op).map(|point| (vector, point)),
             None => None,
@@ -621,6 +636,93 @@ impl<'s, R: Recorder> Run<'s, R> {
             self.deliver_pending(k, depth)?;
         } else if let (true, Some(interrupt)) = (self.exits(op), self.machine.pending()) {
             self.deliver(interrupt, k, depth)?;
+        }
+        self.recorder.note_held(&self.machine, k);
+        Ok(())
+    }
+
+    /// Whether `op` runs access by access ([`Run::op_by_access`]): under
+    /// `dispatch-above-ppr/late` with the IOAPIC in userspace, an IOAPIC op
+    /// the stub performs as several MMIO accesses with interrupts enabled
+    /// (a `route`'s four, a `mask`'s or `unmask`'s three, an
+    /// `ioapic-write`'s two; `ioapic-read` and `snapshot` hold interrupts,
+    /// `ioapic-eoi` is one access), each an exit to the VMM.
+    fn accesses_exit(&self, op: &Op) -> bool {
+        matches!(
+            op,
+            Op::Route { .. } | Op::Mask(_) | Op::Unmask(_) | Op::IoapicWrite { .. }
+        ) && self.scenario.config.irqchip == Irqchip::Split
+            && self
+                .deviations
+                .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late)
+    }
+
+    /// Deviation dispatch-above-ppr/late, with the IOAPIC in userspace: an
+    /// IOAPIC op as the stub performs it (guest/stub.rs `op_route`,
+    /// `op_mask`, `op_ioapic_write`), one MMIO access at a time. Each
+    /// access is an exit to the VMM; at the entry after it the VMM sends
+    /// the early EOI it owes (`eoi-broadcast/inverted`) and injects one
+    /// pending interrupt, whose handler runs before the op's next access.
+    /// The IOAPIC's IOREGSEL is one register (82093AA §3.1): the accesses
+    /// after the handler use the index the handler left there, as the
+    /// stub's do (a `route` interrupted after its IOREGSEL write by a
+    /// handler that selects another register writes its next dword there;
+    /// docs/known-divergences.md#kvm-early-eoi).
+    #[cold]
+    #[inline(never)]
+    fn op_by_access(&mut self, op: &Op, k: usize, depth: usize) -> Step {
+        // (offset, value); a `None` value is the read of a mask or unmask,
+        // whose write follows with bit 16 set or cleared in what it read.
+        let mut accesses = [(0u64, None::<u32>); 4];
+        let count = match *op {
+            Op::Route { pin, route } => {
+                let [first, second] = route.dword_writes(pin);
+                accesses = [
+                    (IOREGSEL, Some(first.0 as u32)),
+                    (IOWIN, Some(first.1)),
+                    (IOREGSEL, Some(second.0 as u32)),
+                    (IOWIN, Some(second.1)),
+                ];
+                4
+            }
+            Op::Mask(pin) | Op::Unmask(pin) => {
+                accesses[0] = (IOREGSEL, Some(0x10 + 2 * pin.get() as u32));
+                accesses[1] = (IOWIN, None);
+                3
+            }
+            Op::IoapicWrite { index, value } => {
+                accesses[0] = (IOREGSEL, Some(index as u32));
+                accesses[1] = (IOWIN, Some(value));
+                2
+            }
+            _ => unreachable!("accesses_exit"),
+        };
+        for i in 0..count {
+            match (i, accesses[i]) {
+                (2, _) if matches!(op, Op::Mask(_) | Op::Unmask(_)) => {
+                    let low = accesses[1].1.unwrap_or(0);
+                    let low = if matches!(op, Op::Mask(_)) {
+                        low | 1 << 16
+                    } else {
+                        low & !(1 << 16)
+                    };
+                    self.machine.ioapic_mmio_write(IOWIN, low);
+                }
+                (_, (offset, Some(value))) => self.machine.ioapic_mmio_write(offset, value),
+                (_, (offset, None)) => {
+                    accesses[i].1 = Some(self.machine.ioapic_mmio_read(offset));
+                }
+            }
+            // The exit: the VMM's early EOI, then one interrupt at the entry
+            // (an exit also ends a stale TPR threshold's wait).
+            self.waiting_for_exit = false;
+            if let Some(vector) = self.early_eoi {
+                self.send_early_eoi(vector);
+            }
+            self.recorder.collect(&mut self.machine, k);
+            if let Some(interrupt) = self.machine.pending() {
+                self.deliver(interrupt, k, depth)?;
+            }
         }
         self.recorder.note_held(&self.machine, k);
         Ok(())
@@ -971,7 +1073,7 @@ impl<'s, R: Recorder> Run<'s, R> {
             // kernel the first exit comes before the handler's first op
             // (this host: the EOI is there by then); with the IOAPIC in
             // userspace, at the first exit to the VMM (`early_eoi_point`).
-            if self.scenario.config.irqchip == Irqchip::Split {
+            if self.scenario.config.irqchip == Irqchip::Split && !self.host_exit_at_take {
                 self.early_eoi = Some(vector);
             } else {
                 self.send_early_eoi(vector);

@@ -38,7 +38,8 @@ static void deliver_entry(uint64_t e)
 
 /* Split irqchip: KVM exits on the EOI of a level vector only if its GSI
  * routing table has that vector as a level MSI (kvm_scan_ioapic_routes),
- * so the routes mirror the IOAPIC's entries. */
+ * so the routes mirror the IOAPIC's entries, masked ones included: a
+ * masked entry's remote IRR is still reset by the EOI (82093AA 3.2.4). */
 static void sync_routes(void)
 {
     struct {
@@ -54,7 +55,7 @@ static void sync_routes(void)
         routing.e[i].gsi = i;
         routing.e[i].type = KVM_IRQ_ROUTING_MSI;
         routing.e[i].u.msi.address_lo = (unsigned)addr;
-        routing.e[i].u.msi.data = (rtbl[i] & (1u << 16)) ? 0 : data;
+        routing.e[i].u.msi.data = data;
     }
     if (ioctl(vm, KVM_SET_GSI_ROUTING, &routing) < 0)
         die("KVM_SET_GSI_ROUTING");

@@ -964,11 +964,16 @@ impl Vm {
         let routes: Vec<(u32, u32)> = (0..IOAPIC_PINS)
             .map(|pin| {
                 let e = self.ioapic.entry(pin);
-                // Only unmasked level-triggered routes make KVM exit on
-                // their vector's EOI (kvm_scan_ioapic_routes in
-                // arch/x86/kvm/irq.c skips edge ones): the others are
-                // written as empty, so changing them costs no call.
-                if e.masked() || !e.level() {
+                // Only level-triggered routes make KVM exit on their
+                // vector's EOI (kvm_scan_ioapic_routes in arch/x86/kvm/irq.c
+                // skips edge ones): edge ones are written as empty, so
+                // changing them costs no call. A masked level entry keeps
+                // its route (as QEMU's ioapic_update_kvm_routes leaves it):
+                // its remote IRR is still reset by the EOI (82093AA §3.2.4,
+                // bit 14, whatever bit 16 says), so its vector's EOI must
+                // still reach this IOAPIC; and mask and unmask change no
+                // route.
+                if !e.level() {
                     return (0, 0);
                 }
                 let (addr, data) = msi_of(&message_of(&e));
