@@ -131,6 +131,23 @@ pub const KVM_LOWEST_BROADCAST_FIXED: Known = Known {
     deviations: &[],
 };
 
+/// KVM (upstream, `kvm_apic_map_get_dest_lapic`, arch/x86/kvm/lapic.c):
+/// with vector hashing (the `kvm.vector_hashing` parameter, on by
+/// default), a logical lowest-priority message that takes the optimized
+/// map goes to the (vector mod N)th of the N positions its destination
+/// bitmap names, whether or not an APIC holds that position; if none does,
+/// the message is dropped (`kvm_apic_disabled_lapic_found`). The map always
+/// has room for 256 APIC IDs (`kvm_recalculate_apic_map`, `max_id = 255`),
+/// so an x2APIC cluster keeps all 16 positions of the bitmap. The model
+/// (SDM vol. 3A §11.6.2.4, §11.12.10) picks among the APICs the
+/// destination matches, so it always delivers to one.
+pub const KVM_LOWEST_HASHED_TO_ABSENT: Known = Known {
+    id: "kvm-lowest-hashed-to-absent",
+    title: "KVM: a logical lowest-priority message hashed to a position no APIC holds is dropped",
+    doc: "docs/known-divergences.md#kvm-lowest-hashed-to-absent",
+    deviations: &[],
+};
+
 /// KVM (upstream, `__kvm_apic_set_base`, arch/x86/kvm/lapic.c): setting
 /// IA32_APIC_BASE's enable bit again after clearing it resets only the
 /// xAPIC ID; SVR (software enable), the LVTs and the rest keep what they
@@ -189,12 +206,13 @@ pub const QEMU_SHORTHAND_BY_ID: Known = Known {
 };
 
 /// Every documented behaviour.
-pub const ALL: [Known; 13] = [
+pub const ALL: [Known; 14] = [
     KVM_ISR_NOT_SET,
     KVM_DEFERRED_INJECTION,
     KVM_EARLY_EOI,
     KVM_IOAPIC_LATCH,
     KVM_LOWEST_BROADCAST_FIXED,
+    KVM_LOWEST_HASHED_TO_ABSENT,
     KVM_APIC_REENABLE_KEEPS_STATE,
     QEMU_EDGE_EVERY_ASSERT,
     QEMU_IOAPIC_LATCH,
@@ -277,6 +295,7 @@ pub struct HostBehaviours {
     pub ioapic_latch: bool,
     pub early_eoi: bool,
     pub lowest_broadcast_fixed: bool,
+    pub lowest_hashed_to_absent: bool,
     pub reenable_keeps_state: bool,
 }
 
@@ -322,6 +341,12 @@ fn probe() -> HostBehaviours {
         "config cpus=2\nipi vector=0xc2 dest=0xff lowest\n",
     )
     .is_some_and(|t| t.deliveries().count() == 2);
+    // A logical lowest-priority IPI reaches one of the APICs its
+    // destination names (SDM §11.6.2.4): here one of two CPUs, where KVM's
+    // vector hashing picks position 0x4d mod 8 = 5 of the bitmap 0xFF,
+    // which no APIC holds.
+    let lowest_hashed_to_absent =
+        run(&mut kvm, LOWEST_HASHED_TO_ABSENT_PROBE).is_some_and(|t| t.deliveries().count() == 0);
     // Disabling and re-enabling the APIC gives it its power-up SVR, 0xFF
     // (SDM §11.4.3).
     let reenable_keeps_state = run(
@@ -339,8 +364,68 @@ fn probe() -> HostBehaviours {
         ioapic_latch,
         early_eoi: run(&mut kvm, EARLY_EOI_PROBE).is_some_and(|t| early_eoi_seen(&t)),
         lowest_broadcast_fixed,
+        lowest_hashed_to_absent,
         reenable_keeps_state,
     }
+}
+
+/// [`KVM_LOWEST_HASHED_TO_ABSENT`]'s probe: two x2APIC CPUs (IDs 0 and 1),
+/// a logical lowest-priority IPI to cluster 0, bitmap 0xFF.
+pub const LOWEST_HASHED_TO_ABSENT_PROBE: &str =
+    "config apic=x2apic cpus=2\nipi vector=0x4d dest=0xff logical lowest\n";
+
+/// Whether KVM's vector hashing sends a message of `scenario` to a
+/// position of its logical destination that no CPU holds (and so drops
+/// it): a lowest-priority message in logical mode, in a scenario whose
+/// CPUs start in x2APIC mode (the map's logical mode is then x2APIC, and
+/// an x2APIC ID is the vCPU id), that is not KVM's broadcast (0xFFFFFFFF
+/// for an x2APIC IPI, 0xFF for an MSI or an IOAPIC route, which take the
+/// slow path). Cluster `dest >> 16`, bitmap `dest & 0xFFFF`; KVM picks the
+/// (vector mod the bitmap's weight)th set bit (`kvm_vector_to_index`).
+pub fn lowest_hashed_to_absent(scenario: &crate::scenario::Scenario) -> bool {
+    use crate::scenario::{
+        ApicMode, DeliveryMode, DestMode, HostOp, IpiDelivery, MsiDelivery, Op, Shorthand,
+    };
+    if scenario.config.apic != ApicMode::X2apic {
+        return false;
+    }
+    let ids: Vec<u32> = (0..scenario.cpus())
+        .map(|cpu| u32::from(scenario.config.apic_id(cpu)))
+        .collect();
+    let dropped = |vector: u8, dest: u32| {
+        let bitmap = dest & 0xffff;
+        if bitmap == 0 {
+            return false;
+        }
+        let pick = (u32::from(vector) % bitmap.count_ones()) as usize;
+        let bit = (0..16)
+            .filter(|b| bitmap & 1 << b != 0)
+            .nth(pick)
+            .expect("pick < weight");
+        !ids.contains(&((dest >> 16) * 16 + bit))
+    };
+    scenario.all_ops().any(|op| match *op {
+        Op::Ipi(ipi) => {
+            ipi.delivery == IpiDelivery::Lowest
+                && ipi.shorthand == Shorthand::None
+                && ipi.dest_mode == DestMode::Logical
+                && ipi.dest != 0xffff_ffff
+                && dropped(ipi.vector, ipi.dest)
+        }
+        Op::Route { route, .. } => {
+            route.delivery == DeliveryMode::Lowest
+                && route.dest_mode == DestMode::Logical
+                && route.dest != 0xff
+                && dropped(route.vector, u32::from(route.dest))
+        }
+        Op::Host(HostOp::Msi(m)) => {
+            m.delivery == MsiDelivery::Lowest
+                && m.dest_mode == DestMode::Logical
+                && m.dest != 0xff
+                && dropped(m.vector, u32::from(m.dest))
+        }
+        _ => false,
+    })
 }
 
 /// [`KVM_EARLY_EOI`]'s probe, with the IOAPIC in userspace: the handler
@@ -420,6 +505,9 @@ fn kvm_scenario_label(scenario: &crate::scenario::Scenario) -> Option<Known> {
         });
     if host.lowest_broadcast_fixed && lowest_broadcast {
         return Some(KVM_LOWEST_BROADCAST_FIXED);
+    }
+    if host.lowest_hashed_to_absent && lowest_hashed_to_absent(scenario) {
+        return Some(KVM_LOWEST_HASHED_TO_ABSENT);
     }
     let disables_apic = scenario
         .all_ops()

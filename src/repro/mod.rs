@@ -3,6 +3,7 @@
 //! rule, a Rust regression test, and a standalone C program for KVM.
 
 pub mod c;
+pub mod c_smp;
 
 use crate::backend::model::{deciding_decision, ModelBackend};
 use crate::backend::Backend;
