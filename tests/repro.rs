@@ -281,6 +281,67 @@ fn rust_regression_test_embeds_the_scenario_and_the_model_trace() {
     assert!(test.contains(r#"{"op":1,"kind":"deliver","vector":118}"#));
 }
 
+/// The scenario text and the expected trace a generated regression test
+/// embeds (its two raw strings, in that order).
+fn embedded(test: &str) -> (irqdiff::scenario::Scenario, irqdiff::trace::Trace) {
+    let raw: Vec<&str> = test
+        .split("r#\"")
+        .skip(1)
+        .map(|r| r.split("\"#").next().unwrap())
+        .collect();
+    (
+        irqdiff::scenario::parse(raw[0]).unwrap(),
+        serde_json::from_str(raw[1]).unwrap(),
+    )
+}
+
+#[test]
+fn rust_repros_of_multi_cpu_findings_embed_per_cpu_traces_and_judge_as_the_oracle() {
+    // A finding (kvm-lowest-hashed-to-absent) and a scenario KVM agrees on.
+    let finding = irqdiff::scenario::parse(
+        "config apic=x2apic cpus=2\nipi vector=0x4d dest=0xff logical lowest\nipi vector=0x49 dest=0x3 logical lowest\nipi vector=0x41 dest=1\n",
+    )
+    .unwrap();
+    let agrees = load(&root().join("scenarios/kvm-unit-tests-smp/apic_physical_broadcast.irq"));
+    let on_kvm = kvm_or_skip(
+        "rust_repros_of_multi_cpu_findings_embed_per_cpu_traces_and_judge_as_the_oracle (its kvm part)",
+    );
+    for (scenario, diverges) in [(finding, true), (agrees, false)] {
+        let test = irqdiff::repro::rust_test(&scenario, "kvm", "smp");
+        assert!(test.contains("compare_scenario(&scenario"), "{test}");
+        assert!(test.contains("BackendError::Unsupported"), "{test}");
+        let (text, expected) = embedded(&test);
+        assert_eq!(text, scenario);
+        let model = ModelBackend::new().run(&scenario).unwrap();
+        assert_eq!(expected, model);
+        assert!(model.events.iter().any(|e| e.cpu == 1), "{test}");
+        // What the generated test decides on this host's KVM.
+        if on_kvm {
+            let observed = backend::open("kvm").unwrap().run(&scenario).unwrap();
+            let verdict = irqdiff::oracle::compare_scenario(&scenario, &expected, &observed);
+            assert_eq!(
+                matches!(verdict, irqdiff::oracle::Verdict::Diverge(_)),
+                diverges,
+                "{}",
+                observed.to_json()
+            );
+        }
+    }
+}
+
+#[test]
+fn committed_regression_tests_are_what_the_emitter_writes() {
+    let path = root().join("scenarios/kvm-unit-tests-smp/apic_physical_broadcast.irq");
+    let generated = irqdiff::repro::rust_test(&load(&path), "kvm", "apic_physical_broadcast");
+    let committed =
+        std::fs::read_to_string(root().join("tests/regressions/smp_apic_physical_broadcast.rs"))
+            .unwrap();
+    assert_eq!(
+        committed, generated,
+        "regenerate: irqdiff emit scenarios/kvm-unit-tests-smp/apic_physical_broadcast.irq --as rust-test --backend kvm > tests/regressions/smp_apic_physical_broadcast.rs"
+    );
+}
+
 #[test]
 fn kvm_report_lists_the_hypervisor_calls_in_order() {
     if !kvm_or_skip("kvm_report_lists_the_hypervisor_calls_in_order") {

@@ -2,7 +2,8 @@
 //!
 //! - KVM (`cc -O2 repro.c -o repro`): the VM the `kvm` backend creates,
 //!   libc and the kernel headers only; the in-kernel irqchip, or the split
-//!   one with a minimal IOAPIC in C when the scenario says `irqchip=split`.
+//!   one with a minimal IOAPIC in C when the scenario says `irqchip=split`;
+//!   a multi-CPU scenario on N vCPUs, one thread each ([`super::c_smp`]).
 //! - Hypervisor.framework (`cc repro.c -framework Hypervisor`, then
 //!   codesign): the bring-up the strict test double accepts (controls from
 //!   the capability MSRs, all eight segments, CR0/CR4 masks and shadows,
