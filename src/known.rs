@@ -971,11 +971,10 @@ mod tests {
     /// §11.12.10) picks among the APICs the destination matches.
     #[test]
     fn lowest_hashed_to_absent_follows_kvms_vector_hashing() {
-        let drops =
-            |text: &str| super::lowest_hashed_to_absent(&crate::scenario::parse(text).unwrap());
+        let drops = |text: &str| lowest_hashed_to_absent(&crate::scenario::parse(text).unwrap());
         // x2APIC, IDs 0 and 1, bitmap 0xFF: 0x4d mod 8 = 5 (absent), 0x48
         // mod 8 = 0 and 0x49 mod 8 = 1 (present).
-        assert!(drops(super::LOWEST_HASHED_TO_ABSENT_PROBE));
+        assert!(drops(LOWEST_HASHED_TO_ABSENT_PROBE));
         assert!(!drops(
             "config apic=x2apic cpus=2\nipi vector=0x48 dest=0xff logical lowest\n"
         ));
