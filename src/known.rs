@@ -131,6 +131,25 @@ pub const KVM_LOWEST_BROADCAST_FIXED: Known = Known {
     deviations: &[],
 };
 
+/// KVM (upstream, `kvm_apic_map_get_dest_lapic`, arch/x86/kvm/lapic.c):
+/// with vector hashing (the `kvm.vector_hashing` parameter, on by
+/// default), a logical lowest-priority message that takes the optimized
+/// map goes to the (vector mod N)th of the N positions its destination
+/// bitmap names, whether or not an APIC holds that position; if none does,
+/// the message is dropped (`kvm_apic_disabled_lapic_found`). The map always
+/// has room for 256 APIC IDs (`kvm_recalculate_apic_map`, `max_id = 255`),
+/// so an x2APIC cluster keeps all 16 positions of the bitmap; in xAPIC
+/// flat mode a position is an LDR bit. IPIs, MSIs and IOAPIC routes alike
+/// ([`lowest_hashed_to_absent`] says which messages). The model
+/// (SDM vol. 3A §11.6.2.4, §11.12.10) picks among the APICs the
+/// destination matches, so it always delivers to one.
+pub const KVM_LOWEST_HASHED_TO_ABSENT: Known = Known {
+    id: "kvm-lowest-hashed-to-absent",
+    title: "KVM: a logical lowest-priority message hashed to a position no APIC holds is dropped",
+    doc: "docs/known-divergences.md#kvm-lowest-hashed-to-absent",
+    deviations: &[],
+};
+
 /// KVM (upstream, `__kvm_apic_set_base`, arch/x86/kvm/lapic.c): setting
 /// IA32_APIC_BASE's enable bit again after clearing it resets only the
 /// xAPIC ID; SVR (software enable), the LVTs and the rest keep what they
@@ -189,12 +208,13 @@ pub const QEMU_SHORTHAND_BY_ID: Known = Known {
 };
 
 /// Every documented behaviour.
-pub const ALL: [Known; 13] = [
+pub const ALL: [Known; 14] = [
     KVM_ISR_NOT_SET,
     KVM_DEFERRED_INJECTION,
     KVM_EARLY_EOI,
     KVM_IOAPIC_LATCH,
     KVM_LOWEST_BROADCAST_FIXED,
+    KVM_LOWEST_HASHED_TO_ABSENT,
     KVM_APIC_REENABLE_KEEPS_STATE,
     QEMU_EDGE_EVERY_ASSERT,
     QEMU_IOAPIC_LATCH,
@@ -277,6 +297,7 @@ pub struct HostBehaviours {
     pub ioapic_latch: bool,
     pub early_eoi: bool,
     pub lowest_broadcast_fixed: bool,
+    pub lowest_hashed_to_absent: bool,
     pub reenable_keeps_state: bool,
 }
 
@@ -322,6 +343,12 @@ fn probe() -> HostBehaviours {
         "config cpus=2\nipi vector=0xc2 dest=0xff lowest\n",
     )
     .is_some_and(|t| t.deliveries().count() == 2);
+    // A logical lowest-priority IPI reaches one of the APICs its
+    // destination names (SDM §11.6.2.4): here one of two CPUs, where KVM's
+    // vector hashing picks position 0x4d mod 8 = 5 of the bitmap 0xFF,
+    // which no APIC holds.
+    let lowest_hashed_to_absent =
+        run(&mut kvm, LOWEST_HASHED_TO_ABSENT_PROBE).is_some_and(|t| t.deliveries().count() == 0);
     // Disabling and re-enabling the APIC gives it its power-up SVR, 0xFF
     // (SDM §11.4.3).
     let reenable_keeps_state = run(
@@ -339,8 +366,105 @@ fn probe() -> HostBehaviours {
         ioapic_latch,
         early_eoi: run(&mut kvm, EARLY_EOI_PROBE).is_some_and(|t| early_eoi_seen(&t)),
         lowest_broadcast_fixed,
+        lowest_hashed_to_absent,
         reenable_keeps_state,
     }
+}
+
+/// [`KVM_LOWEST_HASHED_TO_ABSENT`]'s probe: two x2APIC CPUs (IDs 0 and 1),
+/// a logical lowest-priority IPI to cluster 0, bitmap 0xFF.
+pub const LOWEST_HASHED_TO_ABSENT_PROBE: &str =
+    "config apic=x2apic cpus=2\nipi vector=0x4d dest=0xff logical lowest\n";
+
+/// Whether KVM's vector hashing sends a message of `scenario` to a
+/// position of its logical destination that no CPU holds (and so drops
+/// it): a lowest-priority message in logical mode that is not KVM's
+/// broadcast (0xFFFFFFFF for an x2APIC IPI, 0xFF otherwise: those take the
+/// slow path), where KVM picks the (vector mod the bitmap's weight)th set
+/// bit of the bitmap (`kvm_vector_to_index`):
+/// - CPUs that start in x2APIC mode: cluster `dest >> 16`, bitmap
+///   `dest & 0xFFFF`; position `cluster * 16 + bit` is the CPU whose
+///   x2APIC ID (the vCPU id) it is.
+/// - xAPIC, flat model (no DFR write): bitmap `dest & 0xFF`; a position is
+///   held by the CPU whose LDR (as the top-level ops left it when the
+///   message is sent) has that one bit. KVM's map needs every non-zero LDR
+///   to be one bit, no two the same (else it takes the slow path: no drop).
+pub fn lowest_hashed_to_absent(scenario: &crate::scenario::Scenario) -> bool {
+    use crate::model::lapic::reg;
+    use crate::scenario::{
+        ApicMode, DeliveryMode, DestMode, HostOp, IpiDelivery, MsiDelivery, Op, Shorthand,
+    };
+    let x2apic = scenario.config.apic == ApicMode::X2apic;
+    if !x2apic
+        && scenario
+            .all_ops()
+            .any(|op| matches!(*op, Op::LapicWrite { offset, .. } | Op::LapicMmioWrite { offset, .. } if offset == reg::DFR)
+                || matches!(*op, Op::ApicBase(_)))
+    {
+        return false;
+    }
+    let ids: Vec<u32> = (0..scenario.cpus())
+        .map(|cpu| u32::from(scenario.config.apic_id(cpu)))
+        .collect();
+    // The logical IDs (LDR bits 31:24) the top-level ops have written.
+    let mut ldr = vec![0u32; scenario.cpus()];
+    let dropped = |ldr: &[u32], vector: u8, dest: u32| {
+        let bitmap = if x2apic { dest & 0xffff } else { dest & 0xff };
+        if bitmap == 0 {
+            return false;
+        }
+        let pick = (u32::from(vector) % bitmap.count_ones()) as usize;
+        let bit = (0..16)
+            .filter(|b| bitmap & 1 << b != 0)
+            .nth(pick)
+            .expect("pick < weight");
+        if x2apic {
+            return !ids.contains(&((dest >> 16) * 16 + bit));
+        }
+        let held: Vec<u32> = ldr.iter().copied().filter(|&l| l != 0).collect();
+        let optimized = held
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l.is_power_of_two() && !held[..i].contains(l));
+        optimized && !held.is_empty() && !held.contains(&(1 << bit))
+    };
+    let message = |ldr: &[u32], op: &Op| match *op {
+        Op::Ipi(ipi) => {
+            ipi.delivery == IpiDelivery::Lowest
+                && ipi.shorthand == Shorthand::None
+                && ipi.dest_mode == DestMode::Logical
+                && ipi.dest != if x2apic { 0xffff_ffff } else { 0xff }
+                && dropped(ldr, ipi.vector, ipi.dest)
+        }
+        Op::Route { route, .. } => {
+            route.delivery == DeliveryMode::Lowest
+                && route.dest_mode == DestMode::Logical
+                && route.dest != 0xff
+                && dropped(ldr, route.vector, u32::from(route.dest))
+        }
+        Op::Host(HostOp::Msi(m)) => {
+            m.delivery == MsiDelivery::Lowest
+                && m.dest_mode == DestMode::Logical
+                && m.dest != 0xff
+                && dropped(ldr, m.vector, u32::from(m.dest))
+        }
+        _ => false,
+    };
+    for (k, op) in scenario.ops.iter().enumerate() {
+        if let Op::LapicWrite { offset, value } | Op::LapicMmioWrite { offset, value } = *op {
+            if offset == reg::LDR {
+                let cpu = scenario.cpu_of(k) as usize % ldr.len();
+                ldr[cpu] = value >> 24;
+            }
+        }
+        if message(&ldr, op) {
+            return true;
+        }
+    }
+    scenario
+        .handlers
+        .values()
+        .any(|body| body.iter().any(|op| message(&ldr, op)))
 }
 
 /// [`KVM_EARLY_EOI`]'s probe, with the IOAPIC in userspace: the handler
@@ -420,6 +544,9 @@ fn kvm_scenario_label(scenario: &crate::scenario::Scenario) -> Option<Known> {
         });
     if host.lowest_broadcast_fixed && lowest_broadcast {
         return Some(KVM_LOWEST_BROADCAST_FIXED);
+    }
+    if host.lowest_hashed_to_absent && lowest_hashed_to_absent(scenario) {
+        return Some(KVM_LOWEST_HASHED_TO_ABSENT);
     }
     let disables_apic = scenario
         .all_ops()
@@ -836,5 +963,68 @@ mod tests {
         let more = [isr[0], Deviation::new(Rule::EoiBroadcast, Mode::Skipped)];
         assert_eq!(documented("kvm", &more), None);
         assert_eq!(documented("kvm", &[]), None);
+    }
+
+    /// KVM's vector hashing (`kvm_apic_map_get_dest_lapic`,
+    /// `kvm_vector_to_index`): the (vector mod weight)th position of the
+    /// bitmap, dropped where no APIC holds it; the SDM (§11.6.2.4,
+    /// §11.12.10) picks among the APICs the destination matches.
+    #[test]
+    fn lowest_hashed_to_absent_follows_kvms_vector_hashing() {
+        let drops = |text: &str| lowest_hashed_to_absent(&crate::scenario::parse(text).unwrap());
+        // x2APIC, IDs 0 and 1, bitmap 0xFF: 0x4d mod 8 = 5 (absent), 0x48
+        // mod 8 = 0 and 0x49 mod 8 = 1 (present).
+        assert!(drops(LOWEST_HASHED_TO_ABSENT_PROBE));
+        assert!(!drops(
+            "config apic=x2apic cpus=2\nipi vector=0x48 dest=0xff logical lowest\n"
+        ));
+        assert!(!drops(
+            "config apic=x2apic cpus=2\nipi vector=0x49 dest=0xff logical lowest\n"
+        ));
+        // Bitmap 0x3 names only present APICs.
+        assert!(!drops(
+            "config apic=x2apic cpus=2\nipi vector=0x4d dest=0x3 logical lowest\n"
+        ));
+        // The broadcasts take KVM's slow path; fixed and physical are not hashed.
+        assert!(!drops(
+            "config apic=x2apic cpus=2\nipi vector=0x4d dest=0xffffffff logical lowest\n"
+        ));
+        assert!(!drops(
+            "config apic=x2apic cpus=2\nmsi vector=0x4d dest=0xff logical lowest\n"
+        ));
+        assert!(!drops(
+            "config apic=x2apic cpus=2\nipi vector=0x4d dest=0xff logical\n"
+        ));
+        // An MSI and a route: 0x4e mod 4 = 2 of bitmap 0x0f, no CPU 2.
+        assert!(drops(
+            "config apic=x2apic cpus=2\nmsi vector=0x4e dest=0x0f logical lowest\n"
+        ));
+        assert!(drops(
+            "config apic=x2apic cpus=2\nroute 3 vector=0x4e logical dest=0x0f lowest\n"
+        ));
+        assert!(!drops(
+            "config apic=x2apic cpus=2\nmsi vector=0x4d dest=0x0f logical lowest\n"
+        ));
+        // CPU 2 exists with apic-ids.
+        assert!(!drops(
+            "config apic=x2apic cpus=2 apic-ids=0,2\nmsi vector=0x4e dest=0x0f logical lowest\n"
+        ));
+        // xAPIC flat: positions are the LDRs the program wrote before the message.
+        let flat =
+            "config cpus=2\nlapic-write 0xd0 0x01000000\ncpu 1: lapic-write 0xd0 0x02000000\n";
+        assert!(drops(&format!(
+            "{flat}ipi vector=0x4e dest=0x0f logical lowest\n"
+        )));
+        assert!(!drops(&format!(
+            "{flat}ipi vector=0x4d dest=0x0f logical lowest\n"
+        )));
+        // Before any LDR write no APIC is addressed, on either side.
+        assert!(!drops("config cpus=2\nipi vector=0x4e dest=0x0f logical lowest\nlapic-write 0xd0 0x01000000\n"));
+        // Two CPUs with one LDR: KVM's slow path, no drop.
+        assert!(!drops("config cpus=2\nlapic-write 0xd0 0x01000000\ncpu 1: lapic-write 0xd0 0x01000000\nipi vector=0x4e dest=0x0f logical lowest\n"));
+        // A DFR write (cluster model) is not followed.
+        assert!(!drops(&format!(
+            "{flat}lapic-write 0xe0 0x0fffffff\nipi vector=0x4e dest=0x0f logical lowest\n"
+        )));
     }
 }

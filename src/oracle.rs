@@ -295,7 +295,7 @@ pub fn canonical(scenario: &Scenario, trace: &Trace) -> Trace {
 
 /// Whether a message of the scenario may be lowest-priority with several
 /// CPUs to choose from.
-fn has_lowest_priority(scenario: &Scenario) -> bool {
+pub fn has_lowest_priority(scenario: &Scenario) -> bool {
     use crate::scenario::{DeliveryMode, HostOp, IpiDelivery, MsiDelivery};
     scenario.is_multi_cpu()
         && scenario.all_ops().any(|op| match op {

@@ -383,6 +383,51 @@ fn kvms_lowest_broadcast_and_apic_reenable_are_probed_and_labelled() {
     }
 }
 
+/// KVM's vector hashing of a logical lowest-priority message
+/// (docs/known-divergences.md#kvm-lowest-hashed-to-absent): the
+/// (vector mod weight)th position of the destination bitmap, dropped where
+/// no APIC holds it; the model delivers each to one CPU (SDM §11.6.2.4).
+#[test]
+fn kvms_lowest_priority_hashing_to_an_absent_apic_is_probed_and_labelled() {
+    if !kvm_or_skip("kvms_lowest_priority_hashing_to_an_absent_apic_is_probed_and_labelled") {
+        return;
+    }
+    assert!(irqdiff::known::host_behaviours().lowest_hashed_to_absent);
+    for shape in SHAPES {
+        // x2APIC IDs 0 and 1, bitmap 0xFF: positions 5, 6, 7 are dropped,
+        // 0 and 1 reach CPU 0 and CPU 1.
+        let ipis = "config apic=x2apic cpus=2\nipi vector=0x4d dest=0xff logical lowest\n\
+                    ipi vector=0x4e dest=0xff logical lowest\nipi vector=0x4f dest=0xff logical lowest\n\
+                    ipi vector=0x48 dest=0xff logical lowest\nipi vector=0x49 dest=0xff logical lowest\n";
+        let t = run(shape, ipis);
+        assert_eq!(deliveries_on(&t), [(3, 0, 0x48), (4, 1, 0x49)], "{shape}");
+        // The architectural forms too: an MSI and an IOAPIC route (bitmap
+        // 0x0f: 0x4e mod 4 = 2, no CPU 2; 0x4d mod 4 = 1, CPU 1); an MSI
+        // to 0xFF takes KVM's slow path and is hashed over the CPUs.
+        let messages = "config apic=x2apic cpus=2\nmsi vector=0x4e dest=0x0f logical lowest\n\
+                        msi vector=0x4d dest=0x0f logical lowest\nroute 3 vector=0x4e logical dest=0x0f lowest\n\
+                        pulse 3\nmsi vector=0x4d dest=0xff logical lowest\n";
+        let t = run(shape, messages);
+        assert_eq!(deliveries_on(&t), [(1, 1, 0x4d), (4, 1, 0x4d)], "{shape}");
+        // xAPIC flat, LDRs 1 and 2: position 2 of 0x0f is nobody's.
+        let flat = "config cpus=2\nlapic-write 0xd0 0x01000000\ncpu 1: lapic-write 0xd0 0x02000000\n\
+                    msi vector=0x4e dest=0x0f logical lowest\nipi vector=0x4e dest=0x0f logical lowest\n";
+        assert_eq!(deliveries_on(&run(shape, flat)), [], "{shape}");
+        let mut differ = irqdiff::differ::Differ::open(shape).unwrap();
+        for text in [ipis, messages, flat] {
+            let scenario = parse(text).unwrap();
+            let judgement = differ.diff(&scenario);
+            let sig = judgement.signature().expect("diverges from the model");
+            let label = irqdiff::known::label(shape, sig, &scenario, &judgement.observed);
+            assert_eq!(
+                label.map(|k| k.id),
+                Some("kvm-lowest-hashed-to-absent"),
+                "{shape}: {text}"
+            );
+        }
+    }
+}
+
 /// Each CPU's snapshot reads its own local APIC in its own mode: here CPU
 /// 0 is in x2APIC mode (RDMSR) and CPU 1 in xAPIC mode (MMIO). A snapshot
 /// that tested the mode of CPU 0 on every CPU made CPU 1's RDMSR fault in

@@ -493,45 +493,57 @@ static unsigned get32(unsigned long long at) { unsigned v; memcpy(&v, ram + at, 
 static int observed_count;
 static char observed[4096][512];
 
-static void decode_log(const char *outcome)
+/* Decodes the log record at guest address p into its op and text (what
+ * follows "op N "): the address of the next record, 0 if it is corrupt. */
+static unsigned long long decode_record(unsigned long long p, unsigned *op, char *line)
+{
+    unsigned kind = get32(p);
+    *op = get32(p + 4);
+    if (kind == 1) {
+        snprintf(line, 480, "deliver 0x%02x", get32(p + 8) & 0xff);
+        return p + 16;
+    } else if (kind == 3 || kind == 4) {
+        snprintf(line, 480, "read %s[0x%x] = 0x%x", kind == 3 ? "ioapic" : "lapic", get32(p + 8), get32(p + 12));
+        return p + 16;
+    } else if (kind == 6) {
+        snprintf(line, 480, "read lapic-mmio[0x%x] = 0x%x", get32(p + 8), get32(p + 12));
+        return p + 16;
+    } else if (kind == 5) {
+        snprintf(line, 480, "exception %u", get32(p + 8) & 0xff);
+        return p + 16;
+    } else if (kind == 2) {
+        unsigned w[50], remote = 0, status = 0;
+        int n = snprintf(line, 480, "snapshot");
+        for (int i = 0; i < 50; i++)
+            w[i] = get32(p + 8 + 4 * i);
+        for (int reg = 0; reg < 3; reg++) {
+            n += snprintf(line + n, 480 - n, " %s=", reg == 0 ? "irr" : reg == 1 ? "isr" : "tmr");
+            for (int i = 7; i >= 0; i--)
+                n += snprintf(line + n, 480 - n, "%08x", w[reg * 8 + i]);
+        }
+        for (int pin = 0; pin < 24; pin++) {
+            remote |= ((w[26 + pin] >> 14) & 1u) << pin;
+            status |= ((w[26 + pin] >> 12) & 1u) << pin;
+        }
+        snprintf(line + n, 480 - n, " tpr=%02x ppr=%02x remote_irr=%06x delivery_status=%06x", w[24] & 0xff, w[25] & 0xff, remote, status);
+        return p + 52 * 4;
+    }
+    snprintf(line, 480, "corrupt log record kind %u", kind);
+    return 0;
+}
+
+static MAYBE_UNUSED void decode_log(const char *outcome)
 {
     unsigned long long end, p = LOG;
     memcpy(&end, ram + LOG_PTR, 8);
-    while (p < end && observed_count < 4095) {
-        unsigned kind = get32(p), op = get32(p + 4);
-        char *line = observed[observed_count++];
-        if (kind == 1) {
-            snprintf(line, 512, "op %u deliver 0x%02x", op, get32(p + 8) & 0xff);
-            p += 16;
-        } else if (kind == 3 || kind == 4) {
-            snprintf(line, 512, "op %u read %s[0x%x] = 0x%x", op, kind == 3 ? "ioapic" : "lapic", get32(p + 8), get32(p + 12));
-            p += 16;
-        } else if (kind == 6) {
-            snprintf(line, 512, "op %u read lapic-mmio[0x%x] = 0x%x", op, get32(p + 8), get32(p + 12));
-            p += 16;
-        } else if (kind == 5) {
-            snprintf(line, 512, "op %u exception %u", op, get32(p + 8) & 0xff);
-            p += 16;
-        } else if (kind == 2) {
-            unsigned w[50], remote = 0, status = 0;
-            int n = snprintf(line, 512, "op %u snapshot", op);
-            for (int i = 0; i < 50; i++)
-                w[i] = get32(p + 8 + 4 * i);
-            for (int reg = 0; reg < 3; reg++) {
-                n += snprintf(line + n, 512 - n, " %s=", reg == 0 ? "irr" : reg == 1 ? "isr" : "tmr");
-                for (int i = 7; i >= 0; i--)
-                    n += snprintf(line + n, 512 - n, "%08x", w[reg * 8 + i]);
-            }
-            for (int pin = 0; pin < 24; pin++) {
-                remote |= ((w[26 + pin] >> 14) & 1u) << pin;
-                status |= ((w[26 + pin] >> 12) & 1u) << pin;
-            }
-            snprintf(line + n, 512 - n, " tpr=%02x ppr=%02x remote_irr=%06x delivery_status=%06x", w[24] & 0xff, w[25] & 0xff, remote, status);
-            p += 52 * 4;
-        } else {
-            snprintf(line, 512, "corrupt log record kind %u", kind);
-            break;
-        }
+    while (p && p < end && observed_count < 4095) {
+        char body[480];
+        unsigned op;
+        p = decode_record(p, &op, body);
+        if (p)
+            snprintf(observed[observed_count++], 512, "op %u %s", op, body);
+        else
+            snprintf(observed[observed_count++], 512, "%s", body);
     }
     snprintf(observed[observed_count++], 512, "%s", outcome);
 }

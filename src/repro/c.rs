@@ -2,7 +2,8 @@
 //!
 //! - KVM (`cc -O2 repro.c -o repro`): the VM the `kvm` backend creates,
 //!   libc and the kernel headers only; the in-kernel irqchip, or the split
-//!   one with a minimal IOAPIC in C when the scenario says `irqchip=split`.
+//!   one with a minimal IOAPIC in C when the scenario says `irqchip=split`;
+//!   a multi-CPU scenario on N vCPUs, one thread each ([`super::c_smp`]).
 //! - Hypervisor.framework (`cc repro.c -framework Hypervisor`, then
 //!   codesign): the bring-up the strict test double accepts (controls from
 //!   the capability MSRs, all eight segments, CR0/CR4 masks and shadows,
@@ -17,6 +18,7 @@
 
 use std::fmt::Write;
 
+use super::c_smp;
 use crate::guest::layout::*;
 use crate::guest::{table, Image};
 use crate::scenario::{print::print, HostOp, Scenario};
@@ -27,46 +29,56 @@ pub fn event_lines(trace: &Trace) -> Vec<String> {
     let mut lines: Vec<String> = trace
         .events
         .iter()
-        .map(|e| match &e.kind {
-            EventKind::Deliver { vector } => format!("op {} deliver 0x{vector:02x}", e.op),
-            EventKind::Snapshot(s) => {
-                let mut line = format!("op {} snapshot", e.op);
-                for (name, words) in [("irr", &s.irr), ("isr", &s.isr), ("tmr", &s.tmr)] {
-                    line += &format!(" {name}=");
-                    for w in words.iter().rev() {
-                        line += &format!("{w:08x}");
-                    }
-                }
-                let mask = |b: &[bool; 24]| (0..24).fold(0u32, |m, i| m | (u32::from(b[i]) << i));
-                line + &format!(
-                    " tpr={:02x} ppr={:02x} remote_irr={:06x} delivery_status={:06x}",
-                    s.tpr,
-                    s.ppr,
-                    mask(&s.remote_irr),
-                    mask(&s.delivery_status)
-                )
-            }
-            EventKind::Read { space, reg, value } => {
-                let space = match space {
-                    crate::trace::Space::Ioapic => "ioapic",
-                    crate::trace::Space::Lapic => "lapic",
-                    crate::trace::Space::LapicMmio => "lapic-mmio",
-                };
-                format!("op {} read {space}[0x{reg:x}] = 0x{value:x}", e.op)
-            }
-            EventKind::Exception { vector } => format!("op {} exception {vector}", e.op),
-        })
+        .map(|e| format!("op {} {}", e.op, event_body(e)))
         .collect();
-    lines.push(match trace.outcome {
+    lines.push(outcome_line(trace));
+    lines
+}
+
+/// An event as the C programs print it, after its `op N`.
+pub(super) fn event_body(e: &crate::trace::Event) -> String {
+    match &e.kind {
+        EventKind::Deliver { vector } => format!("deliver 0x{vector:02x}"),
+        EventKind::Snapshot(s) => {
+            let mut line = "snapshot".to_string();
+            for (name, words) in [("irr", &s.irr), ("isr", &s.isr), ("tmr", &s.tmr)] {
+                line += &format!(" {name}=");
+                for w in words.iter().rev() {
+                    line += &format!("{w:08x}");
+                }
+            }
+            let mask = |b: &[bool; 24]| (0..24).fold(0u32, |m, i| m | (u32::from(b[i]) << i));
+            line + &format!(
+                " tpr={:02x} ppr={:02x} remote_irr={:06x} delivery_status={:06x}",
+                s.tpr,
+                s.ppr,
+                mask(&s.remote_irr),
+                mask(&s.delivery_status)
+            )
+        }
+        EventKind::Read { space, reg, value } => {
+            let space = match space {
+                crate::trace::Space::Ioapic => "ioapic",
+                crate::trace::Space::Lapic => "lapic",
+                crate::trace::Space::LapicMmio => "lapic-mmio",
+            };
+            format!("read {space}[0x{reg:x}] = 0x{value:x}")
+        }
+        EventKind::Exception { vector } => format!("exception {vector}"),
+    }
+}
+
+/// How a run ended, as the C programs print it.
+pub(super) fn outcome_line(trace: &Trace) -> String {
+    match trace.outcome {
         Outcome::Completed => "completed".into(),
         Outcome::Hang => format!("hang at op {}", trace.hang_op.unwrap_or(0)),
         Outcome::Storm => "storm".into(),
         Outcome::Error => format!("error: {}", trace.error.as_deref().unwrap_or("")),
-    });
-    lines
+    }
 }
 
-fn c_bytes(out: &mut String, name: &str, bytes: &[u8]) {
+pub(super) fn c_bytes(out: &mut String, name: &str, bytes: &[u8]) {
     let _ = writeln!(
         out,
         "static const unsigned char {name}[{}] = {{",
@@ -85,7 +97,7 @@ fn c_bytes(out: &mut String, name: &str, bytes: &[u8]) {
     out.push_str("};\n");
 }
 
-fn c_string(s: &str) -> String {
+pub(super) fn c_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
@@ -99,9 +111,12 @@ pub enum EmitError {
     #[error("{0}")]
     TooLarge(#[from] table::TooLarge),
     #[error(
-        "the C repros drive one vCPU; this scenario uses the multi-CPU extension (config cpus=, apic-ids=, ap-start=, cpu K: or handler V@K)"
+        "the Hypervisor.framework C repro drives one vCPU; this scenario uses the multi-CPU extension (config cpus=, apic-ids=, ap-start=, cpu K: or handler V@K)"
     )]
     MultiCpu,
+    /// A multi-CPU scenario KVM cannot run as it is written.
+    #[error("{0}")]
+    KvmCannot(&'static str),
 }
 
 /// Which hypervisor the program drives.
@@ -123,8 +138,12 @@ pub fn emit_hvf(scenario: &Scenario, expected: &Trace) -> Result<String, EmitErr
 }
 
 fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> {
-    if scenario.uses_smp() {
+    let smp = scenario.uses_smp();
+    if smp && target == Target::Hvf {
         return Err(EmitError::MultiCpu);
+    }
+    if let Some(why) = smp.then(|| c_smp::unsupported(scenario)).flatten() {
+        return Err(EmitError::KvmCannot(why));
     }
     let split = scenario.config.irqchip == crate::scenario::Irqchip::Split;
     let image = Image::build();
@@ -140,6 +159,23 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
          * scenario quoted below. Do not edit: change the scenario and regenerate.\n *"
     );
     match target {
+        Target::Kvm if smp => {
+            let _ = writeln!(
+                c,
+                " * irqdiff repro for Linux KVM ({}), {} vCPUs, one thread\n \
+                 * each; no dependency beyond libc and the kernel headers.\n *\n \
+                 * The host drives the CPUs as irqdiff's kvm backend does: each op runs on\n \
+                 * its CPU until that CPU is idle, then every CPU is resumed in index order\n \
+                 * until a round changes nothing. Events are compared per op and per CPU.\n *\n \
+                 *   cc -O2 -pthread repro.c -o repro && ./repro\n *",
+                if split {
+                    "split irqchip: KVM's local APICs, the IOAPIC here"
+                } else {
+                    "in-kernel irqchip"
+                },
+                scenario.cpus()
+            );
+        }
         Target::Kvm => {
             c += " * irqdiff repro for Linux KVM (in-kernel irqchip); no dependency\n";
             c += " * beyond libc and the kernel headers.\n *\n *   cc -O2 repro.c -o repro && ./repro\n *\n";
@@ -173,6 +209,9 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
         Target::Hvf => include_str!("c_hvf_prelude.c"),
     };
     c += include_str!("c_layout.c");
+    if smp {
+        c += &c_smp::declarations(scenario, &t, &image);
+    }
     let _ = writeln!(c, "static const int SPLIT = {};", u8::from(split));
     let version = match scenario.config.ioapic {
         crate::scenario::IoapicVersion::V11 => 0x11,
@@ -231,7 +270,11 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
         c += "    {0, 0, 0, 0},\n";
     }
     c += "};\n";
-    let lines = event_lines(expected);
+    let lines = if smp {
+        c_smp::event_lines(scenario, expected)
+    } else {
+        event_lines(expected)
+    };
     let _ = writeln!(c, "static const char *EXPECTED[{}] = {{", lines.len());
     for l in &lines {
         let _ = writeln!(c, "    {},", c_string(l));
@@ -240,7 +283,12 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
     let _ = writeln!(c, "#define N_EXPECTED {}", lines.len());
     c += include_str!("c_common.c");
     c += match target {
-        Target::Kvm => include_str!("c_kvm_main.c"),
+        Target::Kvm if smp => concat!(
+            include_str!("c_kvm_vmm.c"),
+            include_str!("c_smp.c"),
+            include_str!("c_kvm_smp_main.c")
+        ),
+        Target::Kvm => concat!(include_str!("c_kvm_vmm.c"), include_str!("c_kvm_main.c")),
         Target::Hvf => include_str!("c_hvf_main.c"),
     };
     // Layout constants the C code relies on, checked here against the stub's.
