@@ -439,8 +439,11 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
     let (mut pings, mut ping_time) = (0u64, Duration::ZERO);
     let mut chunk_ping_sum = 0.0;
     // Time of the busy runs spent inside KVM_RUN: the rest is the
-    // backend's own (reset, host ops, call log, trace).
+    // backend's own (reset, host ops, call log, trace), by phase in
+    // `busy_times`.
     let mut in_run = Duration::ZERO;
+    let mut busy_times = backend::kvm::RunTimes::default();
+    let mut hang_times = backend::kvm::RunTimes::default();
     // System calls besides KVM_RUN, over all the scenarios (each with its
     // reset) and over the busy ones.
     let (mut calls, mut busy_calls) = (
@@ -479,11 +482,13 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
             if t.outcome == Outcome::Hang {
                 hangs += 1;
                 hang_time += took;
+                hang_times.add(&kvm.last_times);
             } else {
                 chunk_exits += kvm.last_exits;
                 busy_calls.add(&kvm.last_calls);
                 chunk_busy += took;
                 in_run += kvm.last_time_in_run().unwrap_or_default();
+                busy_times.add(&kvm.last_times);
                 if let Some(gained) = gained {
                     busy_counters.add(&gained);
                 }
@@ -519,6 +524,9 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
         json!((busy.saturating_sub(in_run)).as_secs_f64() * 1e6 / exits.max(1) as f64);
     report["kvm_run_time_per_exit_to_raw_exit"] =
         json!(in_run.as_secs_f64() / exits.max(1) as f64 / raw);
+    report["busy_time_per_scenario_us"] = busy_breakdown(busy, in_run, &busy_times, cases - hangs);
+    report["hang_judgement_ms_per_hang"] =
+        json!(hang_times.judging.as_secs_f64() * 1e3 / hangs.max(1) as f64);
     let per = |c: &backend::kvm::RunCalls, n: u64| {
         let n = n.max(1) as f64;
         json!({
@@ -526,7 +534,7 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
             "reset_vm_ioctls": c.reset_vm as f64 / n,
             "gsi_routing": c.routing as f64 / n,
             "host_op_ioctls": c.host_op as f64 / n,
-            "kick_mp_state": c.kick as f64 / n,
+            "kick_judgement": c.kick as f64 / n,
             "total": c.total() as f64 / n,
         })
     };
@@ -554,6 +562,34 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
         in_kernel,
     );
     Ok(())
+}
+
+/// [`kvm_per_exit`]'s `busy_time_per_scenario_us`: a busy scenario's whole
+/// run (`whole_run`, from `run_to_trace` to its trace), and where it went,
+/// per scenario: `inside_kvm_run`, then the phases of
+/// [`backend::kvm::RunTimes`] outside it (`table_encode`, `reset` with the
+/// table's load, `host_ops` with the split IOAPIC's work, `hang_judgement`
+/// after kicks, `trace_decode`), and `rest`, what no phase covers: the
+/// exits' dispatch, the call log, the kick machinery's registration, and
+/// the time the thread was preempted outside `KVM_RUN`.
+#[cfg(target_os = "linux")]
+fn busy_breakdown(
+    whole: Duration,
+    in_run: Duration,
+    times: &backend::kvm::RunTimes,
+    cases: u64,
+) -> Value {
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / cases.max(1) as f64;
+    json!({
+        "whole_run": us(whole),
+        "inside_kvm_run": us(in_run),
+        "table_encode": us(times.encode),
+        "reset": us(times.reset),
+        "host_ops": us(times.host_ops),
+        "hang_judgement": us(times.judging),
+        "trace_decode": us(times.finish),
+        "rest": us(whole.saturating_sub(in_run + times.total())),
+    })
 }
 
 /// `kvm` (or `kvm-split`) with 1, 2 and 4 vCPUs: the random 32-op
