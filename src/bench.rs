@@ -395,8 +395,17 @@ fn qemu_cpus(host: &mut backend::qemu::QemuBackend, scenarios: &[Scenario]) -> V
 /// over the raw round trip (`kvm_run_time_per_exit_to_raw_exit`), however
 /// little the backend adds outside (`share_of_busy_time_outside_kvm_run`).
 ///
-/// A run that hangs costs the detection wait (two kicks), not exits: it is
-/// counted apart (`hangs`, `mean_hang_detection_ms`) and left out of both.
+/// A run that hangs costs the detection wait (a kick, or two:
+/// `hangs_by_rule`, [`backend::kvm::HangRule`]; the judgement's own ioctls
+/// `hang_judgement_ms_per_hang`), not exits: it is counted apart (`hangs`,
+/// `mean_hang_detection_ms`) and left out of both.
+///
+/// Where a busy run's time goes: `busy_time_per_scenario_us`
+/// ([`busy_breakdown`]: inside `KVM_RUN`, and outside it by phase), whose
+/// share outside `KVM_RUN` is `share_of_busy_time_outside_kvm_run`; the
+/// system calls per scenario by kind are `syscalls_besides_kvm_run_*`
+/// (`kick_judgement`: `KVM_GET_MP_STATE` after a kick, and the halt
+/// judgement's `KVM_GET_VCPU_EVENTS`, `KVM_GET_REGS`, `KVM_GET_LAPIC`).
 /// The raw round trip is timed in two placements, each against the same
 /// scenarios: [`PINGS_PER_CHUNK`] in one loop before each chunk of
 /// [`CHUNK`] scenarios (the headline, `ratio_backend_per_exit_to_raw_exit`:
@@ -444,6 +453,8 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
     let mut in_run = Duration::ZERO;
     let mut busy_times = backend::kvm::RunTimes::default();
     let mut hang_times = backend::kvm::RunTimes::default();
+    // Hangs judged by the halt judgement and by the two-kick rule.
+    let (mut halt_final, mut two_kicks) = (0u64, 0u64);
     // System calls besides KVM_RUN, over all the scenarios (each with its
     // reset) and over the busy ones.
     let (mut calls, mut busy_calls) = (
@@ -483,6 +494,11 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
                 hangs += 1;
                 hang_time += took;
                 hang_times.add(&kvm.last_times);
+                match kvm.last_hang_rule() {
+                    Some(backend::kvm::HangRule::HaltFinal) => halt_final += 1,
+                    Some(backend::kvm::HangRule::TwoKicks) => two_kicks += 1,
+                    None => {}
+                }
             } else {
                 chunk_exits += kvm.last_exits;
                 busy_calls.add(&kvm.last_calls);
@@ -525,6 +541,7 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
     report["kvm_run_time_per_exit_to_raw_exit"] =
         json!(in_run.as_secs_f64() / exits.max(1) as f64 / raw);
     report["busy_time_per_scenario_us"] = busy_breakdown(busy, in_run, &busy_times, cases - hangs);
+    report["hangs_by_rule"] = json!({ "halt_final": halt_final, "two_kicks": two_kicks });
     report["hang_judgement_ms_per_hang"] =
         json!(hang_times.judging.as_secs_f64() * 1e3 / hangs.max(1) as f64);
     let per = |c: &backend::kvm::RunCalls, n: u64| {

@@ -436,12 +436,20 @@ mod tests {
     fn the_blocking_flag_is_found_among_the_instant_statistics() {
         let file = stats_file(&[
             ("exits", KVM_STATS_TYPE_CUMULATIVE, 1, 1234),
-            ("halt_wait_hist", kvm_bindings::KVM_STATS_TYPE_LOG_HIST, 4, 9),
+            (
+                "halt_wait_hist",
+                kvm_bindings::KVM_STATS_TYPE_LOG_HIST,
+                4,
+                9,
+            ),
             ("blocking", kvm_bindings::KVM_STATS_TYPE_INSTANT, 1, 1),
         ]);
         let layout = BinaryLayout::parse(file.as_slice()).unwrap();
         let at = BlockingFlag::offset_in(&layout).expect("a blocking statistic");
-        assert_eq!(u64::from_le_bytes(file[at as usize..][..8].try_into().unwrap()), 1);
+        assert_eq!(
+            u64::from_le_bytes(file[at as usize..][..8].try_into().unwrap()),
+            1
+        );
         // Not a counter: the bench's counters leave it out.
         assert_eq!(layout.read(file.as_slice()).unwrap().get("blocking"), 0);
         let without = stats_file(&[("exits", KVM_STATS_TYPE_CUMULATIVE, 1, 1)]);

@@ -160,7 +160,10 @@ mod tests {
             TIMER_MODE_TSC_DEADLINE | 0x40
         )])));
         // LINT0 unmasked as ExtINT (0x700).
-        assert!(!no_deliverable_interrupt(&lapic(&[(reg::LVT_LINT0, 0x700)])));
+        assert!(!no_deliverable_interrupt(&lapic(&[(
+            reg::LVT_LINT0,
+            0x700
+        )])));
     }
 
     #[test]

@@ -294,7 +294,7 @@ const WATCH_TICKS: u32 = 4;
 /// Idle wake-ups (no scenario running) before the watchdog parks: back to
 /// back scenarios then find it awake, and registering one costs no
 /// system call to wake it.
-const IDLE_TICKS_BEFORE_PARK: u32 = 64;
+const IDLE_TICKS_BEFORE_PARK: u32 = 16;
 
 fn watch_loop(watch: &Watch) {
     let tick = KICK / WATCH_TICKS;
@@ -657,7 +657,9 @@ pub struct RunCalls {
     /// Host ops and the userspace IOAPIC's messages: `KVM_IRQ_LINE`,
     /// `KVM_SIGNAL_MSI`.
     pub host_op: u32,
-    /// `KVM_GET_MP_STATE` after kicks (the hang judgement).
+    /// The hang judgement after kicks: `KVM_GET_MP_STATE`, and for a
+    /// halted vCPU the halt judgement's `KVM_GET_VCPU_EVENTS`,
+    /// `KVM_GET_REGS` and `KVM_GET_LAPIC` ([`halt`]).
     pub kick: u32,
 }
 
