@@ -354,7 +354,7 @@ fn a_halt_nothing_can_wake_is_a_hang_at_once_and_others_wait_for_two_kicks() {
     if !kvm_or_skip("a_halt_nothing_can_wake_is_a_hang_at_once_and_others_wait_for_two_kicks") {
         return;
     }
-    let cases: [(&str, &str, usize, HangRule); 7] = [
+    let cases: [(&str, &str, usize, HangRule); 9] = [
         ("IF = 0", "nop\ncli\nhlt\n", 2, HangRule::HaltFinal),
         ("IF = 0, a level interrupt in the IRR", HANG, 3, HangRule::HaltFinal),
         ("NMIs blocked in the NMI handler", NMI_HANG, 0, HangRule::HaltFinal),
@@ -364,6 +364,18 @@ fn a_halt_nothing_can_wake_is_a_hang_at_once_and_others_wait_for_two_kicks() {
             "tpr 0x60\nroute 2 vector=0x50 level\nassert 2\nsti-hlt\n",
             3,
             HangRule::HaltFinal,
+        ),
+        (
+            "IF = 1, the APIC disabled and enabled again through its base",
+            "apic-base 0xfee00000\napic-base 0xfee00800\nsvr 0x1ff\nsti-hlt\n",
+            3,
+            HangRule::HaltFinal,
+        ),
+        (
+            "IF = 1, the APIC left disabled (the 8259 may reach it)",
+            "apic-base 0xfee00000\nsti-hlt\n",
+            1,
+            HangRule::TwoKicks,
         ),
         (
             "IF = 1, LINT0 unmasked as ExtINT (the 8259 masked)",

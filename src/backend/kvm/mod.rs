@@ -1575,8 +1575,8 @@ impl Backend for KvmBackend {
             vm.ioapic = UserspaceIoapic::with_device(device.make);
         }
         vm.reset(image, &table, scenario)?;
-        let apic_enabled = !scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)));
-        let (end, exits) = run_loop(vm, &table, kicks, apic_enabled)?;
+        let apic_base_kept = !scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)));
+        let (end, exits) = run_loop(vm, &table, kicks, apic_base_kept)?;
         *last_exits = exits;
         vm.leftover = Leftover::of(&end, scenario);
         *last_calls = vm.syscalls.get();
@@ -1627,8 +1627,8 @@ fn over_limit() -> End {
 /// ended and the exits taken.
 ///
 /// Hang judgement: a kick that finds the vCPU halted with nothing that can
-/// wake it ([`Vm::halt_is_final`]; `apic_enabled`: no op of the scenario
-/// writes the APIC base, so the APIC stays globally enabled); else a kick
+/// wake it ([`Vm::halt_is_final`]; `apic_base_kept`: no op of the scenario
+/// writes the APIC base); else a kick
 /// that finds the vCPU halted, a re-entry, and a second kick that finds it
 /// halted again (this host's KVM was seen to inject only at the next entry
 /// from userspace, so one kick is not enough), both kicks of entries that
@@ -1638,7 +1638,7 @@ fn run_loop(
     vm: &mut Vm,
     table: &table::Table,
     kicks: &mut Kicks,
-    apic_enabled: bool,
+    apic_base_kept: bool,
 ) -> Result<(End, u64)> {
     let run = std::ptr::addr_of_mut!(*vm.vcpu.get_kvm_run());
     if kicks.mechanism == KickMechanism::SignalMask {
@@ -1690,7 +1690,7 @@ fn run_loop(
                     let hang = if !halted {
                         halted_kicks = 0;
                         None
-                    } else if *judge_halts && vm.halt_is_final(apic_enabled)? {
+                    } else if *judge_halts && vm.halt_is_final(apic_base_kept)? {
                         Some(HangRule::HaltFinal)
                     } else if early {
                         watchdog.watch.no_early_kick_next();
@@ -1898,10 +1898,12 @@ impl Vm {
     }
 
     /// Whether the halted vCPU can never leave `hlt` ([`halt`]): no event
-    /// pending in KVM, and IF = 0 or, the APIC globally enabled
-    /// (`apic_enabled`), no interrupt its local APIC can deliver. Up to
-    /// three vCPU ioctls, counted with the kick's.
-    fn halt_is_final(&self, apic_enabled: bool) -> Result<bool> {
+    /// pending in KVM, and IF = 0 or, the APIC globally enabled, no
+    /// interrupt its local APIC can deliver. `apic_base_kept`: no op of the
+    /// scenario writes the APIC base, so the APIC is enabled as reset left
+    /// it; otherwise `KVM_GET_SREGS` tells. Up to four vCPU ioctls, counted
+    /// with the kick's.
+    fn halt_is_final(&self, apic_base_kept: bool) -> Result<bool> {
         self.count(|c| &mut c.kick);
         let events = self
             .vcpu
@@ -1915,8 +1917,12 @@ impl Vm {
         if regs.rflags & halt::RFLAGS_IF == 0 {
             return Ok(true);
         }
-        if !apic_enabled {
-            return Ok(false);
+        if !apic_base_kept {
+            self.count(|c| &mut c.kick);
+            let sregs = self.vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?;
+            if sregs.apic_base & APIC_BASE_ENABLE == 0 {
+                return Ok(false);
+            }
         }
         self.count(|c| &mut c.kick);
         let lapic = self.vcpu.get_lapic().map_err(errno("KVM_GET_LAPIC"))?;
