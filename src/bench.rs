@@ -395,8 +395,17 @@ fn qemu_cpus(host: &mut backend::qemu::QemuBackend, scenarios: &[Scenario]) -> V
 /// over the raw round trip (`kvm_run_time_per_exit_to_raw_exit`), however
 /// little the backend adds outside (`share_of_busy_time_outside_kvm_run`).
 ///
-/// A run that hangs costs the detection wait (two kicks), not exits: it is
-/// counted apart (`hangs`, `mean_hang_detection_ms`) and left out of both.
+/// A run that hangs costs the detection wait (a kick, or two:
+/// `hangs_by_rule`, [`backend::kvm::HangRule`]; the judgement's own ioctls
+/// `hang_judgement_ms_per_hang`), not exits: it is counted apart (`hangs`,
+/// `mean_hang_detection_ms`) and left out of both.
+///
+/// Where a busy run's time goes: `busy_time_per_scenario_us`
+/// ([`busy_breakdown`]: inside `KVM_RUN`, and outside it by phase), whose
+/// share outside `KVM_RUN` is `share_of_busy_time_outside_kvm_run`; the
+/// system calls per scenario by kind are `syscalls_besides_kvm_run_*`
+/// (`kick_judgement`: `KVM_GET_MP_STATE` after a kick, and the halt
+/// judgement's `KVM_GET_VCPU_EVENTS`, `KVM_GET_REGS`, `KVM_GET_LAPIC`).
 /// The raw round trip is timed in two placements, each against the same
 /// scenarios: [`PINGS_PER_CHUNK`] in one loop before each chunk of
 /// [`CHUNK`] scenarios (the headline, `ratio_backend_per_exit_to_raw_exit`:
@@ -439,8 +448,13 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
     let (mut pings, mut ping_time) = (0u64, Duration::ZERO);
     let mut chunk_ping_sum = 0.0;
     // Time of the busy runs spent inside KVM_RUN: the rest is the
-    // backend's own (reset, host ops, call log, trace).
+    // backend's own (reset, host ops, call log, trace), by phase in
+    // `busy_times`.
     let mut in_run = Duration::ZERO;
+    let mut busy_times = backend::kvm::RunTimes::default();
+    let mut hang_times = backend::kvm::RunTimes::default();
+    // Hangs judged by the halt judgement and by the two-kick rule.
+    let (mut halt_final, mut two_kicks) = (0u64, 0u64);
     // System calls besides KVM_RUN, over all the scenarios (each with its
     // reset) and over the busy ones.
     let (mut calls, mut busy_calls) = (
@@ -479,11 +493,18 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
             if t.outcome == Outcome::Hang {
                 hangs += 1;
                 hang_time += took;
+                hang_times.add(&kvm.last_times);
+                match kvm.last_hang_rule() {
+                    Some(backend::kvm::HangRule::HaltFinal) => halt_final += 1,
+                    Some(backend::kvm::HangRule::TwoKicks) => two_kicks += 1,
+                    None => {}
+                }
             } else {
                 chunk_exits += kvm.last_exits;
                 busy_calls.add(&kvm.last_calls);
                 chunk_busy += took;
                 in_run += kvm.last_time_in_run().unwrap_or_default();
+                busy_times.add(&kvm.last_times);
                 if let Some(gained) = gained {
                     busy_counters.add(&gained);
                 }
@@ -519,6 +540,10 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
         json!((busy.saturating_sub(in_run)).as_secs_f64() * 1e6 / exits.max(1) as f64);
     report["kvm_run_time_per_exit_to_raw_exit"] =
         json!(in_run.as_secs_f64() / exits.max(1) as f64 / raw);
+    report["busy_time_per_scenario_us"] = busy_breakdown(busy, in_run, &busy_times, cases - hangs);
+    report["hangs_by_rule"] = json!({ "halt_final": halt_final, "two_kicks": two_kicks });
+    report["hang_judgement_ms_per_hang"] =
+        json!(hang_times.judging.as_secs_f64() * 1e3 / hangs.max(1) as f64);
     let per = |c: &backend::kvm::RunCalls, n: u64| {
         let n = n.max(1) as f64;
         json!({
@@ -526,7 +551,7 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
             "reset_vm_ioctls": c.reset_vm as f64 / n,
             "gsi_routing": c.routing as f64 / n,
             "host_op_ioctls": c.host_op as f64 / n,
-            "kick_mp_state": c.kick as f64 / n,
+            "kick_judgement": c.kick as f64 / n,
             "total": c.total() as f64 / n,
         })
     };
@@ -554,6 +579,34 @@ fn kvm_per_exit(name: &str, scenarios: &[Scenario], report: &mut Value) -> Resul
         in_kernel,
     );
     Ok(())
+}
+
+/// [`kvm_per_exit`]'s `busy_time_per_scenario_us`: a busy scenario's whole
+/// run (`whole_run`, from `run_to_trace` to its trace), and where it went,
+/// per scenario: `inside_kvm_run`, then the phases of
+/// [`backend::kvm::RunTimes`] outside it (`table_encode`, `reset` with the
+/// table's load, `host_ops` with the split IOAPIC's work, `hang_judgement`
+/// after kicks, `trace_decode`), and `rest`, what no phase covers: the
+/// exits' dispatch, the call log, the kick machinery's registration, and
+/// the time the thread was preempted outside `KVM_RUN`.
+#[cfg(target_os = "linux")]
+fn busy_breakdown(
+    whole: Duration,
+    in_run: Duration,
+    times: &backend::kvm::RunTimes,
+    cases: u64,
+) -> Value {
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / cases.max(1) as f64;
+    json!({
+        "whole_run": us(whole),
+        "inside_kvm_run": us(in_run),
+        "table_encode": us(times.encode),
+        "reset": us(times.reset),
+        "host_ops": us(times.host_ops),
+        "hang_judgement": us(times.judging),
+        "trace_decode": us(times.finish),
+        "rest": us(whole.saturating_sub(in_run + times.total())),
+    })
 }
 
 /// `kvm` (or `kvm-split`) with 1, 2 and 4 vCPUs: the random 32-op

@@ -305,6 +305,9 @@ fn a_kick_landing_before_entry_still_ends_a_halted_guest_as_a_hang() {
                     return done.send(None).unwrap();
                 }
                 b.force_kick_mechanism(mechanism);
+                // The two-kick rule, whose re-entries the window is in: the
+                // halt judgement would end this hang at the first kick.
+                b.judge_halts(false);
                 b.delay_entry_after_kick(Some(KICK * 10));
                 let t = b.run(&scenario(HANG)).unwrap();
                 done.send(Some((
@@ -343,6 +346,74 @@ fn a_kick_landing_before_entry_still_ends_a_halted_guest_as_a_hang() {
 
 /// A hang inside the NMI handler: the vCPU is left halted with NMIs blocked.
 const NMI_HANG: &str = "handler 2: cli; hlt\nmsi vector=2 nmi\nnop\n";
+
+/// Issue 12, the hang detection's wait: a halted vCPU that nothing can wake
+/// (IF = 0, or nothing deliverable in its local APIC, and no NMI pending)
+/// is a hang at the first kick that finds it halted; one that something
+/// might still wake (an armed LAPIC timer, an unmasked LINT0) is left to
+/// the two-kick rule, and still ends as a hang. Either way the trace is
+/// the one the two-kick rule alone gives.
+#[test]
+fn a_halt_nothing_can_wake_is_a_hang_at_once_and_others_wait_for_two_kicks() {
+    use irqdiff::backend::kvm::{HangRule, KvmBackend};
+    if !kvm_or_skip("a_halt_nothing_can_wake_is_a_hang_at_once_and_others_wait_for_two_kicks") {
+        return;
+    }
+    let cases: [(&str, &str, usize, HangRule); 9] = [
+        ("IF = 0", "nop\ncli\nhlt\n", 2, HangRule::HaltFinal),
+        ("IF = 0, a level interrupt in the IRR", HANG, 3, HangRule::HaltFinal),
+        ("NMIs blocked in the NMI handler", NMI_HANG, 0, HangRule::HaltFinal),
+        ("IF = 1, nothing pending", "sti-hlt\n", 0, HangRule::HaltFinal),
+        (
+            "IF = 1, the pending vector below the TPR",
+            "tpr 0x60\nroute 2 vector=0x50 level\nassert 2\nsti-hlt\n",
+            3,
+            HangRule::HaltFinal,
+        ),
+        (
+            "IF = 1, the APIC disabled and enabled again through its base",
+            "apic-base 0xfee00000\napic-base 0xfee00800\nsvr 0x1ff\nsti-hlt\n",
+            3,
+            HangRule::HaltFinal,
+        ),
+        (
+            "IF = 1, the APIC left disabled (the 8259 may reach it)",
+            "apic-base 0xfee00000\nsti-hlt\n",
+            1,
+            HangRule::TwoKicks,
+        ),
+        (
+            "IF = 1, LINT0 unmasked as ExtINT (the 8259 masked)",
+            "lapic-write 0x350 0x700\nsti-hlt\n",
+            1,
+            HangRule::TwoKicks,
+        ),
+        (
+            "IF = 1, the LAPIC timer counting for minutes",
+            "lapic-write 0x3e0 0xa\nlapic-write 0x320 0x40\nlapic-write 0x380 0xffffffff\nsti-hlt\n",
+            3,
+            HangRule::TwoKicks,
+        ),
+    ];
+    for split in [false, true] {
+        let mut judged = KvmBackend::open(split).unwrap();
+        let mut two_kicks = KvmBackend::open(split).unwrap();
+        two_kicks.judge_halts(false);
+        for (what, text, op, rule) in cases {
+            let t = judged.run(&scenario(text)).unwrap();
+            assert_eq!(
+                (t.outcome, t.hang_op),
+                (Outcome::Hang, Some(op)),
+                "split={split} {what}: {:?}",
+                t.error
+            );
+            assert_eq!(judged.last_hang_rule(), Some(rule), "split={split} {what}");
+            let slow = two_kicks.run(&scenario(text)).unwrap();
+            assert_eq!(two_kicks.last_hang_rule(), Some(HangRule::TwoKicks));
+            assert_eq!(t, slow, "split={split} {what}: the two rules' traces");
+        }
+    }
+}
 /// Depends on NMIs being unblocked at the start (the vCPU events).
 const NMI_PROBE: &str = "msi vector=2 nmi\nnop\n";
 /// Depends on LVT LINT0, LINT1 and Error being masked at the start (the

@@ -106,6 +106,9 @@ struct BinaryLayout {
     /// Bytes of the data block to read: up to the last counter kept.
     data_len: usize,
     counters: Vec<Descriptor>,
+    /// The single-value statistics that are not cumulative (instant
+    /// values, peaks, booleans such as `blocking`), read one at a time.
+    instants: Vec<Descriptor>,
 }
 
 /// A file read at offsets (a statistics fd, or a buffer in tests).
@@ -159,26 +162,33 @@ impl BinaryLayout {
         let mut descs = vec![0u8; stride * num_desc];
         file.read_exact_at(&mut descs, desc_offset)?;
         let mut counters = Vec::new();
+        let mut instants = Vec::new();
         let mut data_len = 0;
         for desc in descs.chunks_exact(stride) {
             let flags = u32_at(desc, 0);
             let size = u16::from_le_bytes([desc[6], desc[7]]);
             let offset = u32_at(desc, 8) as u64;
-            if flags & KVM_STATS_TYPE_MASK != KVM_STATS_TYPE_CUMULATIVE || size != 1 {
+            if size != 1 {
                 continue;
             }
             let name = &desc[fixed..];
             let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-            data_len = data_len.max(offset as usize + 8);
-            counters.push(Descriptor {
+            let descriptor = Descriptor {
                 name: String::from_utf8_lossy(name).into_owned(),
                 offset,
-            });
+            };
+            if flags & KVM_STATS_TYPE_MASK != KVM_STATS_TYPE_CUMULATIVE {
+                instants.push(descriptor);
+                continue;
+            }
+            data_len = data_len.max(offset as usize + 8);
+            counters.push(descriptor);
         }
         Ok(BinaryLayout {
             data_offset,
             data_len,
             counters,
+            instants,
         })
     }
 
@@ -222,6 +232,60 @@ fn read_debugfs_dir(dir: &Path) -> io::Result<Counters> {
     Ok(Counters(counters))
 }
 
+/// KVM's `blocking` statistic of one vCPU (an instant boolean of the
+/// binary statistics file, kvm_main.c `kvm_vcpu_block`): 1 while the vCPU
+/// waits in the kernel for an event (a halted vCPU), 0 otherwise. Read by
+/// the kick watchdog from its own thread (one `pread`, which neither stops
+/// nor disturbs the vCPU), so that a halted vCPU is kicked as soon as it
+/// blocks rather than after a whole kick period.
+#[derive(Debug)]
+pub struct BlockingFlag {
+    file: File,
+    /// The byte offset of its value in the file.
+    at: u64,
+}
+
+impl BlockingFlag {
+    /// `vcpu`'s flag; None where KVM has no binary statistics or no
+    /// `blocking` statistic in them (before Linux 5.16).
+    pub fn open(vm: &VmFd, vcpu: &VcpuFd) -> Option<BlockingFlag> {
+        if vm.check_extension_raw(KVM_CAP_BINARY_STATS_FD.into()) <= 0 {
+            return None;
+        }
+        let file = stats_file(vcpu).ok()?;
+        let layout = BinaryLayout::parse(&file).ok()?;
+        let at = BlockingFlag::offset_in(&layout)?;
+        Some(BlockingFlag { file, at })
+    }
+
+    fn offset_in(layout: &BinaryLayout) -> Option<u64> {
+        layout
+            .instants
+            .iter()
+            .find(|d| d.name == "blocking")
+            .map(|d| layout.data_offset + d.offset)
+    }
+
+    /// Whether the vCPU is blocked in the kernel now.
+    pub fn is_set(&self) -> io::Result<bool> {
+        let mut value = [0u8; 8];
+        FileExt::read_exact_at(&self.file, &mut value, self.at)?;
+        Ok(u64::from_le_bytes(value) != 0)
+    }
+}
+
+/// A vCPU's binary statistics file.
+fn stats_file(vcpu: &VcpuFd) -> io::Result<File> {
+    // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd
+    // (or -1 with errno) on a vCPU fd.
+    let fd = unsafe { vmm_sys_util::ioctl::ioctl(vcpu, KVM_GET_STATS_FD()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by the kernel and is owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// An open view of one vCPU's statistics.
 pub struct VcpuStats {
     source: Source,
@@ -263,14 +327,7 @@ impl VcpuStats {
     }
 
     fn open_binary(vcpu: &VcpuFd) -> io::Result<VcpuStats> {
-        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd
-        // (or -1 with errno) on a vCPU fd.
-        let fd = unsafe { vmm_sys_util::ioctl::ioctl(vcpu, KVM_GET_STATS_FD()) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just returned by the kernel and is owned by nothing else.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = stats_file(vcpu)?;
         let layout = BinaryLayout::parse(&file)?;
         Ok(VcpuStats {
             source: Source::Binary { file, layout },
@@ -372,6 +429,33 @@ mod tests {
         assert_eq!(
             counters.0.into_iter().collect::<Vec<_>>(),
             vec![("exits".to_string(), 1234), ("mmio_exits".to_string(), 56)]
+        );
+    }
+
+    #[test]
+    fn the_blocking_flag_is_found_among_the_instant_statistics() {
+        let file = stats_file(&[
+            ("exits", KVM_STATS_TYPE_CUMULATIVE, 1, 1234),
+            (
+                "halt_wait_hist",
+                kvm_bindings::KVM_STATS_TYPE_LOG_HIST,
+                4,
+                9,
+            ),
+            ("blocking", kvm_bindings::KVM_STATS_TYPE_INSTANT, 1, 1),
+        ]);
+        let layout = BinaryLayout::parse(file.as_slice()).unwrap();
+        let at = BlockingFlag::offset_in(&layout).expect("a blocking statistic");
+        assert_eq!(
+            u64::from_le_bytes(file[at as usize..][..8].try_into().unwrap()),
+            1
+        );
+        // Not a counter: the bench's counters leave it out.
+        assert_eq!(layout.read(file.as_slice()).unwrap().get("blocking"), 0);
+        let without = stats_file(&[("exits", KVM_STATS_TYPE_CUMULATIVE, 1, 1)]);
+        assert_eq!(
+            BlockingFlag::offset_in(&BinaryLayout::parse(without.as_slice()).unwrap()),
+            None
         );
     }
 

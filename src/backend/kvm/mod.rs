@@ -8,10 +8,12 @@
 //! A halted guest is found by kicks: a watchdog thread signals the vCPU
 //! thread when one `KVM_RUN` has lasted a whole [`KICK`], and
 //! `kvm_run.immediate_exit` (or `KVM_SET_SIGNAL_MASK`) keeps a kick that
-//! lands just before an entry from being lost ([`Watchdog`]). Two kicks in a
-//! row that find the vCPU halted make a hang (re-entering once first,
-//! because this host's KVM was seen to inject only at the next entry from
-//! userspace).
+//! lands just before an entry from being lost ([`Watchdog`]); where KVM
+//! has the vCPU's `blocking` statistic, a vCPU that blocks (halted) is
+//! kicked at once. A kick that finds the vCPU halted with nothing that can
+//! wake it ([`halt`]) makes a hang; otherwise two kicks in a row that find
+//! it halted do (re-entering once first, because this host's KVM was seen
+//! to inject only at the next entry from userspace).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +28,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
+use super::kvm_stats::BlockingFlag;
 use super::run::{self, CallLog, End, MessagePort, Shape, UserspaceIoapic};
 use super::{Availability, Backend, BackendError, Result};
 use crate::guest::layout::{
@@ -37,6 +40,7 @@ use crate::model::lapic::{reg, LVT_MASKED, SVR_ENABLE};
 use crate::scenario::{HostOp, IoapicVersion, Op, Scenario};
 use crate::trace::Trace;
 
+mod halt;
 mod smp;
 
 /// A single `KVM_RUN` that has not returned after this long is kicked to
@@ -190,13 +194,41 @@ struct Watch {
     /// The thread running a scenario, while one runs. The watchdog signals
     /// it only with this lock held, so the thread is alive (inside
     /// `run_loop`) when signalled.
-    runner: Mutex<Option<libc::pthread_t>>,
+    runner: Mutex<Option<Runner>>,
     stop: AtomicBool,
+    /// The entry (its odd `entries` value) last kicked early, because the
+    /// vCPU blocked in it (see [`Watchdog`]).
+    early_kicked: AtomicU64,
+    /// An entry not to kick early: the vCPU thread sets it to its next
+    /// entry when an early kick found the vCPU halted but could not tell a
+    /// hang, so that the next entry runs a whole [`KICK`] for the two-kick
+    /// judgement.
+    no_early_kick: AtomicU64,
+}
+
+/// The scenario run the watchdog watches.
+struct Runner {
+    thread: libc::pthread_t,
+    /// The running vCPU's `blocking` statistic, when an early kick is
+    /// wanted and KVM has it.
+    blocking: Option<Arc<BlockingFlag>>,
 }
 
 impl Watch {
-    fn runner(&self) -> std::sync::MutexGuard<'_, Option<libc::pthread_t>> {
+    fn runner(&self) -> std::sync::MutexGuard<'_, Option<Runner>> {
         self.runner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the kick that ended the entry just left was an early one.
+    fn last_kick_was_early(&self) -> bool {
+        let left = self.entries.load(Ordering::Relaxed);
+        self.early_kicked.load(Ordering::Acquire) == left.wrapping_sub(1)
+    }
+
+    /// Keeps the next entry from being kicked early.
+    fn no_early_kick_next(&self) {
+        let left = self.entries.load(Ordering::Relaxed);
+        self.no_early_kick.store(left + 1, Ordering::Release);
     }
 }
 
@@ -218,6 +250,14 @@ impl Watch {
 ///   its check and its signal for as long as the vCPU takes to leave and
 ///   re-enter, the kick lands in a later, progressing `KVM_RUN` (an extra
 ///   exit, never a hang).
+///
+/// Early kicks: where the run registered the vCPU's `blocking` statistic
+/// ([`BlockingFlag`]), an entry seen at two wake-ups in a row is also
+/// kicked as soon as that statistic says the vCPU is blocked in the kernel
+/// (halted, not making progress), once per entry: a hang is then found
+/// within about two wake-ups instead of two [`KICK`]s. Such a kick counts
+/// for the hang judgement only through the halt judgement ([`halt`]); the
+/// two-kick rule counts only kicks of entries that lasted a whole [`KICK`].
 struct Watchdog {
     watch: Arc<Watch>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -233,6 +273,8 @@ impl Watchdog {
             entries: AtomicU64::new(0),
             runner: Mutex::new(None),
             stop: AtomicBool::new(false),
+            early_kicked: AtomicU64::new(0),
+            no_early_kick: AtomicU64::new(0),
         });
         let shared = Arc::clone(&watch);
         let thread = std::thread::Builder::new()
@@ -249,20 +291,33 @@ impl Watchdog {
 /// and `1 + 1 / WATCH_TICKS` periods after it began.
 const WATCH_TICKS: u32 = 4;
 
+/// Idle wake-ups (no scenario running) before the watchdog parks: back to
+/// back scenarios then find it awake, and registering one costs no
+/// system call to wake it.
+const IDLE_TICKS_BEFORE_PARK: u32 = 16;
+
 fn watch_loop(watch: &Watch) {
     let tick = KICK / WATCH_TICKS;
     // The entry last seen, and at how many wake-ups in a row.
     let mut seen = (0, 0);
+    let mut idle = 0;
     while !watch.stop.load(Ordering::Acquire) {
         {
             let runner = watch.runner();
-            let Some(thread) = *runner else {
-                // Idle between scenarios: sleep until `Running::begin`.
+            let Some(Runner { thread, blocking }) = &*runner else {
                 seen = (0, 0);
                 drop(runner);
-                std::thread::park();
+                idle += 1;
+                if idle >= IDLE_TICKS_BEFORE_PARK {
+                    // Idle for a while: sleep until `Running::begin`.
+                    idle = 0;
+                    std::thread::park();
+                } else {
+                    std::thread::sleep(tick);
+                }
                 continue;
             };
+            idle = 0;
             let now = watch.entries.load(Ordering::Acquire);
             if now & 1 == 0 || now != seen.0 {
                 seen = (now, 0);
@@ -270,11 +325,23 @@ fn watch_loop(watch: &Watch) {
                 seen.1 += 1;
                 // Seen inside the same entry WATCH_TICKS ticks apart: it
                 // has lasted a whole KICK.
-                if seen.1 == WATCH_TICKS {
+                let long = seen.1 == WATCH_TICKS;
+                let early = !long
+                    && now != watch.early_kicked.load(Ordering::Relaxed)
+                    && now != watch.no_early_kick.load(Ordering::Acquire)
+                    && blocking
+                        .as_ref()
+                        .is_some_and(|b| b.is_set().unwrap_or(false));
+                if early {
+                    watch.early_kicked.store(now, Ordering::Release);
+                }
+                if long || early {
                     // SAFETY: `thread` is registered, so it is inside
                     // run_loop and alive; the lock keeps it from
                     // deregistering meanwhile.
-                    unsafe { libc::pthread_kill(thread, kick_signal()) };
+                    unsafe { libc::pthread_kill(*thread, kick_signal()) };
+                }
+                if long {
                     // Kicked again only after another whole KICK.
                     seen.1 = 0;
                 }
@@ -354,22 +421,47 @@ struct Running<'w> {
     mechanism: KickMechanism,
 }
 
-impl<'w> Running<'w> {
-    fn begin(watchdog: &'w Watchdog, mechanism: KickMechanism, run: *mut kvm_run) -> Running<'w> {
+thread_local! {
+    /// Whether this thread has unblocked the kick signal and not blocked it
+    /// since: a run then unblocks it without a system call.
+    static KICK_UNBLOCKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Unblocks the kick signal in this thread, unless it already is.
+fn unblock_kick() {
+    if !KICK_UNBLOCKED.with(Cell::get) {
         let set = kick_sigset();
+        // SAFETY: unblocking one signal of this thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+        KICK_UNBLOCKED.with(|u| u.set(true));
+    }
+}
+
+impl<'w> Running<'w> {
+    /// `blocking`: the vCPU's `blocking` statistic, for early kicks.
+    fn begin(
+        watchdog: &'w Watchdog,
+        mechanism: KickMechanism,
+        run: *mut kvm_run,
+        blocking: Option<&Arc<BlockingFlag>>,
+    ) -> Running<'w> {
         match mechanism {
             KickMechanism::ImmediateExit => {
                 KICKED_RUN.with(|r| r.set(run));
-                // SAFETY: unblocking one signal of this thread.
-                unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+                unblock_kick();
             }
             KickMechanism::SignalMask => {
+                let set = kick_sigset();
                 // SAFETY: blocking one signal of this thread.
                 unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+                KICK_UNBLOCKED.with(|u| u.set(false));
             }
         }
-        // SAFETY: pthread_self has no preconditions.
-        *watchdog.watch.runner() = Some(unsafe { libc::pthread_self() });
+        *watchdog.watch.runner() = Some(Runner {
+            // SAFETY: pthread_self has no preconditions.
+            thread: unsafe { libc::pthread_self() },
+            blocking: blocking.cloned(),
+        });
         if let Some(thread) = &watchdog.thread {
             thread.thread().unpark();
         }
@@ -387,10 +479,8 @@ impl Drop for Running<'_> {
         match self.mechanism {
             KickMechanism::ImmediateExit => KICKED_RUN.with(|r| r.set(std::ptr::null_mut())),
             KickMechanism::SignalMask => {
-                let set = kick_sigset();
                 while consume_pending_kick() {}
-                // SAFETY: unblocking one signal of this thread.
-                unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+                unblock_kick();
             }
         }
     }
@@ -509,6 +599,10 @@ struct Vm {
     sync_regs: bool,
     /// The system calls of the current run besides `KVM_RUN`.
     syscalls: Cell<RunCalls>,
+    /// Where the current run's time went outside `KVM_RUN`.
+    times: Cell<RunTimes>,
+    /// CPU 0's `blocking` statistic, for early kicks (one-CPU runs).
+    blocking: Option<Arc<BlockingFlag>>,
 }
 
 /// What a run left behind, beyond what every reset restores (the LAPIC,
@@ -563,8 +657,45 @@ pub struct RunCalls {
     /// Host ops and the userspace IOAPIC's messages: `KVM_IRQ_LINE`,
     /// `KVM_SIGNAL_MSI`.
     pub host_op: u32,
-    /// `KVM_GET_MP_STATE` after kicks (the hang judgement).
+    /// The hang judgement after kicks: `KVM_GET_MP_STATE`, and for a
+    /// halted vCPU the halt judgement's `KVM_GET_VCPU_EVENTS`,
+    /// `KVM_GET_REGS` and `KVM_GET_LAPIC` ([`halt`]).
     pub kick: u32,
+}
+
+/// Where a run's time went outside `KVM_RUN`, by phase (the bench's
+/// breakdown, `busy_time_per_scenario_us`): each phase is timed at its ends
+/// with the vDSO clock (no system call), a few clock reads per run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunTimes {
+    /// Encoding the scenario's table (`table::encode`).
+    pub encode: Duration,
+    /// The reset before the run ([`RunCalls::reset_vcpu`], `reset_vm`, the
+    /// split shape's routes) and loading the table into guest RAM.
+    pub reset: Duration,
+    /// Host ops ([`RunCalls::host_op`]) and, split, the userspace IOAPIC's
+    /// accesses, EOIs, messages and route changes at exits.
+    pub host_ops: Duration,
+    /// The hang judgement after kicks ([`RunCalls::kick`]).
+    pub judging: Duration,
+    /// Decoding the guest's log into the trace (`run::finish`).
+    pub finish: Duration,
+}
+
+impl RunTimes {
+    /// Adds `other`'s times to these.
+    pub fn add(&mut self, other: &RunTimes) {
+        self.encode += other.encode;
+        self.reset += other.reset;
+        self.host_ops += other.host_ops;
+        self.judging += other.judging;
+        self.finish += other.finish;
+    }
+
+    /// All of them.
+    pub fn total(&self) -> Duration {
+        self.encode + self.reset + self.host_ops + self.judging + self.finish
+    }
 }
 
 impl RunCalls {
@@ -714,6 +845,7 @@ impl Vm {
             | kvm_bindings::KVM_SYNC_X86_SREGS
             | kvm_bindings::KVM_SYNC_X86_EVENTS;
         let synced = vm.check_extension_int(Cap::SyncRegs).max(0) as u32;
+        let blocking = BlockingFlag::open(&vm, &vcpu).map(Arc::new);
         let aps = ids[1..]
             .iter()
             .map(|&id| smp::Ap::new(&vm, &cpuid, id))
@@ -737,6 +869,8 @@ impl Vm {
             leftover: Leftover::Everything,
             sync_regs: synced & wanted == wanted,
             syscalls: Cell::default(),
+            times: Cell::default(),
+            blocking,
         })
     }
 
@@ -837,6 +971,13 @@ impl Vm {
         self.syscalls.set(calls);
     }
 
+    /// Adds the time since `start` to a phase of the current run.
+    fn spent(&self, phase: impl FnOnce(&mut RunTimes) -> &mut Duration, start: Instant) {
+        let mut times = self.times.get();
+        *phase(&mut times) += start.elapsed();
+        self.times.set(times);
+    }
+
     /// Restores the format's start state and loads `table`.
     ///
     /// What it writes, in this order (the order matters: `KVM_SET_LAPIC`
@@ -854,7 +995,21 @@ impl Vm {
     ///   segments: through `kvm_run` (`KVM_CAP_SYNC_REGS`), which the next
     ///   `KVM_RUN` loads before it enters, or as ioctls where the cap lacks them.
     fn reset(&mut self, image: &Image, table: &table::Table, scenario: &Scenario) -> Result<()> {
+        let start = Instant::now();
         self.syscalls.set(RunCalls::default());
+        self.times.set(RunTimes::default());
+        let result = self.reset_state(image, table, scenario);
+        self.spent(|t| &mut t.reset, start);
+        result
+    }
+
+    /// [`Vm::reset`]'s writes.
+    fn reset_state(
+        &mut self,
+        image: &Image,
+        table: &table::Table,
+        scenario: &Scenario,
+    ) -> Result<()> {
         let leftover = self.leftover;
         if self.shape.is_split() {
             self.ioapic.reset(scenario.config.ioapic);
@@ -1102,6 +1257,8 @@ pub struct KvmBackend {
     pub last_exits: u64,
     /// The system calls of the last run (with its reset) besides `KVM_RUN`.
     pub last_calls: RunCalls,
+    /// Where the last run's time went outside `KVM_RUN`.
+    pub last_times: RunTimes,
     /// Whether the last run used the split VM.
     last_split: bool,
     /// Whether the last run used a multi-CPU VM (the last of `smp`).
@@ -1124,6 +1281,22 @@ struct Kicks {
     /// Bench knob: the time the last run spent inside `KVM_RUN`, when
     /// measured (a clock read around each entry, off by default).
     time_in_run: Option<Duration>,
+    /// The halt judgement ([`halt`]) and early kicks: on, but for tests of
+    /// the two-kick rule.
+    judge_halts: bool,
+    /// Test hook: the rule that judged the last one-CPU run a hang.
+    hang_rule: Option<HangRule>,
+}
+
+/// What judged a run a hang.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HangRule {
+    /// The first kick that found the vCPU halted, with nothing that can
+    /// wake it ([`halt`]).
+    HaltFinal,
+    /// Two kicks in a row, of entries that lasted a whole [`KICK`], that
+    /// found the vCPU halted.
+    TwoKicks,
 }
 
 impl KvmBackend {
@@ -1179,9 +1352,12 @@ impl KvmBackend {
                 before_entry: 0,
                 without_entry: 0,
                 time_in_run: None,
+                judge_halts: true,
+                hang_rule: None,
             },
             last_exits: 0,
             last_calls: RunCalls::default(),
+            last_times: RunTimes::default(),
             last_split: false,
             last_smp: false,
             device: None,
@@ -1206,6 +1382,19 @@ impl KvmBackend {
     #[doc(hidden)]
     pub fn delay_entry_after_kick(&mut self, delay: Option<Duration>) {
         self.kicks.delay_entry_after_kick = delay;
+    }
+
+    /// Test knob: judge a hang only by the two-kick rule, without the halt
+    /// judgement ([`halt`]) and without early kicks (on by default).
+    #[doc(hidden)]
+    pub fn judge_halts(&mut self, on: bool) {
+        self.kicks.judge_halts = on;
+    }
+
+    /// Test hook: the rule that judged the last one-CPU run a hang, if it hung.
+    #[doc(hidden)]
+    pub fn last_hang_rule(&self) -> Option<HangRule> {
+        self.kicks.hang_rule
     }
 
     /// Test hook: how many kicks of the last run arrived during a
@@ -1360,8 +1549,10 @@ impl Backend for KvmBackend {
     fn execute(&mut self, scenario: &Scenario) -> Result<Trace> {
         let shape = Shape::for_run(self.opened, scenario);
         let name = self.name;
+        let encoding = Instant::now();
         let table =
             table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
+        let encode = encoding.elapsed();
         self.last_smp = scenario.uses_smp();
         if self.last_smp {
             return self.execute_smp(scenario, shape, &table);
@@ -1375,6 +1566,7 @@ impl Backend for KvmBackend {
             kicks,
             last_exits,
             last_calls,
+            last_times,
             device,
             ..
         } = self;
@@ -1388,11 +1580,18 @@ impl Backend for KvmBackend {
             vm.ioapic = UserspaceIoapic::with_device(device.make);
         }
         vm.reset(image, &table, scenario)?;
-        let (end, exits) = run_loop(vm, &table, kicks)?;
+        let apic_base_kept = !scenario.all_ops().any(|op| matches!(op, Op::ApicBase(_)));
+        let (end, exits) = run_loop(vm, &table, kicks, apic_base_kept)?;
         *last_exits = exits;
         vm.leftover = Leftover::of(&end, scenario);
         *last_calls = vm.syscalls.get();
-        run::finish(name, end, image, vm.ram.bytes())
+        let finishing = Instant::now();
+        let trace = run::finish(name, end, image, vm.ram.bytes());
+        let mut times = vm.times.get();
+        times.encode = encode;
+        times.finish = finishing.elapsed();
+        *last_times = times;
+        trace
     }
 }
 
@@ -1432,11 +1631,20 @@ fn over_limit() -> End {
 /// Runs the vCPU until the stub ends the run, hangs, or fails; returns how it
 /// ended and the exits taken.
 ///
-/// Hang judgement: a kick that finds the vCPU halted, a re-entry, and a
-/// second kick that finds it halted again (this host's KVM was seen to
-/// inject only at the next entry from userspace, so one kick is not enough).
-/// An entry the kick ended before it was made counts for neither.
-fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End, u64)> {
+/// Hang judgement: a kick that finds the vCPU halted with nothing that can
+/// wake it ([`Vm::halt_is_final`]; `apic_base_kept`: no op of the scenario
+/// writes the APIC base); else a kick
+/// that finds the vCPU halted, a re-entry, and a second kick that finds it
+/// halted again (this host's KVM was seen to inject only at the next entry
+/// from userspace, so one kick is not enough), both kicks of entries that
+/// lasted a whole [`KICK`]. An entry the kick ended before it was made
+/// counts for neither.
+fn run_loop(
+    vm: &mut Vm,
+    table: &table::Table,
+    kicks: &mut Kicks,
+    apic_base_kept: bool,
+) -> Result<(End, u64)> {
     let run = std::ptr::addr_of_mut!(*vm.vcpu.get_kvm_run());
     if kicks.mechanism == KickMechanism::SignalMask {
         set_run_signal_mask(&vm.vcpu).map_err(BackendError::io("KVM_SET_SIGNAL_MASK"))?;
@@ -1448,12 +1656,16 @@ fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End
         before_entry,
         without_entry,
         time_in_run,
+        judge_halts,
+        hang_rule,
     } = kicks;
     *without_entry = 0;
+    *hang_rule = None;
     if let Some(time) = time_in_run.as_mut() {
         *time = Duration::ZERO;
     }
-    let _running = Running::begin(watchdog, *mechanism, run);
+    let blocking = vm.blocking.as_ref().filter(|_| *judge_halts);
+    let _running = Running::begin(watchdog, *mechanism, run, blocking);
     let mut entry = Entry {
         watch: &watchdog.watch,
         mechanism: *mechanism,
@@ -1477,13 +1689,25 @@ fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End
         let host_op = match exit {
             Exit::Kicked { entered } => {
                 if entered {
-                    if vm.halted()? {
-                        halted_kicks += 1;
-                        if halted_kicks >= 2 {
-                            return Ok((End::Hang, exits));
-                        }
-                    } else {
+                    let judging = Instant::now();
+                    let early = watchdog.watch.last_kick_was_early();
+                    let halted = vm.halted()?;
+                    let hang = if !halted {
                         halted_kicks = 0;
+                        None
+                    } else if *judge_halts && vm.halt_is_final(apic_base_kept)? {
+                        Some(HangRule::HaltFinal)
+                    } else if early {
+                        watchdog.watch.no_early_kick_next();
+                        None
+                    } else {
+                        halted_kicks += 1;
+                        (halted_kicks >= 2).then_some(HangRule::TwoKicks)
+                    };
+                    vm.spent(|t| &mut t.judging, judging);
+                    if hang.is_some() {
+                        *hang_rule = hang;
+                        return Ok((End::Hang, exits));
                     }
                     delay_entry = *delay_entry_after_kick;
                 } else {
@@ -1499,13 +1723,19 @@ fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End
                 Err(end) => return Ok((end, exits)),
             },
             Exit::IoapicWrite { addr, value } => {
-                if let Err(end) = vm.handle_ioapic_write(addr, value) {
+                let start = Instant::now();
+                let result = vm.handle_ioapic_write(addr, value);
+                vm.spent(|t| &mut t.host_ops, start);
+                if let Err(end) = result {
                     return Ok((end, exits));
                 }
                 None
             }
             Exit::IoapicEoi(vector) => {
-                if let Err(end) = vm.handle_ioapic_eoi(vector) {
+                let start = Instant::now();
+                let result = vm.handle_ioapic_eoi(vector);
+                vm.spent(|t| &mut t.host_ops, start);
+                if let Err(end) = result {
                     return Ok((end, exits));
                 }
                 None
@@ -1519,7 +1749,10 @@ fn run_loop(vm: &mut Vm, table: &table::Table, kicks: &mut Kicks) -> Result<(End
                 let message = format!("the guest asked for host op {index}, which does not exist");
                 return Ok((End::Error(message), exits));
             };
-            if let Err(message) = perform(vm, op) {
+            let start = Instant::now();
+            let result = perform(vm, op);
+            vm.spent(|t| &mut t.host_ops, start);
+            if let Err(message) = result {
                 return Ok((End::Error(message), exits));
             }
         }
@@ -1667,6 +1900,38 @@ impl Vm {
             .get_mp_state()
             .map_err(errno("KVM_GET_MP_STATE"))?;
         Ok(mp.mp_state == KVM_MP_STATE_HALTED)
+    }
+
+    /// Whether the halted vCPU can never leave `hlt` ([`halt`]): no event
+    /// pending in KVM, and IF = 0 or, the APIC globally enabled, no
+    /// interrupt its local APIC can deliver. `apic_base_kept`: no op of the
+    /// scenario writes the APIC base, so the APIC is enabled as reset left
+    /// it; otherwise `KVM_GET_SREGS` tells. Up to four vCPU ioctls, counted
+    /// with the kick's.
+    fn halt_is_final(&self, apic_base_kept: bool) -> Result<bool> {
+        self.count(|c| &mut c.kick);
+        let events = self
+            .vcpu
+            .get_vcpu_events()
+            .map_err(errno("KVM_GET_VCPU_EVENTS"))?;
+        if !halt::no_pending_event(&events) {
+            return Ok(false);
+        }
+        self.count(|c| &mut c.kick);
+        let regs = self.vcpu.get_regs().map_err(errno("KVM_GET_REGS"))?;
+        if regs.rflags & halt::RFLAGS_IF == 0 {
+            return Ok(true);
+        }
+        if !apic_base_kept {
+            self.count(|c| &mut c.kick);
+            let sregs = self.vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?;
+            if sregs.apic_base & APIC_BASE_ENABLE == 0 {
+                return Ok(false);
+            }
+        }
+        self.count(|c| &mut c.kick);
+        let lapic = self.vcpu.get_lapic().map_err(errno("KVM_GET_LAPIC"))?;
+        Ok(halt::no_deliverable_interrupt(&lapic))
     }
 
     /// An `out`: a host op to perform, nothing, or the end of the run.

@@ -551,13 +551,17 @@ fn run_smp(
         before_entry,
         without_entry,
         time_in_run,
+        judge_halts: _,
+        hang_rule,
     } = kicks;
+    *hang_rule = None;
     *without_entry = 0;
     if let Some(time) = time_in_run.as_mut() {
         *time = Duration::ZERO;
     }
     *before_entry = 0;
-    let _running = Running::begin(watchdog, *mechanism, run);
+    // No early kicks: one thread runs the CPUs in turn.
+    let _running = Running::begin(watchdog, *mechanism, run, None);
     let sipi = scenario.config.ap_start == ApStart::Sipi;
     let mut conductor = Conductor {
         entry: Entry {
@@ -619,6 +623,7 @@ impl KvmBackend {
             kicks,
             last_exits,
             last_calls,
+            last_times,
             ..
         } = self;
         let vm = smp.last_mut().expect("smp_vm made it");
@@ -627,6 +632,7 @@ impl KvmBackend {
         *last_exits = exits;
         vm.leftover = Leftover::Everything;
         *last_calls = vm.syscalls.get();
+        *last_times = vm.times.get();
         finish(name, end, image, vm)
     }
 }
