@@ -604,6 +604,24 @@ impl System {
         ioapic.eoi(vector, &mut bus);
     }
 
+    /// §11.8.5: the EOI of CPU `cpu` without its broadcast: the highest
+    /// ISR bit cleared, and the vector to broadcast if it was level (TMR
+    /// set). For an irqchip whose IOAPIC is elsewhere (a split VMM, or an
+    /// in-kernel APIC that hands the EOI to the VMM), which then calls
+    /// [`System::ioapic_eoi`] or its own IOAPIC.
+    pub fn local_eoi(&mut self, cpu: usize) -> Option<u8> {
+        let eoi = self.nodes[cpu].lapic.end_of_interrupt();
+        self.log.push(eoi.rule, eoi.in_service.unwrap_or(0));
+        eoi.broadcast
+    }
+
+    /// §11.8.5, 82093AA §3.2.4: an EOI broadcast for `vector` reaching this
+    /// system's IOAPIC (every entry with that vector clears remote IRR).
+    pub fn ioapic_eoi(&mut self, vector: u8) {
+        let (ioapic, mut bus) = self.parts();
+        ioapic.eoi(vector, &mut bus);
+    }
+
     /// Whether a level pin with `vector` targets CPU `cpu` now (for the
     /// `EOI_STALE_ROUTE_LOST` quirk).
     fn routes_vector_to(&self, vector: u8, cpu: usize) -> bool {
