@@ -457,6 +457,10 @@ impl<H: Hv + HvExt + Send> HvfVmm<H> {
             table,
             scenario.config.apic == ApicMode::X2apic,
         );
+        // The RAM outlives the run: a multi-CPU run before this one left
+        // the global SMP word set (`Image::load_smp` sets it again for one).
+        let smp = layout::SMP as usize;
+        self.ram[smp..smp + 4].copy_from_slice(&0u32.to_le_bytes());
         self.calls.clear();
         Ok(())
     }
