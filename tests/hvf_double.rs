@@ -369,12 +369,20 @@ fn dropping_the_backend_destroys_the_vcpu_then_the_vm() {
     assert_eq!(trace.events.len(), 3, "{trace:?}");
     let calls = std::sync::Arc::clone(&smp.hv().calls);
     drop(smp);
-    assert!(!process.has_vm(), "hv_vm_destroy succeeded after three vCPUs");
+    assert!(
+        !process.has_vm(),
+        "hv_vm_destroy succeeded after three vCPUs"
+    );
     let calls = calls.lock().unwrap().clone();
     let n = calls.len();
     assert_eq!(
         calls[n - 4..],
-        ["hv_vcpu_destroy", "hv_vcpu_destroy", "hv_vcpu_destroy", "hv_vm_destroy"]
+        [
+            "hv_vcpu_destroy",
+            "hv_vcpu_destroy",
+            "hv_vcpu_destroy",
+            "hv_vm_destroy"
+        ]
     );
     assert!(open(&process).is_ok(), "the process can open the next VM");
 }
@@ -519,20 +527,29 @@ fn every_multi_cpu_scenario_agrees_with_the_model_or_is_refused_with_its_reason(
 #[test]
 fn an_init_stops_a_cpu_until_a_startup_ipi_starts_it_again() {
     let mut b = hvf(false, Quirks::empty(), Workarounds::empty());
-    let waiting = run(
-        &mut b,
-        "config cpus=2\nipi init all-but-self\ncpu 1: nop\n",
+    let waiting = run(&mut b, "config cpus=2\nipi init all-but-self\ncpu 1: nop\n");
+    assert_eq!(
+        waiting.outcome,
+        irqdiff::trace::Outcome::Error,
+        "{waiting:?}"
     );
-    assert_eq!(waiting.outcome, irqdiff::trace::Outcome::Error, "{waiting:?}");
     assert!(
-        waiting.error.as_deref().unwrap().contains("waits for a startup IPI"),
+        waiting
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("waits for a startup IPI"),
         "{waiting:?}"
     );
     let restarted = run(
         &mut b,
         "config cpus=2\nipi init all-but-self\nipi startup all-but-self\ncpu 1: self-ipi 0x41\nipi vector=0x42 dest=1\n",
     );
-    assert_eq!(restarted.outcome, irqdiff::trace::Outcome::Completed, "{restarted:?}");
+    assert_eq!(
+        restarted.outcome,
+        irqdiff::trace::Outcome::Completed,
+        "{restarted:?}"
+    );
     let delivered: Vec<(u8, u32)> = restarted
         .events
         .iter()
@@ -543,7 +560,9 @@ fn an_init_stops_a_cpu_until_a_startup_ipi_starts_it_again() {
         .collect();
     assert_eq!(delivered, vec![(1, 0x41), (1, 0x42)]);
     assert!(
-        b.calls().iter().any(|c| c.contains("started at sipi_entry (STARTUP_AP)")),
+        b.calls()
+            .iter()
+            .any(|c| c.contains("started at sipi_entry (STARTUP_AP)")),
         "{:?}",
         b.calls()
     );

@@ -1082,7 +1082,10 @@ fn an_init_or_startup_ipi_is_an_exit_of_the_sender_naming_its_targets() {
     assert!(!g.hv.apic_write(v, 0x300, 0x4500).unwrap());
     assert_eq!(g.hv.exit_info(v).unwrap(), hv::HV_VM_EXITINFO_INIT_AP);
     assert_eq!(g.hv.exit_init_ap(v, 2).unwrap(), vec![false, true]);
-    assert_eq!(g.hv.exit_init_ap(v, 4).unwrap(), vec![false, true, false, false]);
+    assert_eq!(
+        g.hv.exit_init_ap(v, 4).unwrap(),
+        vec![false, true, false, false]
+    );
     assert_eq!(
         code(g.hv.exit_init_ap(v, 1).unwrap_err()),
         ("hv_vcpu_exit_init_ap", hv::HV_BAD_ARGUMENT),
@@ -1153,7 +1156,11 @@ fn a_vcpu_an_init_reached_runs_only_after_a_startup_ipi_and_at_sipi_entry() {
                 assert_eq!(g.hv.run_forever(1).unwrap(), RunEnd::Exit);
                 assert_eq!(g.r(VMCS_RO_EXIT_REASON), hv::VMX_REASON_IO as u64);
                 let port = g.r(VMCS_RO_EXIT_QUALIFIC) >> 16;
-                assert_eq!(port, layout::IDLE_PORT as u64, "the mailbox loop's idle out");
+                assert_eq!(
+                    port,
+                    layout::IDLE_PORT as u64,
+                    "the mailbox loop's idle out"
+                );
                 g.vcpu = 0;
             }
             barrier.wait(); // vCPU 0 sends INIT

@@ -1144,9 +1144,7 @@ impl HvExt for Double {
             strict.config.process.0.lock().unwrap().vcpus -= 1;
             // Trailing nodes of destroyed vCPUs go too.
             let mut s = self.state.lock().unwrap();
-            while s.system.nodes.len() > 1
-                && strict.owners[s.system.nodes.len() - 1].is_none()
-            {
+            while s.system.nodes.len() > 1 && strict.owners[s.system.nodes.len() - 1].is_none() {
                 s.system.nodes.pop();
             }
         }

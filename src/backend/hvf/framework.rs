@@ -46,7 +46,8 @@ impl Drop for Framework {
     /// failure is logged, Drop cannot return it.
     fn drop(&mut self) {
         let vcpus: Vec<_> = self.vcpus.clone();
-        let mut results: Vec<HvResult<()>> = vcpus.into_iter().map(|v| self.destroy_vcpu(v)).collect();
+        let mut results: Vec<HvResult<()>> =
+            vcpus.into_iter().map(|v| self.destroy_vcpu(v)).collect();
         if self.created {
             results.push(self.destroy_vm());
         }

@@ -175,9 +175,7 @@ impl<H: Hv + HvExt + Send> HvfVmm<H> {
         // and this frame waits for it to finish before it returns: the
         // borrow outlives the job, as with a scoped thread. Only the
         // lifetime is erased; the type is otherwise the same.
-        let job: Job = unsafe {
-            std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job)
-        };
+        let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
         jobs.send(job).map_err(|_| thread_gone(cpu))?;
         result.recv().map_err(|_| thread_gone(cpu))
     }
