@@ -567,3 +567,48 @@ fn an_init_stops_a_cpu_until_a_startup_ipi_starts_it_again() {
         b.calls()
     );
 }
+
+/// What the first multi-CPU campaigns on `hvf-double` found in the loop and
+/// the double (fixed): a guest that disables its APIC through
+/// IA32_APIC_BASE keeps its IF (the double's `hv_vcpu_apic_put_state`
+/// reset the processor too), and its APIC writes reach nothing (SDM
+/// §11.4.3: the VMM drops them, as no call tells the in-kernel APIC of the
+/// disable): no TPR, no SVR, no ICR. Each agrees with the model on both
+/// shapes.
+#[test]
+fn a_disabled_apic_takes_no_writes_and_keeps_the_processors_if() {
+    for split in [false, true] {
+        let mut b = hvf(split, Quirks::empty(), Workarounds::empty());
+        for text in [
+            "cli\napic-base 0xfee00000\napic-base 0xfee00800\nsvr 0x1ff\nself-ipi 0x20\n",
+            "apic-base 0xfee00000\ncr8 6\nsnapshot\n",
+            "config cpus=3\ncpu 1: apic-base 0xfee00000\ncpu 1: ipi dest=0x2 nmi\nipi vector=0x50 all-but-self\n",
+            "config cpus=2\ncpu 1: route 0 vector=0x20\napic-base 0xfee00000\nsvr 0x1ff\nassert 0\n",
+        ] {
+            let scenario = parse(text).unwrap();
+            let mut expected = ModelBackendRun::run(&scenario);
+            expected.backend = b.name().to_string().into();
+            assert_eq!(b.run(&scenario).unwrap(), expected, "{text} (split: {split})");
+        }
+    }
+}
+
+/// A known difference (docs/hvf.md, "Several vCPUs"): an NMI to a CPU whose
+/// APIC the guest disabled through IA32_APIC_BASE is taken on `hvf`, as the
+/// in-kernel APIC never hears of the disable; the model refuses it (SDM
+/// §11.4.3).
+#[test]
+fn an_nmi_reaches_an_apic_the_guest_disabled() {
+    let mut b = hvf(false, Quirks::empty(), Workarounds::empty());
+    let text = "config cpus=2\ncpu 1: apic-base 0xfee00000\nipi dest=0xff nmi\n";
+    let scenario = parse(text).unwrap();
+    let nmis = |t: &Trace| -> Vec<u8> {
+        t.events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Deliver { vector: 2 }))
+            .map(|e| e.cpu)
+            .collect()
+    };
+    assert_eq!(nmis(&ModelBackendRun::run(&scenario)), vec![0]);
+    assert_eq!(nmis(&b.run(&scenario).unwrap()), vec![0, 1]);
+}

@@ -1078,9 +1078,13 @@ impl HvExt for Double {
     }
     fn reset_apic(&mut self, vcpu: u32) -> HvResult<()> {
         self.on_vcpu("hv_vcpu_apic_put_state", vcpu, |s, v| {
-            let waiting = s.system.nodes[v].waiting_for_sipi;
+            // The APIC alone: the processor's state (IF, NMI blocking) and
+            // its wait-for-SIPI state stay.
+            let node = &s.system.nodes[v];
+            let (cpu, waiting) = (node.cpu.clone(), node.waiting_for_sipi);
             s.fresh_apic(v);
-            s.system.nodes[v].waiting_for_sipi = waiting;
+            let node = &mut s.system.nodes[v];
+            (node.cpu, node.waiting_for_sipi) = (cpu, waiting);
             // The power-up SVR, 0xFF: software-disabled (SDM §11.4.7.1).
             let _ = s.system.nodes[v].lapic.write(0xf0, 0xff);
             s.cpus[v].apic_window = LAPIC_BASE;

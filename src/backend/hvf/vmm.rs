@@ -380,11 +380,13 @@ impl<H: Hv + HvExt + Send> HvfVmm<H> {
 
     /// A generated scenario gets what this VMM offers: the in-kernel
     /// IOAPIC's version on the full shape, xAPIC while x2APIC is
-    /// unavailable.
+    /// unavailable, the CPU indexes as APIC IDs.
     pub fn fit(&self, scenario: &mut Scenario) {
         if Shape::for_run(self.opened, scenario) == Shape::Full {
             scenario.config.ioapic = self.identity.version;
         }
+        // The in-kernel APIC's ID is the vCPU ID (`unsupported`).
+        scenario.config.apic_ids = crate::scenario::INDEX_APIC_IDS;
         if self.x2apic.is_err() {
             scenario.config.apic = ApicMode::Xapic;
             let ops = scenario
@@ -785,6 +787,20 @@ impl<H: Hv + HvExt + Send> HvfVmm<H> {
                         "APIC read at {rip:#x} reported as a write"
                     ))));
                 };
+                if self.apic_base & APIC_BASE_EN == 0 {
+                    // SDM §11.4.3: a globally disabled APIC has no
+                    // registers, so the write reaches nothing (no ICR, no
+                    // SVR). No call tells the in-kernel APIC of the disable,
+                    // so the VMM drops the write itself.
+                    self.calls.note(|| {
+                        format!(
+                            "  APIC write {offset:#x} = {value:#x} dropped: the APIC is disabled"
+                        )
+                    });
+                    self.hv
+                        .write_register(v, hv::HV_X86_RIP, rip + access.len)?;
+                    return Ok(None);
+                }
                 let no_side_effect = self.hv.apic_write(v, offset, value)?;
                 self.calls.note(|| format!("  hv_vcpu_apic_write({offset:#x}, {value:#x}) -> no_side_effect {no_side_effect}"));
                 self.hv
