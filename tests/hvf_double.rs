@@ -573,8 +573,8 @@ fn an_init_stops_a_cpu_until_a_startup_ipi_starts_it_again() {
 /// IA32_APIC_BASE keeps its IF (the double's `hv_vcpu_apic_put_state`
 /// reset the processor too), and its APIC writes reach nothing (SDM
 /// §11.4.3: the VMM drops them, as no call tells the in-kernel APIC of the
-/// disable): no TPR, no SVR, no ICR. Each agrees with the model on both
-/// shapes.
+/// disable): no TPR, no SVR, no ICR; its page reads 0. Each agrees with
+/// the model on both shapes.
 #[test]
 fn a_disabled_apic_takes_no_writes_and_keeps_the_processors_if() {
     for split in [false, true] {
@@ -582,6 +582,7 @@ fn a_disabled_apic_takes_no_writes_and_keeps_the_processors_if() {
         for text in [
             "cli\napic-base 0xfee00000\napic-base 0xfee00800\nsvr 0x1ff\nself-ipi 0x20\n",
             "apic-base 0xfee00000\ncr8 6\nsnapshot\n",
+            "apic-base 0xfee00000\nlapic-read 0x030\n",
             "config cpus=3\ncpu 1: apic-base 0xfee00000\ncpu 1: ipi dest=0x2 nmi\nipi vector=0x50 all-but-self\n",
             "config cpus=2\ncpu 1: route 0 vector=0x20\napic-base 0xfee00000\nsvr 0x1ff\nassert 0\n",
         ] {

@@ -547,7 +547,15 @@ impl<H: Hv + HvExt + Send> HvfVmm<H> {
                             "cannot decode the APIC read at {rip:#x}"
                         )));
                     };
-                    let value = self.hv.exit_apic_access_read(v)?;
+                    // SDM §11.4.3: a globally disabled APIC has no
+                    // registers; its page reads 0 (the model's reading), and
+                    // the in-kernel APIC, never told of the disable, is not
+                    // asked.
+                    let value = if self.apic_base & APIC_BASE_EN == 0 {
+                        0
+                    } else {
+                        self.hv.exit_apic_access_read(v)?
+                    };
                     self.complete_read(&access, value, rip)?;
                 }
                 hv::HV_VM_EXITINFO_IOAPIC_EOI => {
