@@ -1081,7 +1081,7 @@ impl HvExt for Double {
             // The APIC alone: the processor's state (IF, NMI blocking) and
             // its wait-for-SIPI state stay.
             let node = &s.system.nodes[v];
-            let (cpu, waiting) = (node.cpu.clone(), node.waiting_for_sipi);
+            let (cpu, waiting) = (node.cpu, node.waiting_for_sipi);
             s.fresh_apic(v);
             let node = &mut s.system.nodes[v];
             (node.cpu, node.waiting_for_sipi) = (cpu, waiting);
