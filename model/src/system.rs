@@ -744,6 +744,28 @@ mod tests {
     }
 
     #[test]
+    fn a_local_eoi_leaves_the_broadcast_to_the_caller() {
+        // SDM §11.8.5: the EOI clears the highest ISR bit; for a level
+        // vector (TMR set) the broadcast reaches the IOAPIC only through
+        // ioapic_eoi (82093AA §3.2.4: remote IRR cleared by the EOI of its
+        // vector), which a split irqchip sends itself.
+        let mut s = system(&[0, 1], false);
+        route(&mut s, 14, 0x71 | 1 << 15, 1);
+        s.set_irq(14, true);
+        let taken = s.take(1, s.pending(1).unwrap());
+        assert_eq!(taken.0, 0x71);
+        assert!(s.ioapic.entry(14).remote_irr());
+        assert_eq!(s.local_eoi(1), Some(0x71), "a level vector to broadcast");
+        assert!(s.ioapic.entry(14).remote_irr(), "not broadcast yet");
+        assert_eq!(s.nodes[1].lapic.isr(), [0; 8]);
+        s.set_irq(14, false);
+        s.ioapic_eoi(0x71);
+        assert!(!s.ioapic.entry(14).remote_irr());
+        // Nothing in service: nothing to broadcast.
+        assert_eq!(s.local_eoi(1), None);
+    }
+
+    #[test]
     fn vector_16_is_the_first_vector_an_ipi_carries() {
         // SDM §11.5.3: vectors 0-15 are illegal (send illegal vector, nothing
         // sent); 16 is legal and delivered.
