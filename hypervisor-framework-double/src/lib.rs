@@ -56,10 +56,10 @@ struct Vm {
 }
 
 static VM: Mutex<Option<Vm>> = Mutex::new(None);
-/// `hv_vcpu_interrupt` for the vCPU, kept apart from [`VM`]: a watchdog
-/// thread calls it while the vCPU's thread blocks in `hv_vcpu_run_until`
-/// holding the VM.
-static KICK: Mutex<Option<Interrupter>> = Mutex::new(None);
+/// `hv_vcpu_interrupt` for each vCPU, by ID, kept apart from [`VM`]: a
+/// watchdog thread calls it while the vCPU's thread blocks in
+/// `hv_vcpu_run_until` holding the VM.
+static KICKS: Mutex<Vec<Option<Interrupter>>> = Mutex::new(Vec::new());
 /// The process Hypervisor.framework scopes its one VM to.
 static PROCESS: Mutex<Option<Process>> = Mutex::new(None);
 
@@ -245,7 +245,12 @@ pub unsafe extern "C" fn hv_vcpu_create(
         unsafe {
             read_into(vcpu, |d| {
                 let id = d.create_vcpu()?;
-                *lock(&KICK) = Some(d.interrupter(id)?);
+                let kick = d.interrupter(id)?;
+                let mut kicks = lock(&KICKS);
+                if kicks.len() <= id as usize {
+                    kicks.resize(id as usize + 1, None);
+                }
+                kicks[id as usize] = Some(kick);
                 Ok(id)
             })
         }
@@ -258,7 +263,9 @@ pub extern "C" fn hv_vcpu_destroy(vcpu: hv::hv_vcpuid_t) -> hv_return_t {
     ffi(|| {
         with_double(|d| {
             d.destroy_vcpu(vcpu)?;
-            *lock(&KICK) = None;
+            if let Some(kick) = lock(&KICKS).get_mut(vcpu as usize) {
+                *kick = None;
+            }
             Ok(())
         })
     })
@@ -280,10 +287,10 @@ pub unsafe extern "C" fn hv_vcpu_interrupt(
         }
         // SAFETY: the caller's contract.
         let ids = unsafe { std::slice::from_raw_parts(vcpus, vcpu_count as usize) };
-        let kick = lock(&KICK).clone();
+        let kicks = lock(&KICKS).clone();
         for &id in ids {
-            match (&kick, id) {
-                (Some(kick), 0) => {
+            match kicks.get(id as usize) {
+                Some(Some(kick)) => {
                     let r = code(kick());
                     if r != hv::HV_SUCCESS {
                         return r;

@@ -604,6 +604,24 @@ impl System {
         ioapic.eoi(vector, &mut bus);
     }
 
+    /// §11.8.5: the EOI of CPU `cpu` without its broadcast: the highest
+    /// ISR bit cleared, and the vector to broadcast if it was level (TMR
+    /// set). For an irqchip whose IOAPIC is elsewhere (a split VMM, or an
+    /// in-kernel APIC that hands the EOI to the VMM), which then calls
+    /// [`System::ioapic_eoi`] or its own IOAPIC.
+    pub fn local_eoi(&mut self, cpu: usize) -> Option<u8> {
+        let eoi = self.nodes[cpu].lapic.end_of_interrupt();
+        self.log.push(eoi.rule, eoi.in_service.unwrap_or(0));
+        eoi.broadcast
+    }
+
+    /// §11.8.5, 82093AA §3.2.4: an EOI broadcast for `vector` reaching this
+    /// system's IOAPIC (every entry with that vector clears remote IRR).
+    pub fn ioapic_eoi(&mut self, vector: u8) {
+        let (ioapic, mut bus) = self.parts();
+        ioapic.eoi(vector, &mut bus);
+    }
+
     /// Whether a level pin with `vector` targets CPU `cpu` now (for the
     /// `EOI_STALE_ROUTE_LOST` quirk).
     fn routes_vector_to(&self, vector: u8, cpu: usize) -> bool {
@@ -723,6 +741,28 @@ mod tests {
         s.ioapic_mmio_write(IOWIN, (dest as u32) << 24);
         s.ioapic_mmio_write(IOREGSEL, 0x10 + 2 * pin as u32);
         s.ioapic_mmio_write(IOWIN, low);
+    }
+
+    #[test]
+    fn a_local_eoi_leaves_the_broadcast_to_the_caller() {
+        // SDM §11.8.5: the EOI clears the highest ISR bit; for a level
+        // vector (TMR set) the broadcast reaches the IOAPIC only through
+        // ioapic_eoi (82093AA §3.2.4: remote IRR cleared by the EOI of its
+        // vector), which a split irqchip sends itself.
+        let mut s = system(&[0, 1], false);
+        route(&mut s, 14, 0x71 | 1 << 15, 1);
+        s.set_irq(14, true);
+        let taken = s.take(1, s.pending(1).unwrap());
+        assert_eq!(taken.0, 0x71);
+        assert!(s.ioapic.entry(14).remote_irr());
+        assert_eq!(s.local_eoi(1), Some(0x71), "a level vector to broadcast");
+        assert!(s.ioapic.entry(14).remote_irr(), "not broadcast yet");
+        assert_eq!(s.nodes[1].lapic.isr(), [0; 8]);
+        s.set_irq(14, false);
+        s.ioapic_eoi(0x71);
+        assert!(!s.ioapic.entry(14).remote_irr());
+        // Nothing in service: nothing to broadcast.
+        assert_eq!(s.local_eoi(1), None);
     }
 
     #[test]

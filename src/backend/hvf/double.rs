@@ -45,16 +45,49 @@ use crate::guest::stub::{record, SNAPSHOT_WORDS};
 use crate::guest::table::kind;
 use crate::model::ioapic::{DeliveryMode, InterruptMessage, IoapicVersion, PINS};
 use crate::model::machine::Interrupt;
-use crate::model::{Machine, MachineConfig, Quirks, Rule};
+use crate::model::system::{Node, System};
+use crate::model::{MachineConfig, Quirks, Rule};
 
-/// Where the double puts the instruction that faults.
+/// Where the double puts the instruction that faults: one 32-byte slot per
+/// vCPU (each vCPU's exit has its own instruction), below the data area.
 const SCRATCH: u64 = 0x1_f800;
+const SCRATCH_SLOT: u64 = 0x20;
+const SCRATCH_END: u64 = SCRATCH + SCRATCH_SLOT * MAX_VCPUS as u64;
 const MOV_STORE: [u8; 2] = [0x89, 0x03]; // mov dword [rbx], eax
 const MOV_LOAD: [u8; 2] = [0x8b, 0x03]; // mov eax, dword [rbx]
 const OUT_DX_EAX: [u8; 1] = [0xef]; // out dx, eax
 const WRMSR: [u8; 2] = [0x0f, 0x30];
 const RDMSR: [u8; 2] = [0x0f, 0x32];
 const IA32_APIC_BASE: u32 = 0x1b;
+/// The ICR's delivery mode field (SDM §11.6.1, bits 10:8): INIT and STARTUP.
+const ICR_INIT: u32 = 5;
+const ICR_STARTUP: u32 = 6;
+
+/// vCPU `id`'s scratch slot.
+const fn scratch(id: usize) -> u64 {
+    SCRATCH + SCRATCH_SLOT * id as u64
+}
+
+/// The guest stub's entry points: the double tells by RIP which start the
+/// VMM gave a vCPU (docs/guest-stub.md, "Several CPUs").
+#[derive(Clone, Copy, Debug)]
+struct Entries {
+    entry: u64,
+    ap_entry: u64,
+    sipi_entry: u64,
+}
+
+fn entries() -> Entries {
+    static ENTRIES: std::sync::OnceLock<Entries> = std::sync::OnceLock::new();
+    *ENTRIES.get_or_init(|| {
+        let stub = crate::guest::Image::build().stub;
+        Entries {
+            entry: stub.entry,
+            ap_entry: stub.ap_entry,
+            sipi_entry: stub.sipi_entry,
+        }
+    })
+}
 
 /// The task Hypervisor.framework scopes its VM to. Apple: one VM per
 /// process (`hv_vm_create`: "Creates a VM instance for the current task";
@@ -137,15 +170,30 @@ struct Ram(*mut u8, usize);
 // runs, never both at once.
 unsafe impl Send for Ram {}
 
-/// The "kernel" state the VMM's calls see.
+/// The "kernel" state the VMM's calls see: the VM's (RAM, the in-kernel
+/// irqchip: one local APIC per vCPU on one bus with the IOAPIC, the model's
+/// [`System`]) and each vCPU's.
 struct State {
     ram: Ram,
+    /// The in-kernel APICs and IOAPIC. Node `i` is vCPU `i`'s APIC (APIC
+    /// ID `i`); IDs of destroyed vCPUs below the highest live one keep a
+    /// node that waits for SIPI (it takes nothing but INIT and STARTUP).
+    system: System,
+    quirks: Quirks,
+    strict: bool,
+    ioapic: IoapicIdentity,
+    ioregsel: u32,
+    blocked_limit: Duration,
+    /// Each vCPU's state, by vCPU ID.
+    cpus: Vec<CpuState>,
+}
+
+/// One vCPU's registers, VMCS and exit state.
+struct CpuState {
     regs: [u64; 18],
     /// The VMCS: in strict mode exactly the fields the VMM or the
     /// processor wrote.
     vmcs: HashMap<u32, u64>,
-    machine: Machine,
-    quirks: Quirks,
     apic_ctrl: u64,
     exit_info: u32,
     eoi_vector: Option<u8>,
@@ -153,10 +201,6 @@ struct State {
     halted: bool,
     /// Where the APIC's MMIO window is (`hv_vmx_vcpu_set_apic_address`).
     apic_window: u64,
-    strict: bool,
-    ioapic: IoapicIdentity,
-    ioregsel: u32,
-    blocked_limit: Duration,
     /// Why the last VM entry failed.
     entry_failure: Option<EntryFailure>,
     /// What the double found wrong in the VMM's calls (a mishandled exit,
@@ -167,6 +211,61 @@ struct State {
     /// in-kernel APIC faults only in x2APIC mode, which no call switches it
     /// to (docs/hvf.md).
     exception: Option<ApicException>,
+    /// The INIT or STARTUP IPI this vCPU sent last, which
+    /// `hv_vcpu_exit_init_ap`/`startup_ap` describe after its exit.
+    ap_exit: Option<ApExit>,
+    /// An INIT reached this vCPU since the VMM last started it: the
+    /// processor is reset and waits for SIPI (SDM vol. 3A §11.4.7.3), so
+    /// resuming it where it stopped is refused.
+    init_seen: bool,
+    /// A STARTUP IPI started this vCPU after that INIT: the VMM must start
+    /// it afresh (at the SIPI page's entry) before it runs.
+    sipi_started: bool,
+}
+
+impl CpuState {
+    fn new() -> CpuState {
+        CpuState {
+            regs: [0; 18],
+            vmcs: HashMap::new(),
+            apic_ctrl: 0,
+            exit_info: 0,
+            eoi_vector: None,
+            apic_read_value: 0,
+            halted: false,
+            apic_window: LAPIC_BASE,
+            entry_failure: None,
+            fault: None,
+            exception: None,
+            ap_exit: None,
+            init_seen: false,
+            sipi_started: false,
+        }
+    }
+
+    fn split(&self) -> bool {
+        self.apic_ctrl & hv::HV_APIC_CTRL_IOAPIC_EOI != 0
+    }
+
+    /// Whether the next VM entry injects an event (SDM 24.8.3: bit 31 of
+    /// the VM-entry interruption-information field).
+    fn injecting(&self) -> bool {
+        self.vmcs
+            .get(&vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO)
+            .is_some_and(|info| info & event::VALID != 0)
+    }
+}
+
+/// What an INIT or STARTUP IPI did, for the sender's exit (hv.h: the
+/// targets in `is_actv[]` by vCPU ID; `ap_rip` the start address).
+#[derive(Clone, Copy, Debug)]
+struct ApExit {
+    startup: bool,
+    /// The vCPUs it reached: for INIT every addressed one, for STARTUP
+    /// those it started (the ones waiting for SIPI), one bit per ID.
+    targets: u32,
+    /// STARTUP: the vector << 12 (SDM §9.4.4.1: the real-mode start page).
+    rip: u64,
 }
 
 impl State {
@@ -184,19 +283,37 @@ impl State {
     fn put32(&mut self, at: u64, v: u32) {
         self.ram()[at as usize..at as usize + 4].copy_from_slice(&v.to_le_bytes());
     }
-    fn split(&self) -> bool {
-        self.apic_ctrl & hv::HV_APIC_CTRL_IOAPIC_EOI != 0
+    fn get64(&mut self, at: u64) -> u64 {
+        u64::from_le_bytes(
+            self.ram()[at as usize..at as usize + 8]
+                .try_into()
+                .expect("8 bytes"),
+        )
     }
-    /// Whether the next VM entry injects an event (SDM 24.8.3: bit 31 of
-    /// the VM-entry interruption-information field).
-    fn injecting(&self) -> bool {
-        self.vmcs
-            .get(&vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO)
-            .is_some_and(|info| info & event::VALID != 0)
+    fn put64(&mut self, at: u64, v: u64) {
+        self.ram()[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    /// The first fault any vCPU recorded.
+    fn fault(&self) -> Option<String> {
+        self.cpus.iter().find_map(|c| c.fault.clone())
+    }
+    /// The model's configuration of the in-kernel irqchip.
+    fn config(&self) -> MachineConfig {
+        machine_config(self.quirks, self.ioapic.version)
+    }
+    /// Gives vCPU `id` a fresh in-kernel APIC (its state at creation),
+    /// growing the bus to it if needed.
+    fn fresh_apic(&mut self, id: usize) {
+        let node = fresh_node(self.config(), id);
+        while self.system.nodes.len() <= id {
+            let absent = self.system.nodes.len();
+            self.system.nodes.push(absent_node(self.config(), absent));
+        }
+        self.system.nodes[id] = node;
     }
 }
 
-impl vmx::Fields for State {
+impl vmx::Fields for CpuState {
     fn field(&self, encoding: u32) -> Option<u64> {
         self.vmcs.get(&encoding).copied()
     }
@@ -285,15 +402,22 @@ impl Strict {
     }
 }
 
+/// One vCPU's player: the thread that plays its guest, and its kick.
+#[derive(Default)]
+struct Player {
+    cpu: Option<CpuThread>,
+    kick: Arc<Kick>,
+    /// The run ended badly (a fault, a stopped vCPU): runs fail until the
+    /// VMM starts over from an entry point.
+    dead: bool,
+}
+
 /// The double. `quirks` switch on known HVF bugs in its in-kernel irqchip.
 pub struct Double {
     state: Arc<Mutex<State>>,
-    cpu: Option<CpuThread>,
-    kick: Arc<Kick>,
+    /// By vCPU ID.
+    players: Vec<Player>,
     strict: Option<Strict>,
-    /// The run ended badly (a fault, a stopped vCPU): runs fail until the
-    /// VMM starts over from the entry point.
-    dead: bool,
     /// Every call the VMM made, by name (the tests check the seed's steps).
     pub calls: Arc<Mutex<Vec<&'static str>>>,
 }
@@ -321,30 +445,19 @@ impl Double {
         let ioapic = config.as_ref().map_or(IoapicIdentity::ICH, |c| c.ioapic);
         let state = State {
             ram: Ram(std::ptr::null_mut(), 0),
-            regs: [0; 18],
-            vmcs: HashMap::new(),
-            machine: fresh_machine(false, quirks, ioapic.version),
+            system: System::new(machine_config(quirks, ioapic.version), &[], false),
             quirks,
-            apic_ctrl: 0,
-            exit_info: 0,
-            eoi_vector: None,
-            apic_read_value: 0,
-            halted: false,
-            apic_window: LAPIC_BASE,
             strict: config.is_some(),
             ioapic,
             ioregsel: 0,
             blocked_limit: config
                 .as_ref()
                 .map_or(Duration::from_secs(10), |c| c.blocked_limit),
-            entry_failure: None,
-            fault: None,
-            exception: None,
+            cpus: (0..MAX_VCPUS).map(|_| CpuState::new()).collect(),
         };
         Double {
             state: Arc::new(Mutex::new(state)),
-            cpu: None,
-            kick: Arc::default(),
+            players: (0..MAX_VCPUS).map(|_| Player::default()).collect(),
             strict: config.map(|config| Strict {
                 rng: config.seed | 1,
                 config,
@@ -352,19 +465,24 @@ impl Double {
                 owners: [None; MAX_VCPUS],
             }),
             calls: Arc::default(),
-            dead: false,
         }
     }
 
-    /// Why the last VM entry failed, if it did.
+    /// Why vCPU 0's last VM entry failed, if it did.
     pub fn entry_failure(&self) -> Option<EntryFailure> {
-        self.state.lock().unwrap().entry_failure.clone()
+        self.entry_failure_of(0)
+    }
+
+    /// Why vCPU `vcpu`'s last VM entry failed, if it did.
+    pub fn entry_failure_of(&self, vcpu: u32) -> Option<EntryFailure> {
+        let s = self.state.lock().unwrap();
+        s.cpus.get(vcpu as usize)?.entry_failure.clone()
     }
 
     /// What the double found wrong in the VMM's calls (a mishandled exit,
-    /// a blocked HLT nothing interrupted, a refused call).
+    /// a blocked HLT nothing interrupted, a refused call), on any vCPU.
     pub fn fault(&self) -> Option<String> {
-        self.state.lock().unwrap().fault.clone()
+        self.state.lock().unwrap().fault()
     }
 
     fn log(&self, call: &'static str) {
@@ -380,28 +498,20 @@ impl Double {
     /// is the thread that created it (hv.h, every `hv_vcpu_*` call but
     /// `hv_vcpu_interrupt`: "Must be called by the owning thread"; the
     /// error code for a foreign thread is not documented: the double
-    /// answers `HV_BAD_ARGUMENT`, unverified). Then that the vCPU is the
-    /// one the double plays ([`Double::owner_check`]).
+    /// answers `HV_BAD_ARGUMENT`, unverified). `f` gets the VM's state and
+    /// the vCPU's index into it.
     fn on_vcpu<T>(
         &self,
         call: &'static str,
         vcpu: u32,
-        f: impl FnOnce(&mut State) -> HvResult<T>,
+        f: impl FnOnce(&mut State, usize) -> HvResult<T>,
     ) -> HvResult<T> {
         self.owner_check(call, vcpu)?;
-        if vcpu != 0 {
-            // The double's State is one vCPU's (registers, VMCS, one
-            // model Machine): a vCPU other than the first exists, owned by
-            // its thread, but nothing of it is played yet (docs/hvf.md,
-            // "Several vCPUs"). Refused rather than answered with vCPU 0's
-            // state.
+        if vcpu as usize >= MAX_VCPUS {
             self.log(call);
-            self.state.lock().unwrap().fault = Some(format!(
-                "{call} on vCPU {vcpu}: the double plays only vCPU 0 (docs/hvf.md, \"Several vCPUs\")"
-            ));
-            return Err(err(call, hv::HV_UNSUPPORTED));
+            return Err(err(call, hv::HV_BAD_ARGUMENT));
         }
-        self.with(call, f)
+        self.with(call, |s| f(s, vcpu as usize))
     }
 
     /// The framework's thread rule alone (strict mode): `vcpu` exists and
@@ -418,55 +528,109 @@ impl Double {
         Ok(())
     }
 
-    /// Ends the vCPU thread (a new run from the entry point, or destroy).
-    fn stop_cpu(&mut self) {
-        self.cpu = None;
-        self.kick.next_generation();
+    /// Ends vCPU `v`'s player thread (a new run from an entry point, or
+    /// destroy).
+    fn stop_cpu(&mut self, v: usize) {
+        let player = &mut self.players[v];
+        player.cpu = None;
+        player.kick.next_generation();
     }
 
-    fn start_cpu(&mut self) {
-        let generation = self.kick.next_generation();
-        self.cpu = Some(spawn(
+    fn start_cpu(&mut self, v: usize) {
+        let player = &mut self.players[v];
+        let generation = player.kick.next_generation();
+        player.cpu = Some(spawn(
             Arc::clone(&self.state),
-            Arc::clone(&self.kick),
+            Arc::clone(&player.kick),
             generation,
+            v,
         ));
     }
 
-    /// Resumes (or starts) the vCPU thread and waits for its next event;
+    /// Resumes (or starts) vCPU `v`'s player and waits for its next event;
     /// an event that ends the run ends the thread too.
-    fn resume(&mut self, call: &'static str) -> HvResult<CpuEvent> {
-        let event = self.next_event(call);
+    fn resume(&mut self, call: &'static str, v: usize) -> HvResult<CpuEvent> {
+        let event = self.next_event(call, v);
         if !matches!(
             event,
             Ok(CpuEvent::Exit | CpuEvent::Halted | CpuEvent::Kicked)
         ) {
-            self.stop_cpu();
-            self.dead = true;
+            self.stop_cpu(v);
+            self.players[v].dead = true;
         }
         event
     }
 
-    fn next_event(&mut self, call: &'static str) -> HvResult<CpuEvent> {
-        if self.dead {
+    fn next_event(&mut self, call: &'static str, v: usize) -> HvResult<CpuEvent> {
+        if self.players[v].dead {
             return Err(err(call, hv::HV_ERROR));
         }
-        match &self.cpu {
+        if let Err(why) = self.boot_check(v) {
+            let mut s = self.state.lock().unwrap();
+            s.cpus[v].fault = Some(why);
+            return Err(err(call, hv::HV_ERROR));
+        }
+        match &self.players[v].cpu {
             Some(cpu) => cpu.resume.send(()).map_err(|_| err(call, hv::HV_ERROR))?,
-            None => self.start_cpu(),
+            None => self.start_cpu(v),
         }
         let limit = self.state.lock().unwrap().blocked_limit + Duration::from_secs(10);
-        let cpu = self.cpu.as_ref().expect("started");
+        let cpu = self.players[v].cpu.as_ref().expect("started");
         cpu.events
             .recv_timeout(limit)
             .map_err(|_| err(call, hv::HV_ERROR))
     }
 
-    /// A VM exit the framework returns without guest progress.
-    fn host_exit(&self, info: u32, reason: u32) -> RunEnd {
+    /// The in-kernel APIC's INIT and STARTUP state against how the VMM
+    /// runs vCPU `v` (the double's reading of hv.h and of the two VMMs that
+    /// run several vCPUs, docs/hvf.md "Several vCPUs"; bhyve's vlapic keeps
+    /// the same boot state):
+    /// - an INIT reached it: the processor waits for SIPI (SDM vol. 3A
+    ///   §11.4.7.3); resuming it where it stopped, or starting it before a
+    ///   STARTUP IPI did, is refused;
+    /// - a STARTUP IPI started it: it starts at the stub's SIPI entry
+    ///   (where the SIPI page at `ap_rip` leads), not where it stopped;
+    /// - an AP that waits for SIPI since its creation (the APs' power-up
+    ///   state, SDM vol. 3A §9.4.1) and that the VMM starts at an entry
+    ///   point is started by the VMM itself (`ap-start=host`): it runs.
+    fn boot_check(&mut self, v: usize) -> Result<(), String> {
+        let fresh = self.players[v].cpu.is_none();
         let mut s = self.state.lock().unwrap();
-        s.exit_info = info;
-        s.vmcs.insert(hv::VMCS_RO_EXIT_REASON, reason as u64);
+        let rip = s.cpus[v].regs[hv::HV_X86_RIP as usize];
+        let (init_seen, sipi_started) = (s.cpus[v].init_seen, s.cpus[v].sipi_started);
+        if !fresh {
+            if init_seen {
+                return Err(format!(
+                    "vCPU {v} was resumed after an INIT reached it (HV_VM_EXITINFO_INIT_AP of its sender): the processor was reset and waits for SIPI"
+                ));
+            }
+            return Ok(());
+        }
+        if init_seen && !sipi_started {
+            return Err(format!(
+                "vCPU {v} was started after an INIT reached it and before a STARTUP IPI did: it waits for SIPI"
+            ));
+        }
+        if sipi_started && rip != entries().sipi_entry {
+            return Err(format!(
+                "vCPU {v}, started by a STARTUP IPI, was run at {rip:#x}, not at the stub's SIPI entry {:#x}",
+                entries().sipi_entry
+            ));
+        }
+        let c = &mut s.cpus[v];
+        (c.init_seen, c.sipi_started) = (false, false);
+        if let Some(node) = s.system.nodes.get_mut(v) {
+            node.waiting_for_sipi = false;
+        }
+        Ok(())
+    }
+
+    /// A VM exit the framework returns without guest progress.
+    fn host_exit(&self, v: usize, info: u32, reason: u32) -> RunEnd {
+        let mut s = self.state.lock().unwrap();
+        let c = &mut s.cpus[v];
+        c.exit_info = info;
+        c.vmcs.insert(hv::VMCS_RO_EXIT_REASON, reason as u64);
         RunEnd::Exit
     }
 
@@ -476,8 +640,9 @@ impl Double {
     /// the VMX preemption timer, which does not count in the kernel's idle
     /// loop; unverified).
     fn run_strict(&mut self, call: &'static str, vcpu: u32) -> HvResult<RunEnd> {
-        self.on_vcpu(call, vcpu, |_| Ok(()))?;
-        if self.dead {
+        self.on_vcpu(call, vcpu, |_, _| Ok(()))?;
+        let v = vcpu as usize;
+        if self.players[v].dead {
             return Err(err(call, hv::HV_ERROR));
         }
         // hv.h, hv_vcpu_interrupt: "Forces an immediate VMEXIT"; one that
@@ -487,21 +652,22 @@ impl Double {
         // An entry that injects an event delivers it before anything else
         // happens (SDM 26.6.1): the double takes no host exit on that entry,
         // so the event is never left to the IDT-vectoring information.
-        let injecting = self.state.lock().unwrap().injecting();
-        if !injecting && self.kick.take() {
-            return Ok(self.host_exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_IRQ));
+        let injecting = self.state.lock().unwrap().cpus[v].injecting();
+        if !injecting && self.players[v].kick.take() {
+            return Ok(self.host_exit(v, hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_IRQ));
         }
         let caps = self.strict.as_ref().expect("strict").config.caps;
         {
             let mut s = self.state.lock().unwrap();
-            s.entry_failure = vmx::check_entry(&caps, &*s).err();
-            match &s.entry_failure {
+            let c = &mut s.cpus[v];
+            c.entry_failure = vmx::check_entry(&caps, &*c).err();
+            match &c.entry_failure {
                 Some(EntryFailure::Control(_)) => {
                     // VMfailValid: the run call fails, the VM-instruction
                     // error field says 7 (SDM 26.1, 30.4). Apple's
                     // hv_vcpu_vmx_status (macOS 12) reads the ZF/CF of such a
                     // failure; that run_until answers HV_ERROR is unverified.
-                    s.vmcs.insert(
+                    c.vmcs.insert(
                         vmcs::VMCS_RO_INSTR_ERROR,
                         VM_INSTRUCTION_ERROR_INVALID_CONTROLS,
                     );
@@ -511,21 +677,21 @@ impl Double {
                     // A VM exit with reason 33 | 1 << 31, qualification 0
                     // (SDM 26.7); uhyve's loop handles it as such
                     // (VMX_REASON_VMENTRY_GUEST after hv_vcpu_run).
-                    s.exit_info = hv::HV_VM_EXITINFO_VMX;
-                    s.vmcs
+                    c.exit_info = hv::HV_VM_EXITINFO_VMX;
+                    c.vmcs
                         .insert(hv::VMCS_RO_EXIT_REASON, EXIT_REASON_INVALID_GUEST_STATE);
-                    s.vmcs.insert(hv::VMCS_RO_EXIT_QUALIFIC, 0);
+                    c.vmcs.insert(hv::VMCS_RO_EXIT_QUALIFIC, 0);
                     return Ok(RunEnd::Exit);
                 }
                 None => {}
             }
         }
         if let Some((info, reason)) = self.roll_host_exit().filter(|_| !injecting) {
-            return Ok(self.host_exit(info, reason));
+            return Ok(self.host_exit(v, info, reason));
         }
-        match self.resume(call)? {
+        match self.resume(call, v)? {
             CpuEvent::Exit => Ok(RunEnd::Exit),
-            CpuEvent::Kicked => Ok(self.host_exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_IRQ)),
+            CpuEvent::Kicked => Ok(self.host_exit(v, hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_IRQ)),
             CpuEvent::Halted | CpuEvent::Fault | CpuEvent::Stopped => Err(err(call, hv::HV_ERROR)),
         }
     }
@@ -622,42 +788,66 @@ impl Hv for Double {
             strict.config.process.0.lock().unwrap().vcpus += 1;
             id = free as u32;
         }
-        self.with(CALL, |_| Ok(id))
+        // The new vCPU's APIC joins the bus with APIC ID = its vCPU ID (the
+        // double's reading: hv.h gives the APIC no other ID, and bhyve's
+        // vlapic, which the framework's follows, uses the vCPU ID).
+        self.stop_cpu(id as usize);
+        self.players[id as usize].dead = false;
+        self.with(CALL, |s| {
+            s.cpus[id as usize] = CpuState::new();
+            s.fresh_apic(id as usize);
+            Ok(id)
+        })
     }
+    /// The vCPU's APIC and the VM's IOAPIC as they were at creation. An AP
+    /// (vCPU 1 and up) is then in its power-up state, waiting for SIPI
+    /// (SDM vol. 3A §9.4.1; bhyve's vlapic: `BS_INIT` for every vCPU but
+    /// the first), until an INIT-SIPI starts it or the VMM starts it at an
+    /// entry point itself ([`Double::boot_check`]).
     fn reset_irqchip(&mut self, vcpu: u32) -> HvResult<()> {
-        self.on_vcpu("hv_vcpu_apic_put_state", vcpu, |_| Ok(()))?;
+        self.on_vcpu("hv_vcpu_apic_put_state", vcpu, |s, v| {
+            s.fresh_apic(v);
+            s.system.nodes[v].waiting_for_sipi = v != 0;
+            let c = &mut s.cpus[v];
+            c.apic_window = LAPIC_BASE;
+            c.eoi_vector = None;
+            c.halted = false;
+            (c.init_seen, c.sipi_started, c.ap_exit) = (false, false, None);
+            Ok(())
+        })?;
         self.with("hv_vm_ioapic_put_state", |s| {
-            s.machine = fresh_machine(false, s.quirks, s.ioapic.version);
-            s.apic_window = LAPIC_BASE;
-            s.eoi_vector = None;
-            s.halted = false;
+            let fresh = System::new(s.config(), &[0], false);
+            s.system.ioapic = fresh.ioapic;
+            s.system.clear_decisions();
+            let _ = (s.system.take_inited(), s.system.take_unmodelled());
             s.ioregsel = 0;
         });
         Ok(())
     }
     fn set_apic_address(&mut self, vcpu: u32, gpa: u64) -> HvResult<()> {
-        self.on_vcpu("hv_vmx_vcpu_set_apic_address", vcpu, |s| {
-            s.apic_window = gpa & !0xfff;
+        self.on_vcpu("hv_vmx_vcpu_set_apic_address", vcpu, |s, v| {
+            s.cpus[v].apic_window = gpa & !0xfff;
             Ok(())
         })
     }
     fn apic_ctrl(&mut self, vcpu: u32, ctrl: u64) -> HvResult<()> {
-        self.on_vcpu("hv_vcpu_apic_ctrl", vcpu, |s| {
-            s.apic_ctrl = ctrl;
+        self.on_vcpu("hv_vcpu_apic_ctrl", vcpu, |s, v| {
+            s.cpus[v].apic_ctrl = ctrl;
             Ok(())
         })
     }
     fn read_register(&mut self, vcpu: u32, reg: u32) -> HvResult<u64> {
-        self.on_vcpu("hv_vcpu_read_register", vcpu, |s| {
-            s.regs
+        self.on_vcpu("hv_vcpu_read_register", vcpu, |s, v| {
+            s.cpus[v]
+                .regs
                 .get(reg as usize)
                 .copied()
                 .ok_or(err("hv_vcpu_read_register", hv::HV_ERROR))
         })
     }
     fn write_register(&mut self, vcpu: u32, reg: u32, value: u64) -> HvResult<()> {
-        self.on_vcpu("hv_vcpu_write_register", vcpu, |s| {
-            match s.regs.get_mut(reg as usize) {
+        self.on_vcpu("hv_vcpu_write_register", vcpu, |s, v| {
+            match s.cpus[v].regs.get_mut(reg as usize) {
                 Some(r) => {
                     *r = value;
                     Ok(())
@@ -665,30 +855,31 @@ impl Hv for Double {
                 None => Err(err("hv_vcpu_write_register", hv::HV_ERROR)),
             }
         })?;
-        if reg == hv::HV_X86_RIP && !(SCRATCH..SCRATCH + 16).contains(&value) {
-            // A new run from the entry point: the old vCPU thread ends.
-            self.stop_cpu();
-            self.dead = false;
+        if reg == hv::HV_X86_RIP && !(SCRATCH..SCRATCH_END).contains(&value) {
+            // A new run from an entry point: the old player thread ends.
+            self.stop_cpu(vcpu as usize);
+            self.players[vcpu as usize].dead = false;
         }
         Ok(())
     }
     fn read_vmcs(&mut self, vcpu: u32, field: u32) -> HvResult<u64> {
-        self.on_vcpu("hv_vmx_vcpu_read_vmcs", vcpu, |s| {
+        self.on_vcpu("hv_vmx_vcpu_read_vmcs", vcpu, |s, v| {
+            let c = &s.cpus[v];
             if field == hv::VMCS_GUEST_ACTIVITY_STATE && !s.strict {
-                return Ok(u64::from(s.halted));
+                return Ok(u64::from(c.halted));
             }
-            Ok(s.vmcs.get(&field).copied().unwrap_or(0))
+            Ok(c.vmcs.get(&field).copied().unwrap_or(0))
         })
     }
     fn write_vmcs(&mut self, vcpu: u32, field: u32, value: u64) -> HvResult<()> {
-        self.on_vcpu("hv_vmx_vcpu_write_vmcs", vcpu, |s| {
-            s.vmcs.insert(field, value);
+        self.on_vcpu("hv_vmx_vcpu_write_vmcs", vcpu, |s, v| {
+            s.cpus[v].vmcs.insert(field, value);
             Ok(())
         })
     }
     fn write_msr(&mut self, vcpu: u32, msr: u32, value: u64) -> HvResult<()> {
         const CALL: &str = "hv_vcpu_write_msr";
-        self.on_vcpu(CALL, vcpu, |s| {
+        self.on_vcpu(CALL, vcpu, |s, v| {
             if msr != IA32_APIC_BASE {
                 return Ok(());
             }
@@ -699,7 +890,7 @@ impl Hv for Double {
                 // moves the window with hv_vmx_vcpu_set_apic_address and
                 // reads the MSR back. What the framework does with the write
                 // is unknown, so the strict double refuses it.
-                s.fault = Some(format!(
+                s.cpus[v].fault = Some(format!(
                     "hv_vcpu_write_msr(IA32_APIC_BASE, {value:#x}) refused: move the window with hv_vmx_vcpu_set_apic_address, as pmj's QEMU does"
                 ));
                 return Err(err(CALL, hv::HV_ERROR));
@@ -707,13 +898,14 @@ impl Hv for Double {
             // The guest's IA32_APIC_BASE write (forwarded by the VMM).
             // FB14021745: moving the window and enabling the APIC in one
             // write fails unless the window was moved first.
-            let enables = !s.machine.lapic.hw_enabled() && value & (1 << 11) != 0;
-            let moved_first = s.apic_window == value & !0xfff;
+            let lapic = &s.system.nodes[v].lapic;
+            let enables = !lapic.hw_enabled() && value & (1 << 11) != 0;
+            let moved_first = s.cpus[v].apic_window == value & !0xfff;
             if s.quirks.contains(Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS) && enables && !moved_first
             {
                 return Ok(());
             }
-            if s.machine.write_apic_base(value as u32).is_err() {
+            if s.system.write_apic_base(v, value as u32).is_err() {
                 return Err(err(CALL, hv::HV_ERROR));
             }
             Ok(())
@@ -725,53 +917,58 @@ impl Hv for Double {
             return self.run_strict(CALL, vcpu);
         }
         self.log(CALL);
-        match self.resume(CALL)? {
+        if vcpu as usize >= MAX_VCPUS {
+            return Err(err(CALL, hv::HV_BAD_ARGUMENT));
+        }
+        match self.resume(CALL, vcpu as usize)? {
             CpuEvent::Exit => Ok(RunEnd::Exit),
             CpuEvent::Halted => Ok(RunEnd::Deadline),
             CpuEvent::Kicked | CpuEvent::Fault | CpuEvent::Stopped => Err(err(CALL, hv::HV_ERROR)),
         }
     }
     fn exit_info(&mut self, vcpu: u32) -> HvResult<u32> {
-        self.on_vcpu("hv_vcpu_exit_info", vcpu, |s| Ok(s.exit_info))
+        self.on_vcpu("hv_vcpu_exit_info", vcpu, |s, v| Ok(s.cpus[v].exit_info))
     }
     fn exit_ioapic_eoi(&mut self, vcpu: u32) -> HvResult<u8> {
-        self.on_vcpu("hv_vcpu_exit_ioapic_eoi", vcpu, |s| {
-            s.eoi_vector
+        self.on_vcpu("hv_vcpu_exit_ioapic_eoi", vcpu, |s, v| {
+            s.cpus[v]
+                .eoi_vector
                 .take()
                 .ok_or(err("hv_vcpu_exit_ioapic_eoi", hv::HV_ERROR))
         })
     }
     fn exit_inject_excp(&mut self, vcpu: u32) -> HvResult<ApicException> {
-        self.on_vcpu("hv_vcpu_exit_inject_excp", vcpu, |s| {
-            s.exception
+        self.on_vcpu("hv_vcpu_exit_inject_excp", vcpu, |s, v| {
+            s.cpus[v]
+                .exception
                 .take()
                 .ok_or(err("hv_vcpu_exit_inject_excp", hv::HV_ERROR))
         })
     }
     fn exit_apic_access_read(&mut self, vcpu: u32) -> HvResult<u32> {
-        self.on_vcpu("hv_vcpu_exit_apic_access_read", vcpu, |s| {
-            Ok(s.apic_read_value)
+        self.on_vcpu("hv_vcpu_exit_apic_access_read", vcpu, |s, v| {
+            Ok(s.cpus[v].apic_read_value)
         })
     }
     fn apic_read(&mut self, vcpu: u32, offset: u32) -> HvResult<u32> {
         const CALL: &str = "hv_vcpu_apic_read";
-        self.on_vcpu(CALL, vcpu, |s| {
+        self.on_vcpu(CALL, vcpu, |s, v| {
             apic_offset(s, CALL, offset)?;
-            Ok(s.machine.lapic.read(offset as u16))
+            Ok(s.system.nodes[v].lapic.read(offset as u16))
         })
     }
     fn apic_write(&mut self, vcpu: u32, offset: u32, value: u32) -> HvResult<bool> {
         const CALL: &str = "hv_vcpu_apic_write";
-        self.on_vcpu(CALL, vcpu, |s| {
+        self.on_vcpu(CALL, vcpu, |s, v| {
             apic_offset(s, CALL, offset)?;
-            Ok(lapic_write(s, offset as u16, value))
+            Ok(lapic_write(s, v, offset as u16, value))
         })
     }
     fn lapic_msi(&mut self, address: u64, data: u64) -> HvResult<()> {
         self.with("hv_vm_lapic_msi", |s| {
             match crate::model::msi::decode(address, data as u32) {
                 Ok(msg) => {
-                    s.machine.message(&msg);
+                    s.system.message(&msg);
                     Ok(())
                 }
                 Err(_) => Err(err("hv_vm_lapic_msi", hv::HV_ERROR)),
@@ -788,13 +985,13 @@ impl Hv for Double {
                 level: entry & (1 << 15) != 0,
                 rule: Rule::LevelDelivers,
             };
-            s.machine.message(&msg);
+            s.system.message(&msg);
             Ok(())
         })
     }
     fn ioapic_read(&mut self, gpa: u64) -> HvResult<u32> {
         self.with("hv_vm_ioapic_read", |s| {
-            let value = s.machine.ioapic_mmio_read(gpa - IOAPIC_BASE);
+            let value = s.system.ioapic_mmio_read(gpa - IOAPIC_BASE);
             if s.strict && gpa - IOAPIC_BASE == 0x10 && s.ioregsel == 1 {
                 // The version register with the identity's pin count
                 // (82093AA 3.2.2: bits 23:16 the highest entry).
@@ -810,27 +1007,27 @@ impl Hv for Double {
             if gpa == IOAPIC_BASE {
                 s.ioregsel = value & 0xff;
             }
-            s.machine.ioapic_mmio_write(gpa - IOAPIC_BASE, value)
+            s.system.ioapic_mmio_write(gpa - IOAPIC_BASE, value)
         });
         Ok(())
     }
     fn ioapic_assert_irq(&mut self, pin: i32) -> HvResult<()> {
         let pin = self.ioapic_pin("hv_vm_ioapic_assert_irq", pin)?;
-        self.with("hv_vm_ioapic_assert_irq", |s| s.machine.set_irq(pin, true));
+        self.with("hv_vm_ioapic_assert_irq", |s| s.system.set_irq(pin, true));
         Ok(())
     }
     fn ioapic_deassert_irq(&mut self, pin: i32) -> HvResult<()> {
         let pin = self.ioapic_pin("hv_vm_ioapic_deassert_irq", pin)?;
         self.with("hv_vm_ioapic_deassert_irq", |s| {
-            s.machine.set_irq(pin, false)
+            s.system.set_irq(pin, false)
         });
         Ok(())
     }
     fn ioapic_pulse_irq(&mut self, pin: i32) -> HvResult<()> {
         let pin = self.ioapic_pin("hv_vm_ioapic_pulse_irq", pin)?;
         self.with("hv_vm_ioapic_pulse_irq", |s| {
-            s.machine.set_irq(pin, true);
-            s.machine.set_irq(pin, false);
+            s.system.set_irq(pin, true);
+            s.system.set_irq(pin, false);
         });
         Ok(())
     }
@@ -851,16 +1048,17 @@ impl HvExt for Double {
             .ok_or(err("hv_vmx_read_capability", hv::HV_BAD_ARGUMENT))
     }
     fn read_msr(&mut self, vcpu: u32, msr: u32) -> HvResult<u64> {
-        self.on_vcpu("hv_vcpu_read_msr", vcpu, |s| {
+        self.on_vcpu("hv_vcpu_read_msr", vcpu, |s, v| {
             if msr != IA32_APIC_BASE {
                 return Err(err("hv_vcpu_read_msr", hv::HV_UNSUPPORTED));
             }
-            // SDM 11.4.4: base, EN (bit 11), EXTD (bit 10), BSP (bit 8).
-            let lapic = &s.machine.lapic;
-            Ok(s.apic_window
+            // SDM 11.4.4: base, EN (bit 11), EXTD (bit 10), BSP (bit 8:
+            // vCPU 0, the processor the VMM starts first).
+            let lapic = &s.system.nodes[v].lapic;
+            Ok(s.cpus[v].apic_window
                 | u64::from(lapic.hw_enabled()) << 11
                 | u64::from(lapic.x2apic()) << 10
-                | 1 << 8)
+                | u64::from(v == 0) << 8)
         })
     }
     fn run_forever(&mut self, vcpu: u32) -> HvResult<RunEnd> {
@@ -871,46 +1069,88 @@ impl HvExt for Double {
         self.run_until(vcpu, Duration::MAX)
     }
     fn interrupter(&mut self, vcpu: u32) -> HvResult<Interrupter> {
-        self.on_vcpu("hv_vcpu_interrupt", vcpu, |_| Ok(()))?;
-        let kick = Arc::clone(&self.kick);
+        self.on_vcpu("hv_vcpu_interrupt", vcpu, |_, _| Ok(()))?;
+        let kick = Arc::clone(&self.players[vcpu as usize].kick);
         Ok(Arc::new(move || {
             kick.set();
             Ok(())
         }))
     }
     fn reset_apic(&mut self, vcpu: u32) -> HvResult<()> {
-        self.on_vcpu("hv_vcpu_apic_put_state", vcpu, |s| {
-            s.machine.lapic = fresh_machine(false, s.quirks, s.ioapic.version).lapic;
+        self.on_vcpu("hv_vcpu_apic_put_state", vcpu, |s, v| {
+            // The APIC alone: the processor's state (IF, NMI blocking) and
+            // its wait-for-SIPI state stay.
+            let node = &s.system.nodes[v];
+            let (cpu, waiting) = (node.cpu, node.waiting_for_sipi);
+            s.fresh_apic(v);
+            let node = &mut s.system.nodes[v];
+            (node.cpu, node.waiting_for_sipi) = (cpu, waiting);
             // The power-up SVR, 0xFF: software-disabled (SDM §11.4.7.1).
-            let _ = s.machine.lapic_write(0xf0, 0xff);
-            s.apic_window = LAPIC_BASE;
-            s.eoi_vector = None;
+            let _ = s.system.nodes[v].lapic.write(0xf0, 0xff);
+            s.cpus[v].apic_window = LAPIC_BASE;
+            s.cpus[v].eoi_vector = None;
             Ok(())
         })
     }
-    /// No INIT or STARTUP exit happens on the double yet (it plays one
-    /// vCPU, and multi-CPU scenarios, the only ones with `ipi init` or
-    /// `ipi startup`, are refused before the run): after any other exit
-    /// the call answers `HV_ERROR`, as `hv_vcpu_exit_ioapic_eoi` does
-    /// after an exit that is not an EOI (the double's reading).
-    fn exit_init_ap(&mut self, vcpu: u32, _count: u32) -> HvResult<Vec<bool>> {
+    /// After an `HV_VM_EXITINFO_INIT_AP` exit of `vcpu` (the sender of an
+    /// INIT IPI): the vCPUs it reached, `is_actv[i]` for vCPU ID `i`. After
+    /// any other exit the call answers `HV_ERROR`, as
+    /// `hv_vcpu_exit_ioapic_eoi` does after an exit that is not an EOI (the
+    /// double's reading); a `count` below the highest target's ID + 1
+    /// answers `HV_BAD_ARGUMENT` (the array cannot hold the answer).
+    fn exit_init_ap(&mut self, vcpu: u32, count: u32) -> HvResult<Vec<bool>> {
         const CALL: &str = "hv_vcpu_exit_init_ap";
-        self.on_vcpu(CALL, vcpu, |_| Err(err(CALL, hv::HV_ERROR)))
+        self.on_vcpu(CALL, vcpu, |s, v| {
+            let c = &mut s.cpus[v];
+            match c.ap_exit {
+                Some(e) if !e.startup && c.exit_info == hv::HV_VM_EXITINFO_INIT_AP => {
+                    targets(CALL, e.targets, count)
+                }
+                _ => Err(err(CALL, hv::HV_ERROR)),
+            }
+        })
     }
-    fn exit_startup_ap(&mut self, vcpu: u32, _count: u32) -> HvResult<(Vec<bool>, u64)> {
+    /// After an `HV_VM_EXITINFO_STARTUP_AP` exit of the sender: the vCPUs
+    /// the STARTUP IPI started (those waiting for SIPI) and `ap_rip`, the
+    /// vector << 12 (SDM vol. 3A §9.4.4.1: the real-mode start page).
+    /// Which of the addressed vCPUs `is_actv` names on a Mac is not
+    /// documented; OrbStack starts each one it names.
+    fn exit_startup_ap(&mut self, vcpu: u32, count: u32) -> HvResult<(Vec<bool>, u64)> {
         const CALL: &str = "hv_vcpu_exit_startup_ap";
-        self.on_vcpu(CALL, vcpu, |_| Err(err(CALL, hv::HV_ERROR)))
+        self.on_vcpu(CALL, vcpu, |s, v| {
+            let c = &mut s.cpus[v];
+            match c.ap_exit {
+                Some(e) if e.startup && c.exit_info == hv::HV_VM_EXITINFO_STARTUP_AP => {
+                    Ok((targets(CALL, e.targets, count)?, e.rip))
+                }
+                _ => Err(err(CALL, hv::HV_ERROR)),
+            }
+        })
     }
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
         const CALL: &str = "hv_vcpu_destroy";
         self.owner_check(CALL, vcpu)?;
         self.log(CALL);
-        if vcpu == 0 {
-            self.stop_cpu();
+        if (vcpu as usize) < MAX_VCPUS {
+            self.stop_cpu(vcpu as usize);
+            let mut s = self.state.lock().unwrap();
+            let v = vcpu as usize;
+            // Its APIC leaves the bus; one below a live vCPU stays as a
+            // node that takes nothing but INIT and STARTUP.
+            if v + 1 == s.system.nodes.len() {
+                s.system.nodes.pop();
+            } else if v < s.system.nodes.len() {
+                s.system.nodes[v] = absent_node(s.config(), v);
+            }
         }
         if let Some(strict) = &mut self.strict {
             strict.owners[vcpu as usize] = None;
             strict.config.process.0.lock().unwrap().vcpus -= 1;
+            // Trailing nodes of destroyed vCPUs go too.
+            let mut s = self.state.lock().unwrap();
+            while s.system.nodes.len() > 1 && strict.owners[s.system.nodes.len() - 1].is_none() {
+                s.system.nodes.pop();
+            }
         }
         Ok(())
     }
@@ -935,6 +1175,15 @@ impl HvExt for Double {
     }
 }
 
+/// `is_actv[count]` from a bit set of vCPU IDs.
+fn targets(call: &'static str, set: u32, count: u32) -> HvResult<Vec<bool>> {
+    let needed = u32::BITS - set.leading_zeros();
+    if count < needed {
+        return Err(err(call, hv::HV_BAD_ARGUMENT));
+    }
+    Ok((0..count).map(|i| i < 32 && set & 1 << i != 0).collect())
+}
+
 /// Strict: `hv_vcpu_apic_read`/`write` take a "byte offset into the APIC
 /// page" (hv.h) of a 32-bit access: one beyond the page's last dword or not
 /// dword-aligned is refused with `HV_BAD_ARGUMENT` (the double's reading;
@@ -948,48 +1197,136 @@ fn apic_offset(s: &State, call: &'static str, offset: u32) -> HvResult<()> {
     Ok(())
 }
 
-/// A guest write of the local APIC (MMIO forwarded by the VMM, or an x2APIC
-/// WRMSR the kernel handles). Returns `no_side_effect`.
-fn lapic_write(s: &mut State, offset: u16, value: u32) -> bool {
-    if offset != 0xb0 {
-        let _ = s.machine.lapic_write(offset, value);
+/// A guest write of vCPU `v`'s local APIC (MMIO forwarded by the VMM, or
+/// an x2APIC WRMSR the kernel handles). Returns `no_side_effect`; when
+/// false, the vCPU's exit info says what the VMM must do: an EOI for the
+/// userspace IOAPIC, or an INIT or STARTUP IPI whose targets the VMM
+/// starts (docs/hvf.md, "Several vCPUs").
+fn lapic_write(s: &mut State, v: usize, offset: u16, value: u32) -> bool {
+    if offset == 0xb0 {
+        return eoi_write(s, v);
+    }
+    let waiting: Vec<bool> = s.system.nodes.iter().map(|n| n.waiting_for_sipi).collect();
+    let _ = s.system.take_inited();
+    let _ = s.system.lapic_write(v, offset, value);
+    if offset != 0x300 {
         return true;
     }
-    let Some(vector) = s.machine.local_eoi() else {
+    ap_exit(s, v, value, &waiting)
+}
+
+/// The EOI of vCPU `v`: local, then broadcast to the in-kernel IOAPIC, or
+/// (`HV_APIC_CTRL_IOAPIC_EOI`) handed to the VMM as an exit.
+fn eoi_write(s: &mut State, v: usize) -> bool {
+    let Some(vector) = s.system.local_eoi(v) else {
         return true;
     };
-    if !s.split() {
-        s.machine.ioapic_eoi(vector);
+    if !s.cpus[v].split() {
+        s.system.ioapic_eoi(vector);
         return true;
     }
     // HV_APIC_CTRL_IOAPIC_EOI: the EOI becomes an exit for the VMM. With the
     // seed's FB14425590 the exit info never says so (the vector can still be
     // fetched, as the seed author did for xAPIC EOI writes).
-    s.eoi_vector = Some(vector);
+    s.cpus[v].eoi_vector = Some(vector);
     if s.quirks.contains(Quirks::SPLIT_EOI_LOST) {
         return true;
     }
-    s.exit_info = hv::HV_VM_EXITINFO_IOAPIC_EOI;
+    s.cpus[v].exit_info = hv::HV_VM_EXITINFO_IOAPIC_EOI;
     false
 }
 
-/// The in-kernel APIC/IOAPIC of a fresh VM. The FB14021745 quirk is the
-/// double's own (it depends on the VMM's calls), not the machine's.
-fn fresh_machine(x2apic: bool, quirks: Quirks, ioapic: IoapicVersion) -> Machine {
-    let quirks = quirks - Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS;
-    Machine::new(MachineConfig {
-        x2apic,
-        quirks,
-        ioapic,
-        ..MachineConfig::default()
-    })
+/// After vCPU `v`'s ICR write of `low`: an INIT or STARTUP IPI that reached
+/// a vCPU becomes `HV_VM_EXITINFO_INIT_AP` or `STARTUP_AP` on the sender
+/// (hv.h: "may occur as part of handling writes to the ICR register"). The
+/// in-kernel APIC has already reset the INIT's targets and taken the
+/// STARTUP's (the model's bus); starting a processor is the VMM's. `waiting`:
+/// which vCPUs waited for SIPI before the write. INIT level de-assert
+/// reaches nobody, and an IPI that reached nobody makes no exit.
+fn ap_exit(s: &mut State, v: usize, low: u32, waiting: &[bool]) -> bool {
+    let mode = (low >> 8) & 7;
+    let inited = s.system.take_inited();
+    let exit = match mode {
+        ICR_INIT if inited != 0 => {
+            for (i, c) in s.cpus.iter_mut().enumerate() {
+                if inited & 1 << i != 0 {
+                    (c.init_seen, c.sipi_started) = (true, false);
+                }
+            }
+            ApExit {
+                startup: false,
+                targets: inited,
+                rip: 0,
+            }
+        }
+        ICR_STARTUP => {
+            let started = s
+                .system
+                .nodes
+                .iter()
+                .zip(waiting)
+                .enumerate()
+                .filter(|(_, (n, &was))| was && !n.waiting_for_sipi)
+                .fold(0u32, |set, (i, _)| set | 1 << i);
+            if started == 0 {
+                return true;
+            }
+            for (i, c) in s.cpus.iter_mut().enumerate() {
+                if started & 1 << i != 0 {
+                    c.sipi_started = true;
+                }
+            }
+            ApExit {
+                startup: true,
+                targets: started,
+                rip: u64::from(low & 0xff) << 12,
+            }
+        }
+        _ => return true,
+    };
+    let c = &mut s.cpus[v];
+    c.ap_exit = Some(exit);
+    c.exit_info = if exit.startup {
+        hv::HV_VM_EXITINFO_STARTUP_AP
+    } else {
+        hv::HV_VM_EXITINFO_INIT_AP
+    };
+    false
 }
 
-fn spawn(state: Arc<Mutex<State>>, kick: Arc<Kick>, generation: u64) -> CpuThread {
+/// The model's configuration of the in-kernel irqchip. The FB14021745
+/// quirk is the double's own (it depends on the VMM's calls), not the
+/// model's.
+fn machine_config(quirks: Quirks, ioapic: IoapicVersion) -> MachineConfig {
+    MachineConfig {
+        x2apic: false,
+        quirks: quirks - Quirks::APIC_BASE_MOVE_AND_ENABLE_FAILS,
+        ioapic,
+        ..MachineConfig::default()
+    }
+}
+
+/// vCPU `id`'s APIC at creation: APIC ID `id`.
+fn fresh_node(config: MachineConfig, id: usize) -> Node {
+    System::new(config, &[id as u32], false).nodes.remove(0)
+}
+
+/// The node of a destroyed vCPU below a live one: it waits for SIPI, so it
+/// takes no fixed interrupt and no NMI.
+fn absent_node(config: MachineConfig, id: usize) -> Node {
+    let mut node = fresh_node(config, id);
+    node.lapic.init_reset();
+    node.waiting_for_sipi = true;
+    node
+}
+
+fn spawn(state: Arc<Mutex<State>>, kick: Arc<Kick>, generation: u64, id: usize) -> CpuThread {
     let (resume_tx, resume_rx) = mpsc::sync_channel(0);
     let (event_tx, event_rx) = mpsc::sync_channel(0);
     let handle = std::thread::spawn(move || {
         let mut cpu = Vcpu {
+            id,
+            block: cpu_block(id),
             lapic_at: LAPIC_BASE,
             state,
             kick,
@@ -1018,8 +1355,14 @@ enum Stop {
 
 type Step = Result<(), Stop>;
 
-/// The vCPU thread: the guest stub's behaviour.
+/// A vCPU's player thread: the guest stub's behaviour on that CPU
+/// (docs/guest-stub.md; "Several CPUs" for the per-CPU blocks, entries and
+/// the mailbox loop).
 struct Vcpu {
+    /// The vCPU ID, which is the stub's CPU index.
+    id: usize,
+    /// This CPU's block (the stub's RBP): its per-CPU fields.
+    block: u64,
     /// Where the stub reaches the APIC (its r14).
     lapic_at: u64,
     state: Arc<Mutex<State>>,
@@ -1035,31 +1378,53 @@ impl Vcpu {
         self.state.lock().unwrap()
     }
 
+    /// This vCPU's state, under the VM's lock.
+    fn c<T>(&self, f: impl FnOnce(&mut CpuState) -> T) -> T {
+        f(&mut self.s().cpus[self.id])
+    }
+
+    fn x2apic(&self) -> bool {
+        self.s().system.nodes[self.id].lapic.x2apic()
+    }
+
+    fn fault(&self, why: String) -> Stop {
+        self.c(|c| c.fault = Some(why));
+        let _ = self.events.send(CpuEvent::Fault);
+        Stop::Gone
+    }
+
     /// Stops with an exit and waits for the VMM to resume.
-    fn exit(&mut self, info: u32, reason: u32, code: &[u8], set: impl FnOnce(&mut State)) -> Step {
+    fn exit(
+        &mut self,
+        info: u32,
+        reason: u32,
+        code: &[u8],
+        set: impl FnOnce(&mut CpuState),
+    ) -> Step {
+        let at = scratch(self.id);
         {
             let mut s = self.s();
-            s.ram()[SCRATCH as usize..SCRATCH as usize + code.len()].copy_from_slice(code);
-            s.regs[hv::HV_X86_RIP as usize] = SCRATCH;
-            s.exit_info = info;
-            s.vmcs.insert(hv::VMCS_RO_EXIT_REASON, reason as u64);
-            s.vmcs
+            s.ram()[at as usize..at as usize + code.len()].copy_from_slice(code);
+            let c = &mut s.cpus[self.id];
+            c.regs[hv::HV_X86_RIP as usize] = at;
+            c.exit_info = info;
+            c.vmcs.insert(hv::VMCS_RO_EXIT_REASON, reason as u64);
+            c.vmcs
                 .insert(hv::VMCS_RO_VMEXIT_INSTR_LEN, code.len() as u64);
-            set(&mut s);
+            set(c);
         }
         self.events.send(CpuEvent::Exit).map_err(|_| Stop::Gone)?;
         self.resume.recv().map_err(|_| Stop::Gone)?;
         if self.deliver_injected(!code.is_empty())? {
             return Ok(());
         }
-        let rip = self.s().regs[hv::HV_X86_RIP as usize];
-        if rip != SCRATCH + code.len() as u64 {
-            self.s().fault = Some(format!(
-                "the VMM left RIP at {rip:#x}, not past the exiting instruction ({:#x})",
-                SCRATCH + code.len() as u64
-            ));
-            let _ = self.events.send(CpuEvent::Fault);
-            return Err(Stop::Gone);
+        let rip = self.c(|c| c.regs[hv::HV_X86_RIP as usize]);
+        if rip != at + code.len() as u64 {
+            return Err(self.fault(format!(
+                "the VMM left vCPU {}'s RIP at {rip:#x}, not past the exiting instruction ({:#x})",
+                self.id,
+                at + code.len() as u64
+            )));
         }
         Ok(())
     }
@@ -1080,18 +1445,19 @@ impl Vcpu {
     fn deliver_injected(&mut self, at_exit: bool) -> Result<bool, Stop> {
         let (code, at) = {
             let mut s = self.s();
-            if !s.injecting() {
+            let c = &mut s.cpus[self.id];
+            if !c.injecting() {
                 return Ok(false);
             }
-            let info = s.vmcs[&vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO];
-            s.vmcs
+            let info = c.vmcs[&vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO];
+            c.vmcs
                 .insert(vmcs::VMCS_CTRL_VMENTRY_IRQ_INFO, info & !event::VALID);
-            let code = s
+            let code = c
                 .vmcs
                 .get(&vmcs::VMCS_CTRL_VMENTRY_EXC_ERROR)
                 .copied()
                 .unwrap_or(0);
-            let rip = s.regs[hv::HV_X86_RIP as usize] as usize;
+            let rip = c.regs[hv::HV_X86_RIP as usize] as usize;
             let bytes = s.ram().get(rip..rip + 2).map(|b| [b[0], b[1]]);
             if !at_exit || (bytes != Some(WRMSR) && bytes != Some(RDMSR)) {
                 return Err(Stop::End(EndCode::UnexpectedFault));
@@ -1104,15 +1470,17 @@ impl Vcpu {
                 Halt::End(code) => Stop::End(code),
                 Halt::Stop(s) => s,
             })?;
+        let gp = self.block + PCPU_GP_FAULTED;
         let mut s = self.s();
-        s.put32(GP_FAULTED, 1);
-        s.regs[hv::HV_X86_RIP as usize] = at + 2;
+        s.put32(gp, 1);
+        s.cpus[self.id].regs[hv::HV_X86_RIP as usize] = at + 2;
         Ok(true)
     }
 
-    /// The run from the entry point. Strict: a vCPU entered with activity
-    /// state HLT (SDM 26.6.2: the processor enters the HLT state, as the
-    /// VMCS says) waits for an interrupt before the first instruction.
+    /// The run from the entry point the VMM gave. Strict: a vCPU entered
+    /// with activity state HLT (SDM 26.6.2: the processor enters the HLT
+    /// state, as the VMCS says) waits for an interrupt before the first
+    /// instruction.
     fn start(&mut self) -> Step {
         match self.begin() {
             Err(Stop::End(code)) => self.out(END_PORT, code as u32),
@@ -1126,7 +1494,7 @@ impl Vcpu {
         self.deliver_injected(false)?;
         let halted_at_entry = {
             let s = self.s();
-            s.strict && s.vmcs.get(&hv::VMCS_GUEST_ACTIVITY_STATE) == Some(&1)
+            s.strict && s.cpus[self.id].vmcs.get(&hv::VMCS_GUEST_ACTIVITY_STATE) == Some(&1)
         };
         if halted_at_entry {
             match self.halt(0) {
@@ -1135,7 +1503,29 @@ impl Vcpu {
                 Err(Halt::End(code)) => return self.out(END_PORT, code as u32),
             }
         }
-        self.program()
+        let (rip, rdi) = self.c(|c| {
+            (
+                c.regs[hv::HV_X86_RIP as usize],
+                c.regs[hv::HV_X86_RDI as usize],
+            )
+        });
+        let e = entries();
+        if rip == e.entry && self.id == 0 {
+            return self.program();
+        }
+        if (rip == e.ap_entry || rip == e.sipi_entry) && self.id != 0 {
+            if rdi != self.id as u64 {
+                return Err(self.fault(format!(
+                    "vCPU {} started at the stub's AP entry with EDI = {rdi}, not its CPU index",
+                    self.id
+                )));
+            }
+            return self.ap(rip == e.sipi_entry);
+        }
+        Err(self.fault(format!(
+            "vCPU {} started at {rip:#x}, which is not its entry in the stub (CPU 0: entry {:#x}; CPUs 1-7: ap_entry {:#x}, sipi_entry {:#x})",
+            self.id, e.entry, e.ap_entry, e.sipi_entry
+        )))
     }
 
     fn out(&mut self, port: u16, value: u32) -> Step {
@@ -1143,33 +1533,41 @@ impl Vcpu {
             hv::HV_VM_EXITINFO_VMX,
             hv::VMX_REASON_IO,
             &OUT_DX_EAX,
-            |s| {
+            |c| {
                 // Qualification: size - 1 in bits 2:0, OUT (bit 3 clear), port in 31:16.
-                s.vmcs
+                c.vmcs
                     .insert(hv::VMCS_RO_EXIT_QUALIFIC, (port as u64) << 16 | 3);
-                s.regs[hv::HV_X86_RAX as usize] = value as u64;
+                c.regs[hv::HV_X86_RAX as usize] = value as u64;
             },
         )
+    }
+
+    /// An exit the in-kernel APIC makes after an access it handled itself
+    /// (x2APIC MSRs never exit): the trap-like exit of `info`, RIP stays.
+    fn side_exit(&mut self) -> Step {
+        let info = self.c(|c| c.exit_info);
+        self.exit(info, 0, &[], |_| {})
     }
 
     fn store(&mut self, gpa: u64, value: u32) -> Step {
         let (x2apic, window) = {
             let s = self.s();
-            (s.machine.lapic.x2apic(), s.apic_window)
+            (
+                s.system.nodes[self.id].lapic.x2apic(),
+                s.cpus[self.id].apic_window,
+            )
         };
         let offset = gpa.wrapping_sub(self.lapic_at);
         if offset < 0x1000 && (x2apic || gpa == window + offset) {
             if x2apic {
                 // x2APIC MSRs never exit; an EOI meant for the userspace
-                // IOAPIC is an exit of its own.
-                let (eoi_exit, split) = {
+                // IOAPIC, or an INIT or STARTUP IPI, is an exit of its own.
+                let no_side_effect = {
                     let mut s = self.s();
-                    let no_side_effect = lapic_write(&mut s, offset as u16, value);
-                    (!no_side_effect, s.split())
+                    lapic_write(&mut s, self.id, offset as u16, value)
                 };
-                if eoi_exit && split {
-                    // A trap-like exit after the WRMSR: RIP stays.
-                    self.exit(hv::HV_VM_EXITINFO_IOAPIC_EOI, 0, &[], |_| {})?;
+                if !no_side_effect {
+                    self.side_exit()?;
                 }
                 return Ok(());
             }
@@ -1177,10 +1575,10 @@ impl Vcpu {
                 hv::HV_VM_EXITINFO_VMX,
                 hv::VMX_REASON_APIC_ACCESS,
                 &MOV_STORE,
-                |s| {
-                    s.vmcs.insert(hv::VMCS_RO_EXIT_QUALIFIC, offset | 1 << 12);
-                    s.regs[hv::HV_X86_RBX as usize] = gpa;
-                    s.regs[hv::HV_X86_RAX as usize] = value as u64;
+                |c| {
+                    c.vmcs.insert(hv::VMCS_RO_EXIT_QUALIFIC, offset | 1 << 12);
+                    c.regs[hv::HV_X86_RBX as usize] = gpa;
+                    c.regs[hv::HV_X86_RAX as usize] = value as u64;
                 },
             );
         }
@@ -1188,66 +1586,85 @@ impl Vcpu {
             hv::HV_VM_EXITINFO_VMX,
             hv::VMX_REASON_EPT_VIOLATION,
             &MOV_STORE,
-            |s| {
-                s.vmcs.insert(hv::VMCS_GUEST_PHYSICAL_ADDRESS, gpa);
-                s.regs[hv::HV_X86_RBX as usize] = gpa;
-                s.regs[hv::HV_X86_RAX as usize] = value as u64;
+            |c| {
+                c.vmcs.insert(hv::VMCS_GUEST_PHYSICAL_ADDRESS, gpa);
+                c.regs[hv::HV_X86_RBX as usize] = gpa;
+                c.regs[hv::HV_X86_RAX as usize] = value as u64;
             },
         )
     }
 
     fn load(&mut self, gpa: u64) -> Result<u32, Stop> {
-        let window = self.s().apic_window;
+        let window = self.c(|c| c.apic_window);
         if gpa.wrapping_sub(self.lapic_at) < 0x1000 && gpa.wrapping_sub(window) < 0x1000 {
             let offset = (gpa - window) as u16;
             let (x2apic, value) = {
                 let mut s = self.s();
-                let v = s.machine.lapic_read(offset).unwrap_or(0);
-                (s.machine.lapic.x2apic(), v)
+                let v = s.system.lapic_read(self.id, offset).unwrap_or(0);
+                (s.system.nodes[self.id].lapic.x2apic(), v)
             };
             if x2apic {
                 return Ok(value);
             }
-            self.exit(hv::HV_VM_EXITINFO_APIC_ACCESS_READ, 0, &MOV_LOAD, |s| {
-                s.apic_read_value = value;
-                s.regs[hv::HV_X86_RBX as usize] = gpa;
+            self.exit(hv::HV_VM_EXITINFO_APIC_ACCESS_READ, 0, &MOV_LOAD, |c| {
+                c.apic_read_value = value;
+                c.regs[hv::HV_X86_RBX as usize] = gpa;
             })?;
         } else {
             self.exit(
                 hv::HV_VM_EXITINFO_VMX,
                 hv::VMX_REASON_EPT_VIOLATION,
                 &MOV_LOAD,
-                |s| {
-                    s.vmcs.insert(hv::VMCS_GUEST_PHYSICAL_ADDRESS, gpa);
-                    s.regs[hv::HV_X86_RBX as usize] = gpa;
+                |c| {
+                    c.vmcs.insert(hv::VMCS_GUEST_PHYSICAL_ADDRESS, gpa);
+                    c.regs[hv::HV_X86_RBX as usize] = gpa;
                 },
             )?;
         }
-        Ok(self.s().regs[hv::HV_X86_RAX as usize] as u32)
+        Ok(self.c(|c| c.regs[hv::HV_X86_RAX as usize]) as u32)
     }
 
     fn ram32(&self, at: u64) -> u32 {
         self.s().get32(at)
     }
 
-    fn program(&mut self) -> Step {
-        self.out(0x21, 0xff)?;
-        self.out(0xa1, 0xff)?;
-        if self.ram32(X2APIC) != 0 {
-            // The stub's `mov ecx, 0x1b; rdmsr; or eax, 0xc00; wrmsr`: both
-            // MSR accesses exit (IA32_APIC_BASE is not a native MSR).
-            self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_RDMSR, &RDMSR, |s| {
-                s.regs[hv::HV_X86_RCX as usize] = 0x1b;
-            })?;
-            let base = self.s().regs[hv::HV_X86_RAX as usize] as u32 | 0xc00;
-            self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_WRMSR, &WRMSR, |s| {
-                s.regs[hv::HV_X86_RCX as usize] = 0x1b;
-                s.regs[hv::HV_X86_RAX as usize] = base as u64;
-                s.regs[hv::HV_X86_RDX as usize] = 0;
-            })?;
+    /// The stub's `mov ecx, 0x1b; rdmsr; or eax, 0xc00; wrmsr` when this
+    /// CPU's x2APIC flag is set: both MSR accesses exit (IA32_APIC_BASE is
+    /// not a native MSR).
+    fn x2apic_switch(&mut self) -> Step {
+        if self.ram32(self.block + PCPU_X2APIC) == 0 {
+            return Ok(());
         }
-        self.store(self.lapic_at + 0x350, 1 << 16)?;
-        self.store(self.lapic_at + 0x360, 1 << 16)?;
+        self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_RDMSR, &RDMSR, |c| {
+            c.regs[hv::HV_X86_RCX as usize] = 0x1b;
+        })?;
+        let base = self.c(|c| c.regs[hv::HV_X86_RAX as usize]) as u32 | 0xc00;
+        self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_WRMSR, &WRMSR, |c| {
+            c.regs[hv::HV_X86_RCX as usize] = 0x1b;
+            c.regs[hv::HV_X86_RAX as usize] = base as u64;
+            c.regs[hv::HV_X86_RDX as usize] = 0;
+        })
+    }
+
+    /// CPU 0 at the stub's entry.
+    fn program(&mut self) -> Step {
+        {
+            let mut s = self.s();
+            s.put32(self.block + PCPU_INDEX, 0);
+            s.put64(self.block + PCPU_LOG_LIMIT, LOG_END);
+        }
+        if self.ram32(PREPARED) == 0 {
+            self.out(0x21, 0xff)?;
+            self.out(0xa1, 0xff)?;
+        }
+        self.x2apic_switch()?;
+        if self.ram32(PREPARED) == 0 {
+            self.store(self.lapic_at + 0x350, 1 << 16)?;
+            self.store(self.lapic_at + 0x360, 1 << 16)?;
+        }
+        if self.ram32(SMP) != 0 {
+            return self.mailbox_loop();
+        }
         let mut at = OPS;
         let mut k = 0u32;
         loop {
@@ -1266,10 +1683,82 @@ impl Vcpu {
         self.out(END_PORT, EndCode::Completed as u32)
     }
 
+    /// CPU K >= 1 at `ap_entry` or (`sipi`) `sipi_entry`: IF = 0, its
+    /// block, its x2APIC switch; after a SIPI the start state's SVR 0x1FF
+    /// and TPR 0 (INIT left the APIC software-disabled, SDM §11.4.7.3);
+    /// `sti; nop`; the mailbox loop.
+    fn ap(&mut self, sipi: bool) -> Step {
+        {
+            let mut s = self.s();
+            s.system.nodes[self.id].cpu.cli();
+            s.put32(self.block + PCPU_INDEX, self.id as u32);
+            s.put64(self.block + PCPU_LOG_LIMIT, self.block + AP_LOG_END);
+        }
+        self.x2apic_switch()?;
+        if sipi {
+            self.lapic_store(0xf0, 0x1ff)?;
+            self.lapic_store(0x80, 0)?;
+        }
+        {
+            let mut s = self.s();
+            let cpu = &mut s.system.nodes[self.id].cpu;
+            cpu.sti();
+            cpu.end_of_instruction();
+        }
+        self.mailbox_loop()
+    }
+
+    /// The stub's `lapic_write`: MMIO, or WRMSR 0x800 + offset / 16 in
+    /// x2APIC mode (handled in the kernel, like MMIO through `store`).
+    fn lapic_store(&mut self, offset: u64, value: u32) -> Step {
+        self.store(self.lapic_at + offset, value)
+    }
+
+    /// The mailbox loop (docs/guest-stub.md, "Several CPUs"): `out` to the
+    /// idle port with EAX = the CPU index; then whatever this CPU can take
+    /// (an interrupt is taken at that instruction boundary, when the VMM
+    /// resumes it, with the IF its last op left); then the posted op, if
+    /// any.
+    fn mailbox_loop(&mut self) -> Step {
+        loop {
+            let passes = self.block + PCPU_IDLE_PASSES;
+            {
+                let mut s = self.s();
+                let n = s.get32(passes).wrapping_add(1);
+                s.put32(passes, n);
+            }
+            self.out(IDLE_PORT, self.id as u32)?;
+            let posted = match self.deliver_pending(0) {
+                Ok(()) => self.ram32(self.block + PCPU_MAILBOX),
+                Err(Halt::Stop(s)) => return Err(s),
+                Err(Halt::End(code)) => return self.out(END_PORT, code as u32),
+            };
+            if posted == 0 {
+                continue;
+            }
+            let k = posted - 1;
+            {
+                let mut s = self.s();
+                s.put32(self.block + PCPU_MAILBOX, 0);
+                s.put32(CUR_OP, k);
+            }
+            match self.op(OPS + 16 * k as u64, 0) {
+                Ok(()) => {}
+                Err(Halt::Stop(s)) => return Err(s),
+                Err(Halt::End(code)) => return self.out(END_PORT, code as u32),
+            }
+            let done = self.block + PCPU_OPS_DONE;
+            let mut s = self.s();
+            let n = s.get32(done) + 1;
+            s.put32(done, n);
+        }
+    }
+
     /// One op of the table at `at`, then whatever became deliverable.
     fn op(&mut self, at: u64, depth: usize) -> Result<(), Halt> {
         let w = |v: &Self, i: u64| v.ram32(at + 4 * i);
         let (k, a, b, c) = (w(self, 0), w(self, 1), w(self, 2), w(self, 3));
+        let id = self.id;
         match k {
             kind::ROUTE => {
                 self.store(IOAPIC_BASE, a)?;
@@ -1297,42 +1786,66 @@ impl Vcpu {
             // handled by the in-kernel APIC like a TPR write.
             kind::CR8 => self.store(self.lapic_at + 0x80, a << 4)?,
             kind::SELF_IPI => {
-                if self.s().machine.lapic.x2apic() {
+                if self.x2apic() {
                     self.store(self.lapic_at + 0x3f0, a)?;
                 } else {
                     self.store(self.lapic_at + 0x310, 0)?;
                     self.store(self.lapic_at + 0x300, 0x4_0000 | a)?;
                 }
             }
+            // The stub's `ipi`: xAPIC ICR high (destination << 24) then
+            // low; x2APIC one WRMSR of MSR 0x830, handled in the kernel
+            // (SDM §11.12.9), whose INIT or STARTUP is an exit of its own.
+            kind::IPI => {
+                if self.x2apic() {
+                    let no_side_effect = {
+                        let mut s = self.s();
+                        let waiting: Vec<bool> =
+                            s.system.nodes.iter().map(|n| n.waiting_for_sipi).collect();
+                        let _ = s.system.take_inited();
+                        let _ = s.system.send_icr(id, a, b);
+                        ap_exit(&mut s, id, a, &waiting)
+                    };
+                    if !no_side_effect {
+                        self.side_exit()?;
+                    }
+                } else {
+                    self.store(self.lapic_at + 0x310, b << 24)?;
+                    self.store(self.lapic_at + 0x300, a)?;
+                }
+            }
             kind::IOAPIC_EOI => self.store(IOAPIC_BASE + 0x40, a)?,
             kind::APIC_BASE => {
                 // The stub: clear GP_FAULTED, WRMSR, and follow the new base
                 // and mode only if the write did not fault.
-                self.s().put32(GP_FAULTED, 0);
-                self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_WRMSR, &WRMSR, |s| {
-                    s.regs[hv::HV_X86_RCX as usize] = 0x1b;
-                    s.regs[hv::HV_X86_RAX as usize] = a as u64;
-                    s.regs[hv::HV_X86_RDX as usize] = 0;
+                let gp = self.block + PCPU_GP_FAULTED;
+                self.s().put32(gp, 0);
+                self.exit(hv::HV_VM_EXITINFO_VMX, hv::VMX_REASON_WRMSR, &WRMSR, |c| {
+                    c.regs[hv::HV_X86_RCX as usize] = 0x1b;
+                    c.regs[hv::HV_X86_RAX as usize] = a as u64;
+                    c.regs[hv::HV_X86_RDX as usize] = 0;
                 })?;
-                if self.ram32(GP_FAULTED) == 0 {
+                if self.ram32(gp) == 0 {
                     self.lapic_at = (a & !0xfff) as u64;
                     let x2apic = u32::from(a & (1 << 10) != 0);
-                    self.s().put32(X2APIC, x2apic);
+                    self.s().put32(self.block + PCPU_X2APIC, x2apic);
                 }
             }
-            kind::CLI => self.s().machine.cpu.cli(),
+            kind::CLI => self.s().system.nodes[id].cpu.cli(),
             kind::STI => {
                 let mut s = self.s();
-                s.machine.cpu.sti();
-                s.machine.cpu.end_of_instruction();
+                let cpu = &mut s.system.nodes[id].cpu;
+                cpu.sti();
+                cpu.end_of_instruction();
             }
             kind::NOP | kind::PING => {}
             kind::HLT => self.halt(depth)?,
             kind::STI_HLT => {
                 {
                     let mut s = self.s();
-                    s.machine.cpu.sti();
-                    s.machine.cpu.end_of_instruction();
+                    let cpu = &mut s.system.nodes[id].cpu;
+                    cpu.sti();
+                    cpu.end_of_instruction();
                 }
                 self.halt(depth)?;
             }
@@ -1368,7 +1881,7 @@ impl Vcpu {
                 self.log(&[record::LAPIC_READ, op, a, v])?;
             }
             // x2APIC mode: nothing answers at the page (the model's choice).
-            kind::LAPIC_MMIO_READ if self.s().machine.lapic.x2apic() => {
+            kind::LAPIC_MMIO_READ if self.x2apic() => {
                 let op = self.ram32(CUR_OP);
                 self.log(&[record::LAPIC_MMIO_READ, op, a, u32::MAX])?;
             }
@@ -1382,30 +1895,33 @@ impl Vcpu {
         self.deliver_pending(depth)
     }
 
+    /// Appends `words` to this CPU's event log (its pointer and limit in
+    /// its block).
     fn log(&mut self, words: &[u32]) -> Result<(), Halt> {
         let mut s = self.s();
-        let ptr = u64::from_le_bytes(
-            s.ram()[LOG_PTR as usize..LOG_PTR as usize + 8]
-                .try_into()
-                .expect("8 bytes"),
-        );
-        if ptr + 4 * words.len() as u64 > LOG_END {
+        let ptr_at = self.block + PCPU_LOG_PTR;
+        let ptr = s.get64(ptr_at);
+        let limit = if self.id == 0 {
+            LOG_END
+        } else {
+            self.block + AP_LOG_END
+        };
+        if ptr + 4 * words.len() as u64 > limit {
             return Err(Halt::End(EndCode::LogFull));
         }
         for (i, w) in words.iter().enumerate() {
             s.put32(ptr + 4 * i as u64, *w);
         }
-        let end = ptr + 4 * words.len() as u64;
-        s.ram()[LOG_PTR as usize..LOG_PTR as usize + 8].copy_from_slice(&end.to_le_bytes());
+        s.put64(ptr_at, ptr + 4 * words.len() as u64);
         Ok(())
     }
 
     fn halt(&mut self, depth: usize) -> Result<(), Halt> {
         let strict = self.s().strict;
         loop {
-            if self.s().machine.pending().is_some() {
+            if self.s().system.pending(self.id).is_some() {
                 if strict {
-                    self.s().vmcs.insert(hv::VMCS_GUEST_ACTIVITY_STATE, 0);
+                    self.c(|c| c.vmcs.insert(hv::VMCS_GUEST_ACTIVITY_STATE, 0));
                 }
                 return self.deliver_pending(depth);
             }
@@ -1414,12 +1930,12 @@ impl Vcpu {
                 continue;
             }
             // Blocks in the kernel: the VMM's run_until reaches its deadline.
-            self.s().halted = true;
+            self.c(|c| c.halted = true);
             self.events
                 .send(CpuEvent::Halted)
                 .map_err(|_| Halt::Stop(Stop::Gone))?;
             self.resume.recv().map_err(|_| Halt::Stop(Stop::Gone))?;
-            self.s().halted = false;
+            self.c(|c| c.halted = false);
         }
     }
 
@@ -1429,7 +1945,9 @@ impl Vcpu {
     fn blocked_halt(&mut self) -> Result<(), Halt> {
         let limit = {
             let mut s = self.s();
-            s.vmcs.insert(hv::VMCS_GUEST_ACTIVITY_STATE, 1);
+            s.cpus[self.id]
+                .vmcs
+                .insert(hv::VMCS_GUEST_ACTIVITY_STATE, 1);
             s.blocked_limit
         };
         match self.kick.wait(self.generation, limit) {
@@ -1444,19 +1962,16 @@ impl Vcpu {
                 self.deliver_injected(false)?;
                 Ok(())
             }
-            Some(false) => {
-                self.s().fault = Some(format!(
-                    "the vCPU blocked in HLT for {limit:?} and nothing called hv_vcpu_interrupt (on a Mac: forever)"
-                ));
-                let _ = self.events.send(CpuEvent::Fault);
-                Err(Halt::Stop(Stop::Gone))
-            }
+            Some(false) => Err(Halt::Stop(self.fault(format!(
+                "vCPU {} blocked in HLT for {limit:?} and nothing called hv_vcpu_interrupt (on a Mac: forever)",
+                self.id
+            )))),
         }
     }
 
     fn deliver_pending(&mut self, depth: usize) -> Result<(), Halt> {
         loop {
-            let pending = self.s().machine.pending();
+            let pending = self.s().system.pending(self.id);
             let Some(interrupt) = pending else {
                 return Ok(());
             };
@@ -1470,10 +1985,10 @@ impl Vcpu {
         if deliveries as usize > crate::trace::STORM_LIMIT || depth > crate::trace::STORM_LIMIT {
             return Err(Halt::End(EndCode::Storm));
         }
-        let (vector, saved_if) = self.s().machine.take(interrupt);
+        let (vector, saved_if) = self.s().system.take(self.id, interrupt);
         let op = self.ram32(CUR_OP);
         self.log(&[record::DELIVER, op, vector as u32, 0])?;
-        let count_at = COUNTS + 4 * vector as u64;
+        let count_at = self.block + PCPU_COUNTS + 4 * vector as u64;
         let n = self.ram32(count_at) + 1;
         self.s().put32(count_at, n);
         let body = self.body(vector, n);
@@ -1482,31 +1997,25 @@ impl Vcpu {
             self.op(at, depth + 1)?;
             at += 16;
         }
-        self.s().machine.iret(saved_if);
+        self.s().system.iret(self.id, saved_if);
         Ok(())
     }
 
-    /// The `V#N` body for the n-th delivery, else the plain one.
+    /// This CPU's `V#N` body for the n-th delivery, else its plain one.
     fn body(&self, vector: u8, n: u32) -> u64 {
-        let mut at = NTH_TABLE;
+        let mut at = self.block + PCPU_NTH_TABLE;
         loop {
             let v = self.ram32(at);
             if v == u32::MAX {
                 break;
             }
             if v == vector as u32 && self.ram32(at + 4) == n {
-                let mut s = self.s();
-                return u64::from_le_bytes(
-                    s.ram()[at as usize + 8..at as usize + 16]
-                        .try_into()
-                        .expect("8 bytes"),
-                );
+                return self.s().get64(at + 8);
             }
             at += 16;
         }
-        let mut s = self.s();
-        let dir = BODY_DIR as usize + 8 * vector as usize;
-        u64::from_le_bytes(s.ram()[dir..dir + 8].try_into().expect("8 bytes"))
+        self.s()
+            .get64(self.block + PCPU_BODY_DIR + 8 * vector as u64)
     }
 }
 

@@ -10,10 +10,26 @@ use super::api::{ApicException, Hv, HvError, HvExt, HvResult, Interrupter, RunEn
 #[derive(Debug, Default)]
 pub struct Framework {
     created: bool,
-    /// The vCPU, until `hv_vcpu_destroy`.
-    vcpu: Option<u32>,
-    /// The irqchip states right after the vCPU was created.
-    initial: Option<(hv::hv_apic_state_ext_t, hv::hv_ioapic_state_ext_t)>,
+    /// The live vCPUs (each owned by the thread that created it), until
+    /// `hv_vcpu_destroy`.
+    vcpus: Vec<u32>,
+    /// Each vCPU's APIC state right after it was created.
+    initial_apic: Vec<(u32, hv::hv_apic_state_ext_t)>,
+    /// The IOAPIC's state right after the first vCPU was created.
+    initial_ioapic: Option<hv::hv_ioapic_state_ext_t>,
+}
+
+impl Framework {
+    fn initial_apic(&self, vcpu: u32, call: &'static str) -> HvResult<hv::hv_apic_state_ext_t> {
+        self.initial_apic
+            .iter()
+            .find(|(v, _)| *v == vcpu)
+            .map(|(_, apic)| *apic)
+            .ok_or(HvError {
+                call,
+                code: hv::HV_ERROR,
+            })
+    }
 }
 
 fn check(call: &'static str, code: hv::hv_return_t) -> HvResult<()> {
@@ -25,12 +41,17 @@ fn check(call: &'static str, code: hv::hv_return_t) -> HvResult<()> {
 }
 
 impl Drop for Framework {
-    /// What the VMM did not tear down itself: the vCPU (this is its owning
-    /// thread), then the VM; a failure is logged, Drop cannot return it.
+    /// What the VMM did not tear down itself: the vCPUs (this thread owns
+    /// the first; the VMM destroys the others on theirs), then the VM; a
+    /// failure is logged, Drop cannot return it.
     fn drop(&mut self) {
-        let vcpu = self.vcpu.map(|v| self.destroy_vcpu(v));
-        let vm = self.created.then(|| self.destroy_vm());
-        for failure in [vcpu, vm].into_iter().flatten().filter_map(Result::err) {
+        let vcpus: Vec<_> = self.vcpus.clone();
+        let mut results: Vec<HvResult<()>> =
+            vcpus.into_iter().map(|v| self.destroy_vcpu(v)).collect();
+        if self.created {
+            results.push(self.destroy_vm());
+        }
+        for failure in results.into_iter().filter_map(Result::err) {
             eprintln!("irqdiff: tearing the Hypervisor.framework VM down: {failure}");
         }
     }
@@ -56,7 +77,7 @@ impl Hv for Framework {
         check("hv_vcpu_create", unsafe {
             hv::hv_vcpu_create(&mut vcpu, hv::HV_VCPU_DEFAULT)
         })?;
-        self.vcpu = Some(vcpu);
+        self.vcpus.push(vcpu);
         let mut apic = hv::hv_apic_state_ext_t {
             version: hv::HV_APIC_STATE_EXT_VER,
             state: [0; 30],
@@ -78,11 +99,14 @@ impl Hv for Framework {
         check("hv_vm_ioapic_get_state", unsafe {
             hv::hv_vm_ioapic_get_state(&mut ioapic)
         })?;
-        self.initial = Some((apic, ioapic));
+        self.initial_apic.retain(|(v, _)| *v != vcpu);
+        self.initial_apic.push((vcpu, apic));
+        self.initial_ioapic.get_or_insert(ioapic);
         Ok(vcpu)
     }
     fn reset_irqchip(&mut self, vcpu: u32) -> HvResult<()> {
-        let Some((apic, ioapic)) = self.initial else {
+        let apic = self.initial_apic(vcpu, "reset_irqchip before hv_vcpu_create")?;
+        let Some(ioapic) = self.initial_ioapic else {
             return Err(HvError {
                 call: "reset_irqchip before hv_vcpu_create",
                 code: hv::HV_ERROR,
@@ -321,12 +345,7 @@ impl HvExt for Framework {
         }))
     }
     fn reset_apic(&mut self, vcpu: u32) -> HvResult<()> {
-        let Some((apic, _)) = self.initial else {
-            return Err(HvError {
-                call: "reset_apic before hv_vcpu_create",
-                code: hv::HV_ERROR,
-            });
-        };
+        let apic = self.initial_apic(vcpu, "reset_apic before hv_vcpu_create")?;
         // SAFETY: a state captured from this vCPU; it is not running.
         check("hv_vcpu_apic_put_state", unsafe {
             hv::hv_vcpu_apic_put_state(vcpu, &apic)
@@ -336,7 +355,7 @@ impl HvExt for Framework {
     fn destroy_vcpu(&mut self, vcpu: u32) -> HvResult<()> {
         // SAFETY: destroys this thread's vCPU; nothing runs it now.
         check("hv_vcpu_destroy", unsafe { hv::hv_vcpu_destroy(vcpu) })?;
-        self.vcpu = None;
+        self.vcpus.retain(|v| *v != vcpu);
         Ok(())
     }
     fn destroy_vm(&mut self) -> HvResult<()> {

@@ -143,12 +143,12 @@ pub fn parse_double_options(options: &str) -> std::result::Result<(Workarounds, 
 }
 
 /// A backend running the HVF VMM loop over `H`.
-pub struct HvfBackend<H: Hv + HvExt> {
+pub struct HvfBackend<H: Hv + HvExt + Send> {
     vmm: vmm::HvfVmm<H>,
     name: String,
 }
 
-impl<H: Hv + HvExt> HvfBackend<H> {
+impl<H: Hv + HvExt + Send> HvfBackend<H> {
     pub fn new(hv: H, name: &str, shape: Shape, workarounds: Workarounds) -> Result<HvfBackend<H>> {
         Ok(HvfBackend {
             vmm: vmm::HvfVmm::new(hv, name, shape, workarounds)?,
@@ -165,9 +165,15 @@ impl<H: Hv + HvExt> HvfBackend<H> {
     }
 }
 
-impl<H: Hv + HvExt> Backend for HvfBackend<H> {
+impl<H: Hv + HvExt + Send> Backend for HvfBackend<H> {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// One vCPU per thread, up to the format's 8 (docs/hvf.md, "Several
+    /// vCPUs").
+    fn max_cpus(&self) -> usize {
+        vmm::MAX_CPUS
     }
 
     fn calls(&self) -> Vec<String> {

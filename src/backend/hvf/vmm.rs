@@ -22,7 +22,9 @@
 //!   `HV_VM_EXITINFO_IOAPIC_EOI`, and sends with `hv_vm_send_ioapic_intr`;
 //! - teardown: `hv_vcpu_destroy`, then `hv_vm_destroy`, failures logged.
 //!
-//! MMIO instructions are decoded with iced-x86.
+//! MMIO instructions are decoded with iced-x86. Several vCPUs: [`smp`].
+
+mod smp;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,8 +39,8 @@ use super::api::{cap, cap2ctrl, event, vmcs, ApicException, Hv, HvError, HvExt, 
 use crate::backend::run::{self, CallLog, End, MessagePort, Shape, UserspaceIoapic};
 use crate::backend::{BackendError, Result};
 use crate::guest::layout::{
-    self, EndCode, CUR_OP, DELIVERIES, END_PORT, HYPERCALL_PORT, IOAPIC_BASE, LAPIC_BASE,
-    PING_PORT, RAM_SIZE,
+    self, EndCode, AP_START_PORT, CUR_OP, DELIVERIES, END_PORT, HYPERCALL_PORT, IDLE_PORT,
+    IOAPIC_BASE, LAPIC_BASE, PING_PORT, RAM_SIZE,
 };
 use crate::guest::{table, Image};
 use crate::model::ioapic::{bits, InterruptMessage, IOREGSEL, IOWIN, PINS, REG_REDTBL};
@@ -118,8 +120,13 @@ pub struct IoapicIdentity {
     pub pins: u32,
 }
 
+/// The most CPUs a scenario runs on here: the format's limit, and the
+/// double's (`double::MAX_VCPUS`); the framework's own is
+/// `hv_capability(HV_CAP_VCPUMAX)`, unknown here.
+pub const MAX_CPUS: usize = crate::scenario::MAX_CPUS;
+
 /// The `hvf` / `hvf-split` backend over any [`Hv`].
-pub struct HvfVmm<H: Hv + HvExt> {
+pub struct HvfVmm<H: Hv + HvExt + Send> {
     hv: H,
     name: String,
     /// The shape the backend was opened with (`hvf-split`: always split).
@@ -147,11 +154,20 @@ pub struct HvfVmm<H: Hv + HvExt> {
     apic_window: u64,
     /// IA32_APIC_BASE as the guest sees it (pmj's QEMU: `s->apicbase`).
     apic_base: u64,
+    // Several CPUs (`smp`). `vcpu`, `apic_window` and `apic_base` are the
+    // selected CPU's; `views` keeps every CPU's while another runs.
+    /// CPUs 1 and up: the threads that own their vCPUs.
+    aps: Vec<smp::ApThread>,
+    views: Vec<smp::CpuView>,
+    /// The CPU selected now.
+    current: usize,
+    /// A multi-CPU run in progress.
+    smp: Option<smp::SmpRun>,
     /// The calls made, in order (for reports).
     pub calls: CallLog,
 }
 
-impl<H: Hv + HvExt> HvfVmm<H> {
+impl<H: Hv + HvExt + Send> HvfVmm<H> {
     pub fn new(
         mut hv: H,
         name: &str,
@@ -186,6 +202,10 @@ impl<H: Hv + HvExt> HvfVmm<H> {
             asserted: 0,
             apic_window: LAPIC_BASE,
             apic_base: LAPIC_BASE | APIC_BASE_EN | APIC_BASE_BSP,
+            aps: Vec::new(),
+            views: vec![smp::CpuView::fresh()],
+            current: 0,
+            smp: None,
             calls: CallLog::default(),
         };
         // From here on, Drop tears the VM down in order.
@@ -330,6 +350,11 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                 "x2APIC is taken as unavailable on this Hypervisor.framework: the start-up probe (a guest switching to x2APIC) failed: {why}"
             ));
         }
+        if !scenario.config.default_apic_ids() {
+            return Some(
+                "the in-kernel APIC's ID is the vCPU ID (bhyve's vlapic, which it follows, keeps the ID register read-only): apic-ids other than the CPU indexes cannot be given".into(),
+            );
+        }
         if Shape::for_run(self.opened, scenario) == Shape::Split {
             return None;
         }
@@ -355,11 +380,13 @@ impl<H: Hv + HvExt> HvfVmm<H> {
 
     /// A generated scenario gets what this VMM offers: the in-kernel
     /// IOAPIC's version on the full shape, xAPIC while x2APIC is
-    /// unavailable.
+    /// unavailable, the CPU indexes as APIC IDs.
     pub fn fit(&self, scenario: &mut Scenario) {
         if Shape::for_run(self.opened, scenario) == Shape::Full {
             scenario.config.ioapic = self.identity.version;
         }
+        // The in-kernel APIC's ID is the vCPU ID (`unsupported`).
+        scenario.config.apic_ids = crate::scenario::INDEX_APIC_IDS;
         if self.x2apic.is_err() {
             scenario.config.apic = ApicMode::Xapic;
             let ops = scenario
@@ -432,6 +459,10 @@ impl<H: Hv + HvExt> HvfVmm<H> {
             table,
             scenario.config.apic == ApicMode::X2apic,
         );
+        // The RAM outlives the run: a multi-CPU run before this one left
+        // the global SMP word set (`Image::load_smp` sets it again for one).
+        let smp = layout::SMP as usize;
+        self.ram[smp..smp + 4].copy_from_slice(&0u32.to_le_bytes());
         self.calls.clear();
         Ok(())
     }
@@ -440,6 +471,12 @@ impl<H: Hv + HvExt> HvfVmm<H> {
     pub fn run_scenario(&mut self, scenario: &Scenario) -> Result<Trace> {
         let table =
             table::encode(scenario).map_err(|e| BackendError::Unsupported(e.to_string()))?;
+        if scenario.uses_smp() {
+            return self.run_smp(scenario, &table);
+        }
+        // One CPU: no AP's APIC may be on the bus (a broadcast would reach it).
+        self.select(0);
+        self.set_cpus(1)?;
         self.reset(scenario, &table)?;
         let watchdog = self.watchdog.as_ref().expect("started in new");
         watchdog.arm(true);
@@ -510,7 +547,15 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                             "cannot decode the APIC read at {rip:#x}"
                         )));
                     };
-                    let value = self.hv.exit_apic_access_read(v)?;
+                    // SDM §11.4.3: a globally disabled APIC has no
+                    // registers; its page reads 0 (the model's reading), and
+                    // the in-kernel APIC, never told of the disable, is not
+                    // asked.
+                    let value = if self.apic_base & APIC_BASE_EN == 0 {
+                        0
+                    } else {
+                        self.hv.exit_apic_access_read(v)?
+                    };
                     self.complete_read(&access, value, rip)?;
                 }
                 hv::HV_VM_EXITINFO_IOAPIC_EOI => {
@@ -518,6 +563,13 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                     self.userspace_eoi(vector)?;
                 }
                 hv::HV_VM_EXITINFO_INJECT_EXCP => self.apic_exception(None)?,
+                // An INIT or STARTUP IPI the in-kernel APIC sent for this
+                // vCPU (an x2APIC ICR write, handled in the kernel).
+                hv::HV_VM_EXITINFO_INIT_AP | hv::HV_VM_EXITINFO_STARTUP_AP => {
+                    if let Some(end) = self.ap_exit(info)? {
+                        return Ok(end);
+                    }
+                }
                 other => return Ok(End::Error(format!("unexpected exit info {other}"))),
             }
         }
@@ -681,6 +733,21 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                         self.hv.atpic_port_write(port as i32, value as u8)?
                     }
                     PING_PORT => {}
+                    // Several CPUs: the CPU is idle in its mailbox loop
+                    // (docs/guest-stub.md): its step ends.
+                    IDLE_PORT if self.smp.is_some() => {
+                        if let Some(run) = &mut self.smp {
+                            run.idle = true;
+                        }
+                        return Ok(Some(End::Stub(EndCode::Completed)));
+                    }
+                    // The SIPI page's `out`: the loop starts a STARTUP
+                    // IPI's targets at sipi_entry itself, never there.
+                    AP_START_PORT => {
+                        return Ok(Some(End::Error(
+                            "an out to the SIPI page's port 0x513: the VMM starts APs at sipi_entry on STARTUP_AP".into(),
+                        )))
+                    }
                     other => {
                         return Ok(Some(End::Error(format!(
                             "unexpected out to port {other:#x}"
@@ -728,6 +795,20 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                         "APIC read at {rip:#x} reported as a write"
                     ))));
                 };
+                if self.apic_base & APIC_BASE_EN == 0 {
+                    // SDM §11.4.3: a globally disabled APIC has no
+                    // registers, so the write reaches nothing (no ICR, no
+                    // SVR). No call tells the in-kernel APIC of the disable,
+                    // so the VMM drops the write itself.
+                    self.calls.note(|| {
+                        format!(
+                            "  APIC write {offset:#x} = {value:#x} dropped: the APIC is disabled"
+                        )
+                    });
+                    self.hv
+                        .write_register(v, hv::HV_X86_RIP, rip + access.len)?;
+                    return Ok(None);
+                }
                 let no_side_effect = self.hv.apic_write(v, offset, value)?;
                 self.calls.note(|| format!("  hv_vcpu_apic_write({offset:#x}, {value:#x}) -> no_side_effect {no_side_effect}"));
                 self.hv
@@ -741,6 +822,13 @@ impl<H: Hv + HvExt> HvfVmm<H> {
                 if side_effect == Some(hv::HV_VM_EXITINFO_IOAPIC_EOI) {
                     let vector = self.hv.exit_ioapic_eoi(v)?;
                     self.userspace_eoi(vector)?;
+                } else if matches!(
+                    side_effect,
+                    Some(hv::HV_VM_EXITINFO_INIT_AP | hv::HV_VM_EXITINFO_STARTUP_AP)
+                ) {
+                    if let Some(end) = self.ap_exit(side_effect.expect("matched"))? {
+                        return Ok(Some(end));
+                    }
                 } else if side_effect == Some(hv::HV_VM_EXITINFO_INJECT_EXCP) {
                     // The write faulted: back to the instruction, whose
                     // fault the exception's restart flag decides.
@@ -1167,7 +1255,8 @@ impl Quiet {
 }
 
 /// The thread that calls `hv_vcpu_interrupt` every [`KICK`] while a
-/// scenario runs (the one vCPU call allowed from another thread, hv.h).
+/// scenario runs (the one vCPU call allowed from another thread, hv.h), on
+/// the vCPU that runs now (several CPUs run one at a time).
 struct Watchdog {
     shared: Arc<WatchdogState>,
     thread: Option<JoinHandle<()>>,
@@ -1177,6 +1266,10 @@ struct Watchdog {
 struct WatchdogState {
     armed: AtomicBool,
     stop: AtomicBool,
+    /// Each vCPU's `hv_vcpu_interrupt`, by CPU index.
+    kicks: Mutex<Vec<Interrupter>>,
+    /// The CPU that runs now.
+    current: std::sync::atomic::AtomicUsize,
     /// The first `hv_vcpu_interrupt` that failed.
     failure: Mutex<Option<HvError>>,
 }
@@ -1184,11 +1277,14 @@ struct WatchdogState {
 impl Watchdog {
     fn start(kick: Interrupter) -> Watchdog {
         let shared = Arc::new(WatchdogState::default());
+        shared.kicks.lock().unwrap().push(kick);
         let state = Arc::clone(&shared);
         let thread = std::thread::spawn(move || {
             while !state.stop.load(Ordering::Acquire) {
                 if state.armed.load(Ordering::Acquire) {
-                    if let Err(e) = kick() {
+                    let cpu = state.current.load(Ordering::Acquire);
+                    let kick = state.kicks.lock().unwrap().get(cpu).cloned();
+                    if let Some(Err(e)) = kick.map(|kick| kick()) {
                         state.failure.lock().unwrap().get_or_insert(e);
                     }
                     std::thread::park_timeout(KICK);
@@ -1210,6 +1306,22 @@ impl Watchdog {
         }
     }
 
+    /// CPU `cpu`'s `hv_vcpu_interrupt` (CPUs 1 and up, as their vCPUs come
+    /// and go).
+    fn set_kick(&self, cpu: usize, kick: Option<Interrupter>) {
+        let mut kicks = self.shared.kicks.lock().unwrap();
+        match kick {
+            Some(kick) if cpu < kicks.len() => kicks[cpu] = kick,
+            Some(kick) => kicks.push(kick),
+            None => kicks.truncate(cpu),
+        }
+    }
+
+    /// The watchdog kicks CPU `cpu` from now on.
+    fn watch(&self, cpu: usize) {
+        self.shared.current.store(cpu, Ordering::Release);
+    }
+
     fn failure(&self) -> Option<HvError> {
         self.shared.failure.lock().unwrap().take()
     }
@@ -1225,15 +1337,18 @@ impl Drop for Watchdog {
     }
 }
 
-impl<H: Hv + HvExt> Drop for HvfVmm<H> {
+impl<H: Hv + HvExt + Send> Drop for HvfVmm<H> {
     /// `hv_vcpu_destroy` (on this, the owning thread) before
     /// `hv_vm_destroy`; a failure is logged, since Drop cannot return it.
     fn drop(&mut self) {
-        self.watchdog = None;
         if !self.alive {
+            self.watchdog = None;
             return;
         }
         self.alive = false;
+        self.destroy_aps();
+        self.select(0);
+        self.watchdog = None;
         if let Err(e) = self.hv.destroy_vcpu(self.vcpu) {
             eprintln!("irqdiff: {}: tearing the VM down: {e}", self.name);
         }
