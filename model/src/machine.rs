@@ -8,7 +8,8 @@
 use crate::cpu::Cpu;
 use crate::device::{IoapicDevice, MessageQueue};
 use crate::ioapic::{DeliveryMode, InterruptMessage, InterruptSink, Ioapic, IoapicVersion};
-use crate::lapic::{reg, Acceptance, GeneralProtection, Lapic};
+use crate::lapic::{reg, Acceptance, GeneralProtection, Lapic, LVT_MASKED};
+use crate::pic::{EdgeRequests, Pic, PicConfig, PicRule};
 use crate::quirks::Quirks;
 use crate::rules::{Deviations, Mode, Rule};
 
@@ -88,6 +89,9 @@ pub struct Checkpoint {
     lapic: Lapic,
     cpu: Cpu,
     unmodelled: Option<DeliveryMode>,
+    pic: Option<Box<PicWiring>>,
+    extint_message: bool,
+    pin0_host: bool,
 }
 
 /// What the processor can take now.
@@ -95,7 +99,31 @@ pub struct Checkpoint {
 pub enum Interrupt {
     Maskable(u8),
     Nmi,
+    /// An external interrupt (ExtINT through LVT LINT0 or an IOAPIC
+    /// message): taking it is an INTA cycle to the 8259 pair, which gives
+    /// the vector (SDM vol. 3A §11.5.1; 82093AA §3.2.4).
+    ExtInt,
 }
+
+/// The 8259A pair and its INT output's wires (issue 15): the processor's
+/// INTR through LVT LINT0, and IOAPIC pin 0 (the MP specification's
+/// virtual wire mode through the I/O APIC: the 8259's INTR goes to INTIN0).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PicWiring {
+    pub pic: Pic,
+    /// The master's INT as last seen, for the edges LINT0 reacts to.
+    int: bool,
+    /// The first thing asked of the pair or of LINT0 that the model does
+    /// not model: the run ends with an error.
+    unmodelled: Option<&'static str>,
+}
+
+/// LVT LINT delivery modes (SDM vol. 3A §11.5.1, bits 10:8).
+const LVT_FIXED: u32 = 0;
+const LVT_NMI: u32 = 4;
+const LVT_EXTINT: u32 = 7;
+/// LVT LINT trigger mode bit (1: level), used in fixed mode only.
+const LVT_LEVEL: u32 = 1 << 15;
 
 /// NMIs arrive through IDT vector 2.
 pub const NMI_VECTOR: u8 = 2;
@@ -113,6 +141,15 @@ pub struct Machine {
     unmodelled: Option<DeliveryMode>,
     /// A device under test in place of `ioapic`.
     device: Option<External>,
+    /// The 8259A pair, made at its first use: most scenarios never reach
+    /// it, and a pair that was never used is masked with its INT low.
+    pic: Option<Box<PicWiring>>,
+    /// An ExtINT message was accepted (82093AA §3.2.4 delivery mode 111):
+    /// the processor owes an INTA cycle. Edge: one INTA per message.
+    extint_message: bool,
+    /// The host's request at IOAPIC pin 0 (`assert 0`, `isa-assert 0`),
+    /// which the master's INT is ORed with.
+    pin0_host: bool,
 }
 
 /// A device under test and the queue its messages arrive in.
@@ -133,6 +170,7 @@ struct Bus<'a> {
     cpu: &'a mut Cpu,
     log: &'a mut DecisionLog,
     unmodelled: &'a mut Option<DeliveryMode>,
+    extint: &'a mut bool,
 }
 
 impl InterruptSink for Bus<'_> {
@@ -163,6 +201,13 @@ impl InterruptSink for Bus<'_> {
             Acceptance::Refused(rule) => {
                 self.log.push(rule, msg.vector);
                 false
+            }
+            // 82093AA §3.2.4 delivery mode 111: the processor will INTA
+            // the 8259 pair when it can take a maskable interrupt.
+            Acceptance::Unmodelled(DeliveryMode::ExtInt) => {
+                *self.extint = true;
+                self.log.push(Rule::ExtintIoapic, 0);
+                true
             }
             Acceptance::Unmodelled(mode) => {
                 *self.unmodelled = Some(mode);
@@ -197,6 +242,9 @@ impl Machine {
             log: DecisionLog::new(),
             unmodelled: None,
             device: None,
+            pic: None,
+            extint_message: false,
+            pin0_host: false,
         }
     }
 
@@ -263,6 +311,7 @@ impl Machine {
                 cpu: &mut self.cpu,
                 log: &mut self.log,
                 unmodelled: &mut self.unmodelled,
+                extint: &mut self.extint_message,
             },
         )
     }
@@ -339,9 +388,20 @@ impl Machine {
         ioapic.select_and_write(index, value, &mut bus);
     }
 
-    /// Drives IOAPIC input `pin` (logical level).
+    /// Drives IOAPIC input `pin` (logical level). Pin 0 is also the
+    /// master 8259's INT ([`PicWiring`]): its input is the OR of both.
     #[inline]
     pub fn set_irq(&mut self, pin: usize, requested: bool) {
+        if pin == 0 {
+            self.pin0_host = requested;
+            let level = requested || self.pic.as_ref().is_some_and(|p| p.int);
+            return self.drive_ioapic(0, level);
+        }
+        self.drive_ioapic(pin, requested);
+    }
+
+    #[inline]
+    fn drive_ioapic(&mut self, pin: usize, requested: bool) {
         if self.on_device(|d| d.set_irq(pin, requested)).is_some() {
             return;
         }
@@ -503,9 +563,34 @@ impl Machine {
         }
         // §6.8.1 and §11.8.3.
         if self.cpu.accepts_maskable() {
+            // An external interrupt bypasses the local APIC's IRR and
+            // priority (SDM §11.8.1: ExtINT goes straight to the core);
+            // it is taken before a fixed one (KVM's kvm_cpu_get_interrupt
+            // asks the PIC first; QEMU's cpu_get_pic_interrupt asks the
+            // APIC first: an open choice, docs/pic.md).
+            if self.extint_message || self.lint0_intr() {
+                return Some(Interrupt::ExtInt);
+            }
             return self.lapic.deliverable().map(Interrupt::Maskable);
         }
         None
+    }
+
+    /// Whether the master's INT reaches the processor's INTR: LVT LINT0
+    /// unmasked in ExtINT mode (level-sensitive, SDM §11.5.1), or the APIC
+    /// hardware-disabled (§11.4.3: no APIC, LINT0 is INTR).
+    #[inline]
+    fn lint0_intr(&self) -> bool {
+        match &self.pic {
+            Some(p) if p.int => {
+                if !self.lapic.hw_enabled() {
+                    return true;
+                }
+                let lvt = self.lapic.read(reg::LVT_LINT0);
+                lvt & LVT_MASKED == 0 && (lvt >> 8) & 7 == LVT_EXTINT
+            }
+            _ => false,
+        }
     }
 
     /// Why a requested vector is not being taken, if one is waiting.
@@ -531,6 +616,160 @@ impl Machine {
                 (v, self.cpu.enter_interrupt_gate())
             }
             Interrupt::Nmi => (NMI_VECTOR, self.cpu.enter_nmi()),
+            Interrupt::ExtInt => {
+                self.extint_message = false;
+                let vector = self.pic_acknowledge();
+                (vector, self.cpu.enter_interrupt_gate())
+            }
+        }
+    }
+
+    /// The 8259A pair, made in its start state at first use: the format's
+    /// start machine has it masked (OCW1 0xff to both chips, as the stub
+    /// writes), uninitialised, with every ISA line low. It latches edges
+    /// until their INTA ([`EdgeRequests::HeldUntilAck`], the one IRR bit
+    /// of QEMU, KVM and v86, docs/pic.md): the format's ISA lines are a
+    /// VMM's, driven by ops with no width, and the datasheet's transparent
+    /// latch would lose every `isa-pulse` the processor cannot take at
+    /// once.
+    fn pic_wiring(&mut self) -> &mut PicWiring {
+        self.pic.get_or_insert_with(|| {
+            let mut pic = Pic::new(PicConfig {
+                edge_requests: EdgeRequests::HeldUntilAck,
+            });
+            for port in [0x21, 0xa1] {
+                pic.port_write(port, 0xff).expect("a PIC port");
+            }
+            pic.clear_decisions();
+            Box::new(PicWiring {
+                pic,
+                int: false,
+                unmodelled: None,
+            })
+        })
+    }
+
+    /// The pair's state, if it was ever used.
+    pub fn pic(&self) -> Option<&Pic> {
+        self.pic.as_deref().map(|w| &w.pic)
+    }
+
+    /// What the pair or LINT0 was asked that the model does not model, if
+    /// anything: the run ends with an error naming it.
+    pub fn pic_unmodelled(&self) -> Option<&'static str> {
+        let w = self.pic.as_deref()?;
+        w.unmodelled.or(w.pic.unmodelled())
+    }
+
+    /// A guest `out` to an 8259 or ELCR port (0x20, 0x21, 0xa0, 0xa1,
+    /// 0x4d0, 0x4d1; other ports reach nothing).
+    pub fn pic_port_write(&mut self, port: u16, value: u8) {
+        let _ = self.pic_wiring().pic.port_write(port, value);
+        self.after_pic();
+    }
+
+    /// A guest `in` from an 8259 or ELCR port (a poll read is an INTA of
+    /// its own, docs/pic.md); other ports read 0xff (nothing drives the bus).
+    pub fn pic_port_read(&mut self, port: u16) -> u8 {
+        let value = self.pic_wiring().pic.port_read(port).unwrap_or(0xff);
+        self.after_pic();
+        value
+    }
+
+    /// ISA line `line` (0-15 but 2) driven high or low: PIC IR `line` and
+    /// IOAPIC pin `line`, in that order (KVM's default GSI routing lists
+    /// the PIC's entry first).
+    pub fn isa_line(&mut self, line: u8, high: bool) {
+        let _ = self.pic_wiring().pic.set_irq(line, high);
+        self.after_pic();
+        self.set_irq(line as usize, high);
+    }
+
+    /// The INTA cycle of an external interrupt: the pair's vector.
+    fn pic_acknowledge(&mut self) -> u8 {
+        let w = self.pic_wiring();
+        let vector = w.pic.acknowledge();
+        let spurious = w
+            .pic
+            .decisions()
+            .iter()
+            .any(|d| d.rule == PicRule::DefaultIr7);
+        let rule = if spurious {
+            Rule::PicSpurious
+        } else {
+            Rule::PicVector
+        };
+        self.log.push(rule, vector);
+        self.after_pic();
+        vector
+    }
+
+    /// After the pair changed: its INT to IOAPIC pin 0 and to LINT0.
+    fn after_pic(&mut self) {
+        let Some(w) = self.pic.as_deref_mut() else {
+            return;
+        };
+        w.pic.clear_decisions();
+        let int = w.pic.int_output();
+        if int == w.int {
+            return;
+        }
+        w.int = int;
+        let pin0 = self.pin0_host || int;
+        self.drive_ioapic(0, pin0);
+        if int {
+            self.lint0_rising();
+        }
+    }
+
+    /// A rising edge of the master's INT at LINT0 (SDM §11.5.1). ExtINT
+    /// mode is level-sensitive and sampled by [`Machine::pending`].
+    fn lint0_rising(&mut self) {
+        if !self.lapic.hw_enabled() {
+            return;
+        }
+        let lvt = self.lapic.read(reg::LVT_LINT0);
+        if lvt & LVT_MASKED != 0 {
+            self.log.push(Rule::LintMasked, lvt as u8);
+            return;
+        }
+        match (lvt >> 8) & 7 {
+            LVT_EXTINT => self.log.push(Rule::ExtintLint0, 0),
+            LVT_FIXED if lvt & LVT_LEVEL == 0 => {
+                let msg = InterruptMessage {
+                    vector: lvt as u8,
+                    delivery: DeliveryMode::Fixed,
+                    logical: false,
+                    dest: self.lapic.id(),
+                    level: false,
+                    rule: Rule::LintFixed,
+                };
+                let (_, bus) = self.parts();
+                let acceptance = bus.lapic.accept(&msg);
+                note_error_interrupt(&mut *bus.lapic, &mut *bus.log);
+                if acceptance == Acceptance::Accepted {
+                    self.log.push(Rule::LintFixed, msg.vector);
+                }
+            }
+            LVT_NMI => {
+                let rule = if self.cpu.nmi_blocked {
+                    Rule::NmiBlocked
+                } else {
+                    Rule::LintNmi
+                };
+                self.cpu.nmi_pending = true;
+                self.log.push(rule, NMI_VECTOR);
+            }
+            mode => {
+                let what = if mode == LVT_FIXED {
+                    "a level-triggered LVT LINT0 in fixed mode (its remote IRR, SDM 11.5.1)"
+                } else {
+                    "LVT LINT0 in SMI, INIT or a reserved delivery mode"
+                };
+                if let Some(w) = self.pic.as_deref_mut() {
+                    w.unmodelled.get_or_insert(what);
+                }
+            }
         }
     }
 
@@ -553,6 +792,9 @@ impl Machine {
             lapic: self.lapic.clone(),
             cpu: self.cpu,
             unmodelled: self.unmodelled,
+            pic: self.pic.clone(),
+            extint_message: self.extint_message,
+            pin0_host: self.pin0_host,
         })
     }
 
@@ -561,6 +803,9 @@ impl Machine {
     pub fn is_at(&self, checkpoint: &Checkpoint) -> bool {
         self.cpu == checkpoint.cpu
             && self.unmodelled == checkpoint.unmodelled
+            && self.extint_message == checkpoint.extint_message
+            && self.pin0_host == checkpoint.pin0_host
+            && self.pic == checkpoint.pic
             && self.lapic == checkpoint.lapic
             && self.ioapic == checkpoint.ioapic
     }

@@ -309,6 +309,8 @@ struct Explanation {
     /// its decision in `decisions`, [`NO_CAUSE`] if none.
     cause: [u32; 256],
     nmi_cause: u32,
+    /// The cause of the external interrupt being requested (issue 15).
+    extint_cause: u32,
     /// The op being executed (top-level or in a body).
     current: &'static str,
 }
@@ -320,6 +322,7 @@ impl Explanation {
             decisions: Vec::with_capacity(4 * scenario.ops.len() + 8),
             cause: [NO_CAUSE; 256],
             nmi_cause: NO_CAUSE,
+            extint_cause: NO_CAUSE,
             current: "none",
         }
     }
@@ -346,7 +349,8 @@ impl Recorder for Explanation {
         for d in machine.decisions() {
             let index = self.decisions.len() as u32;
             match d.rule {
-                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = index,
+                Rule::NmiDelivers | Rule::NmiBlocked | Rule::LintNmi => self.nmi_cause = index,
+                Rule::ExtintLint0 | Rule::ExtintIoapic => self.extint_cause = index,
                 Rule::EdgeDelivers
                 | Rule::LevelDelivers
                 | Rule::LevelUnmaskDelivers
@@ -354,6 +358,7 @@ impl Recorder for Explanation {
                 | Rule::SelfIpi
                 | Rule::MsiDelivers
                 | Rule::ApicErrorInterrupt
+                | Rule::LintFixed
                 | Rule::Quirk => self.cause[d.vector as usize] = index,
                 _ => {}
             }
@@ -372,6 +377,7 @@ impl Recorder for Explanation {
         let (rule, cause) = match interrupt {
             Interrupt::Maskable(v) => self.cause_of(self.cause[v as usize], Rule::AcceptedIntoIrr),
             Interrupt::Nmi => self.cause_of(self.nmi_cause, Rule::NmiDelivers),
+            Interrupt::ExtInt => self.cause_of(self.extint_cause, Rule::ExtintLint0),
         };
         self.decisions.push(Decision {
             op: k,
@@ -702,6 +708,13 @@ impl<'s, R: Recorder> Run<'s, R> {
                 HostOp::Msi(msi) => {
                     m.message(&msi.message());
                 }
+                // ---- PIC (issue 15): PIC IR N, then IOAPIC pin N.
+                HostOp::IsaAssert(line) => m.isa_line(line.get(), true),
+                HostOp::IsaDeassert(line) => m.isa_line(line.get(), false),
+                HostOp::IsaPulse(line) => {
+                    m.isa_line(line.get(), true);
+                    m.isa_line(line.get(), false);
+                }
             },
             Op::Eoi => fault = m.lapic_write(reg::EOI, 0).is_err(),
             Op::IoapicEoi(v) => m.ioapic_mmio_write(IOEOI, v as u32),
@@ -823,6 +836,20 @@ impl<'s, R: Recorder> Run<'s, R> {
             Op::ApicBase(value) => fault = m.write_apic_base(value).is_err(),
             // SDM §11.6.1, §11.12.9: on one CPU only what reaches it counts.
             Op::Ipi(ipi) => fault = m.send_icr(ipi.icr_low(), ipi.dest).is_err(),
+            // ---- PIC (issue 15): byte I/O to the pair and the ELCRs.
+            Op::PicWrite { port, value } => m.pic_port_write(port.get(), value),
+            Op::PicRead(port) => {
+                let value = m.pic_port_read(port.get());
+                self.events.push(Event {
+                    op: k,
+                    cpu: 0,
+                    kind: EventKind::Read {
+                        space: Space::Pic,
+                        reg: port.get() as u32,
+                        value: value as u32,
+                    },
+                });
+            }
         }
         if fault {
             self.events.push(Event {
@@ -830,6 +857,12 @@ impl<'s, R: Recorder> Run<'s, R> {
                 cpu: 0,
                 kind: EventKind::Exception { vector: GP_VECTOR },
             });
+        }
+        if let Some(what) = self.machine.pic_unmodelled() {
+            return Err(Stop::Error(String::into_boxed_str(format!(
+                "op {k} ({}): not modelled: {what}",
+                op.keyword()
+            ))));
         }
         if let Some(mode) = self.machine.take_unmodelled() {
             return Err(Stop::Error(String::into_boxed_str(format!(

@@ -51,6 +51,7 @@ pub fn event_lines(trace: &Trace) -> Vec<String> {
                     crate::trace::Space::Ioapic => "ioapic",
                     crate::trace::Space::Lapic => "lapic",
                     crate::trace::Space::LapicMmio => "lapic-mmio",
+                    crate::trace::Space::Pic => "pic",
                 };
                 format!("op {} read {space}[0x{reg:x}] = 0x{value:x}", e.op)
             }
@@ -102,6 +103,10 @@ pub enum EmitError {
         "the C repros drive one vCPU; this scenario uses the multi-CPU extension (config cpus=, apic-ids=, ap-start=, cpu K: or handler V@K)"
     )]
     MultiCpu,
+    #[error(
+        "the C repros have no 8259 pair; this scenario reaches it (pic-write, pic-read or isa-assert/-deassert/-pulse)"
+    )]
+    Pic,
 }
 
 /// Which hypervisor the program drives.
@@ -125,6 +130,9 @@ pub fn emit_hvf(scenario: &Scenario, expected: &Trace) -> Result<String, EmitErr
 fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> {
     if scenario.uses_smp() {
         return Err(EmitError::MultiCpu);
+    }
+    if scenario.uses_pic() {
+        return Err(EmitError::Pic);
     }
     let split = scenario.config.irqchip == crate::scenario::Irqchip::Split;
     let image = Image::build();
@@ -224,6 +232,8 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
                 let (addr, data) = m.address_data();
                 format!("{{3, 0, 0x{addr:x}, 0x{data:x}}}")
             }
+            // Refused above (EmitError::Pic).
+            HostOp::IsaAssert(_) | HostOp::IsaDeassert(_) | HostOp::IsaPulse(_) => continue,
         };
         let _ = writeln!(c, "    {line},");
     }
