@@ -1363,4 +1363,192 @@ mod tests {
         assert_eq!(m.take_unmodelled(), Some(DeliveryMode::Smi));
         assert!(m.is_at(&start));
     }
+
+    // ---- PIC and LINT (issue 15): each rule of the wiring, with its test.
+
+    /// Linux's init_8259A: bases 0x30/0x38, cascade on IR2, 8086 mode
+    /// (AEOI with `aeoi`), then the IMRs.
+    fn pic_machine(aeoi: bool, imr: [u8; 2]) -> Machine {
+        let mut m = Machine::new(MachineConfig::default());
+        let icw4 = if aeoi { 0x03 } else { 0x01 };
+        for (port, value) in [
+            (0x20, 0x11),
+            (0x21, 0x30),
+            (0x21, 0x04),
+            (0x21, icw4),
+            (0xa0, 0x11),
+            (0xa1, 0x38),
+            (0xa1, 0x02),
+            (0xa1, icw4),
+            (0x21, imr[0]),
+            (0xa1, imr[1]),
+        ] {
+            m.pic_port_write(port, value);
+        }
+        m
+    }
+
+    fn logged(m: &Machine, rule: Rule) -> bool {
+        m.decisions().iter().any(|d| d.rule == rule)
+    }
+
+    #[test]
+    fn the_pair_starts_masked_and_reaches_nothing() {
+        // docs/scenario-format.md: the start machine has the 8259s masked.
+        let mut m = Machine::new(MachineConfig::default());
+        assert_eq!(m.pic_port_read(0x21), 0xff);
+        assert_eq!(m.pic_port_read(0xa1), 0xff);
+        m.lapic_write(reg::LVT_LINT0, 0x700).unwrap();
+        m.isa_line(1, true);
+        assert_eq!(m.pending(), None);
+    }
+
+    #[test]
+    fn extint_through_lint0_takes_the_pairs_vector() {
+        // Rules extint-lint0 and pic-vector: SDM §11.5.1 ExtINT; 8259A
+        // Interrupt Sequence.
+        let mut m = pic_machine(false, [0xf9, 0xef]);
+        m.lapic_write(reg::LVT_LINT0, 0x700).unwrap();
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::ExtintLint0));
+        assert_eq!(m.pending(), Some(Interrupt::ExtInt));
+        let (vector, _) = m.take(Interrupt::ExtInt);
+        assert_eq!(vector, 0x31);
+        assert!(logged(&m, Rule::PicVector));
+        // The local APIC is bypassed: no IRR or ISR bit.
+        assert_eq!(m.lapic.isr(), [0; 8]);
+        assert_eq!(m.pic().unwrap().master().isr(), 1 << 1);
+        // Through the cascade: IRQ 12 is the slave's IR4.
+        m.pic_port_write(0x20, 0x20);
+        m.isa_line(12, true);
+        m.iret(true);
+        let (vector, _) = m.take(m.pending().unwrap());
+        assert_eq!(vector, 0x3c);
+    }
+
+    #[test]
+    fn extint_is_level_sensitive_ignores_tpr_and_waits_for_if() {
+        // SDM §11.5.1: ExtINT is always level-sensitive; §11.8.1: it does
+        // not go through the IRR, so the PPR does not hold it.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x1_0700).unwrap();
+        m.isa_line(1, true);
+        assert_eq!(m.pending(), None, "masked LINT0");
+        m.lapic_write(reg::TPR, 0xf0).unwrap();
+        m.lapic_write(reg::LVT_LINT0, 0x700).unwrap();
+        assert_eq!(
+            m.pending(),
+            Some(Interrupt::ExtInt),
+            "unmasked with INT high"
+        );
+        m.cpu.cli();
+        assert_eq!(m.pending(), None, "IF clear");
+        // The INT falls (a level line, ELCR): nothing is owed any more.
+        m.cpu.sti();
+        m.cpu.end_of_instruction();
+        m.pic_port_write(0x4d0, 0x02);
+        m.isa_line(1, false);
+        m.pic_port_write(0x20, 0x11); // ICW1: the edge latch is cleared.
+        assert!(!m.pic().unwrap().int_output());
+    }
+
+    #[test]
+    fn a_masked_lint0_logs_its_rule() {
+        // Rule lint-masked: SDM §11.5.1 mask bit.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::LintMasked));
+        assert_eq!(m.pending(), None);
+    }
+
+    #[test]
+    fn lint0_in_nmi_mode_is_an_nmi_on_the_rising_edge_only() {
+        // Rule lint-nmi: SDM §11.5.1 delivery mode 100, edge-sensitive.
+        let mut m = pic_machine(false, [0xf9, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x400).unwrap();
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::LintNmi));
+        assert_eq!(m.pending(), Some(Interrupt::Nmi));
+        let (vector, saved) = m.take(Interrupt::Nmi);
+        assert_eq!(vector, NMI_VECTOR);
+        m.iret(saved);
+        // INT stays high (IRQ 1 latched, no INTA): no second NMI.
+        m.isa_line(1, false);
+        m.isa_line(3, true);
+        assert_eq!(m.pending(), None);
+        assert_eq!(m.pic().unwrap().master().irr(), 1 << 1 | 1 << 3);
+    }
+
+    #[test]
+    fn lint0_in_fixed_mode_requests_its_vector_on_the_rising_edge() {
+        // Rule lint-fixed: SDM §11.5.1 delivery mode 000, edge.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x55).unwrap();
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::LintFixed));
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x55)));
+        // Level-triggered fixed mode (remote IRR) is not modelled.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x8055).unwrap();
+        m.isa_line(1, true);
+        assert!(m.pic_unmodelled().is_some());
+    }
+
+    #[test]
+    fn an_extint_entry_on_ioapic_pin_0_owes_one_inta() {
+        // Rule extint-ioapic: 82093AA §3.2.4 delivery mode 111, with the
+        // 8259's INT on INTIN0 (MP spec virtual wire mode B).
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.ioapic_write_indirect(0x11, 0);
+        m.ioapic_write_indirect(0x10, 0x700);
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::ExtintIoapic));
+        let (vector, _) = m.take(m.pending().unwrap());
+        assert_eq!(vector, 0x31);
+        assert_eq!(m.pending(), None, "one INTA per message");
+    }
+
+    #[test]
+    fn an_inta_with_nothing_requested_is_a_spurious_irq7() {
+        // Rule pic-spurious: 8259A Interrupt Sequence step 4. The ExtINT
+        // message is latched at the processor while IF is clear; the level
+        // request goes away before the INTA.
+        let mut m = pic_machine(false, [0xdf, 0xff]);
+        m.pic_port_write(0x4d0, 0x20);
+        m.ioapic_write_indirect(0x10, 0x700);
+        m.cpu.cli();
+        m.isa_line(5, true);
+        m.isa_line(5, false);
+        m.cpu.sti();
+        m.cpu.end_of_instruction();
+        let (vector, _) = m.take(m.pending().unwrap());
+        assert_eq!(vector, 0x37);
+        assert!(logged(&m, Rule::PicSpurious));
+        assert_eq!(m.pic().unwrap().master().isr(), 0, "no IS bit");
+    }
+
+    #[test]
+    fn auto_eoi_leaves_no_is_bit_and_an_uninitialised_pair_is_not_modelled() {
+        let mut m = pic_machine(true, [0xf7, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x700).unwrap();
+        m.isa_line(3, true);
+        let (vector, _) = m.take(Interrupt::ExtInt);
+        assert_eq!(vector, 0x33);
+        assert_eq!(m.pic().unwrap().master().isr(), 0);
+        // An INTA of a pair never initialised (MCS-80/85 mode).
+        let mut m = Machine::new(MachineConfig::default());
+        m.ioapic_write_indirect(0x12, 0x700);
+        m.set_irq(1, true);
+        let _ = m.take(m.pending().unwrap());
+        assert!(m.pic_unmodelled().is_some());
+    }
+
+    #[test]
+    fn a_hardware_disabled_apic_makes_int_the_processors_intr() {
+        // SDM §11.4.3: with IA32_APIC_BASE[11] clear there is no APIC.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.write_apic_base(0xfee0_0000).unwrap();
+        m.isa_line(1, true);
+        assert_eq!(m.pending(), Some(Interrupt::ExtInt));
+    }
 }
