@@ -887,7 +887,7 @@ mod tests {
         // The table ends the code: one entry per kind up to the last.
         assert_eq!(
             stub.code.len() as u64,
-            table - CODE + 8 * (kind::IPI.max(kind::PING) as u64 + 1)
+            table - CODE + 8 * (kind::PORT_IN.max(kind::PING) as u64 + 1)
         );
         // `ping` is `mov dx, PING_PORT; out dx, eax; ret`.
         let ping = decode_at(&stub, entry(kind::PING));
@@ -919,7 +919,7 @@ mod tests {
         };
         assert_eq!(
             (cmp.mnemonic(), cmp.immediate32()),
-            (Mnemonic::Cmp, kind::IPI.max(kind::PING))
+            (Mnemonic::Cmp, kind::PORT_IN.max(kind::PING))
         );
         assert_eq!(ja.mnemonic(), Mnemonic::Ja);
     }

@@ -1152,4 +1152,40 @@ mod tests {
             let _ = parse(text);
         }
     }
+
+    // ---- PIC (issue 15)
+    #[test]
+    fn pic_ops_parse_print_canonically_and_refuse_bad_ports_and_lines() {
+        let s = parse("pic-write 32 17\npic-read 0x4D1\nisa-assert 15\nisa-deassert 0\nisa-pulse 9\n")
+            .unwrap();
+        assert_eq!(
+            s.ops[0],
+            Op::PicWrite {
+                port: PicPort::MASTER_COMMAND,
+                value: 0x11
+            }
+        );
+        assert_eq!(s.ops[1], Op::PicRead(PicPort::ELCR2));
+        assert_eq!(
+            s.ops[2],
+            Op::Host(HostOp::IsaAssert(IsaLine::new(15).unwrap()))
+        );
+        assert_eq!(
+            print(&s),
+            "pic-write 0x20 0x11\npic-read 0x4d1\nisa-assert 15\nisa-deassert 0\nisa-pulse 9\n"
+        );
+        assert!(s.uses_pic());
+        let e = err("pic-write 0x22 1\n");
+        assert_eq!((e.line, e.column), (1, 11));
+        assert!(e.expected.contains("a PIC port"), "{e}");
+        let e = err("isa-assert 2\n");
+        assert!(e.expected.contains("other than 2"), "{e}");
+        let e = err("isa-pulse 16\n");
+        assert!(e.expected.contains("ISA line"), "{e}");
+        let e = err("pic-write 0x20 256\n");
+        assert!(e.expected.contains("a byte 0-255"), "{e}");
+        assert!(err("cpu 0: isa-pulse 1\nconfig cpus=2\n")
+            .expected
+            .contains("host ops"));
+    }
 }
