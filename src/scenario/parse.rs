@@ -1156,8 +1156,9 @@ mod tests {
     // ---- PIC (issue 15)
     #[test]
     fn pic_ops_parse_print_canonically_and_refuse_bad_ports_and_lines() {
-        let s = parse("pic-write 32 17\npic-read 0x4D1\nisa-assert 15\nisa-deassert 0\nisa-pulse 9\n")
-            .unwrap();
+        let s =
+            parse("pic-write 32 17\npic-read 0x4D1\nisa-assert 15\nisa-deassert 0\nisa-pulse 9\n")
+                .unwrap();
         assert_eq!(
             s.ops[0],
             Op::PicWrite {
