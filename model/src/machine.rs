@@ -393,11 +393,17 @@ impl Machine {
     #[inline]
     pub fn set_irq(&mut self, pin: usize, requested: bool) {
         if pin == 0 {
-            self.pin0_host = requested;
-            let level = requested || self.pic.as_ref().is_some_and(|p| p.int);
-            return self.drive_ioapic(0, level);
+            return self.set_pin0(requested);
         }
         self.drive_ioapic(pin, requested);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn set_pin0(&mut self, requested: bool) {
+        self.pin0_host = requested;
+        let level = requested || self.pic.as_ref().is_some_and(|p| p.int);
+        self.drive_ioapic(0, level);
     }
 
     #[inline]
@@ -568,7 +574,7 @@ impl Machine {
             // it is taken before a fixed one (KVM's kvm_cpu_get_interrupt
             // asks the PIC first; QEMU's cpu_get_pic_interrupt asks the
             // APIC first: an open choice, docs/pic.md).
-            if self.extint_message || self.lint0_intr() {
+            if self.extint_message || (self.pic.is_some() && self.lint0_intr()) {
                 return Some(Interrupt::ExtInt);
             }
             return self.lapic.deliverable().map(Interrupt::Maskable);
@@ -579,7 +585,8 @@ impl Machine {
     /// Whether the master's INT reaches the processor's INTR: LVT LINT0
     /// unmasked in ExtINT mode (level-sensitive, SDM §11.5.1), or the APIC
     /// hardware-disabled (§11.4.3: no APIC, LINT0 is INTR).
-    #[inline]
+    #[cold]
+    #[inline(never)]
     fn lint0_intr(&self) -> bool {
         match &self.pic {
             Some(p) if p.int => {
@@ -616,12 +623,17 @@ impl Machine {
                 (v, self.cpu.enter_interrupt_gate())
             }
             Interrupt::Nmi => (NMI_VECTOR, self.cpu.enter_nmi()),
-            Interrupt::ExtInt => {
-                self.extint_message = false;
-                let vector = self.pic_acknowledge();
-                (vector, self.cpu.enter_interrupt_gate())
-            }
+            Interrupt::ExtInt => self.take_extint(),
         }
+    }
+
+    /// [`Machine::take`] of an external interrupt: the INTA, then the gate.
+    #[cold]
+    #[inline(never)]
+    fn take_extint(&mut self) -> (u8, bool) {
+        self.extint_message = false;
+        let vector = self.pic_acknowledge();
+        (vector, self.cpu.enter_interrupt_gate())
     }
 
     /// The 8259A pair, made in its start state at first use: the format's
