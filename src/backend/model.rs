@@ -708,12 +708,9 @@ impl<'s, R: Recorder> Run<'s, R> {
                 HostOp::Msi(msi) => {
                     m.message(&msi.message());
                 }
-                // ---- PIC (issue 15): PIC IR N, then IOAPIC pin N.
-                HostOp::IsaAssert(line) => m.isa_line(line.get(), true),
-                HostOp::IsaDeassert(line) => m.isa_line(line.get(), false),
-                HostOp::IsaPulse(line) => {
-                    m.isa_line(line.get(), true);
-                    m.isa_line(line.get(), false);
+                // ---- PIC (issue 15): out of the hot path.
+                HostOp::IsaAssert(_) | HostOp::IsaDeassert(_) | HostOp::IsaPulse(_) => {
+                    return self.pic_op(op, k)
                 }
             },
             Op::Eoi => fault = m.lapic_write(reg::EOI, 0).is_err(),
@@ -836,7 +833,33 @@ impl<'s, R: Recorder> Run<'s, R> {
             Op::ApicBase(value) => fault = m.write_apic_base(value).is_err(),
             // SDM §11.6.1, §11.12.9: on one CPU only what reaches it counts.
             Op::Ipi(ipi) => fault = m.send_icr(ipi.icr_low(), ipi.dest).is_err(),
-            // ---- PIC (issue 15): byte I/O to the pair and the ELCRs.
+            // ---- PIC (issue 15): out of the hot path.
+            Op::PicWrite { .. } | Op::PicRead(_) => return self.pic_op(op, k),
+        }
+        if fault {
+            self.events.push(Event {
+                op: k,
+                cpu: 0,
+                kind: EventKind::Exception { vector: GP_VECTOR },
+            });
+        }
+        if let Some(mode) = self.machine.take_unmodelled() {
+            return Err(Stop::Error(String::into_boxed_str(format!(
+                "op {k} ({}): delivery mode {mode:?} is not modelled (SMI, INIT and ExtINT change the processor's state beyond the scenario)",
+                op.keyword()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// ---- PIC (issue 15): an op that reaches the 8259 pair: byte I/O to
+    /// the pair and the ELCRs, or an ISA line (PIC IR N, then IOAPIC pin
+    /// N); then what the pair or LINT0 could not model ends the run.
+    #[cold]
+    #[inline(never)]
+    fn pic_op(&mut self, op: &Op, k: usize) -> Step {
+        let m = &mut self.machine;
+        match *op {
             Op::PicWrite { port, value } => m.pic_port_write(port.get(), value),
             Op::PicRead(port) => {
                 let value = m.pic_port_read(port.get());
@@ -850,27 +873,34 @@ impl<'s, R: Recorder> Run<'s, R> {
                     },
                 });
             }
+            Op::Host(HostOp::IsaAssert(line)) => m.isa_line(line.get(), true),
+            Op::Host(HostOp::IsaDeassert(line)) => m.isa_line(line.get(), false),
+            Op::Host(HostOp::IsaPulse(line)) => {
+                m.isa_line(line.get(), true);
+                m.isa_line(line.get(), false);
+            }
+            _ => {}
         }
-        if fault {
-            self.events.push(Event {
-                op: k,
-                cpu: 0,
-                kind: EventKind::Exception { vector: GP_VECTOR },
-            });
-        }
-        if let Some(what) = self.machine.pic_unmodelled() {
-            return Err(Stop::Error(String::into_boxed_str(format!(
-                "op {k} ({}): not modelled: {what}",
-                op.keyword()
-            ))));
-        }
+        self.pic_unmodelled(op, k)?;
         if let Some(mode) = self.machine.take_unmodelled() {
             return Err(Stop::Error(String::into_boxed_str(format!(
-                "op {k} ({}): delivery mode {mode:?} is not modelled (SMI, INIT and ExtINT change the processor's state beyond the scenario)",
+                "op {k} ({}): delivery mode {mode:?} is not modelled",
                 op.keyword()
             ))));
         }
         Ok(())
+    }
+
+    /// What the pair or LINT0 was asked that the model does not model.
+    #[cold]
+    fn pic_unmodelled(&self, op: &Op, k: usize) -> Step {
+        match self.machine.pic_unmodelled() {
+            Some(what) => Err(Stop::Error(String::into_boxed_str(format!(
+                "op {k} ({}): not modelled: {what}",
+                op.keyword()
+            )))),
+            None => Ok(()),
+        }
     }
 
     /// HLT: wakes on a deliverable interrupt, which is delivered; otherwise
@@ -992,6 +1022,14 @@ impl<'s, R: Recorder> Run<'s, R> {
         }
         self.deliveries += 1;
         let (vector, saved_if) = self.machine.take(interrupt);
+        if interrupt == Interrupt::ExtInt {
+            // The INTA of a pair that cannot answer (docs/pic.md).
+            if let Some(what) = self.machine.pic_unmodelled() {
+                return Err(Stop::Error(String::into_boxed_str(format!(
+                    "op {k}: an external interrupt's INTA is not modelled: {what}"
+                ))));
+            }
+        }
         // The delivery's own decision is its cause, recorded below.
         self.machine.clear_decisions();
         if self.dispatch_deviates
