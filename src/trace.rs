@@ -47,6 +47,8 @@ pub enum Space {
     /// `lapic-mmio-read` in x2APIC mode: a load from the disabled MMIO page.
     #[serde(rename = "lapic-mmio")]
     LapicMmio,
+    /// `pic-read`: a byte from an 8259 or ELCR port (`reg` is the port).
+    Pic,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -194,6 +196,7 @@ impl std::fmt::Display for EventKind {
                     Space::Ioapic => "ioapic",
                     Space::Lapic => "lapic",
                     Space::LapicMmio => "lapic-mmio",
+                    Space::Pic => "pic",
                 };
                 write!(f, "read {space}[{reg:#x}] = {value:#x}")
             }

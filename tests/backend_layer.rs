@@ -130,3 +130,54 @@ fn every_host_op_runs_on_every_backend_without_a_vm() {
         assert_eq!(b.run(&scenario).unwrap(), want, "{}", b.name());
     }
 }
+
+/// The ISA line host ops of issue 15 (through the 8259 pair): every
+/// backend without a VM runs them as the model does, but the HVF ones,
+/// which refuse them (no `hv_vm_atpic_*` path yet) through `unsupported`.
+const EVERY_ISA_HOST_OP: &str = "\
+handler 0x31: pic-write 0x20 0x20
+handler 0x33: isa-deassert 3; pic-write 0x20 0x20
+pic-write 0x20 0x11
+pic-write 0x21 0x30
+pic-write 0x21 0x04
+pic-write 0x21 0x01
+pic-write 0x4d0 0x08
+pic-write 0x21 0xf5
+lapic-write 0x350 0x700
+isa-assert 1
+isa-deassert 1
+isa-pulse 1
+isa-assert 3
+";
+
+#[test]
+fn every_isa_host_op_runs_on_the_model_and_sim_and_hvf_refuses_them() {
+    let scenario = parse(EVERY_ISA_HOST_OP).unwrap();
+    let kinds: BTreeSet<&str> = scenario
+        .all_ops()
+        .filter_map(|op| match op {
+            Op::Host(h) => Some(h.keyword()),
+            _ => None,
+        })
+        .collect();
+    let every: BTreeSet<&str> = ["isa-assert", "isa-deassert", "isa-pulse"].into();
+    assert_eq!(kinds, every);
+    let mut model = backend::open("model").unwrap();
+    let expected = model.run(&scenario).unwrap();
+    assert_eq!(deliveries(&expected), [(7, 0x31), (9, 0x31), (10, 0x33)]);
+    let mut sim = backend::open("sim:none").unwrap();
+    let mut want = expected.clone();
+    want.backend = sim.name().to_string().into();
+    assert_eq!(sim.run(&scenario).unwrap(), want);
+    for (name, shape) in [("hvf", Shape::Full), ("hvf-split", Shape::Split)] {
+        let b = HvfBackend::new(
+            Double::new(Quirks::empty()),
+            name,
+            shape,
+            Workarounds::empty(),
+        )
+        .unwrap();
+        let why = b.unsupported(&scenario).expect("refused");
+        assert!(why.contains("hv_vm_atpic"), "{name}: {why}");
+    }
+}

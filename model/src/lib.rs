@@ -2,8 +2,8 @@
 //! 82093AA, version 0x11, and the ICH-family IOAPIC, version 0x20) and of
 //! the local APIC (Intel SDM vol. 3A, chapter "Advanced Programmable
 //! Interrupt Controller"), with the processor's side of interrupt delivery,
-//! and of the PC's 8259A PIC pair with the PIIX/ICH ELCR ([`pic`], not yet
-//! wired to the rest; docs/pic.md).
+//! and of the PC's 8259A PIC pair with the PIIX/ICH ELCR ([`pic`], wired to
+//! the one-CPU machine's LINT0 and IOAPIC pin 0; docs/pic.md).
 //!
 //! It depends on nothing else of irqdiff, so that other VMMs can use it, for
 //! example as the userspace IOAPIC of a split irqchip. Every rule that
@@ -80,11 +80,17 @@
 //!   only, so the bits above MAXPHYADDR are not checked.
 //! - An access that faults is an explicit `Err(GeneralProtection)` from
 //!   the register functions, for the caller to raise as the guest's #GP.
-//! - SMI, INIT, ExtINT and reserved delivery modes are not modelled on one
-//!   CPU: the machine reports them ([`Machine::take_unmodelled`]) so that a
-//!   run ends with an error instead of silently dropping them. On several
-//!   CPUs ([`system::System`]) INIT and STARTUP are modelled (the
-//!   wait-for-SIPI state); SMI and ExtINT are still reported.
+//! - SMI, INIT and reserved delivery modes are not modelled on one CPU:
+//!   the machine reports them ([`Machine::take_unmodelled`]) so that a run
+//!   ends with an error instead of silently dropping them. ExtINT is an
+//!   INTA to the 8259 pair ([`Machine::pic_unmodelled`] reports what the
+//!   pair cannot answer). On several CPUs ([`system::System`]) INIT and
+//!   STARTUP are modelled (the wait-for-SIPI state); SMI and ExtINT are
+//!   still reported.
+//! - An external interrupt (ExtINT) is taken before the local APIC's fixed
+//!   interrupts and is not held by TPR/PPR (SDM §11.8.1: it bypasses the
+//!   IRR): KVM's `kvm_cpu_get_interrupt` asks the PIC first, QEMU's
+//!   `cpu_get_pic_interrupt` the APIC.
 //! - Several CPUs ([`system::System`]): lowest-priority arbitration picks
 //!   the lowest TPR, then the lowest CPU index (SDM §11.6.2.4 leaves it
 //!   model-specific; the oracle allows any eligible CPU); a CPU waiting

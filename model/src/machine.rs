@@ -8,7 +8,8 @@
 use crate::cpu::Cpu;
 use crate::device::{IoapicDevice, MessageQueue};
 use crate::ioapic::{DeliveryMode, InterruptMessage, InterruptSink, Ioapic, IoapicVersion};
-use crate::lapic::{reg, Acceptance, GeneralProtection, Lapic};
+use crate::lapic::{reg, Acceptance, GeneralProtection, Lapic, LVT_MASKED};
+use crate::pic::{EdgeRequests, Pic, PicConfig, PicRule};
 use crate::quirks::Quirks;
 use crate::rules::{Deviations, Mode, Rule};
 
@@ -88,6 +89,9 @@ pub struct Checkpoint {
     lapic: Lapic,
     cpu: Cpu,
     unmodelled: Option<DeliveryMode>,
+    pic: Option<Box<PicWiring>>,
+    extint_message: bool,
+    pin0_host: bool,
 }
 
 /// What the processor can take now.
@@ -95,7 +99,31 @@ pub struct Checkpoint {
 pub enum Interrupt {
     Maskable(u8),
     Nmi,
+    /// An external interrupt (ExtINT through LVT LINT0 or an IOAPIC
+    /// message): taking it is an INTA cycle to the 8259 pair, which gives
+    /// the vector (SDM vol. 3A §11.5.1; 82093AA §3.2.4).
+    ExtInt,
 }
+
+/// The 8259A pair and its INT output's wires (issue 15): the processor's
+/// INTR through LVT LINT0, and IOAPIC pin 0 (the MP specification's
+/// virtual wire mode through the I/O APIC: the 8259's INTR goes to INTIN0).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PicWiring {
+    pub pic: Pic,
+    /// The master's INT as last seen, for the edges LINT0 reacts to.
+    int: bool,
+    /// The first thing asked of the pair or of LINT0 that the model does
+    /// not model: the run ends with an error.
+    unmodelled: Option<&'static str>,
+}
+
+/// LVT LINT delivery modes (SDM vol. 3A §11.5.1, bits 10:8).
+const LVT_FIXED: u32 = 0;
+const LVT_NMI: u32 = 4;
+const LVT_EXTINT: u32 = 7;
+/// LVT LINT trigger mode bit (1: level), used in fixed mode only.
+const LVT_LEVEL: u32 = 1 << 15;
 
 /// NMIs arrive through IDT vector 2.
 pub const NMI_VECTOR: u8 = 2;
@@ -113,6 +141,15 @@ pub struct Machine {
     unmodelled: Option<DeliveryMode>,
     /// A device under test in place of `ioapic`.
     device: Option<External>,
+    /// The 8259A pair, made at its first use: most scenarios never reach
+    /// it, and a pair that was never used is masked with its INT low.
+    pic: Option<Box<PicWiring>>,
+    /// An ExtINT message was accepted (82093AA §3.2.4 delivery mode 111):
+    /// the processor owes an INTA cycle. Edge: one INTA per message.
+    extint_message: bool,
+    /// The host's request at IOAPIC pin 0 (`assert 0`, `isa-assert 0`),
+    /// which the master's INT is ORed with.
+    pin0_host: bool,
 }
 
 /// A device under test and the queue its messages arrive in.
@@ -133,6 +170,7 @@ struct Bus<'a> {
     cpu: &'a mut Cpu,
     log: &'a mut DecisionLog,
     unmodelled: &'a mut Option<DeliveryMode>,
+    extint: &'a mut bool,
 }
 
 impl InterruptSink for Bus<'_> {
@@ -163,6 +201,13 @@ impl InterruptSink for Bus<'_> {
             Acceptance::Refused(rule) => {
                 self.log.push(rule, msg.vector);
                 false
+            }
+            // 82093AA §3.2.4 delivery mode 111: the processor will INTA
+            // the 8259 pair when it can take a maskable interrupt.
+            Acceptance::Unmodelled(DeliveryMode::ExtInt) => {
+                *self.extint = true;
+                self.log.push(Rule::ExtintIoapic, 0);
+                true
             }
             Acceptance::Unmodelled(mode) => {
                 *self.unmodelled = Some(mode);
@@ -197,6 +242,9 @@ impl Machine {
             log: DecisionLog::new(),
             unmodelled: None,
             device: None,
+            pic: None,
+            extint_message: false,
+            pin0_host: false,
         }
     }
 
@@ -263,6 +311,7 @@ impl Machine {
                 cpu: &mut self.cpu,
                 log: &mut self.log,
                 unmodelled: &mut self.unmodelled,
+                extint: &mut self.extint_message,
             },
         )
     }
@@ -339,9 +388,26 @@ impl Machine {
         ioapic.select_and_write(index, value, &mut bus);
     }
 
-    /// Drives IOAPIC input `pin` (logical level).
+    /// Drives IOAPIC input `pin` (logical level). Pin 0 is also the
+    /// master 8259's INT ([`PicWiring`]): its input is the OR of both.
     #[inline]
     pub fn set_irq(&mut self, pin: usize, requested: bool) {
+        if pin == 0 {
+            return self.set_pin0(requested);
+        }
+        self.drive_ioapic(pin, requested);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn set_pin0(&mut self, requested: bool) {
+        self.pin0_host = requested;
+        let level = requested || self.pic.as_ref().is_some_and(|p| p.int);
+        self.drive_ioapic(0, level);
+    }
+
+    #[inline]
+    fn drive_ioapic(&mut self, pin: usize, requested: bool) {
         if self.on_device(|d| d.set_irq(pin, requested)).is_some() {
             return;
         }
@@ -503,9 +569,35 @@ impl Machine {
         }
         // §6.8.1 and §11.8.3.
         if self.cpu.accepts_maskable() {
+            // An external interrupt bypasses the local APIC's IRR and
+            // priority (SDM §11.8.1: ExtINT goes straight to the core);
+            // it is taken before a fixed one (KVM's kvm_cpu_get_interrupt
+            // asks the PIC first; QEMU's cpu_get_pic_interrupt asks the
+            // APIC first: an open choice, docs/pic.md).
+            if self.extint_message || (self.pic.is_some() && self.lint0_intr()) {
+                return Some(Interrupt::ExtInt);
+            }
             return self.lapic.deliverable().map(Interrupt::Maskable);
         }
         None
+    }
+
+    /// Whether the master's INT reaches the processor's INTR: LVT LINT0
+    /// unmasked in ExtINT mode (level-sensitive, SDM §11.5.1), or the APIC
+    /// hardware-disabled (§11.4.3: no APIC, LINT0 is INTR).
+    #[cold]
+    #[inline(never)]
+    fn lint0_intr(&self) -> bool {
+        match &self.pic {
+            Some(p) if p.int => {
+                if !self.lapic.hw_enabled() {
+                    return true;
+                }
+                let lvt = self.lapic.read(reg::LVT_LINT0);
+                lvt & LVT_MASKED == 0 && (lvt >> 8) & 7 == LVT_EXTINT
+            }
+            _ => false,
+        }
     }
 
     /// Why a requested vector is not being taken, if one is waiting.
@@ -531,6 +623,165 @@ impl Machine {
                 (v, self.cpu.enter_interrupt_gate())
             }
             Interrupt::Nmi => (NMI_VECTOR, self.cpu.enter_nmi()),
+            Interrupt::ExtInt => self.take_extint(),
+        }
+    }
+
+    /// [`Machine::take`] of an external interrupt: the INTA, then the gate.
+    #[cold]
+    #[inline(never)]
+    fn take_extint(&mut self) -> (u8, bool) {
+        self.extint_message = false;
+        let vector = self.pic_acknowledge();
+        (vector, self.cpu.enter_interrupt_gate())
+    }
+
+    /// The 8259A pair, made in its start state at first use: the format's
+    /// start machine has it masked (OCW1 0xff to both chips, as the stub
+    /// writes), uninitialised, with every ISA line low. It latches edges
+    /// until their INTA ([`EdgeRequests::HeldUntilAck`], the one IRR bit
+    /// of QEMU, KVM and v86, docs/pic.md): the format's ISA lines are a
+    /// VMM's, driven by ops with no width, and the datasheet's transparent
+    /// latch would lose every `isa-pulse` the processor cannot take at
+    /// once.
+    fn pic_wiring(&mut self) -> &mut PicWiring {
+        self.pic.get_or_insert_with(|| {
+            let mut pic = Pic::new(PicConfig {
+                edge_requests: EdgeRequests::HeldUntilAck,
+            });
+            for port in [0x21, 0xa1] {
+                pic.port_write(port, 0xff).expect("a PIC port");
+            }
+            pic.clear_decisions();
+            Box::new(PicWiring {
+                pic,
+                int: false,
+                unmodelled: None,
+            })
+        })
+    }
+
+    /// The pair's state, if it was ever used.
+    pub fn pic(&self) -> Option<&Pic> {
+        self.pic.as_deref().map(|w| &w.pic)
+    }
+
+    /// What the pair or LINT0 was asked that the model does not model, if
+    /// anything: the run ends with an error naming it.
+    pub fn pic_unmodelled(&self) -> Option<&'static str> {
+        let w = self.pic.as_deref()?;
+        w.unmodelled.or(w.pic.unmodelled())
+    }
+
+    /// A guest `out` to an 8259 or ELCR port (0x20, 0x21, 0xa0, 0xa1,
+    /// 0x4d0, 0x4d1; other ports reach nothing).
+    pub fn pic_port_write(&mut self, port: u16, value: u8) {
+        let _ = self.pic_wiring().pic.port_write(port, value);
+        self.after_pic();
+    }
+
+    /// A guest `in` from an 8259 or ELCR port (a poll read is an INTA of
+    /// its own, docs/pic.md); other ports read 0xff (nothing drives the bus).
+    pub fn pic_port_read(&mut self, port: u16) -> u8 {
+        let value = self.pic_wiring().pic.port_read(port).unwrap_or(0xff);
+        self.after_pic();
+        value
+    }
+
+    /// ISA line `line` (0-15 but 2) driven high or low: PIC IR `line` and
+    /// IOAPIC pin `line`, in that order (KVM's default GSI routing lists
+    /// the PIC's entry first).
+    pub fn isa_line(&mut self, line: u8, high: bool) {
+        let _ = self.pic_wiring().pic.set_irq(line, high);
+        self.after_pic();
+        self.set_irq(line as usize, high);
+    }
+
+    /// The INTA cycle of an external interrupt: the pair's vector.
+    fn pic_acknowledge(&mut self) -> u8 {
+        let w = self.pic_wiring();
+        let vector = w.pic.acknowledge();
+        let spurious = w
+            .pic
+            .decisions()
+            .iter()
+            .any(|d| d.rule == PicRule::DefaultIr7);
+        let rule = if spurious {
+            Rule::PicSpurious
+        } else {
+            Rule::PicVector
+        };
+        self.log.push(rule, vector);
+        self.after_pic();
+        vector
+    }
+
+    /// After the pair changed: its INT to IOAPIC pin 0 and to LINT0.
+    fn after_pic(&mut self) {
+        let Some(w) = self.pic.as_deref_mut() else {
+            return;
+        };
+        w.pic.clear_decisions();
+        let int = w.pic.int_output();
+        if int == w.int {
+            return;
+        }
+        w.int = int;
+        let pin0 = self.pin0_host || int;
+        self.drive_ioapic(0, pin0);
+        if int {
+            self.lint0_rising();
+        }
+    }
+
+    /// A rising edge of the master's INT at LINT0 (SDM §11.5.1). ExtINT
+    /// mode is level-sensitive and sampled by [`Machine::pending`].
+    fn lint0_rising(&mut self) {
+        if !self.lapic.hw_enabled() {
+            return;
+        }
+        let lvt = self.lapic.read(reg::LVT_LINT0);
+        if lvt & LVT_MASKED != 0 {
+            self.log.push(Rule::LintMasked, lvt as u8);
+            return;
+        }
+        match (lvt >> 8) & 7 {
+            LVT_EXTINT => self.log.push(Rule::ExtintLint0, 0),
+            LVT_FIXED if lvt & LVT_LEVEL == 0 => {
+                let msg = InterruptMessage {
+                    vector: lvt as u8,
+                    delivery: DeliveryMode::Fixed,
+                    logical: false,
+                    dest: self.lapic.id(),
+                    level: false,
+                    rule: Rule::LintFixed,
+                };
+                let (_, bus) = self.parts();
+                let acceptance = bus.lapic.accept(&msg);
+                note_error_interrupt(&mut *bus.lapic, &mut *bus.log);
+                if acceptance == Acceptance::Accepted {
+                    self.log.push(Rule::LintFixed, msg.vector);
+                }
+            }
+            LVT_NMI => {
+                let rule = if self.cpu.nmi_blocked {
+                    Rule::NmiBlocked
+                } else {
+                    Rule::LintNmi
+                };
+                self.cpu.nmi_pending = true;
+                self.log.push(rule, NMI_VECTOR);
+            }
+            mode => {
+                let what = if mode == LVT_FIXED {
+                    "a level-triggered LVT LINT0 in fixed mode (its remote IRR, SDM 11.5.1)"
+                } else {
+                    "LVT LINT0 in SMI, INIT or a reserved delivery mode"
+                };
+                if let Some(w) = self.pic.as_deref_mut() {
+                    w.unmodelled.get_or_insert(what);
+                }
+            }
         }
     }
 
@@ -553,6 +804,9 @@ impl Machine {
             lapic: self.lapic.clone(),
             cpu: self.cpu,
             unmodelled: self.unmodelled,
+            pic: self.pic.clone(),
+            extint_message: self.extint_message,
+            pin0_host: self.pin0_host,
         })
     }
 
@@ -561,6 +815,9 @@ impl Machine {
     pub fn is_at(&self, checkpoint: &Checkpoint) -> bool {
         self.cpu == checkpoint.cpu
             && self.unmodelled == checkpoint.unmodelled
+            && self.extint_message == checkpoint.extint_message
+            && self.pin0_host == checkpoint.pin0_host
+            && self.pic == checkpoint.pic
             && self.lapic == checkpoint.lapic
             && self.ioapic == checkpoint.ioapic
     }
@@ -1117,5 +1374,193 @@ mod tests {
         assert!(!m.is_at(&start));
         assert_eq!(m.take_unmodelled(), Some(DeliveryMode::Smi));
         assert!(m.is_at(&start));
+    }
+
+    // ---- PIC and LINT (issue 15): each rule of the wiring, with its test.
+
+    /// Linux's init_8259A: bases 0x30/0x38, cascade on IR2, 8086 mode
+    /// (AEOI with `aeoi`), then the IMRs.
+    fn pic_machine(aeoi: bool, imr: [u8; 2]) -> Machine {
+        let mut m = Machine::new(MachineConfig::default());
+        let icw4 = if aeoi { 0x03 } else { 0x01 };
+        for (port, value) in [
+            (0x20, 0x11),
+            (0x21, 0x30),
+            (0x21, 0x04),
+            (0x21, icw4),
+            (0xa0, 0x11),
+            (0xa1, 0x38),
+            (0xa1, 0x02),
+            (0xa1, icw4),
+            (0x21, imr[0]),
+            (0xa1, imr[1]),
+        ] {
+            m.pic_port_write(port, value);
+        }
+        m
+    }
+
+    fn logged(m: &Machine, rule: Rule) -> bool {
+        m.decisions().iter().any(|d| d.rule == rule)
+    }
+
+    #[test]
+    fn the_pair_starts_masked_and_reaches_nothing() {
+        // docs/scenario-format.md: the start machine has the 8259s masked.
+        let mut m = Machine::new(MachineConfig::default());
+        assert_eq!(m.pic_port_read(0x21), 0xff);
+        assert_eq!(m.pic_port_read(0xa1), 0xff);
+        m.lapic_write(reg::LVT_LINT0, 0x700).unwrap();
+        m.isa_line(1, true);
+        assert_eq!(m.pending(), None);
+    }
+
+    #[test]
+    fn extint_through_lint0_takes_the_pairs_vector() {
+        // Rules extint-lint0 and pic-vector: SDM §11.5.1 ExtINT; 8259A
+        // Interrupt Sequence.
+        let mut m = pic_machine(false, [0xf9, 0xef]);
+        m.lapic_write(reg::LVT_LINT0, 0x700).unwrap();
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::ExtintLint0));
+        assert_eq!(m.pending(), Some(Interrupt::ExtInt));
+        let (vector, _) = m.take(Interrupt::ExtInt);
+        assert_eq!(vector, 0x31);
+        assert!(logged(&m, Rule::PicVector));
+        // The local APIC is bypassed: no IRR or ISR bit.
+        assert_eq!(m.lapic.isr(), [0; 8]);
+        assert_eq!(m.pic().unwrap().master().isr(), 1 << 1);
+        // Through the cascade: IRQ 12 is the slave's IR4.
+        m.pic_port_write(0x20, 0x20);
+        m.isa_line(12, true);
+        m.iret(true);
+        let (vector, _) = m.take(m.pending().unwrap());
+        assert_eq!(vector, 0x3c);
+    }
+
+    #[test]
+    fn extint_is_level_sensitive_ignores_tpr_and_waits_for_if() {
+        // SDM §11.5.1: ExtINT is always level-sensitive; §11.8.1: it does
+        // not go through the IRR, so the PPR does not hold it.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x1_0700).unwrap();
+        m.isa_line(1, true);
+        assert_eq!(m.pending(), None, "masked LINT0");
+        m.lapic_write(reg::TPR, 0xf0).unwrap();
+        m.lapic_write(reg::LVT_LINT0, 0x700).unwrap();
+        assert_eq!(
+            m.pending(),
+            Some(Interrupt::ExtInt),
+            "unmasked with INT high"
+        );
+        m.cpu.cli();
+        assert_eq!(m.pending(), None, "IF clear");
+        // The INT falls (a level line, ELCR): nothing is owed any more.
+        m.cpu.sti();
+        m.cpu.end_of_instruction();
+        m.pic_port_write(0x4d0, 0x02);
+        m.isa_line(1, false);
+        m.pic_port_write(0x20, 0x11); // ICW1: the edge latch is cleared.
+        assert!(!m.pic().unwrap().int_output());
+    }
+
+    #[test]
+    fn a_masked_lint0_logs_its_rule() {
+        // Rule lint-masked: SDM §11.5.1 mask bit.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::LintMasked));
+        assert_eq!(m.pending(), None);
+    }
+
+    #[test]
+    fn lint0_in_nmi_mode_is_an_nmi_on_the_rising_edge_only() {
+        // Rule lint-nmi: SDM §11.5.1 delivery mode 100, edge-sensitive.
+        let mut m = pic_machine(false, [0xf9, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x400).unwrap();
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::LintNmi));
+        assert_eq!(m.pending(), Some(Interrupt::Nmi));
+        let (vector, saved) = m.take(Interrupt::Nmi);
+        assert_eq!(vector, NMI_VECTOR);
+        m.iret(saved);
+        // INT stays high (IRQ 1 latched, no INTA): no second NMI.
+        m.isa_line(1, false);
+        m.isa_line(3, true);
+        assert_eq!(m.pending(), None);
+        assert_eq!(m.pic().unwrap().master().irr(), 1 << 1 | 1 << 3);
+    }
+
+    #[test]
+    fn lint0_in_fixed_mode_requests_its_vector_on_the_rising_edge() {
+        // Rule lint-fixed: SDM §11.5.1 delivery mode 000, edge.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x55).unwrap();
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::LintFixed));
+        assert_eq!(m.pending(), Some(Interrupt::Maskable(0x55)));
+        // Level-triggered fixed mode (remote IRR) is not modelled.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x8055).unwrap();
+        m.isa_line(1, true);
+        assert!(m.pic_unmodelled().is_some());
+    }
+
+    #[test]
+    fn an_extint_entry_on_ioapic_pin_0_owes_one_inta() {
+        // Rule extint-ioapic: 82093AA §3.2.4 delivery mode 111, with the
+        // 8259's INT on INTIN0 (MP spec virtual wire mode B).
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.ioapic_write_indirect(0x11, 0);
+        m.ioapic_write_indirect(0x10, 0x700);
+        m.isa_line(1, true);
+        assert!(logged(&m, Rule::ExtintIoapic));
+        let (vector, _) = m.take(m.pending().unwrap());
+        assert_eq!(vector, 0x31);
+        assert_eq!(m.pending(), None, "one INTA per message");
+    }
+
+    #[test]
+    fn an_inta_with_nothing_requested_is_a_spurious_irq7() {
+        // Rule pic-spurious: 8259A Interrupt Sequence step 4. The ExtINT
+        // message is latched at the processor while IF is clear; the level
+        // request goes away before the INTA.
+        let mut m = pic_machine(false, [0xdf, 0xff]);
+        m.pic_port_write(0x4d0, 0x20);
+        m.ioapic_write_indirect(0x10, 0x700);
+        m.cpu.cli();
+        m.isa_line(5, true);
+        m.isa_line(5, false);
+        m.cpu.sti();
+        m.cpu.end_of_instruction();
+        let (vector, _) = m.take(m.pending().unwrap());
+        assert_eq!(vector, 0x37);
+        assert!(logged(&m, Rule::PicSpurious));
+        assert_eq!(m.pic().unwrap().master().isr(), 0, "no IS bit");
+    }
+
+    #[test]
+    fn auto_eoi_leaves_no_is_bit_and_an_uninitialised_pair_is_not_modelled() {
+        let mut m = pic_machine(true, [0xf7, 0xff]);
+        m.lapic_write(reg::LVT_LINT0, 0x700).unwrap();
+        m.isa_line(3, true);
+        let (vector, _) = m.take(Interrupt::ExtInt);
+        assert_eq!(vector, 0x33);
+        assert_eq!(m.pic().unwrap().master().isr(), 0);
+        // An INTA of a pair never initialised (MCS-80/85 mode).
+        let mut m = Machine::new(MachineConfig::default());
+        m.ioapic_write_indirect(0x12, 0x700);
+        m.set_irq(1, true);
+        let _ = m.take(m.pending().unwrap());
+        assert!(m.pic_unmodelled().is_some());
+    }
+
+    #[test]
+    fn a_hardware_disabled_apic_makes_int_the_processors_intr() {
+        // SDM §11.4.3: with IA32_APIC_BASE[11] clear there is no APIC.
+        let mut m = pic_machine(false, [0xfd, 0xff]);
+        m.write_apic_base(0xfee0_0000).unwrap();
+        m.isa_line(1, true);
+        assert_eq!(m.pending(), Some(Interrupt::ExtInt));
     }
 }

@@ -96,6 +96,26 @@ pub enum Rule {
     /// A CPU waiting for SIPI takes no interrupt or NMI; a STARTUP IPI to a
     /// running CPU and an INIT level de-assert do nothing.
     WaitForSipiIgnores,
+    // ---- PIC and LINT (issue 15)
+    /// LVT LINT0 in ExtINT mode, unmasked (or the APIC hardware-disabled):
+    /// the 8259's INT is the processor's INTR, and taking it is an INTA.
+    ExtintLint0,
+    /// An ExtINT message (IOAPIC delivery mode 111): the processor runs an
+    /// INTA cycle to the 8259 for the vector.
+    ExtintIoapic,
+    /// A masked LVT LINT entry passes nothing from its pin.
+    LintMasked,
+    /// LVT LINT in fixed mode, edge: a rising edge on the pin requests the
+    /// entry's vector.
+    LintFixed,
+    /// LVT LINT in NMI mode: a rising edge on the pin is an NMI.
+    LintNmi,
+    /// The INTA cycle takes the vector from the 8259 pair (its own rules
+    /// decide which, docs/pic.md).
+    PicVector,
+    /// An INTA with no request pending: the default IR7 (a spurious IRQ 7
+    /// or 15), with no IS bit set.
+    PicSpurious,
     /// A deviation switched on by a `sim:` quirk.
     Quirk,
 }
@@ -145,6 +165,13 @@ impl Rule {
         Rule::InitResets,
         Rule::StartupStarts,
         Rule::WaitForSipiIgnores,
+        Rule::ExtintLint0,
+        Rule::ExtintIoapic,
+        Rule::LintMasked,
+        Rule::LintFixed,
+        Rule::LintNmi,
+        Rule::PicVector,
+        Rule::PicSpurious,
         Rule::Quirk,
     ];
 
@@ -193,6 +220,13 @@ impl Rule {
             Rule::InitResets => "init-resets",
             Rule::StartupStarts => "startup-starts",
             Rule::WaitForSipiIgnores => "wait-for-sipi-ignores",
+            Rule::ExtintLint0 => "extint-lint0",
+            Rule::ExtintIoapic => "extint-ioapic",
+            Rule::LintMasked => "lint-masked",
+            Rule::LintFixed => "lint-fixed",
+            Rule::LintNmi => "lint-nmi",
+            Rule::PicVector => "pic-vector",
+            Rule::PicSpurious => "pic-spurious",
             Rule::Quirk => "quirk",
         }
     }
@@ -242,6 +276,13 @@ impl Rule {
             Rule::InitResets => "SDM vol. 3A §11.6.1 delivery mode 101 (INIT), §11.4.7.3 Local APIC State After an INIT Reset (\"Wait-for-SIPI\" State), §9.4 Multiple-Processor (MP) Initialization",
             Rule::StartupStarts => "SDM vol. 3A §11.6.1 delivery mode 110 (Start-Up), §9.4.4 MP Initialization Example: a SIPI starts a processor in the wait-for-SIPI state",
             Rule::WaitForSipiIgnores => "SDM vol. 3A §11.4.7.3 (a processor waiting for SIPI runs nothing until a SIPI), §11.6.1 (INIT level de-assert is not supported on Pentium 4 and Xeon processors; a SIPI is not retried or latched)",
+            Rule::ExtintLint0 => "SDM vol. 3A §11.5.1 Local Vector Table, delivery mode 111 (ExtINT): the processor responds as if the interrupt came from an externally connected 8259A-compatible controller, with the INTA cycle; the trigger mode is always level-sensitive; §11.4.3: with IA32_APIC_BASE[11] clear the processor has no APIC and LINT0 is INTR",
+            Rule::ExtintIoapic => "82093AA §3.2.4 IOREDTBL delivery mode 111 (ExtINT): deliver the signal to the INTR signal of the destination processor as an interrupt that originated in an externally connected (8259A-compatible) interrupt controller; the INTA cycle goes to that controller",
+            Rule::LintMasked => "SDM vol. 3A §11.5.1 Local Vector Table, mask bit 16: (1) inhibits reception of the interrupt",
+            Rule::LintFixed => "SDM vol. 3A §11.5.1 Local Vector Table, delivery mode 000 (Fixed): delivers the interrupt specified in the vector field; trigger mode 0 is edge-sensitive",
+            Rule::LintNmi => "SDM vol. 3A §11.5.1 Local Vector Table, delivery mode 100 (NMI): delivers an NMI; the vector is ignored and the trigger mode is always edge-sensitive",
+            Rule::PicVector => "8259A datasheet (231468), Interrupt Sequence (8086 mode): the second INTA pulse puts the vector (ICW2 bits 7:3 and the level) on the bus; Cascade Mode: a slave's level comes from the slave",
+            Rule::PicSpurious => "8259A datasheet (231468), Interrupt Sequence step 4 and Edge and Level Triggered Modes: with no request at the INTA the 8259A issues IR7 (the slave's IR7 for IRQ15) and sets no IS bit",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
         }
     }

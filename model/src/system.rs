@@ -676,6 +676,12 @@ impl System {
                 (v, node.cpu.enter_interrupt_gate())
             }
             Interrupt::Nmi => (NMI_VECTOR, node.cpu.enter_nmi()),
+            // Several CPUs have no 8259 pair ([`System::pending`] never
+            // offers one): reported like any ExtINT here.
+            Interrupt::ExtInt => {
+                self.unmodelled = Some(DeliveryMode::ExtInt);
+                (0, node.cpu.enter_interrupt_gate())
+            }
         }
     }
 

@@ -318,6 +318,8 @@ struct Explanation {
     /// its decision in `decisions`, [`NO_CAUSE`] if none.
     cause: [u32; 256],
     nmi_cause: u32,
+    /// The cause of the external interrupt being requested (issue 15).
+    extint_cause: u32,
     /// The op being executed (top-level or in a body).
     current: &'static str,
 }
@@ -329,6 +331,7 @@ impl Explanation {
             decisions: Vec::with_capacity(4 * scenario.ops.len() + 8),
             cause: [NO_CAUSE; 256],
             nmi_cause: NO_CAUSE,
+            extint_cause: NO_CAUSE,
             current: "none",
         }
     }
@@ -355,7 +358,8 @@ impl Recorder for Explanation {
         for d in machine.decisions() {
             let index = self.decisions.len() as u32;
             match d.rule {
-                Rule::NmiDelivers | Rule::NmiBlocked => self.nmi_cause = index,
+                Rule::NmiDelivers | Rule::NmiBlocked | Rule::LintNmi => self.nmi_cause = index,
+                Rule::ExtintLint0 | Rule::ExtintIoapic => self.extint_cause = index,
                 Rule::EdgeDelivers
                 | Rule::LevelDelivers
                 | Rule::LevelUnmaskDelivers
@@ -363,6 +367,7 @@ impl Recorder for Explanation {
                 | Rule::SelfIpi
                 | Rule::MsiDelivers
                 | Rule::ApicErrorInterrupt
+                | Rule::LintFixed
                 | Rule::Quirk => self.cause[d.vector as usize] = index,
                 _ => {}
             }
@@ -381,6 +386,7 @@ impl Recorder for Explanation {
         let (rule, cause) = match interrupt {
             Interrupt::Maskable(v) => self.cause_of(self.cause[v as usize], Rule::AcceptedIntoIrr),
             Interrupt::Nmi => self.cause_of(self.nmi_cause, Rule::NmiDelivers),
+            Interrupt::ExtInt => self.cause_of(self.extint_cause, Rule::ExtintLint0),
         };
         self.decisions.push(Decision {
             op: k,
@@ -804,6 +810,10 @@ impl<'s, R: Recorder> Run<'s, R> {
                 HostOp::Msi(msi) => {
                     m.message(&msi.message());
                 }
+                // ---- PIC (issue 15): out of the hot path.
+                HostOp::IsaAssert(_) | HostOp::IsaDeassert(_) | HostOp::IsaPulse(_) => {
+                    return self.pic_op(op, k)
+                }
             },
             Op::Eoi => fault = m.lapic_write(reg::EOI, 0).is_err(),
             Op::IoapicEoi(v) => m.ioapic_mmio_write(IOEOI, v as u32),
@@ -925,6 +935,8 @@ impl<'s, R: Recorder> Run<'s, R> {
             Op::ApicBase(value) => fault = m.write_apic_base(value).is_err(),
             // SDM §11.6.1, §11.12.9: on one CPU only what reaches it counts.
             Op::Ipi(ipi) => fault = m.send_icr(ipi.icr_low(), ipi.dest).is_err(),
+            // ---- PIC (issue 15): out of the hot path.
+            Op::PicWrite { .. } | Op::PicRead(_) => return self.pic_op(op, k),
         }
         if fault {
             self.events.push(Event {
@@ -940,6 +952,57 @@ impl<'s, R: Recorder> Run<'s, R> {
             ))));
         }
         Ok(())
+    }
+
+    /// ---- PIC (issue 15): an op that reaches the 8259 pair: byte I/O to
+    /// the pair and the ELCRs, or an ISA line (PIC IR N, then IOAPIC pin
+    /// N); then what the pair or LINT0 could not model ends the run.
+    #[cold]
+    #[inline(never)]
+    fn pic_op(&mut self, op: &Op, k: usize) -> Step {
+        let m = &mut self.machine;
+        match *op {
+            Op::PicWrite { port, value } => m.pic_port_write(port.get(), value),
+            Op::PicRead(port) => {
+                let value = m.pic_port_read(port.get());
+                self.events.push(Event {
+                    op: k,
+                    cpu: 0,
+                    kind: EventKind::Read {
+                        space: Space::Pic,
+                        reg: port.get() as u32,
+                        value: value as u32,
+                    },
+                });
+            }
+            Op::Host(HostOp::IsaAssert(line)) => m.isa_line(line.get(), true),
+            Op::Host(HostOp::IsaDeassert(line)) => m.isa_line(line.get(), false),
+            Op::Host(HostOp::IsaPulse(line)) => {
+                m.isa_line(line.get(), true);
+                m.isa_line(line.get(), false);
+            }
+            _ => {}
+        }
+        self.pic_unmodelled(op, k)?;
+        if let Some(mode) = self.machine.take_unmodelled() {
+            return Err(Stop::Error(String::into_boxed_str(format!(
+                "op {k} ({}): delivery mode {mode:?} is not modelled",
+                op.keyword()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// What the pair or LINT0 was asked that the model does not model.
+    #[cold]
+    fn pic_unmodelled(&self, op: &Op, k: usize) -> Step {
+        match self.machine.pic_unmodelled() {
+            Some(what) => Err(Stop::Error(String::into_boxed_str(format!(
+                "op {k} ({}): not modelled: {what}",
+                op.keyword()
+            )))),
+            None => Ok(()),
+        }
     }
 
     /// HLT: wakes on a deliverable interrupt, which is delivered; otherwise
@@ -1061,6 +1124,14 @@ impl<'s, R: Recorder> Run<'s, R> {
         }
         self.deliveries += 1;
         let (vector, saved_if) = self.machine.take(interrupt);
+        if interrupt == Interrupt::ExtInt {
+            // The INTA of a pair that cannot answer (docs/pic.md).
+            if let Some(what) = self.machine.pic_unmodelled() {
+                return Err(Stop::Error(String::into_boxed_str(format!(
+                    "op {k}: an external interrupt's INTA is not modelled: {what}"
+                ))));
+            }
+        }
         // The delivery's own decision is its cause, recorded below.
         self.machine.clear_decisions();
         if self.dispatch_deviates

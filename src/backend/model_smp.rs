@@ -216,6 +216,14 @@ impl<'s> SmpRun<'s> {
     }
 
     fn execute(&mut self, cpu: usize, op: &Op, k: usize, depth: usize) -> Step {
+        // ---- PIC (issue 15): the 8259 pair is wired to the one-CPU machine
+        // only (its INT is CPU 0's LINT0 and IOAPIC pin 0 there).
+        if op.uses_pic() {
+            return Err(Stop::Error(format!(
+                "op {k} ({}): the 8259 pair is modelled on one CPU only",
+                op.keyword()
+            )));
+        }
         let s = &mut self.sys;
         let mut fault = false;
         match *op {
@@ -244,6 +252,7 @@ impl<'s> SmpRun<'s> {
                 HostOp::Msi(msi) => {
                     s.message(&msi.message());
                 }
+                HostOp::IsaAssert(_) | HostOp::IsaDeassert(_) | HostOp::IsaPulse(_) => {}
             },
             Op::Eoi => fault = s.lapic_write(cpu, reg::EOI, 0).is_err(),
             Op::IoapicEoi(v) => s.ioapic_mmio_write(IOEOI, v as u32),
@@ -343,6 +352,7 @@ impl<'s> SmpRun<'s> {
             }
             Op::ApicBase(value) => fault = s.write_apic_base(cpu, value).is_err(),
             Op::Ipi(ipi) => fault = s.send_icr(cpu, ipi.icr_low(), ipi.dest).is_err(),
+            Op::PicWrite { .. } | Op::PicRead(_) => {}
         }
         if fault {
             self.event(k, cpu, EventKind::Exception { vector: GP_VECTOR });

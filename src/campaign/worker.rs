@@ -54,6 +54,8 @@ impl WorkerConfig {
             self.generator.wild_percent.to_string(),
             "--max-cpus".into(),
             self.generator.max_cpus.to_string(),
+            "--pic-percent".into(),
+            self.generator.pic_percent.to_string(),
         ];
         if let Some(third) = &self.against {
             args.extend(["--against".into(), third.clone()]);

@@ -44,6 +44,10 @@ pub struct FuzzArgs {
     /// them).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub max_cpus: u8,
+    /// Percent of generated single-CPU programs that also drive the 8259
+    /// pair (ISA lines, ICWs/OCWs, ExtINT through LINT0 or IOAPIC pin 0).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub pic_percent: u8,
     /// A third implementation (e.g. qemu-tcg) that triages each unique
     /// divergence: who agrees with whom.
     #[arg(long)]
@@ -78,6 +82,8 @@ pub struct WorkerArgs {
     pub wild_percent: u8,
     #[arg(long, default_value_t = 1)]
     pub max_cpus: u8,
+    #[arg(long, default_value_t = 0)]
+    pub pic_percent: u8,
 }
 
 pub fn worker(args: WorkerArgs) -> ExitCode {
@@ -89,6 +95,7 @@ pub fn worker(args: WorkerArgs) -> ExitCode {
             max_ops: args.max_ops,
             wild_percent: args.wild_percent,
             max_cpus: args.max_cpus,
+            pic_percent: args.pic_percent,
         },
     })
 }
@@ -155,6 +162,7 @@ pub fn main(args: FuzzArgs) -> ExitCode {
         generator: GenConfig {
             max_ops: args.max_ops,
             max_cpus: args.max_cpus,
+            pic_percent: args.pic_percent,
             ..GenConfig::default()
         },
         isolation: args.isolation,

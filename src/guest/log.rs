@@ -50,10 +50,14 @@ pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
                 i += 4;
                 EventKind::Deliver { vector }
             }
-            record::IOAPIC_READ | record::LAPIC_READ | record::LAPIC_MMIO_READ => {
+            record::IOAPIC_READ
+            | record::LAPIC_READ
+            | record::LAPIC_MMIO_READ
+            | record::PIC_READ => {
                 let space = match kind {
                     record::IOAPIC_READ => Space::Ioapic,
                     record::LAPIC_READ => Space::Lapic,
+                    record::PIC_READ => Space::Pic,
                     _ => Space::LapicMmio,
                 };
                 let (reg, value) = (word(log, i + 2), word(log, i + 3));

@@ -71,6 +71,8 @@ pub mod record {
     pub const EXCEPTION: u32 = 5;
     /// (LAPIC_MMIO_READ, op, offset, value): `lapic-mmio-read` in x2APIC mode.
     pub const LAPIC_MMIO_READ: u32 = 6;
+    /// (PIC_READ, op, port, byte): `pic-read` (issue 15).
+    pub const PIC_READ: u32 = 7;
 }
 
 /// WRMSR (0F 30) and RDMSR (0F 32) as the little-endian word at a faulting
@@ -308,7 +310,7 @@ fn assemble_with_dispatch_table(table: u64) -> Result<(Stub, Vec<u64>), IcedErro
 
     // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
     a.set_label(&mut exec_op)?;
-    let kinds: [(u32, OpBody); 23] = [
+    let kinds: [(u32, OpBody); 25] = [
         (kind::ROUTE, op_route),
         (kind::MASK, op_mask),
         (kind::HOST, op_host),
@@ -350,6 +352,13 @@ fn assemble_with_dispatch_table(table: u64) -> Result<(Stub, Vec<u64>), IcedErro
             a.mov(dx, PING_PORT as u32)?;
             a.out(dx, eax)
         }),
+        // ---- PIC (issue 15): byte I/O to the 8259s and ELCRs.
+        (kind::PORT_OUT, |a, _| {
+            a.mov(edx, dword_ptr(r15 + 4))?;
+            a.mov(eax, dword_ptr(r15 + 8))?;
+            a.out(dx, al)
+        }),
+        (kind::PORT_IN, op_port_in),
     ];
     let labels = Labels {
         lapic_read,
@@ -783,6 +792,20 @@ fn op_ioapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
     a.popfq()
 }
 
+/// `pic-read`: a byte from the port, logged with interrupts held (a poll
+/// read is an acknowledge of its own; nothing may land inside the record).
+fn op_port_in(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    a.pushfq()?;
+    a.cli()?;
+    log_reserve(a, l, 16)?;
+    a.mov(ebx, dword_ptr(r15 + 4))?;
+    a.mov(edx, ebx)?;
+    a.xor(eax, eax)?;
+    a.in_(al, dx)?;
+    log_read(a, record::PIC_READ)?;
+    a.popfq()
+}
+
 fn op_ioapic_write(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
     a.mov(eax, dword_ptr(r15 + 4))?;
     a.mov(dword_ptr(r12), eax)?;
@@ -864,7 +887,7 @@ mod tests {
         // The table ends the code: one entry per kind up to the last.
         assert_eq!(
             stub.code.len() as u64,
-            table - CODE + 8 * (kind::IPI.max(kind::PING) as u64 + 1)
+            table - CODE + 8 * (kind::PORT_IN.max(kind::PING) as u64 + 1)
         );
         // `ping` is `mov dx, PING_PORT; out dx, eax; ret`.
         let ping = decode_at(&stub, entry(kind::PING));
@@ -896,7 +919,7 @@ mod tests {
         };
         assert_eq!(
             (cmp.mnemonic(), cmp.immediate32()),
-            (Mnemonic::Cmp, kind::IPI.max(kind::PING))
+            (Mnemonic::Cmp, kind::PORT_IN.max(kind::PING))
         );
         assert_eq!(ja.mnemonic(), Mnemonic::Ja);
     }

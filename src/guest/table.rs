@@ -56,6 +56,11 @@ pub mod kind {
     /// a = ICR low dword, b = destination (xAPIC: ICR high bits 31:24;
     /// x2APIC: MSR 0x830 bits 63:32).
     pub const IPI: u32 = 23;
+    // ---- PIC (issue 15)
+    /// a = I/O port, b = byte: `out dx, al` (`pic-write`).
+    pub const PORT_OUT: u32 = 24;
+    /// a = I/O port: `in al, dx`, logged as a PIC_READ record (`pic-read`).
+    pub const PORT_IN: u32 = 25;
 }
 
 /// A scenario laid out for guest memory.
@@ -129,6 +134,8 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<HostOp>, mode: HostO
         Op::LapicMmioWrite { offset, value } => [LAPIC_MMIO_WRITE, offset as u32, value, 0],
         Op::ApicBase(value) => [APIC_BASE, value, 0, 0],
         Op::Ipi(ipi) => [IPI, ipi.icr_low(), ipi.dest, 0],
+        Op::PicWrite { port, value } => [PORT_OUT, port.get() as u32, value as u32, 0],
+        Op::PicRead(port) => [PORT_IN, port.get() as u32, 0, 0],
     };
     word(out, w);
 }
@@ -150,6 +157,11 @@ fn guest_host_op(host: HostOp) -> [u32; 4] {
             let (address, data) = m.address_data();
             [MSI_WRITE, address as u32, data, 0]
         }
+        // pc-testdev's line N is ISA IRQ N, which QEMU's `gsi_handler`
+        // sends to the 8259 pair and the IOAPIC: the ISA op itself.
+        HostOp::IsaAssert(l) => [LINE, l.get() as u32, 1, 0],
+        HostOp::IsaDeassert(l) => [LINE, l.get() as u32, 0, 0],
+        HostOp::IsaPulse(l) => [LINE, l.get() as u32, 2, 0],
     }
 }
 

@@ -61,6 +61,7 @@ pub(super) fn event_body(e: &crate::trace::Event) -> String {
                 crate::trace::Space::Ioapic => "ioapic",
                 crate::trace::Space::Lapic => "lapic",
                 crate::trace::Space::LapicMmio => "lapic-mmio",
+                crate::trace::Space::Pic => "pic",
             };
             format!("read {space}[0x{reg:x}] = 0x{value:x}")
         }
@@ -263,6 +264,8 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
                 let (addr, data) = m.address_data();
                 format!("{{3, 0, 0x{addr:x}, 0x{data:x}}}")
             }
+            // Refused above (EmitError::Pic).
+            HostOp::IsaAssert(_) | HostOp::IsaDeassert(_) | HostOp::IsaPulse(_) => continue,
         };
         let _ = writeln!(c, "    {line},");
     }

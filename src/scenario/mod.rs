@@ -428,6 +428,19 @@ pub enum HostOp {
     Deassert(Pin),
     Pulse(Pin),
     Msi(Msi),
+    // ---- PIC (issue 15): ISA lines through the 8259 pair. Not drawn by
+    // `Arbitrary` (committed seeds decode as before); the generator adds
+    // them (`generate.rs`).
+    /// Extension: `isa-assert N`: ISA line N high, to PIC IR N and IOAPIC
+    /// pin N ([`IsaLine`]).
+    #[arbitrary(skip)]
+    IsaAssert(IsaLine),
+    /// Extension: `isa-deassert N`: ISA line N low.
+    #[arbitrary(skip)]
+    IsaDeassert(IsaLine),
+    /// Extension: `isa-pulse N`: `isa-assert N` then `isa-deassert N`.
+    #[arbitrary(skip)]
+    IsaPulse(IsaLine),
 }
 
 impl HostOp {
@@ -436,6 +449,9 @@ impl HostOp {
         match *self {
             HostOp::Assert(p) | HostOp::Deassert(p) | HostOp::Pulse(p) => Some(p),
             HostOp::Msi(_) => None,
+            HostOp::IsaAssert(l) | HostOp::IsaDeassert(l) | HostOp::IsaPulse(l) => {
+                Some(l.ioapic_pin())
+            }
         }
     }
 
@@ -446,6 +462,17 @@ impl HostOp {
             HostOp::Deassert(_) => "deassert",
             HostOp::Pulse(_) => "pulse",
             HostOp::Msi(_) => "msi",
+            HostOp::IsaAssert(_) => "isa-assert",
+            HostOp::IsaDeassert(_) => "isa-deassert",
+            HostOp::IsaPulse(_) => "isa-pulse",
+        }
+    }
+
+    /// The ISA line the op drives through the PIC, if it is an `isa-` op.
+    pub fn isa_line(&self) -> Option<IsaLine> {
+        match *self {
+            HostOp::IsaAssert(l) | HostOp::IsaDeassert(l) | HostOp::IsaPulse(l) => Some(l),
+            _ => None,
         }
     }
 }
@@ -515,6 +542,74 @@ pub enum Op {
     /// adds it for multi-CPU programs.
     #[arbitrary(skip)]
     Ipi(Ipi),
+    // ---- PIC (issue 15). Not drawn by `Arbitrary`; the generator adds them.
+    /// Extension: `pic-write PORT VALUE`: `out` of the byte VALUE to an 8259
+    /// or ELCR port ([`PicPort`]).
+    #[arbitrary(skip)]
+    PicWrite {
+        port: PicPort,
+        value: u8,
+    },
+    /// Extension: `pic-read PORT`: `in` of a byte from an 8259 or ELCR port;
+    /// records a `read` event in space `pic`.
+    #[arbitrary(skip)]
+    PicRead(PicPort),
+}
+
+/// An I/O port of the PC's 8259A pair or its edge/level control registers
+/// (docs/pic.md): 0x20/0x21 master, 0xa0/0xa1 slave, 0x4d0/0x4d1 ELCR1/2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PicPort(u16);
+
+impl PicPort {
+    /// Every port, in the order the canonical form names them.
+    pub const ALL: [u16; 6] = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1];
+    pub const MASTER_COMMAND: PicPort = PicPort(0x20);
+    pub const MASTER_DATA: PicPort = PicPort(0x21);
+    pub const SLAVE_COMMAND: PicPort = PicPort(0xa0);
+    pub const SLAVE_DATA: PicPort = PicPort(0xa1);
+    pub const ELCR1: PicPort = PicPort(0x4d0);
+    pub const ELCR2: PicPort = PicPort(0x4d1);
+
+    pub fn new(port: u16) -> Option<PicPort> {
+        PicPort::ALL.contains(&port).then_some(PicPort(port))
+    }
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for PicPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// An ISA interrupt line, 0-15 but 2: line N reaches PIC IR N (the master's
+/// for 0-7, the slave's IR N-8 for 8-15) and IOAPIC pin N, as KVM's default
+/// GSI routing wires `KVM_IRQ_LINE` (docs/scenario-format.md). Line 2 is
+/// the cascade (the master's IR2 is the slave's INT; a PC wires the bus's
+/// IRQ2 pin to IRQ9), so it is no line of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IsaLine(u8);
+
+impl IsaLine {
+    pub fn new(line: u8) -> Option<IsaLine> {
+        (line < 16 && line != 2).then_some(IsaLine(line))
+    }
+    pub fn get(self) -> u8 {
+        self.0
+    }
+    /// The IOAPIC pin the line also reaches (the same number).
+    pub fn ioapic_pin(self) -> Pin {
+        Pin(self.0)
+    }
+}
+
+impl fmt::Display for IsaLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 /// IA32_APIC_BASE values a generator tries: the usual base or a moved one,
@@ -575,6 +670,17 @@ impl Op {
             Op::LapicMmioWrite { .. } => "lapic-mmio-write",
             Op::ApicBase(_) => "apic-base",
             Op::Ipi(_) => "ipi",
+            Op::PicWrite { .. } => "pic-write",
+            Op::PicRead(_) => "pic-read",
+        }
+    }
+
+    /// Whether the op reaches the 8259 pair: a port access or an ISA line.
+    pub fn uses_pic(&self) -> bool {
+        match self {
+            Op::PicWrite { .. } | Op::PicRead(_) => true,
+            Op::Host(h) => h.isa_line().is_some(),
+            _ => false,
         }
     }
 }
@@ -721,6 +827,12 @@ impl Scenario {
         } else {
             self.op_cpus.resize(self.ops.len(), 0);
         }
+    }
+
+    /// Whether any op reaches the 8259 pair (issue 15): backends without a
+    /// PIC refuse such a scenario.
+    pub fn uses_pic(&self) -> bool {
+        self.all_ops().any(Op::uses_pic)
     }
 
     /// Every op of the scenario, the program's and the handlers'.

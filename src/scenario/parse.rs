@@ -9,8 +9,8 @@ use std::fmt;
 
 use super::{
     ApStart, ApicMode, Config, DeliveryMode, DestMode, HandlerKey, HostOp, IoapicVersion, Ipi,
-    IpiDelivery, Irqchip, Msi, MsiDelivery, Op, Pin, Polarity, Route, RouteOrder, Scenario,
-    Shorthand, Trigger, MAX_CPUS, PINS,
+    IpiDelivery, Irqchip, IsaLine, Msi, MsiDelivery, Op, PicPort, Pin, Polarity, Route, RouteOrder,
+    Scenario, Shorthand, Trigger, MAX_CPUS, PINS,
 };
 
 /// A scenario text that does not parse.
@@ -66,6 +66,11 @@ pub const OP_KEYWORDS: &[&str] = &[
     "lapic-mmio-write",
     "apic-base",
     "ipi",
+    "pic-write",
+    "pic-read",
+    "isa-assert",
+    "isa-deassert",
+    "isa-pulse",
 ];
 
 /// What can only be checked once the whole config is known (handler lines
@@ -609,6 +614,18 @@ fn parse_op(
             Op::ApicBase(dword(line, arg(1), "an IA32_APIC_BASE value")?),
             2,
         ),
+        // ---- PIC (issue 15)
+        "pic-write" => (
+            Op::PicWrite {
+                port: pic_port(line, arg(1))?,
+                value: byte(line, arg(2), "a byte")?,
+            },
+            3,
+        ),
+        "pic-read" => (Op::PicRead(pic_port(line, arg(1))?), 2),
+        "isa-assert" => (Op::Host(HostOp::IsaAssert(isa_line(line, arg(1))?)), 2),
+        "isa-deassert" => (Op::Host(HostOp::IsaDeassert(isa_line(line, arg(1))?)), 2),
+        "isa-pulse" => (Op::Host(HostOp::IsaPulse(isa_line(line, arg(1))?)), 2),
         other => {
             let hint = closest(other, OP_KEYWORDS)
                 .map_or(String::new(), |k| format!(" (did you mean `{k}`?)"));
@@ -633,6 +650,24 @@ fn lapic_offset(line: &Line<'_>, w: Option<Word<'_>>) -> Result<u16, ParseError>
         return Err(line.error(Some(w), EXPECTED));
     }
     Ok(n as u16)
+}
+
+/// An 8259 or ELCR port (docs/pic.md).
+fn pic_port(line: &Line<'_>, w: Option<Word<'_>>) -> Result<PicPort, ParseError> {
+    const EXPECTED: &str =
+        "a PIC port: 0x20, 0x21 (master), 0xa0, 0xa1 (slave), 0x4d0, 0x4d1 (ELCR)";
+    let w = w.ok_or_else(|| line.error(None, EXPECTED))?;
+    let n = number(line, w, 0xffff, EXPECTED)?;
+    PicPort::new(n as u16).ok_or_else(|| line.error(Some(w), EXPECTED))
+}
+
+/// An ISA line 0-15 but the cascade, 2.
+fn isa_line(line: &Line<'_>, w: Option<Word<'_>>) -> Result<IsaLine, ParseError> {
+    const EXPECTED: &str =
+        "an ISA line 0-15 other than 2 (the master's IR2 is the slave's cascade; the bus's IRQ2 is line 9)";
+    let w = w.ok_or_else(|| line.error(None, EXPECTED))?;
+    let n = number(line, w, 15, EXPECTED)?;
+    IsaLine::new(n as u8).ok_or_else(|| line.error(Some(w), EXPECTED))
 }
 
 fn cr8(line: &Line<'_>, w: Option<Word<'_>>) -> Result<u8, ParseError> {
@@ -1116,5 +1151,42 @@ mod tests {
         ] {
             let _ = parse(text);
         }
+    }
+
+    // ---- PIC (issue 15)
+    #[test]
+    fn pic_ops_parse_print_canonically_and_refuse_bad_ports_and_lines() {
+        let s =
+            parse("pic-write 32 17\npic-read 0x4D1\nisa-assert 15\nisa-deassert 0\nisa-pulse 9\n")
+                .unwrap();
+        assert_eq!(
+            s.ops[0],
+            Op::PicWrite {
+                port: PicPort::MASTER_COMMAND,
+                value: 0x11
+            }
+        );
+        assert_eq!(s.ops[1], Op::PicRead(PicPort::ELCR2));
+        assert_eq!(
+            s.ops[2],
+            Op::Host(HostOp::IsaAssert(IsaLine::new(15).unwrap()))
+        );
+        assert_eq!(
+            print(&s),
+            "pic-write 0x20 0x11\npic-read 0x4d1\nisa-assert 15\nisa-deassert 0\nisa-pulse 9\n"
+        );
+        assert!(s.uses_pic());
+        let e = err("pic-write 0x22 1\n");
+        assert_eq!((e.line, e.column), (1, 11));
+        assert!(e.expected.contains("a PIC port"), "{e}");
+        let e = err("isa-assert 2\n");
+        assert!(e.expected.contains("other than 2"), "{e}");
+        let e = err("isa-pulse 16\n");
+        assert!(e.expected.contains("ISA line"), "{e}");
+        let e = err("pic-write 0x20 256\n");
+        assert!(e.expected.contains("a byte 0-255"), "{e}");
+        assert!(err("cpu 0: isa-pulse 1\nconfig cpus=2\n")
+            .expected
+            .contains("host ops"));
     }
 }

@@ -128,6 +128,12 @@ pub fn op_text(op: &Op) -> String {
         }
         Op::ApicBase(v) => format!("apic-base {v:#x}"),
         Op::Ipi(ipi) => format!("ipi{}", ipi_options(&ipi)),
+        // ---- PIC (issue 15)
+        Op::PicWrite { port, value } => format!("pic-write {port} {value:#04x}"),
+        Op::PicRead(port) => format!("pic-read {port}"),
+        Op::Host(HostOp::IsaAssert(l)) => format!("isa-assert {l}"),
+        Op::Host(HostOp::IsaDeassert(l)) => format!("isa-deassert {l}"),
+        Op::Host(HostOp::IsaPulse(l)) => format!("isa-pulse {l}"),
     }
 }
 

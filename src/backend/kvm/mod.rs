@@ -528,6 +528,18 @@ enum Call {
         data: u32,
         result: std::result::Result<libc::c_int, kvm_ioctls::Error>,
     },
+    /// ---- PIC (issue 15), split: the userspace pair.
+    PicOut {
+        port: u16,
+        value: u8,
+    },
+    PicIn {
+        port: u16,
+        value: u8,
+    },
+    Interrupt {
+        vector: u8,
+    },
 }
 
 impl std::fmt::Display for Call {
@@ -562,6 +574,20 @@ impl std::fmt::Display for Call {
                 f,
                 "KVM_SIGNAL_MSI address {addr:#x} data {data:#x} -> {result:?}"
             ),
+            Call::PicOut { port, value } => write!(
+                f,
+                "KVM_RUN -> KVM_EXIT_IO out port {port:#x} value {value:#04x} (userspace 8259)"
+            ),
+            Call::PicIn { port, value } => write!(
+                f,
+                "KVM_RUN -> KVM_EXIT_IO in port {port:#x} = {value:#04x} (userspace 8259)"
+            ),
+            Call::Interrupt { vector } => {
+                write!(
+                    f,
+                    "KVM_INTERRUPT vector {vector:#04x} (INTA of the userspace 8259)"
+                )
+            }
         }
     }
 }
@@ -587,8 +613,19 @@ struct Vm {
     routes: Vec<(u32, u32)>,
     /// Split: the userspace IOAPIC changed since the routes were synced.
     routes_dirty: bool,
-    /// Pins whose line is (logically) asserted, to lower at reset.
-    asserted: u32,
+    /// GSIs whose line is (logically) asserted, to lower at reset: the
+    /// IOAPIC pins (0-23) and the ISA lines ([`ISA_GSI_BASE`] + N).
+    asserted: u64,
+    /// ---- PIC (issue 15). Split: the model's 8259 pair in userspace (no
+    /// PIC in the kernel), and the host's request at IOAPIC pin 0, which
+    /// the pair's INT is ORed with (docs/pic.md). Full: unused.
+    pic: crate::model::Pic,
+    pin0_host: bool,
+    /// Split: the level last driven at the userspace IOAPIC's pin 0 by
+    /// `assert 0` or the pair.
+    ioapic_pin0: bool,
+    /// The last run reached the 8259 pair: the next reset restores it.
+    pic_used: bool,
     /// The calls and exits of the current run, for reports.
     calls: CallLog<Call>,
     /// What the last run left for the next reset to restore.
@@ -865,6 +902,10 @@ impl Vm {
             routes: Vec::new(),
             routes_dirty: false,
             asserted: 0,
+            pic: userspace_pic(),
+            pin0_host: false,
+            ioapic_pin0: false,
+            pic_used: false,
             calls: CallLog::default(),
             leftover: Leftover::Everything,
             sync_regs: synced & wanted == wanted,
@@ -946,20 +987,34 @@ impl Vm {
         Ok(irqchips)
     }
 
-    /// GSI n goes to IOAPIC pin n only: the PIC is not in the path.
+    /// GSI n goes to IOAPIC pin n only: the PIC is not in the path of
+    /// `assert`. GSI [`ISA_GSI_BASE`] + n is ISA line n (issue 15): PIC IR
+    /// n, then IOAPIC pin n, as KVM's default routing wires GSI n
+    /// (`kvm_setup_default_irq_routing`).
     fn route_gsis_to_ioapic(vm: &VmFd) -> Result<()> {
-        let entries: Vec<kvm_irq_routing_entry> = (0..IOAPIC_PINS as u32)
-            .map(|pin| {
-                let mut e = kvm_irq_routing_entry {
-                    gsi: pin,
-                    type_: KVM_IRQ_ROUTING_IRQCHIP,
-                    ..Default::default()
-                };
-                e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
-                e.u.irqchip.pin = pin;
-                e
-            })
+        let irqchip = |gsi: u32, chip: u32, pin: u32| {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_IRQCHIP,
+                ..Default::default()
+            };
+            e.u.irqchip.irqchip = chip;
+            e.u.irqchip.pin = pin;
+            e
+        };
+        let mut entries: Vec<kvm_irq_routing_entry> = (0..IOAPIC_PINS as u32)
+            .map(|pin| irqchip(pin, KVM_IRQCHIP_IOAPIC, pin))
             .collect();
+        for line in (0..16u32).filter(|&l| l != 2) {
+            let gsi = ISA_GSI_BASE + line;
+            let (chip, pin) = if line < 8 {
+                (KVM_IRQCHIP_PIC_MASTER, line)
+            } else {
+                (KVM_IRQCHIP_PIC_SLAVE, line - 8)
+            };
+            entries.push(irqchip(gsi, chip, pin));
+            entries.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, line));
+        }
         vm.set_gsi_routing(&routing_table(&entries))
             .map_err(errno("KVM_SET_GSI_ROUTING"))
     }
@@ -1014,19 +1069,22 @@ impl Vm {
         if self.shape.is_split() {
             self.ioapic.reset(scenario.config.ioapic);
             self.sync_routes()?;
+            self.pic = userspace_pic();
+            self.pin0_host = false;
+            self.ioapic_pin0 = false;
+            self.vcpu.get_kvm_run().request_interrupt_window = 0;
         } else {
-            for pin in 0..IOAPIC_PINS as u32 {
-                if self.asserted & (1 << pin) != 0 {
+            for gsi in 0..64u32 {
+                if self.asserted & (1 << gsi) != 0 {
                     self.count(|c| &mut c.reset_vm);
                     self.vm
-                        .set_irq_line(pin, false)
+                        .set_irq_line(gsi, false)
                         .map_err(errno("KVM_IRQ_LINE"))?;
                 }
             }
-            // The 8259s are out of the GSI routing, restored masked and
-            // never unmasked (no op reaches their ports): after a clean
-            // run only the IOAPIC needs restoring.
-            let chips = if leftover == Leftover::Nothing {
+            // The 8259s are restored masked; after a clean run that did
+            // not reach them (no PIC op) only the IOAPIC needs restoring.
+            let chips = if leftover == Leftover::Nothing && !self.pic_used {
                 &self.irqchips[2..]
             } else {
                 &self.irqchips[..]
@@ -1039,6 +1097,7 @@ impl Vm {
             }
         }
         self.asserted = 0;
+        self.pic_used = scenario.uses_pic();
         self.calls.clear();
         let sregs_by_ioctl = match leftover {
             Leftover::Nothing => false,
@@ -1167,7 +1226,24 @@ impl Vm {
     }
 }
 
-/// A GSI routing table of one entry per IOAPIC pin.
+/// The first GSI of the ISA lines in the full shape's routing (issue 15):
+/// ISA line N is GSI 24 + N, to PIC IR N and IOAPIC pin N.
+const ISA_GSI_BASE: u32 = 24;
+
+/// The split shape's 8259 pair: the model's, with the VMMs' edge latch
+/// (as the model backend runs it, docs/scenario-format.md), masked as the
+/// format's start machine has it.
+fn userspace_pic() -> crate::model::Pic {
+    let mut pic = crate::model::Pic::new(crate::model::PicConfig {
+        edge_requests: crate::model::EdgeRequests::HeldUntilAck,
+    });
+    for port in [0x21, 0xa1] {
+        let _ = pic.port_write(port, 0xff);
+    }
+    pic
+}
+
+/// A GSI routing table.
 fn routing_table(entries: &[kvm_irq_routing_entry]) -> KvmIrqRouting {
     // It fails only past KVM_MAX_IRQ_ROUTES (4096) entries.
     KvmIrqRouting::from_entries(entries).expect("24 routes fit KVM's routing table")
@@ -1477,6 +1553,10 @@ fn vm_slot<'v>(
 /// Why a scenario cannot run on this shape, if it cannot.
 fn unsupported(scenario: &Scenario, shape: Shape) -> Option<String> {
     let c = &scenario.config;
+    // ---- PIC (issue 15): the pair is wired to CPU 0 of one CPU.
+    if scenario.uses_pic() && scenario.uses_smp() {
+        return Some("the 8259 pair is modelled on one CPU only (its INT is CPU 0's LINT0)".into());
+    }
     if shape == Shape::Full {
         if c.directed_eoi {
             return Some("KVM's in-kernel IOAPIC does not offer EOI-broadcast suppression (directed-eoi=on needs irqchip=split)".into());
@@ -1605,11 +1685,16 @@ enum Exit {
     IoapicWrite { addr: u64, value: u32 },
     /// A level-triggered IOAPIC vector's EOI (split irqchip).
     IoapicEoi(u8),
+    /// ---- PIC (issue 15), split: an `out` to an 8259 or ELCR port (an `in`
+    /// is answered in [`Entry::enter`]).
+    PicOut { port: u16, value: u8 },
     /// `EINTR`: a kick. `entered`: `KVM_RUN` ran the vCPU (the kick did not
     /// just end an entry the thread had not yet made).
     Kicked { entered: bool },
     /// An exit to userspace with nothing to do.
     Nothing,
+    /// Split: the 8259 pair was read (a poll read acknowledges).
+    PicChanged,
     /// The run ends here.
     End(End),
 }
@@ -1681,6 +1766,11 @@ fn run_loop(
         if vm.routes_dirty {
             vm.sync_routes()?;
         }
+        if vm.shape.is_split() && vm.pic_used {
+            if let Err(end) = vm.offer_extint() {
+                return Ok((end, exits));
+            }
+        }
         exits += 1;
         if exits % LIMIT_CHECK_EXITS == 0 && started.elapsed() > RUN_LIMIT {
             return Ok((over_limit(), exits));
@@ -1741,6 +1831,20 @@ fn run_loop(
                 None
             }
             Exit::IoapicRead | Exit::Nothing => None,
+            Exit::PicOut { port, value } => {
+                vm.calls.note(|| Call::PicOut { port, value });
+                let _ = vm.pic.port_write(port, value);
+                if let Err(message) = vm.after_pic() {
+                    return Ok((End::Error(message), exits));
+                }
+                None
+            }
+            Exit::PicChanged => {
+                if let Err(message) = vm.after_pic() {
+                    return Ok((End::Error(message), exits));
+                }
+                None
+            }
             Exit::End(end) => return Ok((end, exits)),
         };
         halted_kicks = 0;
@@ -1781,6 +1885,7 @@ impl Entry<'_> {
             aps,
             ioapic,
             calls,
+            pic,
             ..
         } = vm;
         let vcpu = if cpu == 0 {
@@ -1801,6 +1906,19 @@ impl Entry<'_> {
         }
         entries.store(before + 2, Ordering::Release);
         Ok(match result {
+            Ok(VcpuExit::IoOut(port, data)) if split && is_pic_port(port) => Exit::PicOut {
+                port,
+                value: data.first().copied().unwrap_or(0),
+            },
+            Ok(VcpuExit::IoIn(port, data)) if split && is_pic_port(port) => {
+                let value = pic.port_read(port).unwrap_or(0xff);
+                if let Some(byte) = data.first_mut() {
+                    *byte = value;
+                }
+                calls.note(|| Call::PicIn { port, value });
+                Exit::PicChanged
+            }
+            Ok(VcpuExit::IrqWindowOpen) => Exit::Nothing,
             Ok(VcpuExit::IoOut(port, data)) => Exit::Out {
                 port,
                 value: data.iter().rev().fold(0u32, |acc, b| acc << 8 | *b as u32),
@@ -1997,6 +2115,104 @@ fn perform(vm: &mut Vm, op: &HostOp) -> std::result::Result<(), String> {
         .send(&m.message(), &mut vm.calls)
         .map(|_| ())
         .map_err(msi_failed),
+        HostOp::IsaAssert(l) => vm.drive_isa(l.get(), true),
+        HostOp::IsaDeassert(l) => vm.drive_isa(l.get(), false),
+        HostOp::IsaPulse(l) => {
+            vm.drive_isa(l.get(), true)?;
+            vm.drive_isa(l.get(), false)
+        }
+    }
+}
+
+/// The 8259s' and ELCRs' ports (docs/pic.md).
+fn is_pic_port(port: u16) -> bool {
+    crate::scenario::PicPort::new(port).is_some()
+}
+
+/// `KVM_INTERRUPT` (`_IOW(KVMIO, 0x86, struct kvm_interrupt)`), which
+/// kvm-ioctls does not wrap: with the split irqchip it queues an ExtINT
+/// vector (`pending_external_vector`, arch/x86/kvm/x86.c
+/// `kvm_vcpu_ioctl_interrupt`), taken when LINT0 accepts it
+/// (`kvm_cpu_has_extint` in arch/x86/kvm/irq.c).
+const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
+
+fn kvm_interrupt(vcpu: &VcpuFd, vector: u8) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let irq = kvm_bindings::kvm_interrupt { irq: vector as u32 };
+    // SAFETY: KVM_INTERRUPT reads one struct kvm_interrupt, which lives
+    // for the call; the fd is this vCPU's.
+    let rc = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_INTERRUPT as _, &irq) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Vm {
+    /// ISA line `line` to `high` (issue 15). Full: KVM_IRQ_LINE on its GSI
+    /// ([`ISA_GSI_BASE`] + line: PIC IR line and IOAPIC pin line). Split:
+    /// the userspace pair, then the userspace IOAPIC's pin.
+    fn drive_isa(&mut self, line: u8, high: bool) -> std::result::Result<(), String> {
+        if self.shape.is_split() {
+            let _ = self.pic.set_irq(line, high);
+            self.after_pic()?;
+            if line == 0 {
+                self.pin0_host = high;
+                let level = high || self.pic.int_output();
+                return self.drive(0, level);
+            }
+            return self.drive(line, high);
+        }
+        let gsi = ISA_GSI_BASE + line as u32;
+        if high {
+            self.asserted |= 1 << gsi;
+        } else {
+            self.asserted &= !(1 << gsi);
+        }
+        self.calls.note(|| Call::IrqLine {
+            gsi: gsi as u8,
+            requested: high,
+        });
+        self.count(|c| &mut c.host_op);
+        self.vm
+            .set_irq_line(gsi, high)
+            .map_err(|e| format!("KVM_IRQ_LINE: {e}"))
+    }
+
+    /// Split: the pair changed: its INT drives the userspace IOAPIC's pin 0
+    /// (ORed with the host's request there), as the model wires it.
+    fn after_pic(&mut self) -> std::result::Result<(), String> {
+        let int = self.pic.int_output();
+        let level = self.pin0_host || int;
+        if self.ioapic_pin0 != level {
+            self.ioapic_pin0 = level;
+            self.drive(0, level)?;
+        }
+        Ok(())
+    }
+
+    /// Split, before an entry: the pair's INT high is offered to the vCPU
+    /// as QEMU's `kvm_arch_pre_run` does: when `kvm_run` says the vCPU can
+    /// take an external interrupt now (IF set and LINT0 accepting it), the
+    /// INTA (the pair's vector) and `KVM_INTERRUPT`; otherwise an
+    /// interrupt-window exit is asked for.
+    fn offer_extint(&mut self) -> std::result::Result<(), End> {
+        let int = self.pic.int_output();
+        let run = self.vcpu.get_kvm_run();
+        if !int {
+            run.request_interrupt_window = 0;
+            return Ok(());
+        }
+        if run.ready_for_interrupt_injection == 0 {
+            run.request_interrupt_window = 1;
+            return Ok(());
+        }
+        run.request_interrupt_window = 0;
+        let vector = self.pic.acknowledge();
+        self.calls.note(|| Call::Interrupt { vector });
+        self.count(|c| &mut c.host_op);
+        kvm_interrupt(&self.vcpu, vector).map_err(|e| End::Error(format!("KVM_INTERRUPT: {e}")))?;
+        self.after_pic().map_err(End::Error)
     }
 }
 

@@ -403,6 +403,8 @@ impl Conductor<'_, '_> {
                     None
                 }
                 Exit::IoapicRead | Exit::Nothing => None,
+                // The 8259 pair is refused on several CPUs (`unsupported`).
+                Exit::PicOut { .. } | Exit::PicChanged => None,
                 // An INIT that reaches the CPU while KVM emulates its ICR
                 // write resets it mid-instruction, and KVM reports an
                 // emulation failure; the CPU waits for SIPI all the same.
