@@ -109,3 +109,21 @@ fn model_ioapic_exposes_its_state() {
     assert_eq!(dev.ioapic().entry(2).vector(), 0x77);
     assert_eq!(dev.ioapic().version(), IoapicVersion::V11);
 }
+
+#[test]
+fn read_entry_returns_both_dwords_of_the_entry() {
+    // 82093AA §3.2.4: entry N is the low dword at index 0x10 + 2N and the
+    // high dword (destination, bits 63:56) at 0x11 + 2N; the neighbours'
+    // dwords are not read.
+    let mut dev = ModelIoapic::new(IoapicVersion::V20, MessageQueue::new());
+    for (index, value) in [
+        (0x15, 0x0300_0000),
+        (0x16, 0x0001_0044),
+        (0x17, 0x0f00_0000),
+    ] {
+        dev.mmio_write(IOREGSEL, index);
+        dev.mmio_write(IOWIN, value);
+    }
+    assert_eq!(read_entry(&mut dev, 3), 0x0f00_0000_0001_0044);
+    assert_eq!(read_entry(&mut dev, 2) >> 56, 0x03);
+}
