@@ -271,3 +271,7 @@ mod tests {
         assert_eq!(Unsupported::NONE.refuses_entry(0x30 | bits::LEVEL), None);
     }
 }
+
+#[cfg(test)]
+#[path = "rule_tests/device.rs"]
+mod rule_tests;

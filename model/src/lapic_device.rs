@@ -161,3 +161,7 @@ mod tests {
         assert_eq!(apic.unsupported(), LapicUnsupported::NONE);
     }
 }
+
+#[cfg(test)]
+#[path = "rule_tests/lapic_device.rs"]
+mod rule_tests;

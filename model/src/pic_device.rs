@@ -266,3 +266,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "rule_tests/pic_device.rs"]
+mod rule_tests;

@@ -566,3 +566,7 @@ mod tests {
         assert_eq!(Deviations::of(&[d, d]), Deviations::of(&[d]));
     }
 }
+
+#[cfg(test)]
+#[path = "rule_tests/rules.rs"]
+mod rule_tests;

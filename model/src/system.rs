@@ -1070,3 +1070,7 @@ mod tests {
         assert!(s.ioapic.entry(14).remote_irr());
     }
 }
+
+#[cfg(test)]
+#[path = "rule_tests/system.rs"]
+mod rule_tests;
