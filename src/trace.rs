@@ -47,6 +47,9 @@ pub enum Space {
     /// `lapic-mmio-read` in x2APIC mode: a load from the disabled MMIO page.
     #[serde(rename = "lapic-mmio")]
     LapicMmio,
+    /// `tsc-deadline-read`: an MSR (`reg` its number), the value 0 when it
+    /// read 0 and 1 otherwise (a TSC value depends on the host).
+    Msr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -194,6 +197,7 @@ impl std::fmt::Display for EventKind {
                     Space::Ioapic => "ioapic",
                     Space::Lapic => "lapic",
                     Space::LapicMmio => "lapic-mmio",
+                    Space::Msr => "msr",
                 };
                 write!(f, "read {space}[{reg:#x}] = {value:#x}")
             }

@@ -96,6 +96,23 @@ pub enum Rule {
     /// A CPU waiting for SIPI takes no interrupt or NMI; a STARTUP IPI to a
     /// running CPU and an INIT level de-assert do nothing.
     WaitForSipiIgnores,
+    /// LAPIC timer, one-shot: the count reaches 0, raises the LVT timer
+    /// interrupt once and stays at 0.
+    TimerOneShot,
+    /// LAPIC timer, periodic: each time the count reaches 0 it raises the
+    /// interrupt and reloads the initial count.
+    TimerPeriodic,
+    /// LAPIC timer, TSC-deadline mode: the interrupt comes when the TSC
+    /// reaches IA32_TSC_DEADLINE, which is then cleared; the MSR works only
+    /// in that mode, and the initial count is ignored in it.
+    TimerTscDeadline,
+    /// A write of the initial count restarts the timer; a write of 0 stops it.
+    TimerInitialCountRestarts,
+    /// One-shot to periodic (or back) keeps a count going; a transition to
+    /// or from TSC-deadline mode disarms the timer.
+    TimerModeSwitch,
+    /// A masked LVT timer's expiry raises no interrupt (the timer counts).
+    TimerMasked,
     /// A deviation switched on by a `sim:` quirk.
     Quirk,
 }
@@ -145,6 +162,12 @@ impl Rule {
         Rule::InitResets,
         Rule::StartupStarts,
         Rule::WaitForSipiIgnores,
+        Rule::TimerOneShot,
+        Rule::TimerPeriodic,
+        Rule::TimerTscDeadline,
+        Rule::TimerInitialCountRestarts,
+        Rule::TimerModeSwitch,
+        Rule::TimerMasked,
         Rule::Quirk,
     ];
 
@@ -193,6 +216,12 @@ impl Rule {
             Rule::InitResets => "init-resets",
             Rule::StartupStarts => "startup-starts",
             Rule::WaitForSipiIgnores => "wait-for-sipi-ignores",
+            Rule::TimerOneShot => "timer-one-shot",
+            Rule::TimerPeriodic => "timer-periodic",
+            Rule::TimerTscDeadline => "timer-tsc-deadline",
+            Rule::TimerInitialCountRestarts => "timer-initial-count-restarts",
+            Rule::TimerModeSwitch => "timer-mode-switch",
+            Rule::TimerMasked => "timer-masked",
             Rule::Quirk => "quirk",
         }
     }
@@ -242,6 +271,12 @@ impl Rule {
             Rule::InitResets => "SDM vol. 3A §11.6.1 delivery mode 101 (INIT), §11.4.7.3 Local APIC State After an INIT Reset (\"Wait-for-SIPI\" State), §9.4 Multiple-Processor (MP) Initialization",
             Rule::StartupStarts => "SDM vol. 3A §11.6.1 delivery mode 110 (Start-Up), §9.4.4 MP Initialization Example: a SIPI starts a processor in the wait-for-SIPI state",
             Rule::WaitForSipiIgnores => "SDM vol. 3A §11.4.7.3 (a processor waiting for SIPI runs nothing until a SIPI), §11.6.1 (INIT level de-assert is not supported on Pentium 4 and Xeon processors; a SIPI is not retried or latched)",
+            Rule::TimerOneShot => "SDM vol. 3A §11.5.4 APIC Timer: in one-shot mode the count reaches zero, the timer generates an interrupt and the count stays at 0 until reprogrammed",
+            Rule::TimerPeriodic => "SDM vol. 3A §11.5.4 APIC Timer: in periodic mode the current-count register is reloaded from the initial-count register at zero, and the count-down repeats",
+            Rule::TimerTscDeadline => "SDM vol. 3A §11.5.4.1 TSC-Deadline Mode: the interrupt is generated when the TSC reaches IA32_TSC_DEADLINE, which the timer then clears; outside that mode the MSR reads 0 and writes are ignored; in it the initial count is ignored and the current count reads 0",
+            Rule::TimerInitialCountRestarts => "SDM vol. 3A §11.5.4 APIC Timer: a write to the initial-count register starts the timer (restarts it while it counts); a write of 0 stops it, in one-shot and periodic mode",
+            Rule::TimerModeSwitch => "SDM vol. 3A §11.5.4: changing the mode between one-shot and periodic does not start the timer (a count goes on); §11.5.4.1: transitioning between TSC-deadline mode and the other modes disarms the timer",
+            Rule::TimerMasked => "SDM vol. 3A §11.5.1 Local Vector Table, mask bit 16: a masked LVT entry inhibits the interrupt; the timer still counts (§11.5.4)",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
         }
     }

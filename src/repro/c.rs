@@ -51,6 +51,7 @@ pub fn event_lines(trace: &Trace) -> Vec<String> {
                     crate::trace::Space::Ioapic => "ioapic",
                     crate::trace::Space::Lapic => "lapic",
                     crate::trace::Space::LapicMmio => "lapic-mmio",
+                    crate::trace::Space::Msr => "msr",
                 };
                 format!("op {} read {space}[0x{reg:x}] = 0x{value:x}", e.op)
             }

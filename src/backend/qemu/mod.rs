@@ -94,6 +94,8 @@ fn watchdog_allowed(scenario: &Scenario) -> bool {
                 if (*offset == reg::ICR_LOW || (reg::LVT_TIMER..=reg::LVT_ERROR).contains(offset))
                     && (value >> 8) & 7 == 4)
             || matches!(op, Op::LapicRead(o) | Op::LapicWrite { offset: o, .. } | Op::LapicMmioRead(o) | Op::LapicMmioWrite { offset: o, .. } if TIMER_REGISTERS.contains(o))
+            // The LAPIC timer ops program the watchdog's timer.
+            || op.is_timer_op()
     })
 }
 
@@ -650,6 +652,17 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
             }
         }
     }
+    // SDM §11.5.4.1: the TSC-deadline timer is CPUID.01H:ECX[24]; QEMU's
+    // emulated local APIC has none (target/i386: TCG does not offer the
+    // feature, and hw/intc/apic.c has no IA32_TSC_DEADLINE).
+    if scenario.uses_tsc_deadline() && options.accel == Accel::Tcg {
+        return Some(format!(
+            "QEMU {version}'s TCG has no TSC-deadline timer (CPUID.01H:ECX[24] clear): the scenario uses `timer tsc-deadline`, `tsc-deadline` or `tsc-deadline-read`"
+        ));
+    }
+    if scenario.uses_timer_ops() && scenario.uses_smp() {
+        return Some("the LAPIC timer ops run on one CPU only".into());
+    }
     // An IA32_APIC_BASE write with EXTD (bit 10) enters x2APIC mode too.
     let enters_x2apic = scenario
         .all_ops()
@@ -765,6 +778,10 @@ impl Backend for QemuBackend {
     /// irqchip, pins 1-15 (and under KVM's irqchips, IOAPIC version 0x11
     /// and a fixed APIC ID).
     fn fit(&self, scenario: &mut Scenario) {
+        // TCG has no TSC-deadline timer (see `unsupported`).
+        if self.options.accel == Accel::Tcg {
+            scenario.retain_ops(|op| !op.uses_tsc_deadline());
+        }
         let c = scenario.config;
         scenario.config = crate::scenario::Config {
             // KVM's in-kernel IOAPIC is version 0x11 (see `unsupported`).
