@@ -349,7 +349,9 @@ impl<'s> SmpRun<'s> {
             // them with several); this path runs them for the one-CPU
             // equivalence of the two interpreters.
             Op::Timer(t) => {
-                let mut fault = s.lapic_write(cpu, reg::TIMER_DIVIDE, t.divide_register()).is_err();
+                let mut fault = s
+                    .lapic_write(cpu, reg::TIMER_DIVIDE, t.divide_register())
+                    .is_err();
                 fault |= s.lapic_write(cpu, reg::LVT_TIMER, t.lvt()).is_err();
                 if t.mode != crate::scenario::TimerOpMode::TscDeadline {
                     fault |= s.lapic_write(cpu, reg::TIMER_INITIAL, t.count).is_err();

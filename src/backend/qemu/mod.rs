@@ -652,13 +652,20 @@ fn unsupported(scenario: &Scenario, features: &Features, options: &Options) -> O
             }
         }
     }
-    // SDM §11.5.4.1: the TSC-deadline timer is CPUID.01H:ECX[24]; QEMU's
-    // emulated local APIC has none (target/i386: TCG does not offer the
-    // feature, and hw/intc/apic.c has no IA32_TSC_DEADLINE).
-    if scenario.uses_tsc_deadline() && options.accel == Accel::Tcg {
-        return Some(format!(
-            "QEMU {version}'s TCG has no TSC-deadline timer (CPUID.01H:ECX[24] clear): the scenario uses `timer tsc-deadline`, `tsc-deadline` or `tsc-deadline-read`"
-        ));
+    // SDM §11.5.4.1: the TSC-deadline timer is CPUID.01H:ECX[24]. QEMU's
+    // TCG has none (it does not offer the feature), and the CPU model the
+    // backend runs (`cpu_model`: qemu64) does not give it under KVM either,
+    // so KVM's local APIC ignores the mode and the MSR there.
+    if scenario.uses_tsc_deadline() {
+        return Some(match options.accel {
+            Accel::Tcg => format!(
+                "QEMU {version}'s TCG has no TSC-deadline timer (CPUID.01H:ECX[24] clear): the scenario uses `timer tsc-deadline`, `tsc-deadline` or `tsc-deadline-read`"
+            ),
+            _ => format!(
+                "the CPU model QEMU runs here ({}) has no TSC-deadline timer (CPUID.01H:ECX[24] clear): the scenario uses `timer tsc-deadline`, `tsc-deadline` or `tsc-deadline-read`",
+                cpu_model(options, features)
+            ),
+        });
     }
     if scenario.uses_timer_ops() && scenario.uses_smp() {
         return Some("the LAPIC timer ops run on one CPU only".into());
@@ -778,10 +785,8 @@ impl Backend for QemuBackend {
     /// irqchip, pins 1-15 (and under KVM's irqchips, IOAPIC version 0x11
     /// and a fixed APIC ID).
     fn fit(&self, scenario: &mut Scenario) {
-        // TCG has no TSC-deadline timer (see `unsupported`).
-        if self.options.accel == Accel::Tcg {
-            scenario.retain_ops(|op| !op.uses_tsc_deadline());
-        }
+        // No TSC-deadline timer (see `unsupported`).
+        scenario.retain_ops(|op| !op.uses_tsc_deadline());
         let c = scenario.config;
         scenario.config = crate::scenario::Config {
             // KVM's in-kernel IOAPIC is version 0x11 (see `unsupported`).
