@@ -520,6 +520,10 @@ static void decode_log(const char *outcome)
         } else if (kind == 6) {
             snprintf(line, 512, "op %u read lapic-mmio[0x%x] = 0x%x", op, get32(p + 8), get32(p + 12));
             p += 16;
+        } else if (kind == 10) {
+            /* tsc-deadline-read: the MSR, 0 or 1 (zero or not). */
+            snprintf(line, 512, "op %u read msr[0x%x] = 0x%x", op, get32(p + 8), get32(p + 12));
+            p += 16;
         } else if (kind == 5) {
             snprintf(line, 512, "op %u exception %u", op, get32(p + 8) & 0xff);
             p += 16;
