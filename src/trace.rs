@@ -49,6 +49,9 @@ pub enum Space {
     LapicMmio,
     /// `pic-read`: a byte from an 8259 or ELCR port (`reg` is the port).
     Pic,
+    /// `tsc-deadline-read`: an MSR (`reg` its number), the value 0 when it
+    /// read 0 and 1 otherwise (a TSC value depends on the host).
+    Msr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -197,6 +200,7 @@ impl std::fmt::Display for EventKind {
                     Space::Lapic => "lapic",
                     Space::LapicMmio => "lapic-mmio",
                     Space::Pic => "pic",
+                    Space::Msr => "msr",
                 };
                 write!(f, "read {space}[{reg:#x}] = {value:#x}")
             }

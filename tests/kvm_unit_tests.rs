@@ -358,3 +358,105 @@ fn the_ioapic_tests_give_the_same_deliveries_in_x2apic_mode() {
         assert_eq!(reads(&a), reads(&b), "{stem}");
     }
 }
+
+// The LAPIC timer cases of x86/apic.c (issue 15), in the format's waits
+// (docs/scenario-format.md "The LAPIC timer").
+
+/// (op, space, reg, value) of each read.
+fn all_reads(t: &Trace) -> Vec<(usize, Space, u32, u32)> {
+    t.events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Read { space, reg, value } => Some((e.op, space, reg, value)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn apic_timer_one_shot_delivers_once() {
+    // test_apic_timer_one_shot: lvtt_counter == 1; the count then stays 0.
+    let t = run("apic_timer_one_shot");
+    assert_eq!(deliveries(&t), [(1, 0xee)]);
+    assert_eq!(all_reads(&t), [(3, Space::Lapic, 0x390, 0)]);
+}
+
+#[test]
+fn tsc_deadline_timer_fires_at_a_passed_deadline_and_clears_the_msr() {
+    // test_tsc_deadline_timer: tdt_count == 1 after the write and a nop;
+    // rdmsr(MSR_IA32_TSCDEADLINE) == 0.
+    let t = run("tsc_deadline_timer");
+    assert_eq!(deliveries(&t), [(1, 0xef)]);
+    assert_eq!(all_reads(&t), [(3, Space::Msr, 0x6e0, 0)]);
+}
+
+#[test]
+fn apic_change_mode_keeps_tmict_and_the_count_going() {
+    // test_apic_change_mode: TMICT kept; TMCCT non-zero, 0, non-zero after
+    // the change to periodic (not reset), non-zero after the reload, 0
+    // after TMICT = 0.
+    let t = run("apic_change_mode");
+    let reads: Vec<(usize, u32, bool)> = all_reads(&t)
+        .into_iter()
+        .map(|(op, _, reg, value)| (op, reg, value != 0))
+        .collect();
+    assert_eq!(
+        reads,
+        [
+            (2, 0x380, true),
+            (5, 0x390, true),
+            (7, 0x390, false),
+            (10, 0x390, true),
+            (12, 0x390, true),
+            (14, 0x390, false)
+        ]
+    );
+    assert_eq!(all_reads(&t)[0].3, 0x999999, "TMICT value reset");
+    assert_eq!(deliveries(&t), [(6, 0xee), (11, 0xee)]);
+}
+
+#[test]
+fn timer_mode_read_reads_each_mode_back() {
+    // test_timer_mode_read: LVT timer bits 18:17 as written.
+    let t = run("timer_mode_read");
+    let values: Vec<u32> = all_reads(&t).iter().map(|r| r.3).collect();
+    assert_eq!(values, [0x100ee, 0x300ee, 0x500ee]);
+}
+
+#[test]
+fn periodic_timer_expires_at_every_wait_until_stopped() {
+    let t = run("timer_periodic");
+    assert_eq!(deliveries(&t), [(1, 0xe0), (2, 0xe0), (3, 0xe0)]);
+    assert_eq!(all_reads(&t), [(6, Space::Lapic, 0x390, 0)]);
+}
+
+#[test]
+fn a_masked_expiry_is_not_held_for_the_unmask() {
+    let t = run("timer_masked_pending");
+    assert_eq!(deliveries(&t), [(6, 0xe1)]);
+    assert_eq!(all_reads(&t), [(2, Space::Lapic, 0x390, 0)]);
+    assert!(!bit(&snapshot(&t, 1).irr, 0xe1), "nothing held");
+}
+
+#[test]
+fn the_timer_wakes_sti_hlt() {
+    let t = run("timer_hlt");
+    assert_eq!(deliveries(&t), [(2, 0xee)]);
+    assert_eq!(t.outcome, Outcome::Completed);
+}
+
+#[test]
+fn rewriting_the_initial_count_restarts_and_zero_stops() {
+    let t = run("timer_initial_count_restart");
+    assert_eq!(deliveries(&t), [(2, 0xee)]);
+}
+
+#[test]
+fn a_disarmed_deadline_never_fires() {
+    let t = run("tsc_deadline_disarm");
+    assert_eq!(deliveries(&t), []);
+    assert_eq!(
+        all_reads(&t),
+        [(2, Space::Msr, 0x6e0, 1), (8, Space::Msr, 0x6e0, 0)]
+    );
+}

@@ -204,6 +204,11 @@ fn c_hvf_repros_run_on_linux_against_the_double() {
     let (mut ran, mut differed, mut seeds) = (0, 0, (0, 0));
     for path in &files {
         let scenario = load(path);
+        // The double's APIC has no LAPIC timer (the hvf backends refuse
+        // the timer ops on it).
+        if scenario.uses_timer_ops() {
+            continue;
+        }
         let exe = build_repro(path, &lib_dir, &dir);
         let what = path.display();
         let (code, out) = run_repro(&exe, None, None);

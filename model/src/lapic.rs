@@ -8,6 +8,7 @@
 //! broadcast, if any.
 
 use crate::ioapic::{DeliveryMode, InterruptMessage};
+use crate::lapic_timer::{Timer, TimerMode};
 use crate::quirks::Quirks;
 use crate::rules::{Deviations, Mode, Rule};
 
@@ -199,8 +200,9 @@ pub struct Lapic {
     icr_high: u32,
     /// LVT timer, thermal, performance, LINT0, LINT1, error.
     lvt: [u32; 6],
-    timer_initial: u32,
-    timer_divide: u32,
+    /// The timer's counts, divide configuration and TSC deadline (SDM
+    /// §11.5.4; its LVT entry is `lvt[0]`).
+    timer: Timer,
     /// The vector of an error interrupt raised since the caller last took
     /// it ([`Lapic::take_error_interrupt`]), for the decision log.
     error_interrupt: Option<u8>,
@@ -245,8 +247,7 @@ impl Lapic {
             icr_low: 0,
             icr_high: 0,
             lvt: [LVT_MASKED; 6],
-            timer_initial: 0,
-            timer_divide: 0,
+            timer: Timer::new(),
             error_interrupt: None,
             stale_tpr: None,
         }
@@ -655,8 +656,9 @@ impl Lapic {
             reg::ICR_LOW => self.icr_low & !(1 << 12),
             reg::ICR_HIGH => self.icr_high,
             0x320..=0x370 => self.lvt[((offset - 0x320) >> 4) as usize],
-            reg::TIMER_INITIAL => self.timer_initial,
-            reg::TIMER_DIVIDE => self.timer_divide,
+            reg::TIMER_INITIAL => self.timer.initial(),
+            reg::TIMER_CURRENT => self.timer.current(self.timer_mode()),
+            reg::TIMER_DIVIDE => self.timer.divide(),
             _ => 0,
         }
     }
@@ -721,10 +723,16 @@ impl Lapic {
                 if !self.software_enabled() && !self.quirks.contains(Quirks::QEMU_LAPIC) {
                     v |= LVT_MASKED;
                 }
+                let old_mode = self.timer_mode();
                 self.lvt[index] = v;
+                if index == 0 {
+                    self.timer.change_mode(old_mode, self.timer_mode());
+                }
             }
-            reg::TIMER_INITIAL => self.timer_initial = value,
-            reg::TIMER_DIVIDE => self.timer_divide = value & 0xb,
+            reg::TIMER_INITIAL => {
+                self.timer.write_initial(self.timer_mode(), value);
+            }
+            reg::TIMER_DIVIDE => self.timer.write_divide(value),
             reg::SELF_IPI if self.x2apic => {
                 if self.deviations.breaks(Rule::SelfIpi, Mode::Skipped) {
                     return None;
@@ -788,6 +796,69 @@ impl Lapic {
         self.irr.set(vector, true);
         self.tmr.set(vector, false);
         self.error_interrupt = Some(vector);
+    }
+
+    /// The LVT timer's mode (bits 18:17, SDM Figure 11-8).
+    pub fn timer_mode(&self) -> TimerMode {
+        TimerMode::of(self.lvt[0])
+    }
+
+    /// The timer's state (counts, divide configuration, TSC deadline).
+    pub fn timer(&self) -> &Timer {
+        &self.timer
+    }
+
+    /// Whether the timer counts towards an expiry (a one-shot or periodic
+    /// count in progress, or a TSC deadline armed), masked or not.
+    pub fn timer_armed(&self) -> bool {
+        self.hw_enabled && self.timer.armed(self.timer_mode())
+    }
+
+    /// Time passes, up to `limit` ns (a wait of the scenario format): the
+    /// timer expires if it fits ([`Timer::elapse`]) and raises its
+    /// interrupt. Returns the rule that decided, and the vector raised.
+    pub fn timer_elapse(&mut self, limit: u64) -> Option<(Rule, Option<u8>)> {
+        if !self.hw_enabled {
+            return None;
+        }
+        let expiry = self.timer.elapse(self.timer_mode(), limit)?;
+        Some(self.timer_fire(expiry.rule))
+    }
+
+    /// A write of IA32_TSC_DEADLINE (SDM §11.5.4.1): ignored outside
+    /// TSC-deadline mode; a deadline in the past expires at once.
+    pub fn write_tsc_deadline(&mut self, value: u64) -> Option<(Rule, Option<u8>)> {
+        if !self.hw_enabled {
+            return None;
+        }
+        let expiry = self.timer.write_deadline(self.timer_mode(), value)?;
+        Some(self.timer_fire(expiry.rule))
+    }
+
+    /// IA32_TSC_DEADLINE as RDMSR reads it (SDM §11.5.4.1).
+    pub fn read_tsc_deadline(&self) -> u64 {
+        self.timer.read_deadline(self.timer_mode())
+    }
+
+    /// The timer reached its expiry: SDM §11.5.1, the LVT timer entry's
+    /// interrupt, fixed and edge, into the IRR (as the LVT Error's, SDM
+    /// §11.5.3) unless the entry is masked (`timer-masked`: nothing, the
+    /// expiry is not held). An illegal vector (0-15) in the entry is a
+    /// receive-illegal-vector error (§11.5.3 bit 6, "an interrupt generated
+    /// locally from the local vector table").
+    fn timer_fire(&mut self, rule: Rule) -> (Rule, Option<u8>) {
+        let lvt = self.lvt[0];
+        if lvt & LVT_MASKED != 0 {
+            return (Rule::TimerMasked, None);
+        }
+        let vector = lvt as u8;
+        if vector < 16 {
+            self.signal_error(ESR_RECEIVE_ILLEGAL_VECTOR);
+            return (Rule::IllegalVector, None);
+        }
+        self.irr.set(vector, true);
+        self.tmr.set(vector, false);
+        (rule, Some(vector))
     }
 
     /// The vector of the error interrupt raised since the last call, if any.
@@ -1857,5 +1928,97 @@ mod tests {
         l.acknowledge(0x40);
         assert_eq!(l.isr(), [0; 8]);
         assert_eq!(l.end_of_interrupt().rule, Rule::EoiNothingInService);
+    }
+
+    #[test]
+    fn timer_expiry_raises_the_lvt_vector_unless_masked_and_a_masked_one_is_not_held() {
+        // SDM §11.5.1: the mask inhibits the timer interrupt; the timer
+        // still counts (§11.5.4), so a one-shot that expired masked is
+        // over: unmasking afterwards delivers nothing.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::TIMER_DIVIDE, 0xb);
+        l.write(reg::LVT_TIMER, 0x40);
+        l.write(reg::TIMER_INITIAL, 1000);
+        assert_eq!(l.timer_elapse(1000), Some((Rule::TimerOneShot, Some(0x40))));
+        assert_eq!(l.highest_irr(), Some(0x40));
+        assert!(!l.is_level(0x40), "edge (TMR clear)");
+        assert_eq!(l.read(reg::TIMER_CURRENT), 0);
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::TIMER_DIVIDE, 0xb);
+        l.write(reg::LVT_TIMER, 0x40 | LVT_MASKED);
+        l.write(reg::TIMER_INITIAL, 1000);
+        assert_eq!(l.timer_elapse(1000), Some((Rule::TimerMasked, None)));
+        l.write(reg::LVT_TIMER, 0x40);
+        assert_eq!(l.highest_irr(), None, "the masked expiry is not held");
+        assert_eq!(l.timer_elapse(u64::MAX), None, "the one-shot is over");
+        // Periodic: masked expiries raise nothing, the next unmasked one does.
+        l.write(reg::LVT_TIMER, 0x41 | 1 << 17 | LVT_MASKED);
+        l.write(reg::TIMER_INITIAL, 10);
+        assert_eq!(l.timer_elapse(10), Some((Rule::TimerMasked, None)));
+        l.write(reg::LVT_TIMER, 0x41 | 1 << 17);
+        assert_eq!(l.timer_elapse(10), Some((Rule::TimerPeriodic, Some(0x41))));
+        assert_eq!(l.highest_irr(), Some(0x41));
+    }
+
+    #[test]
+    fn the_timer_mode_reads_back_as_written() {
+        // kvm-unit-tests test_timer_mode_read: LVT timer bits 18:17 read
+        // back each mode written (SDM Figure 11-8; the model has the
+        // TSC-deadline timer, CPUID.01H:ECX[24]).
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        for mode in [0u32, 1 << 17, 2 << 17] {
+            l.write(reg::LVT_TIMER, 0xee | mode);
+            assert_eq!(l.read(reg::LVT_TIMER) & 3 << 17, mode);
+            assert_eq!(l.timer_mode().bits(), mode);
+        }
+    }
+
+    #[test]
+    fn an_illegal_timer_vector_is_an_error_not_an_interrupt() {
+        // SDM §11.5.3 bit 6: an interrupt generated locally from the LVT
+        // with a vector of 0-15 is a receive-illegal-vector error.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::TIMER_DIVIDE, 0xb);
+        l.write(reg::LVT_TIMER, 0x08);
+        l.write(reg::TIMER_INITIAL, 1);
+        assert_eq!(l.timer_elapse(1), Some((Rule::IllegalVector, None)));
+        assert_eq!(l.highest_irr(), None);
+        l.write(reg::ESR, 0);
+        assert_eq!(l.read(reg::ESR), ESR_RECEIVE_ILLEGAL_VECTOR);
+    }
+
+    #[test]
+    fn the_tsc_deadline_msr_and_the_timer_registers_through_the_lapic() {
+        // SDM §11.5.4.1: the MSR only in TSC-deadline mode; a deadline in
+        // the past expires at the write; the initial count is ignored.
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        let now = l.timer().tsc();
+        assert_eq!(l.write_tsc_deadline(now), None, "one-shot mode: ignored");
+        l.write_msr(msr_of(reg::LVT_TIMER), 0xef | 2 << 17).unwrap();
+        l.write_msr(msr_of(reg::TIMER_INITIAL), 100).unwrap();
+        assert_eq!(l.read(reg::TIMER_INITIAL), 0);
+        assert_eq!(l.read(reg::TIMER_CURRENT), 0);
+        assert_eq!(l.write_tsc_deadline(now + 7), None);
+        assert_eq!(l.read_tsc_deadline(), now + 7);
+        assert!(l.timer_armed());
+        assert_eq!(
+            l.write_tsc_deadline(now),
+            Some((Rule::TimerTscDeadline, Some(0xef)))
+        );
+        assert_eq!(l.read_tsc_deadline(), 0);
+        assert_eq!(l.highest_irr(), Some(0xef));
+        // The current count is read-only in x2APIC mode (#GP).
+        assert!(l.write_msr(msr_of(reg::TIMER_CURRENT), 1).is_err());
+    }
+
+    #[test]
+    fn an_init_reset_stops_the_timer() {
+        // SDM §11.4.7.3/§11.4.7.1: the power-up state, LVTs masked, counts 0.
+        let mut l = Lapic::new(false, false, Quirks::empty());
+        l.write(reg::LVT_TIMER, 0x40);
+        l.write(reg::TIMER_INITIAL, 5);
+        l.init_reset();
+        assert!(!l.timer_armed());
+        assert_eq!(l.read(reg::TIMER_INITIAL), 0);
     }
 }

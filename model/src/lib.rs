@@ -103,6 +103,7 @@ pub mod device;
 pub mod ioapic;
 pub mod lapic;
 pub mod lapic_device;
+pub mod lapic_timer;
 pub mod machine;
 pub mod msi;
 pub mod pic;

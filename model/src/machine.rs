@@ -473,6 +473,40 @@ impl Machine {
         Ok(())
     }
 
+    /// Time passes for the LAPIC timer, up to `limit` ns: the scenario
+    /// format's waits (`timer-wait`, a `hlt` nothing else wakes). The
+    /// expiry's interrupt, if any, is in the IRR afterwards; the caller
+    /// delivers it. Returns whether the timer expired.
+    pub fn timer_elapse(&mut self, limit: u64) -> bool {
+        let Some((rule, vector)) = self.lapic.timer_elapse(limit) else {
+            return false;
+        };
+        self.note(
+            rule,
+            vector.unwrap_or(self.lapic.read(reg::LVT_TIMER) as u8),
+        );
+        note_error_interrupt(&mut self.lapic, &mut self.log);
+        true
+    }
+
+    /// WRMSR IA32_TSC_DEADLINE (SDM §11.5.4.1) with `value`; `#GP` where
+    /// the processor has no TSC-deadline timer is the backend's (the model
+    /// has one).
+    pub fn write_tsc_deadline(&mut self, value: u64) {
+        if let Some((rule, vector)) = self.lapic.write_tsc_deadline(value) {
+            self.note(
+                rule,
+                vector.unwrap_or(self.lapic.read(reg::LVT_TIMER) as u8),
+            );
+            note_error_interrupt(&mut self.lapic, &mut self.log);
+        }
+    }
+
+    /// RDMSR IA32_TSC_DEADLINE (SDM §11.5.4.1).
+    pub fn read_tsc_deadline(&self) -> u64 {
+        self.lapic.read_tsc_deadline()
+    }
+
     /// An ICR write of `low` to destination `dest` (xAPIC: ICR high
     /// `dest << 24`, then ICR low; x2APIC: one WRMSR of MSR 0x830, SDM
     /// §11.12.9). On one CPU only what reaches this APIC is delivered.

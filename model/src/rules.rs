@@ -116,6 +116,23 @@ pub enum Rule {
     /// An INTA with no request pending: the default IR7 (a spurious IRQ 7
     /// or 15), with no IS bit set.
     PicSpurious,
+    /// LAPIC timer, one-shot: the count reaches 0, raises the LVT timer
+    /// interrupt once and stays at 0.
+    TimerOneShot,
+    /// LAPIC timer, periodic: each time the count reaches 0 it raises the
+    /// interrupt and reloads the initial count.
+    TimerPeriodic,
+    /// LAPIC timer, TSC-deadline mode: the interrupt comes when the TSC
+    /// reaches IA32_TSC_DEADLINE, which is then cleared; the MSR works only
+    /// in that mode, and the initial count is ignored in it.
+    TimerTscDeadline,
+    /// A write of the initial count restarts the timer; a write of 0 stops it.
+    TimerInitialCountRestarts,
+    /// One-shot to periodic (or back) keeps a count going; a transition to
+    /// or from TSC-deadline mode disarms the timer.
+    TimerModeSwitch,
+    /// A masked LVT timer's expiry raises no interrupt (the timer counts).
+    TimerMasked,
     /// A deviation switched on by a `sim:` quirk.
     Quirk,
 }
@@ -172,6 +189,12 @@ impl Rule {
         Rule::LintNmi,
         Rule::PicVector,
         Rule::PicSpurious,
+        Rule::TimerOneShot,
+        Rule::TimerPeriodic,
+        Rule::TimerTscDeadline,
+        Rule::TimerInitialCountRestarts,
+        Rule::TimerModeSwitch,
+        Rule::TimerMasked,
         Rule::Quirk,
     ];
 
@@ -227,6 +250,12 @@ impl Rule {
             Rule::LintNmi => "lint-nmi",
             Rule::PicVector => "pic-vector",
             Rule::PicSpurious => "pic-spurious",
+            Rule::TimerOneShot => "timer-one-shot",
+            Rule::TimerPeriodic => "timer-periodic",
+            Rule::TimerTscDeadline => "timer-tsc-deadline",
+            Rule::TimerInitialCountRestarts => "timer-initial-count-restarts",
+            Rule::TimerModeSwitch => "timer-mode-switch",
+            Rule::TimerMasked => "timer-masked",
             Rule::Quirk => "quirk",
         }
     }
@@ -283,6 +312,12 @@ impl Rule {
             Rule::LintNmi => "SDM vol. 3A §11.5.1 Local Vector Table, delivery mode 100 (NMI): delivers an NMI; the vector is ignored and the trigger mode is always edge-sensitive",
             Rule::PicVector => "8259A datasheet (231468), Interrupt Sequence (8086 mode): the second INTA pulse puts the vector (ICW2 bits 7:3 and the level) on the bus; Cascade Mode: a slave's level comes from the slave",
             Rule::PicSpurious => "8259A datasheet (231468), Interrupt Sequence step 4 and Edge and Level Triggered Modes: with no request at the INTA the 8259A issues IR7 (the slave's IR7 for IRQ15) and sets no IS bit",
+            Rule::TimerOneShot => "SDM vol. 3A §11.5.4 APIC Timer: in one-shot mode the count reaches zero, the timer generates an interrupt and the count stays at 0 until reprogrammed",
+            Rule::TimerPeriodic => "SDM vol. 3A §11.5.4 APIC Timer: in periodic mode the current-count register is reloaded from the initial-count register at zero, and the count-down repeats",
+            Rule::TimerTscDeadline => "SDM vol. 3A §11.5.4.1 TSC-Deadline Mode: the interrupt is generated when the TSC reaches IA32_TSC_DEADLINE, which the timer then clears; outside that mode the MSR reads 0 and writes are ignored; in it the initial count is ignored and the current count reads 0",
+            Rule::TimerInitialCountRestarts => "SDM vol. 3A §11.5.4 APIC Timer: a write to the initial-count register starts the timer (restarts it while it counts); a write of 0 stops it, in one-shot and periodic mode",
+            Rule::TimerModeSwitch => "SDM vol. 3A §11.5.4: changing the mode between one-shot and periodic does not start the timer (a count goes on); §11.5.4.1: transitioning between TSC-deadline mode and the other modes disarms the timer",
+            Rule::TimerMasked => "SDM vol. 3A §11.5.1 Local Vector Table, mask bit 16: a masked LVT entry inhibits the interrupt; the timer still counts (§11.5.4)",
             Rule::Quirk => "a deviation from the spec switched on by a sim: quirk (see irqdiff_model::quirks)",
         }
     }

@@ -431,6 +431,34 @@ impl System {
         bus.send(msg)
     }
 
+    /// CPU `cpu`'s local APIC (read-only: its timer state, for example).
+    pub fn lapic(&self, cpu: usize) -> &Lapic {
+        &self.nodes[cpu].lapic
+    }
+
+    /// [`crate::Machine::timer_elapse`] on CPU `cpu`'s LAPIC timer: time
+    /// passes for it, up to `limit` ns (a wait of that CPU).
+    pub fn timer_elapse(&mut self, cpu: usize, limit: u64) -> bool {
+        let lapic = &mut self.nodes[cpu].lapic;
+        let Some((rule, vector)) = lapic.timer_elapse(limit) else {
+            return false;
+        };
+        let vector = vector.unwrap_or(lapic.read(reg::LVT_TIMER) as u8);
+        note_error_interrupt(lapic, &mut self.log);
+        self.log.push(rule, vector);
+        true
+    }
+
+    /// [`crate::Machine::write_tsc_deadline`] on CPU `cpu`.
+    pub fn write_tsc_deadline(&mut self, cpu: usize, value: u64) {
+        let lapic = &mut self.nodes[cpu].lapic;
+        if let Some((rule, vector)) = lapic.write_tsc_deadline(value) {
+            let vector = vector.unwrap_or(lapic.read(reg::LVT_TIMER) as u8);
+            note_error_interrupt(lapic, &mut self.log);
+            self.log.push(rule, vector);
+        }
+    }
+
     /// A local APIC register read by CPU `cpu`.
     pub fn lapic_read(&mut self, cpu: usize, offset: u16) -> Result<u32, GeneralProtection> {
         let quirks = self.config.quirks;

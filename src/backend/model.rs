@@ -13,12 +13,16 @@
 use super::{Availability, Backend, BackendKind, Result};
 use crate::model::ioapic::{IOEOI, IOREGSEL, IOWIN};
 use crate::model::lapic::reg;
+use crate::model::lapic_timer::MSR_TSC_DEADLINE;
 use crate::model::machine::Interrupt;
 use crate::model::{
     Deviations, IoapicVersion as ModelIoapicVersion, Machine, MachineConfig, Quirks, Rule,
 };
 use crate::oracle::Divergence;
-use crate::scenario::{ApicMode, HandlerKey, HostOp, IoapicVersion, Irqchip, Op, Scenario};
+use crate::scenario::{
+    ApicMode, Deadline, HandlerKey, HostOp, IoapicVersion, Irqchip, Op, Scenario, TimerOpMode,
+    TimerSetup,
+};
 use crate::trace::{Event, EventKind, Outcome, Snapshot, Space, Trace, GP_VECTOR, STORM_LIMIT};
 
 pub const KIND: BackendKind = BackendKind {
@@ -192,6 +196,9 @@ impl Backend for ModelBackend {
     }
 
     fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        if scenario.uses_timer_ops() && scenario.uses_smp() {
+            return Some("the LAPIC timer ops run on one CPU only".into());
+        }
         self.device.and_then(|d| d.refuses(scenario))
     }
 
@@ -937,6 +944,29 @@ impl<'s, R: Recorder> Run<'s, R> {
             Op::Ipi(ipi) => fault = m.send_icr(ipi.icr_low(), ipi.dest).is_err(),
             // ---- PIC (issue 15): out of the hot path.
             Op::PicWrite { .. } | Op::PicRead(_) => return self.pic_op(op, k),
+            // The LAPIC timer (SDM §11.5.4): the divide configuration, the
+            // LVT entry, then (one-shot, periodic) the initial count.
+            Op::Timer(t) => fault = timer_setup(m, &t),
+            // SDM §11.5.4.1: relative to the model's TSC, which moves only
+            // at waits; `now` is a deadline passed by the write.
+            Op::TscDeadline(d) => m.write_tsc_deadline(deadline_value(m, d)),
+            Op::TscDeadlineRead => {
+                let value = u32::from(m.read_tsc_deadline() != 0);
+                self.events.push(Event {
+                    op: k,
+                    cpu: 0,
+                    kind: EventKind::Read {
+                        space: Space::Msr,
+                        reg: MSR_TSC_DEADLINE,
+                        value,
+                    },
+                });
+            }
+            // docs/scenario-format.md "The LAPIC timer": the wait lets the
+            // timer expire if its period fits the bound; `op` then delivers.
+            Op::TimerWait(us) => {
+                m.timer_elapse(us as u64 * 1000);
+            }
         }
         if fault {
             self.events.push(Event {
@@ -1009,6 +1039,12 @@ impl<'s, R: Recorder> Run<'s, R> {
     /// the guest can never wake (no timers, host ops come later).
     fn halt(&mut self, k: usize, depth: usize) -> Step {
         self.recorder.collect(&mut self.machine, k);
+        // docs/scenario-format.md "The LAPIC timer": a HLT that nothing
+        // else wakes is a wait of the hlt bound; an expiry may wake it.
+        if self.machine.pending().is_none() && self.machine.lapic.timer_armed() {
+            self.machine
+                .timer_elapse(crate::scenario::HLT_TIMER_BOUND_US as u64 * 1000);
+        }
         match self.machine.pending() {
             Some(interrupt) => {
                 self.machine.note(Rule::HltWakes, 0);
@@ -1168,6 +1204,29 @@ impl<'s, R: Recorder> Run<'s, R> {
         }
         self.machine.iret(saved_if);
         Ok(())
+    }
+}
+
+/// `timer ...`: the three register writes (SDM §11.5.4), in the order the
+/// stub makes them; true if one faulted.
+pub(crate) fn timer_setup(m: &mut Machine, t: &TimerSetup) -> bool {
+    let mut fault = m
+        .lapic_write(reg::TIMER_DIVIDE, t.divide_register())
+        .is_err();
+    fault |= m.lapic_write(reg::LVT_TIMER, t.lvt()).is_err();
+    if t.mode != TimerOpMode::TscDeadline {
+        fault |= m.lapic_write(reg::TIMER_INITIAL, t.count).is_err();
+    }
+    fault
+}
+
+/// The IA32_TSC_DEADLINE value a `tsc-deadline` op writes, in the model's TSC.
+pub(crate) fn deadline_value(m: &Machine, d: Deadline) -> u64 {
+    let tsc = m.lapic.timer().tsc();
+    match d {
+        Deadline::Disarm => 0,
+        Deadline::Now => tsc,
+        Deadline::After(n) => tsc + n as u64,
     }
 }
 

@@ -353,6 +353,47 @@ impl<'s> SmpRun<'s> {
             Op::ApicBase(value) => fault = s.write_apic_base(cpu, value).is_err(),
             Op::Ipi(ipi) => fault = s.send_icr(cpu, ipi.icr_low(), ipi.dest).is_err(),
             Op::PicWrite { .. } | Op::PicRead(_) => {}
+            // The timer ops as on one CPU (`model.rs`), on the CPU of the
+            // op: a wait passes time for its own CPU's timer. The format
+            // defines them for one CPU (`ModelBackend::unsupported` refuses
+            // them with several); this path runs them for the one-CPU
+            // equivalence of the two interpreters.
+            Op::Timer(t) => {
+                let mut fault = s
+                    .lapic_write(cpu, reg::TIMER_DIVIDE, t.divide_register())
+                    .is_err();
+                fault |= s.lapic_write(cpu, reg::LVT_TIMER, t.lvt()).is_err();
+                if t.mode != crate::scenario::TimerOpMode::TscDeadline {
+                    fault |= s.lapic_write(cpu, reg::TIMER_INITIAL, t.count).is_err();
+                }
+                if fault {
+                    self.event(k, cpu, EventKind::Exception { vector: GP_VECTOR });
+                }
+            }
+            Op::TscDeadline(d) => {
+                let tsc = s.lapic(cpu).timer().tsc();
+                let value = match d {
+                    crate::scenario::Deadline::Disarm => 0,
+                    crate::scenario::Deadline::Now => tsc,
+                    crate::scenario::Deadline::After(n) => tsc + n as u64,
+                };
+                s.write_tsc_deadline(cpu, value);
+            }
+            Op::TscDeadlineRead => {
+                let value = u32::from(s.lapic(cpu).read_tsc_deadline() != 0);
+                self.event(
+                    k,
+                    cpu,
+                    EventKind::Read {
+                        space: Space::Msr,
+                        reg: crate::model::lapic_timer::MSR_TSC_DEADLINE,
+                        value,
+                    },
+                );
+            }
+            Op::TimerWait(us) => {
+                s.timer_elapse(cpu, us as u64 * 1000);
+            }
         }
         if fault {
             self.event(k, cpu, EventKind::Exception { vector: GP_VECTOR });
@@ -370,6 +411,12 @@ impl<'s> SmpRun<'s> {
     /// on `cpu` can wake it.
     fn halt(&mut self, cpu: usize, k: usize, depth: usize) -> Step {
         self.collect(k);
+        // The hlt as a wait of the hlt bound (docs/scenario-format.md "The
+        // LAPIC timer"), for this CPU's timer.
+        if self.sys.pending(cpu).is_none() && self.sys.lapic(cpu).timer_armed() {
+            self.sys
+                .timer_elapse(cpu, crate::scenario::HLT_TIMER_BOUND_US as u64 * 1000);
+        }
         if self.sys.pending(cpu).is_some() {
             self.sys.note(Rule::HltWakes, 0);
             self.deliver_pending(cpu, k, depth)

@@ -80,6 +80,10 @@ pub const SMP: u64 = DATA + 0x48;
 /// Global u32: how many CPUs the scenario has (informational: for a
 /// trampoline that must tell which CPU it runs on).
 pub const CPUS: u64 = DATA + 0x4c;
+/// Global u32: TSC cycles per µs, for `timer-wait`'s bound (written by
+/// [`super::Image::install`] from the host's TSC, and by a VMM that knows
+/// the guest's TSC rate better, e.g. KVM's `KVM_GET_TSC_KHZ`).
+pub const TSC_PER_US: u64 = DATA + 0xf8;
 /// Global u64: code every CPU's mailbox loop calls on each pass when it
 /// is not 0 (QEMU's in-guest driver of the per-op protocol; 0 under a
 /// VMM that drives it from its exits).

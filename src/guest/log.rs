@@ -64,6 +64,15 @@ pub fn decode(log: &[u8]) -> Result<Vec<Event>, CorruptLog> {
                 i += 4;
                 EventKind::Read { space, reg, value }
             }
+            record::MSR_READ => {
+                let (reg, value) = (word(log, i + 2), word(log, i + 3));
+                i += 4;
+                EventKind::Read {
+                    space: Space::Msr,
+                    reg,
+                    value,
+                }
+            }
             record::EXCEPTION => {
                 let vector = word(log, i + 2) as u8;
                 i += 4;

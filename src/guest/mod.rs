@@ -33,6 +33,38 @@ pub fn set_gate(ram: &mut [u8], vector: u8, handler: u64) {
     ram[at..at + 16].copy_from_slice(&gate);
 }
 
+/// Sets the guest TSC rate `timer-wait` counts its bound in
+/// ([`TSC_PER_US`]: TSC cycles per µs, at least 1).
+pub fn set_tsc_per_us(ram: &mut [u8], cycles: u32) {
+    let at = TSC_PER_US as usize;
+    ram[at..at + 4].copy_from_slice(&cycles.max(1).to_le_bytes());
+}
+
+/// The host's TSC cycles per µs, measured once per process over 10 ms of
+/// wall clock (a guest's TSC runs at the host's rate unless its VMM
+/// scales it: KVM says so through `KVM_GET_TSC_KHZ`, and QEMU's TCG reads
+/// the host's TSC). 1000 where there is no TSC to read.
+pub fn host_tsc_per_us() -> u32 {
+    static RATE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *RATE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let start = std::time::Instant::now();
+            // SAFETY: RDTSC has no memory effects; every x86-64 CPU has it.
+            let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            // SAFETY: as above.
+            let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+            let us = start.elapsed().as_micros().max(1) as u64;
+            ((t1.wrapping_sub(t0)) / us).clamp(1, u32::MAX as u64) as u32
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            1000
+        }
+    })
+}
+
 impl Image {
     /// Assembles the stub.
     pub fn build() -> Image {
@@ -71,6 +103,7 @@ impl Image {
         }
         put(ram, CODE, &self.stub.code);
         put(ram, SIPI_PAGE, &VMM_ASSISTED_SIPI_PAGE);
+        set_tsc_per_us(ram, host_tsc_per_us());
     }
 
     /// Writes a scenario's table and resets the stub's variables.

@@ -73,6 +73,8 @@ pub mod record {
     pub const LAPIC_MMIO_READ: u32 = 6;
     /// (PIC_READ, op, port, byte): `pic-read` (issue 15).
     pub const PIC_READ: u32 = 7;
+    /// (MSR_READ, op, MSR, 0 or 1): `tsc-deadline-read`, zero or not.
+    pub const MSR_READ: u32 = 10;
 }
 
 /// WRMSR (0F 30) and RDMSR (0F 32) as the little-endian word at a faulting
@@ -310,7 +312,7 @@ fn assemble_with_dispatch_table(table: u64) -> Result<(Stub, Vec<u64>), IcedErro
 
     // ---- exec_op(r15 = op): one op; clobbers rax, rbx, rcx, rdx, rdi.
     a.set_label(&mut exec_op)?;
-    let kinds: [(u32, OpBody); 25] = [
+    let kinds: [(u32, OpBody); 29] = [
         (kind::ROUTE, op_route),
         (kind::MASK, op_mask),
         (kind::HOST, op_host),
@@ -359,6 +361,11 @@ fn assemble_with_dispatch_table(table: u64) -> Result<(Stub, Vec<u64>), IcedErro
             a.out(dx, al)
         }),
         (kind::PORT_IN, op_port_in),
+        // The LAPIC timer (docs/guest-stub.md "The LAPIC timer").
+        (kind::TIMER, op_timer),
+        (kind::TSC_DEADLINE, op_tsc_deadline),
+        (kind::TSC_DEADLINE_READ, op_tsc_deadline_read),
+        (kind::TIMER_WAIT, op_timer_wait),
     ];
     let labels = Labels {
         lapic_read,
@@ -850,6 +857,97 @@ fn op_lapic_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
     a.popfq()
 }
 
+/// `timer`: the divide configuration, the LVT timer entry, then (unless
+/// the mode is TSC-deadline) the initial count, which starts the count:
+/// the op's triggering access is its last (SDM §11.5.4).
+fn op_timer(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    let mut done = a.create_label();
+    a.mov(ecx, reg::TIMER_DIVIDE as u32)?;
+    a.mov(eax, dword_ptr(r15 + 8))?;
+    a.call(l.lapic_write)?;
+    a.mov(ecx, reg::LVT_TIMER as u32)?;
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.call(l.lapic_write)?;
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.and(eax, 3 << 17)?;
+    a.cmp(eax, 2 << 17)?;
+    a.je(done)?;
+    a.mov(ecx, reg::TIMER_INITIAL as u32)?;
+    a.mov(eax, dword_ptr(r15 + 12))?;
+    a.call(l.lapic_write)?;
+    a.set_label(&mut done)?;
+    a.nop()
+}
+
+/// `tsc-deadline`: WRMSR IA32_TSC_DEADLINE (0x6E0) with 0, the TSC just
+/// read (a deadline passed by the time of the write), or the TSC + b.
+fn op_tsc_deadline(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    let mut write = a.create_label();
+    a.xor(eax, eax)?;
+    a.xor(edx, edx)?;
+    a.cmp(dword_ptr(r15 + 4), 0)?;
+    a.je(write)?;
+    a.rdtsc()?;
+    a.cmp(dword_ptr(r15 + 4), 1)?;
+    a.je(write)?;
+    a.add(eax, dword_ptr(r15 + 8))?;
+    a.adc(edx, 0)?;
+    a.set_label(&mut write)?;
+    a.mov(ecx, crate::model::lapic_timer::MSR_TSC_DEADLINE)?;
+    a.wrmsr()?;
+    a.nop()
+}
+
+/// `tsc-deadline-read`: RDMSR IA32_TSC_DEADLINE, logged as 1 when it is
+/// not 0 (its value is a host TSC); nothing is logged if it faulted.
+fn op_tsc_deadline_read(a: &mut CodeAssembler, l: &Labels) -> Result<(), IcedError> {
+    let mut faulted = a.create_label();
+    a.pushfq()?;
+    a.cli()?;
+    log_reserve(a, l, 16)?;
+    a.mov(ebx, crate::model::lapic_timer::MSR_TSC_DEADLINE)?;
+    a.mov(ecx, ebx)?;
+    a.mov(dword_ptr(rbp + PCPU_GP_FAULTED), 0)?;
+    a.rdmsr()?;
+    a.cmp(dword_ptr(rbp + PCPU_GP_FAULTED), 0)?;
+    a.jne(faulted)?;
+    a.or(eax, edx)?;
+    a.setne(al)?;
+    a.movzx(eax, al)?;
+    log_read(a, record::MSR_READ)?;
+    a.set_label(&mut faulted)?;
+    a.popfq()
+}
+
+/// `timer-wait max=N`: spins until the delivery count moves (an interrupt
+/// was taken, the timer's or any) or N µs of TSC pass (N x [`TSC_PER_US`]).
+/// A spin, not a `hlt`: it keeps the IF the scenario left, and with IF = 0
+/// it lasts its whole bound, by which time an expiry is in the IRR.
+fn op_timer_wait(a: &mut CodeAssembler, _: &Labels) -> Result<(), IcedError> {
+    let mut spin = a.create_label();
+    let mut done = a.create_label();
+    a.mov(ebx, dword_ptr(DELIVERIES))?;
+    a.mov(eax, dword_ptr(r15 + 4))?;
+    a.mul(dword_ptr(TSC_PER_US))?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.mov(rdi, rax)?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.add(rdi, rax)?;
+    a.set_label(&mut spin)?;
+    a.cmp(dword_ptr(DELIVERIES), ebx)?;
+    a.jne(done)?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.cmp(rax, rdi)?;
+    a.jb(spin)?;
+    a.set_label(&mut done)?;
+    a.nop()
+}
+
 #[cfg(test)]
 mod tests {
     use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
@@ -887,7 +985,7 @@ mod tests {
         // The table ends the code: one entry per kind up to the last.
         assert_eq!(
             stub.code.len() as u64,
-            table - CODE + 8 * (kind::PORT_IN.max(kind::PING) as u64 + 1)
+            table - CODE + 8 * (kind::TIMER_WAIT.max(kind::PORT_IN).max(kind::PING) as u64 + 1)
         );
         // `ping` is `mov dx, PING_PORT; out dx, eax; ret`.
         let ping = decode_at(&stub, entry(kind::PING));
@@ -895,6 +993,8 @@ mod tests {
         assert_eq!(ping[0].immediate16(), PING_PORT);
         assert_eq!(ping[1].mnemonic(), Mnemonic::Out);
         assert_eq!(ping[2].mnemonic(), Mnemonic::Ret);
+        // A kind in the gap below the timer's (24-39) is not an op: `ret`.
+        assert_eq!(decode_at(&stub, entry(30))[0].mnemonic(), Mnemonic::Ret);
         // `cli` is `cli; ret`; kind 0 (never dispatched) is a bare `ret`.
         assert_eq!(
             decode_at(&stub, entry(kind::CLI))[..2]
@@ -919,7 +1019,10 @@ mod tests {
         };
         assert_eq!(
             (cmp.mnemonic(), cmp.immediate32()),
-            (Mnemonic::Cmp, kind::PORT_IN.max(kind::PING))
+            (
+                Mnemonic::Cmp,
+                kind::TIMER_WAIT.max(kind::PORT_IN).max(kind::PING)
+            )
         );
         assert_eq!(ja.mnemonic(), Mnemonic::Ja);
     }

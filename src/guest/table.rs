@@ -8,7 +8,7 @@
 use super::layout::{NTH_TABLE, NTH_TABLE_END, OPS, OPS_END};
 use crate::model::ioapic::REG_REDTBL;
 use crate::model::lapic::reg;
-use crate::scenario::{HandlerKey, HostOp, Op, Pin, Scenario};
+use crate::scenario::{Deadline, HandlerKey, HostOp, Op, Pin, Scenario};
 
 /// Op kinds of the stub's interpreter.
 pub mod kind {
@@ -61,6 +61,17 @@ pub mod kind {
     pub const PORT_OUT: u32 = 24;
     /// a = I/O port: `in al, dx`, logged as a PIC_READ record (`pic-read`).
     pub const PORT_IN: u32 = 25;
+    // ---- The LAPIC timer (numbered apart, from 40, so that other new
+    // kinds can take 24 and up).
+    /// a = LVT timer value, b = divide configuration, c = initial count
+    /// (written unless a's mode is TSC-deadline).
+    pub const TIMER: u32 = 40;
+    /// a = 0 (write 0), 1 (the TSC just read) or 2 (the TSC + b).
+    pub const TSC_DEADLINE: u32 = 41;
+    /// RDMSR IA32_TSC_DEADLINE, logged as 0 or 1.
+    pub const TSC_DEADLINE_READ: u32 = 42;
+    /// a = the wait's bound in µs.
+    pub const TIMER_WAIT: u32 = 43;
 }
 
 /// A scenario laid out for guest memory.
@@ -79,6 +90,23 @@ pub struct Table {
     /// [`super::layout::PCPU_NTH_TABLE`] of its block, K from 1 (CPU 0's
     /// are `body_dir` and `nth`). Empty for a single-CPU scenario.
     pub ap_tables: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The scenario has LAPIC timer ops: a `hlt` may wait up to
+    /// [`crate::scenario::HLT_TIMER_BOUND_US`] for the timer, so a VMM
+    /// calls it a hang only after that long halted.
+    pub uses_timer: bool,
+}
+
+impl Table {
+    /// How many kicks `kick` apart that find the vCPU halted make a hang:
+    /// two (a re-entry between them), or with timer ops enough to cover
+    /// the hlt's timer bound too.
+    pub fn halted_kicks_for_hang(&self, kick: std::time::Duration) -> u32 {
+        if !self.uses_timer {
+            return 2;
+        }
+        let bound = std::time::Duration::from_micros(crate::scenario::HLT_TIMER_BOUND_US as u64);
+        2 + bound.as_micros().div_ceil(kick.as_micros().max(1)) as u32
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +164,12 @@ fn encode_op(op: &Op, out: &mut Vec<u8>, host_ops: &mut Vec<HostOp>, mode: HostO
         Op::Ipi(ipi) => [IPI, ipi.icr_low(), ipi.dest, 0],
         Op::PicWrite { port, value } => [PORT_OUT, port.get() as u32, value as u32, 0],
         Op::PicRead(port) => [PORT_IN, port.get() as u32, 0, 0],
+        Op::Timer(t) => [TIMER, t.lvt(), t.divide_register(), t.count],
+        Op::TscDeadline(Deadline::Disarm) => [TSC_DEADLINE, 0, 0, 0],
+        Op::TscDeadline(Deadline::Now) => [TSC_DEADLINE, 1, 0, 0],
+        Op::TscDeadline(Deadline::After(n)) => [TSC_DEADLINE, 2, n, 0],
+        Op::TscDeadlineRead => [TSC_DEADLINE_READ, 0, 0, 0],
+        Op::TimerWait(us) => [TIMER_WAIT, us, 0, 0],
     };
     word(out, w);
 }
@@ -172,7 +206,10 @@ pub fn encode(scenario: &Scenario) -> Result<Table, TooLarge> {
 
 /// Encodes `scenario`, host ops done by `mode`.
 pub fn encode_for(scenario: &Scenario, mode: HostOps) -> Result<Table, TooLarge> {
-    let mut t = Table::default();
+    let mut t = Table {
+        uses_timer: scenario.uses_timer_ops(),
+        ..Table::default()
+    };
     for op in &scenario.ops {
         encode_op(op, &mut t.ops, &mut t.host_ops, mode);
     }

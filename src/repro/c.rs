@@ -62,6 +62,7 @@ pub(super) fn event_body(e: &crate::trace::Event) -> String {
                 crate::trace::Space::Lapic => "lapic",
                 crate::trace::Space::LapicMmio => "lapic-mmio",
                 crate::trace::Space::Pic => "pic",
+                crate::trace::Space::Msr => "msr",
             };
             format!("read {space}[0x{reg:x}] = 0x{value:x}")
         }

@@ -12,6 +12,7 @@
 #define CUR_OP (DATA)
 #define X2APIC_FLAG (DATA + 0x8)
 #define LOG_PTR (DATA + 0x10)
+#define TSC_PER_US (DATA + 0xf8)
 #define BODY_DIR (DATA + 0x800)
 #define NTH_TABLE (DATA + 0x1000)
 #define OPS (DATA + 0x2000)

@@ -166,6 +166,10 @@ pub fn generate(u: &mut Unstructured<'_>, cfg: &GenConfig) -> Result<Scenario> {
         spread_over_cpus(u, cfg.max_cpus.min(super::MAX_CPUS as u8), &mut s)?;
     } else if cfg.pic_percent > 0 && percent(u, cfg.pic_percent)? {
         add_pic(u, &mut s)?;
+    } else if !u.is_empty() && percent(u, 15)? {
+        // Drawn last, from the bytes left: the rest of the program is what
+        // the same bytes gave before the timer ops existed.
+        timer_ops(u, &mut s)?;
     }
     Ok(s)
 }
@@ -340,6 +344,110 @@ pub fn drop_pic_ops(s: &mut Scenario) {
             *op = Op::Nop;
         }
     }
+}
+/// The most ops [`timer_ops`] adds.
+pub const TIMER_SEQUENCE_MAX: usize = 8;
+
+/// Divisors `timer` ops draw (SDM Figure 11-10).
+const TIMER_DIVISORS: [u8; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+/// Inserts a LAPIC timer sequence into a single-CPU program, at a random
+/// point: a `timer` op (one-shot, periodic or TSC-deadline, now and then
+/// masked), at most two ops that program or read it mid-count, a wait
+/// (`timer-wait`, or a `hlt` that nothing else wakes), sometimes a second
+/// wait, and a periodic timer stopped at the end. Periods of 2-8 ms at
+/// the nominal 1 GHz bus clock, waits of 20-50 ms
+/// (docs/scenario-format.md "The LAPIC timer": the expiry must fall in
+/// the wait on a real backend, never before it).
+fn timer_ops(u: &mut Unstructured<'_>, s: &mut Scenario) -> Result<()> {
+    use super::{Deadline, TimerOpMode, TimerSetup};
+    let mode = match u.int_in_range(0..=99u8)? {
+        0..=49 => TimerOpMode::OneShot,
+        50..=74 => TimerOpMode::Periodic,
+        _ => TimerOpMode::TscDeadline,
+    };
+    let period_us = u.int_in_range(2000..=8000u32)?;
+    let divide = *u.choose(&TIMER_DIVISORS)?;
+    let setup = TimerSetup {
+        mode,
+        vector: vector(u)?,
+        masked: percent(u, 10)?,
+        divide,
+        count: if mode == TimerOpMode::TscDeadline {
+            0
+        } else {
+            period_us * 1000 / divide as u32
+        },
+    };
+    let mut ops = vec![Op::Timer(setup)];
+    if mode == TimerOpMode::TscDeadline {
+        // TSC cycles: at a TSC of 1 GHz or more, at most the period.
+        ops.push(Op::TscDeadline(if percent(u, 25)? {
+            Deadline::Now
+        } else {
+            Deadline::After(period_us * 1000)
+        }));
+    }
+    let wait = |u: &mut Unstructured<'_>| -> Result<Op> {
+        Ok(match u.int_in_range(0..=99u8)? {
+            0..=79 => Op::TimerWait(u.int_in_range(20_000..=50_000u32)?),
+            80..=89 => Op::StiHlt,
+            _ => Op::Hlt,
+        })
+    };
+    let mut may_be_periodic = mode == TimerOpMode::Periodic;
+    for _ in 0..u.int_in_range(0..=2u8)? {
+        let draw = u.int_in_range(0..=9u8)?;
+        may_be_periodic |= draw == 8;
+        ops.push(match draw {
+            0..=2 => Op::LapicRead(crate::model::lapic::reg::TIMER_CURRENT),
+            3 => Op::TscDeadlineRead,
+            4 => Op::Snapshot,
+            // Rewriting the initial count: a restart, or 0 (a stop).
+            5 | 6 => Op::LapicWrite {
+                offset: crate::model::lapic::reg::TIMER_INITIAL,
+                value: if percent(u, 30)? { 0 } else { setup.count },
+            },
+            // The mask or the mode changed mid-count.
+            7 => Op::LapicWrite {
+                offset: crate::model::lapic::reg::LVT_TIMER,
+                value: setup.lvt() ^ crate::model::lapic::LVT_MASKED,
+            },
+            8 => Op::LapicWrite {
+                offset: crate::model::lapic::reg::LVT_TIMER,
+                value: setup.lvt() ^ 1 << 17,
+            },
+            _ => Op::TscDeadline(Deadline::Disarm),
+        });
+    }
+    ops.push(wait(u)?);
+    if percent(u, 30)? {
+        ops.push(Op::LapicRead(crate::model::lapic::reg::TIMER_CURRENT));
+        ops.push(wait(u)?);
+    }
+    // A periodic count left running would expire between later ops (on a
+    // real backend; never in the model): it is stopped.
+    if may_be_periodic {
+        ops.push(Op::LapicWrite {
+            offset: crate::model::lapic::reg::TIMER_INITIAL,
+            value: 0,
+        });
+    }
+    if percent(u, 20)? {
+        s.handlers
+            .entry(HandlerKey::plain(setup.vector))
+            .or_insert_with(|| vec![Op::Snapshot, Op::Eoi]);
+    }
+    debug_assert!(ops.len() <= TIMER_SEQUENCE_MAX);
+    // After the routes, which come first.
+    let routes = s
+        .ops
+        .iter()
+        .take_while(|op| matches!(op, Op::Route { .. }))
+        .count();
+    let at = u.int_in_range(routes..=s.ops.len())?;
+    s.ops.splice(at..at, ops);
+    Ok(())
 }
 /// Makes a single-CPU program a multi-CPU one: CPUs, their APIC IDs, routes
 /// and MSIs to other CPUs, guest ops on other CPUs, per-CPU handler bodies,
@@ -644,7 +752,7 @@ mod tests {
         let mut varied = 0;
         for seed in 0..200 {
             let s = random(seed, &cfg);
-            assert!(s.ops.len() <= cfg.max_ops + 3);
+            assert!(s.ops.len() <= cfg.max_ops + 3 + TIMER_SEQUENCE_MAX);
             assert!(matches!(s.ops[0], Op::Route { .. }), "seed {seed}: {s}");
             varied += usize::from(s.ops.len() > 4);
         }
@@ -660,7 +768,8 @@ mod tests {
                 seen.insert(op.keyword());
             }
         }
-        // `ipi` is generated for multi-CPU programs only.
+        // `ipi` is generated for multi-CPU programs only; the timer ops
+        // for single-CPU ones.
         let multi = GenConfig {
             max_cpus: 4,
             ..GenConfig::default()
@@ -714,6 +823,41 @@ mod tests {
         }
         assert!(delivered > 150, "{delivered} of 300 deliver");
         assert!(errors < 30, "{errors} of 300 end in an error");
+    }
+
+    #[test]
+    fn timer_sequences_are_generated_valid_and_their_waits_expire_on_the_model() {
+        // Single-CPU programs only; every one prints and parses back and
+        // runs on the model; most timer programs see an expiry at a wait.
+        let cfg = GenConfig::default();
+        let mut model = crate::backend::model::ModelBackend::new();
+        let (mut with_timer, mut at_wait) = (0, 0);
+        for seed in 0..600 {
+            let s = random(seed, &cfg);
+            if !s.uses_timer_ops() {
+                continue;
+            }
+            with_timer += 1;
+            assert!(!s.uses_smp());
+            assert_eq!(crate::scenario::parse(&s.to_string()).unwrap(), s, "{s}");
+            let t = crate::backend::Backend::run(&mut model, &s).unwrap();
+            at_wait += usize::from(t.events.iter().any(|e| {
+                matches!(e.kind, crate::trace::EventKind::Deliver { .. })
+                    && matches!(
+                        s.ops.get(e.op),
+                        Some(Op::TimerWait(_) | Op::StiHlt | Op::Hlt)
+                    )
+            }));
+        }
+        assert!(with_timer > 50, "{with_timer}");
+        assert!(at_wait > with_timer / 4, "{at_wait} of {with_timer}");
+        let multi = GenConfig {
+            max_cpus: 4,
+            ..GenConfig::default()
+        };
+        for seed in 0..100 {
+            assert!(!random(seed, &multi).uses_timer_ops());
+        }
     }
 
     #[test]

@@ -542,6 +542,26 @@ pub enum Op {
     /// adds it for multi-CPU programs.
     #[arbitrary(skip)]
     Ipi(Ipi),
+    // ---- The LAPIC timer (issue 15). Not drawn by `Arbitrary` (the
+    // programs of committed seeds stay what they were); the generator adds
+    // them (`generate::timer_ops`).
+    /// Extension: `timer MODE vector=V [masked] [divide=D] [count=C]`:
+    /// programs the LAPIC timer (divide configuration, LVT timer, then the
+    /// initial count, which starts a one-shot or periodic count).
+    #[arbitrary(skip)]
+    Timer(TimerSetup),
+    /// Extension: `tsc-deadline 0|now|+N`: WRMSR IA32_TSC_DEADLINE.
+    #[arbitrary(skip)]
+    TscDeadline(Deadline),
+    /// Extension: `tsc-deadline-read`: RDMSR IA32_TSC_DEADLINE, recorded
+    /// as zero or non-zero.
+    #[arbitrary(skip)]
+    TscDeadlineRead,
+    /// Extension: `timer-wait max=N`: wait until an interrupt is taken or
+    /// N µs pass; the one place (with a `hlt` nothing else wakes) where the
+    /// model lets the timer expire.
+    #[arbitrary(skip)]
+    TimerWait(u32),
     // ---- PIC (issue 15). Not drawn by `Arbitrary`; the generator adds them.
     /// Extension: `pic-write PORT VALUE`: `out` of the byte VALUE to an 8259
     /// or ELCR port ([`PicPort`]).
@@ -612,6 +632,66 @@ impl fmt::Display for IsaLine {
     }
 }
 
+/// `timer` modes: the LVT timer's bits 18:17 (SDM Figure 11-8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TimerOpMode {
+    #[default]
+    OneShot,
+    Periodic,
+    TscDeadline,
+}
+
+/// What `timer ...` writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TimerSetup {
+    pub mode: TimerOpMode,
+    pub vector: u8,
+    pub masked: bool,
+    /// The divisor: 1, 2, 4, ... 128 (SDM Figure 11-10).
+    pub divide: u8,
+    /// The initial count (one-shot and periodic only; 0 stops the timer).
+    pub count: u32,
+}
+
+impl TimerSetup {
+    /// The LVT timer value: vector, mask (bit 16), mode (bits 18:17).
+    pub fn lvt(&self) -> u32 {
+        let mode: u32 = match self.mode {
+            TimerOpMode::OneShot => 0,
+            TimerOpMode::Periodic => 1,
+            TimerOpMode::TscDeadline => 2,
+        };
+        self.vector as u32 | u32::from(self.masked) << 16 | mode << 17
+    }
+
+    /// The divide configuration register value of the divisor.
+    pub fn divide_register(&self) -> u32 {
+        irqdiff_model::lapic_timer::divide_register(self.divide as u32)
+            .expect("the parser keeps the divisor a power of two up to 128")
+    }
+}
+
+/// `tsc-deadline` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Deadline {
+    /// `0`: disarm.
+    Disarm,
+    /// `now`: the TSC just read, so the deadline has passed by the write.
+    Now,
+    /// `+N`: N TSC cycles after the TSC just read.
+    After(u32),
+}
+
+/// The most a `timer-wait` waits, in µs (1 s).
+pub const TIMER_WAIT_MAX_US: u32 = 1_000_000;
+
+/// How long a `hlt` (or `sti-hlt`) that nothing else wakes waits for the
+/// LAPIC timer, in µs: a timer whose period fits expires there and wakes
+/// it; otherwise the `hlt` hangs (docs/scenario-format.md "The LAPIC
+/// timer"). Every backend's hang detection waits at least this long for a
+/// scenario with timer ops.
+pub const HLT_TIMER_BOUND_US: u32 = 10_000;
+
 /// IA32_APIC_BASE values a generator tries: the usual base or a moved one,
 /// with each combination of EN and EXTD.
 fn apic_base_value(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u32> {
@@ -643,6 +723,29 @@ fn cr8_value(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<u8> {
 }
 
 impl Op {
+    /// An op of the TSC-deadline timer (`timer tsc-deadline`,
+    /// `tsc-deadline`, `tsc-deadline-read`).
+    pub fn uses_tsc_deadline(&self) -> bool {
+        matches!(
+            self,
+            Op::TscDeadline(_)
+                | Op::TscDeadlineRead
+                | Op::Timer(TimerSetup {
+                    mode: TimerOpMode::TscDeadline,
+                    ..
+                })
+        )
+    }
+
+    /// A LAPIC timer op (`timer`, `tsc-deadline`, `tsc-deadline-read`,
+    /// `timer-wait`).
+    pub fn is_timer_op(&self) -> bool {
+        matches!(
+            self,
+            Op::Timer(_) | Op::TscDeadline(_) | Op::TscDeadlineRead | Op::TimerWait(_)
+        )
+    }
+
     /// The op's keyword in the text format; used in signatures and reports.
     pub fn keyword(&self) -> &'static str {
         match self {
@@ -670,6 +773,10 @@ impl Op {
             Op::LapicMmioWrite { .. } => "lapic-mmio-write",
             Op::ApicBase(_) => "apic-base",
             Op::Ipi(_) => "ipi",
+            Op::Timer(_) => "timer",
+            Op::TscDeadline(_) => "tsc-deadline",
+            Op::TscDeadlineRead => "tsc-deadline-read",
+            Op::TimerWait(_) => "timer-wait",
             Op::PicWrite { .. } => "pic-write",
             Op::PicRead(_) => "pic-read",
         }
@@ -757,6 +864,39 @@ impl Scenario {
     pub fn depends_on_ioapic_version(&self) -> bool {
         self.all_ops()
             .any(|op| matches!(op, Op::IoapicEoi(_) | Op::IoapicRead(1)))
+    }
+
+    /// Whether an op drives the LAPIC timer through the timer ops (`timer`,
+    /// `tsc-deadline`, `tsc-deadline-read`, `timer-wait`).
+    pub fn uses_timer_ops(&self) -> bool {
+        self.all_ops().any(Op::is_timer_op)
+    }
+
+    /// Drops every op (of the program and the handler bodies) `keep`
+    /// refuses, keeping `op_cpus` in step: what a backend's `fit` does
+    /// with ops it cannot run.
+    pub fn retain_ops(&mut self, keep: impl Fn(&Op) -> bool) {
+        if !self.op_cpus.is_empty() {
+            let cpus = std::mem::take(&mut self.op_cpus);
+            let (ops, cpus): (Vec<Op>, Vec<u8>) = std::mem::take(&mut self.ops)
+                .into_iter()
+                .zip(cpus.into_iter().chain(std::iter::repeat(0)))
+                .filter(|(op, _)| keep(op))
+                .unzip();
+            self.ops = ops;
+            self.op_cpus = cpus;
+            self.normalize_op_cpus();
+        } else {
+            self.ops.retain(&keep);
+        }
+        for body in self.handlers.values_mut() {
+            body.retain(&keep);
+        }
+    }
+
+    /// Whether an op uses the TSC-deadline timer (CPUID.01H:ECX[24]).
+    pub fn uses_tsc_deadline(&self) -> bool {
+        self.all_ops().any(Op::uses_tsc_deadline)
     }
 
     /// The body the guest runs for the `nth` (from 1) delivery of `vector`:

@@ -8,9 +8,10 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 
 use super::{
-    ApStart, ApicMode, Config, DeliveryMode, DestMode, HandlerKey, HostOp, IoapicVersion, Ipi,
-    IpiDelivery, Irqchip, IsaLine, Msi, MsiDelivery, Op, PicPort, Pin, Polarity, Route, RouteOrder,
-    Scenario, Shorthand, Trigger, MAX_CPUS, PINS,
+    ApStart, ApicMode, Config, Deadline, DeliveryMode, DestMode, HandlerKey, HostOp, IoapicVersion,
+    Ipi, IpiDelivery, Irqchip, IsaLine, Msi, MsiDelivery, Op, PicPort, Pin, Polarity, Route,
+    RouteOrder, Scenario, Shorthand, TimerOpMode, TimerSetup, Trigger, MAX_CPUS, PINS,
+    TIMER_WAIT_MAX_US,
 };
 
 /// A scenario text that does not parse.
@@ -71,6 +72,10 @@ pub const OP_KEYWORDS: &[&str] = &[
     "isa-assert",
     "isa-deassert",
     "isa-pulse",
+    "timer",
+    "tsc-deadline",
+    "tsc-deadline-read",
+    "timer-wait",
 ];
 
 /// What can only be checked once the whole config is known (handler lines
@@ -566,6 +571,10 @@ fn parse_op(
         "route" => return parse_route(line, ws),
         "ipi" => return parse_ipi(line, ws, deferred),
         "msi" => return parse_msi(line, ws),
+        "timer" => return parse_timer(line, ws),
+        "tsc-deadline" => (Op::TscDeadline(deadline(line, arg(1))?), 2),
+        "tsc-deadline-read" => (Op::TscDeadlineRead, 1),
+        "timer-wait" => (Op::TimerWait(timer_wait(line, arg(1))?), 2),
         "mask" => (Op::Mask(pin(line, arg(1))?), 2),
         "unmask" => (Op::Unmask(pin(line, arg(1))?), 2),
         "assert" => (Op::Host(HostOp::Assert(pin(line, arg(1))?)), 2),
@@ -738,6 +747,140 @@ fn parse_route(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
     }
     route.vector = vector.ok_or_else(|| line.error(None, "`vector=V` (route needs a vector)"))?;
     Ok(Op::Route { pin, route })
+}
+
+/// `tsc-deadline 0|now|+N` (N: 1 to 2^32-1 TSC cycles).
+fn deadline(line: &Line<'_>, w: Option<Word<'_>>) -> Result<Deadline, ParseError> {
+    const EXPECTED: &str =
+        "a TSC deadline: 0, now, or +N (N TSC cycles after now, 1 to 4294967295)";
+    let w = w.ok_or_else(|| line.error(None, EXPECTED))?;
+    match w.text {
+        "0" => Ok(Deadline::Disarm),
+        "now" => Ok(Deadline::Now),
+        t if t.starts_with('+') => {
+            let n = Word {
+                text: &t[1..],
+                column: w.column + 1,
+            };
+            match number(line, n, u32::MAX as u64, EXPECTED)? {
+                0 => Err(line.error(Some(w), EXPECTED)),
+                n => Ok(Deadline::After(n as u32)),
+            }
+        }
+        _ => Err(line.error(Some(w), EXPECTED)),
+    }
+}
+
+/// `timer-wait max=N` (N: 1 to [`TIMER_WAIT_MAX_US`] µs).
+fn timer_wait(line: &Line<'_>, w: Option<Word<'_>>) -> Result<u32, ParseError> {
+    let expected = format!("`max=N`, the wait's bound in µs, 1-{TIMER_WAIT_MAX_US}");
+    let w = w.ok_or_else(|| line.error(None, expected.clone()))?;
+    let Some(text) = w.text.strip_prefix("max=") else {
+        return Err(line.error(Some(w), expected));
+    };
+    let n = Word {
+        text,
+        column: w.column + 4,
+    };
+    match number(line, n, TIMER_WAIT_MAX_US as u64, &expected)? {
+        0 => Err(line.error(Some(w), expected)),
+        n => Ok(n as u32),
+    }
+}
+
+/// `timer oneshot|periodic|tsc-deadline vector=V [masked|unmasked]
+/// [divide=D] [count=C]`: the mode first, then options in any order.
+fn parse_timer(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
+    const MODES: &str = "a timer mode: oneshot, periodic or tsc-deadline";
+    let mode_word = ws.get(1).copied().ok_or_else(|| line.error(None, MODES))?;
+    let mode = match mode_word.text {
+        "oneshot" => TimerOpMode::OneShot,
+        "periodic" => TimerOpMode::Periodic,
+        "tsc-deadline" => TimerOpMode::TscDeadline,
+        _ => return Err(line.error(Some(mode_word), MODES)),
+    };
+    let mut setup = TimerSetup {
+        mode,
+        divide: 1,
+        ..TimerSetup::default()
+    };
+    let (mut vector, mut count) = (None, None);
+    let mut seen = Vec::new();
+    for w in &ws[2..] {
+        let group = match w.text {
+            "masked" => {
+                setup.masked = true;
+                "mask"
+            }
+            "unmasked" => {
+                setup.masked = false;
+                "mask"
+            }
+            t if t.starts_with("vector=") => {
+                let v = Word {
+                    text: &t[7..],
+                    column: w.column + 7,
+                };
+                vector = Some(number(line, v, 255, "a vector 0-255 after `vector=`")? as u8);
+                "vector"
+            }
+            t if t.starts_with("divide=") => {
+                const DIVISORS: &str = "a divisor 1, 2, 4, 8, 16, 32, 64 or 128 after `divide=`";
+                let v = Word {
+                    text: &t[7..],
+                    column: w.column + 7,
+                };
+                let d = number(line, v, 128, DIVISORS)?;
+                if !d.is_power_of_two() {
+                    return Err(line.error(Some(v), DIVISORS));
+                }
+                setup.divide = d as u8;
+                "divide"
+            }
+            t if t.starts_with("count=") => {
+                let v = Word {
+                    text: &t[6..],
+                    column: w.column + 6,
+                };
+                count = Some(number(
+                    line,
+                    v,
+                    u32::MAX as u64,
+                    "an initial count (a 32-bit number) after `count=`",
+                )? as u32);
+                "count"
+            }
+            _ => {
+                return Err(line.error(
+                    Some(*w),
+                    "a timer option: vector=V, masked|unmasked, divide=D, count=C",
+                ))
+            }
+        };
+        once(line, &mut seen, group, *w)?;
+    }
+    setup.vector = vector.ok_or_else(|| line.error(None, "`vector=V` (timer needs a vector)"))?;
+    match (mode, count) {
+        (TimerOpMode::TscDeadline, Some(_)) => {
+            let w = ws[2..]
+                .iter()
+                .find(|w| w.text.starts_with("count="))
+                .copied();
+            return Err(line.error(
+                w,
+                "no `count=` in tsc-deadline mode (the initial count is ignored there, SDM 11.5.4.1; arm it with `tsc-deadline`)",
+            ));
+        }
+        (TimerOpMode::TscDeadline, None) => {}
+        (_, Some(c)) => setup.count = c,
+        (_, None) => {
+            return Err(line.error(
+                None,
+                "`count=C` (a one-shot or periodic timer needs its initial count)",
+            ))
+        }
+    }
+    Ok(Op::Timer(setup))
 }
 
 fn parse_msi(line: &Line<'_>, ws: &[Word<'_>]) -> Result<Op, ParseError> {
@@ -952,6 +1095,86 @@ mod tests {
         assert_eq!(s.handler_body(0x20, 2), &[] as &[Op]);
         assert_eq!(s.handler_body(0x21, 1), &[Op::Eoi]);
         assert_eq!(parse(&print(&s)).unwrap(), s);
+    }
+
+    #[test]
+    fn the_timer_ops_parse_print_and_round_trip() {
+        let text = "handler 0xee: timer-wait max=10; eoi\n\
+                    timer oneshot vector=0xee count=1000\n\
+                    timer periodic vector=0x40 masked divide=128 count=0\n\
+                    timer tsc-deadline vector=0xef\n\
+                    tsc-deadline 0\ntsc-deadline now\ntsc-deadline +4294967295\n\
+                    tsc-deadline-read\ntimer-wait max=1000000\n";
+        let s = parse(text).unwrap();
+        assert_eq!(
+            s.ops[0],
+            Op::Timer(TimerSetup {
+                mode: TimerOpMode::OneShot,
+                vector: 0xee,
+                masked: false,
+                divide: 1,
+                count: 1000
+            })
+        );
+        let Op::Timer(periodic) = s.ops[1] else {
+            panic!("{:?}", s.ops[1])
+        };
+        assert_eq!(
+            (periodic.lvt(), periodic.divide_register()),
+            (0x3_0040, 0xa)
+        );
+        assert_eq!(s.ops[3], Op::TscDeadline(Deadline::Disarm));
+        assert_eq!(s.ops[4], Op::TscDeadline(Deadline::Now));
+        assert_eq!(s.ops[5], Op::TscDeadline(Deadline::After(u32::MAX)));
+        assert_eq!(s.ops[6], Op::TscDeadlineRead);
+        assert_eq!(s.ops[7], Op::TimerWait(TIMER_WAIT_MAX_US));
+        assert!(s.uses_timer_ops() && s.uses_tsc_deadline());
+        // Canonical: the divisor only when not 1, counts in decimal, no
+        // count in TSC-deadline mode.
+        assert_eq!(print(&s), text);
+        assert_eq!(
+            print(&parse("timer oneshot count=5 divide=1 vector=238 unmasked\n").unwrap()),
+            "timer oneshot vector=0xee count=5\n"
+        );
+    }
+
+    #[test]
+    fn timer_op_errors_say_what_was_expected() {
+        for (text, column, what) in [
+            ("timer\n", 6, "a timer mode"),
+            ("timer fast vector=1 count=1\n", 7, "a timer mode"),
+            ("timer oneshot count=1\n", 22, "`vector=V`"),
+            ("timer periodic vector=0x40\n", 27, "`count=C`"),
+            (
+                "timer oneshot vector=0x40 count=1 divide=3\n",
+                42,
+                "a divisor",
+            ),
+            (
+                "timer oneshot vector=0x40 count=1 divide=256\n",
+                42,
+                "a divisor",
+            ),
+            (
+                "timer tsc-deadline vector=0x40 count=1\n",
+                32,
+                "no `count=`",
+            ),
+            (
+                "timer oneshot vector=0x40 count=1 count=2\n",
+                35,
+                "one count option",
+            ),
+            ("tsc-deadline later\n", 14, "a TSC deadline"),
+            ("tsc-deadline +0\n", 14, "a TSC deadline"),
+            ("timer-wait 10\n", 12, "`max=N`"),
+            ("timer-wait max=0\n", 12, "`max=N`"),
+            ("timer-wait max=1000001\n", 16, "`max=N`"),
+        ] {
+            let e = err(text);
+            assert_eq!((e.line, e.column), (1, column), "{text}: {e}");
+            assert!(e.to_string().contains(what), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@
 use std::fmt::Write;
 
 use super::{
-    ApStart, ApicMode, Config, DeliveryMode, DestMode, HostOp, IoapicVersion, Ipi, IpiDelivery,
-    Irqchip, Msi, MsiDelivery, Op, Polarity, Route, RouteOrder, Scenario, Shorthand, Trigger,
+    ApStart, ApicMode, Config, Deadline, DeliveryMode, DestMode, HostOp, IoapicVersion, Ipi,
+    IpiDelivery, Irqchip, Msi, MsiDelivery, Op, Polarity, Route, RouteOrder, Scenario, Shorthand,
+    TimerOpMode, TimerSetup, Trigger,
 };
 
 pub fn print(s: &Scenario) -> String {
@@ -134,7 +135,34 @@ pub fn op_text(op: &Op) -> String {
         Op::Host(HostOp::IsaAssert(l)) => format!("isa-assert {l}"),
         Op::Host(HostOp::IsaDeassert(l)) => format!("isa-deassert {l}"),
         Op::Host(HostOp::IsaPulse(l)) => format!("isa-pulse {l}"),
+        Op::Timer(t) => timer_text(&t),
+        Op::TscDeadline(Deadline::Disarm) => "tsc-deadline 0".into(),
+        Op::TscDeadline(Deadline::Now) => "tsc-deadline now".into(),
+        Op::TscDeadline(Deadline::After(n)) => format!("tsc-deadline +{n}"),
+        Op::TscDeadlineRead => "tsc-deadline-read".into(),
+        Op::TimerWait(us) => format!("timer-wait max={us}"),
     }
+}
+
+/// `timer MODE vector=V [masked] [divide=D] [count=C]`: the divisor only
+/// when not 1, counts in decimal.
+fn timer_text(t: &TimerSetup) -> String {
+    let mode = match t.mode {
+        TimerOpMode::OneShot => "oneshot",
+        TimerOpMode::Periodic => "periodic",
+        TimerOpMode::TscDeadline => "tsc-deadline",
+    };
+    let mut s = format!("timer {mode} vector={:#04x}", t.vector);
+    if t.masked {
+        s.push_str(" masked");
+    }
+    if t.divide != 1 {
+        let _ = write!(s, " divide={}", t.divide);
+    }
+    if t.mode != TimerOpMode::TscDeadline {
+        let _ = write!(s, " count={}", t.count);
+    }
+    s
 }
 
 fn ipi_options(i: &Ipi) -> String {

@@ -150,6 +150,12 @@ pub type Interrupter = std::sync::Arc<dyn Fn() -> HvResult<()> + Send + Sync>;
 /// `hv_vcpu_read_msr` and the destroy order. Implemented by the real
 /// framework (`framework.rs`) and the double; the loop needs both traits.
 pub trait HvExt: Hv {
+    /// Why the framework's in-kernel local APIC cannot run the LAPIC timer
+    /// ops (`None`: it runs them, as Hypervisor.framework's APIC, which
+    /// has the timer, does).
+    fn lapic_timer_unsupported(&self) -> Option<&'static str> {
+        None
+    }
     /// `hv_vmx_read_capability` (hv_vmx.h): a [`cap`] field.
     fn read_capability(&mut self, field: u32) -> HvResult<u64>;
     /// `hv_vcpu_read_msr` (hv.h).

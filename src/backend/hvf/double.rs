@@ -1038,6 +1038,14 @@ impl Hv for Double {
 }
 
 impl HvExt for Double {
+    /// The double's in-kernel APIC is the model's, which has no clock: a
+    /// timer that counts in real time while the guest spins or halts is
+    /// not something it can be (`timer-wait` and `hlt` would need the
+    /// double to pass time), so it refuses rather than run another meaning.
+    fn lapic_timer_unsupported(&self) -> Option<&'static str> {
+        Some("the HVF test double's in-kernel APIC (the model, without a clock) has no LAPIC timer: the timer ops (`timer`, `tsc-deadline`, `tsc-deadline-read`, `timer-wait`) run on Hypervisor.framework itself")
+    }
+
     fn read_capability(&mut self, field: u32) -> HvResult<u64> {
         let caps = self
             .strict

@@ -181,6 +181,11 @@ impl<H: Hv + HvExt + Send> Backend for HvfBackend<H> {
     }
 
     fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        if scenario.uses_timer_ops() {
+            if let Some(why) = self.vmm.lapic_timer_unsupported() {
+                return Some(why.into());
+            }
+        }
         if scenario.config.directed_eoi {
             return Some(
                 "directed EOI (EOI-broadcast suppression) is not documented for Hypervisor.framework's APIC".into(),
@@ -194,6 +199,9 @@ impl<H: Hv + HvExt + Send> Backend for HvfBackend<H> {
     /// unavailable.
     fn fit(&self, scenario: &mut Scenario) {
         scenario.config.directed_eoi = false;
+        if self.vmm.lapic_timer_unsupported().is_some() {
+            scenario.retain_ops(|op| !op.is_timer_op());
+        }
         self.vmm.fit(scenario);
     }
 

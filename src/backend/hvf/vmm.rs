@@ -340,6 +340,11 @@ impl<H: Hv + HvExt + Send> HvfVmm<H> {
     /// Why this VMM cannot run `scenario` as written (the backend's
     /// `unsupported`): x2APIC before the probe showed it works, and on the
     /// full shape an IOAPIC other than the in-kernel one.
+    /// [`HvExt::lapic_timer_unsupported`] of the framework under this VMM.
+    pub fn lapic_timer_unsupported(&self) -> Option<&'static str> {
+        self.hv.lapic_timer_unsupported()
+    }
+
     pub fn unsupported(&self, scenario: &Scenario) -> Option<String> {
         // ---- PIC (issue 15): the framework's ATPIC is not driven yet.
         if scenario.uses_pic() {

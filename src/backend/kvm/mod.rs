@@ -842,7 +842,7 @@ impl Vm {
     fn with_cpus(kvm: &Kvm, image: &Image, shape: Shape, ids: &[u32]) -> Result<Vm> {
         let vm = kvm.create_vm().map_err(errno("KVM_CREATE_VM"))?;
         Vm::create_irqchip(&vm, shape)?;
-        let ram = Vm::map_ram(&vm, image)?;
+        let mut ram = Vm::map_ram(&vm, image)?;
         if ids.len() > 1 {
             smp::no_bsp(&vm, ids)?;
         }
@@ -859,6 +859,11 @@ impl Vm {
         };
         vcpu.set_cpuid2(&cpu0_cpuid)
             .map_err(errno("KVM_SET_CPUID2"))?;
+        // `timer-wait` counts its bound in the guest's TSC (KVM may scale
+        // it); the host-measured rate stays where KVM does not say.
+        if let Ok(khz) = vcpu.get_tsc_khz() {
+            crate::guest::set_tsc_per_us(ram.bytes_mut(), khz / 1000);
+        }
         let mut sregs = long_mode_sregs(vcpu.get_sregs().map_err(errno("KVM_GET_SREGS"))?);
         if ids.len() > 1 {
             // KVM's BSP is the vCPU whose APIC base has the BSP bit
@@ -1551,8 +1556,42 @@ fn vm_slot<'v>(
 }
 
 /// Why a scenario cannot run on this shape, if it cannot.
+/// Whether this host's KVM offers the TSC-deadline timer: CPUID.01H:ECX
+/// bit 24 in `KVM_GET_SUPPORTED_CPUID` (SDM §11.5.4.1). The VMs get the
+/// supported CPUID as it is (`Vm::with_cpus`), so the guest sees the bit
+/// exactly when KVM's local APIC has the mode. Probed once per process.
+pub fn tsc_deadline_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let Ok(kvm) = Kvm::new() else { return false };
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .is_ok_and(|cpuid| {
+                cpuid
+                    .as_slice()
+                    .iter()
+                    .any(|e| e.function == 1 && e.index == 0 && e.ecx & 1 << 24 != 0)
+            })
+    })
+}
+
+/// What `fit` does for the timer: the TSC-deadline ops go where KVM has no
+/// TSC-deadline timer.
+fn fit_timer(scenario: &mut Scenario) {
+    if !tsc_deadline_supported() {
+        scenario.retain_ops(|op| !op.uses_tsc_deadline());
+    }
+}
+
 fn unsupported(scenario: &Scenario, shape: Shape) -> Option<String> {
     let c = &scenario.config;
+    if scenario.uses_tsc_deadline() && !tsc_deadline_supported() {
+        return Some(
+            "this host's KVM does not offer the TSC-deadline timer (CPUID.01H:ECX[24] clear in KVM_GET_SUPPORTED_CPUID)".into(),
+        );
+    }
+    if scenario.uses_timer_ops() && scenario.uses_smp() {
+        return Some("the LAPIC timer ops run on one CPU only".into());
+    }
     // ---- PIC (issue 15): the pair is wired to CPU 0 of one CPU.
     if scenario.uses_pic() && scenario.uses_smp() {
         return Some("the 8259 pair is modelled on one CPU only (its INT is CPU 0's LINT0)".into());
@@ -1609,6 +1648,7 @@ impl Backend for KvmBackend {
         if Shape::for_run(self.opened, scenario).is_split() {
             scenario.config.irqchip = crate::scenario::Irqchip::Split;
         }
+        fit_timer(scenario);
         if self.unsupported(scenario).is_some() {
             scenario.config.ioapic = IoapicVersion::V11;
             scenario.config.directed_eoi = false;
@@ -1791,8 +1831,11 @@ fn run_loop(
                         watchdog.watch.no_early_kick_next();
                         None
                     } else {
+                        // Two kicks, or more while a timer may still
+                        // wake a `hlt` (its bound, table.rs).
                         halted_kicks += 1;
-                        (halted_kicks >= 2).then_some(HangRule::TwoKicks)
+                        (halted_kicks >= table.halted_kicks_for_hang(KICK))
+                            .then_some(HangRule::TwoKicks)
                     };
                     vm.spent(|t| &mut t.judging, judging);
                     if hang.is_some() {
