@@ -831,6 +831,13 @@ impl Lapic {
         if !self.hw_enabled {
             return None;
         }
+        // Deviation timer-tsc-deadline/late: a deadline already passed at
+        // the write stays armed (the MSR keeps it) until the next exit to
+        // the VMM or wait, where `timer_elapse(0)` expires it.
+        if self.deviations.breaks(Rule::TimerTscDeadline, Mode::Late) {
+            self.timer.write_deadline_late(self.timer_mode(), value);
+            return None;
+        }
         let expiry = self.timer.write_deadline(self.timer_mode(), value)?;
         Some(self.timer_fire(expiry.rule))
     }
@@ -2009,6 +2016,33 @@ mod tests {
         assert_eq!(l.highest_irr(), Some(0xef));
         // The current count is read-only in x2APIC mode (#GP).
         assert!(l.write_msr(msr_of(reg::TIMER_CURRENT), 1).is_err());
+    }
+
+    #[test]
+    fn under_timer_tsc_deadline_late_a_passed_deadline_waits_for_the_next_elapse() {
+        // Deviation of SDM §11.5.4.1 ("if software writes a value that is
+        // in the past" the timer expires at once): the deadline stays in
+        // the MSR, nothing is raised, and the next elapse of any bound (an
+        // exit to the VMM: 0) expires it and clears the MSR.
+        let mut l = Lapic::new(true, false, Quirks::empty());
+        l.set_deviations(Deviations::of(&[crate::rules::Deviation::new(
+            Rule::TimerTscDeadline,
+            Mode::Late,
+        )]));
+        l.write_msr(msr_of(reg::LVT_TIMER), 0xef | 2 << 17).unwrap();
+        let now = l.timer().tsc();
+        assert_eq!(l.write_tsc_deadline(now), None);
+        assert_eq!(l.read_tsc_deadline(), now);
+        assert_eq!(l.highest_irr(), None);
+        assert_eq!(
+            l.timer_elapse(0),
+            Some((Rule::TimerTscDeadline, Some(0xef)))
+        );
+        assert_eq!(l.read_tsc_deadline(), 0);
+        assert_eq!(l.highest_irr(), Some(0xef));
+        // A deadline ahead is not due at a bound of 0.
+        assert_eq!(l.write_tsc_deadline(l.timer().tsc() + 5), None);
+        assert_eq!(l.timer_elapse(0), None);
     }
 
     #[test]

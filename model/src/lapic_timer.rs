@@ -204,6 +204,15 @@ impl Timer {
         None
     }
 
+    /// Deviation timer-tsc-deadline/late: [`Timer::write_deadline`], but a
+    /// deadline at or below the TSC is only stored; the next
+    /// [`Timer::elapse`] (of any bound) expires it.
+    pub fn write_deadline_late(&mut self, mode: TimerMode, value: u64) {
+        if mode == TimerMode::TscDeadline {
+            self.deadline = value;
+        }
+    }
+
     /// SDM §11.5.4.1: IA32_TSC_DEADLINE reads its value in TSC-deadline
     /// mode (0 once it expired: the timer disarms itself and clears it),
     /// and 0 in any other mode.
@@ -242,11 +251,11 @@ impl Timer {
                 })
             }
             TimerMode::TscDeadline if self.deadline != 0 => {
-                let ahead = self.deadline - self.tsc;
+                let ahead = self.deadline.saturating_sub(self.tsc);
                 if ahead > limit {
                     return None;
                 }
-                self.tsc = self.deadline;
+                self.tsc = self.tsc.max(self.deadline);
                 self.deadline = 0;
                 Some(Expiry {
                     rule: Rule::TimerTscDeadline,

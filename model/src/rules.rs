@@ -474,6 +474,9 @@ impl Deviation {
             (Rule::IoapicReadOnlyBits, Mode::Skipped) => {
                 "a write of an entry's low dword stores delivery status (bit 12) and remote IRR (bit 14) as written"
             }
+            (Rule::TimerTscDeadline, Mode::Late) => {
+                "a TSC deadline already passed at the WRMSR expires only at the next exit to the VMM or wait (the MSR reads it until then)"
+            }
             _ => return None,
         })
     }

@@ -558,7 +558,8 @@ impl<'s, R: Recorder> Run<'s, R> {
             dispatch_deviates: deviations
                 .breaks(Rule::DispatchAbovePpr, crate::model::Mode::Skipped)
                 || deviations.breaks(Rule::DispatchAbovePpr, crate::model::Mode::Late)
-                || deviations.breaks(Rule::EoiBroadcast, crate::model::Mode::Inverted),
+                || deviations.breaks(Rule::EoiBroadcast, crate::model::Mode::Inverted)
+                || deviations.breaks(Rule::TimerTscDeadline, crate::model::Mode::Late),
             early_eoi: None,
             host_exit_at_take: false,
             storm_shortcut: true,
@@ -625,6 +626,15 @@ impl<'s, R: Recorder> Run<'s, R> {
         self.execute(op, k, depth)?;
         if let Some((vector, EoiPoint::After)) = early {
             self.send_early_eoi(vector);
+        }
+        // Deviation timer-tsc-deadline/late: a deadline passed at its write
+        // expires at the exit (a bound of 0 expires only what is due).
+        if self.exits(op)
+            && self
+                .deviations
+                .breaks(Rule::TimerTscDeadline, crate::model::Mode::Late)
+        {
+            self.machine.timer_elapse(0);
         }
         self.recorder.collect(&mut self.machine, k);
         // Deviation dispatch-above-ppr/skipped (a stale TPR threshold): a TPR
