@@ -427,16 +427,26 @@ fn the_multi_cpu_bug_shapes_fail_the_kvm_unit_tests_they_break() {
 
 #[test]
 fn repros_of_a_multi_cpu_scenario() {
-    // The KVM C repro drives one vCPU per CPU (tests/repro.rs runs it); the
-    // HVF one drives one vCPU and refuses, saying why; the Rust test
+    // The KVM and HVF C repros drive one vCPU per CPU (tests/repro.rs and
+    // tests/repro_hvf.rs run them); the HVF one refuses APIC IDs other than
+    // the CPU indexes, saying why; the Rust test
     // repro compares with the multi-CPU order rules, and passes on the
     // model's own trace.
     let s = load(&path("apic_physical_broadcast"));
     let expected = run("apic_physical_broadcast");
     let c = irqdiff::repro::c::emit(&s, &expected).unwrap();
     assert!(c.contains("#define N_CPUS 2"), "{c}");
-    let e = irqdiff::repro::c::emit_hvf(&s, &expected).unwrap_err();
-    assert!(e.to_string().contains("multi-CPU extension"), "{e}");
+    let c = irqdiff::repro::c::emit_hvf(&s, &expected).unwrap();
+    assert!(c.contains("#define N_CPUS 2"), "{c}");
+    assert!(c.contains("hv_vcpu_exit_startup_ap"), "{c}");
+    let aliased = load(&path("apic_aliased_xapic_physical_ipi"));
+    let e =
+        irqdiff::repro::c::emit_hvf(&aliased, &run("apic_aliased_xapic_physical_ipi")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("apic-ids other than the CPU indexes"),
+        "{e}"
+    );
     let test = irqdiff::repro::rust_test(&s, "model", "broadcast");
     assert!(test.contains("compare_scenario(&scenario"), "{test}");
     assert!(test.contains("config cpus=2"), "{test}");

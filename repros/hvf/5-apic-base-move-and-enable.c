@@ -54,6 +54,7 @@
 #define STACK_TOP 0x1f000
 #define DATA 0x20000
 #define CUR_OP (DATA)
+#define DELIVERIES (DATA + 0x4)
 #define X2APIC_FLAG (DATA + 0x8)
 #define LOG_PTR (DATA + 0x10)
 #define TSC_PER_US (DATA + 0xf8)
@@ -718,7 +719,10 @@ static MAYBE_UNUSED void ioapic_write(uint64_t offset, uint32_t value)
 }
 
 
-static hv_vcpuid_t vcpu;
+/* The vCPU of the calling thread: hv.h lets only the thread that created a
+ * vCPU use it, so each thread names its own (several CPUs: one thread
+ * each). */
+static _Thread_local hv_vcpuid_t vcpu;
 
 /* Every call's return code is checked; a failure means the program could
  * not run (exit 2), never a finding. */
@@ -840,10 +844,12 @@ static void set_segments(void)
 }
 
 /* A halted vCPU blocks in the kernel under HV_VM_ACCEL_APIC, whatever the
- * deadline: a watchdog thread kicks it every 20 ms with hv_vcpu_interrupt
- * (the one vCPU call allowed from another thread) and the loop judges a
- * hang by the op counter standing still in HLT. */
+ * deadline: a watchdog thread kicks the vCPU that runs (kick_vcpu) every
+ * 20 ms with hv_vcpu_interrupt (the one vCPU call allowed from another
+ * thread) and the loop judges a hang by the stub standing still in HLT. */
+#define NO_VCPU (~0u)
 static atomic_int watchdog_stop;
+static atomic_uint kick_vcpu = NO_VCPU;
 
 static void *watchdog(void *unused)
 {
@@ -851,8 +857,9 @@ static void *watchdog(void *unused)
     const struct timespec period = { 0, 20 * 1000 * 1000 };
     while (!atomic_load(&watchdog_stop)) {
         nanosleep(&period, NULL);
-        hv_vcpuid_t v = vcpu;
-        check(hv_vcpu_interrupt(&v, 1), "hv_vcpu_interrupt");
+        hv_vcpuid_t v = atomic_load(&kick_vcpu);
+        if (v != NO_VCPU)
+            check(hv_vcpu_interrupt(&v, 1), "hv_vcpu_interrupt");
     }
     return NULL;
 }
@@ -991,6 +998,230 @@ static void check_ioapic_identity(void)
                    "which the in-kernel one does not have: use irqchip=split");
 }
 
+
+/* The calling thread's vCPU, created and brought up: the APIC window at
+ * 0xFEE00000 (the split shape's EOIs to this program), the controls, CR0/CR4
+ * and segments of a direct long-mode entry; its local APIC software-enabled
+ * with spurious vector 0xFF (SVR 0x1FF, or 0xFF: software-disabled, as
+ * after RESET, SDM 11.4.7.1), TPR 0, every LVT masked. */
+static void bring_up(uint32_t svr)
+{
+    check(hv_vcpu_create(&vcpu, HV_VCPU_DEFAULT), "hv_vcpu_create");
+    check(hv_vmx_vcpu_set_apic_address(vcpu, 0xfee00000), "hv_vmx_vcpu_set_apic_address");
+    if (SPLIT)
+        check(hv_vcpu_apic_ctrl(vcpu, HV_APIC_CTRL_IOAPIC_EOI), "hv_vcpu_apic_ctrl");
+    set_controls();
+    set_control_registers();
+    set_segments();
+    bool nse;
+    check(hv_vcpu_apic_write(vcpu, 0xf0, svr, &nse), "hv_vcpu_apic_write");
+    check(hv_vcpu_apic_write(vcpu, 0x80, 0, &nse), "hv_vcpu_apic_write");
+    for (uint32_t lvt = 0x320; lvt <= 0x370; lvt += 0x10)
+        check(hv_vcpu_apic_write(vcpu, lvt, 0x10000, &nse), "hv_vcpu_apic_write");
+}
+
+/* SDM 11.4.3: a globally disabled APIC (IA32_APIC_BASE.EN clear) has no
+ * registers: its page reads 0 and a write reaches nothing (no ICR, no SVR).
+ * No call tells the in-kernel APIC of the disable, so this program answers
+ * for it, as irqdiff's hvf VMM does. */
+static int apic_disabled(void) { return !(rmsr(0x1b) & (1u << 11)); }
+
+/* What one exit asks of the caller. */
+enum exit_result {
+    EXIT_RESUME, /* run the vCPU again */
+    EXIT_END,    /* the run ended; the outcome says how */
+    EXIT_IDLE,   /* several CPUs: this one is idle in its mailbox loop */
+};
+
+/* Defined by the program's main part: an out to a port of the multi-CPU
+ * protocol, and an INIT or STARTUP IPI this vCPU sent (an exit of the
+ * sender, HV_VM_EXITINFO_INIT_AP / STARTUP_AP). */
+static enum exit_result smp_out(unsigned port, char *outcome, size_t size);
+static enum exit_result ap_exit(hv_vm_exitinfo_t info, char *outcome, size_t size);
+
+/* The hang judgement: host interrupts (the watchdog's kicks) in HLT with
+ * the op and delivery counters standing still, three in a row. */
+struct quiet { unsigned op, deliveries, kicks; };
+
+/* Runs the calling thread's vCPU to its next exit and handles it. */
+static enum exit_result run_once(struct quiet *q, char *outcome, size_t size)
+{
+    /* Seed step 2: run until the next exit. */
+    atomic_store(&kick_vcpu, vcpu);
+    hv_return_t r = hv_vcpu_run_until(vcpu, HV_DEADLINE_FOREVER);
+    if (r != HV_SUCCESS) {
+        uint64_t error = 0;
+        hv_return_t read = hv_vmx_vcpu_read_vmcs(vcpu, VMCS_RO_INSTR_ERROR, &error);
+        if (read == HV_SUCCESS)
+            fprintf(stderr, "repro: VM entry failed: VM-instruction error %llu (SDM 31.4; 7: invalid control fields)\n",
+                    (unsigned long long)error);
+        else
+            fprintf(stderr, "repro: reading the VM-instruction error failed: %#x\n", (unsigned)read);
+        check(r, "hv_vcpu_run_until");
+    }
+    hv_vm_exitinfo_t info;
+    check(hv_vcpu_exit_info(vcpu, &info), "hv_vcpu_exit_info");
+    uint64_t rip = rreg(HV_X86_RIP);
+    struct access a;
+    if (info == HV_VM_EXITINFO_SMI)
+        return EXIT_RESUME; /* host-side: resume, RIP untouched (OrbStack does so) */
+    if (info == HV_VM_EXITINFO_APIC_ACCESS_READ) {
+        uint32_t value = 0;
+        if (decode(rip, &a) < 0) {
+            snprintf(outcome, size, "error: cannot decode the APIC read at %#llx", (unsigned long long)rip);
+            return EXIT_END;
+        }
+        if (!apic_disabled())
+            check(hv_vcpu_exit_apic_access_read(vcpu, &value), "hv_vcpu_exit_apic_access_read");
+        complete(&a, value, rip);
+        return EXIT_RESUME;
+    }
+    if (info == HV_VM_EXITINFO_IOAPIC_EOI) {
+        uint8_t vector;
+        check(hv_vcpu_exit_ioapic_eoi(vcpu, &vector), "hv_vcpu_exit_ioapic_eoi");
+        ioapic_eoi(vector);
+        return EXIT_RESUME;
+    }
+    if (info == HV_VM_EXITINFO_INIT_AP || info == HV_VM_EXITINFO_STARTUP_AP)
+        return ap_exit(info, outcome, size); /* an x2APIC ICR write, in the kernel */
+    uint64_t full_reason = rvmcs(VMCS_RO_EXIT_REASON);
+    uint32_t reason = (uint32_t)full_reason & 0xffff;
+    if (full_reason & (1u << 31)) {
+        fprintf(stderr, "repro: VM entry failed: exit reason %u, qualification %#llx (SDM 26.8; 33: invalid guest state)\n",
+                reason, (unsigned long long)rvmcs(VMCS_RO_EXIT_QUALIFIC));
+        cannot_run("the processor refused the guest state");
+    }
+    if (reason == VMX_REASON_IRQ) {
+        /* A host interrupt or the watchdog's kick: resume. Three kicks in
+         * HLT with the counters standing still are a hang. */
+        if (rvmcs(VMCS_GUEST_ACTIVITY_STATE) == 1) {
+            unsigned op = get32(CUR_OP), deliveries = get32(DELIVERIES);
+            q->kicks = op == q->op && deliveries == q->deliveries ? q->kicks + 1 : 1;
+            q->op = op;
+            q->deliveries = deliveries;
+            if (q->kicks >= 3) {
+                snprintf(outcome, size, "hang at op %u", op);
+                return EXIT_END;
+            }
+        } else {
+            q->kicks = 0;
+        }
+        return EXIT_RESUME;
+    }
+    if (reason == VMX_REASON_IO_SMI || reason == VMX_REASON_OTHER_SMI)
+        return EXIT_RESUME;
+    q->kicks = 0;
+    if (reason == VMX_REASON_IO) {
+        uint64_t qual = rvmcs(VMCS_RO_EXIT_QUALIFIC);
+        unsigned port = (unsigned)(qual >> 16);
+        uint32_t value = (uint32_t)rreg(HV_X86_RAX);
+        wreg(HV_X86_RIP, rip + rvmcs(VMCS_RO_VMEXIT_INSTR_LEN));
+        if (port == HYPERCALL_PORT) {
+            if (value >= sizeof HOST_OPS / sizeof HOST_OPS[0]) {
+                snprintf(outcome, size, "error: the guest asked for host op %u, which does not exist", value);
+                return EXIT_END;
+            }
+            host_op(value);
+        } else if (port == END_PORT) {
+            if (value == 1)
+                snprintf(outcome, size, "storm");
+            else if (value == 2)
+                snprintf(outcome, size, "log full");
+            else if (value == 3)
+                snprintf(outcome, size, "error: the guest took a #GP outside the stub's RDMSR/WRMSR (during op %u)", get32(CUR_OP));
+            return EXIT_END;
+        } else if (port == 0x21 || port == 0xa1 || port == 0x20 || port == 0xa0) {
+            check(hv_vm_atpic_port_write((int)port, (uint8_t)value), "hv_vm_atpic_port_write");
+        } else {
+            return smp_out(port, outcome, size);
+        }
+        return EXIT_RESUME;
+    }
+    if (reason == VMX_REASON_EPT_VIOLATION) {
+        uint64_t gpa = rvmcs(VMCS_GUEST_PHYSICAL_ADDRESS);
+        if (gpa < 0xfec00000 || gpa >= 0xfec01000 || decode(rip, &a) < 0) {
+            snprintf(outcome, size, "error: unexpected EPT violation at %#llx", (unsigned long long)gpa);
+            return EXIT_END;
+        }
+        if (a.write) {
+            uint32_t value = a.imm ? a.value : (uint32_t)rreg(a.reg);
+            if (SPLIT)
+                ioapic_write(gpa - 0xfec00000, value);
+            else
+                check(hv_vm_ioapic_write(gpa, value), "hv_vm_ioapic_write");
+            complete(&a, 0, rip);
+        } else {
+            uint32_t value;
+            if (SPLIT)
+                value = ioapic_read(gpa - 0xfec00000);
+            else
+                check(hv_vm_ioapic_read(gpa, &value), "hv_vm_ioapic_read");
+            complete(&a, value, rip);
+        }
+        return EXIT_RESUME;
+    }
+    if (reason == VMX_REASON_APIC_ACCESS) {
+        uint32_t offset = (uint32_t)(rvmcs(VMCS_RO_EXIT_QUALIFIC) & 0xfff);
+        if (decode(rip, &a) < 0 || !a.write) {
+            snprintf(outcome, size, "error: cannot decode the APIC write at %#llx", (unsigned long long)rip);
+            return EXIT_END;
+        }
+        uint32_t value = a.imm ? a.value : (uint32_t)rreg(a.reg);
+        complete(&a, 0, rip);
+        if (apic_disabled())
+            return EXIT_RESUME; /* dropped: the APIC is disabled */
+        bool no_side_effect = true;
+        check(hv_vcpu_apic_write(vcpu, offset, value, &no_side_effect), "hv_vcpu_apic_write");
+        /* Seed step 3: side effects are told by the exit info. */
+        if (!no_side_effect) {
+            check(hv_vcpu_exit_info(vcpu, &info), "hv_vcpu_exit_info");
+            if (info == HV_VM_EXITINFO_IOAPIC_EOI) {
+                uint8_t vector;
+                check(hv_vcpu_exit_ioapic_eoi(vcpu, &vector), "hv_vcpu_exit_ioapic_eoi");
+                ioapic_eoi(vector);
+            } else if (info == HV_VM_EXITINFO_INIT_AP || info == HV_VM_EXITINFO_STARTUP_AP) {
+                return ap_exit(info, outcome, size);
+            }
+        }
+        return EXIT_RESUME;
+    }
+    if (reason == VMX_REASON_WRMSR || reason == VMX_REASON_RDMSR) {
+        uint32_t msr = (uint32_t)rreg(HV_X86_RCX);
+        if (msr != 0x1b) {
+            snprintf(outcome, size, "error: MSR %#x accessed (during op %u)", msr, get32(CUR_OP));
+            return EXIT_END;
+        }
+        if (reason == VMX_REASON_WRMSR) {
+            if (write_apic_base(rreg(HV_X86_RDX) << 32 | (rreg(HV_X86_RAX) & 0xffffffffu))) {
+                inject_gp();
+                return EXIT_RESUME;
+            }
+        } else {
+            uint64_t value = rmsr(0x1b);
+            wreg(HV_X86_RAX, value & 0xffffffffu);
+            wreg(HV_X86_RDX, value >> 32);
+        }
+        wreg(HV_X86_RIP, rip + rvmcs(VMCS_RO_VMEXIT_INSTR_LEN));
+        return EXIT_RESUME;
+    }
+    snprintf(outcome, size, "error: VMX exit reason %u (during op %u)", reason, get32(CUR_OP));
+    return EXIT_END;
+}
+
+/* One CPU: no multi-CPU port exists (an out to another port is ignored, as
+ * the stub's ping), and no INIT or STARTUP IPI has a target. */
+static enum exit_result smp_out(unsigned port, char *outcome, size_t size)
+{
+    (void)port, (void)outcome, (void)size;
+    return EXIT_RESUME;
+}
+
+static enum exit_result ap_exit(hv_vm_exitinfo_t info, char *outcome, size_t size)
+{
+    snprintf(outcome, size, "error: an INIT or STARTUP IPI (exit info %llu) in a run of one CPU", (unsigned long long)info);
+    return EXIT_END;
+}
+
 int main(void)
 {
     /* Seed step 1: the VM with the in-kernel APIC, IOAPIC and ATPIC. */
@@ -1002,23 +1233,11 @@ int main(void)
     memset(ram, 0, RAM_SIZE);
     install_memory();
     check(hv_vm_map(ram, 0, RAM_SIZE, HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC), "hv_vm_map");
-    check(hv_vcpu_create(&vcpu, HV_VCPU_DEFAULT), "hv_vcpu_create");
-    check(hv_vmx_vcpu_set_apic_address(vcpu, 0xfee00000), "hv_vmx_vcpu_set_apic_address");
-    if (SPLIT)
-        check(hv_vcpu_apic_ctrl(vcpu, HV_APIC_CTRL_IOAPIC_EOI), "hv_vcpu_apic_ctrl");
-    else
+    bring_up(0x1ff);
+    if (!SPLIT)
         check_ioapic_identity();
     for (int i = 0; i < 24; i++)
         rtbl[i] = 1u << 16;
-
-    set_controls();
-    set_control_registers();
-    set_segments();
-    bool nse;
-    check(hv_vcpu_apic_write(vcpu, 0xf0, 0x1ff, &nse), "hv_vcpu_apic_write");
-    check(hv_vcpu_apic_write(vcpu, 0x80, 0, &nse), "hv_vcpu_apic_write");
-    for (uint32_t lvt = 0x320; lvt <= 0x370; lvt += 0x10)
-        check(hv_vcpu_apic_write(vcpu, lvt, 0x10000, &nse), "hv_vcpu_apic_write");
     wreg(HV_X86_RIP, STUB_ENTRY);
     wreg(HV_X86_RSP, STACK_TOP);
     wreg(HV_X86_RFLAGS, 0x202);
@@ -1027,148 +1246,16 @@ int main(void)
     if ((errno = pthread_create(&kicker, NULL, watchdog, NULL)))
         die("pthread_create");
     char outcome[128] = "completed";
-    unsigned still_op = ~0u, still = 0;
-    for (;;) {
-        /* Seed step 2: run until the next exit. */
-        hv_return_t r = hv_vcpu_run_until(vcpu, HV_DEADLINE_FOREVER);
-        if (r != HV_SUCCESS) {
-            uint64_t error = 0;
-            hv_return_t read = hv_vmx_vcpu_read_vmcs(vcpu, VMCS_RO_INSTR_ERROR, &error);
-            if (read == HV_SUCCESS)
-                fprintf(stderr, "repro: VM entry failed: VM-instruction error %llu (SDM 31.4; 7: invalid control fields)\n",
-                        (unsigned long long)error);
-            else
-                fprintf(stderr, "repro: reading the VM-instruction error failed: %#x\n", (unsigned)read);
-            check(r, "hv_vcpu_run_until");
-        }
-        hv_vm_exitinfo_t info;
-        check(hv_vcpu_exit_info(vcpu, &info), "hv_vcpu_exit_info");
-        uint64_t rip = rreg(HV_X86_RIP);
-        struct access a;
-        if (info == HV_VM_EXITINFO_SMI)
-            continue; /* host-side: resume, RIP untouched (OrbStack does so) */
-        if (info == HV_VM_EXITINFO_APIC_ACCESS_READ) {
-            uint32_t value;
-            if (decode(rip, &a) < 0)
-                break;
-            check(hv_vcpu_exit_apic_access_read(vcpu, &value), "hv_vcpu_exit_apic_access_read");
-            complete(&a, value, rip);
-            continue;
-        }
-        if (info == HV_VM_EXITINFO_IOAPIC_EOI) {
-            uint8_t vector;
-            check(hv_vcpu_exit_ioapic_eoi(vcpu, &vector), "hv_vcpu_exit_ioapic_eoi");
-            ioapic_eoi(vector);
-            continue;
-        }
-        uint64_t full_reason = rvmcs(VMCS_RO_EXIT_REASON);
-        uint32_t reason = (uint32_t)full_reason & 0xffff;
-        if (full_reason & (1u << 31)) {
-            fprintf(stderr, "repro: VM entry failed: exit reason %u, qualification %#llx (SDM 26.8; 33: invalid guest state)\n",
-                    reason, (unsigned long long)rvmcs(VMCS_RO_EXIT_QUALIFIC));
-            cannot_run("the processor refused the guest state");
-        }
-        if (reason == VMX_REASON_IRQ) {
-            /* A host interrupt or the watchdog's kick: resume. Three kicks in
-             * HLT with the op counter standing still are a hang. */
-            if (rvmcs(VMCS_GUEST_ACTIVITY_STATE) == 1) {
-                unsigned op = get32(CUR_OP);
-                still = op == still_op ? still + 1 : 1;
-                still_op = op;
-                if (still >= 3) {
-                    snprintf(outcome, sizeof outcome, "hang at op %u", op);
-                    break;
-                }
-            } else {
-                still = 0;
-            }
-            continue;
-        }
-        if (reason == VMX_REASON_IO_SMI || reason == VMX_REASON_OTHER_SMI)
-            continue;
-        still = 0;
-        if (reason == VMX_REASON_IO) {
-            uint64_t qual = rvmcs(VMCS_RO_EXIT_QUALIFIC);
-            unsigned port = (unsigned)(qual >> 16);
-            uint32_t value = (uint32_t)rreg(HV_X86_RAX);
-            wreg(HV_X86_RIP, rip + rvmcs(VMCS_RO_VMEXIT_INSTR_LEN));
-            if (port == HYPERCALL_PORT)
-                host_op(value);
-            else if (port == END_PORT) {
-                if (value == 1)
-                    snprintf(outcome, sizeof outcome, "storm");
-                break;
-            } else if (port == 0x21 || port == 0xa1 || port == 0x20 || port == 0xa0)
-                check(hv_vm_atpic_port_write((int)port, (uint8_t)value), "hv_vm_atpic_port_write");
-            continue;
-        }
-        if (reason == VMX_REASON_EPT_VIOLATION) {
-            uint64_t gpa = rvmcs(VMCS_GUEST_PHYSICAL_ADDRESS);
-            if (gpa < 0xfec00000 || gpa >= 0xfec01000 || decode(rip, &a) < 0) {
-                snprintf(outcome, sizeof outcome, "error: unexpected EPT violation at %#llx", (unsigned long long)gpa);
-                break;
-            }
-            if (a.write) {
-                uint32_t value = a.imm ? a.value : (uint32_t)rreg(a.reg);
-                if (SPLIT)
-                    ioapic_write(gpa - 0xfec00000, value);
-                else
-                    check(hv_vm_ioapic_write(gpa, value), "hv_vm_ioapic_write");
-                complete(&a, 0, rip);
-            } else {
-                uint32_t value;
-                if (SPLIT)
-                    value = ioapic_read(gpa - 0xfec00000);
-                else
-                    check(hv_vm_ioapic_read(gpa, &value), "hv_vm_ioapic_read");
-                complete(&a, value, rip);
-            }
-            continue;
-        }
-        if (reason == VMX_REASON_APIC_ACCESS) {
-            uint32_t offset = (uint32_t)(rvmcs(VMCS_RO_EXIT_QUALIFIC) & 0xfff);
-            if (decode(rip, &a) < 0 || !a.write)
-                break;
-            uint32_t value = a.imm ? a.value : (uint32_t)rreg(a.reg);
-            bool no_side_effect = true;
-            check(hv_vcpu_apic_write(vcpu, offset, value, &no_side_effect), "hv_vcpu_apic_write");
-            complete(&a, 0, rip);
-            /* Seed step 3: side effects are told by the exit info. */
-            if (!no_side_effect) {
-                check(hv_vcpu_exit_info(vcpu, &info), "hv_vcpu_exit_info");
-                if (info == HV_VM_EXITINFO_IOAPIC_EOI) {
-                    uint8_t vector;
-                    check(hv_vcpu_exit_ioapic_eoi(vcpu, &vector), "hv_vcpu_exit_ioapic_eoi");
-                    ioapic_eoi(vector);
-                }
-            }
-            continue;
-        }
-        if (reason == VMX_REASON_WRMSR || reason == VMX_REASON_RDMSR) {
-            uint32_t msr = (uint32_t)rreg(HV_X86_RCX);
-            if (msr != 0x1b) {
-                snprintf(outcome, sizeof outcome, "error: MSR %#x accessed (during op %u)", msr, get32(CUR_OP));
-                break;
-            }
-            if (reason == VMX_REASON_WRMSR) {
-                if (write_apic_base(rreg(HV_X86_RDX) << 32 | (rreg(HV_X86_RAX) & 0xffffffffu))) {
-                    inject_gp();
-                    continue;
-                }
-            } else {
-                uint64_t value = rmsr(0x1b);
-                wreg(HV_X86_RAX, value & 0xffffffffu);
-                wreg(HV_X86_RDX, value >> 32);
-            }
-            wreg(HV_X86_RIP, rip + rvmcs(VMCS_RO_VMEXIT_INSTR_LEN));
-            continue;
-        }
-        snprintf(outcome, sizeof outcome, "error: VMX exit reason %u (during op %u)", reason, get32(CUR_OP));
-        break;
-    }
+    struct quiet quiet = { 0, 0, 0 };
+    while (run_once(&quiet, outcome, sizeof outcome) != EXIT_END)
+        ;
     atomic_store(&watchdog_stop, 1);
     if ((errno = pthread_join(kicker, NULL)))
         die("pthread_join");
+    if (strcmp(outcome, "log full") == 0) {
+        fprintf(stderr, "repro: the guest's event log is full\n");
+        return 2;
+    }
     decode_log(outcome);
     /* The vCPU goes before the VM. */
     check(hv_vcpu_destroy(vcpu), "hv_vcpu_destroy");

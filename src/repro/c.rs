@@ -10,7 +10,9 @@
 //!   `HV_DEADLINE_FOREVER` with a watchdog calling `hv_vcpu_interrupt`,
 //!   resume on host exits, the vCPU destroyed before the VM), full or split
 //!   shape. On Linux it builds against `hypervisor-framework-double` (its
-//!   `include/` and `libhypervisor_framework_double.so`) and runs there.
+//!   `include/` and `libhypervisor_framework_double.so`) and runs there. A
+//!   multi-CPU scenario runs on N vCPUs, one thread each, INIT and STARTUP
+//!   IPIs as the `hvf` backend handles them ([`super::c_smp`]).
 //!
 //! Each embeds the guest stub's code and the scenario's op table, prints the
 //! observed events next to the expected ones (the model's), and exits 1 if
@@ -112,13 +114,12 @@ pub enum EmitError {
     Split,
     #[error("{0}")]
     TooLarge(#[from] table::TooLarge),
-    #[error(
-        "the Hypervisor.framework C repro drives one vCPU; this scenario uses the multi-CPU extension (config cpus=, apic-ids=, ap-start=, cpu K: or handler V@K)"
-    )]
-    MultiCpu,
     /// A multi-CPU scenario KVM cannot run as it is written.
     #[error("{0}")]
     KvmCannot(&'static str),
+    /// A multi-CPU scenario Hypervisor.framework cannot run as it is written.
+    #[error("{0}")]
+    HvfCannot(&'static str),
 }
 
 /// Which hypervisor the program drives.
@@ -141,11 +142,12 @@ pub fn emit_hvf(scenario: &Scenario, expected: &Trace) -> Result<String, EmitErr
 
 fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<String, EmitError> {
     let smp = scenario.uses_smp();
-    if smp && target == Target::Hvf {
-        return Err(EmitError::MultiCpu);
-    }
-    if let Some(why) = smp.then(|| c_smp::unsupported(scenario)).flatten() {
-        return Err(EmitError::KvmCannot(why));
+    if smp {
+        match (target, c_smp::unsupported(target, scenario)) {
+            (_, None) => {}
+            (Target::Kvm, Some(why)) => return Err(EmitError::KvmCannot(why)),
+            (Target::Hvf, Some(why)) => return Err(EmitError::HvfCannot(why)),
+        }
     }
     let split = scenario.config.irqchip == crate::scenario::Irqchip::Split;
     let image = Image::build();
@@ -184,6 +186,18 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
         }
         Target::Hvf => {
             c += " * irqdiff repro for macOS Hypervisor.framework (Intel, macOS 12+):\n";
+            if smp {
+                let _ = writeln!(
+                    c,
+                    " * {} vCPUs, one thread each (each vCPU created, run and destroyed on its\n \
+                     * own thread, as hv.h requires). The host drives the CPUs as irqdiff's hvf\n \
+                     * backend does: each op runs on its CPU until that CPU is idle, then every\n \
+                     * CPU is resumed in index order until a round changes nothing; INIT and\n \
+                     * STARTUP IPIs come back as HV_VM_EXITINFO_INIT_AP / STARTUP_AP exits.\n \
+                     * Events are compared per op and per CPU.",
+                    scenario.cpus()
+                );
+            }
             c += if split {
                 " * the in-kernel APIC with a userspace IOAPIC (HV_APIC_CTRL_IOAPIC_EOI).\n"
             } else {
@@ -212,7 +226,7 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
     };
     c += include_str!("c_layout.c");
     if smp {
-        c += &c_smp::declarations(scenario, &t, &image);
+        c += &c_smp::declarations(target, scenario, &t, &image);
     }
     let _ = writeln!(c, "static const int SPLIT = {};", u8::from(split));
     let version = match scenario.config.ioapic {
@@ -293,7 +307,12 @@ fn emit_for(target: Target, scenario: &Scenario, expected: &Trace) -> Result<Str
             include_str!("c_kvm_smp_main.c")
         ),
         Target::Kvm => concat!(include_str!("c_kvm_vmm.c"), include_str!("c_kvm_main.c")),
-        Target::Hvf => include_str!("c_hvf_main.c"),
+        Target::Hvf if smp => concat!(
+            include_str!("c_hvf_vmm.c"),
+            include_str!("c_smp.c"),
+            include_str!("c_hvf_smp_main.c")
+        ),
+        Target::Hvf => concat!(include_str!("c_hvf_vmm.c"), include_str!("c_hvf_main.c")),
     };
     // Layout constants the C code relies on, checked here against the stub's.
     debug_assert_eq!(

@@ -10,6 +10,7 @@
 #define STACK_TOP 0x1f000
 #define DATA 0x20000
 #define CUR_OP (DATA)
+#define DELIVERIES (DATA + 0x4)
 #define X2APIC_FLAG (DATA + 0x8)
 #define LOG_PTR (DATA + 0x10)
 #define TSC_PER_US (DATA + 0xf8)

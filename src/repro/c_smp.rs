@@ -1,25 +1,37 @@
-//! The multi-CPU part of the KVM C repro: a scenario of the multi-CPU
-//! extension (`Scenario::uses_smp`) runs on N vCPUs, one thread each, under
-//! the host-driven protocol of the `kvm` backend (src/backend/kvm/smp.rs,
-//! docs/guest-stub.md "Several CPUs"), and its events are compared per op
-//! and per CPU, as the oracle does (docs/scenario-format.md "Several
-//! CPUs").
+//! The multi-CPU part of the C repros, shared by KVM and
+//! Hypervisor.framework: a scenario of the multi-CPU extension
+//! (`Scenario::uses_smp`) runs on N vCPUs, one thread each, under the
+//! host-driven protocol of the `kvm` and `hvf` backends
+//! (src/backend/kvm/smp.rs, src/backend/hvf/vmm/smp.rs, docs/guest-stub.md
+//! "Several CPUs"), and its events are compared per op and per CPU, as the
+//! oracle does (docs/scenario-format.md "Several CPUs"). The lowering
+//! (layout, tables, expected lines) is here and the C side common to both
+//! (per-CPU blocks, mailboxes, settling test, merged logs) is `c_smp.c`;
+//! each VMM's thread and exit handling is its own (`c_kvm_smp_main.c`,
+//! `c_hvf_smp_main.c`).
 
 use std::fmt::Write;
 
-use super::c::{c_bytes, c_string, event_body, outcome_line};
+use super::c::{c_bytes, c_string, event_body, outcome_line, Target};
 use crate::guest::layout::*;
 use crate::guest::{table, Image, VMM_ASSISTED_SIPI_PAGE};
 use crate::scenario::{ApStart, ApicMode, Scenario};
 use crate::trace::Trace;
 
-/// Why a multi-CPU scenario cannot be a KVM C repro: KVM's x2APIC ID is
-/// the vCPU id, so two CPUs cannot share one (the `kvm` backend refuses
-/// the same scenarios, `backend::kvm::smp::unsupported`).
-pub fn unsupported(scenario: &Scenario) -> Option<&'static str> {
-    (aliased(scenario) && scenario.config.apic == ApicMode::X2apic).then_some(
-        "KVM's x2APIC ID is the vCPU id: two CPUs cannot share an x2APIC ID (apic-ids repeats one)",
-    )
+/// Why a multi-CPU scenario cannot be a C repro for `target`, as the
+/// backend refuses it: KVM's x2APIC ID is the vCPU id, so two CPUs cannot
+/// share one (`backend::kvm::smp::unsupported`); Hypervisor.framework's
+/// in-kernel APIC ID is the vCPU ID, given in creation order and read-only,
+/// so the APIC IDs must be the CPU indexes (`HvfVmm::unsupported`).
+pub fn unsupported(target: Target, scenario: &Scenario) -> Option<&'static str> {
+    match target {
+        Target::Kvm => (aliased(scenario) && scenario.config.apic == ApicMode::X2apic).then_some(
+            "KVM's x2APIC ID is the vCPU id: two CPUs cannot share an x2APIC ID (apic-ids repeats one)",
+        ),
+        Target::Hvf => (!scenario.config.default_apic_ids()).then_some(
+            "the in-kernel APIC's ID is the vCPU ID (given in creation order, read-only): apic-ids other than the CPU indexes cannot be given to Hypervisor.framework",
+        ),
+    }
 }
 
 fn apic_ids(scenario: &Scenario) -> Vec<u32> {
@@ -86,7 +98,12 @@ const MAX_SETTLE_ROUNDS: usize = 4 * crate::trace::STORM_LIMIT + 8;
 
 /// The C declarations of the multi-CPU program: the per-CPU layout, the
 /// CPUs and their IDs, the per-CPU handler tables and the op-to-CPU table.
-pub fn declarations(scenario: &Scenario, t: &table::Table, image: &Image) -> String {
+pub fn declarations(
+    target: Target,
+    scenario: &Scenario,
+    t: &table::Table,
+    image: &Image,
+) -> String {
     let mut c = String::from("#include <pthread.h>\n");
     c += "/* Several CPUs (docs/guest-stub.md \"Several CPUs\", src/guest/layout.rs). */\n";
     for (name, value) in [
@@ -96,7 +113,6 @@ pub fn declarations(scenario: &Scenario, t: &table::Table, image: &Image) -> Str
         ("AP_STACK_TOP", AP_STACK_TOP),
         ("AP_LOG", AP_LOG),
         ("LOG_END", LOG_END),
-        ("DELIVERIES", DELIVERIES),
         ("SMP_FLAG", SMP),
         ("CPUS_VAR", CPUS),
         ("PCPU_X2APIC", PCPU_X2APIC),
@@ -127,22 +143,24 @@ pub fn declarations(scenario: &Scenario, t: &table::Table, image: &Image) -> Str
             .collect::<Vec<_>>()
             .join(", ")
     };
-    c += "/* KVM's vCPU ids (its x2APIC IDs) and the scenario's APIC IDs, by CPU. */\n";
-    let _ = writeln!(
-        c,
-        "static const unsigned VCPU_IDS[N_CPUS] = {{{}}};",
-        list(vcpu_ids(scenario))
-    );
-    let _ = writeln!(
-        c,
-        "static const unsigned APIC_IDS[N_CPUS] = {{{}}};",
-        list(apic_ids(scenario))
-    );
-    let _ = writeln!(
-        c,
-        "static const int ALIASED = {};",
-        u8::from(aliased(scenario))
-    );
+    if target == Target::Kvm {
+        c += "/* KVM's vCPU ids (its x2APIC IDs) and the scenario's APIC IDs, by CPU. */\n";
+        let _ = writeln!(
+            c,
+            "static const unsigned VCPU_IDS[N_CPUS] = {{{}}};",
+            list(vcpu_ids(scenario))
+        );
+        let _ = writeln!(
+            c,
+            "static const unsigned APIC_IDS[N_CPUS] = {{{}}};",
+            list(apic_ids(scenario))
+        );
+        let _ = writeln!(
+            c,
+            "static const int ALIASED = {};",
+            u8::from(aliased(scenario))
+        );
+    }
     let _ = writeln!(
         c,
         "static const int AP_START_SIPI = {};",

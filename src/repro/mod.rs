@@ -1,6 +1,7 @@
 //! Turning a finding into artefacts a maintainer can use without irqdiff:
 //! the minimal scenario, a trace diff, a Markdown report naming the spec
-//! rule, a Rust regression test, and a standalone C program for KVM.
+//! rule, a Rust regression test, and standalone C programs for KVM and
+//! Hypervisor.framework.
 
 pub mod c;
 pub mod c_smp;
