@@ -261,9 +261,7 @@ fn same_behaviour(d: Deviation) -> Deviation {
         // userspace: the kernel's own event processed at the next entry
         // after an exit, as an interrupt made pending by the kernel is
         // injected (kvm-deferred-injection).
-        (Rule::TimerTscDeadline, Mode::Late) => {
-            Deviation::new(Rule::DispatchAbovePpr, Mode::Late)
-        }
+        (Rule::TimerTscDeadline, Mode::Late) => Deviation::new(Rule::DispatchAbovePpr, Mode::Late),
         _ => d,
     }
 }
