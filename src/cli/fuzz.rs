@@ -96,6 +96,7 @@ pub fn worker(args: WorkerArgs) -> ExitCode {
             wild_percent: args.wild_percent,
             max_cpus: args.max_cpus,
             pic_percent: args.pic_percent,
+            ..GenConfig::default()
         },
     })
 }
