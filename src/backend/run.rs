@@ -62,8 +62,25 @@ pub enum End {
 /// Turns a run's end and the guest's memory into the run's trace.
 pub fn finish(name: &str, end: End, image: &Image, ram: &[u8]) -> Result<Trace> {
     let (cur_op, log_bytes) = image.read_back(ram);
+    end_trace(name, end, cur_op, log::decode(log_bytes)?)
+}
+
+/// [`finish`] for a multi-CPU run: every CPU's log, merged by op.
+pub fn finish_cpus(name: &str, end: End, image: &Image, ram: &[u8], cpus: usize) -> Result<Trace> {
+    let (cur_op, _) = image.read_back(ram);
+    let events = log::decode_cpus((0..cpus).map(|cpu| image.cpu_log_bytes(ram, cpu)))?;
+    end_trace(name, end, cur_op, events)
+}
+
+/// The trace of a run that ended with `end` during op `cur_op`.
+fn end_trace(
+    name: &str,
+    end: End,
+    cur_op: usize,
+    events: Vec<crate::trace::Event>,
+) -> Result<Trace> {
     let mut trace = Trace::new(name);
-    trace.events = log::decode(log_bytes)?;
+    trace.events = events;
     match end {
         End::Stub(EndCode::Completed) => {}
         End::Stub(EndCode::Storm) => trace.outcome = Outcome::Storm,

@@ -31,9 +31,7 @@
 
 use super::*;
 use crate::guest::layout::{cpu_stack_top, AP_START_PORT, IDLE_PORT};
-use crate::guest::log;
 use crate::scenario::{ApStart, ApicMode, IpiDelivery, MAX_CPUS};
-use crate::trace::Outcome;
 use kvm_bindings::{CpuId, KVM_MP_STATE_INIT_RECEIVED};
 
 vmm_sys_util::ioctl_io_nr!(KVM_SET_BOOT_CPU_ID, kvm_bindings::KVMIO, 0x78);
@@ -645,28 +643,5 @@ const SMP_VMS: usize = 8;
 
 /// The trace of a multi-CPU run: every CPU's log, merged by op.
 fn finish(name: &str, end: End, image: &Image, vm: &Vm) -> Result<Trace> {
-    let ram = vm.ram.bytes();
-    let (cur_op, _) = image.read_back(ram);
-    let mut trace = Trace::new(name);
-    trace.events = log::decode_cpus((0..vm.cpus()).map(|cpu| image.cpu_log_bytes(ram, cpu)))?;
-    match end {
-        End::Stub(EndCode::Completed) => {}
-        End::Stub(EndCode::Storm) => trace.outcome = Outcome::Storm,
-        End::Stub(EndCode::LogFull) => return Err(BackendError::LogFull),
-        End::Stub(EndCode::UnexpectedFault) => {
-            trace.outcome = Outcome::Error;
-            trace.error = Some(format!(
-                "the guest took a #GP outside the stub's RDMSR/WRMSR (during op {cur_op})"
-            ));
-        }
-        End::Hang => {
-            trace.outcome = Outcome::Hang;
-            trace.hang_op = Some(cur_op);
-        }
-        End::Error(message) => {
-            trace.outcome = Outcome::Error;
-            trace.error = Some(format!("{message} (during op {cur_op})"));
-        }
-    }
-    Ok(trace)
+    run::finish_cpus(name, end, image, vm.ram.bytes(), vm.cpus())
 }

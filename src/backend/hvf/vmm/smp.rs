@@ -29,7 +29,6 @@ use std::sync::mpsc;
 
 use super::*;
 use crate::guest::layout::{cpu_stack_top, SIPI_PAGE};
-use crate::guest::log;
 use crate::scenario::ApStart;
 
 /// Settling rounds after an op, at most: every round that changes
@@ -543,27 +542,5 @@ impl Conductor {
 
 /// The trace of a multi-CPU run: every CPU's log, merged by op.
 fn finish_smp(name: &str, end: End, image: &Image, ram: &[u8], cpus: usize) -> Result<Trace> {
-    let (cur_op, _) = image.read_back(ram);
-    let mut trace = Trace::new(name);
-    trace.events = log::decode_cpus((0..cpus).map(|cpu| image.cpu_log_bytes(ram, cpu)))?;
-    match end {
-        End::Stub(EndCode::Completed) => {}
-        End::Stub(EndCode::Storm) => trace.outcome = Outcome::Storm,
-        End::Stub(EndCode::LogFull) => return Err(BackendError::LogFull),
-        End::Stub(EndCode::UnexpectedFault) => {
-            trace.outcome = Outcome::Error;
-            trace.error = Some(format!(
-                "the guest took a #GP outside the stub's RDMSR/WRMSR (during op {cur_op})"
-            ));
-        }
-        End::Hang => {
-            trace.outcome = Outcome::Hang;
-            trace.hang_op = Some(cur_op);
-        }
-        End::Error(message) => {
-            trace.outcome = Outcome::Error;
-            trace.error = Some(format!("{message} (during op {cur_op})"));
-        }
-    }
-    Ok(trace)
+    run::finish_cpus(name, end, image, ram, cpus)
 }
